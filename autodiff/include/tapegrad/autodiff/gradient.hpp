@@ -1,0 +1,156 @@
+// The user API: record(), gradient(), value_and_gradient(), jacobian(), and
+// GradientTape, a recorded tape kept as a reusable program.
+//
+//   auto [gx, gw] = tg::gradient(f, x, w);
+//   auto tape = tg::record(f, x, w);          // f(const Tracked<T>&...) -> Tracked<T>
+//   auto [gx2, gw2] = tape.gradient(x2, w2);  // replay on new inputs of the same shapes
+#pragma once
+
+#include <array>
+#include <memory>
+#include <tuple>
+#include <utility>
+
+#include "tapegrad/autodiff/tracked.hpp"
+
+namespace tg {
+
+namespace detail {
+// One Array for a single input, a tuple of Arrays (structured bindings) for several.
+template <class T, std::size_t N, std::size_t... I>
+auto to_tuple(std::array<Array<T>, N>&& a, std::index_sequence<I...>) {
+  return std::tuple<decltype((void)I, Array<T>())...>(std::move(a[I])...);
+}
+template <class T, std::size_t N>
+auto pack(std::array<Array<T>, N>&& a) {
+  if constexpr (N == 1) return std::move(a[0]);
+  else return to_tuple<T, N>(std::move(a), std::make_index_sequence<N>{});
+}
+}  // namespace detail
+
+template <class T, std::size_t N>
+class GradientTape {
+ public:
+  explicit GradientTape(std::unique_ptr<Tape<T>> tape) : tape_(std::move(tape)) {}
+
+  const Tape<T>& tape() const { return *tape_; }
+  Tape<T>& tape() { return *tape_; }
+  // The output value of the last forward run (recording or replay).
+  const Array<T>& output() const { return tape_->value(tape_->output()); }
+  // The output of a one-element function as a plain T.
+  T value() const { return output().item(); }
+
+  // Replays the forward pass on new inputs (same shapes as recorded) and returns the output.
+  template <class... A>
+  const Array<T>& forward(const A&... inputs) {
+    static_assert(sizeof...(A) == N, "GradientTape::forward: give one Array per recorded input");
+    set_inputs(inputs...);
+    tape_->forward_pass();
+    return output();
+  }
+
+  // Gradients at the values already on the tape (no replay).
+  auto gradient() {
+    check_scalar("gradient");
+    tape_->reverse_pass(Array<T>::ones(output().shape()));
+    return collect();
+  }
+  // Replays on new inputs, then returns the gradients: no re-recording.
+  template <class... A>
+  auto gradient(const A&... inputs) {
+    static_assert(sizeof...(A) == N, "GradientTape::gradient: give one Array per recorded input");
+    forward(inputs...);
+    return gradient();
+  }
+  // Same, writing into caller-owned Arrays (their storage is reused when sizes match).
+  template <class... A>
+  void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
+    forward(inputs...);
+    check_scalar("gradient_into");
+    tape_->reverse_pass(Array<T>::ones(output().shape()));
+    for (std::size_t k = 0; k < N; ++k) tape_->adjoint_into(tape_->inputs()[k], *grads[k]);
+  }
+  // Vector-Jacobian product at the current values: J^T v, for an output of any shape.
+  auto vjp(const Array<T>& v) {
+    tape_->reverse_pass(v);
+    return collect();
+  }
+
+ private:
+  template <class... A>
+  void set_inputs(const A&... inputs) {
+    std::size_t k = 0;
+    (tape_->set_input(k++, inputs, "GradientTape::gradient"), ...);
+  }
+  void check_scalar(const char* op) const {
+    if (output().size() != 1)
+      fail(op, fmt::format("output has shape {} ({} elements) expected one element; hint: reduce with tg::sum or "
+                           "tg::mean, or use jacobian() / vjp() for array-valued functions",
+                           to_string(output().shape()), output().size()));
+  }
+  auto collect() const {
+    std::array<Array<T>, N> grads;
+    for (std::size_t k = 0; k < N; ++k) grads[k] = tape_->adjoint(tape_->inputs()[k]);
+    return detail::pack<T, N>(std::move(grads));
+  }
+
+  std::unique_ptr<Tape<T>> tape_;
+};
+
+// Records f(x, xs...) once and keeps the tape. f takes const Tracked<T>& arguments
+// (a generic lambda taking auto works too) and returns a Tracked<T>.
+template <class F, class T, class... Rest>
+auto record(F&& f, const Array<T>& x, const Rest&... xs) {
+  static_assert((std::is_same_v<Rest, Array<T>> && ...), "tg::record: every input must be an Array of one element type");
+  constexpr std::size_t N = 1 + sizeof...(Rest);
+  auto tape = std::make_unique<Tape<T>>();
+  std::array<Tracked<T>, N> args{Tracked<T>(tape.get(), tape->add_input(x)), Tracked<T>(tape.get(), tape->add_input(xs))...};
+  Tracked<T> y = std::apply([&](const auto&... a) { return Tracked<T>(f(a...)); }, args);
+  if (y.tape() != tape.get())
+    fail("record", "the function returned a value from another tape expected a value computed from its arguments; "
+                   "hint: do not return Tracked values captured from outside");
+  tape->set_output(y.slot());
+  return GradientTape<T, N>(std::move(tape));
+}
+
+// Gradient of a one-element function with respect to every input.
+template <class F, class T, class... Rest>
+auto gradient(F&& f, const Array<T>& x, const Rest&... xs) {
+  return record(std::forward<F>(f), x, xs...).gradient();
+}
+
+// (value as a plain T, gradients...).
+template <class F, class T, class... Rest>
+auto value_and_gradient(F&& f, const Array<T>& x, const Rest&... xs) {
+  auto tape = record(std::forward<F>(f), x, xs...);
+  auto grads = tape.gradient();
+  if constexpr (sizeof...(Rest) == 0) return std::tuple<T, Array<T>>(tape.value(), std::move(grads));
+  else return std::tuple_cat(std::tuple<T>(tape.value()), std::move(grads));
+}
+
+// Jacobian of an array-valued f: for each input, an Array of shape (outputs, input size),
+// both flattened row-major. One reverse pass per output element.
+template <class F, class T, class... Rest>
+auto jacobian(F&& f, const Array<T>& x, const Rest&... xs) {
+  constexpr std::size_t N = 1 + sizeof...(Rest);
+  auto tape = record(std::forward<F>(f), x, xs...);
+  const std::int64_t m = tape.output().size();
+  std::array<Array<T>, N> jac;
+  for (std::size_t k = 0; k < N; ++k) {
+    const std::int64_t n = tape.tape().value(tape.tape().inputs()[k]).size();
+    jac[k] = Array<T>(Shape{m, n});
+  }
+  Array<T> seed(tape.output().shape());
+  for (std::int64_t i = 0; i < m; ++i) {
+    seed.fill(T(0));
+    seed.data()[i] = T(1);
+    tape.tape().reverse_pass(seed);
+    for (std::size_t k = 0; k < N; ++k) {
+      const Array<T> g = tape.tape().adjoint(tape.tape().inputs()[k]);
+      std::copy(g.begin(), g.end(), jac[k].data() + i * g.size());
+    }
+  }
+  return detail::pack<T, N>(std::move(jac));
+}
+
+}  // namespace tg

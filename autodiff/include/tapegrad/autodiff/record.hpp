@@ -1,0 +1,47 @@
+// Recording one instruction, and evaluating an op eagerly on plain Arrays.
+// Both run the same registry row, so an op behaves identically on Tracked
+// values and on plain Arrays.
+//
+// Note [Failed ops leave the tape unchanged]: record_op validates (shape rule)
+// and computes the output (forward) BEFORE it touches the tape; only when both
+// succeed are the constants, the output slot and the instruction appended.
+#pragma once
+
+#include <initializer_list>
+#include <memory>
+#include <span>
+
+#include "tapegrad/autodiff/tracked.hpp"
+
+namespace tg {
+
+template <class T>
+Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const Operand<T>> operands,
+                     const std::source_location& where);
+
+template <class T>
+Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::initializer_list<Operand<T>> operands,
+                     const std::source_location& where) {
+  return record_op(op, std::move(params), std::span<const Operand<T>>(operands.begin(), operands.size()), where);
+}
+
+template <class T>
+Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::span<const Array<T>* const> inputs,
+                     const std::source_location& where);
+
+template <class T>
+Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::initializer_list<const Array<T>*> inputs,
+                     const std::source_location& where) {
+  return evaluate_op(op, params, std::span<const Array<T>* const>(inputs.begin(), inputs.size()), where);
+}
+
+extern template Tracked<float> record_op(const OpInfo<float>&, std::shared_ptr<const OpParams>, std::span<const Operand<float>>,
+                                         const std::source_location&);
+extern template Tracked<double> record_op(const OpInfo<double>&, std::shared_ptr<const OpParams>,
+                                          std::span<const Operand<double>>, const std::source_location&);
+extern template Array<float> evaluate_op(const OpInfo<float>&, const OpParams*, std::span<const Array<float>* const>,
+                                         const std::source_location&);
+extern template Array<double> evaluate_op(const OpInfo<double>&, const OpParams*, std::span<const Array<double>* const>,
+                                          const std::source_location&);
+
+}  // namespace tg

@@ -1,0 +1,112 @@
+// The op registry INTERFACE. autodiff/ knows no particular op: the interpreter,
+// the printer and (later) the compiler read only the rows of this table.
+// ops/ fills one row per op; users add rows for custom ops (custom_op.hpp).
+//
+// Note [Pullbacks accumulate]: a pullback ADDS its contribution into each input
+// adjoint (+=); the interpreter zeroes an adjoint once, the first time it is
+// needed in a reverse pass. A value used twice therefore sums both adjoints,
+// including x*x where both input adjoint pointers alias the same array.
+//
+// Note [Needs-grad mask]: input_adjoints[i] is nullptr when input i needs no
+// gradient (a constant, or a value that depends on no tape input). Pullbacks
+// skip those inputs entirely: a constant weight costs no weight gradient.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "tapegrad/kernels/array.hpp"
+
+namespace tg {
+
+// Base of every op's named parameter struct (ReduceParams, SliceParams, ...).
+struct OpParams {
+  virtual ~OpParams() = default;
+};
+
+// Looks an instruction's params up as the op's own struct.
+template <class P>
+const P& params_as(const OpParams* p) {
+  return *static_cast<const P*>(p);
+}
+
+enum OpFlag : std::uint32_t {
+  kNoFlags = 0,
+  kElementwise = 1u << 0,  // output element i depends only on input elements i (after broadcasting)
+  kLinear = 1u << 1,       // linear in every differentiable input
+};
+
+constexpr int kVariadic = -1;
+
+template <class T>
+struct ForwardCall {
+  const OpParams* params;
+  std::span<const Array<T>* const> inputs;
+  Array<T>& output;       // already has the shape the shape rule gave; write every element
+  std::span<Array<T>> saved;  // op-owned buffers kept for the pullback (n_saved of them)
+};
+
+template <class T>
+struct PullbackCall {
+  const OpParams* params;
+  std::span<const Array<T>* const> inputs;
+  const Array<T>& output;
+  const Array<T>& output_adjoint;
+  std::span<Array<T>* const> input_adjoints;  // accumulate (+=); nullptr = not needed
+  std::span<const Array<T>> saved;
+};
+
+template <class T>
+struct OpInfo {
+  std::string name;
+  int arity = 1;  // number of inputs, or kVariadic
+  std::uint32_t flags = kNoFlags;
+  int n_saved = 0;
+  // Validates the inputs and returns the output shape; throws tg::Error.
+  std::function<Shape(const OpParams*, std::span<const Shape* const>)> shape;
+  std::function<void(const ForwardCall<T>&)> forward;
+  std::function<void(const PullbackCall<T>&)> pullback;
+  // "stride=1 axes=[0,2]"; empty when the op has no attributes.
+  std::function<std::string(const OpParams*)> print_params;
+  std::uint32_t id = 0;  // index in the registry, assigned by Registry::add
+};
+
+// The table. Rows live for the program's lifetime, so instructions hold plain
+// pointers to them. Adding is thread-safe; rows never move.
+template <class T>
+class Registry {
+ public:
+  static const OpInfo<T>& add(OpInfo<T> row) {
+    auto& self = instance();
+    std::lock_guard lock(self.mutex_);
+    row.id = static_cast<std::uint32_t>(self.rows_.size());
+    return self.rows_.emplace_back(std::move(row));
+  }
+  static const OpInfo<T>* find(std::string_view name) {
+    auto& self = instance();
+    std::lock_guard lock(self.mutex_);
+    for (const auto& row : self.rows_)
+      if (row.name == name) return &row;
+    return nullptr;
+  }
+  static std::size_t size() {
+    auto& self = instance();
+    std::lock_guard lock(self.mutex_);
+    return self.rows_.size();
+  }
+
+ private:
+  static Registry& instance() {
+    static Registry registry;
+    return registry;
+  }
+  std::mutex mutex_;
+  std::deque<OpInfo<T>> rows_;  // deque: references stay valid as rows are added
+};
+
+}  // namespace tg

@@ -1,0 +1,90 @@
+// Tape<T>: a flat vector of instructions plus slot-indexed tables of values,
+// adjoints and saved buffers. Every value (input, constant, op result) is a slot.
+//
+// Note [Replay]: a tape is a program. forward_pass() re-runs every instruction on
+// the current input values (same shapes: outputs are overwritten in place, no
+// allocation), reverse_pass() walks the instructions backwards calling each
+// pullback. Data-dependent control flow in the user's function is frozen at
+// recording time, as in every tape-based AD.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <source_location>
+#include <span>
+#include <vector>
+
+#include "tapegrad/autodiff/registry.hpp"
+
+namespace tg {
+
+enum class SlotKind : std::uint8_t { input, constant, computed };
+
+template <class T>
+struct Instr {
+  const OpInfo<T>* op = nullptr;
+  std::shared_ptr<const OpParams> params;  // null for ops without attributes
+  std::uint32_t args_begin = 0, n_args = 0;  // input slots, in Tape::args
+  std::uint32_t out = 0;                     // output slot
+  std::uint32_t saved_begin = 0, n_saved = 0;  // in Tape::saved
+  std::source_location where;
+};
+
+template <class T>
+class Tape {
+ public:
+  static constexpr std::uint32_t kNoSlot = ~std::uint32_t{0};
+
+  // --- recording -------------------------------------------------------------
+  std::uint32_t add_input(Array<T> value);
+  std::uint32_t add_constant(Array<T> value);
+  // Appends a fully computed instruction; `args` are slots already on this tape.
+  std::uint32_t append(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const std::uint32_t> args,
+                       Array<T> output, std::vector<Array<T>> saved, const std::source_location& where);
+  void set_output(std::uint32_t slot) { output_ = slot; }
+
+  // --- reading -----------------------------------------------------------------
+  std::size_t num_slots() const noexcept { return values_.size(); }
+  std::size_t num_instructions() const noexcept { return instrs_.size(); }
+  const Instr<T>& instruction(std::size_t i) const { return instrs_[i]; }
+  std::span<const std::uint32_t> args_of(const Instr<T>& ins) const { return {args_.data() + ins.args_begin, ins.n_args}; }
+  std::span<const Array<T>> saved_of(const Instr<T>& ins) const { return {saved_.data() + ins.saved_begin, ins.n_saved}; }
+  const Array<T>& value(std::uint32_t slot) const { return values_[slot]; }
+  SlotKind kind(std::uint32_t slot) const { return kind_[slot]; }
+  bool needs_grad(std::uint32_t slot) const { return needs_grad_[slot] != 0; }
+  std::span<const std::uint32_t> inputs() const noexcept { return inputs_; }
+  std::uint32_t output() const noexcept { return output_; }
+  // The adjoint of a slot after reverse_pass(); zeros if nothing reached it.
+  Array<T> adjoint(std::uint32_t slot) const;
+  // Copies the adjoint of a slot into `out`, reusing its storage when the size matches.
+  void adjoint_into(std::uint32_t slot, Array<T>& out) const;
+
+  // --- running -----------------------------------------------------------------
+  // Replaces input k's value; its shape must equal the recorded one (Note [Replay]).
+  void set_input(std::size_t k, const Array<T>& value, const char* op = "replay");
+  void forward_pass();
+  // Seeds the output adjoint with `seed` (output's shape) and runs every pullback.
+  void reverse_pass(const Array<T>& seed);
+
+ private:
+  std::uint32_t add_slot(Array<T> value, SlotKind kind, bool needs_grad);
+  Array<T>& fresh_adjoint(std::uint32_t slot);
+
+  std::vector<Instr<T>> instrs_;
+  std::vector<std::uint32_t> args_;
+  std::vector<Array<T>> values_;
+  std::vector<Array<T>> adjoints_;
+  std::vector<std::uint8_t> adjoint_live_;  // set when a reverse pass wrote the adjoint
+  std::vector<std::uint8_t> needs_grad_;
+  std::vector<SlotKind> kind_;
+  std::vector<Array<T>> saved_;
+  std::vector<std::uint32_t> inputs_;
+  std::uint32_t output_ = kNoSlot;
+  std::vector<const Array<T>*> scratch_in_;  // reused per instruction: no allocation per step
+  std::vector<Array<T>*> scratch_adj_;
+};
+
+extern template class Tape<float>;
+extern template class Tape<double>;
+
+}  // namespace tg

@@ -1,0 +1,83 @@
+// Tracked<T>: a small handle (tape, slot) to a value recorded on a tape.
+// Operand<T>: what an op accepts in one argument position: a Tracked value, a
+// plain Array (recorded as a constant) or a scalar (a rank-0 constant).
+#pragma once
+
+#include <cstdint>
+#include <source_location>
+
+#include "tapegrad/autodiff/tape.hpp"
+
+namespace tg {
+
+template <class T>
+class Tracked {
+ public:
+  Tracked(Tape<T>* tape, std::uint32_t slot) : tape_(tape), slot_(slot) {}
+
+  const Array<T>& value() const { return tape_->value(slot_); }
+  const Shape& shape() const { return value().shape(); }
+  std::int64_t size() const { return value().size(); }
+  std::size_t rank() const { return value().rank(); }
+  // The single element of a one-element value (a plain read: not recorded).
+  T item() const { return value().item(); }
+
+  Tape<T>* tape() const noexcept { return tape_; }
+  std::uint32_t slot() const noexcept { return slot_; }
+
+ private:
+  Tape<T>* tape_;
+  std::uint32_t slot_;
+};
+
+// One argument of an op. Implicit conversions let `x + 2.0`, `x * w` and
+// `x - array` all reach the same recording code; each conversion also captures
+// the user's source location (Note [Recording sites for operators]).
+//
+// Note [Recording sites for operators]: an overloaded operator cannot take a
+// defaulted std::source_location parameter, but the constructor of its argument
+// type can: the default argument is evaluated where the conversion happens,
+// i.e. in the user's expression. Named ops take `where` directly.
+template <class T>
+struct Operand {
+  enum class Kind : std::uint8_t { tracked, array, scalar };
+
+  Operand(const Tracked<T>& t, std::source_location site = std::source_location::current())
+      : kind(Kind::tracked), tracked(&t), where(site) {}
+  Operand(const Array<T>& a, std::source_location site = std::source_location::current())
+      : kind(Kind::array), array(&a), where(site) {}
+  Operand(T v, std::source_location site = std::source_location::current()) : kind(Kind::scalar), scalar(v), where(site) {}
+
+  Kind kind;
+  const Tracked<T>* tracked = nullptr;
+  const Array<T>* array = nullptr;
+  T scalar{};
+  std::source_location where;
+};
+
+// Element type of Tracked<T> / Array<T>.
+template <class X>
+struct element_of;
+template <class T>
+struct element_of<Tracked<T>> {
+  using type = T;
+};
+template <class T>
+struct element_of<Array<T>> {
+  using type = T;
+};
+template <class X>
+using element_t = typename element_of<std::remove_cvref_t<X>>::type;
+
+template <class X>
+inline constexpr bool is_tracked_v = false;
+template <class T>
+inline constexpr bool is_tracked_v<Tracked<T>> = true;
+
+// Arguments of a mixed op: each a Tracked<T> or Array<T> of one T, at least one tracked.
+template <class... X>
+concept RecordsOnTape = (requires { typename element_t<X>; } && ...) &&
+                        (is_tracked_v<std::remove_cvref_t<X>> || ...) &&
+                        (std::is_same_v<element_t<X>, element_t<std::tuple_element_t<0, std::tuple<X...>>>> && ...);
+
+}  // namespace tg

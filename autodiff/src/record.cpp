@@ -1,0 +1,102 @@
+#include "tapegrad/autodiff/record.hpp"
+
+#include <fmt/format.h>
+
+namespace tg {
+namespace {
+
+template <class T>
+void check_arity(const OpInfo<T>& op, std::size_t n) {
+  if (op.arity != kVariadic && static_cast<std::size_t>(op.arity) != n)
+    fail(op.name, fmt::format("got {} inputs expected {}", n, op.arity));
+  if (op.arity == kVariadic && n == 0) fail(op.name, "got no inputs expected at least one");
+}
+
+template <class T>
+Array<T> run_forward(const OpInfo<T>& op, const OpParams* params, std::span<const Array<T>* const> inputs,
+                     std::vector<Array<T>>& saved) {
+  std::vector<const Shape*> shapes;
+  shapes.reserve(inputs.size());
+  for (auto* a : inputs) shapes.push_back(&a->shape());
+  Array<T> out = Array<T>::uninitialized(op.shape(params, shapes));
+  saved.resize(static_cast<std::size_t>(op.n_saved));
+  op.forward({params, inputs, out, saved});
+  return out;
+}
+
+}  // namespace
+
+template <class T>
+Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::span<const Array<T>* const> inputs,
+                     const std::source_location& where) {
+  try {
+    check_arity(op, inputs.size());
+    std::vector<Array<T>> saved;
+    return run_forward(op, params, inputs, saved);
+  } catch (const Error& e) {
+    throw e.with_site(where);
+  }
+}
+
+template <class T>
+Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const Operand<T>> operands,
+                     const std::source_location& where) {
+  try {
+    check_arity(op, operands.size());
+    // 1. The tape: the one every tracked operand belongs to.
+    Tape<T>* tape = nullptr;
+    for (const auto& o : operands) {
+      if (o.kind != Operand<T>::Kind::tracked) continue;
+      if (tape && o.tracked->tape() != tape)
+        fail(op.name, "operands belong to different tapes (mixed handles) all tracked operands must come from one "
+                      "recording; hint: do not keep Tracked values from an earlier gradient() or record() call");
+      tape = o.tracked->tape();
+    }
+    if (!tape) fail(op.name, "no operand is tracked expected at least one Tracked value; hint: use the plain-Array overload");
+
+    // 2. Values of every operand; scalars become rank-0 arrays (not yet on the tape).
+    std::vector<Array<T>> scalars;
+    scalars.reserve(operands.size());
+    std::vector<const Array<T>*> inputs;
+    inputs.reserve(operands.size());
+    for (const auto& o : operands) {
+      switch (o.kind) {
+        case Operand<T>::Kind::tracked: inputs.push_back(&o.tracked->value()); break;
+        case Operand<T>::Kind::array: inputs.push_back(o.array); break;
+        case Operand<T>::Kind::scalar: inputs.push_back(&scalars.emplace_back(Array<T>::scalar(o.scalar))); break;
+      }
+    }
+
+    // 3. Validate and compute. Nothing on the tape has changed yet.
+    std::vector<Array<T>> saved;
+    Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs), saved);
+
+    // 4. Commit: constants, then the instruction and its output slot.
+    std::vector<std::uint32_t> args;
+    args.reserve(operands.size());
+    std::size_t next_scalar = 0;
+    for (std::size_t i = 0; i < operands.size(); ++i) {
+      const auto& o = operands[i];
+      switch (o.kind) {
+        case Operand<T>::Kind::tracked: args.push_back(o.tracked->slot()); break;
+        case Operand<T>::Kind::array: args.push_back(tape->add_constant(*o.array)); break;
+        case Operand<T>::Kind::scalar: args.push_back(tape->add_constant(std::move(scalars[next_scalar++]))); break;
+      }
+    }
+    const auto slot = tape->append(op, std::move(params), args, std::move(out), std::move(saved), where);
+    return Tracked<T>(tape, slot);
+  } catch (const Error& e) {
+    throw e.with_site(where);
+  }
+}
+
+template Tracked<float> record_op(const OpInfo<float>&, std::shared_ptr<const OpParams>, std::span<const Operand<float>>,
+                                  const std::source_location&);
+template Tracked<double> record_op(const OpInfo<double>&, std::shared_ptr<const OpParams>, std::span<const Operand<double>>,
+                                   const std::source_location&);
+template Array<float> evaluate_op(const OpInfo<float>&, const OpParams*, std::span<const Array<float>* const>,
+                                  const std::source_location&);
+template Array<double> evaluate_op(const OpInfo<double>&, const OpParams*, std::span<const Array<double>* const>,
+                                   const std::source_location&);
+
+}  // namespace tg

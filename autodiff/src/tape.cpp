@@ -1,0 +1,129 @@
+#include "tapegrad/autodiff/tape.hpp"
+
+#include <fmt/format.h>
+
+namespace tg {
+
+template <class T>
+std::uint32_t Tape<T>::add_slot(Array<T> value, SlotKind kind, bool needs_grad) {
+  const auto slot = static_cast<std::uint32_t>(values_.size());
+  values_.push_back(std::move(value));
+  kind_.push_back(kind);
+  needs_grad_.push_back(needs_grad ? 1 : 0);
+  return slot;
+}
+
+template <class T>
+std::uint32_t Tape<T>::add_input(Array<T> value) {
+  const auto slot = add_slot(std::move(value), SlotKind::input, true);
+  inputs_.push_back(slot);
+  return slot;
+}
+
+template <class T>
+std::uint32_t Tape<T>::add_constant(Array<T> value) {
+  return add_slot(std::move(value), SlotKind::constant, false);
+}
+
+template <class T>
+std::uint32_t Tape<T>::append(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const std::uint32_t> args,
+                              Array<T> output, std::vector<Array<T>> saved, const std::source_location& where) {
+  bool needs_grad = false;
+  for (auto a : args) needs_grad = needs_grad || needs_grad_[a] != 0;
+  Instr<T> ins;
+  ins.op = &op;
+  ins.params = std::move(params);
+  ins.args_begin = static_cast<std::uint32_t>(args_.size());
+  ins.n_args = static_cast<std::uint32_t>(args.size());
+  ins.saved_begin = static_cast<std::uint32_t>(saved_.size());
+  ins.n_saved = static_cast<std::uint32_t>(saved.size());
+  ins.where = where;
+  args_.insert(args_.end(), args.begin(), args.end());
+  for (auto& s : saved) saved_.push_back(std::move(s));
+  ins.out = add_slot(std::move(output), SlotKind::computed, needs_grad);
+  instrs_.push_back(std::move(ins));
+  return instrs_.back().out;
+}
+
+template <class T>
+void Tape<T>::set_input(std::size_t k, const Array<T>& value, const char* op) {
+  if (k >= inputs_.size())
+    fail(op, fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
+  Array<T>& slot = values_[inputs_[k]];
+  if (!(slot.shape() == value.shape()))
+    fail(op, fmt::format("input {} has shape {} but the tape was recorded with {} shapes must match on replay; "
+                         "hint: record the tape again for new shapes",
+                         k, to_string(value.shape()), to_string(slot.shape())));
+  slot = value;  // same size: copies into the existing storage
+}
+
+template <class T>
+void Tape<T>::forward_pass() {
+  for (auto& ins : instrs_) {
+    scratch_in_.clear();
+    for (auto a : args_of(ins)) scratch_in_.push_back(&values_[a]);
+    try {
+      ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved}});
+    } catch (const Error& e) {
+      throw e.with_site(ins.where);
+    }
+  }
+}
+
+template <class T>
+Array<T>& Tape<T>::fresh_adjoint(std::uint32_t slot) {
+  Array<T>& adj = adjoints_[slot];
+  if (!adjoint_live_[slot]) {
+    if (adj.size() == values_[slot].size() && adj.shape() == values_[slot].shape()) adj.fill(T(0));
+    else adj = Array<T>::zeros(values_[slot].shape());
+    adjoint_live_[slot] = 1;
+  }
+  return adj;
+}
+
+template <class T>
+void Tape<T>::reverse_pass(const Array<T>& seed) {
+  if (output_ == kNoSlot) fail("reverse_pass", "the tape has no output; hint: record a function that returns a Tracked value");
+  if (!(seed.shape() == values_[output_].shape()))
+    fail("reverse_pass", fmt::format("seed shape {} differs from the output shape {} they must match",
+                                     to_string(seed.shape()), to_string(values_[output_].shape())));
+  adjoints_.resize(values_.size());
+  adjoint_live_.assign(values_.size(), 0);
+  fresh_adjoint(output_) = seed;
+  for (std::size_t i = instrs_.size(); i-- > 0;) {
+    const Instr<T>& ins = instrs_[i];
+    if (!adjoint_live_[ins.out] || !needs_grad_[ins.out]) continue;
+    scratch_in_.clear();
+    scratch_adj_.clear();
+    for (auto a : args_of(ins)) {
+      scratch_in_.push_back(&values_[a]);
+      scratch_adj_.push_back(needs_grad_[a] ? &fresh_adjoint(a) : nullptr);
+    }
+    try {
+      ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_, saved_of(ins)});
+    } catch (const Error& e) {
+      throw e.with_site(ins.where);
+    }
+  }
+}
+
+template <class T>
+Array<T> Tape<T>::adjoint(std::uint32_t slot) const {
+  if (slot < adjoint_live_.size() && adjoint_live_[slot]) return adjoints_[slot];
+  return Array<T>::zeros(values_[slot].shape());
+}
+
+template <class T>
+void Tape<T>::adjoint_into(std::uint32_t slot, Array<T>& out) const {
+  if (slot < adjoint_live_.size() && adjoint_live_[slot]) {
+    out = adjoints_[slot];
+  } else {
+    if (!(out.shape() == values_[slot].shape())) out = Array<T>(values_[slot].shape());
+    out.fill(T(0));
+  }
+}
+
+template class Tape<float>;
+template class Tape<double>;
+
+}  // namespace tg

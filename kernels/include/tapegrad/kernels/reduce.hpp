@@ -1,0 +1,92 @@
+// Reductions along a set of axes, and their adjoints.
+//
+// Convention: the reduced result is addressed through its "keepdims" shape (same
+// rank as the input, 1 on reduced axes); the dropped-axes shape has the same
+// elements in the same order, so callers may use either.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "tapegrad/kernels/strided.hpp"
+
+namespace tg::kernels {
+
+// Which axes of a rank-r array are reduced.
+using AxisMask = std::vector<bool>;
+
+// The keepdims shape of reducing `in` over `mask`.
+inline Shape keepdims_shape(const Shape& in, const AxisMask& mask) {
+  Shape out = in;
+  for (std::size_t i = 0; i < in.rank(); ++i)
+    if (mask[i]) out[i] = 1;
+  return out;
+}
+
+// out[keep(i)] += x[i]. `out` has keepdims shape `so`, or any shape `x`'s shape broadcasts from.
+// This is also the fold of a broadcast's adjoint back onto the smaller operand.
+template <class T>
+void sum_accumulate(const T* x, const Shape& sx, T* out, const Shape& so) {
+  if (sx.size() == so.size()) {  // nothing reduced: same elements, same order
+    for (std::int64_t i = 0; i < sx.size(); ++i) out[i] += x[i];
+    return;
+  }
+  const Strides st_x = contiguous_strides(sx), st_o = broadcast_strides(so, sx);
+  for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
+    if (s[1] == 0) {
+      T acc = T(0);
+      for (std::int64_t i = 0; i < n; ++i) acc += x[o[0] + i];
+      out[o[1]] += acc;
+    } else {
+      for (std::int64_t i = 0; i < n; ++i) out[o[1] + i * s[1]] += x[o[0] + i];
+    }
+  });
+}
+
+// out = max (or min) of x over the reduced axes; `out` has keepdims shape `so`.
+template <bool IsMax, class T>
+void extremum_reduce(const T* x, const Shape& sx, T* out, const Shape& so) {
+  const T init = IsMax ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
+  for (std::int64_t i = 0; i < so.size(); ++i) out[i] = init;
+  const Strides st_x = contiguous_strides(sx), st_o = broadcast_strides(so, sx);
+  for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      T& slot = out[o[1] + i * s[1]];
+      const T v = x[o[0] + i];
+      if (IsMax ? (v > slot || v != v) : (v < slot || v != v)) slot = v;  // NaN propagates
+    }
+  });
+}
+
+// Note [Ties in max and min]: the adjoint of a max (min) reduction is split evenly
+// among all elements equal to the result (as JAX does): deterministic, symmetric,
+// and the average of the one-sided derivatives at a tie.
+// dx[i] += dout[keep(i)] / count(ties of keep(i)) where x[i] == out[keep(i)].
+template <class T>
+void extremum_reduce_backward(const T* x, const Shape& sx, const T* out, const T* dout, const Shape& so, T* dx) {
+  std::vector<T> ties(static_cast<std::size_t>(so.size()), T(0));
+  const Strides st_x = contiguous_strides(sx), st_o = broadcast_strides(so, sx);
+  for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
+    for (std::int64_t i = 0; i < n; ++i)
+      if (x[o[0] + i] == out[o[1] + i * s[1]]) ties[static_cast<std::size_t>(o[1] + i * s[1])] += T(1);
+  });
+  for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t k = o[1] + i * s[1];
+      if (x[o[0] + i] == out[k]) dx[o[0] + i] += dout[k] / ties[static_cast<std::size_t>(k)];
+    }
+  });
+}
+
+// dx[i] += scale * dy[keep(i)]: spreads a reduced adjoint back over the input (the
+// adjoint of sum, and of broadcast_to's fold).
+template <class T>
+void broadcast_accumulate(const T* dy, const Shape& sy, T* dx, const Shape& sx, T scale) {
+  const Strides st_y = broadcast_strides(sy, sx), st_x = contiguous_strides(sx);
+  for_each_run<2>(sx, {&st_y, &st_x}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
+    for (std::int64_t i = 0; i < n; ++i) dx[o[1] + i] += scale * dy[o[0] + i * s[0]];
+  });
+}
+
+}  // namespace tg::kernels

@@ -1,0 +1,82 @@
+// Shape: the dimensions of an array, any rank (rank 0 is a scalar).
+//
+// Note [Small shapes]: a tape records thousands of tiny ops, and each holds a
+// shape; a std::vector would cost one heap allocation per shape. Shape keeps
+// up to kInlineRank dimensions inline and spills to the heap only beyond that.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace tg {
+
+class Shape {
+ public:
+  static constexpr std::size_t kInlineRank = 6;
+
+  Shape() = default;
+  Shape(std::initializer_list<std::int64_t> dims) { assign(dims.begin(), dims.size()); }
+  explicit Shape(std::span<const std::int64_t> dims) { assign(dims.data(), dims.size()); }
+  static Shape filled(std::size_t rank, std::int64_t value);
+
+  Shape(const Shape& other) { assign(other.data(), other.rank_); }
+  Shape(Shape&& other) noexcept { take(std::move(other)); }
+  Shape& operator=(const Shape& other) {
+    if (this != &other) assign(other.data(), other.rank_);
+    return *this;
+  }
+  Shape& operator=(Shape&& other) noexcept {
+    if (this != &other) take(std::move(other));
+    return *this;
+  }
+  ~Shape() = default;
+
+  std::size_t rank() const noexcept { return rank_; }
+  std::int64_t size() const noexcept;  // product of dims; 1 for rank 0
+  const std::int64_t* data() const noexcept { return heap_ ? heap_.get() : inline_; }
+  std::int64_t* data() noexcept { return heap_ ? heap_.get() : inline_; }
+  std::int64_t operator[](std::size_t i) const noexcept { return data()[i]; }
+  std::int64_t& operator[](std::size_t i) noexcept { return data()[i]; }
+  const std::int64_t* begin() const noexcept { return data(); }
+  const std::int64_t* end() const noexcept { return data() + rank_; }
+  std::span<const std::int64_t> dims() const noexcept { return {data(), rank_}; }
+  std::int64_t back() const noexcept { return data()[rank_ - 1]; }
+
+  void push_back(std::int64_t d);
+  friend bool operator==(const Shape& a, const Shape& b) noexcept {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end());
+  }
+
+ private:
+  void assign(const std::int64_t* dims, std::size_t rank);
+  void take(Shape&& other) noexcept;
+
+  std::int64_t inline_[kInlineRank] = {};
+  std::unique_ptr<std::int64_t[]> heap_;
+  std::size_t rank_ = 0;
+  std::size_t capacity_ = kInlineRank;
+};
+
+using Strides = Shape;  // element strides, same small-vector storage
+
+// "(2,3,4)"; "()" for rank 0.
+std::string to_string(const Shape& shape);
+
+// Row-major strides of a contiguous array of this shape.
+Strides contiguous_strides(const Shape& shape);
+
+// NumPy broadcasting of two shapes; throws tg::Error naming `op` if they do not broadcast.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+
+// Strides that read an array of shape `from` as if it had shape `to` (which `from`
+// broadcasts to): same rank as `to`, 0 on broadcast dimensions.
+Strides broadcast_strides(const Shape& from, const Shape& to);
+
+// Normalises a possibly negative axis against `rank`; throws tg::Error naming `op`.
+std::size_t normalize_axis(std::int64_t axis, std::size_t rank, const char* op);
+
+}  // namespace tg

@@ -1,0 +1,124 @@
+#include "tapegrad/kernels/shape.hpp"
+
+#include <fmt/format.h>
+
+#include "tapegrad/kernels/error.hpp"
+
+namespace tg {
+
+Shape Shape::filled(std::size_t rank, std::int64_t value) {
+  Shape s;
+  for (std::size_t i = 0; i < rank; ++i) s.push_back(value);
+  return s;
+}
+
+std::int64_t Shape::size() const noexcept {
+  std::int64_t n = 1;
+  for (auto d : dims()) n *= d;
+  return n;
+}
+
+void Shape::assign(const std::int64_t* dims, std::size_t rank) {
+  if (rank > capacity_) {
+    heap_ = std::make_unique<std::int64_t[]>(rank);
+    capacity_ = rank;
+  }
+  std::copy(dims, dims + rank, data());
+  rank_ = rank;
+}
+
+void Shape::take(Shape&& other) noexcept {
+  rank_ = other.rank_;
+  capacity_ = other.capacity_;
+  heap_ = std::move(other.heap_);
+  if (!heap_) std::copy(other.inline_, other.inline_ + rank_, inline_);
+  other.rank_ = 0;
+  other.capacity_ = kInlineRank;
+}
+
+void Shape::push_back(std::int64_t d) {
+  if (rank_ == capacity_) {
+    auto bigger = std::make_unique<std::int64_t[]>(capacity_ * 2);
+    std::copy(begin(), end(), bigger.get());
+    heap_ = std::move(bigger);
+    capacity_ *= 2;
+  }
+  data()[rank_++] = d;
+}
+
+std::string to_string(const Shape& shape) { return fmt::format("({})", fmt::join(shape.dims(), ",")); }
+
+Strides contiguous_strides(const Shape& shape) {
+  Strides strides = shape;
+  std::int64_t step = 1;
+  for (std::size_t i = shape.rank(); i-- > 0;) {
+    strides[i] = step;
+    step *= shape[i];
+  }
+  return strides;
+}
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  if (a == b) return a;
+  const std::size_t rank = std::max(a.rank(), b.rank());
+  Shape out = Shape::filled(rank, 1);
+  for (std::size_t i = 0; i < rank; ++i) {
+    const std::int64_t da = i < rank - a.rank() ? 1 : a[i - (rank - a.rank())];
+    const std::int64_t db = i < rank - b.rank() ? 1 : b[i - (rank - b.rank())];
+    if (da != db && da != 1 && db != 1)
+      fail(op, fmt::format("shapes {} and {} are not broadcastable (dimension {}: {} vs {}) "
+                           "each dimension must match or be 1; hint: reshape or broadcast_to one operand",
+                           to_string(a), to_string(b), i, da, db));
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+Strides broadcast_strides(const Shape& from, const Shape& to) {
+  const Strides own = contiguous_strides(from);
+  Strides out = Shape::filled(to.rank(), 0);
+  const std::size_t lead = to.rank() - from.rank();
+  for (std::size_t i = 0; i < from.rank(); ++i) out[lead + i] = from[i] == 1 ? 0 : own[i];
+  return out;
+}
+
+std::size_t normalize_axis(std::int64_t axis, std::size_t rank, const char* op) {
+  const auto r = static_cast<std::int64_t>(rank);
+  if (axis < -r || axis >= r)
+    fail(op, fmt::format("axis ({}) out of range for rank {} expected in [{}, {}); hint: negative axes count from the end",
+                         axis, rank, -r, r));
+  return static_cast<std::size_t>(axis < 0 ? axis + r : axis);
+}
+
+}  // namespace tg
+
+#include "tapegrad/kernels/array.hpp"
+
+namespace tg {
+Shape resolve_reshape(const Shape& from, const Shape& to, const char* op) {
+  Shape out = to;
+  std::int64_t known = 1;
+  int inferred = -1;
+  for (std::size_t i = 0; i < to.rank(); ++i) {
+    if (to[i] == -1) {
+      if (inferred >= 0) fail(op, fmt::format("target shape {} has more than one -1 at most one dimension can be inferred", to_string(to)));
+      inferred = static_cast<int>(i);
+    } else if (to[i] < 0) {
+      fail(op, fmt::format("target shape {} has a negative dimension dimensions must be >= 0 or a single -1", to_string(to)));
+    } else {
+      known *= to[i];
+    }
+  }
+  const std::int64_t size = from.size();
+  if (inferred >= 0) {
+    if (known == 0 || size % known != 0)
+      fail(op, fmt::format("cannot infer -1 in {} from shape {} of size {}; hint: the other dimensions must divide the size",
+                           to_string(to), to_string(from), size));
+    out[static_cast<std::size_t>(inferred)] = size / known;
+  } else if (known != size) {
+    fail(op, fmt::format("target shape {} has {} elements but the input {} has {} sizes must match; hint: use -1 for one dimension",
+                         to_string(to), known, to_string(from), size));
+  }
+  return out;
+}
+}  // namespace tg

@@ -1,0 +1,34 @@
+// Reductions: sum, mean, max, min over the whole array or along axes.
+//   tg::sum(x)                       -> rank 0
+//   tg::sum(x, {0, 2}, /*keepdims=*/true)
+// Axes may be negative (counted from the end); an empty list reduces nothing (as NumPy's axis=()).
+// max/min: the adjoint is split evenly among ties (Note [Ties in max and min]).
+#pragma once
+
+#include <source_location>
+#include <vector>
+
+#include "tapegrad/autodiff/tracked.hpp"
+
+namespace tg {
+
+using Axes = std::vector<std::int64_t>;
+
+#define TG_DECLARE_REDUCTION(name)                                                                                   \
+  template <class T>                                                                                                 \
+  Tracked<T> name(const Tracked<T>& x, std::source_location where = std::source_location::current());                \
+  template <class T>                                                                                                 \
+  Tracked<T> name(const Tracked<T>& x, const Axes& axes, bool keepdims = false,                                      \
+                  std::source_location where = std::source_location::current());                                     \
+  template <class T>                                                                                                 \
+  Array<T> name(const Array<T>& x, std::source_location where = std::source_location::current());                    \
+  template <class T>                                                                                                 \
+  Array<T> name(const Array<T>& x, const Axes& axes, bool keepdims = false,                                          \
+                std::source_location where = std::source_location::current());
+TG_DECLARE_REDUCTION(sum)
+TG_DECLARE_REDUCTION(mean)
+TG_DECLARE_REDUCTION(max)
+TG_DECLARE_REDUCTION(min)
+#undef TG_DECLARE_REDUCTION
+
+}  // namespace tg

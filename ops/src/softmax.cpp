@@ -1,0 +1,146 @@
+// ============================================================================
+// softmax, log_softmax, logsumexp along an axis.
+// ============================================================================
+#include "tapegrad/ops/softmax.hpp"
+
+#include <fmt/format.h>
+
+#include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/softmax.hpp"
+
+namespace tg::ops {
+
+struct AxisParams : OpParams {
+  std::int64_t axis = -1;
+  bool keepdims = false;
+};
+
+namespace {
+
+kernels::AxisView axis_view(const Shape& s, std::int64_t axis_given, const char* op) {
+  const std::size_t axis = normalize_axis(axis_given, s.rank(), op);
+  kernels::AxisView v{1, s[axis], 1};
+  for (std::size_t i = 0; i < axis; ++i) v.outer *= s[i];
+  for (std::size_t i = axis + 1; i < s.rank(); ++i) v.inner *= s[i];
+  return v;
+}
+
+std::string print_axis(const OpParams* p) {
+  const auto& q = params_as<AxisParams>(p);
+  return fmt::format("axis={}{}", q.axis, q.keepdims ? " keepdims" : "");
+}
+
+template <class T, bool Log>
+OpInfo<T> softmax_row(const char* name) {
+  OpInfo<T> r;
+  r.name = name;
+  r.arity = 1;
+  r.shape = [name](const OpParams* p, std::span<const Shape* const> s) {
+    const auto v = axis_view(*s[0], params_as<AxisParams>(p).axis, name);
+    if (v.n == 0) fail(name, fmt::format("axis of length 0 in shape {} expected at least one element", to_string(*s[0])));
+    return *s[0];
+  };
+  r.print_params = print_axis;
+  r.forward = [name](const ForwardCall<T>& c) {
+    kernels::softmax_forward<Log>(c.inputs[0]->data(), c.output.data(),
+                                  axis_view(c.output.shape(), params_as<AxisParams>(c.params).axis, name));
+  };
+  r.pullback = [name](const PullbackCall<T>& c) {
+    kernels::softmax_backward<Log>(c.output.data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
+                                   axis_view(c.output.shape(), params_as<AxisParams>(c.params).axis, name));
+  };
+  return r;
+}
+
+}  // namespace
+
+template <class T>
+const OpInfo<T>& softmax_op() {
+  static const auto& row = Registry<T>::add(softmax_row<T, false>("softmax"));
+  return row;
+}
+template <class T>
+const OpInfo<T>& log_softmax_op() {
+  static const auto& row = Registry<T>::add(softmax_row<T, true>("log_softmax"));
+  return row;
+}
+
+template <class T>
+const OpInfo<T>& logsumexp_op() {
+  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
+    OpInfo<T> r;
+    r.name = "logsumexp";
+    r.arity = 1;
+    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+      const auto& q = params_as<AxisParams>(p);
+      const std::size_t axis = normalize_axis(q.axis, s[0]->rank(), "logsumexp");
+      if ((*s[0])[axis] == 0) fail("logsumexp", fmt::format("axis of length 0 in shape {} expected at least one element", to_string(*s[0])));
+      Shape out;
+      for (std::size_t i = 0; i < s[0]->rank(); ++i) {
+        if (i != axis) out.push_back((*s[0])[i]);
+        else if (q.keepdims) out.push_back(1);
+      }
+      return out;
+    };
+    r.print_params = print_axis;
+    r.forward = [](const ForwardCall<T>& c) {
+      kernels::logsumexp_forward(c.inputs[0]->data(), c.output.data(),
+                                 axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
+    };
+    r.pullback = [](const PullbackCall<T>& c) {
+      kernels::logsumexp_backward(c.inputs[0]->data(), c.output.data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
+                                  axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
+    };
+    return Registry<T>::add(std::move(r));
+  }();
+  return row;
+}
+
+std::shared_ptr<AxisParams> axis_params(std::int64_t axis, bool keepdims) {
+  auto p = std::make_shared<AxisParams>();
+  p->axis = axis;
+  p->keepdims = keepdims;
+  return p;
+}
+
+}  // namespace tg::ops
+
+namespace tg {
+
+template <class T>
+Tracked<T> softmax(const Tracked<T>& x, std::int64_t axis, std::source_location where) {
+  return record_op(ops::softmax_op<T>(), ops::axis_params(axis, false), {Operand<T>(x, where)}, where);
+}
+template <class T>
+Array<T> softmax(const Array<T>& x, std::int64_t axis, std::source_location where) {
+  return evaluate_op(ops::softmax_op<T>(), ops::axis_params(axis, false).get(), {&x}, where);
+}
+template <class T>
+Tracked<T> log_softmax(const Tracked<T>& x, std::int64_t axis, std::source_location where) {
+  return record_op(ops::log_softmax_op<T>(), ops::axis_params(axis, false), {Operand<T>(x, where)}, where);
+}
+template <class T>
+Array<T> log_softmax(const Array<T>& x, std::int64_t axis, std::source_location where) {
+  return evaluate_op(ops::log_softmax_op<T>(), ops::axis_params(axis, false).get(), {&x}, where);
+}
+template <class T>
+Tracked<T> logsumexp(const Tracked<T>& x, std::int64_t axis, bool keepdims, std::source_location where) {
+  return record_op(ops::logsumexp_op<T>(), ops::axis_params(axis, keepdims), {Operand<T>(x, where)}, where);
+}
+template <class T>
+Array<T> logsumexp(const Array<T>& x, std::int64_t axis, bool keepdims, std::source_location where) {
+  return evaluate_op(ops::logsumexp_op<T>(), ops::axis_params(axis, keepdims).get(), {&x}, where);
+}
+
+#define TG_INSTANTIATE(T)                                                                      \
+  template Tracked<T> softmax(const Tracked<T>&, std::int64_t, std::source_location);          \
+  template Array<T> softmax(const Array<T>&, std::int64_t, std::source_location);              \
+  template Tracked<T> log_softmax(const Tracked<T>&, std::int64_t, std::source_location);      \
+  template Array<T> log_softmax(const Array<T>&, std::int64_t, std::source_location);          \
+  template Tracked<T> logsumexp(const Tracked<T>&, std::int64_t, bool, std::source_location);  \
+  template Array<T> logsumexp(const Array<T>&, std::int64_t, bool, std::source_location);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg

@@ -1,0 +1,150 @@
+// ============================================================================
+// Unary math. Each row: y = f(x), then dx = f'(x) * dy (from x or from y,
+// whichever is cheaper). Kinks: Note [Kinks] in unary.hpp.
+// ============================================================================
+#include "tapegrad/ops/unary.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "tapegrad/ops/elementwise_rows.hpp"
+
+namespace tg::ops {
+namespace {
+
+template <class T>
+T stable_sigmoid(T x) {
+  if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
+  const T e = std::exp(x);
+  return e / (T(1) + e);
+}
+
+template <class T, class Fwd, class Dfwd>
+const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
+  return Registry<T>::add(unary_row<T, NoParams>(
+      name, kNoFlags, [fwd](T x, const NoParams&) { return fwd(x); },
+      [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); }));
+}
+
+}  // namespace
+
+template <class T>
+const OpInfo<T>& exp_op() {
+  static const auto& row = add_unary<T>(
+      "exp", [](T x) { return std::exp(x); },  //
+      [](T, T y, T dy) { return dy * y; });
+  return row;
+}
+template <class T>
+const OpInfo<T>& log_op() {
+  static const auto& row = add_unary<T>(
+      "log", [](T x) { return std::log(x); },  //
+      [](T x, T, T dy) { return dy / x; });
+  return row;
+}
+template <class T>
+const OpInfo<T>& sqrt_op() {
+  static const auto& row = add_unary<T>(
+      "sqrt", [](T x) { return std::sqrt(x); },  //
+      [](T, T y, T dy) { return dy / (T(2) * y); });
+  return row;
+}
+template <class T>
+const OpInfo<T>& abs_op() {
+  static const auto& row = add_unary<T>(
+      "abs", [](T x) { return std::abs(x); },  //
+      [](T x, T, T dy) { return x > T(0) ? dy : (x < T(0) ? -dy : T(0)); });
+  return row;
+}
+template <class T>
+const OpInfo<T>& tanh_op() {
+  static const auto& row = add_unary<T>(
+      "tanh", [](T x) { return std::tanh(x); },  //
+      [](T, T y, T dy) { return dy * (T(1) - y * y); });
+  return row;
+}
+template <class T>
+const OpInfo<T>& sigmoid_op() {
+  static const auto& row = add_unary<T>(
+      "sigmoid", [](T x) { return stable_sigmoid(x); },  //
+      [](T, T y, T dy) { return dy * y * (T(1) - y); });
+  return row;
+}
+template <class T>
+const OpInfo<T>& relu_op() {
+  static const auto& row = add_unary<T>(
+      "relu", [](T x) { return x > T(0) ? x : T(0); },  //
+      [](T x, T, T dy) { return x > T(0) ? dy : T(0); });
+  return row;
+}
+template <class T>
+const OpInfo<T>& softplus_op() {
+  static const auto& row = add_unary<T>(
+      "softplus", [](T x) { return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x))); },
+      [](T x, T, T dy) { return dy * stable_sigmoid(x); });
+  return row;
+}
+
+struct LeakyReluParams : OpParams {
+  double slope = 0.01;
+};
+
+template <class T>
+const OpInfo<T>& leaky_relu_op() {
+  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
+    auto r = unary_row<T, LeakyReluParams>(
+        "leaky_relu", kNoFlags,
+        [](T x, const LeakyReluParams& p) { return x > T(0) ? x : static_cast<T>(p.slope) * x; },
+        [](T x, T, T dy, const LeakyReluParams& p) { return x > T(0) ? dy : static_cast<T>(p.slope) * dy; });
+    r.print_params = [](const OpParams* p) { return fmt::format("slope={}", params_as<LeakyReluParams>(p).slope); };
+    return Registry<T>::add(std::move(r));
+  }();
+  return row;
+}
+
+}  // namespace tg::ops
+
+namespace tg {
+
+#define TG_DEFINE_UNARY(name)                                                       \
+  template <class T>                                                                \
+  Tracked<T> name(const Tracked<T>& x, std::source_location where) {                \
+    return record_op(ops::name##_op<T>(), nullptr, {Operand<T>(x, where)}, where); \
+  }                                                                                 \
+  template <class T>                                                                \
+  Array<T> name(const Array<T>& x, std::source_location where) {                    \
+    return evaluate_op(ops::name##_op<T>(), nullptr, {&x}, where);                 \
+  }                                                                                 \
+  template Tracked<float> name(const Tracked<float>&, std::source_location);        \
+  template Tracked<double> name(const Tracked<double>&, std::source_location);      \
+  template Array<float> name(const Array<float>&, std::source_location);            \
+  template Array<double> name(const Array<double>&, std::source_location);
+TG_DEFINE_UNARY(exp)
+TG_DEFINE_UNARY(log)
+TG_DEFINE_UNARY(sqrt)
+TG_DEFINE_UNARY(abs)
+TG_DEFINE_UNARY(tanh)
+TG_DEFINE_UNARY(sigmoid)
+TG_DEFINE_UNARY(relu)
+TG_DEFINE_UNARY(softplus)
+#undef TG_DEFINE_UNARY
+
+template <class T>
+Tracked<T> leaky_relu(const Tracked<T>& x, std::type_identity_t<T> slope, std::source_location where) {
+  auto p = std::make_shared<ops::LeakyReluParams>();
+  p->slope = static_cast<double>(slope);
+  return record_op(ops::leaky_relu_op<T>(), std::move(p), {Operand<T>(x, where)}, where);
+}
+template <class T>
+Array<T> leaky_relu(const Array<T>& x, std::type_identity_t<T> slope, std::source_location where) {
+  ops::LeakyReluParams p;
+  p.slope = static_cast<double>(slope);
+  return evaluate_op(ops::leaky_relu_op<T>(), &p, {&x}, where);
+}
+template Tracked<float> leaky_relu(const Tracked<float>&, float, std::source_location);
+template Tracked<double> leaky_relu(const Tracked<double>&, double, std::source_location);
+template Array<float> leaky_relu(const Array<float>&, float, std::source_location);
+template Array<double> leaky_relu(const Array<double>&, double, std::source_location);
+
+}  // namespace tg

@@ -1,0 +1,65 @@
+// The one shared gradient-check helper for every test file (STYLE.md: tolerances
+// and kink policy in one place).
+//
+// check_op: the ReverseDiff triple for an op applied once:
+//   1. recording adds exactly one instruction;
+//   2. replaying the tape on new inputs gives the value a fresh recording gives;
+//   3. the reverse pass equals central finite differences (double precision).
+// check_dot_product: <J u, v> = <u, J^T v> on realistic shapes.
+// Kink policy: tests draw inputs with random_away_from(…) so no element sits
+// within 0.05 of a kink (relu, abs, max ties); FD steps are 1e-6.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <tuple>
+
+#include <tapegrad/tapegrad.hpp>
+
+namespace tgtest {
+
+using A = tg::Array<double>;
+
+inline constexpr double kAtol = 1e-6;
+inline constexpr double kRtol = 1e-5;
+
+// Uniform in [low, high], each element nudged to stay >= margin away from `kink`.
+inline A random_away_from(tg::Shape shape, std::uint64_t seed, double low = -2, double high = 2, double kink = 0,
+                          double margin = 0.05) {
+  A a = A::random_uniform(std::move(shape), low, high, seed);
+  for (auto& v : a)
+    if (std::abs(v - kink) < margin) v = kink + (v < kink ? -margin : margin);
+  return a;
+}
+
+inline double max_abs_diff(const A& a, const A& b) {
+  REQUIRE(a.shape() == b.shape());
+  double m = 0;
+  for (std::int64_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a.data()[i] - b.data()[i]));
+  return m;
+}
+
+template <class F, class... In>
+void check_op(F f, const std::tuple<In...>& inputs, const std::tuple<In...>& new_inputs) {
+  auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
+  CHECK_MESSAGE(tape.tape().num_instructions() == 1, tg::dump(tape));
+
+  const A replayed = std::apply([&](const auto&... x) { return tape.forward(x...); }, new_inputs);
+  const A fresh = std::apply([&](const auto&... x) { return tg::record(f, x...).output(); }, new_inputs);
+  CHECK(max_abs_diff(replayed, fresh) <= 1e-12);
+
+  tg::GradcheckOptions opt;
+  opt.atol = kAtol;
+  opt.rtol = kRtol;
+  const auto report = std::apply([&](const auto&... x) { return tg::gradcheck(opt, f, x...); }, inputs);
+  CHECK_MESSAGE(report.passed(), report.summary());
+}
+
+template <class F, class... In>
+void check_dot_product(F f, const In&... inputs) {
+  const auto r = tg::dot_product_test(11, f, inputs...);
+  CHECK_MESSAGE(r.rel_error < 1e-6, "<Ju,v>=" << r.jvp_dot_v << " <u,J^T v>=" << r.u_dot_vjp);
+}
+
+}  // namespace tgtest

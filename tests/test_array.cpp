@@ -1,0 +1,88 @@
+#include <doctest/doctest.h>
+
+#include <tapegrad/tapegrad.hpp>
+
+using tg::Array;
+
+TEST_CASE("Array: construction, access, shape queries") {
+  Array<double> w({3, 3}, {1, 2, 1, 2, 4, 2, 1, 2, 1});
+  CHECK(w.rank() == 2);
+  CHECK(w.size() == 9);
+  CHECK(w.shape() == tg::Shape{3, 3});
+  CHECK(w(1, 1) == 4);
+  w(2, 0) = 7;
+  CHECK(w.data()[6] == 7);
+  CHECK(reinterpret_cast<std::uintptr_t>(w.data()) % 64 == 0);
+
+  auto s = Array<float>::scalar(2.5f);
+  CHECK(s.rank() == 0);
+  CHECK(s.size() == 1);
+  CHECK(s.item() == 2.5f);
+  CHECK(s() == 2.5f);
+
+  CHECK(Array<double>::zeros({2, 2})(1, 1) == 0);
+  CHECK(Array<double>::ones({2})(1) == 1);
+  CHECK(Array<double>::full({2}, 3.0)(0) == 3.0);
+  CHECK(Array<double>::iota({4})(3) == 3.0);
+  CHECK(Array<double>({2, 0}).size() == 0);
+}
+
+TEST_CASE("Array: seeded random is reproducible and in range") {
+  auto a = Array<double>::random_uniform({100}, -1.0, 1.0, 7);
+  auto b = Array<double>::random_uniform({100}, -1.0, 1.0, 7);
+  auto c = Array<double>::random_uniform({100}, -1.0, 1.0, 8);
+  CHECK(std::equal(a.begin(), a.end(), b.begin()));
+  CHECK_FALSE(std::equal(a.begin(), a.end(), c.begin()));
+  for (double v : a) CHECK((v >= -1.0 && v <= 1.0));
+  auto n = Array<double>::random_normal({20000}, 1.0, 2.0, 3);
+  double mean = 0;
+  for (double v : n) mean += v / n.size();
+  CHECK(mean == doctest::Approx(1.0).epsilon(0.05));
+}
+
+TEST_CASE("Array: reshape, including an inferred -1") {
+  auto a = Array<double>::iota({2, 3});
+  auto b = a.reshape({3, -1});
+  CHECK(b.shape() == tg::Shape{3, 2});
+  CHECK(b(2, 1) == 5);
+  CHECK_THROWS_AS(a.reshape({4, 2}), tg::Error);
+  CHECK_THROWS_AS(a.reshape({-1, -1}), tg::Error);
+}
+
+TEST_CASE("Array: printing with fmt") {
+  CHECK(fmt::format("{}", Array<double>::iota({2, 2})) == "[[0, 1], [2, 3]]");
+  CHECK(fmt::format("{}", Array<double>::scalar(1.5)) == "1.5");
+  CHECK(tg::to_string(tg::Shape{2, 3}) == "(2,3)");
+}
+
+TEST_CASE("Array: bad input is a clear tg::Error") {
+  CHECK_THROWS_WITH_AS(Array<double>({2, 2}, {1, 2, 3}), doctest::Contains("Array: value count (3)"), tg::Error);
+  CHECK_THROWS_WITH_AS(Array<double>::iota({2, 2})(2, 0), doctest::Contains("index (2) out of range"), tg::Error);
+  CHECK_THROWS_WITH_AS(Array<double>::iota({2, 2})(1), doctest::Contains("got 1 indices"), tg::Error);
+  CHECK_THROWS_AS(Array<double>::iota({2}).item(), tg::Error);
+  CHECK_THROWS_AS(Array<double>({-1, 2}), tg::Error);
+}
+
+TEST_CASE("Shape: ranks beyond the inline capacity") {
+  tg::Shape big{1, 2, 1, 2, 1, 2, 1, 2};
+  CHECK(big.rank() == 8);
+  CHECK(big.size() == 16);
+  tg::Shape copy = big;
+  CHECK(copy == big);
+  auto a = Array<double>::iota(big);
+  CHECK(a(0, 1, 0, 1, 0, 1, 0, 1) == 15);
+}
+
+TEST_CASE("gemm: OpenBLAS matches the reference loop, every transpose combination") {
+  const std::int64_t m = 5, n = 4, k = 3;
+  auto a = Array<double>::random_uniform({m * k}, -1.0, 1.0, 1);
+  auto b = Array<double>::random_uniform({k * n}, -1.0, 1.0, 2);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Array<double> c1 = Array<double>::ones({m, n}), c2 = Array<double>::ones({m, n});
+      const std::int64_t lda = ta ? m : k, ldb = tb ? k : n;
+      tg::kernels::gemm(ta, tb, m, n, k, 2.0, a.data(), lda, b.data(), ldb, 0.5, c1.data(), n);
+      tg::kernels::gemm_reference(ta, tb, m, n, k, 2.0, a.data(), lda, b.data(), ldb, 0.5, c2.data(), n);
+      for (std::int64_t i = 0; i < m * n; ++i) CHECK(c1.data()[i] == doctest::Approx(c2.data()[i]).epsilon(1e-12));
+    }
+}

@@ -1,0 +1,123 @@
+// Arithmetic and unary math: hand-worked values, the triple, dot products, errors.
+#include "support/checks.hpp"
+
+using namespace tgtest;
+using T = tg::Tracked<double>;
+
+TEST_CASE("arithmetic: hand-worked values with broadcasting and scalars") {
+  A a({2, 3}, {1, 2, 3, 4, 5, 6});
+  A b({3}, {10, 20, 30});
+  CHECK(max_abs_diff(a + b, A({2, 3}, {11, 22, 33, 14, 25, 36})) == 0);
+  CHECK(max_abs_diff(a - 1.0, A({2, 3}, {0, 1, 2, 3, 4, 5})) == 0);
+  CHECK(max_abs_diff(2.0 * a, A({2, 3}, {2, 4, 6, 8, 10, 12})) == 0);
+  CHECK(max_abs_diff(b / A({1}, {10}), A({3}, {1, 2, 3})) == 0);
+  CHECK(max_abs_diff(-b, A({3}, {-10, -20, -30})) == 0);
+  CHECK(max_abs_diff(tg::pow(b, 2.0), A({3}, {100, 400, 900})) == 0);
+  A col({2, 1}, {1, 2});
+  CHECK((col * b).shape() == tg::Shape{2, 3});
+  CHECK((col * b)(1, 2) == 60);
+}
+
+TEST_CASE("arithmetic: the triple for every binary op, over broadcasting shapes and seeds") {
+  const std::vector<std::pair<tg::Shape, tg::Shape>> shapes = {
+      {{3, 4}, {3, 4}}, {{3, 4}, {4}}, {{3, 1}, {1, 4}}, {{2, 3, 4}, {3, 1}}, {{}, {2, 3}}};
+  for (std::uint64_t seed : {1u, 2u, 3u})
+    for (const auto& [sa, sb] : shapes) {
+      CAPTURE(tg::to_string(sa));
+      CAPTURE(tg::to_string(sb));
+      const auto in = std::tuple{random_away_from(sa, seed), random_away_from(sb, seed + 10)};
+      const auto in2 = std::tuple{random_away_from(sa, seed + 20), random_away_from(sb, seed + 30)};
+      check_op([](const T& x, const T& y) { return x + y; }, in, in2);
+      check_op([](const T& x, const T& y) { return x - y; }, in, in2);
+      check_op([](const T& x, const T& y) { return x * y; }, in, in2);
+      check_op([](const T& x, const T& y) { return x / y; }, in, in2);
+    }
+}
+
+TEST_CASE("arithmetic: scalars and plain arrays are constants") {
+  const A x = random_away_from({3, 4}, 5), c = random_away_from({4}, 6);
+  check_op([](const T& v) { return v * 3.0; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
+  check_op([](const T& v) { return 2.0 - v; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
+  check_op([&](const T& v) { return v / c; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
+  check_op([](const T& v) { return -v; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
+  // A constant operand gets no adjoint slot work: it is marked as not needing a gradient.
+  auto tape = tg::record([&](const T& v) { return tg::sum(v * c); }, x);
+  const auto& t = tape.tape();
+  const auto& mul = t.instruction(0);
+  CHECK_FALSE(t.needs_grad(t.args_of(mul)[1]));
+  CHECK(t.kind(t.args_of(mul)[1]) == tg::SlotKind::constant);
+}
+
+TEST_CASE("arithmetic: a value used twice accumulates both adjoints") {
+  A x({3}, {1, -2, 3});
+  auto g = tg::gradient([](const T& v) { return tg::sum(v * v + v); }, x);
+  CHECK(max_abs_diff(g, A({3}, {3, -3, 7})) == 0);  // 2x + 1
+}
+
+TEST_CASE("pow: constant exponent and tracked exponent") {
+  const A x = A::random_uniform({3, 4}, 0.5, 2.0, 1), y = A::random_uniform({3, 4}, -1.0, 2.0, 2);
+  const A x2 = A::random_uniform({3, 4}, 0.5, 2.0, 3), y2 = A::random_uniform({3, 4}, -1.0, 2.0, 4);
+  check_op([](const T& v) { return tg::pow(v, 3.0); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v) { return tg::pow(v, 0.5); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v, const T& w) { return tg::pow(v, w); }, std::tuple{x, y}, std::tuple{x2, y2});
+  // Note [pow at zero]: d/dy 0^y = 0 (not NaN).
+  auto [gx, gy] = tg::gradient([](const T& v, const T& w) { return tg::sum(tg::pow(v, w)); }, A({1}, {0.0}), A({1}, {2.0}));
+  CHECK(gy(0) == 0);
+  CHECK(gx(0) == 0);
+}
+
+TEST_CASE("unary math: hand-worked values") {
+  A x({4}, {-2, -0.5, 0.5, 2});
+  CHECK(max_abs_diff(tg::relu(x), A({4}, {0, 0, 0.5, 2})) == 0);
+  CHECK(max_abs_diff(tg::abs(x), A({4}, {2, 0.5, 0.5, 2})) == 0);
+  CHECK(max_abs_diff(tg::leaky_relu(x, 0.1), A({4}, {-0.2, -0.05, 0.5, 2})) < 1e-15);
+  CHECK(tg::sigmoid(A({1}, {0.0}))(0) == 0.5);
+  CHECK(tg::softplus(A({1}, {0.0}))(0) == doctest::Approx(std::log(2.0)));
+  CHECK(tg::softplus(A({1}, {1000.0}))(0) == 1000.0);  // no overflow
+  CHECK(tg::sigmoid(A({1}, {-1000.0}))(0) == 0.0);
+  CHECK(tg::exp(A({1}, {1.0}))(0) == doctest::Approx(std::exp(1.0)));
+  CHECK(tg::log(A({1}, {std::exp(2.0)}))(0) == doctest::Approx(2.0));
+  CHECK(tg::sqrt(A({1}, {9.0}))(0) == 3.0);
+  CHECK(tg::tanh(A({1}, {0.5}))(0) == doctest::Approx(std::tanh(0.5)));
+}
+
+TEST_CASE("unary math: the triple for every op (inputs away from kinks and domain edges)") {
+  for (std::uint64_t seed : {1u, 2u, 3u}) {
+    const A any = random_away_from({3, 5}, seed), any2 = random_away_from({3, 5}, seed + 9);
+    const A pos = A::random_uniform({3, 5}, 0.2, 3.0, seed), pos2 = A::random_uniform({3, 5}, 0.2, 3.0, seed + 9);
+    check_op([](const T& v) { return tg::exp(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::log(v); }, std::tuple{pos}, std::tuple{pos2});
+    check_op([](const T& v) { return tg::sqrt(v); }, std::tuple{pos}, std::tuple{pos2});
+    check_op([](const T& v) { return tg::abs(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::tanh(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::sigmoid(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::relu(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::leaky_relu(v, 0.2); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::softplus(v); }, std::tuple{any}, std::tuple{any2});
+  }
+}
+
+TEST_CASE("unary math: kink policy (Note [Kinks])") {
+  A zero({1}, {0.0});
+  CHECK(tg::gradient([](const T& v) { return tg::sum(tg::relu(v)); }, zero)(0) == 0);
+  CHECK(tg::gradient([](const T& v) { return tg::sum(tg::abs(v)); }, zero)(0) == 0);
+  CHECK(tg::gradient([](const T& v) { return tg::sum(tg::leaky_relu(v, 0.1)); }, zero)(0) == doctest::Approx(0.1));
+}
+
+TEST_CASE("elementwise: dot-product test on realistic shapes") {
+  const A x = random_away_from({64, 128}, 1), y = random_away_from({128}, 2);
+  check_dot_product([](const T& a, const T& b) { return a * b + a / b - b; }, x, y);
+  check_dot_product([](const T& a) { return tg::tanh(a) * tg::sigmoid(a) + tg::softplus(a) + tg::relu(a) + tg::abs(a); }, x);
+  const A p = A::random_uniform({64, 128}, 0.5, 2.0, 3);
+  check_dot_product([](const T& a) { return tg::log(a) + tg::sqrt(a) + tg::exp(a) + tg::pow(a, 1.5) + tg::leaky_relu(a); }, p);
+}
+
+TEST_CASE("elementwise: bad shapes are clear errors and leave the tape unchanged") {
+  auto tape = tg::record([](const T& v) { return v * 2.0; }, A::ones({2, 3}));
+  const std::size_t before = tape.tape().num_instructions(), slots = tape.tape().num_slots();
+  T x(&tape.tape(), tape.tape().inputs()[0]);
+  CHECK_THROWS_WITH_AS(x + A::ones({4}), doctest::Contains("add: shapes (2,3) and (4) are not broadcastable"), tg::Error);
+  CHECK_THROWS_WITH_AS(x * A::ones({3, 2}), doctest::Contains("test_elementwise.cpp:"), tg::Error);
+  CHECK(tape.tape().num_instructions() == before);
+  CHECK(tape.tape().num_slots() == slots);
+}

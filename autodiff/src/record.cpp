@@ -1,9 +1,37 @@
 #include "tapegrad/autodiff/record.hpp"
 
+#include <array>
+
 #include <fmt/format.h>
 
 namespace tg {
 namespace {
+
+// Note [No allocation per operand]: recording is the hot path of small-op
+// programs (issue: under 0.5 us per op), so the per-call lists of operands,
+// shapes and slots live in inline storage; only ops with more than
+// kInline operands (a long concat) spill to the heap.
+template <class X, std::size_t kInline = 4>
+class InlineList {
+ public:
+  explicit InlineList(std::size_t capacity) {
+    if (capacity > kInline) heap_.reserve(capacity);
+  }
+  X& push_back(X x) {
+    if (heap_.capacity() > 0) return heap_.emplace_back(std::move(x));
+    inline_[size_] = std::move(x);
+    return inline_[size_++];
+  }
+  X* data() { return heap_.capacity() > 0 ? heap_.data() : inline_.data(); }
+  std::size_t size() const { return heap_.capacity() > 0 ? heap_.size() : size_; }
+  X& operator[](std::size_t i) { return data()[i]; }
+  std::span<X> span() { return {data(), size()}; }
+
+ private:
+  std::array<X, kInline> inline_{};
+  std::size_t size_ = 0;
+  std::vector<X> heap_;
+};
 
 template <class T>
 void check_arity(const OpInfo<T>& op, std::size_t n) {
@@ -15,11 +43,10 @@ void check_arity(const OpInfo<T>& op, std::size_t n) {
 template <class T>
 Array<T> run_forward(const OpInfo<T>& op, const OpParams* params, std::span<const Array<T>* const> inputs,
                      std::vector<Array<T>>& saved) {
-  std::vector<const Shape*> shapes;
-  shapes.reserve(inputs.size());
+  InlineList<const Shape*> shapes(inputs.size());
   for (auto* a : inputs) shapes.push_back(&a->shape());
-  Array<T> out = Array<T>::uninitialized(op.shape(params, shapes));
-  saved.resize(static_cast<std::size_t>(op.n_saved));
+  Array<T> out = Array<T>::uninitialized(op.shape(params, std::span<const Shape* const>(shapes.data(), shapes.size())));
+  if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
   op.forward({params, inputs, out, saved});
   return out;
 }
@@ -55,25 +82,22 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
     if (!tape) fail(op.name, "no operand is tracked expected at least one Tracked value; hint: use the plain-Array overload");
 
     // 2. Values of every operand; scalars become rank-0 arrays (not yet on the tape).
-    std::vector<Array<T>> scalars;
-    scalars.reserve(operands.size());
-    std::vector<const Array<T>*> inputs;
-    inputs.reserve(operands.size());
+    InlineList<Array<T>> scalars(operands.size());
+    InlineList<const Array<T>*> inputs(operands.size());
     for (const auto& o : operands) {
       switch (o.kind) {
         case Operand<T>::Kind::tracked: inputs.push_back(&o.tracked->value()); break;
         case Operand<T>::Kind::array: inputs.push_back(o.array); break;
-        case Operand<T>::Kind::scalar: inputs.push_back(&scalars.emplace_back(Array<T>::scalar(o.scalar))); break;
+        case Operand<T>::Kind::scalar: inputs.push_back(&scalars.push_back(Array<T>::scalar(o.scalar))); break;
       }
     }
 
     // 3. Validate and compute. Nothing on the tape has changed yet.
     std::vector<Array<T>> saved;
-    Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs), saved);
+    Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs.data(), inputs.size()), saved);
 
     // 4. Commit: constants, then the instruction and its output slot.
-    std::vector<std::uint32_t> args;
-    args.reserve(operands.size());
+    InlineList<std::uint32_t> args(operands.size());
     std::size_t next_scalar = 0;
     for (std::size_t i = 0; i < operands.size(); ++i) {
       const auto& o = operands[i];
@@ -83,7 +107,7 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
         case Operand<T>::Kind::scalar: args.push_back(tape->add_constant(std::move(scalars[next_scalar++]))); break;
       }
     }
-    const auto slot = tape->append(op, std::move(params), args, std::move(out), std::move(saved), where);
+    const auto slot = tape->append(op, std::move(params), args.span(), std::move(out), std::move(saved), where);
     return Tracked<T>(tape, slot);
   } catch (const Error& e) {
     throw e.with_site(where);

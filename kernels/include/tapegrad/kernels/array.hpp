@@ -2,6 +2,8 @@
 // Value semantics: copying an Array copies its elements.
 #pragma once
 
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <new>
@@ -17,8 +19,23 @@
 namespace tg {
 
 namespace detail {
+// Note [Aligned storage on malloc's fast path]: aligned operator new goes through
+// glibc's memalign, several times slower than malloc for the tiny arrays a tape
+// of small ops allocates by the thousand. We over-allocate by 64 bytes with
+// malloc, align by hand, and keep the offset in the byte before the data.
+inline void* aligned_allocate(std::size_t bytes) {
+  auto* raw = static_cast<unsigned char*>(std::malloc(bytes + 64));
+  if (!raw) throw std::bad_alloc();
+  const std::size_t shift = 64 - (reinterpret_cast<std::uintptr_t>(raw) & 63);  // 1..64
+  unsigned char* aligned = raw + shift;
+  aligned[-1] = static_cast<unsigned char>(shift);
+  return aligned;
+}
 struct AlignedFree {
-  void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
+  void operator()(void* p) const noexcept {
+    auto* aligned = static_cast<unsigned char*>(p);
+    std::free(aligned - aligned[-1]);
+  }
 };
 }  // namespace detail
 
@@ -63,7 +80,7 @@ class Array {
     a.shape_ = std::move(shape);
     a.size_ = a.shape_.size();
     if (a.size_ > 0) {
-      void* p = ::operator new(sizeof(T) * static_cast<std::size_t>(a.size_), std::align_val_t{64});
+      void* p = detail::aligned_allocate(sizeof(T) * static_cast<std::size_t>(a.size_));
       a.data_.reset(static_cast<T*>(p));
     }
     return a;

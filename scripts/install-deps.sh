@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what tapegrad needs to build and test on Debian 12, from Debian's packages.
+#   --with-torch  also LibTorch (libtorch-dev), the comparison in benchmarks (large; never a library dependency)
+set -euo pipefail
+packages=(cmake ninja-build g++ libfmt-dev libopenblas-openmp-dev doctest-dev)
+[[ "${1:-}" == "--with-torch" ]] && packages+=(libtorch-dev)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-deps: ${#packages[@]} packages present"

@@ -1,0 +1,27 @@
+# Driven by ctest: builds and runs tests/consumer against tapegrad.
+#   MODE=install: cmake --install the build tree into a prefix, then find_package.
+#   MODE=subdirectory: add_subdirectory of the source tree.
+set(work ${BINARY_DIR}/consume-${MODE})
+file(REMOVE_RECURSE ${work})
+if(MODE STREQUAL "install")
+  execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${work}/prefix RESULT_VARIABLE rc OUTPUT_QUIET)
+  if(rc)
+    message(FATAL_ERROR "cmake --install failed (${rc})")
+  endif()
+  set(configure_args -DCMAKE_PREFIX_PATH=${work}/prefix)
+else()
+  set(configure_args -DTAPEGRAD_SOURCE_DIR=${SOURCE_DIR})
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${work}/build -DCMAKE_BUILD_TYPE=Release
+                        ${configure_args} RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "configuring the consumer failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${work}/build --target consumer -j 2 RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "building the consumer failed (${rc})")
+endif()
+execute_process(COMMAND ${work}/build/consumer RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "the consumer failed (${rc})")
+endif()

@@ -1,6 +1,7 @@
 #include "tapegrad/autodiff/record.hpp"
 
 #include <array>
+#include <new>
 
 #include <fmt/format.h>
 
@@ -17,18 +18,25 @@ class InlineList {
   explicit InlineList(std::size_t capacity) {
     if (capacity > kInline) heap_.reserve(capacity);
   }
+  InlineList(const InlineList&) = delete;
+  InlineList& operator=(const InlineList&) = delete;
+  ~InlineList() {
+    for (std::size_t i = 0; i < size_; ++i) inline_data()[i].~X();
+  }
   X& push_back(X x) {
     if (heap_.capacity() > 0) return heap_.emplace_back(std::move(x));
-    inline_[size_] = std::move(x);
-    return inline_[size_++];
+    X* slot = new (inline_data() + size_) X(std::move(x));  // constructed only when used
+    ++size_;
+    return *slot;
   }
-  X* data() { return heap_.capacity() > 0 ? heap_.data() : inline_.data(); }
+  X* data() { return heap_.capacity() > 0 ? heap_.data() : inline_data(); }
   std::size_t size() const { return heap_.capacity() > 0 ? heap_.size() : size_; }
   X& operator[](std::size_t i) { return data()[i]; }
   std::span<X> span() { return {data(), size()}; }
 
  private:
-  std::array<X, kInline> inline_{};
+  X* inline_data() { return std::launder(reinterpret_cast<X*>(storage_)); }
+  alignas(X) unsigned char storage_[sizeof(X) * kInline];
   std::size_t size_ = 0;
   std::vector<X> heap_;
 };

@@ -53,6 +53,28 @@ void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& s
     for (std::int64_t i = 0; i < n; ++i) grad[i] += f(a[i], b[i], out[i], dout[i]);
     return;
   }
+  if (sa == so && sb.size() == 1) {  // array op scalar: the common case of constants
+    const T bv = b[0];
+    if constexpr (side == Side::a) {
+      for (std::int64_t i = 0; i < n; ++i) grad[i] += f(a[i], bv, out[i], dout[i]);
+    } else {
+      T acc = T(0);
+      for (std::int64_t i = 0; i < n; ++i) acc += f(a[i], bv, out[i], dout[i]);
+      grad[0] += acc;
+    }
+    return;
+  }
+  if (sb == so && sa.size() == 1) {  // scalar op array
+    const T av = a[0];
+    if constexpr (side == Side::b) {
+      for (std::int64_t i = 0; i < n; ++i) grad[i] += f(av, b[i], out[i], dout[i]);
+    } else {
+      T acc = T(0);
+      for (std::int64_t i = 0; i < n; ++i) acc += f(av, b[i], out[i], dout[i]);
+      grad[0] += acc;
+    }
+    return;
+  }
   const Strides st_a = broadcast_strides(sa, so), st_b = broadcast_strides(sb, so), st_o = contiguous_strides(so);
   const Strides& st_g = side == Side::a ? st_a : st_b;
   for_each_run<4>(so, {&st_a, &st_b, &st_o, &st_g}, [&](std::int64_t m, const Offsets<4>& o, const Offsets<4>& s) {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <new>
+#include <ostream>
 #include <random>
 #include <span>
 #include <type_traits>
@@ -191,9 +192,6 @@ constexpr const char* dtype_name() {
 
 // NumPy-like text: nested brackets, e.g. "[[1, 2], [3, 4]]"; long arrays elide their middle.
 template <class T>
-std::string to_string(const Array<T>& a);
-
-template <class T>
 std::string to_string(const Array<T>& a) {
   std::string out;
   const Shape& s = a.shape();
@@ -228,10 +226,7 @@ struct fmt::formatter<tg::Array<T>> : fmt::formatter<std::string_view> {
 
 namespace tg {
 template <class T>
-std::ostream& operator<<(std::ostream& os, const Array<T>& a);
-}
-#include <ostream>
-template <class T>
-std::ostream& tg::operator<<(std::ostream& os, const Array<T>& a) {
+std::ostream& operator<<(std::ostream& os, const Array<T>& a) {
   return os << to_string(a);
 }
+}  // namespace tg

@@ -94,6 +94,13 @@ class Array {
     return a;
   }
   static Array scalar(T value) { return full(Shape{}, value); }
+  // The same values converted to another element type.
+  template <class U>
+  Array<U> cast() const {
+    Array<U> out = Array<U>::uninitialized(shape());
+    for (std::int64_t i = 0; i < size(); ++i) out.data()[i] = static_cast<U>(data()[i]);
+    return out;
+  }
   // 0, 1, 2, ... in row-major order (handy for hand-worked test answers).
   static Array iota(Shape shape, T start = T(0)) {
     Array a = uninitialized(std::move(shape));

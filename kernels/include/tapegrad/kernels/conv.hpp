@@ -1,0 +1,96 @@
+// Convolution kernels: one validated geometry, three passes, three algorithms.
+//
+//   y  = conv(x, w)               x (N, C, in...), w (K, C/groups, ker...), y (N, K, out...)
+//   gx += conv_backward_input     (a transposed convolution of gy with w)
+//   gw += conv_backward_weight    (a correlation of x with gy)
+//
+// Spatial rank 1-3; internally every geometry is 3-D, unused dims have size 1.
+// Cross-correlation by default (the deep-learning convention); flip = true is
+// a true convolution (the kernel reversed along every spatial dim).
+//
+// Note [Choosing a convolution algorithm]: choose_conv_algorithm prices each
+// pass of a geometry with a small cost model and takes the cheapest that
+// applies:
+//   direct  : macs / kDirectRate                (loops, vectorised along the
+//             output row; no workspace; any stride, dilation, groups)
+//   im2col  : macs / kGemmRate + copied / kCopyRate  (workspace of
+//             Cg*ker_vol*out_vol elements per thread; skipped for 1x1 stride 1
+//             unpadded convolutions, which are a GEMM on the input directly)
+//   fft     : only stride 1 and dilation 1; transforms of every input
+//             channel, filter and output plane on the padded grid, plus the
+//             pointwise products: (N*C + K*C + N*K) * 5 F log2 F / kFftRate
+//             + N*K*Cg * F * 4 / kFftRate for F points per plane.
+// The rates are measured on an AVX2 core (see tools/bench_conv); the rule
+// picks direct for depthwise and single-channel filtering, im2col for the
+// channel-heavy layers of a CNN, and fft for large kernels (e.g. 15x15 and up
+// on a big plane). Any pass can be forced through the algorithm argument;
+// forcing fft on a strided or dilated geometry is an error.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "tapegrad/kernels/shape.hpp"
+
+namespace tg::kernels {
+
+enum class ConvAlgorithm { automatic, direct, im2col, fft };
+const char* to_string(ConvAlgorithm a);
+
+enum class ConvPass { forward, backward_input, backward_weight };
+const char* to_string(ConvPass p);
+
+// What the caller asks for. Each list holds one value per spatial dim, or one
+// value for every dim, or nothing for the default (stride 1, dilation 1, no padding).
+struct ConvSpec {
+  std::vector<std::int64_t> stride, dilation, pad_lo, pad_hi;
+  std::int64_t groups = 1;
+  bool flip = false;
+};
+
+struct ConvGeometry {
+  static constexpr int kMaxSpatial = 3;
+  using Dims = std::array<std::int64_t, kMaxSpatial>;
+  int spatial = 0;                  // number of spatial dims the caller has (1-3)
+  std::int64_t N = 0, C = 0, K = 0;  // batch, input channels, output channels
+  std::int64_t groups = 1, Cg = 0, Kg = 0;  // channels per group (input, output)
+  Dims in{1, 1, 1}, ker{1, 1, 1}, out{1, 1, 1};
+  Dims stride{1, 1, 1}, dil{1, 1, 1}, lo{0, 0, 0}, hi{0, 0, 0};
+  bool flip = false;
+
+  std::int64_t in_vol() const { return in[0] * in[1] * in[2]; }
+  std::int64_t ker_vol() const { return ker[0] * ker[1] * ker[2]; }
+  std::int64_t out_vol() const { return out[0] * out[1] * out[2]; }
+  double macs() const { return double(N) * double(K) * double(Cg) * double(ker_vol()) * double(out_vol()); }
+  // 1x1 kernel, stride 1, no padding: the convolution is a GEMM on the input itself.
+  bool pointwise() const;
+  bool unit_stride_and_dilation() const;
+};
+
+// Validates x and w against the spec (rank, channels, groups, stride, dilation,
+// padding, kernel larger than the padded input); throws tg::Error naming `op`.
+ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec, const char* op);
+Shape conv_input_shape(const ConvGeometry& g);
+Shape conv_weight_shape(const ConvGeometry& g);
+Shape conv_output_shape(const ConvGeometry& g);
+
+// The algorithm a pass runs with: `requested` unless it is automatic (then the
+// cost rule). Throws when `requested` cannot run this geometry.
+ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op);
+
+// y = conv(x, w); with accumulate, y += conv(x, w).
+template <class T>
+void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate = false);
+// gx += the adjoint of conv_forward with respect to x, applied to gy.
+template <class T>
+void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx);
+// gw += the adjoint of conv_forward with respect to w, applied to gy.
+template <class T>
+void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw);
+
+// Threads the convolution kernels use (OpenMP over the batch, or OpenBLAS
+// inside the GEMM when the batch is smaller than the thread count).
+int conv_threads();
+
+}  // namespace tg::kernels

@@ -1,0 +1,252 @@
+// Convolution: geometry validation, the algorithm cost rule, and the dispatch
+// that every pass goes through (flip handled here, once).
+#include "tapegrad/kernels/conv.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "conv_impl.hpp"
+#include "fft_size.hpp"
+#include "tapegrad/kernels/error.hpp"
+
+namespace tg::kernels {
+
+const char* to_string(ConvAlgorithm a) {
+  switch (a) {
+    case ConvAlgorithm::automatic: return "auto";
+    case ConvAlgorithm::direct: return "direct";
+    case ConvAlgorithm::im2col: return "im2col";
+    case ConvAlgorithm::fft: return "fft";
+  }
+  return "?";
+}
+
+const char* to_string(ConvPass p) {
+  switch (p) {
+    case ConvPass::forward: return "forward";
+    case ConvPass::backward_input: return "backward_input";
+    case ConvPass::backward_weight: return "backward_weight";
+  }
+  return "?";
+}
+
+bool ConvGeometry::pointwise() const {
+  for (int d = 0; d < kMaxSpatial; ++d)
+    if (ker[d] != 1 || stride[d] != 1 || lo[d] != 0 || hi[d] != 0) return false;
+  return true;
+}
+
+bool ConvGeometry::unit_stride_and_dilation() const {
+  for (int d = 0; d < kMaxSpatial; ++d)
+    if (stride[d] != 1 || dil[d] != 1) return false;
+  return true;
+}
+
+int conv_threads() { return omp_get_max_threads(); }
+
+namespace {
+
+// One value per spatial dim from a list of 0, 1 or `spatial` values.
+ConvGeometry::Dims per_dim(const std::vector<std::int64_t>& v, int spatial, std::int64_t fallback, std::int64_t minimum,
+                           const char* what, const char* op) {
+  if (!v.empty() && v.size() != 1 && static_cast<int>(v.size()) != spatial)
+    fail(op, fmt::format("{} has {} values ([{}]) expected 1 or {} (one per spatial dim)", what, v.size(),
+                         fmt::join(v, ","), spatial));
+  ConvGeometry::Dims out{fallback, fallback, fallback};
+  for (int d = 0; d < spatial; ++d) {
+    const std::int64_t value = v.empty() ? fallback : v.size() == 1 ? v[0] : v[d];
+    if (value < minimum)
+      fail(op, fmt::format("{} is {} along spatial dim {} expected >= {}", what, value, d, minimum));
+    // Spatial dims are right-aligned into the 3-D geometry.
+    out[ConvGeometry::kMaxSpatial - spatial + d] = value;
+  }
+  for (int d = 0; d < ConvGeometry::kMaxSpatial - spatial; ++d) out[d] = (minimum == 0 ? 0 : 1);
+  return out;
+}
+
+}  // namespace
+
+ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec, const char* op) {
+  const int rank = static_cast<int>(x.rank());
+  if (rank < 3 || rank > 5)
+    fail(op, fmt::format("input has shape {} (rank {}) expected (N, C, spatial...) with 1-3 spatial dims; "
+                         "hint: reshape a single image to (1, 1, H, W)",
+                         to_string(x), rank));
+  if (static_cast<int>(w.rank()) != rank)
+    fail(op, fmt::format("weight has shape {} (rank {}) expected rank {} like the input {}: (K, C/groups, kernel...)",
+                         to_string(w), w.rank(), rank, to_string(x)));
+  ConvGeometry g;
+  g.spatial = rank - 2;
+  g.N = x[0];
+  g.C = x[1];
+  g.K = w[0];
+  g.groups = spec.groups;
+  g.flip = spec.flip;
+  if (g.groups < 1) fail(op, fmt::format("groups is {} expected >= 1", g.groups));
+  if (g.C < 1 || g.K < 1)
+    fail(op, fmt::format("channels are {} (input {}) and {} (weight {}) expected >= 1", g.C, to_string(x), g.K, to_string(w)));
+  if (g.C % g.groups != 0 || g.K % g.groups != 0)
+    fail(op, fmt::format("input channels ({}) and filters ({}) must both be divisible by groups ({}); hint: depthwise "
+                         "convolution has groups = C",
+                         g.C, g.K, g.groups));
+  g.Cg = g.C / g.groups;
+  g.Kg = g.K / g.groups;
+  if (w[1] != g.Cg)
+    fail(op, fmt::format("weight {} has {} input channels per filter expected C/groups = {}/{} = {}", to_string(w), w[1],
+                         g.C, g.groups, g.Cg));
+  g.stride = per_dim(spec.stride, g.spatial, 1, 1, "stride", op);
+  g.dil = per_dim(spec.dilation, g.spatial, 1, 1, "dilation", op);
+  g.lo = per_dim(spec.pad_lo, g.spatial, 0, 0, "padding (low side)", op);
+  g.hi = per_dim(spec.pad_hi, g.spatial, 0, 0, "padding (high side)", op);
+  const int first = ConvGeometry::kMaxSpatial - g.spatial;
+  for (int d = first; d < ConvGeometry::kMaxSpatial; ++d) {
+    g.in[d] = x[2 + d - first];
+    g.ker[d] = w[2 + d - first];
+    if (g.ker[d] < 1) fail(op, fmt::format("weight {} has an empty kernel expected every kernel dim >= 1", to_string(w)));
+    const std::int64_t extent = g.dil[d] * (g.ker[d] - 1) + 1;
+    const std::int64_t padded = g.in[d] + g.lo[d] + g.hi[d];
+    if (extent > padded)
+      fail(op, fmt::format("kernel extent ({}) along spatial dim {} is larger than the padded input ({} = {} + {} + {}) "
+                           "expected extent <= padded input; hint: pad more or use a smaller kernel",
+                           extent, d - first, padded, g.in[d], g.lo[d], g.hi[d]));
+    g.out[d] = (padded - extent) / g.stride[d] + 1;
+  }
+  return g;
+}
+
+namespace {
+Shape with_spatial(std::int64_t a, std::int64_t b, const ConvGeometry& g, const ConvGeometry::Dims& dims) {
+  Shape s{a, b};
+  for (int d = ConvGeometry::kMaxSpatial - g.spatial; d < ConvGeometry::kMaxSpatial; ++d) s.push_back(dims[d]);
+  return s;
+}
+}  // namespace
+
+Shape conv_input_shape(const ConvGeometry& g) { return with_spatial(g.N, g.C, g, g.in); }
+Shape conv_weight_shape(const ConvGeometry& g) { return with_spatial(g.K, g.Cg, g, g.ker); }
+Shape conv_output_shape(const ConvGeometry& g) { return with_spatial(g.N, g.K, g, g.out); }
+
+// ---- the cost rule (Note [Choosing a convolution algorithm]) ----------------
+namespace {
+
+constexpr double kGemmRate = 40e9;    // multiply-adds per second per thread, large GEMM
+constexpr double kDirectRate = 4e9;   // multiply-adds per second per thread, direct loops
+constexpr double kCopyRate = 1.5e9;   // im2col/col2im elements per second per thread
+constexpr double kFftRate = 1.5e9;    // FFT flops per second per thread
+
+double gemm_seconds(const ConvGeometry& g) {
+  // Every pass multiplies a Kg-sided matrix by an R-sided one (R = Cg * ker_vol);
+  // the smaller of the two decides how close to its peak the GEMM runs.
+  const double rows = double(g.Cg) * double(g.ker_vol());
+  const double smallest = std::min<double>(double(g.Kg), rows);
+  const double efficiency = std::min(1.0, smallest / 32.0);
+  const double copied = g.pointwise() ? 0.0 : double(g.N) * double(g.groups) * rows * double(g.out_vol());
+  return g.macs() / (kGemmRate * efficiency) + copied / kCopyRate;
+}
+
+double fft_seconds(const ConvGeometry& g) {
+  double points = 1;
+  for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) points *= double(fft_size(g.in[d] + g.lo[d] + g.hi[d]));
+  const double transforms = double(g.N * g.C + g.K * g.Cg + g.N * g.K);
+  return (transforms * 5 * points * std::log2(std::max(2.0, points)) + double(g.N) * double(g.K) * double(g.Cg) * points * 8) /
+         kFftRate;
+}
+
+}  // namespace
+
+ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op) {
+  if (requested == ConvAlgorithm::fft && !g.unit_stride_and_dilation())
+    fail(op, fmt::format("algorithm fft runs only stride 1 and dilation 1 (this call has stride [{}] dilation [{}]); "
+                         "hint: use im2col or direct, or leave the algorithm automatic",
+                         fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
+  if (requested != ConvAlgorithm::automatic) return requested;
+  const double direct = g.macs() / kDirectRate;
+  const double gemm = gemm_seconds(g);
+  (void)pass;  // the rates do not differ by pass yet; the pass stays in the interface for when they do
+  const double fft = g.unit_stride_and_dilation() ? fft_seconds(g) : INFINITY;
+  if (fft < direct && fft < gemm) return ConvAlgorithm::fft;
+  return direct <= gemm ? ConvAlgorithm::direct : ConvAlgorithm::im2col;
+}
+
+// ---- dispatch -----------------------------------------------------------------
+namespace {
+
+// The kernel reversed along every spatial dim (each (k, c) block of ker_vol taps reversed).
+template <class T>
+std::vector<T> flipped(const ConvGeometry& g, const T* w) {
+  const std::int64_t taps = g.ker_vol(), blocks = g.K * g.Cg;
+  std::vector<T> out(static_cast<std::size_t>(taps * blocks));
+  for (std::int64_t b = 0; b < blocks; ++b)
+    for (std::int64_t t = 0; t < taps; ++t) out[b * taps + t] = w[b * taps + (taps - 1 - t)];
+  return out;
+}
+
+ConvGeometry unflipped(ConvGeometry g) {
+  g.flip = false;
+  return g;
+}
+
+void require_resolved(ConvAlgorithm a) {
+  if (a == ConvAlgorithm::automatic) fail("conv", "algorithm automatic reached a kernel expected a resolved algorithm");
+}
+
+}  // namespace
+
+template <class T>
+void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate) {
+  require_resolved(a);
+  if (g.flip) {
+    const auto wf = flipped(g, w);
+    return conv_forward(unflipped(g), a, x, wf.data(), y, accumulate);
+  }
+  switch (a) {
+    case ConvAlgorithm::direct: return conv_impl::direct_forward(g, x, w, y, accumulate);
+    case ConvAlgorithm::im2col: return conv_impl::im2col_forward(g, x, w, y, accumulate);
+    default: return conv_impl::fft_forward(g, x, w, y, accumulate);
+  }
+}
+
+template <class T>
+void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx) {
+  require_resolved(a);
+  if (g.flip) {
+    const auto wf = flipped(g, w);
+    return conv_backward_input(unflipped(g), a, gy, wf.data(), gx);
+  }
+  switch (a) {
+    case ConvAlgorithm::direct: return conv_impl::direct_backward_input(g, gy, w, gx);
+    case ConvAlgorithm::im2col: return conv_impl::im2col_backward_input(g, gy, w, gx);
+    default: return conv_impl::fft_backward_input(g, gy, w, gx);
+  }
+}
+
+template <class T>
+void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw) {
+  require_resolved(a);
+  if (g.flip) {
+    // The gradient of the flipped kernel, flipped back onto the kernel the caller holds.
+    std::vector<T> gwf(static_cast<std::size_t>(g.K * g.Cg * g.ker_vol()), T(0));
+    conv_backward_weight(unflipped(g), a, x, gy, gwf.data());
+    const auto back = flipped(g, gwf.data());
+    for (std::size_t i = 0; i < back.size(); ++i) gw[i] += back[i];
+    return;
+  }
+  switch (a) {
+    case ConvAlgorithm::direct: return conv_impl::direct_backward_weight(g, x, gy, gw);
+    case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
+    default: return conv_impl::fft_backward_weight(g, x, gy, gw);
+  }
+}
+
+#define TG_INSTANTIATE(T)                                                                                  \
+  template void conv_forward<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool);         \
+  template void conv_backward_input<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*);         \
+  template void conv_backward_weight<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg::kernels

@@ -1,0 +1,243 @@
+// ============================================================================
+// conv and conv_transpose. One validated geometry (kernels::ConvGeometry) is
+// shared by the forward kernel and both backward kernels; the algorithm of
+// each pass is resolved once, when the instruction is recorded.
+//
+// conv_transpose is the adjoint of conv: for the conv whose input has the
+// transpose's output shape and whose output has the transpose's input shape,
+//   transpose forward          = conv_backward_input
+//   transpose pullback wrt x   = conv_forward        (of the output adjoint)
+//   transpose pullback wrt w   = conv_backward_weight (input = output adjoint, gy = x)
+// ============================================================================
+#include "tapegrad/ops/conv.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+
+#include "tapegrad/autodiff/record.hpp"
+
+namespace tg::ops {
+
+using kernels::ConvGeometry;
+using kernels::ConvPass;
+
+struct ConvOpParams : OpParams {
+  ConvParams user;
+  bool transpose = false;
+  // Resolved by the shape rule when the instruction is recorded (replay keeps the shapes).
+  mutable ConvGeometry geometry;
+  mutable std::array<ConvAlgorithm, 3> algorithm{};  // the kernels' passes: forward, backward_input, backward_weight
+};
+
+namespace {
+
+const char* op_name(bool transpose) { return transpose ? "conv_transpose" : "conv"; }
+
+kernels::ConvSpec spec_of(const ConvParams& p) {
+  kernels::ConvSpec s;
+  s.stride = p.stride;
+  s.dilation = p.dilation;
+  s.pad_lo = p.pad_lo.empty() ? p.padding : p.pad_lo;
+  s.pad_hi = p.pad_hi.empty() ? p.padding : p.pad_hi;
+  s.groups = p.groups;
+  s.flip = p.flip;
+  return s;
+}
+
+std::int64_t dim_value(const std::vector<std::int64_t>& v, std::size_t d, std::int64_t fallback) {
+  return v.empty() ? fallback : v.size() == 1 ? v[0] : v[d];
+}
+
+// The conv whose backward-input pass is this transpose: its input shape is the
+// transpose's output shape (N, groups * w[1], out...), with
+// out = (in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1.
+ConvGeometry transpose_geometry(const Shape& x, const Shape& w, const ConvParams& p) {
+  const char* op = "conv_transpose";
+  if (x.rank() < 3 || x.rank() > 5 || w.rank() != x.rank())
+    fail(op, fmt::format("input {} and weight {} expected (N, C, spatial...) and (C, K/groups, kernel...) of equal rank "
+                         "with 1-3 spatial dims",
+                         to_string(x), to_string(w)));
+  if (p.groups < 1) fail(op, fmt::format("groups is {} expected >= 1", p.groups));
+  if (x[1] != w[0])
+    fail(op, fmt::format("input {} has {} channels but weight {} has {} expected equal (weight layout (C, K/groups, kernel...))",
+                         to_string(x), x[1], to_string(w), w[0]));
+  const std::size_t spatial = x.rank() - 2;
+  const kernels::ConvSpec spec = spec_of(p);
+  for (const auto* list : {&p.stride, &p.dilation, &spec.pad_lo, &spec.pad_hi, &p.output_padding})
+    if (!list->empty() && list->size() != 1 && list->size() != spatial)
+      fail(op, fmt::format("a parameter list has {} values ([{}]) expected 1 or {} (one per spatial dim)", list->size(),
+                           fmt::join(*list, ","), spatial));
+  Shape out{x[0], w[1] * p.groups};
+  for (std::size_t d = 0; d < spatial; ++d) {
+    const std::int64_t s = dim_value(p.stride, d, 1), dil = dim_value(p.dilation, d, 1);
+    const std::int64_t lo = dim_value(spec.pad_lo, d, 0), hi = dim_value(spec.pad_hi, d, 0);
+    const std::int64_t extra = dim_value(p.output_padding, d, 0);
+    if (s < 1 || dil < 1) fail(op, fmt::format("stride ({}) and dilation ({}) along spatial dim {} expected >= 1", s, dil, d));
+    if (extra < 0 || extra >= std::max(s, dil))
+      fail(op, fmt::format("output_padding ({}) along spatial dim {} expected in [0, max(stride, dilation) = {})", extra,
+                           d, std::max(s, dil)));
+    const std::int64_t size = (x[2 + d] - 1) * s - lo - hi + dil * (w[2 + d] - 1) + extra + 1;
+    if (size < 1)
+      fail(op, fmt::format("output size along spatial dim {} is {} (input {}, stride {}, padding {}+{}) expected >= 1; "
+                           "hint: reduce the padding",
+                           d, size, x[2 + d], s, lo, hi));
+    out.push_back(size);
+  }
+  ConvGeometry g = kernels::conv_geometry(out, w, spec, op);
+  if (conv_output_shape(g) != x)
+    fail(op, fmt::format("input {} is not the conv output {} of the computed output shape {}", to_string(x),
+                         to_string(conv_output_shape(g)), to_string(out)));
+  return g;
+}
+
+void check_bias(const Shape& b, std::int64_t channels, const char* op) {
+  if (b.rank() != 1 || b[0] != channels)
+    fail(op, fmt::format("bias has shape {} expected ({}), one value per output channel", to_string(b), channels));
+}
+
+ConvAlgorithm requested(const ConvParams& p, ConvAlgorithm per_pass) {
+  return per_pass != ConvAlgorithm::automatic ? per_pass : p.algorithm;
+}
+
+// Resolves geometry and algorithms; returns the output shape.
+Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
+  const char* op = op_name(cp.transpose);
+  if (s.size() != 2 && s.size() != 3)
+    fail(op, fmt::format("got {} inputs expected (x, w) or (x, w, bias)", s.size()));
+  const ConvParams& p = cp.user;
+  const ConvGeometry g = cp.transpose ? transpose_geometry(*s[0], *s[1], p) : kernels::conv_geometry(*s[0], *s[1], spec_of(p), op);
+  if (s.size() == 3) check_bias(*s[2], cp.transpose ? g.C : g.K, op);
+  // The op's own passes map onto the kernels' passes (swapped for the transpose).
+  const ConvAlgorithm fwd = requested(p, p.forward_algorithm), bin = requested(p, p.backward_input_algorithm),
+                      bw = requested(p, p.backward_weight_algorithm);
+  cp.geometry = g;
+  if (!cp.transpose) {
+    cp.algorithm = {choose_conv_algorithm(g, ConvPass::forward, fwd, op),
+                    choose_conv_algorithm(g, ConvPass::backward_input, bin, op),
+                    choose_conv_algorithm(g, ConvPass::backward_weight, bw, op)};
+  } else {
+    cp.algorithm = {choose_conv_algorithm(g, ConvPass::forward, bin, op),
+                    choose_conv_algorithm(g, ConvPass::backward_input, fwd, op),
+                    choose_conv_algorithm(g, ConvPass::backward_weight, bw, op)};
+  }
+  return cp.transpose ? conv_input_shape(g) : conv_output_shape(g);
+}
+
+// y[n, k, ...] += bias[k]
+template <class T>
+void add_bias(const T* bias, T* y, std::int64_t n, std::int64_t channels, std::int64_t plane) {
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t k = 0; k < channels; ++k) {
+      T* p = y + (i * channels + k) * plane;
+      for (std::int64_t j = 0; j < plane; ++j) p[j] += bias[k];
+    }
+}
+
+// gbias[k] += sum over n and the plane of gy[n, k, ...]
+template <class T>
+void bias_backward(const T* gy, T* gbias, std::int64_t n, std::int64_t channels, std::int64_t plane) {
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t k = 0; k < channels; ++k) {
+      const T* p = gy + (i * channels + k) * plane;
+      T acc = T(0);
+      for (std::int64_t j = 0; j < plane; ++j) acc += p[j];
+      gbias[k] += acc;
+    }
+}
+
+std::string print_list(const char* name, const std::vector<std::int64_t>& v) {
+  return v.empty() ? std::string() : fmt::format(" {}=[{}]", name, fmt::join(v, ","));
+}
+
+template <class T>
+OpInfo<T> conv_row(bool transpose) {
+  OpInfo<T> r;
+  r.name = op_name(transpose);
+  r.arity = kVariadic;
+  r.flags = kNoFlags;  // bilinear in (x, w), not linear in each jointly
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto& cp = params_as<ConvOpParams>(c.params);
+    const ConvGeometry& g = cp.geometry;
+    const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data();
+    T* y = c.output.data();
+    if (!cp.transpose) {
+      kernels::conv_forward(g, cp.algorithm[0], x, w, y);
+    } else {
+      c.output.fill(T(0));
+      kernels::conv_backward_input(g, cp.algorithm[1], x, w, y);
+    }
+    if (c.inputs.size() == 3)
+      add_bias(c.inputs[2]->data(), y, g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const auto& cp = params_as<ConvOpParams>(c.params);
+    const ConvGeometry& g = cp.geometry;
+    const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data(), *gout = c.output_adjoint.data();
+    Array<T>*gx = c.input_adjoints[0], *gw = c.input_adjoints[1];
+    if (!cp.transpose) {
+      if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data());
+      if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], x, gout, gw->data());
+    } else {
+      if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), /*accumulate=*/true);
+      if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], gout, x, gw->data());
+    }
+    if (c.input_adjoints.size() == 3 && c.input_adjoints[2])
+      bias_backward(gout, c.input_adjoints[2]->data(), g.N, cp.transpose ? g.C : g.K,
+                    cp.transpose ? g.in_vol() : g.out_vol());
+  };
+  r.print_params = [](const OpParams* p) {
+    const auto& cp = params_as<ConvOpParams>(p);
+    const ConvParams& u = cp.user;
+    // The op's passes: for a transpose its forward is the kernels' backward_input.
+    const auto& a = cp.algorithm;
+    const ConvAlgorithm fwd = cp.transpose ? a[1] : a[0], bin = cp.transpose ? a[0] : a[1];
+    std::string out = fmt::format(
+        "{}{}{}{}{}{}{}{} algorithm={}/{}/{}", print_list("stride", u.stride), print_list("padding", u.padding),
+        print_list("pad_lo", u.pad_lo), print_list("pad_hi", u.pad_hi), print_list("dilation", u.dilation),
+        u.groups != 1 ? fmt::format(" groups={}", u.groups) : "", u.flip ? " flip" : "",
+        print_list("output_padding", u.output_padding), kernels::to_string(fwd), kernels::to_string(bin),
+        kernels::to_string(a[2]));
+    return out.substr(1);  // without the leading space
+  };
+  return r;
+}
+
+template <class T>
+const OpInfo<T>& conv_op(bool transpose) {
+  static const OpInfo<T>& plain = Registry<T>::add(conv_row<T>(false));
+  static const OpInfo<T>& transposed = Registry<T>::add(conv_row<T>(true));
+  return transpose ? transposed : plain;
+}
+
+std::shared_ptr<ConvOpParams> make_params(const ConvParams& p, bool transpose) {
+  auto cp = std::make_shared<ConvOpParams>();
+  cp->user = p;
+  cp->transpose = transpose;
+  return cp;
+}
+
+}  // namespace
+
+template <class T>
+Tracked<T> conv_tracked(std::span<const Operand<T>> operands, const ConvParams& p, bool transpose,
+                        const std::source_location& where) {
+  return record_op(conv_op<T>(transpose), make_params(p, transpose), operands, where);
+}
+
+template <class T>
+Array<T> conv_eval(std::span<const Array<T>* const> inputs, const ConvParams& p, bool transpose,
+                   const std::source_location& where) {
+  const auto cp = make_params(p, transpose);
+  return evaluate_op(conv_op<T>(transpose), cp.get(), inputs, where);
+}
+
+#define TG_INSTANTIATE(T)                                                                                          \
+  template Tracked<T> conv_tracked(std::span<const Operand<T>>, const ConvParams&, bool, const std::source_location&); \
+  template Array<T> conv_eval(std::span<const Array<T>* const>, const ConvParams&, bool, const std::source_location&);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg::ops

@@ -1,0 +1,221 @@
+// conv and conv_transpose: hand-worked values, every algorithm against the
+// reference loops, the triple, dot products, and bad geometry.
+#include "support/checks.hpp"
+#include "support/conv_reference.hpp"
+
+using namespace tgtest;
+using T = tg::Tracked<double>;
+using tg::ConvAlgorithm;
+using tg::ConvParams;
+
+namespace {
+
+constexpr ConvAlgorithm kAlgorithms[] = {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::fft};
+
+bool fft_applies(const ConvParams& p) {
+  auto ones = [](const std::vector<std::int64_t>& v) {
+    for (auto e : v)
+      if (e != 1) return false;
+    return true;
+  };
+  return ones(p.stride) && ones(p.dilation);
+}
+
+ConvParams forced(ConvParams p, ConvAlgorithm a) {
+  p.algorithm = a;
+  return p;
+}
+
+struct Case {
+  tg::Shape x, w;
+  ConvParams p;
+};
+
+// Ranks 1-3, with and without stride, padding (symmetric and not), dilation, groups, flip.
+std::vector<Case> cases() {
+  std::vector<Case> c;
+  c.push_back({{2, 3, 9}, {4, 3, 3}, {}});
+  c.push_back({{2, 3, 10}, {4, 3, 4}, {.stride = {2}, .padding = {2}}});
+  c.push_back({{1, 4, 11}, {4, 2, 3}, {.pad_lo = {0}, .pad_hi = {3}, .dilation = {2}, .groups = 2, .flip = true}});
+  c.push_back({{2, 2, 6, 7}, {3, 2, 3, 3}, {.padding = {1}}});
+  c.push_back({{2, 4, 7, 6}, {4, 1, 3, 2}, {.stride = {2, 1}, .pad_lo = {1, 0}, .pad_hi = {0, 1}, .groups = 4}});
+  c.push_back({{1, 2, 8, 8}, {2, 2, 3, 3}, {.stride = {1}, .padding = {2}, .dilation = {2}, .flip = true}});
+  c.push_back({{3, 6, 5, 5}, {6, 2, 1, 1}, {.groups = 3}});
+  c.push_back({{1, 2, 4, 5, 6}, {3, 2, 2, 3, 2}, {.padding = {1, 0, 1}}});
+  c.push_back({{2, 2, 5, 4, 6}, {2, 1, 3, 1, 3}, {.stride = {2, 1, 2}, .padding = {1}, .groups = 2, .flip = true}});
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("conv: hand-worked answers on iota inputs") {
+  // 1-D: [0 1 2 3 4] with [1 2 3]: correlation 0+2+6, 1+4+9, 2+6+12; true convolution reverses the kernel.
+  const A x1 = A::iota({1, 1, 5}), w1({1, 1, 3}, {1, 2, 3});
+  CHECK(max_abs_diff(tg::conv(x1, w1), A({1, 1, 3}, {8, 14, 20})) == 0);
+  CHECK(max_abs_diff(tg::conv(x1, w1, {.flip = true}), A({1, 1, 3}, {4, 10, 16})) == 0);
+  // stride 2, padding 1: windows [pad 0 1], [1 2 3], [3 4 pad] -> 3, 14, 11
+  CHECK(max_abs_diff(tg::conv(x1, w1, {.stride = {2}, .padding = {1}}), A({1, 1, 3}, {3, 14, 11})) == 0);
+  // dilation 2: x[o] + 2 x[o+2] + 3 x[o+4]
+  CHECK(max_abs_diff(tg::conv(x1, w1, {.dilation = {2}}), A({1, 1, 1}, {0 + 4 + 12})) == 0);
+  // 2-D: 3x3 window sums of a 4x4 iota.
+  const A x2 = A::iota({1, 1, 4, 4}), w2 = A::ones({1, 1, 3, 3});
+  CHECK(max_abs_diff(tg::conv(x2, w2), A({1, 1, 2, 2}, {45, 54, 81, 90})) == 0);
+  // bias and two filters
+  const A w22 = A::ones({2, 1, 3, 3}), b({2}, {1, -1});
+  CHECK(max_abs_diff(tg::conv(x2, w22, b), A({1, 2, 2, 2}, {46, 55, 82, 91, 44, 53, 80, 89})) == 0);
+  // depthwise: each channel its own kernel
+  const A xd = A::iota({1, 2, 1, 3}), wd({2, 1, 1, 2}, {1, 1, 1, -1});
+  CHECK(max_abs_diff(tg::conv(xd, wd, {.groups = 2}), A({1, 2, 1, 2}, {1, 3, -1, -1})) == 0);
+  // conv_transpose, stride 2: [1 2] scatters [1 1 1] at 0 and 2
+  const A xt({1, 1, 2}, {1, 2}), wt = A::ones({1, 1, 3});
+  CHECK(max_abs_diff(tg::conv_transpose(xt, wt, {.stride = {2}}), A({1, 1, 5}, {1, 1, 3, 2, 2})) == 0);
+  CHECK(max_abs_diff(tg::conv_transpose(xt, wt, {.stride = {2}, .output_padding = {1}}), A({1, 1, 6}, {1, 1, 3, 2, 2, 0})) ==
+        0);
+  CHECK(max_abs_diff(tg::conv_transpose(xt, wt, {.stride = {2}, .padding = {1}}), A({1, 1, 3}, {1, 3, 2})) == 0);
+}
+
+TEST_CASE("conv: the reference loops match the hand-worked answers") {
+  const A x2 = A::iota({1, 1, 4, 4}), w2 = A::ones({1, 1, 3, 3});
+  CHECK(max_abs_diff(ref::conv(x2, w2, {}), A({1, 1, 2, 2}, {45, 54, 81, 90})) == 0);
+  const A x1 = A::iota({1, 1, 5}), w1({1, 1, 3}, {1, 2, 3});
+  CHECK(max_abs_diff(ref::conv(x1, w1, {.stride = {2}, .padding = {1}}), A({1, 1, 3}, {3, 14, 11})) == 0);
+  CHECK(max_abs_diff(ref::conv(x1, w1, {.flip = true}), A({1, 1, 3}, {4, 10, 16})) == 0);
+}
+
+TEST_CASE("conv: every algorithm and pass equals the reference loops, ranks 1-3") {
+  std::uint64_t seed = 1;
+  for (const auto& c : cases()) {
+    const A x = A::random_uniform(c.x, -1, 1, seed++), w = A::random_uniform(c.w, -1, 1, seed++);
+    const A expected = ref::conv(x, w, c.p);
+    const A gy = A::random_uniform(expected.shape(), -1, 1, seed++);
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, c.p);
+    for (auto algorithm : kAlgorithms) {
+      if (algorithm == ConvAlgorithm::fft && !fft_applies(c.p)) continue;
+      CAPTURE(tg::to_string(c.x));
+      CAPTURE(tg::kernels::to_string(algorithm));
+      const ConvParams p = forced(c.p, algorithm);
+      CHECK(max_abs_diff(tg::conv(x, w, p), expected) < 1e-12);
+      const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
+      CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
+      CHECK(max_abs_diff(gw, gw_ref) < 1e-12);
+      // float too
+      const auto xf = x.template cast<float>(), wf = w.template cast<float>();
+      CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), expected) < 1e-4);
+    }
+  }
+}
+
+TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjoint of conv") {
+  std::uint64_t seed = 100;
+  for (const auto& c : cases()) {
+    // The transpose maps conv outputs back to conv inputs: its input has the conv's output shape.
+    const A w = A::random_uniform(c.w, -1, 1, seed++);
+    tg::Shape wt = c.w;  // (C, K/groups, ...) for the transpose: swap roles
+    wt[0] = c.x[1];
+    wt[1] = c.w[0] / c.p.groups;
+    const A wT = A::random_uniform(wt, -1, 1, seed++);
+    const A probe = ref::conv(A::zeros(c.x), A::zeros(c.w), c.p);  // conv output shape
+    tg::Shape xt = probe.shape();
+    xt[1] = c.x[1];
+    const A x = A::random_uniform(xt, -1, 1, seed++);
+    tg::Shape out = c.x;
+    out[1] = wt[1] * c.p.groups;
+    // Where the conv's stride dropped trailing inputs, output_padding brings them back.
+    ConvParams p = c.p;
+    const ref::Geo g = ref::geo(c.x, c.w, c.p);
+    for (int d = 3 - static_cast<int>(c.x.rank() - 2); d < 3; ++d)
+      p.output_padding.push_back((g.in[d] + g.lo[d] + g.hi[d] - g.d[d] * (g.ker[d] - 1) - 1) % g.s[d]);
+    const A expected = ref::conv_transpose(x, wT, p, out);
+    for (auto algorithm : kAlgorithms) {
+      if (algorithm == ConvAlgorithm::fft && !fft_applies(c.p)) continue;
+      CAPTURE(tg::to_string(c.x));
+      CAPTURE(tg::kernels::to_string(algorithm));
+      const A y = tg::conv_transpose(x, wT, forced(p, algorithm));
+      REQUIRE(y.shape() == expected.shape());
+      CHECK(max_abs_diff(y, expected) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("conv: the triple (one instruction, replay, finite differences) with and without bias") {
+  for (const auto& c : cases()) {
+    CAPTURE(tg::to_string(c.x));
+    const A x = A::random_uniform(c.x, -1, 1, 1), w = A::random_uniform(c.w, -1, 1, 2);
+    const A x2 = A::random_uniform(c.x, -1, 1, 3), w2 = A::random_uniform(c.w, -1, 1, 4);
+    check_op([&](const T& a, const T& b) { return tg::conv(a, b, c.p); }, std::tuple{x, w}, std::tuple{x2, w2});
+    const A b = A::random_uniform({c.w[0]}, -1, 1, 5), b2 = A::random_uniform({c.w[0]}, -1, 1, 6);
+    check_op([&](const T& a, const T& k, const T& bias) { return tg::conv(a, k, bias, c.p); }, std::tuple{x, w, b},
+             std::tuple{x2, w2, b2});
+  }
+}
+
+TEST_CASE("conv_transpose: the triple with bias and output padding") {
+  const A x = A::random_uniform({2, 3, 4, 3}, -1, 1, 1), w = A::random_uniform({3, 2, 3, 2}, -1, 1, 2),
+          b = A::random_uniform({2}, -1, 1, 3);
+  const A x2 = A::random_uniform({2, 3, 4, 3}, -1, 1, 4), w2 = A::random_uniform({3, 2, 3, 2}, -1, 1, 5),
+          b2 = A::random_uniform({2}, -1, 1, 6);
+  const ConvParams p{.stride = {2, 2}, .padding = {1, 0}, .output_padding = {1, 0}};
+  check_op([&](const T& a, const T& k, const T& bias) { return tg::conv_transpose(a, k, bias, p); }, std::tuple{x, w, b},
+           std::tuple{x2, w2, b2});
+  const ConvParams grouped{.dilation = {2}, .groups = 3};
+  const A wg = A::random_uniform({3, 1, 2, 2}, -1, 1, 7), wg2 = A::random_uniform({3, 1, 2, 2}, -1, 1, 8);
+  check_op([&](const T& a, const T& k) { return tg::conv_transpose(a, k, grouped); }, std::tuple{x, wg}, std::tuple{x2, wg2});
+}
+
+TEST_CASE("conv: dot-product test on layer-sized shapes, every algorithm") {
+  const A x = A::random_uniform({4, 8, 16, 16}, -1, 1, 1), w = A::random_uniform({16, 8, 3, 3}, -1, 1, 2);
+  for (auto algorithm : kAlgorithms) {
+    CAPTURE(tg::kernels::to_string(algorithm));
+    const ConvParams p = forced({.padding = {1}}, algorithm);
+    check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w);
+  }
+  const ConvParams strided{.stride = {2}, .padding = {1}, .groups = 2};
+  check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, strided); }, x,
+                    A::random_uniform({16, 4, 3, 3}, -1, 1, 3));
+  check_dot_product([&](const T& a, const T& b) { return tg::conv_transpose(a, b, {.stride = {2}, .padding = {1}}); },
+                    A::random_uniform({4, 8, 8, 8}, -1, 1, 4), A::random_uniform({8, 6, 4, 4}, -1, 1, 5));
+}
+
+TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algorithms") {
+  const A x = A::random_uniform({2, 3, 8, 8}, -1, 1, 1), w = A::random_uniform({4, 3, 3, 3}, -1, 1, 2);
+  auto tape = tg::record([&](const T& a) { return tg::sum(tg::conv(a, w, {.padding = {1}, .algorithm = ConvAlgorithm::im2col})); }, x);
+  const A g = tape.gradient();
+  const auto [gx, gw] = tg::gradient([&](const T& a, const T& b) { return tg::sum(tg::conv(a, b, {.padding = {1}})); }, x, w);
+  CHECK(max_abs_diff(g, gx) < 1e-12);
+  const std::string text = tg::dump(tape);
+  CHECK(text.find("conv") != std::string::npos);
+  CHECK(text.find("padding=[1] algorithm=im2col/im2col/im2col") != std::string::npos);
+  // The automatic rule: depthwise runs direct loops, a channel-heavy layer runs im2col.
+  auto depthwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::ones({3, 1, 3, 3}), {.groups = 3})); }, x);
+  CHECK(tg::dump(depthwise).find("algorithm=direct/direct/direct") != std::string::npos);
+  const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
+  auto layer = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.padding = {1}})); }, big);
+  CHECK(tg::dump(layer).find("algorithm=im2col/im2col/im2col") != std::string::npos);
+}
+
+TEST_CASE("conv: bad geometry is a clear tg::Error and leaves the tape unchanged") {
+  const A x = A::zeros({1, 4, 5, 5}), w = A::zeros({2, 4, 3, 3});
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 7, 7})), doctest::Contains("larger than the padded input"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 8, 8}), {.padding = {1}}), doctest::Contains("(7 = 5 + 1 + 1)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({3, 2, 3, 3}), {.groups = 2}), doctest::Contains("divisible by groups (2)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(A::zeros({1, 3, 5, 5}), A::zeros({3, 1, 3, 3}), {.groups = 2}), doctest::Contains("divisible by groups"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.stride = {0}}), doctest::Contains("stride is 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.stride = {-1, 1}}), doctest::Contains("stride is -1"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.padding = {-1}}), doctest::Contains("expected >= 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.stride = {1, 1, 1}}), doctest::Contains("expected 1 or 2"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 3})), doctest::Contains("expected rank 4"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(A::zeros({4, 5, 5}), A::zeros({2, 4, 3})), doctest::Contains("C/groups = 5/1 = 5"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(A::zeros({5, 5}), A::zeros({3, 3})), doctest::Contains("1-3 spatial dims"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 3, 3, 3})), doctest::Contains("expected C/groups"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, A::zeros({3})), doctest::Contains("bias has shape (3)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.stride = {2}, .algorithm = ConvAlgorithm::fft}), doctest::Contains("fft runs only stride 1"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv_transpose(x, A::zeros({3, 2, 3, 3})), doctest::Contains("expected equal"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv_transpose(x, A::zeros({4, 2, 3, 3}), {.stride = {2}, .output_padding = {2}}), doctest::Contains("output_padding (2)"), tg::Error);
+  // recorded: the message names the user's line and the tape is untouched
+  auto tape = tg::record([](const T& v) { return v * 2.0; }, x);
+  const std::size_t before = tape.tape().num_instructions(), slots = tape.tape().num_slots();
+  T xt(&tape.tape(), tape.tape().inputs()[0]);
+  CHECK_THROWS_WITH_AS(tg::conv(xt, A::zeros({2, 4, 9, 9})), doctest::Contains("test_conv.cpp:"), tg::Error);
+  CHECK(tape.tape().num_instructions() == before);
+  CHECK(tape.tape().num_slots() == slots);
+}

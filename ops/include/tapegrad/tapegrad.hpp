@@ -12,6 +12,7 @@
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/ops/arithmetic.hpp"
 #include "tapegrad/ops/conv.hpp"
+#include "tapegrad/ops/filter.hpp"
 #include "tapegrad/ops/loss.hpp"
 #include "tapegrad/ops/matmul.hpp"
 #include "tapegrad/ops/reduce.hpp"

@@ -1,0 +1,233 @@
+// Border extension, its adjoint, and N-D valid correlation (see filter.hpp).
+#include "tapegrad/kernels/filter.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "tapegrad/kernels/error.hpp"
+
+namespace tg::kernels {
+
+const char* to_string(BorderMode m) {
+  switch (m) {
+    case BorderMode::fill: return "fill";
+    case BorderMode::replicate: return "replicate";
+    case BorderMode::reflect: return "reflect";
+    case BorderMode::symmetric: return "symmetric";
+    case BorderMode::circular: return "circular";
+  }
+  return "?";
+}
+
+namespace {
+std::int64_t positive_mod(std::int64_t a, std::int64_t m) {
+  const std::int64_t r = a % m;
+  return r < 0 ? r + m : r;
+}
+}  // namespace
+
+std::int64_t border_source(BorderMode mode, std::int64_t j, std::int64_t n) {
+  if (j >= 0 && j < n) return j;
+  switch (mode) {
+    case BorderMode::fill: return -1;
+    case BorderMode::replicate: return j < 0 ? 0 : n - 1;
+    case BorderMode::reflect: {
+      if (n == 1) return 0;
+      const std::int64_t m = positive_mod(j, 2 * (n - 1));
+      return m < n ? m : 2 * (n - 1) - m;
+    }
+    case BorderMode::symmetric: {
+      const std::int64_t m = positive_mod(j, 2 * n);
+      return m < n ? m : 2 * n - 1 - m;
+    }
+    case BorderMode::circular: return positive_mod(j, n);
+  }
+  return -1;
+}
+
+namespace {
+
+// For every padded dim, the source index of each padded position (-1 = fill).
+struct BorderMaps {
+  std::vector<std::vector<std::int64_t>> source;
+  Shape padded;
+  BorderMaps(const Shape& shape, std::span<const std::int64_t> lo, std::span<const std::int64_t> hi, BorderMode mode) {
+    for (std::size_t d = 0; d < shape.rank(); ++d) {
+      const std::int64_t p = shape[d] + lo[d] + hi[d];
+      padded.push_back(p);
+      auto& m = source.emplace_back(static_cast<std::size_t>(p));
+      for (std::int64_t j = 0; j < p; ++j) m[static_cast<std::size_t>(j)] = border_source(mode, j - lo[d], shape[d]);
+    }
+  }
+};
+
+// Calls row(padded_row_offset, source_row_offset or -1) for every row (all dims
+// but the last) of the padded array; the last dim is mapped by the caller.
+template <class F>
+void for_each_padded_row(const BorderMaps& maps, const Shape& shape, F row) {
+  const std::size_t rank = shape.rank();
+  const std::int64_t rows = rank <= 1 ? 1 : [&] {
+    std::int64_t r = 1;
+    for (std::size_t d = 0; d + 1 < rank; ++d) r *= maps.padded[d];
+    return r;
+  }();
+  const Strides src_strides = contiguous_strides(shape);
+  std::vector<std::int64_t> index(rank, 0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::int64_t src = 0;
+    for (std::size_t d = 0; d + 1 < rank; ++d) {
+      const std::int64_t s = maps.source[d][static_cast<std::size_t>(index[d])];
+      if (s < 0) {
+        src = -1;
+        break;
+      }
+      src += s * src_strides[d];
+    }
+    row(r * maps.padded.back(), src);
+    for (std::size_t d = rank - 1; d-- > 0;) {  // next row: odometer over the leading dims
+      if (++index[d] < maps.padded[d]) break;
+      index[d] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void border_pad(const T* x, const Shape& shape, std::span<const std::int64_t> lo, std::span<const std::int64_t> hi,
+                BorderMode mode, T fill, T* out) {
+  const BorderMaps maps(shape, lo, hi, mode);
+  const auto& last = maps.source.back();
+  const std::int64_t n = shape.back(), before = lo.back(), width = maps.padded.back();
+  for_each_padded_row(maps, shape, [&](std::int64_t dst, std::int64_t src) {
+    T* o = out + dst;
+    if (src < 0) return std::fill(o, o + width, fill);
+    const T* s = x + src;
+    for (std::int64_t j = 0; j < before; ++j) o[j] = last[static_cast<std::size_t>(j)] < 0 ? fill : s[last[static_cast<std::size_t>(j)]];
+    std::copy(s, s + n, o + before);
+    for (std::int64_t j = before + n; j < width; ++j)
+      o[j] = last[static_cast<std::size_t>(j)] < 0 ? fill : s[last[static_cast<std::size_t>(j)]];
+  });
+}
+
+template <class T>
+void border_pad_adjoint(const T* gpadded, const Shape& shape, std::span<const std::int64_t> lo,
+                        std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill) {
+  const BorderMaps maps(shape, lo, hi, mode);
+  const auto& last = maps.source.back();
+  const std::int64_t width = maps.padded.back();
+  T fill_sum = T(0);
+  for_each_padded_row(maps, shape, [&](std::int64_t src_row, std::int64_t dst) {
+    const T* g = gpadded + src_row;
+    if (dst < 0) {
+      for (std::int64_t j = 0; j < width; ++j) fill_sum += g[j];
+      return;
+    }
+    for (std::int64_t j = 0; j < width; ++j) {
+      const std::int64_t s = last[static_cast<std::size_t>(j)];
+      if (s < 0)
+        fill_sum += g[j];
+      else if (gx)
+        gx[dst + s] += g[j];
+    }
+  });
+  if (gfill) *gfill += fill_sum;
+}
+
+// ---- N-D valid correlation --------------------------------------------------
+
+Correlation correlation_geometry(const Shape& padded, const Shape& kernel, bool flip, const char* op) {
+  if (padded.rank() == 0 || kernel.rank() != padded.rank())
+    fail(op, fmt::format("image {} and kernel {} expected the same rank >= 1", to_string(padded), to_string(kernel)));
+  Correlation c;
+  c.padded = padded;
+  c.kernel = kernel;
+  c.flip = flip;
+  for (std::size_t d = 0; d < padded.rank(); ++d) {
+    if (kernel[d] < 1 || kernel[d] > padded[d])
+      fail(op, fmt::format("kernel {} is larger than the (extended) image {} along dim {} expected 1 <= kernel <= image; "
+                           "hint: use output = same or full, or a smaller kernel",
+                           to_string(kernel), to_string(padded), d));
+    c.out.push_back(padded[d] - kernel[d] + 1);
+  }
+  // The innermost (up to) 3 dims form one single-channel convolution.
+  const std::size_t inner = std::min<std::size_t>(3, padded.rank());
+  Shape xs{1, 1}, ws{1, 1};
+  for (std::size_t d = padded.rank() - inner; d < padded.rank(); ++d) {
+    xs.push_back(padded[d]);
+    ws.push_back(kernel[d]);
+  }
+  ConvSpec spec;
+  spec.flip = flip;
+  c.inner = conv_geometry(xs, ws, spec, op);
+  return c;
+}
+
+namespace {
+
+// Runs pass(xp_offset, w_offset, y_offset) for every combination of leading
+// (rank > 3) output and kernel indices: y[o] gets xp[o + t] (*) w[t].
+template <class F>
+void for_each_leading(const Correlation& c, F pass) {
+  const std::size_t lead = c.padded.rank() > 3 ? c.padded.rank() - 3 : 0;
+  if (lead == 0) return pass(0, 0, 0);
+  const Strides xs = contiguous_strides(c.padded), ws = contiguous_strides(c.kernel), ys = contiguous_strides(c.out);
+  std::vector<std::int64_t> o(lead, 0), t(lead, 0);
+  auto next = [&](std::vector<std::int64_t>& idx, const Shape& extent) {
+    for (std::size_t d = lead; d-- > 0;) {
+      if (++idx[d] < extent[d]) return true;
+      idx[d] = 0;
+    }
+    return false;
+  };
+  do {
+    do {
+      std::int64_t xo = 0, wo = 0, yo = 0;
+      for (std::size_t d = 0; d < lead; ++d) {
+        const std::int64_t tap = c.flip ? c.kernel[d] - 1 - t[d] : t[d];
+        xo += (o[d] + t[d]) * xs[d];
+        wo += tap * ws[d];
+        yo += o[d] * ys[d];
+      }
+      pass(xo, wo, yo);
+    } while (next(t, c.kernel));
+  } while (next(o, c.out));
+}
+
+}  // namespace
+
+template <class T>
+void correlate_forward(const Correlation& c, ConvAlgorithm a, const T* xp, const T* w, T* y) {
+  for_each_leading(c, [&](std::int64_t xo, std::int64_t wo, std::int64_t yo) {
+    conv_forward(c.inner, a, xp + xo, w + wo, y + yo, /*accumulate=*/true);
+  });
+}
+
+template <class T>
+void correlate_backward_input(const Correlation& c, ConvAlgorithm a, const T* gy, const T* w, T* gxp) {
+  for_each_leading(c, [&](std::int64_t xo, std::int64_t wo, std::int64_t yo) {
+    conv_backward_input(c.inner, a, gy + yo, w + wo, gxp + xo);
+  });
+}
+
+template <class T>
+void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* xp, const T* gy, T* gw) {
+  for_each_leading(c, [&](std::int64_t xo, std::int64_t wo, std::int64_t yo) {
+    conv_backward_weight(c.inner, a, xp + xo, gy + yo, gw + wo);
+  });
+}
+
+#define TG_INSTANTIATE(T)                                                                                            \
+  template void border_pad<T>(const T*, const Shape&, std::span<const std::int64_t>, std::span<const std::int64_t>,  \
+                              BorderMode, T, T*);                                                                    \
+  template void border_pad_adjoint<T>(const T*, const Shape&, std::span<const std::int64_t>,                         \
+                                      std::span<const std::int64_t>, BorderMode, T*, T*);                            \
+  template void correlate_forward<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);                     \
+  template void correlate_backward_input<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);              \
+  template void correlate_backward_weight<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg::kernels

@@ -1,0 +1,233 @@
+// ============================================================================
+// correlate and convolve: border extension + valid N-D correlation, one
+// instruction. The extended image is kept for the kernel gradient; the image
+// gradient is the correlation's input adjoint folded back through the border.
+// ============================================================================
+#include "tapegrad/ops/filter.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+
+#include "tapegrad/autodiff/record.hpp"
+
+namespace tg {
+
+const char* to_string(Output o) {
+  switch (o) {
+    case Output::same: return "same";
+    case Output::valid: return "valid";
+    case Output::full: return "full";
+  }
+  return "?";
+}
+
+namespace ops {
+
+using kernels::ConvPass;
+
+struct FilterOpParams : OpParams {
+  FilterParams user;
+  bool convolve = false;
+  std::int64_t axis = -1;  // >= 0: a 1-D kernel along this axis
+  // Resolved by the shape rule when the instruction is recorded.
+  mutable std::vector<std::int64_t> lo, hi;
+  mutable bool extended = false;  // whether the image is extended at all
+  mutable kernels::Correlation corr;
+  mutable std::array<ConvAlgorithm, 3> algorithm{};
+};
+
+void check_separable(std::size_t factors, const Shape& image, const std::source_location& where) {
+  if (factors != image.rank())
+    throw Error("separable filter",
+                fmt::format("{} factors for an image of shape {} expected one 1-D factor per dim ({})", factors,
+                            to_string(image), image.rank()))
+        .with_site(where);
+}
+
+namespace {
+
+const char* op_name(const FilterOpParams& p) { return p.convolve ? "convolve" : "correlate"; }
+
+// The kernel as a full-rank shape (a 1-D factor becomes 1 x .. x k x .. x 1).
+Shape full_kernel_shape(const FilterOpParams& p, const Shape& image, const Shape& kernel) {
+  const char* op = op_name(p);
+  if (p.axis < 0) {
+    if (kernel.rank() != image.rank() || image.rank() == 0)
+      fail(op, fmt::format("kernel {} (rank {}) for image {} (rank {}) expected the same rank >= 1; hint: give the kernel "
+                           "size 1 along axes it should not mix (e.g. a channel axis)",
+                           to_string(kernel), kernel.rank(), to_string(image), image.rank()));
+    return kernel;
+  }
+  if (kernel.rank() != 1)
+    fail(op, fmt::format("separable factor {} for dim {} expected a 1-D kernel", to_string(kernel), p.axis));
+  Shape k;
+  for (std::size_t d = 0; d < image.rank(); ++d) k.push_back(static_cast<std::int64_t>(d) == p.axis ? kernel[0] : 1);
+  return k;
+}
+
+// Extension of the image on each side of every dim (Note in filter.hpp: SciPy's centring).
+void plan_extension(const FilterOpParams& p, const Shape& image, const Shape& kernel) {
+  const char* op = op_name(p);
+  const FilterParams& u = p.user;
+  const std::size_t rank = image.rank();
+  if (!u.origin.empty() && u.output != Output::same)
+    fail(op, fmt::format("origin [{}] with output {} expected an origin only with output same", fmt::join(u.origin, ","),
+                         to_string(u.output)));
+  if (!u.origin.empty() && u.origin.size() != 1 && u.origin.size() != rank)
+    fail(op, fmt::format("origin has {} values ([{}]) expected 1 or {} (one per dim)", u.origin.size(),
+                         fmt::join(u.origin, ","), rank));
+  p.lo.assign(rank, 0);
+  p.hi.assign(rank, 0);
+  p.extended = false;
+  for (std::size_t d = 0; d < rank; ++d) {
+    const std::int64_t k = kernel[d];
+    std::int64_t lo = 0;
+    switch (u.output) {
+      case Output::valid:
+        if (image[d] < k)
+          fail(op, fmt::format("kernel {} is larger than the image {} along dim {} with output valid expected kernel <= "
+                               "image; hint: use output same or full",
+                               to_string(kernel), to_string(image), d));
+        break;
+      case Output::full: lo = k - 1; break;
+      case Output::same: {
+        const std::int64_t origin = u.origin.empty() ? 0 : u.origin.size() == 1 ? u.origin[0] : u.origin[d];
+        if (k == 1 && origin == 0) break;
+        if (origin < -(k / 2) || origin > (k - 1) / 2)
+          fail(op, fmt::format("origin {} along dim {} for a kernel of size {} expected in [{}, {}]", origin, d, k,
+                               -(k / 2), (k - 1) / 2));
+        const std::int64_t centre = k / 2 + origin;
+        lo = p.convolve ? k - 1 - centre : centre;
+        break;
+      }
+    }
+    const std::int64_t hi = u.output == Output::valid ? 0 : u.output == Output::full ? k - 1 : k - 1 - lo;
+    p.lo[d] = lo;
+    p.hi[d] = hi;
+    if (lo || hi) p.extended = true;
+  }
+}
+
+Shape plan(const FilterOpParams& p, std::span<const Shape* const> s) {
+  const char* op = op_name(p);
+  if (s.size() != 2 && s.size() != 3)
+    fail(op, fmt::format("got {} inputs expected (image, kernel) or (image, kernel, fill value)", s.size()));
+  const Shape& image = *s[0];
+  if (p.axis >= static_cast<std::int64_t>(image.rank()))
+    fail(op, fmt::format("separable axis {} for image {} expected < rank {}", p.axis, to_string(image), image.rank()));
+  const Shape kernel = full_kernel_shape(p, image, *s[1]);
+  if (s.size() == 3) {
+    if (s[2]->size() != 1)
+      fail(op, fmt::format("fill value has shape {} expected one element", to_string(*s[2])));
+    if (p.user.border.mode != BorderMode::fill)
+      fail(op, fmt::format("a fill value was given with border {} expected border fill", kernels::to_string(p.user.border.mode)));
+  }
+  plan_extension(p, image, kernel);
+  Shape padded;
+  for (std::size_t d = 0; d < image.rank(); ++d) padded.push_back(image[d] + p.lo[d] + p.hi[d]);
+  p.corr = kernels::correlation_geometry(padded, kernel, p.convolve, op);
+  const ConvAlgorithm want = p.user.algorithm;
+  p.algorithm = {choose_conv_algorithm(p.corr.inner, ConvPass::forward, want, op),
+                 choose_conv_algorithm(p.corr.inner, ConvPass::backward_input, want, op),
+                 choose_conv_algorithm(p.corr.inner, ConvPass::backward_weight, want, op)};
+  return p.corr.out;
+}
+
+template <class T>
+T fill_value(const FilterOpParams& p, std::span<const Array<T>* const> inputs) {
+  return inputs.size() == 3 ? inputs[2]->data()[0] : static_cast<T>(p.user.border.value);
+}
+
+template <class T>
+OpInfo<T> filter_row(bool convolve) {
+  OpInfo<T> r;
+  r.name = convolve ? "convolve" : "correlate";
+  r.arity = kVariadic;
+  r.n_saved = 1;  // the extended image (empty when the image is not extended)
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<FilterOpParams>(p), s); };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto& p = params_as<FilterOpParams>(c.params);
+    const Array<T>& image = *c.inputs[0];
+    const T* xp = image.data();
+    if (p.extended) {
+      Array<T>& ext = c.saved[0];
+      if (ext.shape() != p.corr.padded) ext = Array<T>::uninitialized(p.corr.padded);
+      kernels::border_pad(image.data(), image.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
+                          p.user.border.mode, fill_value(p, c.inputs), ext.data());
+      xp = ext.data();
+    }
+    c.output.fill(T(0));
+    kernels::correlate_forward(p.corr, p.algorithm[0], xp, c.inputs[1]->data(), c.output.data());
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const auto& p = params_as<FilterOpParams>(c.params);
+    const Array<T>& image = *c.inputs[0];
+    const T* xp = p.extended ? c.saved[0].data() : image.data();
+    const T *w = c.inputs[1]->data(), *gy = c.output_adjoint.data();
+    Array<T>* gx = c.input_adjoints[0];
+    T* gfill = c.input_adjoints.size() == 3 && c.input_adjoints[2] ? c.input_adjoints[2]->data() : nullptr;
+    if (c.input_adjoints[1]) kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, gy, c.input_adjoints[1]->data());
+    if (!gx && !gfill) return;
+    if (!p.extended) return kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gx->data());
+    // Adjoint of the extended image, then folded back through the border.
+    Array<T> gext = Array<T>::zeros(p.corr.padded);
+    kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gext.data());
+    kernels::border_pad_adjoint(gext.data(), image.shape(), std::span<const std::int64_t>(p.lo),
+                                std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill);
+  };
+  r.print_params = [](const OpParams* params) {
+    const auto& p = params_as<FilterOpParams>(params);
+    const FilterParams& u = p.user;
+    std::string border = kernels::to_string(u.border.mode);
+    if (u.border.mode == BorderMode::fill) border += fmt::format("({})", u.border.value);
+    return fmt::format("{}border={} output={}{} algorithm={}/{}/{}", p.axis >= 0 ? fmt::format("axis={} ", p.axis) : "",
+                       border, to_string(u.output),
+                       u.origin.empty() ? std::string() : fmt::format(" origin=[{}]", fmt::join(u.origin, ",")),
+                       kernels::to_string(p.algorithm[0]), kernels::to_string(p.algorithm[1]),
+                       kernels::to_string(p.algorithm[2]));
+  };
+  return r;
+}
+
+template <class T>
+const OpInfo<T>& filter_op(bool convolve) {
+  static const OpInfo<T>& correlate_row = Registry<T>::add(filter_row<T>(false));
+  static const OpInfo<T>& convolve_row = Registry<T>::add(filter_row<T>(true));
+  return convolve ? convolve_row : correlate_row;
+}
+
+std::shared_ptr<FilterOpParams> make_params(const FilterParams& u, bool convolve, std::int64_t axis) {
+  auto p = std::make_shared<FilterOpParams>();
+  p->user = u;
+  p->convolve = convolve;
+  p->axis = axis;
+  return p;
+}
+
+}  // namespace
+
+template <class T>
+Tracked<T> filter_tracked(std::span<const Operand<T>> operands, const FilterParams& p, bool convolve, std::int64_t axis,
+                          const std::source_location& where) {
+  return record_op(filter_op<T>(convolve), make_params(p, convolve, axis), operands, where);
+}
+
+template <class T>
+Array<T> filter_eval(std::span<const Array<T>* const> inputs, const FilterParams& p, bool convolve, std::int64_t axis,
+                     const std::source_location& where) {
+  const auto params = make_params(p, convolve, axis);
+  return evaluate_op(filter_op<T>(convolve), params.get(), inputs, where);
+}
+
+#define TG_INSTANTIATE(T)                                                                                        \
+  template Tracked<T> filter_tracked(std::span<const Operand<T>>, const FilterParams&, bool, std::int64_t,       \
+                                     const std::source_location&);                                               \
+  template Array<T> filter_eval(std::span<const Array<T>* const>, const FilterParams&, bool, std::int64_t,       \
+                                const std::source_location&);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace ops
+}  // namespace tg

@@ -13,6 +13,7 @@
 #include "tapegrad/ops/arithmetic.hpp"
 #include "tapegrad/ops/conv.hpp"
 #include "tapegrad/ops/filter.hpp"
+#include "tapegrad/ops/pool.hpp"
 #include "tapegrad/ops/loss.hpp"
 #include "tapegrad/ops/matmul.hpp"
 #include "tapegrad/ops/reduce.hpp"

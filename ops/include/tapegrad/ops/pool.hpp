@@ -1,0 +1,51 @@
+// Pooling: maxpool, meanpool, lppool and global pools over (N, C, spatial...),
+// 1-3 spatial dims, one instruction each. PyTorch's max_pool/avg_pool/lp_pool
+// semantics:
+//   tg::maxpool(x, {.window = {2}})                          stride defaults to the window
+//   tg::meanpool(x, {.window = {3}, .stride = {1}, .padding = {1}, .count_include_pad = false})
+//   tg::lppool(x, {.window = {2}, .p = 3})                   (sum |x|^p)^(1/p)
+//   tg::global_maxpool(x), tg::global_meanpool(x)            -> (N, C, 1, ...)
+// maxpool routes the adjoint to the first maximum of each window in row-major
+// order (Note [Ties in maxpool], kernels/pool.hpp). lppool uses |x|^p, so it
+// equals PyTorch's LPPool wherever PyTorch's (which uses x^p) is defined, e.g.
+// for even p or non-negative inputs; its gradient is 0 where a window's norm is 0.
+#pragma once
+
+#include <source_location>
+#include <vector>
+
+#include "tapegrad/autodiff/tracked.hpp"
+
+namespace tg {
+
+struct PoolParams {
+  std::vector<std::int64_t> window;    // required: one per spatial dim or one for all
+  std::vector<std::int64_t> stride;    // default: the window
+  std::vector<std::int64_t> padding;   // default 0; at most half the window
+  std::vector<std::int64_t> dilation;  // default 1
+  bool ceil_mode = false;
+  bool count_include_pad = true;  // meanpool: padded zeros count in the divisor (PyTorch's default)
+  double p = 2;                   // lppool: the norm's power, > 0
+};
+
+#define TG_DECLARE_POOL(name)                                                                           \
+  template <class T>                                                                                    \
+  Tracked<T> name(const Tracked<T>& x, const PoolParams& p,                                             \
+                  std::source_location where = std::source_location::current());                        \
+  template <class T>                                                                                    \
+  Array<T> name(const Array<T>& x, const PoolParams& p, std::source_location where = std::source_location::current());
+TG_DECLARE_POOL(maxpool)
+TG_DECLARE_POOL(meanpool)
+TG_DECLARE_POOL(lppool)
+#undef TG_DECLARE_POOL
+
+#define TG_DECLARE_GLOBAL_POOL(name)                                                                               \
+  template <class T>                                                                                               \
+  Tracked<T> name(const Tracked<T>& x, std::source_location where = std::source_location::current());              \
+  template <class T>                                                                                               \
+  Array<T> name(const Array<T>& x, std::source_location where = std::source_location::current());
+TG_DECLARE_GLOBAL_POOL(global_maxpool)
+TG_DECLARE_GLOBAL_POOL(global_meanpool)
+#undef TG_DECLARE_GLOBAL_POOL
+
+}  // namespace tg

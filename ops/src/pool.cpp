@@ -1,0 +1,164 @@
+// ============================================================================
+// Pooling: maxpool, meanpool, lppool, and the global pools (a window covering
+// every spatial dim). Forward and pullback side by side; one geometry each.
+// ============================================================================
+#include "tapegrad/ops/pool.hpp"
+
+#include <fmt/format.h>
+
+#include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/pool.hpp"
+
+namespace tg::ops {
+
+enum class PoolKind { max, mean, lp };
+
+struct PoolOpParams : OpParams {
+  PoolParams user;
+  PoolKind kind = PoolKind::max;
+  bool global = false;
+  mutable kernels::PoolGeometry geometry;  // resolved by the shape rule
+};
+
+namespace {
+
+const char* op_name(PoolKind k, bool global) {
+  switch (k) {
+    case PoolKind::max: return global ? "global_maxpool" : "maxpool";
+    case PoolKind::mean: return global ? "global_meanpool" : "meanpool";
+    case PoolKind::lp: return "lppool";
+  }
+  return "?";
+}
+
+Shape plan(const PoolOpParams& p, const Shape& x) {
+  const char* op = op_name(p.kind, p.global);
+  kernels::PoolSpec spec{p.user.window, p.user.stride, p.user.padding, p.user.dilation, p.user.ceil_mode};
+  if (p.global) {
+    if (x.rank() < 3) fail(op, fmt::format("input has shape {} expected (N, C, spatial...)", to_string(x)));
+    spec = {};
+    for (std::size_t d = 2; d < x.rank(); ++d) spec.window.push_back(x[d]);
+  }
+  if (p.kind == PoolKind::lp && !(p.user.p > 0)) fail(op, fmt::format("p is {} expected > 0", p.user.p));
+  p.geometry = kernels::pool_geometry(x, spec, op);
+  return kernels::pool_output_shape(p.geometry);
+}
+
+template <class T>
+OpInfo<T> pool_row(PoolKind kind, bool global) {
+  OpInfo<T> r;
+  r.name = op_name(kind, global);
+  r.arity = 1;
+  r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto& p = params_as<PoolOpParams>(c.params);
+    const T* x = c.inputs[0]->data();
+    T* y = c.output.data();
+    switch (p.kind) {
+      case PoolKind::max: return kernels::maxpool_forward(p.geometry, x, y);
+      case PoolKind::mean: return kernels::meanpool_forward(p.geometry, p.user.count_include_pad, x, y);
+      case PoolKind::lp: return kernels::lppool_forward(p.geometry, static_cast<T>(p.user.p), x, y);
+    }
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const auto& p = params_as<PoolOpParams>(c.params);
+    if (!c.input_adjoints[0]) return;
+    const T *x = c.inputs[0]->data(), *gy = c.output_adjoint.data();
+    T* gx = c.input_adjoints[0]->data();
+    switch (p.kind) {
+      case PoolKind::max: return kernels::maxpool_backward(p.geometry, x, gy, gx);
+      case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.count_include_pad, gy, gx);
+      case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
+    }
+  };
+  r.print_params = [](const OpParams* params) {
+    const auto& p = params_as<PoolOpParams>(params);
+    if (p.global) return std::string();
+    const PoolParams& u = p.user;
+    auto list = [](const char* name, const std::vector<std::int64_t>& v) {
+      return v.empty() ? std::string() : fmt::format(" {}=[{}]", name, fmt::join(v, ","));
+    };
+    std::string s = fmt::format("window=[{}]{}{}{}{}", fmt::join(u.window, ","), list("stride", u.stride),
+                                list("padding", u.padding), list("dilation", u.dilation), u.ceil_mode ? " ceil_mode" : "");
+    if (p.kind == PoolKind::mean && !u.count_include_pad) s += " exclude_pad";
+    if (p.kind == PoolKind::lp) s += fmt::format(" p={}", u.p);
+    return s;
+  };
+  return r;
+}
+
+template <class T>
+const OpInfo<T>& pool_op(PoolKind kind, bool global) {
+  static const OpInfo<T>& max_row = Registry<T>::add(pool_row<T>(PoolKind::max, false));
+  static const OpInfo<T>& mean_row = Registry<T>::add(pool_row<T>(PoolKind::mean, false));
+  static const OpInfo<T>& lp_row = Registry<T>::add(pool_row<T>(PoolKind::lp, false));
+  static const OpInfo<T>& global_max_row = Registry<T>::add(pool_row<T>(PoolKind::max, true));
+  static const OpInfo<T>& global_mean_row = Registry<T>::add(pool_row<T>(PoolKind::mean, true));
+  switch (kind) {
+    case PoolKind::max: return global ? global_max_row : max_row;
+    case PoolKind::mean: return global ? global_mean_row : mean_row;
+    default: return lp_row;
+  }
+}
+
+std::shared_ptr<PoolOpParams> make_params(const PoolParams& u, PoolKind kind, bool global) {
+  auto p = std::make_shared<PoolOpParams>();
+  p->user = u;
+  p->kind = kind;
+  p->global = global;
+  return p;
+}
+
+template <class T>
+Tracked<T> pool_tracked(const Tracked<T>& x, const PoolParams& u, PoolKind kind, bool global, const std::source_location& where) {
+  return record_op(pool_op<T>(kind, global), make_params(u, kind, global), {Operand<T>(x, where)}, where);
+}
+
+template <class T>
+Array<T> pool_eval(const Array<T>& x, const PoolParams& u, PoolKind kind, bool global, const std::source_location& where) {
+  const auto p = make_params(u, kind, global);
+  return evaluate_op(pool_op<T>(kind, global), p.get(), {&x}, where);
+}
+
+}  // namespace
+}  // namespace tg::ops
+
+namespace tg {
+
+#define TG_DEFINE_POOL(name, kind)                                                                                     \
+  template <class T>                                                                                                   \
+  Tracked<T> name(const Tracked<T>& x, const PoolParams& p, std::source_location where) {                              \
+    return ops::pool_tracked(x, p, kind, false, where);                                                                \
+  }                                                                                                                    \
+  template <class T>                                                                                                   \
+  Array<T> name(const Array<T>& x, const PoolParams& p, std::source_location where) {                                  \
+    return ops::pool_eval(x, p, kind, false, where);                                                                   \
+  }                                                                                                                    \
+  template Tracked<float> name(const Tracked<float>&, const PoolParams&, std::source_location);                        \
+  template Tracked<double> name(const Tracked<double>&, const PoolParams&, std::source_location);                      \
+  template Array<float> name(const Array<float>&, const PoolParams&, std::source_location);                            \
+  template Array<double> name(const Array<double>&, const PoolParams&, std::source_location);
+TG_DEFINE_POOL(maxpool, ops::PoolKind::max)
+TG_DEFINE_POOL(meanpool, ops::PoolKind::mean)
+TG_DEFINE_POOL(lppool, ops::PoolKind::lp)
+#undef TG_DEFINE_POOL
+
+#define TG_DEFINE_GLOBAL_POOL(name, kind)                                                                 \
+  template <class T>                                                                                      \
+  Tracked<T> name(const Tracked<T>& x, std::source_location where) {                                      \
+    return ops::pool_tracked(x, PoolParams{}, kind, true, where);                                         \
+  }                                                                                                       \
+  template <class T>                                                                                      \
+  Array<T> name(const Array<T>& x, std::source_location where) {                                          \
+    return ops::pool_eval(x, PoolParams{}, kind, true, where);                                            \
+  }                                                                                                       \
+  template Tracked<float> name(const Tracked<float>&, std::source_location);                              \
+  template Tracked<double> name(const Tracked<double>&, std::source_location);                            \
+  template Array<float> name(const Array<float>&, std::source_location);                                  \
+  template Array<double> name(const Array<double>&, std::source_location);
+TG_DEFINE_GLOBAL_POOL(global_maxpool, ops::PoolKind::max)
+TG_DEFINE_GLOBAL_POOL(global_meanpool, ops::PoolKind::mean)
+#undef TG_DEFINE_GLOBAL_POOL
+
+}  // namespace tg

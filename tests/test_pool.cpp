@@ -1,0 +1,134 @@
+// Pooling: hand-worked answers (PyTorch's rules for padding, ceil_mode and
+// count_include_pad), reference loops, the triple, dot products, ties, errors.
+#include "support/checks.hpp"
+
+using namespace tgtest;
+using T = tg::Tracked<double>;
+using tg::PoolParams;
+
+namespace {
+
+// Reference from PyTorch's definitions, 2-D (N, C, H, W), square parameters.
+A ref_pool(const A& x, int k, int s, int pad, bool ceil, const char* kind, bool include_pad = true, double p = 2) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
+  auto out_size = [&](std::int64_t n) {
+    std::int64_t o = (n + 2 * pad - k + (ceil ? s - 1 : 0)) / s + 1;
+    if (ceil && (o - 1) * s >= n + pad) --o;
+    return o;
+  };
+  const std::int64_t OH = out_size(H), OW = out_size(W);
+  A y = A::zeros({N, C, OH, OW});
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t oh = 0; oh < OH; ++oh)
+        for (std::int64_t ow = 0; ow < OW; ++ow) {
+          const std::int64_t h0 = oh * s - pad, w0 = ow * s - pad;
+          const std::int64_t h1 = std::min(h0 + k, H + pad), w1 = std::min(w0 + k, W + pad);
+          double best = -INFINITY, sum = 0, lp = 0;
+          std::int64_t count = 0;
+          for (std::int64_t h = std::max<std::int64_t>(h0, 0); h < std::min(h1, H); ++h)
+            for (std::int64_t w = std::max<std::int64_t>(w0, 0); w < std::min(w1, W); ++w) {
+              best = std::max(best, x(n, c, h, w));
+              sum += x(n, c, h, w);
+              lp += std::pow(std::abs(x(n, c, h, w)), p);
+              ++count;
+            }
+          const double divisor = include_pad ? double((h1 - h0) * (w1 - w0)) : double(count);
+          y(n, c, oh, ow) = std::string_view(kind) == "max" ? best : std::string_view(kind) == "mean" ? sum / divisor : std::pow(lp, 1 / p);
+        }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("pooling: hand-worked answers on iota inputs") {
+  const A x = A::iota({1, 1, 4, 4});
+  CHECK(max_abs_diff(tg::maxpool(x, {.window = {2}}), A({1, 1, 2, 2}, {5, 7, 13, 15})) == 0);
+  CHECK(max_abs_diff(tg::meanpool(x, {.window = {2}}), A({1, 1, 2, 2}, {2.5, 4.5, 10.5, 12.5})) == 0);
+  CHECK(tg::meanpool(x, {.window = {3}, .stride = {1}, .padding = {1}})(0, 0, 0, 0) == doctest::Approx(10.0 / 9));
+  CHECK(tg::meanpool(x, {.window = {3}, .stride = {1}, .padding = {1}, .count_include_pad = false})(0, 0, 0, 0) == 2.5);
+  const A v = A::iota({1, 1, 5});
+  CHECK(max_abs_diff(tg::maxpool(v, {.window = {2}}), A({1, 1, 2}, {1, 3})) == 0);
+  CHECK(max_abs_diff(tg::maxpool(v, {.window = {2}, .ceil_mode = true}), A({1, 1, 3}, {1, 3, 4})) == 0);
+  CHECK(max_abs_diff(tg::meanpool(v, {.window = {2}, .ceil_mode = true}), A({1, 1, 3}, {0.5, 2.5, 4})) == 0);
+  CHECK(max_abs_diff(tg::maxpool(v, {.window = {2}, .stride = {1}, .dilation = {2}}), A({1, 1, 3}, {2, 3, 4})) == 0);
+  CHECK(tg::lppool(A({1, 1, 2}, {3, -4}), {.window = {2}}).item() == doctest::Approx(5));
+  CHECK(max_abs_diff(tg::global_meanpool(A::iota({1, 2, 2, 2})), A({1, 2, 1, 1}, {1.5, 5.5})) == 0);
+  CHECK(max_abs_diff(tg::global_maxpool(A::iota({1, 2, 2, 2})), A({1, 2, 1, 1}, {3, 7})) == 0);
+  // 3-D
+  CHECK(tg::maxpool(A::iota({1, 1, 2, 2, 2}), {.window = {2}}).item() == 7);
+}
+
+TEST_CASE("pooling: equal the reference loops with padding, stride and ceil_mode") {
+  const A x = A::random_uniform({2, 3, 7, 6}, -1, 1, 1);
+  for (int k : {2, 3})
+    for (int s : {1, 2})
+      for (int pad = 0; pad <= k / 2; ++pad)
+        for (bool ceil : {false, true}) {
+          CAPTURE(k);
+          CAPTURE(s);
+          CAPTURE(pad);
+          CAPTURE(ceil);
+          const PoolParams p{.window = {k}, .stride = {s}, .padding = {pad}, .ceil_mode = ceil};
+          CHECK(max_abs_diff(tg::maxpool(x, p), ref_pool(x, k, s, pad, ceil, "max")) == 0);
+          CHECK(max_abs_diff(tg::meanpool(x, p), ref_pool(x, k, s, pad, ceil, "mean")) < 1e-15);
+          PoolParams q = p;
+          q.count_include_pad = false;
+          CHECK(max_abs_diff(tg::meanpool(x, q), ref_pool(x, k, s, pad, ceil, "mean", false)) < 1e-15);
+          q.p = 3;
+          CHECK(max_abs_diff(tg::lppool(x, q), ref_pool(x, k, s, pad, ceil, "lp", true, 3)) < 1e-12);
+        }
+}
+
+TEST_CASE("pooling: the triple, 1-3 spatial dims") {
+  // Distinct values away from each other: no ties for max, no zero norms for lp.
+  auto distinct = [](tg::Shape s, std::uint64_t seed) {
+    A a = A::random_uniform(std::move(s), -1, 1, seed);
+    for (std::int64_t i = 0; i < a.size(); ++i) a.data()[i] += 0.5 * double(i % 7) + (a.data()[i] >= 0 ? 0.1 : -0.1);
+    return a;
+  };
+  const std::vector<std::pair<tg::Shape, PoolParams>> cases = {
+      {{2, 2, 9}, {.window = {3}, .stride = {2}, .padding = {1}}},
+      {{2, 2, 6, 5}, {.window = {2}, .ceil_mode = true}},
+      {{1, 2, 5, 6}, {.window = {3, 2}, .stride = {1, 2}, .padding = {1, 0}, .count_include_pad = false, .p = 3}},
+      {{1, 2, 4, 4, 4}, {.window = {2}, .stride = {2}}},
+  };
+  for (const auto& [shape, p] : cases) {
+    CAPTURE(tg::to_string(shape));
+    const A x = distinct(shape, 1), x2 = distinct(shape, 2);
+    check_op([&](const T& a) { return tg::maxpool(a, p); }, std::tuple{x}, std::tuple{x2});
+    check_op([&](const T& a) { return tg::meanpool(a, p); }, std::tuple{x}, std::tuple{x2});
+    check_op([&](const T& a) { return tg::lppool(a, p); }, std::tuple{x}, std::tuple{x2});
+    check_op([&](const T& a) { return tg::global_maxpool(a); }, std::tuple{x}, std::tuple{x2});
+    check_op([&](const T& a) { return tg::global_meanpool(a); }, std::tuple{x}, std::tuple{x2});
+  }
+}
+
+TEST_CASE("pooling: dot-product test on a layer-sized input") {
+  const A x = A::random_uniform({8, 16, 28, 28}, -1, 1, 1);
+  check_dot_product([](const T& a) { return tg::maxpool(a, {.window = {2}}); }, x);
+  check_dot_product([](const T& a) { return tg::meanpool(a, {.window = {3}, .stride = {2}, .padding = {1}}); }, x);
+  check_dot_product([](const T& a) { return tg::lppool(a, {.window = {2}, .p = 2}); }, x);
+  check_dot_product([](const T& a) { return tg::global_meanpool(a); }, x);
+}
+
+TEST_CASE("maxpool: ties route the adjoint to the first maximum in row-major order") {
+  const A ones = A::ones({1, 1, 2, 2});
+  const A g = tg::gradient([](const T& a) { return tg::sum(tg::maxpool(a, {.window = {2}})); }, ones);
+  CHECK(max_abs_diff(g, A({1, 1, 2, 2}, {1, 0, 0, 0})) == 0);
+  const A x({1, 1, 4}, {0, 5, 5, 1});  // overlapping windows [0 5] [5 5] [5 1]
+  const A g2 = tg::gradient([](const T& a) { return tg::sum(tg::maxpool(a, {.window = {2}, .stride = {1}})); }, x);
+  CHECK(max_abs_diff(g2, A({1, 1, 4}, {0, 2, 1, 0})) == 0);
+}
+
+TEST_CASE("pooling: bad geometry is a clear tg::Error") {
+  const A x = A::zeros({1, 2, 5, 5});
+  CHECK_THROWS_WITH_AS(tg::maxpool(x, {}), doctest::Contains("no window given"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {6}}), doctest::Contains("larger than the padded input"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2}, .padding = {2}}), doctest::Contains("more than half the window"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2}, .stride = {0}}), doctest::Contains("stride is 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2, 2, 2}}), doctest::Contains("expected 1 or 2"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::maxpool(A::zeros({5, 5}), {.window = {2}}), doctest::Contains("(N, C, spatial...)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = 0}), doctest::Contains("p is 0 expected > 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::global_meanpool(A::zeros({3, 4})), doctest::Contains("global_meanpool"), tg::Error);
+}

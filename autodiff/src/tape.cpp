@@ -100,7 +100,8 @@ void Tape<T>::reverse_pass(const Array<T>& seed) {
       scratch_adj_.push_back(needs_grad_[a] ? &fresh_adjoint(a) : nullptr);
     }
     try {
-      ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_, saved_of(ins)});
+      ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_,
+                         {saved_.data() + ins.saved_begin, ins.n_saved}});
     } catch (const Error& e) {
       throw e.with_site(ins.where);
     }

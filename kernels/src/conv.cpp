@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -210,14 +211,15 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
 }
 
 template <class T>
-void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx) {
+void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx, bool accumulate) {
   require_resolved(a);
   if (g.flip) {
     const auto wf = flipped(g, w);
-    return conv_backward_input(unflipped(g), a, gy, wf.data(), gx);
+    return conv_backward_input(unflipped(g), a, gy, wf.data(), gx, accumulate);
   }
+  if (a == ConvAlgorithm::direct) return conv_impl::direct_backward_input(g, gy, w, gx, accumulate);
+  if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
   switch (a) {
-    case ConvAlgorithm::direct: return conv_impl::direct_backward_input(g, gy, w, gx);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_input(g, gy, w, gx);
     default: return conv_impl::fft_backward_input(g, gy, w, gx);
   }
@@ -243,7 +245,7 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
 
 #define TG_INSTANTIATE(T)                                                                                  \
   template void conv_forward<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool);         \
-  template void conv_backward_input<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*);         \
+  template void conv_backward_input<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool);       \
   template void conv_backward_weight<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

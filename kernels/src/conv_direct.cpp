@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "conv_impl.hpp"
@@ -45,11 +46,16 @@ inline void scatter_row(T* __restrict x, T w, const T* __restrict y, std::int64_
 // sum over o in [0, count) of x[o * stride] * y[o]
 template <class T>
 inline T dot_row(const T* __restrict x, const T* __restrict y, std::int64_t count, std::int64_t stride) {
+  // omp simd: lets the compiler reorder the sum into vector lanes (a plain
+  // reduction loop would run one latency-bound FMA chain).
   T acc = T(0);
-  if (stride == 1)
+  if (stride == 1) {
+#pragma omp simd reduction(+ : acc)
     for (std::int64_t o = 0; o < count; ++o) acc += x[o] * y[o];
-  else
+  } else {
+#pragma omp simd reduction(+ : acc)
     for (std::int64_t o = 0; o < count; ++o) acc += x[o * stride] * y[o];
+  }
   return acc;
 }
 
@@ -71,12 +77,145 @@ inline void for_each_tap_row(const ConvGeometry& g, std::int64_t o0, std::int64_
   }
 }
 
+
+// y[o] += sum_t w[t] x[o + t * dil] for o in [0, count): all K2 taps of a kernel
+// row in one pass over y (K2 known at compile time, so the taps unroll and the
+// loop over o vectorises).
+template <int K2, class T>
+inline void fused_row(T* __restrict y, const T* __restrict w, const T* __restrict x, std::int64_t count, std::int64_t dil) {
+  T wt[K2];
+  for (int t = 0; t < K2; ++t) wt[t] = w[t];
+  for (std::int64_t o = 0; o < count; ++o) {
+    T acc = y[o];
+    for (int t = 0; t < K2; ++t) acc += wt[t] * x[o + t * dil];
+    y[o] = acc;
+  }
+}
+
+// One kernel row (ker[2] taps w) applied to one input row into one output row.
+// Outputs every tap reaches (the interior) run fused when the stride is 1;
+// the edges, and other strides, run one tap at a time.
+template <class T>
+inline void accumulate_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& rows, const std::int64_t interior[2],
+                                  T* yrow, const T* w, const T* xrow) {
+  const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
+  std::int64_t begin = interior[0], end = interior[1];
+  if (s2 != 1 || K2 > 7 || begin >= end) begin = end = 0;
+  if (begin < end) {
+    const T* x0 = xrow + rows[0].offset + begin;  // tap 0's input for output `begin`
+    const std::int64_t n = end - begin, d = g.dil[2];
+    switch (K2) {
+      case 1: fused_row<1>(yrow + begin, w, x0, n, d); break;
+      case 2: fused_row<2>(yrow + begin, w, x0, n, d); break;
+      case 3: fused_row<3>(yrow + begin, w, x0, n, d); break;
+      case 4: fused_row<4>(yrow + begin, w, x0, n, d); break;
+      case 5: fused_row<5>(yrow + begin, w, x0, n, d); break;
+      case 6: fused_row<6>(yrow + begin, w, x0, n, d); break;
+      default: fused_row<7>(yrow + begin, w, x0, n, d); break;
+    }
+  }
+  for (std::int64_t t2 = 0; t2 < K2; ++t2) {
+    const TapRange& r = rows[static_cast<std::size_t>(t2)];
+    // the parts of this tap's range outside [begin, end)
+    const std::int64_t parts[2][2] = {{r.begin, std::min(r.end, begin == end ? r.end : begin)},
+                                      {std::max(r.begin, end == begin ? r.end : end), r.end}};
+    for (const auto& part : parts)
+      if (part[0] < part[1])
+        axpy_row(yrow + part[0], w[t2], xrow + r.offset + part[0] * s2, part[1] - part[0], s2);
+  }
+}
+
+
+// acc[t] += sum_o x[o + t * dil] * y[o] for o in [0, count), all K2 taps of a
+// kernel row in one pass (the backward-weight twin of fused_row).
+template <int K2, class T>
+inline void fused_dots(T* acc, const T* __restrict x, const T* __restrict y, std::int64_t count, std::int64_t dil) {
+  T sums[K2] = {};
+#pragma omp simd reduction(+ : sums[:K2])
+  for (std::int64_t o = 0; o < count; ++o)
+    for (int t = 0; t < K2; ++t) sums[t] += x[o + t * dil] * y[o];
+  for (int t = 0; t < K2; ++t) acc[t] += sums[t];
+}
+
+// The kernel-gradient twin of accumulate_kernel_row: acc[t2] += input row . output-adjoint row.
+template <class T>
+inline void dot_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& rows, const std::int64_t interior[2], T* acc,
+                           const T* xrow, const T* gyrow) {
+  const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
+  std::int64_t begin = interior[0], end = interior[1];
+  if (s2 != 1 || K2 > 7 || begin >= end) begin = end = 0;
+  if (begin < end) {
+    const T* x0 = xrow + rows[0].offset + begin;
+    const std::int64_t n = end - begin, d = g.dil[2];
+    switch (K2) {
+      case 1: fused_dots<1>(acc, x0, gyrow + begin, n, d); break;
+      case 2: fused_dots<2>(acc, x0, gyrow + begin, n, d); break;
+      case 3: fused_dots<3>(acc, x0, gyrow + begin, n, d); break;
+      case 4: fused_dots<4>(acc, x0, gyrow + begin, n, d); break;
+      case 5: fused_dots<5>(acc, x0, gyrow + begin, n, d); break;
+      case 6: fused_dots<6>(acc, x0, gyrow + begin, n, d); break;
+      default: fused_dots<7>(acc, x0, gyrow + begin, n, d); break;
+    }
+  }
+  for (std::int64_t t2 = 0; t2 < K2; ++t2) {
+    const TapRange& r = rows[static_cast<std::size_t>(t2)];
+    const std::int64_t parts[2][2] = {{r.begin, std::min(r.end, begin == end ? r.end : begin)},
+                                      {std::max(r.begin, end == begin ? r.end : end), r.end}};
+    for (const auto& part : parts)
+      if (part[0] < part[1])
+        acc[t2] += dot_row(xrow + r.offset + part[0] * s2, gyrow + part[0], part[1] - part[0], s2);
+  }
+}
+
+// The outputs along the last dim that every tap of a kernel row reaches.
+inline void interior_of(const std::vector<TapRange>& rows, std::int64_t interior[2]) {
+  interior[0] = 0;
+  interior[1] = std::numeric_limits<std::int64_t>::max();
+  for (const auto& r : rows) {
+    interior[0] = std::max(interior[0], r.begin);
+    interior[1] = std::min(interior[1], r.end);
+  }
+  if (interior[0] >= interior[1]) interior[0] = interior[1] = 0;
+}
+
+// The geometry of the input adjoint of a unit-stride conv, as a conv of gy:
+// gx[c] += sum_k correlate(gy[k], reversed w[k, c]) with low padding dil*(k-1) - lo.
+ConvGeometry adjoint_geometry(const ConvGeometry& g) {
+  ConvGeometry a = g;
+  a.C = g.K;
+  a.K = g.C;
+  a.Cg = g.Kg;
+  a.Kg = g.Cg;
+  a.in = g.out;
+  a.out = g.in;
+  for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) {
+    a.lo[d] = g.dil[d] * (g.ker[d] - 1) - g.lo[d];
+    a.hi[d] = g.in[d] - g.out[d] - a.lo[d] + g.dil[d] * (g.ker[d] - 1);
+  }
+  return a;
+}
+
+// w (K, Cg, taps) -> (C, Kg, taps) per group, taps reversed: the adjoint geometry's weights.
+template <class T>
+std::vector<T> adjoint_weights(const ConvGeometry& g, const T* w) {
+  const std::int64_t kv = g.ker_vol();
+  std::vector<T> out(static_cast<std::size_t>(g.K * g.Cg * kv));
+  for (std::int64_t grp = 0; grp < g.groups; ++grp)
+    for (std::int64_t c = 0; c < g.Cg; ++c)
+      for (std::int64_t k = 0; k < g.Kg; ++k)
+        for (std::int64_t u = 0; u < kv; ++u)
+          out[static_cast<std::size_t>(((grp * g.Cg + c) * g.Kg + k) * kv + u)] =
+              w[((grp * g.Kg + k) * g.Cg + c) * kv + (kv - 1 - u)];
+  return out;
+}
 }  // namespace
 
 template <class T>
 void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
   const auto rows = row_ranges(g);
+  std::int64_t interior[2];
+  interior_of(rows, interior);
 #pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
   for (std::int64_t nk = 0; nk < g.N * g.K; ++nk) {
     const std::int64_t n = nk / g.K, k = nk % g.K, group = k / g.Kg;
@@ -89,11 +228,7 @@ void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool ac
           const T* xc = x + (n * g.C + group * g.Cg + c) * iv;
           const T* wc = w + (k * g.Cg + c) * kv;
           for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {
-            for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
-              const TapRange& r = rows[static_cast<std::size_t>(t2)];
-              if (!r.empty())
-                axpy_row(yrow + r.begin, wc[tap_row + t2], xc + in_row + first_input(r, g.stride[2]), r.end - r.begin, g.stride[2]);
-            }
+            accumulate_kernel_row(g, rows, interior, yrow, wc + tap_row, xc + in_row);
           });
         }
       }
@@ -101,7 +236,13 @@ void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool ac
 }
 
 template <class T>
-void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
+  if (g.stride[0] == 1 && g.stride[1] == 1 && g.stride[2] == 1) {
+    // Unit stride: a gather (the forward loops on the adjoint geometry) instead of a scatter.
+    const auto wa = adjoint_weights(g, w);
+    return direct_forward(adjoint_geometry(g), gy, wa.data(), gx, accumulate);
+  }
+  if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
   const auto rows = row_ranges(g);
 #pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
@@ -130,6 +271,8 @@ template <class T>
 void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
   const auto rows = row_ranges(g);
+  std::int64_t interior[2];
+  interior_of(rows, interior);
 #pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
   for (std::int64_t kc = 0; kc < g.K * g.Cg; ++kc) {
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
@@ -141,12 +284,7 @@ void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
         for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1) {
           const T* gyrow = gyk + (o0 * g.out[1] + o1) * g.out[2];
           for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {
-            for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
-              const TapRange& r = rows[static_cast<std::size_t>(t2)];
-              if (!r.empty())
-                acc[static_cast<std::size_t>(tap_row + t2)] +=
-                    dot_row(xc + in_row + first_input(r, g.stride[2]), gyrow + r.begin, r.end - r.begin, g.stride[2]);
-            }
+            dot_kernel_row(g, rows, interior, acc.data() + tap_row, xc + in_row, gyrow);
           });
         }
     }
@@ -156,7 +294,7 @@ void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
 
 #define TG_INSTANTIATE(T)                                                                    \
   template void direct_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool);        \
-  template void direct_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);        \
+  template void direct_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, bool);      \
   template void direct_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

@@ -37,7 +37,7 @@ inline std::int64_t input_index(const ConvGeometry& g, int d, std::int64_t o, st
 template <class T>
 void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);
 template <class T>
-void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
 template <class T>
 void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
 

@@ -116,7 +116,7 @@ void border_pad_adjoint(const T* gpadded, const Shape& shape, std::span<const st
                         std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill) {
   const BorderMaps maps(shape, lo, hi, mode);
   const auto& last = maps.source.back();
-  const std::int64_t width = maps.padded.back();
+  const std::int64_t n = shape.back(), before = lo.back(), width = maps.padded.back();
   T fill_sum = T(0);
   for_each_padded_row(maps, shape, [&](std::int64_t src_row, std::int64_t dst) {
     const T* g = gpadded + src_row;
@@ -124,7 +124,15 @@ void border_pad_adjoint(const T* gpadded, const Shape& shape, std::span<const st
       for (std::int64_t j = 0; j < width; ++j) fill_sum += g[j];
       return;
     }
+    // The image's own pixels map one to one; only the extension needs the map.
+    if (gx) {
+      T* row = gx + dst;
+      const T* inside = g + before;
+      for (std::int64_t j = 0; j < n; ++j) row[j] += inside[j];
+    }
     for (std::int64_t j = 0; j < width; ++j) {
+      if (j == before) j += n;
+      if (j >= width) break;
       const std::int64_t s = last[static_cast<std::size_t>(j)];
       if (s < 0)
         fill_sum += g[j];
@@ -198,14 +206,18 @@ void for_each_leading(const Correlation& c, F pass) {
 }  // namespace
 
 template <class T>
-void correlate_forward(const Correlation& c, ConvAlgorithm a, const T* xp, const T* w, T* y) {
+void correlate_forward(const Correlation& c, ConvAlgorithm a, const T* xp, const T* w, T* y, bool accumulate) {
+  if (c.padded.rank() <= 3) return conv_forward(c.inner, a, xp, w, y, accumulate);
+  if (!accumulate) std::fill(y, y + c.out.size(), T(0));
   for_each_leading(c, [&](std::int64_t xo, std::int64_t wo, std::int64_t yo) {
     conv_forward(c.inner, a, xp + xo, w + wo, y + yo, /*accumulate=*/true);
   });
 }
 
 template <class T>
-void correlate_backward_input(const Correlation& c, ConvAlgorithm a, const T* gy, const T* w, T* gxp) {
+void correlate_backward_input(const Correlation& c, ConvAlgorithm a, const T* gy, const T* w, T* gxp, bool accumulate) {
+  if (c.padded.rank() <= 3) return conv_backward_input(c.inner, a, gy, w, gxp, accumulate);
+  if (!accumulate) std::fill(gxp, gxp + c.padded.size(), T(0));
   for_each_leading(c, [&](std::int64_t xo, std::int64_t wo, std::int64_t yo) {
     conv_backward_input(c.inner, a, gy + yo, w + wo, gxp + xo);
   });
@@ -223,8 +235,8 @@ void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* x
                               BorderMode, T, T*);                                                                    \
   template void border_pad_adjoint<T>(const T*, const Shape&, std::span<const std::int64_t>,                         \
                                       std::span<const std::int64_t>, BorderMode, T*, T*);                            \
-  template void correlate_forward<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);                     \
-  template void correlate_backward_input<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);              \
+  template void correlate_forward<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*, bool);                     \
+  template void correlate_backward_input<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*, bool);              \
   template void correlate_backward_weight<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

@@ -144,7 +144,9 @@ OpInfo<T> filter_row(bool convolve) {
   OpInfo<T> r;
   r.name = convolve ? "convolve" : "correlate";
   r.arity = kVariadic;
-  r.n_saved = 1;  // the extended image (empty when the image is not extended)
+  // saved[0]: the extended image; saved[1]: its adjoint's workspace (both empty when the
+  // image is not extended; kept across replays so a replayed pullback allocates nothing).
+  r.n_saved = 2;
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<FilterOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
@@ -157,8 +159,7 @@ OpInfo<T> filter_row(bool convolve) {
                           p.user.border.mode, fill_value(p, c.inputs), ext.data());
       xp = ext.data();
     }
-    c.output.fill(T(0));
-    kernels::correlate_forward(p.corr, p.algorithm[0], xp, c.inputs[1]->data(), c.output.data());
+    kernels::correlate_forward(p.corr, p.algorithm[0], xp, c.inputs[1]->data(), c.output.data(), /*accumulate=*/false);
   };
   r.pullback = [](const PullbackCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
@@ -169,10 +170,11 @@ OpInfo<T> filter_row(bool convolve) {
     T* gfill = c.input_adjoints.size() == 3 && c.input_adjoints[2] ? c.input_adjoints[2]->data() : nullptr;
     if (c.input_adjoints[1]) kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, gy, c.input_adjoints[1]->data());
     if (!gx && !gfill) return;
-    if (!p.extended) return kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gx->data());
+    if (!p.extended) return kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gx->data(), /*accumulate=*/true);
     // Adjoint of the extended image, then folded back through the border.
-    Array<T> gext = Array<T>::zeros(p.corr.padded);
-    kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gext.data());
+    Array<T>& gext = c.saved[1];
+    if (gext.shape() != p.corr.padded) gext = Array<T>::uninitialized(p.corr.padded);
+    kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gext.data(), /*accumulate=*/false);
     kernels::border_pad_adjoint(gext.data(), image.shape(), std::span<const std::int64_t>(p.lo),
                                 std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill);
   };

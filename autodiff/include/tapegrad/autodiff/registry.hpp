@@ -58,7 +58,7 @@ struct PullbackCall {
   const Array<T>& output;
   const Array<T>& output_adjoint;
   std::span<Array<T>* const> input_adjoints;  // accumulate (+=); nullptr = not needed
-  std::span<const Array<T>> saved;
+  std::span<Array<T>> saved;  // the forward's saved buffers; a pullback may also keep workspaces here
 };
 
 template <class T>

@@ -82,9 +82,9 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
 // y = conv(x, w); with accumulate, y += conv(x, w).
 template <class T>
 void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate = false);
-// gx += the adjoint of conv_forward with respect to x, applied to gy.
+// gx += the adjoint of conv_forward with respect to x, applied to gy (gx = ... without accumulate).
 template <class T>
-void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx);
+void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx, bool accumulate = true);
 // gw += the adjoint of conv_forward with respect to w, applied to gy.
 template <class T>
 void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw);

@@ -49,12 +49,12 @@ struct Correlation {
 };
 Correlation correlation_geometry(const Shape& padded, const Shape& kernel, bool flip, const char* op);
 
-// y += xp (*) w
+// y = xp (*) w  (y += with accumulate)
 template <class T>
-void correlate_forward(const Correlation& c, ConvAlgorithm a, const T* xp, const T* w, T* y);
-// gxp += adjoint with respect to xp of gy
+void correlate_forward(const Correlation& c, ConvAlgorithm a, const T* xp, const T* w, T* y, bool accumulate);
+// gxp = the adjoint with respect to xp of gy (gxp += with accumulate)
 template <class T>
-void correlate_backward_input(const Correlation& c, ConvAlgorithm a, const T* gy, const T* w, T* gxp);
+void correlate_backward_input(const Correlation& c, ConvAlgorithm a, const T* gy, const T* w, T* gxp, bool accumulate);
 // gw += adjoint with respect to w of gy
 template <class T>
 void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* xp, const T* gy, T* gw);

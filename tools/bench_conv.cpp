@@ -1,0 +1,233 @@
+// Convolution kernels against LibTorch, in one run: forward, backward-input and
+// backward-weight (fp32) for the layers of issue 3, at 1 and 2 threads, with
+// GFLOP/s and the ratio; then the seed case (500x500 double image, 3x3 kernel,
+// replicate border: forward + both gradients) at 1 thread.
+//
+//   bench_conv [--threads 1,2] [--reps N] [--only NAME] [--no-compare]
+//
+// Times are medians of N repetitions after one warm-up; tapegrad is timed at
+// the kernel (the algorithm its cost rule picks), LibTorch at at::conv2d and
+// at::convolution_backward with the other gradients masked off. The last
+// column checks that both computed the same numbers (max relative difference).
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <tapegrad/tapegrad.hpp>
+
+#ifdef TAPEGRAD_HAVE_TORCH
+#include <torch/torch.h>
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using tg::kernels::ConvAlgorithm;
+using tg::kernels::ConvPass;
+
+struct Layer {
+  const char* name;
+  std::int64_t N, C, H, W, K, k, stride, pad;
+};
+
+const Layer kLayers[] = {
+    {"L1", 64, 1, 28, 28, 32, 5, 1, 2},    {"L2", 64, 32, 14, 14, 64, 5, 1, 2},  {"R1", 8, 64, 56, 56, 64, 3, 1, 1},
+    {"R2", 8, 128, 28, 28, 128, 3, 1, 1},  {"R3", 8, 256, 14, 14, 256, 3, 1, 1}, {"R4", 8, 256, 56, 56, 64, 1, 1, 0},
+    {"R5", 8, 64, 56, 56, 256, 1, 1, 0},   {"R6", 8, 3, 224, 224, 64, 7, 2, 3},
+};
+
+struct Options {
+  std::vector<int> threads{1, 2};
+  int reps = 5;
+  std::string only;
+  bool compare = true;
+};
+
+template <class F>
+double median_seconds(int reps, F f) {
+  f();  // warm-up
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto start = Clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void set_threads(int n) {
+  omp_set_num_threads(n);
+  tg::kernels::set_blas_threads(n);
+#ifdef TAPEGRAD_HAVE_TORCH
+  torch::set_num_threads(n);
+#endif
+}
+
+double max_rel_diff(const float* a, const float* b, std::int64_t n) {
+  double scale = 1e-30, diff = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    scale = std::max(scale, double(std::abs(b[i])));
+    diff = std::max(diff, double(std::abs(a[i] - b[i])));
+  }
+  return diff / scale;
+}
+
+struct Row {
+  std::string layer, pass, algorithm;
+  int threads;
+  double ours, theirs, gflop;
+  double check;
+};
+
+const char* pass_name(ConvPass p) {
+  return p == ConvPass::forward ? "forward" : p == ConvPass::backward_input ? "bwd-input" : "bwd-weight";
+}
+
+std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
+  using A = tg::Array<float>;
+  const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
+  tg::kernels::ConvSpec spec;
+  spec.stride = {L.stride};
+  spec.pad_lo = spec.pad_hi = {L.pad};
+  const auto g = tg::kernels::conv_geometry(x.shape(), w.shape(), spec, "bench");
+  const A gy = A::random_uniform(tg::kernels::conv_output_shape(g), -1, 1, 3);
+  A y = A::zeros(gy.shape()), gx = A::zeros(x.shape()), gw = A::zeros(w.shape());
+  const double flop = 2 * g.macs();
+  std::vector<Row> rows;
+  for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
+    const ConvAlgorithm a = tg::kernels::choose_conv_algorithm(g, pass, ConvAlgorithm::automatic, "bench");
+    A* result = pass == ConvPass::forward ? &y : pass == ConvPass::backward_input ? &gx : &gw;
+    const double ours = median_seconds(o.reps, [&] {
+      if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
+      if (pass == ConvPass::backward_input) {
+        gx.fill(0);
+        tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data());
+      }
+      if (pass == ConvPass::backward_weight) {
+        gw.fill(0);
+        tg::kernels::conv_backward_weight(g, a, x.data(), gy.data(), gw.data());
+      }
+    });
+    Row r{L.name, pass_name(pass), tg::kernels::to_string(a), threads, ours, NAN, flop, NAN};
+#ifdef TAPEGRAD_HAVE_TORCH
+    if (o.compare) {
+      torch::NoGradGuard no_grad;
+      auto tx = torch::from_blob(const_cast<float*>(x.data()), {L.N, L.C, L.H, L.W}).clone();
+      auto tw = torch::from_blob(const_cast<float*>(w.data()), {L.K, L.C, L.k, L.k}).clone();
+      auto tgy = torch::from_blob(const_cast<float*>(gy.data()), {gy.shape()[0], gy.shape()[1], gy.shape()[2], gy.shape()[3]}).clone();
+      torch::Tensor out;
+      const std::array<bool, 3> mask{pass == ConvPass::backward_input, pass == ConvPass::backward_weight, false};
+      r.theirs = median_seconds(o.reps, [&] {
+        if (pass == ConvPass::forward)
+          out = at::conv2d(tx, tw, {}, {L.stride, L.stride}, {L.pad, L.pad});
+        else
+          out = pass == ConvPass::backward_input
+                    ? std::get<0>(at::convolution_backward(tgy, tx, tw, c10::nullopt, {L.stride, L.stride}, {L.pad, L.pad},
+                                                           {1, 1}, false, {0, 0}, 1, mask))
+                    : std::get<1>(at::convolution_backward(tgy, tx, tw, c10::nullopt, {L.stride, L.stride}, {L.pad, L.pad},
+                                                           {1, 1}, false, {0, 0}, 1, mask));
+      });
+      out = out.contiguous();
+      r.check = max_rel_diff(result->data(), out.data_ptr<float>(), result->size());
+    }
+#endif
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+// The seed case: f(x, w) = sum(correlate(x, w, replicate)), 500x500 double, 3x3 kernel.
+void bench_seed(const Options& o) {
+  set_threads(1);
+  using A = tg::Array<double>;
+  const A x = A::random_uniform({500, 500}, -1, 1, 1), w = A::random_uniform({3, 3}, -1, 1, 2);
+  const tg::FilterParams p{.border = tg::Border::replicate()};
+  const double fwd = median_seconds(o.reps * 4, [&] { (void)tg::correlate(x, w, p); });
+  auto f = [&](const tg::Tracked<double>& a, const tg::Tracked<double>& b) { return tg::sum(tg::correlate(a, b, p)); };
+  const double full = median_seconds(o.reps * 4, [&] { (void)tg::gradient(f, x, w); });
+  auto tape = tg::record(f, x, w);
+  const double replay = median_seconds(o.reps * 4, [&] { (void)tape.gradient(x, w); });
+  A gx = A::zeros(x.shape()), gw = A::zeros(w.shape());
+  const double into = median_seconds(o.reps * 4, [&] { tape.gradient_into({&gx, &gw}, x, w); });
+  std::printf("\nseed case: sum(correlate(x 500x500, w 3x3, replicate)), double, 1 thread\n");
+  std::printf("  %-44s %9.3f ms\n", "tapegrad forward", fwd * 1e3);
+  std::printf("  %-44s %9.3f ms  (%.2fx the forward)\n", "tapegrad forward + both gradients (gradient())", full * 1e3,
+              full / fwd);
+  std::printf("  %-44s %9.3f ms  (%.2fx the forward)\n", "tapegrad replayed tape.gradient(x, w)", replay * 1e3, replay / fwd);
+  std::printf("  %-44s %9.3f ms  (%.2fx the forward)\n", "tapegrad replayed into caller arrays", into * 1e3, into / fwd);
+#ifdef TAPEGRAD_HAVE_TORCH
+  if (o.compare) {
+    auto tx = torch::from_blob(const_cast<double*>(x.data()), {1, 1, 500, 500}, torch::kFloat64).clone();
+    auto tw = torch::from_blob(const_cast<double*>(w.data()), {1, 1, 3, 3}, torch::kFloat64).clone();
+    const double theirs = median_seconds(o.reps * 4, [&] {
+      auto a = tx.clone().requires_grad_(true), b = tw.clone().requires_grad_(true);
+      auto padded = torch::nn::functional::pad(a, torch::nn::functional::PadFuncOptions({1, 1, 1, 1}).mode(torch::kReplicate));
+      at::conv2d(padded, b).sum().backward();
+    });
+    std::printf("  %-44s %9.3f ms  (LibTorch / tapegrad = %.1fx)\n", "LibTorch pad(replicate) + conv2d + backward",
+                theirs * 1e3, theirs / full);
+  }
+#endif
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) o.reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) o.only = argv[++i];
+    else if (!std::strcmp(argv[i], "--no-compare")) o.compare = false;
+    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
+      o.threads.clear();
+      for (const char* s = argv[++i]; *s;) {
+        o.threads.push_back(std::atoi(s));
+        while (*s && *s != ',') ++s;
+        if (*s == ',') ++s;
+      }
+    }
+  }
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  std::printf("tapegrad conv kernels vs LibTorch, fp32; medians of %d; GFLOP/s = 2*MACs/time\n", o.reps);
+#ifndef TAPEGRAD_HAVE_TORCH
+  std::printf("(built without LibTorch: tapegrad's numbers only)\n");
+#endif
+  std::printf("%-4s %-10s %3s %-7s %10s %8s %10s %8s %9s %9s\n", "", "pass", "thr", "algo", "tapegrad", "GFLOP/s",
+              "LibTorch", "GFLOP/s", "ours/LT", "max rel");
+  double log_sum = 0, worst = 0;
+  int pairs = 0, last_threads = o.threads.back();
+  for (int threads : o.threads) {
+    set_threads(threads);
+    for (const auto& L : kLayers) {
+      if (!o.only.empty() && o.only != L.name) continue;
+      for (const auto& r : bench_layer(L, threads, o)) {
+        const double ratio = r.ours / r.theirs;
+        std::printf("%-4s %-10s %3d %-7s %8.2fms %8.1f %8.2fms %8.1f %8.2fx %9.1e\n", r.layer.c_str(), r.pass.c_str(),
+                    r.threads, r.algorithm.c_str(), r.ours * 1e3, r.gflop / r.ours * 1e-9, r.theirs * 1e3,
+                    r.gflop / r.theirs * 1e-9, ratio, r.check);
+        std::fflush(stdout);
+        if (threads == last_threads && std::isfinite(ratio)) {
+          log_sum += std::log(ratio);
+          worst = std::max(worst, ratio);
+          ++pairs;
+        }
+      }
+    }
+  }
+  if (pairs)
+    std::printf("\nat %d threads over %d (layer, pass) pairs: geometric mean ours/LibTorch = %.2fx, worst = %.2fx\n",
+                last_threads, pairs, std::exp(log_sum / pairs), worst);
+  if (o.only.empty() || o.only == "seed") bench_seed(o);
+  return 0;
+}

@@ -86,3 +86,23 @@ TEST_CASE("gemm: OpenBLAS matches the reference loop, every transpose combinatio
       for (std::int64_t i = 0; i < m * n; ++i) CHECK(c1.data()[i] == doctest::Approx(c2.data()[i]).epsilon(1e-12));
     }
 }
+
+TEST_CASE("Array: large blocks are reused after they are freed, within the cache limit") {
+  const tg::Shape big{512, 1024};  // 4 MiB of double
+  const double* first = nullptr;
+  {
+    const auto a = tg::Array<double>::zeros(big);
+    first = a.data();
+  }
+  const auto b = tg::Array<double>::ones(big);
+#if !defined(__SANITIZE_ADDRESS__)
+  CHECK(b.data() == first);  // the freed block came back
+#endif
+  CHECK(b(511, 1023) == 1.0);
+  tg::set_array_cache_limit(0);  // off: nothing is kept
+  {
+    const auto c = tg::Array<double>::zeros(big);
+    CHECK(c(0, 0) == 0.0);
+  }
+  tg::set_array_cache_limit(std::size_t(256) << 20);
+}

@@ -105,6 +105,25 @@ TEST_CASE("conv: every algorithm and pass equals the reference loops, ranks 1-3"
   }
 }
 
+TEST_CASE("conv: im2col blocks that split samples, run on several threads, equal the reference") {
+  // 40x40 outputs: each sample is cut into several column blocks whose input
+  // windows overlap, the case where the input adjoint must not race.
+  const A x = A::random_uniform({3, 3, 40, 40}, -1, 1, 1), w = A::random_uniform({4, 3, 3, 3}, -1, 1, 2);
+  const ConvParams p{.padding = {1}, .algorithm = ConvAlgorithm::im2col};
+  const A gy = A::random_uniform({3, 4, 40, 40}, -1, 1, 3);
+  const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
+  const int before = tg::num_threads();
+  for (int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    tg::set_num_threads(threads);
+    CHECK(max_abs_diff(tg::conv(x, w, p), ref::conv(x, w, p)) < 1e-12);
+    const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
+    CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
+    CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+  }
+  tg::set_num_threads(before);
+}
+
 TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjoint of conv") {
   std::uint64_t seed = 100;
   for (const auto& c : cases()) {

@@ -46,16 +46,19 @@ inline void scatter_row(T* __restrict x, T w, const T* __restrict y, std::int64_
 // sum over o in [0, count) of x[o * stride] * y[o]
 template <class T>
 inline T dot_row(const T* __restrict x, const T* __restrict y, std::int64_t count, std::int64_t stride) {
-  // omp simd: lets the compiler reorder the sum into vector lanes (a plain
-  // reduction loop would run one latency-bound FMA chain).
-  T acc = T(0);
+  // kLanes independent partial sums (four AVX2 vectors' worth): the compiler
+  // vectorises the inner loop without reassociating anything, and four FMA
+  // chains hide the FMA latency a single running sum would wait on.
+  constexpr int kLanes = 128 / sizeof(T);
+  T lanes[kLanes] = {};
+  std::int64_t o = 0;
   if (stride == 1) {
-#pragma omp simd reduction(+ : acc)
-    for (std::int64_t o = 0; o < count; ++o) acc += x[o] * y[o];
-  } else {
-#pragma omp simd reduction(+ : acc)
-    for (std::int64_t o = 0; o < count; ++o) acc += x[o * stride] * y[o];
+    for (; o + kLanes <= count; o += kLanes)
+      for (int j = 0; j < kLanes; ++j) lanes[j] += x[o + j] * y[o + j];
   }
+  T acc = T(0);
+  for (; o < count; ++o) acc += x[o * stride] * y[o];
+  for (int j = 0; j < kLanes; ++j) acc += lanes[j];
   return acc;
 }
 
@@ -126,44 +129,12 @@ inline void accumulate_kernel_row(const ConvGeometry& g, const std::vector<TapRa
 }
 
 
-// acc[t] += sum_o x[o + t * dil] * y[o] for o in [0, count), all K2 taps of a
-// kernel row in one pass (the backward-weight twin of fused_row).
-template <int K2, class T>
-inline void fused_dots(T* acc, const T* __restrict x, const T* __restrict y, std::int64_t count, std::int64_t dil) {
-  T sums[K2] = {};
-#pragma omp simd reduction(+ : sums[:K2])
-  for (std::int64_t o = 0; o < count; ++o)
-    for (int t = 0; t < K2; ++t) sums[t] += x[o + t * dil] * y[o];
-  for (int t = 0; t < K2; ++t) acc[t] += sums[t];
-}
-
 // The kernel-gradient twin of accumulate_kernel_row: acc[t2] += input row . output-adjoint row.
 template <class T>
-inline void dot_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& rows, const std::int64_t interior[2], T* acc,
-                           const T* xrow, const T* gyrow) {
-  const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
-  std::int64_t begin = interior[0], end = interior[1];
-  if (s2 != 1 || K2 > 7 || begin >= end) begin = end = 0;
-  if (begin < end) {
-    const T* x0 = xrow + rows[0].offset + begin;
-    const std::int64_t n = end - begin, d = g.dil[2];
-    switch (K2) {
-      case 1: fused_dots<1>(acc, x0, gyrow + begin, n, d); break;
-      case 2: fused_dots<2>(acc, x0, gyrow + begin, n, d); break;
-      case 3: fused_dots<3>(acc, x0, gyrow + begin, n, d); break;
-      case 4: fused_dots<4>(acc, x0, gyrow + begin, n, d); break;
-      case 5: fused_dots<5>(acc, x0, gyrow + begin, n, d); break;
-      case 6: fused_dots<6>(acc, x0, gyrow + begin, n, d); break;
-      default: fused_dots<7>(acc, x0, gyrow + begin, n, d); break;
-    }
-  }
-  for (std::int64_t t2 = 0; t2 < K2; ++t2) {
+inline void dot_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& rows, T* acc, const T* xrow, const T* gyrow) {
+  for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
     const TapRange& r = rows[static_cast<std::size_t>(t2)];
-    const std::int64_t parts[2][2] = {{r.begin, std::min(r.end, begin == end ? r.end : begin)},
-                                      {std::max(r.begin, end == begin ? r.end : end), r.end}};
-    for (const auto& part : parts)
-      if (part[0] < part[1])
-        acc[t2] += dot_row(xrow + r.offset + part[0] * s2, gyrow + part[0], part[1] - part[0], s2);
+    if (!r.empty()) acc[t2] += dot_row(xrow + first_input(r, g.stride[2]), gyrow + r.begin, r.end - r.begin, g.stride[2]);
   }
 }
 
@@ -271,8 +242,6 @@ template <class T>
 void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
   const auto rows = row_ranges(g);
-  std::int64_t interior[2];
-  interior_of(rows, interior);
 #pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
   for (std::int64_t kc = 0; kc < g.K * g.Cg; ++kc) {
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
@@ -284,7 +253,7 @@ void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
         for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1) {
           const T* gyrow = gyk + (o0 * g.out[1] + o1) * g.out[2];
           for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {
-            dot_kernel_row(g, rows, interior, acc.data() + tap_row, xc + in_row, gyrow);
+            dot_kernel_row(g, rows, acc.data() + tap_row, xc + in_row, gyrow);
           });
         }
     }

@@ -186,21 +186,39 @@ struct Workspaces {
   std::vector<std::unique_ptr<T[]>> buffers;
 };
 
-int block_threads(const Blocking& b) {
-  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(conv_threads(), std::ssize(b.blocks) / 2)));
+// Blocks of the same sample write overlapping parts of gx in the backward-input
+// pass (neighbouring output rows share input rows), so work is handed out in
+// chunks: all blocks that start in one sample go to one thread.
+std::vector<std::pair<std::size_t, std::size_t>> chunks(const Blocking& b) {
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  for (std::size_t i = 0; i < b.blocks.size();) {
+    std::size_t j = i + 1;
+    const std::int64_t sample = b.blocks[i].begin / b.rows_per_sample;
+    while (j < b.blocks.size() && b.blocks[j].begin / b.rows_per_sample == sample) ++j;
+    out.emplace_back(i, j);
+    i = j;
+  }
+  return out;
 }
 
-// Runs body(block, thread) for every block: split over threads when there are
-// enough blocks, else in turn (OpenBLAS then threads each GEMM).
+int chunk_threads(std::size_t chunks) {
+  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(conv_threads(), static_cast<std::int64_t>(chunks))));
+}
+
+// Runs body(block, thread) for every block: chunks split over threads when
+// there are at least two, else in turn (OpenBLAS then threads each GEMM).
 template <class Body>
 void for_each_block(const Blocking& b, int threads, Body body) {
-  const std::int64_t count = std::ssize(b.blocks);
+  const auto work = chunks(b);
+  const std::int64_t count = std::ssize(work);
   if (threads > 1) {
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num();
 #pragma omp for schedule(dynamic)
-      for (std::int64_t i = 0; i < count; ++i) body(b.blocks[static_cast<std::size_t>(i)], t);
+      for (std::int64_t i = 0; i < count; ++i)
+        for (std::size_t k = work[static_cast<std::size_t>(i)].first; k < work[static_cast<std::size_t>(i)].second; ++k)
+          body(b.blocks[k], t);
     }
   } else {
     for (const auto& blk : b.blocks) body(blk, 0);
@@ -227,7 +245,7 @@ template <class T>
 void im2col_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
-  const int threads = block_threads(b);
+  const int threads = chunk_threads(chunks(b).size());
   Workspaces<T> col(threads, R * b.max_columns), out(threads, g.Kg * b.max_columns);
   for_each_block(b, threads, [&](const Block& blk, int t) {
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
@@ -253,7 +271,7 @@ template <class T>
 void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
-  const int threads = block_threads(b);
+  const int threads = chunk_threads(chunks(b).size());
   Workspaces<T> col(threads, R * b.max_columns), in(threads, g.Kg * b.max_columns);
   for_each_block(b, threads, [&](const Block& blk, int t) {
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
@@ -285,7 +303,7 @@ template <class T>
 void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol(), wsize = g.K * R;
-  const int threads = block_threads(b);
+  const int threads = chunk_threads(chunks(b).size());
   Workspaces<T> col(threads, R * b.max_columns), in(threads, g.Kg * b.max_columns);
   // Thread 0 accumulates straight into gw; the others into partial sums added at the end.
   Workspaces<T> partial(threads, wsize);

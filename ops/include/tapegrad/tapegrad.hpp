@@ -5,6 +5,7 @@
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/gemm.hpp"
+#include "tapegrad/kernels/threads.hpp"
 #include "tapegrad/autodiff/custom_op.hpp"
 #include "tapegrad/autodiff/dump.hpp"
 #include "tapegrad/autodiff/gradcheck.hpp"

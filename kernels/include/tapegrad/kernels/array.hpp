@@ -24,7 +24,19 @@ namespace detail {
 // glibc's memalign, several times slower than malloc for the tiny arrays a tape
 // of small ops allocates by the thousand. We over-allocate by 64 bytes with
 // malloc, align by hand, and keep the offset in the byte before the data.
+//
+// Note [Cached large blocks]: glibc hands blocks of a few MiB back to the OS
+// when they are freed, so every fresh gradient() of an image-sized function
+// page-faults all its arrays in again (measured: 2.6 ms -> 10.8 ms for the
+// 500x500 filter seed case). Blocks of kLargeBlock bytes and more therefore
+// come from a small process-wide cache of freed blocks (bounded, see
+// tg::set_array_cache_limit); their offset byte is 0, which small blocks never use.
+inline constexpr std::size_t kLargeBlock = std::size_t(1) << 20;
+void* large_allocate(std::size_t bytes);
+void large_free(void* aligned) noexcept;
+
 inline void* aligned_allocate(std::size_t bytes) {
+  if (bytes >= kLargeBlock) return large_allocate(bytes);
   auto* raw = static_cast<unsigned char*>(std::malloc(bytes + 64));
   if (!raw) throw std::bad_alloc();
   const std::size_t shift = 64 - (reinterpret_cast<std::uintptr_t>(raw) & 63);  // 1..64
@@ -35,10 +47,15 @@ inline void* aligned_allocate(std::size_t bytes) {
 struct AlignedFree {
   void operator()(void* p) const noexcept {
     auto* aligned = static_cast<unsigned char*>(p);
+    if (aligned[-1] == 0) return large_free(p);
     std::free(aligned - aligned[-1]);
   }
 };
 }  // namespace detail
+
+// Bytes of freed large arrays kept for reuse (Note [Cached large blocks]); 0 turns
+// the cache off and releases what it holds. Default 256 MiB.
+void set_array_cache_limit(std::size_t bytes);
 
 template <class T>
 class Array {

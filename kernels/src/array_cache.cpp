@@ -1,0 +1,91 @@
+// The cache of large freed array blocks (Note [Cached large blocks], array.hpp).
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <new>
+
+#include "tapegrad/kernels/array.hpp"
+
+namespace tg {
+namespace detail {
+namespace {
+
+// A large block: [64-byte header | data ...]; the header's first word is the
+// data capacity, its last byte (the byte before the data) is 0.
+constexpr std::size_t kHeader = 64;
+
+std::size_t& capacity_of(void* aligned) { return *reinterpret_cast<std::size_t*>(static_cast<unsigned char*>(aligned) - kHeader); }
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr std::size_t kDefaultLimit = 0;  // let AddressSanitizer see every free
+#else
+constexpr std::size_t kDefaultLimit = std::size_t(256) << 20;
+#endif
+
+struct Cache {
+  std::mutex mutex;
+  std::multimap<std::size_t, void*> free_blocks;  // capacity -> data pointer
+  std::size_t cached = 0, limit = kDefaultLimit;
+
+  void release(std::size_t keep) {
+    while (cached > keep && !free_blocks.empty()) {
+      auto it = std::prev(free_blocks.end());  // largest first
+      cached -= it->first;
+      std::free(static_cast<unsigned char*>(it->second) - kHeader);
+      free_blocks.erase(it);
+    }
+  }
+};
+
+// Never destroyed: arrays in other static objects may be freed after main returns.
+Cache& cache() {
+  static Cache* c = new Cache;
+  return *c;
+}
+
+}  // namespace
+
+void* large_allocate(std::size_t bytes) {
+  {
+    Cache& c = cache();
+    std::lock_guard lock(c.mutex);
+    // The smallest cached block that fits without wasting more than half of it.
+    auto it = c.free_blocks.lower_bound(bytes);
+    if (it != c.free_blocks.end() && it->first <= 2 * bytes) {
+      void* p = it->second;
+      c.cached -= it->first;
+      c.free_blocks.erase(it);
+      return p;
+    }
+  }
+  const std::size_t capacity = (bytes + 63) / 64 * 64;
+  auto* raw = static_cast<unsigned char*>(std::aligned_alloc(64, capacity + kHeader));
+  if (!raw) throw std::bad_alloc();
+  void* aligned = raw + kHeader;
+  capacity_of(aligned) = capacity;
+  raw[kHeader - 1] = 0;
+  return aligned;
+}
+
+void large_free(void* aligned) noexcept {
+  const std::size_t capacity = capacity_of(aligned);
+  Cache& c = cache();
+  std::lock_guard lock(c.mutex);
+  if (c.cached + capacity <= c.limit) {
+    c.free_blocks.emplace(capacity, aligned);
+    c.cached += capacity;
+    return;
+  }
+  std::free(static_cast<unsigned char*>(aligned) - kHeader);
+}
+
+}  // namespace detail
+
+void set_array_cache_limit(std::size_t bytes) {
+  detail::Cache& c = detail::cache();
+  std::lock_guard lock(c.mutex);
+  c.limit = bytes;
+  c.release(bytes);
+}
+
+}  // namespace tg

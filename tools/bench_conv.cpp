@@ -3,12 +3,14 @@
 // GFLOP/s and the ratio; then the seed case (500x500 double image, 3x3 kernel,
 // replicate border: forward + both gradients) at 1 thread.
 //
-//   bench_conv [--threads 1,2] [--reps N] [--only NAME] [--no-compare]
+//   bench_conv [--threads 1,2] [--reps N] [--only NAME|seed|semantics] [--no-compare]
 //
 // Times are medians of N repetitions after one warm-up; tapegrad is timed at
 // the kernel (the algorithm its cost rule picks), LibTorch at at::conv2d and
 // at::convolution_backward with the other gradients masked off. The last
 // column checks that both computed the same numbers (max relative difference).
+// Last, a table of semantic checks: the same arguments through both libraries
+// in double (conv 1-3D, conv_transpose, the pools), values and gradients.
 #include <omp.h>
 
 #include <algorithm>
@@ -195,6 +197,108 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+#ifdef TAPEGRAD_HAVE_TORCH
+// Same values and gradients as PyTorch for the same arguments: each case runs
+// forward and backward (of sum(y * r) for a fixed random r) in both libraries,
+// in double, and prints the largest differences.
+namespace semantics {
+
+using A = tg::Array<double>;
+using TT = tg::Tracked<double>;
+
+torch::Tensor to_torch(const A& a) {
+  std::vector<std::int64_t> shape(a.shape().begin(), a.shape().end());
+  return torch::from_blob(const_cast<double*>(a.data()), shape, torch::kFloat64).clone();
+}
+
+double diff(const A& a, const torch::Tensor& t) {
+  auto c = t.contiguous();
+  if (c.numel() != a.size()) return INFINITY;
+  double m = 0;
+  for (std::int64_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a.data()[i] - c.data_ptr<double>()[i]));
+  return m;
+}
+
+template <class Ours, class Theirs, class... In>
+void compare(const char* what, Ours ours, Theirs theirs, const In&... inputs) {
+  auto tape = tg::record(ours, inputs...);
+  const A y = tape.output();
+  const A r = A::random_uniform(y.shape(), -1, 1, 7);
+  const auto grads = tape.vjp(r);
+  std::vector<torch::Tensor> t{to_torch(inputs).requires_grad_(true)...};
+  torch::Tensor ty = [&] {
+    if constexpr (sizeof...(In) == 1) return theirs(t[0]);
+    else return theirs(t[0], t[1]);
+  }();
+  ty.backward(to_torch(r));
+  double dx = 0, dw = NAN;
+  if constexpr (sizeof...(In) == 1) {
+    dx = diff(grads, t[0].grad());
+  } else {
+    dx = diff(std::get<0>(grads), t[0].grad());
+    dw = diff(std::get<1>(grads), t[1].grad());
+  }
+  std::printf("  %-58s value %8.1e  d/dx %8.1e  d/dw %8.1e\n", what, diff(y, ty.detach()), dx, dw);
+}
+
+void run() {
+  std::printf("\nsame arguments, same answers: max |tapegrad - LibTorch| in double\n");
+  auto r = [](tg::Shape s, std::uint64_t seed) { return A::random_uniform(std::move(s), -1, 1, seed); };
+  compare("conv2d stride 2, padding 1, dilation 2, groups 2",
+          [](const TT& x, const TT& w) { return tg::conv(x, w, {.stride = {2}, .padding = {1}, .dilation = {2}, .groups = 2}); },
+          [](const torch::Tensor& x, const torch::Tensor& w) { return torch::conv2d(x, w, {}, 2, 1, 2, 2); },
+          r({2, 4, 9, 8}, 1), r({6, 2, 3, 3}, 2));
+  compare("conv1d stride 3, padding 2",
+          [](const TT& x, const TT& w) { return tg::conv(x, w, {.stride = {3}, .padding = {2}}); },
+          [](const torch::Tensor& x, const torch::Tensor& w) { return torch::conv1d(x, w, {}, 3, 2); },
+          r({2, 3, 11}, 3), r({4, 3, 4}, 4));
+  compare("conv3d padding (1,0,1)",
+          [](const TT& x, const TT& w) { return tg::conv(x, w, {.padding = {1, 0, 1}}); },
+          [](const torch::Tensor& x, const torch::Tensor& w) { return torch::conv3d(x, w, {}, 1, {1, 0, 1}); },
+          r({1, 2, 5, 6, 4}, 5), r({3, 2, 2, 3, 2}, 6));
+  compare("conv2d depthwise (groups = C), fft forced",
+          [](const TT& x, const TT& w) { return tg::conv(x, w, {.padding = {2}, .groups = 3, .algorithm = tg::ConvAlgorithm::fft}); },
+          [](const torch::Tensor& x, const torch::Tensor& w) { return torch::conv2d(x, w, {}, 1, 2, 1, 3); },
+          r({2, 3, 12, 10}, 7), r({3, 1, 5, 5}, 8));
+  compare("conv_transpose2d stride 2, padding 1, output_padding 1",
+          [](const TT& x, const TT& w) { return tg::conv_transpose(x, w, {.stride = {2}, .padding = {1}, .output_padding = {1}}); },
+          [](const torch::Tensor& x, const torch::Tensor& w) { return torch::conv_transpose2d(x, w, {}, 2, 1, 1); },
+          r({2, 4, 5, 6}, 9), r({4, 3, 3, 3}, 10));
+  compare("conv_transpose2d stride 3, groups 2, dilation 2",
+          [](const TT& x, const TT& w) { return tg::conv_transpose(x, w, {.stride = {3}, .dilation = {2}, .groups = 2}); },
+          [](const torch::Tensor& x, const torch::Tensor& w) { return torch::conv_transpose2d(x, w, {}, 3, 0, 0, 2, 2); },
+          r({1, 4, 4, 4}, 11), r({4, 1, 2, 2}, 12));
+  compare("max_pool2d window 3, stride 2, padding 1, ceil_mode",
+          [](const TT& x) { return tg::maxpool(x, {.window = {3}, .stride = {2}, .padding = {1}, .ceil_mode = true}); },
+          [](const torch::Tensor& x) { return torch::max_pool2d(x, 3, 2, 1, 1, true); }, r({2, 3, 9, 8}, 13));
+  A ties = r({2, 3, 8, 8}, 14);
+  for (auto& v : ties) v = std::round(v);  // only -1, 0, 1: ties everywhere
+  compare("max_pool2d window 2 on values with ties",
+          [](const TT& x) { return tg::maxpool(x, {.window = {2}, .stride = {1}}); },
+          [](const torch::Tensor& x) { return torch::max_pool2d(x, 2, 1); }, ties);
+  compare("avg_pool2d window 3, stride 2, padding 1, ceil_mode, count_include_pad",
+          [](const TT& x) { return tg::meanpool(x, {.window = {3}, .stride = {2}, .padding = {1}, .ceil_mode = true}); },
+          [](const torch::Tensor& x) { return torch::avg_pool2d(x, 3, 2, 1, true, true); }, r({2, 3, 9, 8}, 15));
+  compare("avg_pool2d window 3, stride 2, padding 1, exclude padding",
+          [](const TT& x) { return tg::meanpool(x, {.window = {3}, .stride = {2}, .padding = {1}, .count_include_pad = false}); },
+          [](const torch::Tensor& x) { return torch::avg_pool2d(x, 3, 2, 1, false, false); }, r({2, 3, 9, 8}, 16));
+  A positive = r({2, 3, 8, 6}, 17);
+  for (auto& v : positive) v = std::abs(v) + 0.1;
+  compare("lp_pool2d p = 3, window 2 (non-negative input)",
+          [](const TT& x) { return tg::lppool(x, {.window = {2}, .p = 3}); },
+          [](const torch::Tensor& x) { return torch::nn::functional::lp_pool2d(x, torch::nn::functional::LPPool2dFuncOptions(3, 2)); },
+          positive);
+  compare("max_pool3d window 2",
+          [](const TT& x) { return tg::maxpool(x, {.window = {2}}); },
+          [](const torch::Tensor& x) { return torch::max_pool3d(x, 2); }, r({1, 2, 4, 6, 4}, 18));
+  compare("adaptive_avg_pool2d(1) = global_meanpool",
+          [](const TT& x) { return tg::global_meanpool(x); },
+          [](const torch::Tensor& x) { return torch::adaptive_avg_pool2d(x, {1, 1}); }, r({2, 3, 5, 7}, 19));
+}
+
+}  // namespace semantics
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -229,5 +333,8 @@ int main(int argc, char** argv) {
     std::printf("\nat %d threads over %d (layer, pass) pairs: geometric mean ours/LibTorch = %.2fx, worst = %.2fx\n",
                 last_threads, pairs, std::exp(log_sum / pairs), worst);
   if (o.only.empty() || o.only == "seed") bench_seed(o);
+#ifdef TAPEGRAD_HAVE_TORCH
+  if (o.compare && (o.only.empty() || o.only == "semantics")) semantics::run();
+#endif
   return 0;
 }

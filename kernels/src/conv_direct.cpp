@@ -149,36 +149,6 @@ inline void interior_of(const std::vector<TapRange>& rows, std::int64_t interior
   if (interior[0] >= interior[1]) interior[0] = interior[1] = 0;
 }
 
-// The geometry of the input adjoint of a unit-stride conv, as a conv of gy:
-// gx[c] += sum_k correlate(gy[k], reversed w[k, c]) with low padding dil*(k-1) - lo.
-ConvGeometry adjoint_geometry(const ConvGeometry& g) {
-  ConvGeometry a = g;
-  a.C = g.K;
-  a.K = g.C;
-  a.Cg = g.Kg;
-  a.Kg = g.Cg;
-  a.in = g.out;
-  a.out = g.in;
-  for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) {
-    a.lo[d] = g.dil[d] * (g.ker[d] - 1) - g.lo[d];
-    a.hi[d] = g.in[d] - g.out[d] - a.lo[d] + g.dil[d] * (g.ker[d] - 1);
-  }
-  return a;
-}
-
-// w (K, Cg, taps) -> (C, Kg, taps) per group, taps reversed: the adjoint geometry's weights.
-template <class T>
-std::vector<T> adjoint_weights(const ConvGeometry& g, const T* w) {
-  const std::int64_t kv = g.ker_vol();
-  std::vector<T> out(static_cast<std::size_t>(g.K * g.Cg * kv));
-  for (std::int64_t grp = 0; grp < g.groups; ++grp)
-    for (std::int64_t c = 0; c < g.Cg; ++c)
-      for (std::int64_t k = 0; k < g.Kg; ++k)
-        for (std::int64_t u = 0; u < kv; ++u)
-          out[static_cast<std::size_t>(((grp * g.Cg + c) * g.Kg + k) * kv + u)] =
-              w[((grp * g.Kg + k) * g.Cg + c) * kv + (kv - 1 - u)];
-  return out;
-}
 }  // namespace
 
 template <class T>
@@ -208,7 +178,7 @@ void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool ac
 
 template <class T>
 void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
-  if (g.stride[0] == 1 && g.stride[1] == 1 && g.stride[2] == 1) {
+  if (unit_stride(g)) {
     // Unit stride: a gather (the forward loops on the adjoint geometry) instead of a scatter.
     const auto wa = adjoint_weights(g, w);
     return direct_forward(adjoint_geometry(g), gy, wa.data(), gx, accumulate);

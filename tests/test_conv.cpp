@@ -124,6 +124,28 @@ TEST_CASE("conv: im2col blocks that split samples, run on several threads, equal
   tg::set_num_threads(before);
 }
 
+TEST_CASE("conv: the unit-stride input adjoint run as a conv (im2col, many channels) equals the reference") {
+  // Cg >= 16: im2col computes the input gradient as the forward conv of the
+  // adjoint geometry, whose padding can be negative (pad_lo 5 > dilation*(k-1) = 4).
+  for (const ConvParams& p : {ConvParams{.padding = {1}}, ConvParams{.pad_lo = {5, 0}, .pad_hi = {0, 6}, .dilation = {2}},
+                              ConvParams{.padding = {1}, .groups = 2, .flip = true}}) {
+    const A x = A::random_uniform({2, 32, 11, 12}, -1, 1, 1);
+    const A w = A::random_uniform({8, 32 / p.groups, 3, 3}, -1, 1, 2);
+    const A y = ref::conv(x, w, p);
+    const A gy = A::random_uniform(y.shape(), -1, 1, 3);
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
+    for (auto algorithm : kAlgorithms) {
+      if (algorithm == ConvAlgorithm::fft && !fft_applies(p)) continue;
+      CAPTURE(tg::kernels::to_string(algorithm));
+      const ConvParams q = forced(p, algorithm);
+      CHECK(max_abs_diff(tg::conv(x, w, q), y) < 1e-11);
+      const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, q); }, x, w).vjp(gy);
+      CHECK(max_abs_diff(gx, gx_ref) < 1e-11);
+      CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+    }
+  }
+}
+
 TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjoint of conv") {
   std::uint64_t seed = 100;
   for (const auto& c : cases()) {

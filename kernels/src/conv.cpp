@@ -136,7 +136,7 @@ namespace {
 constexpr double kGemmRate = 40e9;    // multiply-adds per second per thread, large GEMM
 constexpr double kDirectRate = 4e9;   // multiply-adds per second per thread, direct loops
 constexpr double kCopyRate = 1.5e9;   // im2col/col2im elements per second per thread
-constexpr double kFftRate = 1.5e9;    // FFT flops per second per thread
+constexpr double kFftRate = 7e9;      // FFT flops per second per thread (FFTW, 5-smooth sizes)
 
 double gemm_seconds(const ConvGeometry& g) {
   // Every pass multiplies a Kg-sided matrix by an R-sided one (R = Cg * ker_vol);

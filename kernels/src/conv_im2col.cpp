@@ -187,10 +187,10 @@ void unpack_block(const ConvGeometry& g, const Blocking& b, const Block& blk, st
 template <class T>
 struct Workspaces {
   Workspaces(int threads, std::int64_t elements) {
-    for (int t = 0; t < threads; ++t) buffers.emplace_back(elements > 0 ? new T[static_cast<std::size_t>(elements)] : nullptr);
+    for (int t = 0; t < threads; ++t) buffers.push_back(scratch<T>(elements));
   }
-  T* operator[](int t) { return buffers[static_cast<std::size_t>(t)].get(); }
-  std::vector<std::unique_ptr<T[]>> buffers;
+  T* operator[](int t) { return buffers[static_cast<std::size_t>(t)].data(); }
+  std::vector<Array<T>> buffers;
 };
 
 // Blocks of the same sample write overlapping parts of gx in the backward-input

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/conv.hpp"
 
 namespace tg::kernels::conv_impl {
@@ -33,6 +34,14 @@ inline TapRange tap_range(const ConvGeometry& g, int d, std::int64_t tap) {
 inline std::int64_t input_index(const ConvGeometry& g, int d, std::int64_t o, std::int64_t tap) {
   const std::int64_t i = o * g.stride[d] + tap * g.dil[d] - g.lo[d];
   return (i >= 0 && i < g.in[d]) ? i : -1;
+}
+
+// Uninitialised scratch of n elements. Arrays take large blocks from the cache
+// of freed blocks (Note [Cached large blocks]): a fresh multi-MiB workspace per
+// call would page-fault in every time.
+template <class T>
+Array<T> scratch(std::int64_t n) {
+  return Array<T>::uninitialized(Shape{n > 0 ? n : 0});
 }
 
 inline bool unit_stride(const ConvGeometry& g) { return g.stride[0] == 1 && g.stride[1] == 1 && g.stride[2] == 1; }

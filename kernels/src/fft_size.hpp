@@ -1,5 +1,5 @@
 // Transform lengths for the FFT algorithm: the smallest 5-smooth number >= n
-// (2^a 3^b 5^c), the sizes kissfft's radix-2/3/4/5 butterflies handle fastest.
+// (2^a 3^b 5^c), sizes FFTW's codelets handle fastest.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +17,3 @@ inline std::int64_t fft_size(std::int64_t n) {
 
 }  // namespace tg::kernels
 
-namespace tg::kernels {
-// The contiguous (real-to-complex) dim: also a multiple of 4, the case kissfft's
-// real transform packs into a half-length complex one.
-inline std::int64_t fft_size_real(std::int64_t n) { return 4 * fft_size((n + 3) / 4); }
-}  // namespace tg::kernels

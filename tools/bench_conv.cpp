@@ -23,13 +23,14 @@
 
 #include <tapegrad/tapegrad.hpp>
 
+#include "timing.hpp"
+
 #ifdef TAPEGRAD_HAVE_TORCH
 #include <torch/torch.h>
 #endif
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using tg::kernels::ConvAlgorithm;
 using tg::kernels::ConvPass;
 
@@ -51,17 +52,10 @@ struct Options {
   bool compare = true;
 };
 
+// One warm-up run, then the median.
 template <class F>
 double median_seconds(int reps, F f) {
-  f();  // warm-up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = Clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return tgbench::median_seconds(reps, f, /*warmup=*/1);
 }
 
 void set_threads(int n) {

@@ -12,6 +12,8 @@
 
 #include <tapegrad/tapegrad.hpp>
 
+#include "timing.hpp"
+
 #ifdef TAPEGRAD_HAVE_TORCH
 #include <torch/torch.h>
 #endif
@@ -20,19 +22,8 @@ namespace {
 
 constexpr int kChain = 1000;
 
-using Clock = std::chrono::steady_clock;
 
-template <class F>
-double median_seconds(int reps, F f) {
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = Clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using tgbench::median_seconds;
 
 // The chain: 4 kinds of op in turn, all elementwise, one of them binary with a tracked operand.
 template <class V, class Tanh>

@@ -11,6 +11,7 @@
 
 #include "conv_impl.hpp"
 #include "fft_size.hpp"
+#include "spatial_dims.hpp"
 #include "tapegrad/kernels/error.hpp"
 
 namespace tg::kernels {
@@ -48,27 +49,6 @@ bool ConvGeometry::unit_stride_and_dilation() const {
 
 int conv_threads() { return omp_get_max_threads(); }
 
-namespace {
-
-// One value per spatial dim from a list of 0, 1 or `spatial` values.
-ConvGeometry::Dims per_dim(const std::vector<std::int64_t>& v, int spatial, std::int64_t fallback, std::int64_t minimum,
-                           const char* what, const char* op) {
-  if (!v.empty() && v.size() != 1 && static_cast<int>(v.size()) != spatial)
-    fail(op, fmt::format("{} has {} values ([{}]) expected 1 or {} (one per spatial dim)", what, v.size(),
-                         fmt::join(v, ","), spatial));
-  ConvGeometry::Dims out{fallback, fallback, fallback};
-  for (int d = 0; d < spatial; ++d) {
-    const std::int64_t value = v.empty() ? fallback : v.size() == 1 ? v[0] : v[d];
-    if (value < minimum)
-      fail(op, fmt::format("{} is {} along spatial dim {} expected >= {}", what, value, d, minimum));
-    // Spatial dims are right-aligned into the 3-D geometry.
-    out[ConvGeometry::kMaxSpatial - spatial + d] = value;
-  }
-  for (int d = 0; d < ConvGeometry::kMaxSpatial - spatial; ++d) out[d] = (minimum == 0 ? 0 : 1);
-  return out;
-}
-
-}  // namespace
 
 ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec, const char* op) {
   const int rank = static_cast<int>(x.rank());
@@ -98,10 +78,10 @@ ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
   if (w[1] != g.Cg)
     fail(op, fmt::format("weight {} has {} input channels per filter expected C/groups = {}/{} = {}", to_string(w), w[1],
                          g.C, g.groups, g.Cg));
-  g.stride = per_dim(spec.stride, g.spatial, 1, 1, "stride", op);
-  g.dil = per_dim(spec.dilation, g.spatial, 1, 1, "dilation", op);
-  g.lo = per_dim(spec.pad_lo, g.spatial, 0, 0, "padding (low side)", op);
-  g.hi = per_dim(spec.pad_hi, g.spatial, 0, 0, "padding (high side)", op);
+  g.stride = spatial_dims(spec.stride, g.spatial, 1, 1, "stride", op);
+  g.dil = spatial_dims(spec.dilation, g.spatial, 1, 1, "dilation", op);
+  g.lo = spatial_dims(spec.pad_lo, g.spatial, 0, 0, "padding (low side)", op);
+  g.hi = spatial_dims(spec.pad_hi, g.spatial, 0, 0, "padding (high side)", op);
   const int first = ConvGeometry::kMaxSpatial - g.spatial;
   for (int d = first; d < ConvGeometry::kMaxSpatial; ++d) {
     g.in[d] = x[2 + d - first];

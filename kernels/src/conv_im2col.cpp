@@ -95,64 +95,61 @@ void for_each_segment(const Blocking& b, const Block& blk, F f) {
   }
 }
 
-// Copies the patches of one group (channels [grp*Cg, (grp+1)*Cg)) for a block into col (R x columns).
-template <class T>
-void im2col(const ConvGeometry& g, const Blocking& b, const Block& blk, std::int64_t grp, const T* x, T* col) {
-  const std::int64_t iv = g.in_vol(), s2 = g.stride[2], cols = (blk.end - blk.begin) * b.row_len;
+// The one traversal im2col and col2im share: for every patch row (c, t0, t1, t2)
+// and every output row of the block, calls
+//   run(col_row, input_row, tap_range)
+// with col_row the offset of that output row's entries in col, and input_row
+// the offset in x of the input row the tap reads (-1 when it lies in the padding).
+template <class F>
+void for_each_patch_run(const ConvGeometry& g, const Blocking& b, const Block& blk, std::int64_t grp, F run) {
+  const std::int64_t iv = g.in_vol(), cols = (blk.end - blk.begin) * b.row_len;
   for (std::int64_t c = 0; c < g.Cg; ++c)
     for (std::int64_t t0 = 0; t0 < g.ker[0]; ++t0)
       for (std::int64_t t1 = 0; t1 < g.ker[1]; ++t1)
         for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
-          T* crow = col + (((c * g.ker[0] + t0) * g.ker[1] + t1) * g.ker[2] + t2) * cols;
+          const std::int64_t crow = (((c * g.ker[0] + t0) * g.ker[1] + t1) * g.ker[2] + t2) * cols;
           const TapRange r = tap_range(g, 2, t2);
           for_each_segment(b, blk, [&](std::int64_t n, std::int64_t row0, std::int64_t count, std::int64_t col0) {
-            const T* xc = x + (n * g.C + grp * g.Cg + c) * iv;
+            const std::int64_t channel = (n * g.C + grp * g.Cg + c) * iv;
             for (std::int64_t row = row0; row < row0 + count; ++row) {
-              const std::int64_t o0 = row / g.out[1], o1 = row % g.out[1];
-              T* dst = crow + col0 + (row - row0) * b.row_len;
-              const std::int64_t i0 = input_index(g, 0, o0, t0), i1 = input_index(g, 1, o1, t1);
-              if (i0 < 0 || i1 < 0 || r.empty()) {
-                std::fill(dst, dst + b.row_len, T(0));
-                continue;
-              }
-              const T* src = xc + (i0 * g.in[1] + i1) * g.in[2] + r.offset + r.begin * s2;
-              std::fill(dst, dst + r.begin, T(0));
-              if (s2 == 1)
-                std::copy(src, src + (r.end - r.begin), dst + r.begin);
-              else
-                for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[r.begin + o] = src[o * s2];
-              std::fill(dst + r.end, dst + b.row_len, T(0));
+              const std::int64_t i0 = input_index(g, 0, row / g.out[1], t0), i1 = input_index(g, 1, row % g.out[1], t1);
+              const std::int64_t input_row = i0 < 0 || i1 < 0 ? -1 : channel + (i0 * g.in[1] + i1) * g.in[2];
+              run(crow + col0 + (row - row0) * b.row_len, input_row, r);
             }
           });
         }
 }
 
+// Copies the patches of one group (channels [grp*Cg, (grp+1)*Cg)) for a block into col (R x columns).
+template <class T>
+void im2col(const ConvGeometry& g, const Blocking& b, const Block& blk, std::int64_t grp, const T* x, T* col) {
+  const std::int64_t s2 = g.stride[2], len = b.row_len;
+  for_each_patch_run(g, b, blk, grp, [&](std::int64_t col_row, std::int64_t input_row, const TapRange& r) {
+    T* dst = col + col_row;
+    if (input_row < 0 || r.empty()) return std::fill(dst, dst + len, T(0));
+    const T* src = x + input_row + r.offset + r.begin * s2;
+    std::fill(dst, dst + r.begin, T(0));
+    if (s2 == 1)
+      std::copy(src, src + (r.end - r.begin), dst + r.begin);
+    else
+      for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[r.begin + o] = src[o * s2];
+    std::fill(dst + r.end, dst + len, T(0));
+  });
+}
+
 // The adjoint of im2col: adds every column entry back onto the input pixel it came from.
 template <class T>
 void col2im(const ConvGeometry& g, const Blocking& b, const Block& blk, std::int64_t grp, const T* col, T* gx) {
-  const std::int64_t iv = g.in_vol(), s2 = g.stride[2], cols = (blk.end - blk.begin) * b.row_len;
-  for (std::int64_t c = 0; c < g.Cg; ++c)
-    for (std::int64_t t0 = 0; t0 < g.ker[0]; ++t0)
-      for (std::int64_t t1 = 0; t1 < g.ker[1]; ++t1)
-        for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
-          const T* crow = col + (((c * g.ker[0] + t0) * g.ker[1] + t1) * g.ker[2] + t2) * cols;
-          const TapRange r = tap_range(g, 2, t2);
-          if (r.empty()) continue;
-          for_each_segment(b, blk, [&](std::int64_t n, std::int64_t row0, std::int64_t count, std::int64_t col0) {
-            T* gxc = gx + (n * g.C + grp * g.Cg + c) * iv;
-            for (std::int64_t row = row0; row < row0 + count; ++row) {
-              const std::int64_t o0 = row / g.out[1], o1 = row % g.out[1];
-              const std::int64_t i0 = input_index(g, 0, o0, t0), i1 = input_index(g, 1, o1, t1);
-              if (i0 < 0 || i1 < 0) continue;
-              const T* src = crow + col0 + (row - row0) * b.row_len + r.begin;
-              T* dst = gxc + (i0 * g.in[1] + i1) * g.in[2] + r.offset + r.begin * s2;
-              if (s2 == 1)
-                for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[o] += src[o];
-              else
-                for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[o * s2] += src[o];
-            }
-          });
-        }
+  const std::int64_t s2 = g.stride[2];
+  for_each_patch_run(g, b, blk, grp, [&](std::int64_t col_row, std::int64_t input_row, const TapRange& r) {
+    if (input_row < 0 || r.empty()) return;
+    const T* src = col + col_row + r.begin;
+    T* dst = gx + input_row + r.offset + r.begin * s2;
+    if (s2 == 1)
+      for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[o] += src[o];
+    else
+      for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[o * s2] += src[o];
+  });
 }
 
 // Packs the (Kg x block) slice of an (N, K, out_vol) array for group grp, or unpacks/adds it back.

@@ -6,26 +6,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "spatial_dims.hpp"
 #include "tapegrad/kernels/error.hpp"
 
 namespace tg::kernels {
-namespace {
-
-PoolGeometry::Dims per_dim(const std::vector<std::int64_t>& v, int spatial, std::int64_t fallback, std::int64_t minimum,
-                           const char* what, const char* op) {
-  if (!v.empty() && v.size() != 1 && static_cast<int>(v.size()) != spatial)
-    fail(op, fmt::format("{} has {} values ([{}]) expected 1 or {} (one per spatial dim)", what, v.size(),
-                         fmt::join(v, ","), spatial));
-  PoolGeometry::Dims out{minimum == 0 ? 0 : 1, minimum == 0 ? 0 : 1, minimum == 0 ? 0 : 1};
-  for (int d = 0; d < spatial; ++d) {
-    const std::int64_t value = v.empty() ? fallback : v.size() == 1 ? v[0] : v[d];
-    if (value < minimum) fail(op, fmt::format("{} is {} along spatial dim {} expected >= {}", what, value, d, minimum));
-    out[3 - spatial + d] = value;
-  }
-  return out;
-}
-
-}  // namespace
 
 PoolGeometry pool_geometry(const Shape& x, const PoolSpec& spec, const char* op) {
   if (x.rank() < 3 || x.rank() > 5)
@@ -36,10 +20,10 @@ PoolGeometry pool_geometry(const Shape& x, const PoolSpec& spec, const char* op)
   g.spatial = static_cast<int>(x.rank()) - 2;
   g.N = x[0];
   g.C = x[1];
-  g.win = per_dim(spec.window, g.spatial, 1, 1, "window", op);
-  g.stride = spec.stride.empty() ? g.win : per_dim(spec.stride, g.spatial, 1, 1, "stride", op);
-  g.pad = per_dim(spec.padding, g.spatial, 0, 0, "padding", op);
-  g.dil = per_dim(spec.dilation, g.spatial, 1, 1, "dilation", op);
+  g.win = spatial_dims(spec.window, g.spatial, 1, 1, "window", op);
+  g.stride = spec.stride.empty() ? g.win : spatial_dims(spec.stride, g.spatial, 1, 1, "stride", op);
+  g.pad = spatial_dims(spec.padding, g.spatial, 0, 0, "padding", op);
+  g.dil = spatial_dims(spec.dilation, g.spatial, 1, 1, "dilation", op);
   for (int d = 3 - g.spatial; d < 3; ++d) {
     g.in[d] = x[static_cast<std::size_t>(2 + d - (3 - g.spatial))];
     const std::int64_t extent = g.dil[d] * (g.win[d] - 1) + 1;

@@ -80,7 +80,6 @@ inline void for_each_tap_row(const ConvGeometry& g, std::int64_t o0, std::int64_
   }
 }
 
-
 // y[o] += sum_t w[t] x[o + t * dil] for o in [0, count): all K2 taps of a kernel
 // row in one pass over y (K2 known at compile time, so the taps unroll and the
 // loop over o vectorises).

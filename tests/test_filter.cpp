@@ -195,6 +195,8 @@ TEST_CASE("correlate: bad input is a clear tg::Error") {
   CHECK_THROWS_WITH_AS(tg::correlate(x, A::zeros({3, 3}), {.origin = {0, 0, 0}}), doctest::Contains("expected 1 or 2"),
                        tg::Error);
   CHECK_THROWS_WITH_AS(tg::correlate(x, A::zeros({0, 3})), doctest::Contains("kernel (0,3)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::correlate(A::zeros({0, 3}), A::ones({3, 3}), {.border = Border::replicate()}),
+                       doctest::Contains("image (0,3) is empty along dim 0"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::correlate(x, std::vector<A>{A::ones({3})}), doctest::Contains("1 factors for an image of shape (5,5)"),
                        tg::Error);
   auto tape = tg::record([](const T& v) { return v * 2.0; }, x);

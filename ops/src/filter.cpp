@@ -114,6 +114,10 @@ Shape plan(const FilterOpParams& p, std::span<const Shape* const> s) {
   if (s.size() != 2 && s.size() != 3)
     fail(op, fmt::format("got {} inputs expected (image, kernel) or (image, kernel, fill value)", s.size()));
   const Shape& image = *s[0];
+  for (std::size_t d = 0; d < image.rank(); ++d)
+    if (image[d] < 1)
+      fail(op, fmt::format("image {} is empty along dim {} expected every dim >= 1; hint: a border has nothing to extend",
+                           to_string(image), d));
   if (p.axis >= static_cast<std::int64_t>(image.rank()))
     fail(op, fmt::format("separable axis {} for image {} expected < rank {}", p.axis, to_string(image), image.rank()));
   const Shape kernel = full_kernel_shape(p, image, *s[1]);

@@ -111,29 +111,44 @@ void for_each_patch_run(const ConvGeometry& g, const Blocking& b, const Block& b
           const TapRange r = tap_range(g, 2, t2);
           for_each_segment(b, blk, [&](std::int64_t n, std::int64_t row0, std::int64_t count, std::int64_t col0) {
             const std::int64_t channel = (n * g.C + grp * g.Cg + c) * iv;
-            for (std::int64_t row = row0; row < row0 + count; ++row) {
-              const std::int64_t i0 = input_index(g, 0, row / g.out[1], t0), i1 = input_index(g, 1, row % g.out[1], t1);
+            // Walk the output rows (o0, o1) without a division per row.
+            std::int64_t o0 = row0 / g.out[1], o1 = row0 % g.out[1];
+            std::int64_t i0 = input_index(g, 0, o0, t0);
+            for (std::int64_t k = 0; k < count; ++k) {
+              const std::int64_t i1 = input_index(g, 1, o1, t1);
               const std::int64_t input_row = i0 < 0 || i1 < 0 ? -1 : channel + (i0 * g.in[1] + i1) * g.in[2];
-              run(crow + col0 + (row - row0) * b.row_len, input_row, r);
+              run(crow + col0 + k * b.row_len, input_row, r);
+              if (++o1 == g.out[1]) {
+                o1 = 0;
+                i0 = input_index(g, 0, ++o0, t0);
+              }
             }
           });
         }
 }
 
 // Copies the patches of one group (channels [grp*Cg, (grp+1)*Cg)) for a block into col (R x columns).
+// The runs are short (one output row, often 7-56 values), so the copies are
+// plain loops the compiler inlines and vectorises, not memcpy/memset calls
+// (GCC would turn the loops back into calls; the attribute stops it).
 template <class T>
-void im2col(const ConvGeometry& g, const Blocking& b, const Block& blk, std::int64_t grp, const T* x, T* col) {
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col(const ConvGeometry& g, const Blocking& b,
+                                                                            const Block& blk, std::int64_t grp, const T* x,
+                                                                            T* col) {
   const std::int64_t s2 = g.stride[2], len = b.row_len;
   for_each_patch_run(g, b, blk, grp, [&](std::int64_t col_row, std::int64_t input_row, const TapRange& r) {
-    T* dst = col + col_row;
-    if (input_row < 0 || r.empty()) return std::fill(dst, dst + len, T(0));
-    const T* src = x + input_row + r.offset + r.begin * s2;
-    std::fill(dst, dst + r.begin, T(0));
+    T* __restrict dst = col + col_row;
+    if (input_row < 0 || r.empty()) {
+      for (std::int64_t o = 0; o < len; ++o) dst[o] = T(0);
+      return;
+    }
+    const T* __restrict src = x + input_row;  // src[r.offset + o * s2] is output o's input
+    for (std::int64_t o = 0; o < r.begin; ++o) dst[o] = T(0);
     if (s2 == 1)
-      std::copy(src, src + (r.end - r.begin), dst + r.begin);
+      for (std::int64_t o = r.begin; o < r.end; ++o) dst[o] = src[r.offset + o];
     else
-      for (std::int64_t o = 0; o < r.end - r.begin; ++o) dst[r.begin + o] = src[o * s2];
-    std::fill(dst + r.end, dst + len, T(0));
+      for (std::int64_t o = r.begin; o < r.end; ++o) dst[o] = src[r.offset + o * s2];
+    for (std::int64_t o = r.end; o < len; ++o) dst[o] = T(0);
   });
 }
 

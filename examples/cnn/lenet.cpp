@@ -1,0 +1,227 @@
+// Trains LeNet on Fashion-MNIST: the project's main job.
+//
+//   conv(1->32, 5x5, pad 2) + ReLU + maxpool 2 -> conv(32->64, 5x5, pad 2) + ReLU + maxpool 2
+//   -> flatten -> linear(3136->128) + ReLU -> linear(128->10) -> cross-entropy
+//
+// The model is a plain function of its parameters. The tape is recorded once
+// for the batch shape and replayed every step (a second tape serves the last,
+// partial batch). SGD with momentum 0.9, lr 0.01, batch 64 by default.
+//
+//   lenet [--epochs 2] [--batch 64] [--lr 0.01] [--optimizer sgd|adam] [--threads N]
+//         [--seed 1] [--data DIR] [--quick] [--out DIR]
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "fashion_mnist.hpp"
+#include "plot.hpp"
+#include "training.hpp"
+
+using cnn::A;
+using T = tg::Tracked<float>;
+
+namespace {
+
+struct Options {
+  int epochs = 2;
+  std::int64_t batch = 64;
+  float lr = 0.01f;
+  std::string optimizer = "sgd";
+  int threads = 0;
+  std::uint64_t seed = 1;
+  std::string data = cnn::kDefaultDataDir;
+  bool quick = false;
+  std::string out = ".";
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i) -> std::string {
+    if (i + 1 >= argc) tg::fail("lenet", fmt::format("{} needs a value", argv[i]));
+    return argv[++i];
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--epochs") o.epochs = std::stoi(value(i));
+    else if (a == "--batch") o.batch = std::stoll(value(i));
+    else if (a == "--lr") o.lr = std::stof(value(i));
+    else if (a == "--optimizer") o.optimizer = value(i);
+    else if (a == "--threads") o.threads = std::stoi(value(i));
+    else if (a == "--seed") o.seed = std::stoull(value(i));
+    else if (a == "--data") o.data = value(i);
+    else if (a == "--out") o.out = value(i);
+    else if (a == "--quick") o.quick = true;
+    else tg::fail("lenet", fmt::format("unknown flag {} expected one of --epochs --batch --lr --optimizer --threads --seed --data --quick --out", a));
+  }
+  if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0) || (o.optimizer != "sgd" && o.optimizer != "adam"))
+    tg::fail("lenet", fmt::format("epochs {} batch {} lr {} optimizer {} expected positive numbers and sgd or adam", o.epochs,
+                                  o.batch, o.lr, o.optimizer));
+  return o;
+}
+
+// The parameters, in the order the model takes them.
+struct Params {
+  std::vector<A> p;
+  explicit Params(std::uint64_t seed) {
+    p.push_back(cnn::init_uniform({32, 1, 5, 5}, 25, seed + 1));
+    p.push_back(cnn::init_uniform({32}, 25, seed + 2));
+    p.push_back(cnn::init_uniform({64, 32, 5, 5}, 800, seed + 3));
+    p.push_back(cnn::init_uniform({64}, 800, seed + 4));
+    p.push_back(cnn::init_uniform({3136, 128}, 3136, seed + 5));
+    p.push_back(cnn::init_uniform({128}, 3136, seed + 6));
+    p.push_back(cnn::init_uniform({128, 10}, 128, seed + 7));
+    p.push_back(cnn::init_uniform({10}, 128, seed + 8));
+  }
+};
+
+// logits of LeNet; works on Tracked values (training) and plain Arrays (evaluation) alike.
+template <class X, class P>
+auto logits(const X& x, const P& w1, const P& b1, const P& w2, const P& b2, const P& w3, const P& b3, const P& w4,
+            const P& b4) {
+  const std::int64_t n = x.shape()[0];
+  auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {2}})), {.window = {2}});  // (n, 32, 14, 14)
+  h = tg::maxpool(tg::relu(tg::conv(h, w2, b2, {.padding = {2}})), {.window = {2}});       // (n, 64, 7, 7)
+  auto f = tg::relu(tg::matmul(tg::reshape(h, {n, 3136}), w3) + b3);                       // (n, 3136) @ (3136, 128)
+  return tg::matmul(f, w4) + b4;                                                           // (n, 128) @ (128, 10)
+}
+
+T loss(const T& x, const T& labels, const T& w1, const T& b1, const T& w2, const T& b2, const T& w3, const T& b3,
+       const T& w4, const T& b4) {
+  return tg::cross_entropy(logits(x, w1, b1, w2, b2, w3, b3, w4, b4), labels);
+}
+
+using Tape = decltype(tg::record(loss, A(), A(), A(), A(), A(), A(), A(), A(), A(), A()));
+
+double test_accuracy(const cnn::Dataset& test, const Params& P, std::int64_t limit) {
+  const std::int64_t n = std::min(limit, test.size()), chunk = 500;
+  std::int64_t hits = 0;
+  for (std::int64_t i = 0; i < n; i += chunk) {
+    const std::int64_t b = std::min(chunk, n - i);
+    A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
+    std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    cnn::gather_batch(test.images, test.labels, order, i, i + b, x, y);
+    hits += cnn::correct(logits(x, P.p[0], P.p[1], P.p[2], P.p[3], P.p[4], P.p[5], P.p[6], P.p[7]), y);
+  }
+  return double(hits) / double(n);
+}
+
+std::string format_seconds(double s) {
+  return s >= 60 ? fmt::format("{}m{:02}s", int(s) / 60, int(s) % 60) : fmt::format("{:.0f}s", s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options o = parse(argc, argv);
+  if (o.threads > 0) tg::set_num_threads(o.threads);
+  const cnn::Dataset train = cnn::load_fashion_mnist(o.data, "train");
+  const cnn::Dataset test = cnn::load_fashion_mnist(o.data, "t10k");
+  const std::int64_t n_train = o.quick ? std::min<std::int64_t>(6400, train.size()) : train.size();
+  const std::int64_t n_test = o.quick ? std::min<std::int64_t>(2000, test.size()) : test.size();
+  const int epochs = o.quick ? 1 : o.epochs;
+  fmt::print("LeNet on Fashion-MNIST: {} training and {} test images, {} epoch(s), batch {}, {} lr {}, {} threads\n",
+             n_train, n_test, epochs, o.batch, o.optimizer, o.lr, tg::num_threads());
+
+  Params P(o.seed);
+  std::vector<A*> params;
+  for (auto& p : P.p) params.push_back(&p);
+  cnn::Sgd sgd{o.lr, 0.9f, {}};
+  cnn::Adam adam;
+  adam.lr = o.lr;
+
+  // One tape per batch size (the full one and the last, partial one), recorded on first use.
+  std::optional<Tape> full, partial;
+  std::vector<A> grads(10);
+  const bool terminal = isatty(fileno(stdout));
+  std::vector<double> step_x, step_loss, epoch_x, epoch_acc, epoch_loss;
+  const std::int64_t steps = (n_train + o.batch - 1) / o.batch;
+  const auto start = std::chrono::steady_clock::now();
+  for (int epoch = 1; epoch <= epochs; ++epoch) {
+    const auto order = cnn::shuffled(n_train, o.seed, epoch);
+    const auto epoch_start = std::chrono::steady_clock::now();
+    double running = 0, epoch_sum = 0, last_print = -1;
+    for (std::int64_t s = 0; s < steps; ++s) {
+      const std::int64_t begin = s * o.batch, b = std::min(o.batch, n_train - begin);
+      A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
+      cnn::gather_batch(train.images, train.labels, order, begin, begin + b, x, y);
+      std::optional<Tape>& tape = b == o.batch ? full : partial;
+      if (!tape) tape.emplace(tg::record(loss, x, y, P.p[0], P.p[1], P.p[2], P.p[3], P.p[4], P.p[5], P.p[6], P.p[7]));
+      std::array<A*, 10> into{};
+      for (std::size_t k = 0; k < 10; ++k) into[k] = &grads[k];
+      tape->gradient_into(into, x, y, P.p[0], P.p[1], P.p[2], P.p[3], P.p[4], P.p[5], P.p[6], P.p[7]);
+      const double l = tape->value();
+      std::vector<const A*> g;
+      for (std::size_t k = 2; k < 10; ++k) g.push_back(&grads[k]);
+      if (o.optimizer == "sgd") sgd.step(params, g);
+      else adam.step(params, g);
+      running = s == 0 ? l : 0.98 * running + 0.02 * l;
+      epoch_sum += l;
+      step_x.push_back(epoch - 1 + double(s + 1) / double(steps));
+      step_loss.push_back(l);
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+      const double rate = double(begin + b) / elapsed;
+      const double eta = double(n_train - begin - b) / rate;
+      const bool last = s + 1 == steps;
+      if (terminal ? (elapsed - last_print > 0.25 || last) : (s % std::max<std::int64_t>(1, steps / 10) == 0 || last)) {
+        last_print = elapsed;
+        fmt::print("{}epoch {}/{}  batch {}/{}  loss {:.4f}  {:.0f} images/s  ETA {}{}", terminal ? "\r" : "", epoch, epochs,
+                   s + 1, steps, running, rate, format_seconds(eta), terminal ? "   " : "\n");
+        std::fflush(stdout);
+      }
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    const double acc = test_accuracy(test, P, n_test);
+    epoch_x.push_back(epoch);
+    epoch_acc.push_back(acc);
+    epoch_loss.push_back(epoch_sum / double(steps));
+    fmt::print("{}epoch {}: train loss {:.4f}, test accuracy {:.2f}%, {:.1f} s ({:.0f} images/s)\n", terminal ? "\n" : "",
+               epoch, epoch_loss.back(), 100 * acc, seconds, double(n_train) / seconds);
+  }
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  const std::string csv = o.out + "/lenet_curve.csv", svg = o.out + "/lenet_curve.svg";
+  std::ofstream out(csv);
+  out << "epoch_progress,batch_loss,test_accuracy\n";
+  for (std::size_t i = 0; i < step_x.size(); ++i) {
+    out << fmt::format("{:.5f},{:.6f},", step_x[i], step_loss[i]);
+    for (std::size_t e = 0; e < epoch_x.size(); ++e)
+      if (std::abs(step_x[i] - epoch_x[e]) < 1e-9) out << fmt::format("{:.4f}", epoch_acc[e]);
+    out << "\n";
+  }
+  // the plotted loss: averages over 20 steps
+  cnn::Series loss_series{"training loss", "#1f77b4", {}, {}}, acc_series{"test accuracy", "#d62728", {0}, {0.1}};
+  for (std::size_t i = 0; i < step_x.size(); i += 20) {
+    double sum = 0;
+    const std::size_t end = std::min(step_x.size(), i + 20);
+    for (std::size_t j = i; j < end; ++j) sum += step_loss[j];
+    loss_series.x.push_back(step_x[end - 1]);
+    loss_series.y.push_back(sum / double(end - i));
+  }
+  for (std::size_t e = 0; e < epoch_x.size(); ++e) {
+    acc_series.x.push_back(epoch_x[e]);
+    acc_series.y.push_back(epoch_acc[e]);
+  }
+  cnn::write_svg(svg, "LeNet on Fashion-MNIST (tapegrad)", "epoch", {loss_series, acc_series});
+  fmt::print("final test accuracy {:.2f}% after {} epoch(s) in {}; curve: {} and {}\n", 100 * epoch_acc.back(), epochs,
+             format_seconds(total), csv, svg);
+  // The quick mode is a test: the loss must fall and the accuracy beat chance (10%) clearly.
+  if (o.quick) {
+    const double first = loss_series.y.front(), final_loss = loss_series.y.back();
+    if (!(final_loss < 0.8 * first) || epoch_acc.back() < 0.5) {
+      fmt::print("quick check FAILED: loss {:.3f} -> {:.3f}, accuracy {:.1f}%\n", first, final_loss, 100 * epoch_acc.back());
+      return 1;
+    }
+    fmt::print("quick check passed: loss {:.3f} -> {:.3f}, accuracy {:.1f}%\n", first, final_loss, 100 * epoch_acc.back());
+  }
+  return 0;
+} catch (const tg::Error& e) {
+  fmt::print(stderr, "error: {}\n", e.what());
+  return 2;
+}

@@ -1,0 +1,101 @@
+// Small training helpers for the CNN examples: parameter initialisation,
+// shuffled mini-batches with a fixed seed, SGD with momentum, Adam, accuracy.
+// They live beside the examples: plain loops over tg::Arrays, nothing a
+// library core needs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include <tapegrad/tapegrad.hpp>
+
+namespace cnn {
+
+using A = tg::Array<float>;
+
+// PyTorch's default for conv and linear layers (kaiming_uniform with a = sqrt(5)):
+// uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], weights and biases alike.
+inline A init_uniform(tg::Shape shape, std::int64_t fan_in, std::uint64_t seed) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
+  return A::random_uniform(std::move(shape), -bound, bound, seed);
+}
+
+// The sample order of one epoch: a permutation of [0, n) from (seed, epoch).
+inline std::vector<std::int64_t> shuffled(std::int64_t n, std::uint64_t seed, int epoch) {
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed * 1000003u + static_cast<std::uint64_t>(epoch));
+  std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
+// Copies samples order[begin, end) into a batch (images (b, 1, 28, 28), labels (b) as floats).
+inline void gather_batch(const A& images, const std::vector<std::int64_t>& labels, const std::vector<std::int64_t>& order,
+                         std::int64_t begin, std::int64_t end, A& batch_images, A& batch_labels) {
+  const std::int64_t per = images.size() / images.shape()[0];
+  for (std::int64_t i = begin; i < end; ++i) {
+    const std::int64_t s = order[static_cast<std::size_t>(i)];
+    std::copy(images.data() + s * per, images.data() + (s + 1) * per, batch_images.data() + (i - begin) * per);
+    batch_labels.data()[i - begin] = static_cast<float>(labels[static_cast<std::size_t>(s)]);
+  }
+}
+
+// SGD with momentum, PyTorch's form: v = momentum * v + g; p -= lr * v.
+struct Sgd {
+  float lr = 0.01f, momentum = 0.9f;
+  std::vector<A> velocity;
+  void step(std::vector<A*>& params, const std::vector<const A*>& grads) {
+    if (velocity.empty())
+      for (auto* p : params) velocity.push_back(A::zeros(p->shape()));
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      float *p = params[k]->data(), *v = velocity[k].data();
+      const float* g = grads[k]->data();
+      for (std::int64_t i = 0; i < params[k]->size(); ++i) {
+        v[i] = momentum * v[i] + g[i];
+        p[i] -= lr * v[i];
+      }
+    }
+  }
+};
+
+// Adam (Kingma and Ba), with bias correction.
+struct Adam {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  std::vector<A> m, v;
+  int t = 0;
+  void step(std::vector<A*>& params, const std::vector<const A*>& grads) {
+    if (m.empty())
+      for (auto* p : params) {
+        m.push_back(A::zeros(p->shape()));
+        v.push_back(A::zeros(p->shape()));
+      }
+    ++t;
+    const float c1 = 1 - std::pow(beta1, float(t)), c2 = 1 - std::pow(beta2, float(t));
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      float *p = params[k]->data(), *mk = m[k].data(), *vk = v[k].data();
+      const float* g = grads[k]->data();
+      for (std::int64_t i = 0; i < params[k]->size(); ++i) {
+        mk[i] = beta1 * mk[i] + (1 - beta1) * g[i];
+        vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i];
+        p[i] -= lr * (mk[i] / c1) / (std::sqrt(vk[i] / c2) + eps);
+      }
+    }
+  }
+};
+
+// Number of rows of logits (n, classes) whose arg-max is the label.
+inline std::int64_t correct(const A& logits, const A& labels) {
+  const std::int64_t n = logits.shape()[0], c = logits.shape()[1];
+  std::int64_t hits = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* row = logits.data() + i * c;
+    const std::int64_t best = std::max_element(row, row + c) - row;
+    hits += best == static_cast<std::int64_t>(labels.data()[i]);
+  }
+  return hits;
+}
+
+}  // namespace cnn

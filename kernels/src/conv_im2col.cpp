@@ -234,7 +234,9 @@ void for_each_block(const Blocking& b, int threads, Body body) {
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num();
-#pragma omp for schedule(dynamic)
+      // static: the same chunks always go to the same threads, so the per-thread
+      // partial sums of the weight gradient add up in the same order every run.
+#pragma omp for schedule(static)
       for (std::int64_t i = 0; i < count; ++i)
         for (std::size_t k = work[static_cast<std::size_t>(i)].first; k < work[static_cast<std::size_t>(i)].second; ++k)
           body(b.blocks[k], t);

@@ -67,7 +67,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     const T *x = c.inputs[0]->data(), *gy = c.output_adjoint.data();
     T* gx = c.input_adjoints[0]->data();
     switch (p.kind) {
-      case PoolKind::max: return kernels::maxpool_backward(p.geometry, x, gy, gx);
+      case PoolKind::max: return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx);
       case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.count_include_pad, gy, gx);
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }

@@ -6,7 +6,7 @@
 // Note [Ties in maxpool]: the maximum's adjoint goes to ONE element, the first
 // maximum in row-major order within the window (PyTorch's CPU rule); a NaN
 // counts as the maximum (the first NaN wins). The backward pass re-scans the
-// window rather than storing indices, so it needs only x.
+// window for the first element equal to the forward's maximum rather than storing indices.
 #pragma once
 
 #include <array>
@@ -36,8 +36,9 @@ Shape pool_output_shape(const PoolGeometry& g);
 
 template <class T>
 void maxpool_forward(const PoolGeometry& g, const T* x, T* y);
+// y: the forward's output (the maxima), so the pass only has to find where they are.
 template <class T>
-void maxpool_backward(const PoolGeometry& g, const T* x, const T* gy, T* gx);
+void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx);
 
 template <class T>
 void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x, T* y);

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -41,6 +43,15 @@ inline void gather_batch(const A& images, const std::vector<std::int64_t>& label
     std::copy(images.data() + s * per, images.data() + (s + 1) * per, batch_images.data() + (i - begin) * per);
     batch_labels.data()[i - begin] = static_cast<float>(labels[static_cast<std::size_t>(s)]);
   }
+}
+
+// Mean and standard deviation of every pixel of a data set's images.
+template <class Data>
+std::pair<float, float> pixel_statistics(const Data& d) {
+  double sum = 0, squares = 0;
+  for (float v : d.images) sum += v, squares += double(v) * v;
+  const double n = double(d.images.size()), mean = sum / n;
+  return {float(mean), float(std::sqrt(std::max(1e-12, squares / n - mean * mean)))};
 }
 
 // SGD with momentum, PyTorch's form: v = momentum * v + g; p -= lr * v.

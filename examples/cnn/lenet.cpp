@@ -102,11 +102,11 @@ using Tape = decltype(tg::record(loss, A(), A(), A(), A(), A(), A(), A(), A(), A
 double test_accuracy(const cnn::Dataset& test, const Params& P, std::int64_t limit) {
   const std::int64_t n = std::min(limit, test.size()), chunk = 500;
   std::int64_t hits = 0;
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));  // the test set in its own order
+  std::iota(order.begin(), order.end(), 0);
   for (std::int64_t i = 0; i < n; i += chunk) {
     const std::int64_t b = std::min(chunk, n - i);
     A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
-    std::vector<std::int64_t> order(static_cast<std::size_t>(n));
-    std::iota(order.begin(), order.end(), 0);
     cnn::gather_batch(test.images, test.labels, order, i, i + b, x, y);
     hits += cnn::correct(logits(x, P.p[0], P.p[1], P.p[2], P.p[3], P.p[4], P.p[5], P.p[6], P.p[7]), y);
   }

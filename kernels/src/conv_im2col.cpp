@@ -14,7 +14,7 @@
 // else packed copies. Blocks keep the workspace cache-sized and give small
 // layers (many samples of few positions) GEMMs big enough to run fast.
 //
-// Parallelism: with at least as many blocks as threads, OpenMP splits the
+// Parallelism: with at least two chunks of blocks (see Blocking), OpenMP splits the
 // blocks (batch and spatial tiles alike) and each thread runs single-threaded
 // GEMMs on its own workspace (OpenBLAS's OpenMP build runs serially inside a
 // parallel region); with fewer blocks they run in turn and OpenBLAS threads
@@ -56,6 +56,11 @@ struct Blocking {
   std::int64_t rows_per_sample, row_len;  // out[0]*out[1] rows of out[2] positions
   std::vector<Block> blocks;
   std::int64_t max_columns = 0;
+  // Blocks of the same sample write overlapping parts of gx in the backward-input
+  // pass (neighbouring output rows share input rows), so work is handed out in
+  // chunks [first, last) of blocks: all blocks that start in one sample go to one thread.
+  std::vector<std::pair<std::size_t, std::size_t>> chunks;
+  int threads = 1;  // min(conv_threads(), chunks)
 };
 
 Blocking make_blocks(const ConvGeometry& g) {
@@ -76,6 +81,14 @@ Blocking make_blocks(const ConvGeometry& g) {
         b.blocks.push_back({n * b.rows_per_sample + r, n * b.rows_per_sample + std::min(b.rows_per_sample, r + rows)});
   }
   for (const auto& blk : b.blocks) b.max_columns = std::max(b.max_columns, (blk.end - blk.begin) * b.row_len);
+  for (std::size_t i = 0; i < b.blocks.size();) {
+    std::size_t j = i + 1;
+    const std::int64_t sample = b.blocks[i].begin / b.rows_per_sample;
+    while (j < b.blocks.size() && b.blocks[j].begin / b.rows_per_sample == sample) ++j;
+    b.chunks.emplace_back(i, j);
+    i = j;
+  }
+  b.threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(conv_threads(), std::ssize(b.chunks))));
   return b;
 }
 
@@ -205,33 +218,14 @@ struct Workspaces {
   std::vector<Array<T>> buffers;
 };
 
-// Blocks of the same sample write overlapping parts of gx in the backward-input
-// pass (neighbouring output rows share input rows), so work is handed out in
-// chunks: all blocks that start in one sample go to one thread.
-std::vector<std::pair<std::size_t, std::size_t>> chunks(const Blocking& b) {
-  std::vector<std::pair<std::size_t, std::size_t>> out;
-  for (std::size_t i = 0; i < b.blocks.size();) {
-    std::size_t j = i + 1;
-    const std::int64_t sample = b.blocks[i].begin / b.rows_per_sample;
-    while (j < b.blocks.size() && b.blocks[j].begin / b.rows_per_sample == sample) ++j;
-    out.emplace_back(i, j);
-    i = j;
-  }
-  return out;
-}
-
-int chunk_threads(std::size_t chunks) {
-  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(conv_threads(), static_cast<std::int64_t>(chunks))));
-}
-
 // Runs body(block, thread) for every block: chunks split over threads when
 // there are at least two, else in turn (OpenBLAS then threads each GEMM).
 template <class Body>
-void for_each_block(const Blocking& b, int threads, Body body) {
-  const auto work = chunks(b);
+void for_each_block(const Blocking& b, Body body) {
+  const auto& work = b.chunks;
   const std::int64_t count = std::ssize(work);
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
+  if (b.threads > 1) {
+#pragma omp parallel num_threads(b.threads)
     {
       const int t = omp_get_thread_num();
       // static: the same chunks always go to the same threads, so the per-thread
@@ -266,9 +260,8 @@ template <class T>
 void im2col_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
-  const int threads = chunk_threads(chunks(b).size());
-  Workspaces<T> col(threads, R * b.max_columns), out(threads, g.Kg * b.max_columns);
-  for_each_block(b, threads, [&](const Block& blk, int t) {
+  Workspaces<T> col(b.threads, R * b.max_columns), out(b.threads, g.Kg * b.max_columns);
+  for_each_block(b, [&](const Block& blk, int t) {
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
     for (std::int64_t grp = 0; grp < g.groups; ++grp) {
       std::int64_t ld = 0;
@@ -302,9 +295,8 @@ void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
   }
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
-  const int threads = chunk_threads(chunks(b).size());
-  Workspaces<T> col(threads, R * b.max_columns), in(threads, g.Kg * b.max_columns);
-  for_each_block(b, threads, [&](const Block& blk, int t) {
+  Workspaces<T> col(b.threads, R * b.max_columns), in(b.threads, g.Kg * b.max_columns);
+  for_each_block(b, [&](const Block& blk, int t) {
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
     const bool single = single_sample(b, blk);
     const std::int64_t n = blk.begin / b.rows_per_sample, row0 = blk.begin % b.rows_per_sample;
@@ -334,12 +326,11 @@ template <class T>
 void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol(), wsize = g.K * R;
-  const int threads = chunk_threads(chunks(b).size());
-  Workspaces<T> col(threads, R * b.max_columns), in(threads, g.Kg * b.max_columns);
+  Workspaces<T> col(b.threads, R * b.max_columns), in(b.threads, g.Kg * b.max_columns);
   // Thread 0 accumulates straight into gw; the others into partial sums added at the end.
-  Workspaces<T> partial(threads, wsize);
-  for (int t = 1; t < threads; ++t) std::fill(partial[t], partial[t] + wsize, T(0));
-  for_each_block(b, threads, [&](const Block& blk, int t) {
+  Workspaces<T> partial(b.threads, wsize);
+  for (int t = 1; t < b.threads; ++t) std::fill(partial[t], partial[t] + wsize, T(0));
+  for_each_block(b, [&](const Block& blk, int t) {
     T* acc = t == 0 ? gw : partial[t];
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
     const bool single = single_sample(b, blk);
@@ -358,7 +349,7 @@ void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
       gemm(false, true, g.Kg, R, cols, T(1), gyb, ldy, patch, ld, T(1), acc + grp * g.Kg * R, R);
     }
   });
-  for (int t = 1; t < threads; ++t)
+  for (int t = 1; t < b.threads; ++t)
     for (std::int64_t i = 0; i < wsize; ++i) gw[i] += partial[t][i];
 }
 

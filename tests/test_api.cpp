@@ -74,6 +74,52 @@ TEST_CASE("record: an input that does not reach the output has a zero gradient")
   CHECK(max_abs_diff(ga, A::ones({2})) == 0);
 }
 
+TEST_CASE("record: inputs marked as data get no gradient and their pullbacks do not run") {
+  const A x = A::random_uniform({3, 4}, -1, 1, 1), w = A::random_uniform({4, 2}, -1, 1, 2);
+  auto both = [](const T& a, const T& b) { return tg::sum(tg::tanh(a)) + model(a, b); };
+  auto tape = tg::record(both, x, w);
+  const auto [ex, ew] = tape.gradient();
+  tape.set_needs_grad(0, false);
+  tg::TapeProfile profile;
+  tape.tape().set_profile(&profile);
+  const auto [gx, gw] = tape.gradient();
+  CHECK(max_abs_diff(gx, A::zeros({3, 4})) == 0);
+  CHECK(max_abs_diff(gw, ew) == 0);
+  // tanh(x) depends on x alone: its output needs no gradient, so its pullback never ran.
+  const auto& t = tape.tape();
+  std::size_t tanh_of_x = 0;
+  while (!(t.instruction(tanh_of_x).op->name == "tanh" && t.args_of(t.instruction(tanh_of_x))[0] == t.inputs()[0]))
+    ++tanh_of_x;
+  CHECK_FALSE(t.needs_grad(t.instruction(tanh_of_x).out));
+  CHECK(profile.pullback_seconds[tanh_of_x] == 0);
+  CHECK(profile.reverse_passes == 1);
+  CHECK(profile.forward_passes == 0);  // gradient() at the recorded values runs no forward pass
+  // gradient_into skips a nullptr entry; the mask can be switched back on.
+  A gw2;
+  tape.gradient_into({nullptr, &gw2}, x, w);
+  CHECK(max_abs_diff(gw2, ew) == 0);
+  CHECK(profile.forward_passes == 1);
+  tape.set_needs_grad(0, true);
+  CHECK(max_abs_diff(std::get<0>(tape.gradient()), ex) == 0);
+  CHECK_THROWS_WITH_AS(tape.set_needs_grad(2, false), doctest::Contains("input index (2) out of range"), tg::Error);
+}
+
+TEST_CASE("dump_profile: per-instruction times, slowest first, with shares") {
+  auto tape = tg::record(model, A::random_uniform({64, 64}, -1, 1, 1), A::random_uniform({64, 64}, -1, 1, 2));
+  tg::TapeProfile profile;
+  tape.tape().set_profile(&profile);
+  for (int i = 0; i < 3; ++i) tape.gradient(A::random_uniform({64, 64}, -1, 1, 3), A::random_uniform({64, 64}, -1, 1, 4));
+  CHECK(profile.forward_passes == 3);
+  CHECK(profile.reverse_passes == 3);
+  REQUIRE(profile.forward_seconds.size() == 3);
+  for (double s : profile.forward_seconds) CHECK(s > 0);
+  const std::string text = tg::dump_profile(tape.tape(), profile);
+  CHECK(text.find("profile over 3 forward and 3 reverse passes") != std::string::npos);
+  CHECK(text.find("%2:f64[64,64] = matmul %0 %1") != std::string::npos);
+  CHECK(text.find("# test_api.cpp:10") != std::string::npos);  // model's line
+  CHECK(text.find("%") != std::string::npos);
+}
+
 TEST_CASE("dump: one typed equation per instruction with its recording site") {
   auto tape = tg::record([](const T& x, const T& w) { return tg::sum(tg::matmul(x, w), {1}); }, A::ones({2, 3}), A::ones({3, 4}));
   const std::string text = tg::dump(tape);

@@ -1,5 +1,7 @@
 #include "tapegrad/autodiff/dump.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace tg {
@@ -7,6 +9,47 @@ namespace tg {
 template <class T>
 std::string type_string(const Array<T>& a) {
   return fmt::format("{}[{}]", dtype_name<T>(), fmt::join(a.shape().dims(), ","));
+}
+
+template <class T>
+std::string equation(const Tape<T>& tape, const Instr<T>& ins) {
+  std::string line = fmt::format("%{}:{} = {}", ins.out, type_string(tape.value(ins.out)), ins.op->name);
+  if (ins.op->print_params && ins.params) {
+    std::string attrs = ins.op->print_params(ins.params.get());
+    if (!attrs.empty()) line += fmt::format("[{}]", attrs);
+  }
+  for (auto a : tape.args_of(ins)) line += fmt::format(" %{}", a);
+  return line;
+}
+
+template <class T>
+std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile) {
+  const std::size_t n = tape.num_instructions();
+  auto per_pass = [](const std::vector<double>& s, std::size_t i, int passes) {
+    return i < s.size() && passes > 0 ? s[i] / passes : 0.0;
+  };
+  std::vector<std::size_t> order(n);
+  std::vector<double> fwd(n), back(n);
+  double total_fwd = 0, total_back = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    order[i] = i;
+    fwd[i] = per_pass(profile.forward_seconds, i, profile.forward_passes);
+    back[i] = per_pass(profile.pullback_seconds, i, profile.reverse_passes);
+    total_fwd += fwd[i];
+    total_back += back[i];
+  }
+  std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return fwd[a] + back[a] > fwd[b] + back[b]; });
+  const double total = std::max(total_fwd + total_back, 1e-300);
+  std::string out = fmt::format(
+      "profile over {} forward and {} reverse passes: {:.3f} ms per step (forward {:.3f} ms, pullbacks {:.3f} ms)\n"
+      "  share  forward ms  pullback ms  instruction\n",
+      profile.forward_passes, profile.reverse_passes, 1e3 * total, 1e3 * total_fwd, 1e3 * total_back);
+  for (auto i : order) {
+    const Instr<T>& ins = tape.instruction(i);
+    out += fmt::format("  {:5.1f}%  {:10.3f}  {:11.3f}  {:<60}  # {}\n", 100 * (fwd[i] + back[i]) / total, 1e3 * fwd[i],
+                       1e3 * back[i], equation(tape, ins), site_string(ins.where));
+  }
+  return out;
 }
 
 template <class T>
@@ -33,13 +76,7 @@ std::string dump(const Tape<T>& tape) {
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
     const Instr<T>& ins = tape.instruction(i);
     for (auto a : tape.args_of(ins)) show_leaf(a);
-    std::string line = fmt::format("  %{}:{} = {}", ins.out, type_string(tape.value(ins.out)), ins.op->name);
-    if (ins.op->print_params && ins.params) {
-      std::string attrs = ins.op->print_params(ins.params.get());
-      if (!attrs.empty()) line += fmt::format("[{}]", attrs);
-    }
-    for (auto a : tape.args_of(ins)) line += fmt::format(" %{}", a);
-    out += fmt::format("{:<48}  # {}\n", line, site_string(ins.where));
+    out += fmt::format("{:<48}  # {}\n", "  " + equation(tape, ins), site_string(ins.where));
   }
   if (tape.output() != Tape<T>::kNoSlot) out += fmt::format("  output %{}\n", tape.output());
   return out;
@@ -49,5 +86,9 @@ template std::string type_string(const Array<float>&);
 template std::string type_string(const Array<double>&);
 template std::string dump(const Tape<float>&);
 template std::string dump(const Tape<double>&);
+template std::string equation(const Tape<float>&, const Instr<float>&);
+template std::string equation(const Tape<double>&, const Instr<double>&);
+template std::string dump_profile(const Tape<float>&, const TapeProfile&);
+template std::string dump_profile(const Tape<double>&, const TapeProfile&);
 
 }  // namespace tg

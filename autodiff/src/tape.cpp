@@ -1,8 +1,21 @@
 #include "tapegrad/autodiff/tape.hpp"
 
+#include <chrono>
+
 #include <fmt/format.h>
 
 namespace tg {
+
+namespace {
+// Runs f, adding its wall time to seconds[i] when profiling (seconds non-empty).
+template <class F>
+void timed(std::vector<double>* seconds, std::size_t i, F&& f) {
+  if (!seconds) return f();
+  const auto start = std::chrono::steady_clock::now();
+  f();
+  (*seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+}  // namespace
 
 template <class T>
 std::uint32_t Tape<T>::add_slot(Array<T> value, SlotKind kind, bool needs_grad) {
@@ -58,12 +71,33 @@ void Tape<T>::set_input(std::size_t k, const Array<T>& value, const char* op) {
 }
 
 template <class T>
+void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
+  if (k >= inputs_.size())
+    fail("set_input_needs_grad", fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
+  needs_grad_[inputs_[k]] = needs ? 1 : 0;
+  for (const auto& ins : instrs_) {
+    bool any = false;
+    for (auto a : args_of(ins)) any = any || needs_grad_[a] != 0;
+    needs_grad_[ins.out] = any ? 1 : 0;
+  }
+}
+
+template <class T>
 void Tape<T>::forward_pass() {
-  for (auto& ins : instrs_) {
+  std::vector<double>* seconds = nullptr;
+  if (profile_) {
+    profile_->forward_seconds.resize(instrs_.size());
+    profile_->forward_passes++;
+    seconds = &profile_->forward_seconds;
+  }
+  for (std::size_t i = 0; i < instrs_.size(); ++i) {
+    const Instr<T>& ins = instrs_[i];
     scratch_in_.clear();
     for (auto a : args_of(ins)) scratch_in_.push_back(&values_[a]);
     try {
-      ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved}});
+      timed(seconds, i, [&] {
+        ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved}});
+      });
     } catch (const Error& e) {
       throw e.with_site(ins.where);
     }
@@ -90,18 +124,26 @@ void Tape<T>::reverse_pass(const Array<T>& seed) {
   adjoints_.resize(values_.size());
   adjoint_live_.assign(values_.size(), 0);
   fresh_adjoint(output_) = seed;
+  std::vector<double>* seconds = nullptr;
+  if (profile_) {
+    profile_->pullback_seconds.resize(instrs_.size());
+    profile_->reverse_passes++;
+    seconds = &profile_->pullback_seconds;
+  }
   for (std::size_t i = instrs_.size(); i-- > 0;) {
     const Instr<T>& ins = instrs_[i];
     if (!adjoint_live_[ins.out] || !needs_grad_[ins.out]) continue;
-    scratch_in_.clear();
-    scratch_adj_.clear();
-    for (auto a : args_of(ins)) {
-      scratch_in_.push_back(&values_[a]);
-      scratch_adj_.push_back(needs_grad_[a] ? &fresh_adjoint(a) : nullptr);
-    }
     try {
-      ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_,
-                         {saved_.data() + ins.saved_begin, ins.n_saved}});
+      timed(seconds, i, [&] {  // zeroing the input adjoints counts as the pullback's time
+        scratch_in_.clear();
+        scratch_adj_.clear();
+        for (auto a : args_of(ins)) {
+          scratch_in_.push_back(&values_[a]);
+          scratch_adj_.push_back(needs_grad_[a] ? &fresh_adjoint(a) : nullptr);
+        }
+        ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_,
+                           {saved_.data() + ins.saved_begin, ins.n_saved}});
+      });
     } catch (const Error& e) {
       throw e.with_site(ins.where);
     }

@@ -18,11 +18,24 @@ std::string dump(const Holder& holder) {
   return dump(holder.tape());
 }
 
+// One instruction as its equation, "%7:f32[64,10] = matmul %3 %5" (no site).
+template <class T>
+std::string equation(const Tape<T>& tape, const Instr<T>& ins);
+
+// A profile (Tape::set_profile) as a table: per instruction the forward and
+// pullback time of one pass and its share of the total, slowest first.
+template <class T>
+std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile);
+
 // "f32[64,10]"
 template <class T>
 std::string type_string(const Array<T>& a);
 
 extern template std::string dump(const Tape<float>&);
 extern template std::string dump(const Tape<double>&);
+extern template std::string equation(const Tape<float>&, const Instr<float>&);
+extern template std::string equation(const Tape<double>&, const Instr<double>&);
+extern template std::string dump_profile(const Tape<float>&, const TapeProfile&);
+extern template std::string dump_profile(const Tape<double>&, const TapeProfile&);
 
 }  // namespace tg

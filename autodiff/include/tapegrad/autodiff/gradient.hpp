@@ -40,6 +40,11 @@ class GradientTape {
   // The output of a one-element function as a plain T.
   T value() const { return output().item(); }
 
+  // Marks input k as data that needs no gradient (Note [Inputs without gradient]):
+  //   auto tape = tg::record(loss, images, labels, w, b);
+  //   tape.set_needs_grad(0, false); tape.set_needs_grad(1, false);
+  void set_needs_grad(std::size_t k, bool needs) { tape_->set_input_needs_grad(k, needs); }
+
   // Replays the forward pass on new inputs (same shapes as recorded) and returns the output.
   template <class... A>
   const Array<T>& forward(const A&... inputs) {
@@ -62,13 +67,15 @@ class GradientTape {
     forward(inputs...);
     return gradient();
   }
-  // Same, writing into caller-owned Arrays (their storage is reused when sizes match).
+  // Same, writing into caller-owned Arrays (their storage is reused when sizes match);
+  // a nullptr entry skips that input's gradient.
   template <class... A>
   void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
     forward(inputs...);
     check_scalar("gradient_into");
     tape_->reverse_pass(Array<T>::ones(output().shape()));
-    for (std::size_t k = 0; k < N; ++k) tape_->adjoint_into(tape_->inputs()[k], *grads[k]);
+    for (std::size_t k = 0; k < N; ++k)
+      if (grads[k]) tape_->adjoint_into(tape_->inputs()[k], *grads[k]);
   }
   // Vector-Jacobian product at the current values: J^T v, for an output of any shape.
   auto vjp(const Array<T>& v) {

@@ -20,6 +20,13 @@ namespace tg {
 
 enum class SlotKind : std::uint8_t { input, constant, computed };
 
+// Per-instruction wall time accumulated over the passes run while a Tape points
+// at it (Tape::set_profile). Seconds, indexed by instruction.
+struct TapeProfile {
+  std::vector<double> forward_seconds, pullback_seconds;
+  int forward_passes = 0, reverse_passes = 0;
+};
+
 template <class T>
 struct Instr {
   const OpInfo<T>* op = nullptr;
@@ -60,6 +67,13 @@ class Tape {
   void adjoint_into(std::uint32_t slot, Array<T>& out) const;
 
   // --- running -----------------------------------------------------------------
+  // Note [Inputs without gradient]: input k can be marked as data (a batch of
+  // images, labels) that needs no gradient. The mask is propagated again through
+  // every instruction, so pullbacks skip work that only fed that input (conv1's
+  // input gradient); its adjoint() is zeros afterwards.
+  void set_input_needs_grad(std::size_t k, bool needs);
+  // Times every instruction's forward and pullback into `profile` (nullptr: off).
+  void set_profile(TapeProfile* profile) { profile_ = profile; }
   // Replaces input k's value; its shape must equal the recorded one (Note [Replay]).
   void set_input(std::size_t k, const Array<T>& value, const char* op = "replay");
   void forward_pass();
@@ -82,6 +96,7 @@ class Tape {
   std::uint32_t output_ = kNoSlot;
   std::vector<const Array<T>*> scratch_in_;  // reused per instruction: no allocation per step
   std::vector<Array<T>*> scratch_adj_;
+  TapeProfile* profile_ = nullptr;
 };
 
 extern template class Tape<float>;

@@ -3,6 +3,8 @@
 #include "support/checks.hpp"
 #include "support/conv_reference.hpp"
 
+#include <cstdlib>
+
 using namespace tgtest;
 using T = tg::Tracked<double>;
 using tg::ConvAlgorithm;
@@ -10,7 +12,8 @@ using tg::ConvParams;
 
 namespace {
 
-constexpr ConvAlgorithm kAlgorithms[] = {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::fft};
+constexpr ConvAlgorithm kAlgorithms[] = {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm,
+                                         ConvAlgorithm::fft};
 
 bool fft_applies(const ConvParams& p) {
   auto ones = [](const std::vector<std::int64_t>& v) {
@@ -124,6 +127,41 @@ TEST_CASE("conv: im2col blocks that split samples, run on several threads, equal
   tg::set_num_threads(before);
 }
 
+TEST_CASE("conv: implicit GEMM tile edges, groups and threads equal the reference") {
+  // Filters per group 20 and 9 (a full 16-wide tile plus a partial one, and a
+  // partial one alone), 6 x 7 = 42 and 3 x 5 positions and patch rows 3*3*3 = 27
+  // and 5*2*2 (not multiples of the 6-row tile), float and double, 1-3 threads:
+  // the weight gradient's per-thread tiles must neither race nor drop a sample.
+  const std::vector<Case> geometries = {
+      {{5, 6, 6, 7}, {40, 3, 3, 3}, {.padding = {1}, .groups = 2, .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{3, 5, 7, 11}, {9, 5, 2, 2}, {.stride = {2, 2}, .pad_lo = {0, 1}, .pad_hi = {1, 0}, .dilation = {1, 2},
+                                     .algorithm = ConvAlgorithm::implicit_gemm}},
+  };
+  const int before = tg::num_threads();
+  for (const auto& c : geometries) {
+    const A x = A::random_uniform(c.x, -1, 1, 1), w = A::random_uniform(c.w, -1, 1, 2);
+    const A y_ref = ref::conv(x, w, c.p);
+    const A gy = A::random_uniform(y_ref.shape(), -1, 1, 3);
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, c.p);
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      CHECK(max_abs_diff(tg::conv(x, w, c.p), y_ref) < 1e-12);
+      const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, c.p); }, x, w).vjp(gy);
+      CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
+      CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+      using F = tg::Array<float>;
+      CHECK(max_abs_diff(tg::conv(x.cast<float>(), w.cast<float>(), c.p).cast<double>(), y_ref) < 1e-4);
+      const auto [gxf, gwf] = tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, c.p); },
+                                         x.cast<float>(), w.cast<float>())
+                                  .vjp(gy.cast<float>());
+      CHECK(max_abs_diff(F(gxf).cast<double>(), gx_ref) < 1e-4);
+      CHECK(max_abs_diff(F(gwf).cast<double>(), gw_ref) < 1e-3);
+    }
+  }
+  tg::set_num_threads(before);
+}
+
 TEST_CASE("conv: the unit-stride input adjoint run as a conv (im2col, many channels) equals the reference") {
   // Cg >= 16: im2col computes the input gradient as the forward conv of the
   // adjoint geometry, whose padding can be negative (pad_lo 5 > dilation*(k-1) = 4).
@@ -229,9 +267,18 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   // The automatic rule: depthwise runs direct loops, a channel-heavy layer runs im2col.
   auto depthwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::ones({3, 1, 3, 3}), {.groups = 3})); }, x);
   CHECK(tg::dump(depthwise).find("algorithm=direct/direct/direct") != std::string::npos);
+  // A channel-heavy layer runs implicit GEMM where AVX2+FMA is there (else im2col);
+  // its strided input gradient and every pass of a 1x1 layer run im2col.
+  const bool vectorised = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("TAPEGRAD_PORTABLE_KERNELS") == nullptr;
+  const std::string heavy = vectorised ? "implicit_gemm" : "im2col";
   const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
   auto layer = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.padding = {1}})); }, big);
-  CHECK(tg::dump(layer).find("algorithm=im2col/im2col/im2col") != std::string::npos);
+  CHECK(tg::dump(layer).find(fmt::format("algorithm={0}/{0}/{0}", heavy)) != std::string::npos);
+  auto strided = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.stride = {2}, .padding = {1}})); }, big);
+  CHECK(tg::dump(strided).find(fmt::format("algorithm={0}/im2col/{0}", heavy)) != std::string::npos);
+  auto pointwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::zeros({64, 64, 1, 1}))); }, big);
+  CHECK(tg::dump(pointwise).find("algorithm=im2col/im2col/im2col") != std::string::npos);
 }
 
 TEST_CASE("conv: bad geometry is a clear tg::Error and leaves the tape unchanged") {

@@ -53,7 +53,7 @@ TEST_CASE("correlate/convolve: equal SciPy (ndimage same, signal valid/full) wit
     const A x = scipy_image(c.image), k = scipy_kernel(c.kernel);
     FilterParams p{.border = {BorderMode(c.border), c.cval}, .output = output_of(c.output)};
     if (p.output == Output::same) p.origin = c.origin;
-    for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::fft}) {
+    for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft}) {
       p.algorithm = algorithm;
       CAPTURE(c.what);
       CAPTURE(tg::to_string(tg::Shape(c.image)));

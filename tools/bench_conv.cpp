@@ -3,7 +3,7 @@
 // GFLOP/s and the ratio; then the seed case (500x500 double image, 3x3 kernel,
 // replicate border: forward + both gradients) at 1 thread.
 //
-//   bench_conv [--threads 1,2] [--reps N] [--only NAME|seed|semantics] [--no-compare]
+//   bench_conv [--threads 1,2] [--reps N] [--only NAME|seed|semantics] [--algorithm NAME] [--no-compare]
 //
 // Times are medians of N repetitions after one warm-up; tapegrad is timed at
 // the kernel (the algorithm its cost rule picks), LibTorch at at::conv2d and
@@ -49,6 +49,7 @@ struct Options {
   std::vector<int> threads{1, 2};
   int reps = 5;
   std::string only;
+  std::string algorithm;  // empty: the cost rule's choice
   bool compare = true;
 };
 
@@ -86,6 +87,12 @@ const char* pass_name(ConvPass p) {
   return p == ConvPass::forward ? "forward" : p == ConvPass::backward_input ? "bwd-input" : "bwd-weight";
 }
 
+ConvAlgorithm forced(const std::string& name) {
+  for (ConvAlgorithm a : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft})
+    if (name == tg::kernels::to_string(a)) return a;
+  return ConvAlgorithm::automatic;
+}
+
 std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
   using A = tg::Array<float>;
   const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
@@ -98,7 +105,7 @@ std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
   const double flop = 2 * g.macs();
   std::vector<Row> rows;
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
-    const ConvAlgorithm a = tg::kernels::choose_conv_algorithm(g, pass, ConvAlgorithm::automatic, "bench");
+    const ConvAlgorithm a = tg::kernels::choose_conv_algorithm(g, pass, forced(o.algorithm), "bench");
     A* result = pass == ConvPass::forward ? &y : pass == ConvPass::backward_input ? &gx : &gw;
     const double ours = median_seconds(o.reps, [&] {
       if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
@@ -178,6 +185,7 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) o.reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) o.only = argv[++i];
+    else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc) o.algorithm = argv[++i];
     else if (!std::strcmp(argv[i], "--no-compare")) o.compare = false;
     else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
       o.threads.clear();

@@ -21,6 +21,7 @@ const char* to_string(ConvAlgorithm a) {
     case ConvAlgorithm::automatic: return "auto";
     case ConvAlgorithm::direct: return "direct";
     case ConvAlgorithm::im2col: return "im2col";
+    case ConvAlgorithm::implicit_gemm: return "implicit_gemm";
     case ConvAlgorithm::fft: return "fft";
   }
   return "?";
@@ -114,6 +115,7 @@ Shape conv_output_shape(const ConvGeometry& g) { return with_spatial(g.N, g.K, g
 namespace {
 
 constexpr double kGemmRate = 40e9;    // multiply-adds per second per thread, large GEMM
+constexpr double kImplicitGemmRate = 36e9;  // multiply-adds per second per thread, implicit GEMM tiles
 constexpr double kDirectRate = 4e9;   // multiply-adds per second per thread, direct loops
 constexpr double kCopyRate = 1.5e9;   // im2col/col2im elements per second per thread
 constexpr double kFftRate = 7e9;      // FFT flops per second per thread (FFTW, 5-smooth sizes)
@@ -126,6 +128,19 @@ double gemm_seconds(const ConvGeometry& g) {
   const double efficiency = std::min(1.0, smallest / 32.0);
   const double copied = g.pointwise() ? 0.0 : double(g.N) * double(g.groups) * rows * double(g.out_vol());
   return g.macs() / (kGemmRate * efficiency) + copied / kCopyRate;
+}
+
+// Implicit GEMM: no copy, but its tiles are 16 filters wide (8 in double), so
+// a pass producing few channels wastes the rest of the tile: forward and
+// weight gradient produce Kg, the input gradient Cg (the adjoint conv's
+// filters). A strided input gradient runs im2col's col2im instead. Without
+// AVX2+FMA the micro-kernel is plain C++ and never chosen automatically.
+double implicit_gemm_seconds(const ConvGeometry& g, ConvPass pass) {
+  if (!conv_impl::implicit_gemm_vectorised() || g.pointwise()) return INFINITY;
+  if (pass == ConvPass::backward_input && !conv_impl::unit_stride(g)) return INFINITY;
+  const double produced = double(pass == ConvPass::backward_input ? g.Cg : g.Kg);
+  const double fill = produced / (16.0 * std::ceil(produced / 16.0));
+  return g.macs() / (kImplicitGemmRate * fill);
 }
 
 double fft_seconds(const ConvGeometry& g) {
@@ -146,10 +161,12 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
   if (requested != ConvAlgorithm::automatic) return requested;
   const double direct = g.macs() / kDirectRate;
   const double gemm = gemm_seconds(g);
-  (void)pass;  // the rates do not differ by pass yet; the pass stays in the interface for when they do
+  const double implicit = implicit_gemm_seconds(g, pass);
   const double fft = g.unit_stride_and_dilation() ? fft_seconds(g) : INFINITY;
-  if (fft < direct && fft < gemm) return ConvAlgorithm::fft;
-  return direct <= gemm ? ConvAlgorithm::direct : ConvAlgorithm::im2col;
+  const double best = std::min({direct, gemm, implicit, fft});
+  if (fft == best) return ConvAlgorithm::fft;
+  if (direct == best) return ConvAlgorithm::direct;
+  return implicit == best ? ConvAlgorithm::implicit_gemm : ConvAlgorithm::im2col;
 }
 
 // ---- dispatch -----------------------------------------------------------------
@@ -186,6 +203,7 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
   switch (a) {
     case ConvAlgorithm::direct: return conv_impl::direct_forward(g, x, w, y, accumulate);
     case ConvAlgorithm::im2col: return conv_impl::im2col_forward(g, x, w, y, accumulate);
+    case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate);
     default: return conv_impl::fft_forward(g, x, w, y, accumulate);
   }
 }
@@ -201,6 +219,7 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
   if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
   switch (a) {
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_input(g, gy, w, gx);
+    case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_input(g, gy, w, gx);
     default: return conv_impl::fft_backward_input(g, gy, w, gx);
   }
 }
@@ -219,6 +238,7 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
   switch (a) {
     case ConvAlgorithm::direct: return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
+    case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw);
     default: return conv_impl::fft_backward_weight(g, x, gy, gw);
   }
 }

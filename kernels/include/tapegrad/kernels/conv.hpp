@@ -16,13 +16,17 @@
 //   im2col  : macs / kGemmRate + copied / kCopyRate  (workspace of
 //             Cg*ker_vol*out_vol elements per thread; skipped for 1x1 stride 1
 //             unpadded convolutions, which are a GEMM on the input directly)
+//   implicit_gemm : macs / (kImplicitGemmRate * fill), fill = the share of
+//             its 16-filter tiles the pass's output channels use; no patch
+//             copy (index tables into a padded input); only with AVX2+FMA,
+//             never for pointwise convolutions or a strided input gradient
 //   fft     : only stride 1 and dilation 1; transforms of every input
 //             channel, filter and output plane on the padded grid, plus the
 //             pointwise products: (N*C + K*C + N*K) * 5 F log2 F / kFftRate
 //             + N*K*Cg * F * 4 / kFftRate for F points per plane.
 // The rates are measured on an AVX2 core (see tools/bench_conv); the rule
-// picks direct for depthwise and single-channel filtering, im2col for the
-// channel-heavy layers of a CNN, and fft for large kernels (15x15 and up
+// picks direct for depthwise and single-channel filtering, implicit_gemm for
+// the channel-heavy layers of a CNN (im2col for 1x1 layers), and fft for large kernels (15x15 and up
 // on a 512x512 plane: direct 0.9 / 5 / 16 / 41-80 ms for k = 5 / 9 / 15 / 31,
 // fft 8-15 ms throughout). Any pass can be forced through the algorithm argument;
 // forcing fft on a strided or dilated geometry is an error.
@@ -36,7 +40,7 @@
 
 namespace tg::kernels {
 
-enum class ConvAlgorithm { automatic, direct, im2col, fft };
+enum class ConvAlgorithm { automatic, direct, im2col, implicit_gemm, fft };
 const char* to_string(ConvAlgorithm a);
 
 enum class ConvPass { forward, backward_input, backward_weight };

@@ -1,0 +1,310 @@
+// Implicit GEMM: the convolution as a GEMM whose patch matrix is never built.
+//
+// With the input zero-padded once (xp, per sample (C, P0, P1, P2)), every
+// patch entry is xp[base[p] + tap[t]]: base[p] is where output position p's
+// window starts, tap[t] the offset of patch row t = (c, t0, t1, t2) inside a
+// window. Two small index tables replace im2col's Cg*ker_vol*out_vol copy.
+// One register-tiled micro-kernel serves both GEMM passes:
+//
+//   tile[i][j] = sum_q a_i[index[q]] * b[q][j]      i < kTileRows, j < NR
+//
+//   forward (per sample, group):  y (Kg x out_vol) = W (Kg x R) . patches (R x out_vol)
+//       i = output positions p, a_i = xp + base[p], index = tap, b = W^T packed (R x NR)
+//   backward weight:              gW (Kg x R) += gy (Kg x out_vol) . patches^T (out_vol x R)
+//       i = patch rows t, a_i = xp + tap[t], index = base, b = gy^T packed (out_vol x NR)
+//
+// The backward input of a unit-stride conv is the forward of its adjoint
+// geometry (conv_impl.hpp); a strided one goes through im2col's col2im.
+// The AVX2+FMA micro-kernel keeps a 6 x NR tile (NR = 16 floats or 8 doubles)
+// in 12 registers: per step 2 vector loads of b, 6 broadcasts, 12 FMAs. On a
+// CPU without AVX2 the same loop runs in plain C++.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#include "conv_impl.hpp"
+
+namespace tg::kernels::conv_impl {
+namespace {
+
+constexpr int kTileRows = 6;
+// Columns of a tile: two AVX2 vectors.
+template <class T>
+constexpr int kTileCols = 64 / int(sizeof(T));
+
+// ---- the micro-kernel ------------------------------------------------------------
+
+// out (kTileRows x NR, row-major) = sum_q a[i][index[q]] * b[q * NR + j]
+template <class T>
+void tile_portable(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out) {
+  constexpr int NR = kTileCols<T>;
+  T acc[kTileRows][NR] = {};
+  for (std::int64_t q = 0; q < n; ++q) {
+    const T* bq = b + q * NR;
+    for (int i = 0; i < kTileRows; ++i) {
+      const T v = a[i][index[q]];
+      for (int j = 0; j < NR; ++j) acc[i][j] += v * bq[j];
+    }
+  }
+  std::copy(&acc[0][0], &acc[0][0] + kTileRows * NR, out);
+}
+
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const std::int64_t* index, const float* b,
+                                                    std::int64_t n, float* out) {
+  const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (std::int64_t q = 0; q < n; ++q, b += 16) {
+    const std::int64_t o = index[q];
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 v = _mm256_broadcast_ss(a0 + o);
+    c00 = _mm256_fmadd_ps(v, b0, c00), c01 = _mm256_fmadd_ps(v, b1, c01);
+    v = _mm256_broadcast_ss(a1 + o);
+    c10 = _mm256_fmadd_ps(v, b0, c10), c11 = _mm256_fmadd_ps(v, b1, c11);
+    v = _mm256_broadcast_ss(a2 + o);
+    c20 = _mm256_fmadd_ps(v, b0, c20), c21 = _mm256_fmadd_ps(v, b1, c21);
+    v = _mm256_broadcast_ss(a3 + o);
+    c30 = _mm256_fmadd_ps(v, b0, c30), c31 = _mm256_fmadd_ps(v, b1, c31);
+    v = _mm256_broadcast_ss(a4 + o);
+    c40 = _mm256_fmadd_ps(v, b0, c40), c41 = _mm256_fmadd_ps(v, b1, c41);
+    v = _mm256_broadcast_ss(a5 + o);
+    c50 = _mm256_fmadd_ps(v, b0, c50), c51 = _mm256_fmadd_ps(v, b1, c51);
+  }
+  const __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+  for (int r = 0; r < 12; ++r) _mm256_storeu_ps(out + 8 * r, rows[r]);
+}
+
+__attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, const std::int64_t* index, const double* b,
+                                                    std::int64_t n, double* out) {
+  const double *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+  __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (std::int64_t q = 0; q < n; ++q, b += 8) {
+    const std::int64_t o = index[q];
+    const __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
+    __m256d v = _mm256_broadcast_sd(a0 + o);
+    c00 = _mm256_fmadd_pd(v, b0, c00), c01 = _mm256_fmadd_pd(v, b1, c01);
+    v = _mm256_broadcast_sd(a1 + o);
+    c10 = _mm256_fmadd_pd(v, b0, c10), c11 = _mm256_fmadd_pd(v, b1, c11);
+    v = _mm256_broadcast_sd(a2 + o);
+    c20 = _mm256_fmadd_pd(v, b0, c20), c21 = _mm256_fmadd_pd(v, b1, c21);
+    v = _mm256_broadcast_sd(a3 + o);
+    c30 = _mm256_fmadd_pd(v, b0, c30), c31 = _mm256_fmadd_pd(v, b1, c31);
+    v = _mm256_broadcast_sd(a4 + o);
+    c40 = _mm256_fmadd_pd(v, b0, c40), c41 = _mm256_fmadd_pd(v, b1, c41);
+    v = _mm256_broadcast_sd(a5 + o);
+    c50 = _mm256_fmadd_pd(v, b0, c50), c51 = _mm256_fmadd_pd(v, b1, c51);
+  }
+  const __m256d rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+  for (int r = 0; r < 12; ++r) _mm256_storeu_pd(out + 4 * r, rows[r]);
+}
+
+template <class T>
+void tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out) {
+  if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out);
+  else tile_portable(a, index, b, n, out);
+}
+
+// ---- layout: the padded input and the two index tables ----------------------------
+
+struct Layout {
+  ConvGeometry::Dims padded;            // P0, P1, P2
+  std::int64_t plane = 0;               // P0 * P1 * P2
+  std::vector<std::int64_t> tap;        // R = Cg * ker_vol offsets, in the weights' (c, t0, t1, t2) order
+  std::vector<std::int64_t> base;       // out_vol offsets, one per output position
+  bool copy = false;                    // false: no padding, xp is x itself
+};
+
+Layout make_layout(const ConvGeometry& g) {
+  Layout L;
+  for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) {
+    L.padded[d] = g.in[d] + g.lo[d] + g.hi[d];
+    L.copy = L.copy || g.lo[d] != 0 || g.hi[d] != 0;
+  }
+  const std::int64_t row = L.padded[2], slab = L.padded[1] * L.padded[2];
+  L.plane = L.padded[0] * slab;
+  for (std::int64_t c = 0; c < g.Cg; ++c)
+    for (std::int64_t t0 = 0; t0 < g.ker[0]; ++t0)
+      for (std::int64_t t1 = 0; t1 < g.ker[1]; ++t1)
+        for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2)
+          L.tap.push_back(c * L.plane + t0 * g.dil[0] * slab + t1 * g.dil[1] * row + t2 * g.dil[2]);
+  for (std::int64_t o0 = 0; o0 < g.out[0]; ++o0)
+    for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1)
+      for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2)
+        L.base.push_back(o0 * g.stride[0] * slab + o1 * g.stride[1] * row + o2 * g.stride[2]);
+  return L;
+}
+
+// x (N, C, in) zero-padded to (N, C, padded) (or cropped, for the negative low
+// padding of an adjoint geometry).
+template <class T>
+Array<T> pad_input(const ConvGeometry& g, const Layout& L, const T* x) {
+  Array<T> xp = scratch<T>(g.N * g.C * L.plane);
+  T* out = xp.data();
+  const std::int64_t rows = g.N * g.C * L.padded[0] * L.padded[1];
+#pragma omp parallel for schedule(static) num_threads(conv_threads())
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t p1 = r % L.padded[1], p0 = (r / L.padded[1]) % L.padded[0], nc = r / (L.padded[0] * L.padded[1]);
+    const std::int64_t i0 = p0 - g.lo[0], i1 = p1 - g.lo[1];
+    T* dst = out + r * L.padded[2];
+    if (i0 < 0 || i0 >= g.in[0] || i1 < 0 || i1 >= g.in[1]) {
+      std::fill(dst, dst + L.padded[2], T(0));
+      continue;
+    }
+    const T* src = x + (nc * g.in[0] + i0) * g.in[1] * g.in[2] + i1 * g.in[2];
+    for (std::int64_t p2 = 0; p2 < L.padded[2]; ++p2) {
+      const std::int64_t i2 = p2 - g.lo[2];
+      dst[p2] = i2 >= 0 && i2 < g.in[2] ? src[i2] : T(0);
+    }
+  }
+  return xp;
+}
+
+std::int64_t column_blocks(std::int64_t kg, int nr) { return (kg + nr - 1) / nr; }
+
+// W (K, R) -> per group and block of NR filters, W^T (R x NR), zero columns past Kg.
+template <class T>
+Array<T> pack_weights(const ConvGeometry& g, std::int64_t R, const T* w) {
+  constexpr int NR = kTileCols<T>;
+  const std::int64_t blocks = column_blocks(g.Kg, NR);
+  Array<T> packed = Array<T>::zeros(Shape{g.groups * blocks * R * NR});
+  for (std::int64_t grp = 0; grp < g.groups; ++grp)
+    for (std::int64_t k = 0; k < g.Kg; ++k) {
+      T* dst = packed.data() + ((grp * blocks + k / NR) * R) * NR + k % NR;
+      const T* src = w + (grp * g.Kg + k) * R;
+      for (std::int64_t t = 0; t < R; ++t) dst[t * NR] = src[t];
+    }
+  return packed;
+}
+
+// The kTileRows row pointers of a tile starting at row `first`; rows past `count`
+// repeat the last valid one (computed, never stored).
+template <class T>
+void tile_rows(const T* origin, const std::int64_t* offsets, std::int64_t first, std::int64_t count, const T** rows) {
+  for (int i = 0; i < kTileRows; ++i) rows[i] = origin + offsets[std::min(first + i, count - 1)];
+}
+
+}  // namespace
+
+// TAPEGRAD_PORTABLE_KERNELS=1 in the environment selects the plain C++ micro-kernel
+// (the tests run the convolution family once that way).
+bool implicit_gemm_vectorised() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("TAPEGRAD_PORTABLE_KERNELS") == nullptr;
+  return yes;
+}
+
+// y (N, K, out) = conv(x, w): tasks of (sample, group, run of position tiles) over threads.
+template <class T>
+void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
+  constexpr int NR = kTileCols<T>;
+  const Layout L = make_layout(g);
+  const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
+  Array<T> padded;
+  if (L.copy) padded = pad_input(g, L, x);
+  const T* xp = L.copy ? padded.data() : x;
+  const Array<T> wp = pack_weights(g, R, w);
+  constexpr std::int64_t kTilesPerTask = 16;
+  const std::int64_t runs = (ov + kTileRows * kTilesPerTask - 1) / (kTileRows * kTilesPerTask);
+  const std::int64_t tasks = g.N * g.groups * runs;
+#pragma omp parallel for schedule(static) num_threads(conv_threads())
+  for (std::int64_t task = 0; task < tasks; ++task) {
+    const std::int64_t run = task % runs, grp = (task / runs) % g.groups, n = task / (runs * g.groups);
+    const T* origin = xp + (n * g.C + grp * g.Cg) * L.plane;
+    const std::int64_t p_begin = run * kTileRows * kTilesPerTask, p_end = std::min(ov, p_begin + kTileRows * kTilesPerTask);
+    T out[kTileRows * NR];
+    const T* rows[kTileRows];
+    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+      const T* wb = wp.data() + (grp * blocks + blk) * R * NR;
+      const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
+      for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
+        tile_rows(origin, L.base.data(), p0, ov, rows);
+        // out (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
+        tile(rows, L.tap.data(), wb, R, out);
+        const std::int64_t pn = std::min<std::int64_t>(kTileRows, ov - p0);
+        for (std::int64_t j = 0; j < kn; ++j) {
+          T* dst = y + (n * g.K + grp * g.Kg + k0 + j) * ov + p0;
+          for (std::int64_t i = 0; i < pn; ++i) dst[i] = accumulate ? dst[i] + out[i * NR + j] : out[i * NR + j];
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+  if (!unit_stride(g)) return im2col_backward_input(g, gy, w, gx);
+  const auto wa = adjoint_weights(g, w);
+  implicit_gemm_forward(adjoint_geometry(g), gy, wa.data(), gx, /*accumulate=*/true);
+}
+
+// gy (N, K, out_vol) -> per sample, group and block of NR filters, gy^T (out_vol x NR).
+template <class T>
+Array<T> pack_output_adjoint(const ConvGeometry& g, const T* gy) {
+  constexpr int NR = kTileCols<T>;
+  const std::int64_t ov = g.out_vol(), blocks = column_blocks(g.Kg, NR), panels = g.N * g.groups * blocks;
+  Array<T> packed = scratch<T>(panels * ov * NR);
+#pragma omp parallel for schedule(static) num_threads(conv_threads())
+  for (std::int64_t panel = 0; panel < panels; ++panel) {
+    const std::int64_t blk = panel % blocks, grp = (panel / blocks) % g.groups, n = panel / (blocks * g.groups);
+    T* dst = packed.data() + panel * ov * NR;
+    const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
+    const T* src = gy + (n * g.K + grp * g.Kg + k0) * ov;  // kn rows of ov
+    // Position-major: contiguous writes, kn sequential read streams.
+    for (std::int64_t p = 0; p < ov; ++p) {
+      for (std::int64_t j = 0; j < kn; ++j) dst[p * NR + j] = src[j * ov + p];
+      for (std::int64_t j = kn; j < NR; ++j) dst[p * NR + j] = T(0);
+    }
+  }
+  return packed;
+}
+
+// gw (K, R) += sum over samples: each thread owns a fixed set of (group, filter
+// block, patch-row tile) tiles and adds every sample's contribution to them in
+// sample order, so the sum is race-free and the same on every run.
+template <class T>
+void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+  constexpr int NR = kTileCols<T>;
+  const Layout L = make_layout(g);
+  const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
+  Array<T> padded;
+  if (L.copy) padded = pad_input(g, L, x);
+  const T* xp = L.copy ? padded.data() : x;
+  const Array<T> gyp = pack_output_adjoint(g, gy);
+  const std::int64_t row_tiles = (R + kTileRows - 1) / kTileRows, tiles = g.groups * blocks * row_tiles;
+#pragma omp parallel num_threads(conv_threads())
+  {
+    T out[kTileRows * NR];
+    const T* rows[kTileRows];
+    for (std::int64_t n = 0; n < g.N; ++n) {
+#pragma omp for schedule(static) nowait
+      for (std::int64_t tile_index = 0; tile_index < tiles; ++tile_index) {
+        const std::int64_t rt = tile_index % row_tiles, blk = (tile_index / row_tiles) % blocks;
+        const std::int64_t grp = tile_index / (row_tiles * blocks);
+        const T* origin = xp + (n * g.C + grp * g.Cg) * L.plane;
+        const std::int64_t t0 = rt * kTileRows, k0 = blk * NR;
+        tile_rows(origin, L.tap.data(), t0, R, rows);
+        // out (patch rows t0.. x filters k0..) = patches (6 x out_vol) . gy^T (out_vol x NR)
+        tile(rows, L.base.data(), gyp.data() + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out);
+        const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
+        for (std::int64_t j = 0; j < kn; ++j) {
+          T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;
+          for (std::int64_t i = 0; i < tn; ++i) dst[i] += out[i * NR + j];
+        }
+      }
+    }
+  }
+}
+
+#define TG_INSTANTIATE(T)                                                                           \
+  template void implicit_gemm_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool);        \
+  template void implicit_gemm_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);       \
+  template void implicit_gemm_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg::kernels::conv_impl

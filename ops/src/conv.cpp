@@ -16,6 +16,7 @@
 #include <array>
 
 #include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/reduce.hpp"
 
 namespace tg::ops {
 
@@ -139,10 +140,7 @@ template <class T>
 void bias_backward(const T* gy, T* gbias, std::int64_t n, std::int64_t channels, std::int64_t plane) {
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t k = 0; k < channels; ++k) {
-      const T* p = gy + (i * channels + k) * plane;
-      T acc = T(0);
-      for (std::int64_t j = 0; j < plane; ++j) acc += p[j];
-      gbias[k] += acc;
+      gbias[k] += kernels::sum_run(gy + (i * channels + k) * plane, plane);
     }
 }
 

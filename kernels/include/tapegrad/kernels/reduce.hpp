@@ -24,6 +24,20 @@ inline Shape keepdims_shape(const Shape& in, const AxisMask& mask) {
   return out;
 }
 
+// The sum of n contiguous values, in 8 interleaved partial sums: the adds
+// vectorise (one running sum cannot, under strict IEEE order: a 4-cycle
+// dependency per element) and rounding errors grow more slowly.
+template <class T>
+T sum_run(const T* x, std::int64_t n) {
+  T part[8] = {};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) part[j] += x[i + j];
+  T tail = T(0);
+  for (; i < n; ++i) tail += x[i];
+  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7])) + tail;
+}
+
 // out[keep(i)] += x[i]. `out` has keepdims shape `so`, or any shape `x`'s shape broadcasts from.
 // This is also the fold of a broadcast's adjoint back onto the smaller operand.
 template <class T>
@@ -35,9 +49,7 @@ void sum_accumulate(const T* x, const Shape& sx, T* out, const Shape& so) {
   const Strides st_x = contiguous_strides(sx), st_o = broadcast_strides(so, sx);
   for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
     if (s[1] == 0) {
-      T acc = T(0);
-      for (std::int64_t i = 0; i < n; ++i) acc += x[o[0] + i];
-      out[o[1]] += acc;
+      out[o[1]] += sum_run(x + o[0], n);
     } else {
       for (std::int64_t i = 0; i < n; ++i) out[o[1] + i * s[1]] += x[o[0] + i];
     }

@@ -94,8 +94,7 @@ Dataset load_fashion_mnist(const std::string& dir, const std::string& split) {
     data_error(label_path, fmt::format("{} labels for {} images in {} expected one label per image", ldims[0], idims[0], image_path));
   const std::int64_t n = idims[0];
   Dataset d;
-  d.images = tg::Array<float>::uninitialized({n, 1, 28, 28});
-  for (std::int64_t i = 0; i < n * 784; ++i) d.images.data()[i] = float(image_bytes[16 + static_cast<std::size_t>(i)]) / 255.0f;
+  d.pixels.assign(image_bytes.begin() + 16, image_bytes.begin() + 16 + n * kPixels);
   d.labels.resize(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
     const unsigned v = label_bytes[8 + static_cast<std::size_t>(i)];

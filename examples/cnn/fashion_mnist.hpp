@@ -17,11 +17,16 @@ namespace cnn {
 
 inline constexpr const char* kDefaultDataDir = "/usr/share/datasets/fashion-mnist";
 
+// The images stay bytes, as stored (a quarter of the memory of floats); a batch
+// is converted when it is gathered: value = (byte / 255 - mean) / stddev.
 struct Dataset {
-  tg::Array<float> images;            // (n, 1, 28, 28), scaled to [0, 1]
+  std::vector<std::uint8_t> pixels;   // n images of 28 x 28, row-major
   std::vector<std::int64_t> labels;   // n class indices in [0, 10)
+  float mean = 0, stddev = 1;         // the standardisation applied to byte / 255
   std::int64_t size() const { return static_cast<std::int64_t>(labels.size()); }
 };
+
+inline constexpr std::int64_t kPixels = 28 * 28;
 
 // split: "train" or "t10k". Reads <dir>/<split>-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz].
 Dataset load_fashion_mnist(const std::string& dir, const std::string& split);

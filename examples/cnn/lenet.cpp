@@ -99,7 +99,7 @@ int main(int argc, char** argv) try {
     for (std::int64_t s = 0; s < steps; ++s) {
       const std::int64_t begin = s * o.batch, b = std::min(o.batch, n_train - begin);
       A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
-      cnn::gather_batch(train.images, train.labels, order, begin, begin + b, x, y);
+      cnn::gather_batch(train, order, begin, begin + b, x, y);
       std::optional<cnn::LenetTape>& tape = b == o.batch ? full : partial;
       if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
       const double l = cnn::lenet_gradient(*tape, x, y, P, grads);

@@ -4,15 +4,17 @@
 // library core needs.
 #pragma once
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
-#include <utility>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <tapegrad/tapegrad.hpp>
+
+#include "fashion_mnist.hpp"
 
 namespace cnn {
 
@@ -34,23 +36,28 @@ inline std::vector<std::int64_t> shuffled(std::int64_t n, std::uint64_t seed, in
   return order;
 }
 
-// Copies samples order[begin, end) into a batch (images (b, 1, 28, 28), labels (b) as floats).
-inline void gather_batch(const A& images, const std::vector<std::int64_t>& labels, const std::vector<std::int64_t>& order,
-                         std::int64_t begin, std::int64_t end, A& batch_images, A& batch_labels) {
-  const std::int64_t per = images.size() / images.shape()[0];
+// Copies samples order[begin, end) into a batch: images (b, 1, 28, 28), standardised
+// floats; labels (b) as floats.
+inline void gather_batch(const Dataset& d, const std::vector<std::int64_t>& order, std::int64_t begin, std::int64_t end,
+                  A& batch_images, A& batch_labels) {
+  const float scale = 1.0f / (255.0f * d.stddev), shift = d.mean / d.stddev;
   for (std::int64_t i = begin; i < end; ++i) {
     const std::int64_t s = order[static_cast<std::size_t>(i)];
-    std::copy(images.data() + s * per, images.data() + (s + 1) * per, batch_images.data() + (i - begin) * per);
-    batch_labels.data()[i - begin] = static_cast<float>(labels[static_cast<std::size_t>(s)]);
+    const std::uint8_t* src = d.pixels.data() + s * kPixels;
+    float* dst = batch_images.data() + (i - begin) * kPixels;
+    for (std::int64_t k = 0; k < kPixels; ++k) dst[k] = float(src[k]) * scale - shift;
+    batch_labels.data()[i - begin] = static_cast<float>(d.labels[static_cast<std::size_t>(s)]);
   }
 }
 
-// Mean and standard deviation of every pixel of a data set's images.
-template <class Data>
-std::pair<float, float> pixel_statistics(const Data& d) {
+// Mean and standard deviation of every pixel (byte / 255) of a data set.
+inline std::pair<float, float> pixel_statistics(const Dataset& d) {
   double sum = 0, squares = 0;
-  for (float v : d.images) sum += v, squares += double(v) * v;
-  const double n = double(d.images.size()), mean = sum / n;
+  for (std::uint8_t b : d.pixels) {
+    const double v = b / 255.0;
+    sum += v, squares += v * v;
+  }
+  const double n = double(d.pixels.size()), mean = sum / n;
   return {float(mean), float(std::sqrt(std::max(1e-12, squares / n - mean * mean)))};
 }
 

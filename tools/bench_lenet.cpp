@@ -1,0 +1,310 @@
+// LeNet training on Fashion-MNIST, tapegrad against LibTorch in one run: the
+// same network, initial weights, batches (same shuffled order), SGD momentum
+// 0.9, lr 0.01, batch 64, pixel standardisation. Prints seconds per epoch,
+// images/s and test accuracy for both, their ratio, the peak memory of each,
+// then a per-instruction profile of one tapegrad training step.
+//
+//   bench_lenet [--epochs 2] [--threads 2] [--steps N] [--data DIR] [--no-compare] [--profile-steps 20]
+//
+// Each framework trains in its own forked process, so that neither sees the
+// other's threads or heap. Memory: the process's peak resident set (VmHWM,
+// which includes the 55 MB of data the parent loaded) and the peak growth
+// above the resident set at the child's start (the training's own memory).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "../examples/cnn/lenet_model.hpp"
+
+#ifdef TAPEGRAD_HAVE_TORCH
+#include <torch/torch.h>
+#endif
+
+using cnn::A;
+
+namespace {
+
+constexpr int kMaxEpochs = 16;
+
+struct Options {
+  int epochs = 2, threads = 2, profile_steps = 20;
+  std::int64_t steps = 0;  // per epoch; 0 = the whole training set
+  std::string data = cnn::kDefaultDataDir;
+  bool compare = true;
+};
+
+// What a child process sends back through a pipe (plain data).
+struct Result {
+  int epochs = 0;
+  double seconds[kMaxEpochs] = {}, accuracy[kMaxEpochs] = {}, loss[kMaxEpochs] = {};
+  double start_rss_mib = 0, peak_rss_mib = 0;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) tg::fail("bench_lenet", fmt::format("{} needs a value", a));
+      return argv[++i];
+    };
+    if (a == "--epochs") o.epochs = std::stoi(next());
+    else if (a == "--threads") o.threads = std::stoi(next());
+    else if (a == "--steps") o.steps = std::stoll(next());
+    else if (a == "--profile-steps") o.profile_steps = std::stoi(next());
+    else if (a == "--data") o.data = next();
+    else if (a == "--no-compare") o.compare = false;
+    else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data --no-compare", a));
+  }
+  if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0)
+    tg::fail("bench_lenet", fmt::format("epochs ({}) threads ({}) steps ({}) expected 1-{} epochs, threads >= 1, steps >= 0",
+                                        o.epochs, o.threads, o.steps, kMaxEpochs));
+  return o;
+}
+
+// A field of /proc/self/status in MiB ("VmRSS", "VmHWM").
+double status_mib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  double kib = 0;
+  while (in >> key) {
+    if (key == std::string(field) + ":") {
+      in >> kib;
+      return kib / 1024;
+    }
+    in.ignore(1 << 12, '\n');
+  }
+  return 0;
+}
+
+// Resets the peak resident set to the current one (Linux: clear_refs 5).
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+struct Data {
+  cnn::Dataset train, test;
+  std::int64_t steps;
+};
+
+// Batch s of an epoch (images, labels) in the epoch's shuffled order.
+void batch(const Data& d, const std::vector<std::int64_t>& order, std::int64_t s, A& x, A& y) {
+  const std::int64_t begin = s * 64, end = std::min(begin + 64, d.train.size());
+  if (x.size() != (end - begin) * 784) x = A::uninitialized({end - begin, 1, 28, 28}), y = A::uninitialized({end - begin});
+  cnn::gather_batch(d.train, order, begin, end, x, y);
+}
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// --- tapegrad --------------------------------------------------------------------
+
+Result train_tapegrad(const Data& d, const Options& o) {
+  tg::set_num_threads(o.threads);
+  cnn::LenetParams P(1);
+  std::vector<A*> params = P.pointers();
+  cnn::Sgd sgd{0.01f, 0.9f, {}};
+  std::optional<cnn::LenetTape> full, partial;
+  std::vector<A> grads;
+  A x, y;
+  Result r;
+  for (int e = 1; e <= o.epochs; ++e) {
+    const auto order = cnn::shuffled(d.train.size(), 1, e);
+    const auto start = Clock::now();
+    double loss_sum = 0;
+    for (std::int64_t s = 0; s < d.steps; ++s) {
+      batch(d, order, s, x, y);
+      auto& tape = x.shape()[0] == 64 ? full : partial;
+      if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
+      loss_sum += cnn::lenet_gradient(*tape, x, y, P, grads);
+      std::vector<const A*> g;
+      for (const A& gk : grads) g.push_back(&gk);
+      sgd.step(params, g);
+    }
+    r.seconds[e - 1] = since(start);
+    r.loss[e - 1] = loss_sum / double(d.steps);
+    r.accuracy[e - 1] = cnn::lenet_accuracy(d.test, P, d.test.size());
+    r.epochs = e;
+    fmt::print("  tapegrad epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", e, r.seconds[e - 1], r.loss[e - 1],
+               100 * r.accuracy[e - 1]);
+    std::fflush(stdout);
+  }
+  r.peak_rss_mib = status_mib("VmHWM");
+  if (o.profile_steps > 0 && full) {
+    tg::TapeProfile profile;
+    full->tape().set_profile(&profile);
+    const auto order = cnn::shuffled(d.train.size(), 1, 0);
+    for (int s = 0; s < o.profile_steps; ++s) {
+      batch(d, order, s, x, y);
+      cnn::lenet_gradient(*full, x, y, P, grads);
+    }
+    full->tape().set_profile(nullptr);
+    fmt::print("\nper-instruction profile of a tapegrad training step ({} threads, mean of {} steps):\n{}", o.threads,
+               o.profile_steps, tg::dump_profile(full->tape(), profile));
+  }
+  return r;
+}
+
+// --- LibTorch ----------------------------------------------------------------------
+
+#ifdef TAPEGRAD_HAVE_TORCH
+struct TorchLenet : torch::nn::Module {
+  torch::nn::Conv2d conv1{torch::nn::Conv2dOptions(1, 32, 5).padding(2)};
+  torch::nn::Conv2d conv2{torch::nn::Conv2dOptions(32, 64, 5).padding(2)};
+  torch::nn::Linear fc1{3136, 128}, fc2{128, 10};
+  TorchLenet() {
+    register_module("conv1", conv1);
+    register_module("conv2", conv2);
+    register_module("fc1", fc1);
+    register_module("fc2", fc2);
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = torch::max_pool2d(torch::relu(conv1(x)), 2);
+    x = torch::max_pool2d(torch::relu(conv2(x)), 2);
+    x = torch::relu(fc1(x.flatten(1)));
+    return fc2(x);
+  }
+  // The same initial weights as tapegrad's (its linear weights are (in, out): transposed here).
+  void copy_from(const cnn::LenetParams& P) {
+    torch::NoGradGuard no_grad;
+    auto from = [](const A& a) {
+      return torch::from_blob(const_cast<float*>(a.data()), std::vector<std::int64_t>(a.shape().dims().begin(), a.shape().dims().end()));
+    };
+    conv1->weight.copy_(from(P.p[0]));
+    conv1->bias.copy_(from(P.p[1]));
+    conv2->weight.copy_(from(P.p[2]));
+    conv2->bias.copy_(from(P.p[3]));
+    fc1->weight.copy_(from(P.p[4]).t());
+    fc1->bias.copy_(from(P.p[5]));
+    fc2->weight.copy_(from(P.p[6]).t());
+    fc2->bias.copy_(from(P.p[7]));
+  }
+};
+
+double torch_accuracy(TorchLenet& net, const cnn::Dataset& test) {
+  torch::NoGradGuard no_grad;
+  std::int64_t hits = 0;
+  std::vector<std::int64_t> order(static_cast<std::size_t>(test.size()));
+  std::iota(order.begin(), order.end(), 0);
+  for (std::int64_t i = 0; i < test.size(); i += 100) {
+    const std::int64_t b = std::min<std::int64_t>(100, test.size() - i);
+    A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
+    cnn::gather_batch(test, order, i, i + b, x, y);
+    const auto logits = net.forward(torch::from_blob(x.data(), {b, 1, 28, 28}));
+    const auto labels = torch::from_blob(y.data(), {b}).to(torch::kLong);
+    hits += logits.argmax(1).eq(labels).sum().item<std::int64_t>();
+  }
+  return double(hits) / double(test.size());
+}
+
+Result train_torch(const Data& d, const Options& o) {
+  torch::set_num_threads(o.threads);
+  TorchLenet net;
+  net.copy_from(cnn::LenetParams(1));
+  torch::optim::SGD sgd(net.parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  A x, y;
+  Result r;
+  for (int e = 1; e <= o.epochs; ++e) {
+    const auto order = cnn::shuffled(d.train.size(), 1, e);
+    const auto start = Clock::now();
+    double loss_sum = 0;
+    for (std::int64_t s = 0; s < d.steps; ++s) {
+      batch(d, order, s, x, y);
+      const std::int64_t b = x.shape()[0];
+      sgd.zero_grad();
+      auto loss = torch::nn::functional::cross_entropy(net.forward(torch::from_blob(x.data(), {b, 1, 28, 28})),
+                                                       torch::from_blob(y.data(), {b}).to(torch::kLong));
+      loss.backward();
+      sgd.step();
+      loss_sum += loss.item<double>();
+    }
+    r.seconds[e - 1] = since(start);
+    r.loss[e - 1] = loss_sum / double(d.steps);
+    r.accuracy[e - 1] = torch_accuracy(net, d.test);
+    r.epochs = e;
+    fmt::print("  LibTorch epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", e, r.seconds[e - 1], r.loss[e - 1],
+               100 * r.accuracy[e - 1]);
+    std::fflush(stdout);
+  }
+  r.peak_rss_mib = status_mib("VmHWM");
+  return r;
+}
+#endif
+
+// Runs train(d, o) in a forked child and returns what it measured.
+Result in_child(const std::function<Result()>& train) {
+  int fds[2];
+  if (pipe(fds) != 0) tg::fail("bench_lenet", "pipe failed");
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    reset_peak_rss();
+    const double start_rss = status_mib("VmRSS");
+    Result r = train();
+    r.start_rss_mib = start_rss;
+    std::fflush(stdout);
+    const ssize_t written = write(fds[1], &r, sizeof r);
+    _exit(written == sizeof r ? 0 : 1);
+  }
+  close(fds[1]);
+  Result r;
+  const ssize_t got = read(fds[0], &r, sizeof r);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (got != sizeof r || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    tg::fail("bench_lenet", "a training process failed (see its output above)");
+  return r;
+}
+
+void print_table(const Result& ours, const Result* theirs, std::int64_t images) {
+  fmt::print("\n{:<6} {:>14} {:>14} {:>10} {:>14} {:>14} {:>7}\n", "epoch", "tapegrad s", "LibTorch s", "ratio",
+             "tapegrad img/s", "LibTorch img/s", "");
+  for (int e = 0; e < ours.epochs; ++e) {
+    const double t = theirs ? theirs->seconds[e] : 0;
+    fmt::print("{:<6} {:>14.1f} {:>14.1f} {:>9.2f}x {:>14.0f} {:>14.0f}\n", e + 1, ours.seconds[e], t,
+               theirs ? ours.seconds[e] / t : 0.0, double(images) / ours.seconds[e], theirs ? double(images) / t : 0.0);
+  }
+  for (int e = 0; e < ours.epochs; ++e)
+    fmt::print("test accuracy after epoch {}: tapegrad {:.2f}%, LibTorch {:.2f}%\n", e + 1, 100 * ours.accuracy[e],
+               theirs ? 100 * theirs->accuracy[e] : 0.0);
+  fmt::print("peak resident memory: tapegrad {:.0f} MiB (training's own {:.0f} MiB)", ours.peak_rss_mib,
+             ours.peak_rss_mib - ours.start_rss_mib);
+  if (theirs)
+    fmt::print(", LibTorch {:.0f} MiB (training's own {:.0f} MiB); ratio {:.2f}x (own {:.2f}x)", theirs->peak_rss_mib,
+               theirs->peak_rss_mib - theirs->start_rss_mib, ours.peak_rss_mib / theirs->peak_rss_mib,
+               (ours.peak_rss_mib - ours.start_rss_mib) / (theirs->peak_rss_mib - theirs->start_rss_mib));
+  fmt::print("\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options o = parse(argc, argv);
+  Data d{cnn::load_fashion_mnist(o.data, "train"), cnn::load_fashion_mnist(o.data, "t10k"), 0};
+  cnn::standardise(d.train, d.test);
+  const std::int64_t full_steps = (d.train.size() + 63) / 64;
+  d.steps = o.steps > 0 ? std::min(o.steps, full_steps) : full_steps;
+  const std::int64_t images = std::min(d.train.size(), d.steps * 64);
+  fmt::print("LeNet on Fashion-MNIST, {} epoch(s) of {} steps ({} images), batch 64, SGD momentum 0.9 lr 0.01, {} threads\n",
+             o.epochs, d.steps, images, o.threads);
+  const Result ours = in_child([&] { return train_tapegrad(d, o); });
+#ifdef TAPEGRAD_HAVE_TORCH
+  if (o.compare) {
+    const Result theirs = in_child([&] { return train_torch(d, o); });
+    print_table(ours, &theirs, images);
+    return 0;
+  }
+#endif
+  print_table(ours, nullptr, images);
+  return 0;
+} catch (const tg::Error& e) {
+  fmt::print(stderr, "error: {}\n", e.what());
+  return 2;
+}

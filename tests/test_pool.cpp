@@ -121,6 +121,25 @@ TEST_CASE("maxpool: ties route the adjoint to the first maximum in row-major ord
   CHECK(max_abs_diff(g2, A({1, 1, 4}, {0, 2, 1, 0})) == 0);
 }
 
+TEST_CASE("maxpool: a NaN is the maximum and takes the adjoint, in the 2x2 fast path and the general one") {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  // windows (2x2, stride 2): [1 3; 3 2] -> 3 at its first place; [nan 9; 4 nan] -> the first NaN
+  const A x({1, 1, 2, 4}, {1, 3, nan, 9, 3, 2, 4, nan});
+  const A y = tg::maxpool(x, {.window = {2}});
+  CHECK(y.data()[0] == 3);
+  CHECK(std::isnan(y.data()[1]));
+  auto tape = tg::record([](const T& a) { return tg::maxpool(a, {.window = {2}}); }, x);
+  const A g = tape.vjp(A({1, 1, 1, 2}, {10, 20}));
+  CHECK(max_abs_diff(g, A({1, 1, 2, 4}, {0, 10, 20, 0, 0, 0, 0, 0})) == 0);
+  // General path (stride 1, overlapping): windows [1 3; 3 2], [3 nan; 2 4], [nan 9; 4 nan]
+  const A y1 = tg::maxpool(x, {.window = {2}, .stride = {1}});
+  CHECK(y1.data()[0] == 3);
+  CHECK(std::isnan(y1.data()[1]));
+  CHECK(std::isnan(y1.data()[2]));
+  auto tape1 = tg::record([](const T& a) { return tg::maxpool(a, {.window = {2}, .stride = {1}}); }, x);
+  CHECK(max_abs_diff(tape1.vjp(A({1, 1, 1, 3}, {1, 2, 4})), A({1, 1, 2, 4}, {0, 1, 6, 0, 0, 0, 0, 0})) == 0);
+}
+
 TEST_CASE("pooling: bad geometry is a clear tg::Error") {
   const A x = A::zeros({1, 2, 5, 5});
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {}), doctest::Contains("no window given"), tg::Error);

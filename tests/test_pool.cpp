@@ -151,3 +151,17 @@ TEST_CASE("pooling: bad geometry is a clear tg::Error") {
   CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = 0}), doctest::Contains("p is 0 expected > 0"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::global_meanpool(A::zeros({3, 4})), doctest::Contains("global_meanpool"), tg::Error);
 }
+
+TEST_CASE("pooling and filtering: DESIGN.md's spellings mean the same as the PyTorch-style ones") {
+  const A y = A::random_uniform({2, 3, 9, 9}, -1, 1, 1);
+  CHECK(max_abs_diff(tg::meanpool(y, {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .count_padding = false}),
+                     tg::meanpool(y, {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .count_include_pad = false})) == 0);
+  CHECK(max_abs_diff(tg::meanpool(y, {.window = {3}, .padding = {1}, .count_include_pad = false, .count_padding = true}),
+                     tg::meanpool(y, {.window = {3}, .padding = {1}})) == 0);  // count_padding, when set, decides
+  CHECK(max_abs_diff(tg::lppool(y, 3.0, {.window = {2, 2}}), tg::lppool(y, {.window = {2, 2}, .p = 3})) == 0);
+  auto tape = tg::record([](const T& v) { return tg::sum(tg::lppool(v, 3.0, {.window = {2}})); }, y);
+  CHECK(tg::dump(tape).find("p=3") != std::string::npos);
+  const A img = A::random_uniform({12, 10}, -1, 1, 2), k1({3}, {1, 2, 1}), k2({3}, {-1, 0, 1});
+  const tg::FilterParams p{.border = tg::Border::symmetric()};
+  CHECK(max_abs_diff(tg::correlate(img, tg::separable({k1, k2}), p), tg::correlate(img, std::vector{k1, k2}, p)) == 0);
+}

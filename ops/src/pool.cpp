@@ -57,7 +57,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     T* y = c.output.data();
     switch (p.kind) {
       case PoolKind::max: return kernels::maxpool_forward(p.geometry, x, y);
-      case PoolKind::mean: return kernels::meanpool_forward(p.geometry, p.user.count_include_pad, x, y);
+      case PoolKind::mean: return kernels::meanpool_forward(p.geometry, p.user.counts_padding(), x, y);
       case PoolKind::lp: return kernels::lppool_forward(p.geometry, static_cast<T>(p.user.p), x, y);
     }
   };
@@ -68,7 +68,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     T* gx = c.input_adjoints[0]->data();
     switch (p.kind) {
       case PoolKind::max: return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx);
-      case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.count_include_pad, gy, gx);
+      case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.counts_padding(), gy, gx);
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }
   };
@@ -81,7 +81,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     };
     std::string s = fmt::format("window=[{}]{}{}{}{}", fmt::join(u.window, ","), list("stride", u.stride),
                                 list("padding", u.padding), list("dilation", u.dilation), u.ceil_mode ? " ceil_mode" : "");
-    if (p.kind == PoolKind::mean && !u.count_include_pad) s += " exclude_pad";
+    if (p.kind == PoolKind::mean && !u.counts_padding()) s += " exclude_pad";
     if (p.kind == PoolKind::lp) s += fmt::format(" p={}", u.p);
     return s;
   };

@@ -29,6 +29,7 @@
 
 #include <source_location>
 #include <span>
+#include <initializer_list>
 #include <vector>
 
 #include "tapegrad/autodiff/tracked.hpp"
@@ -90,6 +91,14 @@ auto separable(const X& img, const std::vector<K>& factors, const FilterParams& 
   return out;
 }
 }  // namespace ops
+
+// The factors of a separable kernel, as DESIGN.md spells it:
+//   tg::correlate(img, tg::separable({k1, k2}), params)
+// (the same as passing std::vector{k1, k2}).
+template <class K>
+std::vector<K> separable(std::initializer_list<K> factors) {
+  return std::vector<K>(factors);
+}
 
 #define TG_FILTER_FAMILY(name, flip)                                                                                \
   template <class X, class K>                                                                                       \

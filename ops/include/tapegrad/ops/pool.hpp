@@ -3,7 +3,7 @@
 // semantics:
 //   tg::maxpool(x, {.window = {2}})                          stride defaults to the window
 //   tg::meanpool(x, {.window = {3}, .stride = {1}, .padding = {1}, .count_include_pad = false})
-//   tg::lppool(x, {.window = {2}, .p = 3})                   (sum |x|^p)^(1/p)
+//   tg::lppool(x, {.window = {2}, .p = 3})                   (sum |x|^p)^(1/p); or lppool(x, 3.0, {.window = {2}})
 //   tg::global_maxpool(x), tg::global_meanpool(x)            -> (N, C, 1, ...)
 // maxpool routes the adjoint to the first maximum of each window in row-major
 // order (Note [Ties in maxpool], kernels/pool.hpp). lppool uses |x|^p, so it
@@ -11,6 +11,7 @@
 // for even p or non-negative inputs; its gradient is 0 where a window's norm is 0.
 #pragma once
 
+#include <optional>
 #include <source_location>
 #include <vector>
 
@@ -26,6 +27,8 @@ struct PoolParams {
   bool ceil_mode = false;
   bool count_include_pad = true;  // meanpool: padded zeros count in the divisor (PyTorch's default)
   double p = 2;                   // lppool: the norm's power, > 0
+  std::optional<bool> count_padding;  // DESIGN.md's name for count_include_pad; when set, it decides
+  bool counts_padding() const { return count_padding.value_or(count_include_pad); }
 };
 
 #define TG_DECLARE_POOL(name)                                                                           \
@@ -38,6 +41,13 @@ TG_DECLARE_POOL(maxpool)
 TG_DECLARE_POOL(meanpool)
 TG_DECLARE_POOL(lppool)
 #undef TG_DECLARE_POOL
+
+// lppool(x, p, params): the power given first, as DESIGN.md spells it.
+template <class X>
+auto lppool(const X& x, double p, PoolParams params, std::source_location where = std::source_location::current()) {
+  params.p = p;
+  return lppool(x, params, where);
+}
 
 #define TG_DECLARE_GLOBAL_POOL(name)                                                                               \
   template <class T>                                                                                               \

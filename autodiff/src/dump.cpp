@@ -12,14 +12,20 @@ std::string type_string(const Array<T>& a) {
 }
 
 template <class T>
-std::string equation(const Tape<T>& tape, const Instr<T>& ins) {
-  std::string line = fmt::format("%{}:{} = {}", ins.out, type_string(tape.value(ins.out)), ins.op->name);
-  if (ins.op->print_params && ins.params) {
-    std::string attrs = ins.op->print_params(ins.params.get());
+std::string equation(std::uint32_t out, const Array<T>& value, const OpInfo<T>& op, const OpParams* params,
+                     std::span<const std::uint32_t> args) {
+  std::string line = fmt::format("%{}:{} = {}", out, type_string(value), op.name);
+  if (op.print_params && params) {
+    std::string attrs = op.print_params(params);
     if (!attrs.empty()) line += fmt::format("[{}]", attrs);
   }
-  for (auto a : tape.args_of(ins)) line += fmt::format(" %{}", a);
+  for (auto a : args) line += fmt::format(" %{}", a);
   return line;
+}
+
+template <class T>
+std::string equation(const Tape<T>& tape, const Instr<T>& ins) {
+  return equation(ins.out, tape.value(ins.out), *ins.op, ins.params.get(), tape.args_of(ins));
 }
 
 template <class T>
@@ -88,6 +94,10 @@ template std::string dump(const Tape<float>&);
 template std::string dump(const Tape<double>&);
 template std::string equation(const Tape<float>&, const Instr<float>&);
 template std::string equation(const Tape<double>&, const Instr<double>&);
+template std::string equation(std::uint32_t, const Array<float>&, const OpInfo<float>&, const OpParams*,
+                              std::span<const std::uint32_t>);
+template std::string equation(std::uint32_t, const Array<double>&, const OpInfo<double>&, const OpParams*,
+                              std::span<const std::uint32_t>);
 template std::string dump_profile(const Tape<float>&, const TapeProfile&);
 template std::string dump_profile(const Tape<double>&, const TapeProfile&);
 

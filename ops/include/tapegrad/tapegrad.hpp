@@ -9,6 +9,7 @@
 #include "tapegrad/autodiff/custom_op.hpp"
 #include "tapegrad/autodiff/dump.hpp"
 #include "tapegrad/autodiff/gradcheck.hpp"
+#include "tapegrad/autodiff/compile.hpp"
 #include "tapegrad/autodiff/gradient.hpp"
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/ops/arithmetic.hpp"

@@ -21,6 +21,10 @@ std::string dump(const Holder& holder) {
 // One instruction as its equation, "%7:f32[64,10] = matmul %3 %5" (no site).
 template <class T>
 std::string equation(const Tape<T>& tape, const Instr<T>& ins);
+// The same from its parts (the compiled program prints its steps with it).
+template <class T>
+std::string equation(std::uint32_t out, const Array<T>& value, const OpInfo<T>& op, const OpParams* params,
+                     std::span<const std::uint32_t> args);
 
 // A profile (Tape::set_profile) as a table: per instruction the forward and
 // pullback time of one pass and its share of the total, slowest first.
@@ -35,6 +39,10 @@ extern template std::string dump(const Tape<float>&);
 extern template std::string dump(const Tape<double>&);
 extern template std::string equation(const Tape<float>&, const Instr<float>&);
 extern template std::string equation(const Tape<double>&, const Instr<double>&);
+extern template std::string equation(std::uint32_t, const Array<float>&, const OpInfo<float>&, const OpParams*,
+                                     std::span<const std::uint32_t>);
+extern template std::string equation(std::uint32_t, const Array<double>&, const OpInfo<double>&, const OpParams*,
+                                     std::span<const std::uint32_t>);
 extern template std::string dump_profile(const Tape<float>&, const TapeProfile&);
 extern template std::string dump_profile(const Tape<double>&, const TapeProfile&);
 

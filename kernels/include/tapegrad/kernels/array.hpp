@@ -45,7 +45,9 @@ inline void* aligned_allocate(std::size_t bytes) {
   return aligned;
 }
 struct AlignedFree {
+  bool owned = true;  // false: borrowed storage (Array::borrowed), never freed here
   void operator()(void* p) const noexcept {
+    if (!owned) return;
     auto* aligned = static_cast<unsigned char*>(p);
     if (aligned[-1] == 0) return large_free(p);
     std::free(aligned - aligned[-1]);
@@ -103,6 +105,17 @@ class Array {
     }
     return a;
   }
+  // An Array over storage someone else owns (a compiled tape's arena): it never
+  // frees it, and the owner keeps it alive and 64-byte aligned. Copy-assigning an
+  // Array of the same size writes into that storage; copying one gives an owning copy.
+  static Array borrowed(Shape shape, T* storage) {
+    Array a{NoInit{}};
+    a.shape_ = std::move(shape);
+    a.size_ = a.shape_.size();
+    a.data_ = std::unique_ptr<T[], detail::AlignedFree>(storage, detail::AlignedFree{false});
+    return a;
+  }
+  bool owns_storage() const noexcept { return data_.get_deleter().owned; }
   static Array zeros(Shape shape) { return full(std::move(shape), T(0)); }
   static Array ones(Shape shape) { return full(std::move(shape), T(1)); }
   static Array full(Shape shape, T value) {

@@ -1,0 +1,163 @@
+// The tape compiler: tg::compile(tape) turns a recorded tape into a program
+// that gives the interpreter's results, doing less work in less memory.
+//
+//   auto tape = tg::record(f, x, w);
+//   auto ct = tg::compile(tape);                 // CompiledTape
+//   auto [gx, gw] = ct.gradient(x2, w2);         // replay, same shapes
+//   fmt::print("{}", tg::dump(ct));              // kept instructions, arena offsets, planned bytes
+//
+// Passes (each can be switched off in CompileOptions, for debugging and tests):
+//   dead_code:   Note [Dead instructions]: an instruction whose output does not
+//                reach the tape's output is not run, forward or backward; a
+//                pullback runs only when the gradient reaches a needs-grad input.
+//   plan_memory: Note [Planned arena]: every computed value and every adjoint
+//                lives in one arena at an offset chosen from its live interval
+//                over the forward and reverse pass; buffers whose intervals do
+//                not overlap share bytes. Without it each gets its own bytes.
+//
+// The interpreter (Tape) stays the reference: the tests compare every model
+// both ways, with every subset of passes. Not done yet (issue 5): elementwise
+// and epilogue fusion, constant folding, guards, and workspaces sized once
+// (the kernels still take their scratch from the array cache on each call).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <source_location>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tapegrad/autodiff/gradient.hpp"
+
+namespace tg {
+
+struct CompileOptions {
+  bool dead_code = true;
+  bool plan_memory = true;
+};
+
+// The program, independent of how many inputs the user's function has.
+template <class T>
+class CompiledProgram {
+ public:
+  CompiledProgram(const Tape<T>& tape, const CompileOptions& options);
+
+  void set_input(std::size_t k, const Array<T>& value);
+  void forward();
+  void reverse(const Array<T>& seed);
+  const Array<T>& output() const { return values_[output_]; }
+  // Input k's gradient after reverse(): zeros if it needs none or nothing reached it.
+  void input_gradient_into(std::size_t k, Array<T>& out) const;
+  std::size_t num_inputs() const { return inputs_.size(); }
+
+  // --- what the compiler decided (printing, tests) ---------------------------------
+  struct Step {
+    const OpInfo<T>* op;
+    std::shared_ptr<const OpParams> params;
+    std::vector<std::uint32_t> args;
+    std::uint32_t out;
+    std::vector<Array<T>> saved;  // the op's own buffers, as the tape had them
+    std::source_location where;
+    bool pullback;  // runs in the reverse pass
+  };
+  static constexpr std::int64_t kNotPlanned = -1;
+  const CompileOptions& options() const { return options_; }
+  const std::vector<Step>& steps() const { return steps_; }
+  std::size_t recorded_instructions() const { return recorded_; }
+  // Byte offsets in the arena of slot's value and adjoint (kNotPlanned: not in the arena).
+  std::int64_t value_offset(std::uint32_t slot) const { return value_offset_[slot]; }
+  std::int64_t adjoint_offset(std::uint32_t slot) const { return adjoint_offset_[slot]; }
+  const Array<T>& value(std::uint32_t slot) const { return values_[slot]; }
+  SlotKind kind(std::uint32_t slot) const { return kind_[slot]; }
+  std::span<const std::uint32_t> inputs() const { return inputs_; }
+  std::uint32_t output_slot() const { return output_; }
+  // The arena's bytes, and what the same buffers take one by one (the interpreter's way).
+  std::int64_t arena_bytes() const { return arena_bytes_; }
+  std::int64_t unplanned_bytes() const { return unplanned_bytes_; }
+
+ private:
+  CompileOptions options_;
+  std::size_t recorded_ = 0;
+  std::vector<Step> steps_;
+  std::vector<Array<T>> values_, adjoints_;
+  std::vector<SlotKind> kind_;
+  std::vector<std::uint8_t> needs_grad_, adjoint_live_;
+  std::vector<std::int64_t> value_offset_, adjoint_offset_;
+  std::vector<std::uint32_t> inputs_;
+  std::uint32_t output_ = 0;
+  Array<T> arena_;
+  std::int64_t arena_bytes_ = 0, unplanned_bytes_ = 0;
+  std::vector<const Array<T>*> scratch_in_;
+  std::vector<Array<T>*> scratch_adj_;
+};
+
+extern template class CompiledProgram<float>;
+extern template class CompiledProgram<double>;
+
+// The user-facing handle: the same calls as GradientTape.
+template <class T, std::size_t N>
+class CompiledTape {
+ public:
+  CompiledTape(const Tape<T>& tape, const CompileOptions& options) : program_(std::make_unique<CompiledProgram<T>>(tape, options)) {}
+
+  const CompiledProgram<T>& program() const { return *program_; }
+  const Array<T>& output() const { return program_->output(); }
+  T value() const { return output().item(); }
+
+  template <class... A>
+  const Array<T>& forward(const A&... inputs) {
+    static_assert(sizeof...(A) == N, "CompiledTape::forward: give one Array per recorded input");
+    std::size_t k = 0;
+    (program_->set_input(k++, inputs), ...);
+    program_->forward();
+    return output();
+  }
+  template <class... A>
+  auto gradient(const A&... inputs) {
+    forward(inputs...);
+    check_scalar();
+    program_->reverse(Array<T>::ones(output().shape()));
+    std::array<Array<T>, N> grads;
+    for (std::size_t k = 0; k < N; ++k) program_->input_gradient_into(k, grads[k]);
+    return detail::pack<T, N>(std::move(grads));
+  }
+  // Into caller-owned Arrays (storage reused when sizes match); nullptr skips an input.
+  template <class... A>
+  void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
+    forward(inputs...);
+    check_scalar();
+    program_->reverse(Array<T>::ones(output().shape()));
+    for (std::size_t k = 0; k < N; ++k)
+      if (grads[k]) program_->input_gradient_into(k, *grads[k]);
+  }
+
+ private:
+  void check_scalar() const {
+    if (output().size() != 1)
+      fail("CompiledTape::gradient", fmt::format("output has shape {} ({} elements) expected one element; hint: reduce "
+                                                 "with tg::sum or tg::mean",
+                                                 to_string(output().shape()), output().size()));
+  }
+  std::unique_ptr<CompiledProgram<T>> program_;
+};
+
+template <class T, std::size_t N>
+CompiledTape<T, N> compile(const GradientTape<T, N>& tape, const CompileOptions& options = {}) {
+  return CompiledTape<T, N>(tape.tape(), options);
+}
+
+// The compiled program as text: kept instructions with the arena offsets of
+// their value and adjoint, what dead-code elimination removed, planned bytes.
+template <class T>
+std::string dump(const CompiledProgram<T>& program);
+template <class T, std::size_t N>
+std::string dump(const CompiledTape<T, N>& ct) {
+  return dump(ct.program());
+}
+
+extern template std::string dump(const CompiledProgram<float>&);
+extern template std::string dump(const CompiledProgram<double>&);
+
+}  // namespace tg

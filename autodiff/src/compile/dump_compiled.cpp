@@ -1,0 +1,44 @@
+// Printing a compiled program: the kept steps as equations with the arena
+// offsets of their value and adjoint, and the planned bytes.
+#include <fmt/format.h>
+
+#include "tapegrad/autodiff/compile.hpp"
+#include "tapegrad/autodiff/dump.hpp"
+
+namespace tg {
+namespace {
+
+std::string mib(std::int64_t bytes) { return fmt::format("{:.2f} MiB", double(bytes) / (1 << 20)); }
+
+std::string offset_text(const char* what, std::int64_t offset) {
+  return offset < 0 ? std::string() : fmt::format(" {}@{}", what, offset);
+}
+
+}  // namespace
+
+template <class T>
+std::string dump(const CompiledProgram<T>& p) {
+  const auto& o = p.options();
+  std::size_t pullbacks = 0;
+  for (const auto& st : p.steps()) pullbacks += st.pullback;
+  std::string out = fmt::format(
+      "compiled tape {}: {} of {} recorded instructions kept, {} pullbacks (dead_code {}, plan_memory {})\n"
+      "  arena {} for values and adjoints ({} one buffer each: {:.2f}x)\n",
+      dtype_name<T>(), p.steps().size(), p.recorded_instructions(), pullbacks, o.dead_code ? "on" : "off",
+      o.plan_memory ? "on" : "off", mib(p.arena_bytes()), mib(p.unplanned_bytes()),
+      double(p.arena_bytes()) / double(std::max<std::int64_t>(1, p.unplanned_bytes())));
+  for (std::size_t k = 0; k < p.inputs().size(); ++k)
+    out += fmt::format("  %{}:{} = input {}\n", p.inputs()[k], type_string(p.value(p.inputs()[k])), k);
+  for (const auto& st : p.steps()) {
+    std::string line = "  " + equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
+    line += offset_text("value", p.value_offset(st.out)) + offset_text("adjoint", p.adjoint_offset(st.out));
+    out += fmt::format("{:<60}  # {}\n", line, site_string(st.where));
+  }
+  out += fmt::format("  output %{}\n", p.output_slot());
+  return out;
+}
+
+template std::string dump(const CompiledProgram<float>&);
+template std::string dump(const CompiledProgram<double>&);
+
+}  // namespace tg

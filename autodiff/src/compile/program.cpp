@@ -1,0 +1,186 @@
+// CompiledProgram: built from a recorded tape (dead-code elimination, then the
+// arena plan), and run (forward and reverse passes over the kept steps).
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "arena_plan.hpp"
+#include "tapegrad/autodiff/compile.hpp"
+
+namespace tg {
+namespace {
+
+using compile_impl::Buffer;
+
+// Note [Dead instructions]: slots from which the output can be reached.
+template <class T>
+std::vector<std::uint8_t> reaches_output(const Tape<T>& tape) {
+  std::vector<std::uint8_t> reach(tape.num_slots(), 0);
+  if (tape.output() != Tape<T>::kNoSlot) reach[tape.output()] = 1;
+  for (std::size_t i = tape.num_instructions(); i-- > 0;) {
+    const Instr<T>& ins = tape.instruction(i);
+    if (reach[ins.out])
+      for (auto a : tape.args_of(ins)) reach[a] = 1;
+  }
+  return reach;
+}
+
+// The timeline of one step: forward step s at time s, the seed at S, the
+// pullback of step s at S + 1 + (S - 1 - s), the user reading results at 2S + 1.
+struct Timeline {
+  int steps;
+  int forward(std::size_t s) const { return static_cast<int>(s); }
+  int seed() const { return steps; }
+  int pullback(std::size_t s) const { return steps + 1 + (steps - 1 - static_cast<int>(s)); }
+  int end() const { return 2 * steps + 1; }
+};
+
+}  // namespace
+
+template <class T>
+CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& options)
+    : options_(options), recorded_(tape.num_instructions()) {
+  if (tape.output() == Tape<T>::kNoSlot)
+    fail("compile", "the tape has no output; hint: compile a tape made by tg::record");
+  const std::size_t slots = tape.num_slots();
+  output_ = tape.output();
+  inputs_.assign(tape.inputs().begin(), tape.inputs().end());
+  values_.resize(slots);
+  adjoints_.resize(slots);
+  kind_.resize(slots);
+  needs_grad_.resize(slots);
+  for (std::uint32_t s = 0; s < slots; ++s) {
+    kind_[s] = tape.kind(s);
+    needs_grad_[s] = tape.needs_grad(s) ? 1 : 0;
+    if (kind_[s] != SlotKind::computed) values_[s] = tape.value(s);  // inputs and constants: owned copies
+  }
+  // Dead-code elimination: steps whose output reaches the tape's output.
+  const auto reach = reaches_output(tape);
+  for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
+    const Instr<T>& ins = tape.instruction(i);
+    if (options.dead_code && !reach[ins.out]) continue;
+    const auto args = tape.args_of(ins);
+    const auto saved = tape.saved_of(ins);
+    steps_.push_back({ins.op, ins.params, {args.begin(), args.end()}, ins.out, {saved.begin(), saved.end()}, ins.where,
+                      needs_grad_[ins.out] != 0});
+  }
+  // Live intervals of every computed value and every computed slot's adjoint.
+  const Timeline t{static_cast<int>(steps_.size())};
+  std::vector<Buffer> buffers;
+  std::vector<std::pair<std::uint32_t, bool>> owner;  // (slot, is adjoint)
+  std::vector<int> value_buffer(slots, -1), adjoint_buffer(slots, -1);
+  auto touch = [&](std::vector<int>& index, std::uint32_t slot, bool adjoint, int time) {
+    if (kind_[slot] != SlotKind::computed) return;  // inputs, constants and their adjoints stay outside the arena
+    int& b = index[slot];
+    if (b < 0) {
+      b = static_cast<int>(buffers.size());
+      buffers.push_back({static_cast<std::int64_t>(sizeof(T)) * tape.value(slot).size(), time, time});
+      owner.emplace_back(slot, adjoint);
+    }
+    buffers[b].first = std::min(buffers[b].first, time);
+    buffers[b].last = std::max(buffers[b].last, time);
+  };
+  for (std::size_t s = 0; s < steps_.size(); ++s) {
+    const Step& st = steps_[s];
+    touch(value_buffer, st.out, false, t.forward(s));
+    for (auto a : st.args) touch(value_buffer, a, false, t.forward(s));
+    if (!st.pullback) continue;
+    const int back = t.pullback(s);  // reads inputs, output and output adjoint; writes input adjoints
+    touch(value_buffer, st.out, false, back);
+    touch(adjoint_buffer, st.out, true, back);
+    for (auto a : st.args) {
+      touch(value_buffer, a, false, back);
+      if (needs_grad_[a]) touch(adjoint_buffer, a, true, back);
+    }
+  }
+  touch(value_buffer, output_, false, t.end());
+  touch(adjoint_buffer, output_, true, t.seed());
+  std::vector<std::int64_t> offsets;
+  arena_bytes_ = compile_impl::place_buffers(buffers, options.plan_memory, offsets);
+  std::vector<std::int64_t> own;
+  unplanned_bytes_ = compile_impl::place_buffers(buffers, false, own);
+  arena_ = Array<T>::uninitialized(Shape{arena_bytes_ / static_cast<std::int64_t>(sizeof(T))});
+  value_offset_.assign(slots, kNotPlanned);
+  adjoint_offset_.assign(slots, kNotPlanned);
+  for (std::size_t b = 0; b < buffers.size(); ++b) {
+    const auto [slot, adjoint] = owner[b];
+    T* at = arena_.data() + offsets[b] / static_cast<std::int64_t>(sizeof(T));
+    (adjoint ? adjoint_offset_ : value_offset_)[slot] = offsets[b];
+    (adjoint ? adjoints_ : values_)[slot] = Array<T>::borrowed(tape.value(slot).shape(), at);
+  }
+  values_[output_] = tape.value(output_);  // output() before any replay: the recorded value
+}
+
+template <class T>
+void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
+  if (k >= inputs_.size()) fail("CompiledTape", fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
+  Array<T>& slot = values_[inputs_[k]];
+  if (!(slot.shape() == value.shape()))
+    fail("CompiledTape", fmt::format("input {} has shape {} but the tape was recorded with {} shapes must match on "
+                                     "replay; hint: record and compile again for new shapes",
+                                     k, to_string(value.shape()), to_string(slot.shape())));
+  slot = value;
+}
+
+template <class T>
+void CompiledProgram<T>::forward() {
+  for (Step& st : steps_) {
+    scratch_in_.clear();
+    for (auto a : st.args) scratch_in_.push_back(&values_[a]);
+    try {
+      st.op->forward({st.params.get(), scratch_in_, values_[st.out], st.saved});
+    } catch (const Error& e) {
+      throw e.with_site(st.where);
+    }
+  }
+}
+
+template <class T>
+void CompiledProgram<T>::reverse(const Array<T>& seed) {
+  if (!(seed.shape() == output().shape()))
+    fail("CompiledTape", fmt::format("seed shape {} differs from the output shape {} they must match",
+                                     to_string(seed.shape()), to_string(output().shape())));
+  adjoint_live_.assign(values_.size(), 0);
+  // Zeroed when first written in this pass: planned adjoints share bytes with dead buffers.
+  auto fresh = [&](std::uint32_t slot) -> Array<T>& {
+    Array<T>& adj = adjoints_[slot];
+    if (!adjoint_live_[slot]) {
+      if (adj.shape() == values_[slot].shape()) adj.fill(T(0));
+      else adj = Array<T>::zeros(values_[slot].shape());
+      adjoint_live_[slot] = 1;
+    }
+    return adj;
+  };
+  fresh(output_) = seed;
+  for (std::size_t s = steps_.size(); s-- > 0;) {
+    Step& st = steps_[s];
+    if (!st.pullback || !adjoint_live_[st.out]) continue;
+    scratch_in_.clear();
+    scratch_adj_.clear();
+    for (auto a : st.args) {
+      scratch_in_.push_back(&values_[a]);
+      scratch_adj_.push_back(needs_grad_[a] ? &fresh(a) : nullptr);
+    }
+    try {
+      st.op->pullback({st.params.get(), scratch_in_, values_[st.out], adjoints_[st.out], scratch_adj_, st.saved});
+    } catch (const Error& e) {
+      throw e.with_site(st.where);
+    }
+  }
+}
+
+template <class T>
+void CompiledProgram<T>::input_gradient_into(std::size_t k, Array<T>& out) const {
+  const std::uint32_t slot = inputs_[k];
+  if (slot < adjoint_live_.size() && adjoint_live_[slot]) {
+    out = adjoints_[slot];
+    return;
+  }
+  if (!(out.shape() == values_[slot].shape())) out = Array<T>(values_[slot].shape());
+  out.fill(T(0));
+}
+
+template class CompiledProgram<float>;
+template class CompiledProgram<double>;
+
+}  // namespace tg

@@ -1,0 +1,142 @@
+// The tape compiler against the interpreter: every model, every subset of
+// passes, recorded and new inputs, replayed twice (a buffer shared while
+// still live would change a value or gradient); what dead-code elimination
+// removes; the arena plan; the dump; errors.
+#include "support/checks.hpp"
+
+using namespace tgtest;
+using T = tg::Tracked<double>;
+
+namespace {
+
+double relative_diff(const A& a, const A& b) {
+  double scale = 1;
+  for (double v : b) scale = std::max(scale, std::abs(v));
+  return max_abs_diff(a, b) / scale;
+}
+
+const tg::CompileOptions kAllOptions[] = {{.dead_code = false, .plan_memory = false},
+                                          {.dead_code = true, .plan_memory = false},
+                                          {.dead_code = false, .plan_memory = true},
+                                          {.dead_code = true, .plan_memory = true}};
+
+// Compiled (each subset of passes) equals interpreted: value and every gradient,
+// on the recorded inputs and on new ones, replayed twice (the arena is reused).
+template <class F, class... In>
+void check_compiled(F f, const std::tuple<In...>& inputs, const std::tuple<In...>& new_inputs,
+                    const std::vector<std::size_t>& data_inputs = {}) {
+  for (const auto& options : kAllOptions) {
+    CAPTURE(options.dead_code);
+    CAPTURE(options.plan_memory);
+    auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
+    for (auto k : data_inputs) tape.set_needs_grad(k, false);
+    auto ct = tg::compile(tape, options);
+    for (int round = 0; round < 2; ++round)
+      for (const auto* in : {&inputs, &new_inputs}) {
+        const auto expected = std::apply([&](const auto&... x) { return tape.gradient(x...); }, *in);
+        const double value = tape.value();
+        const auto got = std::apply([&](const auto&... x) { return ct.gradient(x...); }, *in);
+        CHECK(std::abs(ct.value() - value) <= 1e-12 * std::max(1.0, std::abs(value)));
+        if constexpr (sizeof...(In) == 1) {
+          CHECK(relative_diff(got, expected) <= 1e-12);
+        } else {
+          double worst = 0;
+          std::apply([&](const auto&... g) {
+            std::apply([&](const auto&... e) { ((worst = std::max(worst, relative_diff(g, e))), ...); }, expected);
+          }, got);
+          CHECK(worst <= 1e-12);
+        }
+      }
+  }
+}
+
+// A small CNN: conv + bias, relu, maxpool, conv, relu, meanpool, linear, cross-entropy.
+T small_cnn(const T& x, const T& labels, const T& w1, const T& b1, const T& w2, const T& w3) {
+  const std::int64_t n = x.shape()[0];
+  auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {1}})), {.window = {2}});  // (n, 4, 4, 4)
+  h = tg::meanpool(tg::relu(tg::conv(h, w2, {.padding = {1}})), {.window = {2}});         // (n, 6, 2, 2)
+  return tg::cross_entropy(tg::matmul(tg::reshape(h, {n, 24}), w3), labels);              // (n, 24) @ (24, 3)
+}
+
+std::tuple<A, A, A, A, A, A> cnn_inputs(std::uint64_t seed) {
+  return {A::random_uniform({3, 2, 8, 8}, -1, 1, seed), A({3}, {0, 2, 1}), A::random_uniform({4, 2, 3, 3}, -1, 1, seed + 1),
+          A::random_uniform({4}, -1, 1, seed + 2), A::random_uniform({6, 4, 3, 3}, -1, 1, seed + 3),
+          A::random_uniform({24, 3}, -1, 1, seed + 4)};
+}
+
+}  // namespace
+
+TEST_CASE("compile: a small CNN gives the interpreter's value and gradients with every subset of passes") {
+  check_compiled(small_cnn, cnn_inputs(1), cnn_inputs(11));
+  check_compiled(small_cnn, cnn_inputs(1), cnn_inputs(11), {0, 1});  // images and labels as data
+}
+
+TEST_CASE("compile: the filter seed case, elementwise chains, and a function with a dead branch") {
+  check_compiled([](const T& x, const T& w) { return tg::sum(tg::correlate(x, w, {.border = tg::Border::replicate()})); },
+                 std::tuple{A::random_uniform({20, 17}, -1, 1, 1), A::random_uniform({3, 3}, -1, 1, 2)},
+                 std::tuple{A::random_uniform({20, 17}, -1, 1, 3), A::random_uniform({3, 3}, -1, 1, 4)});
+  auto chain = [](const T& x, const T& w) { return tg::mean(tg::sigmoid(x * w + 1.0) - x / 2.0 + tg::tanh(w) * tg::exp(x)); };
+  check_compiled(chain, std::tuple{A::random_uniform({5, 7}, -1, 1, 1), A::random_uniform({7}, -1, 1, 2)},
+                 std::tuple{A::random_uniform({5, 7}, -1, 1, 3), A::random_uniform({7}, -1, 1, 4)});
+  auto dead = [](const T& x, const T& w) {
+    const T unused = tg::exp(x) * w;  // never reaches the output
+    (void)unused;
+    return tg::sum(tg::tanh(x) * w);
+  };
+  check_compiled(dead, std::tuple{A::random_uniform({4, 3}, -1, 1, 1), A::random_uniform({3}, -1, 1, 2)},
+                 std::tuple{A::random_uniform({4, 3}, -1, 1, 3), A::random_uniform({3}, -1, 1, 4)});
+  check_compiled([](const T& x) { return tg::sum(x); }, std::tuple{A::ones({3})}, std::tuple{A::iota({3})});
+}
+
+TEST_CASE("compile: dead-code elimination removes what does not reach the output") {
+  auto dead = [](const T& x, const T& w) {
+    const T unused = tg::exp(x) * w;
+    (void)unused;
+    return tg::sum(tg::tanh(x) * w);
+  };
+  auto tape = tg::record(dead, A::random_uniform({4, 3}, -1, 1, 1), A::random_uniform({3}, -1, 1, 2));
+  REQUIRE(tape.tape().num_instructions() == 5);  // exp, mul, tanh, mul, sum
+  auto ct = tg::compile(tape);
+  CHECK(ct.program().steps().size() == 3);
+  for (const auto& st : ct.program().steps()) CHECK(st.op->name != "exp");
+  CHECK(tg::compile(tape, {.dead_code = false}).program().steps().size() == 5);
+  // Data inputs: the pullbacks that only feed them are not run at all.
+  auto data = tg::record(dead, A::random_uniform({4, 3}, -1, 1, 1), A::random_uniform({3}, -1, 1, 2));
+  data.set_needs_grad(0, false);
+  std::size_t pullbacks = 0;
+  for (const auto& st : tg::compile(data).program().steps()) pullbacks += st.pullback;
+  CHECK(pullbacks == 2);  // mul and sum: tanh(x) depends on x only
+}
+
+TEST_CASE("compile: the arena plan is aligned, inside the arena, and smaller than one buffer each") {
+  auto [x, y, w1, b1, w2, w3] = cnn_inputs(1);
+  auto tape = tg::record(small_cnn, x, y, w1, b1, w2, w3);
+  const auto ct = tg::compile(tape);
+  const auto& p = ct.program();
+  CHECK(p.arena_bytes() < p.unplanned_bytes());
+  CHECK(tg::compile(tape, {.plan_memory = false}).program().arena_bytes() == p.unplanned_bytes());
+  // Every planned buffer is 64-byte aligned and inside the arena.
+  for (std::uint32_t s = 0; s < tape.tape().num_slots(); ++s)
+    for (auto offset : {p.value_offset(s), p.adjoint_offset(s)})
+      if (offset >= 0) {
+        CHECK(offset % 64 == 0);
+        CHECK(offset + std::int64_t(sizeof(double)) * tape.tape().value(s).size() <= p.arena_bytes());
+      }
+  const std::string text = tg::dump(ct);
+  CHECK(text.find("compiled tape f64: 9 of 9 recorded instructions kept") != std::string::npos);
+  CHECK(text.find("value@") != std::string::npos);
+  CHECK(text.find("adjoint@") != std::string::npos);
+  CHECK(text.find("arena ") != std::string::npos);
+  CHECK(text.find("# test_compile.cpp:") != std::string::npos);
+}
+
+TEST_CASE("compile: errors name the problem") {
+  auto tape = tg::record([](const T& v) { return tg::sum(v * 2.0); }, A::ones({2, 3}));
+  auto ct = tg::compile(tape);
+  CHECK_THROWS_WITH_AS(ct.gradient(A::ones({3, 2})), doctest::Contains("input 0 has shape (3,2) but the tape was recorded with (2,3)"),
+                       tg::Error);
+  auto vector_valued = tg::record([](const T& v) { return v * 2.0; }, A::ones({2}));
+  auto cv = tg::compile(vector_valued);
+  CHECK(max_abs_diff(cv.forward(A::iota({2})), A({2}, {0, 2})) == 0);
+  CHECK_THROWS_WITH_AS(cv.gradient(A::ones({2})), doctest::Contains("expected one element"), tg::Error);
+}

@@ -1,10 +1,10 @@
-// LeNet training on Fashion-MNIST, tapegrad against LibTorch in one run: the
+// LeNet training on Fashion-MNIST, tapegrad (interpreted and compiled) against LibTorch in one run: the
 // same network, initial weights, batches (same shuffled order), SGD momentum
 // 0.9, lr 0.01, batch 64, pixel standardisation. Prints seconds per epoch,
 // images/s and test accuracy for both, their ratio, the peak memory of each,
 // then a per-instruction profile of one tapegrad training step.
 //
-//   bench_lenet [--epochs 2] [--threads 2] [--steps N] [--data DIR] [--no-compare] [--profile-steps 20]
+//   bench_lenet [--epochs 2] [--threads 2] [--steps N] [--data DIR] [--no-compare] [--no-compiled] [--profile-steps 20]
 //
 // Each framework trains in its own forked process, so that neither sees the
 // other's threads or heap. Memory: the process's peak resident set (VmHWM,
@@ -38,6 +38,7 @@ struct Options {
   std::int64_t steps = 0;  // per epoch; 0 = the whole training set
   std::string data = cnn::kDefaultDataDir;
   bool compare = true;
+  bool compiled = true;  // also train with compiled tapes (tg::compile)
 };
 
 // What a child process sends back through a pipe (plain data).
@@ -61,7 +62,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--profile-steps") o.profile_steps = std::stoi(next());
     else if (a == "--data") o.data = next();
     else if (a == "--no-compare") o.compare = false;
-    else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data --no-compare", a));
+    else if (a == "--no-compiled") o.compiled = false;
+    else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data --no-compare --no-compiled", a));
   }
   if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0)
     tg::fail("bench_lenet", fmt::format("epochs ({}) threads ({}) steps ({}) expected 1-{} epochs, threads >= 1, steps >= 0",
@@ -104,14 +106,31 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 // --- tapegrad --------------------------------------------------------------------
 
-Result train_tapegrad(const Data& d, const Options& o) {
+using CompiledLenet = decltype(tg::compile(std::declval<const cnn::LenetTape&>()));
+
+// Trains with the interpreter (replayed tapes) or with compiled tapes (the
+// recorded tape is dropped once compiled, so only the compiled program's memory counts).
+Result train_tapegrad(const Data& d, const Options& o, bool compiled) {
   tg::set_num_threads(o.threads);
   cnn::LenetParams P(1);
   std::vector<A*> params = P.pointers();
   cnn::Sgd sgd{0.01f, 0.9f, {}};
   std::optional<cnn::LenetTape> full, partial;
+  std::optional<CompiledLenet> compiled_full, compiled_partial;
   std::vector<A> grads;
   A x, y;
+  auto step = [&]() -> float {
+    const bool is_full = x.shape()[0] == 64;
+    if (compiled) {
+      auto& ct = is_full ? compiled_full : compiled_partial;
+      if (!ct) ct.emplace(tg::compile(cnn::record_lenet_step(x, y, P)));
+      return cnn::lenet_gradient(*ct, x, y, P, grads);
+    }
+    auto& tape = is_full ? full : partial;
+    if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
+    return cnn::lenet_gradient(*tape, x, y, P, grads);
+  };
+  const char* name = compiled ? "tapegrad compiled" : "tapegrad";
   Result r;
   for (int e = 1; e <= o.epochs; ++e) {
     const auto order = cnn::shuffled(d.train.size(), 1, e);
@@ -119,9 +138,7 @@ Result train_tapegrad(const Data& d, const Options& o) {
     double loss_sum = 0;
     for (std::int64_t s = 0; s < d.steps; ++s) {
       batch(d, order, s, x, y);
-      auto& tape = x.shape()[0] == 64 ? full : partial;
-      if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
-      loss_sum += cnn::lenet_gradient(*tape, x, y, P, grads);
+      loss_sum += step();
       std::vector<const A*> g;
       for (const A& gk : grads) g.push_back(&gk);
       sgd.step(params, g);
@@ -130,12 +147,17 @@ Result train_tapegrad(const Data& d, const Options& o) {
     r.loss[e - 1] = loss_sum / double(d.steps);
     r.accuracy[e - 1] = cnn::lenet_accuracy(d.test, P, d.test.size());
     r.epochs = e;
-    fmt::print("  tapegrad epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", e, r.seconds[e - 1], r.loss[e - 1],
+    fmt::print("  {} epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", name, e, r.seconds[e - 1], r.loss[e - 1],
                100 * r.accuracy[e - 1]);
     std::fflush(stdout);
   }
+  if (compiled_full) {
+    const auto& p = compiled_full->program();
+    fmt::print("  compiled batch-64 step: arena {:.1f} MiB for values and adjoints ({:.1f} MiB one buffer each)\n",
+               double(p.arena_bytes()) / (1 << 20), double(p.unplanned_bytes()) / (1 << 20));
+  }
   r.peak_rss_mib = status_mib("VmHWM");
-  if (o.profile_steps > 0 && full) {
+  if (!compiled && o.profile_steps > 0 && full) {
     tg::TapeProfile profile;
     full->tape().set_profile(&profile);
     const auto order = cnn::shuffled(d.train.size(), 1, 0);
@@ -263,24 +285,34 @@ Result in_child(const std::function<Result()>& train) {
   return r;
 }
 
-void print_table(const Result& ours, const Result* theirs, std::int64_t images) {
-  fmt::print("\n{:<6} {:>14} {:>14} {:>10} {:>14} {:>14} {:>7}\n", "epoch", "tapegrad s", "LibTorch s", "ratio",
-             "tapegrad img/s", "LibTorch img/s", "");
-  for (int e = 0; e < ours.epochs; ++e) {
-    const double t = theirs ? theirs->seconds[e] : 0;
-    fmt::print("{:<6} {:>14.1f} {:>14.1f} {:>9.2f}x {:>14.0f} {:>14.0f}\n", e + 1, ours.seconds[e], t,
-               theirs ? ours.seconds[e] / t : 0.0, double(images) / ours.seconds[e], theirs ? double(images) / t : 0.0);
+struct Run {
+  const char* name;
+  Result result;
+};
+
+// Seconds, images/s and accuracy per epoch for every run, each ratio against the last run (LibTorch when compared).
+void print_table(const std::vector<Run>& runs, std::int64_t images) {
+  const Run& base = runs.back();
+  fmt::print("\n{:<6}", "epoch");
+  for (const Run& r : runs) fmt::print(" | {:>22}", r.name);
+  fmt::print("   (seconds, images/s, time ratio to {})\n", base.name);
+  for (int e = 0; e < base.result.epochs; ++e) {
+    fmt::print("{:<6}", e + 1);
+    for (const Run& r : runs)
+      fmt::print(" | {:6.1f} s {:5.0f}/s {:4.2f}x", r.result.seconds[e], double(images) / r.result.seconds[e],
+                 r.result.seconds[e] / base.result.seconds[e]);
+    fmt::print("\n");
   }
-  for (int e = 0; e < ours.epochs; ++e)
-    fmt::print("test accuracy after epoch {}: tapegrad {:.2f}%, LibTorch {:.2f}%\n", e + 1, 100 * ours.accuracy[e],
-               theirs ? 100 * theirs->accuracy[e] : 0.0);
-  fmt::print("peak resident memory: tapegrad {:.0f} MiB (training's own {:.0f} MiB)", ours.peak_rss_mib,
-             ours.peak_rss_mib - ours.start_rss_mib);
-  if (theirs)
-    fmt::print(", LibTorch {:.0f} MiB (training's own {:.0f} MiB); ratio {:.2f}x (own {:.2f}x)", theirs->peak_rss_mib,
-               theirs->peak_rss_mib - theirs->start_rss_mib, ours.peak_rss_mib / theirs->peak_rss_mib,
-               (ours.peak_rss_mib - ours.start_rss_mib) / (theirs->peak_rss_mib - theirs->start_rss_mib));
-  fmt::print("\n");
+  for (int e = 0; e < base.result.epochs; ++e) {
+    fmt::print("test accuracy after epoch {}:", e + 1);
+    for (const Run& r : runs) fmt::print("  {} {:.2f}%", r.name, 100 * r.result.accuracy[e]);
+    fmt::print("\n");
+  }
+  fmt::print("peak resident memory (the training's own growth above the child's start):\n");
+  for (const Run& r : runs)
+    fmt::print("  {:<18} {:5.0f} MiB ({:4.0f} MiB)  ratio to {} {:.2f}x ({:.2f}x)\n", r.name, r.result.peak_rss_mib,
+               r.result.peak_rss_mib - r.result.start_rss_mib, base.name, r.result.peak_rss_mib / base.result.peak_rss_mib,
+               (r.result.peak_rss_mib - r.result.start_rss_mib) / (base.result.peak_rss_mib - base.result.start_rss_mib));
 }
 
 }  // namespace
@@ -294,15 +326,13 @@ int main(int argc, char** argv) try {
   const std::int64_t images = std::min(d.train.size(), d.steps * 64);
   fmt::print("LeNet on Fashion-MNIST, {} epoch(s) of {} steps ({} images), batch 64, SGD momentum 0.9 lr 0.01, {} threads\n",
              o.epochs, d.steps, images, o.threads);
-  const Result ours = in_child([&] { return train_tapegrad(d, o); });
+  std::vector<Run> runs;
+  if (o.compiled) runs.push_back({"tapegrad compiled", in_child([&] { return train_tapegrad(d, o, true); })});
+  runs.push_back({"tapegrad", in_child([&] { return train_tapegrad(d, o, false); })});
 #ifdef TAPEGRAD_HAVE_TORCH
-  if (o.compare) {
-    const Result theirs = in_child([&] { return train_torch(d, o); });
-    print_table(ours, &theirs, images);
-    return 0;
-  }
+  if (o.compare) runs.push_back({"LibTorch", in_child([&] { return train_torch(d, o); })});
 #endif
-  print_table(ours, nullptr, images);
+  print_table(runs, images);
   return 0;
 } catch (const tg::Error& e) {
   fmt::print(stderr, "error: {}\n", e.what());

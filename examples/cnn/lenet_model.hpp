@@ -65,7 +65,9 @@ inline auto record_lenet_step(const A& x, const A& y, const LenetParams& P) {
 using LenetTape = decltype(record_lenet_step(A(), A(), LenetParams(0)));
 
 // Replays the step on a batch; grads[k] receives parameter k's gradient. Returns the loss.
-inline float lenet_gradient(LenetTape& tape, const A& x, const A& y, const LenetParams& P, std::vector<A>& grads) {
+// Program: the recorded tape (LenetTape) or its compiled form (tg::compile).
+template <class Program>
+float lenet_gradient(Program& tape, const A& x, const A& y, const LenetParams& P, std::vector<A>& grads) {
   grads.resize(P.p.size());
   std::array<A*, 10> into{};  // nothing for the images and labels
   for (std::size_t k = 0; k < grads.size(); ++k) into[k + 2] = &grads[k];

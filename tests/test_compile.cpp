@@ -15,19 +15,23 @@ double relative_diff(const A& a, const A& b) {
   return max_abs_diff(a, b) / scale;
 }
 
-const tg::CompileOptions kAllOptions[] = {{.dead_code = false, .plan_memory = false},
-                                          {.dead_code = true, .plan_memory = false},
-                                          {.dead_code = false, .plan_memory = true},
-                                          {.dead_code = true, .plan_memory = true}};
+// Every subset of the passes.
+std::vector<tg::CompileOptions> all_options() {
+  std::vector<tg::CompileOptions> out;
+  for (int bits = 0; bits < 8; ++bits)
+    out.push_back({.dead_code = (bits & 1) != 0, .plan_memory = (bits & 2) != 0, .fuse_epilogues = (bits & 4) != 0});
+  return out;
+}
 
 // Compiled (each subset of passes) equals interpreted: value and every gradient,
 // on the recorded inputs and on new ones, replayed twice (the arena is reused).
 template <class F, class... In>
 void check_compiled(F f, const std::tuple<In...>& inputs, const std::tuple<In...>& new_inputs,
                     const std::vector<std::size_t>& data_inputs = {}) {
-  for (const auto& options : kAllOptions) {
+  for (const auto& options : all_options()) {
     CAPTURE(options.dead_code);
     CAPTURE(options.plan_memory);
+    CAPTURE(options.fuse_epilogues);
     auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
     for (auto k : data_inputs) tape.set_needs_grad(k, false);
     auto ct = tg::compile(tape, options);
@@ -123,7 +127,9 @@ TEST_CASE("compile: the arena plan is aligned, inside the arena, and smaller tha
         CHECK(offset + std::int64_t(sizeof(double)) * tape.tape().value(s).size() <= p.arena_bytes());
       }
   const std::string text = tg::dump(ct);
-  CHECK(text.find("compiled tape f64: 9 of 9 recorded instructions kept") != std::string::npos);
+  CHECK(text.find("compiled tape f64: 7 steps for 9 recorded instructions") != std::string::npos);
+  CHECK(text.find("conv[padding=[1]") != std::string::npos);
+  CHECK(text.find("%2 %3 + relu") != std::string::npos);  // conv + bias + relu: one fused step
   CHECK(text.find("value@") != std::string::npos);
   CHECK(text.find("adjoint@") != std::string::npos);
   CHECK(text.find("arena ") != std::string::npos);
@@ -139,4 +145,28 @@ TEST_CASE("compile: errors name the problem") {
   auto cv = tg::compile(vector_valued);
   CHECK(max_abs_diff(cv.forward(A::iota({2})), A({2}, {0, 2})) == 0);
   CHECK_THROWS_WITH_AS(cv.gradient(A::ones({2})), doctest::Contains("expected one element"), tg::Error);
+}
+
+TEST_CASE("compile: epilogue fusion folds an activation into its producer only when that is safe") {
+  auto f = [](const T& x, const T& w) {
+    const T h = tg::matmul(x, w);          // matmul -> relu: fused
+    const T a = tg::relu(h);
+    const T s = x * 2.0;                  // mul reads its output? no, but mul is not kPullbackIgnoresOutput
+    const T b = tg::tanh(s);              // not fused
+    const T shared = tg::matmul(x, w);    // used twice: its relu is not fused
+    return tg::sum(a) + tg::sum(b) + tg::sum(tg::relu(shared) * shared);
+  };
+  const A x = A::random_uniform({4, 5}, -1, 1, 1), w = A::random_uniform({5, 5}, -1, 1, 2);
+  auto tape = tg::record(f, x, w);
+  const auto ct = tg::compile(tape);
+  std::size_t fused = 0;
+  for (const auto& st : ct.program().steps())
+    if (st.epilogue) {
+      ++fused;
+      CHECK(st.op->name == "matmul");
+      CHECK(st.epilogue->name == "relu");
+    }
+  CHECK(fused == 1);
+  CHECK(ct.program().steps().size() + 1 == tape.tape().num_instructions());
+  check_compiled(f, std::tuple{x, w}, std::tuple{A::random_uniform({4, 5}, -1, 1, 3), A::random_uniform({5, 5}, -1, 1, 4)});
 }

@@ -15,7 +15,7 @@ namespace tg::ops {
 template <class T>
 const OpInfo<T>& add_op() {
   static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
-      "add", kLinear, [](T a, T b) { return a + b; },  //
+      "add", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a + b; },  //
       [](T, T, T, T g) { return g; },                   // d/da
       [](T, T, T, T g) { return g; }));                 // d/db
   return row;
@@ -24,7 +24,7 @@ const OpInfo<T>& add_op() {
 template <class T>
 const OpInfo<T>& sub_op() {
   static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
-      "sub", kLinear, [](T a, T b) { return a - b; },  //
+      "sub", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a - b; },  //
       [](T, T, T, T g) { return g; },                   //
       [](T, T, T, T g) { return -g; }));
   return row;

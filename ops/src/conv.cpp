@@ -153,7 +153,7 @@ OpInfo<T> conv_row(bool transpose) {
   OpInfo<T> r;
   r.name = op_name(transpose);
   r.arity = kVariadic;
-  r.flags = kNoFlags;  // bilinear in (x, w), not linear in each jointly
+  r.flags = kPullbackIgnoresOutput;  // bilinear in (x, w), not linear in each jointly
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& cp = params_as<ConvOpParams>(c.params);

@@ -65,6 +65,7 @@ const OpInfo<T>& matmul_op() {
     OpInfo<T> r;
     r.name = "matmul";
     r.arity = 2;
+    r.flags = kPullbackIgnoresOutput;
     r.shape = [](const OpParams*, std::span<const Shape* const> s) {
       const auto g = matmul_geometry(*s[0], *s[1]);
       Shape out = g.batch;

@@ -21,17 +21,36 @@ T stable_sigmoid(T x) {
 }
 
 template <class T, class Fwd, class Dfwd>
-const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
-  return Registry<T>::add(unary_row<T, NoParams>(
+OpInfo<T> unary(const char* name, Fwd fwd, Dfwd dfwd) {
+  return unary_row<T, NoParams>(
       name, kNoFlags, [fwd](T x, const NoParams&) { return fwd(x); },
-      [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); }));
+      [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
+}
+
+template <class T, class Fwd, class Dfwd>
+const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
+  return Registry<T>::add(unary<T>(name, fwd, dfwd));
+}
+
+// An op whose derivative follows from its output, with its epilogue hooks
+// (Note [Epilogues]); dfwd(x, y, dy) must not read x.
+template <class T, class Fwd, class Dfwd>
+const OpInfo<T>& add_unary_epilogue(const char* name, Fwd fwd, Dfwd dfwd) {
+  OpInfo<T> row = unary<T>(name, fwd, dfwd);
+  row.epilogue_forward = [fwd](const OpParams*, T* y, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) y[i] = fwd(y[i]);
+  };
+  row.epilogue_pullback = [dfwd](const OpParams*, const T* y, T* dy, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) dy[i] = dfwd(T(0), y[i], dy[i]);
+  };
+  return Registry<T>::add(std::move(row));
 }
 
 }  // namespace
 
 template <class T>
 const OpInfo<T>& exp_op() {
-  static const auto& row = add_unary<T>(
+  static const auto& row = add_unary_epilogue<T>(
       "exp", [](T x) { return std::exp(x); },  //
       [](T, T y, T dy) { return dy * y; });
   return row;
@@ -59,23 +78,23 @@ const OpInfo<T>& abs_op() {
 }
 template <class T>
 const OpInfo<T>& tanh_op() {
-  static const auto& row = add_unary<T>(
+  static const auto& row = add_unary_epilogue<T>(
       "tanh", [](T x) { return std::tanh(x); },  //
       [](T, T y, T dy) { return dy * (T(1) - y * y); });
   return row;
 }
 template <class T>
 const OpInfo<T>& sigmoid_op() {
-  static const auto& row = add_unary<T>(
+  static const auto& row = add_unary_epilogue<T>(
       "sigmoid", [](T x) { return stable_sigmoid(x); },  //
       [](T, T y, T dy) { return dy * y * (T(1) - y); });
   return row;
 }
 template <class T>
 const OpInfo<T>& relu_op() {
-  static const auto& row = add_unary<T>(
+  static const auto& row = add_unary_epilogue<T>(
       "relu", [](T x) { return x > T(0) ? x : T(0); },  //
-      [](T x, T, T dy) { return x > T(0) ? dy : T(0); });
+      [](T, T y, T dy) { return y > T(0) ? dy : T(0); });  // y > 0 exactly where x > 0
   return row;
 }
 template <class T>

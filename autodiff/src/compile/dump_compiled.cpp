@@ -22,15 +22,16 @@ std::string dump(const CompiledProgram<T>& p) {
   std::size_t pullbacks = 0;
   for (const auto& st : p.steps()) pullbacks += st.pullback;
   std::string out = fmt::format(
-      "compiled tape {}: {} of {} recorded instructions kept, {} pullbacks (dead_code {}, plan_memory {})\n"
+      "compiled tape {}: {} steps for {} recorded instructions, {} pullbacks (dead_code {}, fuse_epilogues {}, plan_memory {})\n"
       "  arena {} for values and adjoints ({} one buffer each: {:.2f}x)\n",
       dtype_name<T>(), p.steps().size(), p.recorded_instructions(), pullbacks, o.dead_code ? "on" : "off",
-      o.plan_memory ? "on" : "off", mib(p.arena_bytes()), mib(p.unplanned_bytes()),
+      o.fuse_epilogues ? "on" : "off", o.plan_memory ? "on" : "off", mib(p.arena_bytes()), mib(p.unplanned_bytes()),
       double(p.arena_bytes()) / double(std::max<std::int64_t>(1, p.unplanned_bytes())));
   for (std::size_t k = 0; k < p.inputs().size(); ++k)
     out += fmt::format("  %{}:{} = input {}\n", p.inputs()[k], type_string(p.value(p.inputs()[k])), k);
   for (const auto& st : p.steps()) {
     std::string line = "  " + equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
+    if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
     line += offset_text("value", p.value_offset(st.out)) + offset_text("adjoint", p.adjoint_offset(st.out));
     out += fmt::format("{:<60}  # {}\n", line, site_string(st.where));
   }

@@ -25,6 +25,38 @@ std::vector<std::uint8_t> reaches_output(const Tape<T>& tape) {
   return reach;
 }
 
+// Note [Epilogue fusion]: folds activation steps into their producers.
+template <class T>
+void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::uint32_t output, std::size_t slots) {
+  std::vector<int> consumers(slots, 0), producer(slots, -1);
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    producer[steps[s].out] = static_cast<int>(s);
+    for (auto a : steps[s].args) consumers[a]++;
+  }
+  std::vector<std::uint8_t> removed(steps.size(), 0);
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    auto& act = steps[s];
+    if (!act.op->epilogue_forward || act.args.size() != 1) continue;
+    const std::uint32_t x = act.args[0];
+    const int p = producer[x];
+    if (p < 0 || removed[p] || consumers[x] != 1 || x == output) continue;
+    auto& prod = steps[static_cast<std::size_t>(p)];
+    if (!(prod.op->flags & kPullbackIgnoresOutput) || prod.epilogue) continue;
+    prod.epilogue = act.op;
+    prod.epilogue_params = act.params;
+    prod.out = act.out;  // the producer now writes the activation's slot
+    producer[act.out] = p;
+    removed[s] = 1;
+  }
+  std::size_t kept = 0;
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    if (removed[s]) continue;
+    if (kept != s) steps[kept] = std::move(steps[s]);  // never a self-move: it would empty the vectors
+    ++kept;
+  }
+  steps.resize(kept);
+}
+
 // The timeline of one step: forward step s at time s, the seed at S, the
 // pullback of step s at S + 1 + (S - 1 - s), the user reading results at 2S + 1.
 struct Timeline {
@@ -64,6 +96,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     steps_.push_back({ins.op, ins.params, {args.begin(), args.end()}, ins.out, {saved.begin(), saved.end()}, ins.where,
                       needs_grad_[ins.out] != 0});
   }
+  if (options.fuse_epilogues) fuse_epilogues<T>(steps_, output_, slots);
   // Live intervals of every computed value and every computed slot's adjoint.
   const Timeline t{static_cast<int>(steps_.size())};
   std::vector<Buffer> buffers;
@@ -128,7 +161,9 @@ void CompiledProgram<T>::forward() {
     scratch_in_.clear();
     for (auto a : st.args) scratch_in_.push_back(&values_[a]);
     try {
-      st.op->forward({st.params.get(), scratch_in_, values_[st.out], st.saved});
+      Array<T>& y = values_[st.out];
+      st.op->forward({st.params.get(), scratch_in_, y, st.saved});
+      if (st.epilogue) st.epilogue->epilogue_forward(st.epilogue_params.get(), y.data(), y.size());
     } catch (const Error& e) {
       throw e.with_site(st.where);
     }
@@ -162,7 +197,9 @@ void CompiledProgram<T>::reverse(const Array<T>& seed) {
       scratch_adj_.push_back(needs_grad_[a] ? &fresh(a) : nullptr);
     }
     try {
-      st.op->pullback({st.params.get(), scratch_in_, values_[st.out], adjoints_[st.out], scratch_adj_, st.saved});
+      Array<T>& dy = adjoints_[st.out];
+      if (st.epilogue) st.epilogue->epilogue_pullback(st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
+      st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved});
     } catch (const Error& e) {
       throw e.with_site(st.where);
     }

@@ -10,15 +10,30 @@
 //   dead_code:   Note [Dead instructions]: an instruction whose output does not
 //                reach the tape's output is not run, forward or backward; a
 //                pullback runs only when the gradient reaches a needs-grad input.
+//   fuse_epilogues: Note [Epilogue fusion]: an activation (an op with
+//                epilogue hooks: relu, tanh, sigmoid, exp) whose input comes from
+//                an op that never reads its own output in its pullback (conv,
+//                matmul, add) and feeds nothing else runs in place on that op's
+//                output buffer, and its pullback turns the output adjoint into the
+//                producer's in place: one buffer and one adjoint less, no extra
+//                adjoint to zero. (It runs right after the producer's kernel, on
+//                its cache-warm output, not yet inside the kernel's store loop.)
 //   plan_memory: Note [Planned arena]: every computed value and every adjoint
 //                lives in one arena at an offset chosen from its live interval
 //                over the forward and reverse pass; buffers whose intervals do
 //                not overlap share bytes. Without it each gets its own bytes.
 //
 // The interpreter (Tape) stays the reference: the tests compare every model
-// both ways, with every subset of passes. Not done yet (issue 5): elementwise
-// and epilogue fusion, constant folding, guards, and workspaces sized once
-// (the kernels still take their scratch from the array cache on each call).
+// both ways, with every subset of passes. Not done yet (issue 5): fusion of
+// elementwise chains, guards, and workspaces sized once (the kernels still
+// take their scratch from the array cache on each call).
+//
+// Note [Constants are folded when recorded]: there is no constant-folding
+// pass because a tapegrad tape has nothing left to fold: an op on plain
+// Arrays is evaluated when it is called and enters the tape as one constant,
+// and every recorded instruction has a Tracked operand, which traces back to
+// an input (inputs marked as data still change on replay, so they are not
+// constants either).
 #pragma once
 
 #include <array>
@@ -36,6 +51,7 @@ namespace tg {
 struct CompileOptions {
   bool dead_code = true;
   bool plan_memory = true;
+  bool fuse_epilogues = true;
 };
 
 // The program, independent of how many inputs the user's function has.
@@ -61,6 +77,8 @@ class CompiledProgram {
     std::vector<Array<T>> saved;  // the op's own buffers, as the tape had them
     std::source_location where;
     bool pullback;  // runs in the reverse pass
+    const OpInfo<T>* epilogue = nullptr;  // fused activation (Note [Epilogue fusion]); `out` is its output
+    std::shared_ptr<const OpParams> epilogue_params;
   };
   static constexpr std::int64_t kNotPlanned = -1;
   const CompileOptions& options() const { return options_; }

@@ -39,6 +39,7 @@ enum OpFlag : std::uint32_t {
   kNoFlags = 0,
   kElementwise = 1u << 0,  // output element i depends only on input elements i (after broadcasting)
   kLinear = 1u << 1,       // linear in every differentiable input
+  kPullbackIgnoresOutput = 1u << 2,  // the pullback never reads the op's output value (conv, matmul, add)
 };
 
 constexpr int kVariadic = -1;
@@ -73,6 +74,15 @@ struct OpInfo {
   std::function<void(const PullbackCall<T>&)> pullback;
   // "stride=1 axes=[0,2]"; empty when the op has no attributes.
   std::function<std::string(const OpParams*)> print_params;
+  // Note [Epilogues]: a one-input elementwise op whose derivative follows from
+  // its output alone (relu, tanh, sigmoid, exp) can run in place on the buffer
+  // of the op that produced its input (the compiler's epilogue fusion, when that
+  // producer is kPullbackIgnoresOutput and has no other consumer):
+  //   epilogue_forward:  y[i] = f(y[i])
+  //   epilogue_pullback: dy[i] = f'(x[i]) * dy[i], computed from the output y
+  // Both are empty for every other op.
+  std::function<void(const OpParams*, T* values, std::int64_t n)> epilogue_forward;
+  std::function<void(const OpParams*, const T* output, T* adjoint, std::int64_t n)> epilogue_pullback;
   std::uint32_t id = 0;  // index in the registry, assigned by Registry::add
 };
 

@@ -107,8 +107,9 @@ TEST_CASE("compile: dead-code elimination removes what does not reach the output
   // Data inputs: the pullbacks that only feed them are not run at all.
   auto data = tg::record(dead, A::random_uniform({4, 3}, -1, 1, 1), A::random_uniform({3}, -1, 1, 2));
   data.set_needs_grad(0, false);
+  const auto compiled_data = tg::compile(data);  // a range-for over a temporary's member would dangle
   std::size_t pullbacks = 0;
-  for (const auto& st : tg::compile(data).program().steps()) pullbacks += st.pullback;
+  for (const auto& st : compiled_data.program().steps()) pullbacks += st.pullback;
   CHECK(pullbacks == 2);  // mul and sum: tanh(x) depends on x only
 }
 
@@ -169,4 +170,19 @@ TEST_CASE("compile: epilogue fusion folds an activation into its producer only w
   CHECK(fused == 1);
   CHECK(ct.program().steps().size() + 1 == tape.tape().num_instructions());
   check_compiled(f, std::tuple{x, w}, std::tuple{A::random_uniform({4, 5}, -1, 1, 3), A::random_uniform({5, 5}, -1, 1, 4)});
+}
+
+TEST_CASE("compile: a compiled program profiles its steps like a tape") {
+  auto [x, y, w1, b1, w2, w3] = cnn_inputs(1);
+  auto ct = tg::compile(tg::record(small_cnn, x, y, w1, b1, w2, w3));
+  tg::TapeProfile profile;
+  ct.program().set_profile(&profile);
+  for (int i = 0; i < 2; ++i) ct.gradient(x, y, w1, b1, w2, w3);
+  CHECK(profile.forward_passes == 2);
+  CHECK(profile.reverse_passes == 2);
+  CHECK(profile.forward_seconds.size() == ct.program().steps().size());
+  const std::string text = tg::dump_profile(ct.program(), profile);
+  CHECK(text.find("profile over 2 forward and 2 reverse passes") != std::string::npos);
+  CHECK(text.find("+ relu") != std::string::npos);
+  CHECK(text.find("# test_compile.cpp:") != std::string::npos);
 }

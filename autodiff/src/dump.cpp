@@ -28,9 +28,8 @@ std::string equation(const Tape<T>& tape, const Instr<T>& ins) {
   return equation(ins.out, tape.value(ins.out), *ins.op, ins.params.get(), tape.args_of(ins));
 }
 
-template <class T>
-std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile) {
-  const std::size_t n = tape.num_instructions();
+std::string format_profile(const TapeProfile& profile, std::span<const std::string> lines) {
+  const std::size_t n = lines.size();
   auto per_pass = [](const std::vector<double>& s, std::size_t i, int passes) {
     return i < s.size() && passes > 0 ? s[i] / passes : 0.0;
   };
@@ -50,12 +49,20 @@ std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile) {
       "profile over {} forward and {} reverse passes: {:.3f} ms per step (forward {:.3f} ms, pullbacks {:.3f} ms)\n"
       "  share  forward ms  pullback ms  instruction\n",
       profile.forward_passes, profile.reverse_passes, 1e3 * total, 1e3 * total_fwd, 1e3 * total_back);
-  for (auto i : order) {
-    const Instr<T>& ins = tape.instruction(i);
-    out += fmt::format("  {:5.1f}%  {:10.3f}  {:11.3f}  {:<60}  # {}\n", 100 * (fwd[i] + back[i]) / total, 1e3 * fwd[i],
-                       1e3 * back[i], equation(tape, ins), site_string(ins.where));
-  }
+  for (auto i : order)
+    out += fmt::format("  {:5.1f}%  {:10.3f}  {:11.3f}  {}\n", 100 * (fwd[i] + back[i]) / total, 1e3 * fwd[i], 1e3 * back[i],
+                       lines[i]);
   return out;
+}
+
+template <class T>
+std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile) {
+  std::vector<std::string> lines;
+  for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
+    const Instr<T>& ins = tape.instruction(i);
+    lines.push_back(fmt::format("{:<60}  # {}", equation(tape, ins), site_string(ins.where)));
+  }
+  return format_profile(profile, lines);
 }
 
 template <class T>

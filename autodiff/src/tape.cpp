@@ -1,21 +1,12 @@
 #include "tapegrad/autodiff/tape.hpp"
 
-#include <chrono>
-
 #include <fmt/format.h>
+
+#include "timed.hpp"
 
 namespace tg {
 
-namespace {
-// Runs f, adding its wall time to seconds[i] when profiling (seconds non-empty).
-template <class F>
-void timed(std::vector<double>* seconds, std::size_t i, F&& f) {
-  if (!seconds) return f();
-  const auto start = std::chrono::steady_clock::now();
-  f();
-  (*seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-}  // namespace
+using detail::timed;
 
 template <class T>
 std::uint32_t Tape<T>::add_slot(Array<T> value, SlotKind kind, bool needs_grad) {
@@ -84,12 +75,8 @@ void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
 
 template <class T>
 void Tape<T>::forward_pass() {
-  std::vector<double>* seconds = nullptr;
-  if (profile_) {
-    profile_->forward_seconds.resize(instrs_.size());
-    profile_->forward_passes++;
-    seconds = &profile_->forward_seconds;
-  }
+  std::vector<double>* seconds =
+      profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, instrs_.size()) : nullptr;
   for (std::size_t i = 0; i < instrs_.size(); ++i) {
     const Instr<T>& ins = instrs_[i];
     scratch_in_.clear();
@@ -124,12 +111,8 @@ void Tape<T>::reverse_pass(const Array<T>& seed) {
   adjoints_.resize(values_.size());
   adjoint_live_.assign(values_.size(), 0);
   fresh_adjoint(output_) = seed;
-  std::vector<double>* seconds = nullptr;
-  if (profile_) {
-    profile_->pullback_seconds.resize(instrs_.size());
-    profile_->reverse_passes++;
-    seconds = &profile_->pullback_seconds;
-  }
+  std::vector<double>* seconds =
+      profile_ ? detail::start_pass(&profile_->pullback_seconds, &profile_->reverse_passes, instrs_.size()) : nullptr;
   for (std::size_t i = instrs_.size(); i-- > 0;) {
     const Instr<T>& ins = instrs_[i];
     if (!adjoint_live_[ins.out] || !needs_grad_[ins.out]) continue;

@@ -16,6 +16,21 @@ std::string offset_text(const char* what, std::int64_t offset) {
 
 }  // namespace
 
+// "%13:f32[64,64,14,14] = conv[...] %12 %4 %5 + relu"
+template <class T>
+std::string step_equation(const CompiledProgram<T>& p, const typename CompiledProgram<T>::Step& st) {
+  std::string line = equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
+  if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
+  return line;
+}
+
+template <class T>
+std::string dump_profile(const CompiledProgram<T>& p, const TapeProfile& profile) {
+  std::vector<std::string> lines;
+  for (const auto& st : p.steps()) lines.push_back(fmt::format("{:<60}  # {}", step_equation(p, st), site_string(st.where)));
+  return format_profile(profile, lines);
+}
+
 template <class T>
 std::string dump(const CompiledProgram<T>& p) {
   const auto& o = p.options();
@@ -30,8 +45,7 @@ std::string dump(const CompiledProgram<T>& p) {
   for (std::size_t k = 0; k < p.inputs().size(); ++k)
     out += fmt::format("  %{}:{} = input {}\n", p.inputs()[k], type_string(p.value(p.inputs()[k])), k);
   for (const auto& st : p.steps()) {
-    std::string line = "  " + equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
-    if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
+    std::string line = "  " + step_equation(p, st);
     line += offset_text("value", p.value_offset(st.out)) + offset_text("adjoint", p.adjoint_offset(st.out));
     out += fmt::format("{:<60}  # {}\n", line, site_string(st.where));
   }
@@ -41,5 +55,7 @@ std::string dump(const CompiledProgram<T>& p) {
 
 template std::string dump(const CompiledProgram<float>&);
 template std::string dump(const CompiledProgram<double>&);
+template std::string dump_profile(const CompiledProgram<float>&, const TapeProfile&);
+template std::string dump_profile(const CompiledProgram<double>&, const TapeProfile&);
 
 }  // namespace tg

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "../timed.hpp"
 #include "arena_plan.hpp"
 #include "tapegrad/autodiff/compile.hpp"
 
@@ -157,13 +158,18 @@ void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
 
 template <class T>
 void CompiledProgram<T>::forward() {
-  for (Step& st : steps_) {
+  std::vector<double>* seconds =
+      profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, steps_.size()) : nullptr;
+  for (std::size_t s = 0; s < steps_.size(); ++s) {
+    Step& st = steps_[s];
     scratch_in_.clear();
     for (auto a : st.args) scratch_in_.push_back(&values_[a]);
     try {
-      Array<T>& y = values_[st.out];
-      st.op->forward({st.params.get(), scratch_in_, y, st.saved});
-      if (st.epilogue) st.epilogue->epilogue_forward(st.epilogue_params.get(), y.data(), y.size());
+      detail::timed(seconds, s, [&] {
+        Array<T>& y = values_[st.out];
+        st.op->forward({st.params.get(), scratch_in_, y, st.saved});
+        if (st.epilogue) st.epilogue->epilogue_forward(st.epilogue_params.get(), y.data(), y.size());
+      });
     } catch (const Error& e) {
       throw e.with_site(st.where);
     }
@@ -187,19 +193,23 @@ void CompiledProgram<T>::reverse(const Array<T>& seed) {
     return adj;
   };
   fresh(output_) = seed;
+  std::vector<double>* seconds =
+      profile_ ? detail::start_pass(&profile_->pullback_seconds, &profile_->reverse_passes, steps_.size()) : nullptr;
   for (std::size_t s = steps_.size(); s-- > 0;) {
     Step& st = steps_[s];
     if (!st.pullback || !adjoint_live_[st.out]) continue;
-    scratch_in_.clear();
-    scratch_adj_.clear();
-    for (auto a : st.args) {
-      scratch_in_.push_back(&values_[a]);
-      scratch_adj_.push_back(needs_grad_[a] ? &fresh(a) : nullptr);
-    }
     try {
-      Array<T>& dy = adjoints_[st.out];
-      if (st.epilogue) st.epilogue->epilogue_pullback(st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
-      st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved});
+      detail::timed(seconds, s, [&] {  // zeroing the input adjoints counts as the pullback's time
+        scratch_in_.clear();
+        scratch_adj_.clear();
+        for (auto a : st.args) {
+          scratch_in_.push_back(&values_[a]);
+          scratch_adj_.push_back(needs_grad_[a] ? &fresh(a) : nullptr);
+        }
+        Array<T>& dy = adjoints_[st.out];
+        if (st.epilogue) st.epilogue->epilogue_pullback(st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
+        st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved});
+      });
     } catch (const Error& e) {
       throw e.with_site(st.where);
     }

@@ -67,6 +67,8 @@ class CompiledProgram {
   // Input k's gradient after reverse(): zeros if it needs none or nothing reached it.
   void input_gradient_into(std::size_t k, Array<T>& out) const;
   std::size_t num_inputs() const { return inputs_.size(); }
+  // Times every step's forward and pullback into `profile` (nullptr: off); print with dump_profile.
+  void set_profile(TapeProfile* profile) { profile_ = profile; }
 
   // --- what the compiler decided (printing, tests) ---------------------------------
   struct Step {
@@ -109,6 +111,7 @@ class CompiledProgram {
   std::int64_t arena_bytes_ = 0, unplanned_bytes_ = 0;
   std::vector<const Array<T>*> scratch_in_;
   std::vector<Array<T>*> scratch_adj_;
+  TapeProfile* profile_ = nullptr;
 };
 
 extern template class CompiledProgram<float>;
@@ -121,6 +124,7 @@ class CompiledTape {
   CompiledTape(const Tape<T>& tape, const CompileOptions& options) : program_(std::make_unique<CompiledProgram<T>>(tape, options)) {}
 
   const CompiledProgram<T>& program() const { return *program_; }
+  CompiledProgram<T>& program() { return *program_; }
   const Array<T>& output() const { return program_->output(); }
   T value() const { return output().item(); }
 
@@ -175,6 +179,12 @@ std::string dump(const CompiledTape<T, N>& ct) {
   return dump(ct.program());
 }
 
+// Per-step times of a compiled program (CompiledProgram::set_profile), slowest first.
+template <class T>
+std::string dump_profile(const CompiledProgram<T>& program, const TapeProfile& profile);
+
+extern template std::string dump_profile(const CompiledProgram<float>&, const TapeProfile&);
+extern template std::string dump_profile(const CompiledProgram<double>&, const TapeProfile&);
 extern template std::string dump(const CompiledProgram<float>&);
 extern template std::string dump(const CompiledProgram<double>&);
 

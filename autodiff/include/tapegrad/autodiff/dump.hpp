@@ -30,6 +30,8 @@ std::string equation(std::uint32_t out, const Array<T>& value, const OpInfo<T>& 
 // pullback time of one pass and its share of the total, slowest first.
 template <class T>
 std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile);
+// The table itself, for any program: lines[i] describes step i of the profile.
+std::string format_profile(const TapeProfile& profile, std::span<const std::string> lines);
 
 // "f32[64,10]"
 template <class T>

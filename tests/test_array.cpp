@@ -87,6 +87,37 @@ TEST_CASE("gemm: OpenBLAS matches the reference loop, every transpose combinatio
     }
 }
 
+TEST_CASE("gemm: GEMMs split over threads (by rows and by columns) match the reference, padded leading dimensions") {
+  // Note [GEMM split over our threads]: m*n*k above 65536 with 32+ rows or columns.
+  struct Case {
+    std::int64_t m, n, k;
+  };
+  const int threads_before = tg::num_threads();
+  tg::set_num_threads(3);  // uneven blocks, whatever the machine's cores
+  for (const Case& cs : {Case{70, 33, 40}, Case{33, 97, 41}, Case{150, 150, 8}, Case{20, 20, 400}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        CAPTURE(cs.m);
+        CAPTURE(cs.n);
+        CAPTURE(ta);
+        CAPTURE(tb);
+        const std::int64_t m = cs.m, n = cs.n, k = cs.k, pad = 3;
+        const std::int64_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+        auto a = Array<double>::random_uniform({(ta ? k : m) * lda}, -1.0, 1.0, 3);
+        auto b = Array<double>::random_uniform({(tb ? n : k) * ldb}, -1.0, 1.0, 4);
+        Array<double> c1 = Array<double>::random_uniform({m * ldc}, -1.0, 1.0, 5), c2 = c1;
+        tg::kernels::gemm(ta, tb, m, n, k, 1.5, a.data(), lda, b.data(), ldb, 0.5, c1.data(), ldc);
+        tg::kernels::gemm_reference(ta, tb, m, n, k, 1.5, a.data(), lda, b.data(), ldb, 0.5, c2.data(), ldc);
+        double worst = 0;
+        for (std::int64_t i = 0; i < m; ++i)
+          for (std::int64_t j = 0; j < n; ++j) worst = std::max(worst, std::abs(c1.data()[i * ldc + j] - c2.data()[i * ldc + j]));
+        CHECK(worst <= 1e-11);
+        for (std::int64_t i = 0; i < m; ++i)  // the padding columns of C are untouched
+          for (std::int64_t j = n; j < ldc; ++j) CHECK(c1.data()[i * ldc + j] == c2.data()[i * ldc + j]);
+      }
+  tg::set_num_threads(threads_before);
+}
+
 TEST_CASE("Array: large blocks are reused after they are freed, within the cache limit") {
   const tg::Shape big{512, 1024};  // 4 MiB of double
   const double* first = nullptr;

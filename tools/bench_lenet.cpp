@@ -106,7 +106,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 // --- tapegrad --------------------------------------------------------------------
 
-using CompiledLenet = decltype(tg::compile(std::declval<const cnn::LenetTape&>()));
+using cnn::CompiledLenet;
 
 // Trains with the interpreter (replayed tapes) or with compiled tapes (the
 // recorded tape is dropped once compiled, so only the compiled program's memory counts).
@@ -123,7 +123,10 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled) {
     const bool is_full = x.shape()[0] == 64;
     if (compiled) {
       auto& ct = is_full ? compiled_full : compiled_partial;
-      if (!ct) ct.emplace(tg::compile(cnn::record_lenet_step(x, y, P)));
+      if (!ct) {
+        ct.emplace(tg::compile(cnn::record_lenet_step(x, y, P)));
+        tg::release_array_cache();  // the dropped tape's buffers (Note [The arena comes with the first replay])
+      }
       return cnn::lenet_gradient(*ct, x, y, P, grads);
     }
     auto& tape = is_full ? full : partial;
@@ -213,8 +216,8 @@ double torch_accuracy(TorchLenet& net, const cnn::Dataset& test) {
   std::int64_t hits = 0;
   std::vector<std::int64_t> order(static_cast<std::size_t>(test.size()));
   std::iota(order.begin(), order.end(), 0);
-  for (std::int64_t i = 0; i < test.size(); i += 100) {
-    const std::int64_t b = std::min<std::int64_t>(100, test.size() - i);
+  for (std::int64_t i = 0; i < test.size(); i += cnn::kEvalChunk) {  // the same chunks as tapegrad's
+    const std::int64_t b = std::min<std::int64_t>(cnn::kEvalChunk, test.size() - i);
     A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
     cnn::gather_batch(test, order, i, i + b, x, y);
     const auto logits = net.forward(torch::from_blob(x.data(), {b, 1, 28, 28}));

@@ -1,12 +1,15 @@
 // Trains LeNet on Fashion-MNIST: the project's main job.
 //
 // The model (lenet_model.hpp) is a plain function of its parameters. The tape is recorded once
-// for the batch shape and replayed every step (a second tape serves the last,
-// partial batch). SGD with momentum 0.9, lr 0.01, batch 64 by default; pixels
-// standardised with the training set's mean and standard deviation.
+// for the batch shape, compiled (tg::compile: dead code removed, activations
+// fused into conv and matmul, one planned arena) and replayed every step; a
+// second tape serves the last, partial batch. --interpret replays the recorded
+// tapes with the interpreter instead (same numbers, more memory). SGD with
+// momentum 0.9, lr 0.01, batch 64 by default; pixels standardised with the
+// training set's mean and standard deviation.
 //
 //   lenet [--epochs 2] [--batch 64] [--lr 0.01] [--optimizer sgd|adam] [--threads N]
-//         [--seed 1] [--data DIR] [--quick] [--out DIR]
+//         [--seed 1] [--data DIR] [--quick] [--interpret] [--out DIR]
 #include <unistd.h>
 
 #include <chrono>
@@ -33,6 +36,7 @@ struct Options {
   std::uint64_t seed = 1;
   std::string data = cnn::kDefaultDataDir;
   bool quick = false;
+  bool interpret = false;
   std::string out = ".";
 };
 
@@ -53,7 +57,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--data") o.data = value(i);
     else if (a == "--out") o.out = value(i);
     else if (a == "--quick") o.quick = true;
-    else tg::fail("lenet", fmt::format("unknown flag {} expected one of --epochs --batch --lr --optimizer --threads --seed --data --quick --out", a));
+    else if (a == "--interpret") o.interpret = true;
+    else tg::fail("lenet", fmt::format("unknown flag {} expected one of --epochs --batch --lr --optimizer --threads --seed --data --quick --interpret --out", a));
   }
   if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0) || (o.optimizer != "sgd" && o.optimizer != "adam"))
     tg::fail("lenet", fmt::format("epochs {} batch {} lr {} optimizer {} expected positive numbers and sgd or adam", o.epochs,
@@ -76,8 +81,9 @@ int main(int argc, char** argv) try {
   const std::int64_t n_train = o.quick ? std::min<std::int64_t>(6400, train.size()) : train.size();
   const std::int64_t n_test = o.quick ? std::min<std::int64_t>(2000, test.size()) : test.size();
   const int epochs = o.quick ? 1 : o.epochs;
-  fmt::print("LeNet on Fashion-MNIST: {} training and {} test images, {} epoch(s), batch {}, {} lr {}, {} threads\n",
-             n_train, n_test, epochs, o.batch, o.optimizer, o.lr, tg::num_threads());
+  fmt::print("LeNet on Fashion-MNIST: {} training and {} test images, {} epoch(s), batch {}, {} lr {}, {} threads, {}\n",
+             n_train, n_test, epochs, o.batch, o.optimizer, o.lr, tg::num_threads(),
+             o.interpret ? "interpreted tapes" : "compiled tapes");
 
   cnn::LenetParams P(o.seed);
   std::vector<A*> params = P.pointers();
@@ -85,8 +91,9 @@ int main(int argc, char** argv) try {
   cnn::Adam adam;
   adam.lr = o.lr;
 
-  // One tape per batch size (the full one and the last, partial one), recorded on first use.
+  // One program per batch size (the full one and the last, partial one), recorded on first use.
   std::optional<cnn::LenetTape> full, partial;
+  std::optional<cnn::CompiledLenet> compiled_full, compiled_partial;
   std::vector<A> grads;
   const bool terminal = isatty(fileno(stdout));
   std::vector<double> step_x, step_loss, epoch_x, epoch_acc, epoch_loss;
@@ -100,9 +107,19 @@ int main(int argc, char** argv) try {
       const std::int64_t begin = s * o.batch, b = std::min(o.batch, n_train - begin);
       A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
       cnn::gather_batch(train, order, begin, begin + b, x, y);
-      std::optional<cnn::LenetTape>& tape = b == o.batch ? full : partial;
-      if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
-      const double l = cnn::lenet_gradient(*tape, x, y, P, grads);
+      double l;
+      if (o.interpret) {
+        std::optional<cnn::LenetTape>& tape = b == o.batch ? full : partial;
+        if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
+        l = cnn::lenet_gradient(*tape, x, y, P, grads);
+      } else {
+        std::optional<cnn::CompiledLenet>& program = b == o.batch ? compiled_full : compiled_partial;
+        if (!program) {
+          program.emplace(tg::compile(cnn::record_lenet_step(x, y, P)));
+          tg::release_array_cache();  // the dropped tape's buffers (Note [The arena comes with the first replay])
+        }
+        l = cnn::lenet_gradient(*program, x, y, P, grads);
+      }
       std::vector<const A*> g;
       for (const A& gk : grads) g.push_back(&gk);
       if (o.optimizer == "sgd") sgd.step(params, g);

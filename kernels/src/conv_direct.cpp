@@ -10,17 +10,18 @@
 
 #include <algorithm>
 #include <limits>
-#include <vector>
+#include <span>
 
 #include "conv_impl.hpp"
+#include "parallel.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {
 
 constexpr double kParallelMacs = 1e5;  // below this a parallel region costs more than it saves
 
-std::vector<TapRange> row_ranges(const ConvGeometry& g) {
-  std::vector<TapRange> r(static_cast<std::size_t>(g.ker[2]));
+std::span<const TapRange> row_ranges(const ConvGeometry& g, ScratchScope& scratch) {
+  std::span<TapRange> r = scratch.take<TapRange>(g.ker[2]);
   for (std::int64_t t = 0; t < g.ker[2]; ++t) r[static_cast<std::size_t>(t)] = tap_range(g, 2, t);
   return r;
 }
@@ -98,7 +99,7 @@ inline void fused_row(T* __restrict y, const T* __restrict w, const T* __restric
 // Outputs every tap reaches (the interior) run fused when the stride is 1;
 // the edges, and other strides, run one tap at a time.
 template <class T>
-inline void accumulate_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& rows, const std::int64_t interior[2],
+inline void accumulate_kernel_row(const ConvGeometry& g, std::span<const TapRange> rows, const std::int64_t interior[2],
                                   T* yrow, const T* w, const T* xrow) {
   const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
   std::int64_t begin = interior[0], end = interior[1];
@@ -130,7 +131,7 @@ inline void accumulate_kernel_row(const ConvGeometry& g, const std::vector<TapRa
 
 // The kernel-gradient twin of accumulate_kernel_row: acc[t2] += input row . output-adjoint row.
 template <class T>
-inline void dot_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& rows, T* acc, const T* xrow, const T* gyrow) {
+inline void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> rows, T* acc, const T* xrow, const T* gyrow) {
   for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
     const TapRange& r = rows[static_cast<std::size_t>(t2)];
     if (!r.empty()) acc[t2] += dot_row(xrow + first_input(r, g.stride[2]), gyrow + r.begin, r.end - r.begin, g.stride[2]);
@@ -138,7 +139,7 @@ inline void dot_kernel_row(const ConvGeometry& g, const std::vector<TapRange>& r
 }
 
 // The outputs along the last dim that every tap of a kernel row reaches.
-inline void interior_of(const std::vector<TapRange>& rows, std::int64_t interior[2]) {
+inline void interior_of(std::span<const TapRange> rows, std::int64_t interior[2]) {
   interior[0] = 0;
   interior[1] = std::numeric_limits<std::int64_t>::max();
   for (const auto& r : rows) {
@@ -153,11 +154,11 @@ inline void interior_of(const std::vector<TapRange>& rows, std::int64_t interior
 template <class T>
 void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
-  const auto rows = row_ranges(g);
+  ScratchScope scratch;
+  const auto rows = row_ranges(g, scratch);
   std::int64_t interior[2];
   interior_of(rows, interior);
-#pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
-  for (std::int64_t nk = 0; nk < g.N * g.K; ++nk) {
+  parallel_for(g.N * g.K, threads_if(g.macs() > kParallelMacs), [&](std::int64_t nk) {
     const std::int64_t n = nk / g.K, k = nk % g.K, group = k / g.Kg;
     T* yk = y + nk * ov;
     if (!accumulate) std::fill(yk, yk + ov, T(0));
@@ -172,21 +173,21 @@ void direct_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool ac
           });
         }
       }
-  }
+  });
 }
 
 template <class T>
 void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   if (unit_stride(g)) {
     // Unit stride: a gather (the forward loops on the adjoint geometry) instead of a scatter.
-    const auto wa = adjoint_weights(g, w);
-    return direct_forward(adjoint_geometry(g), gy, wa.data(), gx, accumulate);
+    ScratchScope scratch;
+    return direct_forward(adjoint_geometry(g), gy, adjoint_weights(g, w, scratch), gx, accumulate);
   }
   if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
-  const auto rows = row_ranges(g);
-#pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
-  for (std::int64_t nc = 0; nc < g.N * g.C; ++nc) {
+  ScratchScope scratch;
+  const auto rows = row_ranges(g, scratch);
+  parallel_for(g.N * g.C, threads_if(g.macs() > kParallelMacs), [&](std::int64_t nc) {
     const std::int64_t n = nc / g.C, channel = nc % g.C, group = channel / g.Cg, c = channel % g.Cg;
     T* gxc = gx + nc * iv;
     for (std::int64_t k = group * g.Kg; k < (group + 1) * g.Kg; ++k) {
@@ -204,17 +205,18 @@ void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
           });
         }
     }
-  }
+  });
 }
 
 template <class T>
 void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
-  const auto rows = row_ranges(g);
-#pragma omp parallel for schedule(static) if (g.macs() > kParallelMacs)
-  for (std::int64_t kc = 0; kc < g.K * g.Cg; ++kc) {
+  ScratchScope scratch;
+  const auto rows = row_ranges(g, scratch);
+  parallel_for(g.K * g.Cg, threads_if(g.macs() > kParallelMacs), [&](std::int64_t kc) {
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
-    std::vector<T> acc(static_cast<std::size_t>(kv), T(0));
+    ScratchScope own;  // this thread's stack (Note [Scratch stack])
+    const std::span<T> acc = own.take_filled<T>(kv, T(0));
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xc = x + (n * g.C + group * g.Cg + c) * iv;
       const T* gyk = gy + (n * g.K + k) * ov;
@@ -227,7 +229,7 @@ void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
         }
     }
     for (std::int64_t t = 0; t < kv; ++t) gw[kc * kv + t] += acc[static_cast<std::size_t>(t)];
-  }
+  });
 }
 
 #define TG_INSTANTIATE(T)                                                                    \

@@ -290,8 +290,8 @@ void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
     // threads: R1 20.1 -> 16.6 ms, R2 16.1 -> 14.2 ms; but with K.kernel above
     // ~1300 rows (L2: 1600, R3: 2304) its patches outgrow the cache and the
     // col2im form wins (L2 13.3 vs 24.2 ms, R3 15.7 vs 23.0 ms).
-    const auto wa = adjoint_weights(g, w);
-    return im2col_forward(adjoint_geometry(g), gy, wa.data(), gx, /*accumulate=*/true);
+    ScratchScope scratch;
+    return im2col_forward(adjoint_geometry(g), gy, adjoint_weights(g, w, scratch), gx, /*accumulate=*/true);
   }
   const Blocking b = make_blocks(g);
   const std::int64_t R = col_rows(g), ov = g.out_vol();

@@ -9,6 +9,7 @@
 
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/conv.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels::conv_impl {
 
@@ -65,14 +66,14 @@ inline ConvGeometry adjoint_geometry(const ConvGeometry& g) {
 
 // w (K, Cg, taps) -> (C, Kg, taps) per group, taps reversed: the adjoint geometry's weights.
 template <class T>
-std::vector<T> adjoint_weights(const ConvGeometry& g, const T* w) {
+const T* adjoint_weights(const ConvGeometry& g, const T* w, ScratchScope& scratch) {
   const std::int64_t kv = g.ker_vol();
-  std::vector<T> out(static_cast<std::size_t>(g.K * g.Cg * kv));
+  T* out = scratch.take<T>(g.K * g.Cg * kv).data();
   for (std::int64_t grp = 0; grp < g.groups; ++grp)
     for (std::int64_t c = 0; c < g.Cg; ++c)
       for (std::int64_t k = 0; k < g.Kg; ++k)
         for (std::int64_t u = 0; u < kv; ++u)
-          out[static_cast<std::size_t>(((grp * g.Cg + c) * g.Kg + k) * kv + u)] =
+          out[((grp * g.Cg + c) * g.Kg + k) * kv + u] =
               w[((grp * g.Kg + k) * g.Cg + c) * kv + (kv - 1 - u)];
   return out;
 }

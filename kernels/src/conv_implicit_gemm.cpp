@@ -23,9 +23,11 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <vector>
+#include <span>
 
 #include "conv_impl.hpp"
+#include "parallel.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {
@@ -113,13 +115,16 @@ void tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t
 struct Layout {
   ConvGeometry::Dims padded;            // P0, P1, P2
   std::int64_t plane = 0;               // P0 * P1 * P2
-  std::vector<std::int64_t> tap;        // R = Cg * ker_vol offsets, in the weights' (c, t0, t1, t2) order
-  std::vector<std::int64_t> base;       // out_vol offsets, one per output position
+  std::span<std::int64_t> tap;          // R = Cg * ker_vol offsets, in the weights' (c, t0, t1, t2) order
+  std::span<std::int64_t> base;         // out_vol offsets, one per output position
   bool copy = false;                    // false: no padding, xp is x itself
 };
 
-Layout make_layout(const ConvGeometry& g) {
+Layout make_layout(const ConvGeometry& g, ScratchScope& scratch) {
   Layout L;
+  L.tap = scratch.take<std::int64_t>(g.Cg * g.ker_vol());
+  L.base = scratch.take<std::int64_t>(g.out_vol());
+  std::size_t t = 0, b = 0;
   for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) {
     L.padded[d] = g.in[d] + g.lo[d] + g.hi[d];
     L.copy = L.copy || g.lo[d] != 0 || g.hi[d] != 0;
@@ -130,50 +135,48 @@ Layout make_layout(const ConvGeometry& g) {
     for (std::int64_t t0 = 0; t0 < g.ker[0]; ++t0)
       for (std::int64_t t1 = 0; t1 < g.ker[1]; ++t1)
         for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2)
-          L.tap.push_back(c * L.plane + t0 * g.dil[0] * slab + t1 * g.dil[1] * row + t2 * g.dil[2]);
+          L.tap[t++] = c * L.plane + t0 * g.dil[0] * slab + t1 * g.dil[1] * row + t2 * g.dil[2];
   for (std::int64_t o0 = 0; o0 < g.out[0]; ++o0)
     for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1)
       for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2)
-        L.base.push_back(o0 * g.stride[0] * slab + o1 * g.stride[1] * row + o2 * g.stride[2]);
+        L.base[b++] = o0 * g.stride[0] * slab + o1 * g.stride[1] * row + o2 * g.stride[2];
   return L;
 }
 
 // x (N, C, in) zero-padded to (N, C, padded) (or cropped, for the negative low
 // padding of an adjoint geometry).
 template <class T>
-Array<T> pad_input(const ConvGeometry& g, const Layout& L, const T* x) {
-  Array<T> xp = scratch<T>(g.N * g.C * L.plane);
-  T* out = xp.data();
+const T* pad_input(const ConvGeometry& g, const Layout& L, const T* x, ScratchScope& scratch) {
+  T* out = scratch.take<T>(g.N * g.C * L.plane).data();
   const std::int64_t rows = g.N * g.C * L.padded[0] * L.padded[1];
-#pragma omp parallel for schedule(static) num_threads(conv_threads())
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, conv_threads(), [&](std::int64_t r) {
     const std::int64_t p1 = r % L.padded[1], p0 = (r / L.padded[1]) % L.padded[0], nc = r / (L.padded[0] * L.padded[1]);
     const std::int64_t i0 = p0 - g.lo[0], i1 = p1 - g.lo[1];
     T* dst = out + r * L.padded[2];
     if (i0 < 0 || i0 >= g.in[0] || i1 < 0 || i1 >= g.in[1]) {
       std::fill(dst, dst + L.padded[2], T(0));
-      continue;
+      return;
     }
     const T* src = x + (nc * g.in[0] + i0) * g.in[1] * g.in[2] + i1 * g.in[2];
     for (std::int64_t p2 = 0; p2 < L.padded[2]; ++p2) {
       const std::int64_t i2 = p2 - g.lo[2];
       dst[p2] = i2 >= 0 && i2 < g.in[2] ? src[i2] : T(0);
     }
-  }
-  return xp;
+  });
+  return out;
 }
 
 std::int64_t column_blocks(std::int64_t kg, int nr) { return (kg + nr - 1) / nr; }
 
 // W (K, R) -> per group and block of NR filters, W^T (R x NR), zero columns past Kg.
 template <class T>
-Array<T> pack_weights(const ConvGeometry& g, std::int64_t R, const T* w) {
+const T* pack_weights(const ConvGeometry& g, std::int64_t R, const T* w, ScratchScope& scratch) {
   constexpr int NR = kTileCols<T>;
   const std::int64_t blocks = column_blocks(g.Kg, NR);
-  Array<T> packed = Array<T>::zeros(Shape{g.groups * blocks * R * NR});
+  T* packed = scratch.take_filled<T>(g.groups * blocks * R * NR, T(0)).data();
   for (std::int64_t grp = 0; grp < g.groups; ++grp)
     for (std::int64_t k = 0; k < g.Kg; ++k) {
-      T* dst = packed.data() + ((grp * blocks + k / NR) * R) * NR + k % NR;
+      T* dst = packed + ((grp * blocks + k / NR) * R) * NR + k % NR;
       const T* src = w + (grp * g.Kg + k) * R;
       for (std::int64_t t = 0; t < R; ++t) dst[t * NR] = src[t];
     }
@@ -201,24 +204,22 @@ bool implicit_gemm_vectorised() {
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
   constexpr int NR = kTileCols<T>;
-  const Layout L = make_layout(g);
+  ScratchScope scratch;
+  const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
-  Array<T> padded;
-  if (L.copy) padded = pad_input(g, L, x);
-  const T* xp = L.copy ? padded.data() : x;
-  const Array<T> wp = pack_weights(g, R, w);
+  const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
+  const T* wp = pack_weights(g, R, w, scratch);
   constexpr std::int64_t kTilesPerTask = 16;
   const std::int64_t runs = (ov + kTileRows * kTilesPerTask - 1) / (kTileRows * kTilesPerTask);
   const std::int64_t tasks = g.N * g.groups * runs;
-#pragma omp parallel for schedule(static) num_threads(conv_threads())
-  for (std::int64_t task = 0; task < tasks; ++task) {
+  parallel_for(tasks, conv_threads(), [&](std::int64_t task) {
     const std::int64_t run = task % runs, grp = (task / runs) % g.groups, n = task / (runs * g.groups);
     const T* origin = xp + (n * g.C + grp * g.Cg) * L.plane;
     const std::int64_t p_begin = run * kTileRows * kTilesPerTask, p_end = std::min(ov, p_begin + kTileRows * kTilesPerTask);
     T out[kTileRows * NR];
     const T* rows[kTileRows];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
-      const T* wb = wp.data() + (grp * blocks + blk) * R * NR;
+      const T* wb = wp + (grp * blocks + blk) * R * NR;
       const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
       for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
         tile_rows(origin, L.base.data(), p0, ov, rows);
@@ -231,26 +232,26 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
         }
       }
     }
-  }
+  });
 }
 
 template <class T>
 void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
   if (!unit_stride(g)) return im2col_backward_input(g, gy, w, gx);
-  const auto wa = adjoint_weights(g, w);
-  implicit_gemm_forward(adjoint_geometry(g), gy, wa.data(), gx, /*accumulate=*/true);
+  ScratchScope scratch;
+  const T* wa = adjoint_weights(g, w, scratch);
+  implicit_gemm_forward(adjoint_geometry(g), gy, wa, gx, /*accumulate=*/true);
 }
 
 // gy (N, K, out_vol) -> per sample, group and block of NR filters, gy^T (out_vol x NR).
 template <class T>
-Array<T> pack_output_adjoint(const ConvGeometry& g, const T* gy) {
+const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& scratch) {
   constexpr int NR = kTileCols<T>;
   const std::int64_t ov = g.out_vol(), blocks = column_blocks(g.Kg, NR), panels = g.N * g.groups * blocks;
-  Array<T> packed = scratch<T>(panels * ov * NR);
-#pragma omp parallel for schedule(static) num_threads(conv_threads())
-  for (std::int64_t panel = 0; panel < panels; ++panel) {
+  T* packed = scratch.take<T>(panels * ov * NR).data();
+  parallel_for(panels, conv_threads(), [&](std::int64_t panel) {
     const std::int64_t blk = panel % blocks, grp = (panel / blocks) % g.groups, n = panel / (blocks * g.groups);
-    T* dst = packed.data() + panel * ov * NR;
+    T* dst = packed + panel * ov * NR;
     const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
     const T* src = gy + (n * g.K + grp * g.Kg + k0) * ov;  // kn rows of ov
     // Position-major: contiguous writes, kn sequential read streams.
@@ -258,7 +259,7 @@ Array<T> pack_output_adjoint(const ConvGeometry& g, const T* gy) {
       for (std::int64_t j = 0; j < kn; ++j) dst[p * NR + j] = src[j * ov + p];
       for (std::int64_t j = kn; j < NR; ++j) dst[p * NR + j] = T(0);
     }
-  }
+  });
   return packed;
 }
 
@@ -268,15 +269,14 @@ Array<T> pack_output_adjoint(const ConvGeometry& g, const T* gy) {
 template <class T>
 void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   constexpr int NR = kTileCols<T>;
-  const Layout L = make_layout(g);
+  ScratchScope scratch;
+  const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
-  Array<T> padded;
-  if (L.copy) padded = pad_input(g, L, x);
-  const T* xp = L.copy ? padded.data() : x;
-  const Array<T> gyp = pack_output_adjoint(g, gy);
+  const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
+  const T* gyp = pack_output_adjoint(g, gy, scratch);
   const std::int64_t row_tiles = (R + kTileRows - 1) / kTileRows, tiles = g.groups * blocks * row_tiles;
-#pragma omp parallel num_threads(conv_threads())
-  {
+  // Runs inside a parallel region, or on the calling thread alone (Note [One-thread regions]).
+  auto accumulate_tiles = [&] {
     T out[kTileRows * NR];
     const T* rows[kTileRows];
     for (std::int64_t n = 0; n < g.N; ++n) {
@@ -288,7 +288,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
         const std::int64_t t0 = rt * kTileRows, k0 = blk * NR;
         tile_rows(origin, L.tap.data(), t0, R, rows);
         // out (patch rows t0.. x filters k0..) = patches (6 x out_vol) . gy^T (out_vol x NR)
-        tile(rows, L.base.data(), gyp.data() + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out);
+        tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out);
         const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
         for (std::int64_t j = 0; j < kn; ++j) {
           T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;
@@ -296,6 +296,13 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
         }
       }
     }
+  };
+  const int threads = conv_threads();
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    accumulate_tiles();
+  } else {
+    accumulate_tiles();
   }
 }
 

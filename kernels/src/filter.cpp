@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels {
 
@@ -50,13 +51,17 @@ namespace {
 
 // For every padded dim, the source index of each padded position (-1 = fill).
 struct BorderMaps {
-  std::vector<std::vector<std::int64_t>> source;
+  std::span<std::span<std::int64_t>> source;
   Shape padded;
-  BorderMaps(const Shape& shape, std::span<const std::int64_t> lo, std::span<const std::int64_t> hi, BorderMode mode) {
+  std::span<std::int64_t> index;  // the row odometer of for_each_padded_row
+  BorderMaps(const Shape& shape, std::span<const std::int64_t> lo, std::span<const std::int64_t> hi, BorderMode mode,
+             ScratchScope& scratch)
+      : source(scratch.take<std::span<std::int64_t>>(static_cast<std::int64_t>(shape.rank()))),
+        index(scratch.take<std::int64_t>(static_cast<std::int64_t>(shape.rank()))) {
     for (std::size_t d = 0; d < shape.rank(); ++d) {
       const std::int64_t p = shape[d] + lo[d] + hi[d];
       padded.push_back(p);
-      auto& m = source.emplace_back(static_cast<std::size_t>(p));
+      auto& m = source[d] = scratch.take<std::int64_t>(p);
       for (std::int64_t j = 0; j < p; ++j) m[static_cast<std::size_t>(j)] = border_source(mode, j - lo[d], shape[d]);
     }
   }
@@ -65,7 +70,7 @@ struct BorderMaps {
 // Calls row(padded_row_offset, source_row_offset or -1) for every row (all dims
 // but the last) of the padded array; the last dim is mapped by the caller.
 template <class F>
-void for_each_padded_row(const BorderMaps& maps, const Shape& shape, F row) {
+void for_each_padded_row(BorderMaps& maps, const Shape& shape, F row) {
   const std::size_t rank = shape.rank();
   const std::int64_t rows = rank <= 1 ? 1 : [&] {
     std::int64_t r = 1;
@@ -73,7 +78,8 @@ void for_each_padded_row(const BorderMaps& maps, const Shape& shape, F row) {
     return r;
   }();
   const Strides src_strides = contiguous_strides(shape);
-  std::vector<std::int64_t> index(rank, 0);
+  std::span<std::int64_t> index = maps.index;
+  std::fill(index.begin(), index.end(), 0);
   for (std::int64_t r = 0; r < rows; ++r) {
     std::int64_t src = 0;
     for (std::size_t d = 0; d + 1 < rank; ++d) {
@@ -97,7 +103,8 @@ void for_each_padded_row(const BorderMaps& maps, const Shape& shape, F row) {
 template <class T>
 void border_pad(const T* x, const Shape& shape, std::span<const std::int64_t> lo, std::span<const std::int64_t> hi,
                 BorderMode mode, T fill, T* out) {
-  const BorderMaps maps(shape, lo, hi, mode);
+  ScratchScope scratch;
+  BorderMaps maps(shape, lo, hi, mode, scratch);
   const auto& last = maps.source.back();
   const std::int64_t n = shape.back(), before = lo.back(), width = maps.padded.back();
   for_each_padded_row(maps, shape, [&](std::int64_t dst, std::int64_t src) {
@@ -114,7 +121,8 @@ void border_pad(const T* x, const Shape& shape, std::span<const std::int64_t> lo
 template <class T>
 void border_pad_adjoint(const T* gpadded, const Shape& shape, std::span<const std::int64_t> lo,
                         std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill) {
-  const BorderMaps maps(shape, lo, hi, mode);
+  ScratchScope scratch;
+  BorderMaps maps(shape, lo, hi, mode, scratch);
   const auto& last = maps.source.back();
   const std::int64_t n = shape.back(), before = lo.back(), width = maps.padded.back();
   T fill_sum = T(0);

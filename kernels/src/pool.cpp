@@ -9,7 +9,9 @@
 #include <limits>
 #include <vector>
 
+#include "parallel.hpp"
 #include "spatial_dims.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 #include "tapegrad/kernels/error.hpp"
 
 namespace tg::kernels {
@@ -59,23 +61,26 @@ namespace {
 // For every output index along each dim, the in-bounds input indices of its
 // window, computed once per call: the inner loops then run without bounds checks.
 struct Windows {
-  std::array<std::vector<std::int64_t>, 3> index;  // index[d][o * win[d] + k] for k < inside[d][o]
-  std::array<std::vector<std::int64_t>, 3> inside;  // in-bounds positions of the window
-  std::array<std::vector<std::int64_t>, 3> padded;  // positions within the padded extent (PyTorch's avg divisor)
+  std::array<std::span<std::int64_t>, 3> index;   // index[d][o * win[d] + k] for k < inside[d][o]
+  std::array<std::span<std::int64_t>, 3> inside;  // in-bounds positions of the window
+  std::array<std::span<std::int64_t>, 3> padded;  // positions within the padded extent (PyTorch's avg divisor)
   PoolGeometry::Dims win;
-  explicit Windows(const PoolGeometry& g) : win(g.win) {
-    for (int d = 0; d < 3; ++d)
+  Windows(const PoolGeometry& g, ScratchScope& scratch) : win(g.win) {
+    for (int d = 0; d < 3; ++d) {
+      index[d] = scratch.take_filled<std::int64_t>(g.out[d] * g.win[d], 0);
+      inside[d] = scratch.take<std::int64_t>(g.out[d]);
+      padded[d] = scratch.take<std::int64_t>(g.out[d]);
       for (std::int64_t o = 0; o < g.out[d]; ++o) {
         const std::int64_t start = o * g.stride[d] - g.pad[d];
         std::int64_t n = 0;
         for (std::int64_t t = 0; t < g.win[d]; ++t) {
           const std::int64_t i = start + t * g.dil[d];
-          if (i >= 0 && i < g.in[d]) index[d].push_back(i), ++n;
+          if (i >= 0 && i < g.in[d]) index[d][static_cast<std::size_t>(o * g.win[d] + n++)] = i;
         }
-        index[d].resize(static_cast<std::size_t>((o + 1) * g.win[d]), 0);
-        inside[d].push_back(n);
-        padded[d].push_back(std::min(start + g.win[d], g.in[d] + g.pad[d]) - start);
+        inside[d][static_cast<std::size_t>(o)] = n;
+        padded[d][static_cast<std::size_t>(o)] = std::min(start + g.win[d], g.in[d] + g.pad[d]) - start;
       }
+    }
   }
 };
 
@@ -98,13 +103,12 @@ inline void for_each_in_window(const PoolGeometry& g, const Windows& w, std::int
 // Calls f(plane input, plane output index, o0, o1, o2) for every output of every plane, planes in parallel.
 template <class F>
 void for_each_output(const PoolGeometry& g, F f) {
-#pragma omp parallel for schedule(static) if (g.N * g.C * g.out_vol() > 20000)
-  for (std::int64_t plane = 0; plane < g.N * g.C; ++plane) {
+  parallel_for(g.N * g.C, threads_if(g.N * g.C * g.out_vol() > 20000), [&](std::int64_t plane) {
     std::int64_t j = 0;
     for (std::int64_t o0 = 0; o0 < g.out[0]; ++o0)
       for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1)
         for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) f(plane, plane * g.out_vol() + j++, o0, o1, o2);
-  }
+  });
 }
 
 // The divisor of one mean window (PyTorch's avg_pool rule).
@@ -118,8 +122,10 @@ inline std::int64_t mean_divisor(const Windows& w, bool count_include_pad, std::
 // For each tap t2 of the last window dim: the outputs [begin, end) whose input
 // o2 * stride + offset lies inside the row (computed once per call).
 struct LastDimTaps {
-  std::vector<std::int64_t> begin, end, offset;
-  explicit LastDimTaps(const PoolGeometry& g) {
+  std::span<std::int64_t> begin, end, offset;
+  LastDimTaps(const PoolGeometry& g, ScratchScope& scratch)
+      : begin(scratch.take<std::int64_t>(g.win[2])), end(scratch.take<std::int64_t>(g.win[2])),
+        offset(scratch.take<std::int64_t>(g.win[2])) {
     const std::int64_t s2 = g.stride[2];
     for (std::int64_t t2 = 0; t2 < g.win[2]; ++t2) {
       const std::int64_t off = t2 * g.dil[2] - g.pad[2];
@@ -127,7 +133,8 @@ struct LastDimTaps {
       while (b < g.out[2] && b * s2 + off < 0) ++b;
       std::int64_t e = b;
       while (e < g.out[2] && e * s2 + off < g.in[2]) ++e;
-      begin.push_back(b), end.push_back(e), offset.push_back(off);
+      const auto at = static_cast<std::size_t>(t2);
+      begin[at] = b, end[at] = e, offset[at] = off;
     }
   }
 };
@@ -184,10 +191,10 @@ void row_first_argmax(const PoolGeometry& g, const LastDimTaps& taps, const T* _
 // Runs f(plane, output row (o0, o1), first output index of the row) for every output row, planes in parallel.
 template <class F>
 void for_each_output_row(const PoolGeometry& g, F f) {
-#pragma omp parallel for schedule(static) if (g.N * g.C * g.out_vol() > 20000)
-  for (std::int64_t plane = 0; plane < g.N * g.C; ++plane)
+  parallel_for(g.N * g.C, threads_if(g.N * g.C * g.out_vol() > 20000), [&](std::int64_t plane) {
     for (std::int64_t o0 = 0; o0 < g.out[0]; ++o0)
       for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1) f(plane, o0, o1, plane * g.out_vol() + (o0 * g.out[1] + o1) * g.out[2]);
+  });
 }
 
 // Note [The 2x2 pool of most CNNs]: a 2x2 window with stride 2, no padding,
@@ -235,7 +242,8 @@ void maxpool_2x2_backward(const PoolGeometry& g, const T* x, const T* y, const T
 template <class T>
 void maxpool_forward(const PoolGeometry& g, const T* x, T* y) {
   if (is_2x2_stride_2(g)) return maxpool_2x2_forward(g, x, y);
-  const LastDimTaps taps(g);
+  ScratchScope scratch;
+  const LastDimTaps taps(g, scratch);
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
     row_max(g, taps, x + plane * g.in_vol(), o0, o1, y + j);
   });
@@ -244,7 +252,8 @@ void maxpool_forward(const PoolGeometry& g, const T* x, T* y) {
 template <class T>
 void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx) {
   if (is_2x2_stride_2(g)) return maxpool_2x2_backward(g, x, y, gy, gx);
-  const LastDimTaps taps(g);
+  ScratchScope scratch;
+  const LastDimTaps taps(g, scratch);
   // Planes are independent, so each thread's writes stay inside its own planes.
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
     thread_local std::vector<std::int32_t> arg;
@@ -257,7 +266,8 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
 
 template <class T>
 void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x, T* y) {
-  const Windows w(g);
+  ScratchScope scratch;
+  const Windows w(g, scratch);
   for_each_output(g, [&](std::int64_t plane, std::int64_t j, std::int64_t o0, std::int64_t o1, std::int64_t o2) {
     const T* xp = x + plane * g.in_vol();
     T acc = T(0);
@@ -268,7 +278,8 @@ void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x,
 
 template <class T>
 void meanpool_backward(const PoolGeometry& g, bool count_include_pad, const T* gy, T* gx) {
-  const Windows w(g);
+  ScratchScope scratch;
+  const Windows w(g, scratch);
   for_each_output(g, [&](std::int64_t plane, std::int64_t j, std::int64_t o0, std::int64_t o1, std::int64_t o2) {
     T* gp = gx + plane * g.in_vol();
     const T share = gy[j] / static_cast<T>(mean_divisor(w, count_include_pad, o0, o1, o2));
@@ -278,7 +289,8 @@ void meanpool_backward(const PoolGeometry& g, bool count_include_pad, const T* g
 
 template <class T>
 void lppool_forward(const PoolGeometry& g, T p, const T* x, T* y) {
-  const Windows w(g);
+  ScratchScope scratch;
+  const Windows w(g, scratch);
   for_each_output(g, [&](std::int64_t plane, std::int64_t j, std::int64_t o0, std::int64_t o1, std::int64_t o2) {
     const T* xp = x + plane * g.in_vol();
     T acc = T(0);
@@ -289,7 +301,8 @@ void lppool_forward(const PoolGeometry& g, T p, const T* x, T* y) {
 
 template <class T>
 void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T* gy, T* gx) {
-  const Windows w(g);
+  ScratchScope scratch;
+  const Windows w(g, scratch);
   // d y / d x_i = sign(x_i) |x_i|^(p-1) y^(1-p); zero where the window norm is zero.
   for_each_output(g, [&](std::int64_t plane, std::int64_t j, std::int64_t o0, std::int64_t o1, std::int64_t o2) {
     if (y[j] == T(0)) return;

@@ -22,7 +22,7 @@ struct ReduceParams : OpParams {
     for (auto a : axes) {
       const std::size_t k = normalize_axis(a, in.rank(), op);
       if (m[k]) fail(op, fmt::format("axis {} given twice in [{}] each axis at most once", a, fmt::join(axes, ",")));
-      m[k] = true;
+      m.set(k);
     }
     return m;
   }

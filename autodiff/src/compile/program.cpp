@@ -133,16 +133,31 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
   arena_bytes_ = compile_impl::place_buffers(buffers, options.plan_memory, offsets);
   std::vector<std::int64_t> own;
   unplanned_bytes_ = compile_impl::place_buffers(buffers, false, own);
-  arena_ = Array<T>::uninitialized(Shape{arena_bytes_ / static_cast<std::int64_t>(sizeof(T))});
   value_offset_.assign(slots, kNotPlanned);
   adjoint_offset_.assign(slots, kNotPlanned);
   for (std::size_t b = 0; b < buffers.size(); ++b) {
     const auto [slot, adjoint] = owner[b];
-    T* at = arena_.data() + offsets[b] / static_cast<std::int64_t>(sizeof(T));
     (adjoint ? adjoint_offset_ : value_offset_)[slot] = offsets[b];
-    (adjoint ? adjoints_ : values_)[slot] = Array<T>::borrowed(tape.value(slot).shape(), at);
+    arena_views_.push_back({slot, adjoint, tape.value(slot).shape()});
   }
   values_[output_] = tape.value(output_);  // output() before any replay: the recorded value
+}
+
+// Note [The arena comes with the first replay]: a program is usually compiled
+// from a tape that is dropped right after (tg::compile(tg::record(...))), so
+// the arena is allocated on the first forward(), when the tape's buffers are
+// already free (tg::release_array_cache can then hand them back to the system):
+// the tape and the arena are never resident together.
+template <class T>
+void CompiledProgram<T>::ensure_arena() {
+  if (arena_ready_) return;
+  arena_ = Array<T>::uninitialized(Shape{arena_bytes_ / static_cast<std::int64_t>(sizeof(T))});
+  for (const ArenaView& v : arena_views_) {
+    const std::int64_t offset = v.adjoint ? adjoint_offset_[v.slot] : value_offset_[v.slot];
+    T* at = arena_.data() + offset / static_cast<std::int64_t>(sizeof(T));
+    (v.adjoint ? adjoints_ : values_)[v.slot] = Array<T>::borrowed(v.shape, at);
+  }
+  arena_ready_ = true;
 }
 
 template <class T>
@@ -158,6 +173,7 @@ void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
 
 template <class T>
 void CompiledProgram<T>::forward() {
+  ensure_arena();
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, steps_.size()) : nullptr;
   for (std::size_t s = 0; s < steps_.size(); ++s) {
@@ -181,6 +197,18 @@ void CompiledProgram<T>::reverse(const Array<T>& seed) {
   if (!(seed.shape() == output().shape()))
     fail("CompiledTape", fmt::format("seed shape {} differs from the output shape {} they must match",
                                      to_string(seed.shape()), to_string(output().shape())));
+  run_reverse([&](Array<T>& adjoint) { adjoint = seed; });
+}
+
+template <class T>
+void CompiledProgram<T>::reverse_ones() {
+  run_reverse([](Array<T>& adjoint) { adjoint.fill(T(1)); });
+}
+
+template <class T>
+template <class Seed>
+void CompiledProgram<T>::run_reverse(Seed write_seed) {
+  if (!arena_ready_) fail("CompiledTape", "reverse() before forward() expected a forward pass first; hint: call forward or gradient");
   adjoint_live_.assign(values_.size(), 0);
   // Zeroed when first written in this pass: planned adjoints share bytes with dead buffers.
   auto fresh = [&](std::uint32_t slot) -> Array<T>& {
@@ -192,7 +220,7 @@ void CompiledProgram<T>::reverse(const Array<T>& seed) {
     }
     return adj;
   };
-  fresh(output_) = seed;
+  write_seed(fresh(output_));
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->pullback_seconds, &profile_->reverse_passes, steps_.size()) : nullptr;
   for (std::size_t s = steps_.size(); s-- > 0;) {

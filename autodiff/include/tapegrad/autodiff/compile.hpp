@@ -63,6 +63,8 @@ class CompiledProgram {
   void set_input(std::size_t k, const Array<T>& value);
   void forward();
   void reverse(const Array<T>& seed);
+  // reverse() seeded with ones, without building the seed (no heap allocation).
+  void reverse_ones();
   const Array<T>& output() const { return values_[output_]; }
   // Input k's gradient after reverse(): zeros if it needs none or nothing reached it.
   void input_gradient_into(std::size_t k, Array<T>& out) const;
@@ -107,11 +109,22 @@ class CompiledProgram {
   std::vector<std::int64_t> value_offset_, adjoint_offset_;
   std::vector<std::uint32_t> inputs_;
   std::uint32_t output_ = 0;
-  Array<T> arena_;
+  Array<T> arena_;  // allocated by the first forward() (Note [The arena comes with the first replay])
+  bool arena_ready_ = false;
+  struct ArenaView {
+    std::uint32_t slot;
+    bool adjoint;
+    Shape shape;
+  };
+  std::vector<ArenaView> arena_views_;
   std::int64_t arena_bytes_ = 0, unplanned_bytes_ = 0;
   std::vector<const Array<T>*> scratch_in_;
   std::vector<Array<T>*> scratch_adj_;
   TapeProfile* profile_ = nullptr;
+
+  template <class Seed>
+  void run_reverse(Seed write_seed);
+  void ensure_arena();
 };
 
 extern template class CompiledProgram<float>;
@@ -140,7 +153,7 @@ class CompiledTape {
   auto gradient(const A&... inputs) {
     forward(inputs...);
     check_scalar();
-    program_->reverse(Array<T>::ones(output().shape()));
+    program_->reverse_ones();
     std::array<Array<T>, N> grads;
     for (std::size_t k = 0; k < N; ++k) program_->input_gradient_into(k, grads[k]);
     return detail::pack<T, N>(std::move(grads));
@@ -150,7 +163,7 @@ class CompiledTape {
   void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
     forward(inputs...);
     check_scalar();
-    program_->reverse(Array<T>::ones(output().shape()));
+    program_->reverse_ones();
     for (std::size_t k = 0; k < N; ++k)
       if (grads[k]) program_->input_gradient_into(k, *grads[k]);
   }

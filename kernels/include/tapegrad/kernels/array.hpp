@@ -58,6 +58,9 @@ struct AlignedFree {
 // Bytes of freed large arrays kept for reuse (Note [Cached large blocks]); 0 turns
 // the cache off and releases what it holds. Default 256 MiB.
 void set_array_cache_limit(std::size_t bytes);
+// Hands every cached block back to the system (the limit stays): e.g. once a
+// recorded tape that was compiled is dropped, its buffers are not needed again.
+void release_array_cache();
 
 template <class T>
 class Array {

@@ -9,12 +9,29 @@
 #include <limits>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/strided.hpp"
 
 namespace tg::kernels {
 
-// Which axes of a rank-r array are reduced.
-using AxisMask = std::vector<bool>;
+// Which axes of a rank-r array are reduced: bits, so that a replayed reduction
+// builds its mask without a heap allocation (ranks above 64 are refused).
+class AxisMask {
+ public:
+  AxisMask(std::size_t rank, bool all) : rank_(rank) {
+    if (rank > 64) fail("AxisMask", fmt::format("rank {} expected at most 64 axes", rank));
+    bits_ = all ? (rank == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << rank) - 1) : 0;
+  }
+  bool operator[](std::size_t axis) const { return (bits_ >> axis) & 1u; }
+  void set(std::size_t axis) { bits_ |= std::uint64_t{1} << axis; }
+  std::size_t size() const { return rank_; }
+
+ private:
+  std::size_t rank_;
+  std::uint64_t bits_ = 0;
+};
 
 // The keepdims shape of reducing `in` over `mask`.
 inline Shape keepdims_shape(const Shape& in, const AxisMask& mask) {

@@ -1,0 +1,31 @@
+// Private to the kernels: loops over threads without a heap allocation per call.
+//
+// Note [One-thread regions]: libgomp builds a team for every parallel region and
+// keeps it for the next region only when that team had more than one thread; a
+// region that runs on one thread (num_threads(1), or an if() clause that is
+// false) mallocs and frees its team on every call. A replayed step calls its
+// kernels thousands of times, so a region that would run on one thread is not
+// opened at all: the loop runs on the calling thread.
+#pragma once
+
+#include <omp.h>
+
+#include <cstdint>
+
+namespace tg::kernels {
+
+// body(i) for i in [0, n), split statically over `threads` threads (<= 1: the calling thread).
+template <class F>
+void parallel_for(std::int64_t n, int threads, F&& body) {
+  if (threads <= 1 || n <= 1) {
+    for (std::int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t i = 0; i < n; ++i) body(i);
+}
+
+// OpenMP's thread count when `parallel` holds, else 1.
+inline int threads_if(bool parallel) { return parallel ? omp_get_max_threads() : 1; }
+
+}  // namespace tg::kernels

@@ -1,0 +1,135 @@
+// The per-thread scratch stack (Note [Scratch stack], scratch.hpp).
+#include "tapegrad/kernels/scratch.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "tapegrad/kernels/error.hpp"
+
+namespace tg::kernels {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kEveryTakeOnTheHeap = true;
+#else
+constexpr bool kEveryTakeOnTheHeap = false;
+#endif
+
+constexpr std::size_t kAlign = 64;
+std::size_t round_up(std::size_t bytes, std::size_t to) { return (bytes + to - 1) / to * to; }
+
+// Pages mapped for the stack alone: not malloc'd (Note [Large blocks bypass
+// malloc], array_cache.cpp) and not kept in the array cache (the stack keeps
+// its one block itself). Under AddressSanitizer, malloc'd so that it checks them.
+std::size_t block_bytes(std::size_t bytes) { return round_up(std::max<std::size_t>(bytes, kAlign), 4096); }
+void* heap_block(std::size_t bytes) {
+  void* p;
+  if (kEveryTakeOnTheHeap) {
+    p = std::aligned_alloc(kAlign, block_bytes(bytes));
+  } else {
+    p = mmap(nullptr, block_bytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) p = nullptr;
+  }
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+void free_block(void* p, std::size_t bytes) {
+  if (!p) return;
+  if (kEveryTakeOnTheHeap) std::free(p);
+  else munmap(p, block_bytes(bytes));
+}
+
+struct Overflow {
+  std::size_t at;  // stack position
+  void* block;
+  std::size_t bytes;
+};
+
+struct Stack {
+  unsigned char* block = nullptr;
+  std::size_t capacity = 0, used = 0, high_water = 0;
+  int depth = 0;
+  std::vector<Overflow> overflow;  // takes beyond `block`, each in its own pages
+
+  Stack() { overflow.reserve(64); }
+  ~Stack() {
+    for (const Overflow& o : overflow) free_block(o.block, o.bytes);
+    free_block(block, capacity);
+  }
+  // The outermost scope closed: size the block for everything the last call took.
+  void regrow() {
+    if (kEveryTakeOnTheHeap || high_water <= capacity) return;
+    free_block(block, capacity);
+    block = nullptr;
+    capacity = 0;
+    const std::size_t bytes = round_up(high_water, 4096);
+    block = static_cast<unsigned char*>(heap_block(bytes));
+    capacity = bytes;
+  }
+};
+
+Stack& stack() {
+  thread_local Stack s;
+  return s;
+}
+
+}  // namespace
+
+ScratchScope::ScratchScope() {
+  Stack& s = stack();
+  mark_ = s.used;
+  ++s.depth;
+}
+
+ScratchScope::~ScratchScope() {
+  Stack& s = stack();
+  while (!s.overflow.empty() && s.overflow.back().at >= mark_) {
+    free_block(s.overflow.back().block, s.overflow.back().bytes);
+    s.overflow.pop_back();
+  }
+  s.used = mark_;
+  if (--s.depth == 0) s.regrow();
+}
+
+void* ScratchScope::take_bytes(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  Stack& s = stack();
+  const std::size_t start = s.used, end = start + round_up(bytes, kAlign);
+  void* p;
+  if (!kEveryTakeOnTheHeap && s.overflow.empty() && end <= s.capacity) {
+    p = s.block + start;
+  } else {
+    p = heap_block(bytes);
+    try {
+      s.overflow.push_back({start, p, bytes});
+    } catch (...) {
+      free_block(p, bytes);
+      throw;
+    }
+  }
+  s.used = end;
+  s.high_water = std::max(s.high_water, end);
+  return p;
+}
+
+std::size_t scratch_bytes() { return stack().capacity; }
+
+void release_scratch() {
+  Stack& s = stack();
+  if (s.depth != 0)
+    fail("release_scratch", fmt::format("{} scratch scope(s) are open on this thread expected none; hint: call it "
+                                        "between kernel calls",
+                                        s.depth));
+  free_block(s.block, s.capacity);
+  s.block = nullptr;
+  s.capacity = s.high_water = 0;
+}
+
+}  // namespace tg::kernels

@@ -1,0 +1,184 @@
+// Heap allocations of a compiled tape's replay (issue 5: "after the first call,
+// ct.gradient(...) does no heap allocation"). Its own executable: it interposes
+// malloc and friends for the whole process (every library's allocations count,
+// OpenBLAS's and OpenMP's too), which the sanitizers' runtimes cannot share.
+//
+// Debugging a failure: `gdb --args tapegrad_allocation_tests`, then
+// `break tgtest_counted_allocation` and `run`: each hit is one allocation made
+// during a counted replay, with its backtrace.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+
+#include <tapegrad/tapegrad.hpp>
+
+#include "../examples/cnn/lenet_model.hpp"
+
+extern "C" {
+void* __libc_malloc(std::size_t);
+void __libc_free(void*);
+void* __libc_calloc(std::size_t, std::size_t);
+void* __libc_realloc(void*, std::size_t);
+void* __libc_memalign(std::size_t, std::size_t);
+}
+
+namespace {
+std::atomic<bool> counting{false};
+std::atomic<long> allocations{0};
+}  // namespace
+
+// A named function so that a debugger can stop on every counted allocation.
+extern "C" __attribute__((noinline)) void tgtest_counted_allocation() { asm volatile(""); }
+
+namespace {
+inline void count() {
+  if (counting.load(std::memory_order_relaxed)) {
+    allocations.fetch_add(1, std::memory_order_relaxed);
+    tgtest_counted_allocation();
+  }
+}
+}  // namespace
+
+extern "C" {
+void* malloc(std::size_t n) {
+  count();
+  return __libc_malloc(n);
+}
+void free(void* p) { __libc_free(p); }
+void* calloc(std::size_t n, std::size_t size) {
+  count();
+  return __libc_calloc(n, size);
+}
+void* realloc(void* p, std::size_t n) {
+  count();
+  return __libc_realloc(p, n);
+}
+void* memalign(std::size_t alignment, std::size_t n) {
+  count();
+  return __libc_memalign(alignment, n);
+}
+void* aligned_alloc(std::size_t alignment, std::size_t n) {
+  count();
+  return __libc_memalign(alignment, n);
+}
+int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
+  count();
+  void* p = __libc_memalign(alignment, n);
+  if (!p) return ENOMEM;
+  *out = p;
+  return 0;
+}
+}
+
+namespace {
+
+using A = tg::Array<double>;
+using T = tg::Tracked<double>;
+
+double max_abs_diff(const A& a, const A& b) {
+  REQUIRE(a.shape() == b.shape());
+  double m = 0;
+  for (std::int64_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a.data()[i] - b.data()[i]));
+  return m;
+}
+
+// Allocations made while f runs.
+template <class F>
+long allocations_in(F&& f) {
+  allocations = 0;
+  counting = true;
+  f();
+  counting = false;
+  return allocations.load();
+}
+
+// A small LeNet: conv + bias + relu + maxpool twice, linear + bias + relu, linear, cross-entropy.
+T small_lenet(const T& x, const T& labels, const T& w1, const T& b1, const T& w2, const T& b2, const T& w3, const T& b3,
+              const T& w4) {
+  const std::int64_t n = x.shape()[0];
+  auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {2}})), {.window = {2}});  // (n, 4, 6, 6)
+  h = tg::maxpool(tg::relu(tg::conv(h, w2, b2, {.padding = {1}})), {.window = {2}});       // (n, 6, 3, 3)
+  auto f = tg::relu(tg::matmul(tg::reshape(h, {n, 54}), w3) + b3);                         // (n, 54) @ (54, 16)
+  return tg::cross_entropy(tg::matmul(f, w4), labels);                                     // (n, 16) @ (16, 5)
+}
+
+// Elementwise chains, broadcasts, reductions and the other pooling and filter ops.
+T elementwise_mix(const T& x, const T& w, const T& k) {
+  auto a = tg::tanh(x * w + 1.0) - tg::sigmoid(x) * 0.5;
+  auto b = tg::exp(-a * a) + tg::abs(x);
+  auto c = tg::correlate(b, k, {.border = tg::Border::replicate()});
+  auto d = tg::meanpool(tg::reshape(c, {1, 1, 12, 12}), {.window = {2}});
+  return tg::sum(d * d) + tg::mean(tg::log(a * a + 1.0));
+}
+
+}  // namespace
+
+TEST_CASE("allocations: the counter sees malloc and operator new") {
+  static int* volatile sink = nullptr;  // keeps the compiler from eliding the new/delete pair
+  CHECK(allocations_in([] {
+          sink = new int(3);
+          delete sink;
+        }) == 1);
+  CHECK(allocations_in([] { std::free(std::malloc(100)); }) == 1);
+  CHECK(allocations_in([] { A a({1000}); }) == 1);
+}
+
+TEST_CASE("allocations: a compiled LeNet step allocates nothing after the first call") {
+  const std::int64_t n = 8;
+  A x = A::random_normal({n, 1, 12, 12}, 0, 1, 1), labels({n});
+  for (std::int64_t i = 0; i < n; ++i) labels.data()[i] = static_cast<double>(i % 5);
+  std::vector<A> p = {A::random_normal({4, 1, 5, 5}, 0, 1, 2), A::random_normal({4}, 0, 1, 3),  A::random_normal({6, 4, 3, 3}, 0, 1, 4), A::random_normal({6}, 0, 1, 5),
+                      A::random_normal({54, 16}, 0, 1, 6),     A::random_normal({16}, 0, 1, 7), A::random_normal({16, 5}, 0, 1, 8)};
+  auto tape = tg::record(small_lenet, x, labels, p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+  tape.set_needs_grad(0, false);
+  tape.set_needs_grad(1, false);
+  auto ct = tg::compile(tape);
+  std::vector<A> grads(p.size());
+  std::array<A*, 9> into{};
+  for (std::size_t k = 0; k < p.size(); ++k) into[k + 2] = &grads[k];
+  auto step = [&] { ct.gradient_into(into, x, labels, p[0], p[1], p[2], p[3], p[4], p[5], p[6]); };
+  step();  // the first call may size what it keeps
+  const double first_loss = ct.value();
+  CHECK(allocations_in(step) == 0);
+  CHECK(ct.value() == first_loss);
+  // New values of the same shapes: still none, and the interpreter agrees.
+  for (auto& a : p) a = A::random_normal(a.shape(), 0, 1, 11);
+  CHECK(allocations_in(step) == 0);
+  const auto expected = tape.gradient(x, labels, p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+  CHECK(std::abs(ct.value() - tape.value()) <= 1e-12 * std::abs(tape.value()));
+  CHECK(max_abs_diff(grads[2], std::get<4>(expected)) <= 1e-12);
+}
+
+TEST_CASE("allocations: compiled elementwise, filter and pooling steps allocate nothing after the first call") {
+  A x = A::random_normal({12, 12}, 0, 1, 1), w = A::random_normal({12, 12}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
+  auto tape = tg::record(elementwise_mix, x, w, k);
+  for (const auto& options : {tg::CompileOptions{}, tg::CompileOptions{.plan_memory = false}}) {
+    auto ct = tg::compile(tape, options);
+    A gx, gw, gk;
+    auto step = [&] { ct.gradient_into({&gx, &gw, &gk}, x, w, k); };
+    step();
+    CHECK(allocations_in(step) == 0);
+  }
+}
+
+TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
+  const cnn::LenetParams P(7);
+  const std::int64_t n = 64;
+  cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
+  for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);
+  auto tape = cnn::record_lenet_step(x, y, P);
+  auto ct = tg::compile(tape);
+  std::vector<cnn::A> grads;
+  const float first = cnn::lenet_gradient(ct, x, y, P, grads);
+  CHECK(allocations_in([&] { cnn::lenet_gradient(ct, x, y, P, grads); }) == 0);
+  CHECK(ct.value() == first);
+}
+
+int main(int argc, char** argv) {
+  doctest::Context context(argc, argv);
+  return context.run();
+}

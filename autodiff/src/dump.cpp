@@ -91,7 +91,21 @@ std::string dump(const Tape<T>& tape) {
     for (auto a : tape.args_of(ins)) show_leaf(a);
     out += fmt::format("{:<48}  # {}\n", "  " + equation(tape, ins), site_string(ins.where));
   }
+  out += guard_lines(tape.guards());
+  if (tape.unguarded_reads() > 0)
+    out += fmt::format("  warning: {} unguarded read(s) of tracked values while recording (first at {}): control flow "
+                       "on x.value() or x.item() is not checked on replay; compare through tg::any, tg::all or x.at() "
+                       "to record a guard\n",
+                       tape.unguarded_reads(), site_string(tape.first_unguarded_read()));
   if (tape.output() != Tape<T>::kNoSlot) out += fmt::format("  output %{}\n", tape.output());
+  return out;
+}
+
+std::string guard_lines(std::span<const Guard> guards) {
+  std::string out;
+  for (std::size_t i = 0; i < guards.size(); ++i)
+    out += fmt::format("{:<48}  # {}\n", fmt::format("  guard {}: {} is {}", i, describe(guards[i]), guards[i].expected),
+                       site_string(guards[i].where));
   return out;
 }
 

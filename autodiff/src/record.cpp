@@ -94,7 +94,7 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
     InlineList<const Array<T>*> inputs(operands.size());
     for (const auto& o : operands) {
       switch (o.kind) {
-        case Operand<T>::Kind::tracked: inputs.push_back(&o.tracked->value()); break;
+        case Operand<T>::Kind::tracked: inputs.push_back(&o.tracked->tape()->value(o.tracked->slot())); break;
         case Operand<T>::Kind::array: inputs.push_back(o.array); break;
         case Operand<T>::Kind::scalar: inputs.push_back(&scalars.push_back(Array<T>::scalar(o.scalar))); break;
       }

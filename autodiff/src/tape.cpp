@@ -75,6 +75,12 @@ void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
 
 template <class T>
 void Tape<T>::forward_pass() {
+  run_forward();
+  if (const std::int64_t g = first_failed_guard(); g >= 0) fail_guard("replay", guards_[g], static_cast<std::size_t>(g));
+}
+
+template <class T>
+void Tape<T>::run_forward() {
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, instrs_.size()) : nullptr;
   for (std::size_t i = 0; i < instrs_.size(); ++i) {
@@ -90,6 +96,102 @@ void Tape<T>::forward_pass() {
     }
   }
 }
+
+// ---- guards (Note [Guards]) ---------------------------------------------------------
+
+const char* to_string(Compare c) {
+  switch (c) {
+    case Compare::greater: return ">";
+    case Compare::greater_equal: return ">=";
+    case Compare::less: return "<";
+    case Compare::less_equal: return "<=";
+    case Compare::equal: return "==";
+    case Compare::not_equal: return "!=";
+  }
+  return "?";
+}
+
+namespace {
+template <class T>
+bool compare(Compare c, T a, T b) {
+  switch (c) {
+    case Compare::greater: return a > b;
+    case Compare::greater_equal: return a >= b;
+    case Compare::less: return a < b;
+    case Compare::less_equal: return a <= b;
+    case Compare::equal: return a == b;
+    case Compare::not_equal: return a != b;
+  }
+  return false;
+}
+}  // namespace
+
+template <class T>
+bool evaluate_guard(const Guard& g, const Array<T>& lhs, const Array<T>* rhs) {
+  // rhs: absent (the scalar), one element (broadcast), or lhs's shape.
+  auto right = [&](std::int64_t i) {
+    if (!rhs) return static_cast<T>(g.scalar);
+    return rhs->size() == 1 ? rhs->data()[0] : rhs->data()[i];
+  };
+  if (g.kind == GuardKind::element) return compare(g.compare, lhs.data()[g.element], right(g.element));
+  const bool want_all = g.kind == GuardKind::all;
+  for (std::int64_t i = 0; i < lhs.size(); ++i)
+    if (compare(g.compare, lhs.data()[i], right(i)) != want_all) return !want_all;
+  return want_all;
+}
+
+template <class T>
+bool Tape<T>::evaluate(const Guard& g) const {
+  return evaluate_guard(g, values_[g.lhs], g.rhs == kNoSlot ? nullptr : &values_[g.rhs]);
+}
+
+template <class T>
+bool Tape<T>::add_guard(Guard g) {
+  const Array<T>& lhs = values_.at(g.lhs);
+  if (g.rhs != kNoSlot) {
+    const Array<T>& rhs = values_.at(g.rhs);
+    if (rhs.size() != 1 && !(rhs.shape() == lhs.shape()))
+      fail("guard", fmt::format("compares shape {} with shape {} expected equal shapes or a one-element right side; "
+                                "hint: reduce or broadcast explicitly first",
+                                to_string(lhs.shape()), to_string(rhs.shape())));
+  }
+  if (g.kind == GuardKind::element && (g.element < 0 || g.element >= lhs.size()))
+    fail("guard", fmt::format("element {} of a value of {} elements expected an index inside it", g.element, lhs.size()));
+  g.expected = evaluate(g);
+  guards_.push_back(g);
+  return g.expected;
+}
+
+template <class T>
+std::int64_t Tape<T>::first_failed_guard() const {
+  for (std::size_t i = 0; i < guards_.size(); ++i)
+    if (evaluate(guards_[i]) != guards_[i].expected) return static_cast<std::int64_t>(i);
+  return -1;
+}
+
+template <class T>
+void Tape<T>::note_unguarded_read(const std::source_location& where) {
+  if (unguarded_reads_++ == 0) first_unguarded_read_ = where;
+}
+
+std::string describe(const Guard& g) {
+  const std::string rhs = g.rhs == ~std::uint32_t{0} ? fmt::format("{}", g.scalar) : fmt::format("%{}", g.rhs);
+  if (g.kind == GuardKind::element) return fmt::format("%{}[{}] {} {}", g.lhs, g.element, to_string(g.compare), rhs);
+  return fmt::format("{}(%{} {} {})", g.kind == GuardKind::any ? "any" : "all", g.lhs, to_string(g.compare), rhs);
+}
+
+void fail_guard(const char* op, const Guard& g, std::size_t i) {
+  const std::string test = describe(g);
+  throw Error(op,
+              fmt::format("guard {} ({}) was {} when recorded and is {} for these inputs expected the recorded "
+                          "control flow; hint: record again for these inputs, or let the tape re-record: "
+                          "tape.set_guard_policy(tg::GuardPolicy::rerecord)",
+                          i, test, g.expected, !g.expected),
+              site_string(g.where));
+}
+
+template bool evaluate_guard(const Guard&, const Array<float>&, const Array<float>*);
+template bool evaluate_guard(const Guard&, const Array<double>&, const Array<double>*);
 
 template <class T>
 Array<T>& Tape<T>::fresh_adjoint(std::uint32_t slot) {

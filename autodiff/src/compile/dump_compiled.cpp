@@ -49,6 +49,7 @@ std::string dump(const CompiledProgram<T>& p) {
     line += offset_text("value", p.value_offset(st.out)) + offset_text("adjoint", p.adjoint_offset(st.out));
     out += fmt::format("{:<60}  # {}\n", line, site_string(st.where));
   }
+  out += guard_lines(p.guards());
   out += fmt::format("  output %{}\n", p.output_slot());
   return out;
 }

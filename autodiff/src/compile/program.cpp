@@ -13,11 +13,15 @@ namespace {
 
 using compile_impl::Buffer;
 
-// Note [Dead instructions]: slots from which the output can be reached.
+// Note [Dead instructions]: slots from which the output, or a guard (Note [Guards]), can be reached.
 template <class T>
 std::vector<std::uint8_t> reaches_output(const Tape<T>& tape) {
   std::vector<std::uint8_t> reach(tape.num_slots(), 0);
   if (tape.output() != Tape<T>::kNoSlot) reach[tape.output()] = 1;
+  for (const Guard& g : tape.guards()) {
+    reach[g.lhs] = 1;
+    if (g.rhs != Tape<T>::kNoSlot) reach[g.rhs] = 1;
+  }
   for (std::size_t i = tape.num_instructions(); i-- > 0;) {
     const Instr<T>& ins = tape.instruction(i);
     if (reach[ins.out])
@@ -28,8 +32,13 @@ std::vector<std::uint8_t> reaches_output(const Tape<T>& tape) {
 
 // Note [Epilogue fusion]: folds activation steps into their producers.
 template <class T>
-void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::uint32_t output, std::size_t slots) {
+void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::uint32_t output, std::size_t slots,
+                    std::span<const Guard> guards) {
   std::vector<int> consumers(slots, 0), producer(slots, -1);
+  for (const Guard& g : guards) {  // a guarded value must survive its activation
+    consumers[g.lhs]++;
+    if (g.rhs != Tape<T>::kNoSlot) consumers[g.rhs]++;
+  }
   for (std::size_t s = 0; s < steps.size(); ++s) {
     producer[steps[s].out] = static_cast<int>(s);
     for (auto a : steps[s].args) consumers[a]++;
@@ -95,9 +104,10 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     const auto args = tape.args_of(ins);
     const auto saved = tape.saved_of(ins);
     steps_.push_back({ins.op, ins.params, {args.begin(), args.end()}, ins.out, {saved.begin(), saved.end()}, ins.where,
-                      needs_grad_[ins.out] != 0});
+                      needs_grad_[ins.out] != 0, /*epilogue=*/nullptr, /*epilogue_params=*/nullptr});
   }
-  if (options.fuse_epilogues) fuse_epilogues<T>(steps_, output_, slots);
+  guards_.assign(tape.guards().begin(), tape.guards().end());
+  if (options.fuse_epilogues) fuse_epilogues<T>(steps_, output_, slots, guards_);
   // Live intervals of every computed value and every computed slot's adjoint.
   const Timeline t{static_cast<int>(steps_.size())};
   std::vector<Buffer> buffers;
@@ -128,6 +138,10 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     }
   }
   touch(value_buffer, output_, false, t.end());
+  for (const Guard& g : guards_) {  // checked after the forward pass
+    touch(value_buffer, g.lhs, false, t.seed());
+    if (g.rhs != Tape<T>::kNoSlot) touch(value_buffer, g.rhs, false, t.seed());
+  }
   touch(adjoint_buffer, output_, true, t.seed());
   std::vector<std::int64_t> offsets;
   arena_bytes_ = compile_impl::place_buffers(buffers, options.plan_memory, offsets);
@@ -173,6 +187,22 @@ void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
 
 template <class T>
 void CompiledProgram<T>::forward() {
+  run_forward();
+  if (const std::int64_t g = first_failed_guard(); g >= 0) fail_guard("CompiledTape", guards_[g], static_cast<std::size_t>(g));
+}
+
+template <class T>
+std::int64_t CompiledProgram<T>::first_failed_guard() const {
+  for (std::size_t i = 0; i < guards_.size(); ++i) {
+    const Guard& g = guards_[i];
+    const Array<T>* rhs = g.rhs == Tape<T>::kNoSlot ? nullptr : &values_[g.rhs];
+    if (evaluate_guard(g, values_[g.lhs], rhs) != g.expected) return static_cast<std::int64_t>(i);
+  }
+  return -1;
+}
+
+template <class T>
+void CompiledProgram<T>::run_forward() {
   ensure_arena();
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, steps_.size()) : nullptr;

@@ -11,6 +11,7 @@
 #include "tapegrad/autodiff/gradcheck.hpp"
 #include "tapegrad/autodiff/compile.hpp"
 #include "tapegrad/autodiff/gradient.hpp"
+#include "tapegrad/autodiff/guard.hpp"
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/ops/arithmetic.hpp"
 #include "tapegrad/ops/conv.hpp"

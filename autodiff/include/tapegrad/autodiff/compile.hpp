@@ -23,10 +23,16 @@
 //                over the forward and reverse pass; buffers whose intervals do
 //                not overlap share bytes. Without it each gets its own bytes.
 //
+// Guards (Note [Guards], tape.hpp) recorded on the tape are checked after every
+// forward pass (their values are kept alive and never fused away); a failed one
+// throws, or re-records and recompiles (set_guard_policy).
+//
+// After the first call a replay makes no heap allocation: kernels take their
+// workspaces from the per-thread scratch stack (kernels/scratch.hpp).
+//
 // The interpreter (Tape) stays the reference: the tests compare every model
 // both ways, with every subset of passes. Not done yet (issue 5): fusion of
-// elementwise chains, guards, and workspaces sized once (the kernels still
-// take their scratch from the array cache on each call).
+// elementwise chains, and epilogues inside the kernels' store loops.
 //
 // Note [Constants are folded when recorded]: there is no constant-folding
 // pass because a tapegrad tape has nothing left to fold: an op on plain
@@ -61,7 +67,14 @@ class CompiledProgram {
   CompiledProgram(const Tape<T>& tape, const CompileOptions& options);
 
   void set_input(std::size_t k, const Array<T>& value);
+  // Runs every step, then checks the tape's guards (Note [Guards]): throws on a failed one.
   void forward();
+  // Runs every step; guards are left to the caller.
+  void run_forward();
+  // Index of the first guard the current values answer differently, or -1.
+  std::int64_t first_failed_guard() const;
+  std::span<const Guard> guards() const { return guards_; }
+  const Shape& input_shape(std::size_t k) const { return values_[inputs_[k]].shape(); }
   void reverse(const Array<T>& seed);
   // reverse() seeded with ones, without building the seed (no heap allocation).
   void reverse_ones();
@@ -108,6 +121,7 @@ class CompiledProgram {
   std::vector<std::uint8_t> needs_grad_, adjoint_live_;
   std::vector<std::int64_t> value_offset_, adjoint_offset_;
   std::vector<std::uint32_t> inputs_;
+  std::vector<Guard> guards_;
   std::uint32_t output_ = 0;
   Array<T> arena_;  // allocated by the first forward() (Note [The arena comes with the first replay])
   bool arena_ready_ = false;
@@ -134,7 +148,24 @@ extern template class CompiledProgram<double>;
 template <class T, std::size_t N>
 class CompiledTape {
  public:
-  CompiledTape(const Tape<T>& tape, const CompileOptions& options) : program_(std::make_unique<CompiledProgram<T>>(tape, options)) {}
+  using Recorder = typename GradientTape<T, N>::Recorder;
+  CompiledTape(const Tape<T>& tape, const CompileOptions& options, Recorder recorder = {}, std::array<bool, N> needs_grad = {})
+      : program_(std::make_unique<CompiledProgram<T>>(tape, options)),
+        options_(options),
+        recorder_(std::move(recorder)),
+        needs_grad_(needs_grad) {}
+
+  // Note [Guards]: on inputs that break a guard or have other shapes, throw
+  // (GuardPolicy::error, the default) or record the function again and compile
+  // the new tape with the same options (rerecord; the tape given to tg::compile
+  // must have come from tg::record with a copyable function).
+  void set_guard_policy(GuardPolicy policy) {
+    if (policy == GuardPolicy::rerecord && !recorder_)
+      fail("CompiledTape::set_guard_policy", "rerecord on a program whose tape does not hold its function expected a "
+                                             "tape made by tg::record from a copyable function");
+    policy_ = policy;
+  }
+  int rerecords() const { return rerecords_; }
 
   const CompiledProgram<T>& program() const { return *program_; }
   CompiledProgram<T>& program() { return *program_; }
@@ -144,9 +175,16 @@ class CompiledTape {
   template <class... A>
   const Array<T>& forward(const A&... inputs) {
     static_assert(sizeof...(A) == N, "CompiledTape::forward: give one Array per recorded input");
+    if (policy_ == GuardPolicy::error) {
+      set_inputs(inputs...);
+      program_->forward();
+      return output();
+    }
     std::size_t k = 0;
-    (program_->set_input(k++, inputs), ...);
-    program_->forward();
+    if (!((program_->input_shape(k++) == inputs.shape()) && ...)) return rerecord(inputs...);
+    set_inputs(inputs...);
+    program_->run_forward();
+    if (program_->first_failed_guard() >= 0) return rerecord(inputs...);
     return output();
   }
   template <class... A>
@@ -175,12 +213,36 @@ class CompiledTape {
                                                  "with tg::sum or tg::mean",
                                                  to_string(output().shape()), output().size()));
   }
+  template <class... A>
+  void set_inputs(const A&... inputs) {
+    std::size_t k = 0;
+    (program_->set_input(k++, inputs), ...);
+  }
+  template <class... A>
+  const Array<T>& rerecord(const A&... inputs) {
+    auto tape = recorder_(std::array<const Array<T>*, N>{&inputs...});
+    for (std::size_t k = 0; k < N; ++k)
+      if (!needs_grad_[k]) tape->set_input_needs_grad(k, false);
+    program_ = std::make_unique<CompiledProgram<T>>(*tape, options_);
+    ++rerecords_;
+    set_inputs(inputs...);
+    program_->forward();
+    return output();
+  }
+
   std::unique_ptr<CompiledProgram<T>> program_;
+  CompileOptions options_;
+  Recorder recorder_;
+  std::array<bool, N> needs_grad_;
+  GuardPolicy policy_ = GuardPolicy::error;
+  int rerecords_ = 0;
 };
 
 template <class T, std::size_t N>
 CompiledTape<T, N> compile(const GradientTape<T, N>& tape, const CompileOptions& options = {}) {
-  return CompiledTape<T, N>(tape.tape(), options);
+  std::array<bool, N> needs_grad;
+  for (std::size_t k = 0; k < N; ++k) needs_grad[k] = tape.needs_grad(k);
+  return CompiledTape<T, N>(tape.tape(), options, tape.recorder(), needs_grad);
 }
 
 // The compiled program as text: kept instructions with the arena offsets of

@@ -33,6 +33,9 @@ std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile);
 // The table itself, for any program: lines[i] describes step i of the profile.
 std::string format_profile(const TapeProfile& profile, std::span<const std::string> lines);
 
+// One line per guard (Note [Guards]): "guard 0: any(%3 > 0) is true   # site".
+std::string guard_lines(std::span<const Guard> guards);
+
 // "f32[64,10]"
 template <class T>
 std::string type_string(const Array<T>& a);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <tuple>
 #include <utility>
@@ -28,10 +29,22 @@ auto pack(std::array<Array<T>, N>&& a) {
 }
 }  // namespace detail
 
+// What a replay does when its inputs break a guard or have other shapes (Note [Guards]).
+enum class GuardPolicy : std::uint8_t {
+  error,     // throw tg::Error naming the guard and where it was recorded (the default)
+  rerecord,  // record the held function again on these inputs, and go on with the new tape
+};
+
 template <class T, std::size_t N>
 class GradientTape {
  public:
-  explicit GradientTape(std::unique_ptr<Tape<T>> tape) : tape_(std::move(tape)) {}
+  // Records the function again on new inputs (held by tg::record).
+  using Recorder = std::function<std::unique_ptr<Tape<T>>(const std::array<const Array<T>*, N>&)>;
+
+  explicit GradientTape(std::unique_ptr<Tape<T>> tape, Recorder recorder = {})
+      : tape_(std::move(tape)), recorder_(std::move(recorder)) {
+    needs_grad_.fill(true);
+  }
 
   const Tape<T>& tape() const { return *tape_; }
   Tape<T>& tape() { return *tape_; }
@@ -43,14 +56,40 @@ class GradientTape {
   // Marks input k as data that needs no gradient (Note [Inputs without gradient]):
   //   auto tape = tg::record(loss, images, labels, w, b);
   //   tape.set_needs_grad(0, false); tape.set_needs_grad(1, false);
-  void set_needs_grad(std::size_t k, bool needs) { tape_->set_input_needs_grad(k, needs); }
+  void set_needs_grad(std::size_t k, bool needs) {
+    tape_->set_input_needs_grad(k, needs);
+    needs_grad_[k] = needs;
+  }
+
+  // Note [Guards]: error (default) or rerecord. Re-recording calls the function
+  // given to tg::record again, so whatever it captured by reference must still
+  // be alive; the needs-grad marks carry over to the new tape.
+  void set_guard_policy(GuardPolicy policy) {
+    if (policy == GuardPolicy::rerecord && !recorder_)
+      fail("set_guard_policy", "rerecord on a tape that does not hold its function expected a tape made by tg::record "
+                               "from a copyable function; hint: pass a lambda or a function pointer");
+    policy_ = policy;
+  }
+  GuardPolicy guard_policy() const { return policy_; }
+  // The held function (empty when f could not be copied), and input k's needs-grad mark.
+  const Recorder& recorder() const { return recorder_; }
+  bool needs_grad(std::size_t k) const { return needs_grad_[k]; }
+  // How many times a replay recorded the function again (GuardPolicy::rerecord).
+  int rerecords() const { return rerecords_; }
 
   // Replays the forward pass on new inputs (same shapes as recorded) and returns the output.
   template <class... A>
   const Array<T>& forward(const A&... inputs) {
     static_assert(sizeof...(A) == N, "GradientTape::forward: give one Array per recorded input");
+    if (policy_ == GuardPolicy::error) {
+      set_inputs(inputs...);
+      tape_->forward_pass();
+      return output();
+    }
+    if (!same_shapes(inputs...)) return rerecord(inputs...);  // shapes are guards too
     set_inputs(inputs...);
-    tape_->forward_pass();
+    tape_->run_forward();
+    if (tape_->first_failed_guard() >= 0) return rerecord(inputs...);
     return output();
   }
 
@@ -89,6 +128,20 @@ class GradientTape {
     std::size_t k = 0;
     (tape_->set_input(k++, inputs, "GradientTape::gradient"), ...);
   }
+  template <class... A>
+  bool same_shapes(const A&... inputs) const {
+    std::size_t k = 0;
+    return ((tape_->value(tape_->inputs()[k++]).shape() == inputs.shape()) && ...);
+  }
+  template <class... A>
+  const Array<T>& rerecord(const A&... inputs) {
+    auto fresh = recorder_(std::array<const Array<T>*, N>{&inputs...});
+    for (std::size_t k = 0; k < N; ++k)
+      if (!needs_grad_[k]) fresh->set_input_needs_grad(k, false);
+    tape_ = std::move(fresh);
+    ++rerecords_;
+    return output();
+  }
   void check_scalar(const char* op) const {
     if (output().size() != 1)
       fail(op, fmt::format("output has shape {} ({} elements) expected one element; hint: reduce with tg::sum or "
@@ -102,22 +155,48 @@ class GradientTape {
   }
 
   std::unique_ptr<Tape<T>> tape_;
+  Recorder recorder_;
+  GuardPolicy policy_ = GuardPolicy::error;
+  std::array<bool, N> needs_grad_;
+  int rerecords_ = 0;
 };
 
-// Records f(x, xs...) once and keeps the tape. f takes const Tracked<T>& arguments
-// (a generic lambda taking auto works too) and returns a Tracked<T>.
-template <class F, class T, class... Rest>
-auto record(F&& f, const Array<T>& x, const Rest&... xs) {
-  static_assert((std::is_same_v<Rest, Array<T>> && ...), "tg::record: every input must be an Array of one element type");
-  constexpr std::size_t N = 1 + sizeof...(Rest);
+namespace detail {
+// Records f on inputs into a fresh tape.
+template <class T, std::size_t N, class F>
+std::unique_ptr<Tape<T>> record_tape(F& f, const std::array<const Array<T>*, N>& inputs) {
   auto tape = std::make_unique<Tape<T>>();
-  std::array<Tracked<T>, N> args{Tracked<T>(tape.get(), tape->add_input(x)), Tracked<T>(tape.get(), tape->add_input(xs))...};
-  Tracked<T> y = std::apply([&](const auto&... a) { return Tracked<T>(f(a...)); }, args);
+  std::array<std::uint32_t, N> slots;
+  for (std::size_t k = 0; k < N; ++k) slots[k] = tape->add_input(*inputs[k]);
+  auto call = [&]<std::size_t... I>(std::index_sequence<I...>) {
+    const std::array<Tracked<T>, N> args{Tracked<T>(tape.get(), slots[I])...};
+    return Tracked<T>(f(args[I]...));
+  };
+  Tracked<T> y = call(std::make_index_sequence<N>{});
   if (y.tape() != tape.get())
     fail("record", "the function returned a value from another tape expected a value computed from its arguments; "
                    "hint: do not return Tracked values captured from outside");
   tape->set_output(y.slot());
-  return GradientTape<T, N>(std::move(tape));
+  return tape;
+}
+}  // namespace detail
+
+// Records f(x, xs...) once and keeps the tape. f takes const Tracked<T>& arguments
+// (a generic lambda taking auto works too) and returns a Tracked<T>.
+// The tape holds a copy of f (when f can be copied) for GuardPolicy::rerecord.
+template <class F, class T, class... Rest>
+auto record(F&& f, const Array<T>& x, const Rest&... xs) {
+  static_assert((std::is_same_v<Rest, Array<T>> && ...), "tg::record: every input must be an Array of one element type");
+  constexpr std::size_t N = 1 + sizeof...(Rest);
+  const std::array<const Array<T>*, N> inputs{&x, &xs...};
+  auto tape = detail::record_tape<T, N>(f, inputs);
+  typename GradientTape<T, N>::Recorder recorder;
+  using Held = std::decay_t<F>;
+  if constexpr (std::is_copy_constructible_v<Held>) {
+    auto held = std::make_shared<Held>(f);
+    recorder = [held](const std::array<const Array<T>*, N>& in) { return detail::record_tape<T, N>(*held, in); };
+  }
+  return GradientTape<T, N>(std::move(tape), std::move(recorder));
 }
 
 // Gradient of a one-element function with respect to every input.

@@ -12,6 +12,7 @@
 #include <memory>
 #include <source_location>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "tapegrad/autodiff/registry.hpp"
@@ -26,6 +27,33 @@ struct TapeProfile {
   std::vector<double> forward_seconds, pullback_seconds;
   int forward_passes = 0, reverse_passes = 0;
 };
+
+// Note [Guards]: a comparison of tracked values that the user's C++ control
+// flow depended on while recording: `if (tg::any(x > 0))`, `if (x.at(0) > 0.5)`
+// (guard.hpp). Each is kept on the tape with the answer recording saw, and
+// every replay checks it after its forward pass: an answer that comes out
+// differently means the function would have taken another path, so the replay
+// is an error, or a re-recording (GradientTape::set_guard_policy), never a
+// silently wrong gradient. Shapes are guarded the same way (set_input). What
+// cannot be guarded: reads that bypass these calls (x.value(), x.item(), a
+// pointer into the data); the tape counts x.value() and x.item() reads made
+// while recording and the dump warns about them.
+enum class Compare : std::uint8_t { greater, greater_equal, less, less_equal, equal, not_equal };
+enum class GuardKind : std::uint8_t { any, all, element };
+
+struct Guard {
+  GuardKind kind = GuardKind::any;
+  Compare compare = Compare::greater;
+  std::uint32_t lhs = 0;
+  std::uint32_t rhs = ~std::uint32_t{0};  // a slot, or ~0: compare with `scalar`
+  double scalar = 0;
+  std::int64_t element = 0;  // GuardKind::element: the flat index into lhs
+  bool expected = false;     // the answer while recording
+  std::source_location where;
+};
+const char* to_string(Compare c);
+// "any(%3 > 0)", "%5[2] <= %7": the guard's test, in the dump's slot names.
+std::string describe(const Guard& g);
 
 template <class T>
 struct Instr {
@@ -49,6 +77,10 @@ class Tape {
   std::uint32_t append(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const std::uint32_t> args,
                        Array<T> output, std::vector<Array<T>> saved, const std::source_location& where);
   void set_output(std::uint32_t slot) { output_ = slot; }
+  // Evaluates `guard` on the current values, sets guard.expected, keeps it, returns the answer.
+  bool add_guard(Guard guard);
+  // Counts a read of a tracked value that no guard covers (Tracked::value, item).
+  void note_unguarded_read(const std::source_location& where);
 
   // --- reading -----------------------------------------------------------------
   std::size_t num_slots() const noexcept { return values_.size(); }
@@ -61,6 +93,13 @@ class Tape {
   bool needs_grad(std::uint32_t slot) const { return needs_grad_[slot] != 0; }
   std::span<const std::uint32_t> inputs() const noexcept { return inputs_; }
   std::uint32_t output() const noexcept { return output_; }
+  std::span<const Guard> guards() const noexcept { return guards_; }
+  // The answer of a guard on the current values.
+  bool evaluate(const Guard& guard) const;
+  // Index of the first guard the current values answer differently, or -1.
+  std::int64_t first_failed_guard() const;
+  std::int64_t unguarded_reads() const noexcept { return unguarded_reads_; }
+  const std::source_location& first_unguarded_read() const noexcept { return first_unguarded_read_; }
   // The adjoint of a slot after reverse_pass(); zeros if nothing reached it.
   Array<T> adjoint(std::uint32_t slot) const;
   // Copies the adjoint of a slot into `out`, reusing its storage when the size matches.
@@ -76,7 +115,10 @@ class Tape {
   void set_profile(TapeProfile* profile) { profile_ = profile; }
   // Replaces input k's value; its shape must equal the recorded one (Note [Replay]).
   void set_input(std::size_t k, const Array<T>& value, const char* op = "replay");
+  // Replays every instruction, then checks every guard (Note [Guards]): throws on a failed one.
   void forward_pass();
+  // Replays every instruction; guards are left to the caller (first_failed_guard).
+  void run_forward();
   // Seeds the output adjoint with `seed` (output's shape) and runs every pullback.
   void reverse_pass(const Array<T>& seed);
 
@@ -97,7 +139,16 @@ class Tape {
   std::vector<const Array<T>*> scratch_in_;  // reused per instruction: no allocation per step
   std::vector<Array<T>*> scratch_adj_;
   TapeProfile* profile_ = nullptr;
+  std::vector<Guard> guards_;
+  std::int64_t unguarded_reads_ = 0;
+  std::source_location first_unguarded_read_;
 };
+
+// Evaluates a guard on values (shared by the interpreter and compiled programs).
+template <class T>
+bool evaluate_guard(const Guard& guard, const Array<T>& lhs, const Array<T>* rhs);
+// The error of a replay whose inputs break guard `g` (index `i`), as "op: ...".
+[[noreturn]] void fail_guard(const char* op, const Guard& g, std::size_t i);
 
 extern template class Tape<float>;
 extern template class Tape<double>;

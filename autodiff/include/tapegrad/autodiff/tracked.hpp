@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <source_location>
 
 #include "tapegrad/autodiff/tape.hpp"
@@ -11,16 +12,28 @@
 namespace tg {
 
 template <class T>
+class GuardedElement;
+
+template <class T>
 class Tracked {
  public:
   Tracked(Tape<T>* tape, std::uint32_t slot) : tape_(tape), slot_(slot) {}
 
-  const Array<T>& value() const { return tape_->value(slot_); }
-  const Shape& shape() const { return value().shape(); }
-  std::int64_t size() const { return value().size(); }
-  std::size_t rank() const { return value().rank(); }
-  // The single element of a one-element value (a plain read: not recorded).
-  T item() const { return value().item(); }
+  // The current value: an unguarded read (Note [Guards]). Fine for printing; a
+  // branch on it is not checked on replay (the tape counts such reads and the
+  // dump warns). Branch through tg::any / tg::all or at() instead.
+  const Array<T>& value(std::source_location where = std::source_location::current()) const {
+    tape_->note_unguarded_read(where);
+    return tape_->value(slot_);
+  }
+  const Shape& shape() const { return tape_->value(slot_).shape(); }
+  std::int64_t size() const { return tape_->value(slot_).size(); }
+  std::size_t rank() const { return tape_->value(slot_).rank(); }
+  // The single element of a one-element value (an unguarded read, like value()).
+  T item(std::source_location where = std::source_location::current()) const { return value(where).item(); }
+  // One element at a row-major multi-index, for a guarded comparison: x.at({0, 2}) > 0.5 (guard.hpp).
+  GuardedElement<T> at(std::initializer_list<std::int64_t> index,
+                       std::source_location where = std::source_location::current()) const;
 
   Tape<T>* tape() const noexcept { return tape_; }
   std::uint32_t slot() const noexcept { return slot_; }

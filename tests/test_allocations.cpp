@@ -165,6 +165,17 @@ TEST_CASE("allocations: compiled elementwise, filter and pooling steps allocate 
   }
 }
 
+TEST_CASE("allocations: a fused elementwise chain over many blocks (threads) allocates nothing after the first call") {
+  auto chain = [](const T& x, const T& w, const T& s) { return tg::sum(tg::exp(-tg::tanh(x * w + s)) / (w * w + 1.0)); };
+  A x = A::random_normal({5000}, 0, 1, 1), w = A::random_normal({5000}, 0, 1, 2), s = A::scalar(0.5);
+  auto ct = tg::compile(tg::record(chain, x, w, s));
+  A gx, gw, gs;
+  auto step = [&] { ct.gradient_into({&gx, &gw, &gs}, x, w, s); };
+  step();
+  step();  // every worker thread has sized its scratch
+  CHECK(allocations_in(step) == 0);
+}
+
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
   const cnn::LenetParams P(7);
   const std::int64_t n = 64;

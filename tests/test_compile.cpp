@@ -18,8 +18,11 @@ double relative_diff(const A& a, const A& b) {
 // Every subset of the passes.
 std::vector<tg::CompileOptions> all_options() {
   std::vector<tg::CompileOptions> out;
-  for (int bits = 0; bits < 8; ++bits)
-    out.push_back({.dead_code = (bits & 1) != 0, .plan_memory = (bits & 2) != 0, .fuse_epilogues = (bits & 4) != 0});
+  for (int bits = 0; bits < 16; ++bits)
+    out.push_back({.dead_code = (bits & 1) != 0,
+                   .plan_memory = (bits & 2) != 0,
+                   .fuse_epilogues = (bits & 4) != 0,
+                   .fuse_elementwise = (bits & 8) != 0});
   return out;
 }
 
@@ -32,6 +35,7 @@ void check_compiled(F f, const std::tuple<In...>& inputs, const std::tuple<In...
     CAPTURE(options.dead_code);
     CAPTURE(options.plan_memory);
     CAPTURE(options.fuse_epilogues);
+    CAPTURE(options.fuse_elementwise);
     auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
     for (auto k : data_inputs) tape.set_needs_grad(k, false);
     auto ct = tg::compile(tape, options);
@@ -159,7 +163,7 @@ TEST_CASE("compile: epilogue fusion folds an activation into its producer only w
   };
   const A x = A::random_uniform({4, 5}, -1, 1, 1), w = A::random_uniform({5, 5}, -1, 1, 2);
   auto tape = tg::record(f, x, w);
-  const auto ct = tg::compile(tape);
+  const auto ct = tg::compile(tape, {.fuse_elementwise = false});  // counts the epilogues alone
   std::size_t fused = 0;
   for (const auto& st : ct.program().steps())
     if (st.epilogue) {
@@ -185,4 +189,37 @@ TEST_CASE("compile: a compiled program profiles its steps like a tape") {
   CHECK(text.find("profile over 2 forward and 2 reverse passes") != std::string::npos);
   CHECK(text.find("+ relu") != std::string::npos);
   CHECK(text.find("# test_compile.cpp:") != std::string::npos);
+}
+
+TEST_CASE("compile: elementwise fusion runs a chain as one step, block by block, with its pullbacks") {
+  // 2,400 elements: two whole blocks of 1,024 and a partial one; s is a one-element
+  // input (its adjoint sums over every block); w has x's shape.
+  auto f = [](const T& x, const T& w, const T& s) {
+    const T a = tg::tanh(x * w + s);
+    const T b = a * a - tg::sigmoid(x) * 0.5;
+    return tg::sum(tg::exp(-b) / (w * w + 1.0));
+  };
+  const auto inputs = [](std::uint64_t seed) {
+    return std::tuple{A::random_uniform({40, 60}, -1, 1, seed), A::random_uniform({40, 60}, -1, 1, seed + 1),
+                      A::random_uniform({}, -1, 1, seed + 2)};
+  };
+  check_compiled(f, inputs(1), inputs(11));
+  auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs(1));
+  const auto fused = tg::compile(tape), plain = tg::compile(tape, {.fuse_elementwise = false});
+  std::size_t groups = 0, members = 0;
+  for (const auto& st : fused.program().steps())
+    if (!st.group.empty()) ++groups, members += st.group.size();
+  CHECK(fused.program().steps().size() < plain.program().steps().size());
+  CHECK(groups >= 1);
+  CHECK(members >= 8);
+  CHECK(fused.program().arena_bytes() < plain.program().arena_bytes());  // inner values and adjoints take no arena space
+  const std::string text = tg::dump(fused);
+  CHECK(text.find("= fused{") != std::string::npos);
+  CHECK(text.find("fuse_elementwise on") != std::string::npos);
+  // A value used outside the chain, a guarded value and the output end a chain.
+  auto shared = [](const T& x) {
+    const T a = tg::exp(x * 2.0);
+    return tg::sum(tg::tanh(a)) + tg::sum(a);  // a feeds two ops: materialised
+  };
+  check_compiled(shared, std::tuple{A::random_uniform({3, 5}, -1, 1, 1)}, std::tuple{A::random_uniform({3, 5}, -1, 1, 2)});
 }

@@ -13,7 +13,7 @@
 #include <span>
 
 #include "conv_impl.hpp"
-#include "parallel.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {

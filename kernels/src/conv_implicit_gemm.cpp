@@ -26,7 +26,7 @@
 #include <span>
 
 #include "conv_impl.hpp"
-#include "parallel.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels::conv_impl {

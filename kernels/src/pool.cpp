@@ -9,7 +9,7 @@
 #include <limits>
 #include <vector>
 
-#include "parallel.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 #include "spatial_dims.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 #include "tapegrad/kernels/error.hpp"

@@ -16,9 +16,27 @@ std::string offset_text(const char* what, std::int64_t offset) {
 
 }  // namespace
 
-// "%13:f32[64,64,14,14] = conv[...] %12 %4 %5 + relu"
+// "%13:f32[64,64,14,14] = conv[...] %12 %4 %5 + relu", or a fused chain:
+// "%9:f64[12,12] = fused{%5 = mul %0 %1; %6 = add %5 %2; %9 = tanh %6} %0 %1 %2"
 template <class T>
 std::string step_equation(const CompiledProgram<T>& p, const typename CompiledProgram<T>::Step& st) {
+  if (!st.group.empty()) {
+    std::vector<std::string> members;
+    for (const auto& m : st.group) {
+      std::string text = fmt::format("%{} = {}", m.slot, m.op->name);
+      if (m.op->print_params && m.params) {
+        const std::string attrs = m.op->print_params(m.params.get());
+        if (!attrs.empty()) text += fmt::format("[{}]", attrs);
+      }
+      for (int i = 0; i < m.n_in; ++i) {
+        const std::int32_t code = m.in[static_cast<std::size_t>(i)];
+        text += fmt::format(" %{}", code < 0 ? st.group[static_cast<std::size_t>(-1 - code)].slot : st.args[static_cast<std::size_t>(code)]);
+      }
+      members.push_back(std::move(text));
+    }
+    return fmt::format("%{}:{} = fused{{{}}} %{}", st.out, type_string(p.value(st.out)), fmt::join(members, "; "),
+                       fmt::join(st.args, " %"));
+  }
   std::string line = equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
   if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
   return line;
@@ -37,10 +55,12 @@ std::string dump(const CompiledProgram<T>& p) {
   std::size_t pullbacks = 0;
   for (const auto& st : p.steps()) pullbacks += st.pullback;
   std::string out = fmt::format(
-      "compiled tape {}: {} steps for {} recorded instructions, {} pullbacks (dead_code {}, fuse_epilogues {}, plan_memory {})\n"
+      "compiled tape {}: {} steps for {} recorded instructions, {} pullbacks (dead_code {}, fuse_epilogues {}, "
+      "fuse_elementwise {}, plan_memory {})\n"
       "  arena {} for values and adjoints ({} one buffer each: {:.2f}x)\n",
       dtype_name<T>(), p.steps().size(), p.recorded_instructions(), pullbacks, o.dead_code ? "on" : "off",
-      o.fuse_epilogues ? "on" : "off", o.plan_memory ? "on" : "off", mib(p.arena_bytes()), mib(p.unplanned_bytes()),
+      o.fuse_epilogues ? "on" : "off", o.fuse_elementwise ? "on" : "off", o.plan_memory ? "on" : "off",
+      mib(p.arena_bytes()), mib(p.unplanned_bytes()),
       double(p.arena_bytes()) / double(std::max<std::int64_t>(1, p.unplanned_bytes())));
   for (std::size_t k = 0; k < p.inputs().size(); ++k)
     out += fmt::format("  %{}:{} = input {}\n", p.inputs()[k], type_string(p.value(p.inputs()[k])), k);

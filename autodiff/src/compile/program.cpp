@@ -6,6 +6,9 @@
 
 #include "../timed.hpp"
 #include "arena_plan.hpp"
+#include "elementwise_fusion.hpp"
+#include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 #include "tapegrad/autodiff/compile.hpp"
 
 namespace tg {
@@ -46,12 +49,12 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
   std::vector<std::uint8_t> removed(steps.size(), 0);
   for (std::size_t s = 0; s < steps.size(); ++s) {
     auto& act = steps[s];
-    if (!act.op->epilogue_forward || act.args.size() != 1) continue;
+    if (!act.group.empty() || !act.op->epilogue_forward || act.args.size() != 1) continue;
     const std::uint32_t x = act.args[0];
     const int p = producer[x];
     if (p < 0 || removed[p] || consumers[x] != 1 || x == output) continue;
     auto& prod = steps[static_cast<std::size_t>(p)];
-    if (!(prod.op->flags & kPullbackIgnoresOutput) || prod.epilogue) continue;
+    if (!prod.group.empty() || !(prod.op->flags & kPullbackIgnoresOutput) || prod.epilogue) continue;
     prod.epilogue = act.op;
     prod.epilogue_params = act.params;
     prod.out = act.out;  // the producer now writes the activation's slot
@@ -104,9 +107,12 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     const auto args = tape.args_of(ins);
     const auto saved = tape.saved_of(ins);
     steps_.push_back({ins.op, ins.params, {args.begin(), args.end()}, ins.out, {saved.begin(), saved.end()}, ins.where,
-                      needs_grad_[ins.out] != 0, /*epilogue=*/nullptr, /*epilogue_params=*/nullptr});
+                      needs_grad_[ins.out] != 0, /*epilogue=*/nullptr, /*epilogue_params=*/nullptr, /*group=*/{}});
   }
   guards_.assign(tape.guards().begin(), tape.guards().end());
+  // Chains first: an activation on an elementwise op joins its chain; the rest
+  // (an activation after conv or matmul, or after a broadcasting bias add) are epilogues.
+  if (options.fuse_elementwise) compile_impl::fuse_elementwise<T>(steps_, tape, output_, guards_);
   if (options.fuse_epilogues) fuse_epilogues<T>(steps_, output_, slots, guards_);
   // Live intervals of every computed value and every computed slot's adjoint.
   const Timeline t{static_cast<int>(steps_.size())};
@@ -153,8 +159,10 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     const auto [slot, adjoint] = owner[b];
     (adjoint ? adjoint_offset_ : value_offset_)[slot] = offsets[b];
     arena_views_.push_back({slot, adjoint, tape.value(slot).shape()});
+    // Until the arena exists: the shape without storage (dump prints types before any replay).
+    (adjoint ? adjoints_ : values_)[slot] = Array<T>::borrowed(tape.value(slot).shape(), nullptr);
   }
-  values_[output_] = tape.value(output_);  // output() before any replay: the recorded value
+  values_[output_] = Array<T>(tape.value(output_));  // output() before any replay: the recorded value (an owning copy)
 }
 
 // Note [The arena comes with the first replay]: a program is usually compiled
@@ -212,6 +220,7 @@ void CompiledProgram<T>::run_forward() {
     for (auto a : st.args) scratch_in_.push_back(&values_[a]);
     try {
       detail::timed(seconds, s, [&] {
+        if (!st.group.empty()) return group_forward(st);
         Array<T>& y = values_[st.out];
         st.op->forward({st.params.get(), scratch_in_, y, st.saved});
         if (st.epilogue) st.epilogue->epilogue_forward(st.epilogue_params.get(), y.data(), y.size());
@@ -264,6 +273,7 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
           scratch_in_.push_back(&values_[a]);
           scratch_adj_.push_back(needs_grad_[a] ? &fresh(a) : nullptr);
         }
+        if (!st.group.empty()) return group_pullback(st);  // external adjoints zeroed above
         Array<T>& dy = adjoints_[st.out];
         if (st.epilogue) st.epilogue->epilogue_pullback(st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
         st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved});
@@ -271,6 +281,126 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
     } catch (const Error& e) {
       throw e.with_site(st.where);
     }
+  }
+}
+
+// ---- fused elementwise chains (Note [Elementwise fusion]) ------------------------------
+
+namespace {
+// A block [begin, begin + len) of a fused step's external input or adjoint: a
+// one-element value is the same element for every block (rank 0: it broadcasts).
+template <class T>
+Array<T> block_of(const Array<T>& full, std::int64_t n, std::int64_t begin, std::int64_t len) {
+  T* data = const_cast<T*>(full.data());  // borrowed views never free; inputs are only read through const Arrays
+  if (full.size() == 1 && n != 1) return Array<T>::borrowed(Shape{}, data);
+  return Array<T>::borrowed(Shape{len}, data + begin);
+}
+}  // namespace
+
+// Blocks run in parallel, each on its thread's scratch (Note [Scratch stack]).
+template <class T>
+void CompiledProgram<T>::group_forward(const Step& st) {
+  using compile_impl::kFusedBlock;
+  const std::size_t members = st.group.size();
+  Array<T>& result = values_[st.out];
+  const std::int64_t n = result.size(), blocks = (n + kFusedBlock - 1) / kFusedBlock;
+  kernels::parallel_for(blocks, kernels::threads_if(blocks > 1), [&](std::int64_t block) {
+    kernels::ScratchScope scratch;
+    T* inner = scratch.take<T>(static_cast<std::int64_t>(members) * kFusedBlock).data();  // member m at m * kFusedBlock
+    const std::int64_t begin = block * kFusedBlock, len = std::min(kFusedBlock, n - begin);
+    for (std::size_t m = 0; m < members; ++m) {
+      const auto& mem = st.group[m];
+      std::array<Array<T>, 2> in;
+      std::array<const Array<T>*, 2> in_ptr{};
+      for (int i = 0; i < mem.n_in; ++i) {
+        const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
+        in[i] = code < 0 ? Array<T>::borrowed(Shape{len}, inner + (-1 - code) * kFusedBlock)
+                         : block_of(values_[st.args[static_cast<std::size_t>(code)]], n, begin, len);
+        in_ptr[i] = &in[i];
+      }
+      Array<T> out = Array<T>::borrowed(Shape{len}, m + 1 == members ? result.data() + begin : inner + m * kFusedBlock);
+      mem.op->forward({mem.params.get(), std::span<const Array<T>* const>(in_ptr.data(), mem.n_in), out, {}});
+    }
+  });
+}
+
+// Per block: recompute the inner values, then every member's pullback, last
+// first. Blocks run in parallel; the adjoint of a one-element input (which every
+// block adds to) goes to one partial sum per block, added up in block order
+// afterwards, so the result does not depend on the thread count.
+template <class T>
+void CompiledProgram<T>::group_pullback(const Step& st) {
+  using compile_impl::kFusedBlock;
+  const std::size_t members = st.group.size();
+  const Array<T>& result = values_[st.out];
+  const std::int64_t n = result.size(), blocks = (n + kFusedBlock - 1) / kFusedBlock;
+  std::array<std::int32_t, 4> partial_of{};  // per external input: its slot among the partial sums, or -1
+  std::int32_t partials = 0;
+  for (std::size_t k = 0; k < st.args.size(); ++k) {
+    const std::uint32_t a = st.args[k];
+    const bool summed = needs_grad_[a] && values_[a].size() == 1 && n != 1;
+    if (k < partial_of.size()) partial_of[k] = summed ? partials++ : -1;
+    else if (summed) fail("CompiledTape", "a fused chain has more than 4 external inputs that are single elements");
+  }
+  kernels::ScratchScope outer;
+  T* partial = outer.take_filled<T>(blocks * partials, T(0)).data();  // partial[block * partials + slot]
+  kernels::parallel_for(blocks, kernels::threads_if(blocks > 1), [&](std::int64_t block) {
+    kernels::ScratchScope scratch;
+    T* inner = scratch.take<T>(static_cast<std::int64_t>(members) * kFusedBlock).data();
+    T* inner_adj = scratch.take<T>(static_cast<std::int64_t>(members) * kFusedBlock).data();
+    const std::int64_t begin = block * kFusedBlock, len = std::min(kFusedBlock, n - begin);
+    auto value_of = [&](std::size_t m) {
+      return Array<T>::borrowed(Shape{len}, m + 1 == members ? const_cast<T*>(result.data()) + begin : inner + m * kFusedBlock);
+    };
+    auto inputs_of = [&](const auto& mem, std::array<Array<T>, 2>& in, std::array<const Array<T>*, 2>& ptr) {
+      for (int i = 0; i < mem.n_in; ++i) {
+        const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
+        in[i] = code < 0 ? Array<T>::borrowed(Shape{len}, inner + (-1 - code) * kFusedBlock)
+                         : block_of(values_[st.args[static_cast<std::size_t>(code)]], n, begin, len);
+        ptr[i] = &in[i];
+      }
+    };
+    for (std::size_t m = 0; m + 1 < members; ++m) {  // the inner values again
+      std::array<Array<T>, 2> in;
+      std::array<const Array<T>*, 2> ptr{};
+      inputs_of(st.group[m], in, ptr);
+      Array<T> out = value_of(m);
+      st.group[m].op->forward({st.group[m].params.get(), std::span<const Array<T>* const>(ptr.data(), st.group[m].n_in), out, {}});
+      std::fill(inner_adj + m * kFusedBlock, inner_adj + m * kFusedBlock + len, T(0));
+    }
+    for (std::size_t m = members; m-- > 0;) {
+      const auto& mem = st.group[m];
+      if (!mem.needs_grad) continue;
+      std::array<Array<T>, 2> in, adj;
+      std::array<const Array<T>*, 2> ptr{};
+      std::array<Array<T>*, 2> adj_ptr{};
+      inputs_of(mem, in, ptr);
+      for (int i = 0; i < mem.n_in; ++i) {
+        const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
+        if (code < 0) {
+          const std::size_t j = static_cast<std::size_t>(-1 - code);
+          if (!st.group[j].needs_grad) continue;
+          adj[i] = Array<T>::borrowed(Shape{len}, inner_adj + j * kFusedBlock);
+        } else {
+          const std::uint32_t a = st.args[static_cast<std::size_t>(code)];
+          if (!needs_grad_[a]) continue;
+          const std::int32_t slot = static_cast<std::size_t>(code) < partial_of.size() ? partial_of[code] : -1;
+          adj[i] = slot >= 0 ? Array<T>::borrowed(Shape{}, partial + block * partials + slot) : block_of(adjoints_[a], n, begin, len);
+        }
+        adj_ptr[i] = &adj[i];
+      }
+      const Array<T> out = value_of(m);
+      const Array<T> dy = Array<T>::borrowed(
+          Shape{len}, m + 1 == members ? adjoints_[st.out].data() + begin : inner_adj + m * kFusedBlock);
+      mem.op->pullback({mem.params.get(), std::span<const Array<T>* const>(ptr.data(), mem.n_in), out, dy,
+                        std::span<Array<T>* const>(adj_ptr.data(), mem.n_in), {}});
+    }
+  });
+  for (std::size_t k = 0; k < st.args.size() && k < partial_of.size(); ++k) {
+    if (partial_of[k] < 0) continue;
+    T sum = T(0);
+    for (std::int64_t b = 0; b < blocks; ++b) sum += partial[b * partials + partial_of[k]];
+    adjoints_[st.args[k]].data()[0] += sum;
   }
 }
 

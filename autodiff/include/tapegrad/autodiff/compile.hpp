@@ -18,6 +18,15 @@
 //                producer's in place: one buffer and one adjoint less, no extra
 //                adjoint to zero. (It runs right after the producer's kernel, on
 //                its cache-warm output, not yet inside the kernel's store loop.)
+//   fuse_elementwise: Note [Elementwise fusion]: a chain of elementwise ops
+//                (registry flag kElementwise, no saved buffers) whose inner
+//                values feed only the next op of the chain, with external
+//                inputs of the chain's shape or of one element, becomes one
+//                step: it runs over the elements in blocks of kFusedBlock, every
+//                member on a block held in L1 scratch, and only the chain's
+//                result is written to memory. Its pullback recomputes a block's
+//                inner values and runs the members' pullbacks on that block,
+//                so inner values and adjoints never take arena space.
 //   plan_memory: Note [Planned arena]: every computed value and every adjoint
 //                lives in one arena at an offset chosen from its live interval
 //                over the forward and reverse pass; buffers whose intervals do
@@ -58,6 +67,7 @@ struct CompileOptions {
   bool dead_code = true;
   bool plan_memory = true;
   bool fuse_epilogues = true;
+  bool fuse_elementwise = true;
 };
 
 // The program, independent of how many inputs the user's function has.
@@ -96,6 +106,17 @@ class CompiledProgram {
     bool pullback;  // runs in the reverse pass
     const OpInfo<T>* epilogue = nullptr;  // fused activation (Note [Epilogue fusion]); `out` is its output
     std::shared_ptr<const OpParams> epilogue_params;
+    // Note [Elementwise fusion]: a chain of elementwise ops run as one step, block
+    // by block; `args` are its external inputs, `out` the last member's output.
+    struct Member {
+      const OpInfo<T>* op;
+      std::shared_ptr<const OpParams> params;
+      std::array<std::int32_t, 2> in;  // >= 0: index into args; < 0: member -1 - in's output
+      int n_in;
+      bool needs_grad;     // its output needs a gradient: its pullback runs
+      std::uint32_t slot;  // the recorded slot of its output (for printing)
+    };
+    std::vector<Member> group;  // empty: a plain step
   };
   static constexpr std::int64_t kNotPlanned = -1;
   const CompileOptions& options() const { return options_; }
@@ -139,6 +160,8 @@ class CompiledProgram {
   template <class Seed>
   void run_reverse(Seed write_seed);
   void ensure_arena();
+  void group_forward(const Step& st);
+  void group_pullback(const Step& st);
 };
 
 extern template class CompiledProgram<float>;

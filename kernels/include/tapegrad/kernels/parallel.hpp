@@ -1,4 +1,4 @@
-// Private to the kernels: loops over threads without a heap allocation per call.
+// Loops over threads without a heap allocation per call (the kernels, the tape compiler).
 //
 // Note [One-thread regions]: libgomp builds a team for every parallel region and
 // keeps it for the next region only when that team had more than one thread; a

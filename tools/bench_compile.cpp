@@ -1,0 +1,123 @@
+// The tape compiler against the interpreter, per replayed training step, in one
+// run: an elementwise chain on 2^20 floats (what elementwise fusion is for) and
+// the LeNet step of the main job (batch 64, random images). Median of --reps
+// steps after warm-up; LibTorch's forward + backward of the same chain beside
+// them when built with it.
+//
+//   bench_compile [--reps 20] [--threads 2]
+#include <cstring>
+#include <string>
+
+#include "../examples/cnn/lenet_model.hpp"
+#include "timing.hpp"
+
+#ifdef TAPEGRAD_HAVE_TORCH
+#include <torch/torch.h>
+#endif
+
+namespace {
+
+using F = tg::Tracked<float>;
+using tgbench::median_seconds;
+
+// Eleven elementwise ops, two broadcasts of a one-element input.
+template <class V, class S>
+V chain(const V& x, const V& w, const S& s) {
+  auto tanh_of = [](const auto& v) {
+    if constexpr (std::is_same_v<V, F>) return tg::tanh(v);
+#ifdef TAPEGRAD_HAVE_TORCH
+    else return torch::tanh(v);
+#endif
+  };
+  auto sigmoid_of = [](const auto& v) {
+    if constexpr (std::is_same_v<V, F>) return tg::sigmoid(v);
+#ifdef TAPEGRAD_HAVE_TORCH
+    else return torch::sigmoid(v);
+#endif
+  };
+  auto exp_of = [](const auto& v) {
+    if constexpr (std::is_same_v<V, F>) return tg::exp(v);
+#ifdef TAPEGRAD_HAVE_TORCH
+    else return torch::exp(v);
+#endif
+  };
+  const V a = tanh_of(x * w + s);
+  const V b = a * a - sigmoid_of(x) * 0.5f;
+  return exp_of(-b) / (w * w + 1.0f);
+}
+
+F chain_loss(const F& x, const F& w, const F& s) { return tg::sum(chain(x, w, s)); }
+
+struct Row {
+  std::string what;
+  double interpreted, compiled, unfused, torch;
+};
+
+template <class Tape, class Step>
+double ms_per_step(int reps, Tape& program, Step step) {
+  return 1e3 * median_seconds(reps, [&] { step(program); }, 2);
+}
+
+Row elementwise_row(int reps) {
+  using A = tg::Array<float>;
+  const std::int64_t n = std::int64_t{1} << 20;
+  const A x = A::random_uniform({n}, -1.f, 1.f, 1), w = A::random_uniform({n}, -1.f, 1.f, 2), s = A::scalar(0.25f);
+  auto tape = tg::record(chain_loss, x, w, s);
+  auto compiled = tg::compile(tape), unfused = tg::compile(tape, {.fuse_elementwise = false});
+  A gx, gw, gs;
+  auto step = [&](auto& p) { p.gradient_into({&gx, &gw, &gs}, x, w, s); };
+  Row r{"elementwise chain, 2^20 floats", ms_per_step(reps, tape, step), ms_per_step(reps, compiled, step),
+        ms_per_step(reps, unfused, step), 0};
+#ifdef TAPEGRAD_HAVE_TORCH
+  auto tx = torch::from_blob(const_cast<float*>(x.data()), {n}).clone().requires_grad_(true);
+  auto tw = torch::from_blob(const_cast<float*>(w.data()), {n}).clone().requires_grad_(true);
+  auto ts = torch::full({}, 0.25f).requires_grad_(true);
+  r.torch = 1e3 * median_seconds(reps, [&] {
+    for (auto* t : {&tx, &tw, &ts})
+      if (t->grad().defined()) t->grad().zero_();
+    chain(tx, tw, ts).sum().backward();
+  }, 2);
+#endif
+  return r;
+}
+
+Row lenet_row(int reps) {
+  const cnn::LenetParams P(1);
+  const std::int64_t n = 64;
+  cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
+  for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);
+  auto tape = cnn::record_lenet_step(x, y, P);
+  auto compiled = tg::compile(tape), unfused = tg::compile(tape, {.fuse_elementwise = false});
+  std::vector<cnn::A> grads;
+  auto step = [&](auto& p) { cnn::lenet_gradient(p, x, y, P, grads); };
+  return {"LeNet training step, batch 64", ms_per_step(reps, tape, step), ms_per_step(reps, compiled, step),
+          ms_per_step(reps, unfused, step), 0};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  int reps = 20, threads = 2;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::stoi(argv[++i]);
+    else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::stoi(argv[++i]);
+    else tg::fail("bench_compile", fmt::format("unknown flag {} expected --reps N or --threads N", argv[i]));
+  }
+  tg::set_num_threads(threads);
+#ifdef TAPEGRAD_HAVE_TORCH
+  torch::set_num_threads(threads);
+#endif
+  fmt::print("replayed gradient steps, ms (median of {}), {} threads\n", reps, threads);
+  fmt::print("{:<32} {:>12} {:>10} {:>16} {:>10} {:>22} {:>10}\n", "", "interpreted", "compiled", "compiled unfused",
+             "LibTorch", "interpreted/compiled", "compiled/LibTorch");
+  for (const Row& r : {elementwise_row(reps), lenet_row(reps)}) {
+    const std::string torch = r.torch > 0 ? fmt::format("{:.2f}", r.torch) : "-";
+    const std::string vs_torch = r.torch > 0 ? fmt::format("{:.2f}x", r.compiled / r.torch) : "-";
+    fmt::print("{:<32} {:>12.2f} {:>10.2f} {:>16.2f} {:>10} {:>21.2f}x {:>10}\n", r.what, r.interpreted, r.compiled,
+               r.unfused, torch, r.interpreted / r.compiled, vs_torch);
+  }
+  return 0;
+} catch (const std::exception& e) {
+  fmt::print(stderr, "{}\n", e.what());
+  return 1;
+}

@@ -55,7 +55,7 @@ Array<T> run_forward(const OpInfo<T>& op, const OpParams* params, std::span<cons
   for (auto* a : inputs) shapes.push_back(&a->shape());
   Array<T> out = Array<T>::uninitialized(op.shape(params, std::span<const Shape* const>(shapes.data(), shapes.size())));
   if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
-  op.forward({params, inputs, out, saved});
+  op.forward({params, inputs, out, saved, /*epilogue=*/nullptr});
   return out;
 }
 

@@ -89,7 +89,8 @@ void Tape<T>::run_forward() {
     for (auto a : args_of(ins)) scratch_in_.push_back(&values_[a]);
     try {
       timed(seconds, i, [&] {
-        ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved}});
+        ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved},
+                         /*epilogue=*/nullptr});
       });
     } catch (const Error& e) {
       throw e.with_site(ins.where);

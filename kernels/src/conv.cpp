@@ -13,6 +13,7 @@
 #include "fft_size.hpp"
 #include "spatial_dims.hpp"
 #include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 
 namespace tg::kernels {
 
@@ -194,17 +195,24 @@ void require_resolved(ConvAlgorithm a) {
 }  // namespace
 
 template <class T>
-void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate) {
+void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate,
+                  const OutputEpilogue<T>* epilogue) {
   require_resolved(a);
+  if (epilogue && accumulate) fail("conv", "an output epilogue with accumulate expected a plain forward");
   if (g.flip) {
     const auto wf = flipped(g, w);
-    return conv_forward(unflipped(g), a, x, wf.data(), y, accumulate);
+    return conv_forward(unflipped(g), a, x, wf.data(), y, accumulate, epilogue);
   }
+  if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate, epilogue);
   switch (a) {
-    case ConvAlgorithm::direct: return conv_impl::direct_forward(g, x, w, y, accumulate);
-    case ConvAlgorithm::im2col: return conv_impl::im2col_forward(g, x, w, y, accumulate);
-    case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate);
-    default: return conv_impl::fft_forward(g, x, w, y, accumulate);
+    case ConvAlgorithm::direct: conv_impl::direct_forward(g, x, w, y, accumulate); break;
+    case ConvAlgorithm::im2col: conv_impl::im2col_forward(g, x, w, y, accumulate); break;
+    default: conv_impl::fft_forward(g, x, w, y, accumulate); break;
+  }
+  if (epilogue) {  // one pass over every (sample, channel) plane
+    const std::int64_t ov = g.out_vol();
+    parallel_for(g.N * g.K, threads_if(g.N * g.K * ov > 32768),
+                 [&](std::int64_t plane) { epilogue->apply(y + plane * ov, ov, plane % g.K); });
   }
 }
 
@@ -244,7 +252,7 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
 }
 
 #define TG_INSTANTIATE(T)                                                                                  \
-  template void conv_forward<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool);         \
+  template void conv_forward<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool, const OutputEpilogue<T>*);         \
   template void conv_backward_input<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool);       \
   template void conv_backward_weight<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*);
 TG_INSTANTIATE(float)

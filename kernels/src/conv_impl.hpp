@@ -94,7 +94,8 @@ void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
 // True when the implicit GEMM micro-kernel runs with AVX2+FMA on this CPU.
 bool implicit_gemm_vectorised();
 template <class T>
-void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);
+void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
+                           const OutputEpilogue<T>* epilogue = nullptr);
 template <class T>
 void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
 template <class T>

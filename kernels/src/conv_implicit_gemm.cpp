@@ -202,7 +202,8 @@ bool implicit_gemm_vectorised() {
 
 // y (N, K, out) = conv(x, w): tasks of (sample, group, run of position tiles) over threads.
 template <class T>
-void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
+void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
+                           const OutputEpilogue<T>* epilogue) {
   constexpr int NR = kTileCols<T>;
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
@@ -232,6 +233,11 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
         }
       }
     }
+    // The task's outputs (its run of positions, every filter of its group) are
+    // complete and still in cache: the epilogue runs on them now.
+    if (epilogue)
+      for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k)
+        epilogue->apply(y + (n * g.K + k) * ov + p_begin, p_end - p_begin, k);
   });
 }
 
@@ -307,7 +313,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
 }
 
 #define TG_INSTANTIATE(T)                                                                           \
-  template void implicit_gemm_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool);        \
+  template void implicit_gemm_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
   template void implicit_gemm_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);       \
   template void implicit_gemm_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
 TG_INSTANTIATE(float)

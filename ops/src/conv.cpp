@@ -125,6 +125,13 @@ Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
   return cp.transpose ? conv_input_shape(g) : conv_output_shape(g);
 }
 
+// Runs a fused activation (an EpilogueCall) for kernels::OutputEpilogue.
+template <class T>
+void activation_trampoline(const void* context, T* values, std::int64_t n) {
+  const auto* e = static_cast<const EpilogueCall<T>*>(context);
+  e->activation->epilogue_forward(e->params, values, n);
+}
+
 // y[n, k, ...] += bias[k]
 template <class T>
 void add_bias(const T* bias, T* y, std::int64_t n, std::int64_t channels, std::int64_t plane) {
@@ -153,21 +160,26 @@ OpInfo<T> conv_row(bool transpose) {
   OpInfo<T> r;
   r.name = op_name(transpose);
   r.arity = kVariadic;
-  r.flags = kPullbackIgnoresOutput;  // bilinear in (x, w), not linear in each jointly
+  r.flags = kPullbackIgnoresOutput | kAppliesEpilogue;  // bilinear in (x, w), not linear in each jointly
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& cp = params_as<ConvOpParams>(c.params);
     const ConvGeometry& g = cp.geometry;
     const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data();
     T* y = c.output.data();
+    const T* bias = c.inputs.size() == 3 ? c.inputs[2]->data() : nullptr;
     if (!cp.transpose) {
-      kernels::conv_forward(g, cp.algorithm[0], x, w, y);
-    } else {
-      c.output.fill(T(0));
-      kernels::conv_backward_input(g, cp.algorithm[1], x, w, y);
+      // Bias and a fused activation run inside the kernel's output loop (Note [Epilogues]).
+      kernels::OutputEpilogue<T> epilogue{bias, nullptr, c.epilogue};
+      if (c.epilogue) epilogue.activation = &activation_trampoline<T>;
+      const bool any = bias || c.epilogue;
+      kernels::conv_forward(g, cp.algorithm[0], x, w, y, /*accumulate=*/false, any ? &epilogue : nullptr);
+      return;
     }
-    if (c.inputs.size() == 3)
-      add_bias(c.inputs[2]->data(), y, g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
+    c.output.fill(T(0));
+    kernels::conv_backward_input(g, cp.algorithm[1], x, w, y);
+    if (bias) add_bias(bias, y, g.N, g.C, g.in_vol());
+    if (c.epilogue) c.epilogue->activation->epilogue_forward(c.epilogue->params, y, c.output.size());
   };
   r.pullback = [](const PullbackCall<T>& c) {
     const auto& cp = params_as<ConvOpParams>(c.params);

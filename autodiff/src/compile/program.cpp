@@ -70,6 +70,25 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
   steps.resize(kept);
 }
 
+// An epilogue's pass over a whole output (or its adjoint), in parallel chunks.
+constexpr std::int64_t kEpilogueChunk = 16384;
+template <class T>
+void run_epilogue_forward(const OpInfo<T>& act, const OpParams* params, T* y, std::int64_t n) {
+  const std::int64_t chunks = (n + kEpilogueChunk - 1) / kEpilogueChunk;
+  kernels::parallel_for(chunks, kernels::threads_if(chunks > 1), [&](std::int64_t c) {
+    const std::int64_t begin = c * kEpilogueChunk;
+    act.epilogue_forward(params, y + begin, std::min(kEpilogueChunk, n - begin));
+  });
+}
+template <class T>
+void run_epilogue_pullback(const OpInfo<T>& act, const OpParams* params, const T* y, T* dy, std::int64_t n) {
+  const std::int64_t chunks = (n + kEpilogueChunk - 1) / kEpilogueChunk;
+  kernels::parallel_for(chunks, kernels::threads_if(chunks > 1), [&](std::int64_t c) {
+    const std::int64_t begin = c * kEpilogueChunk;
+    act.epilogue_pullback(params, y + begin, dy + begin, std::min(kEpilogueChunk, n - begin));
+  });
+}
+
 // The timeline of one step: forward step s at time s, the seed at S, the
 // pullback of step s at S + 1 + (S - 1 - s), the user reading results at 2S + 1.
 struct Timeline {
@@ -222,8 +241,10 @@ void CompiledProgram<T>::run_forward() {
       detail::timed(seconds, s, [&] {
         if (!st.group.empty()) return group_forward(st);
         Array<T>& y = values_[st.out];
-        st.op->forward({st.params.get(), scratch_in_, y, st.saved});
-        if (st.epilogue) st.epilogue->epilogue_forward(st.epilogue_params.get(), y.data(), y.size());
+        const EpilogueCall<T> epilogue{st.epilogue, st.epilogue_params.get()};
+        const bool inside = st.epilogue && (st.op->flags & kAppliesEpilogue);
+        st.op->forward({st.params.get(), scratch_in_, y, st.saved, inside ? &epilogue : nullptr});
+        if (st.epilogue && !inside) run_epilogue_forward(*st.epilogue, st.epilogue_params.get(), y.data(), y.size());
       });
     } catch (const Error& e) {
       throw e.with_site(st.where);
@@ -275,7 +296,7 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
         }
         if (!st.group.empty()) return group_pullback(st);  // external adjoints zeroed above
         Array<T>& dy = adjoints_[st.out];
-        if (st.epilogue) st.epilogue->epilogue_pullback(st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
+        if (st.epilogue) run_epilogue_pullback(*st.epilogue, st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
         st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved});
       });
     } catch (const Error& e) {
@@ -319,7 +340,7 @@ void CompiledProgram<T>::group_forward(const Step& st) {
         in_ptr[i] = &in[i];
       }
       Array<T> out = Array<T>::borrowed(Shape{len}, m + 1 == members ? result.data() + begin : inner + m * kFusedBlock);
-      mem.op->forward({mem.params.get(), std::span<const Array<T>* const>(in_ptr.data(), mem.n_in), out, {}});
+      mem.op->forward({mem.params.get(), std::span<const Array<T>* const>(in_ptr.data(), mem.n_in), out, {}, nullptr});
     }
   });
 }
@@ -365,7 +386,8 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
       std::array<const Array<T>*, 2> ptr{};
       inputs_of(st.group[m], in, ptr);
       Array<T> out = value_of(m);
-      st.group[m].op->forward({st.group[m].params.get(), std::span<const Array<T>* const>(ptr.data(), st.group[m].n_in), out, {}});
+      st.group[m].op->forward(
+          {st.group[m].params.get(), std::span<const Array<T>* const>(ptr.data(), st.group[m].n_in), out, {}, nullptr});
       std::fill(inner_adj + m * kFusedBlock, inner_adj + m * kFusedBlock + len, T(0));
     }
     for (std::size_t m = members; m-- > 0;) {

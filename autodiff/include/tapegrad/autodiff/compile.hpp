@@ -16,8 +16,12 @@
 //                matmul, add) and feeds nothing else runs in place on that op's
 //                output buffer, and its pullback turns the output adjoint into the
 //                producer's in place: one buffer and one adjoint less, no extra
-//                adjoint to zero. (It runs right after the producer's kernel, on
-//                its cache-warm output, not yet inside the kernel's store loop.)
+//                adjoint to zero. A conv (flag kAppliesEpilogue) runs it, with
+//                its bias, inside the kernel's output loop (implicit GEMM: on
+//                each task's block of outputs as it is stored); after any other
+//                producer it runs as one parallel pass. Its pullback is one
+//                parallel pass over the adjoint before the producer's pullback
+//                (not yet folded into the backward kernels' packing).
 //   fuse_elementwise: Note [Elementwise fusion]: a chain of elementwise ops
 //                (registry flag kElementwise, no saved buffers) whose inner
 //                values feed only the next op of the chain, with external
@@ -40,8 +44,8 @@
 // workspaces from the per-thread scratch stack (kernels/scratch.hpp).
 //
 // The interpreter (Tape) stays the reference: the tests compare every model
-// both ways, with every subset of passes. Not done yet (issue 5): fusion of
-// elementwise chains, and epilogues inside the kernels' store loops.
+// both ways, with every subset of passes. Not done yet (issue 5): activation
+// pullbacks folded into the backward kernels' input packing.
 //
 // Note [Constants are folded when recorded]: there is no constant-folding
 // pass because a tapegrad tape has nothing left to fold: an op on plain

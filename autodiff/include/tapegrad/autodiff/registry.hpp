@@ -40,6 +40,17 @@ enum OpFlag : std::uint32_t {
   kElementwise = 1u << 0,  // output element i depends only on input elements i (after broadcasting)
   kLinear = 1u << 1,       // linear in every differentiable input
   kPullbackIgnoresOutput = 1u << 2,  // the pullback never reads the op's output value (conv, matmul, add)
+  kAppliesEpilogue = 1u << 3,  // the forward applies ForwardCall::epilogue itself, inside its output loop (conv)
+};
+
+template <class T>
+struct OpInfo;
+
+// An activation the compiler fused onto an op's output (Note [Epilogues]).
+template <class T>
+struct EpilogueCall {
+  const OpInfo<T>* activation;
+  const OpParams* params;
 };
 
 constexpr int kVariadic = -1;
@@ -50,6 +61,9 @@ struct ForwardCall {
   std::span<const Array<T>* const> inputs;
   Array<T>& output;       // already has the shape the shape rule gave; write every element
   std::span<Array<T>> saved;  // op-owned buffers kept for the pullback (n_saved of them)
+  // Set only for kAppliesEpilogue ops: run this activation on the output in place,
+  // as the output is produced. Null: none.
+  const EpilogueCall<T>* epilogue;
 };
 
 template <class T>

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tapegrad/kernels/epilogue.hpp"
 #include "tapegrad/kernels/shape.hpp"
 
 namespace tg::kernels {
@@ -84,9 +85,13 @@ Shape conv_output_shape(const ConvGeometry& g);
 // cost rule). Throws when `requested` cannot run this geometry.
 ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op);
 
-// y = conv(x, w); with accumulate, y += conv(x, w).
+// y = conv(x, w); with accumulate, y += conv(x, w). An epilogue (bias,
+// activation; not with accumulate) runs on the output: implicit GEMM applies it
+// to each task's block of outputs as soon as they are stored, the other
+// algorithms in one parallel pass after the kernel.
 template <class T>
-void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate = false);
+void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate = false,
+                  const OutputEpilogue<T>* epilogue = nullptr);
 // gx += the adjoint of conv_forward with respect to x, applied to gy (gx = ... without accumulate).
 template <class T>
 void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx, bool accumulate = true);

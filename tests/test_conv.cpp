@@ -162,6 +162,42 @@ TEST_CASE("conv: implicit GEMM tile edges, groups and threads equal the referenc
   tg::set_num_threads(before);
 }
 
+TEST_CASE("conv: an output epilogue (bias, activation) equals conv, then bias, then the activation, every algorithm") {
+  // Note [Epilogues]: implicit GEMM applies it per task inside its output loop,
+  // the other algorithms in one pass; 2 samples x 20 filters x 11 x 13 outputs
+  // cross task boundaries (runs of 96 positions) and a partial filter tile.
+  const tg::kernels::ConvGeometry g =
+      tg::kernels::conv_geometry({2, 3, 11, 13}, {20, 3, 3, 3}, {.pad_lo = {1}, .pad_hi = {1}}, "test");
+  const A x = A::random_uniform({2, 3, 11, 13}, -1, 1, 1), w = A::random_uniform({20, 3, 3, 3}, -1, 1, 2);
+  const A bias = A::random_uniform({20}, -1, 1, 3);
+  A expected = ref::conv(x, w, {.padding = {1}});
+  const std::int64_t plane = 11 * 13;
+  for (std::int64_t i = 0; i < expected.size(); ++i) {
+    const double v = expected.data()[i] + bias.data()[(i / plane) % 20];
+    expected.data()[i] = v > 0 ? v : 0.5 * v;  // a leaky activation: both branches matter
+  }
+  auto leaky = [](const void* context, double* values, std::int64_t n) {
+    const double slope = *static_cast<const double*>(context);
+    for (std::int64_t i = 0; i < n; ++i) values[i] = values[i] > 0 ? values[i] : slope * values[i];
+  };
+  const double slope = 0.5;
+  const tg::kernels::OutputEpilogue<double> epilogue{bias.data(), +leaky, &slope};
+  const int before = tg::num_threads();
+  for (auto algorithm : kAlgorithms)
+    for (int threads : {1, 3}) {
+      CAPTURE(tg::kernels::to_string(algorithm));
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      A y(expected.shape());
+      tg::kernels::conv_forward(g, algorithm, x.data(), w.data(), y.data(), false, &epilogue);
+      CHECK(max_abs_diff(y, expected) < 1e-12);
+    }
+  tg::set_num_threads(before);
+  A y(expected.shape());
+  CHECK_THROWS_WITH_AS(tg::kernels::conv_forward(g, ConvAlgorithm::direct, x.data(), w.data(), y.data(), true, &epilogue),
+                       doctest::Contains("an output epilogue with accumulate"), tg::Error);
+}
+
 TEST_CASE("conv: the unit-stride input adjoint run as a conv (im2col, many channels) equals the reference") {
   // Cg >= 16: im2col computes the input gradient as the forward conv of the
   // adjoint geometry, whose padding can be negative (pad_lo 5 > dilation*(k-1) = 4).

@@ -14,7 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <tapegrad/tapegrad.hpp>
+#include "support/checks.hpp"
 
 #include "../examples/cnn/lenet_model.hpp"
 
@@ -76,15 +76,9 @@ int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
 
 namespace {
 
-using A = tg::Array<double>;
+using tgtest::A;
+using tgtest::max_abs_diff;
 using T = tg::Tracked<double>;
-
-double max_abs_diff(const A& a, const A& b) {
-  REQUIRE(a.shape() == b.shape());
-  double m = 0;
-  for (std::int64_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a.data()[i] - b.data()[i]));
-  return m;
-}
 
 // Allocations made while f runs.
 template <class F>

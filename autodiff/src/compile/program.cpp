@@ -316,6 +316,19 @@ Array<T> block_of(const Array<T>& full, std::int64_t n, std::int64_t begin, std:
   if (full.size() == 1 && n != 1) return Array<T>::borrowed(Shape{}, data);
   return Array<T>::borrowed(Shape{len}, data + begin);
 }
+
+// The input views of one member of a fused step on a block: inner values from
+// `inner` (member j's block at j * kFusedBlock), external ones from `values`.
+template <class T, class Step, class Member>
+void member_inputs(const Step& st, const Member& mem, const std::vector<Array<T>>& values, T* inner, std::int64_t n,
+                   std::int64_t begin, std::int64_t len, std::array<Array<T>, 2>& in, std::array<const Array<T>*, 2>& ptr) {
+  for (int i = 0; i < mem.n_in; ++i) {
+    const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
+    in[i] = code < 0 ? Array<T>::borrowed(Shape{len}, inner + (-1 - code) * compile_impl::kFusedBlock)
+                     : block_of(values[st.args[static_cast<std::size_t>(code)]], n, begin, len);
+    ptr[i] = &in[i];
+  }
+}
 }  // namespace
 
 // Blocks run in parallel, each on its thread's scratch (Note [Scratch stack]).
@@ -333,12 +346,7 @@ void CompiledProgram<T>::group_forward(const Step& st) {
       const auto& mem = st.group[m];
       std::array<Array<T>, 2> in;
       std::array<const Array<T>*, 2> in_ptr{};
-      for (int i = 0; i < mem.n_in; ++i) {
-        const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
-        in[i] = code < 0 ? Array<T>::borrowed(Shape{len}, inner + (-1 - code) * kFusedBlock)
-                         : block_of(values_[st.args[static_cast<std::size_t>(code)]], n, begin, len);
-        in_ptr[i] = &in[i];
-      }
+      member_inputs(st, mem, values_, inner, n, begin, len, in, in_ptr);
       Array<T> out = Array<T>::borrowed(Shape{len}, m + 1 == members ? result.data() + begin : inner + m * kFusedBlock);
       mem.op->forward({mem.params.get(), std::span<const Array<T>* const>(in_ptr.data(), mem.n_in), out, {}, nullptr});
     }
@@ -374,12 +382,7 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
       return Array<T>::borrowed(Shape{len}, m + 1 == members ? const_cast<T*>(result.data()) + begin : inner + m * kFusedBlock);
     };
     auto inputs_of = [&](const auto& mem, std::array<Array<T>, 2>& in, std::array<const Array<T>*, 2>& ptr) {
-      for (int i = 0; i < mem.n_in; ++i) {
-        const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
-        in[i] = code < 0 ? Array<T>::borrowed(Shape{len}, inner + (-1 - code) * kFusedBlock)
-                         : block_of(values_[st.args[static_cast<std::size_t>(code)]], n, begin, len);
-        ptr[i] = &in[i];
-      }
+      member_inputs(st, mem, values_, inner, n, begin, len, in, ptr);
     };
     for (std::size_t m = 0; m + 1 < members; ++m) {  // the inner values again
       std::array<Array<T>, 2> in;

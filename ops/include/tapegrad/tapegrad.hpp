@@ -7,6 +7,7 @@
 #include "tapegrad/kernels/gemm.hpp"
 #include "tapegrad/kernels/threads.hpp"
 #include "tapegrad/autodiff/custom_op.hpp"
+#include "tapegrad/autodiff/debug.hpp"
 #include "tapegrad/autodiff/dump.hpp"
 #include "tapegrad/autodiff/gradcheck.hpp"
 #include "tapegrad/autodiff/compile.hpp"

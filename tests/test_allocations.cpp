@@ -170,6 +170,22 @@ TEST_CASE("allocations: a fused elementwise chain over many blocks (threads) all
   CHECK(allocations_in(step) == 0);
 }
 
+TEST_CASE("allocations: im2col convolutions (forward, both gradients) allocate nothing after the first call") {
+  auto layer = [](const T& x, const T& w, const T& b) {
+    return tg::sum(tg::conv(x, w, b, {.padding = {1}, .algorithm = tg::ConvAlgorithm::im2col}));
+  };
+  for (std::int64_t n : {1, 4}) {  // one chunk of blocks (OpenBLAS threads the GEMMs) and several (our threads)
+    CAPTURE(n);
+    A x = A::random_normal({n, 8, 20, 20}, 0, 1, 1), w = A::random_normal({16, 8, 3, 3}, 0, 1, 2), b({16});
+    auto ct = tg::compile(tg::record(layer, x, w, b));
+    A gx, gw, gb;
+    auto step = [&] { ct.gradient_into({&gx, &gw, &gb}, x, w, b); };
+    step();
+    step();
+    CHECK(allocations_in(step) == 0);
+  }
+}
+
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
   const cnn::LenetParams P(7);
   const std::int64_t n = 64;

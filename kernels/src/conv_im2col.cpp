@@ -28,6 +28,7 @@
 
 #include "conv_impl.hpp"
 #include "tapegrad/kernels/gemm.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {
@@ -52,42 +53,53 @@ struct Block {
   std::int64_t begin, end;
 };
 
+// Blocks [first, second) of one chunk.
+struct Chunk {
+  std::size_t first, second;
+};
+
 struct Blocking {
   std::int64_t rows_per_sample, row_len;  // out[0]*out[1] rows of out[2] positions
-  std::vector<Block> blocks;
+  std::span<Block> blocks;  // in the caller's scratch (Note [Scratch stack])
   std::int64_t max_columns = 0;
   // Blocks of the same sample write overlapping parts of gx in the backward-input
   // pass (neighbouring output rows share input rows), so work is handed out in
   // chunks [first, last) of blocks: all blocks that start in one sample go to one thread.
-  std::vector<std::pair<std::size_t, std::size_t>> chunks;
+  std::span<Chunk> chunks;
   int threads = 1;  // min(conv_threads(), chunks)
 };
 
-Blocking make_blocks(const ConvGeometry& g) {
+Blocking make_blocks(const ConvGeometry& g, ScratchScope& scratch) {
   Blocking b;
   b.rows_per_sample = g.out[0] * g.out[1];
   b.row_len = g.out[2];
   const std::int64_t target = g.pointwise() ? std::max(kPointwiseColumns, g.out_vol()) : kBlockColumns;
   const std::int64_t rows = std::max<std::int64_t>(1, target / b.row_len);
+  std::size_t count = 0;
   if (rows >= b.rows_per_sample) {
     // Whole samples per block.
     const std::int64_t samples = rows / b.rows_per_sample;
+    b.blocks = scratch.take<Block>((g.N + samples - 1) / samples);
     for (std::int64_t n = 0; n < g.N; n += samples)
-      b.blocks.push_back({n * b.rows_per_sample, std::min(g.N, n + samples) * b.rows_per_sample});
+      b.blocks[count++] = {n * b.rows_per_sample, std::min(g.N, n + samples) * b.rows_per_sample};
   } else {
     // Slices of one sample; a block never crosses a sample boundary.
+    b.blocks = scratch.take<Block>(g.N * ((b.rows_per_sample + rows - 1) / rows));
     for (std::int64_t n = 0; n < g.N; ++n)
       for (std::int64_t r = 0; r < b.rows_per_sample; r += rows)
-        b.blocks.push_back({n * b.rows_per_sample + r, n * b.rows_per_sample + std::min(b.rows_per_sample, r + rows)});
+        b.blocks[count++] = {n * b.rows_per_sample + r, n * b.rows_per_sample + std::min(b.rows_per_sample, r + rows)};
   }
   for (const auto& blk : b.blocks) b.max_columns = std::max(b.max_columns, (blk.end - blk.begin) * b.row_len);
+  auto chunks = scratch.take<Chunk>(std::ssize(b.blocks));
+  std::size_t n_chunks = 0;
   for (std::size_t i = 0; i < b.blocks.size();) {
     std::size_t j = i + 1;
     const std::int64_t sample = b.blocks[i].begin / b.rows_per_sample;
     while (j < b.blocks.size() && b.blocks[j].begin / b.rows_per_sample == sample) ++j;
-    b.chunks.emplace_back(i, j);
+    chunks[n_chunks++] = {i, j};
     i = j;
   }
+  b.chunks = chunks.first(n_chunks);
   b.threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(conv_threads(), std::ssize(b.chunks))));
   return b;
 }
@@ -208,14 +220,14 @@ void unpack_block(const ConvGeometry& g, const Blocking& b, const Block& blk, st
   });
 }
 
-// Per-thread scratch, uninitialised.
+// Per-thread workspaces, uninitialised, each 64-byte aligned, in the caller's scratch.
 template <class T>
 struct Workspaces {
-  Workspaces(int threads, std::int64_t elements) {
-    for (int t = 0; t < threads; ++t) buffers.push_back(scratch<T>(elements));
-  }
-  T* operator[](int t) { return buffers[static_cast<std::size_t>(t)].data(); }
-  std::vector<Array<T>> buffers;
+  Workspaces(ScratchScope& scratch, int threads, std::int64_t elements)
+      : stride((elements + 15) / 16 * 16), all(scratch.take<T>(threads * stride).data()) {}
+  T* operator[](int t) { return all + t * stride; }
+  std::int64_t stride;
+  T* all;
 };
 
 // Runs body(block, thread) for every block: chunks split over threads when
@@ -258,9 +270,10 @@ const T* patches(const ConvGeometry& g, const Blocking& b, const Block& blk, std
 
 template <class T>
 void im2col_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
-  const Blocking b = make_blocks(g);
+  ScratchScope scratch;
+  const Blocking b = make_blocks(g, scratch);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
-  Workspaces<T> col(b.threads, R * b.max_columns), out(b.threads, g.Kg * b.max_columns);
+  Workspaces<T> col(scratch, b.threads, R * b.max_columns), out(scratch, b.threads, g.Kg * b.max_columns);
   for_each_block(b, [&](const Block& blk, int t) {
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
     for (std::int64_t grp = 0; grp < g.groups; ++grp) {
@@ -293,9 +306,10 @@ void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
     ScratchScope scratch;
     return im2col_forward(adjoint_geometry(g), gy, adjoint_weights(g, w, scratch), gx, /*accumulate=*/true);
   }
-  const Blocking b = make_blocks(g);
+  ScratchScope scratch;
+  const Blocking b = make_blocks(g, scratch);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
-  Workspaces<T> col(b.threads, R * b.max_columns), in(b.threads, g.Kg * b.max_columns);
+  Workspaces<T> col(scratch, b.threads, R * b.max_columns), in(scratch, b.threads, g.Kg * b.max_columns);
   for_each_block(b, [&](const Block& blk, int t) {
     const std::int64_t cols = (blk.end - blk.begin) * b.row_len;
     const bool single = single_sample(b, blk);
@@ -324,11 +338,12 @@ void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
 
 template <class T>
 void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
-  const Blocking b = make_blocks(g);
+  ScratchScope scratch;
+  const Blocking b = make_blocks(g, scratch);
   const std::int64_t R = col_rows(g), ov = g.out_vol(), wsize = g.K * R;
-  Workspaces<T> col(b.threads, R * b.max_columns), in(b.threads, g.Kg * b.max_columns);
+  Workspaces<T> col(scratch, b.threads, R * b.max_columns), in(scratch, b.threads, g.Kg * b.max_columns);
   // Thread 0 accumulates straight into gw; the others into partial sums added at the end.
-  Workspaces<T> partial(b.threads, wsize);
+  Workspaces<T> partial(scratch, b.threads, wsize);
   for (int t = 1; t < b.threads; ++t) std::fill(partial[t], partial[t] + wsize, T(0));
   for_each_block(b, [&](const Block& blk, int t) {
     T* acc = t == 0 ? gw : partial[t];

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Installs, builds and runs every test: first a Release build (unit tests, the
-# install-and-consume tests, the examples), then the unit tests and the data
-# loader's tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# install-and-consume tests, the examples, tapedump), then the unit tests and
+# the data loader's tests again under AddressSanitizer + UndefinedBehaviorSanitizer,
+# then the tape-file loader's fuzz target (clang, libFuzzer) for a minute on its corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 jobs=$(nproc)
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_BUILD_TOOLS=OFF
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_BUILD_BENCHMARKS=OFF
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure
 
 cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTAPEGRAD_SANITIZE=ON \
-      -DTAPEGRAD_BUILD_TOOLS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
+      -DTAPEGRAD_BUILD_BENCHMARKS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
 cmake --build build-sanitize -j "$jobs" --target tapegrad_tests cnn_tests
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-sanitize --output-on-failure -R 'unit|loader'
+
+CXX=clang++-16 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_FUZZ=ON \
+      -DTAPEGRAD_BUILD_TESTS=OFF -DTAPEGRAD_BUILD_EXAMPLES=OFF -DTAPEGRAD_BUILD_TOOLS=OFF
+cmake --build build-fuzz -j "$jobs" --target fuzz_tape_file
+corpus=$(mktemp -d)
+trap 'rm -rf "$corpus"' EXIT
+# New inputs go to the scratch corpus; a crash leaves its input in build-fuzz/ and fails the run.
+OMP_NUM_THREADS=1 build-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=60 -timeout=10 -rss_limit_mb=4096 \
+  -artifact_prefix=build-fuzz/ "$corpus" tests/fuzz/corpus

@@ -122,6 +122,34 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
   }
 }
 
+template <class T>
+std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared_ptr<const OpParams> params,
+                                 std::span<const std::uint32_t> args, const Shape& expected, const Site& where) {
+  try {
+    check_arity(op, args.size());
+    std::vector<const Array<T>*> inputs;
+    std::vector<const Shape*> shapes;
+    for (auto a : args) {
+      inputs.push_back(&tape.value(a));
+      shapes.push_back(&tape.value(a).shape());
+    }
+    const Shape shape = op.shape(params.get(), shapes);
+    if (!(shape == expected))
+      fail(op.name, fmt::format("computes shape {} from its inputs but the tape says {} expected equal; hint: the tape "
+                                "file is damaged, or the op changed since it was saved",
+                                to_string(shape), to_string(expected)));
+    std::vector<Array<T>> saved;
+    Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs), saved);
+    return tape.append(op, std::move(params), args, std::move(out), std::move(saved), where);
+  } catch (const Error& e) {
+    throw e.with_site(where);
+  }
+}
+
+template std::uint32_t replay_instruction(Tape<float>&, const OpInfo<float>&, std::shared_ptr<const OpParams>,
+                                          std::span<const std::uint32_t>, const Shape&, const Site&);
+template std::uint32_t replay_instruction(Tape<double>&, const OpInfo<double>&, std::shared_ptr<const OpParams>,
+                                          std::span<const std::uint32_t>, const Shape&, const Site&);
 template Tracked<float> record_op(const OpInfo<float>&, std::shared_ptr<const OpParams>, std::span<const Operand<float>>,
                                   const std::source_location&);
 template Tracked<double> record_op(const OpInfo<double>&, std::shared_ptr<const OpParams>, std::span<const Operand<double>>,

@@ -25,13 +25,19 @@ std::uint32_t Tape<T>::add_input(Array<T> value) {
 }
 
 template <class T>
+const char* Tape<T>::keep_string(std::string s) {
+  if (!kept_strings_) kept_strings_ = std::make_shared<std::deque<std::string>>();
+  return kept_strings_->emplace_back(std::move(s)).c_str();
+}
+
+template <class T>
 std::uint32_t Tape<T>::add_constant(Array<T> value) {
   return add_slot(std::move(value), SlotKind::constant, false);
 }
 
 template <class T>
 std::uint32_t Tape<T>::append(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const std::uint32_t> args,
-                              Array<T> output, std::vector<Array<T>> saved, const std::source_location& where) {
+                              Array<T> output, std::vector<Array<T>> saved, const Site& where) {
   bool needs_grad = false;
   for (auto a : args) needs_grad = needs_grad || needs_grad_[a] != 0;
   Instr<T> ins;

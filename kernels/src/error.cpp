@@ -17,17 +17,17 @@ Error::Error(std::string op, std::string detail, std::string site)
       detail_(std::move(detail)),
       site_(std::move(site)) {}
 
-Error Error::with_site(const std::source_location& where) const {
+Error Error::with_site(const Site& where) const {
   if (!site_.empty()) return *this;
   return Error(op_, detail_, site_string(where));
 }
 
 void fail(std::string_view op, std::string detail) { throw Error(std::string(op), std::move(detail)); }
 
-std::string site_string(const std::source_location& where) {
-  std::string_view file = where.file_name();
+std::string site_string(const Site& where) {
+  std::string_view file = where.file;
   if (auto slash = file.find_last_of('/'); slash != std::string_view::npos) file.remove_prefix(slash + 1);
-  return fmt::format("{}:{}", file, where.line());
+  return fmt::format("{}:{}", file, where.line);
 }
 
 }  // namespace tg

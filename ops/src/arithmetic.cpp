@@ -4,6 +4,8 @@
 // ============================================================================
 #include "tapegrad/ops/arithmetic.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <cmath>
 
 #include <fmt/format.h>
@@ -82,6 +84,12 @@ const OpInfo<T>& pow_scalar_op() {
           return q.p == 2 ? dy * T(2) * x : dy * static_cast<T>(q.p) * std::pow(x, static_cast<T>(q.p - 1));
         });
     r.print_params = [](const OpParams* p) { return fmt::format("p={}", params_as<PowScalarParams>(p).p); };
+    r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<PowScalarParams>(p).p); };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<PowScalarParams>();
+      p->p = in.f64("p");
+      return p;
+    };
     return Registry<T>::add(std::move(r));
   }();
   return row;
@@ -93,6 +101,20 @@ Tracked<T> pow_tracked(const Operand<T>& x, const Operand<T>& y, const std::sour
 }
 template Tracked<float> pow_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> pow_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_arithmetic_ops() {
+  add_op<T>();
+  sub_op<T>();
+  mul_op<T>();
+  div_op<T>();
+  neg_op<T>();
+  pow_op<T>();
+  pow_scalar_op<T>();
+}
+template void register_arithmetic_ops<float>();
+template void register_arithmetic_ops<double>();
 
 }  // namespace tg::ops
 

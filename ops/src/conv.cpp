@@ -11,6 +11,8 @@
 // ============================================================================
 #include "tapegrad/ops/conv.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <fmt/format.h>
 
 #include <array>
@@ -32,6 +34,32 @@ struct ConvOpParams : OpParams {
 };
 
 namespace {
+
+std::shared_ptr<ConvOpParams> make_params(const ConvParams& p, bool transpose);
+
+void save_conv_params(const ConvParams& u, ParamWriter& w) {
+  for (const auto* list : {&u.stride, &u.padding, &u.pad_lo, &u.pad_hi, &u.dilation, &u.output_padding}) w.list(*list);
+  w.i64(u.groups);
+  w.boolean(u.flip);
+  for (auto a : {u.algorithm, u.forward_algorithm, u.backward_input_algorithm, u.backward_weight_algorithm}) w.enumeration(a);
+}
+
+ConvParams load_conv_params(ParamReader& in) {
+  ConvParams u;
+  u.stride = in.list("stride");
+  u.padding = in.list("padding");
+  u.pad_lo = in.list("pad_lo");
+  u.pad_hi = in.list("pad_hi");
+  u.dilation = in.list("dilation");
+  u.output_padding = in.list("output_padding");
+  u.groups = in.i64("groups");
+  u.flip = in.boolean("flip");
+  u.algorithm = in.enumeration("algorithm", ConvAlgorithm::fft);
+  u.forward_algorithm = in.enumeration("forward_algorithm", ConvAlgorithm::fft);
+  u.backward_input_algorithm = in.enumeration("backward_input_algorithm", ConvAlgorithm::fft);
+  u.backward_weight_algorithm = in.enumeration("backward_weight_algorithm", ConvAlgorithm::fft);
+  return u;
+}
 
 const char* op_name(bool transpose) { return transpose ? "conv_transpose" : "conv"; }
 
@@ -162,6 +190,9 @@ OpInfo<T> conv_row(bool transpose) {
   r.arity = kVariadic;
   r.flags = kPullbackIgnoresOutput | kAppliesEpilogue;  // bilinear in (x, w), not linear in each jointly
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
+  r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
+    return 2.0 * params_as<ConvOpParams>(p).geometry.macs();
+  };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& cp = params_as<ConvOpParams>(c.params);
     const ConvGeometry& g = cp.geometry;
@@ -211,6 +242,8 @@ OpInfo<T> conv_row(bool transpose) {
         kernels::to_string(a[2]));
     return out.substr(1);  // without the leading space
   };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { save_conv_params(params_as<ConvOpParams>(p).user, w); };
+  r.load_params = [transpose](ParamReader& in) { return make_params(load_conv_params(in), transpose); };
   return r;
 }
 
@@ -249,5 +282,14 @@ Array<T> conv_eval(std::span<const Array<T>* const> inputs, const ConvParams& p,
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_conv_ops() {
+  conv_op<T>(false);
+  conv_op<T>(true);
+}
+template void register_conv_ops<float>();
+template void register_conv_ops<double>();
 
 }  // namespace tg::ops

@@ -5,6 +5,8 @@
 // ============================================================================
 #include "tapegrad/ops/filter.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <fmt/format.h>
 
 #include <array>
@@ -46,6 +48,8 @@ void check_separable(std::size_t factors, const Shape& image, const std::source_
 }
 
 namespace {
+
+std::shared_ptr<FilterOpParams> make_params(const FilterParams& u, bool convolve, std::int64_t axis);
 
 const char* op_name(const FilterOpParams& p) { return p.convolve ? "convolve" : "correlate"; }
 
@@ -193,6 +197,25 @@ OpInfo<T> filter_row(bool convolve) {
                        kernels::to_string(p.algorithm[0]), kernels::to_string(p.algorithm[1]),
                        kernels::to_string(p.algorithm[2]));
   };
+  r.save_params = [](const OpParams* params, ParamWriter& w) {
+    const auto& p = params_as<FilterOpParams>(params);
+    w.enumeration(p.user.border.mode);
+    w.f64(p.user.border.value);
+    w.enumeration(p.user.output);
+    w.list(p.user.origin);
+    w.enumeration(p.user.algorithm);
+    w.i64(p.axis);
+  };
+  r.load_params = [convolve](ParamReader& in) {
+    FilterParams u;
+    u.border.mode = in.enumeration("border", BorderMode::circular);
+    u.border.value = in.f64("fill value");
+    u.output = in.enumeration("output", Output::full);
+    u.origin = in.list("origin");
+    u.algorithm = in.enumeration("algorithm", ConvAlgorithm::fft);
+    const std::int64_t axis = in.i64("axis");
+    return make_params(u, convolve, axis);
+  };
   return r;
 }
 
@@ -234,6 +257,15 @@ Array<T> filter_eval(std::span<const Array<T>* const> inputs, const FilterParams
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_filter_ops() {
+  filter_op<T>(false);
+  filter_op<T>(true);
+}
+template void register_filter_ops<float>();
+template void register_filter_ops<double>();
 
 }  // namespace ops
 }  // namespace tg

@@ -3,6 +3,8 @@
 // ============================================================================
 #include "tapegrad/ops/loss.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <cmath>
 
 #include <fmt/format.h>
@@ -55,8 +57,10 @@ namespace {
 template <class T>
 std::int64_t label_at(const Array<T>& labels, std::int64_t i, std::int64_t classes) {
   const T v = labels.data()[i];
-  const auto k = static_cast<std::int64_t>(v);
-  if (!(static_cast<T>(k) == v) || k < 0 || k >= classes)
+  // Range first (NaN fails it too): casting a value outside int64 is undefined.
+  const bool in_range = v >= T(0) && v < static_cast<T>(classes);
+  const auto k = in_range ? static_cast<std::int64_t>(v) : -1;
+  if (!in_range || !(static_cast<T>(k) == v))
     fail("cross_entropy", fmt::format("label ({}) at index {} is not a class index expected an integer in [0, {})", v, i, classes));
   return k;
 }
@@ -130,6 +134,15 @@ template Tracked<float> mse_tracked(const Operand<float>&, const Operand<float>&
 template Tracked<double> mse_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
 template Tracked<float> cross_entropy_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> cross_entropy_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_loss_ops() {
+  mse_op<T>();
+  cross_entropy_op<T>();
+}
+template void register_loss_ops<float>();
+template void register_loss_ops<double>();
 
 }  // namespace tg::ops
 

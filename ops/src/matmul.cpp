@@ -3,6 +3,8 @@
 // ============================================================================
 #include "tapegrad/ops/matmul.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <fmt/format.h>
 
 #include "tapegrad/autodiff/record.hpp"
@@ -73,6 +75,9 @@ const OpInfo<T>& matmul_op() {
       out.push_back(g.n);
       return out;
     };
+    r.flops = [](const OpParams*, std::span<const Shape* const> s, const Shape& out) {
+      return 2.0 * double(out.size()) * double(s[0]->back());  // a multiply and an add per (output, k)
+    };
     r.forward = [](const ForwardCall<T>& c) {
       const T *A = c.inputs[0]->data(), *B = c.inputs[1]->data();
       const auto g = matmul_geometry(c.inputs[0]->shape(), c.inputs[1]->shape());
@@ -103,6 +108,14 @@ Tracked<T> matmul_tracked(const Operand<T>& a, const Operand<T>& b, const std::s
 }
 template Tracked<float> matmul_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> matmul_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_matmul_ops() {
+  matmul_op<T>();
+}
+template void register_matmul_ops<float>();
+template void register_matmul_ops<double>();
 
 }  // namespace tg::ops
 

@@ -4,6 +4,8 @@
 // ============================================================================
 #include "tapegrad/ops/pool.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <fmt/format.h>
 
 #include "tapegrad/autodiff/record.hpp"
@@ -21,6 +23,27 @@ struct PoolOpParams : OpParams {
 };
 
 namespace {
+
+std::shared_ptr<PoolOpParams> make_params(const PoolParams& u, PoolKind kind, bool global);
+
+void save_pool_params(const PoolParams& u, ParamWriter& w) {
+  for (const auto* list : {&u.window, &u.stride, &u.padding, &u.dilation}) w.list(*list);
+  w.boolean(u.ceil_mode);
+  w.boolean(u.counts_padding());
+  w.f64(u.p);
+}
+
+PoolParams load_pool_params(ParamReader& in) {
+  PoolParams u;
+  u.window = in.list("window");
+  u.stride = in.list("stride");
+  u.padding = in.list("padding");
+  u.dilation = in.list("dilation");
+  u.ceil_mode = in.boolean("ceil_mode");
+  u.count_include_pad = in.boolean("count_include_pad");
+  u.p = in.f64("p");
+  return u;
+}
 
 const char* op_name(PoolKind k, bool global) {
   switch (k) {
@@ -85,6 +108,8 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     if (p.kind == PoolKind::lp) s += fmt::format(" p={}", u.p);
     return s;
   };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { save_pool_params(params_as<PoolOpParams>(p).user, w); };
+  r.load_params = [kind, global](ParamReader& in) { return make_params(load_pool_params(in), kind, global); };
   return r;
 }
 
@@ -122,6 +147,18 @@ Array<T> pool_eval(const Array<T>& x, const PoolParams& u, PoolKind kind, bool g
 }
 
 }  // namespace
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_pool_ops() {
+  pool_op<T>(PoolKind::max, false);
+  pool_op<T>(PoolKind::mean, false);
+  pool_op<T>(PoolKind::lp, false);
+  pool_op<T>(PoolKind::max, true);
+  pool_op<T>(PoolKind::mean, true);
+}
+template void register_pool_ops<float>();
+template void register_pool_ops<double>();
+
 }  // namespace tg::ops
 
 namespace tg {

@@ -4,6 +4,8 @@
 // ============================================================================
 #include "tapegrad/ops/reduce.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <fmt/format.h>
 
 #include "tapegrad/autodiff/record.hpp"
@@ -66,6 +68,19 @@ OpInfo<T> reduce_row(const char* name, Kind kind) {
     const auto& rp = params_as<ReduceParams>(p);
     if (rp.all) return rp.keepdims ? std::string("keepdims") : std::string();
     return fmt::format("axes=[{}]{}", fmt::join(rp.axes, ","), rp.keepdims ? " keepdims" : "");
+  };
+  row.save_params = [](const OpParams* p, ParamWriter& w) {
+    const auto& rp = params_as<ReduceParams>(p);
+    w.list(rp.axes);
+    w.boolean(rp.all);
+    w.boolean(rp.keepdims);
+  };
+  row.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<ReduceParams>();
+    p->axes = in.list("axes");
+    p->all = in.boolean("all");
+    p->keepdims = in.boolean("keepdims");
+    return p;
   };
   row.forward = [name, kind](const ForwardCall<T>& c) {
     const Array<T>& x = *c.inputs[0];
@@ -130,6 +145,17 @@ std::shared_ptr<const ReduceParams> reduce_params(const Axes* axes, bool keepdim
   p->keepdims = keepdims;
   return p;
 }
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_reduce_ops() {
+  sum_op<T>();
+  mean_op<T>();
+  max_op<T>();
+  min_op<T>();
+}
+template void register_reduce_ops<float>();
+template void register_reduce_ops<double>();
 
 }  // namespace tg::ops
 

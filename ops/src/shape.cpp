@@ -5,6 +5,8 @@
 // ============================================================================
 #include "tapegrad/ops/shape.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -45,6 +47,12 @@ const OpInfo<T>& reshape_op() {
       return resolve_reshape(*s[0], params_as<ReshapeParams>(p).target, "reshape");
     };
     r.print_params = [](const OpParams* p) { return fmt::format("shape={}", to_string(params_as<ReshapeParams>(p).target)); };
+    r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<ReshapeParams>(p).target.dims()); };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<ReshapeParams>();
+      p->target = Shape(std::span<const std::int64_t>(in.list("shape")));
+      return p;
+    };
     r.forward = [](const ForwardCall<T>& c) {
       if (c.output.size() > 0) std::memcpy(c.output.data(), c.inputs[0]->data(), sizeof(T) * c.output.size());
     };
@@ -93,6 +101,12 @@ const OpInfo<T>& permute_op() {
       return out;
     };
     r.print_params = [](const OpParams* p) { return fmt::format("perm=[{}]", fmt::join(params_as<PermuteParams>(p).perm, ",")); };
+    r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<PermuteParams>(p).perm); };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<PermuteParams>();
+      p->perm = in.list("perm");
+      return p;
+    };
     r.forward = [](const ForwardCall<T>& c) {
       const Strides src = permuted_strides(c.inputs[0]->shape(), params_as<PermuteParams>(c.params).perm);
       kernels::strided_copy<false>(c.output.shape(), c.inputs[0]->data(), src, c.output.data(), contiguous_strides(c.output.shape()));
@@ -160,6 +174,18 @@ const OpInfo<T>& slice_op() {
       const auto& q = params_as<SliceParams>(p);
       return fmt::format("axis={} start={} stop={} step={}", q.axis, q.start, q.stop, q.step);
     };
+    r.save_params = [](const OpParams* p, ParamWriter& w) {
+      const auto& q = params_as<SliceParams>(p);
+      for (auto v : {q.axis, q.start, q.stop, q.step}) w.i64(v);
+    };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<SliceParams>();
+      p->axis = in.i64("axis");
+      p->start = in.i64("start");
+      p->stop = in.i64("stop");
+      p->step = in.i64("step");
+      return p;
+    };
     r.forward = [](const ForwardCall<T>& c) {
       const auto [st, offset] = slice_view(params_as<SliceParams>(c.params), c.inputs[0]->shape());
       kernels::strided_copy<false>(c.output.shape(), c.inputs[0]->data() + offset, st, c.output.data(),
@@ -208,6 +234,12 @@ const OpInfo<T>& concat_op() {
       return out;
     };
     r.print_params = [](const OpParams* p) { return fmt::format("axis={}", params_as<ConcatParams>(p).axis); };
+    r.save_params = [](const OpParams* p, ParamWriter& w) { w.i64(params_as<ConcatParams>(p).axis); };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<ConcatParams>();
+      p->axis = in.i64("axis");
+      return p;
+    };
     r.forward = [](const ForwardCall<T>& c) {
       const std::size_t axis = normalize_axis(params_as<ConcatParams>(c.params).axis, c.output.rank(), "concat");
       const std::int64_t outer = outer_of(c.output.shape(), axis), out_row = c.output.size() / std::max<std::int64_t>(outer, 1);
@@ -253,6 +285,12 @@ const OpInfo<T>& broadcast_to_op() {
       return target;
     };
     r.print_params = [](const OpParams* p) { return fmt::format("shape={}", to_string(params_as<BroadcastParams>(p).target)); };
+    r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<BroadcastParams>(p).target.dims()); };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<BroadcastParams>();
+      p->target = Shape(std::span<const std::int64_t>(in.list("shape")));
+      return p;
+    };
     r.forward = [](const ForwardCall<T>& c) {
       const Shape& so = c.output.shape();
       kernels::strided_copy<false>(so, c.inputs[0]->data(), broadcast_strides(c.inputs[0]->shape(), so), c.output.data(),
@@ -265,6 +303,18 @@ const OpInfo<T>& broadcast_to_op() {
   }();
   return row;
 }
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_shape_ops() {
+  reshape_op<T>();
+  permute_op<T>();
+  slice_op<T>();
+  concat_op<T>();
+  broadcast_to_op<T>();
+}
+template void register_shape_ops<float>();
+template void register_shape_ops<double>();
 
 }  // namespace tg::ops
 

@@ -3,6 +3,8 @@
 // ============================================================================
 #include "tapegrad/ops/softmax.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <fmt/format.h>
 
 #include "tapegrad/autodiff/record.hpp"
@@ -30,6 +32,18 @@ std::string print_axis(const OpParams* p) {
   return fmt::format("axis={}{}", q.axis, q.keepdims ? " keepdims" : "");
 }
 
+void save_axis(const OpParams* p, ParamWriter& w) {
+  w.i64(params_as<AxisParams>(p).axis);
+  w.boolean(params_as<AxisParams>(p).keepdims);
+}
+
+std::shared_ptr<const OpParams> load_axis(ParamReader& in) {
+  auto p = std::make_shared<AxisParams>();
+  p->axis = in.i64("axis");
+  p->keepdims = in.boolean("keepdims");
+  return p;
+}
+
 template <class T, bool Log>
 OpInfo<T> softmax_row(const char* name) {
   OpInfo<T> r;
@@ -41,6 +55,8 @@ OpInfo<T> softmax_row(const char* name) {
     return *s[0];
   };
   r.print_params = print_axis;
+  r.save_params = save_axis;
+  r.load_params = load_axis;
   r.forward = [name](const ForwardCall<T>& c) {
     kernels::softmax_forward<Log>(c.inputs[0]->data(), c.output.data(),
                                   axis_view(c.output.shape(), params_as<AxisParams>(c.params).axis, name));
@@ -83,6 +99,8 @@ const OpInfo<T>& logsumexp_op() {
       return out;
     };
     r.print_params = print_axis;
+    r.save_params = save_axis;
+    r.load_params = load_axis;
     r.forward = [](const ForwardCall<T>& c) {
       kernels::logsumexp_forward(c.inputs[0]->data(), c.output.data(),
                                  axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
@@ -102,6 +120,16 @@ std::shared_ptr<AxisParams> axis_params(std::int64_t axis, bool keepdims) {
   p->keepdims = keepdims;
   return p;
 }
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_softmax_ops() {
+  softmax_op<T>();
+  log_softmax_op<T>();
+  logsumexp_op<T>();
+}
+template void register_softmax_ops<float>();
+template void register_softmax_ops<double>();
 
 }  // namespace tg::ops
 

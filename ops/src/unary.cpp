@@ -4,6 +4,8 @@
 // ============================================================================
 #include "tapegrad/ops/unary.hpp"
 
+#include "builtin_ops.hpp"
+
 #include <cmath>
 
 #include <fmt/format.h>
@@ -117,10 +119,32 @@ const OpInfo<T>& leaky_relu_op() {
         [](T x, const LeakyReluParams& p) { return x > T(0) ? x : static_cast<T>(p.slope) * x; },
         [](T x, T, T dy, const LeakyReluParams& p) { return x > T(0) ? dy : static_cast<T>(p.slope) * dy; });
     r.print_params = [](const OpParams* p) { return fmt::format("slope={}", params_as<LeakyReluParams>(p).slope); };
+    r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<LeakyReluParams>(p).slope); };
+    r.load_params = [](ParamReader& in) {
+      auto p = std::make_shared<LeakyReluParams>();
+      p->slope = in.f64("slope");
+      return p;
+    };
     return Registry<T>::add(std::move(r));
   }();
   return row;
 }
+
+// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
+template <class T>
+void register_unary_ops() {
+  exp_op<T>();
+  log_op<T>();
+  sqrt_op<T>();
+  abs_op<T>();
+  tanh_op<T>();
+  sigmoid_op<T>();
+  relu_op<T>();
+  softplus_op<T>();
+  leaky_relu_op<T>();
+}
+template void register_unary_ops<float>();
+template void register_unary_ops<double>();
 
 }  // namespace tg::ops
 

@@ -10,6 +10,7 @@
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 #include "tapegrad/autodiff/compile.hpp"
+#include "tapegrad/autodiff/tape_file.hpp"
 
 namespace tg {
 namespace {
@@ -103,7 +104,14 @@ struct Timeline {
 
 template <class T>
 CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& options)
-    : options_(options), recorded_(tape.num_instructions()) {
+    : options_(options),
+      recorded_(tape.num_instructions()),
+      kept_strings_(tape.kept_strings()) {
+  try {
+    source_skeleton_ = tape_file_skeleton(tape, &options);
+  } catch (const Error& e) {
+    source_error_ = e.what();  // compiling still works; saving says why it cannot
+  }
   if (tape.output() == Tape<T>::kNoSlot)
     fail("compile", "the tape has no output; hint: compile a tape made by tg::record");
   const std::size_t slots = tape.num_slots();
@@ -216,6 +224,12 @@ template <class T>
 void CompiledProgram<T>::forward() {
   run_forward();
   if (const std::int64_t g = first_failed_guard(); g >= 0) fail_guard("CompiledTape", guards_[g], static_cast<std::size_t>(g));
+}
+
+template <class T>
+const std::string& CompiledProgram<T>::source_skeleton() const {
+  if (!source_error_.empty()) fail("save_tape", fmt::format("the compiled tape cannot be saved: {}", source_error_));
+  return source_skeleton_;
 }
 
 template <class T>

@@ -8,13 +8,16 @@
 #include "tapegrad/kernels/threads.hpp"
 #include "tapegrad/autodiff/custom_op.hpp"
 #include "tapegrad/autodiff/debug.hpp"
+#include "tapegrad/autodiff/inspect.hpp"
 #include "tapegrad/autodiff/dump.hpp"
 #include "tapegrad/autodiff/gradcheck.hpp"
 #include "tapegrad/autodiff/compile.hpp"
 #include "tapegrad/autodiff/gradient.hpp"
 #include "tapegrad/autodiff/guard.hpp"
 #include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/autodiff/tape_file.hpp"
 #include "tapegrad/ops/arithmetic.hpp"
+#include "tapegrad/ops/builtin.hpp"
 #include "tapegrad/ops/conv.hpp"
 #include "tapegrad/ops/filter.hpp"
 #include "tapegrad/ops/pool.hpp"
@@ -24,3 +27,9 @@
 #include "tapegrad/ops/shape.hpp"
 #include "tapegrad/ops/softmax.hpp"
 #include "tapegrad/ops/unary.hpp"
+
+namespace tg::detail {
+// Every built-in op has its registry row before main() runs: a loaded tape file
+// finds its ops by name (tape_file.hpp).
+inline const bool builtin_ops_registered = (register_builtin_ops(), true);
+}  // namespace tg::detail

@@ -106,7 +106,7 @@ class CompiledProgram {
     std::vector<std::uint32_t> args;
     std::uint32_t out;
     std::vector<Array<T>> saved;  // the op's own buffers, as the tape had them
-    std::source_location where;
+    Site where;
     bool pullback;  // runs in the reverse pass
     const OpInfo<T>* epilogue = nullptr;  // fused activation (Note [Epilogue fusion]); `out` is its output
     std::shared_ptr<const OpParams> epilogue_params;
@@ -136,6 +136,9 @@ class CompiledProgram {
   // The arena's bytes, and what the same buffers take one by one (the interpreter's way).
   std::int64_t arena_bytes() const { return arena_bytes_; }
   std::int64_t unplanned_bytes() const { return unplanned_bytes_; }
+  // The recorded tape as a tape file without input values (tape_file.hpp): saving
+  // a compiled program appends its current inputs (serialize_program).
+  const std::string& source_skeleton() const;
 
  private:
   CompileOptions options_;
@@ -157,6 +160,9 @@ class CompiledProgram {
   };
   std::vector<ArenaView> arena_views_;
   std::int64_t arena_bytes_ = 0, unplanned_bytes_ = 0;
+  std::string source_skeleton_;
+  std::string source_error_;  // why the tape could not be written (an op without save_params)
+  std::shared_ptr<const void> kept_strings_;  // the sites of a loaded tape, which steps point into
   std::vector<const Array<T>*> scratch_in_;
   std::vector<Array<T>*> scratch_adj_;
   TapeProfile* profile_ = nullptr;
@@ -269,6 +275,7 @@ template <class T, std::size_t N>
 CompiledTape<T, N> compile(const GradientTape<T, N>& tape, const CompileOptions& options = {}) {
   std::array<bool, N> needs_grad;
   for (std::size_t k = 0; k < N; ++k) needs_grad[k] = tape.needs_grad(k);
+  detail::dump_tape_if_requested(tape.tape(), &options);
   return CompiledTape<T, N>(tape.tape(), options, tape.recorder(), needs_grad);
 }
 

@@ -177,6 +177,7 @@ std::unique_ptr<Tape<T>> record_tape(F& f, const std::array<const Array<T>*, N>&
     fail("record", "the function returned a value from another tape expected a value computed from its arguments; "
                    "hint: do not return Tracked values captured from outside");
   tape->set_output(y.slot());
+  dump_tape_if_requested(*tape);
   return tape;
 }
 }  // namespace detail

@@ -35,6 +35,17 @@ Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::initializ
   return evaluate_op(op, params, std::span<const Array<T>* const>(inputs.begin(), inputs.size()), where);
 }
 
+// Appends an instruction whose inputs are slots already on `tape` (a loaded tape
+// file): the shape rule must give `expected` (checked before anything is
+// allocated), then the forward runs and the instruction is committed.
+template <class T>
+std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared_ptr<const OpParams> params,
+                                 std::span<const std::uint32_t> args, const Shape& expected, const Site& where);
+
+extern template std::uint32_t replay_instruction(Tape<float>&, const OpInfo<float>&, std::shared_ptr<const OpParams>,
+                                                 std::span<const std::uint32_t>, const Shape&, const Site&);
+extern template std::uint32_t replay_instruction(Tape<double>&, const OpInfo<double>&, std::shared_ptr<const OpParams>,
+                                                 std::span<const std::uint32_t>, const Shape&, const Site&);
 extern template Tracked<float> record_op(const OpInfo<float>&, std::shared_ptr<const OpParams>, std::span<const Operand<float>>,
                                          const std::source_location&);
 extern template Tracked<double> record_op(const OpInfo<double>&, std::shared_ptr<const OpParams>,

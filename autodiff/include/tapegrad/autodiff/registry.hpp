@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 
+#include "tapegrad/autodiff/param_io.hpp"
 #include "tapegrad/kernels/array.hpp"
 
 namespace tg {
@@ -88,6 +89,13 @@ struct OpInfo {
   std::function<void(const PullbackCall<T>&)> pullback;
   // "stride=1 axes=[0,2]"; empty when the op has no attributes.
   std::function<std::string(const OpParams*)> print_params;
+  // Saved tape files (tape_file.hpp): the params struct as bytes and back, field
+  // by field (param_io.hpp). Both empty for an op without params.
+  std::function<void(const OpParams*, ParamWriter&)> save_params;
+  std::function<std::shared_ptr<const OpParams>(ParamReader&)> load_params;
+  // Floating-point operations of one forward from the input and output shapes
+  // (summaries); empty: one per output element.
+  std::function<double(const OpParams*, std::span<const Shape* const> inputs, const Shape& output)> flops;
   // Note [Epilogues]: a one-input elementwise op whose derivative follows from
   // its output alone (relu, tanh, sigmoid, exp) can run in place on the buffer
   // of the op that produced its input (the compiler's epilogue fusion, when that

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <source_location>
 #include <span>
@@ -49,7 +50,7 @@ struct Guard {
   double scalar = 0;
   std::int64_t element = 0;  // GuardKind::element: the flat index into lhs
   bool expected = false;     // the answer while recording
-  std::source_location where;
+  Site where;
 };
 const char* to_string(Compare c);
 // "any(%3 > 0)", "%5[2] <= %7": the guard's test, in the dump's slot names.
@@ -62,7 +63,7 @@ struct Instr {
   std::uint32_t args_begin = 0, n_args = 0;  // input slots, in Tape::args
   std::uint32_t out = 0;                     // output slot
   std::uint32_t saved_begin = 0, n_saved = 0;  // in Tape::saved
-  std::source_location where;
+  Site where;
 };
 
 template <class T>
@@ -75,12 +76,15 @@ class Tape {
   std::uint32_t add_constant(Array<T> value);
   // Appends a fully computed instruction; `args` are slots already on this tape.
   std::uint32_t append(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const std::uint32_t> args,
-                       Array<T> output, std::vector<Array<T>> saved, const std::source_location& where);
+                       Array<T> output, std::vector<Array<T>> saved, const Site& where);
   void set_output(std::uint32_t slot) { output_ = slot; }
   // Evaluates `guard` on the current values, sets guard.expected, keeps it, returns the answer.
   bool add_guard(Guard guard);
   // Counts a read of a tracked value that no guard covers (Tracked::value, item).
   void note_unguarded_read(const std::source_location& where);
+  // Keeps a string as long as the tape (or a copy of it) lives: the sites of a loaded tape.
+  const char* keep_string(std::string s);
+  std::shared_ptr<const void> kept_strings() const { return kept_strings_; }
 
   // --- reading -----------------------------------------------------------------
   std::size_t num_slots() const noexcept { return values_.size(); }
@@ -99,7 +103,7 @@ class Tape {
   // Index of the first guard the current values answer differently, or -1.
   std::int64_t first_failed_guard() const;
   std::int64_t unguarded_reads() const noexcept { return unguarded_reads_; }
-  const std::source_location& first_unguarded_read() const noexcept { return first_unguarded_read_; }
+  const Site& first_unguarded_read() const noexcept { return first_unguarded_read_; }
   // The adjoint of a slot after reverse_pass(); zeros if nothing reached it.
   Array<T> adjoint(std::uint32_t slot) const;
   // Copies the adjoint of a slot into `out`, reusing its storage when the size matches.
@@ -141,8 +145,20 @@ class Tape {
   TapeProfile* profile_ = nullptr;
   std::vector<Guard> guards_;
   std::int64_t unguarded_reads_ = 0;
-  std::source_location first_unguarded_read_;
+  Site first_unguarded_read_;
+  std::shared_ptr<std::deque<std::string>> kept_strings_;  // deque: kept strings never move
 };
+
+struct CompileOptions;
+namespace detail {
+// TAPEGRAD_DUMP=dir (tape_file.hpp): saves `tape` into the directory when the
+// variable is set and no tape of the same structure was saved by this process
+// yet. Never throws: a failure is reported once on stderr.
+template <class T>
+void dump_tape_if_requested(const Tape<T>& tape, const CompileOptions* compiled = nullptr);
+extern template void dump_tape_if_requested(const Tape<float>&, const CompileOptions*);
+extern template void dump_tape_if_requested(const Tape<double>&, const CompileOptions*);
+}  // namespace detail
 
 // Evaluates a guard on values (shared by the interpreter and compiled programs).
 template <class T>

@@ -1,0 +1,59 @@
+// Small models whose tapes the tape-file and tapedump tests save, load, print and
+// compare (golden dumps name this file and its lines: append, do not edit lines).
+#pragma once
+
+#include <tapegrad/tapegrad.hpp>
+
+namespace tgtest::models {
+
+// conv, relu, maxpool, tanh, reshape, matmul, cross_entropy (labels: no gradient).
+template <class T>
+tg::Tracked<T> small_cnn(const tg::Tracked<T>& x, const tg::Tracked<T>& labels, const tg::Tracked<T>& w1,
+                         const tg::Tracked<T>& b1, const tg::Tracked<T>& w2) {
+  const std::int64_t n = x.shape()[0];
+  auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {1}})), {.window = {2}});
+  return tg::cross_entropy(tg::matmul(tg::reshape(tg::tanh(h), {n, 27}), w2), labels);
+}
+
+template <class T>
+auto small_cnn_inputs() {
+  using A = tg::Array<T>;
+  return std::tuple{A::random_uniform({2, 2, 6, 6}, T(-1), T(1), 1), A({2}, {T(0), T(3)}),
+                    A::random_uniform({3, 2, 3, 3}, T(-1), T(1), 2), A::random_uniform({3}, T(-1), T(1), 3),
+                    A::random_uniform({27, 4}, T(-1), T(1), 4)};
+}
+
+// Every op with parameters at least once, with non-default parameters.
+template <class T>
+tg::Tracked<T> every_param(const tg::Tracked<T>& x, const tg::Tracked<T>& w) {
+  using A = tg::Array<T>;
+  auto c = tg::conv(x, w, {.stride = {1, 2}, .pad_lo = {1, 0}, .pad_hi = {0, 1}, .dilation = {1}, .flip = true});
+  auto t = tg::conv_transpose(c, w, {.stride = {2}, .output_padding = {1}, .algorithm = tg::ConvAlgorithm::direct});
+  auto f = tg::correlate(t, A::random_uniform({1, 1, 3, 2}, T(-1), T(1), 9),
+                         {.border = tg::Border::fill(0.5), .output = tg::Output::same, .origin = {0, 0, 0, -1}});
+  const std::vector<A> factors{A({1}, {T(1)}), A({1}, {T(1)}), A({3}, {T(0.25), T(0.5), T(0.25)}), A({2}, {T(1), T(-1)})};
+  auto s = tg::convolve(f, factors, {.border = tg::Border::symmetric()});
+  auto m = tg::meanpool(tg::leaky_relu(s, T(0.1)), {.window = {2}, .padding = {1}, .count_include_pad = false});
+  auto l = tg::lppool(tg::abs(m) + 0.1, {.window = {2, 1}, .stride = {1}, .ceil_mode = true, .p = 3});
+  auto g = tg::global_maxpool(l) + tg::global_meanpool(tg::pow(l, T(2)));
+  auto p = tg::permute(tg::reshape(g, {-1, 2}), {1, 0});
+  auto q = tg::concat(std::vector{tg::slice(p, 0, -2, 2), tg::broadcast_to(tg::sum(p, {1}, true), {2, 3})}, 1);
+  auto r = tg::log_softmax(q, 0) + tg::softmax(q, 1) + tg::logsumexp(q, 1, true);
+  auto z = tg::mean(tg::max(r, {0})) * tg::mean(tg::min(r, {1}));
+  if (tg::any(q > T(-100))) z = z * 2.0;  // a guard
+  return z + tg::mse(q, A::zeros(q.shape()));
+}
+
+template <class T>
+auto every_param_inputs() {
+  using A = tg::Array<T>;
+  return std::tuple{A::random_uniform({1, 2, 7, 8}, T(-1), T(1), 11), A::random_uniform({2, 2, 3, 3}, T(-1), T(1), 12)};
+}
+
+// A NaN planted at the second instruction: log of a negative number.
+template <class T>
+tg::Tracked<T> planted_nan(const tg::Tracked<T>& x) {
+  return tg::sum(tg::log(x - 1.0) * 2.0);
+}
+
+}  // namespace tgtest::models

@@ -1,0 +1,277 @@
+// Saved tapes (tape_file.hpp): every op's parameters survive a save and load, a
+// loaded tape replays to the same values and gradients, compiled tapes keep
+// their options, TAPEGRAD_DUMP saves each program once, and every damaged file
+// (each truncation, each flipped byte, the fuzz corpus) is a clear tg::Error.
+#include <cstdlib>
+#include <filesystem>
+
+#include "support/checks.hpp"
+#include "support/tape_models.hpp"
+
+using namespace tgtest;
+namespace fs = std::filesystem;
+
+namespace {
+
+template <class T>
+auto record_small_cnn() {
+  auto [x, y, w1, b1, w2] = models::small_cnn_inputs<T>();
+  auto tape = tg::record([](const auto&... a) { return models::small_cnn<T>(a...); }, x, y, w1, b1, w2);
+  tape.set_needs_grad(1, false);  // labels
+  return tape;
+}
+
+template <class T>
+auto record_every_param() {
+  auto [x, w] = models::every_param_inputs<T>();
+  return tg::record([](const auto& a, const auto& b) { return models::every_param<T>(a, b); }, x, w);
+}
+
+// Forward value and every input's adjoint after a reverse pass seeded with ones.
+template <class T>
+std::vector<tg::Array<T>> replay(tg::Tape<T>& tape) {
+  tape.forward_pass();
+  tape.reverse_pass(tg::Array<T>::ones(tape.value(tape.output()).shape()));
+  std::vector<tg::Array<T>> out{tape.value(tape.output())};
+  for (auto s : tape.inputs()) out.push_back(tape.adjoint(s));
+  return out;
+}
+
+template <class T>
+void check_round_trip(tg::Tape<T>& original) {
+  const std::string bytes = tg::serialize_tape(original);
+  tg::LoadedTape<T> loaded = tg::deserialize_tape<T>(bytes);
+  CHECK(tg::dump(loaded.tape) == tg::dump(original));
+  CHECK(tg::diff_tapes(original, loaded.tape).empty());
+  CHECK_FALSE(loaded.info.compiled);
+  CHECK(loaded.info.input_values);
+  const auto want = replay(original), got = replay(loaded.tape);
+  REQUIRE(want.size() == got.size());
+  for (std::size_t k = 0; k < want.size(); ++k) {
+    REQUIRE(want[k].shape() == got[k].shape());
+    for (std::int64_t i = 0; i < want[k].size(); ++i) CHECK(want[k].data()[i] == got[k].data()[i]);  // bit for bit
+  }
+  for (std::size_t k = 0; k < original.inputs().size(); ++k)
+    CHECK(loaded.tape.needs_grad(loaded.tape.inputs()[k]) == original.needs_grad(original.inputs()[k]));
+  CHECK(loaded.tape.guards().size() == original.guards().size());
+  // Saving the loaded tape gives the same bytes.
+  CHECK(tg::serialize_tape(loaded.tape) == bytes);
+}
+
+// Runs `load` and returns the tg::Error's message; fails the test if it loads or throws anything else.
+template <class F>
+std::string load_error(F load) {
+  try {
+    load();
+  } catch (const tg::Error& e) {
+    return e.what();
+  }
+  FAIL("expected a tg::Error");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("tape file: a CNN and a tape using every op's parameters round-trip, f32 and f64, bit for bit") {
+  auto cnn64 = record_small_cnn<double>();
+  check_round_trip(cnn64.tape());
+  auto cnn32 = record_small_cnn<float>();
+  check_round_trip(cnn32.tape());
+  auto every64 = record_every_param<double>();
+  check_round_trip(every64.tape());
+  auto every32 = record_every_param<float>();
+  check_round_trip(every32.tape());
+  CHECK(every64.tape().guards().size() == 1);
+}
+
+TEST_CASE("tape file: saved and loaded through a file, with the recording sites of the original") {
+  auto tape = record_small_cnn<double>();
+  const fs::path path = fs::temp_directory_path() / "tapegrad-test-cnn.tgt";
+  tg::save_tape(tape, path.string());
+  const auto loaded = tg::load_tape<double>(path.string());
+  REQUIRE(loaded.tape.num_instructions() == 7);
+  CHECK(tg::site_string(loaded.tape.instruction(0).where) == "tape_models.hpp:14");
+  CHECK(std::string(loaded.tape.instruction(0).where.function).find("small_cnn") != std::string::npos);
+  fs::remove(path);
+}
+
+TEST_CASE("tape file: without input values, replayed on seeded random inputs in each input's range") {
+  auto tape = record_small_cnn<double>();
+  const auto bytes = tg::serialize_tape(tape.tape(), {.input_values = false});
+  CHECK(bytes.size() < tg::serialize_tape(tape.tape()).size());
+  auto loaded = tg::deserialize_tape<double>(bytes, {.seed = 5});
+  CHECK_FALSE(loaded.info.input_values);
+  const auto& labels = loaded.tape.value(loaded.tape.inputs()[1]);  // recorded as {0, 3}: integers in [0, 3]
+  for (double v : labels) {
+    CHECK(v == std::floor(v));
+    CHECK(v >= 0);
+    CHECK(v <= 3);
+  }
+  const auto& x = loaded.tape.value(loaded.tape.inputs()[0]);
+  const auto& x0 = tape.tape().value(tape.tape().inputs()[0]);
+  const auto stats = tg::value_stats(x), stats0 = tg::value_stats(x0);
+  CHECK(stats.min >= stats0.min);
+  CHECK(stats.max <= stats0.max);
+  CHECK(max_abs_diff(x, x0) > 0);  // other values
+  // The same seed gives the same inputs; the replay's gradient check passes on them.
+  auto again = tg::deserialize_tape<double>(bytes, {.seed = 5});
+  CHECK(max_abs_diff(again.tape.value(again.tape.inputs()[0]), x) == 0);
+  CHECK(tg::check_instructions(loaded.tape).first_failure() == nullptr);
+  // random_inputs ignores saved values.
+  auto random = tg::deserialize_tape<double>(tg::serialize_tape(tape.tape()), {.seed = 5, .random_inputs = true});
+  CHECK(max_abs_diff(random.tape.value(random.tape.inputs()[0]), x) == 0);
+}
+
+TEST_CASE("tape file: a compiled tape keeps its compile options and replays as compiled") {
+  auto tape = record_small_cnn<double>();
+  const tg::CompileOptions options{.dead_code = true, .plan_memory = false, .fuse_epilogues = true, .fuse_elementwise = false};
+  auto ct = tg::compile(tape, options);
+  auto [x, y, w1, b1, w2] = models::small_cnn_inputs<double>();
+  const auto w2b = A::random_uniform(w2.shape(), -1, 1, 99);
+  ct.forward(x, y, w1, b1, w2b);  // the program's current inputs are saved
+  const auto bytes = tg::serialize_program(ct.program());
+  auto loaded = tg::deserialize_tape<double>(bytes);
+  REQUIRE(loaded.info.compiled);
+  CHECK(loaded.info.compile_options.dead_code);
+  CHECK_FALSE(loaded.info.compile_options.plan_memory);
+  CHECK(loaded.info.compile_options.fuse_epilogues);
+  CHECK_FALSE(loaded.info.compile_options.fuse_elementwise);
+  CHECK(max_abs_diff(loaded.tape.value(loaded.tape.inputs()[4]), w2b) == 0);
+  CHECK(loaded.tape.value(loaded.tape.output()).item() == doctest::Approx(ct.value()).epsilon(1e-14));
+  tg::CompiledProgram<double> program(loaded.tape, loaded.info.compile_options);
+  program.forward();
+  CHECK(program.output().item() == doctest::Approx(ct.value()).epsilon(1e-14));
+  CHECK(tg::dump(program) == tg::dump(ct.program()));
+}
+
+TEST_CASE("tape file: TAPEGRAD_DUMP saves each distinct program once, without code changes") {
+  const fs::path dir = fs::temp_directory_path() / "tapegrad-test-dump";
+  fs::remove_all(dir);
+  ::setenv("TAPEGRAD_DUMP", dir.c_str(), 1);
+  ::setenv("TAPEGRAD_DUMP_INPUTS", "0", 1);
+  auto f = [](const tg::Tracked<double>& v) { return tg::sum(tg::exp(v) * 3.0); };
+  for (int step = 0; step < 5; ++step) tg::gradient(f, A::random_uniform({7}, -1, 1, step));  // one program
+  tg::gradient(f, A::random_uniform({8}, -1, 1, 9));                                         // another shape
+  ::unsetenv("TAPEGRAD_DUMP");
+  ::unsetenv("TAPEGRAD_DUMP_INPUTS");
+  tg::gradient(f, A::random_uniform({9}, -1, 1, 9));  // not saved
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() == 2);
+  const auto first = tg::load_tape<double>(files[0].string()), second = tg::load_tape<double>(files[1].string());
+  CHECK_FALSE(first.info.input_values);
+  CHECK(first.tape.value(first.tape.inputs()[0]).shape() == tg::Shape{7});
+  CHECK(second.tape.value(second.tape.inputs()[0]).shape() == tg::Shape{8});
+  CHECK(tg::diff_tapes(first.tape, second.tape).find("input 0: f64[7] -> f64[8]") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("tape file: damaged files are clear errors naming the field and byte, at every truncation and flipped byte") {
+  auto tape = record_small_cnn<double>();
+  const std::string bytes = tg::serialize_tape(tape.tape());
+  SUBCASE("every truncation") {
+    for (std::size_t n = 0; n < bytes.size(); ++n) {
+      const std::string message = load_error([&] { tg::deserialize_tape<double>(std::string_view(bytes).substr(0, n)); });
+      CHECK_MESSAGE(message.find("at byte") != std::string::npos, n, ": ", message);
+    }
+  }
+  SUBCASE("every byte flipped: a clear error or a tape that loads") {
+    std::int64_t errors = 0;
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+      std::string damaged = bytes;
+      damaged[i] = static_cast<char>(damaged[i] ^ 0x5a);
+      try {
+        tg::deserialize_tape<double>(damaged, {.max_elements = 1 << 16});
+      } catch (const tg::Error& e) {
+        ++errors;
+        CHECK(std::string(e.what()).starts_with("tape file"));
+      }
+    }
+    CHECK(errors > 0);
+  }
+  SUBCASE("named cases") {
+    std::string magic = bytes;
+    magic[0] = 'X';
+    CHECK(load_error([&] { tg::deserialize_tape<double>(magic); }).find("field `magic` at byte 0") != std::string::npos);
+    std::string future = bytes;
+    future[8] = 2;  // version 2
+    CHECK(load_error([&] { tg::deserialize_tape<double>(future); })
+              .find("field `version` at byte 8: version 2 expected 1..1; hint: a file from a newer tapegrad") != std::string::npos);
+    CHECK(load_error([&] { tg::deserialize_tape<float>(bytes); }).find("holds f64 values but f32 was asked for") != std::string::npos);
+    std::string unknown_op = bytes;
+    const auto at = unknown_op.find("maxpool");
+    unknown_op.replace(at, 7, "maxpoox");
+    CHECK(load_error([&] { tg::deserialize_tape<double>(unknown_op); }).find("uses op `maxpoox` that this program has not registered") != std::string::npos);
+    CHECK(load_error([&] { tg::deserialize_tape<double>(bytes, {.max_elements = 100}); }).find("LoadOptions::max_elements") != std::string::npos);
+    CHECK(load_error([&] { tg::deserialize_tape<double>(bytes + "x"); }).find("1 bytes left over") != std::string::npos);
+    CHECK(load_error([] { tg::load_tape<double>("/nonexistent/tape.tgt"); }).find("cannot open `/nonexistent/tape.tgt`") != std::string::npos);
+  }
+}
+
+TEST_CASE("tape file: a shape the op does not compute is refused before anything is allocated") {
+  auto f = [](const tg::Tracked<double>& v) { return tg::sum(tg::reshape(v, {2, 3})); };
+  auto tape = tg::record(f, A::random_uniform({6}, -1, 1, 1));
+  std::string bytes = tg::serialize_tape(tape.tape());
+  // The reshape's params hold (2, 3) as i64; make it (2, 4).
+  const std::int64_t three = 3, four = 4;
+  const auto at = bytes.find(std::string(reinterpret_cast<const char*>(&three), 8));
+  REQUIRE(at != std::string::npos);
+  bytes.replace(at, 8, std::string(reinterpret_cast<const char*>(&four), 8));
+  const std::string message = load_error([&] { tg::deserialize_tape<double>(bytes); });
+  CHECK(message.find("slot %1") != std::string::npos);
+  CHECK(message.find("reshape") != std::string::npos);
+}
+
+TEST_CASE("tape file: the fuzz corpus loads or fails with a clear error, and the seed tapes load") {
+  const fs::path corpus = fs::path(TAPEGRAD_TEST_SOURCE_DIR) / "fuzz" / "corpus";
+  REQUIRE(fs::is_directory(corpus));
+  int loaded = 0, refused = 0;
+  for (const auto& entry : fs::directory_iterator(corpus)) {
+    const std::string bytes = tg::read_file_bytes(entry.path().string());
+    try {
+      const auto info = tg::read_tape_file_info(bytes);
+      if (info.element_bytes == 4) tg::deserialize_tape<float>(bytes, {.max_elements = 1 << 16});
+      else tg::deserialize_tape<double>(bytes, {.max_elements = 1 << 16});
+      ++loaded;
+      CHECK_MESSAGE(entry.path().filename().string().starts_with("seed-"), entry.path());
+    } catch (const tg::Error& e) {
+      ++refused;
+      CHECK_MESSAGE(entry.path().filename().string().starts_with("bad-"), entry.path(), ": ", e.what());
+      const std::string message = e.what();
+      CHECK_MESSAGE((message.starts_with("tape file") && message.find("byte") != std::string::npos), message);
+    }
+  }
+  CHECK(loaded >= 3);
+  CHECK(refused >= 5);
+}
+
+// Writes the fuzzer's seed corpus (run once by hand after a format change:
+// TAPEGRAD_WRITE_CORPUS=tests/fuzz/corpus ./tapegrad_tests -tc="*write the fuzz corpus*").
+TEST_CASE("tape file: write the fuzz corpus (only with TAPEGRAD_WRITE_CORPUS)") {
+  const char* dir = std::getenv("TAPEGRAD_WRITE_CORPUS");
+  if (!dir) return;
+  fs::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& bytes) { tg::write_file_bytes((fs::path(dir) / name).string(), bytes); };
+  auto cnn = record_small_cnn<double>();
+  auto every = record_every_param<float>();
+  auto small = tg::record([](const tg::Tracked<float>& v) { return tg::sum(tg::relu(v) * 2.0f); },
+                          tg::Array<float>::random_uniform({3}, -1, 1, 1));
+  const std::string seed = tg::serialize_tape(cnn.tape());
+  write("seed-cnn-f64.tgt", seed);
+  write("seed-every-param-f32.tgt", tg::serialize_tape(every.tape(), {.input_values = false}));
+  write("seed-small-f32.tgt", tg::serialize_tape(small.tape()));
+  write("seed-compiled-f64.tgt", tg::serialize_program(tg::compile(cnn).program()));
+  write("bad-truncated.tgt", seed.substr(0, seed.size() / 2));
+  std::string future = seed;
+  future[8] = 9;
+  write("bad-future-version.tgt", future);
+  write("bad-magic.tgt", "TAPEGRAF" + seed.substr(8));
+  write("bad-trailing.tgt", seed + "junk");
+  std::string op = seed;
+  op.replace(op.find("maxpool"), 7, "maxpoox");
+  write("bad-unknown-op.tgt", op);
+  std::string kind = seed;
+  kind[8 + 4 + 1 + 1 + 4 + 4] = 'Q';  // the first slot's kind
+  write("bad-slot-kind.tgt", kind);
+}

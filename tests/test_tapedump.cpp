@@ -108,6 +108,29 @@ TEST_CASE("tapedump: DOT output is accepted by Graphviz's dot; JSON parses") {
   CHECK(std::system(("dot -Tsvg " + dot_file.string() + " -o /dev/null").c_str()) == 0);
 }
 
+TEST_CASE("tapedump: a compiled tape's DOT boxes each fused step and draws removed instructions dashed") {
+  using T = tg::Tracked<double>;
+  auto f = [](const T& x, const T& w) {
+    auto unused = tg::exp(x);  // reaches no output: removed by dead-code elimination
+    (void)unused;
+    auto h = tg::relu(tg::matmul(x, w));                      // matmul + relu epilogue
+    return tg::sum(tg::tanh(h * 2.0 + 1.0) * tg::sigmoid(h));  // an elementwise chain
+  };
+  auto tape = tg::record(f, A::random_uniform({4, 3}, -1, 1, 1), A::random_uniform({3, 5}, -1, 1, 2));
+  const std::string file = saved(tg::compile(tape), "fused.tgt");
+  const Run dot = tapedump({file, "--format", "dot"});
+  CHECK(dot.status == 0);
+  CHECK(dot.out.find("subgraph cluster_0 {\n    label=\"matmul + relu epilogue\"") != std::string::npos);
+  CHECK(dot.out.find("label=\"fused elementwise (") != std::string::npos);
+  CHECK(dot.out.find("(removed: reaches no output)\", style=\"rounded,dashed\"") != std::string::npos);
+  // The interpreted tape's DOT has no clusters.
+  CHECK(tg::dump_dot(tape).find("subgraph") == std::string::npos);
+  if (!have_dot()) return;
+  const fs::path svg = temp_file("fused.svg");
+  CHECK(tapedump({file, "--svg", svg.string()}).status == 0);
+  CHECK(fs::file_size(svg) > 1000);
+}
+
 TEST_CASE("tapedump --summary: op counts, FLOPs, bytes, conv algorithms; a compiled tape's groups and arena") {
   const Run s = tapedump({cnn_file(), "--summary"});
   CHECK(s.status == 0);

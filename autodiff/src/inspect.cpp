@@ -102,8 +102,46 @@ std::string summary(const Tape<T>& tape) {
   return out;
 }
 
+namespace {
+
+// What a compiled program did to each recorded slot, for drawing: the fused
+// step (elementwise chain or producer + epilogue) it belongs to, or dead.
+struct SlotGroups {
+  std::vector<int> cluster;    // -1: none
+  std::vector<std::string> cluster_label;
+  std::vector<bool> dead;      // an instruction the program does not run
+};
+
 template <class T>
-std::string dump_dot(const Tape<T>& tape) {
+SlotGroups groups_of(const Tape<T>& tape, const CompiledProgram<T>* program) {
+  SlotGroups g{std::vector<int>(tape.num_slots(), -1), {}, std::vector<bool>(tape.num_slots(), false)};
+  if (!program) return g;
+  std::vector<const Instr<T>*> producer(tape.num_slots(), nullptr);
+  for (std::size_t i = 0; i < tape.num_instructions(); ++i) producer[tape.instruction(i).out] = &tape.instruction(i);
+  std::vector<bool> runs(tape.num_slots(), false);
+  for (const auto& st : program->steps()) {
+    runs[st.out] = true;
+    const int id = static_cast<int>(g.cluster_label.size());
+    if (!st.group.empty()) {
+      for (const auto& m : st.group) {
+        runs[m.slot] = true;
+        g.cluster[m.slot] = id;
+      }
+      g.cluster_label.push_back(fmt::format("fused elementwise ({} ops)", st.group.size()));
+    } else if (st.epilogue && producer[st.out]) {
+      const std::uint32_t inner = tape.args_of(*producer[st.out])[0];  // the producer, whose buffer the activation reuses
+      runs[inner] = true;
+      g.cluster[inner] = g.cluster[st.out] = id;
+      g.cluster_label.push_back(fmt::format("{} + {} epilogue", producer[inner] ? producer[inner]->op->name : "?",
+                                            st.epilogue->name));
+    }
+  }
+  for (std::size_t i = 0; i < tape.num_instructions(); ++i) g.dead[tape.instruction(i).out] = !runs[tape.instruction(i).out];
+  return g;
+}
+
+template <class T>
+std::string dot_graph(const Tape<T>& tape, const SlotGroups& groups) {
   std::string out = "digraph tape {\n  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10, shape=box];\n";
   std::vector<bool> leaf_used(tape.num_slots(), false);
   for (std::size_t i = 0; i < tape.num_instructions(); ++i)
@@ -113,21 +151,44 @@ std::string dump_dot(const Tape<T>& tape) {
     const bool input = tape.kind(s) == SlotKind::input;
     std::string label = fmt::format("%{} {}\n{}", s, input ? "input" : "const", type_string(tape.value(s)));
     if (!input && tape.value(s).size() == 1) label += fmt::format(" = {}", double(tape.value(s).data()[0]));
+    if (input && !tape.needs_grad(s)) label += " (no gradient)";
     out += fmt::format("  s{} [label={}, style=filled, fillcolor=\"{}\"{}];\n", s, quoted(label),
                        input ? "#dbe8fb" : "#eeeeee", input ? "" : ", shape=ellipse");
   }
+  std::vector<std::string> cluster_nodes(groups.cluster_label.size());
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
     const Instr<T>& ins = tape.instruction(i);
     std::string label = fmt::format("%{} = {}", ins.out, ins.op->name);
     if (const std::string p = params_text(ins); !p.empty()) label += fmt::format("[{}]", p);
     label += fmt::format("\n{}\n{}", type_string(tape.value(ins.out)), site_string(ins.where));
-    const bool output = ins.out == tape.output();
-    out += fmt::format("  s{} [label={}, style=\"rounded{}\"{}];\n", ins.out, quoted(label), output ? ",filled" : "",
-                       output ? ", fillcolor=\"#fde2c8\"" : "");
+    const bool output = ins.out == tape.output(), dead = groups.dead[ins.out];
+    if (dead) label += "\n(removed: reaches no output)";
+    const std::string node = fmt::format("s{} [label={}, style=\"rounded{}{}\"{}{}];\n", ins.out, quoted(label),
+                                         output ? ",filled" : "", dead ? ",dashed" : "",
+                                         output ? ", fillcolor=\"#fde2c8\"" : "", dead ? ", fontcolor=\"#888888\"" : "");
+    if (const int c = groups.cluster[ins.out]; c >= 0) cluster_nodes[static_cast<std::size_t>(c)] += "    " + node;
+    else out += "  " + node;
     std::size_t k = 0;
     for (auto a : tape.args_of(ins)) out += fmt::format("  s{} -> s{} [label=\"{}\"];\n", a, ins.out, k++);
   }
+  for (std::size_t c = 0; c < cluster_nodes.size(); ++c)
+    if (!cluster_nodes[c].empty())
+      out += fmt::format("  subgraph cluster_{} {{\n    label={}; style=\"rounded,filled\"; fillcolor=\"#eef7ea\"; "
+                         "fontname=\"monospace\"; fontsize=10;\n{}  }}\n",
+                         c, quoted(groups.cluster_label[c]), cluster_nodes[c]);
   return out + "}\n";
+}
+
+}  // namespace
+
+template <class T>
+std::string dump_dot(const Tape<T>& tape) {
+  return dot_graph(tape, groups_of<T>(tape, nullptr));
+}
+
+template <class T>
+std::string dump_dot(const Tape<T>& tape, const CompiledProgram<T>& program) {
+  return dot_graph(tape, groups_of(tape, &program));
 }
 
 template <class T>
@@ -250,6 +311,8 @@ template std::string diff_tapes(const Tape<float>&, const Tape<float>&);
 template std::string diff_tapes(const Tape<double>&, const Tape<double>&);
 template std::string summary(const Tape<float>&);
 template std::string summary(const Tape<double>&);
+template std::string dump_dot(const Tape<float>&, const CompiledProgram<float>&);
+template std::string dump_dot(const Tape<double>&, const CompiledProgram<double>&);
 template std::string dump_dot(const Tape<float>&);
 template std::string dump_dot(const Tape<double>&);
 template std::string dump_json(const Tape<float>&);

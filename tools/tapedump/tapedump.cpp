@@ -184,12 +184,15 @@ int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
     fmt::print(out, "replayed {}\n{}", inputs_note(info, c.load), report.summary());
     return report.found ? 1 : 0;
   }
+  auto dot = [&] {
+    return info.compiled ? dump_dot(tape, CompiledProgram<T>(tape, info.compile_options)) : dump_dot(tape);
+  };
   if (!c.svg.empty()) {
-    render_svg(dump_dot(tape), c.svg);
+    render_svg(dot(), c.svg);
     fmt::print(out, "wrote {}\n", c.svg);
     return 0;
   }
-  if (c.format == "dot") fmt::print(out, "{}", dump_dot(tape));
+  if (c.format == "dot") fmt::print(out, "{}", dot());
   else if (c.format == "json") fmt::print(out, "{}", dump_json(tape));
   else {
     fmt::print(out, "{}", dump(tape));

@@ -17,6 +17,7 @@
 
 #include <string>
 
+#include "tapegrad/autodiff/compile.hpp"
 #include "tapegrad/autodiff/tape.hpp"
 
 namespace tg {
@@ -25,6 +26,11 @@ template <class T>
 std::string summary(const Tape<T>& tape);
 template <class T>
 std::string dump_dot(const Tape<T>& tape);
+// The tape as `program` (compiled from it) runs it: each fused step (an
+// elementwise chain, a producer with its epilogue) boxed as a cluster, and
+// instructions dead-code elimination removed drawn dashed.
+template <class T>
+std::string dump_dot(const Tape<T>& tape, const CompiledProgram<T>& program);
 template <class T>
 std::string dump_json(const Tape<T>& tape);
 
@@ -56,6 +62,8 @@ extern template std::string diff_tapes(const Tape<float>&, const Tape<float>&);
 extern template std::string diff_tapes(const Tape<double>&, const Tape<double>&);
 extern template std::string summary(const Tape<float>&);
 extern template std::string summary(const Tape<double>&);
+extern template std::string dump_dot(const Tape<float>&, const CompiledProgram<float>&);
+extern template std::string dump_dot(const Tape<double>&, const CompiledProgram<double>&);
 extern template std::string dump_dot(const Tape<float>&);
 extern template std::string dump_dot(const Tape<double>&);
 extern template std::string dump_json(const Tape<float>&);

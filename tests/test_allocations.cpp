@@ -186,6 +186,19 @@ TEST_CASE("allocations: im2col convolutions (forward, both gradients) allocate n
   }
 }
 
+TEST_CASE("allocations: FFT convolutions (forward, both gradients) allocate nothing after the first call") {
+  auto layer = [](const T& x, const T& w) {
+    return tg::sum(tg::conv(x, w, {.padding = {2}, .algorithm = tg::ConvAlgorithm::fft}));
+  };
+  A x = A::random_normal({2, 3, 24, 24}, 0, 1, 1), w = A::random_normal({4, 3, 5, 5}, 0, 1, 2);
+  auto ct = tg::compile(tg::record(layer, x, w));
+  A gx, gw;
+  auto step = [&] { ct.gradient_into({&gx, &gw}, x, w); };
+  step();
+  step();
+  CHECK(allocations_in(step) == 0);
+}
+
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
   const cnn::LenetParams P(7);
   const std::int64_t n = 64;

@@ -16,27 +16,26 @@
 // the frequency domain. Planes are split over OpenMP threads; each thread has
 // its own buffers and shares the cached plans.
 #include <fftw3.h>
+#include <fmt/format.h>
 #include <omp.h>
 
 #include <array>
 #include <complex>
 #include <map>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "conv_impl.hpp"
 #include "fft_size.hpp"
+#include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {
 
 using Dims = ConvGeometry::Dims;
 
-// Arrays of 2n reals serve as n complex values (std::complex<T> is layout-compatible with T[2]).
-template <class T>
-std::complex<T>* complex_view(Array<T>& a) {
-  return reinterpret_cast<std::complex<T>*>(a.data());
-}
 
 // FFTW's double and float APIs behind one name, with a process-wide cache of
 // plans by grid size: planning (even FFTW_ESTIMATE) costs about as much as a
@@ -44,6 +43,11 @@ std::complex<T>* complex_view(Array<T>& a) {
 // once (only the planner needs the lock).
 template <class T>
 struct Fftw;
+
+// Note [FFTW without buffers]: plans are made with FFTW_NO_BUFFERING where FFTW
+// can: a buffered plan mallocs a buffer on every execute, and a replayed conv
+// must not allocate (issue 5). Sizes it cannot plan so fall back to buffering.
+constexpr unsigned kPlanFlags = FFTW_ESTIMATE | FFTW_UNALIGNED;
 
 template <class Plan, class Make>
 Plan cached_plan(const int n[3], bool inverse, Make make) {
@@ -54,7 +58,12 @@ Plan cached_plan(const int n[3], bool inverse, Make make) {
   std::lock_guard lock(mutex);
   const std::array<int, 4> key{n[0], n[1], n[2], inverse ? 1 : 0};
   auto it = plans->find(key);
-  if (it == plans->end()) it = plans->emplace(key, make()).first;
+  if (it == plans->end()) {
+    Plan plan = make(kPlanFlags | FFTW_NO_BUFFERING);
+    if (!plan) plan = make(kPlanFlags);
+    if (!plan) fail("conv (fft)", fmt::format("FFTW could not plan a {}x{}x{} transform", n[0], n[1], n[2]));
+    it = plans->emplace(key, plan).first;
+  }
   return it->second;
 }
 
@@ -62,13 +71,13 @@ template <>
 struct Fftw<double> {
   using Plan = fftw_plan;
   static Plan r2c(const int n[3], double* in, std::complex<double>* out) {
-    return cached_plan<Plan>(n, false, [&] {
-      return fftw_plan_dft_r2c(3, n, in, reinterpret_cast<fftw_complex*>(out), FFTW_ESTIMATE | FFTW_UNALIGNED);
+    return cached_plan<Plan>(n, false, [&](unsigned flags) {
+      return fftw_plan_dft_r2c(3, n, in, reinterpret_cast<fftw_complex*>(out), flags);
     });
   }
   static Plan c2r(const int n[3], std::complex<double>* in, double* out) {
-    return cached_plan<Plan>(n, true, [&] {
-      return fftw_plan_dft_c2r(3, n, reinterpret_cast<fftw_complex*>(in), out, FFTW_ESTIMATE | FFTW_UNALIGNED);
+    return cached_plan<Plan>(n, true, [&](unsigned flags) {
+      return fftw_plan_dft_c2r(3, n, reinterpret_cast<fftw_complex*>(in), out, flags);
     });
   }
   static void r2c(Plan p, double* in, std::complex<double>* out) { fftw_execute_dft_r2c(p, in, reinterpret_cast<fftw_complex*>(out)); }
@@ -79,13 +88,13 @@ template <>
 struct Fftw<float> {
   using Plan = fftwf_plan;
   static Plan r2c(const int n[3], float* in, std::complex<float>* out) {
-    return cached_plan<Plan>(n, false, [&] {
-      return fftwf_plan_dft_r2c(3, n, in, reinterpret_cast<fftwf_complex*>(out), FFTW_ESTIMATE | FFTW_UNALIGNED);
+    return cached_plan<Plan>(n, false, [&](unsigned flags) {
+      return fftwf_plan_dft_r2c(3, n, in, reinterpret_cast<fftwf_complex*>(out), flags);
     });
   }
   static Plan c2r(const int n[3], std::complex<float>* in, float* out) {
-    return cached_plan<Plan>(n, true, [&] {
-      return fftwf_plan_dft_c2r(3, n, reinterpret_cast<fftwf_complex*>(in), out, FFTW_ESTIMATE | FFTW_UNALIGNED);
+    return cached_plan<Plan>(n, true, [&](unsigned flags) {
+      return fftwf_plan_dft_c2r(3, n, reinterpret_cast<fftwf_complex*>(in), out, flags);
     });
   }
   static void r2c(Plan p, float* in, std::complex<float>* out) { fftwf_execute_dft_r2c(p, in, reinterpret_cast<fftwf_complex*>(out)); }
@@ -106,17 +115,19 @@ class Spectral3 {
 
   class Worker {
    public:
-    explicit Worker(const Spectral3& grid) : g_(grid), real_(scratch<T>(grid.real_size())), spec_(scratch<T>(2 * grid.size())) {
+    // Its buffers come from the calling thread's scratch stack (`scope`).
+    Worker(const Spectral3& grid, ScratchScope& scope)
+        : g_(grid), real_(scope.take<T>(grid.real_size())), spec_(scope.take<C>(grid.size())) {
       const int n[3] = {int(g_.F_[0]), int(g_.F_[1]), int(g_.F_[2])};
-      forward_ = Fftw<T>::r2c(n, real_.data(), complex_view(spec_));
-      inverse_ = Fftw<T>::c2r(n, complex_view(spec_), real_.data());
+      forward_ = Fftw<T>::r2c(n, real_.data(), spec_.data());
+      inverse_ = Fftw<T>::c2r(n, spec_.data(), real_.data());
     }
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
     // spec = DFT of src (extent `dims`) placed at offset `at` in an all-zero grid.
     void forward(const T* src, const Dims& dims, const Dims& at, C* spec) {
-      real_.fill(T(0));
+      std::fill(real_.begin(), real_.end(), T(0));
       for (std::int64_t i0 = 0; i0 < dims[0]; ++i0)
         for (std::int64_t i1 = 0; i1 < dims[1]; ++i1) {
           const T* in = src + (i0 * dims[1] + i1) * dims[2];
@@ -139,8 +150,8 @@ class Spectral3 {
 
    private:
     const Spectral3& g_;
-    Array<T> real_;
-    Array<T> spec_;  // complex, only for planning
+    std::span<T> real_;
+    std::span<C> spec_;  // only for planning
     typename Fftw<T>::Plan forward_, inverse_;
   };
 
@@ -153,19 +164,21 @@ Dims padded_extent(const ConvGeometry& g) {
   return {g.in[0] + g.lo[0] + g.hi[0], g.in[1] + g.lo[1] + g.hi[1], g.in[2] + g.lo[2] + g.hi[2]};
 }
 
-// Transforms `count` planes of extent `dims` (plane i at src + i * volume) placed at `at`.
+// Transforms `count` planes of extent `dims` (plane i at src + i * volume) placed
+// at `at`; the spectra are taken from `scope` (the caller's scratch stack).
 template <class T>
-Array<T> transform_planes(const Spectral3<T>& grid, const T* src, std::int64_t count, const Dims& dims, const Dims& at) {
+std::complex<T>* transform_planes(ScratchScope& scope, const Spectral3<T>& grid, const T* src, std::int64_t count,
+                                  const Dims& dims, const Dims& at) {
   const std::int64_t vol = dims[0] * dims[1] * dims[2];
-  Array<T> spectra = scratch<T>(2 * count * grid.size());
-  std::complex<T>* spec = complex_view(spectra);
+  std::complex<T>* spec = scope.take<std::complex<T>>(count * grid.size()).data();
 #pragma omp parallel
   {
-    typename Spectral3<T>::Worker worker(grid);
+    ScratchScope mine;  // each thread's transform buffers
+    typename Spectral3<T>::Worker worker(grid, mine);
 #pragma omp for schedule(dynamic)
     for (std::int64_t i = 0; i < count; ++i) worker.forward(src + i * vol, dims, at, spec + i * grid.size());
   }
-  return spectra;
+  return spec;
 }
 
 // For every output plane j < count: acc = sum over (a, b) in terms(j) of
@@ -176,9 +189,9 @@ void combine_and_invert(const Spectral3<T>& grid, std::int64_t count, const std:
   const std::int64_t S = grid.size(), vol = dims[0] * dims[1] * dims[2];
 #pragma omp parallel
   {
-    typename Spectral3<T>::Worker worker(grid);
-    Array<T> acc_storage = scratch<T>(2 * S);
-    std::complex<T>* acc = complex_view(acc_storage);
+    ScratchScope mine;  // each thread's transform buffers and accumulator
+    typename Spectral3<T>::Worker worker(grid, mine);
+    std::complex<T>* acc = mine.take<std::complex<T>>(S).data();
 #pragma omp for schedule(dynamic)
     for (std::int64_t j = 0; j < count; ++j) {
       std::fill(acc, acc + S, std::complex<T>(0));
@@ -201,11 +214,12 @@ template <class T>
 void fft_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
   if (!accumulate) std::fill(y, y + g.N * g.K * g.out_vol(), T(0));
   const Spectral3<T> grid(padded_extent(g));
-  auto X = transform_planes(grid, x, g.N * g.C, g.in, g.lo);
-  auto W = transform_planes(grid, w, g.K * g.Cg, g.ker, Dims{0, 0, 0});
+  ScratchScope scope;
+  const auto* X = transform_planes(scope, grid, x, g.N * g.C, g.in, g.lo);
+  const auto* W = transform_planes(scope, grid, w, g.K * g.Cg, g.ker, Dims{0, 0, 0});
   // Y[n,k] = sum_c X[n, group c] . conj(W[k, c])
   combine_and_invert(
-      grid, g.N * g.K, complex_view(X), complex_view(W), true,
+      grid, g.N * g.K, X, W, true,
       [&](std::int64_t nk, auto term) {
         const std::int64_t n = nk / g.K, k = nk % g.K, group = k / g.Kg;
         for (std::int64_t c = 0; c < g.Cg; ++c) term(n * g.C + group * g.Cg + c, k * g.Cg + c);
@@ -216,11 +230,12 @@ void fft_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accum
 template <class T>
 void fft_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
   const Spectral3<T> grid(padded_extent(g));
-  auto GY = transform_planes(grid, gy, g.N * g.K, g.out, Dims{0, 0, 0});
-  auto W = transform_planes(grid, w, g.K * g.Cg, g.ker, Dims{0, 0, 0});
+  ScratchScope scope;
+  const auto* GY = transform_planes(scope, grid, gy, g.N * g.K, g.out, Dims{0, 0, 0});
+  const auto* W = transform_planes(scope, grid, w, g.K * g.Cg, g.ker, Dims{0, 0, 0});
   // GXP[n,c] = sum_k GY[n,k] . W[k,c]; gx is gxp cropped at the low padding
   combine_and_invert(
-      grid, g.N * g.C, complex_view(GY), complex_view(W), false,
+      grid, g.N * g.C, GY, W, false,
       [&](std::int64_t nc, auto term) {
         const std::int64_t n = nc / g.C, channel = nc % g.C, group = channel / g.Cg, c = channel % g.Cg;
         for (std::int64_t k = group * g.Kg; k < (group + 1) * g.Kg; ++k) term(n * g.K + k, k * g.Cg + c);
@@ -231,11 +246,12 @@ void fft_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
 template <class T>
 void fft_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const Spectral3<T> grid(padded_extent(g));
-  auto X = transform_planes(grid, x, g.N * g.C, g.in, g.lo);
-  auto GY = transform_planes(grid, gy, g.N * g.K, g.out, Dims{0, 0, 0});
+  ScratchScope scope;
+  const auto* X = transform_planes(scope, grid, x, g.N * g.C, g.in, g.lo);
+  const auto* GY = transform_planes(scope, grid, gy, g.N * g.K, g.out, Dims{0, 0, 0});
   // GW[k,c] = sum_n XP[n, group c] . conj(GY[n,k])
   combine_and_invert(
-      grid, g.K * g.Cg, complex_view(X), complex_view(GY), true,
+      grid, g.K * g.Cg, X, GY, true,
       [&](std::int64_t kc, auto term) {
         const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
         for (std::int64_t n = 0; n < g.N; ++n) term(n * g.C + group * g.Cg + c, n * g.K + k);

@@ -186,6 +186,20 @@ TEST_CASE("allocations: im2col convolutions (forward, both gradients) allocate n
   }
 }
 
+TEST_CASE("allocations: a weight gradient with few rows and columns and a long inner dimension (GEMM split over k)") {
+  auto layer = [](const T& x, const T& w) { return tg::sum(tg::tanh(tg::matmul(x, w))); };
+  // dW (16, 10) = x^T (16, 8192) . dY (8192, 10): OpenBLAS would thread it over k, and malloc.
+  A x = A::random_normal({8192, 16}, 0, 1, 1), w = A::random_normal({16, 10}, 0, 1, 2);
+  auto tape = tg::record(layer, x, w);
+  tape.set_needs_grad(0, false);
+  auto ct = tg::compile(tape);
+  A gx, gw;
+  auto step = [&] { ct.gradient_into({&gx, &gw}, x, w); };
+  step();
+  step();
+  CHECK(allocations_in(step) == 0);
+}
+
 TEST_CASE("allocations: FFT convolutions (forward, both gradients) allocate nothing after the first call") {
   auto layer = [](const T& x, const T& w) {
     return tg::sum(tg::conv(x, w, {.padding = {2}, .algorithm = tg::ConvAlgorithm::fft}));

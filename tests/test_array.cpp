@@ -88,13 +88,14 @@ TEST_CASE("gemm: OpenBLAS matches the reference loop, every transpose combinatio
 }
 
 TEST_CASE("gemm: GEMMs split over threads (by rows and by columns) match the reference, padded leading dimensions") {
-  // Note [GEMM split over our threads]: m*n*k above 65536 with 32+ rows or columns.
+  // Note [GEMM split over our threads]: m*n*k above 65536 with 32+ rows or columns;
+  // fewer rows and columns, split over k (Note [GEMM split over k]): the last three.
   struct Case {
     std::int64_t m, n, k;
   };
   const int threads_before = tg::num_threads();
   tg::set_num_threads(3);  // uneven blocks, whatever the machine's cores
-  for (const Case& cs : {Case{70, 33, 40}, Case{33, 97, 41}, Case{150, 150, 8}, Case{20, 20, 400}})
+  for (const Case& cs : {Case{70, 33, 40}, Case{33, 97, 41}, Case{150, 150, 8}, Case{20, 20, 400}, Case{8, 27, 5001}, Case{1, 31, 777}})
     for (bool ta : {false, true})
       for (bool tb : {false, true}) {
         CAPTURE(cs.m);
@@ -114,6 +115,18 @@ TEST_CASE("gemm: GEMMs split over threads (by rows and by columns) match the ref
         CHECK(worst <= 1e-11);
         for (std::int64_t i = 0; i < m; ++i)  // the padding columns of C are untouched
           for (std::int64_t j = n; j < ldc; ++j) CHECK(c1.data()[i * ldc + j] == c2.data()[i * ldc + j]);
+        // beta 0: C is written, never read (NaN there must not leak), and twice gives the same bits.
+        Array<double> c3 = Array<double>::full({m * ldc}, std::nan("")), c4 = Array<double>::zeros({m * ldc}), c5 = c3;
+        tg::kernels::gemm(ta, tb, m, n, k, 1.5, a.data(), lda, b.data(), ldb, 0.0, c3.data(), ldc);
+        tg::kernels::gemm(ta, tb, m, n, k, 1.5, a.data(), lda, b.data(), ldb, 0.0, c5.data(), ldc);
+        tg::kernels::gemm_reference(ta, tb, m, n, k, 1.5, a.data(), lda, b.data(), ldb, 0.0, c4.data(), ldc);
+        double worst0 = 0;
+        for (std::int64_t i = 0; i < m; ++i)
+          for (std::int64_t j = 0; j < n; ++j) {
+            worst0 = std::max(worst0, std::abs(c3.data()[i * ldc + j] - c4.data()[i * ldc + j]));
+            CHECK(c3.data()[i * ldc + j] == c5.data()[i * ldc + j]);
+          }
+        CHECK(worst0 <= 1e-11);
       }
   tg::set_num_threads(threads_before);
 }

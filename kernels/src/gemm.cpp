@@ -4,6 +4,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <span>
+
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels {
 namespace {
@@ -26,9 +29,36 @@ void blas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, doub
 // OpenMP thread, and each thread calls OpenBLAS, which runs single-threaded
 // inside a parallel region. Blocks are multiples of 16 rows/columns (whole
 // micro-tiles). Smaller GEMMs, and any called from inside a parallel region,
-// go to OpenBLAS as they are (it runs those on one thread); so does a big GEMM
-// whose C has fewer than 32 rows and columns (OpenBLAS threads it, over k).
+// go to OpenBLAS as they are (it runs those on one thread). A big GEMM whose C
+// has fewer than 32 rows and columns (a weight gradient summed over a batch of
+// pixels) is split over k instead (split_inner).
 constexpr double kSplitMacs = 65536.0;
+
+// Note [GEMM split over k]: each thread multiplies one slice of the inner
+// dimension into its own partial C (m x n, from the scratch stack); the partials
+// are then added in slice order, so the result does not depend on timing.
+//   partial[p] (m, n) = alpha * op(A)[:, slice p] (m, len) . op(B)[slice p, :] (len, n)
+//   C (m, n) = beta * C + sum over p of partial[p]
+template <class T>
+void split_inner(int threads, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+                 std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  const std::int64_t slice = ((k + threads - 1) / threads + 15) / 16 * 16;
+  const std::int64_t parts = (k + slice - 1) / slice;
+  ScratchScope scope;
+  const std::span<T> partial = scope.take<T>(parts * m * n);
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+  for (std::int64_t p = 0; p < parts; ++p) {
+    const std::int64_t begin = p * slice, len = std::min(slice, k - begin);
+    blas(ta, tb, m, n, len, alpha, ta ? a + begin * lda : a + begin, lda, tb ? b + begin : b + begin * ldb, ldb, T(0),
+         partial.data() + p * m * n, n);
+  }
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      T sum = beta == T(0) ? T(0) : beta * c[i * ldc + j];  // beta 0: C is not read (it may hold garbage)
+      for (std::int64_t p = 0; p < parts; ++p) sum += partial[static_cast<std::size_t>((p * m + i) * n + j)];
+      c[i * ldc + j] = sum;
+    }
+}
 
 template <class T>
 void split_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
@@ -38,8 +68,12 @@ void split_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k
   const std::int64_t extent = by_rows ? m : n;
   const std::int64_t block = (extent + threads - 1) / threads;
   const std::int64_t chunk = (block + 15) / 16 * 16;
-  if (threads <= 1 || double(m) * double(n) * double(k) <= kSplitMacs || extent < 32)
+  if (threads <= 1 || double(m) * double(n) * double(k) <= kSplitMacs)
     return blas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (extent < 32) {
+    if (k < 64 * threads) return blas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return split_inner(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
   const std::int64_t parts = (extent + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static, 1) num_threads(threads)
   for (std::int64_t part = 0; part < parts; ++part) {

@@ -137,7 +137,9 @@ class CompiledProgram {
   std::int64_t arena_bytes() const { return arena_bytes_; }
   std::int64_t unplanned_bytes() const { return unplanned_bytes_; }
   // The recorded tape as a tape file without input values (tape_file.hpp): saving
-  // a compiled program appends its current inputs (serialize_program).
+  // a compiled program appends its current inputs (serialize_program). It holds
+  // the constants' values once more (a model's constants are scalars and small
+  // tables; inputs, the big arrays, are not in it).
   const std::string& source_skeleton() const;
 
  private:

@@ -131,7 +131,8 @@ TEST_CASE("conv: implicit GEMM tile edges, groups and threads equal the referenc
   // Filters per group 20 and 9 (a full 16-wide tile plus a partial one, and a
   // partial one alone), 6 x 7 = 42 and 3 x 5 positions and patch rows 3*3*3 = 27
   // and 5*2*2 (not multiples of the 6-row tile), float and double, 1-3 threads:
-  // the weight gradient's per-thread tiles must neither race nor drop a sample.
+  // the weight gradient's per-thread tiles must neither race nor drop a sample
+  // (5 and 3 samples: a full block of 4 and a partial one, and a partial one alone).
   const std::vector<Case> geometries = {
       {{5, 6, 6, 7}, {40, 3, 3, 3}, {.padding = {1}, .groups = 2, .algorithm = ConvAlgorithm::implicit_gemm}},
       {{3, 5, 7, 11}, {9, 5, 2, 2}, {.stride = {2, 2}, .pad_lo = {0, 1}, .pad_hi = {1, 0}, .dilation = {1, 2},

@@ -39,11 +39,13 @@ constexpr int kTileCols = 64 / int(sizeof(T));
 
 // ---- the micro-kernel ------------------------------------------------------------
 
-// out (kTileRows x NR, row-major) = sum_q a[i][index[q]] * b[q * NR + j]
+// out (kTileRows x NR, row-major) (+)= sum_q a[i][index[q]] * b[q * NR + j]; `accumulate`
+// adds to what out holds (the weight gradient sums samples in registers' worth of tile).
 template <class T>
-void tile_portable(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out) {
+void tile_portable(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
   constexpr int NR = kTileCols<T>;
   T acc[kTileRows][NR] = {};
+  if (accumulate) std::copy(out, out + kTileRows * NR, &acc[0][0]);
   for (std::int64_t q = 0; q < n; ++q) {
     const T* bq = b + q * NR;
     for (int i = 0; i < kTileRows; ++i) {
@@ -55,10 +57,16 @@ void tile_portable(const T* const* a, const std::int64_t* index, const T* b, std
 }
 
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const std::int64_t* index, const float* b,
-                                                    std::int64_t n, float* out) {
+                                                    std::int64_t n, float* out, bool accumulate) {
   const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  if (accumulate) {
+    c00 = _mm256_loadu_ps(out + 0 * 8), c01 = _mm256_loadu_ps(out + 1 * 8), c10 = _mm256_loadu_ps(out + 2 * 8);
+    c11 = _mm256_loadu_ps(out + 3 * 8), c20 = _mm256_loadu_ps(out + 4 * 8), c21 = _mm256_loadu_ps(out + 5 * 8);
+    c30 = _mm256_loadu_ps(out + 6 * 8), c31 = _mm256_loadu_ps(out + 7 * 8), c40 = _mm256_loadu_ps(out + 8 * 8);
+    c41 = _mm256_loadu_ps(out + 9 * 8), c50 = _mm256_loadu_ps(out + 10 * 8), c51 = _mm256_loadu_ps(out + 11 * 8);
+  }
   for (std::int64_t q = 0; q < n; ++q, b += 16) {
     const std::int64_t o = index[q];
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
@@ -75,15 +83,23 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const 
     v = _mm256_broadcast_ss(a5 + o);
     c50 = _mm256_fmadd_ps(v, b0, c50), c51 = _mm256_fmadd_ps(v, b1, c51);
   }
-  const __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-  for (int r = 0; r < 12; ++r) _mm256_storeu_ps(out + 8 * r, rows[r]);
+  _mm256_storeu_ps(out + 0 * 8, c00), _mm256_storeu_ps(out + 1 * 8, c01), _mm256_storeu_ps(out + 2 * 8, c10);
+  _mm256_storeu_ps(out + 3 * 8, c11), _mm256_storeu_ps(out + 4 * 8, c20), _mm256_storeu_ps(out + 5 * 8, c21);
+  _mm256_storeu_ps(out + 6 * 8, c30), _mm256_storeu_ps(out + 7 * 8, c31), _mm256_storeu_ps(out + 8 * 8, c40);
+  _mm256_storeu_ps(out + 9 * 8, c41), _mm256_storeu_ps(out + 10 * 8, c50), _mm256_storeu_ps(out + 11 * 8, c51);
 }
 
 __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, const std::int64_t* index, const double* b,
-                                                    std::int64_t n, double* out) {
+                                                    std::int64_t n, double* out, bool accumulate) {
   const double *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  if (accumulate) {
+    c00 = _mm256_loadu_pd(out + 0 * 4), c01 = _mm256_loadu_pd(out + 1 * 4), c10 = _mm256_loadu_pd(out + 2 * 4);
+    c11 = _mm256_loadu_pd(out + 3 * 4), c20 = _mm256_loadu_pd(out + 4 * 4), c21 = _mm256_loadu_pd(out + 5 * 4);
+    c30 = _mm256_loadu_pd(out + 6 * 4), c31 = _mm256_loadu_pd(out + 7 * 4), c40 = _mm256_loadu_pd(out + 8 * 4);
+    c41 = _mm256_loadu_pd(out + 9 * 4), c50 = _mm256_loadu_pd(out + 10 * 4), c51 = _mm256_loadu_pd(out + 11 * 4);
+  }
   for (std::int64_t q = 0; q < n; ++q, b += 8) {
     const std::int64_t o = index[q];
     const __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
@@ -100,14 +116,16 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, const
     v = _mm256_broadcast_sd(a5 + o);
     c50 = _mm256_fmadd_pd(v, b0, c50), c51 = _mm256_fmadd_pd(v, b1, c51);
   }
-  const __m256d rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-  for (int r = 0; r < 12; ++r) _mm256_storeu_pd(out + 4 * r, rows[r]);
+  _mm256_storeu_pd(out + 0 * 4, c00), _mm256_storeu_pd(out + 1 * 4, c01), _mm256_storeu_pd(out + 2 * 4, c10);
+  _mm256_storeu_pd(out + 3 * 4, c11), _mm256_storeu_pd(out + 4 * 4, c20), _mm256_storeu_pd(out + 5 * 4, c21);
+  _mm256_storeu_pd(out + 6 * 4, c30), _mm256_storeu_pd(out + 7 * 4, c31), _mm256_storeu_pd(out + 8 * 4, c40);
+  _mm256_storeu_pd(out + 9 * 4, c41), _mm256_storeu_pd(out + 10 * 4, c50), _mm256_storeu_pd(out + 11 * 4, c51);
 }
 
 template <class T>
-void tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out) {
-  if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out);
-  else tile_portable(a, index, b, n, out);
+void tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate = false) {
+  if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out, accumulate);
+  else tile_portable(a, index, b, n, out, accumulate);
 }
 
 // ---- layout: the padded input and the two index tables ----------------------------
@@ -281,20 +299,27 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
   const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
   const T* gyp = pack_output_adjoint(g, gy, scratch);
   const std::int64_t row_tiles = (R + kTileRows - 1) / kTileRows, tiles = g.groups * blocks * row_tiles;
+  // Note [Weight tiles sum sample blocks]: a tile's inner loop runs over one
+  // sample's positions only (out_vol, often a few hundred), so its fixed costs
+  // (the tile's loads and stores, the add into gw) are paid per sample block
+  // instead: the tile accumulates kSampleBlock samples before it is added.
+  constexpr std::int64_t kSampleBlock = 4;
   // Runs inside a parallel region, or on the calling thread alone (Note [One-thread regions]).
   auto accumulate_tiles = [&] {
     T out[kTileRows * NR];
     const T* rows[kTileRows];
-    for (std::int64_t n = 0; n < g.N; ++n) {
+    for (std::int64_t n0 = 0; n0 < g.N; n0 += kSampleBlock) {
+      const std::int64_t n1 = std::min(g.N, n0 + kSampleBlock);
 #pragma omp for schedule(static) nowait
       for (std::int64_t tile_index = 0; tile_index < tiles; ++tile_index) {
         const std::int64_t rt = tile_index % row_tiles, blk = (tile_index / row_tiles) % blocks;
         const std::int64_t grp = tile_index / (row_tiles * blocks);
-        const T* origin = xp + (n * g.C + grp * g.Cg) * L.plane;
         const std::int64_t t0 = rt * kTileRows, k0 = blk * NR;
-        tile_rows(origin, L.tap.data(), t0, R, rows);
-        // out (patch rows t0.. x filters k0..) = patches (6 x out_vol) . gy^T (out_vol x NR)
-        tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out);
+        for (std::int64_t n = n0; n < n1; ++n) {
+          tile_rows(xp + (n * g.C + grp * g.Cg) * L.plane, L.tap.data(), t0, R, rows);
+          // out (patch rows t0.. x filters k0..) (+)= patches (6 x out_vol) . gy^T (out_vol x NR)
+          tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out, n > n0);
+        }
         const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
         for (std::int64_t j = 0; j < kn; ++j) {
           T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;

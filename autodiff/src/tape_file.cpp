@@ -492,15 +492,12 @@ void dump_tape_if_requested(const Tape<T>& tape, const CompileOptions* compiled)
     const std::uint64_t program = fnv1a(write_skeleton(tape, compiled, /*constant_values=*/false));
     std::lock_guard lock(mutex);
     if (!seen.insert(program).second) return;  // this program was saved already
-    std::string skeleton = tape_file_skeleton(tape, compiled);
     const char* with_inputs = std::getenv("TAPEGRAD_DUMP_INPUTS");
-    std::vector<const Array<T>*> inputs;
-    if (!(with_inputs && std::string_view(with_inputs) == "0"))
-      for (auto s : tape.inputs()) inputs.push_back(&tape.value(s));
+    const SaveOptions options{.input_values = !(with_inputs && std::string_view(with_inputs) == "0")};
     std::filesystem::create_directories(dir);
     const std::string path =
         fmt::format("{}/tape-{}-{:03}{}.tgt", dir, static_cast<long>(::getpid()), ++saved, compiled ? "-compiled" : "");
-    write_file_bytes(path, finish_tape_file<T>(std::move(skeleton), inputs));
+    write_file_bytes(path, serialize_tape(tape, options, compiled));
     fmt::print(stderr, "tapegrad: TAPEGRAD_DUMP saved a tape of {} instructions to {}\n", tape.num_instructions(), path);
   } catch (const std::exception& e) {
     std::lock_guard lock(mutex);

@@ -140,22 +140,19 @@ std::string inputs_note(const TapeFileInfo& info, const LoadOptions& load) {
              : fmt::format("on seeded random inputs (seed {}, each in its recorded range)", load.seed);
 }
 
-TapeFileInfo load_info(const std::string& path, const std::string& bytes) {
+// Runs f; a tg::Error it throws names the file it was reading.
+template <class F>
+auto reading(const std::string& path, F f) {
   try {
-    return read_tape_file_info(bytes);
+    return f();
   } catch (const Error& e) {
     throw Error(e.op(), fmt::format("{} (in {})", e.detail(), path), e.site());
   }
 }
 
-// The file's tape; errors name the file.
 template <class T>
 LoadedTape<T> load(const std::string& path, const std::string& bytes, const LoadOptions& options) {
-  try {
-    return deserialize_tape<T>(bytes, options);
-  } catch (const Error& e) {
-    throw Error(e.op(), fmt::format("{} (in {})", e.detail(), path), e.site());
-  }
+  return reading(path, [&] { return deserialize_tape<T>(bytes, options); });
 }
 
 template <class T>
@@ -222,7 +219,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     std::vector<std::string> bytes;
     for (const auto& f : c.files) bytes.push_back(read_file_bytes(f));
     std::vector<int> element_bytes;
-    for (std::size_t k = 0; k < bytes.size(); ++k) element_bytes.push_back(load_info(c.files[k], bytes[k]).element_bytes);
+    for (std::size_t k = 0; k < bytes.size(); ++k) element_bytes.push_back(reading(c.files[k], [&] { return read_tape_file_info(bytes[k]); }).element_bytes);
     if (c.diff) {
       if (element_bytes[1] != element_bytes[0])
         fail("tapedump diff", fmt::format("{} holds f{} values and {} f{} expected one element type", c.files[0],

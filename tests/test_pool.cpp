@@ -1,5 +1,9 @@
 // Pooling: hand-worked answers (PyTorch's rules for padding, ceil_mode and
 // count_include_pad), reference loops, the triple, dot products, ties, errors.
+#include <cstring>
+
+#include <tapegrad/kernels/pool.hpp>
+
 #include "support/checks.hpp"
 
 using namespace tgtest;
@@ -138,6 +142,51 @@ TEST_CASE("maxpool: a NaN is the maximum and takes the adjoint, in the 2x2 fast 
   CHECK(std::isnan(y1.data()[2]));
   auto tape1 = tg::record([](const T& a) { return tg::maxpool(a, {.window = {2}, .stride = {1}}); }, x);
   CHECK(max_abs_diff(tape1.vjp(A({1, 1, 1, 3}, {1, 2, 4})), A({1, 1, 2, 4}, {0, 1, 6, 0, 0, 0, 0, 0})) == 0);
+}
+
+// Note [Maxpool window codes]: the backward from codes gives exactly the re-scan's
+// gradient, on ties, NaNs, odd sizes (an uncovered last row and column) and an
+// adjoint that already holds values.
+template <class V>
+void check_window_codes() {
+  namespace k = tg::kernels;
+  const V nan = std::numeric_limits<V>::quiet_NaN();
+  const std::int64_t N = 3, C = 2, H = 7, W = 9;
+  std::vector<V> x(static_cast<std::size_t>(N * C * H * W));
+  std::uint64_t state = 12345;
+  for (auto& v : x) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const auto r = static_cast<int>(state >> 60);  // 0..15: many ties
+    v = r == 15 ? nan : r == 14 ? V(-0.0) : V(r % 5) - V(2);
+  }
+  const k::PoolGeometry g = k::pool_geometry({N, C, H, W}, {.window = {2}}, "maxpool");
+  REQUIRE(k::maxpool_keeps_codes(g));
+  const std::int64_t outputs = N * C * g.out_vol();
+  std::vector<V> y(static_cast<std::size_t>(outputs)), y_codes(y.size()), gy(y.size());
+  std::vector<V> codes(y.size());
+  for (std::size_t i = 0; i < gy.size(); ++i) gy[i] = V(1) + V(i);
+  k::maxpool_forward(g, x.data(), y.data());
+  k::maxpool_forward(g, x.data(), y_codes.data(), codes.data());
+  CHECK(std::memcmp(y.data(), y_codes.data(), y.size() * sizeof(V)) == 0);  // the same maxima, bit for bit
+  for (auto c : codes) CHECK((c == 0 || c == 1 || c == 2 || c == 3));
+  std::vector<V> rescan(x.size(), V(0.5)), from_codes(x.size(), V(0.5));
+  k::maxpool_backward(g, x.data(), y.data(), gy.data(), rescan.data());
+  k::maxpool_backward(g, x.data(), y.data(), gy.data(), from_codes.data(), codes.data());
+  CHECK(std::memcmp(rescan.data(), from_codes.data(), x.size() * sizeof(V)) == 0);
+}
+
+TEST_CASE("maxpool: the 2x2 backward from window codes equals the re-scan, bit for bit") {
+  check_window_codes<float>();
+  check_window_codes<double>();
+  // Hand-worked: windows [1 3; 3 2] -> code 1 (first 3), [nan 9; 4 nan] -> code 0 (first NaN).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const A x({1, 1, 2, 4}, {1, 3, nan, 9, 3, 2, 4, nan});
+  const auto g = tg::kernels::pool_geometry(x.shape(), {.window = {2}}, "maxpool");
+  double y[2];
+  double codes[2];
+  tg::kernels::maxpool_forward(g, x.data(), y, codes);
+  CHECK(codes[0] == 1);
+  CHECK(codes[1] == 0);
 }
 
 TEST_CASE("pooling: bad geometry is a clear tg::Error") {

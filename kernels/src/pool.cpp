@@ -215,13 +215,35 @@ inline T max_step(T best, T v) {
   return best != best ? best : m;
 }
 
+// Whether element v of a window is the window's maximum m (a NaN maximum matches a NaN).
 template <class T>
-void maxpool_2x2_forward(const PoolGeometry& g, const T* x, T* y) {
+inline bool is_max(T v, T m) {
+  return (v == m) | ((v != v) & (m != m));
+}
+
+template <class T>
+void maxpool_2x2_forward(const PoolGeometry& g, const T* x, T* y, T* codes) {
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
-    const T* r0 = x + (plane * g.in[0] + o0) * g.in[1] * g.in[2] + 2 * o1 * g.in[2];
-    const T* r1 = r0 + g.in[2];
-    for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2)
-      y[j + o2] = max_step(max_step(max_step(r0[2 * o2], r0[2 * o2 + 1]), r1[2 * o2]), r1[2 * o2 + 1]);
+    const T* __restrict r0 = x + (plane * g.in[0] + o0) * g.in[1] * g.in[2] + 2 * o1 * g.in[2];
+    const T* __restrict r1 = r0 + g.in[2];
+    T* __restrict yr = y + j;
+    const std::int64_t n = g.out[2];
+    if (!codes) {
+      for (std::int64_t o2 = 0; o2 < n; ++o2)
+        yr[o2] = max_step(max_step(max_step(r0[2 * o2], r0[2 * o2 + 1]), r1[2 * o2]), r1[2 * o2 + 1]);
+      return;
+    }
+    T* __restrict cr = codes + j;
+    for (std::int64_t o2 = 0; o2 < n; ++o2) {
+      const T a = r0[2 * o2], b = r0[2 * o2 + 1], c = r1[2 * o2], d = r1[2 * o2 + 1];
+      const T m = max_step(max_step(max_step(a, b), c), d);
+      yr[o2] = m;
+      // The first maximum in row-major order, as selects (Note [Maxpool window codes]).
+      // The first of a, b, c that is the maximum, else d, in integer arithmetic on
+      // the comparisons: GCC turned selects into branches in the loop's scalar tail.
+      const int not_a = !is_max(a, m), not_b = !is_max(b, m), not_c = !is_max(c, m);
+      cr[o2] = static_cast<T>(not_a * (1 + not_b * (1 + not_c)));
+    }
   });
 }
 
@@ -231,7 +253,7 @@ void maxpool_2x2_backward(const PoolGeometry& g, const T* x, const T* y, const T
     const std::int64_t row0 = (plane * g.in[0] + o0) * g.in[1] * g.in[2] + 2 * o1 * g.in[2], row1 = row0 + g.in[2];
     for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) {
       const T best = y[j + o2];
-      auto hit = [&](std::int64_t at) { return x[at] == best || (x[at] != x[at] && best != best); };
+      auto hit = [&](std::int64_t at) { return is_max(x[at], best); };
       const std::int64_t c = 2 * o2;
       const std::int64_t at = hit(row0 + c) ? row0 + c : hit(row0 + c + 1) ? row0 + c + 1 : hit(row1 + c) ? row1 + c : row1 + c + 1;
       gx[at] += gy[j + o2];
@@ -239,9 +261,28 @@ void maxpool_2x2_backward(const PoolGeometry& g, const T* x, const T* y, const T
   });
 }
 
+// The backward from window codes: one add per output at the element its code
+// names, the address computed without a branch (selects per window element
+// compiled to branches that mispredicted like the re-scan).
 template <class T>
-void maxpool_forward(const PoolGeometry& g, const T* x, T* y) {
-  if (is_2x2_stride_2(g)) return maxpool_2x2_forward(g, x, y);
+void maxpool_2x2_backward_codes(const PoolGeometry& g, const T* codes, const T* gy, T* gx) {
+  const std::int64_t row = g.in[2], n = g.out[2];
+  for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
+    T* __restrict g0 = gx + (plane * g.in[0] + o0) * g.in[1] * row + 2 * o1 * row;
+    const T* __restrict gyr = gy + j;
+    const T* __restrict cr = codes + j;
+    for (std::int64_t o2 = 0; o2 < n; ++o2) {
+      const auto code = static_cast<std::int64_t>(cr[o2]);  // 0-3: (row, column) = (code / 2, code % 2)
+      g0[2 * o2 + (code & 1) + (code >> 1) * row] += gyr[o2];
+    }
+  });
+}
+
+bool maxpool_keeps_codes(const PoolGeometry& g) { return is_2x2_stride_2(g); }
+
+template <class T>
+void maxpool_forward(const PoolGeometry& g, const T* x, T* y, T* codes) {
+  if (is_2x2_stride_2(g)) return maxpool_2x2_forward(g, x, y, codes);
   ScratchScope scratch;
   const LastDimTaps taps(g, scratch);
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
@@ -250,8 +291,8 @@ void maxpool_forward(const PoolGeometry& g, const T* x, T* y) {
 }
 
 template <class T>
-void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx) {
-  if (is_2x2_stride_2(g)) return maxpool_2x2_backward(g, x, y, gy, gx);
+void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx, const T* codes) {
+  if (is_2x2_stride_2(g)) return codes ? maxpool_2x2_backward_codes(g, codes, gy, gx) : maxpool_2x2_backward(g, x, y, gy, gx);
   ScratchScope scratch;
   const LastDimTaps taps(g, scratch);
   // Planes are independent, so each thread's writes stay inside its own planes.
@@ -317,8 +358,8 @@ void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T
 }
 
 #define TG_INSTANTIATE(T)                                                                             \
-  template void maxpool_forward<T>(const PoolGeometry&, const T*, T*);                                \
-  template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*);           \
+  template void maxpool_forward<T>(const PoolGeometry&, const T*, T*, T*);                 \
+  template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*); \
   template void meanpool_forward<T>(const PoolGeometry&, bool, const T*, T*);                         \
   template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*);                        \
   template void lppool_forward<T>(const PoolGeometry&, T, const T*, T*);                              \

@@ -67,19 +67,29 @@ Shape plan(const PoolOpParams& p, const Shape& x) {
   return kernels::pool_output_shape(p.geometry);
 }
 
+// The buffer for a maxpool's window codes, one per output, kept in a saved
+// Array (reused across replays); null when the pool keeps none.
+template <class T>
+T* window_codes(const kernels::PoolGeometry& g, const Array<T>& y, Array<T>& saved) {
+  if (!kernels::maxpool_keeps_codes(g)) return nullptr;
+  if (!(saved.shape() == y.shape())) saved = Array<T>::uninitialized(y.shape());
+  return saved.data();
+}
+
 template <class T>
 OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
   r.name = op_name(kind, global);
   r.arity = 1;
   r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
+  r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<PoolOpParams>(c.params);
     const T* x = c.inputs[0]->data();
     T* y = c.output.data();
     switch (p.kind) {
-      case PoolKind::max: return kernels::maxpool_forward(p.geometry, x, y);
+      case PoolKind::max: return kernels::maxpool_forward(p.geometry, x, y, window_codes(p.geometry, c.output, c.saved[0]));
       case PoolKind::mean: return kernels::meanpool_forward(p.geometry, p.user.counts_padding(), x, y);
       case PoolKind::lp: return kernels::lppool_forward(p.geometry, static_cast<T>(p.user.p), x, y);
     }
@@ -90,7 +100,11 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     const T *x = c.inputs[0]->data(), *gy = c.output_adjoint.data();
     T* gx = c.input_adjoints[0]->data();
     switch (p.kind) {
-      case PoolKind::max: return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx);
+      case PoolKind::max: {
+        const Array<T>& codes = c.saved[0];
+        const bool kept = kernels::maxpool_keeps_codes(p.geometry) && codes.shape() == c.output.shape();
+        return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx, kept ? codes.data() : nullptr);
+      }
       case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.counts_padding(), gy, gx);
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }

@@ -6,7 +6,16 @@
 // Note [Ties in maxpool]: the maximum's adjoint goes to ONE element, the first
 // maximum in row-major order within the window (PyTorch's CPU rule); a NaN
 // counts as the maximum (the first NaN wins). The backward pass re-scans the
-// window for the first element equal to the forward's maximum rather than storing indices.
+// window for the first element equal to the forward's maximum, except in the
+// 2x2 pool of Note [Maxpool window codes].
+//
+// Note [Maxpool window codes]: for a 2x2 window with stride 2 (the pool of most
+// CNNs: maxpool_keeps_codes) the forward can also write, per output, a code
+// 0-3 naming its window's first maximum in row-major order; the backward then
+// reads the codes instead of x and y. Its loop has no data-dependent branch
+// (the re-scan mispredicts on real data). Codes are stored as T: with bytes the
+// loops mix element widths and GCC vectorises them 32 outputs at a time, more
+// than a 14-output row, so they ran scalar.
 #pragma once
 
 #include <array>
@@ -34,11 +43,17 @@ struct PoolGeometry {
 PoolGeometry pool_geometry(const Shape& x, const PoolSpec& spec, const char* op);
 Shape pool_output_shape(const PoolGeometry& g);
 
+// Whether the forward writes window codes for g (Note [Maxpool window codes]), one per output.
+bool maxpool_keeps_codes(const PoolGeometry& g);
+
+// codes: null, or (when maxpool_keeps_codes) N * C * out_vol values to receive the window codes.
 template <class T>
-void maxpool_forward(const PoolGeometry& g, const T* x, T* y);
-// y: the forward's output (the maxima), so the pass only has to find where they are.
+void maxpool_forward(const PoolGeometry& g, const T* x, T* y, T* codes = nullptr);
+// y: the forward's output (the maxima), so the pass only has to find where they are;
+// codes: the forward's window codes, or null to re-scan x.
 template <class T>
-void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx);
+void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx,
+                      const T* codes = nullptr);
 
 template <class T>
 void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x, T* y);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "tapegrad/kernels/parallel.hpp"
 #include "timed.hpp"
 
 namespace tg {
@@ -204,7 +205,7 @@ template <class T>
 Array<T>& Tape<T>::fresh_adjoint(std::uint32_t slot) {
   Array<T>& adj = adjoints_[slot];
   if (!adjoint_live_[slot]) {
-    if (adj.size() == values_[slot].size() && adj.shape() == values_[slot].shape()) adj.fill(T(0));
+    if (adj.size() == values_[slot].size() && adj.shape() == values_[slot].shape()) kernels::parallel_fill(adj.data(), adj.size(), T(0));
     else adj = Array<T>::zeros(values_[slot].shape());
     adjoint_live_[slot] = 1;
   }

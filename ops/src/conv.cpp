@@ -18,6 +18,7 @@
 #include <array>
 
 #include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/reduce.hpp"
 
 namespace tg::ops {
@@ -170,13 +171,15 @@ void add_bias(const T* bias, T* y, std::int64_t n, std::int64_t channels, std::i
     }
 }
 
-// gbias[k] += sum over n and the plane of gy[n, k, ...]
+// gbias[k] += sum over n and the plane of gy[n, k, ...]: channels in parallel,
+// each summed over the samples in order (the same result on every run).
 template <class T>
 void bias_backward(const T* gy, T* gbias, std::int64_t n, std::int64_t channels, std::int64_t plane) {
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t k = 0; k < channels; ++k) {
-      gbias[k] += kernels::sum_run(gy + (i * channels + k) * plane, plane);
-    }
+  kernels::parallel_for(channels, kernels::threads_if(n * channels * plane > 100000), [&](std::int64_t k) {
+    T total = T(0);
+    for (std::int64_t i = 0; i < n; ++i) total += kernels::sum_run(gy + (i * channels + k) * plane, plane);
+    gbias[k] += total;
+  });
 }
 
 std::string print_list(const char* name, const std::vector<std::int64_t>& v) {

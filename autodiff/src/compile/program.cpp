@@ -288,7 +288,7 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
   auto fresh = [&](std::uint32_t slot) -> Array<T>& {
     Array<T>& adj = adjoints_[slot];
     if (!adjoint_live_[slot]) {
-      if (adj.shape() == values_[slot].shape()) adj.fill(T(0));
+      if (adj.shape() == values_[slot].shape()) kernels::parallel_fill(adj.data(), adj.size(), T(0));
       else adj = Array<T>::zeros(values_[slot].shape());
       adjoint_live_[slot] = 1;
     }

@@ -10,6 +10,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace tg::kernels {
@@ -27,5 +28,16 @@ void parallel_for(std::int64_t n, int threads, F&& body) {
 
 // OpenMP's thread count when `parallel` holds, else 1.
 inline int threads_if(bool parallel) { return parallel ? omp_get_max_threads() : 1; }
+
+// data[0, n) = value, in chunks over threads once n is large: zeroing the
+// adjoints of a LeNet step (about 13 MB) on one thread left the other idle for 1 ms.
+template <class T>
+void parallel_fill(T* data, std::int64_t n, T value) {
+  constexpr std::int64_t kChunk = std::int64_t(1) << 16;
+  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
+  parallel_for(chunks, threads_if(chunks >= 4), [&](std::int64_t c) {
+    std::fill(data + c * kChunk, data + std::min(n, (c + 1) * kChunk), value);
+  });
+}
 
 }  // namespace tg::kernels

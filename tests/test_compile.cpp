@@ -176,6 +176,53 @@ TEST_CASE("compile: epilogue fusion folds an activation into its producer only w
   check_compiled(f, std::tuple{x, w}, std::tuple{A::random_uniform({4, 5}, -1, 1, 3), A::random_uniform({5, 5}, -1, 1, 4)});
 }
 
+// Note [Adjoint prologue]: a conv's fused activation has its pullback applied
+// as the weight gradient packs the output adjoint, with the bias gradient; a
+// pass of its own when there is no weight gradient or the conv is transposed.
+TEST_CASE("compile: a conv's fused activation pullback folds into the weight gradient, for every algorithm") {
+  using tg::kernels::ConvAlgorithm;
+  for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft}) {
+    CAPTURE(tg::kernels::to_string(algorithm));
+    const tg::ConvParams p{.padding = {1}, .algorithm = algorithm};
+    auto with_bias = [p](const T& x, const T& w, const T& b) {
+      return tg::sum(tg::relu(tg::conv(x, w, b, p)) * tg::conv(x, w, p)) + tg::sum(tg::tanh(tg::conv(x, w, b, p)));
+    };
+    auto no_bias = [p](const T& x, const T& w) { return tg::sum(tg::sigmoid(tg::conv(x, w, p)) * x.shape()[0]); };
+    const auto in = [](std::uint64_t s) {
+      return std::tuple{A::random_uniform({3, 4, 6, 6}, -1, 1, s), A::random_uniform({5, 4, 3, 3}, -1, 1, s + 1),
+                        A::random_uniform({5}, -1, 1, s + 2)};
+    };
+    check_compiled(with_bias, in(1), in(7));
+    check_compiled(with_bias, in(1), in(7), {1});  // no weight gradient: the pullback runs as its own pass
+    check_compiled(no_bias, std::tuple{std::get<0>(in(1)), std::get<1>(in(1))}, std::tuple{std::get<0>(in(7)), std::get<1>(in(7))});
+  }
+  auto transposed = [](const T& x, const T& w, const T& b) {
+    return tg::sum(tg::relu(tg::conv_transpose(x, w, b, {.stride = {2}})) * 0.5);
+  };
+  check_compiled(transposed, std::tuple{A::random_uniform({2, 3, 4, 4}, -1, 1, 1), A::random_uniform({3, 2, 3, 3}, -1, 1, 2), A::random_uniform({2}, -1, 1, 3)},
+                 std::tuple{A::random_uniform({2, 3, 4, 4}, -1, 1, 4), A::random_uniform({3, 2, 3, 3}, -1, 1, 5), A::random_uniform({2}, -1, 1, 6)});
+}
+
+TEST_CASE("compile: the folded pullback gives the interpreter's float gradients bit for bit on a LeNet layer") {
+  using F = tg::Tracked<float>;
+  using AF = tg::Array<float>;
+  auto layer = [](const F& x, const F& w, const F& b) {
+    return tg::sum(tg::maxpool(tg::relu(tg::conv(x, w, b, {.padding = {2}})), {.window = {2}}));
+  };
+  const AF x = AF::random_uniform({8, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
+           b = AF::random_uniform({32}, -1, 1, 3);
+  auto tape = tg::record(layer, x, w, b);
+  auto ct = tg::compile(tape);
+  const auto [ex, ew, eb] = tape.gradient(x, w, b);
+  for (int round = 0; round < 2; ++round) {
+    const auto [gx, gw, gb] = ct.gradient(x, w, b);
+    auto same = [](const AF& a, const AF& e) { return a.shape() == e.shape() && std::equal(a.begin(), a.end(), e.begin()); };
+    CHECK(same(gx, ex));
+    CHECK(same(gw, ew));
+    CHECK(same(gb, eb));
+  }
+}
+
 TEST_CASE("compile: a compiled program profiles its steps like a tape") {
   auto [x, y, w1, b1, w2, w3] = cnn_inputs(1);
   auto ct = tg::compile(tg::record(small_cnn, x, y, w1, b1, w2, w3));

@@ -251,7 +251,36 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
   }
 }
 
+// Per (sample, channel) row of gy: the pullback in place, then the row's sum
+// into partial[row]; the bias gradient then adds each channel's rows in
+// sample order (the order ops' unfused bias gradient sums in, bit for bit).
+template <class T>
+void apply_adjoint_prologue(const ConvGeometry& g, T* gy, const AdjointPrologue<T>& prologue) {
+  const std::int64_t ov = g.out_vol(), rows = g.N * g.K;
+  ScratchScope scratch;
+  T* partial = prologue.bias_grad ? scratch.take<T>(rows).data() : nullptr;
+  parallel_for(rows, threads_if(rows * ov > 32768), [&](std::int64_t row) {
+    T* adjoint = gy + row * ov;
+    prologue.apply(adjoint, row * ov, ov);
+    if (partial) partial[row] = sum_run(adjoint, ov);
+  });
+  if (partial) conv_impl::add_channel_sums(g, partial, prologue.bias_grad);
+}
+
+template <class T>
+void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T* x, T* gy, T* gw,
+                                 const AdjointPrologue<T>& prologue) {
+  require_resolved(a);
+  if (a == ConvAlgorithm::implicit_gemm && !g.flip)
+    return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &prologue, gy);
+  apply_adjoint_prologue(g, gy, prologue);
+  conv_backward_weight(g, a, x, gy, gw);
+}
+
 #define TG_INSTANTIATE(T)                                                                                  \
+  template void apply_adjoint_prologue<T>(const ConvGeometry&, T*, const AdjointPrologue<T>&);             \
+  template void conv_backward_weight_folded<T>(const ConvGeometry&, ConvAlgorithm, const T*, T*, T*,      \
+                                               const AdjointPrologue<T>&);                                 \
   template void conv_forward<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool, const OutputEpilogue<T>*);         \
   template void conv_backward_input<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool);       \
   template void conv_backward_weight<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*);

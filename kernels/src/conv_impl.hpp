@@ -9,6 +9,7 @@
 
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/conv.hpp"
+#include "tapegrad/kernels/reduce.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels::conv_impl {
@@ -91,6 +92,17 @@ void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
 template <class T>
 void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
 
+// bias_grad[k] += the sum over samples, in order, of partial[n * K + k]: each
+// (sample, channel) row's sum of the prologue's result (Note [Adjoint prologue]).
+template <class T>
+void add_channel_sums(const ConvGeometry& g, const T* partial, T* bias_grad) {
+  for (std::int64_t k = 0; k < g.K; ++k) {
+    T total = T(0);
+    for (std::int64_t n = 0; n < g.N; ++n) total += partial[n * g.K + k];
+    bias_grad[k] += total;
+  }
+}
+
 // True when the implicit GEMM micro-kernel runs with AVX2+FMA on this CPU.
 bool implicit_gemm_vectorised();
 template <class T>
@@ -98,8 +110,10 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
                            const OutputEpilogue<T>* epilogue = nullptr);
 template <class T>
 void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+// With a prologue, gy_in_place is gy itself (writable): the prologue runs on it as it is packed.
 template <class T>
-void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
+void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
+                                   const AdjointPrologue<T>* prologue = nullptr, T* gy_in_place = nullptr);
 
 template <class T>
 void fft_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);

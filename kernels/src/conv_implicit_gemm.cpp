@@ -267,9 +267,18 @@ void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w
   implicit_gemm_forward(adjoint_geometry(g), gy, wa, gx, /*accumulate=*/true);
 }
 
+// What the weight pass's packing applies to gy first (Note [Adjoint prologue]):
+// the prologue on gy in place, each row's sum into partial (N x K) for the bias.
+template <class T>
+struct PackPrologue {
+  const AdjointPrologue<T>* prologue = nullptr;
+  T* gy = nullptr;  // writable gy
+  T* partial = nullptr;
+};
+
 // gy (N, K, out_vol) -> per sample, group and block of NR filters, gy^T (out_vol x NR).
 template <class T>
-const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& scratch) {
+const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& scratch, const PackPrologue<T>& fold) {
   constexpr int NR = kTileCols<T>;
   const std::int64_t ov = g.out_vol(), blocks = column_blocks(g.Kg, NR), panels = g.N * g.groups * blocks;
   T* packed = scratch.take<T>(panels * ov * NR).data();
@@ -277,7 +286,14 @@ const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& s
     const std::int64_t blk = panel % blocks, grp = (panel / blocks) % g.groups, n = panel / (blocks * g.groups);
     T* dst = packed + panel * ov * NR;
     const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
-    const T* src = gy + (n * g.K + grp * g.Kg + k0) * ov;  // kn rows of ov
+    const std::int64_t first = (n * g.K + grp * g.Kg + k0) * ov;  // kn rows of ov from here
+    if (fold.prologue)  // the panel's rows, while they are in cache
+      for (std::int64_t j = 0; j < kn; ++j) {
+        T* row = fold.gy + first + j * ov;
+        fold.prologue->apply(row, first + j * ov, ov);
+        if (fold.partial) fold.partial[n * g.K + grp * g.Kg + k0 + j] = sum_run(row, ov);
+      }
+    const T* src = gy + first;
     // Position-major: contiguous writes, kn sequential read streams.
     for (std::int64_t p = 0; p < ov; ++p) {
       for (std::int64_t j = 0; j < kn; ++j) dst[p * NR + j] = src[j * ov + p];
@@ -291,13 +307,19 @@ const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& s
 // block, patch-row tile) tiles and adds every sample's contribution to them in
 // sample order, so the sum is race-free and the same on every run.
 template <class T>
-void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
+                                   const AdjointPrologue<T>* prologue, T* gy_in_place) {
   constexpr int NR = kTileCols<T>;
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
   const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
-  const T* gyp = pack_output_adjoint(g, gy, scratch);
+  PackPrologue<T> fold;
+  if (prologue) {
+    fold = {prologue, gy_in_place, prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr};
+  }
+  const T* gyp = pack_output_adjoint(g, gy, scratch, fold);
+  if (fold.partial) add_channel_sums(g, fold.partial, prologue->bias_grad);
   const std::int64_t row_tiles = (R + kTileRows - 1) / kTileRows, tiles = g.groups * blocks * row_tiles;
   // Note [Weight tiles sum sample blocks]: a tile's inner loop runs over one
   // sample's positions only (out_vol, often a few hundred), so its fixed costs
@@ -340,7 +362,8 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
 #define TG_INSTANTIATE(T)                                                                           \
   template void implicit_gemm_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
   template void implicit_gemm_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);       \
-  template void implicit_gemm_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
+  template void implicit_gemm_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*,          \
+                                                 const AdjointPrologue<T>*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE

@@ -182,6 +182,34 @@ void bias_backward(const T* gy, T* gbias, std::int64_t n, std::int64_t channels,
   });
 }
 
+// Runs a fused activation's pullback (an EpilogueCall) for kernels::AdjointPrologue.
+template <class T>
+void pullback_trampoline(const void* context, const T* y, T* dy, std::int64_t n) {
+  const auto* e = static_cast<const EpilogueCall<T>*>(context);
+  e->activation->epilogue_pullback(e->params, y, dy, n);
+}
+
+// Applies c.epilogue's pullback to the output adjoint in place. With a weight
+// gradient to compute (not transposed), that pass computes it and the bias
+// gradient too, as it packs the adjoint: returns true. Otherwise it is a pass
+// of its own: returns false.
+template <class T>
+bool fold_into_weight_pass(const PullbackCall<T>& c, const ConvOpParams& cp, Array<T>* gw, Array<T>* gbias) {
+  const ConvGeometry& g = cp.geometry;
+  kernels::AdjointPrologue<T> prologue{c.output.data(), &pullback_trampoline<T>, c.epilogue, nullptr};
+  T* gy = c.unfolded_adjoint->data();
+  if (cp.transpose || !gw) {
+    // Elementwise, so the output's layout does not matter: one pass over (N * C', plane) rows.
+    kernels::ConvGeometry rows = g;
+    if (cp.transpose) rows.K = g.C, rows.out = g.in;
+    kernels::apply_adjoint_prologue(rows, gy, prologue);
+    return false;
+  }
+  prologue.bias_grad = gbias ? gbias->data() : nullptr;
+  kernels::conv_backward_weight_folded(g, cp.algorithm[2], c.inputs[0]->data(), gy, gw->data(), prologue);
+  return true;
+}
+
 std::string print_list(const char* name, const std::vector<std::int64_t>& v) {
   return v.empty() ? std::string() : fmt::format(" {}=[{}]", name, fmt::join(v, ","));
 }
@@ -191,7 +219,9 @@ OpInfo<T> conv_row(bool transpose) {
   OpInfo<T> r;
   r.name = op_name(transpose);
   r.arity = kVariadic;
-  r.flags = kPullbackIgnoresOutput | kAppliesEpilogue;  // bilinear in (x, w), not linear in each jointly
+  // bilinear in (x, w), not linear in each jointly; a fused activation runs in the forward's output loop and its
+  // pullback in the weight gradient's packing of the output adjoint
+  r.flags = kPullbackIgnoresOutput | kAppliesEpilogue | kFoldsEpiloguePullback;
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
     return 2.0 * params_as<ConvOpParams>(p).geometry.macs();
@@ -220,6 +250,13 @@ OpInfo<T> conv_row(bool transpose) {
     const ConvGeometry& g = cp.geometry;
     const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data(), *gout = c.output_adjoint.data();
     Array<T>*gx = c.input_adjoints[0], *gw = c.input_adjoints[1];
+    Array<T>* gbias = c.input_adjoints.size() == 3 ? c.input_adjoints[2] : nullptr;
+    // A fused activation's pullback (compiled programs, Note [Adjoint prologue]) runs as
+    // the weight gradient packs the adjoint, with the bias gradient; first, since gx reads its result.
+    if (c.epilogue && fold_into_weight_pass(c, cp, gw, gbias)) {
+      gw = nullptr;
+      gbias = nullptr;
+    }
     if (!cp.transpose) {
       if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data());
       if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], x, gout, gw->data());
@@ -227,9 +264,7 @@ OpInfo<T> conv_row(bool transpose) {
       if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), /*accumulate=*/true);
       if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], gout, x, gw->data());
     }
-    if (c.input_adjoints.size() == 3 && c.input_adjoints[2])
-      bias_backward(gout, c.input_adjoints[2]->data(), g.N, cp.transpose ? g.C : g.K,
-                    cp.transpose ? g.in_vol() : g.out_vol());
+    if (gbias) bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
   };
   r.print_params = [](const OpParams* p) {
     const auto& cp = params_as<ConvOpParams>(p);

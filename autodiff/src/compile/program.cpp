@@ -310,8 +310,12 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
         }
         if (!st.group.empty()) return group_pullback(st);  // external adjoints zeroed above
         Array<T>& dy = adjoints_[st.out];
-        if (st.epilogue) run_epilogue_pullback(*st.epilogue, st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
-        st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved});
+        // The op folds the activation's pullback into its own first read of dy, or it runs here as a pass of its own.
+        const EpilogueCall<T> epilogue{st.epilogue, st.epilogue_params.get()};
+        const bool folded = st.epilogue && (st.op->flags & kFoldsEpiloguePullback);
+        if (st.epilogue && !folded) run_epilogue_pullback(*st.epilogue, st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
+        st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved,
+                         folded ? &epilogue : nullptr, folded ? &dy : nullptr});
       });
     } catch (const Error& e) {
       throw e.with_site(st.where);

@@ -42,6 +42,7 @@ enum OpFlag : std::uint32_t {
   kLinear = 1u << 1,       // linear in every differentiable input
   kPullbackIgnoresOutput = 1u << 2,  // the pullback never reads the op's output value (conv, matmul, add)
   kAppliesEpilogue = 1u << 3,  // the forward applies ForwardCall::epilogue itself, inside its output loop (conv)
+  kFoldsEpiloguePullback = 1u << 4,  // the pullback applies PullbackCall::epilogue itself (conv)
 };
 
 template <class T>
@@ -75,6 +76,12 @@ struct PullbackCall {
   const Array<T>& output_adjoint;
   std::span<Array<T>* const> input_adjoints;  // accumulate (+=); nullptr = not needed
   std::span<Array<T>> saved;  // the forward's saved buffers; a pullback may also keep workspaces here
+  // Set only for kFoldsEpiloguePullback ops in a compiled program: the activation
+  // fused onto the output, whose pullback has NOT been applied to the output
+  // adjoint. The op applies it in place on *unfolded_adjoint (output_adjoint's
+  // own buffer) before it reads the adjoint (Note [Adjoint prologue] in kernels/epilogue.hpp).
+  const EpilogueCall<T>* epilogue = nullptr;
+  Array<T>* unfolded_adjoint = nullptr;
 };
 
 template <class T>

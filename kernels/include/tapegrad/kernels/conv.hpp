@@ -98,6 +98,16 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
 // gw += the adjoint of conv_forward with respect to w, applied to gy.
 template <class T>
 void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw);
+// conv_backward_weight after applying the prologue to gy, in place (Note
+// [Adjoint prologue]): implicit GEMM applies it as it packs gy, the other
+// algorithms in a pass of their own. gy then holds the activation's input
+// adjoint, for conv_backward_input.
+template <class T>
+void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T* x, T* gy, T* gw,
+                                 const AdjointPrologue<T>& prologue);
+// The prologue alone, over gy (N, K, out...) in place.
+template <class T>
+void apply_adjoint_prologue(const ConvGeometry& g, T* gy, const AdjointPrologue<T>& prologue);
 
 // Threads the convolution kernels use (OpenMP over the batch, or OpenBLAS
 // inside the GEMM when the batch is smaller than the thread count).

@@ -22,4 +22,25 @@ struct OutputEpilogue {
   }
 };
 
+// Note [Adjoint prologue]: the backward half of an epilogue. A backward pass
+// of the op that produced the activation's input first applies the
+// activation's pullback to the output adjoint gy, in place, and adds each
+// channel's sum of the result to the bias gradient, while the rows are in
+// cache: the weight gradient's implicit GEMM does it as it packs gy
+// (conv_backward_weight_folded in conv.hpp), instead of a pass of its own over
+// gy and another for the bias.
+template <class T>
+struct AdjointPrologue {
+  const T* output = nullptr;  // the activation's output, laid out like gy
+  // adjoint[i] = f'(x[i]) * adjoint[i], from the output; or none
+  void (*pullback)(const void* context, const T* output, T* adjoint, std::int64_t n) = nullptr;
+  const void* context = nullptr;
+  T* bias_grad = nullptr;  // one per output channel, += the channel's sum; or none
+
+  // The pullback on n adjoints at `offset` in gy.
+  void apply(T* adjoint, std::int64_t offset, std::int64_t n) const {
+    if (pullback) pullback(context, output + offset, adjoint, n);
+  }
+};
+
 }  // namespace tg::kernels

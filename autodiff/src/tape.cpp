@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "tapegrad/kernels/parallel.hpp"
+#include "input_adjoints.hpp"
 #include "timed.hpp"
 
 namespace tg {
@@ -202,17 +202,6 @@ template bool evaluate_guard(const Guard&, const Array<float>&, const Array<floa
 template bool evaluate_guard(const Guard&, const Array<double>&, const Array<double>*);
 
 template <class T>
-Array<T>& Tape<T>::fresh_adjoint(std::uint32_t slot) {
-  Array<T>& adj = adjoints_[slot];
-  if (!adjoint_live_[slot]) {
-    if (adj.size() == values_[slot].size() && adj.shape() == values_[slot].shape()) kernels::parallel_fill(adj.data(), adj.size(), T(0));
-    else adj = Array<T>::zeros(values_[slot].shape());
-    adjoint_live_[slot] = 1;
-  }
-  return adj;
-}
-
-template <class T>
 void Tape<T>::reverse_pass(const Array<T>& seed) {
   if (output_ == kNoSlot) fail("reverse_pass", "the tape has no output; hint: record a function that returns a Tracked value");
   if (!(seed.shape() == values_[output_].shape()))
@@ -220,7 +209,8 @@ void Tape<T>::reverse_pass(const Array<T>& seed) {
                                      to_string(seed.shape()), to_string(values_[output_].shape())));
   adjoints_.resize(values_.size());
   adjoint_live_.assign(values_.size(), 0);
-  fresh_adjoint(output_) = seed;
+  detail::AdjointSlots<T> slots{adjoints_, adjoint_live_, values_};
+  slots.claim(output_) = seed;
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->pullback_seconds, &profile_->reverse_passes, instrs_.size()) : nullptr;
   for (std::size_t i = instrs_.size(); i-- > 0;) {
@@ -230,12 +220,10 @@ void Tape<T>::reverse_pass(const Array<T>& seed) {
       timed(seconds, i, [&] {  // zeroing the input adjoints counts as the pullback's time
         scratch_in_.clear();
         scratch_adj_.clear();
-        for (auto a : args_of(ins)) {
-          scratch_in_.push_back(&values_[a]);
-          scratch_adj_.push_back(needs_grad_[a] ? &fresh_adjoint(a) : nullptr);
-        }
+        for (auto a : args_of(ins)) scratch_in_.push_back(&values_[a]);
+        const std::uint32_t assign = slots.inputs(*ins.op, args_of(ins), needs_grad_, scratch_adj_);
         ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_,
-                           {saved_.data() + ins.saved_begin, ins.n_saved}});
+                           {saved_.data() + ins.saved_begin, ins.n_saved}, nullptr, nullptr, assign});
       });
     } catch (const Error& e) {
       throw e.with_site(ins.where);

@@ -264,11 +264,14 @@ void maxpool_2x2_backward(const PoolGeometry& g, const T* x, const T* y, const T
 // The backward from window codes: one add per output at the element its code
 // names, the address computed without a branch (selects per window element
 // compiled to branches that mispredicted like the re-scan).
+// write: the two input rows of each output row are zeroed (in cache) before the
+// adds, which with maxpool_codes_cover_input writes all of gx.
 template <class T>
-void maxpool_2x2_backward_codes(const PoolGeometry& g, const T* codes, const T* gy, T* gx) {
+void maxpool_2x2_backward_codes(const PoolGeometry& g, const T* codes, const T* gy, T* gx, bool write) {
   const std::int64_t row = g.in[2], n = g.out[2];
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
     T* __restrict g0 = gx + (plane * g.in[0] + o0) * g.in[1] * row + 2 * o1 * row;
+    if (write) std::fill(g0, g0 + 2 * row, T(0));
     const T* __restrict gyr = gy + j;
     const T* __restrict cr = codes + j;
     for (std::int64_t o2 = 0; o2 < n; ++o2) {
@@ -279,6 +282,10 @@ void maxpool_2x2_backward_codes(const PoolGeometry& g, const T* codes, const T* 
 }
 
 bool maxpool_keeps_codes(const PoolGeometry& g) { return is_2x2_stride_2(g); }
+
+bool maxpool_codes_cover_input(const PoolGeometry& g) {
+  return is_2x2_stride_2(g) && 2 * g.out[1] == g.in[1] && 2 * g.out[2] == g.in[2];
+}
 
 template <class T>
 void maxpool_forward(const PoolGeometry& g, const T* x, T* y, T* codes) {
@@ -291,8 +298,10 @@ void maxpool_forward(const PoolGeometry& g, const T* x, T* y, T* codes) {
 }
 
 template <class T>
-void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx, const T* codes) {
-  if (is_2x2_stride_2(g)) return codes ? maxpool_2x2_backward_codes(g, codes, gy, gx) : maxpool_2x2_backward(g, x, y, gy, gx);
+void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx, const T* codes, bool write) {
+  if (write && !(codes && maxpool_codes_cover_input(g)))
+    fail("maxpool", "a written (not accumulated) backward expected window codes that cover the input");
+  if (is_2x2_stride_2(g)) return codes ? maxpool_2x2_backward_codes(g, codes, gy, gx, write) : maxpool_2x2_backward(g, x, y, gy, gx);
   ScratchScope scratch;
   const LastDimTaps taps(g, scratch);
   // Planes are independent, so each thread's writes stay inside its own planes.
@@ -359,7 +368,7 @@ void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T
 
 #define TG_INSTANTIATE(T)                                                                             \
   template void maxpool_forward<T>(const PoolGeometry&, const T*, T*, T*);                 \
-  template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*); \
+  template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*, bool); \
   template void meanpool_forward<T>(const PoolGeometry&, bool, const T*, T*);                         \
   template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*);                        \
   template void lppool_forward<T>(const PoolGeometry&, T, const T*, T*);                              \

@@ -11,6 +11,7 @@
 // ============================================================================
 #include "tapegrad/ops/conv.hpp"
 
+#include "assigned.hpp"
 #include "builtin_ops.hpp"
 
 #include <fmt/format.h>
@@ -221,7 +222,7 @@ OpInfo<T> conv_row(bool transpose) {
   r.arity = kVariadic;
   // bilinear in (x, w), not linear in each jointly; a fused activation runs in the forward's output loop and its
   // pullback in the weight gradient's packing of the output adjoint
-  r.flags = kPullbackIgnoresOutput | kAppliesEpilogue | kFoldsEpiloguePullback;
+  r.flags = kPullbackIgnoresOutput | kAppliesEpilogue | kFoldsEpiloguePullback | kPullbackCanAssign;
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
     return 2.0 * params_as<ConvOpParams>(p).geometry.macs();
@@ -251,6 +252,9 @@ OpInfo<T> conv_row(bool transpose) {
     const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data(), *gout = c.output_adjoint.data();
     Array<T>*gx = c.input_adjoints[0], *gw = c.input_adjoints[1];
     Array<T>* gbias = c.input_adjoints.size() == 3 ? c.input_adjoints[2] : nullptr;
+    // gx is written when assigned (Note [Assigned adjoints]); the weight and bias passes add.
+    const bool add_gx = !c.assigns(0);
+    for (std::size_t i = 1; i < c.input_adjoints.size(); ++i) zero_if_assigned(c, i);
     // A fused activation's pullback (compiled programs, Note [Adjoint prologue]) runs as
     // the weight gradient packs the adjoint, with the bias gradient; first, since gx reads its result.
     if (c.epilogue && fold_into_weight_pass(c, cp, gw, gbias)) {
@@ -258,10 +262,10 @@ OpInfo<T> conv_row(bool transpose) {
       gbias = nullptr;
     }
     if (!cp.transpose) {
-      if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data());
+      if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data(), add_gx);
       if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], x, gout, gw->data());
     } else {
-      if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), /*accumulate=*/true);
+      if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), add_gx);
       if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], gout, x, gw->data());
     }
     if (gbias) bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());

@@ -3,6 +3,7 @@
 // ============================================================================
 #include "tapegrad/ops/matmul.hpp"
 
+#include "assigned.hpp"
 #include "builtin_ops.hpp"
 
 #include <fmt/format.h>
@@ -67,7 +68,7 @@ const OpInfo<T>& matmul_op() {
     OpInfo<T> r;
     r.name = "matmul";
     r.arity = 2;
-    r.flags = kPullbackIgnoresOutput;
+    r.flags = kPullbackIgnoresOutput | kPullbackCanAssign;
     r.shape = [](const OpParams*, std::span<const Shape* const> s) {
       const auto g = matmul_geometry(*s[0], *s[1]);
       Shape out = g.batch;
@@ -90,11 +91,21 @@ const OpInfo<T>& matmul_op() {
       const T *A = c.inputs[0]->data(), *B = c.inputs[1]->data(), *dC = c.output_adjoint.data();
       const auto g = matmul_geometry(c.inputs[0]->shape(), c.inputs[1]->shape());
       Array<T>*dA = c.input_adjoints[0], *dB = c.input_adjoints[1];
+      // An assigned adjoint (Note [Assigned adjoints]) is written with beta 0 when each
+      // batch has a block of its own; a broadcast operand's blocks sum batches: zeroed first.
+      const std::int64_t batches = c.output.size() / std::max<std::int64_t>(1, g.m * g.n);
+      auto beta_for = [&](std::size_t i, std::int64_t block) {
+        if (!c.assigns(i)) return T(1);
+        if (c.inputs[i]->size() == batches * block) return T(0);
+        zero_if_assigned(c, i);
+        return T(1);
+      };
+      const T beta_a = dA ? beta_for(0, g.m * g.k) : T(1), beta_b = dB ? beta_for(1, g.k * g.n) : T(1);
       for_each_batch(g, [&](std::int64_t oa, std::int64_t ob, std::int64_t oc) {
-        // dA (m x k) += dC (m x n) . B^T (n x k); broadcast batches fold by accumulation
-        if (dA) kernels::gemm(false, true, g.m, g.k, g.n, T(1), dC + oc, g.n, B + ob, g.n, T(1), dA->data() + oa, g.k);
-        // dB (k x n) += A^T (k x m) . dC (m x n)
-        if (dB) kernels::gemm(true, false, g.k, g.n, g.m, T(1), A + oa, g.k, dC + oc, g.n, T(1), dB->data() + ob, g.n);
+        // dA (m x k) (+)= dC (m x n) . B^T (n x k); broadcast batches fold by accumulation
+        if (dA) kernels::gemm(false, true, g.m, g.k, g.n, T(1), dC + oc, g.n, B + ob, g.n, beta_a, dA->data() + oa, g.k);
+        // dB (k x n) (+)= A^T (k x m) . dC (m x n)
+        if (dB) kernels::gemm(true, false, g.k, g.n, g.m, T(1), A + oa, g.k, dC + oc, g.n, beta_b, dB->data() + ob, g.n);
       });
     };
     return Registry<T>::add(std::move(r));

@@ -4,6 +4,7 @@
 // ============================================================================
 #include "tapegrad/ops/pool.hpp"
 
+#include "assigned.hpp"
 #include "builtin_ops.hpp"
 
 #include <fmt/format.h>
@@ -83,6 +84,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   r.arity = 1;
   r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
+  r.flags |= kPullbackCanAssign;  // from codes the whole adjoint is written; otherwise zeroed first
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<PoolOpParams>(c.params);
@@ -99,12 +101,13 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     if (!c.input_adjoints[0]) return;
     const T *x = c.inputs[0]->data(), *gy = c.output_adjoint.data();
     T* gx = c.input_adjoints[0]->data();
+    const Array<T>& codes = c.saved.empty() ? c.output : c.saved[0];
+    const bool kept = p.kind == PoolKind::max && kernels::maxpool_keeps_codes(p.geometry) && codes.shape() == c.output.shape();
+    const bool write = c.assigns(0) && kept && kernels::maxpool_codes_cover_input(p.geometry);
+    if (!write) zero_if_assigned(c, 0);
     switch (p.kind) {
-      case PoolKind::max: {
-        const Array<T>& codes = c.saved[0];
-        const bool kept = kernels::maxpool_keeps_codes(p.geometry) && codes.shape() == c.output.shape();
-        return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx, kept ? codes.data() : nullptr);
-      }
+      case PoolKind::max:
+        return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx, kept ? codes.data() : nullptr, write);
       case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.counts_padding(), gy, gx);
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }

@@ -56,7 +56,12 @@ const OpInfo<T>& reshape_op() {
     r.forward = [](const ForwardCall<T>& c) {
       if (c.output.size() > 0) std::memcpy(c.output.data(), c.inputs[0]->data(), sizeof(T) * c.output.size());
     };
-    r.pullback = [](const PullbackCall<T>& c) { add_into(c.output_adjoint, *c.input_adjoints[0]); };
+    r.flags |= kPullbackCanAssign;
+    r.pullback = [](const PullbackCall<T>& c) {
+      Array<T>& gx = *c.input_adjoints[0];
+      if (!c.assigns(0)) add_into(c.output_adjoint, gx);
+      else if (gx.size() > 0) std::memcpy(gx.data(), c.output_adjoint.data(), sizeof(T) * gx.size());
+    };
     return Registry<T>::add(std::move(r));
   }();
   return row;

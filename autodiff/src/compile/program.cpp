@@ -9,6 +9,7 @@
 #include "elementwise_fusion.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/scratch.hpp"
+#include "../input_adjoints.hpp"
 #include "tapegrad/autodiff/compile.hpp"
 #include "tapegrad/autodiff/tape_file.hpp"
 
@@ -284,17 +285,10 @@ template <class Seed>
 void CompiledProgram<T>::run_reverse(Seed write_seed) {
   if (!arena_ready_) fail("CompiledTape", "reverse() before forward() expected a forward pass first; hint: call forward or gradient");
   adjoint_live_.assign(values_.size(), 0);
-  // Zeroed when first written in this pass: planned adjoints share bytes with dead buffers.
-  auto fresh = [&](std::uint32_t slot) -> Array<T>& {
-    Array<T>& adj = adjoints_[slot];
-    if (!adjoint_live_[slot]) {
-      if (adj.shape() == values_[slot].shape()) kernels::parallel_fill(adj.data(), adj.size(), T(0));
-      else adj = Array<T>::zeros(values_[slot].shape());
-      adjoint_live_[slot] = 1;
-    }
-    return adj;
-  };
-  write_seed(fresh(output_));
+  // Zeroed when first written in this pass (planned adjoints share bytes with
+  // dead buffers), or assigned by their first writer (Note [Assigned adjoints]).
+  detail::AdjointSlots<T> slots{adjoints_, adjoint_live_, values_};
+  write_seed(slots.fresh(output_));
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->pullback_seconds, &profile_->reverse_passes, steps_.size()) : nullptr;
   for (std::size_t s = steps_.size(); s-- > 0;) {
@@ -304,18 +298,19 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
       detail::timed(seconds, s, [&] {  // zeroing the input adjoints counts as the pullback's time
         scratch_in_.clear();
         scratch_adj_.clear();
-        for (auto a : st.args) {
-          scratch_in_.push_back(&values_[a]);
-          scratch_adj_.push_back(needs_grad_[a] ? &fresh(a) : nullptr);
+        for (auto a : st.args) scratch_in_.push_back(&values_[a]);
+        if (!st.group.empty()) {  // a fused chain adds into its external adjoints: zeroed here
+          for (auto a : st.args) scratch_adj_.push_back(needs_grad_[a] ? &slots.fresh(a) : nullptr);
+          return group_pullback(st);
         }
-        if (!st.group.empty()) return group_pullback(st);  // external adjoints zeroed above
+        const std::uint32_t assign = slots.inputs(*st.op, st.args, needs_grad_, scratch_adj_);
         Array<T>& dy = adjoints_[st.out];
         // The op folds the activation's pullback into its own first read of dy, or it runs here as a pass of its own.
         const EpilogueCall<T> epilogue{st.epilogue, st.epilogue_params.get()};
         const bool folded = st.epilogue && (st.op->flags & kFoldsEpiloguePullback);
         if (st.epilogue && !folded) run_epilogue_pullback(*st.epilogue, st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
         st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved,
-                         folded ? &epilogue : nullptr, folded ? &dy : nullptr});
+                         folded ? &epilogue : nullptr, folded ? &dy : nullptr, assign});
       });
     } catch (const Error& e) {
       throw e.with_site(st.where);

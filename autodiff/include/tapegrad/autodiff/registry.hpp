@@ -7,6 +7,14 @@
 // needed in a reverse pass. A value used twice therefore sums both adjoints,
 // including x*x where both input adjoint pointers alias the same array.
 //
+// Note [Assigned adjoints]: zeroing an adjoint only for its first writer to add
+// into it costs a pass over memory. An op with kPullbackCanAssign may be told,
+// per input (PullbackCall::assign, bit i for input i), that no pullback has
+// written that adjoint yet in this pass: its bytes are stale, and the pullback
+// writes every element (=) instead of adding. The engines set the bit only for
+// a slot that appears once among the instruction's arguments (x*x adds twice).
+// Ops that can only add honour it with assigned_as_zero() first.
+//
 // Note [Needs-grad mask]: input_adjoints[i] is nullptr when input i needs no
 // gradient (a constant, or a value that depends on no tape input). Pullbacks
 // skip those inputs entirely: a constant weight costs no weight gradient.
@@ -43,6 +51,7 @@ enum OpFlag : std::uint32_t {
   kPullbackIgnoresOutput = 1u << 2,  // the pullback never reads the op's output value (conv, matmul, add)
   kAppliesEpilogue = 1u << 3,  // the forward applies ForwardCall::epilogue itself, inside its output loop (conv)
   kFoldsEpiloguePullback = 1u << 4,  // the pullback applies PullbackCall::epilogue itself (conv)
+  kPullbackCanAssign = 1u << 5,  // the pullback honours PullbackCall::assign (Note [Assigned adjoints])
 };
 
 template <class T>
@@ -82,6 +91,11 @@ struct PullbackCall {
   // own buffer) before it reads the adjoint (Note [Adjoint prologue] in kernels/epilogue.hpp).
   const EpilogueCall<T>* epilogue = nullptr;
   Array<T>* unfolded_adjoint = nullptr;
+  // Bit i: input_adjoints[i] holds stale bytes; write it instead of adding
+  // (Note [Assigned adjoints]). Nonzero only for kPullbackCanAssign ops.
+  std::uint32_t assign = 0;
+
+  bool assigns(std::size_t i) const { return i < 32 && ((assign >> i) & 1u) != 0; }
 };
 
 template <class T>

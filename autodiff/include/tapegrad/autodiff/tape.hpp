@@ -128,7 +128,6 @@ class Tape {
 
  private:
   std::uint32_t add_slot(Array<T> value, SlotKind kind, bool needs_grad);
-  Array<T>& fresh_adjoint(std::uint32_t slot);
 
   std::vector<Instr<T>> instrs_;
   std::vector<std::uint32_t> args_;

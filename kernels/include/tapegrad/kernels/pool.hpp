@@ -49,11 +49,15 @@ bool maxpool_keeps_codes(const PoolGeometry& g);
 // codes: null, or (when maxpool_keeps_codes) N * C * out_vol values to receive the window codes.
 template <class T>
 void maxpool_forward(const PoolGeometry& g, const T* x, T* y, T* codes = nullptr);
+// Whether the 2x2 windows tile the whole input (no row or column left over):
+// then the backward from codes can write gx instead of adding into it.
+bool maxpool_codes_cover_input(const PoolGeometry& g);
 // y: the forward's output (the maxima), so the pass only has to find where they are;
-// codes: the forward's window codes, or null to re-scan x.
+// codes: the forward's window codes, or null to re-scan x; write (with codes
+// that cover the input only): gx = the adjoint instead of gx += it.
 template <class T>
 void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx,
-                      const T* codes = nullptr);
+                      const T* codes = nullptr, bool write = false);
 
 template <class T>
 void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x, T* y);

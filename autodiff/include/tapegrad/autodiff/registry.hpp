@@ -3,9 +3,10 @@
 // ops/ fills one row per op; users add rows for custom ops (custom_op.hpp).
 //
 // Note [Pullbacks accumulate]: a pullback ADDS its contribution into each input
-// adjoint (+=); the interpreter zeroes an adjoint once, the first time it is
-// needed in a reverse pass. A value used twice therefore sums both adjoints,
-// including x*x where both input adjoint pointers alias the same array.
+// adjoint (+=); the engines zero an adjoint once, the first time it is needed
+// in a reverse pass, unless its first writer assigns it (Note [Assigned
+// adjoints]). A value used twice therefore sums both adjoints, including x*x
+// where both input adjoint pointers alias the same array.
 //
 // Note [Assigned adjoints]: zeroing an adjoint only for its first writer to add
 // into it costs a pass over memory. An op with kPullbackCanAssign may be told,

@@ -251,20 +251,22 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
   }
 }
 
-// Per (sample, channel) row of gy: the pullback in place, then the row's sum
-// into partial[row]; the bias gradient then adds each channel's rows in
-// sample order (the order ops' unfused bias gradient sums in, bit for bit).
 template <class T>
-void apply_adjoint_prologue(const ConvGeometry& g, T* gy, const AdjointPrologue<T>& prologue) {
-  const std::int64_t ov = g.out_vol(), rows = g.N * g.K;
-  ScratchScope scratch;
-  T* partial = prologue.bias_grad ? scratch.take<T>(rows).data() : nullptr;
-  parallel_for(rows, threads_if(rows * ov > 32768), [&](std::int64_t row) {
-    T* adjoint = gy + row * ov;
-    prologue.apply(adjoint, row * ov, ov);
-    if (partial) partial[row] = sum_run(adjoint, ov);
+void apply_adjoint_prologue(T* gy, std::int64_t n, const AdjointPrologue<T>& prologue) {
+  constexpr std::int64_t kChunk = 16384;
+  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
+  parallel_for(chunks, threads_if(chunks > 1), [&](std::int64_t c) {
+    prologue.apply(gy + c * kChunk, c * kChunk, std::min(kChunk, n - c * kChunk));
   });
-  if (partial) conv_impl::add_channel_sums(g, partial, prologue.bias_grad);
+}
+
+template <class T>
+void conv_bias_backward(const T* gy, T* gbias, std::int64_t samples, std::int64_t channels, std::int64_t plane) {
+  parallel_for(channels, threads_if(samples * channels * plane > 100000), [&](std::int64_t k) {
+    T total = T(0);
+    for (std::int64_t n = 0; n < samples; ++n) total += sum_run(gy + (n * channels + k) * plane, plane);
+    gbias[k] += total;
+  });
 }
 
 template <class T>
@@ -273,12 +275,14 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
   require_resolved(a);
   if (a == ConvAlgorithm::implicit_gemm && !g.flip)
     return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &prologue, gy);
-  apply_adjoint_prologue(g, gy, prologue);
+  apply_adjoint_prologue(gy, g.N * g.K * g.out_vol(), prologue);
+  if (prologue.bias_grad) conv_bias_backward(gy, prologue.bias_grad, g.N, g.K, g.out_vol());
   conv_backward_weight(g, a, x, gy, gw);
 }
 
 #define TG_INSTANTIATE(T)                                                                                  \
-  template void apply_adjoint_prologue<T>(const ConvGeometry&, T*, const AdjointPrologue<T>&);             \
+  template void apply_adjoint_prologue<T>(T*, std::int64_t, const AdjointPrologue<T>&);                   \
+  template void conv_bias_backward<T>(const T*, T*, std::int64_t, std::int64_t, std::int64_t);           \
   template void conv_backward_weight_folded<T>(const ConvGeometry&, ConvAlgorithm, const T*, T*, T*,      \
                                                const AdjointPrologue<T>&);                                 \
   template void conv_forward<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, bool, const OutputEpilogue<T>*);         \

@@ -93,7 +93,8 @@ template <class T>
 void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
 
 // bias_grad[k] += the sum over samples, in order, of partial[n * K + k]: each
-// (sample, channel) row's sum of the prologue's result (Note [Adjoint prologue]).
+// (sample, channel) row's sum of the prologue's result (Note [Adjoint prologue];
+// the same additions as conv_bias_backward).
 template <class T>
 void add_channel_sums(const ConvGeometry& g, const T* partial, T* bias_grad) {
   for (std::int64_t k = 0; k < g.K; ++k) {

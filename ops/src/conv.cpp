@@ -19,8 +19,6 @@
 #include <array>
 
 #include "tapegrad/autodiff/record.hpp"
-#include "tapegrad/kernels/parallel.hpp"
-#include "tapegrad/kernels/reduce.hpp"
 
 namespace tg::ops {
 
@@ -172,17 +170,6 @@ void add_bias(const T* bias, T* y, std::int64_t n, std::int64_t channels, std::i
     }
 }
 
-// gbias[k] += sum over n and the plane of gy[n, k, ...]: channels in parallel,
-// each summed over the samples in order (the same result on every run).
-template <class T>
-void bias_backward(const T* gy, T* gbias, std::int64_t n, std::int64_t channels, std::int64_t plane) {
-  kernels::parallel_for(channels, kernels::threads_if(n * channels * plane > 100000), [&](std::int64_t k) {
-    T total = T(0);
-    for (std::int64_t i = 0; i < n; ++i) total += kernels::sum_run(gy + (i * channels + k) * plane, plane);
-    gbias[k] += total;
-  });
-}
-
 // Runs a fused activation's pullback (an EpilogueCall) for kernels::AdjointPrologue.
 template <class T>
 void pullback_trampoline(const void* context, const T* y, T* dy, std::int64_t n) {
@@ -200,10 +187,7 @@ bool fold_into_weight_pass(const PullbackCall<T>& c, const ConvOpParams& cp, Arr
   kernels::AdjointPrologue<T> prologue{c.output.data(), &pullback_trampoline<T>, c.epilogue, nullptr};
   T* gy = c.unfolded_adjoint->data();
   if (cp.transpose || !gw) {
-    // Elementwise, so the output's layout does not matter: one pass over (N * C', plane) rows.
-    kernels::ConvGeometry rows = g;
-    if (cp.transpose) rows.K = g.C, rows.out = g.in;
-    kernels::apply_adjoint_prologue(rows, gy, prologue);
+    kernels::apply_adjoint_prologue(gy, c.unfolded_adjoint->size(), prologue);
     return false;
   }
   prologue.bias_grad = gbias ? gbias->data() : nullptr;
@@ -268,7 +252,8 @@ OpInfo<T> conv_row(bool transpose) {
       if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), add_gx);
       if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], gout, x, gw->data());
     }
-    if (gbias) bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
+    if (gbias)
+      kernels::conv_bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
   };
   r.print_params = [](const OpParams* p) {
     const auto& cp = params_as<ConvOpParams>(p);

@@ -105,9 +105,14 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
 template <class T>
 void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T* x, T* gy, T* gw,
                                  const AdjointPrologue<T>& prologue);
-// The prologue alone, over gy (N, K, out...) in place.
+// The prologue's pullback alone, over n adjoints in place (no bias), in parallel chunks.
 template <class T>
-void apply_adjoint_prologue(const ConvGeometry& g, T* gy, const AdjointPrologue<T>& prologue);
+void apply_adjoint_prologue(T* gy, std::int64_t n, const AdjointPrologue<T>& prologue);
+// gbias[k] += the sum of gy[n, k, plane] over samples and the plane: each
+// (sample, channel) row summed, then the rows added in sample order, so the
+// folded bias gradient (Note [Adjoint prologue]) equals it bit for bit.
+template <class T>
+void conv_bias_backward(const T* gy, T* gbias, std::int64_t samples, std::int64_t channels, std::int64_t plane);
 
 // Threads the convolution kernels use (OpenMP over the batch, or OpenBLAS
 // inside the GEMM when the batch is smaller than the thread count).

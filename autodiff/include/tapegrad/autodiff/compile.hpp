@@ -44,8 +44,10 @@
 // workspaces from the per-thread scratch stack (kernels/scratch.hpp).
 //
 // The interpreter (Tape) stays the reference: the tests compare every model
-// both ways, with every subset of passes. Not done yet (issue 5): activation
-// pullbacks folded into the backward kernels' input packing.
+// both ways, with every subset of passes. A conv's activation pullback folds
+// into its weight gradient's packing of the adjoint (kFoldsEpiloguePullback,
+// Note [Adjoint prologue]); after a matmul it stays one parallel pass, since
+// OpenBLAS packs its own operands.
 //
 // Note [Constants are folded when recorded]: there is no constant-folding
 // pass because a tapegrad tape has nothing left to fold: an op on plain

@@ -6,10 +6,13 @@
 
 #include "builtin_ops.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/vector_math.hpp"
 #include "tapegrad/ops/elementwise_rows.hpp"
 
 namespace tg::ops {
@@ -35,17 +38,44 @@ const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
 }
 
 // An op whose derivative follows from its output, with its epilogue hooks
-// (Note [Epilogues]); dfwd(x, y, dy) must not read x.
-template <class T, class Fwd, class Dfwd>
-const OpInfo<T>& add_unary_epilogue(const char* name, Fwd fwd, Dfwd dfwd) {
-  OpInfo<T> row = unary<T>(name, fwd, dfwd);
-  row.epilogue_forward = [fwd](const OpParams*, T* y, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) y[i] = fwd(y[i]);
+// (Note [Epilogues]); dfwd(x, y, dy) must not read x. Its forward is an array
+// function array_fwd(x, y, n) (y may be x): exp, tanh and sigmoid run
+// vectorised (Note [Vector math]), for the op, its epilogue and in a fused block alike.
+template <class T, class ArrayFwd, class Dfwd>
+const OpInfo<T>& add_unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd) {
+  auto one = [array_fwd](T x) {  // the same function on one element
+    T y;
+    array_fwd(&x, &y, 1);
+    return y;
   };
+  OpInfo<T> row = unary<T>(name, one, dfwd);
+  row.forward = [array_fwd](const ForwardCall<T>& c) {
+    const T* x = c.inputs[0]->data();
+    T* y = c.output.data();
+    kernels::parallel_chunks(c.output.size(), [&](std::int64_t begin, std::int64_t end) { array_fwd(x + begin, y + begin, end - begin); });
+  };
+  row.epilogue_forward = [array_fwd](const OpParams*, T* y, std::int64_t n) { array_fwd(y, y, n); };
   row.epilogue_pullback = [dfwd](const OpParams*, const T* y, T* dy, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) dy[i] = dfwd(T(0), y[i], dy[i]);
   };
   return Registry<T>::add(std::move(row));
+}
+
+// stable_sigmoid over an array: e = exp(-|x|) vectorised, then 1 / (1 + e) for
+// x >= 0 and e / (1 + e) below, in chunks on the stack.
+template <class T>
+void vector_sigmoid(const T* x, T* y, std::int64_t n) {
+  constexpr std::int64_t kChunk = 256;
+  T e[kChunk];
+  for (std::int64_t begin = 0; begin < n; begin += kChunk) {
+    const std::int64_t len = std::min(kChunk, n - begin);
+    for (std::int64_t i = 0; i < len; ++i) e[i] = -std::abs(x[begin + i]);
+    kernels::vector_exp(e, e, len);
+    for (std::int64_t i = 0; i < len; ++i) {
+      const T v = x[begin + i];
+      y[begin + i] = (v >= T(0) ? T(1) : e[i]) / (T(1) + e[i]);
+    }
+  }
 }
 
 }  // namespace
@@ -53,7 +83,7 @@ const OpInfo<T>& add_unary_epilogue(const char* name, Fwd fwd, Dfwd dfwd) {
 template <class T>
 const OpInfo<T>& exp_op() {
   static const auto& row = add_unary_epilogue<T>(
-      "exp", [](T x) { return std::exp(x); },  //
+      "exp", [](const T* x, T* y, std::int64_t n) { kernels::vector_exp(x, y, n); },  //
       [](T, T y, T dy) { return dy * y; });
   return row;
 }
@@ -81,21 +111,23 @@ const OpInfo<T>& abs_op() {
 template <class T>
 const OpInfo<T>& tanh_op() {
   static const auto& row = add_unary_epilogue<T>(
-      "tanh", [](T x) { return std::tanh(x); },  //
+      "tanh", [](const T* x, T* y, std::int64_t n) { kernels::vector_tanh(x, y, n); },  //
       [](T, T y, T dy) { return dy * (T(1) - y * y); });
   return row;
 }
 template <class T>
 const OpInfo<T>& sigmoid_op() {
   static const auto& row = add_unary_epilogue<T>(
-      "sigmoid", [](T x) { return stable_sigmoid(x); },  //
+      "sigmoid", [](const T* x, T* y, std::int64_t n) { vector_sigmoid(x, y, n); },  //
       [](T, T y, T dy) { return dy * y * (T(1) - y); });
   return row;
 }
 template <class T>
 const OpInfo<T>& relu_op() {
   static const auto& row = add_unary_epilogue<T>(
-      "relu", [](T x) { return x > T(0) ? x : T(0); },  //
+      "relu", [](const T* x, T* y, std::int64_t n) {
+        for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+      },
       [](T, T y, T dy) { return y > T(0) ? dy : T(0); });  // y > 0 exactly where x > 0
   return row;
 }

@@ -1,10 +1,13 @@
 // Elementwise kernels: unary maps and NumPy-broadcasting binary maps, forward
 // and backward. The math (exp, tanh, ...) lives with each op in ops/; these
-// kernels own only the memory walk.
+// kernels own only the memory walk, split over threads for large arrays (each
+// element computed alone, so the split changes no value; sums that fold a
+// broadcast stay on one thread, in order).
 #pragma once
 
 #include <cstdint>
 
+#include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/strided.hpp"
 
 namespace tg::kernels {
@@ -12,13 +15,17 @@ namespace tg::kernels {
 // y[i] = f(x[i])
 template <class T, class F>
 void map(const T* x, T* y, std::int64_t n, F f) {
-  for (std::int64_t i = 0; i < n; ++i) y[i] = f(x[i]);
+  parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) y[i] = f(x[i]);
+  });
 }
 
 // dx[i] += f(x[i], y[i], dy[i]): the pullback of a unary map.
 template <class T, class F>
 void map_backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n, F f) {
-  for (std::int64_t i = 0; i < n; ++i) dx[i] += f(x[i], y[i], dy[i]);
+  parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) dx[i] += f(x[i], y[i], dy[i]);
+  });
 }
 
 // out = f(a, b) with NumPy broadcasting; `so` is the broadcast shape of `sa` and `sb`.
@@ -26,13 +33,19 @@ template <class T, class F>
 void binary_map(const T* a, const Shape& sa, const T* b, const Shape& sb, T* out, const Shape& so, F f) {
   const std::int64_t n = so.size();
   if (sa == so && sb == so) {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = f(a[i], b[i]);
+    parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) out[i] = f(a[i], b[i]);
+    });
   } else if (sa == so && sb.size() == 1) {
     const T bv = b[0];
-    for (std::int64_t i = 0; i < n; ++i) out[i] = f(a[i], bv);
+    parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) out[i] = f(a[i], bv);
+    });
   } else if (sb == so && sa.size() == 1) {
     const T av = a[0];
-    for (std::int64_t i = 0; i < n; ++i) out[i] = f(av, b[i]);
+    parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) out[i] = f(av, b[i]);
+    });
   } else {
     const Strides st_a = broadcast_strides(sa, so), st_b = broadcast_strides(sb, so), st_o = contiguous_strides(so);
     for_each_run<3>(so, {&st_a, &st_b, &st_o}, [&](std::int64_t m, const Offsets<3>& o, const Offsets<3>& s) {
@@ -50,13 +63,17 @@ void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& s
                          const Shape& so, T* grad, F f) {
   const std::int64_t n = so.size();
   if (sa == so && sb == so) {
-    for (std::int64_t i = 0; i < n; ++i) grad[i] += f(a[i], b[i], out[i], dout[i]);
+    parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) grad[i] += f(a[i], b[i], out[i], dout[i]);
+    });
     return;
   }
   if (sa == so && sb.size() == 1) {  // array op scalar: the common case of constants
     const T bv = b[0];
     if constexpr (side == Side::a) {
-      for (std::int64_t i = 0; i < n; ++i) grad[i] += f(a[i], bv, out[i], dout[i]);
+      parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) grad[i] += f(a[i], bv, out[i], dout[i]);
+      });
     } else {
       T acc = T(0);
       for (std::int64_t i = 0; i < n; ++i) acc += f(a[i], bv, out[i], dout[i]);
@@ -67,7 +84,9 @@ void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& s
   if (sb == so && sa.size() == 1) {  // scalar op array
     const T av = a[0];
     if constexpr (side == Side::b) {
-      for (std::int64_t i = 0; i < n; ++i) grad[i] += f(av, b[i], out[i], dout[i]);
+      parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) grad[i] += f(av, b[i], out[i], dout[i]);
+      });
     } else {
       T acc = T(0);
       for (std::int64_t i = 0; i < n; ++i) acc += f(av, b[i], out[i], dout[i]);

@@ -15,10 +15,12 @@
 
 namespace tg::kernels {
 
-// body(i) for i in [0, n), split statically over `threads` threads (<= 1: the calling thread).
+// body(i) for i in [0, n), split statically over `threads` threads (<= 1, or
+// inside a parallel region, where a nested region would run on one thread: the
+// calling thread).
 template <class F>
 void parallel_for(std::int64_t n, int threads, F&& body) {
-  if (threads <= 1 || n <= 1) {
+  if (threads <= 1 || n <= 1 || omp_in_parallel()) {
     for (std::int64_t i = 0; i < n; ++i) body(i);
     return;
   }
@@ -29,15 +31,21 @@ void parallel_for(std::int64_t n, int threads, F&& body) {
 // OpenMP's thread count when `parallel` holds, else 1.
 inline int threads_if(bool parallel) { return parallel ? omp_get_max_threads() : 1; }
 
-// data[0, n) = value, in chunks over threads once n is large: zeroing the
-// adjoints of a LeNet step (about 13 MB) on one thread left the other idle for 1 ms.
+// body(begin, end) over [0, n) in chunks of 32,768 elements, on threads once n
+// spans two chunks: for elementwise loops (a fused block of 1,024 elements
+// stays on its thread).
+template <class F>
+void parallel_chunks(std::int64_t n, F&& body) {
+  constexpr std::int64_t kChunk = std::int64_t(1) << 15;
+  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
+  parallel_for(chunks, threads_if(chunks >= 2), [&](std::int64_t c) { body(c * kChunk, std::min(n, (c + 1) * kChunk)); });
+}
+
+// data[0, n) = value, on threads once n is large: zeroing the adjoints of a
+// LeNet step (about 13 MB) on one thread left the other idle for 1 ms.
 template <class T>
 void parallel_fill(T* data, std::int64_t n, T value) {
-  constexpr std::int64_t kChunk = std::int64_t(1) << 16;
-  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
-  parallel_for(chunks, threads_if(chunks >= 4), [&](std::int64_t c) {
-    std::fill(data + c * kChunk, data + std::min(n, (c + 1) * kChunk), value);
-  });
+  parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) { std::fill(data + begin, data + end, value); });
 }
 
 }  // namespace tg::kernels

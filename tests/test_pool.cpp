@@ -195,6 +195,7 @@ TEST_CASE("pooling: bad geometry is a clear tg::Error") {
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {6}}), doctest::Contains("larger than the padded input"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2}, .padding = {2}}), doctest::Contains("more than half the window"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2}, .stride = {0}}), doctest::Contains("stride is 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {5}, .dilation = {std::int64_t(1) << 61}}), doctest::Contains("larger than 2^62"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2, 2, 2}}), doctest::Contains("expected 1 or 2"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::maxpool(A::zeros({5, 5}), {.window = {2}}), doctest::Contains("(N, C, spatial...)"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = 0}), doctest::Contains("p is 0 expected > 0"), tg::Error);

@@ -52,6 +52,19 @@ bool ConvGeometry::unit_stride_and_dilation() const {
 int conv_threads() { return omp_get_max_threads(); }
 
 
+namespace {
+// No geometry may count more elements than this (products fit int64 with room).
+constexpr std::int64_t kMaxElements = std::int64_t(1) << 62;
+
+// The product of `factors`, or -1 when it exceeds kMaxElements.
+std::int64_t bounded_product(std::initializer_list<std::int64_t> factors) {
+  std::int64_t p = 1;
+  for (std::int64_t f : factors)
+    if (__builtin_mul_overflow(p, f, &p) || p > kMaxElements) return -1;
+  return p;
+}
+}  // namespace
+
 ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec, const char* op) {
   const int rank = static_cast<int>(x.rank());
   if (rank < 3 || rank > 5)
@@ -85,18 +98,29 @@ ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
   g.lo = spatial_dims(spec.pad_lo, g.spatial, 0, 0, "padding (low side)", op);
   g.hi = spatial_dims(spec.pad_hi, g.spatial, 0, 0, "padding (high side)", op);
   const int first = ConvGeometry::kMaxSpatial - g.spatial;
+  ConvGeometry::Dims padded_dims{1, 1, 1};
   for (int d = first; d < ConvGeometry::kMaxSpatial; ++d) {
     g.in[d] = x[2 + d - first];
     g.ker[d] = w[2 + d - first];
     if (g.ker[d] < 1) fail(op, fmt::format("weight {} has an empty kernel expected every kernel dim >= 1", to_string(w)));
-    const std::int64_t extent = g.dil[d] * (g.ker[d] - 1) + 1;
+    std::int64_t extent = 0;
+    if (__builtin_mul_overflow(g.dil[d], g.ker[d] - 1, &extent) || extent >= kMaxElements)
+      fail(op, fmt::format("dilated kernel along spatial dim {} (dilation {} x kernel {}) is larger than 2^62 expected a "
+                           "smaller dilation", d - first, g.dil[d], g.ker[d]));
+    extent += 1;
     const std::int64_t padded = g.in[d] + g.lo[d] + g.hi[d];
+    padded_dims[d] = padded;
     if (extent > padded)
       fail(op, fmt::format("kernel extent ({}) along spatial dim {} is larger than the padded input ({} = {} + {} + {}) "
                            "expected extent <= padded input; hint: pad more or use a smaller kernel",
                            extent, d - first, padded, g.in[d], g.lo[d], g.hi[d]));
     g.out[d] = (padded - extent) / g.stride[d] + 1;
   }
+  // The kernels hold the padded input and the output in memory: both must be countable.
+  if (bounded_product({g.N, g.C, padded_dims[0], padded_dims[1], padded_dims[2]}) < 0 ||
+      bounded_product({g.N, g.K, g.out[0], g.out[1], g.out[2]}) < 0)
+    fail(op, fmt::format("input {} with padding {}+{} gives a padded input or an output of more than 2^62 elements "
+                         "expected fewer; hint: check the padding", to_string(x), fmt::join(g.lo, ","), fmt::join(g.hi, ",")));
   return g;
 }
 

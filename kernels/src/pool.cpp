@@ -34,7 +34,11 @@ PoolGeometry pool_geometry(const Shape& x, const PoolSpec& spec, const char* op)
                          to_string(x), x.size() / std::max<std::int64_t>(1, x[0] * x[1])));
   for (int d = 3 - g.spatial; d < 3; ++d) {
     g.in[d] = x[static_cast<std::size_t>(2 + d - (3 - g.spatial))];
-    const std::int64_t extent = g.dil[d] * (g.win[d] - 1) + 1;
+    std::int64_t extent = 0;
+    if (__builtin_mul_overflow(g.dil[d], g.win[d] - 1, &extent) || extent >= (std::int64_t(1) << 62))
+      fail(op, fmt::format("dilated window along spatial dim {} (dilation {} x window {}) is larger than 2^62 expected "
+                           "a smaller dilation", d - (3 - g.spatial), g.dil[d], g.win[d]));
+    extent += 1;
     if (2 * g.pad[d] > extent)
       fail(op, fmt::format("padding {} along spatial dim {} is more than half the window ({}) expected <= {}", g.pad[d],
                            d - (3 - g.spatial), extent, extent / 2));

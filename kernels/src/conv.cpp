@@ -106,7 +106,7 @@ ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
     std::int64_t extent = 0;
     if (__builtin_mul_overflow(g.dil[d], g.ker[d] - 1, &extent) || extent >= kMaxElements)
       fail(op, fmt::format("dilated kernel along spatial dim {} (dilation {} x kernel {}) is larger than 2^62 expected a "
-                           "smaller dilation", d - first, g.dil[d], g.ker[d]));
+                           "smaller dilation; hint: a tape file with such a conv is damaged", d - first, g.dil[d], g.ker[d]));
     extent += 1;
     const std::int64_t padded = g.in[d] + g.lo[d] + g.hi[d];
     padded_dims[d] = padded;

@@ -37,7 +37,7 @@ PoolGeometry pool_geometry(const Shape& x, const PoolSpec& spec, const char* op)
     std::int64_t extent = 0;
     if (__builtin_mul_overflow(g.dil[d], g.win[d] - 1, &extent) || extent >= (std::int64_t(1) << 62))
       fail(op, fmt::format("dilated window along spatial dim {} (dilation {} x window {}) is larger than 2^62 expected "
-                           "a smaller dilation", d - (3 - g.spatial), g.dil[d], g.win[d]));
+                           "a smaller dilation; hint: a tape file with such a pool is damaged", d - (3 - g.spatial), g.dil[d], g.win[d]));
     extent += 1;
     if (2 * g.pad[d] > extent)
       fail(op, fmt::format("padding {} along spatial dim {} is more than half the window ({}) expected <= {}", g.pad[d],

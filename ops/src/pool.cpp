@@ -101,13 +101,15 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     if (!c.input_adjoints[0]) return;
     const T *x = c.inputs[0]->data(), *gy = c.output_adjoint.data();
     T* gx = c.input_adjoints[0]->data();
-    const Array<T>& codes = c.saved.empty() ? c.output : c.saved[0];
-    const bool kept = p.kind == PoolKind::max && kernels::maxpool_keeps_codes(p.geometry) && codes.shape() == c.output.shape();
-    const bool write = c.assigns(0) && kept && kernels::maxpool_codes_cover_input(p.geometry);
+    const T* codes = p.kind == PoolKind::max && kernels::maxpool_keeps_codes(p.geometry) &&
+                             c.saved[0].shape() == c.output.shape()
+                         ? c.saved[0].data()
+                         : nullptr;
+    const bool write = c.assigns(0) && codes && kernels::maxpool_codes_cover_input(p.geometry);
     if (!write) zero_if_assigned(c, 0);
     switch (p.kind) {
       case PoolKind::max:
-        return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx, kept ? codes.data() : nullptr, write);
+        return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx, codes, write);
       case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.counts_padding(), gy, gx);
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }

@@ -43,12 +43,8 @@ const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
 // vectorised (Note [Vector math]), for the op, its epilogue and in a fused block alike.
 template <class T, class ArrayFwd, class Dfwd>
 const OpInfo<T>& add_unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd) {
-  auto one = [array_fwd](T x) {  // the same function on one element
-    T y;
-    array_fwd(&x, &y, 1);
-    return y;
-  };
-  OpInfo<T> row = unary<T>(name, one, dfwd);
+  OpInfo<T> row = unary_row_without_forward<T, NoParams>(
+      name, kNoFlags, [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
   row.forward = [array_fwd](const ForwardCall<T>& c) {
     const T* x = c.inputs[0]->data();
     T* y = c.output.data();

@@ -38,23 +38,31 @@ OpInfo<T> binary_row(const char* name, std::uint32_t flags, Fwd fwd, DA da, DB d
 // y = fwd(x, p); the pullback returns dx = dfwd(x, y, dy, p).
 struct NoParams : OpParams {};
 
-template <class T, class P, class Fwd, class Dfwd>
-OpInfo<T> unary_row(const char* name, std::uint32_t flags, Fwd fwd, Dfwd dfwd) {
+// A unary op's row without its forward: for ops whose forward runs over whole
+// arrays (the vectorised exp, tanh, sigmoid); unary_row adds a per-element one.
+template <class T, class P, class Dfwd>
+OpInfo<T> unary_row_without_forward(const char* name, std::uint32_t flags, Dfwd dfwd) {
   OpInfo<T> row;
   row.name = name;
   row.arity = 1;
   row.flags = kElementwise | flags;
   row.shape = [](const OpParams*, std::span<const Shape* const> s) { return *s[0]; };
-  row.forward = [fwd](const ForwardCall<T>& c) {
-    static const P defaults{};
-    const P& p = c.params ? params_as<P>(c.params) : defaults;
-    kernels::map(c.inputs[0]->data(), c.output.data(), c.output.size(), [&](T x) { return fwd(x, p); });
-  };
   row.pullback = [dfwd](const PullbackCall<T>& c) {
     static const P defaults{};
     const P& p = c.params ? params_as<P>(c.params) : defaults;
     kernels::map_backward(c.inputs[0]->data(), c.output.data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
                           c.output.size(), [&](T x, T y, T dy) { return dfwd(x, y, dy, p); });
+  };
+  return row;
+}
+
+template <class T, class P, class Fwd, class Dfwd>
+OpInfo<T> unary_row(const char* name, std::uint32_t flags, Fwd fwd, Dfwd dfwd) {
+  OpInfo<T> row = unary_row_without_forward<T, P>(name, flags, dfwd);
+  row.forward = [fwd](const ForwardCall<T>& c) {
+    static const P defaults{};
+    const P& p = c.params ? params_as<P>(c.params) : defaults;
+    kernels::map(c.inputs[0]->data(), c.output.data(), c.output.size(), [&](T x) { return fwd(x, p); });
   };
   return row;
 }

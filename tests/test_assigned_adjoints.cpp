@@ -77,7 +77,8 @@ TEST_CASE("assigned adjoints: batched matmul writes per-batch blocks and zeroes 
 }
 
 TEST_CASE("assigned adjoints: every conv algorithm writes its input adjoint; transposed too") {
-  for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft}) {
+  for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft,
+                         ConvAlgorithm::winograd}) {
     CAPTURE(tg::kernels::to_string(algorithm));
     auto f = [algorithm](const T& x, const T& w, const T& b) {
       return tg::sum(tg::tanh(tg::conv(tg::sigmoid(x), w, b, {.padding = {1}, .algorithm = algorithm})));

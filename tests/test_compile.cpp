@@ -181,7 +181,8 @@ TEST_CASE("compile: epilogue fusion folds an activation into its producer only w
 // pass of its own when there is no weight gradient or the conv is transposed.
 TEST_CASE("compile: a conv's fused activation pullback folds into the weight gradient, for every algorithm") {
   using tg::kernels::ConvAlgorithm;
-  for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft}) {
+  for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft,
+                         ConvAlgorithm::winograd}) {
     CAPTURE(tg::kernels::to_string(algorithm));
     const tg::ConvParams p{.padding = {1}, .algorithm = algorithm};
     auto with_bias = [p](const T& x, const T& w, const T& b) {

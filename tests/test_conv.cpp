@@ -13,7 +13,7 @@ using tg::ConvParams;
 namespace {
 
 constexpr ConvAlgorithm kAlgorithms[] = {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm,
-                                         ConvAlgorithm::fft};
+                                         ConvAlgorithm::fft, ConvAlgorithm::winograd};
 
 bool fft_applies(const ConvParams& p) {
   auto ones = [](const std::vector<std::int64_t>& v) {
@@ -22,6 +22,17 @@ bool fft_applies(const ConvParams& p) {
     return true;
   };
   return ones(p.stride) && ones(p.dilation);
+}
+
+// fft: unit stride and dilation; winograd also 1-D or 2-D with 1, 3 or 5 taps per dim.
+bool applies(ConvAlgorithm a, const tg::Shape& w, const ConvParams& p) {
+  if (a != ConvAlgorithm::fft && a != ConvAlgorithm::winograd) return true;
+  if (!fft_applies(p)) return false;
+  if (a == ConvAlgorithm::fft) return true;
+  if (w.rank() > 4) return false;
+  for (std::size_t d = 2; d < w.rank(); ++d)
+    if (w[d] != 1 && w[d] != 3 && w[d] != 5) return false;
+  return true;
 }
 
 ConvParams forced(ConvParams p, ConvAlgorithm a) {
@@ -93,7 +104,7 @@ TEST_CASE("conv: every algorithm and pass equals the reference loops, ranks 1-3"
     const A gy = A::random_uniform(expected.shape(), -1, 1, seed++);
     const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, c.p);
     for (auto algorithm : kAlgorithms) {
-      if (algorithm == ConvAlgorithm::fft && !fft_applies(c.p)) continue;
+      if (!applies(algorithm, c.w, c.p)) continue;
       CAPTURE(tg::to_string(c.x));
       CAPTURE(tg::kernels::to_string(algorithm));
       const ConvParams p = forced(c.p, algorithm);
@@ -210,7 +221,7 @@ TEST_CASE("conv: the unit-stride input adjoint run as a conv (im2col, many chann
     const A gy = A::random_uniform(y.shape(), -1, 1, 3);
     const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
     for (auto algorithm : kAlgorithms) {
-      if (algorithm == ConvAlgorithm::fft && !fft_applies(p)) continue;
+      if (!applies(algorithm, w.shape(), p)) continue;
       CAPTURE(tg::kernels::to_string(algorithm));
       const ConvParams q = forced(p, algorithm);
       CHECK(max_abs_diff(tg::conv(x, w, q), y) < 1e-11);
@@ -243,7 +254,7 @@ TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjo
       p.output_padding.push_back((g.in[d] + g.lo[d] + g.hi[d] - g.d[d] * (g.ker[d] - 1) - 1) % g.s[d]);
     const A expected = ref::conv_transpose(x, wT, p, out);
     for (auto algorithm : kAlgorithms) {
-      if (algorithm == ConvAlgorithm::fft && !fft_applies(c.p)) continue;
+      if (!applies(algorithm, c.w, c.p)) continue;
       CAPTURE(tg::to_string(c.x));
       CAPTURE(tg::kernels::to_string(algorithm));
       const A y = tg::conv_transpose(x, wT, forced(p, algorithm));
@@ -304,18 +315,89 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   // The automatic rule: depthwise runs direct loops, a channel-heavy layer runs im2col.
   auto depthwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::ones({3, 1, 3, 3}), {.groups = 3})); }, x);
   CHECK(tg::dump(depthwise).find("algorithm=direct/direct/direct") != std::string::npos);
-  // A channel-heavy layer runs implicit GEMM where AVX2+FMA is there (else im2col);
-  // its strided input gradient and every pass of a 1x1 layer run im2col.
+  // A channel-heavy 3x3 layer runs Winograd where AVX2+FMA is there (else
+  // im2col); strided, it runs implicit GEMM with an im2col input gradient;
+  // every pass of a 1x1 layer runs im2col.
   const bool vectorised = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                           std::getenv("TAPEGRAD_PORTABLE_KERNELS") == nullptr;
-  const std::string heavy = vectorised ? "implicit_gemm" : "im2col";
+  const std::string heavy = vectorised ? "winograd" : "im2col", heavy_strided = vectorised ? "implicit_gemm" : "im2col";
   const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
   auto layer = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.padding = {1}})); }, big);
   CHECK(tg::dump(layer).find(fmt::format("algorithm={0}/{0}/{0}", heavy)) != std::string::npos);
   auto strided = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.stride = {2}, .padding = {1}})); }, big);
-  CHECK(tg::dump(strided).find(fmt::format("algorithm={0}/im2col/{0}", heavy)) != std::string::npos);
+  CHECK(tg::dump(strided).find(fmt::format("algorithm={0}/im2col/{0}", heavy_strided)) != std::string::npos);
   auto pointwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::zeros({64, 64, 1, 1}))); }, big);
   CHECK(tg::dump(pointwise).find("algorithm=im2col/im2col/im2col") != std::string::npos);
+}
+
+TEST_CASE("conv: every algorithm gives the hand-worked 3x3 window sums") {
+  // 3x3 window sums of a 4x4 iota, and with padding 1 the corner 0+1+4+5 = 10.
+  const A x2 = A::iota({1, 1, 4, 4}), w2 = A::ones({1, 1, 3, 3});
+  for (auto algorithm : kAlgorithms) {
+    CAPTURE(tg::kernels::to_string(algorithm));
+    CHECK(max_abs_diff(tg::conv(x2, w2, {.algorithm = algorithm}), A({1, 1, 2, 2}, {45, 54, 81, 90})) < 1e-12);
+    CHECK(std::abs(tg::conv(x2, w2, {.padding = {1}, .algorithm = algorithm}).data()[0] - 10) < 1e-12);
+  }
+}
+
+// Note [Winograd convolution]: tiles of 2x2 (5 taps) or 4x4 (3 taps) outputs
+// that overhang the output's edge, mixed tap counts, groups whose channel
+// counts are not whole vectors, 1-D, negative adjoint padding, sample blocks of
+// the weight gradient, and 1-3 threads.
+TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the reference") {
+  const std::vector<Case> geometries = {
+      {{3, 5, 7, 9}, {6, 5, 5, 5}, {.padding = {2}}},                       // 7x9 outputs: 2x2 tiles overhang
+      {{2, 6, 11, 10}, {10, 3, 3, 3}, {.padding = {1}, .groups = 2}},        // 4x4 tiles overhang, 3 channels a group
+      {{2, 4, 9, 8}, {17, 4, 3, 5}, {.pad_lo = {0, 2}, .pad_hi = {1, 0}}},   // 3x5 taps, 17 filters: two blocks
+      {{2, 3, 12, 7}, {4, 3, 1, 5}, {.padding = {0, 2}}},                    // 1x5: no transform along rows
+      {{3, 4, 13}, {5, 4, 3}, {.padding = {1}, .flip = true}},               // 1-D, flipped
+      {{2, 20, 6, 6}, {4, 20, 5, 5}, {.pad_lo = {4}, .pad_hi = {0}}},        // adjoint padding -> negative
+      {{40, 2, 5, 5}, {3, 2, 3, 3}, {.padding = {1}}},                       // 40 samples: several weight blocks
+  };
+  const int before = tg::num_threads();
+  std::uint64_t seed = 300;
+  for (const auto& c : geometries) {
+    const A x = A::random_uniform(c.x, -1, 1, seed++), w = A::random_uniform(c.w, -1, 1, seed++);
+    const ConvParams p = forced(c.p, ConvAlgorithm::winograd);
+    const A expected = ref::conv(x, w, c.p);
+    const A gy = A::random_uniform(expected.shape(), -1, 1, seed++);
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, c.p);
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(tg::to_string(c.x));
+      CAPTURE(tg::to_string(c.w));
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      CHECK(max_abs_diff(tg::conv(x, w, p), expected) < 1e-12);
+      const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
+      CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
+      CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+      // float: the transforms' rounding stays well inside single precision's
+      const auto xf = x.template cast<float>(), wf = w.template cast<float>();
+      CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), expected) < 1e-4);
+    }
+  }
+  tg::set_num_threads(before);
+}
+
+TEST_CASE("conv: forcing winograd where it cannot run is a clear tg::Error") {
+  const A x = A::zeros({1, 4, 9, 9});
+  const ConvParams wino{.algorithm = ConvAlgorithm::winograd};
+  auto with = [&](ConvParams p) {
+    p.algorithm = ConvAlgorithm::winograd;
+    return p;
+  };
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 3, 3}), with({.stride = {2}})), doctest::Contains("winograd runs only"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 3, 3}), with({.dilation = {2}})), doctest::Contains("dilation [1,2,2]"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 7, 7}), wino), doctest::Contains("kernel [1,7,7]"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 4, 3}), wino), doctest::Contains("1, 3 or 5 taps"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(A::zeros({1, 2, 5, 5, 5}), A::zeros({2, 2, 3, 3, 3}), wino), doctest::Contains("1-D and 2-D"),
+                       tg::Error);
+  // the tape is left as it was: the error comes when the instruction is planned
+  auto tape = tg::record([&](const T& a) { return tg::sum(a); }, x);
+  const auto before = tape.tape().num_instructions();
+  CHECK_THROWS_AS(tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::zeros({2, 4, 3, 3}), with({.stride = {2}}))); }, x),
+                  tg::Error);
+  CHECK(tape.tape().num_instructions() == before);
 }
 
 TEST_CASE("conv: bad geometry is a clear tg::Error and leaves the tape unchanged") {

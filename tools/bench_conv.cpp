@@ -88,7 +88,8 @@ const char* pass_name(ConvPass p) {
 }
 
 ConvAlgorithm forced(const std::string& name) {
-  for (ConvAlgorithm a : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft})
+  for (ConvAlgorithm a : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft,
+                         ConvAlgorithm::winograd})
     if (name == tg::kernels::to_string(a)) return a;
   return ConvAlgorithm::automatic;
 }

@@ -24,6 +24,7 @@ const char* to_string(ConvAlgorithm a) {
     case ConvAlgorithm::im2col: return "im2col";
     case ConvAlgorithm::implicit_gemm: return "implicit_gemm";
     case ConvAlgorithm::fft: return "fft";
+    case ConvAlgorithm::winograd: return "winograd";
   }
   return "?";
 }
@@ -144,6 +145,8 @@ constexpr double kImplicitGemmRate = 36e9;  // multiply-adds per second per thre
 constexpr double kDirectRate = 4e9;   // multiply-adds per second per thread, direct loops
 constexpr double kCopyRate = 1.5e9;   // im2col/col2im elements per second per thread
 constexpr double kFftRate = 7e9;      // FFT flops per second per thread (FFTW, 5-smooth sizes)
+constexpr double kWinogradRate = 16e9;          // transformed multiply-adds per second per thread
+constexpr double kWinogradTransformRate = 8e9;  // transformed elements per second per thread
 
 double gemm_seconds(const ConvGeometry& g) {
   // Every pass multiplies a Kg-sided matrix by an R-sided one (R = Cg * ker_vol);
@@ -168,6 +171,27 @@ double implicit_gemm_seconds(const ConvGeometry& g, ConvPass pass) {
   return g.macs() / (kImplicitGemmRate * fill);
 }
 
+// Winograd (Note [Winograd convolution]): 36 GEMMs over tiles, channels in
+// vectors of 8 and filters in tiles of 16, plus the transforms of every tile's
+// input channels and filters. The rates are measured on LeNet's conv2 and the
+// 3x3 layers of bench_conv; a single-channel layer (LeNet's conv1) stays with
+// implicit GEMM.
+double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
+  if (!conv_impl::implicit_gemm_vectorised() || !conv_impl::winograd_applies(g) || g.ker_vol() == 1) return INFINITY;
+  auto tiles_along = [&](int d) {
+    const std::int64_t m = g.ker[d] == 1 ? 1 : 7 - g.ker[d];
+    return double((g.out[d] + m - 1) / m);
+  };
+  auto round_up = [](std::int64_t v, std::int64_t to) { return double((v + to - 1) / to * to); };
+  const double points = (g.ker[1] == 1 ? 1 : 6) * (g.ker[2] == 1 ? 1 : 6);
+  const double tiles = double(g.N * g.groups) * tiles_along(1) * tiles_along(2);
+  const std::int64_t produced = pass == ConvPass::backward_input ? g.Cg : g.Kg;
+  const std::int64_t consumed = pass == ConvPass::backward_input ? g.Kg : g.Cg;
+  const double macs = tiles * points * double(consumed) * round_up(produced, 16);
+  const double transformed = tiles * points * (round_up(consumed, 8) + round_up(produced, 16));
+  return macs / kWinogradRate + transformed / kWinogradTransformRate;
+}
+
 double fft_seconds(const ConvGeometry& g) {
   double points = 1;
   for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) points *= double(fft_size(g.in[d] + g.lo[d] + g.hi[d]));
@@ -183,13 +207,20 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
     fail(op, fmt::format("algorithm fft runs only stride 1 and dilation 1 (this call has stride [{}] dilation [{}]); "
                          "hint: use im2col or direct, or leave the algorithm automatic",
                          fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
+  if (requested == ConvAlgorithm::winograd && !conv_impl::winograd_applies(g))
+    fail(op, fmt::format("algorithm winograd runs only 1-D and 2-D convolutions with stride 1, dilation 1 and 1, 3 "
+                         "or 5 taps per dim (this call has kernel [{}] stride [{}] dilation [{}]); hint: use implicit_gemm, "
+                         "or leave the algorithm automatic",
+                         fmt::join(g.ker, ","), fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
   if (requested != ConvAlgorithm::automatic) return requested;
   const double direct = g.macs() / kDirectRate;
   const double gemm = gemm_seconds(g);
   const double implicit = implicit_gemm_seconds(g, pass);
   const double fft = g.unit_stride_and_dilation() ? fft_seconds(g) : INFINITY;
-  const double best = std::min({direct, gemm, implicit, fft});
+  const double winograd = winograd_seconds(g, pass);
+  const double best = std::min({direct, gemm, implicit, fft, winograd});
   if (fft == best) return ConvAlgorithm::fft;
+  if (winograd == best) return ConvAlgorithm::winograd;
   if (direct == best) return ConvAlgorithm::direct;
   return implicit == best ? ConvAlgorithm::implicit_gemm : ConvAlgorithm::im2col;
 }
@@ -228,6 +259,7 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
     return conv_forward(unflipped(g), a, x, wf.data(), y, accumulate, epilogue);
   }
   if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate, epilogue);
+  if (a == ConvAlgorithm::winograd) return conv_impl::winograd_forward(g, x, w, y, accumulate, epilogue);
   switch (a) {
     case ConvAlgorithm::direct: conv_impl::direct_forward(g, x, w, y, accumulate); break;
     case ConvAlgorithm::im2col: conv_impl::im2col_forward(g, x, w, y, accumulate); break;
@@ -252,6 +284,7 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
   switch (a) {
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_input(g, gy, w, gx);
     case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_input(g, gy, w, gx);
+    case ConvAlgorithm::winograd: return conv_impl::winograd_backward_input(g, gy, w, gx);
     default: return conv_impl::fft_backward_input(g, gy, w, gx);
   }
 }
@@ -271,6 +304,7 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
     case ConvAlgorithm::direct: return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw);
+    case ConvAlgorithm::winograd: return conv_impl::winograd_backward_weight(g, x, gy, gw);
     default: return conv_impl::fft_backward_weight(g, x, gy, gw);
   }
 }

@@ -106,6 +106,15 @@ void add_channel_sums(const ConvGeometry& g, const T* partial, T* bias_grad) {
 
 // True when the implicit GEMM micro-kernel runs with AVX2+FMA on this CPU.
 bool implicit_gemm_vectorised();
+// The micro-kernel the implicit GEMM and Winograd passes share (conv_implicit_gemm.cpp):
+//   out[i][j] (+)= sum_{q < n} a[i][index[q]] * b[q * kTileCols + j]     i < kTileRows, j < kTileCols
+// a tile of kTileRows rows (any row pointers, one shared index table) by two
+// AVX2 vectors of columns; `accumulate` adds to what out holds.
+constexpr int kTileRows = 6;
+template <class T>
+constexpr int kTileCols = 64 / int(sizeof(T));
+template <class T>
+void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate = false);
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue = nullptr);
@@ -115,6 +124,17 @@ void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w
 template <class T>
 void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
                                    const AdjointPrologue<T>* prologue = nullptr, T* gy_in_place = nullptr);
+
+// Winograd (conv_winograd.cpp, Note [Winograd convolution]): unit stride and
+// dilation, 1-D or 2-D, at most 6 taps per dim.
+bool winograd_applies(const ConvGeometry& g);
+template <class T>
+void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
+                      const OutputEpilogue<T>* epilogue = nullptr);
+template <class T>
+void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+template <class T>
+void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
 
 template <class T>
 void fft_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);

@@ -32,11 +32,6 @@
 namespace tg::kernels::conv_impl {
 namespace {
 
-constexpr int kTileRows = 6;
-// Columns of a tile: two AVX2 vectors.
-template <class T>
-constexpr int kTileCols = 64 / int(sizeof(T));
-
 // ---- the micro-kernel ------------------------------------------------------------
 
 // out (kTileRows x NR, row-major) (+)= sum_q a[i][index[q]] * b[q * NR + j]; `accumulate`
@@ -122,12 +117,6 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, const
   _mm256_storeu_pd(out + 9 * 4, c41), _mm256_storeu_pd(out + 10 * 4, c50), _mm256_storeu_pd(out + 11 * 4, c51);
 }
 
-template <class T>
-void tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate = false) {
-  if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out, accumulate);
-  else tile_portable(a, index, b, n, out, accumulate);
-}
-
 // ---- layout: the padded input and the two index tables ----------------------------
 
 struct Layout {
@@ -210,6 +199,14 @@ void tile_rows(const T* origin, const std::int64_t* offsets, std::int64_t first,
 
 }  // namespace
 
+template <class T>
+void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
+  if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out, accumulate);
+  else tile_portable(a, index, b, n, out, accumulate);
+}
+template void gemm_tile<float>(const float* const*, const std::int64_t*, const float*, std::int64_t, float*, bool);
+template void gemm_tile<double>(const double* const*, const std::int64_t*, const double*, std::int64_t, double*, bool);
+
 // TAPEGRAD_PORTABLE_KERNELS=1 in the environment selects the plain C++ micro-kernel
 // (the tests run the convolution family once that way).
 bool implicit_gemm_vectorised() {
@@ -243,7 +240,7 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
       for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
         tile_rows(origin, L.base.data(), p0, ov, rows);
         // out (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
-        tile(rows, L.tap.data(), wb, R, out);
+        gemm_tile(rows, L.tap.data(), wb, R, out);
         const std::int64_t pn = std::min<std::int64_t>(kTileRows, ov - p0);
         for (std::int64_t j = 0; j < kn; ++j) {
           T* dst = y + (n * g.K + grp * g.Kg + k0 + j) * ov + p0;
@@ -340,7 +337,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
         for (std::int64_t n = n0; n < n1; ++n) {
           tile_rows(xp + (n * g.C + grp * g.Cg) * L.plane, L.tap.data(), t0, R, rows);
           // out (patch rows t0.. x filters k0..) (+)= patches (6 x out_vol) . gy^T (out_vol x NR)
-          tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out, n > n0);
+          gemm_tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out, n > n0);
         }
         const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
         for (std::int64_t j = 0; j < kn; ++j) {

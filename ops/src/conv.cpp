@@ -54,10 +54,10 @@ ConvParams load_conv_params(ParamReader& in) {
   u.output_padding = in.list("output_padding");
   u.groups = in.i64("groups");
   u.flip = in.boolean("flip");
-  u.algorithm = in.enumeration("algorithm", ConvAlgorithm::fft);
-  u.forward_algorithm = in.enumeration("forward_algorithm", ConvAlgorithm::fft);
-  u.backward_input_algorithm = in.enumeration("backward_input_algorithm", ConvAlgorithm::fft);
-  u.backward_weight_algorithm = in.enumeration("backward_weight_algorithm", ConvAlgorithm::fft);
+  u.algorithm = in.enumeration("algorithm", ConvAlgorithm::winograd);
+  u.forward_algorithm = in.enumeration("forward_algorithm", ConvAlgorithm::winograd);
+  u.backward_input_algorithm = in.enumeration("backward_input_algorithm", ConvAlgorithm::winograd);
+  u.backward_weight_algorithm = in.enumeration("backward_weight_algorithm", ConvAlgorithm::winograd);
   return u;
 }
 

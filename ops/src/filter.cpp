@@ -212,7 +212,7 @@ OpInfo<T> filter_row(bool convolve) {
     u.border.value = in.f64("fill value");
     u.output = in.enumeration("output", Output::full);
     u.origin = in.list("origin");
-    u.algorithm = in.enumeration("algorithm", ConvAlgorithm::fft);
+    u.algorithm = in.enumeration("algorithm", ConvAlgorithm::winograd);
     const std::int64_t axis = in.i64("axis");
     return make_params(u, convolve, axis);
   };

@@ -20,16 +20,22 @@
 //             its 16-filter tiles the pass's output channels use; no patch
 //             copy (index tables into a padded input); only with AVX2+FMA,
 //             never for pointwise convolutions or a strided input gradient
+//   winograd: only stride 1 and dilation 1, 1-D or 2-D, 1, 3 or 5 taps per
+//             dim, with AVX2+FMA (Note [Winograd convolution]): 36 GEMMs over
+//             6x6-point tiles (2x2 outputs of a 5x5 kernel, 4x4 of a 3x3),
+//             tiles*36*Cg*Kg' / kWinogradRate plus the transforms of every
+//             tile's channels and filters / kWinogradTransformRate
 //   fft     : only stride 1 and dilation 1; transforms of every input
 //             channel, filter and output plane on the padded grid, plus the
 //             pointwise products: (N*C + K*C + N*K) * 5 F log2 F / kFftRate
 //             + N*K*Cg * F * 4 / kFftRate for F points per plane.
 // The rates are measured on an AVX2 core (see tools/bench_conv); the rule
-// picks direct for depthwise and single-channel filtering, implicit_gemm for
-// the channel-heavy layers of a CNN (im2col for 1x1 layers), and fft for large kernels (15x15 and up
+// picks direct for depthwise and single-channel filtering, winograd for the
+// channel-heavy 3x3 and 5x5 layers of a CNN, implicit_gemm for the other
+// channel-heavy layers (im2col for 1x1 layers), and fft for large kernels (15x15 and up
 // on a 512x512 plane: direct 0.9 / 5 / 16 / 41-80 ms for k = 5 / 9 / 15 / 31,
 // fft 8-15 ms throughout). Any pass can be forced through the algorithm argument;
-// forcing fft on a strided or dilated geometry is an error.
+// forcing fft or winograd on a geometry it cannot run is an error.
 #pragma once
 
 #include <array>
@@ -41,7 +47,7 @@
 
 namespace tg::kernels {
 
-enum class ConvAlgorithm { automatic, direct, im2col, implicit_gemm, fft };
+enum class ConvAlgorithm { automatic, direct, im2col, implicit_gemm, fft, winograd };
 const char* to_string(ConvAlgorithm a);
 
 enum class ConvPass { forward, backward_input, backward_weight };

@@ -1,0 +1,99 @@
+// Winograd convolution: fewer multiplies per output, in a transformed domain.
+//
+// Note [Winograd convolution]: along a spatial dim with r = 3 or 5 taps, a
+// tile of m = 7 - r outputs reads alpha = 6 inputs d and is computed as
+//   y = A^T [ (G g) . (B^T d) ]                 (. : elementwise over 6 points)
+// the Toom-Cook algorithm F(m, r) on the points 0, 1, -1, 1/2, -1/2 and
+// infinity (the points Barabasz et al. found most accurate for 6). A dim of
+// one tap is left alone (alpha = m = 1). In 2-D the transforms apply along
+// both dims,
+//   Y = A1^T [ (G1 g G2^T) . (B1^T d B2) ] A2
+// so a 2x2 output tile of a 5x5 kernel costs 36 multiplies instead of 100, and
+// a 4x4 tile of a 3x3 kernel 36 instead of 144. Summed over input channels the
+// pointwise products are 36 independent GEMMs, one per transform point xi:
+//   M[xi] (tiles x Kg) = V[xi] (tiles x Cg) . U[xi] (Cg x Kg)
+// with V = B^T d B per (tile, channel) and U = G g G^T per (filter, channel),
+// run by the implicit GEMM's micro-kernel. The weight gradient is the same
+// identity read backwards (its adjoint with respect to g):
+//   gU[xi] (Cg x Kg) = V[xi]^T (Cg x tiles) . Yhat[xi] (tiles x Kg),
+//   Yhat = A1 gY A2^T per (tile, filter),   gw += G1^T gU G2
+// and the input gradient is the forward of the adjoint geometry.
+//
+// The matrices come from evaluation: E_n (6 x n) evaluates a polynomial of n
+// coefficients at the points (row j = [1, p_j, ..., p_j^(n-1)]; the infinity
+// row picks the leading coefficient). A linear convolution of g (r
+// coefficients) with h (m) is s = C [(E_r g) . (E_m h)], C = E_6^-1;
+// correlation is its transpose with respect to h, so G = E_r, A^T = E_m^T and
+// B^T = C^T. They are computed at compile time, with the tap counts as
+// template parameters, so every transform is unrolled.
+//
+// Layout: the input is copied once, zero-padded to whole tiles and
+// channel-last, each group's channels padded to whole vectors: (N, P1, P2,
+// groups, Cg'). Every transform then works on a vector of channels (or of
+// filters) at a time. A forward task is (sample, group, a block of tile rows):
+// it transforms its tiles into V, runs the 36 GEMMs one block of filters at a
+// time into M, transforms M back into the output, and applies the epilogue to
+// its rows while they are in cache.
+//
+// The passes themselves are in conv_winograd_passes.hpp, compiled here for any
+// x86-64 and in conv_winograd_avx2.cpp for AVX2+FMA; this file picks one.
+#define TG_WINOGRAD_ISA portable
+#include "conv_winograd_passes.hpp"
+
+#include "tapegrad/kernels/error.hpp"
+
+namespace tg::kernels::conv_impl {
+namespace avx2 {  // conv_winograd_avx2.cpp
+template <class T>
+void forward_any(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
+template <class T>
+void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw);
+}  // namespace avx2
+
+namespace {
+void require_applies(const ConvGeometry& g) {
+  if (!winograd_applies(g))
+    fail("conv", fmt::format("algorithm winograd runs 1-D and 2-D convolutions with stride 1, dilation 1 and 1, 3 or 5 "
+                             "taps per dim (this one: kernel [{}], stride [{}], dilation [{}]); hint: use implicit_gemm "
+                             "or leave the algorithm automatic",
+                             fmt::join(g.ker, ","), fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
+}
+}  // namespace
+
+bool winograd_applies(const ConvGeometry& g) {
+  auto taps_ok = [](std::int64_t r) { return r == 1 || r == 3 || r == 5; };
+  return g.spatial <= 2 && g.unit_stride_and_dilation() && taps_ok(g.ker[1]) && taps_ok(g.ker[2]);
+}
+
+template <class T>
+void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
+                      const OutputEpilogue<T>* epilogue) {
+  require_applies(g);
+  if (implicit_gemm_vectorised()) return avx2::forward_any(g, x, w, y, accumulate, epilogue);
+  portable::forward_any(g, x, w, y, accumulate, epilogue);
+}
+
+template <class T>
+void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+  require_applies(g);
+  ScratchScope scratch;
+  const T* wa = adjoint_weights(g, w, scratch);
+  winograd_forward(adjoint_geometry(g), gy, wa, gx, /*accumulate=*/true);
+}
+
+template <class T>
+void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+  require_applies(g);
+  if (implicit_gemm_vectorised()) return avx2::backward_weight_any(g, x, gy, gw);
+  portable::backward_weight_any(g, x, gy, gw);
+}
+
+#define TG_INSTANTIATE(T)                                                                                          \
+  template void winograd_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
+  template void winograd_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);                          \
+  template void winograd_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg::kernels::conv_impl

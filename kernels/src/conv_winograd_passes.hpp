@@ -1,0 +1,428 @@
+// The Winograd passes (Note [Winograd convolution] in conv_winograd.cpp),
+// compiled twice: conv_winograd.cpp for any x86-64 and conv_winograd_avx2.cpp
+// with AVX2+FMA, each in its own namespace (TG_WINOGRAD_ISA), so the vector
+// transforms use 256-bit registers wherever the CPU has them, whatever the
+// build's -march. Include from those two files only.
+//
+// The AVX2 copy gets its target from a pragma placed after the includes, not
+// from a flag on the file: a flag would also compile the headers' inline
+// functions (std::fill, ...) for AVX2, and the linker may keep that copy for
+// every caller. Clang has no such pragma; there both copies are portable.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "conv_impl.hpp"
+#include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/scratch.hpp"
+
+#ifndef TG_WINOGRAD_ISA
+#error "define TG_WINOGRAD_ISA (portable or avx2) before including conv_winograd_passes.hpp"
+#endif
+
+// Lanes<T> values never cross a call (every function taking one is always_inline).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#if defined(TG_WINOGRAD_AVX2) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+namespace tg::kernels::conv_impl::TG_WINOGRAD_ISA {
+namespace {
+
+
+constexpr int kAlpha = 6;  // transform points per dim (for 3 or 5 taps)
+
+// ---- the matrices (Note [Winograd convolution]), in double at compile time ----
+
+struct Matrix {
+  double v[kAlpha][kAlpha] = {};
+};
+
+constexpr double power(double x, int k) {
+  double p = 1.0;
+  for (int i = 0; i < k; ++i) p *= x;
+  return p;
+}
+
+// E_n: the alpha x n evaluation matrix.
+constexpr Matrix evaluation(int alpha, int n) {
+  constexpr double points[kAlpha - 1] = {0.0, 1.0, -1.0, 0.5, -0.5};
+  Matrix E;
+  for (int j = 0; j < alpha; ++j)
+    for (int k = 0; k < n; ++k)
+      E.v[j][k] = j == alpha - 1 && alpha > 1 ? (k == n - 1 ? 1.0 : 0.0) : power(points[j], k);
+  return E;
+}
+
+// E^-1 of an n x n matrix (Gauss-Jordan with partial pivoting).
+constexpr Matrix inverse(const Matrix& E, int n) {
+  double a[kAlpha][2 * kAlpha] = {};
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) a[i][j] = E.v[i][j];
+    a[i][n + i] = 1.0;
+  }
+  auto magnitude = [](double x) { return x < 0 ? -x : x; };
+  for (int col = 0; col < n; ++col) {
+    int pivot = col;
+    for (int i = col + 1; i < n; ++i)
+      if (magnitude(a[i][col]) > magnitude(a[pivot][col])) pivot = i;
+    for (int j = 0; j < 2 * n; ++j) {
+      const double t = a[col][j];
+      a[col][j] = a[pivot][j];
+      a[pivot][j] = t;
+    }
+    const double scale = 1.0 / a[col][col];
+    for (int j = 0; j < 2 * n; ++j) a[col][j] *= scale;
+    for (int i = 0; i < n; ++i) {
+      const double f = a[i][col];
+      if (i == col || f == 0.0) continue;
+      for (int j = 0; j < 2 * n; ++j) a[i][j] -= f * a[col][j];
+    }
+  }
+  Matrix inv;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) inv.v[i][j] = a[i][n + j];
+  return inv;
+}
+
+constexpr Matrix transposed(const Matrix& m) {
+  Matrix t;
+  for (int i = 0; i < kAlpha; ++i)
+    for (int j = 0; j < kAlpha; ++j) t.v[i][j] = m.v[j][i];
+  return t;
+}
+
+// The same matrix as T.
+template <class T>
+struct Coefficients {
+  T v[kAlpha][kAlpha] = {};
+  constexpr explicit Coefficients(const Matrix& m) {
+    for (int i = 0; i < kAlpha; ++i)
+      for (int j = 0; j < kAlpha; ++j) v[i][j] = T(m.v[i][j]);
+  }
+};
+
+// F(m, r) along one dim: alpha points, m outputs per tile, r taps.
+template <class T, int R>
+struct Dim {
+  static constexpr int r = R, alpha = R == 1 ? 1 : kAlpha, m = alpha - R + 1;
+  static constexpr Matrix C = inverse(evaluation(alpha, alpha), alpha);
+  static constexpr Coefficients<T> BT{transposed(C)};                  // alpha x alpha
+  static constexpr Coefficients<T> AT{transposed(evaluation(alpha, m))};  // m x alpha
+  static constexpr Coefficients<T> A{evaluation(alpha, m)};              // alpha x m
+  static constexpr Coefficients<T> G{evaluation(alpha, R)};              // alpha x r
+  static constexpr Coefficients<T> GT{transposed(evaluation(alpha, R))};  // r x alpha
+};
+
+// ---- the two-sided transform, a vector of channels at a time ----------------------
+
+template <class T>
+struct LaneType;
+template <>
+struct LaneType<float> {
+  using type = float __attribute__((vector_size(32)));
+};
+template <>
+struct LaneType<double> {
+  using type = double __attribute__((vector_size(32)));
+};
+template <class T>
+using Lanes = typename LaneType<T>::type;
+template <class T>
+constexpr int kLanes = 32 / int(sizeof(T));
+
+template <class V, class T>
+[[gnu::always_inline]] inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V, class T>
+[[gnu::always_inline]] inline void store(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// out(a, b) = sum over i < LI, j < RJ of L[a][i] R[b][j] in(i, j), for a < LA,
+// b < RB; in(i, j) = in + i * row_stride + j * col_stride, out(a, b) = out +
+// (a * RB + b) * out_stride. V is one value (T) or a vector of them (Lanes<T>).
+// Inlined and unrolled, so the compile-time coefficients fold: zeros cost nothing.
+template <int LA, int LI, int RB, int RJ, class V, class T>
+[[gnu::always_inline]] inline void transform(const Coefficients<T>& L, const Coefficients<T>& R, const T* in,
+                                             std::int64_t row_stride, std::int64_t col_stride, T* out,
+                                             std::int64_t out_stride) {
+  V mid[LA][RJ];
+#pragma GCC unroll 6
+  for (int a = 0; a < LA; ++a)
+#pragma GCC unroll 6
+    for (int j = 0; j < RJ; ++j) {
+      V acc{};
+#pragma GCC unroll 6
+      for (int i = 0; i < LI; ++i)
+        if (L.v[a][i] != T(0)) acc += L.v[a][i] * load<V>(in + i * row_stride + j * col_stride);
+      mid[a][j] = acc;
+    }
+#pragma GCC unroll 6
+  for (int a = 0; a < LA; ++a)
+#pragma GCC unroll 6
+    for (int b = 0; b < RB; ++b) {
+      V acc{};
+#pragma GCC unroll 6
+      for (int j = 0; j < RJ; ++j)
+        if (R.v[b][j] != T(0)) acc += R.v[b][j] * mid[a][j];
+      store(out + (a * RB + b) * out_stride, acc);
+    }
+}
+
+// ---- the layout -------------------------------------------------------------------
+
+// How a geometry is cut into tiles and tasks (spatial dims 1 = rows, 2 = columns).
+template <class T, class Y, class X>
+struct Tiling {
+  static constexpr std::int64_t points = Y::alpha * X::alpha;
+  std::int64_t tiles_y = 0, tiles_x = 0;
+  std::int64_t P1 = 0, P2 = 0;    // the padded input plane
+  std::int64_t Cgp = 0, Cp = 0;   // a group's channels padded to whole vectors; all groups'
+  std::int64_t rows_per_task = 0, tasks_per_sample = 0;
+
+  explicit Tiling(const ConvGeometry& g) {
+    tiles_y = ceil_div(g.out[1], Y::m);
+    tiles_x = ceil_div(g.out[2], X::m);
+    P1 = tiles_y * Y::m + Y::r - 1;
+    P2 = tiles_x * X::m + X::r - 1;
+    Cgp = ceil_div(g.Cg, kLanes<T>) * kLanes<T>;
+    Cp = g.groups * Cgp;
+    // About 32 tiles a task: V and M stay in L2, and a sample splits into tasks.
+    constexpr std::int64_t kTargetTiles = 32;
+    tasks_per_sample = std::max<std::int64_t>(1, (tiles_y * tiles_x) / kTargetTiles);
+    rows_per_task = ceil_div(tiles_y, tasks_per_sample);
+    tasks_per_sample = ceil_div(tiles_y, rows_per_task);
+  }
+  // The first element of tile (ty, tx)'s window in the padded input of sample n, group grp.
+  const T* window(const T* xt, std::int64_t n, std::int64_t grp, std::int64_t ty, std::int64_t tx) const {
+    return xt + ((n * P1 + ty * Y::m) * P2 + tx * X::m) * Cp + grp * Cgp;
+  }
+};
+
+// x (N, C, in1, in2) -> zero-padded to whole tiles, channel-last: (N, P1, P2, groups, Cgp).
+template <class T, class Y, class X>
+T* channel_last_padded(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* x, ScratchScope& scratch) {
+  T* out = scratch.take<T>(g.N * tl.P1 * tl.P2 * tl.Cp).data();
+  const std::int64_t channel_stride = g.in[1] * g.in[2];
+  parallel_for(g.N * tl.P1, conv_threads(), [&](std::int64_t row) {
+    const std::int64_t n = row / tl.P1, i1 = row % tl.P1 - g.lo[1];
+    T* dst = out + row * tl.P2 * tl.Cp;
+    std::fill(dst, dst + tl.P2 * tl.Cp, T(0));
+    if (i1 < 0 || i1 >= g.in[1]) return;
+    const std::int64_t first = std::max<std::int64_t>(0, g.lo[2]), last = std::min(tl.P2, g.in[2] + g.lo[2]);
+    for (std::int64_t c = 0; c < g.C; ++c) {
+      const T* src = x + (n * g.C + c) * channel_stride + i1 * g.in[2];
+      T* d = dst + (c / g.Cg) * tl.Cgp + c % g.Cg;
+      for (std::int64_t p2 = first; p2 < last; ++p2) d[p2 * tl.Cp] = src[p2 - g.lo[2]];
+    }
+  });
+  return out;
+}
+
+// V[xi][t][0..Cgp) = (B1^T d B2)[xi] of the tile whose window starts at d.
+template <class T, class Y, class X>
+void input_tile(const Tiling<T, Y, X>& tl, const T* d, T* Vt, std::int64_t xi_stride) {
+  for (std::int64_t c = 0; c < tl.Cgp; c += kLanes<T>)
+    transform<Y::alpha, Y::alpha, X::alpha, X::alpha, Lanes<T>>(Y::BT, X::BT, d + c, tl.P2 * tl.Cp, tl.Cp, Vt + c,
+                                                                xi_stride);
+}
+
+// U[grp][xi][block][c][NR] = (G1 g G2^T)[xi] of filter k = block * NR + lane, zero past Kg.
+template <class T, class Y, class X>
+const T* transform_weights(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* w, ScratchScope& scratch) {
+  constexpr int NR = kTileCols<T>;
+  const std::int64_t blocks = ceil_div(g.Kg, NR);
+  T* U = scratch.take_filled<T>(g.groups * tl.points * blocks * g.Cg * NR, T(0)).data();
+  parallel_for(g.groups * g.Kg, threads_if(g.K * g.Cg > 512), [&](std::int64_t gk) {
+    const std::int64_t grp = gk / g.Kg, k = gk % g.Kg;
+    T u[kAlpha * kAlpha];
+    for (std::int64_t c = 0; c < g.Cg; ++c) {
+      transform<Y::alpha, Y::r, X::alpha, X::r, T>(Y::G, X::G, w + (gk * g.Cg + c) * Y::r * X::r, X::r, 1, u, 1);
+      for (std::int64_t xi = 0; xi < tl.points; ++xi)
+        U[(((grp * tl.points + xi) * blocks + k / NR) * g.Cg + c) * NR + k % NR] = u[xi];
+    }
+  });
+  return U;
+}
+
+// ---- the passes, for one pair of tap counts ----------------------------------------
+
+// y (N, K, out) (+)= conv(x, w): tasks of (sample, group, block of tile rows).
+template <class T, class Y, class X>
+void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue) {
+  constexpr int NR = kTileCols<T>;
+  ScratchScope scratch;
+  const Tiling<T, Y, X> tl(g);
+  const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2];
+  const T* xt = channel_last_padded(g, tl, x, scratch);
+  const T* U = transform_weights(g, tl, w, scratch);
+  std::int64_t* channel = scratch.take<std::int64_t>(g.Cg).data();  // the GEMM's index table: q -> q
+  for (std::int64_t c = 0; c < g.Cg; ++c) channel[c] = c;
+  const std::int64_t tasks = g.N * g.groups * tl.tasks_per_sample;
+  parallel_for(tasks, conv_threads(), [&](std::int64_t task) {
+    const std::int64_t part = task % tl.tasks_per_sample, grp = (task / tl.tasks_per_sample) % g.groups;
+    const std::int64_t n = task / (tl.tasks_per_sample * g.groups);
+    const std::int64_t ty0 = part * tl.rows_per_task, ty1 = std::min(tl.tiles_y, ty0 + tl.rows_per_task);
+    const std::int64_t count = (ty1 - ty0) * tl.tiles_x, padded = ceil_div(count, kTileRows) * kTileRows;
+    ScratchScope local;
+    T* V = local.take<T>(tl.points * count * tl.Cgp).data();  // [xi][t][Cgp]
+    T* M = local.take<T>(tl.points * padded * NR).data();     // [xi][t][NR]
+    for (std::int64_t t = 0; t < count; ++t)
+      input_tile(tl, tl.window(xt, n, grp, ty0 + t / tl.tiles_x, t % tl.tiles_x), V + t * tl.Cgp, count * tl.Cgp);
+    const T* rows[kTileRows];
+    T out[Y::m * X::m * NR];
+    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+      const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
+      for (std::int64_t xi = 0; xi < tl.points; ++xi) {
+        const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
+        const T* Vxi = V + xi * count * tl.Cgp;
+        for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
+          for (int i = 0; i < kTileRows; ++i) rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
+          // M[xi] (6 tiles x NR filters) = V[xi] (6 x Cg) . U[xi] (Cg x NR)
+          gemm_tile(rows, channel, Ub, g.Cg, M + (xi * padded + t0) * NR);
+        }
+      }
+      // out = A1^T M A2 per tile, NR filters at once, scattered into y.
+      for (std::int64_t t = 0; t < count; ++t) {
+        const std::int64_t ty = ty0 + t / tl.tiles_x, tx = t % tl.tiles_x;
+        for (int v = 0; v < NR; v += kLanes<T>)
+          transform<Y::m, Y::alpha, X::m, X::alpha, Lanes<T>>(Y::AT, X::AT, M + t * NR + v, X::alpha * padded * NR,
+                                                               padded * NR, out + v, NR);
+        const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
+        const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
+        T* corner = y + (n * g.K + grp * g.Kg + k0) * ov + ty * Y::m * ow + tx * X::m;
+        for (std::int64_t j = 0; j < kn; ++j)
+          for (std::int64_t i = 0; i < in; ++i)
+            for (std::int64_t jj = 0; jj < jn; ++jj) {
+              T& dst = corner[j * ov + i * ow + jj];
+              const T value = out[(i * X::m + jj) * NR + j];
+              dst = accumulate ? dst + value : value;
+            }
+      }
+    }
+    if (epilogue) {  // the task's output rows, every filter of its group, still in cache
+      const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow;
+      for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k)
+        epilogue->apply(y + (n * g.K + k) * ov + first, last - first, k);
+    }
+  });
+}
+
+// gw (K, Cg, r1, r2) += G1^T gU G2 with gU[xi] (Cg x Kg) = sum over tiles of V[xi]^T Yhat[xi],
+// samples taken a block at a time: the block's V and Yhat are transformed on
+// all threads, then each thread adds the block into a fixed set of gU tiles,
+// so the sum is in sample order on every run.
+template <class T, class Y, class X>
+void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+  constexpr int NR = kTileCols<T>;
+  ScratchScope scratch;
+  const Tiling<T, Y, X> tl(g);
+  const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2], per_sample = tl.tiles_y * tl.tiles_x;
+  const std::int64_t sample_block = std::clamp<std::int64_t>(256 / per_sample, 1, g.N);
+  const std::int64_t most = sample_block * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
+  const T* xt = channel_last_padded(g, tl, x, scratch);
+  T* V = scratch.take<T>(g.groups * tl.points * most * tl.Cgp).data();           // [grp][xi][t][Cgp]
+  T* Yhat = scratch.take<T>(g.groups * tl.points * blocks * most * NR).data();    // [grp][xi][blk][t][NR]
+  T* gU = scratch.take<T>(g.groups * tl.points * blocks * c_tiles * kTileRows * NR).data();  // [grp][xi][blk][c][NR]
+  std::int64_t* tile_offset = scratch.take<std::int64_t>(most).data();  // the GEMM's index table: t -> t * Cgp
+  for (std::int64_t t = 0; t < most; ++t) tile_offset[t] = t * tl.Cgp;
+  const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
+  for (std::int64_t n0 = 0; n0 < g.N; n0 += sample_block) {
+    const std::int64_t samples = std::min(sample_block, g.N - n0), count = samples * per_sample;
+    // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
+    parallel_for(samples * g.groups * tl.tiles_y, conv_threads(), [&](std::int64_t task) {
+      const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
+      const std::int64_t n = n0 + s, in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
+      T dy[Y::m * X::m * NR];
+      for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx) {
+        const std::int64_t t = s * per_sample + ty * tl.tiles_x + tx;
+        input_tile(tl, tl.window(xt, n, grp, ty, tx), V + (grp * tl.points * most + t) * tl.Cgp, most * tl.Cgp);
+        const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
+        for (std::int64_t blk = 0; blk < blocks; ++blk) {
+          // The tile of gy, NR filters channel-last, zero past the output's edge and Kg.
+          const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
+          std::fill(dy, dy + Y::m * X::m * NR, T(0));
+          const T* corner = gy + (n * g.K + grp * g.Kg + k0) * ov + ty * Y::m * ow + tx * X::m;
+          for (std::int64_t j = 0; j < kn; ++j)
+            for (std::int64_t i = 0; i < in; ++i)
+              for (std::int64_t jj = 0; jj < jn; ++jj) dy[(i * X::m + jj) * NR + j] = corner[j * ov + i * ow + jj];
+          // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
+          T* Yt = Yhat + ((grp * tl.points * blocks + blk) * most + t) * NR;
+          for (int v = 0; v < NR; v += kLanes<T>)
+            transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v,
+                                                               blocks * most * NR);
+        }
+      }
+    });
+    // gU (+)= V^T Yhat, each GEMM tile on one thread.
+    const bool first = n0 == 0;
+    parallel_for(gemm_tiles, conv_threads(), [&](std::int64_t tile_index) {
+      const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;
+      const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
+      const T* Vxi = V + (grp * tl.points + xi) * most * tl.Cgp;
+      const T* rows[kTileRows];
+      for (int i = 0; i < kTileRows; ++i) rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
+      // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
+      gemm_tile(rows, tile_offset, Yhat + ((grp * tl.points + xi) * blocks + blk) * most * NR, count,
+                gU + tile_index * kTileRows * NR, !first);
+    });
+  }
+  // gw[k][c] += G1^T gU[.][c][k] G2
+  parallel_for(g.groups * g.Kg, threads_if(g.K * g.Cg > 512), [&](std::int64_t gk) {
+    const std::int64_t grp = gk / g.Kg, k = gk % g.Kg, blk = k / NR;
+    T u[kAlpha * kAlpha], taps[kAlpha * kAlpha];
+    for (std::int64_t c = 0; c < g.Cg; ++c) {
+      for (std::int64_t xi = 0; xi < tl.points; ++xi)
+        u[xi] = gU[(((grp * tl.points + xi) * blocks + blk) * c_tiles * kTileRows + c) * NR + k % NR];
+      transform<Y::r, Y::alpha, X::r, X::alpha, T>(Y::GT, X::GT, u, X::alpha, 1, taps, 1);
+      T* dst = gw + (gk * g.Cg + c) * Y::r * X::r;
+      for (int i = 0; i < Y::r * X::r; ++i) dst[i] += taps[i];
+    }
+  });
+}
+
+// f.template operator()<Y, X>() with the Dims of the geometry's tap counts (1, 3 or 5 each).
+template <class T, class F>
+void with_dims(const ConvGeometry& g, F&& f) {
+  auto cols = [&]<class Y>() {
+    switch (g.ker[2]) {
+      case 1: return f.template operator()<Y, Dim<T, 1>>();
+      case 3: return f.template operator()<Y, Dim<T, 3>>();
+      default: return f.template operator()<Y, Dim<T, 5>>();
+    }
+  };
+  switch (g.ker[1]) {
+    case 1: return cols.template operator()<Dim<T, 1>>();
+    case 3: return cols.template operator()<Dim<T, 3>>();
+    default: return cols.template operator()<Dim<T, 5>>();
+  }
+}
+
+
+}  // namespace
+
+template <class T>
+void forward_any(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue) {
+  with_dims<T>(g, [&]<class Y, class X>() { forward<T, Y, X>(g, x, w, y, accumulate, epilogue); });
+}
+
+template <class T>
+void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+  with_dims<T>(g, [&]<class Y, class X>() { backward_weight<T, Y, X>(g, x, gy, gw); });
+}
+
+}  // namespace tg::kernels::conv_impl::TG_WINOGRAD_ISA
+
+#if defined(TG_WINOGRAD_AVX2) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+#pragma GCC diagnostic pop

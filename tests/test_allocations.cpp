@@ -213,6 +213,21 @@ TEST_CASE("allocations: FFT convolutions (forward, both gradients) allocate noth
   CHECK(allocations_in(step) == 0);
 }
 
+TEST_CASE("allocations: Winograd convolutions (forward, both gradients) allocate nothing after the first call") {
+  auto layer = [](const T& x, const T& w, const T& v) {
+    const tg::ConvParams wino{.padding = {1}, .algorithm = tg::ConvAlgorithm::winograd};
+    return tg::sum(tg::conv(tg::conv(x, w, wino), v, {.padding = {2}, .groups = 2, .algorithm = tg::ConvAlgorithm::winograd}));
+  };
+  A x = A::random_normal({3, 5, 13, 11}, 0, 1, 1), w = A::random_normal({6, 5, 3, 3}, 0, 1, 2);
+  A v = A::random_normal({4, 3, 5, 5}, 0, 1, 3);
+  auto ct = tg::compile(tg::record(layer, x, w, v));
+  A gx, gw, gv;
+  auto step = [&] { ct.gradient_into({&gx, &gw, &gv}, x, w, v); };
+  step();
+  step();
+  CHECK(allocations_in(step) == 0);
+}
+
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
   const cnn::LenetParams P(7);
   const std::int64_t n = 64;

@@ -209,31 +209,74 @@ struct Tiling {
 };
 
 // x (N, C, in1, in2) -> zero-padded to whole tiles, channel-last: (N, P1, P2, groups, Cgp).
+// Each pixel's channels are written contiguously; the reads step through the
+// channel planes, whose rows stay in cache across a row of pixels.
 template <class T, class Y, class X>
 T* channel_last_padded(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* x, ScratchScope& scratch) {
   T* out = scratch.take<T>(g.N * tl.P1 * tl.P2 * tl.Cp).data();
-  const std::int64_t channel_stride = g.in[1] * g.in[2];
+  const std::int64_t plane = g.in[1] * g.in[2];
   parallel_for(g.N * tl.P1, conv_threads(), [&](std::int64_t row) {
     const std::int64_t n = row / tl.P1, i1 = row % tl.P1 - g.lo[1];
     T* dst = out + row * tl.P2 * tl.Cp;
-    std::fill(dst, dst + tl.P2 * tl.Cp, T(0));
-    if (i1 < 0 || i1 >= g.in[1]) return;
-    const std::int64_t first = std::max<std::int64_t>(0, g.lo[2]), last = std::min(tl.P2, g.in[2] + g.lo[2]);
-    for (std::int64_t c = 0; c < g.C; ++c) {
-      const T* src = x + (n * g.C + c) * channel_stride + i1 * g.in[2];
-      T* d = dst + (c / g.Cg) * tl.Cgp + c % g.Cg;
-      for (std::int64_t p2 = first; p2 < last; ++p2) d[p2 * tl.Cp] = src[p2 - g.lo[2]];
+    if (i1 < 0 || i1 >= g.in[1]) {
+      std::fill(dst, dst + tl.P2 * tl.Cp, T(0));
+      return;
+    }
+    for (std::int64_t p2 = 0; p2 < tl.P2; ++p2) {
+      T* pixel = dst + p2 * tl.Cp;
+      const std::int64_t i2 = p2 - g.lo[2];
+      if (i2 < 0 || i2 >= g.in[2]) {
+        std::fill(pixel, pixel + tl.Cp, T(0));
+        continue;
+      }
+      const T* src = x + n * g.C * plane + i1 * g.in[2] + i2;  // channel c at src[c * plane]
+      for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+        T* d = pixel + grp * tl.Cgp;
+        const T* s = src + grp * g.Cg * plane;
+        for (std::int64_t c = 0; c < g.Cg; ++c) d[c] = s[c * plane];
+        std::fill(d + g.Cg, d + tl.Cgp, T(0));
+      }
     }
   });
   return out;
 }
 
-// V[xi][t][0..Cgp) = (B1^T d B2)[xi] of the tile whose window starts at d.
+// out(a) = sum over i < LI of L[a][i] in(i), for a < LA: one side of a
+// transform, one vector of channels; in(i) = in + i * in_stride, out(a) = out + a * out_stride.
+template <int LA, int LI, class V, class T>
+[[gnu::always_inline]] inline void one_sided(const Coefficients<T>& L, const T* in, std::int64_t in_stride, T* out,
+                                             std::int64_t out_stride) {
+  V v[LI];
+#pragma GCC unroll 6
+  for (int i = 0; i < LI; ++i) v[i] = load<V>(in + i * in_stride);
+#pragma GCC unroll 6
+  for (int a = 0; a < LA; ++a) {
+    V acc{};
+#pragma GCC unroll 6
+    for (int i = 0; i < LI; ++i)
+      if (L.v[a][i] != T(0)) acc += L.v[a][i] * v[i];
+    store(out + a * out_stride, acc);
+  }
+}
+
+// V[xi][t][0..Cgp) = (B1^T d B2)[xi] for the tiles t = first + tx of tile row
+// ty. Neighbouring tiles share r2 - 1 columns of their windows, so B1^T runs
+// once per column of the row's band (into band, alpha1 x P2 x Cgp), then B2
+// once per tile.
 template <class T, class Y, class X>
-void input_tile(const Tiling<T, Y, X>& tl, const T* d, T* Vt, std::int64_t xi_stride) {
-  for (std::int64_t c = 0; c < tl.Cgp; c += kLanes<T>)
-    transform<Y::alpha, Y::alpha, X::alpha, X::alpha, Lanes<T>>(Y::BT, X::BT, d + c, tl.P2 * tl.Cp, tl.Cp, Vt + c,
-                                                                xi_stride);
+void input_row(const Tiling<T, Y, X>& tl, const T* xt, std::int64_t n, std::int64_t grp, std::int64_t ty, T* band,
+               T* V, std::int64_t xi_stride) {
+  constexpr int W = kLanes<T>;
+  const T* rows = tl.window(xt, n, grp, ty, 0);
+  for (std::int64_t p2 = 0; p2 < tl.P2; ++p2)
+    for (std::int64_t c = 0; c < tl.Cgp; c += W)
+      one_sided<Y::alpha, Y::alpha, Lanes<T>>(Y::BT, rows + p2 * tl.Cp + c, tl.P2 * tl.Cp, band + p2 * tl.Cgp + c,
+                                              tl.P2 * tl.Cgp);
+  for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx)
+    for (int a = 0; a < Y::alpha; ++a)
+      for (std::int64_t c = 0; c < tl.Cgp; c += W)
+        one_sided<X::alpha, X::alpha, Lanes<T>>(X::BT, band + (a * tl.P2 + tx * X::m) * tl.Cgp + c, tl.Cgp,
+                                                V + a * X::alpha * xi_stride + tx * tl.Cgp + c, xi_stride);
 }
 
 // U[grp][xi][block][c][NR] = (G1 g G2^T)[xi] of filter k = block * NR + lane, zero past Kg.
@@ -276,8 +319,9 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     ScratchScope local;
     T* V = local.take<T>(tl.points * count * tl.Cgp).data();  // [xi][t][Cgp]
     T* M = local.take<T>(tl.points * padded * NR).data();     // [xi][t][NR]
-    for (std::int64_t t = 0; t < count; ++t)
-      input_tile(tl, tl.window(xt, n, grp, ty0 + t / tl.tiles_x, t % tl.tiles_x), V + t * tl.Cgp, count * tl.Cgp);
+    T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
+    for (std::int64_t ty = ty0; ty < ty1; ++ty)
+      input_row(tl, xt, n, grp, ty, band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, count * tl.Cgp);
     const T* rows[kTileRows];
     T out[Y::m * X::m * NR];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
@@ -343,9 +387,12 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
       const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
       const std::int64_t n = n0 + s, in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
       T dy[Y::m * X::m * NR];
+      ScratchScope local;
+      T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
+      input_row(tl, xt, n, grp, ty, band, V + (grp * tl.points * most + s * per_sample + ty * tl.tiles_x) * tl.Cgp,
+                most * tl.Cgp);
       for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx) {
         const std::int64_t t = s * per_sample + ty * tl.tiles_x + tx;
-        input_tile(tl, tl.window(xt, n, grp, ty, tx), V + (grp * tl.points * most + t) * tl.Cgp, most * tl.Cgp);
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
         for (std::int64_t blk = 0; blk < blocks; ++blk) {
           // The tile of gy, NR filters channel-last, zero past the output's edge and Kg.

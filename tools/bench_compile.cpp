@@ -1,8 +1,8 @@
 // The tape compiler against the interpreter, per replayed training step, in one
 // run: an elementwise chain on 2^20 floats (what elementwise fusion is for) and
 // the LeNet step of the main job (batch 64, random images). Median of --reps
-// steps after warm-up; LibTorch's forward + backward of the same chain beside
-// them when built with it.
+// steps after warm-up, the three tapegrad variants timed in interleaved rounds;
+// LibTorch's forward + backward of the same chain beside them when built with it.
 //
 //   bench_compile [--reps 20] [--threads 2]
 #include <cstring>
@@ -53,9 +53,13 @@ struct Row {
   double interpreted, compiled, unfused, torch;
 };
 
-template <class Tape, class Step>
-double ms_per_step(int reps, Tape& program, Step step) {
-  return 1e3 * median_seconds(reps, [&] { step(program); }, 2);
+// Milliseconds per step of the interpreter, the compiled program and the
+// unfused one, timed in interleaved rounds.
+template <class Tape, class Program, class Step>
+std::array<double, 3> interleaved_ms(int reps, Tape& tape, Program& compiled, Program& unfused, Step step) {
+  auto s = tgbench::interleaved_medians(reps, 2, [&] { step(tape); }, [&] { step(compiled); }, [&] { step(unfused); });
+  for (double& v : s) v *= 1e3;
+  return s;
 }
 
 Row elementwise_row(int reps) {
@@ -66,8 +70,8 @@ Row elementwise_row(int reps) {
   auto compiled = tg::compile(tape), unfused = tg::compile(tape, {.fuse_elementwise = false});
   A gx, gw, gs;
   auto step = [&](auto& p) { p.gradient_into({&gx, &gw, &gs}, x, w, s); };
-  Row r{"elementwise chain, 2^20 floats", ms_per_step(reps, tape, step), ms_per_step(reps, compiled, step),
-        ms_per_step(reps, unfused, step), 0};
+  const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
+  Row r{"elementwise chain, 2^20 floats", ms[0], ms[1], ms[2], 0};
 #ifdef TAPEGRAD_HAVE_TORCH
   auto tx = torch::from_blob(const_cast<float*>(x.data()), {n}).clone().requires_grad_(true);
   auto tw = torch::from_blob(const_cast<float*>(w.data()), {n}).clone().requires_grad_(true);
@@ -90,8 +94,8 @@ Row lenet_row(int reps) {
   auto compiled = tg::compile(tape), unfused = tg::compile(tape, {.fuse_elementwise = false});
   std::vector<cnn::A> grads;
   auto step = [&](auto& p) { cnn::lenet_gradient(p, x, y, P, grads); };
-  return {"LeNet training step, batch 64", ms_per_step(reps, tape, step), ms_per_step(reps, compiled, step),
-          ms_per_step(reps, unfused, step), 0};
+  const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
+  return {"LeNet training step, batch 64", ms[0], ms[1], ms[2], 0};
 }
 
 }  // namespace

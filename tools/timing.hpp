@@ -1,8 +1,9 @@
 // Timing for the benchmark programs: the median of `reps` runs of f, in seconds
-// (after `warmup` untimed runs).
+// (after `warmup` untimed runs); and interleaved medians of several variants.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <vector>
 
@@ -20,6 +21,31 @@ double median_seconds(int reps, F f, int warmup = 0) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// The median seconds of each of fs, timed in rounds that run every variant
+// once (after `warmup` rounds): this machine's speed drifts over seconds, and
+// variants timed one block after another would each get a different drift.
+template <class... F>
+std::array<double, sizeof...(F)> interleaved_medians(int reps, int warmup, F... fs) {
+  using Clock = std::chrono::steady_clock;
+  std::array<std::vector<double>, sizeof...(F)> t;
+  for (int r = 0; r < warmup + reps; ++r) {
+    std::size_t i = 0;
+    auto time_one = [&](auto& f) {
+      const auto start = Clock::now();
+      f();
+      if (r >= warmup) t[i].push_back(std::chrono::duration<double>(Clock::now() - start).count());
+      ++i;
+    };
+    (time_one(fs), ...);
+  }
+  std::array<double, sizeof...(F)> medians{};
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    std::sort(t[i].begin(), t[i].end());
+    medians[i] = t[i][t[i].size() / 2];
+  }
+  return medians;
 }
 
 }  // namespace tgbench

@@ -115,6 +115,9 @@ template <class T>
 constexpr int kTileCols = 64 / int(sizeof(T));
 template <class T>
 void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate = false);
+// The same with a[i][q * stride] in place of a[i][index[q]].
+template <class T>
+void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* out, bool accumulate = false);
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue = nullptr);

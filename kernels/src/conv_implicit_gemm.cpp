@@ -36,8 +36,19 @@ namespace {
 
 // out (kTileRows x NR, row-major) (+)= sum_q a[i][index[q]] * b[q * NR + j]; `accumulate`
 // adds to what out holds (the weight gradient sums samples in registers' worth of tile).
-template <class T>
-void tile_portable(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
+// Where element q of a tile row lies: an index table (the implicit GEMM's
+// patch offsets), or q * stride (Winograd's transformed tiles).
+struct IndexTable {
+  const std::int64_t* index;
+  std::int64_t operator[](std::int64_t q) const { return index[q]; }
+};
+struct Strided {
+  std::int64_t stride;
+  std::int64_t operator[](std::int64_t q) const { return q * stride; }
+};
+
+template <class T, class Offsets>
+void tile_portable(const T* const* a, Offsets index, const T* b, std::int64_t n, T* out, bool accumulate) {
   constexpr int NR = kTileCols<T>;
   T acc[kTileRows][NR] = {};
   if (accumulate) std::copy(out, out + kTileRows * NR, &acc[0][0]);
@@ -51,8 +62,9 @@ void tile_portable(const T* const* a, const std::int64_t* index, const T* b, std
   std::copy(&acc[0][0], &acc[0][0] + kTileRows * NR, out);
 }
 
-__attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const std::int64_t* index, const float* b,
-                                                    std::int64_t n, float* out, bool accumulate) {
+template <class Offsets>
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, Offsets index, const float* b, std::int64_t n,
+                                                    float* out, bool accumulate) {
   const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -84,8 +96,9 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const 
   _mm256_storeu_ps(out + 9 * 8, c41), _mm256_storeu_ps(out + 10 * 8, c50), _mm256_storeu_ps(out + 11 * 8, c51);
 }
 
-__attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, const std::int64_t* index, const double* b,
-                                                    std::int64_t n, double* out, bool accumulate) {
+template <class Offsets>
+__attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, Offsets index, const double* b, std::int64_t n,
+                                                    double* out, bool accumulate) {
   const double *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -201,11 +214,20 @@ void tile_rows(const T* origin, const std::int64_t* offsets, std::int64_t first,
 
 template <class T>
 void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
-  if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out, accumulate);
-  else tile_portable(a, index, b, n, out, accumulate);
+  if (implicit_gemm_vectorised()) tile_avx2(a, IndexTable{index}, b, n, out, accumulate);
+  else tile_portable(a, IndexTable{index}, b, n, out, accumulate);
 }
-template void gemm_tile<float>(const float* const*, const std::int64_t*, const float*, std::int64_t, float*, bool);
-template void gemm_tile<double>(const double* const*, const std::int64_t*, const double*, std::int64_t, double*, bool);
+template <class T>
+void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* out, bool accumulate) {
+  if (implicit_gemm_vectorised()) tile_avx2(a, Strided{stride}, b, n, out, accumulate);
+  else tile_portable(a, Strided{stride}, b, n, out, accumulate);
+}
+#define TG_INSTANTIATE(T)                                                                                  \
+  template void gemm_tile<T>(const T* const*, const std::int64_t*, const T*, std::int64_t, T*, bool);     \
+  template void gemm_tile_strided<T>(const T* const*, std::int64_t, const T*, std::int64_t, T*, bool);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
 
 // TAPEGRAD_PORTABLE_KERNELS=1 in the environment selects the plain C++ micro-kernel
 // (the tests run the convolution family once that way).

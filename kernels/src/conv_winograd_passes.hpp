@@ -308,8 +308,6 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2];
   const T* xt = channel_last_padded(g, tl, x, scratch);
   const T* U = transform_weights(g, tl, w, scratch);
-  std::int64_t* channel = scratch.take<std::int64_t>(g.Cg).data();  // the GEMM's index table: q -> q
-  for (std::int64_t c = 0; c < g.Cg; ++c) channel[c] = c;
   const std::int64_t tasks = g.N * g.groups * tl.tasks_per_sample;
   parallel_for(tasks, conv_threads(), [&](std::int64_t task) {
     const std::int64_t part = task % tl.tasks_per_sample, grp = (task / tl.tasks_per_sample) % g.groups;
@@ -332,7 +330,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
         for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
           for (int i = 0; i < kTileRows; ++i) rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
           // M[xi] (6 tiles x NR filters) = V[xi] (6 x Cg) . U[xi] (Cg x NR)
-          gemm_tile(rows, channel, Ub, g.Cg, M + (xi * padded + t0) * NR);
+          gemm_tile_strided(rows, 1, Ub, g.Cg, M + (xi * padded + t0) * NR);
         }
       }
       // out = A1^T M A2 per tile, NR filters at once, scattered into y.
@@ -377,8 +375,6 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   T* V = scratch.take<T>(g.groups * tl.points * most * tl.Cgp).data();           // [grp][xi][t][Cgp]
   T* Yhat = scratch.take<T>(g.groups * tl.points * blocks * most * NR).data();    // [grp][xi][blk][t][NR]
   T* gU = scratch.take<T>(g.groups * tl.points * blocks * c_tiles * kTileRows * NR).data();  // [grp][xi][blk][c][NR]
-  std::int64_t* tile_offset = scratch.take<std::int64_t>(most).data();  // the GEMM's index table: t -> t * Cgp
-  for (std::int64_t t = 0; t < most; ++t) tile_offset[t] = t * tl.Cgp;
   const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
   for (std::int64_t n0 = 0; n0 < g.N; n0 += sample_block) {
     const std::int64_t samples = std::min(sample_block, g.N - n0), count = samples * per_sample;
@@ -419,8 +415,8 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
       const T* rows[kTileRows];
       for (int i = 0; i < kTileRows; ++i) rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
       // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-      gemm_tile(rows, tile_offset, Yhat + ((grp * tl.points + xi) * blocks + blk) * most * NR, count,
-                gU + tile_index * kTileRows * NR, !first);
+      gemm_tile_strided(rows, tl.Cgp, Yhat + ((grp * tl.points + xi) * blocks + blk) * most * NR, count,
+                        gU + tile_index * kTileRows * NR, !first);
     });
   }
   // gw[k][c] += G1^T gU[.][c][k] G2

@@ -205,22 +205,27 @@ TEST_CASE("compile: a conv's fused activation pullback folds into the weight gra
 }
 
 TEST_CASE("compile: the folded pullback gives the interpreter's float gradients bit for bit on a LeNet layer") {
+  // The two algorithms that fold the pullback into their weight pass: implicit
+  // GEMM as it packs gy, Winograd per block of samples.
   using F = tg::Tracked<float>;
   using AF = tg::Array<float>;
-  auto layer = [](const F& x, const F& w, const F& b) {
-    return tg::sum(tg::maxpool(tg::relu(tg::conv(x, w, b, {.padding = {2}})), {.window = {2}}));
-  };
-  const AF x = AF::random_uniform({8, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
-           b = AF::random_uniform({32}, -1, 1, 3);
-  auto tape = tg::record(layer, x, w, b);
-  auto ct = tg::compile(tape);
-  const auto [ex, ew, eb] = tape.gradient(x, w, b);
-  for (int round = 0; round < 2; ++round) {
-    const auto [gx, gw, gb] = ct.gradient(x, w, b);
-    auto same = [](const AF& a, const AF& e) { return a.shape() == e.shape() && std::equal(a.begin(), a.end(), e.begin()); };
-    CHECK(same(gx, ex));
-    CHECK(same(gw, ew));
-    CHECK(same(gb, eb));
+  for (auto algorithm : {tg::kernels::ConvAlgorithm::implicit_gemm, tg::kernels::ConvAlgorithm::winograd}) {
+    CAPTURE(tg::kernels::to_string(algorithm));
+    auto layer = [algorithm](const F& x, const F& w, const F& b) {
+      return tg::sum(tg::maxpool(tg::relu(tg::conv(x, w, b, {.padding = {2}, .algorithm = algorithm})), {.window = {2}}));
+    };
+    const AF x = AF::random_uniform({8, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
+             b = AF::random_uniform({32}, -1, 1, 3);
+    auto tape = tg::record(layer, x, w, b);
+    auto ct = tg::compile(tape);
+    const auto [ex, ew, eb] = tape.gradient(x, w, b);
+    for (int round = 0; round < 2; ++round) {
+      const auto [gx, gw, gb] = ct.gradient(x, w, b);
+      auto same = [](const AF& a, const AF& e) { return a.shape() == e.shape() && std::equal(a.begin(), a.end(), e.begin()); };
+      CHECK(same(gx, ex));
+      CHECK(same(gw, ew));
+      CHECK(same(gb, eb));
+    }
   }
 }
 

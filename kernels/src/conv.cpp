@@ -333,6 +333,7 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
   require_resolved(a);
   if (a == ConvAlgorithm::implicit_gemm && !g.flip)
     return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &prologue, gy);
+  if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &prologue, gy);
   apply_adjoint_prologue(gy, g.N * g.K * g.out_vol(), prologue);
   if (prologue.bias_grad) conv_bias_backward(gy, prologue.bias_grad, g.N, g.K, g.out_vol());
   conv_backward_weight(g, a, x, gy, gw);

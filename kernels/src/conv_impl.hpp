@@ -136,8 +136,11 @@ void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool 
                       const OutputEpilogue<T>* epilogue = nullptr);
 template <class T>
 void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+// With a prologue, gy_in_place is gy itself (writable): the prologue runs on each
+// block of samples' rows before they are transformed (Note [Adjoint prologue]).
 template <class T>
-void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
+void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
+                              const AdjointPrologue<T>* prologue = nullptr, T* gy_in_place = nullptr);
 
 template <class T>
 void fft_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);

@@ -27,6 +27,13 @@
 // B^T = C^T. They are computed at compile time, with the tap counts as
 // template parameters, so every transform is unrolled.
 //
+// Rounding: the transforms scale values up before the GEMMs and back down
+// after, so in float the forward and input gradient differ from a direct
+// convolution by a few 1e-6 relative, and the weight gradient (a sum over every
+// tile in the transformed domain) by up to about 5e-5 of its largest entry
+// (LeNet's conv2; implicit GEMM: 4e-6). The points 0, +-1, +-2 measured the
+// same. In double all three agree with the reference loops to 1e-12.
+//
 // Layout: the input is copied once, zero-padded to whole tiles and
 // channel-last, each group's channels padded to whole vectors: (N, P1, P2,
 // groups, Cg'). Every transform then works on a vector of channels (or of
@@ -47,7 +54,8 @@ namespace avx2 {  // conv_winograd_avx2.cpp
 template <class T>
 void forward_any(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
 template <class T>
-void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw);
+void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                         T* gy_in_place);
 }  // namespace avx2
 
 namespace {
@@ -82,16 +90,17 @@ void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* 
 }
 
 template <class T>
-void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                              T* gy_in_place) {
   require_applies(g);
-  if (implicit_gemm_vectorised()) return avx2::backward_weight_any(g, x, gy, gw);
-  portable::backward_weight_any(g, x, gy, gw);
+  if (implicit_gemm_vectorised()) return avx2::backward_weight_any(g, x, gy, gw, prologue, gy_in_place);
+  portable::backward_weight_any(g, x, gy, gw, prologue, gy_in_place);
 }
 
 #define TG_INSTANTIATE(T)                                                                                          \
   template void winograd_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
   template void winograd_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);                          \
-  template void winograd_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
+  template void winograd_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE

@@ -362,9 +362,13 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
 // gw (K, Cg, r1, r2) += G1^T gU G2 with gU[xi] (Cg x Kg) = sum over tiles of V[xi]^T Yhat[xi],
 // samples taken a block at a time: the block's V and Yhat are transformed on
 // all threads, then each thread adds the block into a fixed set of gU tiles,
-// so the sum is in sample order on every run.
+// so the sum is in sample order on every run. A prologue (Note [Adjoint
+// prologue]) runs on the block's rows of gy first, in place, while they are
+// about to be read: each (sample, filter) row's sum goes to the bias gradient
+// in the same order as conv_bias_backward's.
 template <class T, class Y, class X>
-void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                     T* gy_in_place) {
   constexpr int NR = kTileCols<T>;
   ScratchScope scratch;
   const Tiling<T, Y, X> tl(g);
@@ -376,8 +380,15 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   T* Yhat = scratch.take<T>(g.groups * tl.points * blocks * most * NR).data();    // [grp][xi][blk][t][NR]
   T* gU = scratch.take<T>(g.groups * tl.points * blocks * c_tiles * kTileRows * NR).data();  // [grp][xi][blk][c][NR]
   const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
+  T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;  // row sums (N x K)
   for (std::int64_t n0 = 0; n0 < g.N; n0 += sample_block) {
     const std::int64_t samples = std::min(sample_block, g.N - n0), count = samples * per_sample;
+    if (prologue)
+      parallel_for(samples * g.K, conv_threads(), [&](std::int64_t r) {
+        T* row = gy_in_place + (n0 * g.K + r) * ov;
+        prologue->apply(row, (n0 * g.K + r) * ov, ov);
+        if (partial) partial[n0 * g.K + r] = sum_run(row, ov);
+      });
     // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
     parallel_for(samples * g.groups * tl.tiles_y, conv_threads(), [&](std::int64_t task) {
       const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
@@ -419,6 +430,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
                         gU + tile_index * kTileRows * NR, !first);
     });
   }
+  if (partial) add_channel_sums(g, partial, prologue->bias_grad);
   // gw[k][c] += G1^T gU[.][c][k] G2
   parallel_for(g.groups * g.Kg, threads_if(g.K * g.Cg > 512), [&](std::int64_t gk) {
     const std::int64_t grp = gk / g.Kg, k = gk % g.Kg, blk = k / NR;
@@ -459,8 +471,9 @@ void forward_any(const ConvGeometry& g, const T* x, const T* w, T* y, bool accum
 }
 
 template <class T>
-void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
-  with_dims<T>(g, [&]<class Y, class X>() { backward_weight<T, Y, X>(g, x, gy, gw); });
+void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                         T* gy_in_place) {
+  with_dims<T>(g, [&]<class Y, class X>() { backward_weight<T, Y, X>(g, x, gy, gw, prologue, gy_in_place); });
 }
 
 }  // namespace tg::kernels::conv_impl::TG_WINOGRAD_ISA

@@ -92,9 +92,9 @@ Shape conv_output_shape(const ConvGeometry& g);
 ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op);
 
 // y = conv(x, w); with accumulate, y += conv(x, w). An epilogue (bias,
-// activation; not with accumulate) runs on the output: implicit GEMM applies it
-// to each task's block of outputs as soon as they are stored, the other
-// algorithms in one parallel pass after the kernel.
+// activation; not with accumulate) runs on the output: implicit GEMM and
+// Winograd apply it to each task's block of outputs as soon as they are
+// stored, the other algorithms in one parallel pass after the kernel.
 template <class T>
 void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w, T* y, bool accumulate = false,
                   const OutputEpilogue<T>* epilogue = nullptr);
@@ -105,8 +105,9 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
 template <class T>
 void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw);
 // conv_backward_weight after applying the prologue to gy, in place (Note
-// [Adjoint prologue]): implicit GEMM applies it as it packs gy, the other
-// algorithms in a pass of their own. gy then holds the activation's input
+// [Adjoint prologue]): implicit GEMM applies it as it packs gy, Winograd to
+// each block of samples before it transforms them, the other algorithms in a
+// pass of their own. gy then holds the activation's input
 // adjoint, for conv_backward_input.
 template <class T>
 void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T* x, T* gy, T* gw,

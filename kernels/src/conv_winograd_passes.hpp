@@ -147,35 +147,39 @@ template <class V, class T>
   std::memcpy(p, &v, sizeof v);
 }
 
+// out(a) = sum over i < LI of L[a][i] in(i), for a < LA: one side of a
+// transform, one vector of channels; in(i) = in + i * in_stride, out(a) = out + a * out_stride.
+template <int LA, int LI, class V, class T>
+[[gnu::always_inline]] inline void one_sided(const Coefficients<T>& L, const T* in, std::int64_t in_stride, T* out,
+                                             std::int64_t out_stride) {
+  V v[LI];
+#pragma GCC unroll 6
+  for (int i = 0; i < LI; ++i) v[i] = load<V>(in + i * in_stride);
+#pragma GCC unroll 6
+  for (int a = 0; a < LA; ++a) {
+    V acc{};
+#pragma GCC unroll 6
+    for (int i = 0; i < LI; ++i)
+      if (L.v[a][i] != T(0)) acc += L.v[a][i] * v[i];
+    store(out + a * out_stride, acc);
+  }
+}
+
 // out(a, b) = sum over i < LI, j < RJ of L[a][i] R[b][j] in(i, j), for a < LA,
 // b < RB; in(i, j) = in + i * row_stride + j * col_stride, out(a, b) = out +
-// (a * RB + b) * out_stride. V is one value (T) or a vector of them (Lanes<T>).
-// Inlined and unrolled, so the compile-time coefficients fold: zeros cost nothing.
+// (a * RB + b) * out_stride: L down every column, then R along every row.
+// V is one value (T) or a vector of them (Lanes<T>). Inlined and unrolled, so
+// the compile-time coefficients fold (zeros cost nothing) and mid stays in registers.
 template <int LA, int LI, int RB, int RJ, class V, class T>
 [[gnu::always_inline]] inline void transform(const Coefficients<T>& L, const Coefficients<T>& R, const T* in,
                                              std::int64_t row_stride, std::int64_t col_stride, T* out,
                                              std::int64_t out_stride) {
-  V mid[LA][RJ];
+  constexpr int W = sizeof(V) / sizeof(T);
+  T mid[LA * RJ * W];  // mid(a, j) at (a * RJ + j) * W
 #pragma GCC unroll 6
-  for (int a = 0; a < LA; ++a)
+  for (int j = 0; j < RJ; ++j) one_sided<LA, LI, V>(L, in + j * col_stride, row_stride, mid + j * W, RJ * W);
 #pragma GCC unroll 6
-    for (int j = 0; j < RJ; ++j) {
-      V acc{};
-#pragma GCC unroll 6
-      for (int i = 0; i < LI; ++i)
-        if (L.v[a][i] != T(0)) acc += L.v[a][i] * load<V>(in + i * row_stride + j * col_stride);
-      mid[a][j] = acc;
-    }
-#pragma GCC unroll 6
-  for (int a = 0; a < LA; ++a)
-#pragma GCC unroll 6
-    for (int b = 0; b < RB; ++b) {
-      V acc{};
-#pragma GCC unroll 6
-      for (int j = 0; j < RJ; ++j)
-        if (R.v[b][j] != T(0)) acc += R.v[b][j] * mid[a][j];
-      store(out + (a * RB + b) * out_stride, acc);
-    }
+  for (int a = 0; a < LA; ++a) one_sided<RB, RJ, V>(R, mid + a * RJ * W, W, out + a * RB * out_stride, out_stride);
 }
 
 // ---- the layout -------------------------------------------------------------------
@@ -239,24 +243,6 @@ T* channel_last_padded(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T
     }
   });
   return out;
-}
-
-// out(a) = sum over i < LI of L[a][i] in(i), for a < LA: one side of a
-// transform, one vector of channels; in(i) = in + i * in_stride, out(a) = out + a * out_stride.
-template <int LA, int LI, class V, class T>
-[[gnu::always_inline]] inline void one_sided(const Coefficients<T>& L, const T* in, std::int64_t in_stride, T* out,
-                                             std::int64_t out_stride) {
-  V v[LI];
-#pragma GCC unroll 6
-  for (int i = 0; i < LI; ++i) v[i] = load<V>(in + i * in_stride);
-#pragma GCC unroll 6
-  for (int a = 0; a < LA; ++a) {
-    V acc{};
-#pragma GCC unroll 6
-    for (int i = 0; i < LI; ++i)
-      if (L.v[a][i] != T(0)) acc += L.v[a][i] * v[i];
-    store(out + a * out_stride, acc);
-  }
 }
 
 // V[xi][t][0..Cgp) = (B1^T d B2)[xi] for the tiles t = first + tx of tile row

@@ -328,6 +328,14 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
         const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
         T* corner = y + (n * g.K + grp * g.Kg + k0) * ov + ty * Y::m * ow + tx * X::m;
+        if (in == Y::m && jn == X::m && !accumulate) {  // a whole tile: fixed trip counts, unrolled
+          for (std::int64_t j = 0; j < kn; ++j)
+#pragma GCC unroll 6
+            for (int i = 0; i < Y::m; ++i)
+#pragma GCC unroll 6
+              for (int jj = 0; jj < X::m; ++jj) corner[j * ov + i * ow + jj] = out[(i * X::m + jj) * NR + j];
+          continue;
+        }
         for (std::int64_t j = 0; j < kn; ++j)
           for (std::int64_t i = 0; i < in; ++i)
             for (std::int64_t jj = 0; jj < jn; ++jj) {
@@ -390,11 +398,19 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
         for (std::int64_t blk = 0; blk < blocks; ++blk) {
           // The tile of gy, NR filters channel-last, zero past the output's edge and Kg.
           const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
-          std::fill(dy, dy + Y::m * X::m * NR, T(0));
           const T* corner = gy + (n * g.K + grp * g.Kg + k0) * ov + ty * Y::m * ow + tx * X::m;
-          for (std::int64_t j = 0; j < kn; ++j)
-            for (std::int64_t i = 0; i < in; ++i)
-              for (std::int64_t jj = 0; jj < jn; ++jj) dy[(i * X::m + jj) * NR + j] = corner[j * ov + i * ow + jj];
+          if (in == Y::m && jn == X::m && kn == NR) {  // a whole tile: fixed trip counts, unrolled
+            for (std::int64_t j = 0; j < NR; ++j)
+#pragma GCC unroll 6
+              for (int i = 0; i < Y::m; ++i)
+#pragma GCC unroll 6
+                for (int jj = 0; jj < X::m; ++jj) dy[(i * X::m + jj) * NR + j] = corner[j * ov + i * ow + jj];
+          } else {
+            std::fill(dy, dy + Y::m * X::m * NR, T(0));
+            for (std::int64_t j = 0; j < kn; ++j)
+              for (std::int64_t i = 0; i < in; ++i)
+                for (std::int64_t jj = 0; jj < jn; ++jj) dy[(i * X::m + jj) * NR + j] = corner[j * ov + i * ow + jj];
+          }
           // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
           T* Yt = Yhat + ((grp * tl.points * blocks + blk) * most + t) * NR;
           for (int v = 0; v < NR; v += kLanes<T>)

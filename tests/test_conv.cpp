@@ -265,7 +265,11 @@ TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjo
 }
 
 TEST_CASE("conv: the triple (one instruction, replay, finite differences) with and without bias") {
-  for (const auto& c : cases()) {
+  std::vector<Case> all = cases();
+  // Winograd forced: 5x5 and 3x5 taps, groups.
+  all.push_back({{2, 3, 7, 6}, {4, 3, 5, 5}, {.padding = {2}, .algorithm = ConvAlgorithm::winograd}});
+  all.push_back({{2, 4, 6, 9}, {6, 2, 3, 5}, {.padding = {1, 2}, .groups = 2, .algorithm = ConvAlgorithm::winograd}});
+  for (const auto& c : all) {
     CAPTURE(tg::to_string(c.x));
     const A x = A::random_uniform(c.x, -1, 1, 1), w = A::random_uniform(c.w, -1, 1, 2);
     const A x2 = A::random_uniform(c.x, -1, 1, 3), w2 = A::random_uniform(c.w, -1, 1, 4);

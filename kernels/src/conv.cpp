@@ -207,11 +207,7 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
     fail(op, fmt::format("algorithm fft runs only stride 1 and dilation 1 (this call has stride [{}] dilation [{}]); "
                          "hint: use im2col or direct, or leave the algorithm automatic",
                          fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
-  if (requested == ConvAlgorithm::winograd && !conv_impl::winograd_applies(g))
-    fail(op, fmt::format("algorithm winograd runs only 1-D and 2-D convolutions with stride 1, dilation 1 and 1, 3 "
-                         "or 5 taps per dim (this call has kernel [{}] stride [{}] dilation [{}]); hint: use implicit_gemm, "
-                         "or leave the algorithm automatic",
-                         fmt::join(g.ker, ","), fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
+  if (requested == ConvAlgorithm::winograd) conv_impl::require_winograd(g, op);
   if (requested != ConvAlgorithm::automatic) return requested;
   const double direct = g.macs() / kDirectRate;
   const double gemm = gemm_seconds(g);

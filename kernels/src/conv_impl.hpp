@@ -129,8 +129,10 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
                                    const AdjointPrologue<T>* prologue = nullptr, T* gy_in_place = nullptr);
 
 // Winograd (conv_winograd.cpp, Note [Winograd convolution]): unit stride and
-// dilation, 1-D or 2-D, at most 6 taps per dim.
+// dilation, 1-D or 2-D, 1, 3 or 5 taps per dim. require_winograd throws a
+// tg::Error naming `op` where it does not apply.
 bool winograd_applies(const ConvGeometry& g);
+void require_winograd(const ConvGeometry& g, const char* op);
 template <class T>
 void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                       const OutputEpilogue<T>* epilogue = nullptr);

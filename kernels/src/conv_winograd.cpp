@@ -58,32 +58,31 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, 
                          T* gy_in_place);
 }  // namespace avx2
 
-namespace {
-void require_applies(const ConvGeometry& g) {
-  if (!winograd_applies(g))
-    fail("conv", fmt::format("algorithm winograd runs 1-D and 2-D convolutions with stride 1, dilation 1 and 1, 3 or 5 "
-                             "taps per dim (this one: kernel [{}], stride [{}], dilation [{}]); hint: use implicit_gemm "
-                             "or leave the algorithm automatic",
-                             fmt::join(g.ker, ","), fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
-}
-}  // namespace
 
 bool winograd_applies(const ConvGeometry& g) {
   auto taps_ok = [](std::int64_t r) { return r == 1 || r == 3 || r == 5; };
   return g.spatial <= 2 && g.unit_stride_and_dilation() && taps_ok(g.ker[1]) && taps_ok(g.ker[2]);
 }
 
+void require_winograd(const ConvGeometry& g, const char* op) {
+  if (!winograd_applies(g))
+    fail(op, fmt::format("algorithm winograd runs only 1-D and 2-D convolutions with stride 1, dilation 1 and 1, 3 "
+                         "or 5 taps per dim (this call has kernel [{}] stride [{}] dilation [{}]); hint: use "
+                         "implicit_gemm, or leave the algorithm automatic",
+                         fmt::join(g.ker, ","), fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
+}
+
 template <class T>
 void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                       const OutputEpilogue<T>* epilogue) {
-  require_applies(g);
+  require_winograd(g, "conv");
   if (implicit_gemm_vectorised()) return avx2::forward_any(g, x, w, y, accumulate, epilogue);
   portable::forward_any(g, x, w, y, accumulate, epilogue);
 }
 
 template <class T>
 void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
-  require_applies(g);
+  require_winograd(g, "conv");
   ScratchScope scratch;
   const T* wa = adjoint_weights(g, w, scratch);
   winograd_forward(adjoint_geometry(g), gy, wa, gx, /*accumulate=*/true);
@@ -92,7 +91,7 @@ void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* 
 template <class T>
 void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
                               T* gy_in_place) {
-  require_applies(g);
+  require_winograd(g, "conv");
   if (implicit_gemm_vectorised()) return avx2::backward_weight_any(g, x, gy, gw, prologue, gy_in_place);
   portable::backward_weight_any(g, x, gy, gw, prologue, gy_in_place);
 }

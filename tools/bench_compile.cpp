@@ -4,7 +4,10 @@
 // steps after warm-up, the three tapegrad variants timed in interleaved rounds;
 // LibTorch's forward + backward of the same chain beside them when built with it.
 //
-//   bench_compile [--reps 20] [--threads 2]
+//   bench_compile [--reps 20] [--threads 2] [--profile]
+//
+// --profile also prints the LeNet step's per-instruction profile, interpreted
+// and compiled, over --reps steps each (tg::dump_profile).
 #include <cstring>
 #include <string>
 
@@ -85,7 +88,21 @@ Row elementwise_row(int reps) {
   return r;
 }
 
-Row lenet_row(int reps) {
+// Per-instruction times of `reps` steps of one engine, printed slowest first.
+template <class Program, class Step>
+void print_profile(const char* engine, int reps, Program& p, Step step) {
+  tg::TapeProfile profile;
+  auto& target = [&]() -> auto& {
+    if constexpr (requires { p.program(); }) return p.program();
+    else return p.tape();
+  }();
+  target.set_profile(&profile);
+  for (int r = 0; r < reps; ++r) step(p);
+  target.set_profile(nullptr);
+  fmt::print("\nLeNet step, {} ({} steps):\n{}", engine, reps, tg::dump_profile(target, profile));
+}
+
+Row lenet_row(int reps, bool profile) {
   const cnn::LenetParams P(1);
   const std::int64_t n = 64;
   cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
@@ -95,6 +112,10 @@ Row lenet_row(int reps) {
   std::vector<cnn::A> grads;
   auto step = [&](auto& p) { cnn::lenet_gradient(p, x, y, P, grads); };
   const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
+  if (profile) {
+    print_profile("interpreted", reps, tape, step);
+    print_profile("compiled", reps, compiled, step);
+  }
   return {"LeNet training step, batch 64", ms[0], ms[1], ms[2], 0};
 }
 
@@ -102,19 +123,22 @@ Row lenet_row(int reps) {
 
 int main(int argc, char** argv) try {
   int reps = 20, threads = 2;
+  bool profile = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::stoi(argv[++i]);
     else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::stoi(argv[++i]);
-    else tg::fail("bench_compile", fmt::format("unknown flag {} expected --reps N or --threads N", argv[i]));
+    else if (std::strcmp(argv[i], "--profile") == 0) profile = true;
+    else tg::fail("bench_compile", fmt::format("unknown flag {} expected --reps N, --threads N or --profile", argv[i]));
   }
   tg::set_num_threads(threads);
 #ifdef TAPEGRAD_HAVE_TORCH
   torch::set_num_threads(threads);
 #endif
-  fmt::print("replayed gradient steps, ms (median of {}), {} threads\n", reps, threads);
+  const std::array<Row, 2> rows{elementwise_row(reps), lenet_row(reps, profile)};
+  fmt::print("\nreplayed gradient steps, ms (median of {}), {} threads\n", reps, threads);
   fmt::print("{:<32} {:>12} {:>10} {:>16} {:>10} {:>22} {:>10}\n", "", "interpreted", "compiled", "compiled unfused",
              "LibTorch", "interpreted/compiled", "compiled/LibTorch");
-  for (const Row& r : {elementwise_row(reps), lenet_row(reps)}) {
+  for (const Row& r : rows) {
     const std::string torch = r.torch > 0 ? fmt::format("{:.2f}", r.torch) : "-";
     const std::string vs_torch = r.torch > 0 ? fmt::format("{:.2f}x", r.compiled / r.torch) : "-";
     fmt::print("{:<32} {:>12.2f} {:>10.2f} {:>16.2f} {:>10} {:>21.2f}x {:>10}\n", r.what, r.interpreted, r.compiled,

@@ -18,11 +18,12 @@ double relative_diff(const A& a, const A& b) {
 // Every subset of the passes.
 std::vector<tg::CompileOptions> all_options() {
   std::vector<tg::CompileOptions> out;
-  for (int bits = 0; bits < 16; ++bits)
+  for (int bits = 0; bits < 32; ++bits)
     out.push_back({.dead_code = (bits & 1) != 0,
                    .plan_memory = (bits & 2) != 0,
                    .fuse_epilogues = (bits & 4) != 0,
-                   .fuse_elementwise = (bits & 8) != 0});
+                   .fuse_elementwise = (bits & 8) != 0,
+                   .share_views = (bits & 16) != 0});
   return out;
 }
 
@@ -36,6 +37,7 @@ void check_compiled(F f, const std::tuple<In...>& inputs, const std::tuple<In...
     CAPTURE(options.plan_memory);
     CAPTURE(options.fuse_epilogues);
     CAPTURE(options.fuse_elementwise);
+    CAPTURE(options.share_views);
     auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
     for (auto k : data_inputs) tape.set_needs_grad(k, false);
     auto ct = tg::compile(tape, options);
@@ -141,6 +143,19 @@ TEST_CASE("compile: the arena plan is aligned, inside the arena, and smaller tha
   CHECK(text.find("# test_compile.cpp:") != std::string::npos);
 }
 
+TEST_CASE("compile: held bytes count the arena, saved buffers, inputs and their adjoints; the tape's count everything") {
+  auto f = [](const T& x, const T& w) { return tg::sum(tg::exp(x) * w); };
+  const A x = A::random_uniform({1000}, -1, 1, 1), w = A::random_uniform({1000}, -1, 1, 2);
+  auto tape = tg::record(f, x, w);
+  tape.set_needs_grad(1, false);
+  // Values: x, w, exp, mul, sum (4 x 1000 + 1); adjoints: x, exp, mul, sum (3 x 1000 + 1).
+  CHECK(tg::held_bytes(tape.tape()) == 7002 * 8);
+  const auto ct = tg::compile(tape);
+  // Outside the arena: x with its adjoint, w without one.
+  CHECK(ct.program().held_bytes() == ct.program().arena_bytes() + 3000 * 8);
+  CHECK(ct.program().held_bytes() < tg::held_bytes(tape.tape()));
+}
+
 TEST_CASE("compile: errors name the problem") {
   auto tape = tg::record([](const T& v) { return tg::sum(v * 2.0); }, A::ones({2, 3}));
   auto ct = tg::compile(tape);
@@ -174,6 +189,60 @@ TEST_CASE("compile: epilogue fusion folds an activation into its producer only w
   CHECK(fused == 1);
   CHECK(ct.program().steps().size() + 1 == tape.tape().num_instructions());
   check_compiled(f, std::tuple{x, w}, std::tuple{A::random_uniform({4, 5}, -1, 1, 3), A::random_uniform({5, 5}, -1, 1, 4)});
+}
+
+// Note [Views share buffers]: a reshape of a computed value runs nothing forward
+// and takes its input's bytes; its input's adjoint takes its adjoint's bytes
+// only when the reshape is that input's one consumer.
+TEST_CASE("compile: a reshape shares its input's buffer, and its adjoint when it is the only consumer") {
+  auto f = [](const T& x, const T& w) {
+    const T h = tg::tanh(tg::matmul(x, w));                        // (4, 6)
+    const T chain = tg::reshape(tg::reshape(h, {2, 12}), {24});     // only consumer of h: everything shared
+    const T t = tg::sigmoid(x);                                     // (4, 5), read twice below
+    const T r = tg::reshape(t, {20});                               // value shared, adjoint not
+    const T of_input = tg::reshape(x, {5, 4});                      // an input: copied
+    return tg::sum(chain * chain) + tg::sum(r * r) + tg::sum(t) + tg::sum(of_input * of_input);
+  };
+  const A x = A::random_uniform({4, 5}, -1, 1, 1), w = A::random_uniform({5, 6}, -1, 1, 2);
+  auto tape = tg::record(f, x, w);
+  const auto ct = tg::compile(tape, {.fuse_elementwise = false});
+  const auto& p = ct.program();
+  std::vector<const tg::CompiledProgram<double>::Step*> views;
+  for (const auto& st : p.steps())
+    if (st.op->name == "reshape") views.push_back(&st);
+  REQUIRE(views.size() == 4);
+  const std::uint32_t h = views[0]->args[0], t = views[2]->args[0];
+  for (int k = 0; k < 2; ++k) {  // the chain: one value buffer and one adjoint buffer for h and both reshapes
+    CHECK(views[k]->shares_value);
+    CHECK(views[k]->shares_adjoint);
+    CHECK(p.value_offset(views[k]->out) == p.value_offset(h));
+    CHECK(p.adjoint_offset(views[k]->out) == p.adjoint_offset(h));
+  }
+  CHECK(views[2]->shares_value);
+  CHECK_FALSE(views[2]->shares_adjoint);  // t's adjoint also gathers sum(t)'s
+  CHECK(p.value_offset(views[2]->out) == p.value_offset(t));
+  CHECK(p.adjoint_offset(views[2]->out) != p.adjoint_offset(t));
+  CHECK_FALSE(views[3]->shares_value);
+  CHECK(tg::dump(ct).find("(view: value and adjoint shared)") != std::string::npos);
+  CHECK(tg::dump(ct).find("share_views on") != std::string::npos);
+  const auto plain = tg::compile(tape, {.fuse_elementwise = false, .share_views = false});
+  CHECK(p.unplanned_bytes() < plain.program().unplanned_bytes());
+  check_compiled(f, std::tuple{x, w}, std::tuple{A::random_uniform({4, 5}, -1, 1, 3), A::random_uniform({5, 6}, -1, 1, 4)});
+}
+
+TEST_CASE("compile: a reshape that is the output, or that feeds a guard, reads its input's bytes") {
+  auto out_view = [](const T& x) { return tg::reshape(tg::sum(tg::exp(x)), {1}); };
+  auto guarded = [](const T& x) {
+    const T r = tg::reshape(tg::tanh(x), {6});
+    return tg::any(r > -2.0) ? tg::sum(r * r) : tg::sum(r);  // holds for every input
+  };
+  const A x = A::random_uniform({2, 3}, -1, 1, 5);
+  auto tape = tg::record(out_view, x);
+  auto ct = tg::compile(tape);
+  CHECK(ct.program().steps().back().shares_value);
+  ct.forward(x * 0.5);
+  CHECK(std::abs(ct.value() - tg::sum(tg::exp(x * 0.5)).item()) < 1e-12);
+  check_compiled(guarded, std::tuple{x}, std::tuple{A::random_uniform({2, 3}, -1, 1, 6)});
 }
 
 // Note [Adjoint prologue]: a conv's fused activation has its pullback applied

@@ -112,6 +112,12 @@ Row lenet_row(int reps, bool profile) {
   std::vector<cnn::A> grads;
   auto step = [&](auto& p) { cnn::lenet_gradient(p, x, y, P, grads); };
   const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
+  const auto& program = compiled.program();
+  auto mib = [](std::int64_t bytes) { return double(bytes) / (1 << 20); };
+  fmt::print("LeNet step memory: compiled {:.1f} MiB (arena {:.1f} MiB, one buffer each {:.1f} MiB), interpreted {:.1f} MiB: "
+             "{:.2f}x\n",
+             mib(program.held_bytes()), mib(program.arena_bytes()), mib(program.unplanned_bytes()),
+             mib(tg::held_bytes(tape.tape())), double(program.held_bytes()) / double(tg::held_bytes(tape.tape())));
   if (profile) {
     print_profile("interpreted", reps, tape, step);
     print_profile("compiled", reps, compiled, step);

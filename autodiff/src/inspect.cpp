@@ -63,6 +63,15 @@ std::string params_text(const Instr<T>& ins) {
 }  // namespace
 
 template <class T>
+std::int64_t held_bytes(const Tape<T>& tape) {
+  std::int64_t elements = 0;
+  for (std::size_t i = 0; i < tape.num_instructions(); ++i)
+    for (const Array<T>& s : tape.saved_of(tape.instruction(i))) elements += s.size();
+  for (std::uint32_t s = 0; s < tape.num_slots(); ++s) elements += tape.value(s).size() * (tape.needs_grad(s) ? 2 : 1);
+  return elements * static_cast<std::int64_t>(sizeof(T));
+}
+
+template <class T>
 std::string summary(const Tape<T>& tape) {
   std::map<std::string, std::pair<int, double>> ops;  // name -> (count, flops)
   double flops = 0, values = 0, saved = 0;
@@ -86,7 +95,7 @@ std::string summary(const Tape<T>& tape) {
       "  peak of a gradient step with the interpreter (all of these at once): {}\n"
       "  op               count  FLOP        share\n",
       dtype_name<T>(), tape.inputs().size(), tape.num_instructions(), tape.guards().size(), flops, bytes_text(values),
-      bytes_text(saved), bytes_text(adjoints), bytes_text(values + saved + adjoints));
+      bytes_text(saved), bytes_text(adjoints), bytes_text(double(held_bytes(tape))));
   for (const auto& [name, entry] : ops)
     out += fmt::format("  {:<15} {:>6}  {:<10.4g} {:5.1f}%\n", name, entry.first, entry.second,
                        flops > 0 ? 100 * entry.second / flops : 0.0);
@@ -309,6 +318,8 @@ std::string diff_tapes(const Tape<T>& a, const Tape<T>& b) {
 
 template std::string diff_tapes(const Tape<float>&, const Tape<float>&);
 template std::string diff_tapes(const Tape<double>&, const Tape<double>&);
+template std::int64_t held_bytes(const Tape<float>&);
+template std::int64_t held_bytes(const Tape<double>&);
 template std::string summary(const Tape<float>&);
 template std::string summary(const Tape<double>&);
 template std::string dump_dot(const Tape<float>&, const CompiledProgram<float>&);

@@ -27,13 +27,16 @@ constexpr const char* kContext = "tape file";
 
 static_assert(std::endian::native == std::endian::little, "tape files are written little-endian, as the host stores them");
 
+constexpr std::uint32_t kOptionBits = 31;  // one bit per CompileOptions field
+
 std::uint32_t options_bits(const CompileOptions& o) {
-  return (o.dead_code ? 1u : 0u) | (o.plan_memory ? 2u : 0u) | (o.fuse_epilogues ? 4u : 0u) | (o.fuse_elementwise ? 8u : 0u);
+  return (o.dead_code ? 1u : 0u) | (o.plan_memory ? 2u : 0u) | (o.fuse_epilogues ? 4u : 0u) | (o.fuse_elementwise ? 8u : 0u) |
+         (o.share_views ? 16u : 0u);
 }
 
 CompileOptions options_from_bits(std::uint32_t bits) {
   return {.dead_code = (bits & 1) != 0, .plan_memory = (bits & 2) != 0, .fuse_epilogues = (bits & 4) != 0,
-          .fuse_elementwise = (bits & 8) != 0};
+          .fuse_elementwise = (bits & 8) != 0, .share_views = (bits & 16) != 0};
 }
 
 void write_site(ParamWriter& w, const Site& s) {
@@ -126,7 +129,7 @@ class FileReader {
     info.input_values = (flags & kInputValues) != 0;
     info.compiled = (flags & kCompiled) != 0;
     const std::uint32_t bits = r_.u32("compile options");
-    if (bits > 15) r_.fail_at("compile options", kFlagsOffset + 1, fmt::format("{:#x} has unknown bits", bits));
+    if (bits & ~kOptionBits) r_.fail_at("compile options", kFlagsOffset + 1, fmt::format("{:#x} has unknown bits", bits));
     info.compile_options = options_from_bits(bits);
     return info;
   }

@@ -56,7 +56,7 @@ const OpInfo<T>& reshape_op() {
     r.forward = [](const ForwardCall<T>& c) {
       if (c.output.size() > 0) std::memcpy(c.output.data(), c.inputs[0]->data(), sizeof(T) * c.output.size());
     };
-    r.flags |= kPullbackCanAssign;
+    r.flags |= kPullbackCanAssign | kView;  // a compiled program gives it its input's bytes (Note [Views share buffers])
     r.pullback = [](const PullbackCall<T>& c) {
       Array<T>& gx = *c.input_adjoints[0];
       if (!c.assigns(0)) add_into(c.output_adjoint, gx);

@@ -39,6 +39,7 @@ std::string step_equation(const CompiledProgram<T>& p, const typename CompiledPr
   }
   std::string line = equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
   if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
+  if (st.shares_value) line += st.shares_adjoint ? " (view: value and adjoint shared)" : " (view: value shared)";
   return line;
 }
 
@@ -56,10 +57,10 @@ std::string dump(const CompiledProgram<T>& p) {
   for (const auto& st : p.steps()) pullbacks += st.pullback;
   std::string out = fmt::format(
       "compiled tape {}: {} steps for {} recorded instructions, {} pullbacks (dead_code {}, fuse_epilogues {}, "
-      "fuse_elementwise {}, plan_memory {})\n"
+      "fuse_elementwise {}, share_views {}, plan_memory {})\n"
       "  arena {} for values and adjoints ({} one buffer each: {:.2f}x)\n",
       dtype_name<T>(), p.steps().size(), p.recorded_instructions(), pullbacks, o.dead_code ? "on" : "off",
-      o.fuse_epilogues ? "on" : "off", o.fuse_elementwise ? "on" : "off", o.plan_memory ? "on" : "off",
+      o.fuse_epilogues ? "on" : "off", o.fuse_elementwise ? "on" : "off", o.share_views ? "on" : "off", o.plan_memory ? "on" : "off",
       mib(p.arena_bytes()), mib(p.unplanned_bytes()),
       double(p.arena_bytes()) / double(std::max<std::int64_t>(1, p.unplanned_bytes())));
   for (std::size_t k = 0; k < p.inputs().size(); ++k)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "../timed.hpp"
 #include "arena_plan.hpp"
@@ -70,6 +71,31 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
     ++kept;
   }
   steps.resize(kept);
+}
+
+// Note [Views share buffers]: root[slot] is the slot whose buffer `slot` uses
+// (itself, unless it is a view). A view's value takes its input's root; when
+// the view is its input's only consumer, the input's adjoint takes the view's
+// adjoint root (resolved at the end: a chain of views points forward).
+template <class T>
+void share_views(std::vector<typename CompiledProgram<T>::Step>& steps, const std::vector<SlotKind>& kind,
+                 const std::vector<std::uint8_t>& needs_grad, std::uint32_t output,
+                 std::vector<std::uint32_t>& value_root, std::vector<std::uint32_t>& adjoint_root) {
+  std::vector<int> consumers(kind.size(), 0);
+  for (const auto& st : steps)
+    for (auto a : st.args) consumers[a]++;
+  for (auto& st : steps) {
+    if (!(st.op->flags & kView) || !st.group.empty() || st.epilogue) continue;
+    const std::uint32_t x = st.args[0];
+    if (kind[x] != SlotKind::computed) continue;  // inputs and constants live outside the arena
+    st.shares_value = true;
+    value_root[st.out] = value_root[x];
+    if (st.pullback && needs_grad[x] && consumers[x] == 1 && x != output) {
+      st.shares_adjoint = true;
+      adjoint_root[x] = st.out;
+    }
+  }
+  for (std::size_t s = adjoint_root.size(); s-- > 0;) adjoint_root[s] = adjoint_root[adjoint_root[s]];  // roots come later
 }
 
 // An epilogue's pass over a whole output (or its adjoint), in parallel chunks.
@@ -142,6 +168,10 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
   // (an activation after conv or matmul, or after a broadcasting bias add) are epilogues.
   if (options.fuse_elementwise) compile_impl::fuse_elementwise<T>(steps_, tape, output_, guards_);
   if (options.fuse_epilogues) fuse_epilogues<T>(steps_, output_, slots, guards_);
+  std::vector<std::uint32_t> value_root(slots), adjoint_root(slots);
+  std::iota(value_root.begin(), value_root.end(), 0u);
+  std::iota(adjoint_root.begin(), adjoint_root.end(), 0u);
+  if (options.share_views) share_views<T>(steps_, kind_, needs_grad_, output_, value_root, adjoint_root);
   // Live intervals of every computed value and every computed slot's adjoint.
   const Timeline t{static_cast<int>(steps_.size())};
   std::vector<Buffer> buffers;
@@ -149,6 +179,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
   std::vector<int> value_buffer(slots, -1), adjoint_buffer(slots, -1);
   auto touch = [&](std::vector<int>& index, std::uint32_t slot, bool adjoint, int time) {
     if (kind_[slot] != SlotKind::computed) return;  // inputs, constants and their adjoints stay outside the arena
+    slot = (adjoint ? adjoint_root : value_root)[slot];  // a view uses its root's buffer
     int& b = index[slot];
     if (b < 0) {
       b = static_cast<int>(buffers.size());
@@ -190,6 +221,15 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     // Until the arena exists: the shape without storage (dump prints types before any replay).
     (adjoint ? adjoints_ : values_)[slot] = Array<T>::borrowed(tape.value(slot).shape(), nullptr);
   }
+  for (std::uint32_t s = 0; s < slots; ++s)  // views: their root's bytes under their own shape
+    for (const bool adjoint : {false, true}) {
+      const std::uint32_t root = (adjoint ? adjoint_root : value_root)[s];
+      std::vector<std::int64_t>& offset = adjoint ? adjoint_offset_ : value_offset_;
+      if (root == s || offset[root] == kNotPlanned) continue;
+      offset[s] = offset[root];
+      arena_views_.push_back({s, adjoint, tape.value(s).shape()});
+      (adjoint ? adjoints_ : values_)[s] = Array<T>::borrowed(tape.value(s).shape(), nullptr);
+    }
   values_[output_] = Array<T>(tape.value(output_));  // output() before any replay: the recorded value (an owning copy)
 }
 
@@ -250,6 +290,7 @@ void CompiledProgram<T>::run_forward() {
       profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, steps_.size()) : nullptr;
   for (std::size_t s = 0; s < steps_.size(); ++s) {
     Step& st = steps_[s];
+    if (st.shares_value) continue;  // Note [Views share buffers]
     scratch_in_.clear();
     for (auto a : st.args) scratch_in_.push_back(&values_[a]);
     try {
@@ -294,6 +335,10 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
   for (std::size_t s = steps_.size(); s-- > 0;) {
     Step& st = steps_[s];
     if (!st.pullback || !adjoint_live_[st.out]) continue;
+    if (st.shares_adjoint) {  // the input's adjoint is the output adjoint's bytes (Note [Views share buffers])
+      adjoint_live_[st.args[0]] = 1;
+      continue;
+    }
     try {
       detail::timed(seconds, s, [&] {  // zeroing the input adjoints counts as the pullback's time
         scratch_in_.clear();
@@ -440,6 +485,16 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
     for (std::int64_t b = 0; b < blocks; ++b) sum += partial[b * partials + partial_of[k]];
     adjoints_[st.args[k]].data()[0] += sum;
   }
+}
+
+template <class T>
+std::int64_t CompiledProgram<T>::held_bytes() const {
+  std::int64_t elements = 0;
+  for (const Step& st : steps_)
+    for (const Array<T>& s : st.saved) elements += s.size();
+  for (std::size_t s = 0; s < values_.size(); ++s)
+    if (kind_[s] != SlotKind::computed) elements += values_[s].size() * (needs_grad_[s] ? 2 : 1);
+  return arena_bytes_ + elements * static_cast<std::int64_t>(sizeof(T));
 }
 
 template <class T>

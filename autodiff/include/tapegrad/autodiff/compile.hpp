@@ -20,8 +20,8 @@
 //                its bias, inside the kernel's output loop (implicit GEMM: on
 //                each task's block of outputs as it is stored); after any other
 //                producer it runs as one parallel pass. Its pullback is one
-//                parallel pass over the adjoint before the producer's pullback
-//                (not yet folded into the backward kernels' packing).
+//                parallel pass over the adjoint before the producer's pullback,
+//                or folded into a conv's weight gradient (see below).
 //   fuse_elementwise: Note [Elementwise fusion]: a chain of elementwise ops
 //                (registry flag kElementwise, no saved buffers) whose inner
 //                values feed only the next op of the chain, with external
@@ -31,6 +31,12 @@
 //                result is written to memory. Its pullback recomputes a block's
 //                inner values and runs the members' pullbacks on that block,
 //                so inner values and adjoints never take arena space.
+//   share_views: Note [Views share buffers]: a view (registry flag kView:
+//                reshape) of a computed value gets no buffer and runs nothing
+//                forward: its value is its input's bytes under its own shape.
+//                When it is its input's only consumer, the input's adjoint is
+//                the view's adjoint's bytes too, and its pullback copies
+//                nothing. Chains of views share one buffer.
 //   plan_memory: Note [Planned arena]: every computed value and every adjoint
 //                lives in one arena at an offset chosen from its live interval
 //                over the forward and reverse pass; buffers whose intervals do
@@ -74,6 +80,7 @@ struct CompileOptions {
   bool plan_memory = true;
   bool fuse_epilogues = true;
   bool fuse_elementwise = true;
+  bool share_views = true;
 };
 
 // The program, independent of how many inputs the user's function has.
@@ -123,6 +130,9 @@ class CompiledProgram {
       std::uint32_t slot;  // the recorded slot of its output (for printing)
     };
     std::vector<Member> group;  // empty: a plain step
+    // Note [Views share buffers]: the value is the input's bytes (nothing runs
+    // forward); the input's adjoint is the output adjoint's bytes (the pullback only marks it written).
+    bool shares_value = false, shares_adjoint = false;
   };
   static constexpr std::int64_t kNotPlanned = -1;
   const CompileOptions& options() const { return options_; }
@@ -138,6 +148,9 @@ class CompiledProgram {
   // The arena's bytes, and what the same buffers take one by one (the interpreter's way).
   std::int64_t arena_bytes() const { return arena_bytes_; }
   std::int64_t unplanned_bytes() const { return unplanned_bytes_; }
+  // Bytes a replay holds: the arena, the steps' saved buffers, and the values and
+  // adjoints outside the arena (inputs and constants); tg::held_bytes(tape) counts the interpreter's.
+  std::int64_t held_bytes() const;
   // The recorded tape as a tape file without input values (tape_file.hpp): saving
   // a compiled program appends its current inputs (serialize_program). It holds
   // the constants' values once more (a model's constants are scalars and small

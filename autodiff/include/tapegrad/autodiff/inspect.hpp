@@ -24,6 +24,11 @@ namespace tg {
 
 template <class T>
 std::string summary(const Tape<T>& tape);
+// Bytes the interpreter holds during a gradient step: every slot's value, the
+// saved buffers and the adjoints of slots that need a gradient (the summary's
+// peak; CompiledProgram::held_bytes counts the same for a compiled program).
+template <class T>
+std::int64_t held_bytes(const Tape<T>& tape);
 template <class T>
 std::string dump_dot(const Tape<T>& tape);
 // The tape as `program` (compiled from it) runs it: each fused step (an
@@ -60,6 +65,8 @@ std::string dump_json(const Holder& h) {
 
 extern template std::string diff_tapes(const Tape<float>&, const Tape<float>&);
 extern template std::string diff_tapes(const Tape<double>&, const Tape<double>&);
+extern template std::int64_t held_bytes(const Tape<float>&);
+extern template std::int64_t held_bytes(const Tape<double>&);
 extern template std::string summary(const Tape<float>&);
 extern template std::string summary(const Tape<double>&);
 extern template std::string dump_dot(const Tape<float>&, const CompiledProgram<float>&);

@@ -53,6 +53,7 @@ enum OpFlag : std::uint32_t {
   kAppliesEpilogue = 1u << 3,  // the forward applies ForwardCall::epilogue itself, inside its output loop (conv)
   kFoldsEpiloguePullback = 1u << 4,  // the pullback applies PullbackCall::epilogue itself (conv)
   kPullbackCanAssign = 1u << 5,  // the pullback honours PullbackCall::assign (Note [Assigned adjoints])
+  kView = 1u << 6,  // one input; the output is its elements in the same order, another shape (reshape)
 };
 
 template <class T>

@@ -252,7 +252,7 @@ TEST_CASE("compile: a conv's fused activation pullback folds into the weight gra
   using tg::kernels::ConvAlgorithm;
   for (auto algorithm : {ConvAlgorithm::direct, ConvAlgorithm::im2col, ConvAlgorithm::implicit_gemm, ConvAlgorithm::fft,
                          ConvAlgorithm::winograd}) {
-    CAPTURE(tg::kernels::to_string(algorithm));
+    CAPTURE(std::string(tg::kernels::to_string(algorithm)));
     const tg::ConvParams p{.padding = {1}, .algorithm = algorithm};
     auto with_bias = [p](const T& x, const T& w, const T& b) {
       return tg::sum(tg::relu(tg::conv(x, w, b, p)) * tg::conv(x, w, p)) + tg::sum(tg::tanh(tg::conv(x, w, b, p)));
@@ -279,7 +279,7 @@ TEST_CASE("compile: the folded pullback gives the interpreter's float gradients 
   using F = tg::Tracked<float>;
   using AF = tg::Array<float>;
   for (auto algorithm : {tg::kernels::ConvAlgorithm::implicit_gemm, tg::kernels::ConvAlgorithm::winograd}) {
-    CAPTURE(tg::kernels::to_string(algorithm));
+    CAPTURE(std::string(tg::kernels::to_string(algorithm)));
     auto layer = [algorithm](const F& x, const F& w, const F& b) {
       return tg::sum(tg::maxpool(tg::relu(tg::conv(x, w, b, {.padding = {2}, .algorithm = algorithm})), {.window = {2}}));
     };

@@ -106,7 +106,7 @@ TEST_CASE("conv: every algorithm and pass equals the reference loops, ranks 1-3"
     for (auto algorithm : kAlgorithms) {
       if (!applies(algorithm, c.w, c.p)) continue;
       CAPTURE(tg::to_string(c.x));
-      CAPTURE(tg::kernels::to_string(algorithm));
+      CAPTURE(std::string(tg::kernels::to_string(algorithm)));
       const ConvParams p = forced(c.p, algorithm);
       CHECK(max_abs_diff(tg::conv(x, w, p), expected) < 1e-12);
       const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
@@ -197,7 +197,7 @@ TEST_CASE("conv: an output epilogue (bias, activation) equals conv, then bias, t
   const int before = tg::num_threads();
   for (auto algorithm : kAlgorithms)
     for (int threads : {1, 3}) {
-      CAPTURE(tg::kernels::to_string(algorithm));
+      CAPTURE(std::string(tg::kernels::to_string(algorithm)));
       CAPTURE(threads);
       tg::set_num_threads(threads);
       A y(expected.shape());
@@ -222,7 +222,7 @@ TEST_CASE("conv: the unit-stride input adjoint run as a conv (im2col, many chann
     const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
     for (auto algorithm : kAlgorithms) {
       if (!applies(algorithm, w.shape(), p)) continue;
-      CAPTURE(tg::kernels::to_string(algorithm));
+      CAPTURE(std::string(tg::kernels::to_string(algorithm)));
       const ConvParams q = forced(p, algorithm);
       CHECK(max_abs_diff(tg::conv(x, w, q), y) < 1e-11);
       const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, q); }, x, w).vjp(gy);
@@ -256,7 +256,7 @@ TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjo
     for (auto algorithm : kAlgorithms) {
       if (!applies(algorithm, c.w, c.p)) continue;
       CAPTURE(tg::to_string(c.x));
-      CAPTURE(tg::kernels::to_string(algorithm));
+      CAPTURE(std::string(tg::kernels::to_string(algorithm)));
       const A y = tg::conv_transpose(x, wT, forced(p, algorithm));
       REQUIRE(y.shape() == expected.shape());
       CHECK(max_abs_diff(y, expected) < 1e-12);
@@ -296,7 +296,7 @@ TEST_CASE("conv_transpose: the triple with bias and output padding") {
 TEST_CASE("conv: dot-product test on layer-sized shapes, every algorithm") {
   const A x = A::random_uniform({4, 8, 16, 16}, -1, 1, 1), w = A::random_uniform({16, 8, 3, 3}, -1, 1, 2);
   for (auto algorithm : kAlgorithms) {
-    CAPTURE(tg::kernels::to_string(algorithm));
+    CAPTURE(std::string(tg::kernels::to_string(algorithm)));
     const ConvParams p = forced({.padding = {1}}, algorithm);
     check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w);
   }
@@ -338,7 +338,7 @@ TEST_CASE("conv: every algorithm gives the hand-worked 3x3 window sums") {
   // 3x3 window sums of a 4x4 iota, and with padding 1 the corner 0+1+4+5 = 10.
   const A x2 = A::iota({1, 1, 4, 4}), w2 = A::ones({1, 1, 3, 3});
   for (auto algorithm : kAlgorithms) {
-    CAPTURE(tg::kernels::to_string(algorithm));
+    CAPTURE(std::string(tg::kernels::to_string(algorithm)));
     CHECK(max_abs_diff(tg::conv(x2, w2, {.algorithm = algorithm}), A({1, 1, 2, 2}, {45, 54, 81, 90})) < 1e-12);
     CHECK(std::abs(tg::conv(x2, w2, {.padding = {1}, .algorithm = algorithm}).data()[0] - 10) < 1e-12);
   }

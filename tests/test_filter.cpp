@@ -68,7 +68,7 @@ TEST_CASE("correlate/convolve: equal SciPy (ndimage same, signal valid/full) wit
       CAPTURE(c.what);
       CAPTURE(tg::to_string(tg::Shape(c.image)));
       CAPTURE(tg::to_string(tg::Shape(c.kernel)));
-      CAPTURE(tg::kernels::to_string(algorithm));
+      CAPTURE(std::string(tg::kernels::to_string(algorithm)));
       const A y = c.convolve ? tg::convolve(x, k, p) : tg::correlate(x, k, p);
       REQUIRE(y.size() == static_cast<std::int64_t>(c.expected.size()));
       double err = 0;
@@ -108,7 +108,7 @@ TEST_CASE("correlate/convolve: the triple for every border and output mode") {
     for (auto output : kOutputs)
       for (bool convolve : {false, true})
         for (const tg::Shape& ks : {tg::Shape{3, 3}, tg::Shape{2, 4}}) {
-          CAPTURE(tg::kernels::to_string(border));
+          CAPTURE(std::string(tg::kernels::to_string(border)));
           CAPTURE(tg::to_string(output));
           CAPTURE(convolve);
           const FilterParams p{.border = {border, 0.5}, .output = output};

@@ -275,12 +275,13 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
     const auto wf = flipped(g, w);
     return conv_backward_input(unflipped(g), a, gy, wf.data(), gx, accumulate);
   }
+  // These write gx unless told to accumulate; the others add into zeros.
   if (a == ConvAlgorithm::direct) return conv_impl::direct_backward_input(g, gy, w, gx, accumulate);
+  if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_backward_input(g, gy, w, gx, accumulate);
+  if (a == ConvAlgorithm::winograd) return conv_impl::winograd_backward_input(g, gy, w, gx, accumulate);
   if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
   switch (a) {
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_input(g, gy, w, gx);
-    case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_input(g, gy, w, gx);
-    case ConvAlgorithm::winograd: return conv_impl::winograd_backward_input(g, gy, w, gx);
     default: return conv_impl::fft_backward_input(g, gy, w, gx);
   }
 }

@@ -121,8 +121,10 @@ void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue = nullptr);
+// gx = (or += with accumulate) the input gradient: the forward of the adjoint
+// geometry, which writes every element (im2col, which only adds, for strides).
 template <class T>
-void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
 // With a prologue, gy_in_place is gy itself (writable): the prologue runs on it as it is packed.
 template <class T>
 void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
@@ -137,7 +139,7 @@ template <class T>
 void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                       const OutputEpilogue<T>* epilogue = nullptr);
 template <class T>
-void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
 // With a prologue, gy_in_place is gy itself (writable): the prologue runs on each
 // block of samples' rows before they are transformed (Note [Adjoint prologue]).
 template <class T>

@@ -279,11 +279,14 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
 }
 
 template <class T>
-void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
-  if (!unit_stride(g)) return im2col_backward_input(g, gy, w, gx);
+void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
+  if (!unit_stride(g)) {
+    if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
+    return im2col_backward_input(g, gy, w, gx);
+  }
   ScratchScope scratch;
   const T* wa = adjoint_weights(g, w, scratch);
-  implicit_gemm_forward(adjoint_geometry(g), gy, wa, gx, /*accumulate=*/true);
+  implicit_gemm_forward(adjoint_geometry(g), gy, wa, gx, accumulate);
 }
 
 // What the weight pass's packing applies to gy first (Note [Adjoint prologue]):
@@ -380,7 +383,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
 
 #define TG_INSTANTIATE(T)                                                                           \
   template void implicit_gemm_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
-  template void implicit_gemm_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);       \
+  template void implicit_gemm_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, bool);       \
   template void implicit_gemm_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*,          \
                                                  const AdjointPrologue<T>*, T*);
 TG_INSTANTIATE(float)

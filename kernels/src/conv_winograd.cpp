@@ -81,11 +81,11 @@ void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool 
 }
 
 template <class T>
-void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+void winograd_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   require_winograd(g, "conv");
   ScratchScope scratch;
   const T* wa = adjoint_weights(g, w, scratch);
-  winograd_forward(adjoint_geometry(g), gy, wa, gx, /*accumulate=*/true);
+  winograd_forward(adjoint_geometry(g), gy, wa, gx, accumulate);  // writes every element of gx
 }
 
 template <class T>
@@ -98,7 +98,7 @@ void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T*
 
 #define TG_INSTANTIATE(T)                                                                                          \
   template void winograd_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
-  template void winograd_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);                          \
+  template void winograd_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, bool);                          \
   template void winograd_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

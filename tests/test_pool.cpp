@@ -146,12 +146,16 @@ TEST_CASE("maxpool: a NaN is the maximum and takes the adjoint, in the 2x2 fast 
 
 // Note [Maxpool window codes]: the backward from codes gives exactly the re-scan's
 // gradient, on ties, NaNs, odd sizes (an uncovered last row and column) and an
-// adjoint that already holds values.
+// adjoint that already holds values; written (not added) where the windows cover
+// the input. Note [Short rows in chunks]: rows of 0 to 20 outputs (shorter than
+// one chunk, one chunk, chunks that overlap) against a scalar reference.
 template <class V>
-void check_window_codes() {
+void check_window_codes(std::int64_t H, std::int64_t W) {
   namespace k = tg::kernels;
+  CAPTURE(H);
+  CAPTURE(W);
   const V nan = std::numeric_limits<V>::quiet_NaN();
-  const std::int64_t N = 3, C = 2, H = 7, W = 9;
+  const std::int64_t N = 3, C = 2;
   std::vector<V> x(static_cast<std::size_t>(N * C * H * W));
   std::uint64_t state = 12345;
   for (auto& v : x) {
@@ -173,11 +177,35 @@ void check_window_codes() {
   k::maxpool_backward(g, x.data(), y.data(), gy.data(), rescan.data());
   k::maxpool_backward(g, x.data(), y.data(), gy.data(), from_codes.data(), codes.data());
   CHECK(std::memcmp(rescan.data(), from_codes.data(), x.size() * sizeof(V)) == 0);
+  // The reference: each window's maximum by max_step's rule and its first place, element by element.
+  const std::int64_t Ho = H / 2, Wo = W / 2;
+  bool same = true;
+  for (std::int64_t p = 0; p < N * C; ++p)
+    for (std::int64_t i = 0; i < Ho; ++i)
+      for (std::int64_t j = 0; j < Wo; ++j) {
+        const V* w0 = x.data() + (p * H + 2 * i) * W + 2 * j;
+        const std::array<V, 4> v{w0[0], w0[1], w0[W], w0[W + 1]};
+        V best = v[0];
+        for (int t = 1; t < 4; ++t) best = std::isnan(best) ? best : (best > v[t] ? best : v[t]);
+        int first = 0;
+        while (first < 3 && !(v[first] == best || (std::isnan(v[first]) && std::isnan(best)))) ++first;
+        const std::size_t o = static_cast<std::size_t>((p * Ho + i) * Wo + j);
+        same = same && std::memcmp(&y[o], &best, sizeof(V)) == 0 && codes[o] == V(first);
+      }
+  CHECK(same);
+  if (!k::maxpool_codes_cover_input(g)) return;
+  std::vector<V> rescan_zero(x.size(), V(0)), written(x.size(), V(7));  // stale values, all overwritten
+  k::maxpool_backward(g, x.data(), y.data(), gy.data(), rescan_zero.data());
+  k::maxpool_backward(g, x.data(), y.data(), gy.data(), written.data(), codes.data(), /*write=*/true);
+  CHECK(std::memcmp(rescan_zero.data(), written.data(), x.size() * sizeof(V)) == 0);
 }
 
 TEST_CASE("maxpool: the 2x2 backward from window codes equals the re-scan, bit for bit") {
-  check_window_codes<float>();
-  check_window_codes<double>();
+  for (std::int64_t H : {2, 5})
+    for (std::int64_t W = 2; W <= 41; ++W) {
+      check_window_codes<float>(H, W);
+      check_window_codes<double>(H, W);
+    }
   // Hand-worked: windows [1 3; 3 2] -> code 1 (first 3), [nan 9; 4 nan] -> code 0 (first NaN).
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const A x({1, 1, 2, 4}, {1, 3, nan, 9, 3, 2, 4, nan});

@@ -155,9 +155,15 @@ void for_each_patch_run(const ConvGeometry& g, const Blocking& b, const Block& b
 // Copies the patches of one group (channels [grp*Cg, (grp+1)*Cg)) for a block into col (R x columns).
 // The runs are short (one output row, often 7-56 values), so the copies are
 // plain loops the compiler inlines and vectorises, not memcpy/memset calls
-// (GCC would turn the loops back into calls; the attribute stops it).
+// (GCC would turn the loops back into calls; the attribute stops it. Clang,
+// used only for the fuzzing build, has no such attribute: it gets none).
+#if defined(__clang__)
+#define TG_NO_LOOP_TO_CALL
+#else
+#define TG_NO_LOOP_TO_CALL __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 template <class T>
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col(const ConvGeometry& g, const Blocking& b,
+TG_NO_LOOP_TO_CALL void im2col(const ConvGeometry& g, const Blocking& b,
                                                                             const Block& blk, std::int64_t grp, const T* x,
                                                                             T* col) {
   const std::int64_t s2 = g.stride[2], len = b.row_len;

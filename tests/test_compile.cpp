@@ -314,7 +314,7 @@ TEST_CASE("compile: a compiled program profiles its steps like a tape") {
 }
 
 TEST_CASE("compile: elementwise fusion runs a chain as one step, block by block, with its pullbacks") {
-  // 2,400 elements: two whole blocks of 1,024 and a partial one; s is a one-element
+  // 9,000 elements: two whole blocks of 4,096 and a partial one; s is a one-element
   // input (its adjoint sums over every block); w has x's shape.
   auto f = [](const T& x, const T& w, const T& s) {
     const T a = tg::tanh(x * w + s);
@@ -322,7 +322,7 @@ TEST_CASE("compile: elementwise fusion runs a chain as one step, block by block,
     return tg::sum(tg::exp(-b) / (w * w + 1.0));
   };
   const auto inputs = [](std::uint64_t seed) {
-    return std::tuple{A::random_uniform({40, 60}, -1, 1, seed), A::random_uniform({40, 60}, -1, 1, seed + 1),
+    return std::tuple{A::random_uniform({90, 100}, -1, 1, seed), A::random_uniform({90, 100}, -1, 1, seed + 1),
                       A::random_uniform({}, -1, 1, seed + 2)};
   };
   check_compiled(f, inputs(1), inputs(11));

@@ -4,10 +4,11 @@
 // steps after warm-up, the three tapegrad variants timed in interleaved rounds;
 // LibTorch's forward + backward of the same chain beside them when built with it.
 //
-//   bench_compile [--reps 20] [--threads 2] [--profile]
+//   bench_compile [--reps 20] [--threads 2] [--profile] [--only chain|lenet]
 //
-// --profile also prints the LeNet step's per-instruction profile, interpreted
-// and compiled, over --reps steps each (tg::dump_profile).
+// --profile also prints per-instruction profiles over --reps steps each
+// (tg::dump_profile): the chain compiled fused and unfused, the LeNet step
+// interpreted and compiled. --only runs one of the two.
 #include <cstring>
 #include <string>
 
@@ -65,7 +66,21 @@ std::array<double, 3> interleaved_ms(int reps, Tape& tape, Program& compiled, Pr
   return s;
 }
 
-Row elementwise_row(int reps) {
+// Per-instruction times of `reps` steps of one engine, printed slowest first.
+template <class Program, class Step>
+void print_profile(const char* what, const char* engine, int reps, Program& p, Step step) {
+  tg::TapeProfile profile;
+  auto& target = [&]() -> auto& {
+    if constexpr (requires { p.program(); }) return p.program();
+    else return p.tape();
+  }();
+  target.set_profile(&profile);
+  for (int r = 0; r < reps; ++r) step(p);
+  target.set_profile(nullptr);
+  fmt::print("\n{}, {} ({} steps):\n{}", what, engine, reps, tg::dump_profile(target, profile));
+}
+
+Row elementwise_row(int reps, bool profile) {
   using A = tg::Array<float>;
   const std::int64_t n = std::int64_t{1} << 20;
   const A x = A::random_uniform({n}, -1.f, 1.f, 1), w = A::random_uniform({n}, -1.f, 1.f, 2), s = A::scalar(0.25f);
@@ -74,6 +89,9 @@ Row elementwise_row(int reps) {
   A gx, gw, gs;
   auto step = [&](auto& p) { p.gradient_into({&gx, &gw, &gs}, x, w, s); };
   const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
+  if (profile)
+    for (auto [engine, p] : {std::pair{"compiled", &compiled}, std::pair{"compiled unfused", &unfused}})
+      print_profile("elementwise chain", engine, reps, *p, step);
   Row r{"elementwise chain, 2^20 floats", ms[0], ms[1], ms[2], 0};
 #ifdef TAPEGRAD_HAVE_TORCH
   auto tx = torch::from_blob(const_cast<float*>(x.data()), {n}).clone().requires_grad_(true);
@@ -86,20 +104,6 @@ Row elementwise_row(int reps) {
   }, 2);
 #endif
   return r;
-}
-
-// Per-instruction times of `reps` steps of one engine, printed slowest first.
-template <class Program, class Step>
-void print_profile(const char* engine, int reps, Program& p, Step step) {
-  tg::TapeProfile profile;
-  auto& target = [&]() -> auto& {
-    if constexpr (requires { p.program(); }) return p.program();
-    else return p.tape();
-  }();
-  target.set_profile(&profile);
-  for (int r = 0; r < reps; ++r) step(p);
-  target.set_profile(nullptr);
-  fmt::print("\nLeNet step, {} ({} steps):\n{}", engine, reps, tg::dump_profile(target, profile));
 }
 
 Row lenet_row(int reps, bool profile) {
@@ -119,8 +123,8 @@ Row lenet_row(int reps, bool profile) {
              mib(program.held_bytes()), mib(program.arena_bytes()), mib(program.unplanned_bytes()),
              mib(tg::held_bytes(tape.tape())), double(program.held_bytes()) / double(tg::held_bytes(tape.tape())));
   if (profile) {
-    print_profile("interpreted", reps, tape, step);
-    print_profile("compiled", reps, compiled, step);
+    print_profile("LeNet step", "interpreted", reps, tape, step);
+    print_profile("LeNet step", "compiled", reps, compiled, step);
   }
   return {"LeNet training step, batch 64", ms[0], ms[1], ms[2], 0};
 }
@@ -130,17 +134,25 @@ Row lenet_row(int reps, bool profile) {
 int main(int argc, char** argv) try {
   int reps = 20, threads = 2;
   bool profile = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::stoi(argv[++i]);
     else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::stoi(argv[++i]);
     else if (std::strcmp(argv[i], "--profile") == 0) profile = true;
-    else tg::fail("bench_compile", fmt::format("unknown flag {} expected --reps N, --threads N or --profile", argv[i]));
+    else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
+    else
+      tg::fail("bench_compile",
+               fmt::format("unknown flag {} expected --reps N, --threads N, --profile or --only chain|lenet", argv[i]));
   }
+  if (!only.empty() && only != "chain" && only != "lenet")
+    tg::fail("bench_compile", fmt::format("--only {} expected chain or lenet", only));
   tg::set_num_threads(threads);
 #ifdef TAPEGRAD_HAVE_TORCH
   torch::set_num_threads(threads);
 #endif
-  const std::array<Row, 2> rows{elementwise_row(reps), lenet_row(reps, profile)};
+  std::vector<Row> rows;
+  if (only != "lenet") rows.push_back(elementwise_row(reps, profile));
+  if (only != "chain") rows.push_back(lenet_row(reps, profile));
   fmt::print("\nreplayed gradient steps, ms (median of {}), {} threads\n", reps, threads);
   fmt::print("{:<32} {:>12} {:>10} {:>16} {:>10} {:>22} {:>10}\n", "", "interpreted", "compiled", "compiled unfused",
              "LibTorch", "interpreted/compiled", "compiled/LibTorch");

@@ -12,28 +12,9 @@ Shape Shape::filled(std::size_t rank, std::int64_t value) {
   return s;
 }
 
-std::int64_t Shape::size() const noexcept {
-  std::int64_t n = 1;
-  for (auto d : dims()) n *= d;
-  return n;
-}
-
-void Shape::assign(const std::int64_t* dims, std::size_t rank) {
-  if (rank > capacity_) {
-    heap_ = std::make_unique<std::int64_t[]>(rank);
-    capacity_ = rank;
-  }
-  std::copy(dims, dims + rank, data());
-  rank_ = rank;
-}
-
-void Shape::take(Shape&& other) noexcept {
-  rank_ = other.rank_;
-  capacity_ = other.capacity_;
-  heap_ = std::move(other.heap_);
-  if (!heap_) std::copy(other.inline_, other.inline_ + rank_, inline_);
-  other.rank_ = 0;
-  other.capacity_ = kInlineRank;
+void Shape::grow(std::size_t capacity) {
+  heap_ = std::make_unique<std::int64_t[]>(capacity);
+  capacity_ = capacity;
 }
 
 void Shape::push_back(std::int64_t d) {

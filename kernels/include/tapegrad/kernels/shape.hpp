@@ -36,7 +36,11 @@ class Shape {
   ~Shape() = default;
 
   std::size_t rank() const noexcept { return rank_; }
-  std::int64_t size() const noexcept;  // product of dims; 1 for rank 0
+  std::int64_t size() const noexcept {  // product of dims; 1 for rank 0
+    std::int64_t n = 1;
+    for (std::size_t i = 0; i < rank_; ++i) n *= data()[i];
+    return n;
+  }
   const std::int64_t* data() const noexcept { return heap_ ? heap_.get() : inline_; }
   std::int64_t* data() noexcept { return heap_ ? heap_.get() : inline_; }
   std::int64_t operator[](std::size_t i) const noexcept { return data()[i]; }
@@ -52,8 +56,24 @@ class Shape {
   }
 
  private:
-  void assign(const std::int64_t* dims, std::size_t rank);
-  void take(Shape&& other) noexcept;
+  // Copies and moves run for every Array a kernel call builds (a fused block
+  // builds several per member), so the inline case is a plain loop, inlined.
+  void assign(const std::int64_t* dims, std::size_t rank) {
+    if (rank > capacity_) grow(rank);
+    std::int64_t* to = data();
+    for (std::size_t i = 0; i < rank; ++i) to[i] = dims[i];
+    rank_ = rank;
+  }
+  void take(Shape&& other) noexcept {
+    rank_ = other.rank_;
+    capacity_ = other.capacity_;
+    heap_ = std::move(other.heap_);
+    if (!heap_)
+      for (std::size_t i = 0; i < rank_; ++i) inline_[i] = other.inline_[i];
+    other.rank_ = 0;
+    other.capacity_ = kInlineRank;
+  }
+  void grow(std::size_t capacity);  // heap storage for `capacity` dims; the contents are not kept
 
   std::int64_t inline_[kInlineRank] = {};
   std::unique_ptr<std::int64_t[]> heap_;

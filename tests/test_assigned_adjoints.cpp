@@ -94,3 +94,22 @@ TEST_CASE("assigned adjoints: every conv algorithm writes its input adjoint; tra
   auto t = [](const T& x, const T& w) { return tg::sum(tg::tanh(tg::conv_transpose(tg::sigmoid(x), w, {.stride = {2}}))); };
   check_assigned(t, std::tuple{r({2, 3, 3, 3}, 1), r({3, 2, 3, 3}, 2)}, std::tuple{r({2, 3, 3, 3}, 3), r({3, 2, 3, 3}, 4)});
 }
+
+TEST_CASE("assigned adjoints: elementwise pullbacks write their first adjoint on every broadcast path") {
+  // x (3, 4); row (4) and col (3, 1) broadcast in general (zeroed, then added);
+  // s is one element (its adjoint folds to one sum); p * p reads one slot twice (added).
+  auto f = [](const T& x, const T& row, const T& col, const T& s) {
+    const T u = tg::exp(x * 0.5);      // array op constant, then a unary op: a chain the compiler fuses
+    const T w = col * (u + row);       // both general broadcasts; u's adjoint from the full-shape side
+    const T p = tg::tanh(s * w - s);   // one-element s on both sides
+    return tg::sum(p * p) + tg::sum(tg::sigmoid(row) / s);
+  };
+  check_assigned(f, std::tuple{r({3, 4}, 1), r({4}, 2), r({3, 1}, 3), r({}, 4)},
+                 std::tuple{r({3, 4}, 5), r({4}, 6), r({3, 1}, 7), r({}, 8)});
+  // A longer chain on one shape: the fused pullback assigns every inner adjoint.
+  auto chain = [](const T& x, const T& w) {
+    const T a = tg::tanh(x * w + 0.25);
+    return tg::sum(tg::exp(-(a * 2.0 - tg::sigmoid(x))) / (w * w + 1.0));
+  };
+  check_assigned(chain, std::tuple{r({5, 7}, 9), r({5, 7}, 10)}, std::tuple{r({5, 7}, 11), r({5, 7}, 12)});
+}

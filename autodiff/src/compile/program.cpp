@@ -412,7 +412,7 @@ void CompiledProgram<T>::group_forward(const Step& st) {
 }
 
 // Per block: recompute the inner values, then every member's pullback, last
-// first. Blocks run in parallel; the adjoint of a one-element input (which every
+// first; an inner adjoint has one writer, which assigns it (Note [Assigned adjoints]). Blocks run in parallel; the adjoint of a one-element input (which every
 // block adds to) goes to one partial sum per block, added up in block order
 // afterwards, so the result does not depend on the thread count.
 template <class T>
@@ -449,7 +449,6 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
       Array<T> out = value_of(m);
       st.group[m].op->forward(
           {st.group[m].params.get(), std::span<const Array<T>* const>(ptr.data(), st.group[m].n_in), out, {}, nullptr});
-      std::fill(inner_adj + m * kFusedBlock, inner_adj + m * kFusedBlock + len, T(0));
     }
     for (std::size_t m = members; m-- > 0;) {
       const auto& mem = st.group[m];
@@ -457,13 +456,17 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
       std::array<Array<T>, 2> in, adj;
       std::array<const Array<T>*, 2> ptr{};
       std::array<Array<T>*, 2> adj_ptr{};
+      std::uint32_t assign = 0;
       inputs_of(mem, in, ptr);
       for (int i = 0; i < mem.n_in; ++i) {
         const std::int32_t code = mem.in[static_cast<std::size_t>(i)];
-        if (code < 0) {
+        if (code < 0) {  // an inner value: this member is its only reader, so the only writer of its adjoint
           const std::size_t j = static_cast<std::size_t>(-1 - code);
           if (!st.group[j].needs_grad) continue;
-          adj[i] = Array<T>::borrowed(Shape{len}, inner_adj + j * kFusedBlock);
+          T* inner_adjoint = inner_adj + j * kFusedBlock;
+          if (mem.op->flags & kPullbackCanAssign) assign |= 1u << i;
+          else std::fill(inner_adjoint, inner_adjoint + len, T(0));
+          adj[i] = Array<T>::borrowed(Shape{len}, inner_adjoint);
         } else {
           const std::uint32_t a = st.args[static_cast<std::size_t>(code)];
           if (!needs_grad_[a]) continue;
@@ -476,7 +479,7 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
       const Array<T> dy = Array<T>::borrowed(
           Shape{len}, m + 1 == members ? adjoints_[st.out].data() + begin : inner_adj + m * kFusedBlock);
       mem.op->pullback({mem.params.get(), std::span<const Array<T>* const>(ptr.data(), mem.n_in), out, dy,
-                        std::span<Array<T>* const>(adj_ptr.data(), mem.n_in), {}});
+                        std::span<Array<T>* const>(adj_ptr.data(), mem.n_in), {}, nullptr, nullptr, assign});
     }
   });
   for (std::size_t k = 0; k < st.args.size() && k < partial_of.size(); ++k) {

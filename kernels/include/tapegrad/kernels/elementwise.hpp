@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/strided.hpp"
@@ -20,11 +21,28 @@ void map(const T* x, T* y, std::int64_t n, F f) {
   });
 }
 
-// dx[i] += f(x[i], y[i], dy[i]): the pullback of a unary map.
+// Pullbacks either add into the gradient or, with `assign`, write it: the
+// caller knows its bytes are stale (no one has written it in this pass).
+// store<Add>(g, v) is the one place that decides; loops are instantiated for
+// both, so neither tests the flag per element.
+template <bool Add, class T>
+inline void store(T& g, T v) {
+  if constexpr (Add) g += v;
+  else g = v;
+}
+template <class Body>
+void with_store(bool assign, Body&& body) {
+  if (assign) body(std::false_type{});
+  else body(std::true_type{});
+}
+
+// dx[i] (+)= f(x[i], y[i], dy[i]): the pullback of a unary map.
 template <class T, class F>
-void map_backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n, F f) {
-  parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t i = begin; i < end; ++i) dx[i] += f(x[i], y[i], dy[i]);
+void map_backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n, bool assign, F f) {
+  with_store(assign, [&](auto add) {
+    parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) store<decltype(add)::value>(dx[i], f(x[i], y[i], dy[i]));
+    });
   });
 }
 
@@ -56,15 +74,14 @@ void binary_map(const T* a, const Shape& sa, const T* b, const Shape& sb, T* out
 
 enum class Side { a, b };
 
-// The pullback of binary_map for one side: grad_side[j] += f(a, b, out, dout) summed
-// over every output element that read element j (the broadcast dimensions fold back).
-template <Side side, class T, class F>
-void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& sb, const T* out, const T* dout,
-                         const Shape& so, T* grad, F f) {
+// binary_map_backward with its store chosen at compile time.
+template <Side side, bool Add, class T, class F>
+void binary_map_backward_as(const T* a, const Shape& sa, const T* b, const Shape& sb, const T* out, const T* dout,
+                            const Shape& so, T* grad, F f) {
   const std::int64_t n = so.size();
   if (sa == so && sb == so) {
     parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t i = begin; i < end; ++i) grad[i] += f(a[i], b[i], out[i], dout[i]);
+      for (std::int64_t i = begin; i < end; ++i) store<Add>(grad[i], f(a[i], b[i], out[i], dout[i]));
     });
     return;
   }
@@ -72,12 +89,12 @@ void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& s
     const T bv = b[0];
     if constexpr (side == Side::a) {
       parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
-        for (std::int64_t i = begin; i < end; ++i) grad[i] += f(a[i], bv, out[i], dout[i]);
+        for (std::int64_t i = begin; i < end; ++i) store<Add>(grad[i], f(a[i], bv, out[i], dout[i]));
       });
     } else {
       T acc = T(0);
       for (std::int64_t i = 0; i < n; ++i) acc += f(a[i], bv, out[i], dout[i]);
-      grad[0] += acc;
+      store<Add>(grad[0], acc);
     }
     return;
   }
@@ -85,14 +102,19 @@ void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& s
     const T av = a[0];
     if constexpr (side == Side::b) {
       parallel_chunks(n, [&](std::int64_t begin, std::int64_t end) {
-        for (std::int64_t i = begin; i < end; ++i) grad[i] += f(av, b[i], out[i], dout[i]);
+        for (std::int64_t i = begin; i < end; ++i) store<Add>(grad[i], f(av, b[i], out[i], dout[i]));
       });
     } else {
       T acc = T(0);
       for (std::int64_t i = 0; i < n; ++i) acc += f(av, b[i], out[i], dout[i]);
-      grad[0] += acc;
+      store<Add>(grad[0], acc);
     }
     return;
+  }
+  // General broadcasting: several runs may fold onto one element, so they add (into zeros when assigning).
+  if constexpr (!Add) {
+    const std::int64_t g = (side == Side::a ? sa : sb).size();
+    for (std::int64_t j = 0; j < g; ++j) grad[j] = T(0);
   }
   const Strides st_a = broadcast_strides(sa, so), st_b = broadcast_strides(sb, so), st_o = contiguous_strides(so);
   const Strides& st_g = side == Side::a ? st_a : st_b;
@@ -106,6 +128,14 @@ void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& s
         grad[o[3] + i * s[3]] += f(a[o[0] + i * s[0]], b[o[1] + i * s[1]], out[o[2] + i], dout[o[2] + i]);
     }
   });
+}
+
+// The pullback of binary_map for one side: grad_side[j] (+)= f(a, b, out, dout) summed
+// over every output element that read element j (the broadcast dimensions fold back).
+template <Side side, class T, class F>
+void binary_map_backward(const T* a, const Shape& sa, const T* b, const Shape& sb, const T* out, const T* dout,
+                         const Shape& so, T* grad, bool assign, F f) {
+  with_store(assign, [&](auto add) { binary_map_backward_as<side, decltype(add)::value>(a, sa, b, sb, out, dout, so, grad, f); });
 }
 
 }  // namespace tg::kernels

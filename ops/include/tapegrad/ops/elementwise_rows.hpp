@@ -9,13 +9,14 @@
 namespace tg::ops {
 
 // A broadcasting binary op: out = fwd(a, b); the pullbacks return the contribution
-// to each operand's adjoint, da(a, b, out, dout) and db(a, b, out, dout).
+// to each operand's adjoint, da(a, b, out, dout) and db(a, b, out, dout), added or
+// written (Note [Assigned adjoints]: every elementwise pullback can assign).
 template <class T, class Fwd, class DA, class DB>
 OpInfo<T> binary_row(const char* name, std::uint32_t flags, Fwd fwd, DA da, DB db) {
   OpInfo<T> row;
   row.name = name;
   row.arity = 2;
-  row.flags = kElementwise | flags;
+  row.flags = kElementwise | kPullbackCanAssign | flags;
   row.shape = [name](const OpParams*, std::span<const Shape* const> s) { return broadcast_shapes(*s[0], *s[1], name); };
   row.forward = [fwd](const ForwardCall<T>& c) {
     const Array<T>&a = *c.inputs[0], &b = *c.inputs[1];
@@ -27,9 +28,9 @@ OpInfo<T> binary_row(const char* name, std::uint32_t flags, Fwd fwd, DA da, DB d
     const T* dout = c.output_adjoint.data();
     const Shape& so = c.output.shape();
     if (Array<T>* ga = c.input_adjoints[0])
-      kernels::binary_map_backward<kernels::Side::a>(a.data(), a.shape(), b.data(), b.shape(), out, dout, so, ga->data(), da);
+      kernels::binary_map_backward<kernels::Side::a>(a.data(), a.shape(), b.data(), b.shape(), out, dout, so, ga->data(), c.assigns(0), da);
     if (Array<T>* gb = c.input_adjoints[1])
-      kernels::binary_map_backward<kernels::Side::b>(a.data(), a.shape(), b.data(), b.shape(), out, dout, so, gb->data(), db);
+      kernels::binary_map_backward<kernels::Side::b>(a.data(), a.shape(), b.data(), b.shape(), out, dout, so, gb->data(), c.assigns(1), db);
   };
   return row;
 }
@@ -45,13 +46,13 @@ OpInfo<T> unary_row_without_forward(const char* name, std::uint32_t flags, Dfwd 
   OpInfo<T> row;
   row.name = name;
   row.arity = 1;
-  row.flags = kElementwise | flags;
+  row.flags = kElementwise | kPullbackCanAssign | flags;
   row.shape = [](const OpParams*, std::span<const Shape* const> s) { return *s[0]; };
   row.pullback = [dfwd](const PullbackCall<T>& c) {
     static const P defaults{};
     const P& p = c.params ? params_as<P>(c.params) : defaults;
     kernels::map_backward(c.inputs[0]->data(), c.output.data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
-                          c.output.size(), [&](T x, T y, T dy) { return dfwd(x, y, dy, p); });
+                          c.output.size(), c.assigns(0), [&](T x, T y, T dy) { return dfwd(x, y, dy, p); });
   };
   return row;
 }

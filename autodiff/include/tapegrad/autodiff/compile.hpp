@@ -27,9 +27,10 @@
 //                values feed only the next op of the chain, with external
 //                inputs of the chain's shape or of one element, becomes one
 //                step: it runs over the elements in blocks of kFusedBlock, every
-//                member on a block held in L1 scratch, and only the chain's
+//                member on a block held in cache-sized scratch, and only the chain's
 //                result is written to memory. Its pullback recomputes a block's
-//                inner values and runs the members' pullbacks on that block,
+//                inner values and runs the members' pullbacks on that block
+//                (each inner adjoint written by its one reader, not zeroed),
 //                so inner values and adjoints never take arena space.
 //   share_views: Note [Views share buffers]: a view (registry flag kView:
 //                reshape) of a computed value gets no buffer and runs nothing

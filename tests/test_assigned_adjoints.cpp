@@ -113,3 +113,12 @@ TEST_CASE("assigned adjoints: elementwise pullbacks write their first adjoint on
   };
   check_assigned(chain, std::tuple{r({5, 7}, 9), r({5, 7}, 10)}, std::tuple{r({5, 7}, 11), r({5, 7}, 12)});
 }
+
+TEST_CASE("assigned adjoints: sum and mean write their input adjoint; max and min zero it first") {
+  // Each reduction is its input's first (only) reader in the reverse pass.
+  auto f = [](const T& x, const T& y, const T& z) {
+    return tg::sum(tg::tanh(tg::sum(x * 1.5, {1}))) + tg::mean(y * 0.5) * 2.0 +
+           tg::sum(tg::sigmoid(tg::max(z * 2.0, {0}, true))) + tg::min(z * 3.0);
+  };
+  check_assigned(f, std::tuple{r({3, 4}, 1), r({2, 5}, 2), r({4, 3}, 3)}, std::tuple{r({3, 4}, 4), r({2, 5}, 5), r({4, 3}, 6)});
+}

@@ -4,6 +4,7 @@
 // ============================================================================
 #include "tapegrad/ops/reduce.hpp"
 
+#include "assigned.hpp"
 #include "builtin_ops.hpp"
 
 #include <fmt/format.h>
@@ -54,7 +55,8 @@ OpInfo<T> reduce_row(const char* name, Kind kind) {
   OpInfo<T> row;
   row.name = name;
   row.arity = 1;
-  row.flags = kind == Kind::sum || kind == Kind::mean ? kLinear : kNoFlags;
+  // Sum and mean write every input adjoint element once; max and min zero it first (Note [Assigned adjoints]).
+  row.flags = (kind == Kind::sum || kind == Kind::mean ? kLinear : kNoFlags) | kPullbackCanAssign;
   row.shape = [name, kind](const OpParams* p, std::span<const Shape* const> s) {
     const auto& rp = params_as<ReduceParams>(p);
     const auto mask = rp.mask(*s[0], name);
@@ -107,8 +109,9 @@ OpInfo<T> reduce_row(const char* name, Kind kind) {
     const Shape keep = kernels::keepdims_shape(x.shape(), mask);
     if (kind == Kind::sum || kind == Kind::mean) {
       const T scale = kind == Kind::sum ? T(1) : T(1) / static_cast<T>(reduced_count(x.shape(), mask));
-      kernels::broadcast_accumulate(c.output_adjoint.data(), keep, dx.data(), x.shape(), scale);
+      kernels::broadcast_accumulate(c.output_adjoint.data(), keep, dx.data(), x.shape(), scale, c.assigns(0));
     } else {
+      zero_if_assigned(c, 0);
       kernels::extremum_reduce_backward(x.data(), x.shape(), c.output.data(), c.output_adjoint.data(), keep, dx.data());
     }
   };

@@ -6,9 +6,9 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/store.hpp"
 #include "tapegrad/kernels/strided.hpp"
 
 namespace tg::kernels {
@@ -21,22 +21,7 @@ void map(const T* x, T* y, std::int64_t n, F f) {
   });
 }
 
-// Pullbacks either add into the gradient or, with `assign`, write it: the
-// caller knows its bytes are stale (no one has written it in this pass).
-// store<Add>(g, v) is the one place that decides; loops are instantiated for
-// both, so neither tests the flag per element.
-template <bool Add, class T>
-inline void store(T& g, T v) {
-  if constexpr (Add) g += v;
-  else g = v;
-}
-template <class Body>
-void with_store(bool assign, Body&& body) {
-  if (assign) body(std::false_type{});
-  else body(std::true_type{});
-}
-
-// dx[i] (+)= f(x[i], y[i], dy[i]): the pullback of a unary map.
+// dx[i] (+)= f(x[i], y[i], dy[i]): the pullback of a unary map (store.hpp: `assign` writes dx).
 template <class T, class F>
 void map_backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n, bool assign, F f) {
   with_store(assign, [&](auto add) {

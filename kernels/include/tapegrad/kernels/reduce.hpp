@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 
 #include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/store.hpp"
 #include "tapegrad/kernels/strided.hpp"
 
 namespace tg::kernels {
@@ -108,13 +110,24 @@ void extremum_reduce_backward(const T* x, const Shape& sx, const T* out, const T
   });
 }
 
-// dx[i] += scale * dy[keep(i)]: spreads a reduced adjoint back over the input (the
-// adjoint of sum, and of broadcast_to's fold).
+// dx[i] (+)= scale * dy[keep(i)]: spreads a reduced adjoint back over the input
+// (the adjoint of sum and mean); `assign` writes dx (store.hpp). Every element
+// is computed alone, so a whole reduction's spread runs on threads.
 template <class T>
-void broadcast_accumulate(const T* dy, const Shape& sy, T* dx, const Shape& sx, T scale) {
-  const Strides st_y = broadcast_strides(sy, sx), st_x = contiguous_strides(sx);
-  for_each_run<2>(sx, {&st_y, &st_x}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
-    for (std::int64_t i = 0; i < n; ++i) dx[o[1] + i] += scale * dy[o[0] + i * s[0]];
+void broadcast_accumulate(const T* dy, const Shape& sy, T* dx, const Shape& sx, T scale, bool assign) {
+  with_store(assign, [&](auto add) {
+    constexpr bool Add = decltype(add)::value;
+    if (sy.size() == 1) {
+      const T v = scale * dy[0];
+      parallel_chunks(sx.size(), [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) store<Add>(dx[i], v);
+      });
+      return;
+    }
+    const Strides st_y = broadcast_strides(sy, sx), st_x = contiguous_strides(sx);
+    for_each_run<2>(sx, {&st_y, &st_x}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
+      for (std::int64_t i = 0; i < n; ++i) store<Add>(dx[o[1] + i], scale * dy[o[0] + i * s[0]]);
+    });
   });
 }
 

@@ -106,7 +106,7 @@ T elementwise_mix(const T& x, const T& w, const T& k) {
   auto b = tg::exp(-a * a) + tg::abs(x);
   auto c = tg::correlate(b, k, {.border = tg::Border::replicate()});
   auto d = tg::meanpool(tg::reshape(c, {1, 1, 12, 12}), {.window = {2}});
-  return tg::sum(d * d) + tg::mean(tg::log(a * a + 1.0));
+  return tg::sum(d * d) + tg::mean(tg::log(a * a + 1.0)) + tg::max(b) + tg::sum(tg::min(b, {0}));
 }
 
 }  // namespace
@@ -161,7 +161,7 @@ TEST_CASE("allocations: compiled elementwise, filter and pooling steps allocate 
 
 TEST_CASE("allocations: a fused elementwise chain over many blocks (threads) allocates nothing after the first call") {
   auto chain = [](const T& x, const T& w, const T& s) { return tg::sum(tg::exp(-tg::tanh(x * w + s)) / (w * w + 1.0)); };
-  A x = A::random_normal({5000}, 0, 1, 1), w = A::random_normal({5000}, 0, 1, 2), s = A::scalar(0.5);
+  A x = A::random_normal({20000}, 0, 1, 1), w = A::random_normal({20000}, 0, 1, 2), s = A::scalar(0.5);  // 5 blocks
   auto ct = tg::compile(tg::record(chain, x, w, s));
   A gx, gw, gs;
   auto step = [&] { ct.gradient_into({&gx, &gw, &gs}, x, w, s); };

@@ -7,12 +7,12 @@
 
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 #include <fmt/format.h>
 
 #include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 #include "tapegrad/kernels/store.hpp"
 #include "tapegrad/kernels/strided.hpp"
 
@@ -96,16 +96,17 @@ void extremum_reduce(const T* x, const Shape& sx, T* out, const Shape& so) {
 // dx[i] += dout[keep(i)] / count(ties of keep(i)) where x[i] == out[keep(i)].
 template <class T>
 void extremum_reduce_backward(const T* x, const Shape& sx, const T* out, const T* dout, const Shape& so, T* dx) {
-  std::vector<T> ties(static_cast<std::size_t>(so.size()), T(0));
+  ScratchScope scratch;  // no heap allocation per pullback (a compiled step allocates nothing)
+  T* ties = scratch.take_filled<T>(so.size(), T(0)).data();
   const Strides st_x = contiguous_strides(sx), st_o = broadcast_strides(so, sx);
   for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
     for (std::int64_t i = 0; i < n; ++i)
-      if (x[o[0] + i] == out[o[1] + i * s[1]]) ties[static_cast<std::size_t>(o[1] + i * s[1])] += T(1);
+      if (x[o[0] + i] == out[o[1] + i * s[1]]) ties[o[1] + i * s[1]] += T(1);
   });
   for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
     for (std::int64_t i = 0; i < n; ++i) {
       const std::int64_t k = o[1] + i * s[1];
-      if (x[o[0] + i] == out[k]) dx[o[0] + i] += dout[k] / ties[static_cast<std::size_t>(k)];
+      if (x[o[0] + i] == out[k]) dx[o[0] + i] += dout[k] / ties[k];
     }
   });
 }

@@ -109,6 +109,23 @@ T elementwise_mix(const T& x, const T& w, const T& k) {
   return tg::sum(d * d) + tg::mean(tg::log(a * a + 1.0)) + tg::max(b) + tg::sum(tg::min(b, {0}));
 }
 
+// The ops no other case here runs: the shape ops, the softmax family, the other
+// pools, losses and unary ops, conv_transpose and convolve. x (2, 3, 5, 5), w (3, 2, 3, 3), k (3, 3).
+T other_ops(const T& x, const T& w, const T& k) {
+  const T up = tg::conv_transpose(x, w, {.stride = {2}});                            // (2, 2, 11, 11)
+  const T p = tg::lppool(tg::abs(up) + 0.1, 2.0, {.window = {2}});                  // (2, 2, 5, 5)
+  const T rows = tg::reshape(p, {4, 25});
+  const T sl = tg::slice(p, 3, 1, 5, 2);                                            // (2, 2, 5, 2)
+  const T cat = tg::concat(std::vector<T>{sl, tg::leaky_relu(sl, 0.1)}, 3);         // (2, 2, 5, 4)
+  const T spread = tg::broadcast_to(tg::sum(cat, {0}, true), cat.shape());
+  const T img = tg::convolve(tg::reshape(tg::global_meanpool(up) + tg::global_maxpool(up), {2, 2}), k,
+                             {.border = tg::Border::reflect()});
+  return tg::sum(tg::softmax(rows) * rows) + tg::sum(tg::log_softmax(tg::transpose(rows), 0)) +
+         tg::sum(tg::logsumexp(tg::permute(p, {0, 2, 1, 3}), -1)) + tg::sum(spread * cat) +
+         tg::mse(tg::softplus(sl), tg::sqrt(tg::abs(sl) + 1.0)) + tg::sum(tg::pow(tg::abs(sl) + 1.0, 1.5)) +
+         tg::sum(tg::pow(tg::abs(sl) + 1.0, sl)) + tg::sum(img * img);
+}
+
 }  // namespace
 
 TEST_CASE("allocations: the counter sees malloc and operator new") {
@@ -150,6 +167,18 @@ TEST_CASE("allocations: a compiled LeNet step allocates nothing after the first 
 TEST_CASE("allocations: compiled elementwise, filter and pooling steps allocate nothing after the first call") {
   A x = A::random_normal({12, 12}, 0, 1, 1), w = A::random_normal({12, 12}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
   auto tape = tg::record(elementwise_mix, x, w, k);
+  for (const auto& options : {tg::CompileOptions{}, tg::CompileOptions{.plan_memory = false}}) {
+    auto ct = tg::compile(tape, options);
+    A gx, gw, gk;
+    auto step = [&] { ct.gradient_into({&gx, &gw, &gk}, x, w, k); };
+    step();
+    CHECK(allocations_in(step) == 0);
+  }
+}
+
+TEST_CASE("allocations: every other op, compiled, allocates nothing after the first call") {
+  A x = A::random_normal({2, 3, 5, 5}, 0, 1, 1), w = A::random_normal({3, 2, 3, 3}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
+  auto tape = tg::record(other_ops, x, w, k);
   for (const auto& options : {tg::CompileOptions{}, tg::CompileOptions{.plan_memory = false}}) {
     auto ct = tg::compile(tape, options);
     A gx, gw, gk;

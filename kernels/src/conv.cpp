@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "conv_impl.hpp"
 #include "fft_size.hpp"
@@ -224,11 +223,12 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
 // ---- dispatch -----------------------------------------------------------------
 namespace {
 
-// The kernel reversed along every spatial dim (each (k, c) block of ker_vol taps reversed).
+// The kernel reversed along every spatial dim (each (k, c) block of ker_vol taps
+// reversed), on the scratch stack: a replayed convolve allocates nothing.
 template <class T>
-std::vector<T> flipped(const ConvGeometry& g, const T* w) {
+T* flipped(ScratchScope& scratch, const ConvGeometry& g, const T* w) {
   const std::int64_t taps = g.ker_vol(), blocks = g.K * g.Cg;
-  std::vector<T> out(static_cast<std::size_t>(taps * blocks));
+  T* out = scratch.take<T>(taps * blocks).data();
   for (std::int64_t b = 0; b < blocks; ++b)
     for (std::int64_t t = 0; t < taps; ++t) out[b * taps + t] = w[b * taps + (taps - 1 - t)];
   return out;
@@ -251,8 +251,8 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
   require_resolved(a);
   if (epilogue && accumulate) fail("conv", "an output epilogue with accumulate expected a plain forward");
   if (g.flip) {
-    const auto wf = flipped(g, w);
-    return conv_forward(unflipped(g), a, x, wf.data(), y, accumulate, epilogue);
+    ScratchScope scratch;
+    return conv_forward(unflipped(g), a, x, flipped(scratch, g, w), y, accumulate, epilogue);
   }
   if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate, epilogue);
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_forward(g, x, w, y, accumulate, epilogue);
@@ -272,8 +272,8 @@ template <class T>
 void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, const T* w, T* gx, bool accumulate) {
   require_resolved(a);
   if (g.flip) {
-    const auto wf = flipped(g, w);
-    return conv_backward_input(unflipped(g), a, gy, wf.data(), gx, accumulate);
+    ScratchScope scratch;
+    return conv_backward_input(unflipped(g), a, gy, flipped(scratch, g, w), gx, accumulate);
   }
   // These write gx unless told to accumulate; the others add into zeros.
   if (a == ConvAlgorithm::direct) return conv_impl::direct_backward_input(g, gy, w, gx, accumulate);
@@ -291,10 +291,12 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
   require_resolved(a);
   if (g.flip) {
     // The gradient of the flipped kernel, flipped back onto the kernel the caller holds.
-    std::vector<T> gwf(static_cast<std::size_t>(g.K * g.Cg * g.ker_vol()), T(0));
-    conv_backward_weight(unflipped(g), a, x, gy, gwf.data());
-    const auto back = flipped(g, gwf.data());
-    for (std::size_t i = 0; i < back.size(); ++i) gw[i] += back[i];
+    ScratchScope scratch;
+    const std::int64_t n = g.K * g.Cg * g.ker_vol();
+    T* gwf = scratch.take_filled<T>(n, T(0)).data();
+    conv_backward_weight(unflipped(g), a, x, gy, gwf);
+    const T* back = flipped(scratch, g, gwf);
+    for (std::int64_t i = 0; i < n; ++i) gw[i] += back[i];
     return;
   }
   switch (a) {

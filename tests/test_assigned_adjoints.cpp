@@ -112,6 +112,12 @@ TEST_CASE("assigned adjoints: elementwise pullbacks write their first adjoint on
     return tg::sum(tg::exp(-(a * 2.0 - tg::sigmoid(x))) / (w * w + 1.0));
   };
   check_assigned(chain, std::tuple{r({5, 7}, 9), r({5, 7}, 10)}, std::tuple{r({5, 7}, 11), r({5, 7}, 12)});
+  // A chain's external input read by one member is written by it, unless an
+  // earlier pullback (x * x, recorded later) has written that adjoint already.
+  auto once = [](const T& x, const T& y) { return tg::sum(tg::exp(x * 0.5 + 1.0) * 3.0) + tg::sum(tg::tanh(y * 2.0) * y); };
+  check_assigned(once, std::tuple{r({5, 7}, 13), r({5, 7}, 14)}, std::tuple{r({5, 7}, 15), r({5, 7}, 16)});
+  auto live = [](const T& x) { return tg::sum(tg::exp(x * 0.5 + 1.0) * 3.0) + tg::sum(x * x); };
+  check_assigned(live, std::tuple{r({5, 7}, 17)}, std::tuple{r({5, 7}, 18)});
 }
 
 TEST_CASE("assigned adjoints: sum and mean write their input adjoint; max and min zero it first") {

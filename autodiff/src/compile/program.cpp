@@ -321,6 +321,46 @@ void CompiledProgram<T>::reverse_ones() {
   run_reverse([](Array<T>& adjoint) { adjoint.fill(T(1)); });
 }
 
+namespace {
+
+// Whether external input k of a fused step has one reader among the members,
+// and that reader can write its adjoint (Note [Assigned adjoints]).
+template <class Step>
+bool one_assigning_reader(const Step& st, std::size_t k) {
+  int reads = 0;
+  bool can_assign = false;
+  for (const auto& mem : st.group)
+    for (int i = 0; i < mem.n_in; ++i)
+      if (mem.in[static_cast<std::size_t>(i)] == static_cast<std::int32_t>(k)) {
+        ++reads;
+        can_assign = mem.needs_grad && (mem.op->flags & kPullbackCanAssign);
+      }
+  return reads == 1 && can_assign;
+}
+
+// The external adjoints of a fused step, ready for its pullback: an adjoint no
+// pullback has written yet in this pass, of the chain's shape and read by one
+// member, is handed over unzeroed (its bit in the result); the others are
+// zeroed on first use, and the members add into them.
+template <class T, class Step>
+std::uint32_t external_adjoints(const Step& st, detail::AdjointSlots<T>& slots, const std::vector<std::uint8_t>& needs_grad) {
+  std::uint32_t assigned = 0;
+  for (std::size_t k = 0; k < st.args.size(); ++k) {
+    const std::uint32_t a = st.args[k];
+    if (!needs_grad[a]) continue;
+    const bool whole = slots.values[a].size() == slots.values[st.out].size();  // not a one-element input summed per block
+    if (k < 32 && whole && !slots.live[a] && one_assigning_reader(st, k)) {
+      slots.claim(a);
+      assigned |= 1u << k;
+    } else {
+      slots.fresh(a);
+    }
+  }
+  return assigned;
+}
+
+}  // namespace
+
 template <class T>
 template <class Seed>
 void CompiledProgram<T>::run_reverse(Seed write_seed) {
@@ -344,10 +384,7 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
         scratch_in_.clear();
         scratch_adj_.clear();
         for (auto a : st.args) scratch_in_.push_back(&values_[a]);
-        if (!st.group.empty()) {  // a fused chain adds into its external adjoints: zeroed here
-          for (auto a : st.args) scratch_adj_.push_back(needs_grad_[a] ? &slots.fresh(a) : nullptr);
-          return group_pullback(st);
-        }
+        if (!st.group.empty()) return group_pullback(st, external_adjoints(st, slots, needs_grad_));
         const std::uint32_t assign = slots.inputs(*st.op, st.args, needs_grad_, scratch_adj_);
         Array<T>& dy = adjoints_[st.out];
         // The op folds the activation's pullback into its own first read of dy, or it runs here as a pass of its own.
@@ -412,11 +449,13 @@ void CompiledProgram<T>::group_forward(const Step& st) {
 }
 
 // Per block: recompute the inner values, then every member's pullback, last
-// first; an inner adjoint has one writer, which assigns it (Note [Assigned adjoints]). Blocks run in parallel; the adjoint of a one-element input (which every
-// block adds to) goes to one partial sum per block, added up in block order
-// afterwards, so the result does not depend on the thread count.
+// first. An inner adjoint has one writer, which assigns it, as does an
+// external one in assigned_externals. Blocks run in parallel; the adjoint of a
+// one-element input (which every block adds to) goes to one partial sum per
+// block, added up in block order afterwards, so the result does not depend on
+// the thread count.
 template <class T>
-void CompiledProgram<T>::group_pullback(const Step& st) {
+void CompiledProgram<T>::group_pullback(const Step& st, std::uint32_t assigned_externals) {
   using compile_impl::kFusedBlock;
   const std::size_t members = st.group.size();
   const Array<T>& result = values_[st.out];
@@ -472,6 +511,7 @@ void CompiledProgram<T>::group_pullback(const Step& st) {
           if (!needs_grad_[a]) continue;
           const std::int32_t slot = static_cast<std::size_t>(code) < partial_of.size() ? partial_of[code] : -1;
           adj[i] = slot >= 0 ? Array<T>::borrowed(Shape{}, partial + block * partials + slot) : block_of(adjoints_[a], n, begin, len);
+          if (code < 32 && ((assigned_externals >> code) & 1u)) assign |= 1u << i;
         }
         adj_ptr[i] = &adj[i];
       }

@@ -189,7 +189,8 @@ class CompiledProgram {
   void run_reverse(Seed write_seed);
   void ensure_arena();
   void group_forward(const Step& st);
-  void group_pullback(const Step& st);
+  // assigned_externals, bit k: external input k's adjoint holds stale bytes and its one reader writes it.
+  void group_pullback(const Step& st, std::uint32_t assigned_externals);
 };
 
 extern template class CompiledProgram<float>;

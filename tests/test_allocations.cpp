@@ -126,6 +126,20 @@ T other_ops(const T& x, const T& w, const T& k) {
          tg::sum(tg::pow(tg::abs(sl) + 1.0, sl)) + tg::sum(img * img);
 }
 
+// f compiled from a recording on (x, w, k), with and without memory planning:
+// a gradient step after the first allocates nothing.
+template <class F>
+void check_steps_allocate_nothing(F f, const A& x, const A& w, const A& k) {
+  auto tape = tg::record(f, x, w, k);
+  for (const auto& options : {tg::CompileOptions{}, tg::CompileOptions{.plan_memory = false}}) {
+    auto ct = tg::compile(tape, options);
+    A gx, gw, gk;
+    auto step = [&] { ct.gradient_into({&gx, &gw, &gk}, x, w, k); };
+    step();
+    CHECK(allocations_in(step) == 0);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("allocations: the counter sees malloc and operator new") {
@@ -166,26 +180,12 @@ TEST_CASE("allocations: a compiled LeNet step allocates nothing after the first 
 
 TEST_CASE("allocations: compiled elementwise, filter and pooling steps allocate nothing after the first call") {
   A x = A::random_normal({12, 12}, 0, 1, 1), w = A::random_normal({12, 12}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
-  auto tape = tg::record(elementwise_mix, x, w, k);
-  for (const auto& options : {tg::CompileOptions{}, tg::CompileOptions{.plan_memory = false}}) {
-    auto ct = tg::compile(tape, options);
-    A gx, gw, gk;
-    auto step = [&] { ct.gradient_into({&gx, &gw, &gk}, x, w, k); };
-    step();
-    CHECK(allocations_in(step) == 0);
-  }
+  check_steps_allocate_nothing(elementwise_mix, x, w, k);
 }
 
 TEST_CASE("allocations: every other op, compiled, allocates nothing after the first call") {
   A x = A::random_normal({2, 3, 5, 5}, 0, 1, 1), w = A::random_normal({3, 2, 3, 3}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
-  auto tape = tg::record(other_ops, x, w, k);
-  for (const auto& options : {tg::CompileOptions{}, tg::CompileOptions{.plan_memory = false}}) {
-    auto ct = tg::compile(tape, options);
-    A gx, gw, gk;
-    auto step = [&] { ct.gradient_into({&gx, &gw, &gk}, x, w, k); };
-    step();
-    CHECK(allocations_in(step) == 0);
-  }
+  check_steps_allocate_nothing(other_ops, x, w, k);
 }
 
 TEST_CASE("allocations: a fused elementwise chain over many blocks (threads) allocates nothing after the first call") {

@@ -87,6 +87,32 @@ TEST_CASE("gemm: OpenBLAS matches the reference loop, every transpose combinatio
     }
 }
 
+TEST_CASE("gemm: a small GEMM's last n mod 16 columns, computed outside OpenBLAS, match the reference, float and double") {
+  // Note [OpenBLAS small-matrix kernels]: untransposed operands, m*n*k <= 100^3, n not a multiple of 16.
+  auto worst_error = [](auto value, std::int64_t m, std::int64_t n, std::int64_t k, auto beta) {
+    using V = decltype(value);
+    const std::int64_t lda = k + 2, ldb = n + 3, ldc = n + 1;
+    auto a = tg::Array<V>::random_uniform({m * lda}, -1, 1, 1), b = tg::Array<V>::random_uniform({std::max<std::int64_t>(k, 1) * ldb}, -1, 1, 2);
+    // beta 0: C is never read, so NaN there must not leak.
+    tg::Array<V> c1 = beta == V(0) ? tg::Array<V>::full({m * ldc}, static_cast<V>(std::nan(""))) : tg::Array<V>::random_uniform({m * ldc}, -1, 1, 3);
+    tg::Array<V> c2 = beta == V(0) ? tg::Array<V>::zeros({m * ldc}) : c1;
+    tg::kernels::gemm(false, false, m, n, k, V(1.5), a.data(), lda, b.data(), ldb, V(beta), c1.data(), ldc);
+    tg::kernels::gemm_reference(false, false, m, n, k, V(1.5), a.data(), lda, b.data(), ldb, V(beta), c2.data(), ldc);
+    double worst = 0;
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) worst = std::max(worst, double(std::abs(c1.data()[i * ldc + j] - c2.data()[i * ldc + j])));
+    return worst;
+  };
+  for (std::int64_t n : {1, 10, 17, 31, 47})
+    for (std::int64_t k : {0, 5, 40}) {
+      CAPTURE(n);
+      CAPTURE(k);
+      CHECK(worst_error(0.0, 37, n, k, 0.0) <= 1e-12);
+      CHECK(worst_error(0.0, 37, n, k, 0.5) <= 1e-12);
+      CHECK(worst_error(0.0f, 37, n, k, 0.5f) <= 1e-4f);
+    }
+}
+
 TEST_CASE("gemm: GEMMs split over threads (by rows and by columns) match the reference, padded leading dimensions") {
   // Note [GEMM split over our threads]: m*n*k above 65536 with 32+ rows or columns;
   // fewer rows and columns, split over k (Note [GEMM split over k]): the last three.

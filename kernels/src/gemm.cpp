@@ -13,13 +13,52 @@ namespace {
 CBLAS_TRANSPOSE flag(bool t) { return t ? CblasTrans : CblasNoTrans; }
 blasint bi(std::int64_t v) { return static_cast<blasint>(v); }
 
-void blas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda,
-          const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+void openblas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda,
+              const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
   cblas_sgemm(CblasRowMajor, flag(ta), flag(tb), bi(m), bi(n), bi(k), alpha, a, bi(lda), b, bi(ldb), beta, c, bi(ldc));
 }
-void blas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a, std::int64_t lda,
-          const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+void openblas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a,
+              std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
   cblas_dgemm(CblasRowMajor, flag(ta), flag(tb), bi(m), bi(n), bi(k), alpha, a, bi(lda), b, bi(ldb), beta, c, bi(ldc));
+}
+
+// Note [OpenBLAS small-matrix kernels]: on AVX-512 machines (SkylakeX,
+// Cooper Lake) OpenBLAS runs a GEMM of at most 100^3 multiply-adds with its
+// small-matrix kernels, and the one for two untransposed operands mallocs, on
+// every call, a packed copy of the rows of its column-major C left over after
+// its blocks of 8 (double) or 16 (float) rows: our row-major C's last n mod 16
+// columns. A replayed step is to make no heap allocation (the allocation test
+// caught it: a (4096, 16) . (16, 10) block). So such a GEMM gives OpenBLAS the
+// first 16 * floor(n / 16) columns, and the rest are computed here.
+constexpr double kSmallMatrixMacs = 1e6;
+constexpr std::int64_t kSmallMatrixColumns = 16;
+
+// C (m, r) = alpha * A (m, k) . B (k, r) + beta * C, for r < 16 columns: each
+// row's r sums are kept in registers over the k products.
+template <class T>
+void narrow_columns(std::int64_t m, std::int64_t r, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
+                    std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  for (std::int64_t i = 0; i < m; ++i) {
+    T sum[kSmallMatrixColumns] = {};
+    const T* ai = a + i * lda;
+    for (std::int64_t p = 0; p < k; ++p) {
+      const T* bp = b + p * ldb;
+      for (std::int64_t j = 0; j < r; ++j) sum[j] += ai[p] * bp[j];
+    }
+    T* ci = c + i * ldc;
+    for (std::int64_t j = 0; j < r; ++j) ci[j] = alpha * sum[j] + (beta == T(0) ? T(0) : beta * ci[j]);  // beta 0: C unread
+  }
+}
+
+// One single-threaded GEMM (Note [OpenBLAS small-matrix kernels]).
+template <class T>
+void blas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
+          const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  const std::int64_t wide = n / kSmallMatrixColumns * kSmallMatrixColumns;
+  if (ta || tb || wide == n || double(m) * double(n) * double(k) > kSmallMatrixMacs)
+    return openblas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (wide > 0) openblas(false, false, m, wide, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  narrow_columns(m, n - wide, k, alpha, a, lda, b + wide, ldb, beta, c + wide, ldc);
 }
 
 // Note [GEMM split over our threads]: OpenBLAS's threaded driver mallocs a job

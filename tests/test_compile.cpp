@@ -298,6 +298,43 @@ TEST_CASE("compile: the folded pullback gives the interpreter's float gradients 
   }
 }
 
+TEST_CASE("compile: tune_algorithms times the conv passes that run, for the compiled program only, and keeps forced ones") {
+  // Note [Tuned algorithms]
+  const auto inputs = cnn_inputs(1), new_inputs = cnn_inputs(11);
+  auto tape = std::apply([](const auto&... x) { return tg::record(small_cnn, x...); }, inputs);
+  tape.set_needs_grad(0, false);  // the images: conv1 runs no input-gradient pass
+  tape.set_needs_grad(1, false);  // the labels
+  const std::string recorded = tg::dump(tape);
+  auto ct = tg::compile(tape, {.tune_algorithms = true});
+  CHECK(tg::dump(tape) == recorded);  // the tape's own params are untouched
+  const std::string compiled = tg::dump(ct);
+  CHECK(compiled.find("tune_algorithms on") != std::string::npos);
+  // conv1's algorithms, forward/backward_input/backward_weight: the pass that does not run keeps the rule's choice.
+  auto first_triple = [](const std::string& text) {
+    const auto at = text.find("algorithm=") + 10;
+    return text.substr(at, text.find(']', at) - at);
+  };
+  auto middle = [](const std::string& triple) { return triple.substr(triple.find('/'), triple.rfind('/') - triple.find('/')); };
+  CHECK(middle(first_triple(compiled)) == middle(first_triple(recorded)));
+  // The interpreter's value and gradients, to rounding (other algorithms sum in another order).
+  for (int round = 0; round < 2; ++round)
+    for (const auto* in : {&inputs, &new_inputs}) {
+      const auto expected = std::apply([&](const auto&... x) { return tape.gradient(x...); }, *in);
+      const double value = tape.value();
+      const auto got = std::apply([&](const auto&... x) { return ct.gradient(x...); }, *in);
+      CHECK(std::abs(ct.value() - value) <= 1e-12 * std::max(1.0, std::abs(value)));
+      CHECK(relative_diff(std::get<2>(got), std::get<2>(expected)) <= 1e-10);
+      CHECK(relative_diff(std::get<4>(got), std::get<4>(expected)) <= 1e-10);
+      CHECK(relative_diff(std::get<5>(got), std::get<5>(expected)) <= 1e-10);
+    }
+  // A pass the user forced is not tuned.
+  const auto& [x, labels, w1, b1, w2, w3] = inputs;
+  auto forced = tg::record([](const T& a, const T& w) {
+    return tg::sum(tg::conv(a, w, {.padding = {1}, .algorithm = tg::ConvAlgorithm::direct}));
+  }, x, w1);
+  CHECK(tg::dump(tg::compile(forced, {.tune_algorithms = true})).find("algorithm=direct/direct/direct") != std::string::npos);
+}
+
 TEST_CASE("compile: a compiled program profiles its steps like a tape") {
   auto [x, y, w1, b1, w2, w3] = cnn_inputs(1);
   auto ct = tg::compile(tg::record(small_cnn, x, y, w1, b1, w2, w3));

@@ -334,6 +334,38 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   CHECK(tg::dump(pointwise).find("algorithm=im2col/im2col/im2col") != std::string::npos);
 }
 
+TEST_CASE("conv: tuning times only the plausible algorithms, answers one of them, and keeps its answer") {
+  // Note [Tuning convolution algorithms]
+  namespace k = tg::kernels;
+  struct TuneCase {
+    tg::Shape x, w;
+    k::ConvSpec spec;
+  };
+  const TuneCase tune_cases[] = {
+      {{4, 1, 16, 16}, {8, 1, 5, 5}, {.pad_lo = {2}, .pad_hi = {2}}},  // one input channel, like LeNet's conv1
+      {{2, 16, 8, 8}, {16, 16, 3, 3}, {.pad_lo = {1}, .pad_hi = {1}}},  // channel-heavy 3x3
+      {{2, 8, 9, 9}, {8, 8, 3, 3}, {.stride = {2}}},                    // strided: neither fft nor winograd runs
+      {{3, 4, 20}, {6, 4, 5}, {}},                                      // 1-D
+  };
+  for (const TuneCase& c : tune_cases)
+    for (auto pass : {k::ConvPass::forward, k::ConvPass::backward_input, k::ConvPass::backward_weight}) {
+      CAPTURE(tg::to_string(c.x));
+      CAPTURE(k::to_string(pass));
+      const k::ConvGeometry g = k::conv_geometry(c.x, c.w, c.spec, "conv");
+      const k::AlgorithmSeconds estimate = k::conv_estimated_seconds(g, pass);
+      const double cheapest = *std::min_element(estimate.begin(), estimate.end());
+      for (const ConvAlgorithm a : {k::tune_conv_algorithm<double>(g, pass), k::tune_conv_algorithm<float>(g, pass)}) {
+        CAPTURE(k::to_string(a));
+        CHECK(std::isfinite(estimate[k::index_of(a)]));
+        CHECK(estimate[k::index_of(a)] <= k::kTuneSlack * cheapest);
+        if (g.stride[2] != 1) CHECK((a != ConvAlgorithm::fft && a != ConvAlgorithm::winograd));
+      }
+      CHECK(k::tune_conv_algorithm<double>(g, pass) == k::tune_conv_algorithm<double>(g, pass));  // kept, not timed again
+      // The rule's own pick is what the estimates say is cheapest.
+      CHECK(estimate[k::index_of(k::choose_conv_algorithm(g, pass, ConvAlgorithm::automatic, "conv"))] == cheapest);
+    }
+}
+
 TEST_CASE("conv: every algorithm gives the hand-worked 3x3 window sums") {
   // 3x3 window sums of a 4x4 iota, and with padding 1 the corner 0+1+4+5 = 10.
   const A x2 = A::iota({1, 1, 4, 4}), w2 = A::ones({1, 1, 3, 3});

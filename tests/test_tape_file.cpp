@@ -125,7 +125,7 @@ TEST_CASE("tape file: without input values, replayed on seeded random inputs in 
 TEST_CASE("tape file: a compiled tape keeps its compile options and replays as compiled") {
   auto tape = record_small_cnn<double>();
   const tg::CompileOptions options{.dead_code = true, .plan_memory = false, .fuse_epilogues = true, .fuse_elementwise = false,
-                                   .share_views = false};
+                                   .share_views = false, .tune_algorithms = true};
   auto ct = tg::compile(tape, options);
   auto [x, y, w1, b1, w2] = models::small_cnn_inputs<double>();
   const auto w2b = A::random_uniform(w2.shape(), -1, 1, 99);
@@ -138,6 +138,7 @@ TEST_CASE("tape file: a compiled tape keeps its compile options and replays as c
   CHECK(loaded.info.compile_options.fuse_epilogues);
   CHECK_FALSE(loaded.info.compile_options.fuse_elementwise);
   CHECK_FALSE(loaded.info.compile_options.share_views);
+  CHECK(loaded.info.compile_options.tune_algorithms);
   CHECK(tg::deserialize_tape<double>(tg::serialize_program(tg::compile(tape).program())).info.compile_options.share_views);
   CHECK(max_abs_diff(loaded.tape.value(loaded.tape.inputs()[4]), w2b) == 0);
   CHECK(loaded.tape.value(loaded.tape.output()).item() == doctest::Approx(ct.value()).epsilon(1e-14));

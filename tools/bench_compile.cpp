@@ -1,14 +1,17 @@
 // The tape compiler against the interpreter, per replayed training step, in one
 // run: an elementwise chain on 2^20 floats (what elementwise fusion is for) and
 // the LeNet step of the main job (batch 64, random images). Median of --reps
-// steps after warm-up, the three tapegrad variants timed in interleaved rounds;
+// steps after warm-up, the four tapegrad variants timed in interleaved rounds:
+// the interpreter, the compiled program (default options), the compiled
+// program with tune_algorithms (conv algorithms timed at compile time; the
+// chain has none) and the compiled program without elementwise fusion;
 // LibTorch's forward + backward of the same chain beside them when built with it.
 //
 //   bench_compile [--reps 20] [--threads 2] [--profile] [--only chain|lenet]
 //
 // --profile also prints per-instruction profiles over --reps steps each
 // (tg::dump_profile): the chain compiled fused and unfused, the LeNet step
-// interpreted and compiled. --only runs one of the two.
+// interpreted, compiled and compiled tuned. --only runs one of the two.
 #include <cstring>
 #include <string>
 
@@ -54,15 +57,25 @@ F chain_loss(const F& x, const F& w, const F& s) { return tg::sum(chain(x, w, s)
 
 struct Row {
   std::string what;
-  double interpreted, compiled, unfused, torch;
+  double interpreted, compiled, tuned, unfused, torch;
 };
 
-// Milliseconds per step of the interpreter, the compiled program and the
-// unfused one, timed in interleaved rounds.
-template <class Tape, class Program, class Step>
-std::array<double, 3> interleaved_ms(int reps, Tape& tape, Program& compiled, Program& unfused, Step step) {
-  auto s = tgbench::interleaved_medians(reps, 2, [&] { step(tape); }, [&] { step(compiled); }, [&] { step(unfused); });
-  for (double& v : s) v *= 1e3;
+// The compiled variants of one tape.
+template <class Tape>
+struct Variants {
+  decltype(tg::compile(std::declval<Tape&>())) compiled, tuned, unfused;
+  explicit Variants(Tape& tape)
+      : compiled(tg::compile(tape)),
+        tuned(tg::compile(tape, {.tune_algorithms = true})),
+        unfused(tg::compile(tape, {.fuse_elementwise = false})) {}
+};
+
+// Milliseconds per step of the interpreter and the compiled variants, timed in interleaved rounds.
+template <class Tape, class V, class Step>
+std::array<double, 4> interleaved_ms(int reps, Tape& tape, V& v, Step step) {
+  auto s = tgbench::interleaved_medians(reps, 2, [&] { step(tape); }, [&] { step(v.compiled); }, [&] { step(v.tuned); },
+                                        [&] { step(v.unfused); });
+  for (double& t : s) t *= 1e3;
   return s;
 }
 
@@ -85,14 +98,14 @@ Row elementwise_row(int reps, bool profile) {
   const std::int64_t n = std::int64_t{1} << 20;
   const A x = A::random_uniform({n}, -1.f, 1.f, 1), w = A::random_uniform({n}, -1.f, 1.f, 2), s = A::scalar(0.25f);
   auto tape = tg::record(chain_loss, x, w, s);
-  auto compiled = tg::compile(tape), unfused = tg::compile(tape, {.fuse_elementwise = false});
+  Variants v(tape);
   A gx, gw, gs;
   auto step = [&](auto& p) { p.gradient_into({&gx, &gw, &gs}, x, w, s); };
-  const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
+  const auto ms = interleaved_ms(reps, tape, v, step);
   if (profile)
-    for (auto [engine, p] : {std::pair{"compiled", &compiled}, std::pair{"compiled unfused", &unfused}})
+    for (auto [engine, p] : {std::pair{"compiled", &v.compiled}, std::pair{"compiled unfused", &v.unfused}})
       print_profile("elementwise chain", engine, reps, *p, step);
-  Row r{"elementwise chain, 2^20 floats", ms[0], ms[1], ms[2], 0};
+  Row r{"elementwise chain, 2^20 floats", ms[0], ms[1], ms[2], ms[3], 0};
 #ifdef TAPEGRAD_HAVE_TORCH
   auto tx = torch::from_blob(const_cast<float*>(x.data()), {n}).clone().requires_grad_(true);
   auto tw = torch::from_blob(const_cast<float*>(w.data()), {n}).clone().requires_grad_(true);
@@ -112,11 +125,11 @@ Row lenet_row(int reps, bool profile) {
   cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
   for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);
   auto tape = cnn::record_lenet_step(x, y, P);
-  auto compiled = tg::compile(tape), unfused = tg::compile(tape, {.fuse_elementwise = false});
+  Variants v(tape);
   std::vector<cnn::A> grads;
   auto step = [&](auto& p) { cnn::lenet_gradient(p, x, y, P, grads); };
-  const auto ms = interleaved_ms(reps, tape, compiled, unfused, step);
-  const auto& program = compiled.program();
+  const auto ms = interleaved_ms(reps, tape, v, step);
+  const auto& program = v.compiled.program();
   auto mib = [](std::int64_t bytes) { return double(bytes) / (1 << 20); };
   fmt::print("LeNet step memory: compiled {:.1f} MiB (arena {:.1f} MiB, one buffer each {:.1f} MiB), interpreted {:.1f} MiB: "
              "{:.2f}x\n",
@@ -124,9 +137,10 @@ Row lenet_row(int reps, bool profile) {
              mib(tg::held_bytes(tape.tape())), double(program.held_bytes()) / double(tg::held_bytes(tape.tape())));
   if (profile) {
     print_profile("LeNet step", "interpreted", reps, tape, step);
-    print_profile("LeNet step", "compiled", reps, compiled, step);
+    print_profile("LeNet step", "compiled", reps, v.compiled, step);
+    print_profile("LeNet step", "compiled, tuned", reps, v.tuned, step);
   }
-  return {"LeNet training step, batch 64", ms[0], ms[1], ms[2], 0};
+  return {"LeNet training step, batch 64", ms[0], ms[1], ms[2], ms[3], 0};
 }
 
 }  // namespace
@@ -154,13 +168,13 @@ int main(int argc, char** argv) try {
   if (only != "lenet") rows.push_back(elementwise_row(reps, profile));
   if (only != "chain") rows.push_back(lenet_row(reps, profile));
   fmt::print("\nreplayed gradient steps, ms (median of {}), {} threads\n", reps, threads);
-  fmt::print("{:<32} {:>12} {:>10} {:>16} {:>10} {:>22} {:>10}\n", "", "interpreted", "compiled", "compiled unfused",
-             "LibTorch", "interpreted/compiled", "compiled/LibTorch");
+  fmt::print("{:<32} {:>12} {:>9} {:>7} {:>9} {:>9} {:>21} {:>18} {:>18}\n", "", "interpreted", "compiled", "tuned",
+             "unfused", "LibTorch", "interpreted/compiled", "interpreted/tuned", "compiled/LibTorch");
   for (const Row& r : rows) {
     const std::string torch = r.torch > 0 ? fmt::format("{:.2f}", r.torch) : "-";
     const std::string vs_torch = r.torch > 0 ? fmt::format("{:.2f}x", r.compiled / r.torch) : "-";
-    fmt::print("{:<32} {:>12.2f} {:>10.2f} {:>16.2f} {:>10} {:>21.2f}x {:>10}\n", r.what, r.interpreted, r.compiled,
-               r.unfused, torch, r.interpreted / r.compiled, vs_torch);
+    fmt::print("{:<32} {:>12.2f} {:>9.2f} {:>7.2f} {:>9.2f} {:>9} {:>20.2f}x {:>17.2f}x {:>18}\n", r.what, r.interpreted,
+               r.compiled, r.tuned, r.unfused, torch, r.interpreted / r.compiled, r.interpreted / r.tuned, vs_torch);
   }
   return 0;
 } catch (const std::exception& e) {

@@ -3,10 +3,11 @@
 // GFLOP/s and the ratio; then the seed case (500x500 double image, 3x3 kernel,
 // replicate border: forward + both gradients) at 1 thread.
 //
-//   bench_conv [--threads 1,2] [--reps N] [--only NAME|seed|semantics] [--algorithm NAME] [--no-compare]
+//   bench_conv [--threads 1,2] [--reps N] [--only NAME|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
 //
 // Times are medians of N repetitions after one warm-up; tapegrad is timed at
-// the kernel (the algorithm its cost rule picks), LibTorch at at::conv2d and
+// the kernel (the algorithm its cost rule picks, the one named, or with
+// "tuned" the fastest by timing, as CompileOptions::tune_algorithms does), LibTorch at at::conv2d and
 // at::convolution_backward with the other gradients masked off. The last
 // column checks that both computed the same numbers (max relative difference).
 // Last, a table of semantic checks: the same arguments through both libraries
@@ -94,6 +95,12 @@ ConvAlgorithm forced(const std::string& name) {
   return ConvAlgorithm::automatic;
 }
 
+// --algorithm: a named one, "tuned" (timed, Note [Tuning convolution algorithms]), or none (the cost rule).
+ConvAlgorithm algorithm_for(const tg::kernels::ConvGeometry& g, ConvPass pass, const std::string& name) {
+  if (name == "tuned") return tg::kernels::tune_conv_algorithm<float>(g, pass);
+  return tg::kernels::choose_conv_algorithm(g, pass, forced(name), "bench");
+}
+
 std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
   using A = tg::Array<float>;
   const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
@@ -106,7 +113,7 @@ std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
   const double flop = 2 * g.macs();
   std::vector<Row> rows;
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
-    const ConvAlgorithm a = tg::kernels::choose_conv_algorithm(g, pass, forced(o.algorithm), "bench");
+    const ConvAlgorithm a = algorithm_for(g, pass, o.algorithm);
     A* result = pass == ConvPass::forward ? &y : pass == ConvPass::backward_input ? &gx : &gw;
     const double ours = median_seconds(o.reps, [&] {
       if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
@@ -186,7 +193,12 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) o.reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) o.only = argv[++i];
-    else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc) o.algorithm = argv[++i];
+    else if (!std::strcmp(argv[i], "--algorithm") && i + 1 < argc) {
+      o.algorithm = argv[++i];
+      if (o.algorithm != "tuned" && forced(o.algorithm) == ConvAlgorithm::automatic)
+        tg::fail("bench_conv", fmt::format("--algorithm {} expected direct, im2col, implicit_gemm, fft, winograd or tuned",
+                                           o.algorithm));
+    }
     else if (!std::strcmp(argv[i], "--no-compare")) o.compare = false;
     else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
       o.threads.clear();
@@ -304,7 +316,7 @@ void run() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   std::printf("tapegrad conv kernels vs LibTorch, fp32; medians of %d; GFLOP/s = 2*MACs/time\n", o.reps);
 #ifndef TAPEGRAD_HAVE_TORCH
@@ -340,4 +352,7 @@ int main(int argc, char** argv) {
   if (o.compare && (o.only.empty() || o.only == "semantics")) semantics::run();
 #endif
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "%s\n", e.what());
+  return 1;
 }

@@ -201,6 +201,17 @@ double fft_seconds(const ConvGeometry& g) {
 
 }  // namespace
 
+AlgorithmSeconds conv_estimated_seconds(const ConvGeometry& g, ConvPass pass) {
+  AlgorithmSeconds s;
+  s.fill(INFINITY);  // automatic, and any algorithm that cannot run this pass
+  s[index_of(ConvAlgorithm::direct)] = g.macs() / kDirectRate;
+  s[index_of(ConvAlgorithm::im2col)] = gemm_seconds(g);
+  s[index_of(ConvAlgorithm::implicit_gemm)] = implicit_gemm_seconds(g, pass);
+  if (g.unit_stride_and_dilation()) s[index_of(ConvAlgorithm::fft)] = fft_seconds(g);
+  s[index_of(ConvAlgorithm::winograd)] = winograd_seconds(g, pass);
+  return s;
+}
+
 ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op) {
   if (requested == ConvAlgorithm::fft && !g.unit_stride_and_dilation())
     fail(op, fmt::format("algorithm fft runs only stride 1 and dilation 1 (this call has stride [{}] dilation [{}]); "
@@ -208,16 +219,12 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
                          fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
   if (requested == ConvAlgorithm::winograd) conv_impl::require_winograd(g, op);
   if (requested != ConvAlgorithm::automatic) return requested;
-  const double direct = g.macs() / kDirectRate;
-  const double gemm = gemm_seconds(g);
-  const double implicit = implicit_gemm_seconds(g, pass);
-  const double fft = g.unit_stride_and_dilation() ? fft_seconds(g) : INFINITY;
-  const double winograd = winograd_seconds(g, pass);
-  const double best = std::min({direct, gemm, implicit, fft, winograd});
-  if (fft == best) return ConvAlgorithm::fft;
-  if (winograd == best) return ConvAlgorithm::winograd;
-  if (direct == best) return ConvAlgorithm::direct;
-  return implicit == best ? ConvAlgorithm::implicit_gemm : ConvAlgorithm::im2col;
+  const AlgorithmSeconds s = conv_estimated_seconds(g, pass);
+  // Ties go to the first in this order.
+  ConvAlgorithm best = ConvAlgorithm::fft;
+  for (ConvAlgorithm a : {ConvAlgorithm::winograd, ConvAlgorithm::direct, ConvAlgorithm::implicit_gemm, ConvAlgorithm::im2col})
+    if (s[index_of(a)] < s[index_of(best)]) best = a;
+  return best;
 }
 
 // ---- dispatch -----------------------------------------------------------------

@@ -129,6 +129,15 @@ ConvAlgorithm requested(const ConvParams& p, ConvAlgorithm per_pass) {
   return per_pass != ConvAlgorithm::automatic ? per_pass : p.algorithm;
 }
 
+// The request for each of the kernels' passes (forward, backward_input,
+// backward_weight); a transpose's own forward is the kernels' backward_input.
+std::array<ConvAlgorithm, 3> kernel_requests(const ConvOpParams& cp) {
+  const ConvParams& p = cp.user;
+  const ConvAlgorithm fwd = requested(p, p.forward_algorithm), bin = requested(p, p.backward_input_algorithm),
+                      bw = requested(p, p.backward_weight_algorithm);
+  return cp.transpose ? std::array{bin, fwd, bw} : std::array{fwd, bin, bw};
+}
+
 // Resolves geometry and algorithms; returns the output shape.
 Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
   const char* op = op_name(cp.transpose);
@@ -137,20 +146,28 @@ Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
   const ConvParams& p = cp.user;
   const ConvGeometry g = cp.transpose ? transpose_geometry(*s[0], *s[1], p) : kernels::conv_geometry(*s[0], *s[1], spec_of(p), op);
   if (s.size() == 3) check_bias(*s[2], cp.transpose ? g.C : g.K, op);
-  // The op's own passes map onto the kernels' passes (swapped for the transpose).
-  const ConvAlgorithm fwd = requested(p, p.forward_algorithm), bin = requested(p, p.backward_input_algorithm),
-                      bw = requested(p, p.backward_weight_algorithm);
   cp.geometry = g;
-  if (!cp.transpose) {
-    cp.algorithm = {choose_conv_algorithm(g, ConvPass::forward, fwd, op),
-                    choose_conv_algorithm(g, ConvPass::backward_input, bin, op),
-                    choose_conv_algorithm(g, ConvPass::backward_weight, bw, op)};
-  } else {
-    cp.algorithm = {choose_conv_algorithm(g, ConvPass::forward, bin, op),
-                    choose_conv_algorithm(g, ConvPass::backward_input, fwd, op),
-                    choose_conv_algorithm(g, ConvPass::backward_weight, bw, op)};
-  }
+  const auto request = kernel_requests(cp);
+  for (std::size_t pass = 0; pass < 3; ++pass)
+    cp.algorithm[pass] = choose_conv_algorithm(g, static_cast<ConvPass>(pass), request[pass], op);
   return cp.transpose ? conv_input_shape(g) : conv_output_shape(g);
+}
+
+// Note [Tuned algorithms]: the kernels' passes this instruction runs, each left
+// automatic by the user, take the measured fastest algorithm
+// (kernels::tune_conv_algorithm) in a copy of the params.
+template <class T>
+std::shared_ptr<const OpParams> tune(const OpParams* params, std::uint32_t needs_grad) {
+  const auto& cp = params_as<ConvOpParams>(params);
+  const bool gx = (needs_grad & 1u) != 0, gw = (needs_grad & 2u) != 0;
+  // forward, backward_input, backward_weight: which of them run
+  const std::array<bool, 3> runs = cp.transpose ? std::array{gx, true, gw} : std::array{true, gx, gw};
+  const auto request = kernel_requests(cp);
+  auto tuned = std::make_shared<ConvOpParams>(cp);
+  for (std::size_t pass = 0; pass < 3; ++pass)
+    if (runs[pass] && request[pass] == ConvAlgorithm::automatic)
+      tuned->algorithm[pass] = kernels::tune_conv_algorithm<T>(cp.geometry, static_cast<ConvPass>(pass));
+  return tuned;
 }
 
 // Runs a fused activation (an EpilogueCall) for kernels::OutputEpilogue.
@@ -255,6 +272,7 @@ OpInfo<T> conv_row(bool transpose) {
     if (gbias)
       kernels::conv_bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
   };
+  r.tune = &tune<T>;
   r.print_params = [](const OpParams* p) {
     const auto& cp = params_as<ConvOpParams>(p);
     const ConvParams& u = cp.user;

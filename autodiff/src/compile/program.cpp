@@ -77,6 +77,23 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
 // (itself, unless it is a view). A view's value takes its input's root; when
 // the view is its input's only consumer, the input's adjoint takes the view's
 // adjoint root (resolved at the end: a chain of views points forward).
+// Note [Tuned algorithms]: an op with a tune hook times its kernels for the
+// passes its step runs; the step keeps the tuned params, the tape its own.
+template <class T>
+void tune_algorithms(std::vector<typename CompiledProgram<T>::Step>& steps, const std::vector<std::uint8_t>& needs_grad) {
+  for (auto& st : steps) {
+    if (!st.op->tune) continue;
+    std::uint32_t grads = 0;  // bit i: input i's gradient is computed
+    for (std::size_t i = 0; st.pullback && i < std::min<std::size_t>(st.args.size(), 32); ++i)
+      if (needs_grad[st.args[i]]) grads |= 1u << i;
+    try {
+      if (auto tuned = st.op->tune(st.params.get(), grads)) st.params = std::move(tuned);
+    } catch (const Error& e) {
+      throw e.with_site(st.where);
+    }
+  }
+}
+
 template <class T>
 void share_views(std::vector<typename CompiledProgram<T>::Step>& steps, const std::vector<SlotKind>& kind,
                  const std::vector<std::uint8_t>& needs_grad, std::uint32_t output,
@@ -164,6 +181,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
                       needs_grad_[ins.out] != 0, /*epilogue=*/nullptr, /*epilogue_params=*/nullptr, /*group=*/{}});
   }
   guards_.assign(tape.guards().begin(), tape.guards().end());
+  if (options.tune_algorithms) tune_algorithms<T>(steps_, needs_grad_);
   // Chains first: an activation on an elementwise op joins its chain; the rest
   // (an activation after conv or matmul, or after a broadcasting bias add) are epilogues.
   if (options.fuse_elementwise) compile_impl::fuse_elementwise<T>(steps_, tape, output_, guards_);

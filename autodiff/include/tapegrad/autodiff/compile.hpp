@@ -43,6 +43,17 @@
 //                over the forward and reverse pass; buffers whose intervals do
 //                not overlap share bytes. Without it each gets its own bytes.
 //
+// One option is off by default, like cuDNN's benchmark mode:
+//   tune_algorithms: Note [Tuned algorithms] (registry.hpp): an op with several
+//                kernels for one computation (conv: direct, im2col, implicit
+//                GEMM, FFT, Winograd per pass) times those its cost rule finds
+//                plausible, on this machine and this layer's shapes, and the
+//                program runs the fastest. Only choices the user left automatic;
+//                the passes that run (no input-gradient pass for an image).
+//                Compiling costs the timings (each layer once per process); the
+//                results match the interpreter's to rounding, not bit for bit,
+//                and which algorithm wins can differ between runs.
+//
 // Guards (Note [Guards], tape.hpp) recorded on the tape are checked after every
 // forward pass (their values are kept alive and never fused away); a failed one
 // throws, or re-records and recompiles (set_guard_policy).
@@ -82,6 +93,7 @@ struct CompileOptions {
   bool fuse_epilogues = true;
   bool fuse_elementwise = true;
   bool share_views = true;
+  bool tune_algorithms = false;
 };
 
 // The program, independent of how many inputs the user's function has.

@@ -128,6 +128,13 @@ struct OpInfo {
   // Both are empty for every other op.
   std::function<void(const OpParams*, T* values, std::int64_t n)> epilogue_forward;
   std::function<void(const OpParams*, const T* output, T* adjoint, std::int64_t n)> epilogue_pullback;
+  // Note [Tuned algorithms]: an op with several kernels for one computation
+  // (conv's algorithms) may time them for a compiled program
+  // (CompileOptions::tune_algorithms). Given its params and which inputs need
+  // gradients (bit i: input i; 0 when no pullback runs), it returns a copy of the
+  // params with the choices it left automatic made by measurement, or null to
+  // keep its own. The recorded tape's params are never changed. Empty for most ops.
+  std::function<std::shared_ptr<const OpParams>(const OpParams*, std::uint32_t needs_grad)> tune;
   std::uint32_t id = 0;  // index in the registry, assigned by Registry::add
 };
 

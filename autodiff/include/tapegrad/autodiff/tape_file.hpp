@@ -13,7 +13,8 @@
 // u32 byte count then the bytes; a shape is a u32 rank then i64 dims.
 //   header   "TAPEGRAD" (8 bytes), u32 version, u8 element bytes (4 = f32, 8 = f64),
 //            u8 flags (1: input values present, 2: compiled), u32 compile options
-//            (bit 0 dead_code, 1 plan_memory, 2 fuse_epilogues, 3 fuse_elementwise, 4 share_views)
+//            (bit 0 dead_code, 1 plan_memory, 2 fuse_epilogues, 3 fuse_elementwise, 4 share_views,
+//            5 tune_algorithms)
 //   slots    u32 count, then one record per slot, in slot order:
 //              u8 'I'  input:    shape, u8 needs_grad, f64 min, f64 max, u8 integer-valued,
 //                                [values, when flag 1]

@@ -91,6 +91,29 @@ Shape conv_output_shape(const ConvGeometry& g);
 // cost rule). Throws when `requested` cannot run this geometry.
 ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op);
 
+// The cost rule's estimate for every algorithm on one pass, indexed by
+// index_of(algorithm); INFINITY where it cannot (or never automatically does) run.
+constexpr std::size_t kConvAlgorithms = 6;
+using AlgorithmSeconds = std::array<double, kConvAlgorithms>;
+constexpr std::size_t index_of(ConvAlgorithm a) { return static_cast<std::size_t>(a); }
+AlgorithmSeconds conv_estimated_seconds(const ConvGeometry& g, ConvPass pass);
+
+// Note [Tuning convolution algorithms]: the cost rule's rates were measured on
+// one machine; on another, or on a shape between the ones it was fitted to, the
+// algorithm it prices second can run faster (LeNet's conv1 on an EPYC: the rule
+// takes implicit GEMM, im2col runs the forward and weight passes in two thirds
+// of its time). tune_conv_algorithm measures instead: every algorithm the rule
+// prices within kTuneSlack of its cheapest runs the pass on buffers of the
+// geometry's shapes, once to warm up and then kTuneRuns times; the fastest
+// single run wins. A kernel's time does not depend on the values, so the
+// buffers hold a fixed pattern. Results are kept for the process, per
+// (geometry, pass, element type, thread count): tuning a layer twice times
+// nothing. The compiler calls it for CompileOptions::tune_algorithms.
+constexpr double kTuneSlack = 4.0;
+constexpr int kTuneRuns = 3;
+template <class T>
+ConvAlgorithm tune_conv_algorithm(const ConvGeometry& g, ConvPass pass);
+
 // y = conv(x, w); with accumulate, y += conv(x, w). An epilogue (bias,
 // activation; not with accumulate) runs on the output: implicit GEMM and
 // Winograd apply it to each task's block of outputs as soon as they are

@@ -27,8 +27,31 @@ std::vector<tg::CompileOptions> all_options() {
   return out;
 }
 
-// Compiled (each subset of passes) equals interpreted: value and every gradient,
-// on the recorded inputs and on new ones, replayed twice (the arena is reused).
+// The compiled program gives the tape's value and every gradient, within
+// `tolerance` relative, on the recorded inputs and on new ones, replayed twice
+// (the arena is reused).
+template <class Tape, class Compiled, class... In>
+void check_matches_interpreter(Tape& tape, Compiled& ct, const std::tuple<In...>& inputs,
+                               const std::tuple<In...>& new_inputs, double tolerance) {
+  for (int round = 0; round < 2; ++round)
+    for (const auto* in : {&inputs, &new_inputs}) {
+      const auto expected = std::apply([&](const auto&... x) { return tape.gradient(x...); }, *in);
+      const double value = tape.value();
+      const auto got = std::apply([&](const auto&... x) { return ct.gradient(x...); }, *in);
+      CHECK(std::abs(ct.value() - value) <= 1e-12 * std::max(1.0, std::abs(value)));
+      if constexpr (sizeof...(In) == 1) {
+        CHECK(relative_diff(got, expected) <= tolerance);
+      } else {
+        double worst = 0;
+        std::apply([&](const auto&... g) {
+          std::apply([&](const auto&... e) { ((worst = std::max(worst, relative_diff(g, e))), ...); }, expected);
+        }, got);
+        CHECK(worst <= tolerance);
+      }
+    }
+}
+
+// Compiled (each subset of passes) equals interpreted within 1e-12.
 template <class F, class... In>
 void check_compiled(F f, const std::tuple<In...>& inputs, const std::tuple<In...>& new_inputs,
                     const std::vector<std::size_t>& data_inputs = {}) {
@@ -41,22 +64,7 @@ void check_compiled(F f, const std::tuple<In...>& inputs, const std::tuple<In...
     auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
     for (auto k : data_inputs) tape.set_needs_grad(k, false);
     auto ct = tg::compile(tape, options);
-    for (int round = 0; round < 2; ++round)
-      for (const auto* in : {&inputs, &new_inputs}) {
-        const auto expected = std::apply([&](const auto&... x) { return tape.gradient(x...); }, *in);
-        const double value = tape.value();
-        const auto got = std::apply([&](const auto&... x) { return ct.gradient(x...); }, *in);
-        CHECK(std::abs(ct.value() - value) <= 1e-12 * std::max(1.0, std::abs(value)));
-        if constexpr (sizeof...(In) == 1) {
-          CHECK(relative_diff(got, expected) <= 1e-12);
-        } else {
-          double worst = 0;
-          std::apply([&](const auto&... g) {
-            std::apply([&](const auto&... e) { ((worst = std::max(worst, relative_diff(g, e))), ...); }, expected);
-          }, got);
-          CHECK(worst <= 1e-12);
-        }
-      }
+    check_matches_interpreter(tape, ct, inputs, new_inputs, 1e-12);
   }
 }
 
@@ -317,16 +325,7 @@ TEST_CASE("compile: tune_algorithms times the conv passes that run, for the comp
   auto middle = [](const std::string& triple) { return triple.substr(triple.find('/'), triple.rfind('/') - triple.find('/')); };
   CHECK(middle(first_triple(compiled)) == middle(first_triple(recorded)));
   // The interpreter's value and gradients, to rounding (other algorithms sum in another order).
-  for (int round = 0; round < 2; ++round)
-    for (const auto* in : {&inputs, &new_inputs}) {
-      const auto expected = std::apply([&](const auto&... x) { return tape.gradient(x...); }, *in);
-      const double value = tape.value();
-      const auto got = std::apply([&](const auto&... x) { return ct.gradient(x...); }, *in);
-      CHECK(std::abs(ct.value() - value) <= 1e-12 * std::max(1.0, std::abs(value)));
-      CHECK(relative_diff(std::get<2>(got), std::get<2>(expected)) <= 1e-10);
-      CHECK(relative_diff(std::get<4>(got), std::get<4>(expected)) <= 1e-10);
-      CHECK(relative_diff(std::get<5>(got), std::get<5>(expected)) <= 1e-10);
-    }
+  check_matches_interpreter(tape, ct, inputs, new_inputs, 1e-10);
   // A pass the user forced is not tuned.
   const auto& [x, labels, w1, b1, w2, w3] = inputs;
   auto forced = tg::record([](const T& a, const T& w) {

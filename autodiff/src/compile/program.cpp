@@ -73,10 +73,6 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
   steps.resize(kept);
 }
 
-// Note [Views share buffers]: root[slot] is the slot whose buffer `slot` uses
-// (itself, unless it is a view). A view's value takes its input's root; when
-// the view is its input's only consumer, the input's adjoint takes the view's
-// adjoint root (resolved at the end: a chain of views points forward).
 // Note [Tuned algorithms]: an op with a tune hook times its kernels for the
 // passes its step runs; the step keeps the tuned params, the tape its own.
 template <class T>
@@ -94,6 +90,10 @@ void tune_algorithms(std::vector<typename CompiledProgram<T>::Step>& steps, cons
   }
 }
 
+// Note [Views share buffers]: root[slot] is the slot whose buffer `slot` uses
+// (itself, unless it is a view). A view's value takes its input's root; when
+// the view is its input's only consumer, the input's adjoint takes the view's
+// adjoint root (resolved at the end: a chain of views points forward).
 template <class T>
 void share_views(std::vector<typename CompiledProgram<T>::Step>& steps, const std::vector<SlotKind>& kind,
                  const std::vector<std::uint8_t>& needs_grad, std::uint32_t output,

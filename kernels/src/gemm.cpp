@@ -29,26 +29,10 @@ void openblas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, 
 // its blocks of 8 (double) or 16 (float) rows: our row-major C's last n mod 16
 // columns. A replayed step is to make no heap allocation (the allocation test
 // caught it: a (4096, 16) . (16, 10) block). So such a GEMM gives OpenBLAS the
-// first 16 * floor(n / 16) columns, and the rest are computed here.
+// first 16 * floor(n / 16) columns, and the rest (at most 15 columns of at
+// most 100^3 multiply-adds) go to the reference loop.
 constexpr double kSmallMatrixMacs = 1e6;
 constexpr std::int64_t kSmallMatrixColumns = 16;
-
-// C (m, r) = alpha * A (m, k) . B (k, r) + beta * C, for r < 16 columns: each
-// row's r sums are kept in registers over the k products.
-template <class T>
-void narrow_columns(std::int64_t m, std::int64_t r, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
-                    std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
-  for (std::int64_t i = 0; i < m; ++i) {
-    T sum[kSmallMatrixColumns] = {};
-    const T* ai = a + i * lda;
-    for (std::int64_t p = 0; p < k; ++p) {
-      const T* bp = b + p * ldb;
-      for (std::int64_t j = 0; j < r; ++j) sum[j] += ai[p] * bp[j];
-    }
-    T* ci = c + i * ldc;
-    for (std::int64_t j = 0; j < r; ++j) ci[j] = alpha * sum[j] + (beta == T(0) ? T(0) : beta * ci[j]);  // beta 0: C unread
-  }
-}
 
 // One single-threaded GEMM (Note [OpenBLAS small-matrix kernels]).
 template <class T>
@@ -58,7 +42,8 @@ void blas(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T al
   if (ta || tb || wide == n || double(m) * double(n) * double(k) > kSmallMatrixMacs)
     return openblas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   if (wide > 0) openblas(false, false, m, wide, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  narrow_columns(m, n - wide, k, alpha, a, lda, b + wide, ldb, beta, c + wide, ldc);
+  // C[:, wide:] (m, n - wide) = alpha * A (m, k) . B[:, wide:] (k, n - wide) + beta * C[:, wide:]
+  gemm_reference(false, false, m, n - wide, k, alpha, a, lda, b + wide, ldb, beta, c + wide, ldc);
 }
 
 // Note [GEMM split over our threads]: OpenBLAS's threaded driver mallocs a job

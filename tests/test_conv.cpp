@@ -389,6 +389,10 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
       {{3, 4, 13}, {5, 4, 3}, {.padding = {1}, .flip = true}},               // 1-D, flipped
       {{2, 20, 6, 6}, {4, 20, 5, 5}, {.pad_lo = {4}, .pad_hi = {0}}},        // adjoint padding -> negative
       {{40, 2, 5, 5}, {3, 2, 3, 3}, {.padding = {1}}},                       // 40 samples: several weight blocks
+      // channels, filters and rows past whole vectors of 8 floats: the layout's
+      // in-register transposes take an overlapping last block
+      {{2, 19, 10, 13}, {12, 19, 3, 3}, {.padding = {1}}},
+      {{1, 9, 7, 17}, {9, 9, 5, 5}, {.padding = {2}, .groups = 1}},
   };
   const int before = tg::num_threads();
   std::uint64_t seed = 300;
@@ -407,9 +411,14 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
       const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
       CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
       CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
-      // float: the transforms' rounding stays well inside single precision's
+      // float (the layout's vector blocks are 8 wide, not 4): the transforms'
+      // rounding stays well inside single precision's
       const auto xf = x.template cast<float>(), wf = w.template cast<float>();
       CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), expected) < 1e-4);
+      const auto [gxf, gwf] = tg::record([&](const auto& a, const auto& b) { return tg::conv(a, b, p); }, xf, wf)
+                                  .vjp(gy.template cast<float>());
+      CHECK(max_abs_diff(gxf.template cast<double>(), gx_ref) < 1e-4);
+      CHECK(max_abs_diff(gwf.template cast<double>(), gw_ref) < 1e-3 * max_abs(gw_ref));
     }
   }
   tg::set_num_threads(before);

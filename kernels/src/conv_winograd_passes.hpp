@@ -182,6 +182,73 @@ template <int LA, int LI, int RB, int RJ, class V, class T>
   for (int a = 0; a < LA; ++a) one_sided<RB, RJ, V>(R, mid + a * RJ * W, W, out + a * RB * out_stride, out_stride);
 }
 
+// ---- moving between channel-first and channel-last ------------------------------
+
+// Transposes the W x W block r (W = kLanes<T>) in registers: r[j] becomes
+// column j. Interleaves, then 64-bit pairs, then 128-bit halves: the usual
+// AVX sequence (24 shuffles for 8 floats, 8 for 4 doubles).
+[[gnu::always_inline]] inline void transpose_lanes(Lanes<float> (&r)[8]) {
+  Lanes<float> t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {  // t[i] = rows i, i+1 interleaved: columns 0 1 | 4 5; t[i+1]: 2 3 | 6 7
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)  // u[i + c] = column c | column c + 4 of rows i..i+3
+    for (int h = 0; h < 2; ++h) {
+      u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + 2 + h], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + 2 + h], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+[[gnu::always_inline]] inline void transpose_lanes(Lanes<double> (&r)[4]) {
+  Lanes<double> t[4];
+  for (int i = 0; i < 4; i += 2) {  // t[i] = rows i, i+1: columns 0 | 2; t[i+1]: 1 | 3
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 2, 6);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 5, 3, 7);
+  }
+  for (int c = 0; c < 2; ++c) {
+    r[c] = __builtin_shufflevector(t[c], t[c + 2], 0, 1, 4, 5);
+    r[c + 2] = __builtin_shufflevector(t[c], t[c + 2], 2, 3, 6, 7);
+  }
+}
+
+// dst[j * dst_stride + i] (+)= src[i * src_stride + j] for i < rows, j < cols.
+// W x W blocks in registers; a ragged end of a dim of at least W takes one more
+// block that overlaps the last (its elements are written twice, with the same
+// values), except when adding, where the ragged ends go element by element.
+template <class T>
+void transpose(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
+               std::int64_t dst_stride, bool add = false) {
+  constexpr int W = kLanes<T>;
+  using V = Lanes<T>;
+  auto covered = [&](std::int64_t n) { return n < W ? 0 : add ? n / W * W : n; };
+  const std::int64_t rows_v = covered(rows), cols_v = covered(cols);
+  for (std::int64_t i0 = 0; i0 < rows_v; i0 += W) {
+    const std::int64_t i = std::min(i0, rows - W);
+    for (std::int64_t j0 = 0; j0 < cols_v; j0 += W) {
+      const std::int64_t j = std::min(j0, cols - W);
+      V r[W];
+      for (int k = 0; k < W; ++k) r[k] = load<V>(src + (i + k) * src_stride + j);
+      transpose_lanes(r);
+      for (int k = 0; k < W; ++k) {
+        T* d = dst + (j + k) * dst_stride + i;
+        store(d, add ? load<V>(d) + r[k] : r[k]);
+      }
+    }
+  }
+  auto element = [&](std::int64_t i, std::int64_t j) {
+    T& d = dst[j * dst_stride + i];
+    d = add ? d + src[i * src_stride + j] : src[i * src_stride + j];
+  };
+  for (std::int64_t i = rows_v; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j) element(i, j);
+  for (std::int64_t i = 0; i < rows_v; ++i)
+    for (std::int64_t j = cols_v; j < cols; ++j) element(i, j);
+}
+
 // ---- the layout -------------------------------------------------------------------
 
 // How a geometry is cut into tiles and tasks (spatial dims 1 = rows, 2 = columns).
@@ -213,33 +280,30 @@ struct Tiling {
 };
 
 // x (N, C, in1, in2) -> zero-padded to whole tiles, channel-last: (N, P1, P2, groups, Cgp).
-// Each pixel's channels are written contiguously; the reads step through the
-// channel planes, whose rows stay in cache across a row of pixels.
+// One task per padded row: each group's (channels x pixels) block of the row
+// is transposed a vector block at a time.
 template <class T, class Y, class X>
 T* channel_last_padded(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* x, ScratchScope& scratch) {
   T* out = scratch.take<T>(g.N * tl.P1 * tl.P2 * tl.Cp).data();
   const std::int64_t plane = g.in[1] * g.in[2];
+  // Padded columns [p_begin, p_end) hold input columns from p_begin - lo (a negative padding drops columns).
+  const std::int64_t p_begin = std::clamp<std::int64_t>(g.lo[2], 0, tl.P2);
+  const std::int64_t p_end = std::clamp<std::int64_t>(g.lo[2] + g.in[2], p_begin, tl.P2);
   parallel_for(g.N * tl.P1, conv_threads(), [&](std::int64_t row) {
     const std::int64_t n = row / tl.P1, i1 = row % tl.P1 - g.lo[1];
     T* dst = out + row * tl.P2 * tl.Cp;
-    if (i1 < 0 || i1 >= g.in[1]) {
+    if (i1 < 0 || i1 >= g.in[1] || p_begin == p_end) {
       std::fill(dst, dst + tl.P2 * tl.Cp, T(0));
       return;
     }
-    for (std::int64_t p2 = 0; p2 < tl.P2; ++p2) {
-      T* pixel = dst + p2 * tl.Cp;
-      const std::int64_t i2 = p2 - g.lo[2];
-      if (i2 < 0 || i2 >= g.in[2]) {
-        std::fill(pixel, pixel + tl.Cp, T(0));
-        continue;
-      }
-      const T* src = x + n * g.C * plane + i1 * g.in[2] + i2;  // channel c at src[c * plane]
-      for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-        T* d = pixel + grp * tl.Cgp;
-        const T* s = src + grp * g.Cg * plane;
-        for (std::int64_t c = 0; c < g.Cg; ++c) d[c] = s[c * plane];
-        std::fill(d + g.Cg, d + tl.Cgp, T(0));
-      }
+    std::fill(dst, dst + p_begin * tl.Cp, T(0));
+    std::fill(dst + p_end * tl.Cp, dst + tl.P2 * tl.Cp, T(0));
+    const T* src = x + n * g.C * plane + i1 * g.in[2] + (p_begin - g.lo[2]);  // channel c at src[c * plane]
+    for (std::int64_t grp = 0; grp < g.groups; ++grp) {
+      T* d = dst + p_begin * tl.Cp + grp * tl.Cgp;
+      transpose(src + grp * g.Cg * plane, plane, g.Cg, p_end - p_begin, d, tl.Cp);
+      if (tl.Cgp > g.Cg)
+        for (std::int64_t p = 0; p < p_end - p_begin; ++p) std::fill(d + p * tl.Cp + g.Cg, d + p * tl.Cp + tl.Cgp, T(0));
     }
   });
   return out;
@@ -306,10 +370,13 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
     for (std::int64_t ty = ty0; ty < ty1; ++ty)
       input_row(tl, xt, n, grp, ty, band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, count * tl.Cgp);
+    // The task's outputs, channel-last: S[position][k] for the positions of its
+    // output rows (contiguous in every output plane) and the group's filters.
+    const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow, Kgp = blocks * NR;
+    T* S = local.take<T>((last - first) * Kgp).data();
     const T* rows[kTileRows];
     T out[Y::m * X::m * NR];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
-      const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
       for (std::int64_t xi = 0; xi < tl.points; ++xi) {
         const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
         const T* Vxi = V + xi * count * tl.Cgp;
@@ -319,7 +386,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
           gemm_tile_strided(rows, 1, Ub, g.Cg, M + (xi * padded + t0) * NR);
         }
       }
-      // out = A1^T M A2 per tile, NR filters at once, scattered into y.
+      // out = A1^T M A2 per tile, NR filters at once, into S (the tile's outputs inside the plane).
       for (std::int64_t t = 0; t < count; ++t) {
         const std::int64_t ty = ty0 + t / tl.tiles_x, tx = t % tl.tiles_x;
         for (int v = 0; v < NR; v += kLanes<T>)
@@ -327,29 +394,17 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
                                                                padded * NR, out + v, NR);
         const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
-        T* corner = y + (n * g.K + grp * g.Kg + k0) * ov + ty * Y::m * ow + tx * X::m;
-        if (in == Y::m && jn == X::m && !accumulate) {  // a whole tile: fixed trip counts, unrolled
-          for (std::int64_t j = 0; j < kn; ++j)
-#pragma GCC unroll 6
-            for (int i = 0; i < Y::m; ++i)
-#pragma GCC unroll 6
-              for (int jj = 0; jj < X::m; ++jj) corner[j * ov + i * ow + jj] = out[(i * X::m + jj) * NR + j];
-          continue;
-        }
-        for (std::int64_t j = 0; j < kn; ++j)
-          for (std::int64_t i = 0; i < in; ++i)
-            for (std::int64_t jj = 0; jj < jn; ++jj) {
-              T& dst = corner[j * ov + i * ow + jj];
-              const T value = out[(i * X::m + jj) * NR + j];
-              dst = accumulate ? dst + value : value;
-            }
+        T* corner = S + ((ty * Y::m) * ow + tx * X::m - first) * Kgp + blk * NR;
+        for (std::int64_t i = 0; i < in; ++i)
+          for (std::int64_t jj = 0; jj < jn; ++jj)
+            std::memcpy(corner + (i * ow + jj) * Kgp, out + (i * X::m + jj) * NR, NR * sizeof(T));
       }
     }
-    if (epilogue) {  // the task's output rows, every filter of its group, still in cache
-      const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow;
+    // y[k][first..last) (+)= S[.][k]: the group's filters, back to channel-first.
+    transpose(S, Kgp, last - first, g.Kg, y + (n * g.K + grp * g.Kg) * ov + first, ov, accumulate);
+    if (epilogue)  // the task's output rows, every filter of its group, still in cache
       for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k)
         epilogue->apply(y + (n * g.K + k) * ov + first, last - first, k);
-    }
   });
 }
 
@@ -392,25 +447,22 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
       T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
       input_row(tl, xt, n, grp, ty, band, V + (grp * tl.points * most + s * per_sample + ty * tl.tiles_x) * tl.Cgp,
                 most * tl.Cgp);
+      // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
+      const std::int64_t Kgp = blocks * NR;
+      T* D = local.take<T>(in * ow * Kgp).data();
+      transpose(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, ov, g.Kg, in * ow, D, Kgp);
+      if (Kgp > g.Kg)
+        for (std::int64_t p = 0; p < in * ow; ++p) std::fill(D + p * Kgp + g.Kg, D + (p + 1) * Kgp, T(0));
       for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx) {
         const std::int64_t t = s * per_sample + ty * tl.tiles_x + tx;
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
         for (std::int64_t blk = 0; blk < blocks; ++blk) {
-          // The tile of gy, NR filters channel-last, zero past the output's edge and Kg.
-          const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
-          const T* corner = gy + (n * g.K + grp * g.Kg + k0) * ov + ty * Y::m * ow + tx * X::m;
-          if (in == Y::m && jn == X::m && kn == NR) {  // a whole tile: fixed trip counts, unrolled
-            for (std::int64_t j = 0; j < NR; ++j)
-#pragma GCC unroll 6
-              for (int i = 0; i < Y::m; ++i)
-#pragma GCC unroll 6
-                for (int jj = 0; jj < X::m; ++jj) dy[(i * X::m + jj) * NR + j] = corner[j * ov + i * ow + jj];
-          } else {
-            std::fill(dy, dy + Y::m * X::m * NR, T(0));
-            for (std::int64_t j = 0; j < kn; ++j)
-              for (std::int64_t i = 0; i < in; ++i)
-                for (std::int64_t jj = 0; jj < jn; ++jj) dy[(i * X::m + jj) * NR + j] = corner[j * ov + i * ow + jj];
-          }
+          // The tile of gy, NR filters channel-last, zero past the output's edge.
+          const T* corner = D + tx * X::m * Kgp + blk * NR;
+          if (in < Y::m || jn < X::m) std::fill(dy, dy + Y::m * X::m * NR, T(0));
+          for (std::int64_t i = 0; i < in; ++i)
+            for (std::int64_t jj = 0; jj < jn; ++jj)
+              std::memcpy(dy + (i * X::m + jj) * NR, corner + (i * ow + jj) * Kgp, NR * sizeof(T));
           // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
           T* Yt = Yhat + ((grp * tl.points * blocks + blk) * most + t) * NR;
           for (int v = 0; v < NR; v += kLanes<T>)

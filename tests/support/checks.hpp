@@ -40,6 +40,12 @@ inline double max_abs_diff(const A& a, const A& b) {
   return m;
 }
 
+inline double max_abs(const A& a) {
+  double m = 0;
+  for (std::int64_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a.data()[i]));
+  return m;
+}
+
 template <class F, class... In>
 void check_op(F f, const std::tuple<In...>& inputs, const std::tuple<In...>& new_inputs) {
   auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);

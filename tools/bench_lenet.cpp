@@ -5,12 +5,21 @@
 // and per-step profiles of a tapegrad training step: the compiled program's
 // steps (fused activations shown with their conv) and the interpreter's instructions.
 //
-//   bench_lenet [--epochs 2] [--threads 2] [--steps N] [--data DIR] [--no-compare] [--no-compiled] [--profile-steps 20]
+//   bench_lenet [--epochs 2] [--threads 2] [--steps N] [--data DIR] [--no-compare] [--no-compiled]
+//               [--profile-steps 20] [--turn-steps 50]
 //
 // Each framework trains in its own forked process, so that neither sees the
 // other's threads or heap. Memory: the process's peak resident set (VmHWM,
 // which includes the 55 MB of data the parent loaded) and the peak growth
 // above the resident set at the child's start (the training's own memory).
+//
+// Note [Interleaved trainings]: a shared machine's speed drifts, by 20-40%
+// over minutes on the 2-core VMs this was measured on, so trainings run one
+// after another compare the machine's moods as much as the engines. The
+// trainings therefore take turns: the parent lets one child run --turn-steps
+// steps while the others wait blocked on a pipe, then the next, round robin,
+// and each child's clock counts only its own turns. Drift then falls on every
+// engine alike. --turn-steps 0 runs them one after another instead.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,6 +49,7 @@ struct Options {
   std::string data = cnn::kDefaultDataDir;
   bool compare = true;
   bool compiled = true;  // also train with compiled tapes (tg::compile)
+  int turn_steps = 50;   // Note [Interleaved trainings]; 0: one training after another
 };
 
 // What a child process sends back through a pipe (plain data).
@@ -64,11 +74,14 @@ Options parse(int argc, char** argv) {
     else if (a == "--data") o.data = next();
     else if (a == "--no-compare") o.compare = false;
     else if (a == "--no-compiled") o.compiled = false;
-    else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data --no-compare --no-compiled", a));
+    else if (a == "--turn-steps") o.turn_steps = std::stoi(next());
+    else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data "
+                                             "--no-compare --no-compiled --turn-steps", a));
   }
-  if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0)
-    tg::fail("bench_lenet", fmt::format("epochs ({}) threads ({}) steps ({}) expected 1-{} epochs, threads >= 1, steps >= 0",
-                                        o.epochs, o.threads, o.steps, kMaxEpochs));
+  if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0 || o.turn_steps < 0)
+    tg::fail("bench_lenet", fmt::format("epochs ({}) threads ({}) steps ({}) turn steps ({}) expected 1-{} epochs, "
+                                        "threads >= 1, steps >= 0, turn steps >= 0",
+                                        o.epochs, o.threads, o.steps, o.turn_steps, kMaxEpochs));
   return o;
 }
 
@@ -105,13 +118,43 @@ void batch(const Data& d, const std::vector<std::int64_t>& order, std::int64_t s
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// A child's side of the turns (Note [Interleaved trainings]): `go` carries the
+// parent's permission to run, `back` the child's messages ('t': my turn is
+// over, 'f': finished, followed by its Result). Without pipes (one training at
+// a time) a child never waits.
+class Turns {
+ public:
+  Turns(int go, int back, int turn_steps) : go_(go), back_(back), turn_steps_(turn_steps) {}
+  // Blocks until the parent gives this child its turn.
+  void wait() const {
+    char c = 0;
+    if (go_ >= 0 && read(go_, &c, 1) != 1) _exit(3);  // the parent is gone
+  }
+  // After each training step: at the end of a turn, hands the machine on and
+  // waits for the next turn. Returns the seconds spent waiting (0 otherwise).
+  double after_step() {
+    if (go_ < 0 || turn_steps_ == 0 || ++steps_ % turn_steps_ != 0) return 0;
+    const auto start = Clock::now();
+    send('t');
+    wait();
+    return since(start);
+  }
+  void send(char c) const {
+    if (back_ >= 0 && write(back_, &c, 1) != 1) _exit(3);
+  }
+
+ private:
+  int go_, back_, turn_steps_;
+  std::int64_t steps_ = 0;
+};
+
 // --- tapegrad --------------------------------------------------------------------
 
 using cnn::CompiledLenet;
 
 // Trains with the interpreter (replayed tapes) or with compiled tapes (the
 // recorded tape is dropped once compiled, so only the compiled program's memory counts).
-Result train_tapegrad(const Data& d, const Options& o, bool compiled) {
+Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& turns) {
   tg::set_num_threads(o.threads);
   cnn::LenetParams P(1);
   std::vector<A*> params = P.pointers();
@@ -139,15 +182,16 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled) {
   for (int e = 1; e <= o.epochs; ++e) {
     const auto order = cnn::shuffled(d.train.size(), 1, e);
     const auto start = Clock::now();
-    double loss_sum = 0;
+    double loss_sum = 0, waited = 0;
     for (std::int64_t s = 0; s < d.steps; ++s) {
       batch(d, order, s, x, y);
       loss_sum += step();
       std::vector<const A*> g;
       for (const A& gk : grads) g.push_back(&gk);
       sgd.step(params, g);
+      waited += turns.after_step();
     }
-    r.seconds[e - 1] = since(start);
+    r.seconds[e - 1] = since(start) - waited;
     r.loss[e - 1] = loss_sum / double(d.steps);
     r.accuracy[e - 1] = cnn::lenet_accuracy(d.test, P, d.test.size());
     r.epochs = e;
@@ -234,7 +278,7 @@ double torch_accuracy(TorchLenet& net, const cnn::Dataset& test) {
   return double(hits) / double(test.size());
 }
 
-Result train_torch(const Data& d, const Options& o) {
+Result train_torch(const Data& d, const Options& o, Turns& turns) {
   torch::set_num_threads(o.threads);
   TorchLenet net;
   net.copy_from(cnn::LenetParams(1));
@@ -244,7 +288,7 @@ Result train_torch(const Data& d, const Options& o) {
   for (int e = 1; e <= o.epochs; ++e) {
     const auto order = cnn::shuffled(d.train.size(), 1, e);
     const auto start = Clock::now();
-    double loss_sum = 0;
+    double loss_sum = 0, waited = 0;
     for (std::int64_t s = 0; s < d.steps; ++s) {
       batch(d, order, s, x, y);
       const std::int64_t b = x.shape()[0];
@@ -254,8 +298,9 @@ Result train_torch(const Data& d, const Options& o) {
       loss.backward();
       sgd.step();
       loss_sum += loss.item<double>();
+      waited += turns.after_step();
     }
-    r.seconds[e - 1] = since(start);
+    r.seconds[e - 1] = since(start) - waited;
     r.loss[e - 1] = loss_sum / double(d.steps);
     r.accuracy[e - 1] = torch_accuracy(net, d.test);
     r.epochs = e;
@@ -268,31 +313,81 @@ Result train_torch(const Data& d, const Options& o) {
 }
 #endif
 
-// Runs train(d, o) in a forked child and returns what it measured.
-Result in_child(const std::function<Result()>& train) {
-  int fds[2];
-  if (pipe(fds) != 0) tg::fail("bench_lenet", "pipe failed");
+using Training = std::function<Result(Turns&)>;
+
+// One training in a forked child: its pipes from and to the parent.
+struct Child {
+  pid_t pid = -1;
+  int go = -1, back = -1;
+  bool finished = false;
+  Result result;
+};
+
+Child fork_child(const Training& train, int turn_steps) {
+  int go[2], back[2];
+  if (pipe(go) != 0 || pipe(back) != 0) tg::fail("bench_lenet", "pipe failed");
   std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
+  Child c;
+  c.pid = fork();
+  if (c.pid < 0) tg::fail("bench_lenet", "fork failed");
+  if (c.pid == 0) {
+    close(go[1]);
+    close(back[0]);
+    Turns turns(go[0], back[1], turn_steps);
+    turns.wait();
     reset_peak_rss();
     const double start_rss = status_mib("VmRSS");
-    Result r = train();
+    Result r = train(turns);
     r.start_rss_mib = start_rss;
     std::fflush(stdout);
-    const ssize_t written = write(fds[1], &r, sizeof r);
+    turns.send('f');
+    const ssize_t written = write(back[1], &r, sizeof r);
     _exit(written == sizeof r ? 0 : 1);
   }
-  close(fds[1]);
-  Result r;
-  const ssize_t got = read(fds[0], &r, sizeof r);
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (got != sizeof r || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+  close(go[0]);
+  close(back[1]);
+  c.go = go[1];
+  c.back = back[0];
+  return c;
+}
+
+// Gives child c one turn: returns when it hands the machine back or finishes.
+void give_turn(Child& c) {
+  char msg = 'g';
+  if (write(c.go, &msg, 1) != 1 || read(c.back, &msg, 1) != 1)
     tg::fail("bench_lenet", "a training process failed (see its output above)");
-  return r;
+  if (msg != 'f') return;
+  c.finished = true;
+  if (read(c.back, &c.result, sizeof c.result) != sizeof c.result) tg::fail("bench_lenet", "a training process sent no result");
+}
+
+// Runs the trainings in forked children, in turns of turn_steps steps each
+// (Note [Interleaved trainings]), or one after another when turn_steps is 0.
+std::vector<Result> run_trainings(const std::vector<Training>& trainings, int turn_steps) {
+  std::vector<Child> children;
+  for (const Training& t : trainings) {
+    children.push_back(fork_child(t, turn_steps));
+    if (turn_steps == 0) give_turn(children.back());  // runs to the end: the next starts after it
+  }
+  for (bool running = true; running;) {
+    running = false;
+    for (Child& c : children)
+      if (!c.finished) {
+        give_turn(c);
+        running = true;
+      }
+  }
+  std::vector<Result> results;
+  for (Child& c : children) {
+    int status = 0;
+    waitpid(c.pid, &status, 0);
+    close(c.go);
+    close(c.back);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      tg::fail("bench_lenet", "a training process failed (see its output above)");
+    results.push_back(c.result);
+  }
+  return results;
 }
 
 struct Run {
@@ -336,12 +431,26 @@ int main(int argc, char** argv) try {
   const std::int64_t images = std::min(d.train.size(), d.steps * 64);
   fmt::print("LeNet on Fashion-MNIST, {} epoch(s) of {} steps ({} images), batch 64, SGD momentum 0.9 lr 0.01, {} threads\n",
              o.epochs, d.steps, images, o.threads);
-  std::vector<Run> runs;
-  if (o.compiled) runs.push_back({"tapegrad compiled", in_child([&] { return train_tapegrad(d, o, true); })});
-  runs.push_back({"tapegrad", in_child([&] { return train_tapegrad(d, o, false); })});
+  std::vector<const char*> names;
+  std::vector<Training> trainings;
+  if (o.compiled) {
+    names.push_back("tapegrad compiled");
+    trainings.push_back([&](Turns& t) { return train_tapegrad(d, o, true, t); });
+  }
+  names.push_back("tapegrad");
+  trainings.push_back([&](Turns& t) { return train_tapegrad(d, o, false, t); });
 #ifdef TAPEGRAD_HAVE_TORCH
-  if (o.compare) runs.push_back({"LibTorch", in_child([&] { return train_torch(d, o); })});
+  if (o.compare) {
+    names.push_back("LibTorch");
+    trainings.push_back([&](Turns& t) { return train_torch(d, o, t); });
+  }
 #endif
+  if (o.turn_steps > 0)
+    fmt::print("the trainings take turns of {} steps (Note [Interleaved trainings]; --turn-steps 0: one after another)\n",
+               o.turn_steps);
+  const std::vector<Result> results = run_trainings(trainings, o.turn_steps);
+  std::vector<Run> runs;
+  for (std::size_t i = 0; i < results.size(); ++i) runs.push_back({names[i], results[i]});
   print_table(runs, images);
   return 0;
 } catch (const tg::Error& e) {

@@ -34,15 +34,17 @@
 // (LeNet's conv2; implicit GEMM: 4e-6). The points 0, +-1, +-2 measured the
 // same. In double all three agree with the reference loops to 1e-12.
 //
-// Layout: the input is copied once, zero-padded to whole tiles and
-// channel-last, each group's channels padded to whole vectors: (N, P1, P2,
-// groups, Cg'). Every transform then works on a vector of channels (or of
-// filters) at a time. A forward task is (sample, group, a block of tile rows):
-// it transforms its tiles into V, runs the 36 GEMMs one block of filters at a
-// time into M, transforms M back into a channel-last copy of its output rows,
+// Layout: the transforms read the input zero-padded to whole tiles and
+// channel-last, each group's channels padded to whole vectors: (P1, P2, Cg')
+// per sample and group. Every transform then works on a vector of channels (or
+// of filters) at a time. A forward task is (sample, group, a block of tile rows):
+// it copies its padded input rows channel-last (into L2, not a copy of the
+// whole input through memory), transforms its tiles into V, runs the 36 GEMMs
+// one block of filters at a time into M, transforms M back into a channel-last copy of its output rows,
 // moves that to the output's channel-first planes, and applies the epilogue to
-// its rows while they are in cache. The weight gradient reads each row of gy's
-// tiles through a channel-last copy too. Every change of layout is a transpose
+// its rows while they are in cache. The weight gradient copies the whole input
+// channel-last first (its tasks are rows of tiles, whose windows overlap), and
+// reads each row of gy's tiles through a channel-last copy too. Every change of layout is a transpose
 // of vector-sized blocks in registers (8 x 8 floats): on LeNet's conv2 the
 // element-by-element copies they replace took a fifth of the forward's time.
 //

@@ -257,7 +257,7 @@ struct Tiling {
   static constexpr std::int64_t points = Y::alpha * X::alpha;
   std::int64_t tiles_y = 0, tiles_x = 0;
   std::int64_t P1 = 0, P2 = 0;    // the padded input plane
-  std::int64_t Cgp = 0, Cp = 0;   // a group's channels padded to whole vectors; all groups'
+  std::int64_t Cgp = 0;           // a group's channels padded to whole vectors
   std::int64_t rows_per_task = 0, tasks_per_sample = 0;
 
   explicit Tiling(const ConvGeometry& g) {
@@ -266,61 +266,54 @@ struct Tiling {
     P1 = tiles_y * Y::m + Y::r - 1;
     P2 = tiles_x * X::m + X::r - 1;
     Cgp = ceil_div(g.Cg, kLanes<T>) * kLanes<T>;
-    Cp = g.groups * Cgp;
     // About 32 tiles a task: V and M stay in L2, and a sample splits into tasks.
     constexpr std::int64_t kTargetTiles = 32;
     tasks_per_sample = std::max<std::int64_t>(1, (tiles_y * tiles_x) / kTargetTiles);
     rows_per_task = ceil_div(tiles_y, tasks_per_sample);
     tasks_per_sample = ceil_div(tiles_y, rows_per_task);
   }
-  // The first element of tile (ty, tx)'s window in the padded input of sample n, group grp.
-  const T* window(const T* xt, std::int64_t n, std::int64_t grp, std::int64_t ty, std::int64_t tx) const {
-    return xt + ((n * P1 + ty * Y::m) * P2 + tx * X::m) * Cp + grp * Cgp;
-  }
+  // Elements of `rows` padded rows of one group's channel-last input.
+  std::int64_t rows_size(std::int64_t rows) const { return rows * P2 * Cgp; }
 };
 
-// x (N, C, in1, in2) -> zero-padded to whole tiles, channel-last: (N, P1, P2, groups, Cgp).
-// One task per padded row: each group's (channels x pixels) block of the row
-// is transposed a vector block at a time.
+// Padded rows [p1_begin, p1_end) of sample n's input, group grp's channels,
+// channel-last into out (rows, P2, Cgp): zero outside the input and past Cg.
+// Each row's (channels x pixels) block is transposed a vector block at a time.
 template <class T, class Y, class X>
-T* channel_last_padded(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* x, ScratchScope& scratch) {
-  T* out = scratch.take<T>(g.N * tl.P1 * tl.P2 * tl.Cp).data();
-  const std::int64_t plane = g.in[1] * g.in[2];
+void channel_last_rows(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* x, std::int64_t n, std::int64_t grp,
+                       std::int64_t p1_begin, std::int64_t p1_end, T* out) {
+  const std::int64_t plane = g.in[1] * g.in[2], row = tl.P2 * tl.Cgp;
   // Padded columns [p_begin, p_end) hold input columns from p_begin - lo (a negative padding drops columns).
   const std::int64_t p_begin = std::clamp<std::int64_t>(g.lo[2], 0, tl.P2);
   const std::int64_t p_end = std::clamp<std::int64_t>(g.lo[2] + g.in[2], p_begin, tl.P2);
-  parallel_for(g.N * tl.P1, conv_threads(), [&](std::int64_t row) {
-    const std::int64_t n = row / tl.P1, i1 = row % tl.P1 - g.lo[1];
-    T* dst = out + row * tl.P2 * tl.Cp;
+  const T* channels = x + (n * g.C + grp * g.Cg) * plane;  // channel c's plane at channels + c * plane
+  for (std::int64_t p1 = p1_begin; p1 < p1_end; ++p1) {
+    T* dst = out + (p1 - p1_begin) * row;
+    const std::int64_t i1 = p1 - g.lo[1];
     if (i1 < 0 || i1 >= g.in[1] || p_begin == p_end) {
-      std::fill(dst, dst + tl.P2 * tl.Cp, T(0));
-      return;
+      std::fill(dst, dst + row, T(0));
+      continue;
     }
-    std::fill(dst, dst + p_begin * tl.Cp, T(0));
-    std::fill(dst + p_end * tl.Cp, dst + tl.P2 * tl.Cp, T(0));
-    const T* src = x + n * g.C * plane + i1 * g.in[2] + (p_begin - g.lo[2]);  // channel c at src[c * plane]
-    for (std::int64_t grp = 0; grp < g.groups; ++grp) {
-      T* d = dst + p_begin * tl.Cp + grp * tl.Cgp;
-      transpose(src + grp * g.Cg * plane, plane, g.Cg, p_end - p_begin, d, tl.Cp);
-      if (tl.Cgp > g.Cg)
-        for (std::int64_t p = 0; p < p_end - p_begin; ++p) std::fill(d + p * tl.Cp + g.Cg, d + p * tl.Cp + tl.Cgp, T(0));
-    }
-  });
-  return out;
+    std::fill(dst, dst + p_begin * tl.Cgp, T(0));
+    std::fill(dst + p_end * tl.Cgp, dst + row, T(0));
+    T* d = dst + p_begin * tl.Cgp;
+    transpose(channels + i1 * g.in[2] + (p_begin - g.lo[2]), plane, g.Cg, p_end - p_begin, d, tl.Cgp);
+    if (tl.Cgp > g.Cg)
+      for (std::int64_t p = 0; p < p_end - p_begin; ++p) std::fill(d + p * tl.Cgp + g.Cg, d + (p + 1) * tl.Cgp, T(0));
+  }
 }
 
-// V[xi][t][0..Cgp) = (B1^T d B2)[xi] for the tiles t = first + tx of tile row
-// ty. Neighbouring tiles share r2 - 1 columns of their windows, so B1^T runs
-// once per column of the row's band (into band, alpha1 x P2 x Cgp), then B2
-// once per tile.
+// V[xi][t][0..Cgp) = (B1^T d B2)[xi] for the tiles t = first + tx of a tile
+// row whose windows start at `rows` (one group's channel-last padded input,
+// rows of P2 pixels of Cgp). Neighbouring tiles share r2 - 1 columns of their
+// windows, so B1^T runs once per column of the row's band (into band, alpha1 x
+// P2 x Cgp), then B2 once per tile.
 template <class T, class Y, class X>
-void input_row(const Tiling<T, Y, X>& tl, const T* xt, std::int64_t n, std::int64_t grp, std::int64_t ty, T* band,
-               T* V, std::int64_t xi_stride) {
+void input_row(const Tiling<T, Y, X>& tl, const T* rows, T* band, T* V, std::int64_t xi_stride) {
   constexpr int W = kLanes<T>;
-  const T* rows = tl.window(xt, n, grp, ty, 0);
   for (std::int64_t p2 = 0; p2 < tl.P2; ++p2)
     for (std::int64_t c = 0; c < tl.Cgp; c += W)
-      one_sided<Y::alpha, Y::alpha, Lanes<T>>(Y::BT, rows + p2 * tl.Cp + c, tl.P2 * tl.Cp, band + p2 * tl.Cgp + c,
+      one_sided<Y::alpha, Y::alpha, Lanes<T>>(Y::BT, rows + p2 * tl.Cgp + c, tl.P2 * tl.Cgp, band + p2 * tl.Cgp + c,
                                               tl.P2 * tl.Cgp);
   for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx)
     for (int a = 0; a < Y::alpha; ++a)
@@ -356,7 +349,6 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   ScratchScope scratch;
   const Tiling<T, Y, X> tl(g);
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2];
-  const T* xt = channel_last_padded(g, tl, x, scratch);
   const T* U = transform_weights(g, tl, w, scratch);
   const std::int64_t tasks = g.N * g.groups * tl.tasks_per_sample;
   parallel_for(tasks, conv_threads(), [&](std::int64_t task) {
@@ -368,8 +360,12 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     T* V = local.take<T>(tl.points * count * tl.Cgp).data();  // [xi][t][Cgp]
     T* M = local.take<T>(tl.points * padded * NR).data();     // [xi][t][NR]
     T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
+    // The task's padded input rows, channel-last (Note [Winograd convolution], layout).
+    const std::int64_t p1_begin = ty0 * Y::m, p1_end = ty1 * Y::m + Y::r - 1;
+    T* xt = local.take<T>(tl.rows_size(p1_end - p1_begin)).data();
+    channel_last_rows(g, tl, x, n, grp, p1_begin, p1_end, xt);
     for (std::int64_t ty = ty0; ty < ty1; ++ty)
-      input_row(tl, xt, n, grp, ty, band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, count * tl.Cgp);
+      input_row(tl, xt + tl.rows_size((ty - ty0) * Y::m), band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, count * tl.Cgp);
     // The task's outputs, channel-last: S[position][k] for the positions of its
     // output rows (contiguous in every output plane) and the group's filters.
     const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow, Kgp = blocks * NR;
@@ -424,7 +420,12 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2], per_sample = tl.tiles_y * tl.tiles_x;
   const std::int64_t sample_block = std::clamp<std::int64_t>(256 / per_sample, 1, g.N);
   const std::int64_t most = sample_block * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
-  const T* xt = channel_last_padded(g, tl, x, scratch);
+  // x channel-last, (N, groups, P1, P2, Cgp), one task per padded row.
+  T* xt = scratch.take<T>(g.N * g.groups * tl.rows_size(tl.P1)).data();
+  parallel_for(g.N * g.groups * tl.P1, conv_threads(), [&](std::int64_t r) {
+    channel_last_rows(g, tl, x, r / (g.groups * tl.P1), (r / tl.P1) % g.groups, r % tl.P1, r % tl.P1 + 1,
+                      xt + tl.rows_size(r));
+  });
   T* V = scratch.take<T>(g.groups * tl.points * most * tl.Cgp).data();           // [grp][xi][t][Cgp]
   T* Yhat = scratch.take<T>(g.groups * tl.points * blocks * most * NR).data();    // [grp][xi][blk][t][NR]
   T* gU = scratch.take<T>(g.groups * tl.points * blocks * c_tiles * kTileRows * NR).data();  // [grp][xi][blk][c][NR]
@@ -445,8 +446,8 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
       T dy[Y::m * X::m * NR];
       ScratchScope local;
       T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
-      input_row(tl, xt, n, grp, ty, band, V + (grp * tl.points * most + s * per_sample + ty * tl.tiles_x) * tl.Cgp,
-                most * tl.Cgp);
+      input_row(tl, xt + tl.rows_size((n * g.groups + grp) * tl.P1 + ty * Y::m), band,
+                V + (grp * tl.points * most + s * per_sample + ty * tl.tiles_x) * tl.Cgp, most * tl.Cgp);
       // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
       const std::int64_t Kgp = blocks * NR;
       T* D = local.take<T>(in * ow * Kgp).data();

@@ -170,19 +170,19 @@ double implicit_gemm_seconds(const ConvGeometry& g, ConvPass pass) {
   return g.macs() / (kImplicitGemmRate * fill);
 }
 
-// Winograd (Note [Winograd convolution]): 36 GEMMs over tiles, channels in
-// vectors of 8 and filters in tiles of 16, plus the transforms of every tile's
-// input channels and filters. The rates are measured on LeNet's conv2 and the
-// 3x3 layers of bench_conv; a single-channel layer (LeNet's conv1) stays with
-// implicit GEMM.
+// Winograd (Note [Winograd convolution]): one GEMM per transform point (36
+// for a 3x3 kernel, 64 for a 5x5) over tiles, channels in vectors of 8 and
+// filters in tiles of 16, plus the transforms of every tile's input channels
+// and filters. The rates are measured on LeNet's conv2 and the 3x3 layers of
+// bench_conv; a single-channel layer (LeNet's conv1) stays with implicit GEMM.
 double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
   if (!conv_impl::implicit_gemm_vectorised() || !conv_impl::winograd_applies(g) || g.ker_vol() == 1) return INFINITY;
   auto tiles_along = [&](int d) {
-    const std::int64_t m = g.ker[d] == 1 ? 1 : 7 - g.ker[d];
+    const std::int64_t m = conv_impl::winograd_alpha(g.ker[d]) - g.ker[d] + 1;
     return double((g.out[d] + m - 1) / m);
   };
   auto round_up = [](std::int64_t v, std::int64_t to) { return double((v + to - 1) / to * to); };
-  const double points = (g.ker[1] == 1 ? 1 : 6) * (g.ker[2] == 1 ? 1 : 6);
+  const double points = double(conv_impl::winograd_alpha(g.ker[1]) * conv_impl::winograd_alpha(g.ker[2]));
   const double tiles = double(g.N * g.groups) * tiles_along(1) * tiles_along(2);
   const std::int64_t produced = pass == ConvPass::backward_input ? g.Cg : g.Kg;
   const std::int64_t consumed = pass == ConvPass::backward_input ? g.Kg : g.Cg;

@@ -134,6 +134,9 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
 // dilation, 1-D or 2-D, 1, 3 or 5 taps per dim. require_winograd throws a
 // tg::Error naming `op` where it does not apply.
 bool winograd_applies(const ConvGeometry& g);
+// Transform points along a dim of `taps` taps (1, 3 or 5): 1 (no transform),
+// 6 for F(4, 3) and 8 for F(4, 5); a tile has alpha - taps + 1 outputs.
+constexpr int winograd_alpha(std::int64_t taps) { return taps == 1 ? 1 : taps == 3 ? 6 : 8; }
 void require_winograd(const ConvGeometry& g, const char* op);
 template <class T>
 void winograd_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,

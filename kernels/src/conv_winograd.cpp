@@ -1,16 +1,16 @@
 // Winograd convolution: fewer multiplies per output, in a transformed domain.
 //
 // Note [Winograd convolution]: along a spatial dim with r = 3 or 5 taps, a
-// tile of m = 7 - r outputs reads alpha = 6 inputs d and is computed as
-//   y = A^T [ (G g) . (B^T d) ]                 (. : elementwise over 6 points)
+// tile of m = 4 outputs reads alpha = m + r - 1 inputs d (6 or 8) and is computed as
+//   y = A^T [ (G g) . (B^T d) ]                 (. : elementwise over alpha points)
 // the Toom-Cook algorithm F(m, r) on the points 0, 1, -1, 1/2, -1/2 and
-// infinity (the points Barabasz et al. found most accurate for 6). A dim of
-// one tap is left alone (alpha = m = 1). In 2-D the transforms apply along
-// both dims,
+// infinity (Barabasz et al.'s most accurate choice for 6), with 2 and -2, the
+// next simplest pair, added for 8. A dim of one tap is left alone (alpha =
+// m = 1). In 2-D the transforms apply along both dims,
 //   Y = A1^T [ (G1 g G2^T) . (B1^T d B2) ] A2
-// so a 2x2 output tile of a 5x5 kernel costs 36 multiplies instead of 100, and
-// a 4x4 tile of a 3x3 kernel 36 instead of 144. Summed over input channels the
-// pointwise products are 36 independent GEMMs, one per transform point xi:
+// so a 4x4 output tile of a 5x5 kernel costs 64 multiplies instead of 400, and
+// of a 3x3 kernel 36 instead of 144. Summed over input channels the pointwise
+// products are independent GEMMs, one per transform point xi:
 //   M[xi] (tiles x Kg) = V[xi] (tiles x Cg) . U[xi] (Cg x Kg)
 // with V = B^T d B per (tile, channel) and U = G g G^T per (filter, channel),
 // run by the implicit GEMM's micro-kernel. The weight gradient is the same
@@ -19,10 +19,10 @@
 //   Yhat = A1 gY A2^T per (tile, filter),   gw += G1^T gU G2
 // and the input gradient is the forward of the adjoint geometry.
 //
-// The matrices come from evaluation: E_n (6 x n) evaluates a polynomial of n
+// The matrices come from evaluation: E_n (alpha x n) evaluates a polynomial of n
 // coefficients at the points (row j = [1, p_j, ..., p_j^(n-1)]; the infinity
 // row picks the leading coefficient). A linear convolution of g (r
-// coefficients) with h (m) is s = C [(E_r g) . (E_m h)], C = E_6^-1;
+// coefficients) with h (m) is s = C [(E_r g) . (E_m h)], C = E_alpha^-1;
 // correlation is its transpose with respect to h, so G = E_r, A^T = E_m^T and
 // B^T = C^T. They are computed at compile time, with the tap counts as
 // template parameters, so every transform is unrolled.
@@ -30,16 +30,26 @@
 // Rounding: the transforms scale values up before the GEMMs and back down
 // after, so in float the forward and input gradient differ from a direct
 // convolution by a few 1e-6 relative, and the weight gradient (a sum over every
-// tile in the transformed domain) by up to about 5e-5 of its largest entry
-// (LeNet's conv2; implicit GEMM: 4e-6). The points 0, +-1, +-2 measured the
-// same. In double all three agree with the reference loops to 1e-12.
+// tile in the transformed domain) by a few 1e-5 of its largest entry (LeNet's
+// conv2 against LibTorch: 5e-6, 7e-6 and 2.4e-5 with 8 points for its 5x5
+// kernel; 3.5e-6, 5e-6 and 5e-5 with 6 points and 2x2 tiles, which it used
+// before; implicit GEMM: 4e-6). In double all three agree with the reference
+// loops to 1e-12.
+//
+// Tile size: 4x4 outputs of a 5x5 kernel need 64 points, 2x2 outputs 36, so
+// the GEMMs do 4 multiplies per output instead of 9; the larger tiles' input
+// transforms cost about as much per output, and a 14x14 plane (LeNet's conv2)
+// wastes a quarter of its 16x16 tile outputs. On that layer the 64-point
+// version took 0.72-0.79x the time of the 36-point one in the forward,
+// 0.80-0.85x in the input gradient and 0.85-0.93x in the weight gradient
+// (2 threads, interleaved runs).
 //
 // Layout: the transforms read the input zero-padded to whole tiles and
 // channel-last, each group's channels padded to whole vectors: (P1, P2, Cg')
 // per sample and group. Every transform then works on a vector of channels (or
 // of filters) at a time. A forward task is (sample, group, a block of tile rows):
 // it copies its padded input rows channel-last (into L2, not a copy of the
-// whole input through memory), transforms its tiles into V, runs the 36 GEMMs
+// whole input through memory), transforms its tiles into V, runs the GEMMs
 // one block of filters at a time into M, transforms M back into a channel-last copy of its output rows,
 // moves that to the output's channel-first planes, and applies the epilogue to
 // its rows while they are in cache. The weight gradient copies the whole input

@@ -35,7 +35,7 @@ namespace tg::kernels::conv_impl::TG_WINOGRAD_ISA {
 namespace {
 
 
-constexpr int kAlpha = 6;  // transform points per dim (for 3 or 5 taps)
+constexpr int kAlpha = winograd_alpha(5);  // the most transform points per dim
 
 // ---- the matrices (Note [Winograd convolution]), in double at compile time ----
 
@@ -51,7 +51,7 @@ constexpr double power(double x, int k) {
 
 // E_n: the alpha x n evaluation matrix.
 constexpr Matrix evaluation(int alpha, int n) {
-  constexpr double points[kAlpha - 1] = {0.0, 1.0, -1.0, 0.5, -0.5};
+  constexpr double points[kAlpha - 1] = {0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0};
   Matrix E;
   for (int j = 0; j < alpha; ++j)
     for (int k = 0; k < n; ++k)
@@ -110,7 +110,7 @@ struct Coefficients {
 // F(m, r) along one dim: alpha points, m outputs per tile, r taps.
 template <class T, int R>
 struct Dim {
-  static constexpr int r = R, alpha = R == 1 ? 1 : kAlpha, m = alpha - R + 1;
+  static constexpr int r = R, alpha = winograd_alpha(R), m = alpha - R + 1;
   static constexpr Matrix C = inverse(evaluation(alpha, alpha), alpha);
   static constexpr Coefficients<T> BT{transposed(C)};                  // alpha x alpha
   static constexpr Coefficients<T> AT{transposed(evaluation(alpha, m))};  // m x alpha
@@ -153,12 +153,12 @@ template <int LA, int LI, class V, class T>
 [[gnu::always_inline]] inline void one_sided(const Coefficients<T>& L, const T* in, std::int64_t in_stride, T* out,
                                              std::int64_t out_stride) {
   V v[LI];
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int i = 0; i < LI; ++i) v[i] = load<V>(in + i * in_stride);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int a = 0; a < LA; ++a) {
     V acc{};
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int i = 0; i < LI; ++i)
       if (L.v[a][i] != T(0)) acc += L.v[a][i] * v[i];
     store(out + a * out_stride, acc);
@@ -176,9 +176,9 @@ template <int LA, int LI, int RB, int RJ, class V, class T>
                                              std::int64_t out_stride) {
   constexpr int W = sizeof(V) / sizeof(T);
   T mid[LA * RJ * W];  // mid(a, j) at (a * RJ + j) * W
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int j = 0; j < RJ; ++j) one_sided<LA, LI, V>(L, in + j * col_stride, row_stride, mid + j * W, RJ * W);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int a = 0; a < LA; ++a) one_sided<RB, RJ, V>(R, mid + a * RJ * W, W, out + a * RB * out_stride, out_stride);
 }
 

@@ -21,9 +21,9 @@
 //             copy (index tables into a padded input); only with AVX2+FMA,
 //             never for pointwise convolutions or a strided input gradient
 //   winograd: only stride 1 and dilation 1, 1-D or 2-D, 1, 3 or 5 taps per
-//             dim, with AVX2+FMA (Note [Winograd convolution]): 36 GEMMs over
-//             6x6-point tiles (2x2 outputs of a 5x5 kernel, 4x4 of a 3x3),
-//             tiles*36*Cg*Kg' / kWinogradRate plus the transforms of every
+//             dim, with AVX2+FMA (Note [Winograd convolution]): one GEMM per
+//             point of 4x4-output tiles (64 points for a 5x5 kernel, 36 for a 3x3),
+//             tiles*points*Cg*Kg' / kWinogradRate plus the transforms of every
 //             tile's channels and filters / kWinogradTransformRate
 //   fft     : only stride 1 and dilation 1; transforms of every input
 //             channel, filter and output plane on the padded grid, plus the

@@ -130,6 +130,14 @@ template <class T>
 void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
                                    const AdjointPrologue<T>* prologue = nullptr, T* gy_in_place = nullptr);
 
+// dst[j * dst_stride + i] (+)= src[i * src_stride + j] for i < rows, j < cols:
+// the layout changes between channel-first and channel-last, a vector block at
+// a time in registers (transpose in conv_winograd_passes.hpp, with AVX2 where
+// the CPU has it); Winograd's passes and implicit GEMM's packing use it.
+template <class T>
+void transpose_blocks(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
+                      std::int64_t dst_stride, bool add = false);
+
 // Winograd (conv_winograd.cpp, Note [Winograd convolution]): unit stride and
 // dilation, 1-D or 2-D, 1, 3 or 5 taps per dim. require_winograd throws a
 // tg::Error naming `op` where it does not apply.

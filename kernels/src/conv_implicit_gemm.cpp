@@ -254,22 +254,23 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
     const std::int64_t run = task % runs, grp = (task / runs) % g.groups, n = task / (runs * g.groups);
     const T* origin = xp + (n * g.C + grp * g.Cg) * L.plane;
     const std::int64_t p_begin = run * kTileRows * kTilesPerTask, p_end = std::min(ov, p_begin + kTileRows * kTilesPerTask);
+    // The task's outputs channel-last, S[position][filter] (whole tiles of
+    // positions, blocks of filters), then transposed into y's planes.
+    const std::int64_t Kgp = blocks * NR;
+    ScratchScope local;
+    T* S = local.take<T>((p_end - p_begin + kTileRows) * Kgp).data();
     T out[kTileRows * NR];
     const T* rows[kTileRows];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       const T* wb = wp + (grp * blocks + blk) * R * NR;
-      const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
       for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
         tile_rows(origin, L.base.data(), p0, ov, rows);
         // out (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
         gemm_tile(rows, L.tap.data(), wb, R, out);
-        const std::int64_t pn = std::min<std::int64_t>(kTileRows, ov - p0);
-        for (std::int64_t j = 0; j < kn; ++j) {
-          T* dst = y + (n * g.K + grp * g.Kg + k0 + j) * ov + p0;
-          for (std::int64_t i = 0; i < pn; ++i) dst[i] = accumulate ? dst[i] + out[i * NR + j] : out[i * NR + j];
-        }
+        for (int i = 0; i < kTileRows; ++i) std::copy(out + i * NR, out + (i + 1) * NR, S + (p0 - p_begin + i) * Kgp + blk * NR);
       }
     }
+    transpose_blocks(S, Kgp, p_end - p_begin, g.Kg, y + (n * g.K + grp * g.Kg) * ov + p_begin, ov, accumulate);
     // The task's outputs (its run of positions, every filter of its group) are
     // complete and still in cache: the epilogue runs on them now.
     if (epilogue)
@@ -315,12 +316,9 @@ const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& s
         fold.prologue->apply(row, first + j * ov, ov);
         if (fold.partial) fold.partial[n * g.K + grp * g.Kg + k0 + j] = sum_run(row, ov);
       }
-    const T* src = gy + first;
-    // Position-major: contiguous writes, kn sequential read streams.
-    for (std::int64_t p = 0; p < ov; ++p) {
-      for (std::int64_t j = 0; j < kn; ++j) dst[p * NR + j] = src[j * ov + p];
-      for (std::int64_t j = kn; j < NR; ++j) dst[p * NR + j] = T(0);
-    }
+    transpose_blocks(gy + first, ov, kn, ov, dst, NR);  // dst[p][j] = gy row j's p
+    if (kn < NR)
+      for (std::int64_t p = 0; p < ov; ++p) std::fill(dst + p * NR + kn, dst + (p + 1) * NR, T(0));
   });
   return packed;
 }

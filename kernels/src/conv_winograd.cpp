@@ -72,6 +72,9 @@ void forward_any(const ConvGeometry& g, const T* x, const T* w, T* y, bool accum
 template <class T>
 void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
                          T* gy_in_place);
+template <class T>
+void transpose_any(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
+                   std::int64_t dst_stride, bool add);
 }  // namespace avx2
 
 
@@ -112,7 +115,15 @@ void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T*
   portable::backward_weight_any(g, x, gy, gw, prologue, gy_in_place);
 }
 
+template <class T>
+void transpose_blocks(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
+                      std::int64_t dst_stride, bool add) {
+  if (implicit_gemm_vectorised()) return avx2::transpose_any(src, src_stride, rows, cols, dst, dst_stride, add);
+  portable::transpose_any(src, src_stride, rows, cols, dst, dst_stride, add);
+}
+
 #define TG_INSTANTIATE(T)                                                                                          \
+  template void transpose_blocks<T>(const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t, bool);     \
   template void winograd_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
   template void winograd_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, bool);                          \
   template void winograd_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);

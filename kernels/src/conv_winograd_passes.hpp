@@ -531,6 +531,12 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, 
   with_dims<T>(g, [&]<class Y, class X>() { backward_weight<T, Y, X>(g, x, gy, gw, prologue, gy_in_place); });
 }
 
+template <class T>
+void transpose_any(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
+                   std::int64_t dst_stride, bool add) {
+  transpose(src, src_stride, rows, cols, dst, dst_stride, add);
+}
+
 }  // namespace tg::kernels::conv_impl::TG_WINOGRAD_ISA
 
 #if defined(TG_WINOGRAD_AVX2) && !defined(__clang__)

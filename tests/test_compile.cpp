@@ -281,29 +281,62 @@ TEST_CASE("compile: a conv's fused activation pullback folds into the weight gra
                  std::tuple{A::random_uniform({2, 3, 4, 4}, -1, 1, 4), A::random_uniform({3, 2, 3, 3}, -1, 1, 5), A::random_uniform({2}, -1, 1, 6)});
 }
 
-TEST_CASE("compile: the folded pullback gives the interpreter's float gradients bit for bit on a LeNet layer") {
-  // The two algorithms that fold the pullback into their weight pass: implicit
-  // GEMM as it packs gy, Winograd per block of samples.
+TEST_CASE("compile: the folded and the moved pullback give the interpreter's float gradients bit for bit on a LeNet layer") {
+  // The two algorithms that fold the pullback (and the bias gradient) into
+  // their weight pass: implicit GEMM as it packs gy, Winograd per block of
+  // samples. Before a max-pool the ReLU's pullback moves to the pool instead
+  // (Note [Activation pullbacks at the max-pool]).
   using F = tg::Tracked<float>;
   using AF = tg::Array<float>;
-  for (auto algorithm : {tg::kernels::ConvAlgorithm::implicit_gemm, tg::kernels::ConvAlgorithm::winograd}) {
-    CAPTURE(std::string(tg::kernels::to_string(algorithm)));
-    auto layer = [algorithm](const F& x, const F& w, const F& b) {
-      return tg::sum(tg::maxpool(tg::relu(tg::conv(x, w, b, {.padding = {2}, .algorithm = algorithm})), {.window = {2}}));
-    };
-    const AF x = AF::random_uniform({8, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
-             b = AF::random_uniform({32}, -1, 1, 3);
-    auto tape = tg::record(layer, x, w, b);
-    auto ct = tg::compile(tape);
-    const auto [ex, ew, eb] = tape.gradient(x, w, b);
-    for (int round = 0; round < 2; ++round) {
-      const auto [gx, gw, gb] = ct.gradient(x, w, b);
-      auto same = [](const AF& a, const AF& e) { return a.shape() == e.shape() && std::equal(a.begin(), a.end(), e.begin()); };
-      CHECK(same(gx, ex));
-      CHECK(same(gw, ew));
-      CHECK(same(gb, eb));
+  for (auto algorithm : {tg::kernels::ConvAlgorithm::implicit_gemm, tg::kernels::ConvAlgorithm::winograd})
+    for (const bool pooled : {true, false}) {
+      CAPTURE(std::string(tg::kernels::to_string(algorithm)));
+      CAPTURE(pooled);
+      auto layer = [algorithm, pooled](const F& x, const F& w, const F& b) {
+        const F h = tg::relu(tg::conv(x, w, b, {.padding = {2}, .algorithm = algorithm}));
+        return pooled ? tg::sum(tg::maxpool(h, {.window = {2}})) : tg::sum(h * 0.5f);
+      };
+      const AF x = AF::random_uniform({8, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
+               b = AF::random_uniform({32}, -1, 1, 3);
+      auto tape = tg::record(layer, x, w, b);
+      auto ct = tg::compile(tape);
+      CHECK((tg::dump(ct).find("(relu's pullback here)") != std::string::npos) == pooled);
+      const auto [ex, ew, eb] = tape.gradient(x, w, b);
+      for (int round = 0; round < 2; ++round) {
+        const auto [gx, gw, gb] = ct.gradient(x, w, b);
+        auto same = [](const AF& a, const AF& e) { return a.shape() == e.shape() && std::equal(a.begin(), a.end(), e.begin()); };
+        CHECK(same(gx, ex));
+        CHECK(same(gw, ew));
+        CHECK(same(gb, eb));
+      }
     }
-  }
+}
+
+TEST_CASE("compile: an activation's pullback moves to a max-pool only when that is exact") {
+  // relu(x) then maxpool: the pool's output is the ReLU's output at the element
+  // its pullback reaches, and ReLU's pullback is a 0/1 mask: moved. Overlapping
+  // and padded windows too (an element can be the maximum of two windows).
+  auto moved = [](const T& x, const T& w) {
+    const T h = tg::relu(tg::conv(x, w, {.padding = {1}}));
+    return tg::sum(tg::maxpool(h, {.window = {2}}) * 2.0) + tg::sum(tg::maxpool(tg::relu(tg::conv(x, w)), {.window = {3}, .stride = {2}, .padding = {1}}));
+  };
+  auto in = [](std::uint64_t s) { return std::tuple{A::random_uniform({2, 3, 7, 8}, -1, 1, s), A::random_uniform({4, 3, 3, 3}, -1, 1, s + 1)}; };
+  check_compiled(moved, in(1), in(5));
+  auto tape = tg::record(moved, std::get<0>(in(1)), std::get<1>(in(1)));
+  const std::string text = tg::dump(tg::compile(tape));
+  std::size_t count = 0;
+  for (std::size_t at = text.find("(relu's pullback here)"); at != std::string::npos; at = text.find("(relu's pullback here)", at + 1)) ++count;
+  CHECK(count == 2);
+  CHECK(text.find("+ relu (its pullback at the max-pool)") != std::string::npos);
+  CHECK(tg::dump(tg::compile(tape, {.fuse_epilogues = false})).find("pullback here") == std::string::npos);
+  // Not moved: the ReLU's output read elsewhere too, a mean-pool, an activation whose pullback is not a mask.
+  auto kept = [](const T& x, const T& w) {
+    const T h = tg::relu(tg::conv(x, w, {.padding = {1}}));
+    return tg::sum(tg::maxpool(h, {.window = {2}})) + tg::sum(h) + tg::sum(tg::meanpool(tg::relu(tg::conv(x, w)), {.window = {2}})) +
+           tg::sum(tg::maxpool(tg::tanh(tg::conv(x, w)), {.window = {2}}));
+  };
+  check_compiled(kept, in(1), in(5));
+  CHECK(tg::dump(tg::compile(tg::record(kept, std::get<0>(in(1)), std::get<1>(in(1))))).find("pullback here") == std::string::npos);
 }
 
 TEST_CASE("compile: tune_algorithms times the conv passes that run, for the compiled program only, and keeps forced ones") {

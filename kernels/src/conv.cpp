@@ -345,7 +345,20 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
   conv_backward_weight(g, a, x, gy, gw);
 }
 
+template <class T>
+void conv_backward_weight_and_bias(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw, T* gbias) {
+  require_resolved(a);
+  // A prologue without a pullback only reads gy: the in-place pointer is never written through.
+  const AdjointPrologue<T> sums{nullptr, nullptr, nullptr, gbias};
+  T* unwritten = const_cast<T*>(gy);
+  if (a == ConvAlgorithm::implicit_gemm && !g.flip) return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &sums, unwritten);
+  if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &sums, unwritten);
+  conv_bias_backward(gy, gbias, g.N, g.K, g.out_vol());
+  conv_backward_weight(g, a, x, gy, gw);
+}
+
 #define TG_INSTANTIATE(T)                                                                                  \
+  template void conv_backward_weight_and_bias<T>(const ConvGeometry&, ConvAlgorithm, const T*, const T*, T*, T*); \
   template void apply_adjoint_prologue<T>(T*, std::int64_t, const AdjointPrologue<T>&);                   \
   template void conv_bias_backward<T>(const T*, T*, std::int64_t, std::int64_t, std::int64_t);           \
   template void conv_backward_weight_folded<T>(const ConvGeometry&, ConvAlgorithm, const T*, T*, T*,      \

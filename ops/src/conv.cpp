@@ -262,6 +262,11 @@ OpInfo<T> conv_row(bool transpose) {
       gw = nullptr;
       gbias = nullptr;
     }
+    if (!cp.transpose && gw && gbias) {  // the bias gradient's row sums as the weight pass reads gy
+      kernels::conv_backward_weight_and_bias(g, cp.algorithm[2], x, gout, gw->data(), gbias->data());
+      gw = nullptr;
+      gbias = nullptr;
+    }
     if (!cp.transpose) {
       if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data(), add_gx);
       if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], x, gout, gw->data());

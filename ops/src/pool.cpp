@@ -82,7 +82,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
   r.name = op_name(kind, global);
   r.arity = 1;
-  r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
+  r.flags = kind == PoolKind::mean ? kLinear : kind == PoolKind::max ? kPoolsByMax : kNoFlags;
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
   r.flags |= kPullbackCanAssign;  // from codes the whole adjoint is written; otherwise zeroed first
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };

@@ -42,9 +42,9 @@ const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
 // function array_fwd(x, y, n) (y may be x): exp, tanh and sigmoid run
 // vectorised (Note [Vector math]), for the op, its epilogue and in a fused block alike.
 template <class T, class ArrayFwd, class Dfwd>
-const OpInfo<T>& add_unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd) {
+const OpInfo<T>& add_unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd, std::uint32_t flags = kNoFlags) {
   OpInfo<T> row = unary_row_without_forward<T, NoParams>(
-      name, kNoFlags, [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
+      name, flags, [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
   row.forward = [array_fwd](const ForwardCall<T>& c) {
     const T* x = c.inputs[0]->data();
     T* y = c.output.data();
@@ -124,7 +124,8 @@ const OpInfo<T>& relu_op() {
       "relu", [](const T* x, T* y, std::int64_t n) {
         for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
       },
-      [](T, T y, T dy) { return y > T(0) ? dy : T(0); });  // y > 0 exactly where x > 0
+      [](T, T y, T dy) { return y > T(0) ? dy : T(0); },  // y > 0 exactly where x > 0
+      kMaskPullback);  // relu(NaN) = 0
   return row;
 }
 template <class T>

@@ -39,6 +39,9 @@ std::string step_equation(const CompiledProgram<T>& p, const typename CompiledPr
   }
   std::string line = equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
   if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
+  // Note [Activation pullbacks at the max-pool]
+  if (st.epilogue_pullback_moved) line += " (its pullback at the max-pool)";
+  if (st.at_max) line += fmt::format(" ({}'s pullback here)", st.at_max->name);
   if (st.shares_value) line += st.shares_adjoint ? " (view: value and adjoint shared)" : " (view: value shared)";
   return line;
 }

@@ -73,6 +73,34 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
   steps.resize(kept);
 }
 
+// Note [Activation pullbacks at the max-pool] (compile.hpp): after epilogue
+// fusion, a producer whose fused activation has a mask pullback and whose
+// output feeds only a max-pool hands that pullback to the pool's step.
+template <class T>
+void move_pullbacks_to_max_pools(std::vector<typename CompiledProgram<T>::Step>& steps, std::uint32_t output,
+                                 std::size_t slots, std::span<const Guard> guards) {
+  std::vector<int> consumers(slots, 0), producer(slots, -1);
+  for (const Guard& g : guards) {
+    consumers[g.lhs]++;
+    if (g.rhs != Tape<T>::kNoSlot) consumers[g.rhs]++;
+  }
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    producer[steps[s].out] = static_cast<int>(s);
+    for (auto a : steps[s].args) consumers[a]++;
+  }
+  for (auto& pool : steps) {
+    if (!(pool.op->flags & kPoolsByMax) || !pool.group.empty() || !pool.pullback || pool.args.size() != 1) continue;
+    const std::uint32_t x = pool.args[0];
+    const int p = producer[x];
+    if (p < 0 || consumers[x] != 1 || x == output) continue;
+    auto& prod = steps[static_cast<std::size_t>(p)];
+    if (!prod.epilogue || !(prod.epilogue->flags & kMaskPullback) || !prod.pullback) continue;
+    prod.epilogue_pullback_moved = true;
+    pool.at_max = prod.epilogue;
+    pool.at_max_params = prod.epilogue_params;
+  }
+}
+
 // Note [Tuned algorithms]: an op with a tune hook times its kernels for the
 // passes its step runs; the step keeps the tuned params, the tape its own.
 template <class T>
@@ -185,7 +213,10 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
   // Chains first: an activation on an elementwise op joins its chain; the rest
   // (an activation after conv or matmul, or after a broadcasting bias add) are epilogues.
   if (options.fuse_elementwise) compile_impl::fuse_elementwise<T>(steps_, tape, output_, guards_);
-  if (options.fuse_epilogues) fuse_epilogues<T>(steps_, output_, slots, guards_);
+  if (options.fuse_epilogues) {
+    fuse_epilogues<T>(steps_, output_, slots, guards_);
+    move_pullbacks_to_max_pools<T>(steps_, output_, slots, guards_);
+  }
   std::vector<std::uint32_t> value_root(slots), adjoint_root(slots);
   std::iota(value_root.begin(), value_root.end(), 0u);
   std::iota(adjoint_root.begin(), adjoint_root.end(), 0u);
@@ -213,7 +244,10 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     for (auto a : st.args) touch(value_buffer, a, false, t.forward(s));
     if (!st.pullback) continue;
     const int back = t.pullback(s);  // reads inputs, output and output adjoint; writes input adjoints
-    touch(value_buffer, st.out, false, back);
+    // An op that ignores its output reads it only for a fused activation's pullback it still runs.
+    const bool reads_output = !(st.op->flags & kPullbackIgnoresOutput) || !st.group.empty() || st.shares_value ||
+                              (st.epilogue && !st.epilogue_pullback_moved);
+    if (reads_output) touch(value_buffer, st.out, false, back);
     touch(adjoint_buffer, st.out, true, back);
     for (auto a : st.args) {
       touch(value_buffer, a, false, back);
@@ -405,10 +439,13 @@ void CompiledProgram<T>::run_reverse(Seed write_seed) {
         if (!st.group.empty()) return group_pullback(st, external_adjoints(st, slots, needs_grad_));
         const std::uint32_t assign = slots.inputs(*st.op, st.args, needs_grad_, scratch_adj_);
         Array<T>& dy = adjoints_[st.out];
+        if (st.at_max)  // Note [Activation pullbacks at the max-pool]: the pool's output stands for the activation's
+          run_epilogue_pullback(*st.at_max, st.at_max_params.get(), values_[st.out].data(), dy.data(), dy.size());
         // The op folds the activation's pullback into its own first read of dy, or it runs here as a pass of its own.
-        const EpilogueCall<T> epilogue{st.epilogue, st.epilogue_params.get()};
-        const bool folded = st.epilogue && (st.op->flags & kFoldsEpiloguePullback);
-        if (st.epilogue && !folded) run_epilogue_pullback(*st.epilogue, st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
+        const OpInfo<T>* activation = st.epilogue_pullback_moved ? nullptr : st.epilogue;
+        const EpilogueCall<T> epilogue{activation, st.epilogue_params.get()};
+        const bool folded = activation && (st.op->flags & kFoldsEpiloguePullback);
+        if (activation && !folded) run_epilogue_pullback(*activation, st.epilogue_params.get(), values_[st.out].data(), dy.data(), dy.size());
         st.op->pullback({st.params.get(), scratch_in_, values_[st.out], dy, scratch_adj_, st.saved,
                          folded ? &epilogue : nullptr, folded ? &dy : nullptr, assign});
       });

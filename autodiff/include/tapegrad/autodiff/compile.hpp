@@ -22,6 +22,16 @@
 //                producer it runs as one parallel pass. Its pullback is one
 //                parallel pass over the adjoint before the producer's pullback,
 //                or folded into a conv's weight gradient (see below).
+//                Note [Activation pullbacks at the max-pool]: when the fused
+//                activation's output feeds only a max-pool (registry flags
+//                kMaskPullback, kPoolsByMax: ReLU then maxpool), its pullback
+//                runs on the pool's output adjoint instead, with the pool's
+//                output as the activation's: a window's maximum is the
+//                activation's output at the element the pool's pullback sends
+//                the adjoint to, every other element gets a zero adjoint, and
+//                a 0/1 mask of those is exact. LeNet's pullbacks then mask
+//                4x fewer elements, and the producer's output is no longer
+//                read in the reverse pass.
 //   fuse_elementwise: Note [Elementwise fusion]: a chain of elementwise ops
 //                (registry flag kElementwise, no saved buffers) whose inner
 //                values feed only the next op of the chain, with external
@@ -132,6 +142,12 @@ class CompiledProgram {
     bool pullback;  // runs in the reverse pass
     const OpInfo<T>* epilogue = nullptr;  // fused activation (Note [Epilogue fusion]); `out` is its output
     std::shared_ptr<const OpParams> epilogue_params;
+    // Note [Activation pullbacks at the max-pool]: the epilogue's pullback runs
+    // at the max-pool that reads `out` instead (moved), and that max-pool's step
+    // runs it on its own output adjoint first (at_max).
+    bool epilogue_pullback_moved = false;
+    const OpInfo<T>* at_max = nullptr;
+    std::shared_ptr<const OpParams> at_max_params;
     // Note [Elementwise fusion]: a chain of elementwise ops run as one step, block
     // by block; `args` are its external inputs, `out` the last member's output.
     struct Member {

@@ -54,6 +54,11 @@ enum OpFlag : std::uint32_t {
   kFoldsEpiloguePullback = 1u << 4,  // the pullback applies PullbackCall::epilogue itself (conv)
   kPullbackCanAssign = 1u << 5,  // the pullback honours PullbackCall::assign (Note [Assigned adjoints])
   kView = 1u << 6,  // one input; the output is its elements in the same order, another shape (reshape)
+  // Note [Activation pullbacks at the max-pool] (compile.hpp):
+  kPoolsByMax = 1u << 7,  // each output is one element of its input window, and the pullback sends the output
+                          // adjoint to that element alone (maxpool)
+  kMaskPullback = 1u << 8,  // an activation whose epilogue pullback multiplies the adjoint by 0 or 1, chosen
+                            // by the output value, and whose forward never outputs NaN (relu)
 };
 
 template <class T>

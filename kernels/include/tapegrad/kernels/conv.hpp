@@ -135,6 +135,12 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
 template <class T>
 void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T* x, T* gy, T* gw,
                                  const AdjointPrologue<T>& prologue);
+// gw += the weight gradient and gbias += the bias gradient (each output
+// channel's sum of gy), in one pass over gy where the algorithm packs it
+// (implicit GEMM, Winograd: the rows are summed as they are read, in
+// conv_bias_backward's order, so the sums are the same bits), else in two.
+template <class T>
+void conv_backward_weight_and_bias(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw, T* gbias);
 // The prologue's pullback alone, over n adjoints in place (no bias), in parallel chunks.
 template <class T>
 void apply_adjoint_prologue(T* gy, std::int64_t n, const AdjointPrologue<T>& prologue);

@@ -37,18 +37,29 @@ std::vector<std::uint8_t> reaches_output(const Tape<T>& tape) {
 }
 
 // Note [Epilogue fusion]: folds activation steps into their producers.
+// Per slot: how many steps and guards read it, and the step that writes it (-1: none).
+struct SlotUses {
+  std::vector<int> consumers, producer;
+};
+template <class T>
+SlotUses slot_uses(const std::vector<typename CompiledProgram<T>::Step>& steps, std::size_t slots,
+                   std::span<const Guard> guards) {
+  SlotUses u{std::vector<int>(slots, 0), std::vector<int>(slots, -1)};
+  for (const Guard& g : guards) {  // a guarded value must survive what would rewrite it
+    u.consumers[g.lhs]++;
+    if (g.rhs != Tape<T>::kNoSlot) u.consumers[g.rhs]++;
+  }
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    u.producer[steps[s].out] = static_cast<int>(s);
+    for (auto a : steps[s].args) u.consumers[a]++;
+  }
+  return u;
+}
+
 template <class T>
 void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::uint32_t output, std::size_t slots,
                     std::span<const Guard> guards) {
-  std::vector<int> consumers(slots, 0), producer(slots, -1);
-  for (const Guard& g : guards) {  // a guarded value must survive its activation
-    consumers[g.lhs]++;
-    if (g.rhs != Tape<T>::kNoSlot) consumers[g.rhs]++;
-  }
-  for (std::size_t s = 0; s < steps.size(); ++s) {
-    producer[steps[s].out] = static_cast<int>(s);
-    for (auto a : steps[s].args) consumers[a]++;
-  }
+  auto [consumers, producer] = slot_uses<T>(steps, slots, guards);
   std::vector<std::uint8_t> removed(steps.size(), 0);
   for (std::size_t s = 0; s < steps.size(); ++s) {
     auto& act = steps[s];
@@ -79,15 +90,7 @@ void fuse_epilogues(std::vector<typename CompiledProgram<T>::Step>& steps, std::
 template <class T>
 void move_pullbacks_to_max_pools(std::vector<typename CompiledProgram<T>::Step>& steps, std::uint32_t output,
                                  std::size_t slots, std::span<const Guard> guards) {
-  std::vector<int> consumers(slots, 0), producer(slots, -1);
-  for (const Guard& g : guards) {
-    consumers[g.lhs]++;
-    if (g.rhs != Tape<T>::kNoSlot) consumers[g.rhs]++;
-  }
-  for (std::size_t s = 0; s < steps.size(); ++s) {
-    producer[steps[s].out] = static_cast<int>(s);
-    for (auto a : steps[s].args) consumers[a]++;
-  }
+  const auto [consumers, producer] = slot_uses<T>(steps, slots, guards);
   for (auto& pool : steps) {
     if (!(pool.op->flags & kPoolsByMax) || !pool.group.empty() || !pool.pullback || pool.args.size() != 1) continue;
     const std::uint32_t x = pool.args[0];

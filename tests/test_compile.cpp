@@ -151,6 +151,30 @@ TEST_CASE("compile: the arena plan is aligned, inside the arena, and smaller tha
   CHECK(text.find("# test_compile.cpp:") != std::string::npos);
 }
 
+TEST_CASE("compile: a pool's input gives its bytes away when the pool's pullback does not read it") {
+  // a = x + w (add's pullback reads no value), pooled, summed. At the pool's
+  // pullback a's adjoint, the pool's output and its adjoint are live. A 2x2
+  // max-pool's pullback reads its window codes instead of a (here with a row
+  // and a column its windows do not cover), and a mean-pool's reads only the
+  // adjoint: a's bytes can go to its adjoint. A padded or 3x3 max-pool (no
+  // codes) and an Lp pool read a: all four buffers live at once.
+  const A x = A::random_uniform({2, 3, 7, 9}, -1, 1, 1), w = A::random_uniform({2, 3, 7, 9}, -1, 1, 2);
+  const std::int64_t a_bytes = x.size() * sizeof(double);
+  // Whether the arena holds less than a, its adjoint, the pool's output and its adjoint.
+  auto frees_a = [&](auto pool) {
+    auto f = [&](const T& x, const T& w) { return tg::sum(pool(x + w)); };
+    check_compiled(f, std::tuple{x, w}, std::tuple{w, x});
+    auto tape = tg::record(f, x, w);
+    const std::int64_t pooled_bytes = tape.tape().value(tape.tape().num_slots() - 2).size() * sizeof(double);
+    return tg::compile(tape).program().arena_bytes() < 2 * a_bytes + 2 * pooled_bytes;
+  };
+  CHECK(frees_a([](const T& a) { return tg::maxpool(a, {.window = {2}}); }));
+  CHECK(frees_a([](const T& a) { return tg::meanpool(a, {.window = {3}, .stride = {1}, .padding = {1}}); }));
+  CHECK_FALSE(frees_a([](const T& a) { return tg::maxpool(a, {.window = {2}, .padding = {1}}); }));
+  CHECK_FALSE(frees_a([](const T& a) { return tg::maxpool(a, {.window = {3}, .stride = {1}}); }));
+  CHECK_FALSE(frees_a([](const T& a) { return tg::lppool(a, {.window = {2}, .p = 3}); }));
+}
+
 TEST_CASE("compile: held bytes count the arena, saved buffers, inputs and their adjoints; the tape's count everything") {
   auto f = [](const T& x, const T& w) { return tg::sum(tg::exp(x) * w); };
   const A x = A::random_uniform({1000}, -1, 1, 1), w = A::random_uniform({1000}, -1, 1, 2);

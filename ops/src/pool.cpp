@@ -114,6 +114,11 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }
   };
+  // From window codes a maxpool's pullback never reads its input; a mean-pool's never does.
+  r.pullback_reads_input = [kind](const OpParams* params, std::size_t) {
+    const auto& p = params_as<PoolOpParams>(params);
+    return kind == PoolKind::lp || (kind == PoolKind::max && !kernels::maxpool_keeps_codes(p.geometry));
+  };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<PoolOpParams>(params);
     if (p.global) return std::string();

@@ -165,6 +165,13 @@ void run_epilogue_pullback(const OpInfo<T>& act, const OpParams* params, const T
   });
 }
 
+// Whether step st's pullback reads its k-th input's value: a fused chain's
+// members may all read theirs; an op says so by its registry hook.
+template <class T>
+bool pullback_reads_input(const typename CompiledProgram<T>::Step& st, std::size_t k) {
+  return !st.group.empty() || !st.op->pullback_reads_input || st.op->pullback_reads_input(st.params.get(), k);
+}
+
 // The timeline of one step: forward step s at time s, the seed at S, the
 // pullback of step s at S + 1 + (S - 1 - s), the user reading results at 2S + 1.
 struct Timeline {
@@ -252,8 +259,9 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
                               (st.epilogue && !st.epilogue_pullback_moved);
     if (reads_output) touch(value_buffer, st.out, false, back);
     touch(adjoint_buffer, st.out, true, back);
-    for (auto a : st.args) {
-      touch(value_buffer, a, false, back);
+    for (std::size_t k = 0; k < st.args.size(); ++k) {
+      const auto a = st.args[k];
+      if (pullback_reads_input<T>(st, k)) touch(value_buffer, a, false, back);
       if (needs_grad_[a]) touch(adjoint_buffer, a, true, back);
     }
   }

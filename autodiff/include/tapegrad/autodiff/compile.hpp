@@ -51,7 +51,12 @@
 //   plan_memory: Note [Planned arena]: every computed value and every adjoint
 //                lives in one arena at an offset chosen from its live interval
 //                over the forward and reverse pass; buffers whose intervals do
-//                not overlap share bytes. Without it each gets its own bytes.
+//                not overlap share bytes. A value lives until its last reader:
+//                the forward steps that read it, and the pullbacks that do (an
+//                op's registry hook pullback_reads_input says which inputs; a
+//                2x2 max-pool with window codes and a mean-pool read none, so a
+//                conv's output before LeNet's max-pool is free after the forward).
+//                Without it each gets its own bytes.
 //
 // One option is off by default, like cuDNN's benchmark mode:
 //   tune_algorithms: Note [Tuned algorithms] (registry.hpp): an op with several

@@ -124,6 +124,10 @@ struct OpInfo {
   // Floating-point operations of one forward from the input and output shapes
   // (summaries); empty: one per output element.
   std::function<double(const OpParams*, std::span<const Shape* const> inputs, const Shape& output)> flops;
+  // Whether the pullback reads input k's value; empty: it reads every input.
+  // A compiled program's memory plan lets bytes of an input that no pullback
+  // reads go to other buffers after its last forward reader (Note [Planned arena]).
+  std::function<bool(const OpParams*, std::size_t k)> pullback_reads_input;
   // Note [Epilogues]: a one-input elementwise op whose derivative follows from
   // its output alone (relu, tanh, sigmoid, exp) can run in place on the buffer
   // of the op that produced its input (the compiler's epilogue fusion, when that

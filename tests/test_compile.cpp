@@ -175,6 +175,30 @@ TEST_CASE("compile: a pool's input gives its bytes away when the pool's pullback
   CHECK_FALSE(frees_a([](const T& a) { return tg::lppool(a, {.window = {2}, .p = 3}); }));
 }
 
+TEST_CASE("compile: bytes change hands only between buffers more than two steps apart") {
+  // %2 = x + w, %3 = maxpool %2, %4 = sum %3; steps: forward 0-2, seed 3,
+  // pullbacks of sum, maxpool, add at 4, 5, 6 (Note [Planned arena]).
+  auto f = [](const T& x, const T& w) { return tg::sum(tg::maxpool(x + w, {.window = {2}})); };
+  const A x = A::random_uniform({2, 3, 8, 8}, -1, 1, 1), w = A::random_uniform({2, 3, 8, 8}, -1, 1, 2);
+  auto tape = tg::record(f, x, w);
+  const auto ct = tg::compile(tape, {.fuse_elementwise = false});
+  const auto& p = ct.program();
+  auto bytes_of = [&](std::int64_t offset, std::uint32_t slot) {
+    return std::pair{offset, offset + std::int64_t(sizeof(double)) * tape.tape().value(slot).size()};
+  };
+  auto intersect = [](std::pair<std::int64_t, std::int64_t> a, std::pair<std::int64_t, std::int64_t> b) {
+    return a.first < b.second && b.first < a.second;
+  };
+  const auto a_value = bytes_of(p.value_offset(2), 2), a_adjoint = bytes_of(p.adjoint_offset(2), 2);
+  const auto sum_adjoint = bytes_of(p.adjoint_offset(4), 4);
+  // a's value, last read at 1, and its adjoint, first written at 5: shared.
+  CHECK(intersect(a_value, a_adjoint));
+  // The sum's adjoint lives at 3-4: too close to a's value (1) and a's adjoint (5).
+  CHECK_FALSE(intersect(sum_adjoint, a_value));
+  CHECK_FALSE(intersect(sum_adjoint, a_adjoint));
+  check_compiled(f, std::tuple{x, w}, std::tuple{w, x});
+}
+
 TEST_CASE("compile: held bytes count the arena, saved buffers, inputs and their adjoints; the tape's count everything") {
   auto f = [](const T& x, const T& w) { return tg::sum(tg::exp(x) * w); };
   const A x = A::random_uniform({1000}, -1, 1, 1), w = A::random_uniform({1000}, -1, 1, 2);

@@ -8,7 +8,8 @@ namespace {
 
 std::int64_t aligned(std::int64_t bytes) { return (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment; }
 
-bool overlap(const Buffer& a, const Buffer& b) { return a.first <= b.last && b.first <= a.last; }
+// Whether a and b may not share bytes: they live at once, or one starts too soon after the other ends.
+bool overlap(const Buffer& a, const Buffer& b) { return a.first <= b.last + kHandoverGap && b.first <= a.last + kHandoverGap; }
 
 }  // namespace
 

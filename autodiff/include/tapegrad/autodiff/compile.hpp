@@ -50,8 +50,8 @@
 //                nothing. Chains of views share one buffer.
 //   plan_memory: Note [Planned arena]: every computed value and every adjoint
 //                lives in one arena at an offset chosen from its live interval
-//                over the forward and reverse pass; buffers whose intervals do
-//                not overlap share bytes. A value lives until its last reader:
+//                over the forward and reverse pass; buffers whose intervals are
+//                more than two steps apart share bytes. A value lives until its last reader:
 //                the forward steps that read it, and the pullbacks that do (an
 //                op's registry hook pullback_reads_input says which inputs; a
 //                2x2 max-pool with window codes and a mean-pool read none, so a

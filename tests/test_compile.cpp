@@ -9,11 +9,7 @@ using T = tg::Tracked<double>;
 
 namespace {
 
-double relative_diff(const A& a, const A& b) {
-  double scale = 1;
-  for (double v : b) scale = std::max(scale, std::abs(v));
-  return max_abs_diff(a, b) / scale;
-}
+double relative_diff(const A& a, const A& b) { return max_abs_diff(a, b) / std::max(1.0, max_abs(b)); }
 
 // Every subset of the passes.
 std::vector<tg::CompileOptions> all_options() {

@@ -340,21 +340,15 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
   if (a == ConvAlgorithm::implicit_gemm && !g.flip)
     return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &prologue, gy);
   if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &prologue, gy);
-  apply_adjoint_prologue(gy, g.N * g.K * g.out_vol(), prologue);
+  if (prologue.pullback) apply_adjoint_prologue(gy, g.N * g.K * g.out_vol(), prologue);
   if (prologue.bias_grad) conv_bias_backward(gy, prologue.bias_grad, g.N, g.K, g.out_vol());
   conv_backward_weight(g, a, x, gy, gw);
 }
 
 template <class T>
 void conv_backward_weight_and_bias(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* gy, T* gw, T* gbias) {
-  require_resolved(a);
-  // A prologue without a pullback only reads gy: the in-place pointer is never written through.
-  const AdjointPrologue<T> sums{nullptr, nullptr, nullptr, gbias};
-  T* unwritten = const_cast<T*>(gy);
-  if (a == ConvAlgorithm::implicit_gemm && !g.flip) return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &sums, unwritten);
-  if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &sums, unwritten);
-  conv_bias_backward(gy, gbias, g.N, g.K, g.out_vol());
-  conv_backward_weight(g, a, x, gy, gw);
+  // A prologue without a pullback only reads gy: it is never written through.
+  conv_backward_weight_folded(g, a, x, const_cast<T*>(gy), gw, AdjointPrologue<T>{nullptr, nullptr, nullptr, gbias});
 }
 
 #define TG_INSTANTIATE(T)                                                                                  \

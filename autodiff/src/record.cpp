@@ -78,14 +78,15 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
                      const std::source_location& where) {
   try {
     check_arity(op, operands.size());
-    // 1. The tape: the one every tracked operand belongs to.
+    // 1. The tape: the one every tracked operand belongs to, alive (Note [Tape identity]).
     Tape<T>* tape = nullptr;
     for (const auto& o : operands) {
       if (o.kind != Operand<T>::Kind::tracked) continue;
-      if (tape && o.tracked->tape() != tape)
+      Tape<T>* mine = o.tracked->tape();
+      if (tape && mine != tape)
         fail(op.name, "operands belong to different tapes (mixed handles) all tracked operands must come from one "
                       "recording; hint: do not keep Tracked values from an earlier gradient() or record() call");
-      tape = o.tracked->tape();
+      tape = mine;
     }
     if (!tape) fail(op.name, "no operand is tracked expected at least one Tracked value; hint: use the plain-Array overload");
 
@@ -94,7 +95,7 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
     InlineList<const Array<T>*> inputs(operands.size());
     for (const auto& o : operands) {
       switch (o.kind) {
-        case Operand<T>::Kind::tracked: inputs.push_back(&o.tracked->tape()->value(o.tracked->slot())); break;
+        case Operand<T>::Kind::tracked: inputs.push_back(&tape->value(o.tracked->slot())); break;
         case Operand<T>::Kind::array: inputs.push_back(o.array); break;
         case Operand<T>::Kind::scalar: inputs.push_back(&scalars.push_back(Array<T>::scalar(o.scalar))); break;
       }

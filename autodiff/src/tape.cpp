@@ -58,14 +58,25 @@ std::uint32_t Tape<T>::append(const OpInfo<T>& op, std::shared_ptr<const OpParam
 
 template <class T>
 void Tape<T>::set_input(std::size_t k, const Array<T>& value, const char* op) {
+  const auto busy = replay_guard(op);
+  check_input(k, value.shape(), op);
+  values_[inputs_[k]] = value;  // same size: copies into the existing storage
+}
+
+template <class T>
+void Tape<T>::check_input(std::size_t k, const Shape& shape, const char* op) const {
   if (k >= inputs_.size())
     fail(op, fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
-  Array<T>& slot = values_[inputs_[k]];
-  if (!(slot.shape() == value.shape()))
+  const Shape& recorded = values_[inputs_[k]].shape();
+  if (!(recorded == shape))
     fail(op, fmt::format("input {} has shape {} but the tape was recorded with {} shapes must match on replay; "
                          "hint: record the tape again for new shapes",
-                         k, to_string(value.shape()), to_string(slot.shape())));
-  slot = value;  // same size: copies into the existing storage
+                         k, to_string(shape), to_string(recorded)));
+}
+
+template <class T>
+void Tape<T>::mark_failed(std::string why) {
+  failed_replay_ = std::move(why);
 }
 
 template <class T>
@@ -82,12 +93,40 @@ void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
 
 template <class T>
 void Tape<T>::forward_pass() {
+  const auto busy = replay_guard("replay");
   run_forward();
-  if (const std::int64_t g = first_failed_guard(); g >= 0) fail_guard("replay", guards_[g], static_cast<std::size_t>(g));
+  if (const std::int64_t g = first_failed_guard(); g >= 0) {
+    try {
+      fail_guard("replay", guards_[g], static_cast<std::size_t>(g));
+    } catch (const Error& e) {
+      failed_replay_ = e.what();
+      throw;
+    }
+  }
+}
+
+template <class T>
+void Tape<T>::check_usable(const char* op) const {
+  if (failed_replay_.empty()) return;
+  fail(op, fmt::format("the tape's last replay failed ({}) and left its values half-updated expected a successful "
+                       "replay first; hint: replay again on valid inputs (gradient(inputs...) or forward(inputs...))",
+                       failed_replay_));
 }
 
 template <class T>
 void Tape<T>::run_forward() {
+  const auto busy = replay_guard("replay");
+  try {
+    run_instructions();
+  } catch (const Error& e) {
+    failed_replay_ = e.what();
+    throw;
+  }
+  failed_replay_.clear();
+}
+
+template <class T>
+void Tape<T>::run_instructions() {
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, instrs_.size()) : nullptr;
   for (std::size_t i = 0; i < instrs_.size(); ++i) {
@@ -203,6 +242,8 @@ template bool evaluate_guard(const Guard&, const Array<double>&, const Array<dou
 
 template <class T>
 void Tape<T>::reverse_pass(const Array<T>& seed) {
+  const auto busy = replay_guard("reverse_pass");
+  check_usable("reverse_pass");
   if (output_ == kNoSlot) fail("reverse_pass", "the tape has no output; hint: record a function that returns a Tracked value");
   if (!(seed.shape() == values_[output_].shape()))
     fail("reverse_pass", fmt::format("seed shape {} differs from the output shape {} they must match",

@@ -2,6 +2,7 @@
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <new>
@@ -85,6 +86,24 @@ void* large_allocate(std::size_t bytes) {
   capacity_of(aligned) = capacity;
   raw[kHeader - 1] = 0;
   return aligned;
+}
+
+void* allocate_array(std::size_t element_bytes, std::int64_t count, const Shape& shape) {
+  // count <= kMaxElements = 2^59, so the product fits for elements of up to 8 bytes;
+  // wider ones (user types) are checked.
+  constexpr auto kMaxBytes = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max() / 2);
+  if (element_bytes != 0 && static_cast<std::size_t>(count) > kMaxBytes / element_bytes)
+    fail("Array", fmt::format("shape {} of {}-byte elements needs more than 2^62 bytes expected an array that fits in "
+                              "memory; hint: check the dimensions for a wrong value",
+                              to_string(shape), element_bytes));
+  const std::size_t bytes = element_bytes * static_cast<std::size_t>(count);
+  try {
+    return aligned_allocate(bytes);
+  } catch (const std::bad_alloc&) {
+    fail("Array", fmt::format("cannot allocate {} bytes for shape {} ({} elements of {} bytes) expected that much free "
+                              "memory; hint: a smaller batch, or tg::set_array_cache_limit to hold fewer freed blocks",
+                              bytes, to_string(shape), count, element_bytes));
+  }
 }
 
 void large_free(void* aligned) noexcept {

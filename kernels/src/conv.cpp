@@ -49,7 +49,7 @@ bool ConvGeometry::unit_stride_and_dilation() const {
   return true;
 }
 
-int conv_threads() { return omp_get_max_threads(); }
+int conv_threads() { return tg::num_threads(); }
 
 
 namespace {

@@ -30,6 +30,7 @@
 #include "fft_size.hpp"
 #include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/scratch.hpp"
+#include "tapegrad/kernels/threads.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {
@@ -49,18 +50,38 @@ struct Fftw;
 // must not allocate (issue 5). Sizes it cannot plan so fall back to buffering.
 constexpr unsigned kPlanFlags = FFTW_ESTIMATE | FFTW_UNALIGNED;
 
-template <class Plan, class Make>
-Plan cached_plan(const int n[3], bool inverse, Make make) {
+// Note [One FFTW planner lock]: FFTW's planner keeps global state (its wisdom,
+// its twiddle tables) and is not thread-safe; only executing a plan is. Every
+// planner call of this process, double and float, r2c and c2r, runs under this
+// one mutex, which also guards the plan caches. (One mutex per cache let an r2c
+// and a c2r plan be made at once from two user threads: heap corruption, issue
+// 22.) FFTW's own fftw_make_planner_thread_safe was the alternative; it needs
+// libfftw3_threads linked for a lock this file can hold itself.
+std::mutex& planner_mutex() {
   static std::mutex mutex;
+  return mutex;
+}
+
+// Plans are made on the calling thread, before any parallel region (Spectral3),
+// so that a planning failure is a tg::Error the caller can catch: thrown inside
+// an OpenMP region it would terminate the process. `make(flags, real, spec)` is
+// handed scratch arrays of the grid's size, allocated only when the plan is new
+// (FFTW_ESTIMATE never writes them).
+template <class T, class Make>
+typename Fftw<T>::Plan cached_plan(const int n[3], bool inverse, Make make) {
+  using Plan = typename Fftw<T>::Plan;
   // Never destroyed: plans live as long as the process (and stay reachable, so
-  // LeakSanitizer does not count them).
+  // LeakSanitizer does not count them). One cache per precision.
   static auto* plans = new std::map<std::array<int, 4>, Plan>;
-  std::lock_guard lock(mutex);
+  std::lock_guard lock(planner_mutex());
   const std::array<int, 4> key{n[0], n[1], n[2], inverse ? 1 : 0};
   auto it = plans->find(key);
   if (it == plans->end()) {
-    Plan plan = make(kPlanFlags | FFTW_NO_BUFFERING);
-    if (!plan) plan = make(kPlanFlags);
+    const std::size_t half = static_cast<std::size_t>(n[0]) * static_cast<std::size_t>(n[1]) * static_cast<std::size_t>(n[2] / 2 + 1);
+    std::vector<T> real(2 * half);  // >= n0 * n1 * n2
+    std::vector<std::complex<T>> spec(half);
+    Plan plan = make(kPlanFlags | FFTW_NO_BUFFERING, real.data(), spec.data());
+    if (!plan) plan = make(kPlanFlags, real.data(), spec.data());
     if (!plan) fail("conv (fft)", fmt::format("FFTW could not plan a {}x{}x{} transform", n[0], n[1], n[2]));
     it = plans->emplace(key, plan).first;
   }
@@ -70,13 +91,13 @@ Plan cached_plan(const int n[3], bool inverse, Make make) {
 template <>
 struct Fftw<double> {
   using Plan = fftw_plan;
-  static Plan r2c(const int n[3], double* in, std::complex<double>* out) {
-    return cached_plan<Plan>(n, false, [&](unsigned flags) {
+  static Plan r2c(const int n[3]) {
+    return cached_plan<double>(n, false, [&](unsigned flags, double* in, std::complex<double>* out) {
       return fftw_plan_dft_r2c(3, n, in, reinterpret_cast<fftw_complex*>(out), flags);
     });
   }
-  static Plan c2r(const int n[3], std::complex<double>* in, double* out) {
-    return cached_plan<Plan>(n, true, [&](unsigned flags) {
+  static Plan c2r(const int n[3]) {
+    return cached_plan<double>(n, true, [&](unsigned flags, double* out, std::complex<double>* in) {
       return fftw_plan_dft_c2r(3, n, reinterpret_cast<fftw_complex*>(in), out, flags);
     });
   }
@@ -87,13 +108,13 @@ struct Fftw<double> {
 template <>
 struct Fftw<float> {
   using Plan = fftwf_plan;
-  static Plan r2c(const int n[3], float* in, std::complex<float>* out) {
-    return cached_plan<Plan>(n, false, [&](unsigned flags) {
+  static Plan r2c(const int n[3]) {
+    return cached_plan<float>(n, false, [&](unsigned flags, float* in, std::complex<float>* out) {
       return fftwf_plan_dft_r2c(3, n, in, reinterpret_cast<fftwf_complex*>(out), flags);
     });
   }
-  static Plan c2r(const int n[3], std::complex<float>* in, float* out) {
-    return cached_plan<Plan>(n, true, [&](unsigned flags) {
+  static Plan c2r(const int n[3]) {
+    return cached_plan<float>(n, true, [&](unsigned flags, float* out, std::complex<float>* in) {
       return fftwf_plan_dft_c2r(3, n, reinterpret_cast<fftwf_complex*>(in), out, flags);
     });
   }
@@ -107,8 +128,13 @@ class Spectral3 {
  public:
   using C = std::complex<T>;
 
+  // Plans (or finds) the grid's transforms: on the calling thread, outside any parallel region.
   explicit Spectral3(const Dims& padded)
-      : F_{fft_size(padded[0]), fft_size(padded[1]), fft_size(padded[2])}, H_(F_[2] / 2 + 1) {}
+      : F_{fft_size(padded[0]), fft_size(padded[1]), fft_size(padded[2])}, H_(F_[2] / 2 + 1) {
+    const int n[3] = {int(F_[0]), int(F_[1]), int(F_[2])};
+    forward_ = Fftw<T>::r2c(n);
+    inverse_ = Fftw<T>::c2r(n);
+  }
 
   std::int64_t size() const { return F_[0] * F_[1] * H_; }
   std::int64_t real_size() const { return F_[0] * F_[1] * F_[2]; }
@@ -116,12 +142,7 @@ class Spectral3 {
   class Worker {
    public:
     // Its buffers come from the calling thread's scratch stack (`scope`).
-    Worker(const Spectral3& grid, ScratchScope& scope)
-        : g_(grid), real_(scope.take<T>(grid.real_size())), spec_(scope.take<C>(grid.size())) {
-      const int n[3] = {int(g_.F_[0]), int(g_.F_[1]), int(g_.F_[2])};
-      forward_ = Fftw<T>::r2c(n, real_.data(), spec_.data());
-      inverse_ = Fftw<T>::c2r(n, spec_.data(), real_.data());
-    }
+    Worker(const Spectral3& grid, ScratchScope& scope) : g_(grid), real_(scope.take<T>(grid.real_size())) {}
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
@@ -133,12 +154,12 @@ class Spectral3 {
           const T* in = src + (i0 * dims[1] + i1) * dims[2];
           std::copy(in, in + dims[2], real_.data() + ((i0 + at[0]) * g_.F_[1] + (i1 + at[1])) * g_.F_[2] + at[2]);
         }
-      Fftw<T>::r2c(forward_, real_.data(), spec);
+      Fftw<T>::r2c(g_.forward_, real_.data(), spec);
     }
 
     // out[i] += IDFT(spec)[at + i] for i within `dims`; spec is overwritten.
     void inverse_add(C* spec, const Dims& at, const Dims& dims, T* out) {
-      Fftw<T>::c2r(inverse_, spec, real_.data());
+      Fftw<T>::c2r(g_.inverse_, spec, real_.data());
       const T scale = T(1) / static_cast<T>(g_.real_size());  // FFTW's transforms are unnormalised
       for (std::int64_t i0 = 0; i0 < dims[0]; ++i0)
         for (std::int64_t i1 = 0; i1 < dims[1]; ++i1) {
@@ -151,13 +172,12 @@ class Spectral3 {
    private:
     const Spectral3& g_;
     std::span<T> real_;
-    std::span<C> spec_;  // only for planning
-    typename Fftw<T>::Plan forward_, inverse_;
   };
 
  private:
   Dims F_;
   std::int64_t H_;
+  typename Fftw<T>::Plan forward_, inverse_;
 };
 
 Dims padded_extent(const ConvGeometry& g) {
@@ -171,7 +191,7 @@ std::complex<T>* transform_planes(ScratchScope& scope, const Spectral3<T>& grid,
                                   const Dims& dims, const Dims& at) {
   const std::int64_t vol = dims[0] * dims[1] * dims[2];
   std::complex<T>* spec = scope.take<std::complex<T>>(count * grid.size()).data();
-#pragma omp parallel
+#pragma omp parallel num_threads(tg::num_threads())
   {
     ScratchScope mine;  // each thread's transform buffers
     typename Spectral3<T>::Worker worker(grid, mine);
@@ -187,7 +207,7 @@ template <class T, class Terms>
 void combine_and_invert(const Spectral3<T>& grid, std::int64_t count, const std::complex<T>* A, const std::complex<T>* B,
                         bool conjugate, Terms terms, const Dims& at, const Dims& dims, T* out) {
   const std::int64_t S = grid.size(), vol = dims[0] * dims[1] * dims[2];
-#pragma omp parallel
+#pragma omp parallel num_threads(tg::num_threads())
   {
     ScratchScope mine;  // each thread's transform buffers and accumulator
     typename Spectral3<T>::Worker worker(grid, mine);

@@ -7,6 +7,7 @@
 #include <span>
 
 #include "tapegrad/kernels/scratch.hpp"
+#include "tapegrad/kernels/threads.hpp"
 
 namespace tg::kernels {
 namespace {
@@ -87,7 +88,7 @@ void split_inner(int threads, bool ta, bool tb, std::int64_t m, std::int64_t n, 
 template <class T>
 void split_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
                 const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int threads = omp_in_parallel() ? 1 : tg::num_threads();
   const bool by_rows = m >= n;
   const std::int64_t extent = by_rows ? m : n;
   const std::int64_t block = (extent + threads - 1) / threads;

@@ -27,6 +27,29 @@ void Shape::push_back(std::int64_t d) {
   data()[rank_++] = d;
 }
 
+std::int64_t bounded_size(std::span<const std::int64_t> dims) noexcept {
+  std::int64_t n = 1;
+  bool zero = false;
+  for (const std::int64_t d : dims) {
+    if (d < 0) return -1;
+    zero = zero || d == 0;
+  }
+  if (zero) return 0;  // (0, 2^62, 2^62) is empty, not too large
+  for (const std::int64_t d : dims)
+    if (__builtin_mul_overflow(n, d, &n) || n > kMaxElements) return -1;
+  return n;
+}
+
+std::int64_t checked_size(const Shape& shape, const char* op) {
+  const std::int64_t n = bounded_size(shape.dims());
+  if (n >= 0) return n;
+  for (const std::int64_t d : shape.dims())
+    if (d < 0) fail(op, fmt::format("negative dimension in shape {} dimensions must be >= 0", to_string(shape)));
+  fail(op, fmt::format("shape {} has more than 2^59 elements expected an array that fits in memory; hint: check the "
+                       "dimensions for a wrong value",
+                       to_string(shape)));
+}
+
 std::string to_string(const Shape& shape) { return fmt::format("({})", fmt::join(shape.dims(), ",")); }
 
 Strides contiguous_strides(const Shape& shape) {
@@ -52,6 +75,7 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
                            to_string(a), to_string(b), i, da, db));
     out[i] = da == 1 ? db : da;
   }
+  checked_size(out, op);
   return out;
 }
 
@@ -78,7 +102,6 @@ std::size_t normalize_axis(std::int64_t axis, std::size_t rank, const char* op) 
 namespace tg {
 Shape resolve_reshape(const Shape& from, const Shape& to, const char* op) {
   Shape out = to;
-  std::int64_t known = 1;
   int inferred = -1;
   for (std::size_t i = 0; i < to.rank(); ++i) {
     if (to[i] == -1) {
@@ -86,19 +109,19 @@ Shape resolve_reshape(const Shape& from, const Shape& to, const char* op) {
       inferred = static_cast<int>(i);
     } else if (to[i] < 0) {
       fail(op, fmt::format("target shape {} has a negative dimension dimensions must be >= 0 or a single -1", to_string(to)));
-    } else {
-      known *= to[i];
     }
   }
   const std::int64_t size = from.size();
+  if (inferred >= 0) out[static_cast<std::size_t>(inferred)] = 1;
+  const std::int64_t known = bounded_size(out.dims());  // -1: more than kMaxElements (Note [Checked sizes])
+  if (known < 0 || (inferred < 0 && known != size))
+    fail(op, fmt::format("target shape {} has {} elements but the input {} has {} sizes must match; hint: use -1 for one dimension",
+                         to_string(to), known < 0 ? std::string("more than 2^59") : std::to_string(known), to_string(from), size));
   if (inferred >= 0) {
     if (known == 0 || size % known != 0)
       fail(op, fmt::format("cannot infer -1 in {} from shape {} of size {}; hint: the other dimensions must divide the size",
                            to_string(to), to_string(from), size));
     out[static_cast<std::size_t>(inferred)] = size / known;
-  } else if (known != size) {
-    fail(op, fmt::format("target shape {} has {} elements but the input {} has {} sizes must match; hint: use -1 for one dimension",
-                         to_string(to), known, to_string(from), size));
   }
   return out;
 }

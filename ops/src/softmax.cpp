@@ -106,7 +106,7 @@ const OpInfo<T>& logsumexp_op() {
                                  axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
     };
     r.pullback = [](const PullbackCall<T>& c) {
-      kernels::logsumexp_backward(c.inputs[0]->data(), c.output.data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
+      kernels::logsumexp_backward(c.inputs[0]->data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
                                   axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
     };
     return Registry<T>::add(std::move(r));

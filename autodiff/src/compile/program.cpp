@@ -189,6 +189,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
     : options_(options),
       recorded_(tape.num_instructions()),
       kept_strings_(tape.kept_strings()) {
+  tape.check_usable("compile");
   try {
     source_skeleton_ = tape_file_skeleton(tape, &options);
   } catch (const Error& e) {
@@ -314,20 +315,42 @@ void CompiledProgram<T>::ensure_arena() {
 }
 
 template <class T>
-void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
+void CompiledProgram<T>::check_input(std::size_t k, const Shape& shape) const {
   if (k >= inputs_.size()) fail("CompiledTape", fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
-  Array<T>& slot = values_[inputs_[k]];
-  if (!(slot.shape() == value.shape()))
+  const Shape& recorded = values_[inputs_[k]].shape();
+  if (!(recorded == shape))
     fail("CompiledTape", fmt::format("input {} has shape {} but the tape was recorded with {} shapes must match on "
                                      "replay; hint: record and compile again for new shapes",
-                                     k, to_string(value.shape()), to_string(slot.shape())));
-  slot = value;
+                                     k, to_string(shape), to_string(recorded)));
+}
+
+template <class T>
+void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
+  const detail::ReplayGuard busy(owner_, "CompiledTape");
+  check_input(k, value.shape());
+  values_[inputs_[k]] = value;
 }
 
 template <class T>
 void CompiledProgram<T>::forward() {
+  const detail::ReplayGuard busy(owner_, "CompiledTape");
   run_forward();
-  if (const std::int64_t g = first_failed_guard(); g >= 0) fail_guard("CompiledTape", guards_[g], static_cast<std::size_t>(g));
+  if (const std::int64_t g = first_failed_guard(); g >= 0) {
+    try {
+      fail_guard("CompiledTape", guards_[g], static_cast<std::size_t>(g));
+    } catch (const Error& e) {
+      failed_replay_ = e.what();
+      throw;
+    }
+  }
+}
+
+template <class T>
+void CompiledProgram<T>::check_usable(const char* op) const {
+  if (failed_replay_.empty()) return;
+  fail(op, fmt::format("the compiled tape's last replay failed ({}) and left its values half-updated expected a "
+                       "successful replay first; hint: replay again on valid inputs",
+                       failed_replay_));
 }
 
 template <class T>
@@ -348,6 +371,18 @@ std::int64_t CompiledProgram<T>::first_failed_guard() const {
 
 template <class T>
 void CompiledProgram<T>::run_forward() {
+  const detail::ReplayGuard busy(owner_, "CompiledTape");
+  try {
+    run_steps();
+  } catch (const Error& e) {
+    failed_replay_ = e.what();
+    throw;
+  }
+  failed_replay_.clear();
+}
+
+template <class T>
+void CompiledProgram<T>::run_steps() {
   ensure_arena();
   std::vector<double>* seconds =
       profile_ ? detail::start_pass(&profile_->forward_seconds, &profile_->forward_passes, steps_.size()) : nullptr;
@@ -427,6 +462,8 @@ std::uint32_t external_adjoints(const Step& st, detail::AdjointSlots<T>& slots, 
 template <class T>
 template <class Seed>
 void CompiledProgram<T>::run_reverse(Seed write_seed) {
+  const detail::ReplayGuard busy(owner_, "CompiledTape");
+  check_usable("CompiledTape");
   if (!arena_ready_) fail("CompiledTape", "reverse() before forward() expected a forward pass first; hint: call forward or gradient");
   adjoint_live_.assign(values_.size(), 0);
   // Zeroed when first written in this pass (planned adjoints share bytes with

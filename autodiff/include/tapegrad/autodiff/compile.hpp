@@ -118,6 +118,13 @@ class CompiledProgram {
   CompiledProgram(const Tape<T>& tape, const CompileOptions& options);
 
   void set_input(std::size_t k, const Array<T>& value);
+  // Throws set_input's error for a missing input or another shape; changes nothing.
+  void check_input(std::size_t k, const Shape& shape) const;
+  // Note [Failed replays] (tape.hpp), the same for compiled programs.
+  void check_usable(const char* op) const;
+  void mark_failed(std::string why) { failed_replay_ = std::move(why); }
+  // Note [One replay at a time] (tape_identity.hpp): a caller running several steps holds one guard.
+  detail::ReplayGuard replay_guard(const char* op) { return detail::ReplayGuard(owner_, op); }
   // Runs every step, then checks the tape's guards (Note [Guards]): throws on a failed one.
   void forward();
   // Runs every step; guards are left to the caller.
@@ -217,10 +224,13 @@ class CompiledProgram {
   std::vector<const Array<T>*> scratch_in_;
   std::vector<Array<T>*> scratch_adj_;
   TapeProfile* profile_ = nullptr;
+  detail::ReplayOwner owner_;
+  std::string failed_replay_;  // Note [Failed replays]
 
   template <class Seed>
   void run_reverse(Seed write_seed);
   void ensure_arena();
+  void run_steps();
   void group_forward(const Step& st);
   // assigned_externals, bit k: external input k's adjoint holds stale bytes and its one reader writes it.
   void group_pullback(const Step& st, std::uint32_t assigned_externals);
@@ -254,12 +264,18 @@ class CompiledTape {
 
   const CompiledProgram<T>& program() const { return *program_; }
   CompiledProgram<T>& program() { return *program_; }
-  const Array<T>& output() const { return program_->output(); }
+  // The output of the last replay; an error after one that failed (Note [Failed replays]).
+  const Array<T>& output() const {
+    program_->check_usable("CompiledTape::output");
+    return program_->output();
+  }
   T value() const { return output().item(); }
 
+  // Note [One replay at a time] (tape_identity.hpp): from one thread at a time.
   template <class... A>
   const Array<T>& forward(const A&... inputs) {
     static_assert(sizeof...(A) == N, "CompiledTape::forward: give one Array per recorded input");
+    const detail::ReplayGuard busy(owner_, "CompiledTape::forward");
     if (policy_ == GuardPolicy::error) {
       set_inputs(inputs...);
       program_->forward();
@@ -269,11 +285,15 @@ class CompiledTape {
     if (!((program_->input_shape(k++) == inputs.shape()) && ...)) return rerecord(inputs...);
     set_inputs(inputs...);
     program_->run_forward();
-    if (program_->first_failed_guard() >= 0) return rerecord(inputs...);
+    if (const std::int64_t g = program_->first_failed_guard(); g >= 0) {
+      program_->mark_failed(fmt::format("guard {} failed and the function is being recorded again", g));
+      return rerecord(inputs...);
+    }
     return output();
   }
   template <class... A>
   auto gradient(const A&... inputs) {
+    const detail::ReplayGuard busy(owner_, "CompiledTape::gradient");
     forward(inputs...);
     check_scalar();
     program_->reverse_ones();
@@ -284,6 +304,7 @@ class CompiledTape {
   // Into caller-owned Arrays (storage reused when sizes match); nullptr skips an input.
   template <class... A>
   void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
+    const detail::ReplayGuard busy(owner_, "CompiledTape::gradient_into");
     forward(inputs...);
     check_scalar();
     program_->reverse_ones();
@@ -298,9 +319,12 @@ class CompiledTape {
                                                  "with tg::sum or tg::mean",
                                                  to_string(output().shape()), output().size()));
   }
+  // Every shape is checked before any input is set: a bad one changes nothing.
   template <class... A>
   void set_inputs(const A&... inputs) {
     std::size_t k = 0;
+    (program_->check_input(k++, inputs.shape()), ...);
+    k = 0;
     (program_->set_input(k++, inputs), ...);
   }
   template <class... A>
@@ -321,6 +345,7 @@ class CompiledTape {
   std::array<bool, N> needs_grad_;
   GuardPolicy policy_ = GuardPolicy::error;
   int rerecords_ = 0;
+  detail::ReplayOwner owner_;  // Note [One replay at a time]: also guards program_ against a re-recording
 };
 
 template <class T, std::size_t N>

@@ -48,8 +48,12 @@ class GradientTape {
 
   const Tape<T>& tape() const { return *tape_; }
   Tape<T>& tape() { return *tape_; }
-  // The output value of the last forward run (recording or replay).
-  const Array<T>& output() const { return tape_->value(tape_->output()); }
+  // The output value of the last forward run (recording or replay); an error
+  // after a replay that failed (Note [Failed replays]).
+  const Array<T>& output() const {
+    tape_->check_usable("GradientTape::output");
+    return tape_->value(tape_->output());
+  }
   // The output of a one-element function as a plain T.
   T value() const { return output().item(); }
 
@@ -57,6 +61,7 @@ class GradientTape {
   //   auto tape = tg::record(loss, images, labels, w, b);
   //   tape.set_needs_grad(0, false); tape.set_needs_grad(1, false);
   void set_needs_grad(std::size_t k, bool needs) {
+    const detail::ReplayGuard busy(owner_, "GradientTape::set_needs_grad");
     tape_->set_input_needs_grad(k, needs);
     needs_grad_[k] = needs;
   }
@@ -78,9 +83,11 @@ class GradientTape {
   int rerecords() const { return rerecords_; }
 
   // Replays the forward pass on new inputs (same shapes as recorded) and returns the output.
+  // Note [One replay at a time] (tape_identity.hpp): from one thread at a time.
   template <class... A>
   const Array<T>& forward(const A&... inputs) {
     static_assert(sizeof...(A) == N, "GradientTape::forward: give one Array per recorded input");
+    const detail::ReplayGuard busy(owner_, "GradientTape::forward");
     if (policy_ == GuardPolicy::error) {
       set_inputs(inputs...);
       tape_->forward_pass();
@@ -89,12 +96,17 @@ class GradientTape {
     if (!same_shapes(inputs...)) return rerecord(inputs...);  // shapes are guards too
     set_inputs(inputs...);
     tape_->run_forward();
-    if (tape_->first_failed_guard() >= 0) return rerecord(inputs...);
+    if (const std::int64_t g = tape_->first_failed_guard(); g >= 0) {
+      // Until the new recording succeeds, the old tape holds new values on the old path.
+      tape_->mark_failed(fmt::format("guard {} failed and the function is being recorded again", g));
+      return rerecord(inputs...);
+    }
     return output();
   }
 
   // Gradients at the values already on the tape (no replay).
   auto gradient() {
+    const detail::ReplayGuard busy(owner_, "GradientTape::gradient");
     check_scalar("gradient");
     tape_->reverse_pass(Array<T>::ones(output().shape()));
     return collect();
@@ -103,6 +115,7 @@ class GradientTape {
   template <class... A>
   auto gradient(const A&... inputs) {
     static_assert(sizeof...(A) == N, "GradientTape::gradient: give one Array per recorded input");
+    const detail::ReplayGuard busy(owner_, "GradientTape::gradient");
     forward(inputs...);
     return gradient();
   }
@@ -110,6 +123,7 @@ class GradientTape {
   // a nullptr entry skips that input's gradient.
   template <class... A>
   void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
+    const detail::ReplayGuard busy(owner_, "GradientTape::gradient_into");
     forward(inputs...);
     check_scalar("gradient_into");
     tape_->reverse_pass(Array<T>::ones(output().shape()));
@@ -118,14 +132,18 @@ class GradientTape {
   }
   // Vector-Jacobian product at the current values: J^T v, for an output of any shape.
   auto vjp(const Array<T>& v) {
+    const detail::ReplayGuard busy(owner_, "GradientTape::vjp");
     tape_->reverse_pass(v);
     return collect();
   }
 
  private:
+  // Every shape is checked before any input is set: a bad one changes nothing (Note [Failed replays]).
   template <class... A>
   void set_inputs(const A&... inputs) {
     std::size_t k = 0;
+    (tape_->check_input(k++, inputs.shape(), "GradientTape::gradient"), ...);
+    k = 0;
     (tape_->set_input(k++, inputs, "GradientTape::gradient"), ...);
   }
   template <class... A>
@@ -159,6 +177,7 @@ class GradientTape {
   GuardPolicy policy_ = GuardPolicy::error;
   std::array<bool, N> needs_grad_;
   int rerecords_ = 0;
+  detail::ReplayOwner owner_;  // Note [One replay at a time]: also guards tape_ against a re-recording
 };
 
 namespace detail {

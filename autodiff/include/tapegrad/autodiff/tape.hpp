@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tapegrad/autodiff/registry.hpp"
+#include "tapegrad/autodiff/tape_identity.hpp"
 
 namespace tg {
 
@@ -109,7 +110,23 @@ class Tape {
   // Copies the adjoint of a slot into `out`, reusing its storage when the size matches.
   void adjoint_into(std::uint32_t slot, Array<T>& out) const;
 
+  // Note [Tape identity] (tape_identity.hpp): unique for the life of the process.
+  std::uint64_t generation() const noexcept { return identity_.generation(); }
+
   // --- running -----------------------------------------------------------------
+  // Note [One replay at a time] (tape_identity.hpp): every call below takes the
+  // tape for the calling thread while it runs; a caller that runs several
+  // (set inputs, forward, reverse, read adjoints) holds one guard across them.
+  detail::ReplayGuard replay_guard(const char* op) { return detail::ReplayGuard(replay_owner_, op); }
+  // Note [Failed replays]: a replay that throws after it changed the tape's
+  // values (an op's error, a failed guard) leaves them half-updated: the tape
+  // is then marked, and reverse_pass and check_usable throw until a forward
+  // pass succeeds. A shape error on an input changes nothing (the callers check
+  // every input before setting any).
+  void check_usable(const char* op) const;
+  bool usable() const noexcept { return failed_replay_.empty(); }
+  // Marks the tape unusable (Note [Failed replays]) until the next successful forward pass.
+  void mark_failed(std::string why);
   // Note [Inputs without gradient]: input k can be marked as data (a batch of
   // images, labels) that needs no gradient. The mask is propagated again through
   // every instruction, so pullbacks skip work that only fed that input (conv1's
@@ -119,6 +136,8 @@ class Tape {
   void set_profile(TapeProfile* profile) { profile_ = profile; }
   // Replaces input k's value; its shape must equal the recorded one (Note [Replay]).
   void set_input(std::size_t k, const Array<T>& value, const char* op = "replay");
+  // Throws set_input's error when input k does not exist or has another shape; changes nothing.
+  void check_input(std::size_t k, const Shape& shape, const char* op) const;
   // Replays every instruction, then checks every guard (Note [Guards]): throws on a failed one.
   void forward_pass();
   // Replays every instruction; guards are left to the caller (first_failed_guard).
@@ -128,6 +147,7 @@ class Tape {
 
  private:
   std::uint32_t add_slot(Array<T> value, SlotKind kind, bool needs_grad);
+  void run_instructions();
 
   std::vector<Instr<T>> instrs_;
   std::vector<std::uint32_t> args_;
@@ -146,6 +166,9 @@ class Tape {
   std::int64_t unguarded_reads_ = 0;
   Site first_unguarded_read_;
   std::shared_ptr<std::deque<std::string>> kept_strings_;  // deque: kept strings never move
+  detail::TapeIdentity identity_;
+  detail::ReplayOwner replay_owner_;
+  std::string failed_replay_;  // why the last forward pass failed (Note [Failed replays]); empty: usable
 };
 
 struct CompileOptions;

@@ -17,30 +17,45 @@ class GuardedElement;
 template <class T>
 class Tracked {
  public:
-  Tracked(Tape<T>* tape, std::uint32_t slot) : tape_(tape), slot_(slot) {}
+  Tracked(Tape<T>* tape, std::uint32_t slot) : tape_(tape), slot_(slot), generation_(tape->generation()) {}
 
   // The current value: an unguarded read (Note [Guards]). Fine for printing; a
   // branch on it is not checked on replay (the tape counts such reads and the
   // dump warns). Branch through tg::any / tg::all or at() instead.
   const Array<T>& value(std::source_location where = std::source_location::current()) const {
-    tape_->note_unguarded_read(where);
+    tape()->note_unguarded_read(where);
     return tape_->value(slot_);
   }
-  const Shape& shape() const { return tape_->value(slot_).shape(); }
-  std::int64_t size() const { return tape_->value(slot_).size(); }
-  std::size_t rank() const { return tape_->value(slot_).rank(); }
+  const Shape& shape() const { return tape()->value(slot_).shape(); }
+  std::int64_t size() const { return tape()->value(slot_).size(); }
+  std::size_t rank() const { return tape()->value(slot_).rank(); }
   // The single element of a one-element value (an unguarded read, like value()).
   T item(std::source_location where = std::source_location::current()) const { return value(where).item(); }
   // One element at a row-major multi-index, for a guarded comparison: x.at({0, 2}) > 0.5 (guard.hpp).
   GuardedElement<T> at(std::initializer_list<std::int64_t> index,
                        std::source_location where = std::source_location::current()) const;
 
-  Tape<T>* tape() const noexcept { return tape_; }
+  // The tape, checked alive (Note [Tape identity]): a handle kept past its
+  // recording is a tg::Error here, not a read of freed memory.
+  Tape<T>* tape() const {
+    if (!detail::tape_is_live(generation_) || slot_ >= tape_->num_slots()) fail_stale();
+    return tape_;
+  }
   std::uint32_t slot() const noexcept { return slot_; }
+  std::uint64_t generation() const noexcept { return generation_; }
 
  private:
+  [[noreturn]] void fail_stale() const {
+    fail("Tracked", fmt::format("value %{} belongs to a tape (generation {}) that no longer exists expected a value of "
+                                "the recording in progress; hint: Tracked values live only while their function is "
+                                "recorded: do not keep them in globals, captures or containers across gradient() or "
+                                "record() calls",
+                                slot_, generation_));
+  }
+
   Tape<T>* tape_;
   std::uint32_t slot_;
+  std::uint64_t generation_;
 };
 
 // One argument of an op. Implicit conversions let `x + 2.0`, `x * w` and

@@ -44,6 +44,9 @@ inline void* aligned_allocate(std::size_t bytes) {
   aligned[-1] = static_cast<unsigned char>(shift);
   return aligned;
 }
+// aligned_allocate for `count` elements of `element_bytes` (count <= kMaxElements);
+// a failure is a tg::Error naming the shape and the bytes, not a bare std::bad_alloc.
+void* allocate_array(std::size_t element_bytes, std::int64_t count, const Shape& shape);
 struct AlignedFree {
   bool owned = true;  // false: borrowed storage (Array::borrowed), never freed here
   void operator()(void* p) const noexcept {
@@ -96,16 +99,13 @@ class Array {
   ~Array() = default;
 
   // Storage of this shape whose elements are left unset (kernels write all of them).
+  // Throws tg::Error for a shape of more than kMaxElements elements (Note
+  // [Checked sizes]) and when the memory cannot be had, naming the shape.
   static Array uninitialized(Shape shape) {
     Array a{NoInit{}};
-    for (auto d : shape.dims())
-      if (d < 0) fail("Array", fmt::format("negative dimension in shape {} dimensions must be >= 0", to_string(shape)));
+    a.size_ = checked_size(shape, "Array");
     a.shape_ = std::move(shape);
-    a.size_ = a.shape_.size();
-    if (a.size_ > 0) {
-      void* p = detail::aligned_allocate(sizeof(T) * static_cast<std::size_t>(a.size_));
-      a.data_.reset(static_cast<T*>(p));
-    }
+    if (a.size_ > 0) a.data_.reset(static_cast<T*>(detail::allocate_array(sizeof(T), a.size_, a.shape_)));
     return a;
   }
   // An Array over storage someone else owns (a compiled tape's arena): it never
@@ -113,8 +113,8 @@ class Array {
   // Array of the same size writes into that storage; copying one gives an owning copy.
   static Array borrowed(Shape shape, T* storage) {
     Array a{NoInit{}};
+    a.size_ = checked_size(shape, "Array::borrowed");
     a.shape_ = std::move(shape);
-    a.size_ = a.shape_.size();
     a.data_ = std::unique_ptr<T[], detail::AlignedFree>(storage, detail::AlignedFree{false});
     return a;
   }

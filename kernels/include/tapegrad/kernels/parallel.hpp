@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "tapegrad/kernels/threads.hpp"
+
 namespace tg::kernels {
 
 // body(i) for i in [0, n), split statically over `threads` threads (<= 1, or
@@ -28,8 +30,8 @@ void parallel_for(std::int64_t n, int threads, F&& body) {
   for (std::int64_t i = 0; i < n; ++i) body(i);
 }
 
-// OpenMP's thread count when `parallel` holds, else 1.
-inline int threads_if(bool parallel) { return parallel ? omp_get_max_threads() : 1; }
+// tapegrad's thread count (tg::num_threads) when `parallel` holds, else 1.
+inline int threads_if(bool parallel) { return parallel ? tg::num_threads() : 1; }
 
 // body(begin, end) over [0, n) in chunks of 32,768 elements, on threads once n
 // spans two chunks: for elementwise loops (a fused block of 1,024 elements

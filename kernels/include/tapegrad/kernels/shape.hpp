@@ -36,7 +36,9 @@ class Shape {
   ~Shape() = default;
 
   std::size_t rank() const noexcept { return rank_; }
-  std::int64_t size() const noexcept {  // product of dims; 1 for rank 0
+  // Product of dims; 1 for rank 0. Unchecked: every shape an Array or a tape
+  // holds passed checked_size (Note [Checked sizes]).
+  std::int64_t size() const noexcept {
     std::int64_t n = 1;
     for (std::size_t i = 0; i < rank_; ++i) n *= data()[i];
     return n;
@@ -82,6 +84,19 @@ class Shape {
 };
 
 using Strides = Shape;  // element strides, same small-vector storage
+
+// Note [Checked sizes]: no shape may hold more than kMaxElements elements, so
+// that every element count, offset and stride, and the byte count of an array
+// of 8-byte elements (with room to spare), fits in int64. Shape::size() multiplies without
+// checks; the places that create shapes check instead: Array storage (owned or
+// borrowed), reshape targets, broadcast results, tape files. An impossible
+// size is a tg::Error that names the dimensions, never the wrapped product.
+inline constexpr std::int64_t kMaxElements = std::int64_t{1} << 59;
+
+// The product of dims, or -1 when a dim is negative or the product exceeds kMaxElements.
+std::int64_t bounded_size(std::span<const std::int64_t> dims) noexcept;
+// The product of shape's dims; throws tg::Error naming `op` when bounded_size would give -1.
+std::int64_t checked_size(const Shape& shape, const char* op);
 
 // "(2,3,4)"; "()" for rank 0.
 std::string to_string(const Shape& shape);

@@ -1,0 +1,273 @@
+// Reliability (issue 22): threads, sizes, numerics and failed replays. Each case
+// is one a hostile but ordinary user hit: a crash or a silently wrong answer.
+#include <atomic>
+#include <limits>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "support/checks.hpp"
+
+using namespace tgtest;
+using T = tg::Tracked<double>;
+using F = tg::Array<float>;
+
+// ---- FFT convolutions from several user threads (Note [One FFTW planner lock]) --------
+
+namespace {
+// sum(tanh(correlate(img, k))) with the FFT forced, on an image of size n: each
+// n gives a new transform grid, so threads plan r2c and c2r transforms at once.
+A fft_filter_gradient(std::int64_t n, tg::ConvAlgorithm algorithm) {
+  const A img = A::random_uniform({n, n + 1}, -1.0, 1.0, static_cast<std::uint64_t>(n));
+  const A k = A::random_uniform({15, 15}, -0.1, 0.1, 7);
+  auto f = [&](const T& x) { return tg::sum(tg::tanh(tg::correlate(x, k, {.algorithm = algorithm}))); };
+  return tg::gradient(f, img);
+}
+}  // namespace
+
+TEST_CASE("reliability: FFT convolutions on several user threads plan safely and give the direct answer") {
+  constexpr int kThreads = 4, kSizes = 6;
+  std::vector<std::vector<A>> got(kThreads);
+  std::vector<std::string> errors(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      try {
+        // Sizes no other test uses, interleaved between threads: every call plans a new grid.
+        for (int i = 0; i < kSizes; ++i) got[t].push_back(fft_filter_gradient(61 + 2 * (i * kThreads + t), tg::ConvAlgorithm::fft));
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    CHECK_MESSAGE(errors[t].empty(), errors[t]);
+    REQUIRE(got[t].size() == kSizes);
+    for (int i = 0; i < kSizes; ++i) {
+      const A direct = fft_filter_gradient(61 + 2 * (i * kThreads + t), tg::ConvAlgorithm::direct);
+      CHECK(max_abs_diff(got[t][i], direct) <= 1e-10);
+    }
+  }
+}
+
+// ---- sizes past int64 (Note [Checked sizes]) ---------------------------------------------
+
+TEST_CASE("reliability: shapes whose element or byte counts overflow are errors, never wrapped sizes") {
+  const std::int64_t huge = (std::int64_t{1} << 62) + 1;
+  // (2^62 + 1) * 4 wraps to 4: it was accepted as a reshape of 4 elements.
+  CHECK_THROWS_WITH_AS(A::ones({4}).reshape({huge, 4}), doctest::Contains("has more than 2^59 elements but the input (4)"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::reshape(A::ones({4}), {huge, 4}), doctest::Contains("reshape: target shape (4611686018427387905,4)"),
+                       tg::Error);
+  CHECK_THROWS_AS(tg::gradient([&](const T& x) { return tg::sum(tg::max(tg::reshape(x, {huge, 4}), tg::Axes{0})); }, A::ones({4})), tg::Error);
+  CHECK_THROWS_AS(tg::reshape(A::ones({4}), {huge, -1}), tg::Error);
+  // 2^61 doubles are 2^64 bytes, which wrapped to 0.
+  CHECK_THROWS_WITH_AS(A::zeros({std::int64_t{1} << 61}), doctest::Contains("Array: shape (2305843009213693952) has more than 2^59"),
+                       tg::Error);
+  CHECK_THROWS_AS(A::zeros({std::int64_t{1} << 31, std::int64_t{1} << 31, 4}), tg::Error);
+  CHECK_THROWS_AS(A::zeros({-1, 2}), tg::Error);
+  // Broadcasting two valid shapes into an impossible one.
+  const std::int64_t big = std::int64_t{1} << 40;
+  CHECK_THROWS_WITH_AS(tg::broadcast_shapes({big, 1}, {1, big}, "add"), doctest::Contains("add: shape (1099511627776,1099511627776)"),
+                       tg::Error);
+  // Zero-size dims multiply to zero whatever the others are.
+  CHECK(tg::bounded_size(tg::Shape{0, std::int64_t{1} << 62, std::int64_t{1} << 62}.dims()) == 0);
+  CHECK(A::zeros({0, std::int64_t{1} << 40}).size() == 0);
+  // An allocation that fails names the shape (a tg::Error, not a bare std::bad_alloc).
+  CHECK_THROWS_WITH_AS(F::zeros({std::int64_t{1} << 50}), doctest::Contains("cannot allocate 4503599627370496 bytes for shape (1125899906842624)"),
+                       tg::Error);
+}
+
+// ---- softmax family: the shift comes before the log (Note [Shift before the log]) ------------
+
+TEST_CASE("reliability: softmax, log_softmax and cross_entropy keep log-sum next to a large maximum") {
+  // Exact answers for logits [c, c+1, c-1]: softmax[1] = e / (1 + e + 1/e).
+  const double e = std::exp(1.0), p1 = e / (1 + e + 1 / e);
+  for (const float c : {1e6f, 1e7f, 1.6e7f}) {  // below 2^24: c - 1, c, c + 1 are floats
+    CAPTURE(c);
+    const F logits({1, 3}, {c, c + 1, c - 1});
+    REQUIRE(logits.data()[1] - logits.data()[0] == 1.0f);  // the logits are exact in float
+    CHECK(tg::softmax(logits).data()[1] == doctest::Approx(p1).epsilon(1e-6));
+    CHECK(tg::log_softmax(logits).data()[1] == doctest::Approx(std::log(p1)).epsilon(1e-6));
+    CHECK(tg::cross_entropy(logits, std::vector<std::int64_t>{1}).item() == doctest::Approx(-std::log(p1)).epsilon(1e-6));
+    CHECK(tg::logsumexp(logits).item() == doctest::Approx(double(c) + 1 - std::log(p1)).epsilon(1e-7));
+  }
+  // Double logits of 1e17: log 2 and the gradient (-1/2, 1/2), not 0 and (0, 1).
+  const A big({1, 2}, {1e17, 1e17});
+  auto loss = [](const T& x) { return tg::cross_entropy(x, std::vector<std::int64_t>{0}); };
+  auto [value, g] = tg::value_and_gradient(loss, big);
+  CHECK(value == doctest::Approx(std::log(2.0)).epsilon(1e-15));
+  CHECK(g.data()[0] == doctest::Approx(-0.5).epsilon(1e-15));
+  CHECK(g.data()[1] == doctest::Approx(0.5).epsilon(1e-15));
+  // logsumexp's pullback is the softmax, recomputed shifted: (1/2, 1/2), not (1, 1).
+  const A glse = tg::gradient([](const T& x) { return tg::sum(tg::logsumexp(x)); }, big);
+  CHECK(glse.data()[0] == doctest::Approx(0.5).epsilon(1e-15));
+  CHECK(glse.data()[1] == doctest::Approx(0.5).epsilon(1e-15));
+  const A gls = tg::gradient([](const T& x) { return tg::sum(tg::log_softmax(x) * A({1, 2}, {1.0, 0.0})); }, big);
+  CHECK(gls.data()[0] == doctest::Approx(0.5).epsilon(1e-15));
+  CHECK(gls.data()[1] == doctest::Approx(-0.5).epsilon(1e-15));
+  // Infinite and NaN lines behave as before: NaN out, no exception.
+  const A odd({2, 2}, {std::numeric_limits<double>::quiet_NaN(), 1.0, -std::numeric_limits<double>::infinity(), 0.0});
+  const A s = tg::softmax(odd);
+  CHECK(std::isnan(s.data()[0]));
+  CHECK(std::isnan(s.data()[1]));
+  CHECK(s.data()[2] == 0.0);
+  CHECK(s.data()[3] == 1.0);
+}
+
+// ---- failed replays leave no half-updated tape (Note [Failed replays]) -----------------------
+
+namespace {
+T branchy(const T& x, const T& w) {
+  if (tg::any(x > 0.0)) return tg::sum(x * w);
+  return tg::sum(x * x * w);
+}
+}  // namespace
+
+TEST_CASE("reliability: a replay that fails on a guard makes the tape unusable until a replay succeeds") {
+  const A x({3}, {1.0, 2.0, 3.0}), w({3}, {0.5, -1.0, 2.0}), x_negative({3}, {-1.0, -2.0, -3.0});
+  auto tape = tg::record(branchy, x, w);
+  CHECK_THROWS_WITH_AS(tape.gradient(x_negative, w), doctest::Contains("guard 0"), tg::Error);
+  // The tape holds x_negative's values on the recorded (positive) branch: no gradient, no output from it.
+  CHECK_THROWS_WITH_AS(tape.gradient(), doctest::Contains("last replay failed (replay: guard 0"), tg::Error);
+  CHECK_THROWS_WITH_AS((void)tape.output(), doctest::Contains("last replay failed"), tg::Error);
+  CHECK_THROWS_WITH_AS(tape.vjp(A::ones({})), doctest::Contains("last replay failed"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::compile(tape), doctest::Contains("compile: the tape's last replay failed"), tg::Error);
+  // A successful replay makes it usable again, with the right answer.
+  const A x2({3}, {2.0, 1.0, 0.5});
+  auto [gx, gw] = tape.gradient(x2, w);
+  CHECK(max_abs_diff(gx, w) == 0.0);
+  CHECK(max_abs_diff(gw, x2) == 0.0);
+  CHECK(tape.value() == doctest::Approx(1.0 - 1.0 + 1.0));
+
+  auto ct = tg::compile(tape);
+  CHECK_THROWS_WITH_AS(ct.gradient(x_negative, w), doctest::Contains("guard 0"), tg::Error);
+  CHECK_THROWS_WITH_AS((void)ct.output(), doctest::Contains("compiled tape's last replay failed"), tg::Error);
+  CHECK_THROWS_WITH_AS(ct.program().reverse_ones(), doctest::Contains("last replay failed"), tg::Error);
+  auto [cgx, cgw] = ct.gradient(x, w);
+  CHECK(max_abs_diff(cgx, w) == 0.0);
+  CHECK(max_abs_diff(cgw, x) == 0.0);
+}
+
+TEST_CASE("reliability: a replay whose op fails, or whose later input has the wrong shape, changes nothing usable") {
+  const A x({3}, {1.0, 2.0, 3.0}), w({3}, {0.5, -1.0, 2.0});
+  auto tape = tg::record(branchy, x, w);
+  const A recorded_gx = std::get<0>(tape.gradient());
+  // Input 1 has the wrong shape: input 0 must not have been replaced.
+  CHECK_THROWS_WITH_AS(tape.gradient(A({3}, {4.0, 5.0, 6.0}), A::ones({4})), doctest::Contains("input 1 has shape (4)"), tg::Error);
+  CHECK(max_abs_diff(tape.tape().value(tape.tape().inputs()[0]), x) == 0.0);
+  CHECK(max_abs_diff(std::get<0>(tape.gradient()), recorded_gx) == 0.0);
+  auto ct = tg::compile(tape);
+  CHECK_THROWS_WITH_AS(ct.gradient(A({3}, {4.0, 5.0, 6.0}), A::ones({4})), doctest::Contains("input 1 has shape (4)"), tg::Error);
+  CHECK(max_abs_diff(ct.program().value(ct.program().inputs()[0]), x) == 0.0);
+  CHECK(ct.value() == doctest::Approx(0.5 - 2.0 + 6.0));
+
+  // An op that fails on the new values (a label out of range) leaves the tape marked.
+  const A logits = A::random_uniform({2, 3}, -1.0, 1.0, 3), labels({2}, {0.0, 2.0});
+  auto ce = tg::record([](const T& z, const T& l) { return tg::cross_entropy(z, l); }, logits, labels);
+  CHECK_THROWS_WITH_AS(ce.gradient(logits, A({2}, {0.0, 7.0})), doctest::Contains("label (7)"), tg::Error);
+  CHECK_THROWS_WITH_AS(ce.gradient(), doctest::Contains("last replay failed (cross_entropy: label (7)"), tg::Error);
+  CHECK_NOTHROW(ce.gradient(logits, labels));
+  CHECK(ce.tape().usable());
+}
+
+// ---- one replay of a tape at a time (Note [One replay at a time]) ----------------------------
+
+TEST_CASE("reliability: a tape replayed from a second thread meanwhile is an error, never a mixed gradient") {
+  const A x = A::random_uniform({64}, -1.0, 1.0, 1), w = A::random_uniform({64}, -1.0, 1.0, 2);
+  auto f = [](const T& a, const T& b) { return tg::sum(tg::tanh(a * b) * a); };
+  auto tape = tg::record(f, x, w);
+  auto ct = tg::compile(tape);
+  {  // Deterministic: this thread holds the tape; another thread's replay is refused.
+    auto held = tape.tape().replay_guard("test");
+    std::string message;
+    std::thread([&] {
+      try {
+        tape.gradient(x, w);
+      } catch (const tg::Error& e) {
+        message = e.what();
+      }
+    }).join();
+    CHECK(message.find("the tape is being replayed by another thread") != std::string::npos);
+    CHECK(message.find("give each thread its own tape") != std::string::npos);
+    CHECK_NOTHROW(tape.gradient(x, w));  // the holding thread may replay (re-entrant)
+  }
+  {
+    auto held = ct.program().replay_guard("test");
+    std::string message;
+    std::thread([&] {
+      try {
+        ct.gradient(x, w);
+      } catch (const tg::Error& e) {
+        message = e.what();
+      }
+    }).join();
+    CHECK(message.find("being replayed by another thread") != std::string::npos);
+  }
+  // Racing: every call either is refused or returns the exact gradient of its own inputs.
+  const A x2 = A::random_uniform({64}, -1.0, 1.0, 3);
+  const auto want1 = tg::gradient(f, x, w), want2 = tg::gradient(f, x2, w);
+  std::atomic<int> wrong{0}, refused{0}, done{0};
+  auto hammer = [&](const A& in, const A& want, bool compiled) {
+    for (int i = 0; i < 200; ++i) {
+      try {
+        const A g = compiled ? std::get<0>(ct.gradient(in, w)) : std::get<0>(tape.gradient(in, w));
+        if (max_abs_diff(g, want) != 0.0) ++wrong;
+        ++done;
+      } catch (const tg::Error& e) {
+        if (std::string(e.what()).find("another thread") == std::string::npos) ++wrong;
+        ++refused;
+      }
+    }
+  };
+  for (const bool compiled : {false, true}) {
+    std::thread a(hammer, std::cref(x), std::cref(std::get<0>(want1)), compiled);
+    std::thread b(hammer, std::cref(x2), std::cref(std::get<0>(want2)), compiled);
+    a.join();
+    b.join();
+  }
+  CHECK(wrong == 0);
+  CHECK(done + refused == 800);
+  MESSAGE("replays done ", done.load(), ", refused ", refused.load());
+}
+
+TEST_CASE("reliability: independent tapes recorded and replayed on several threads at once agree with one thread") {
+  const A w = A::random_uniform({3, 2, 3, 3}, -0.5, 0.5, 4);
+  auto f = [&](const T& x) { return tg::sum(tg::relu(tg::conv(x, w, {.padding = {1, 1}}))); };
+  std::vector<A> inputs, want, got(4);
+  for (int t = 0; t < 4; ++t) {
+    inputs.push_back(A::random_uniform({2, 2, 9, 9}, -1.0, 1.0, 10 + t));
+    want.push_back(tg::gradient(f, inputs.back()));
+  }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      auto tape = tg::record(f, inputs[t]);
+      for (int i = 0; i < 20; ++i) got[t] = tape.gradient(inputs[t]);
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) CHECK(max_abs_diff(got[t], want[t]) == 0.0);
+}
+
+// ---- handles that outlive their tape (Note [Tape identity]) -------------------------------
+
+TEST_CASE("reliability: a Tracked kept from a destroyed tape is an error, even where a new tape reuses its address") {
+  const A x({3}, {1.0, 2.0, 3.0});
+  std::optional<T> kept;
+  tg::gradient([&](const T& v) {
+    kept = tg::exp(v);  // slot 1 of a tape that dies with this call
+    return tg::sum(v);
+  }, x);
+  REQUIRE(kept);
+  CHECK_THROWS_WITH_AS((void)kept->shape(), doctest::Contains("Tracked: value %1 belongs to a tape (generation"), tg::Error);
+  for (int i = 0; i < 4; ++i)  // new tapes of the same size: the allocator hands back the dead tape's address
+    CHECK_THROWS_WITH_AS(tg::gradient([&](const T& v) { return tg::sum(v + *kept); }, x), doctest::Contains("no longer exists"),
+                         tg::Error);
+  // A copied tape is another tape: handles of the original do not work on it, and the copy replays on its own.
+  auto tape = tg::record([](const T& v) { return tg::sum(v * v); }, x);
+  tg::Tape<double> copy = tape.tape();
+  CHECK(copy.generation() != tape.tape().generation());
+  copy.forward_pass();
+  copy.reverse_pass(A::ones({}));
+  CHECK(max_abs_diff(copy.adjoint(copy.inputs()[0]), A({3}, {2.0, 4.0, 6.0})) == 0.0);
+}

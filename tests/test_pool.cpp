@@ -127,21 +127,22 @@ TEST_CASE("maxpool: ties route the adjoint to the first maximum in row-major ord
 
 TEST_CASE("maxpool: a NaN is the maximum and takes the adjoint, in the 2x2 fast path and the general one") {
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  // windows (2x2, stride 2): [1 3; 3 2] -> 3 at its first place; [nan 9; 4 nan] -> the first NaN
+  // windows (2x2, stride 2): [1 3; 3 2] -> 3 at its first place; [nan 9; 4 nan] -> the last NaN (PyTorch's rule)
   const A x({1, 1, 2, 4}, {1, 3, nan, 9, 3, 2, 4, nan});
   const A y = tg::maxpool(x, {.window = {2}});
   CHECK(y.data()[0] == 3);
   CHECK(std::isnan(y.data()[1]));
   auto tape = tg::record([](const T& a) { return tg::maxpool(a, {.window = {2}}); }, x);
   const A g = tape.vjp(A({1, 1, 1, 2}, {10, 20}));
-  CHECK(max_abs_diff(g, A({1, 1, 2, 4}, {0, 10, 20, 0, 0, 0, 0, 0})) == 0);
+  CHECK(max_abs_diff(g, A({1, 1, 2, 4}, {0, 10, 0, 0, 0, 0, 0, 20})) == 0);
   // General path (stride 1, overlapping): windows [1 3; 3 2], [3 nan; 2 4], [nan 9; 4 nan]
   const A y1 = tg::maxpool(x, {.window = {2}, .stride = {1}});
   CHECK(y1.data()[0] == 3);
   CHECK(std::isnan(y1.data()[1]));
   CHECK(std::isnan(y1.data()[2]));
   auto tape1 = tg::record([](const T& a) { return tg::maxpool(a, {.window = {2}, .stride = {1}}); }, x);
-  CHECK(max_abs_diff(tape1.vjp(A({1, 1, 1, 3}, {1, 2, 4})), A({1, 1, 2, 4}, {0, 1, 6, 0, 0, 0, 0, 0})) == 0);
+  // [3 nan; 2 4]: its one NaN; [nan 9; 4 nan]: its last NaN
+  CHECK(max_abs_diff(tape1.vjp(A({1, 1, 1, 3}, {1, 2, 4})), A({1, 1, 2, 4}, {0, 1, 2, 0, 0, 0, 0, 4})) == 0);
 }
 
 // Note [Maxpool window codes]: the backward from codes gives exactly the re-scan's
@@ -177,7 +178,7 @@ void check_window_codes(std::int64_t H, std::int64_t W) {
   k::maxpool_backward(g, x.data(), y.data(), gy.data(), rescan.data());
   k::maxpool_backward(g, x.data(), y.data(), gy.data(), from_codes.data(), codes.data());
   CHECK(std::memcmp(rescan.data(), from_codes.data(), x.size() * sizeof(V)) == 0);
-  // The reference: each window's maximum by max_step's rule and its first place, element by element.
+  // The reference: each window's maximum by max_step's rule and its first place (its last NaN), element by element.
   const std::int64_t Ho = H / 2, Wo = W / 2;
   bool same = true;
   for (std::int64_t p = 0; p < N * C; ++p)
@@ -188,7 +189,10 @@ void check_window_codes(std::int64_t H, std::int64_t W) {
         V best = v[0];
         for (int t = 1; t < 4; ++t) best = std::isnan(best) ? best : (best > v[t] ? best : v[t]);
         int first = 0;
-        while (first < 3 && !(v[first] == best || (std::isnan(v[first]) && std::isnan(best)))) ++first;
+        while (first < 3 && !(v[first] == best)) ++first;
+        if (std::isnan(best))
+          for (int t = 0; t < 4; ++t)
+            if (std::isnan(v[t])) first = t;
         const std::size_t o = static_cast<std::size_t>((p * Ho + i) * Wo + j);
         same = same && std::memcmp(&y[o], &best, sizeof(V)) == 0 && codes[o] == V(first);
       }
@@ -206,7 +210,7 @@ TEST_CASE("maxpool: the 2x2 backward from window codes equals the re-scan, bit f
       check_window_codes<float>(H, W);
       check_window_codes<double>(H, W);
     }
-  // Hand-worked: windows [1 3; 3 2] -> code 1 (first 3), [nan 9; 4 nan] -> code 0 (first NaN).
+  // Hand-worked: windows [1 3; 3 2] -> code 1 (first 3), [nan 9; 4 nan] -> code 3 (last NaN).
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const A x({1, 1, 2, 4}, {1, 3, nan, 9, 3, 2, 4, nan});
   const auto g = tg::kernels::pool_geometry(x.shape(), {.window = {2}}, "maxpool");
@@ -214,7 +218,7 @@ TEST_CASE("maxpool: the 2x2 backward from window codes equals the re-scan, bit f
   double codes[2];
   tg::kernels::maxpool_forward(g, x.data(), y, codes);
   CHECK(codes[0] == 1);
-  CHECK(codes[1] == 0);
+  CHECK(codes[1] == 3);
 }
 
 TEST_CASE("pooling: bad geometry is a clear tg::Error") {
@@ -226,7 +230,7 @@ TEST_CASE("pooling: bad geometry is a clear tg::Error") {
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {5}, .dilation = {std::int64_t(1) << 61}}), doctest::Contains("larger than 2^62"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::maxpool(x, {.window = {2, 2, 2}}), doctest::Contains("expected 1 or 2"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::maxpool(A::zeros({5, 5}), {.window = {2}}), doctest::Contains("(N, C, spatial...)"), tg::Error);
-  CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = 0}), doctest::Contains("p is 0 expected > 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = 0}), doctest::Contains("p is 0 expected a finite p > 0"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::global_meanpool(A::zeros({3, 4})), doctest::Contains("global_meanpool"), tg::Error);
 }
 

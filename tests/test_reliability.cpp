@@ -271,3 +271,90 @@ TEST_CASE("reliability: a Tracked kept from a destroyed tape is an error, even w
   copy.reverse_pass(A::ones({}));
   CHECK(max_abs_diff(copy.adjoint(copy.inputs()[0]), A({3}, {2.0, 4.0, 6.0})) == 0.0);
 }
+
+// ---- smaller silent cases -------------------------------------------------------------------
+
+TEST_CASE("reliability: slice with a huge step takes one element, not none") {
+  const A x = A::iota({4, 2});
+  const std::int64_t step = std::numeric_limits<std::int64_t>::max();
+  const A s = tg::slice(x, 0, 0, 4, step);
+  CHECK(s.shape() == tg::Shape{1, 2});
+  CHECK(max_abs_diff(s, A({1, 2}, {0.0, 1.0})) == 0.0);
+  CHECK(tg::slice(x, 1, 1, 2, step).shape() == tg::Shape{4, 1});
+  CHECK(tg::slice(x, 0, 2, 2, step).shape() == tg::Shape{0, 2});
+  const A g = tg::gradient([&](const T& v) { return tg::sum(tg::slice(v, 0, 0, 4, step) * 3.0); }, x);
+  CHECK(max_abs_diff(g, A({4, 2}, {3, 3, 0, 0, 0, 0, 0, 0})) == 0.0);
+}
+
+TEST_CASE("reliability: maxpool's ceil_mode with a huge stride keeps its first window") {
+  const A x = A::iota({1, 1, 5, 5});
+  const std::int64_t huge = std::numeric_limits<std::int64_t>::max() / 2;
+  const A y = tg::maxpool(x, {.window = {2}, .stride = {huge}, .ceil_mode = true});
+  CHECK(y.shape() == tg::Shape{1, 1, 1, 1});
+  CHECK(y.item() == 6.0);
+  // PyTorch's sizes: 5 with window 2, stride 4: floor 1, ceil 2 (the last window starts at 4 < 5).
+  CHECK(tg::maxpool(x, {.window = {2}, .stride = {4}, .ceil_mode = true}).shape() == tg::Shape{1, 1, 2, 2});
+  CHECK(tg::maxpool(x, {.window = {2}, .stride = {4}}).shape() == tg::Shape{1, 1, 1, 1});
+  // window 3, stride 2, padding 1 on 5: ceil gives 3 (a window starting at 4 + 1 = 5 would start in the high padding).
+  CHECK(tg::maxpool(x, {.window = {3}, .stride = {2}, .padding = {1}, .ceil_mode = true}).shape() == tg::Shape{1, 1, 3, 3});
+  CHECK(tg::maxpool(A::iota({1, 1, 6, 6}), {.window = {3}, .stride = {2}, .padding = {1}, .ceil_mode = true}).shape() ==
+        tg::Shape{1, 1, 4, 4});
+}
+
+TEST_CASE("reliability: values outside an op's domain are errors, not silently ignored") {
+  const A x = A::random_uniform({1, 2, 6, 6}, -1.0, 1.0, 5), w = A::random_uniform({3, 2, 3, 3}, -1.0, 1.0, 6);
+  CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = std::numeric_limits<double>::infinity()}),
+                       doctest::Contains("lppool: p is inf expected a finite p > 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::lppool(x, {.window = {2}, .p = std::numeric_limits<double>::quiet_NaN()}), doctest::Contains("p is nan"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.algorithm = static_cast<tg::ConvAlgorithm>(42)}),
+                       doctest::Contains("conv: algorithm (42) is not a ConvAlgorithm"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.backward_weight_algorithm = static_cast<tg::ConvAlgorithm>(-1)}),
+                       doctest::Contains("is not a ConvAlgorithm"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.output_padding = {1, 1}}), doctest::Contains("conv: output_padding [1,1] on a conv"), tg::Error);
+  CHECK_NOTHROW(tg::conv(x, w, {.output_padding = {0}}));
+  const A img = A::random_uniform({7, 7}, -1.0, 1.0, 7), k = A::ones({3, 3});
+  CHECK_THROWS_WITH_AS(tg::correlate(img, k, {.border = {static_cast<tg::BorderMode>(99), 0.0}}),
+                       doctest::Contains("correlate: border mode (99) is not a BorderMode"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::correlate(img, k, {.output = static_cast<tg::Output>(7)}), doctest::Contains("output (7) is not an Output"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::correlate(img, k, {.algorithm = static_cast<tg::ConvAlgorithm>(9)}), doctest::Contains("algorithm (9)"),
+                       tg::Error);
+}
+
+TEST_CASE("reliability: set_num_threads applies to every thread, running or started later") {
+  const int before = tg::num_threads();
+  std::atomic<bool> changed{false};
+  int seen_running = 0, seen_new = 0;
+  std::thread running([&] {
+    while (!changed) std::this_thread::yield();
+    seen_running = tg::num_threads();
+  });
+  tg::set_num_threads(before == 1 ? 2 : 1);
+  changed = true;
+  running.join();
+  std::thread([&] { seen_new = tg::num_threads(); }).join();
+  CHECK(seen_running == (before == 1 ? 2 : 1));
+  CHECK(seen_new == (before == 1 ? 2 : 1));
+  // Kernels on another thread follow it: an FFT conv gives the same gradient (its regions size their teams by it).
+  const A img = A::random_uniform({40, 41}, -1.0, 1.0, 8), k = A::random_uniform({15, 15}, -1.0, 1.0, 9);
+  auto f = [&](const T& v) { return tg::sum(tg::correlate(v, k, {.algorithm = tg::ConvAlgorithm::fft})); };
+  A on_thread;
+  std::thread([&] { on_thread = tg::gradient(f, img); }).join();
+  tg::set_num_threads(before);
+  CHECK(max_abs_diff(on_thread, tg::gradient(f, img)) <= 1e-12);
+}
+
+TEST_CASE("reliability: max and min of arrays holding NaN give NaN and split the adjoint among the NaNs (PyTorch)") {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const A x({4}, {1.0, nan, 3.0, nan});
+  CHECK(std::isnan(tg::max(x).item()));
+  CHECK(std::isnan(tg::min(x).item()));
+  for (const bool is_max : {true, false}) {
+    const A g = tg::gradient([&](const T& v) { return is_max ? tg::max(v) : tg::min(v); }, x);
+    CHECK(max_abs_diff(g, A({4}, {0.0, 0.5, 0.0, 0.5})) == 0.0);
+  }
+  const A rows({2, 3}, {1.0, nan, 2.0, 4.0, 5.0, 5.0});
+  const A g = tg::gradient([&](const T& v) { return tg::sum(tg::max(v, tg::Axes{1})); }, rows);
+  CHECK(max_abs_diff(g, A({2, 3}, {0.0, 1.0, 0.0, 0.0, 0.5, 0.5})) == 0.0);
+}

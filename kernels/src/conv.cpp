@@ -213,6 +213,10 @@ AlgorithmSeconds conv_estimated_seconds(const ConvGeometry& g, ConvPass pass) {
 }
 
 ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAlgorithm requested, const char* op) {
+  if (static_cast<unsigned>(requested) > static_cast<unsigned>(ConvAlgorithm::winograd))
+    fail(op, fmt::format("algorithm ({}) is not a ConvAlgorithm expected automatic, direct, im2col, implicit_gemm, fft "
+                         "or winograd",
+                         static_cast<int>(requested)));
   if (requested == ConvAlgorithm::fft && !g.unit_stride_and_dilation())
     fail(op, fmt::format("algorithm fft runs only stride 1 and dilation 1 (this call has stride [{}] dilation [{}]); "
                          "hint: use im2col or direct, or leave the algorithm automatic",

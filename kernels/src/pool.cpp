@@ -49,9 +49,11 @@ PoolGeometry pool_geometry(const Shape& x, const PoolSpec& spec, const char* op)
       fail(op, fmt::format("window ({}) along spatial dim {} is larger than the padded input ({}) expected window <= "
                            "padded input",
                            extent, d - (3 - g.spatial), g.in[d] + 2 * g.pad[d]));
-    g.out[d] = (spec.ceil_mode ? (span + g.stride[d] - 1) / g.stride[d] : span / g.stride[d]) + 1;
-    // ceil_mode: the last window must start inside the input or the low padding.
-    if (spec.ceil_mode && (g.out[d] - 1) * g.stride[d] >= g.in[d] + g.pad[d]) --g.out[d];
+    // ceil_mode adds a partial last window when it starts inside the input or the
+    // low padding: at (full + 1) * stride < in + pad, compared without a product (any stride).
+    const std::int64_t full = span / g.stride[d];
+    g.out[d] = full + 1;
+    if (spec.ceil_mode && span % g.stride[d] != 0 && full + 1 <= (g.in[d] + g.pad[d] - 1) / g.stride[d]) ++g.out[d];
   }
   return g;
 }
@@ -178,9 +180,9 @@ void row_max(const PoolGeometry& g, const LastDimTaps& taps, const T* __restrict
   });
 }
 
-// The first element equal to each window's maximum (Note [Ties in maxpool]), as plane offsets.
+// The first element equal to each window's maximum, or its last NaN (Note [Ties in maxpool]), as plane offsets.
 template <class T>
-void row_first_argmax(const PoolGeometry& g, const LastDimTaps& taps, const T* __restrict xp, std::int64_t o0,
+void row_argmax(const PoolGeometry& g, const LastDimTaps& taps, const T* __restrict xp, std::int64_t o0,
                       std::int64_t o1, const T* __restrict best, std::int32_t* __restrict arg) {
   const std::int64_t n = g.out[2], s2 = g.stride[2];
   for (std::int64_t o2 = 0; o2 < n; ++o2) arg[o2] = -1;
@@ -188,7 +190,7 @@ void row_first_argmax(const PoolGeometry& g, const LastDimTaps& taps, const T* _
     const std::int64_t off = row + taps.offset[static_cast<std::size_t>(t2)];
     for (std::int64_t o2 = taps.begin[static_cast<std::size_t>(t2)]; o2 < taps.end[static_cast<std::size_t>(t2)]; ++o2) {
       const T v = xp[off + o2 * s2], b = best[o2];
-      const bool hit = (arg[o2] < 0) & ((v == b) | ((v != v) & (b != b)));
+      const bool hit = ((arg[o2] < 0) & (v == b)) | ((v != v) & (b != b));
       arg[o2] = hit ? static_cast<std::int32_t>(off + o2 * s2) : arg[o2];  // 32-bit, like the float compare: vector blends
     }
   });
@@ -221,10 +223,16 @@ inline T max_step(T best, T v) {
   return best != best ? best : m;
 }
 
-// Whether element v of a window is the window's maximum m (a NaN maximum matches a NaN).
+// The code (Note [Maxpool window codes]) of a 2x2 window (a, b; c, d) whose
+// maximum is m: the first of a, b, c that is the maximum, else d; when m is
+// NaN, the last NaN (Note [Ties in maxpool]). In integer arithmetic on the
+// comparisons: GCC turned selects into branches in the loop's scalar tail.
 template <class T>
-inline bool is_max(T v, T m) {
-  return (v == m) | ((v != v) & (m != m));
+inline int window_code(T a, T b, T c, T d, T m) {
+  if (m != m) [[unlikely]]
+    return d != d ? 3 : c != c ? 2 : b != b ? 1 : 0;
+  const int not_a = a != m, not_b = b != m, not_c = c != m;
+  return not_a * (1 + not_b * (1 + not_c));
 }
 
 // Note [Short rows in chunks]: the 2x2 pool's rows are short (LeNet's have 14
@@ -256,9 +264,8 @@ struct Chunk {
   static V odds(const T* p, std::index_sequence<I...>) { return __builtin_shufflevector(load(p), load(p + kLanes), (2 * I + 1)...); }
   static V evens(const T* p) { return evens(p, std::make_index_sequence<kLanes>{}); }
   static V odds(const T* p) { return odds(p, std::make_index_sequence<kLanes>{}); }
-  // max_step and is_max on lanes.
+  // max_step on lanes.
   static V max_step(V best, V v) { return select(best != best, best, select(best > v, best, v)); }
-  static Mask is_max(V v, V m) { return (v == m) | ((v != v) & (m != m)); }
 };
 
 // Runs chunk(o2) over a row of n outputs (Note [Short rows in chunks]); false
@@ -285,20 +292,18 @@ void maxpool_2x2_forward(const PoolGeometry& g, const T* x, T* y, T* codes) {
                           d = C::odds(r1 + 2 * o2);
       const typename C::V m = C::max_step(C::max_step(C::max_step(a, b), c), d);
       C::store(yr + o2, m);
-      if (cr)  // the first of a, b, c that is the maximum, else d (Note [Maxpool window codes])
-        C::store(cr + o2, C::select(C::is_max(a, m), C::splat(0),
-                                    C::select(C::is_max(b, m), C::splat(1), C::select(C::is_max(c, m), C::splat(2), C::splat(3)))));
+      if (cr) {  // window_code, lane by lane
+        const typename C::V first = C::select(a == m, C::splat(0), C::select(b == m, C::splat(1), C::select(c == m, C::splat(2), C::splat(3))));
+        const typename C::V last_nan = C::select(d != d, C::splat(3), C::select(c != c, C::splat(2), C::select(b != b, C::splat(1), C::splat(0))));
+        C::store(cr + o2, C::select(m != m, last_nan, first));
+      }
     });
     if (chunked) return;
     for (std::int64_t o2 = 0; o2 < n; ++o2) {
       const T a = r0[2 * o2], b = r0[2 * o2 + 1], c = r1[2 * o2], d = r1[2 * o2 + 1];
       const T m = max_step(max_step(max_step(a, b), c), d);
       yr[o2] = m;
-      // The first maximum in row-major order, as selects (Note [Maxpool window codes]).
-      // The first of a, b, c that is the maximum, else d, in integer arithmetic on
-      // the comparisons: GCC turned selects into branches in the loop's scalar tail.
-      const int not_a = !is_max(a, m), not_b = !is_max(b, m), not_c = !is_max(c, m);
-      if (cr) cr[o2] = static_cast<T>(not_a * (1 + not_b * (1 + not_c)));
+      if (cr) cr[o2] = static_cast<T>(window_code(a, b, c, d, m));
     }
   });
 }
@@ -308,11 +313,9 @@ void maxpool_2x2_backward(const PoolGeometry& g, const T* x, const T* y, const T
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
     const std::int64_t row0 = (plane * g.in[0] + o0) * g.in[1] * g.in[2] + 2 * o1 * g.in[2], row1 = row0 + g.in[2];
     for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) {
-      const T best = y[j + o2];
-      auto hit = [&](std::int64_t at) { return is_max(x[at], best); };
       const std::int64_t c = 2 * o2;
-      const std::int64_t at = hit(row0 + c) ? row0 + c : hit(row0 + c + 1) ? row0 + c + 1 : hit(row1 + c) ? row1 + c : row1 + c + 1;
-      gx[at] += gy[j + o2];
+      const int code = window_code(x[row0 + c], x[row0 + c + 1], x[row1 + c], x[row1 + c + 1], y[j + o2]);
+      gx[(code >> 1 ? row1 : row0) + c + (code & 1)] += gy[j + o2];
     }
   });
 }
@@ -364,7 +367,7 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
   for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
     thread_local std::vector<std::int32_t> arg;
     arg.resize(static_cast<std::size_t>(g.out[2]));
-    row_first_argmax(g, taps, x + plane * g.in_vol(), o0, o1, y + j, arg.data());
+    row_argmax(g, taps, x + plane * g.in_vol(), o0, o1, y + j, arg.data());
     T* gp = gx + plane * g.in_vol();
     for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) gp[arg[static_cast<std::size_t>(o2)]] += gy[j + o2];
   });

@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 
 #include "tapegrad/autodiff/record.hpp"
@@ -144,6 +145,10 @@ Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
   if (s.size() != 2 && s.size() != 3)
     fail(op, fmt::format("got {} inputs expected (x, w) or (x, w, bias)", s.size()));
   const ConvParams& p = cp.user;
+  if (!cp.transpose && std::any_of(p.output_padding.begin(), p.output_padding.end(), [](std::int64_t v) { return v != 0; }))
+    fail(op, fmt::format("output_padding [{}] on a conv expected none: it sizes a conv_transpose's output; hint: use "
+                         "padding or pad_hi for a conv",
+                         fmt::join(p.output_padding, ",")));
   const ConvGeometry g = cp.transpose ? transpose_geometry(*s[0], *s[1], p) : kernels::conv_geometry(*s[0], *s[1], spec_of(p), op);
   if (s.size() == 3) check_bias(*s[2], cp.transpose ? g.C : g.K, op);
   cp.geometry = g;

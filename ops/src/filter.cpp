@@ -75,6 +75,12 @@ void plan_extension(const FilterOpParams& p, const Shape& image, const Shape& ke
   const char* op = op_name(p);
   const FilterParams& u = p.user;
   const std::size_t rank = image.rank();
+  if (static_cast<unsigned>(u.border.mode) > static_cast<unsigned>(BorderMode::circular))
+    fail(op, fmt::format("border mode ({}) is not a BorderMode expected fill, replicate, reflect, symmetric or circular; "
+                         "hint: use tg::Border::fill(v), replicate(), reflect(), symmetric() or circular()",
+                         static_cast<int>(u.border.mode)));
+  if (static_cast<unsigned>(u.output) > static_cast<unsigned>(Output::full))
+    fail(op, fmt::format("output ({}) is not an Output expected same, valid or full", static_cast<int>(u.output)));
   if (!u.origin.empty() && u.output != Output::same)
     fail(op, fmt::format("origin [{}] with output {} expected an origin only with output same", fmt::join(u.origin, ","),
                          to_string(u.output)));

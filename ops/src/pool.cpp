@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/pool.hpp"
 
@@ -63,7 +65,8 @@ Shape plan(const PoolOpParams& p, const Shape& x) {
     spec = {};
     for (std::size_t d = 2; d < x.rank(); ++d) spec.window.push_back(x[d]);
   }
-  if (p.kind == PoolKind::lp && !(p.user.p > 0)) fail(op, fmt::format("p is {} expected > 0", p.user.p));
+  if (p.kind == PoolKind::lp && !(p.user.p > 0 && std::isfinite(p.user.p)))
+    fail(op, fmt::format("p is {} expected a finite p > 0; hint: p = inf is the maximum of |x|: maxpool(abs(x))", p.user.p));
   p.geometry = kernels::pool_geometry(x, spec, op);
   return kernels::pool_output_shape(p.geometry);
 }

@@ -153,14 +153,14 @@ SliceGeometry slice_geometry(const SliceParams& p, const Shape& in) {
     fail("slice", fmt::format("range [{}, {}) out of bounds for axis {} of length {} expected 0 <= start <= stop <= {}; "
                               "hint: negative indices count from the end",
                               p.start, p.stop, p.axis, n, n));
-  return {axis, start, (stop - start + p.step - 1) / p.step};
+  return {axis, start, stop == start ? 0 : (stop - start - 1) / p.step + 1};  // ceil((stop - start) / step), for any step
 }
 // Strides and base offset that read the sliced elements out of the input.
 std::pair<Strides, std::int64_t> slice_view(const SliceParams& p, const Shape& in) {
   const auto g = slice_geometry(p, in);
   Strides st = contiguous_strides(in);
   const std::int64_t offset = g.start * st[g.axis];
-  st[g.axis] *= p.step;
+  if (g.count > 1) st[g.axis] *= p.step;  // (count - 1) * step < n: no overflow; with one element the stride is never used
   return {st, offset};
 }
 }  // namespace

@@ -4,10 +4,11 @@
 // the window; ceil_mode never starts a window inside the high padding.
 //
 // Note [Ties in maxpool]: the maximum's adjoint goes to ONE element, the first
-// maximum in row-major order within the window (PyTorch's CPU rule); a NaN
-// counts as the maximum (the first NaN wins). The backward pass re-scans the
-// window for the first element equal to the forward's maximum, except in the
-// 2x2 pool of Note [Maxpool window codes].
+// maximum in row-major order within the window; a NaN counts as the maximum,
+// and of several NaNs the last one in row-major order takes it. Both are
+// PyTorch's CPU rule (its scan replaces the maximum when `v > max || isnan(v)`).
+// The backward pass re-scans the window for that element, except in the 2x2
+// pool of Note [Maxpool window codes].
 //
 // Note [Maxpool window codes]: for a 2x2 window with stride 2 (the pool of most
 // CNNs: maxpool_keeps_codes) the forward can also write, per output, a code

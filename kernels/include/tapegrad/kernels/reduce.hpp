@@ -92,8 +92,15 @@ void extremum_reduce(const T* x, const Shape& sx, T* out, const Shape& so) {
 
 // Note [Ties in max and min]: the adjoint of a max (min) reduction is split evenly
 // among all elements equal to the result (as JAX does): deterministic, symmetric,
-// and the average of the one-sided derivatives at a tie.
-// dx[i] += dout[keep(i)] / count(ties of keep(i)) where x[i] == out[keep(i)].
+// and the average of the one-sided derivatives at a tie. A NaN result (NaN
+// propagates) is split evenly among the NaN elements, as PyTorch does; matching
+// by == alone gave every element a zero gradient.
+// dx[i] += dout[keep(i)] / count(ties of keep(i)) where x[i] ties out[keep(i)].
+template <class T>
+inline bool ties_extremum(T v, T extremum) {
+  return v == extremum || (v != v && extremum != extremum);
+}
+
 template <class T>
 void extremum_reduce_backward(const T* x, const Shape& sx, const T* out, const T* dout, const Shape& so, T* dx) {
   ScratchScope scratch;  // no heap allocation per pullback (a compiled step allocates nothing)
@@ -101,12 +108,12 @@ void extremum_reduce_backward(const T* x, const Shape& sx, const T* out, const T
   const Strides st_x = contiguous_strides(sx), st_o = broadcast_strides(so, sx);
   for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
     for (std::int64_t i = 0; i < n; ++i)
-      if (x[o[0] + i] == out[o[1] + i * s[1]]) ties[o[1] + i * s[1]] += T(1);
+      if (ties_extremum(x[o[0] + i], out[o[1] + i * s[1]])) ties[o[1] + i * s[1]] += T(1);
   });
   for_each_run<2>(sx, {&st_x, &st_o}, [&](std::int64_t n, const Offsets<2>& o, const Offsets<2>& s) {
     for (std::int64_t i = 0; i < n; ++i) {
       const std::int64_t k = o[1] + i * s[1];
-      if (x[o[0] + i] == out[k]) dx[o[0] + i] += dout[k] / ties[k];
+      if (ties_extremum(x[o[0] + i], out[k])) dx[o[0] + i] += dout[k] / ties[k];
     }
   });
 }

@@ -5,9 +5,25 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <fstream>
+#include <string>
 #include <vector>
 
 namespace tgbench {
+
+// "cpu: <model name> (N cores)" from /proc/cpuinfo, for the head of every table.
+inline std::string cpu_line() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, model = "unknown";
+  int cores = 0;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      ++cores;
+      if (const auto colon = line.find(':'); colon != std::string::npos) model = line.substr(colon + 2);
+    }
+  }
+  return "cpu: " + model + " (" + std::to_string(cores) + " logical cores)";
+}
 
 template <class F>
 double median_seconds(int reps, F f, int warmup = 0) {

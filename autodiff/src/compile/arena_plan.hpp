@@ -19,7 +19,8 @@
 //
 // Placement is the greedy best-known heuristic for this offline problem:
 // largest buffers first, each at the lowest offset that clears every placed
-// buffer it overlaps in time.
+// buffer it overlaps in time; past kExactPlacement buffers, an allocator
+// replaying the timeline (Note [Placement in n log n], arena_plan.cpp).
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,7 @@ struct Buffer {
 
 inline constexpr std::int64_t kArenaAlignment = 64;
 inline constexpr int kHandoverGap = 2;
+inline constexpr std::size_t kExactPlacement = 2048;
 
 // Offsets (multiples of 64 bytes) for `buffers`; with share = false every
 // buffer gets bytes of its own. Returns the arena's size in bytes.

@@ -14,6 +14,13 @@ namespace tg::compile_impl {
 // per member, so a chain's inner values and adjoints stay in L2.
 inline constexpr std::int64_t kFusedBlock = 4096;
 
+// Members per chain, at most. A chain's step takes members x kFusedBlock
+// elements of scratch per thread for its inner values (twice in the pullback)
+// and looks inner values up among its members: a 120,000-op chain of
+// 4-element arrays asked for 8 GB. A longer chain is cut into chains of this
+// many, each of which writes its result to memory.
+inline constexpr std::size_t kMaxChainMembers = 64;
+
 // A step that may join a chain: an elementwise op without saved buffers or
 // epilogue, whose every input has its output's shape or one element.
 template <class T>
@@ -47,6 +54,7 @@ void fuse_elementwise(std::vector<typename CompiledProgram<T>::Step>& steps, con
   // it alone: chains are trees whose root (the last member) is the only value
   // leaving them. root_of: union-find over step indices, -1 for steps in no chain.
   std::vector<int> root_of(steps.size(), -1);
+  std::vector<std::size_t> members_of(steps.size(), 1);  // at a chain's root
   auto find = [&](int s) {
     while (root_of[s] != s) s = root_of[s] = root_of[root_of[s]];
     return s;
@@ -58,24 +66,20 @@ void fuse_elementwise(std::vector<typename CompiledProgram<T>::Step>& steps, con
     for (auto a : steps[s].args) {
       const int p = producer[a];
       if (p < 0 || !ok[p] || consumers[a] != 1 || !(tape.value(a).shape() == tape.value(steps[s].out).shape())) continue;
-      if (root_of[s] < 0) root_of[s] = static_cast<int>(s);
-      if (root_of[p] < 0) root_of[p] = p;
-      root_of[find(p)] = find(static_cast<int>(s));
+      const int rp = root_of[p] < 0 ? p : find(p), rs = root_of[s] < 0 ? static_cast<int>(s) : find(static_cast<int>(s));
+      if (rp == rs || members_of[rp] + members_of[rs] > kMaxChainMembers) continue;  // p's chain ends at p: its output is written
+      root_of[p] = root_of[p] < 0 ? p : root_of[p];
+      root_of[s] = root_of[s] < 0 ? static_cast<int>(s) : root_of[s];
+      root_of[rp] = rs;
+      members_of[rs] += members_of[rp];
     }
   }
-  std::vector<int> chain(steps.size(), -1);  // the chain's first member, for every member
-  for (std::size_t s = 0; s < steps.size(); ++s) {
-    if (root_of[s] < 0) continue;
-    const int r = find(static_cast<int>(s));
-    if (chain[r] < 0) chain[r] = static_cast<int>(s);  // members are visited in order: s is the first
-    chain[s] = chain[r];
-  }
+  // Every chain's members in order, bucketed by root in one pass (O(n)).
+  std::vector<std::vector<std::size_t>> chains(steps.size());
+  for (std::size_t s = 0; s < steps.size(); ++s)
+    if (root_of[s] >= 0) chains[static_cast<std::size_t>(find(static_cast<int>(s)))].push_back(s);
   std::vector<std::uint8_t> removed(steps.size(), 0);
-  for (std::size_t first = 0; first < steps.size(); ++first) {
-    if (chain[first] != static_cast<int>(first)) continue;
-    std::vector<std::size_t> members;
-    for (std::size_t s = first; s < steps.size(); ++s)
-      if (chain[s] == static_cast<int>(first)) members.push_back(s);
+  for (const std::vector<std::size_t>& members : chains) {
     if (members.size() < 2) continue;
     Step fused = steps[members.back()];  // its position, output, site and pullback flag
     fused.args.clear();

@@ -279,3 +279,52 @@ TEST_CASE("tape file: write the fuzz corpus (only with TAPEGRAD_WRITE_CORPUS)") 
   kind[8 + 4 + 1 + 1 + 4 + 4] = 'Q';  // the first slot's kind
   write("bad-slot-kind.tgt", kind);
 }
+
+TEST_CASE("tape file: loading bounds its work: replays within a FLOP budget, structure-only loads compute nothing") {
+  const std::string conv = models::huge_conv_file();
+  CHECK(conv.size() < 1000);
+  // Replaying would take 2e13 FLOPs: refused at the conv, before its forward runs.
+  const std::string message = load_error([&] { tg::deserialize_tape<float>(conv); });
+  CHECK(message.find("slot %2") != std::string::npos);
+  CHECK(message.find("conv: replaying it would take 1.98e+13 FLOPs, past what is left of the load's budget (1e+11)") !=
+        std::string::npos);
+  CHECK(load_error([&] { tg::deserialize_tape<float>(conv, {.max_flops = 1e13}); }).find("budget (1e+13)") != std::string::npos);
+  // The structure alone: shapes, no values, nothing run.
+  auto loaded = tg::deserialize_tape<float>(conv, {.replay = false});
+  CHECK(loaded.tape.structure_only());
+  CHECK(loaded.tape.value(2).shape() == tg::Shape{1, 1, 3073, 3073});
+  CHECK(loaded.tape.value(2).data() == nullptr);
+  CHECK(tg::dump(loaded.tape).find("%2:f32[1,1,3073,3073] = conv[") != std::string::npos);
+  CHECK(tg::summary(loaded.tape).find("1.98e+13") != std::string::npos);
+  CHECK_THROWS_WITH_AS(loaded.tape.forward_pass(), doctest::Contains("loaded for its structure only"), tg::Error);
+  CHECK_THROWS_WITH_AS(loaded.tape.reverse_pass(tg::Array<float>::ones({})), doctest::Contains("structure only"), tg::Error);
+  CHECK_THROWS_WITH_AS(loaded.tape.set_input(0, tg::Array<float>::zeros({1, 1, 4096, 4096})), doctest::Contains("structure only"),
+                       tg::Error);
+  tg::CompiledProgram<float> program(loaded.tape, {});
+  CHECK(tg::dump(program).find("conv") != std::string::npos);
+  CHECK_THROWS_WITH_AS(program.forward(), doctest::Contains("structure only"), tg::Error);
+  // One input of 2^30 floats: 4 GiB to replay; its structure costs nothing; max_elements refuses it.
+  const std::string input = models::huge_input_file();
+  CHECK(tg::deserialize_tape<float>(input, {.replay = false}).tape.value(0).shape() == tg::Shape{std::int64_t{1} << 30});
+  CHECK(load_error([&] { tg::deserialize_tape<float>(input, {.max_elements = 1 << 20}); }).find("LoadOptions::max_elements") !=
+        std::string::npos);
+}
+
+TEST_CASE("tape file: control characters in a file's strings are escaped, never printed raw") {
+  auto tape = tg::record([](const tg::Tracked<double>& x) { return tg::sum(tg::exp(x)); }, A::ones({3}));
+  std::string bytes = tg::serialize_tape(tape.tape());
+  // The recording site's file name, same length: an escape sequence that would clear the screen.
+  const std::string name = "test_tape_file.cpp", evil = "\x1b[2J\x1b[31m\xc2\x9b" "evil.cp";
+  REQUIRE(evil.size() == name.size());
+  for (auto at = bytes.find(name); at != std::string::npos; at = bytes.find(name, at)) bytes.replace(at, name.size(), evil);
+  const std::string text = tg::dump(tg::deserialize_tape<double>(bytes).tape);
+  CHECK(text.find('\x1b') == std::string::npos);
+  CHECK(text.find("\\x1b[2J\\x1b[31m\\xc2\\x9bevil.cp:") != std::string::npos);
+  // An op name with a bell in it: the error names it escaped.
+  const auto at = bytes.find("exp");
+  REQUIRE(at != std::string::npos);
+  bytes.replace(at, 3, "e\x07p");
+  const std::string message = load_error([&] { tg::deserialize_tape<double>(bytes); });
+  CHECK(message.find('\x07') == std::string::npos);
+  CHECK(message.find("uses op `e\\x07p`") != std::string::npos);
+}

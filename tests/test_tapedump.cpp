@@ -229,3 +229,50 @@ TEST_CASE("tapedump: usage errors and unreadable files are clear, with exit stat
   CHECK(bad.err.find("field `version` at byte 8: needs 4 bytes but only 1 are left (truncated)") != std::string::npos);
   CHECK(bad.err.find(junk.string()) != std::string::npos);
 }
+
+TEST_CASE("tapedump: hostile files print at once, replay only within --max-flops, and never print raw control characters") {
+  const fs::path conv = temp_file("huge-conv.tgt"), input = temp_file("huge-input.tgt");
+  tg::write_file_bytes(conv.string(), models::huge_conv_file());
+  tg::write_file_bytes(input.string(), models::huge_input_file());
+  // Printing reads the structure: no replay of the 2e13-FLOP conv, no 4 GiB input.
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {conv.string()}, {conv.string(), "--summary"}, {conv.string(), "--format", "json"}, {conv.string(), "--format", "dot"},
+           {input.string()}, {"diff", conv.string(), conv.string()}}) {
+    CAPTURE(args.back());
+    const Run r = tapedump(args);
+    CHECK(r.status == 0);
+    CHECK(r.err.empty());
+  }
+  CHECK(tapedump({conv.string()}).out.find("%2:f32[1,1,3073,3073] = conv[") != std::string::npos);
+  CHECK(tapedump({input.string()}).out.find("%0:f32[1073741824] = input 0") != std::string::npos);
+  // Replaying commands are bounded: an error (once prefixed), exit status 1.
+  const Run profile = tapedump({conv.string(), "--profile"});
+  CHECK(profile.status == 1);
+  CHECK(profile.err.starts_with("tapedump: tape file: slot %2 (byte "));
+  CHECK(profile.err.find("past what is left of the load's budget (1e+11)") != std::string::npos);
+  const Run elements = tapedump({input.string(), "--find-nonfinite", "--max-elements", "1000000"});
+  CHECK(elements.status == 1);
+  CHECK(elements.err.find("more than 1000000 elements (LoadOptions::max_elements)") != std::string::npos);
+  CHECK(tapedump({conv.string(), "--max-flops", "lots"}).err.starts_with("tapedump: --max-flops expects a number, got `lots`"));
+  CHECK(tapedump({conv.string(), "--max-elements", "-5"}).status == 2);
+  // The prefix once, also for tapedump's own errors.
+  auto no_output = tg::record([](const tg::Tracked<double>& x) { return tg::sum(x); }, A::ones({2}));
+  no_output.tape().set_output(tg::Tape<double>::kNoSlot);
+  const Run none = tapedump({saved(no_output, "no-output.tgt")});
+  CHECK(none.status == 1);
+  CHECK(none.err == "tapedump: the tape has no output expected a tape made by tg::record\n");
+  // A site holding an escape sequence is printed escaped.
+  auto tape = tg::record([](const tg::Tracked<double>& x) { return tg::sum(tg::exp(x)); }, A::ones({3}));
+  std::string bytes = tg::serialize_tape(tape.tape());
+  const std::string name = "test_tapedump.cpp", evil = "\x1b]0;pwned\x07" "evil.cp";
+  REQUIRE(evil.size() == name.size());
+  for (auto at = bytes.find(name); at != std::string::npos; at = bytes.find(name, at)) bytes.replace(at, name.size(), evil);
+  const fs::path crafted = temp_file("escape.tgt");
+  tg::write_file_bytes(crafted.string(), bytes);
+  for (const std::string format : {"text", "dot", "json"}) {
+    const Run r = tapedump({crafted.string(), "--format", format});
+    CHECK(r.status == 0);
+    CHECK(r.out.find('\x1b') == std::string::npos);
+    CHECK(r.out.find('\x07') == std::string::npos);
+  }
+}

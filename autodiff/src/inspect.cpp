@@ -8,20 +8,16 @@
 #include <fmt/ranges.h>
 
 #include "tapegrad/autodiff/dump.hpp"
+#include "tapegrad/autodiff/record.hpp"
 
 namespace tg {
 namespace {
 
 template <class T>
 double instruction_flops(const Tape<T>& tape, const Instr<T>& ins) {
-  const Shape& out = tape.value(ins.out).shape();
   std::vector<const Shape*> in;
-  double largest = double(out.size());  // without a rule: one per element of the largest operand
-  for (auto a : tape.args_of(ins)) {
-    in.push_back(&tape.value(a).shape());
-    largest = std::max(largest, double(tape.value(a).size()));
-  }
-  return ins.op->flops ? ins.op->flops(ins.params.get(), in, out) : largest;
+  for (auto a : tape.args_of(ins)) in.push_back(&tape.value(a).shape());
+  return nominal_flops(*ins.op, ins.params.get(), in, tape.value(ins.out).shape());
 }
 
 std::string bytes_text(double bytes) {

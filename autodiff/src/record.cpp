@@ -124,8 +124,17 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
 }
 
 template <class T>
+double nominal_flops(const OpInfo<T>& op, const OpParams* params, std::span<const Shape* const> inputs, const Shape& output) {
+  if (op.flops) return op.flops(params, inputs, output);
+  double largest = double(output.size());
+  for (const Shape* s : inputs) largest = std::max(largest, double(s->size()));
+  return largest;
+}
+
+template <class T>
 std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared_ptr<const OpParams> params,
-                                 std::span<const std::uint32_t> args, const Shape& expected, const Site& where) {
+                                 std::span<const std::uint32_t> args, const Shape& expected, const Site& where,
+                                 ReplayBudget& budget) {
   try {
     check_arity(op, args.size());
     std::vector<const Array<T>*> inputs;
@@ -139,6 +148,17 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
       fail(op.name, fmt::format("computes shape {} from its inputs but the tape says {} expected equal; hint: the tape "
                                 "file is damaged, or the op changed since it was saved",
                                 to_string(shape), to_string(expected)));
+    if (!budget.run) {  // the structure only: no storage, nothing computed
+      std::vector<Array<T>> saved(static_cast<std::size_t>(std::max(op.n_saved, 0)));
+      return tape.append(op, std::move(params), args, Array<T>::borrowed(shape, nullptr), std::move(saved), where);
+    }
+    const double flops = nominal_flops(op, params.get(), shapes, shape);
+    if (!(flops <= budget.flops_left))
+      fail(op.name, fmt::format("replaying it would take {:.3g} FLOPs, past what is left of the load's budget ({:.3g}) "
+                                "expected a tape within LoadOptions::max_flops; hint: raise max_flops (tapedump "
+                                "--max-flops) for a file you trust",
+                                flops, budget.flops_left));
+    budget.flops_left -= flops;
     std::vector<Array<T>> saved;
     Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs), saved);
     return tape.append(op, std::move(params), args, std::move(out), std::move(saved), where);
@@ -148,9 +168,11 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
 }
 
 template std::uint32_t replay_instruction(Tape<float>&, const OpInfo<float>&, std::shared_ptr<const OpParams>,
-                                          std::span<const std::uint32_t>, const Shape&, const Site&);
+                                          std::span<const std::uint32_t>, const Shape&, const Site&, ReplayBudget&);
 template std::uint32_t replay_instruction(Tape<double>&, const OpInfo<double>&, std::shared_ptr<const OpParams>,
-                                          std::span<const std::uint32_t>, const Shape&, const Site&);
+                                          std::span<const std::uint32_t>, const Shape&, const Site&, ReplayBudget&);
+template double nominal_flops(const OpInfo<float>&, const OpParams*, std::span<const Shape* const>, const Shape&);
+template double nominal_flops(const OpInfo<double>&, const OpParams*, std::span<const Shape* const>, const Shape&);
 template Tracked<float> record_op(const OpInfo<float>&, std::shared_ptr<const OpParams>, std::span<const Operand<float>>,
                                   const std::source_location&);
 template Tracked<double> record_op(const OpInfo<double>&, std::shared_ptr<const OpParams>, std::span<const Operand<double>>,

@@ -59,6 +59,7 @@ std::uint32_t Tape<T>::append(const OpInfo<T>& op, std::shared_ptr<const OpParam
 template <class T>
 void Tape<T>::set_input(std::size_t k, const Array<T>& value, const char* op) {
   const auto busy = replay_guard(op);
+  check_computable(op);
   check_input(k, value.shape(), op);
   values_[inputs_[k]] = value;  // same size: copies into the existing storage
 }
@@ -114,8 +115,16 @@ void Tape<T>::check_usable(const char* op) const {
 }
 
 template <class T>
+void Tape<T>::check_computable(const char* op) const {
+  if (structure_only_)
+    fail(op, "the tape was loaded for its structure only (LoadOptions::replay = false) and has no values expected a "
+             "tape loaded with replay; hint: load it again with replay on (tapedump --profile, --check-grad)");
+}
+
+template <class T>
 void Tape<T>::run_forward() {
   const auto busy = replay_guard("replay");
+  check_computable("replay");
   try {
     run_instructions();
   } catch (const Error& e) {
@@ -210,6 +219,19 @@ bool Tape<T>::add_guard(Guard g) {
 }
 
 template <class T>
+void Tape<T>::add_recorded_guard(const Guard& g) {
+  if (g.lhs >= values_.size() || (g.rhs != kNoSlot && g.rhs >= values_.size()))
+    fail("guard", fmt::format("slots {} and {} expected below {}", g.lhs, g.rhs, values_.size()));
+  const Shape& lhs = values_[g.lhs].shape();
+  if (g.rhs != kNoSlot && values_[g.rhs].size() != 1 && !(values_[g.rhs].shape() == lhs))
+    fail("guard", fmt::format("compares shape {} with shape {} expected equal shapes or a one-element right side",
+                              to_string(lhs), to_string(values_[g.rhs].shape())));
+  if (g.kind == GuardKind::element && (g.element < 0 || g.element >= values_[g.lhs].size()))
+    fail("guard", fmt::format("element {} of a value of {} elements expected an index inside it", g.element, values_[g.lhs].size()));
+  guards_.push_back(g);
+}
+
+template <class T>
 std::int64_t Tape<T>::first_failed_guard() const {
   for (std::size_t i = 0; i < guards_.size(); ++i)
     if (evaluate(guards_[i]) != guards_[i].expected) return static_cast<std::int64_t>(i);
@@ -243,6 +265,7 @@ template bool evaluate_guard(const Guard&, const Array<double>&, const Array<dou
 template <class T>
 void Tape<T>::reverse_pass(const Array<T>& seed) {
   const auto busy = replay_guard("reverse_pass");
+  check_computable("reverse_pass");
   check_usable("reverse_pass");
   if (output_ == kNoSlot) fail("reverse_pass", "the tape has no output; hint: record a function that returns a Tracked value");
   if (!(seed.shape() == values_[output_].shape()))

@@ -53,13 +53,14 @@ template <class T>
 void write_input_range(ParamWriter& w, const Array<T>& a) {
   double lo = 0, hi = 0;
   bool any = false, integer = true;
-  for (const T v : a) {
-    if (!std::isfinite(double(v))) continue;
-    lo = any ? std::min(lo, double(v)) : double(v);
-    hi = any ? std::max(hi, double(v)) : double(v);
-    any = true;
-    integer = integer && std::floor(double(v)) == double(v);
-  }
+  if (a.data())  // a value without storage (a tape loaded for its structure only) has no range
+    for (const T v : a) {
+      if (!std::isfinite(double(v))) continue;
+      lo = any ? std::min(lo, double(v)) : double(v);
+      hi = any ? std::max(hi, double(v)) : double(v);
+      any = true;
+      integer = integer && std::floor(double(v)) == double(v);
+    }
   w.f64(lo);
   w.f64(hi);
   w.boolean(any && integer);
@@ -71,6 +72,27 @@ void write_values(ParamWriter& w, const Array<T>& a) {
 }
 
 // ---- reading: the file as plain records, every field checked ---------------------
+
+// Note [Printable strings from files]: a tape file's strings (sites, op names)
+// end up on terminals (tapedump, error messages). Control characters in them,
+// C0, DEL and the C1 range in UTF-8, become \xNN escapes, so a crafted file
+// cannot move the cursor or rewrite the screen; other bytes pass unchanged.
+std::string printable(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const bool c1 = c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+                    static_cast<unsigned char>(s[i + 1]) <= 0x9F;
+    if (c < 0x20 || c == 0x7F || c1) {
+      out += fmt::format("\\x{:02x}", c);
+      if (c1) out += fmt::format("\\x{:02x}", static_cast<unsigned char>(s[++i]));
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 struct SiteRecord {
   std::string file, function;
@@ -198,8 +220,8 @@ class FileReader {
 
   SiteRecord site() {
     SiteRecord s;
-    s.file = r_.string("site file");
-    s.function = r_.string("site function");
+    s.file = printable(r_.string("site file"));
+    s.function = printable(r_.string("site function"));
     s.line = r_.u32("site line");
     s.column = r_.u32("site column");
     return s;
@@ -224,13 +246,13 @@ class FileReader {
         s.values = values(s.shape, "constant values");
         break;
       case 'X': {
-        s.op = r_.string("op name");
+        s.op = r_.string("op name");  // looked up as is; printed only through printable()
         const std::uint32_t n = r_.u32("params size");
         s.params_offset = r_.offset();
         if (n > r_.remaining()) r_.fail_at("params", s.params_offset, fmt::format("{} bytes but {} are left", n, r_.remaining()));
         s.params = bytes_.substr(s.params_offset, n);
         r_.skip(n, "params");
-        s.params_text = r_.string("params text");
+        s.params_text = printable(r_.string("params text"));
         const std::uint32_t n_args = count("argument count", 4);
         for (std::uint32_t k = 0; k < n_args; ++k) {
           const std::size_t at = r_.offset();
@@ -309,15 +331,15 @@ std::shared_ptr<const OpParams> load_params(const OpInfo<T>& op, const SlotRecor
 }
 
 template <class T>
-void add_computed(Tape<T>& tape, std::uint32_t index, const SlotRecord& s) {
+void add_computed(Tape<T>& tape, std::uint32_t index, const SlotRecord& s, ReplayBudget& budget) {
   const OpInfo<T>* op = Registry<T>::find(s.op);
   if (!op)
     fail(kContext, fmt::format("slot %{} (byte {}) uses op `{}` that this program has not registered expected a "
                                "registered op; hint: link the code that registers custom ops (tg::register_op) and "
                                "register them before loading",
-                               index, s.offset, s.op));
+                               index, s.offset, printable(s.op)));
   try {
-    replay_instruction(tape, *op, load_params(*op, s), s.args, s.shape, site_on(tape, s.site));
+    replay_instruction(tape, *op, load_params(*op, s), s.args, s.shape, site_on(tape, s.site), budget);
   } catch (const Error& e) {
     fail(kContext, fmt::format("slot %{} (byte {}, {}) does not replay: {}", index, s.offset, s.op, e.what()));
   }
@@ -331,17 +353,21 @@ Tape<T> build(const FileRecords& f, const LoadOptions& options) {
                                f.info.element_bytes * 8, sizeof(T) * 8));
   Tape<T> tape;
   std::vector<bool> needs_grad;
+  ReplayBudget budget{.run = options.replay, .flops_left = options.max_flops};
+  if (!options.replay) tape.set_structure_only();
   for (std::uint32_t i = 0; i < f.slots.size(); ++i) {
     const SlotRecord& s = f.slots[i];
     switch (s.kind) {
       case 'I': {
         const bool saved = f.info.input_values && !options.random_inputs;
-        tape.add_input(saved ? array_from<T>(s.shape, s.values) : random_input<T>(s, options.seed + needs_grad.size()));
+        tape.add_input(!options.replay ? Array<T>::borrowed(s.shape, nullptr)
+                       : saved         ? array_from<T>(s.shape, s.values)
+                                       : random_input<T>(s, options.seed + needs_grad.size()));
         needs_grad.push_back(s.needs_grad);
         break;
       }
       case 'C': tape.add_constant(array_from<T>(s.shape, s.values)); break;
-      default: add_computed(tape, i, s);
+      default: add_computed(tape, i, s, budget);
     }
   }
   for (std::size_t k = 0; k < needs_grad.size(); ++k)
@@ -350,7 +376,8 @@ Tape<T> build(const FileRecords& f, const LoadOptions& options) {
     Guard guard = g.guard;
     guard.where = site_on(tape, g.site);
     try {
-      tape.add_guard(guard);
+      if (options.replay) tape.add_guard(guard);
+      else tape.add_recorded_guard(guard);
     } catch (const Error& e) {
       fail(kContext, fmt::format("guard at byte {} does not apply: {}", g.offset, e.what()));
     }

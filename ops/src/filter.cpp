@@ -162,6 +162,9 @@ OpInfo<T> filter_row(bool convolve) {
   // image is not extended; kept across replays so a replayed pullback allocates nothing).
   r.n_saved = 2;
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<FilterOpParams>(p), s); };
+  r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
+    return 2.0 * params_as<FilterOpParams>(p).corr.inner.macs();
+  };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
     const Array<T>& image = *c.inputs[0];

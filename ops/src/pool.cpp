@@ -89,6 +89,10 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
   r.flags |= kPullbackCanAssign;  // from codes the whole adjoint is written; otherwise zeroed first
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
+  r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {  // one per window element
+    const kernels::PoolGeometry& g = params_as<PoolOpParams>(p).geometry;
+    return double(g.N) * double(g.C) * double(g.out_vol()) * double(g.win[0]) * double(g.win[1]) * double(g.win[2]);
+  };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<PoolOpParams>(c.params);
     const T* x = c.inputs[0]->data();

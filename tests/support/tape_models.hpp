@@ -56,4 +56,38 @@ tg::Tracked<T> planted_nan(const tg::Tracked<T>& x) {
   return tg::sum(tg::log(x - 1.0) * 2.0);
 }
 
+// ---- hostile files: a few hundred bytes that describe huge work (issue 22) ----
+
+// Replaces the one 8-byte little-endian occurrence of `from` in `bytes` by `to`
+// (a dim of a saved shape); an ambiguous or missing pattern is an error.
+inline void patch_dim(std::string& bytes, std::int64_t from, std::int64_t to) {
+  const std::string a(reinterpret_cast<const char*>(&from), 8), b(reinterpret_cast<const char*>(&to), 8);
+  const auto at = bytes.find(a);
+  if (at == std::string::npos || bytes.find(a, at + 1) != std::string::npos)
+    throw std::runtime_error("patch_dim: the dim " + std::to_string(from) + " must occur exactly once in the file");
+  bytes.replace(at, 8, b);
+}
+
+// sum(conv(x (1,1,4096,4096), w (1,1,1024,1024), direct)), inputs without values:
+// 2e13 FLOPs to replay, recorded small and patched.
+inline std::string huge_conv_file() {
+  using F = tg::Array<float>;
+  auto f = [](const tg::Tracked<float>& x, const tg::Tracked<float>& w) {
+    return tg::sum(tg::conv(x, w, {.algorithm = tg::ConvAlgorithm::direct}));
+  };
+  auto tape = tg::record(f, F::zeros({1, 1, 101, 107}), F::zeros({1, 1, 45, 49}));
+  std::string bytes = tg::serialize_tape(tape.tape(), {.input_values = false});
+  for (auto [from, to] : {std::pair<std::int64_t, std::int64_t>{101, 4096}, {107, 4096}, {45, 1024}, {49, 1024}, {57, 3073}, {59, 3073}})
+    patch_dim(bytes, from, to);
+  return bytes;
+}
+
+// sum(x) for one input of 2^30 floats without values: 4 GiB to replay.
+inline std::string huge_input_file() {
+  auto tape = tg::record([](const tg::Tracked<float>& x) { return tg::sum(x); }, tg::Array<float>::zeros({97}));
+  std::string bytes = tg::serialize_tape(tape.tape(), {.input_values = false});
+  patch_dim(bytes, 97, std::int64_t{1} << 30);
+  return bytes;
+}
+
 }  // namespace tgtest::models

@@ -34,6 +34,11 @@ const char* const kTapedumpUsage = R"(usage:
 options:
   --random-inputs   replay on seeded random inputs (in each input's recorded range), not the saved ones
   --seed S          the seed for random inputs (default 1)
+  --max-elements N  refuse a file whose values add up to more than N elements (default 2^31)
+  --max-flops F     refuse to replay more than F FLOPs while loading (default 1e11; the ops' nominal counts)
+Printing (text, dot, json, --svg, --summary, diff) reads the file's structure only: nothing is
+replayed or allocated for inputs and computed values. --profile, --check-grad and --find-nonfinite
+replay the tape, within --max-flops.
 exit status: 0 done; 1 a problem found (failed check, NaN/Inf, tapes differ) or an unreadable file; 2 bad usage
 )";
 
@@ -77,6 +82,8 @@ Command parse(const std::vector<std::string>& args) {
     else if (a == "--find-nonfinite") c.find_nonfinite = true;
     else if (a == "--random-inputs") c.load.random_inputs = true;
     else if (a == "--seed") c.load.seed = number<std::uint64_t>(a, value());
+    else if (a == "--max-elements") c.load.max_elements = number<std::int64_t>(a, value());
+    else if (a == "--max-flops") c.load.max_flops = number<double>(a, value());
     else if (a == "diff" && i == 0) c.diff = true;
     else if (a.starts_with("--")) throw UsageError{fmt::format("unknown option {}", a)};
     else c.files.push_back(a);
@@ -84,6 +91,10 @@ Command parse(const std::vector<std::string>& args) {
   if (c.format != "text" && c.format != "dot" && c.format != "json")
     throw UsageError{fmt::format("--format {} expected text, dot or json", c.format)};
   if (c.repeat < 1) throw UsageError{fmt::format("--repeat {} expected >= 1", c.repeat)};
+  if (c.load.max_elements < 0) throw UsageError{fmt::format("--max-elements {} expected >= 0", c.load.max_elements)};
+  if (!(c.load.max_flops >= 0)) throw UsageError{fmt::format("--max-flops {} expected >= 0", c.load.max_flops)};
+  // Only these commands compute; everything else prints the file's structure.
+  c.load.replay = c.profile || c.check_grad || c.find_nonfinite;
   if (c.files.size() != (c.diff ? 2u : 1u))
     throw UsageError{c.diff ? "diff expects two files" : fmt::format("expected one tape file, got {}", c.files.size())};
   return c;
@@ -155,6 +166,15 @@ LoadedTape<T> load(const std::string& path, const std::string& bytes, const Load
   return reading(path, [&] { return deserialize_tape<T>(bytes, options); });
 }
 
+// The compiled program a file describes, for printing: its plan without tuning
+// (tune_algorithms times kernels, which printing never runs).
+template <class T>
+CompiledProgram<T> planned(const Tape<T>& tape, const TapeFileInfo& info) {
+  CompileOptions options = info.compile_options;
+  options.tune_algorithms = false;
+  return CompiledProgram<T>(tape, options);
+}
+
 template <class T>
 int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
   LoadedTape<T> loaded = load<T>(c.files[0], bytes, c.load);
@@ -163,7 +183,7 @@ int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
   if (tape.output() == Tape<T>::kNoSlot) fail("tapedump", "the tape has no output expected a tape made by tg::record");
   if (c.summary) {
     fmt::print(out, "{}", summary(tape));
-    if (info.compiled) fmt::print(out, "\n{}", dump(CompiledProgram<T>(tape, info.compile_options)));
+    if (info.compiled) fmt::print(out, "\n{}", dump(planned(tape, info)));
     return 0;
   }
   if (c.profile) {
@@ -182,7 +202,7 @@ int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
     return report.found ? 1 : 0;
   }
   auto dot = [&] {
-    return info.compiled ? dump_dot(tape, CompiledProgram<T>(tape, info.compile_options)) : dump_dot(tape);
+    return info.compiled ? dump_dot(tape, planned(tape, info)) : dump_dot(tape);
   };
   if (!c.svg.empty()) {
     render_svg(dot(), c.svg);
@@ -193,7 +213,7 @@ int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
   else if (c.format == "json") fmt::print(out, "{}", dump_json(tape));
   else {
     fmt::print(out, "{}", dump(tape));
-    if (info.compiled) fmt::print(out, "\n{}", dump(CompiledProgram<T>(tape, info.compile_options)));
+    if (info.compiled) fmt::print(out, "\n{}", dump(planned(tape, info)));
   }
   return 0;
 }
@@ -231,7 +251,8 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     fmt::print(err, "tapedump: {}\n{}", e.message, kTapedumpUsage);
     return 2;
   } catch (const std::exception& e) {
-    fmt::print(err, "tapedump: {}\n", e.what());
+    const std::string_view what = e.what();  // errors of tapedump's own commands already start with "tapedump"
+    fmt::print(err, "{}{}\n", what.starts_with("tapedump") ? "" : "tapedump: ", what);
     return 1;
   }
 }

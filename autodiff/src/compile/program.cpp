@@ -172,6 +172,14 @@ bool pullback_reads_input(const typename CompiledProgram<T>::Step& st, std::size
   return !st.group.empty() || !st.op->pullback_reads_input || st.op->pullback_reads_input(st.params.get(), k);
 }
 
+// An owning copy of a tape's value; the shape alone for a value without storage
+// (a tape loaded for its structure only, Tape::structure_only).
+template <class T>
+Array<T> copy_of(const Array<T>& v) {
+  if (v.size() > 0 && !v.data()) return Array<T>::borrowed(v.shape(), nullptr);
+  return v;
+}
+
 // The timeline of one step: forward step s at time s, the seed at S, the
 // pullback of step s at S + 1 + (S - 1 - s), the user reading results at 2S + 1.
 struct Timeline {
@@ -190,6 +198,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
       recorded_(tape.num_instructions()),
       kept_strings_(tape.kept_strings()) {
   tape.check_usable("compile");
+  structure_only_ = tape.structure_only();
   try {
     source_skeleton_ = tape_file_skeleton(tape, &options);
   } catch (const Error& e) {
@@ -207,7 +216,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
   for (std::uint32_t s = 0; s < slots; ++s) {
     kind_[s] = tape.kind(s);
     needs_grad_[s] = tape.needs_grad(s) ? 1 : 0;
-    if (kind_[s] != SlotKind::computed) values_[s] = tape.value(s);  // inputs and constants: owned copies
+    if (kind_[s] != SlotKind::computed) values_[s] = copy_of(tape.value(s));  // inputs and constants: owned copies
   }
   // Dead-code elimination: steps whose output reaches the tape's output.
   const auto reach = reaches_output(tape);
@@ -294,7 +303,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
       arena_views_.push_back({s, adjoint, tape.value(s).shape()});
       (adjoint ? adjoints_ : values_)[s] = Array<T>::borrowed(tape.value(s).shape(), nullptr);
     }
-  values_[output_] = Array<T>(tape.value(output_));  // output() before any replay: the recorded value (an owning copy)
+  values_[output_] = copy_of(tape.value(output_));  // output() before any replay: the recorded value (an owning copy)
 }
 
 // Note [The arena comes with the first replay]: a program is usually compiled
@@ -327,6 +336,7 @@ void CompiledProgram<T>::check_input(std::size_t k, const Shape& shape) const {
 template <class T>
 void CompiledProgram<T>::set_input(std::size_t k, const Array<T>& value) {
   const detail::ReplayGuard busy(owner_, "CompiledTape");
+  check_computable();
   check_input(k, value.shape());
   values_[inputs_[k]] = value;
 }
@@ -370,8 +380,16 @@ std::int64_t CompiledProgram<T>::first_failed_guard() const {
 }
 
 template <class T>
+void CompiledProgram<T>::check_computable() const {
+  if (structure_only_)
+    fail("CompiledTape", "compiled from a tape loaded for its structure only (LoadOptions::replay = false) expected a "
+                         "tape loaded with replay; hint: load it again with replay on");
+}
+
+template <class T>
 void CompiledProgram<T>::run_forward() {
   const detail::ReplayGuard busy(owner_, "CompiledTape");
+  check_computable();
   try {
     run_steps();
   } catch (const Error& e) {
@@ -463,6 +481,7 @@ template <class T>
 template <class Seed>
 void CompiledProgram<T>::run_reverse(Seed write_seed) {
   const detail::ReplayGuard busy(owner_, "CompiledTape");
+  check_computable();
   check_usable("CompiledTape");
   if (!arena_ready_) fail("CompiledTape", "reverse() before forward() expected a forward pass first; hint: call forward or gradient");
   adjoint_live_.assign(values_.size(), 0);

@@ -226,6 +226,8 @@ class CompiledProgram {
   TapeProfile* profile_ = nullptr;
   detail::ReplayOwner owner_;
   std::string failed_replay_;  // Note [Failed replays]
+  bool structure_only_ = false;  // from a tape without values (Tape::structure_only): nothing runs
+  void check_computable() const;
 
   template <class Seed>
   void run_reverse(Seed write_seed);

@@ -35,17 +35,31 @@ Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::initializ
   return evaluate_op(op, params, std::span<const Array<T>* const>(inputs.begin(), inputs.size()), where);
 }
 
+// How a loaded tape's instructions are replayed (tape_file.hpp's LoadOptions).
+struct ReplayBudget {
+  bool run = true;  // false: shapes only; outputs get no storage and no forward runs
+  // FLOPs the forwards may still take (each op's nominal count, OpInfo::flops, else
+  // one per element of its largest operand); an instruction past it is an error.
+  double flops_left = 0;
+};
+
 // Appends an instruction whose inputs are slots already on `tape` (a loaded tape
 // file): the shape rule must give `expected` (checked before anything is
-// allocated), then the forward runs and the instruction is committed.
+// allocated), then, within `budget`, the forward runs and the instruction is committed.
 template <class T>
 std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared_ptr<const OpParams> params,
-                                 std::span<const std::uint32_t> args, const Shape& expected, const Site& where);
+                                 std::span<const std::uint32_t> args, const Shape& expected, const Site& where,
+                                 ReplayBudget& budget);
+// An op's nominal FLOPs: its flops hook, else one per element of its largest operand.
+template <class T>
+double nominal_flops(const OpInfo<T>& op, const OpParams* params, std::span<const Shape* const> inputs, const Shape& output);
 
 extern template std::uint32_t replay_instruction(Tape<float>&, const OpInfo<float>&, std::shared_ptr<const OpParams>,
-                                                 std::span<const std::uint32_t>, const Shape&, const Site&);
+                                                 std::span<const std::uint32_t>, const Shape&, const Site&, ReplayBudget&);
 extern template std::uint32_t replay_instruction(Tape<double>&, const OpInfo<double>&, std::shared_ptr<const OpParams>,
-                                                 std::span<const std::uint32_t>, const Shape&, const Site&);
+                                                 std::span<const std::uint32_t>, const Shape&, const Site&, ReplayBudget&);
+extern template double nominal_flops(const OpInfo<float>&, const OpParams*, std::span<const Shape* const>, const Shape&);
+extern template double nominal_flops(const OpInfo<double>&, const OpParams*, std::span<const Shape* const>, const Shape&);
 extern template Tracked<float> record_op(const OpInfo<float>&, std::shared_ptr<const OpParams>, std::span<const Operand<float>>,
                                          const std::source_location&);
 extern template Tracked<double> record_op(const OpInfo<double>&, std::shared_ptr<const OpParams>,

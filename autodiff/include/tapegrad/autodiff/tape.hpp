@@ -127,6 +127,13 @@ class Tape {
   bool usable() const noexcept { return failed_replay_.empty(); }
   // Marks the tape unusable (Note [Failed replays]) until the next successful forward pass.
   void mark_failed(std::string why);
+  // A tape file loaded for its structure only (LoadOptions::replay = false):
+  // inputs and computed values have shapes but no storage, so every call that
+  // would compute, replay or set an input throws.
+  void set_structure_only() { structure_only_ = true; }
+  bool structure_only() const noexcept { return structure_only_; }
+  // Adds a guard with the answer it had when recorded (a loaded tape's), without evaluating it.
+  void add_recorded_guard(const Guard& guard);
   // Note [Inputs without gradient]: input k can be marked as data (a batch of
   // images, labels) that needs no gradient. The mask is propagated again through
   // every instruction, so pullbacks skip work that only fed that input (conv1's
@@ -169,6 +176,8 @@ class Tape {
   detail::TapeIdentity identity_;
   detail::ReplayOwner replay_owner_;
   std::string failed_replay_;  // why the last forward pass failed (Note [Failed replays]); empty: usable
+  bool structure_only_ = false;
+  void check_computable(const char* op) const;
 };
 
 struct CompileOptions;

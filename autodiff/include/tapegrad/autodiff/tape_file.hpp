@@ -58,6 +58,15 @@ struct LoadOptions {
   // Refuse files whose values add up to more elements than this (a damaged shape
   // would otherwise ask for terabytes).
   std::int64_t max_elements = std::int64_t{1} << 31;
+  // Refuse to replay more than this many FLOPs while loading: the ops' nominal
+  // counts (OpInfo::flops; a convolution counts as direct), summed in file order.
+  // A file of a few hundred bytes can describe hours of work.
+  double max_flops = 1e11;
+  // false: the structure only, for printing and comparing. Nothing is computed or
+  // allocated for inputs and computed values: they have shapes but no storage,
+  // guards keep the answers the file recorded, and the tape cannot be replayed
+  // (forward and reverse passes are errors). max_flops does not apply.
+  bool replay = true;
 };
 
 // What a file holds, read from its header only (tools pick the element type from it).

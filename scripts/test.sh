@@ -2,7 +2,8 @@
 # Installs, builds and runs every test: first a Release build (unit tests, the
 # install-and-consume tests, the examples, tapedump), then the unit tests and
 # the data loader's tests again under AddressSanitizer + UndefinedBehaviorSanitizer,
-# then the tape-file loader's fuzz target (clang, libFuzzer) for a minute on its corpus.
+# the tests that run several user threads under ThreadSanitizer, then the
+# tape-file loader's fuzz target (clang, libFuzzer) for a minute on its corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --tests
@@ -15,8 +16,15 @@ ctest --test-dir build --output-on-failure
 cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTAPEGRAD_SANITIZE=ON -DTAPEGRAD_BUILD_TOOLS=ON \
       -DTAPEGRAD_BUILD_BENCHMARKS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
 cmake --build build-sanitize -j "$jobs" --target tapegrad_tests cnn_tests
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+# allocator_may_return_null: an impossible allocation must reach tapegrad as a null
+# pointer (and become a tg::Error), as it does without the sanitizer.
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-sanitize --output-on-failure -R 'unit|loader'
+
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
+      -DTAPEGRAD_BUILD_EXAMPLES=OFF
+cmake --build build-tsan -j "$jobs" --target tapegrad_thread_tests
+ctest --test-dir build-tsan --output-on-failure -R threads_tsan
 
 CXX=clang++-16 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_FUZZ=ON \
       -DTAPEGRAD_BUILD_TESTS=OFF -DTAPEGRAD_BUILD_EXAMPLES=OFF -DTAPEGRAD_BUILD_TOOLS=OFF

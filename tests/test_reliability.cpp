@@ -1,6 +1,8 @@
 // Reliability (issue 22): threads, sizes, numerics and failed replays. Each case
 // is one a hostile but ordinary user hit: a crash or a silently wrong answer.
+#include <array>
 #include <atomic>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <thread>
@@ -357,4 +359,34 @@ TEST_CASE("reliability: max and min of arrays holding NaN give NaN and split the
   const A rows({2, 3}, {1.0, nan, 2.0, 4.0, 5.0, 5.0});
   const A g = tg::gradient([&](const T& v) { return tg::sum(tg::max(v, tg::Axes{1})); }, rows);
   CHECK(max_abs_diff(g, A({2, 3}, {0.0, 1.0, 0.0, 0.0, 0.5, 0.5})) == 0.0);
+}
+
+// README, "Threads and determinism": bit-identical results at a fixed thread
+// count; the kernels without per-thread partial sums also across thread counts.
+TEST_CASE("reliability: gradients repeat bit for bit at a fixed thread count, and across counts where the README says so") {
+  const int before = tg::num_threads();
+  const A x = A::random_uniform({8, 4, 16, 16}, -1, 1, 1), w = A::random_uniform({6, 4, 5, 5}, -1, 1, 2);
+  auto bits_equal = [](const A& a, const A& b) { return std::memcmp(a.data(), b.data(), sizeof(double) * a.size()) == 0; };
+  for (const auto algorithm : {tg::ConvAlgorithm::direct, tg::ConvAlgorithm::im2col, tg::ConvAlgorithm::implicit_gemm,
+                               tg::ConvAlgorithm::winograd, tg::ConvAlgorithm::fft}) {
+    CAPTURE(tg::kernels::to_string(algorithm));
+    auto f = [&](const T& a, const T& b) {
+      auto y = tg::maxpool(tg::relu(tg::conv(a, b, {.padding = {2}, .algorithm = algorithm})), {.window = {2}});
+      return tg::cross_entropy(tg::reshape(y, {8, -1}), std::vector<std::int64_t>(8, 1)) + tg::sum(tg::meanpool(a, {.window = {3}}));
+    };
+    std::vector<std::array<A, 2>> runs;
+    for (const int threads : {1, 1, 2, 2}) {
+      tg::set_num_threads(threads);
+      auto [gx, gw] = tg::gradient(f, x, w);
+      runs.push_back({gx, gw});
+    }
+    for (int k = 0; k < 2; ++k) {
+      CHECK(bits_equal(runs[0][k], runs[1][k]));  // 1 thread, twice
+      CHECK(bits_equal(runs[2][k], runs[3][k]));  // 2 threads, twice
+      // im2col's weight gradient sums per-thread partials: equal to rounding only.
+      if (algorithm != tg::ConvAlgorithm::im2col) CHECK(bits_equal(runs[0][k], runs[2][k]));
+      else CHECK(max_abs_diff(runs[0][k], runs[2][k]) <= 1e-12 * std::max(1.0, max_abs(runs[0][k])));
+    }
+  }
+  tg::set_num_threads(before);
 }

@@ -390,3 +390,12 @@ TEST_CASE("reliability: gradients repeat bit for bit at a fixed thread count, an
   }
   tg::set_num_threads(before);
 }
+
+TEST_CASE("reliability: conv_transpose with a huge stride or dilation is an error, not a wrapped size") {
+  const A x = A::ones({1, 1, 3, 3}), w = A::ones({1, 1, 2, 2});
+  const std::int64_t huge = std::int64_t{1} << 62;
+  CHECK_THROWS_WITH_AS(tg::conv_transpose(x, w, {.stride = {huge}}), doctest::Contains("conv_transpose: output size along spatial dim 0"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv_transpose(x, w, {.dilation = {huge}}), doctest::Contains("is more than 2^59"), tg::Error);
+  CHECK(tg::conv_transpose(x, w, {.stride = {2}}).shape() == tg::Shape{1, 1, 6, 6});
+}

@@ -107,7 +107,14 @@ ConvGeometry transpose_geometry(const Shape& x, const Shape& w, const ConvParams
     if (extra < 0 || extra >= std::max(s, dil))
       fail(op, fmt::format("output_padding ({}) along spatial dim {} expected in [0, max(stride, dilation) = {})", extra,
                            d, std::max(s, dil)));
-    const std::int64_t size = (x[2 + d] - 1) * s - lo - hi + dil * (w[2 + d] - 1) + extra + 1;
+    // (in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1, without overflow (Note [Checked sizes])
+    std::int64_t span = 0, reach = 0, size = 0;
+    if (__builtin_mul_overflow(x[2 + d] - 1, s, &span) || __builtin_mul_overflow(dil, w[2 + d] - 1, &reach) ||
+        __builtin_add_overflow(span, reach, &size) || __builtin_sub_overflow(size, lo, &size) ||
+        __builtin_sub_overflow(size, hi, &size) || __builtin_add_overflow(size, extra + 1, &size) || size > kMaxElements)
+      fail(op, fmt::format("output size along spatial dim {} (input {}, stride {}, dilation {}, kernel {}) is more than "
+                           "2^59 expected an output that fits in memory; hint: check the stride and dilation",
+                           d, x[2 + d], s, dil, w[2 + d]));
     if (size < 1)
       fail(op, fmt::format("output size along spatial dim {} is {} (input {}, stride {}, padding {}+{}) expected >= 1; "
                            "hint: reduce the padding",

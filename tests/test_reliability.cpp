@@ -290,10 +290,11 @@ TEST_CASE("reliability: slice with a huge step takes one element, not none") {
 
 TEST_CASE("reliability: maxpool's ceil_mode with a huge stride keeps its first window") {
   const A x = A::iota({1, 1, 5, 5});
-  const std::int64_t huge = std::numeric_limits<std::int64_t>::max() / 2;
-  const A y = tg::maxpool(x, {.window = {2}, .stride = {huge}, .ceil_mode = true});
-  CHECK(y.shape() == tg::Shape{1, 1, 1, 1});
-  CHECK(y.item() == 6.0);
+  for (const std::int64_t huge : {std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::max() / 2}) {
+    const A y = tg::maxpool(x, {.window = {2}, .stride = {huge}, .ceil_mode = true});
+    CHECK(y.shape() == tg::Shape{1, 1, 1, 1});
+    CHECK(y.item() == 6.0);
+  }
   // PyTorch's sizes: 5 with window 2, stride 4: floor 1, ceil 2 (the last window starts at 4 < 5).
   CHECK(tg::maxpool(x, {.window = {2}, .stride = {4}, .ceil_mode = true}).shape() == tg::Shape{1, 1, 2, 2});
   CHECK(tg::maxpool(x, {.window = {2}, .stride = {4}}).shape() == tg::Shape{1, 1, 1, 1});

@@ -180,31 +180,28 @@ TEST_CASE("reliability: a tape replayed from a second thread meanwhile is an err
   auto f = [](const T& a, const T& b) { return tg::sum(tg::tanh(a * b) * a); };
   auto tape = tg::record(f, x, w);
   auto ct = tg::compile(tape);
-  {  // Deterministic: this thread holds the tape; another thread's replay is refused.
-    auto held = tape.tape().replay_guard("test");
+  // Deterministic: this thread holds the tape; another thread's replay is refused.
+  auto error_on_another_thread = [](auto replay) {
     std::string message;
     std::thread([&] {
       try {
-        tape.gradient(x, w);
+        replay();
       } catch (const tg::Error& e) {
         message = e.what();
       }
     }).join();
+    return message;
+  };
+  {
+    auto held = tape.tape().replay_guard("test");
+    const std::string message = error_on_another_thread([&] { tape.gradient(x, w); });
     CHECK(message.find("the tape is being replayed by another thread") != std::string::npos);
     CHECK(message.find("give each thread its own tape") != std::string::npos);
     CHECK_NOTHROW(tape.gradient(x, w));  // the holding thread may replay (re-entrant)
   }
   {
     auto held = ct.program().replay_guard("test");
-    std::string message;
-    std::thread([&] {
-      try {
-        ct.gradient(x, w);
-      } catch (const tg::Error& e) {
-        message = e.what();
-      }
-    }).join();
-    CHECK(message.find("being replayed by another thread") != std::string::npos);
+    CHECK(error_on_another_thread([&] { ct.gradient(x, w); }).find("being replayed by another thread") != std::string::npos);
   }
   // Racing: every call either is refused or returns the exact gradient of its own inputs.
   const A x2 = A::random_uniform({64}, -1.0, 1.0, 3);

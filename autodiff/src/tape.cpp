@@ -76,11 +76,6 @@ void Tape<T>::check_input(std::size_t k, const Shape& shape, const char* op) con
 }
 
 template <class T>
-void Tape<T>::mark_failed(std::string why) {
-  failed_replay_ = std::move(why);
-}
-
-template <class T>
 void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
   if (k >= inputs_.size())
     fail("set_input_needs_grad", fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
@@ -96,23 +91,26 @@ template <class T>
 void Tape<T>::forward_pass() {
   const auto busy = replay_guard("replay");
   run_forward();
-  if (const std::int64_t g = first_failed_guard(); g >= 0) {
-    try {
-      fail_guard("replay", guards_[g], static_cast<std::size_t>(g));
-    } catch (const Error& e) {
-      failed_replay_ = e.what();
-      throw;
-    }
+  if (const std::int64_t g = first_failed_guard(); g >= 0) health_.guard_failed("replay", guards_[g], static_cast<std::size_t>(g));
+}
+
+namespace detail {
+void ReplayHealth::guard_failed(const char* op, const Guard& g, std::size_t i) {
+  try {
+    fail_guard(op, g, i);
+  } catch (const Error& e) {
+    why_ = e.what();
+    throw;
   }
 }
 
-template <class T>
-void Tape<T>::check_usable(const char* op) const {
-  if (failed_replay_.empty()) return;
-  fail(op, fmt::format("the tape's last replay failed ({}) and left its values half-updated expected a successful "
+void ReplayHealth::check(const char* op, const char* subject) const {
+  if (why_.empty()) return;
+  fail(op, fmt::format("the {}'s last replay failed ({}) and left its values half-updated expected a successful "
                        "replay first; hint: replay again on valid inputs (gradient(inputs...) or forward(inputs...))",
-                       failed_replay_));
+                       subject, why_));
 }
+}  // namespace detail
 
 template <class T>
 void Tape<T>::check_computable(const char* op) const {
@@ -125,13 +123,7 @@ template <class T>
 void Tape<T>::run_forward() {
   const auto busy = replay_guard("replay");
   check_computable("replay");
-  try {
-    run_instructions();
-  } catch (const Error& e) {
-    failed_replay_ = e.what();
-    throw;
-  }
-  failed_replay_.clear();
+  health_.run([&] { run_instructions(); });
 }
 
 template <class T>

@@ -345,22 +345,8 @@ template <class T>
 void CompiledProgram<T>::forward() {
   const detail::ReplayGuard busy(owner_, "CompiledTape");
   run_forward();
-  if (const std::int64_t g = first_failed_guard(); g >= 0) {
-    try {
-      fail_guard("CompiledTape", guards_[g], static_cast<std::size_t>(g));
-    } catch (const Error& e) {
-      failed_replay_ = e.what();
-      throw;
-    }
-  }
-}
-
-template <class T>
-void CompiledProgram<T>::check_usable(const char* op) const {
-  if (failed_replay_.empty()) return;
-  fail(op, fmt::format("the compiled tape's last replay failed ({}) and left its values half-updated expected a "
-                       "successful replay first; hint: replay again on valid inputs",
-                       failed_replay_));
+  if (const std::int64_t g = first_failed_guard(); g >= 0)
+    health_.guard_failed("CompiledTape", guards_[g], static_cast<std::size_t>(g));
 }
 
 template <class T>
@@ -390,13 +376,7 @@ template <class T>
 void CompiledProgram<T>::run_forward() {
   const detail::ReplayGuard busy(owner_, "CompiledTape");
   check_computable();
-  try {
-    run_steps();
-  } catch (const Error& e) {
-    failed_replay_ = e.what();
-    throw;
-  }
-  failed_replay_.clear();
+  health_.run([&] { run_steps(); });
 }
 
 template <class T>

@@ -121,8 +121,8 @@ class CompiledProgram {
   // Throws set_input's error for a missing input or another shape; changes nothing.
   void check_input(std::size_t k, const Shape& shape) const;
   // Note [Failed replays] (tape.hpp), the same for compiled programs.
-  void check_usable(const char* op) const;
-  void mark_failed(std::string why) { failed_replay_ = std::move(why); }
+  void check_usable(const char* op) const { health_.check(op, "compiled tape"); }
+  void mark_failed(std::string why) { health_.mark(std::move(why)); }
   // Note [One replay at a time] (tape_identity.hpp): a caller running several steps holds one guard.
   detail::ReplayGuard replay_guard(const char* op) { return detail::ReplayGuard(owner_, op); }
   // Runs every step, then checks the tape's guards (Note [Guards]): throws on a failed one.
@@ -225,7 +225,7 @@ class CompiledProgram {
   std::vector<Array<T>*> scratch_adj_;
   TapeProfile* profile_ = nullptr;
   detail::ReplayOwner owner_;
-  std::string failed_replay_;  // Note [Failed replays]
+  detail::ReplayHealth health_;  // Note [Failed replays]
   bool structure_only_ = false;  // from a tape without values (Tape::structure_only): nothing runs
   void check_computable() const;
 

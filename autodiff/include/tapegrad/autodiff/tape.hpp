@@ -67,6 +67,40 @@ struct Instr {
   Site where;
 };
 
+// The error of a replay whose inputs break guard `g` (index `i`), as "op: ...".
+[[noreturn]] void fail_guard(const char* op, const Guard& g, std::size_t i);
+
+namespace detail {
+// Note [Failed replays]: a replay that throws after it changed a tape's values
+// (an op's error, a failed guard) leaves them half-updated, so the tape is
+// marked and everything that would read those values throws until a forward
+// pass succeeds. A shape error on an input changes nothing (the callers check
+// every input before setting any). Shared by Tape and CompiledProgram.
+class ReplayHealth {
+ public:
+  // Runs a forward pass: an Error it throws marks the tape (and goes on); success clears the mark.
+  template <class F>
+  void run(F forward) {
+    try {
+      forward();
+    } catch (const Error& e) {
+      why_ = e.what();
+      throw;
+    }
+    why_.clear();
+  }
+  // Marks the tape and throws fail_guard's error for guard i.
+  [[noreturn]] void guard_failed(const char* op, const Guard& g, std::size_t i);
+  void mark(std::string why) { why_ = std::move(why); }
+  // Throws, naming `op` and `subject` ("tape", "compiled tape"), while the tape is marked.
+  void check(const char* op, const char* subject) const;
+  bool ok() const noexcept { return why_.empty(); }
+
+ private:
+  std::string why_;  // the failed replay's error; empty: usable
+};
+}  // namespace detail
+
 template <class T>
 class Tape {
  public:
@@ -118,15 +152,11 @@ class Tape {
   // tape for the calling thread while it runs; a caller that runs several
   // (set inputs, forward, reverse, read adjoints) holds one guard across them.
   detail::ReplayGuard replay_guard(const char* op) { return detail::ReplayGuard(replay_owner_, op); }
-  // Note [Failed replays]: a replay that throws after it changed the tape's
-  // values (an op's error, a failed guard) leaves them half-updated: the tape
-  // is then marked, and reverse_pass and check_usable throw until a forward
-  // pass succeeds. A shape error on an input changes nothing (the callers check
-  // every input before setting any).
-  void check_usable(const char* op) const;
-  bool usable() const noexcept { return failed_replay_.empty(); }
-  // Marks the tape unusable (Note [Failed replays]) until the next successful forward pass.
-  void mark_failed(std::string why);
+  // Note [Failed replays]: after a replay that threw, reverse_pass and
+  // check_usable throw until a forward pass succeeds; mark_failed marks it so.
+  void check_usable(const char* op) const { health_.check(op, "tape"); }
+  bool usable() const noexcept { return health_.ok(); }
+  void mark_failed(std::string why) { health_.mark(std::move(why)); }
   // A tape file loaded for its structure only (LoadOptions::replay = false):
   // inputs and computed values have shapes but no storage, so every call that
   // would compute, replay or set an input throws.
@@ -175,7 +205,7 @@ class Tape {
   std::shared_ptr<std::deque<std::string>> kept_strings_;  // deque: kept strings never move
   detail::TapeIdentity identity_;
   detail::ReplayOwner replay_owner_;
-  std::string failed_replay_;  // why the last forward pass failed (Note [Failed replays]); empty: usable
+  detail::ReplayHealth health_;
   bool structure_only_ = false;
   void check_computable(const char* op) const;
 };
@@ -194,9 +224,6 @@ extern template void dump_tape_if_requested(const Tape<double>&, const CompileOp
 // Evaluates a guard on values (shared by the interpreter and compiled programs).
 template <class T>
 bool evaluate_guard(const Guard& guard, const Array<T>& lhs, const Array<T>* rhs);
-// The error of a replay whose inputs break guard `g` (index `i`), as "op: ...".
-[[noreturn]] void fail_guard(const char* op, const Guard& g, std::size_t i);
-
 extern template class Tape<float>;
 extern template class Tape<double>;
 

@@ -231,8 +231,12 @@ TEST_CASE("reliability: a tape replayed from a second thread meanwhile is an err
 }
 
 TEST_CASE("reliability: independent tapes recorded and replayed on several threads at once agree with one thread") {
-  const A w = A::random_uniform({3, 2, 3, 3}, -0.5, 0.5, 4);
-  auto f = [&](const T& x) { return tg::sum(tg::relu(tg::conv(x, w, {.padding = {1, 1}}))); };
+  // A conv and OpenBLAS GEMMs (a matmul large enough to be split over threads) on every thread at once.
+  const A w = A::random_uniform({3, 2, 3, 3}, -0.5, 0.5, 4), m = A::random_uniform({243, 300}, -0.1, 0.1, 5);
+  auto f = [&](const T& x) {
+    const T h = tg::relu(tg::conv(x, w, {.padding = {1, 1}}));  // (2, 3, 9, 9)
+    return tg::sum(tg::tanh(tg::matmul(tg::reshape(h, {2, 243}), m)));
+  };
   std::vector<A> inputs, want, got(4);
   for (int t = 0; t < 4; ++t) {
     inputs.push_back(A::random_uniform({2, 2, 9, 9}, -1.0, 1.0, 10 + t));

@@ -401,3 +401,30 @@ TEST_CASE("reliability: conv_transpose with a huge stride or dilation is an erro
   CHECK_THROWS_WITH_AS(tg::conv_transpose(x, w, {.dilation = {huge}}), doctest::Contains("is more than 2^59"), tg::Error);
   CHECK(tg::conv_transpose(x, w, {.stride = {2}}).shape() == tg::Shape{1, 1, 6, 6});
 }
+
+// Issue 17, item 7 (Note [Values by value]): x.shape() read in the same
+// expression that records more ops used to return a reference into the tape's
+// vector of values, which recording moved ("reshape: target shape () ...").
+TEST_CASE("reliability: shapes and values read from a Tracked stay valid while the function records more ops") {
+  const A x = A::random_uniform({2, 6, 4, 5}, -1, 1, 1);
+  auto f = [](const T& v) {
+    const T d = tg::reshape(v, {48, 5});
+    return tg::sum(tg::reshape(tg::tanh(tg::tanh(tg::tanh(tg::tanh(d)))) * 2.0 + 1.0, v.shape()) * v);
+  };
+  auto [value, g] = tg::value_and_gradient(f, x);
+  A expected_value = tg::sum((tg::tanh(tg::tanh(tg::tanh(tg::tanh(x)))) * 2.0 + 1.0) * x);
+  CHECK(value == doctest::Approx(expected_value.item()).epsilon(1e-12));
+  CHECK(g.shape() == x.shape());
+  const A seen = [&] {
+    A out;
+    tg::gradient([&](const T& v) {
+      const A before = v.value();
+      T y = v;
+      for (int i = 0; i < 100; ++i) y = y * 1.0;  // moves the tape's storage many times
+      out = before;
+      return tg::sum(y);
+    }, x);
+    return out;
+  }();
+  CHECK(max_abs_diff(seen, x) == 0.0);
+}

@@ -22,15 +22,27 @@ class Tracked {
   // The current value: an unguarded read (Note [Guards]). Fine for printing; a
   // branch on it is not checked on replay (the tape counts such reads and the
   // dump warns). Branch through tg::any / tg::all or at() instead.
-  const Array<T>& value(std::source_location where = std::source_location::current()) const {
+  //
+  // Note [Values by value]: value() and shape() return copies. The tape keeps
+  // its values in a vector that recording more ops moves, so a reference
+  // handed out here could dangle within one expression:
+  // tg::reshape(tg::tanh(d) * 2.0, x.shape()) may read x.shape() first and
+  // record after. A Shape is a small inline copy; value() is for printing.
+  // Rejected: a std::deque of values (stable references), which costs an
+  // allocation per few slots on the recording hot path and an extra
+  // indirection per slot on every replay.
+  Array<T> value(std::source_location where = std::source_location::current()) const {
     tape()->note_unguarded_read(where);
     return tape_->value(slot_);
   }
-  const Shape& shape() const { return tape()->value(slot_).shape(); }
+  Shape shape() const { return tape()->value(slot_).shape(); }
   std::int64_t size() const { return tape()->value(slot_).size(); }
   std::size_t rank() const { return tape()->value(slot_).rank(); }
   // The single element of a one-element value (an unguarded read, like value()).
-  T item(std::source_location where = std::source_location::current()) const { return value(where).item(); }
+  T item(std::source_location where = std::source_location::current()) const {
+    tape()->note_unguarded_read(where);
+    return tape_->value(slot_).item();
+  }
   // One element at a row-major multi-index, for a guarded comparison: x.at({0, 2}) > 0.5 (guard.hpp).
   GuardedElement<T> at(std::initializer_list<std::int64_t> index,
                        std::source_location where = std::source_location::current()) const;

@@ -13,19 +13,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-template <class T>
-auto record_small_cnn() {
-  auto [x, y, w1, b1, w2] = models::small_cnn_inputs<T>();
-  auto tape = tg::record([](const auto&... a) { return models::small_cnn<T>(a...); }, x, y, w1, b1, w2);
-  tape.set_needs_grad(1, false);  // labels
-  return tape;
-}
-
-template <class T>
-auto record_every_param() {
-  auto [x, w] = models::every_param_inputs<T>();
-  return tg::record([](const auto& a, const auto& b) { return models::every_param<T>(a, b); }, x, w);
-}
+using models::record_every_param;
+using models::record_small_cnn;
 
 // Forward value and every input's adjoint after a reverse pass seeded with ones.
 template <class T>
@@ -90,7 +79,8 @@ TEST_CASE("tape file: saved and loaded through a file, with the recording sites 
   tg::save_tape(tape, path.string());
   const auto loaded = tg::load_tape<double>(path.string());
   REQUIRE(loaded.tape.num_instructions() == 7);
-  CHECK(tg::site_string(loaded.tape.instruction(0).where) == "tape_models.hpp:14");
+  CHECK(tg::site_string(loaded.tape.instruction(0).where) == tg::site_string(tape.tape().instruction(0).where));
+  CHECK(tg::site_string(loaded.tape.instruction(0).where).starts_with("tape_models.hpp:"));
   CHECK(std::string(loaded.tape.instruction(0).where.function).find("small_cnn") != std::string::npos);
   fs::remove(path);
 }
@@ -248,36 +238,6 @@ TEST_CASE("tape file: the fuzz corpus loads or fails with a clear error, and the
   }
   CHECK(loaded >= 3);
   CHECK(refused >= 5);
-}
-
-// Writes the fuzzer's seed corpus (run once by hand after a format change:
-// TAPEGRAD_WRITE_CORPUS=tests/fuzz/corpus ./tapegrad_tests -tc="*write the fuzz corpus*").
-TEST_CASE("tape file: write the fuzz corpus (only with TAPEGRAD_WRITE_CORPUS)") {
-  const char* dir = std::getenv("TAPEGRAD_WRITE_CORPUS");
-  if (!dir) return;
-  fs::create_directories(dir);
-  auto write = [&](const std::string& name, const std::string& bytes) { tg::write_file_bytes((fs::path(dir) / name).string(), bytes); };
-  auto cnn = record_small_cnn<double>();
-  auto every = record_every_param<float>();
-  auto small = tg::record([](const tg::Tracked<float>& v) { return tg::sum(tg::relu(v) * 2.0f); },
-                          tg::Array<float>::random_uniform({3}, -1, 1, 1));
-  const std::string seed = tg::serialize_tape(cnn.tape());
-  write("seed-cnn-f64.tgt", seed);
-  write("seed-every-param-f32.tgt", tg::serialize_tape(every.tape(), {.input_values = false}));
-  write("seed-small-f32.tgt", tg::serialize_tape(small.tape()));
-  write("seed-compiled-f64.tgt", tg::serialize_program(tg::compile(cnn).program()));
-  write("bad-truncated.tgt", seed.substr(0, seed.size() / 2));
-  std::string future = seed;
-  future[8] = 9;
-  write("bad-future-version.tgt", future);
-  write("bad-magic.tgt", "TAPEGRAF" + seed.substr(8));
-  write("bad-trailing.tgt", seed + "junk");
-  std::string op = seed;
-  op.replace(op.find("maxpool"), 7, "maxpoox");
-  write("bad-unknown-op.tgt", op);
-  std::string kind = seed;
-  kind[8 + 4 + 1 + 1 + 4 + 4] = 'Q';  // the first slot's kind
-  write("bad-slot-kind.tgt", kind);
 }
 
 TEST_CASE("tape file: loading bounds its work: replays within a FLOP budget, structure-only loads compute nothing") {

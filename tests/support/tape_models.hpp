@@ -1,5 +1,6 @@
 // Small models whose tapes the tape-file and tapedump tests save, load, print and
-// compare (golden dumps name this file and its lines: append, do not edit lines).
+// compare. Golden dumps name this file without its line numbers, and every conv
+// and filter forces its algorithms, so they do not change with the host's CPU.
 #pragma once
 
 #include <tapegrad/tapegrad.hpp>
@@ -11,7 +12,7 @@ template <class T>
 tg::Tracked<T> small_cnn(const tg::Tracked<T>& x, const tg::Tracked<T>& labels, const tg::Tracked<T>& w1,
                          const tg::Tracked<T>& b1, const tg::Tracked<T>& w2) {
   const std::int64_t n = x.shape()[0];
-  auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {1}})), {.window = {2}});
+  auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {1}, .algorithm = tg::ConvAlgorithm::implicit_gemm})), {.window = {2}});
   return tg::cross_entropy(tg::matmul(tg::reshape(tg::tanh(h), {n, 27}), w2), labels);
 }
 
@@ -27,12 +28,15 @@ auto small_cnn_inputs() {
 template <class T>
 tg::Tracked<T> every_param(const tg::Tracked<T>& x, const tg::Tracked<T>& w) {
   using A = tg::Array<T>;
-  auto c = tg::conv(x, w, {.stride = {1, 2}, .pad_lo = {1, 0}, .pad_hi = {0, 1}, .dilation = {1}, .flip = true});
+  auto c = tg::conv(x, w, {.stride = {1, 2}, .pad_lo = {1, 0}, .pad_hi = {0, 1}, .dilation = {1}, .flip = true,
+                           .forward_algorithm = tg::ConvAlgorithm::implicit_gemm, .backward_input_algorithm = tg::ConvAlgorithm::direct,
+                           .backward_weight_algorithm = tg::ConvAlgorithm::implicit_gemm});
   auto t = tg::conv_transpose(c, w, {.stride = {2}, .output_padding = {1}, .algorithm = tg::ConvAlgorithm::direct});
   auto f = tg::correlate(t, A::random_uniform({1, 1, 3, 2}, T(-1), T(1), 9),
-                         {.border = tg::Border::fill(0.5), .output = tg::Output::same, .origin = {0, 0, 0, -1}});
+                         {.border = tg::Border::fill(0.5), .output = tg::Output::same, .origin = {0, 0, 0, -1},
+                          .algorithm = tg::ConvAlgorithm::direct});
   const std::vector<A> factors{A({1}, {T(1)}), A({1}, {T(1)}), A({3}, {T(0.25), T(0.5), T(0.25)}), A({2}, {T(1), T(-1)})};
-  auto s = tg::convolve(f, factors, {.border = tg::Border::symmetric()});
+  auto s = tg::convolve(f, factors, {.border = tg::Border::symmetric(), .algorithm = tg::ConvAlgorithm::direct});
   auto m = tg::meanpool(tg::leaky_relu(s, T(0.1)), {.window = {2}, .padding = {1}, .count_include_pad = false});
   auto l = tg::lppool(tg::abs(m) + 0.1, {.window = {2, 1}, .stride = {1}, .ceil_mode = true, .p = 3});
   auto g = tg::global_maxpool(l) + tg::global_meanpool(tg::pow(l, T(2)));
@@ -54,6 +58,21 @@ auto every_param_inputs() {
 template <class T>
 tg::Tracked<T> planted_nan(const tg::Tracked<T>& x) {
   return tg::sum(tg::log(x - 1.0) * 2.0);
+}
+
+// The two models recorded as the tape-file tests and the fuzz corpus use them (labels need no gradient).
+template <class T>
+auto record_small_cnn() {
+  auto [x, y, w1, b1, w2] = small_cnn_inputs<T>();
+  auto tape = tg::record([](const auto&... a) { return small_cnn<T>(a...); }, x, y, w1, b1, w2);
+  tape.set_needs_grad(1, false);
+  return tape;
+}
+
+template <class T>
+auto record_every_param() {
+  auto [x, w] = every_param_inputs<T>();
+  return tg::record([](const auto& a, const auto& b) { return every_param<T>(a, b); }, x, w);
 }
 
 // ---- hostile files: a few hundred bytes that describe huge work (issue 22) ----

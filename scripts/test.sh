@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs, builds and runs every test: first a Release build (unit tests, the
-# install-and-consume tests, the examples, tapedump), then the unit tests and
-# the data loader's tests again under AddressSanitizer + UndefinedBehaviorSanitizer,
-# the tests that run several user threads under ThreadSanitizer, then the
-# tape-file loader's fuzz target (clang, libFuzzer) for a minute on its corpus.
+# install-and-consume test, the examples, tapedump); then one clang build with
+# AddressSanitizer + UndefinedBehaviorSanitizer and libFuzzer's coverage, which
+# runs the unit tests and the data loader's tests again and the tape-file
+# loader's fuzz target for a minute on its corpus; then the tests that run
+# several user threads under ThreadSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --tests
@@ -13,24 +14,21 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_BUILD_TOOLS=O
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure
 
-cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTAPEGRAD_SANITIZE=ON -DTAPEGRAD_BUILD_TOOLS=ON \
-      -DTAPEGRAD_BUILD_BENCHMARKS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
-cmake --build build-sanitize -j "$jobs" --target tapegrad_tests cnn_tests
+# One library build serves the sanitizer run of the tests and the fuzz target (TAPEGRAD_FUZZ implies the sanitizers).
+CXX=clang++-16 cmake -S . -B build-asan-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_FUZZ=ON \
+      -DTAPEGRAD_BUILD_TOOLS=ON -DTAPEGRAD_BUILD_BENCHMARKS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
+cmake --build build-asan-fuzz -j "$jobs" --target tapegrad_tests cnn_tests fuzz_tape_file
 # allocator_may_return_null: an impossible allocation must reach tapegrad as a null
 # pointer (and become a tg::Error), as it does without the sanitizer.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-sanitize --output-on-failure -R 'unit|loader'
+  ctest --test-dir build-asan-fuzz --output-on-failure -R 'unit|loader'
+corpus=$(mktemp -d)
+trap 'rm -rf "$corpus"' EXIT
+# New inputs go to the scratch corpus; a crash leaves its input in build-asan-fuzz/ and fails the run.
+OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=60 -timeout=10 -rss_limit_mb=4096 \
+  -artifact_prefix=build-asan-fuzz/ "$corpus" tests/fuzz/corpus
 
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
       -DTAPEGRAD_BUILD_EXAMPLES=OFF
 cmake --build build-tsan -j "$jobs" --target tapegrad_thread_tests
 ctest --test-dir build-tsan --output-on-failure -R threads_tsan
-
-CXX=clang++-16 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_FUZZ=ON \
-      -DTAPEGRAD_BUILD_TESTS=OFF -DTAPEGRAD_BUILD_EXAMPLES=OFF -DTAPEGRAD_BUILD_TOOLS=OFF
-cmake --build build-fuzz -j "$jobs" --target fuzz_tape_file
-corpus=$(mktemp -d)
-trap 'rm -rf "$corpus"' EXIT
-# New inputs go to the scratch corpus; a crash leaves its input in build-fuzz/ and fails the run.
-OMP_NUM_THREADS=1 build-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=60 -timeout=10 -rss_limit_mb=4096 \
-  -artifact_prefix=build-fuzz/ "$corpus" tests/fuzz/corpus

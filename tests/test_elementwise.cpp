@@ -24,7 +24,8 @@ TEST_CASE("arithmetic: the triple for every binary op, over broadcasting shapes 
   const std::vector<std::pair<tg::Shape, tg::Shape>> shapes = {
       {{3, 4}, {3, 4}}, {{3, 4}, {4}}, {{3, 1}, {1, 4}}, {{2, 3, 4}, {3, 1}}, {{}, {2, 3}}};
   for (std::uint64_t seed : {1u, 2u, 3u})
-    for (const auto& [sa, sb] : shapes) {
+    for (const auto& pair : shapes) {
+      const tg::Shape &sa = pair.first, &sb = pair.second;  // not a structured binding: clang's OpenMP cannot capture one
       CAPTURE(tg::to_string(sa));
       CAPTURE(tg::to_string(sb));
       const auto in = std::tuple{random_away_from(sa, seed), random_away_from(sb, seed + 10)};

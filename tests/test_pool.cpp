@@ -97,7 +97,9 @@ TEST_CASE("pooling: the triple, 1-3 spatial dims") {
       {{1, 2, 5, 6}, {.window = {3, 2}, .stride = {1, 2}, .padding = {1, 0}, .count_include_pad = false, .p = 3}},
       {{1, 2, 4, 4, 4}, {.window = {2}, .stride = {2}}},
   };
-  for (const auto& [shape, p] : cases) {
+  for (const auto& c : cases) {
+    const auto& shape = c.first;  // not a structured binding: clang's OpenMP cannot capture one
+    const auto& p = c.second;
     CAPTURE(tg::to_string(shape));
     const A x = distinct(shape, 1), x2 = distinct(shape, 2);
     check_op([&](const T& a) { return tg::maxpool(a, p); }, std::tuple{x}, std::tuple{x2});

@@ -22,7 +22,9 @@ TEST_CASE("reductions: hand-worked values on iota") {
 TEST_CASE("reductions: the triple over axes, keepdims and seeds") {
   const std::vector<std::pair<tg::Axes, bool>> cases = {{{}, false}, {{0}, false}, {{1}, true}, {{0, 2}, false}, {{-1}, true}};
   for (std::uint64_t seed : {1u, 2u})
-    for (const auto& [axes, keep] : cases) {
+    for (const auto& c : cases) {
+      const tg::Axes& axes = c.first;  // not a structured binding: clang's OpenMP cannot capture one
+      const bool keep = c.second;
       const A x = A::random_uniform({3, 4, 5}, -1, 1, seed), x2 = A::random_uniform({3, 4, 5}, -1, 1, seed + 5);
       check_op([&](const T& v) { return tg::sum(v, axes, keep); }, std::tuple{x}, std::tuple{x2});
       check_op([&](const T& v) { return tg::mean(v, axes, keep); }, std::tuple{x}, std::tuple{x2});

@@ -15,7 +15,10 @@ cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure
 
 # One library build serves the sanitizer run of the tests and the fuzz target (TAPEGRAD_FUZZ implies the sanitizers).
-CXX=clang++-16 cmake -S . -B build-asan-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_FUZZ=ON \
+# The sanitizer builds compile at -O1 with line tables only: stack traces keep their lines, and
+# the builds take about half as long as at -O2 -g.
+sanitizer_flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only")
+CXX=clang++-16 cmake -S . -B build-asan-fuzz -G Ninja "${sanitizer_flags[@]}" -DTAPEGRAD_FUZZ=ON \
       -DTAPEGRAD_BUILD_TOOLS=ON -DTAPEGRAD_BUILD_BENCHMARKS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
 cmake --build build-asan-fuzz -j "$jobs" --target tapegrad_tests cnn_tests fuzz_tape_file
 # allocator_may_return_null: an impossible allocation must reach tapegrad as a null
@@ -28,7 +31,7 @@ trap 'rm -rf "$corpus"' EXIT
 OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=60 -timeout=10 -rss_limit_mb=4096 \
   -artifact_prefix=build-asan-fuzz/ "$corpus" tests/fuzz/corpus
 
-cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
+cmake -S . -B build-tsan -G Ninja "${sanitizer_flags[@]}" -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
       -DTAPEGRAD_BUILD_EXAMPLES=OFF
 cmake --build build-tsan -j "$jobs" --target tapegrad_thread_tests
 ctest --test-dir build-tsan --output-on-failure -R threads_tsan

@@ -465,8 +465,10 @@ TEST_CASE("conv: bad geometry is a clear tg::Error and leaves the tape unchanged
   CHECK_THROWS_WITH_AS(tg::conv_transpose(x, A::zeros({4, 2, 3, 3}), {.stride = {2}, .output_padding = {2}}), doctest::Contains("output_padding (2)"), tg::Error);
   // sizes that cannot be counted (found by the tape-file fuzzer: an output volume overflowed int64)
   const std::int64_t huge = std::int64_t(1) << 32;
-  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.padding = {huge}}), doctest::Contains("more than 2^62 elements"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.padding = {huge}}), doctest::Contains("more than 2^59 elements"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::conv(x, w, {.dilation = {std::int64_t(1) << 61}}), doctest::Contains("larger than 2^62"), tg::Error);
+  // padding near int64's end: the padded size is not computed by a wrapping sum
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, {.padding = {std::int64_t(1) << 62}}), doctest::Contains("more than 2^59 elements"), tg::Error);
   // recorded: the message names the user's line and the tape is untouched
   auto tape = tg::record([](const T& v) { return v * 2.0; }, x);
   const std::size_t before = tape.tape().num_instructions(), slots = tape.tape().num_slots();

@@ -6,6 +6,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <limits>
 #include <cmath>
 
 #include "conv_impl.hpp"
@@ -53,16 +55,8 @@ int conv_threads() { return tg::num_threads(); }
 
 
 namespace {
-// No geometry may count more elements than this (products fit int64 with room).
-constexpr std::int64_t kMaxElements = std::int64_t(1) << 62;
-
-// The product of `factors`, or -1 when it exceeds kMaxElements.
-std::int64_t bounded_product(std::initializer_list<std::int64_t> factors) {
-  std::int64_t p = 1;
-  for (std::int64_t f : factors)
-    if (__builtin_mul_overflow(p, f, &p) || p > kMaxElements) return -1;
-  return p;
-}
+// No dilated kernel may reach further than this (sums with it fit int64 with room).
+constexpr std::int64_t kMaxExtent = std::int64_t(1) << 62;
 }  // namespace
 
 ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec, const char* op) {
@@ -104,11 +98,13 @@ ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
     g.ker[d] = w[2 + d - first];
     if (g.ker[d] < 1) fail(op, fmt::format("weight {} has an empty kernel expected every kernel dim >= 1", to_string(w)));
     std::int64_t extent = 0;
-    if (__builtin_mul_overflow(g.dil[d], g.ker[d] - 1, &extent) || extent >= kMaxElements)
+    if (__builtin_mul_overflow(g.dil[d], g.ker[d] - 1, &extent) || extent >= kMaxExtent)
       fail(op, fmt::format("dilated kernel along spatial dim {} (dilation {} x kernel {}) is larger than 2^62 expected a "
                            "smaller dilation; hint: a tape file with such a conv is damaged", d - first, g.dil[d], g.ker[d]));
     extent += 1;
-    const std::int64_t padded = g.in[d] + g.lo[d] + g.hi[d];
+    std::int64_t padded = 0;
+    if (__builtin_add_overflow(g.in[d], g.lo[d], &padded) || __builtin_add_overflow(padded, g.hi[d], &padded))
+      padded = std::numeric_limits<std::int64_t>::max();  // refused below as too many elements
     padded_dims[d] = padded;
     if (extent > padded)
       fail(op, fmt::format("kernel extent ({}) along spatial dim {} is larger than the padded input ({} = {} + {} + {}) "
@@ -116,10 +112,11 @@ ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
                            extent, d - first, padded, g.in[d], g.lo[d], g.hi[d]));
     g.out[d] = (padded - extent) / g.stride[d] + 1;
   }
-  // The kernels hold the padded input and the output in memory: both must be countable.
-  if (bounded_product({g.N, g.C, padded_dims[0], padded_dims[1], padded_dims[2]}) < 0 ||
-      bounded_product({g.N, g.K, g.out[0], g.out[1], g.out[2]}) < 0)
-    fail(op, fmt::format("input {} with padding {}+{} gives a padded input or an output of more than 2^62 elements "
+  // The kernels hold the padded input and the output in memory: both must be countable (Note [Checked sizes]).
+  using Dims5 = std::array<std::int64_t, 5>;
+  if (bounded_size(Dims5{g.N, g.C, padded_dims[0], padded_dims[1], padded_dims[2]}) < 0 ||
+      bounded_size(Dims5{g.N, g.K, g.out[0], g.out[1], g.out[2]}) < 0)
+    fail(op, fmt::format("input {} with padding {}+{} gives a padded input or an output of more than 2^59 elements "
                          "expected fewer; hint: check the padding", to_string(x), fmt::join(g.lo, ","), fmt::join(g.hi, ",")));
   return g;
 }

@@ -227,8 +227,8 @@ class CompiledProgram {
   detail::ReplayOwner owner_;
   detail::ReplayHealth health_;  // Note [Failed replays]
   bool structure_only_ = false;  // from a tape without values (Tape::structure_only): nothing runs
-  void check_computable() const;
 
+  void check_computable() const;  // throws when structure_only_
   template <class Seed>
   void run_reverse(Seed write_seed);
   void ensure_arena();

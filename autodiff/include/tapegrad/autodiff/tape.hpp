@@ -185,6 +185,7 @@ class Tape {
  private:
   std::uint32_t add_slot(Array<T> value, SlotKind kind, bool needs_grad);
   void run_instructions();
+  void check_computable(const char* op) const;  // throws on a structure-only tape
 
   std::vector<Instr<T>> instrs_;
   std::vector<std::uint32_t> args_;
@@ -207,7 +208,6 @@ class Tape {
   detail::ReplayOwner replay_owner_;
   detail::ReplayHealth health_;
   bool structure_only_ = false;
-  void check_computable(const char* op) const;
 };
 
 struct CompileOptions;
@@ -224,6 +224,7 @@ extern template void dump_tape_if_requested(const Tape<double>&, const CompileOp
 // Evaluates a guard on values (shared by the interpreter and compiled programs).
 template <class T>
 bool evaluate_guard(const Guard& guard, const Array<T>& lhs, const Array<T>* rhs);
+
 extern template class Tape<float>;
 extern template class Tape<double>;
 

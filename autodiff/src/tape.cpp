@@ -194,17 +194,21 @@ bool Tape<T>::evaluate(const Guard& g) const {
 }
 
 template <class T>
-bool Tape<T>::add_guard(Guard g) {
-  const Array<T>& lhs = values_.at(g.lhs);
-  if (g.rhs != kNoSlot) {
-    const Array<T>& rhs = values_.at(g.rhs);
-    if (rhs.size() != 1 && !(rhs.shape() == lhs.shape()))
-      fail("guard", fmt::format("compares shape {} with shape {} expected equal shapes or a one-element right side; "
-                                "hint: reduce or broadcast explicitly first",
-                                to_string(lhs.shape()), to_string(rhs.shape())));
-  }
+void Tape<T>::check_guard(const Guard& g) const {
+  if (g.lhs >= values_.size() || (g.rhs != kNoSlot && g.rhs >= values_.size()))
+    fail("guard", fmt::format("slots {} and {} expected below {}", g.lhs, g.rhs, values_.size()));
+  const Array<T>& lhs = values_[g.lhs];
+  if (g.rhs != kNoSlot && values_[g.rhs].size() != 1 && !(values_[g.rhs].shape() == lhs.shape()))
+    fail("guard", fmt::format("compares shape {} with shape {} expected equal shapes or a one-element right side; "
+                              "hint: reduce or broadcast explicitly first",
+                              to_string(lhs.shape()), to_string(values_[g.rhs].shape())));
   if (g.kind == GuardKind::element && (g.element < 0 || g.element >= lhs.size()))
     fail("guard", fmt::format("element {} of a value of {} elements expected an index inside it", g.element, lhs.size()));
+}
+
+template <class T>
+bool Tape<T>::add_guard(Guard g) {
+  check_guard(g);
   g.expected = evaluate(g);
   guards_.push_back(g);
   return g.expected;
@@ -212,14 +216,7 @@ bool Tape<T>::add_guard(Guard g) {
 
 template <class T>
 void Tape<T>::add_recorded_guard(const Guard& g) {
-  if (g.lhs >= values_.size() || (g.rhs != kNoSlot && g.rhs >= values_.size()))
-    fail("guard", fmt::format("slots {} and {} expected below {}", g.lhs, g.rhs, values_.size()));
-  const Shape& lhs = values_[g.lhs].shape();
-  if (g.rhs != kNoSlot && values_[g.rhs].size() != 1 && !(values_[g.rhs].shape() == lhs))
-    fail("guard", fmt::format("compares shape {} with shape {} expected equal shapes or a one-element right side",
-                              to_string(lhs), to_string(values_[g.rhs].shape())));
-  if (g.kind == GuardKind::element && (g.element < 0 || g.element >= values_[g.lhs].size()))
-    fail("guard", fmt::format("element {} of a value of {} elements expected an index inside it", g.element, values_[g.lhs].size()));
+  check_guard(g);
   guards_.push_back(g);
 }
 

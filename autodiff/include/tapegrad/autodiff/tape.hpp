@@ -186,6 +186,7 @@ class Tape {
   std::uint32_t add_slot(Array<T> value, SlotKind kind, bool needs_grad);
   void run_instructions();
   void check_computable(const char* op) const;  // throws on a structure-only tape
+  void check_guard(const Guard& guard) const;   // slots, shapes and element index of a guard to add
 
   std::vector<Instr<T>> instrs_;
   std::vector<std::uint32_t> args_;

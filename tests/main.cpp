@@ -1,2 +1,16 @@
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+// The unit tests' main: doctest, then (on a full run, no arguments) the op
+// coverage walk of support/coverage.hpp.
+#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
+
+#include <array>
+
+#include "support/coverage.hpp"
+
+int main(int argc, char** argv) {
+  doctest::Context context(argc, argv);
+  const int failed = context.run();
+  if (context.shouldExit() || argc > 1) return failed;  // a filtered run cannot judge coverage
+  constexpr std::array checks{tgtest::Check::op_triple, tgtest::Check::dot_product, tgtest::Check::save_load};
+  return tgtest::report_uncovered(checks) != 0 ? 1 : failed;
+}

@@ -137,7 +137,9 @@ void check_steps_allocate_nothing(F f, const A& x, const A& w, const A& k) {
     A gx, gw, gk;
     auto step = [&] { ct.gradient_into({&gx, &gw, &gk}, x, w, k); };
     step();
-    CHECK(allocations_in(step) == 0);
+    const long counted = allocations_in(step);
+    CHECK(counted == 0);
+    if (counted == 0) tgtest::covered(tgtest::Check::allocation_model, tape.tape());
   }
 }
 
@@ -182,6 +184,7 @@ TEST_CASE("allocations: a compiled LeNet step allocates nothing after the first 
     const auto expected = tape.gradient(x, labels, p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
     CHECK(std::abs(ct.value() - tape.value()) <= 1e-12 * std::abs(tape.value()));
     CHECK(max_abs_diff(grads[2], std::get<4>(expected)) <= (options.tune_algorithms ? 1e-10 : 1e-12));
+    tgtest::covered(tgtest::Check::allocation_model, tape.tape());
   }
 }
 
@@ -198,12 +201,14 @@ TEST_CASE("allocations: every other op, compiled, allocates nothing after the fi
 TEST_CASE("allocations: a fused elementwise chain over many blocks (threads) allocates nothing after the first call") {
   auto chain = [](const T& x, const T& w, const T& s) { return tg::sum(tg::exp(-tg::tanh(x * w + s)) / (w * w + 1.0)); };
   A x = A::random_normal({20000}, 0, 1, 1), w = A::random_normal({20000}, 0, 1, 2), s = A::scalar(0.5);  // 5 blocks
-  auto ct = tg::compile(tg::record(chain, x, w, s));
+  auto tape = tg::record(chain, x, w, s);
+  auto ct = tg::compile(tape);
   A gx, gw, gs;
   auto step = [&] { ct.gradient_into({&gx, &gw, &gs}, x, w, s); };
   step();
   step();  // every worker thread has sized its scratch
   CHECK(allocations_in(step) == 0);
+  tgtest::covered(tgtest::Check::allocation_model, tape.tape());
 }
 
 TEST_CASE("allocations: im2col convolutions (forward, both gradients) allocate nothing after the first call") {
@@ -298,7 +303,11 @@ TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allo
   CHECK(ct.value() == first);
 }
 
+// doctest, then (on a full run) every built-in op must be in a case above.
 int main(int argc, char** argv) {
   doctest::Context context(argc, argv);
-  return context.run();
+  const int failed = context.run();
+  if (context.shouldExit() || argc > 1) return failed;
+  constexpr std::array checks{tgtest::Check::allocation_model};
+  return tgtest::report_uncovered(checks) != 0 ? 1 : failed;
 }

@@ -161,6 +161,52 @@ TEST_CASE("custom ops: record, replay, dump and gradient-check like a built-in")
                        doctest::Contains("wrong_shape_grad: pullback gradient 0 has shape (1)"), tg::Error);
 }
 
+TEST_CASE("custom ops: a name already registered is an error naming both sites, and the registry is unchanged") {
+  const auto spec = [](std::string name) {
+    return tg::CustomOpSpec<double>{
+        .name = std::move(name),
+        .forward = [](const tg::InputList<double>& in) { return in[0]; },
+        .pullback = [](const tg::InputList<double>&, const A&, const A& dy) { return std::vector<A>{dy}; }};
+  };
+  const std::size_t rows = tg::Registry<double>::size();
+  // A built-in name (a custom "relu" used to be silently shadowed when a tape was loaded).
+  CHECK_THROWS_WITH_AS(tg::register_op<double>(spec("relu")),
+                       doctest::Contains("register op: op name 'relu' is already registered (at unary.cpp:"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::register_op<double>(spec("relu")), doctest::Contains("a built-in op; again at test_api.cpp:"),
+                       tg::Error);
+  // Two custom ops of one name: the message names both lines.
+  static const auto first = tg::register_op<double>(spec("api_twice"));
+  const int first_line = __LINE__ - 1;
+  const int second_line = __LINE__ + 2;
+  try {
+    tg::register_op<double>(spec("api_twice"));
+    FAIL("expected a tg::Error");
+  } catch (const tg::Error& e) {
+    CHECK(std::string(e.what()) ==
+          fmt::format("register op: op name 'api_twice' is already registered (at test_api.cpp:{}, a custom op; again at "
+                      "test_api.cpp:{}) names must be unique, since tape files find ops by name; hint: give the op "
+                      "registered at test_api.cpp:{} another name",
+                      first_line, second_line, second_line));
+  }
+  CHECK(tg::Registry<double>::size() == rows + 1);
+  CHECK(tg::Registry<double>::find("relu")->builtin);
+  CHECK(&first.info() == tg::Registry<double>::find("api_twice"));
+  // Names are per element type: a float op may take a name only double has.
+  CHECK_NOTHROW(tg::register_op<float>({.name = "api_twice",
+                                         .forward = [](const tg::InputList<float>& in) { return in[0]; },
+                                         .pullback = [](const tg::InputList<float>&, const tg::Array<float>&,
+                                                        const tg::Array<float>& dy) { return std::vector{dy}; }}));
+}
+
+TEST_CASE("op tables: a built-in row appearing after start-up (a family missing from TG_OP_FAMILIES) is an error") {
+  tg::OpInfo<double> row;
+  row.name = "api_unlisted_builtin";
+  row.builtin = true;
+  CHECK_THROWS_WITH_AS(tg::Registry<double>::add(std::move(row)),
+                       doctest::Contains("built-in op 'api_unlisted_builtin' (test_api.cpp:"), tg::Error);
+  CHECK(tg::Registry<double>::find("api_unlisted_builtin") == nullptr);
+}
+
 TEST_CASE("gradcheck: passes a right gradient and catches a wrong one") {
   static const auto bad = tg::register_op<double>({
       .name = "bad_sin",

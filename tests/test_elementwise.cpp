@@ -113,6 +113,7 @@ TEST_CASE("elementwise: dot-product test on realistic shapes") {
   check_dot_product([](const T& a) { return tg::tanh(a) * tg::sigmoid(a) + tg::softplus(a) + tg::relu(a) + tg::abs(a); }, x);
   const A p = A::random_uniform({64, 128}, 0.5, 2.0, 3);
   check_dot_product([](const T& a) { return tg::log(a) + tg::sqrt(a) + tg::exp(a) + tg::pow(a, 1.5) + tg::leaky_relu(a); }, p);
+  check_dot_product([](const T& a, const T& b) { return -tg::pow(a, b); }, p, A::random_uniform({128}, -1.5, 1.5, 4));
 }
 
 TEST_CASE("elementwise: bad shapes are clear errors and leave the tape unchanged") {

@@ -116,6 +116,7 @@ TEST_CASE("pooling: dot-product test on a layer-sized input") {
   check_dot_product([](const T& a) { return tg::meanpool(a, {.window = {3}, .stride = {2}, .padding = {1}}); }, x);
   check_dot_product([](const T& a) { return tg::lppool(a, {.window = {2}, .p = 2}); }, x);
   check_dot_product([](const T& a) { return tg::global_meanpool(a); }, x);
+  check_dot_product([](const T& a) { return tg::global_maxpool(a); }, x);
 }
 
 TEST_CASE("maxpool: ties route the adjoint to the first maximum in row-major order") {

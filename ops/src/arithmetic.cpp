@@ -5,6 +5,7 @@
 #include "tapegrad/ops/arithmetic.hpp"
 
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <cmath>
 
@@ -15,57 +16,51 @@
 namespace tg::ops {
 
 template <class T>
-const OpInfo<T>& add_op() {
-  static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
+OpInfo<T> add_row() {
+  return binary_row<T>(
       "add", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a + b; },  //
-      [](T, T, T, T g) { return g; },                   // d/da
-      [](T, T, T, T g) { return g; }));                 // d/db
-  return row;
+      [](T, T, T, T g) { return g; },                                          // d/da
+      [](T, T, T, T g) { return g; });                                         // d/db
 }
 
 template <class T>
-const OpInfo<T>& sub_op() {
-  static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
+OpInfo<T> sub_row() {
+  return binary_row<T>(
       "sub", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a - b; },  //
-      [](T, T, T, T g) { return g; },                   //
-      [](T, T, T, T g) { return -g; }));
-  return row;
+      [](T, T, T, T g) { return g; },                                          //
+      [](T, T, T, T g) { return -g; });
 }
 
 template <class T>
-const OpInfo<T>& mul_op() {
-  static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
+OpInfo<T> mul_row() {
+  return binary_row<T>(
       "mul", kNoFlags, [](T a, T b) { return a * b; },  //
       [](T, T b, T, T g) { return g * b; },              //
-      [](T a, T, T, T g) { return g * a; }));
-  return row;
+      [](T a, T, T, T g) { return g * a; });
 }
 
 template <class T>
-const OpInfo<T>& div_op() {
-  static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
+OpInfo<T> div_row() {
+  return binary_row<T>(
       "div", kNoFlags, [](T a, T b) { return a / b; },  //
       [](T, T b, T, T g) { return g / b; },              //
-      [](T, T b, T out, T g) { return -g * out / b; }));
-  return row;
+      [](T, T b, T out, T g) { return -g * out / b; });
 }
 
 template <class T>
-const OpInfo<T>& neg_op() {
-  static const OpInfo<T>& row = Registry<T>::add(unary_row<T, NoParams>(
+OpInfo<T> neg_row() {
+  return unary_row<T, NoParams>(
       "neg", kLinear, [](T x, const NoParams&) { return -x; },  //
-      [](T, T, T dy, const NoParams&) { return -dy; }));
-  return row;
+      [](T, T, T dy, const NoParams&) { return -dy; });
 }
 
 // x^y, both operands differentiable (Note [pow at zero]).
 template <class T>
-const OpInfo<T>& pow_op() {
-  static const OpInfo<T>& row = Registry<T>::add(binary_row<T>(
+OpInfo<T> pow_row() {
+  return binary_row<T>(
       "pow", kNoFlags, [](T x, T y) { return std::pow(x, y); },
       [](T x, T y, T, T g) { return y == T(0) ? T(0) : g * y * std::pow(x, y - T(1)); },
-      [](T x, T, T out, T g) { return x == T(0) ? T(0) : g * out * std::log(x); }));
-  return row;
+      [](T x, T, T out, T g) { return x == T(0) ? T(0) : g * out * std::log(x); });
 }
 
 // x^p, constant exponent p.
@@ -74,26 +69,27 @@ struct PowScalarParams : OpParams {
 };
 
 template <class T>
-const OpInfo<T>& pow_scalar_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = unary_row<T, PowScalarParams>(
-        "pow_scalar", kNoFlags,
-        [](T x, const PowScalarParams& q) { return q.p == 2 ? x * x : std::pow(x, static_cast<T>(q.p)); },
-        [](T x, T, T dy, const PowScalarParams& q) {
-          if (q.p == 0) return T(0);
-          return q.p == 2 ? dy * T(2) * x : dy * static_cast<T>(q.p) * std::pow(x, static_cast<T>(q.p - 1));
-        });
-    r.print_params = [](const OpParams* p) { return fmt::format("p={}", params_as<PowScalarParams>(p).p); };
-    r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<PowScalarParams>(p).p); };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<PowScalarParams>();
-      p->p = in.f64("p");
-      return p;
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> pow_scalar_row() {
+  auto r = unary_row<T, PowScalarParams>(
+      "pow_scalar", kNoFlags,
+      [](T x, const PowScalarParams& q) { return q.p == 2 ? x * x : std::pow(x, static_cast<T>(q.p)); },
+      [](T x, T, T dy, const PowScalarParams& q) {
+        if (q.p == 0) return T(0);
+        return q.p == 2 ? dy * T(2) * x : dy * static_cast<T>(q.p) * std::pow(x, static_cast<T>(q.p - 1));
+      });
+  r.print_params = [](const OpParams* p) { return fmt::format("p={}", params_as<PowScalarParams>(p).p); };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<PowScalarParams>(p).p); };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<PowScalarParams>();
+    p->p = in.f64("p");
+    return p;
+  };
+  return r;
 }
+
+// The family's op table (Note [Op tables]).
+#define TG_ARITHMETIC_ROWS(X) X(add) X(sub) X(mul) X(div) X(neg) X(pow) X(pow_scalar)
+TG_OP_TABLE(arithmetic, TG_ARITHMETIC_ROWS)
 
 template <class T>
 Tracked<T> pow_tracked(const Operand<T>& x, const Operand<T>& y, const std::source_location& where) {
@@ -101,20 +97,6 @@ Tracked<T> pow_tracked(const Operand<T>& x, const Operand<T>& y, const std::sour
 }
 template Tracked<float> pow_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> pow_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
-
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_arithmetic_ops() {
-  add_op<T>();
-  sub_op<T>();
-  mul_op<T>();
-  div_op<T>();
-  neg_op<T>();
-  pow_op<T>();
-  pow_scalar_op<T>();
-}
-template void register_arithmetic_ops<float>();
-template void register_arithmetic_ops<double>();
 
 }  // namespace tg::ops
 

@@ -1,27 +1,27 @@
-// Each op family's registration function (private to ops/): builtin_ops.cpp calls them all.
+// The op families (private to ops/): each one's register_<family>_ops<T>() is
+// made by its op table (op_table.hpp); register_builtin_ops calls them all.
 #pragma once
+
+// Every family with an op table. A family left out here fails at its first use
+// (Note [Op tables]).
+#define TG_OP_FAMILIES(X) \
+  X(arithmetic)           \
+  X(conv)                 \
+  X(filter)               \
+  X(loss)                 \
+  X(matmul)               \
+  X(pool)                 \
+  X(reduce)               \
+  X(shape)                \
+  X(softmax)              \
+  X(unary)
 
 namespace tg::ops {
 
-template <class T>
-void register_arithmetic_ops();
-template <class T>
-void register_conv_ops();
-template <class T>
-void register_filter_ops();
-template <class T>
-void register_loss_ops();
-template <class T>
-void register_matmul_ops();
-template <class T>
-void register_pool_ops();
-template <class T>
-void register_reduce_ops();
-template <class T>
-void register_shape_ops();
-template <class T>
-void register_softmax_ops();
-template <class T>
-void register_unary_ops();
+#define TG_DECLARE_FAMILY_REGISTRATION(family) \
+  template <class T>                           \
+  void register_##family##_ops();
+TG_OP_FAMILIES(TG_DECLARE_FAMILY_REGISTRATION)
+#undef TG_DECLARE_FAMILY_REGISTRATION
 
 }  // namespace tg::ops

@@ -13,6 +13,7 @@
 
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <fmt/format.h>
 
@@ -229,7 +230,7 @@ std::string print_list(const char* name, const std::vector<std::int64_t>& v) {
 }
 
 template <class T>
-OpInfo<T> conv_row(bool transpose) {
+OpInfo<T> conv_family_row(bool transpose) {
   OpInfo<T> r;
   r.name = op_name(transpose);
   r.arity = kVariadic;
@@ -309,12 +310,6 @@ OpInfo<T> conv_row(bool transpose) {
   return r;
 }
 
-template <class T>
-const OpInfo<T>& conv_op(bool transpose) {
-  static const OpInfo<T>& plain = Registry<T>::add(conv_row<T>(false));
-  static const OpInfo<T>& transposed = Registry<T>::add(conv_row<T>(true));
-  return transpose ? transposed : plain;
-}
 
 std::shared_ptr<ConvOpParams> make_params(const ConvParams& p, bool transpose) {
   auto cp = std::make_shared<ConvOpParams>();
@@ -326,16 +321,29 @@ std::shared_ptr<ConvOpParams> make_params(const ConvParams& p, bool transpose) {
 }  // namespace
 
 template <class T>
+OpInfo<T> conv_row() {
+  return conv_family_row<T>(false);
+}
+template <class T>
+OpInfo<T> conv_transpose_row() {
+  return conv_family_row<T>(true);
+}
+
+// The family's op table (Note [Op tables]).
+#define TG_CONV_ROWS(X) X(conv) X(conv_transpose)
+TG_OP_TABLE(conv, TG_CONV_ROWS)
+
+template <class T>
 Tracked<T> conv_tracked(std::span<const Operand<T>> operands, const ConvParams& p, bool transpose,
                         const std::source_location& where) {
-  return record_op(conv_op<T>(transpose), make_params(p, transpose), operands, where);
+  return record_op((transpose ? conv_transpose_op<T>() : conv_op<T>()), make_params(p, transpose), operands, where);
 }
 
 template <class T>
 Array<T> conv_eval(std::span<const Array<T>* const> inputs, const ConvParams& p, bool transpose,
                    const std::source_location& where) {
   const auto cp = make_params(p, transpose);
-  return evaluate_op(conv_op<T>(transpose), cp.get(), inputs, where);
+  return evaluate_op((transpose ? conv_transpose_op<T>() : conv_op<T>()), cp.get(), inputs, where);
 }
 
 #define TG_INSTANTIATE(T)                                                                                          \
@@ -345,13 +353,5 @@ TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_conv_ops() {
-  conv_op<T>(false);
-  conv_op<T>(true);
-}
-template void register_conv_ops<float>();
-template void register_conv_ops<double>();
 
 }  // namespace tg::ops

@@ -6,6 +6,7 @@
 #include "tapegrad/ops/filter.hpp"
 
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <fmt/format.h>
 
@@ -154,7 +155,7 @@ T fill_value(const FilterOpParams& p, std::span<const Array<T>* const> inputs) {
 }
 
 template <class T>
-OpInfo<T> filter_row(bool convolve) {
+OpInfo<T> filter_family_row(bool convolve) {
   OpInfo<T> r;
   r.name = convolve ? "convolve" : "correlate";
   r.arity = kVariadic;
@@ -228,13 +229,6 @@ OpInfo<T> filter_row(bool convolve) {
   return r;
 }
 
-template <class T>
-const OpInfo<T>& filter_op(bool convolve) {
-  static const OpInfo<T>& correlate_row = Registry<T>::add(filter_row<T>(false));
-  static const OpInfo<T>& convolve_row = Registry<T>::add(filter_row<T>(true));
-  return convolve ? convolve_row : correlate_row;
-}
-
 std::shared_ptr<FilterOpParams> make_params(const FilterParams& u, bool convolve, std::int64_t axis) {
   auto p = std::make_shared<FilterOpParams>();
   p->user = u;
@@ -246,16 +240,29 @@ std::shared_ptr<FilterOpParams> make_params(const FilterParams& u, bool convolve
 }  // namespace
 
 template <class T>
+OpInfo<T> correlate_row() {
+  return filter_family_row<T>(false);
+}
+template <class T>
+OpInfo<T> convolve_row() {
+  return filter_family_row<T>(true);
+}
+
+// The family's op table (Note [Op tables]).
+#define TG_FILTER_ROWS(X) X(correlate) X(convolve)
+TG_OP_TABLE(filter, TG_FILTER_ROWS)
+
+template <class T>
 Tracked<T> filter_tracked(std::span<const Operand<T>> operands, const FilterParams& p, bool convolve, std::int64_t axis,
                           const std::source_location& where) {
-  return record_op(filter_op<T>(convolve), make_params(p, convolve, axis), operands, where);
+  return record_op((convolve ? convolve_op<T>() : correlate_op<T>()), make_params(p, convolve, axis), operands, where);
 }
 
 template <class T>
 Array<T> filter_eval(std::span<const Array<T>* const> inputs, const FilterParams& p, bool convolve, std::int64_t axis,
                      const std::source_location& where) {
   const auto params = make_params(p, convolve, axis);
-  return evaluate_op(filter_op<T>(convolve), params.get(), inputs, where);
+  return evaluate_op((convolve ? convolve_op<T>() : correlate_op<T>()), params.get(), inputs, where);
 }
 
 #define TG_INSTANTIATE(T)                                                                                        \
@@ -267,14 +274,6 @@ TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_filter_ops() {
-  filter_op<T>(false);
-  filter_op<T>(true);
-}
-template void register_filter_ops<float>();
-template void register_filter_ops<double>();
 
 }  // namespace ops
 }  // namespace tg

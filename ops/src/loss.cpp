@@ -4,6 +4,7 @@
 #include "tapegrad/ops/loss.hpp"
 
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <cmath>
 
@@ -16,40 +17,37 @@ namespace tg::ops {
 
 // ---- mse --------------------------------------------------------------------
 template <class T>
-const OpInfo<T>& mse_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    OpInfo<T> r;
-    r.name = "mse";
-    r.arity = 2;
-    r.shape = [](const OpParams*, std::span<const Shape* const> s) {
-      if (!(*s[0] == *s[1]))
-        fail("mse", fmt::format("prediction {} and target {} shapes must be equal; hint: reshape the target "
-                                "(mse does not broadcast, to avoid silently averaging the wrong pairs)",
-                                to_string(*s[0]), to_string(*s[1])));
-      if (s[0]->size() == 0) fail("mse", "empty prediction has no mean expected at least one element");
-      return Shape{};
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const T *p = c.inputs[0]->data(), *t = c.inputs[1]->data();
-      const std::int64_t n = c.inputs[0]->size();
-      T acc = T(0);
-      for (std::int64_t i = 0; i < n; ++i) acc += (p[i] - t[i]) * (p[i] - t[i]);
-      c.output.data()[0] = acc / static_cast<T>(n);
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      const T *p = c.inputs[0]->data(), *t = c.inputs[1]->data();
-      const std::int64_t n = c.inputs[0]->size();
-      const T scale = T(2) * c.output_adjoint.data()[0] / static_cast<T>(n);
-      Array<T>*dp = c.input_adjoints[0], *dt = c.input_adjoints[1];
-      for (std::int64_t i = 0; i < n; ++i) {
-        const T d = scale * (p[i] - t[i]);
-        if (dp) dp->data()[i] += d;
-        if (dt) dt->data()[i] -= d;
-      }
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> mse_row() {
+  OpInfo<T> r;
+  r.name = "mse";
+  r.arity = 2;
+  r.shape = [](const OpParams*, std::span<const Shape* const> s) {
+    if (!(*s[0] == *s[1]))
+      fail("mse", fmt::format("prediction {} and target {} shapes must be equal; hint: reshape the target "
+                              "(mse does not broadcast, to avoid silently averaging the wrong pairs)",
+                              to_string(*s[0]), to_string(*s[1])));
+    if (s[0]->size() == 0) fail("mse", "empty prediction has no mean expected at least one element");
+    return Shape{};
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const T *p = c.inputs[0]->data(), *t = c.inputs[1]->data();
+    const std::int64_t n = c.inputs[0]->size();
+    T acc = T(0);
+    for (std::int64_t i = 0; i < n; ++i) acc += (p[i] - t[i]) * (p[i] - t[i]);
+    c.output.data()[0] = acc / static_cast<T>(n);
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const T *p = c.inputs[0]->data(), *t = c.inputs[1]->data();
+    const std::int64_t n = c.inputs[0]->size();
+    const T scale = T(2) * c.output_adjoint.data()[0] / static_cast<T>(n);
+    Array<T>*dp = c.input_adjoints[0], *dt = c.input_adjoints[1];
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T d = scale * (p[i] - t[i]);
+      if (dp) dp->data()[i] += d;
+      if (dt) dt->data()[i] -= d;
+    }
+  };
+  return r;
 }
 
 // ---- cross_entropy ----------------------------------------------------------
@@ -67,52 +65,53 @@ std::int64_t label_at(const Array<T>& labels, std::int64_t i, std::int64_t class
 }  // namespace
 
 template <class T>
-const OpInfo<T>& cross_entropy_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    OpInfo<T> r;
-    r.name = "cross_entropy";
-    r.arity = 2;
-    r.n_saved = 1;  // softmax probabilities (N, C), for the pullback
-    r.shape = [](const OpParams*, std::span<const Shape* const> s) {
-      const Shape &logits = *s[0], &labels = *s[1];
-      if (logits.rank() != 2)
-        fail("cross_entropy", fmt::format("logits have shape {} expected (N, C); hint: reshape to (-1, classes)", to_string(logits)));
-      if (labels.rank() != 1 || labels[0] != logits[0])
-        fail("cross_entropy", fmt::format("labels have shape {} expected ({}) one label per row of logits {}", to_string(labels),
-                                          logits[0], to_string(logits)));
-      if (logits[0] == 0 || logits[1] == 0)
-        fail("cross_entropy", fmt::format("logits {} are empty expected at least one row and one class", to_string(logits)));
-      return Shape{};
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const Array<T>&x = *c.inputs[0], &labels = *c.inputs[1];
-      const std::int64_t n = x.shape()[0], classes = x.shape()[1];
-      Array<T>& probs = c.saved[0];
-      if (!(probs.shape() == x.shape())) probs = Array<T>::uninitialized(x.shape());
-      kernels::softmax_forward<true>(x.data(), probs.data(), {n, classes, 1});  // log-probabilities
-      T loss = T(0);
-      for (std::int64_t i = 0; i < n; ++i) loss -= probs.data()[i * classes + label_at(labels, i, classes)];
-      for (auto& v : probs) v = std::exp(v);
-      c.output.data()[0] = loss / static_cast<T>(n);
-    };
-    // dlogits += dloss / N * (softmax - onehot(labels)); labels: Note [Labels are not differentiable].
-    r.pullback = [](const PullbackCall<T>& c) {
-      Array<T>* dx = c.input_adjoints[0];
-      if (!dx) return;
-      const Array<T>&probs = c.saved[0], &labels = *c.inputs[1];
-      const std::int64_t n = probs.shape()[0], classes = probs.shape()[1];
-      const T scale = c.output_adjoint.data()[0] / static_cast<T>(n);
-      for (std::int64_t i = 0; i < n; ++i) {
-        T* row_grad = dx->data() + i * classes;
-        const T* p = probs.data() + i * classes;
-        for (std::int64_t j = 0; j < classes; ++j) row_grad[j] += scale * p[j];
-        row_grad[label_at(labels, i, classes)] -= scale;
-      }
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> cross_entropy_row() {
+  OpInfo<T> r;
+  r.name = "cross_entropy";
+  r.arity = 2;
+  r.n_saved = 1;  // softmax probabilities (N, C), for the pullback
+  r.shape = [](const OpParams*, std::span<const Shape* const> s) {
+    const Shape &logits = *s[0], &labels = *s[1];
+    if (logits.rank() != 2)
+      fail("cross_entropy", fmt::format("logits have shape {} expected (N, C); hint: reshape to (-1, classes)", to_string(logits)));
+    if (labels.rank() != 1 || labels[0] != logits[0])
+      fail("cross_entropy", fmt::format("labels have shape {} expected ({}) one label per row of logits {}", to_string(labels),
+                                        logits[0], to_string(logits)));
+    if (logits[0] == 0 || logits[1] == 0)
+      fail("cross_entropy", fmt::format("logits {} are empty expected at least one row and one class", to_string(logits)));
+    return Shape{};
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const Array<T>&x = *c.inputs[0], &labels = *c.inputs[1];
+    const std::int64_t n = x.shape()[0], classes = x.shape()[1];
+    Array<T>& probs = c.saved[0];
+    if (!(probs.shape() == x.shape())) probs = Array<T>::uninitialized(x.shape());
+    kernels::softmax_forward<true>(x.data(), probs.data(), {n, classes, 1});  // log-probabilities
+    T loss = T(0);
+    for (std::int64_t i = 0; i < n; ++i) loss -= probs.data()[i * classes + label_at(labels, i, classes)];
+    for (auto& v : probs) v = std::exp(v);
+    c.output.data()[0] = loss / static_cast<T>(n);
+  };
+  // dlogits += dloss / N * (softmax - onehot(labels)); labels: Note [Labels are not differentiable].
+  r.pullback = [](const PullbackCall<T>& c) {
+    Array<T>* dx = c.input_adjoints[0];
+    if (!dx) return;
+    const Array<T>&probs = c.saved[0], &labels = *c.inputs[1];
+    const std::int64_t n = probs.shape()[0], classes = probs.shape()[1];
+    const T scale = c.output_adjoint.data()[0] / static_cast<T>(n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      T* row_grad = dx->data() + i * classes;
+      const T* p = probs.data() + i * classes;
+      for (std::int64_t j = 0; j < classes; ++j) row_grad[j] += scale * p[j];
+      row_grad[label_at(labels, i, classes)] -= scale;
+    }
+  };
+  return r;
 }
+
+// The family's op table (Note [Op tables]).
+#define TG_LOSS_ROWS(X) X(mse) X(cross_entropy)
+TG_OP_TABLE(loss, TG_LOSS_ROWS)
 
 template <class T>
 Tracked<T> mse_tracked(const Operand<T>& pred, const Operand<T>& target, const std::source_location& where) {
@@ -135,14 +134,6 @@ template Tracked<double> mse_tracked(const Operand<double>&, const Operand<doubl
 template Tracked<float> cross_entropy_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> cross_entropy_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_loss_ops() {
-  mse_op<T>();
-  cross_entropy_op<T>();
-}
-template void register_loss_ops<float>();
-template void register_loss_ops<double>();
 
 }  // namespace tg::ops
 

@@ -5,6 +5,7 @@
 
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <fmt/format.h>
 
@@ -63,55 +64,56 @@ void for_each_batch(const MatmulGeometry& g, F f) {
 }  // namespace
 
 template <class T>
-const OpInfo<T>& matmul_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    OpInfo<T> r;
-    r.name = "matmul";
-    r.arity = 2;
-    r.flags = kPullbackIgnoresOutput | kPullbackCanAssign;
-    r.shape = [](const OpParams*, std::span<const Shape* const> s) {
-      const auto g = matmul_geometry(*s[0], *s[1]);
-      Shape out = g.batch;
-      out.push_back(g.m);
-      out.push_back(g.n);
-      return out;
+OpInfo<T> matmul_row() {
+  OpInfo<T> r;
+  r.name = "matmul";
+  r.arity = 2;
+  r.flags = kPullbackIgnoresOutput | kPullbackCanAssign;
+  r.shape = [](const OpParams*, std::span<const Shape* const> s) {
+    const auto g = matmul_geometry(*s[0], *s[1]);
+    Shape out = g.batch;
+    out.push_back(g.m);
+    out.push_back(g.n);
+    return out;
+  };
+  r.flops = [](const OpParams*, std::span<const Shape* const> s, const Shape& out) {
+    return 2.0 * double(out.size()) * double(s[0]->back());  // a multiply and an add per (output, k)
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const T *A = c.inputs[0]->data(), *B = c.inputs[1]->data();
+    const auto g = matmul_geometry(c.inputs[0]->shape(), c.inputs[1]->shape());
+    for_each_batch(g, [&](std::int64_t oa, std::int64_t ob, std::int64_t oc) {
+      // C (m x n) = A (m x k) . B (k x n)
+      kernels::gemm(false, false, g.m, g.n, g.k, T(1), A + oa, g.k, B + ob, g.n, T(0), c.output.data() + oc, g.n);
+    });
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const T *A = c.inputs[0]->data(), *B = c.inputs[1]->data(), *dC = c.output_adjoint.data();
+    const auto g = matmul_geometry(c.inputs[0]->shape(), c.inputs[1]->shape());
+    Array<T>*dA = c.input_adjoints[0], *dB = c.input_adjoints[1];
+    // An assigned adjoint (Note [Assigned adjoints]) is written with beta 0 when each
+    // batch has a block of its own; a broadcast operand's blocks sum batches: zeroed first.
+    const std::int64_t batches = c.output.size() / std::max<std::int64_t>(1, g.m * g.n);
+    auto beta_for = [&](std::size_t i, std::int64_t block) {
+      if (!c.assigns(i)) return T(1);
+      if (c.inputs[i]->size() == batches * block) return T(0);
+      zero_if_assigned(c, i);
+      return T(1);
     };
-    r.flops = [](const OpParams*, std::span<const Shape* const> s, const Shape& out) {
-      return 2.0 * double(out.size()) * double(s[0]->back());  // a multiply and an add per (output, k)
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const T *A = c.inputs[0]->data(), *B = c.inputs[1]->data();
-      const auto g = matmul_geometry(c.inputs[0]->shape(), c.inputs[1]->shape());
-      for_each_batch(g, [&](std::int64_t oa, std::int64_t ob, std::int64_t oc) {
-        // C (m x n) = A (m x k) . B (k x n)
-        kernels::gemm(false, false, g.m, g.n, g.k, T(1), A + oa, g.k, B + ob, g.n, T(0), c.output.data() + oc, g.n);
-      });
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      const T *A = c.inputs[0]->data(), *B = c.inputs[1]->data(), *dC = c.output_adjoint.data();
-      const auto g = matmul_geometry(c.inputs[0]->shape(), c.inputs[1]->shape());
-      Array<T>*dA = c.input_adjoints[0], *dB = c.input_adjoints[1];
-      // An assigned adjoint (Note [Assigned adjoints]) is written with beta 0 when each
-      // batch has a block of its own; a broadcast operand's blocks sum batches: zeroed first.
-      const std::int64_t batches = c.output.size() / std::max<std::int64_t>(1, g.m * g.n);
-      auto beta_for = [&](std::size_t i, std::int64_t block) {
-        if (!c.assigns(i)) return T(1);
-        if (c.inputs[i]->size() == batches * block) return T(0);
-        zero_if_assigned(c, i);
-        return T(1);
-      };
-      const T beta_a = dA ? beta_for(0, g.m * g.k) : T(1), beta_b = dB ? beta_for(1, g.k * g.n) : T(1);
-      for_each_batch(g, [&](std::int64_t oa, std::int64_t ob, std::int64_t oc) {
-        // dA (m x k) (+)= dC (m x n) . B^T (n x k); broadcast batches fold by accumulation
-        if (dA) kernels::gemm(false, true, g.m, g.k, g.n, T(1), dC + oc, g.n, B + ob, g.n, beta_a, dA->data() + oa, g.k);
-        // dB (k x n) (+)= A^T (k x m) . dC (m x n)
-        if (dB) kernels::gemm(true, false, g.k, g.n, g.m, T(1), A + oa, g.k, dC + oc, g.n, beta_b, dB->data() + ob, g.n);
-      });
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+    const T beta_a = dA ? beta_for(0, g.m * g.k) : T(1), beta_b = dB ? beta_for(1, g.k * g.n) : T(1);
+    for_each_batch(g, [&](std::int64_t oa, std::int64_t ob, std::int64_t oc) {
+      // dA (m x k) (+)= dC (m x n) . B^T (n x k); broadcast batches fold by accumulation
+      if (dA) kernels::gemm(false, true, g.m, g.k, g.n, T(1), dC + oc, g.n, B + ob, g.n, beta_a, dA->data() + oa, g.k);
+      // dB (k x n) (+)= A^T (k x m) . dC (m x n)
+      if (dB) kernels::gemm(true, false, g.k, g.n, g.m, T(1), A + oa, g.k, dC + oc, g.n, beta_b, dB->data() + ob, g.n);
+    });
+  };
+  return r;
 }
+
+// The family's op table (Note [Op tables]).
+#define TG_MATMUL_ROWS(X) X(matmul)
+TG_OP_TABLE(matmul, TG_MATMUL_ROWS)
 
 template <class T>
 Tracked<T> matmul_tracked(const Operand<T>& a, const Operand<T>& b, const std::source_location& where) {
@@ -120,13 +122,6 @@ Tracked<T> matmul_tracked(const Operand<T>& a, const Operand<T>& b, const std::s
 template Tracked<float> matmul_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> matmul_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_matmul_ops() {
-  matmul_op<T>();
-}
-template void register_matmul_ops<float>();
-template void register_matmul_ops<double>();
 
 }  // namespace tg::ops
 

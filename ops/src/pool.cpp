@@ -6,6 +6,7 @@
 
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <fmt/format.h>
 
@@ -144,17 +145,41 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   return r;
 }
 
+}  // namespace
+
+template <class T>
+OpInfo<T> maxpool_row() {
+  return pool_row<T>(PoolKind::max, false);
+}
+template <class T>
+OpInfo<T> meanpool_row() {
+  return pool_row<T>(PoolKind::mean, false);
+}
+template <class T>
+OpInfo<T> lppool_row() {
+  return pool_row<T>(PoolKind::lp, false);
+}
+template <class T>
+OpInfo<T> global_maxpool_row() {
+  return pool_row<T>(PoolKind::max, true);
+}
+template <class T>
+OpInfo<T> global_meanpool_row() {
+  return pool_row<T>(PoolKind::mean, true);
+}
+
+// The family's op table (Note [Op tables]).
+#define TG_POOL_ROWS(X) X(maxpool) X(meanpool) X(lppool) X(global_maxpool) X(global_meanpool)
+TG_OP_TABLE(pool, TG_POOL_ROWS)
+
+namespace {
+
 template <class T>
 const OpInfo<T>& pool_op(PoolKind kind, bool global) {
-  static const OpInfo<T>& max_row = Registry<T>::add(pool_row<T>(PoolKind::max, false));
-  static const OpInfo<T>& mean_row = Registry<T>::add(pool_row<T>(PoolKind::mean, false));
-  static const OpInfo<T>& lp_row = Registry<T>::add(pool_row<T>(PoolKind::lp, false));
-  static const OpInfo<T>& global_max_row = Registry<T>::add(pool_row<T>(PoolKind::max, true));
-  static const OpInfo<T>& global_mean_row = Registry<T>::add(pool_row<T>(PoolKind::mean, true));
   switch (kind) {
-    case PoolKind::max: return global ? global_max_row : max_row;
-    case PoolKind::mean: return global ? global_mean_row : mean_row;
-    default: return lp_row;
+    case PoolKind::max: return global ? global_maxpool_op<T>() : maxpool_op<T>();
+    case PoolKind::mean: return global ? global_meanpool_op<T>() : meanpool_op<T>();
+    default: return lppool_op<T>();
   }
 }
 
@@ -178,17 +203,6 @@ Array<T> pool_eval(const Array<T>& x, const PoolParams& u, PoolKind kind, bool g
 }
 
 }  // namespace
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_pool_ops() {
-  pool_op<T>(PoolKind::max, false);
-  pool_op<T>(PoolKind::mean, false);
-  pool_op<T>(PoolKind::lp, false);
-  pool_op<T>(PoolKind::max, true);
-  pool_op<T>(PoolKind::mean, true);
-}
-template void register_pool_ops<float>();
-template void register_pool_ops<double>();
 
 }  // namespace tg::ops
 

@@ -6,6 +6,7 @@
 
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <fmt/format.h>
 
@@ -51,7 +52,7 @@ std::int64_t reduced_count(const Shape& in, const kernels::AxisMask& mask) {
 enum class Kind { sum, mean, max, min };
 
 template <class T>
-OpInfo<T> reduce_row(const char* name, Kind kind) {
+OpInfo<T> reduce_family_row(const char* name, Kind kind) {
   OpInfo<T> row;
   row.name = name;
   row.arity = 1;
@@ -121,25 +122,24 @@ OpInfo<T> reduce_row(const char* name, Kind kind) {
 }  // namespace
 
 template <class T>
-const OpInfo<T>& sum_op() {
-  static const auto& row = Registry<T>::add(reduce_row<T>("sum", Kind::sum));
-  return row;
+OpInfo<T> sum_row() {
+  return reduce_family_row<T>("sum", Kind::sum);
 }
 template <class T>
-const OpInfo<T>& mean_op() {
-  static const auto& row = Registry<T>::add(reduce_row<T>("mean", Kind::mean));
-  return row;
+OpInfo<T> mean_row() {
+  return reduce_family_row<T>("mean", Kind::mean);
 }
 template <class T>
-const OpInfo<T>& max_op() {
-  static const auto& row = Registry<T>::add(reduce_row<T>("max", Kind::max));
-  return row;
+OpInfo<T> max_row() {
+  return reduce_family_row<T>("max", Kind::max);
 }
 template <class T>
-const OpInfo<T>& min_op() {
-  static const auto& row = Registry<T>::add(reduce_row<T>("min", Kind::min));
-  return row;
+OpInfo<T> min_row() {
+  return reduce_family_row<T>("min", Kind::min);
 }
+
+// The family's op table (Note [Op tables]).
+TG_OP_TABLE(reduce, TG_REDUCTIONS)
 
 std::shared_ptr<const ReduceParams> reduce_params(const Axes* axes, bool keepdims) {
   auto p = std::make_shared<ReduceParams>();
@@ -149,16 +149,6 @@ std::shared_ptr<const ReduceParams> reduce_params(const Axes* axes, bool keepdim
   return p;
 }
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_reduce_ops() {
-  sum_op<T>();
-  mean_op<T>();
-  max_op<T>();
-  min_op<T>();
-}
-template void register_reduce_ops<float>();
-template void register_reduce_ops<double>();
 
 }  // namespace tg::ops
 
@@ -189,10 +179,7 @@ namespace tg {
   template Array<double> name(const Array<double>&, std::source_location);                                 \
   template Array<float> name(const Array<float>&, const Axes&, bool, std::source_location);                \
   template Array<double> name(const Array<double>&, const Axes&, bool, std::source_location);
-TG_DEFINE_REDUCTION(sum)
-TG_DEFINE_REDUCTION(mean)
-TG_DEFINE_REDUCTION(max)
-TG_DEFINE_REDUCTION(min)
+TG_REDUCTIONS(TG_DEFINE_REDUCTION)
 #undef TG_DEFINE_REDUCTION
 
 }  // namespace tg

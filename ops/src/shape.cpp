@@ -6,6 +6,7 @@
 #include "tapegrad/ops/shape.hpp"
 
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -40,31 +41,28 @@ struct ReshapeParams : OpParams {
 };
 
 template <class T>
-const OpInfo<T>& reshape_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = base_row<T>("reshape", 1);
-    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-      return resolve_reshape(*s[0], params_as<ReshapeParams>(p).target, "reshape");
-    };
-    r.print_params = [](const OpParams* p) { return fmt::format("shape={}", to_string(params_as<ReshapeParams>(p).target)); };
-    r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<ReshapeParams>(p).target.dims()); };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<ReshapeParams>();
-      p->target = Shape(std::span<const std::int64_t>(in.list("shape")));
-      return p;
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      if (c.output.size() > 0) std::memcpy(c.output.data(), c.inputs[0]->data(), sizeof(T) * c.output.size());
-    };
-    r.flags |= kPullbackCanAssign | kView;  // a compiled program gives it its input's bytes (Note [Views share buffers])
-    r.pullback = [](const PullbackCall<T>& c) {
-      Array<T>& gx = *c.input_adjoints[0];
-      if (!c.assigns(0)) add_into(c.output_adjoint, gx);
-      else if (gx.size() > 0) std::memcpy(gx.data(), c.output_adjoint.data(), sizeof(T) * gx.size());
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> reshape_row() {
+  auto r = base_row<T>("reshape", 1);
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    return resolve_reshape(*s[0], params_as<ReshapeParams>(p).target, "reshape");
+  };
+  r.print_params = [](const OpParams* p) { return fmt::format("shape={}", to_string(params_as<ReshapeParams>(p).target)); };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<ReshapeParams>(p).target.dims()); };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<ReshapeParams>();
+    p->target = Shape(std::span<const std::int64_t>(in.list("shape")));
+    return p;
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    if (c.output.size() > 0) std::memcpy(c.output.data(), c.inputs[0]->data(), sizeof(T) * c.output.size());
+  };
+  r.flags |= kPullbackCanAssign | kView;  // a compiled program gives it its input's bytes (Note [Views share buffers])
+  r.pullback = [](const PullbackCall<T>& c) {
+    Array<T>& gx = *c.input_adjoints[0];
+    if (!c.assigns(0)) add_into(c.output_adjoint, gx);
+    else if (gx.size() > 0) std::memcpy(gx.data(), c.output_adjoint.data(), sizeof(T) * gx.size());
+  };
+  return r;
 }
 
 // ---- permute ----------------------------------------------------------------
@@ -95,35 +93,32 @@ Strides permuted_strides(const Shape& in, const std::vector<std::int64_t>& perm)
 }  // namespace
 
 template <class T>
-const OpInfo<T>& permute_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = base_row<T>("permute", 1);
-    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-      const auto& perm = params_as<PermuteParams>(p).perm;
-      check_perm(perm, s[0]->rank());
-      Shape out = *s[0];
-      for (std::size_t i = 0; i < perm.size(); ++i) out[i] = (*s[0])[static_cast<std::size_t>(perm[i])];
-      return out;
-    };
-    r.print_params = [](const OpParams* p) { return fmt::format("perm=[{}]", fmt::join(params_as<PermuteParams>(p).perm, ",")); };
-    r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<PermuteParams>(p).perm); };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<PermuteParams>();
-      p->perm = in.list("perm");
-      return p;
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const Strides src = permuted_strides(c.inputs[0]->shape(), params_as<PermuteParams>(c.params).perm);
-      kernels::strided_copy<false>(c.output.shape(), c.inputs[0]->data(), src, c.output.data(), contiguous_strides(c.output.shape()));
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      const Strides dst = permuted_strides(c.inputs[0]->shape(), params_as<PermuteParams>(c.params).perm);
-      kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
-                                  c.input_adjoints[0]->data(), dst);
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> permute_row() {
+  auto r = base_row<T>("permute", 1);
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    const auto& perm = params_as<PermuteParams>(p).perm;
+    check_perm(perm, s[0]->rank());
+    Shape out = *s[0];
+    for (std::size_t i = 0; i < perm.size(); ++i) out[i] = (*s[0])[static_cast<std::size_t>(perm[i])];
+    return out;
+  };
+  r.print_params = [](const OpParams* p) { return fmt::format("perm=[{}]", fmt::join(params_as<PermuteParams>(p).perm, ",")); };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<PermuteParams>(p).perm); };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<PermuteParams>();
+    p->perm = in.list("perm");
+    return p;
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const Strides src = permuted_strides(c.inputs[0]->shape(), params_as<PermuteParams>(c.params).perm);
+    kernels::strided_copy<false>(c.output.shape(), c.inputs[0]->data(), src, c.output.data(), contiguous_strides(c.output.shape()));
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const Strides dst = permuted_strides(c.inputs[0]->shape(), params_as<PermuteParams>(c.params).perm);
+    kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
+                                c.input_adjoints[0]->data(), dst);
+  };
+  return r;
 }
 
 // ---- slice ------------------------------------------------------------------
@@ -166,44 +161,41 @@ std::pair<Strides, std::int64_t> slice_view(const SliceParams& p, const Shape& i
 }  // namespace
 
 template <class T>
-const OpInfo<T>& slice_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = base_row<T>("slice", 1);
-    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-      const auto g = slice_geometry(params_as<SliceParams>(p), *s[0]);
-      Shape out = *s[0];
-      out[g.axis] = g.count;
-      return out;
-    };
-    r.print_params = [](const OpParams* p) {
-      const auto& q = params_as<SliceParams>(p);
-      return fmt::format("axis={} start={} stop={} step={}", q.axis, q.start, q.stop, q.step);
-    };
-    r.save_params = [](const OpParams* p, ParamWriter& w) {
-      const auto& q = params_as<SliceParams>(p);
-      for (auto v : {q.axis, q.start, q.stop, q.step}) w.i64(v);
-    };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<SliceParams>();
-      p->axis = in.i64("axis");
-      p->start = in.i64("start");
-      p->stop = in.i64("stop");
-      p->step = in.i64("step");
-      return p;
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const auto [st, offset] = slice_view(params_as<SliceParams>(c.params), c.inputs[0]->shape());
-      kernels::strided_copy<false>(c.output.shape(), c.inputs[0]->data() + offset, st, c.output.data(),
-                                   contiguous_strides(c.output.shape()));
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      const auto [st, offset] = slice_view(params_as<SliceParams>(c.params), c.inputs[0]->shape());
-      kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
-                                  c.input_adjoints[0]->data() + offset, st);
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> slice_row() {
+  auto r = base_row<T>("slice", 1);
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    const auto g = slice_geometry(params_as<SliceParams>(p), *s[0]);
+    Shape out = *s[0];
+    out[g.axis] = g.count;
+    return out;
+  };
+  r.print_params = [](const OpParams* p) {
+    const auto& q = params_as<SliceParams>(p);
+    return fmt::format("axis={} start={} stop={} step={}", q.axis, q.start, q.stop, q.step);
+  };
+  r.save_params = [](const OpParams* p, ParamWriter& w) {
+    const auto& q = params_as<SliceParams>(p);
+    for (auto v : {q.axis, q.start, q.stop, q.step}) w.i64(v);
+  };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<SliceParams>();
+    p->axis = in.i64("axis");
+    p->start = in.i64("start");
+    p->stop = in.i64("stop");
+    p->step = in.i64("step");
+    return p;
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto [st, offset] = slice_view(params_as<SliceParams>(c.params), c.inputs[0]->shape());
+    kernels::strided_copy<false>(c.output.shape(), c.inputs[0]->data() + offset, st, c.output.data(),
+                                 contiguous_strides(c.output.shape()));
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const auto [st, offset] = slice_view(params_as<SliceParams>(c.params), c.inputs[0]->shape());
+    kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
+                                c.input_adjoints[0]->data() + offset, st);
+  };
+  return r;
 }
 
 // ---- concat -----------------------------------------------------------------
@@ -221,56 +213,53 @@ std::int64_t outer_of(const Shape& s, std::size_t axis) {
 }  // namespace
 
 template <class T>
-const OpInfo<T>& concat_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = base_row<T>("concat", kVariadic);
-    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-      const Shape& first = *s[0];
-      const std::size_t axis = normalize_axis(params_as<ConcatParams>(p).axis, first.rank(), "concat");
-      Shape out = first;
-      for (std::size_t k = 1; k < s.size(); ++k) {
-        bool ok = s[k]->rank() == first.rank();
-        for (std::size_t i = 0; ok && i < first.rank(); ++i) ok = i == axis || (*s[k])[i] == first[i];
-        if (!ok)
-          fail("concat", fmt::format("input {} has shape {} but input 0 has {} all dimensions except axis {} must match",
-                                     k, to_string(*s[k]), to_string(first), axis));
-        out[axis] += (*s[k])[axis];
-      }
-      return out;
-    };
-    r.print_params = [](const OpParams* p) { return fmt::format("axis={}", params_as<ConcatParams>(p).axis); };
-    r.save_params = [](const OpParams* p, ParamWriter& w) { w.i64(params_as<ConcatParams>(p).axis); };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<ConcatParams>();
-      p->axis = in.i64("axis");
-      return p;
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const std::size_t axis = normalize_axis(params_as<ConcatParams>(c.params).axis, c.output.rank(), "concat");
-      const std::int64_t outer = outer_of(c.output.shape(), axis), out_row = c.output.size() / std::max<std::int64_t>(outer, 1);
-      std::int64_t col = 0;
-      for (const Array<T>* in : c.inputs) {
-        const std::int64_t in_row = outer ? in->size() / outer : 0;
+OpInfo<T> concat_row() {
+  auto r = base_row<T>("concat", kVariadic);
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    const Shape& first = *s[0];
+    const std::size_t axis = normalize_axis(params_as<ConcatParams>(p).axis, first.rank(), "concat");
+    Shape out = first;
+    for (std::size_t k = 1; k < s.size(); ++k) {
+      bool ok = s[k]->rank() == first.rank();
+      for (std::size_t i = 0; ok && i < first.rank(); ++i) ok = i == axis || (*s[k])[i] == first[i];
+      if (!ok)
+        fail("concat", fmt::format("input {} has shape {} but input 0 has {} all dimensions except axis {} must match",
+                                   k, to_string(*s[k]), to_string(first), axis));
+      out[axis] += (*s[k])[axis];
+    }
+    return out;
+  };
+  r.print_params = [](const OpParams* p) { return fmt::format("axis={}", params_as<ConcatParams>(p).axis); };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.i64(params_as<ConcatParams>(p).axis); };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<ConcatParams>();
+    p->axis = in.i64("axis");
+    return p;
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const std::size_t axis = normalize_axis(params_as<ConcatParams>(c.params).axis, c.output.rank(), "concat");
+    const std::int64_t outer = outer_of(c.output.shape(), axis), out_row = c.output.size() / std::max<std::int64_t>(outer, 1);
+    std::int64_t col = 0;
+    for (const Array<T>* in : c.inputs) {
+      const std::int64_t in_row = outer ? in->size() / outer : 0;
+      for (std::int64_t o = 0; o < outer; ++o)
+        std::copy(in->data() + o * in_row, in->data() + (o + 1) * in_row, c.output.data() + o * out_row + col);
+      col += in_row;
+    }
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const std::size_t axis = normalize_axis(params_as<ConcatParams>(c.params).axis, c.output.rank(), "concat");
+    const std::int64_t outer = outer_of(c.output.shape(), axis), out_row = c.output.size() / std::max<std::int64_t>(outer, 1);
+    std::int64_t col = 0;
+    for (std::size_t k = 0; k < c.inputs.size(); ++k) {
+      const std::int64_t in_row = outer ? c.inputs[k]->size() / outer : 0;
+      if (Array<T>* g = c.input_adjoints[k])
         for (std::int64_t o = 0; o < outer; ++o)
-          std::copy(in->data() + o * in_row, in->data() + (o + 1) * in_row, c.output.data() + o * out_row + col);
-        col += in_row;
-      }
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      const std::size_t axis = normalize_axis(params_as<ConcatParams>(c.params).axis, c.output.rank(), "concat");
-      const std::int64_t outer = outer_of(c.output.shape(), axis), out_row = c.output.size() / std::max<std::int64_t>(outer, 1);
-      std::int64_t col = 0;
-      for (std::size_t k = 0; k < c.inputs.size(); ++k) {
-        const std::int64_t in_row = outer ? c.inputs[k]->size() / outer : 0;
-        if (Array<T>* g = c.input_adjoints[k])
-          for (std::int64_t o = 0; o < outer; ++o)
-            for (std::int64_t j = 0; j < in_row; ++j) g->data()[o * in_row + j] += c.output_adjoint.data()[o * out_row + col + j];
-        col += in_row;
-      }
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+          for (std::int64_t j = 0; j < in_row; ++j) g->data()[o * in_row + j] += c.output_adjoint.data()[o * out_row + col + j];
+      col += in_row;
+    }
+  };
+  return r;
 }
 
 // ---- broadcast_to -----------------------------------------------------------
@@ -279,47 +268,36 @@ struct BroadcastParams : OpParams {
 };
 
 template <class T>
-const OpInfo<T>& broadcast_to_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = base_row<T>("broadcast_to", 1);
-    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-      const Shape& target = params_as<BroadcastParams>(p).target;
-      if (!(broadcast_shapes(*s[0], target, "broadcast_to") == target))
-        fail("broadcast_to", fmt::format("shape {} does not broadcast to {} expected each dimension to match or be 1",
-                                         to_string(*s[0]), to_string(target)));
-      return target;
-    };
-    r.print_params = [](const OpParams* p) { return fmt::format("shape={}", to_string(params_as<BroadcastParams>(p).target)); };
-    r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<BroadcastParams>(p).target.dims()); };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<BroadcastParams>();
-      p->target = Shape(std::span<const std::int64_t>(in.list("shape")));
-      return p;
-    };
-    r.forward = [](const ForwardCall<T>& c) {
-      const Shape& so = c.output.shape();
-      kernels::strided_copy<false>(so, c.inputs[0]->data(), broadcast_strides(c.inputs[0]->shape(), so), c.output.data(),
-                                   contiguous_strides(so));
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      kernels::sum_accumulate(c.output_adjoint.data(), c.output.shape(), c.input_adjoints[0]->data(), c.inputs[0]->shape());
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> broadcast_to_row() {
+  auto r = base_row<T>("broadcast_to", 1);
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    const Shape& target = params_as<BroadcastParams>(p).target;
+    if (!(broadcast_shapes(*s[0], target, "broadcast_to") == target))
+      fail("broadcast_to", fmt::format("shape {} does not broadcast to {} expected each dimension to match or be 1",
+                                       to_string(*s[0]), to_string(target)));
+    return target;
+  };
+  r.print_params = [](const OpParams* p) { return fmt::format("shape={}", to_string(params_as<BroadcastParams>(p).target)); };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.list(params_as<BroadcastParams>(p).target.dims()); };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<BroadcastParams>();
+    p->target = Shape(std::span<const std::int64_t>(in.list("shape")));
+    return p;
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const Shape& so = c.output.shape();
+    kernels::strided_copy<false>(so, c.inputs[0]->data(), broadcast_strides(c.inputs[0]->shape(), so), c.output.data(),
+                                 contiguous_strides(so));
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    kernels::sum_accumulate(c.output_adjoint.data(), c.output.shape(), c.input_adjoints[0]->data(), c.inputs[0]->shape());
+  };
+  return r;
 }
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_shape_ops() {
-  reshape_op<T>();
-  permute_op<T>();
-  slice_op<T>();
-  concat_op<T>();
-  broadcast_to_op<T>();
-}
-template void register_shape_ops<float>();
-template void register_shape_ops<double>();
+// The family's op table (Note [Op tables]).
+#define TG_SHAPE_ROWS(X) X(reshape) X(permute) X(slice) X(concat) X(broadcast_to)
+TG_OP_TABLE(shape, TG_SHAPE_ROWS)
 
 }  // namespace tg::ops
 

@@ -4,6 +4,7 @@
 #include "tapegrad/ops/softmax.hpp"
 
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <fmt/format.h>
 
@@ -45,7 +46,7 @@ std::shared_ptr<const OpParams> load_axis(ParamReader& in) {
 }
 
 template <class T, bool Log>
-OpInfo<T> softmax_row(const char* name) {
+OpInfo<T> softmax_family_row(const char* name) {
   OpInfo<T> r;
   r.name = name;
   r.arity = 1;
@@ -71,47 +72,42 @@ OpInfo<T> softmax_row(const char* name) {
 }  // namespace
 
 template <class T>
-const OpInfo<T>& softmax_op() {
-  static const auto& row = Registry<T>::add(softmax_row<T, false>("softmax"));
-  return row;
+OpInfo<T> softmax_row() {
+  return softmax_family_row<T, false>("softmax");
 }
 template <class T>
-const OpInfo<T>& log_softmax_op() {
-  static const auto& row = Registry<T>::add(softmax_row<T, true>("log_softmax"));
-  return row;
+OpInfo<T> log_softmax_row() {
+  return softmax_family_row<T, true>("log_softmax");
 }
 
 template <class T>
-const OpInfo<T>& logsumexp_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    OpInfo<T> r;
-    r.name = "logsumexp";
-    r.arity = 1;
-    r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-      const auto& q = params_as<AxisParams>(p);
-      const std::size_t axis = normalize_axis(q.axis, s[0]->rank(), "logsumexp");
-      if ((*s[0])[axis] == 0) fail("logsumexp", fmt::format("axis of length 0 in shape {} expected at least one element", to_string(*s[0])));
-      Shape out;
-      for (std::size_t i = 0; i < s[0]->rank(); ++i) {
-        if (i != axis) out.push_back((*s[0])[i]);
-        else if (q.keepdims) out.push_back(1);
-      }
-      return out;
-    };
-    r.print_params = print_axis;
-    r.save_params = save_axis;
-    r.load_params = load_axis;
-    r.forward = [](const ForwardCall<T>& c) {
-      kernels::logsumexp_forward(c.inputs[0]->data(), c.output.data(),
-                                 axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
-    };
-    r.pullback = [](const PullbackCall<T>& c) {
-      kernels::logsumexp_backward(c.inputs[0]->data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
-                                  axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> logsumexp_row() {
+  OpInfo<T> r;
+  r.name = "logsumexp";
+  r.arity = 1;
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    const auto& q = params_as<AxisParams>(p);
+    const std::size_t axis = normalize_axis(q.axis, s[0]->rank(), "logsumexp");
+    if ((*s[0])[axis] == 0) fail("logsumexp", fmt::format("axis of length 0 in shape {} expected at least one element", to_string(*s[0])));
+    Shape out;
+    for (std::size_t i = 0; i < s[0]->rank(); ++i) {
+      if (i != axis) out.push_back((*s[0])[i]);
+      else if (q.keepdims) out.push_back(1);
+    }
+    return out;
+  };
+  r.print_params = print_axis;
+  r.save_params = save_axis;
+  r.load_params = load_axis;
+  r.forward = [](const ForwardCall<T>& c) {
+    kernels::logsumexp_forward(c.inputs[0]->data(), c.output.data(),
+                               axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    kernels::logsumexp_backward(c.inputs[0]->data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
+                                axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
+  };
+  return r;
 }
 
 std::shared_ptr<AxisParams> axis_params(std::int64_t axis, bool keepdims) {
@@ -121,15 +117,9 @@ std::shared_ptr<AxisParams> axis_params(std::int64_t axis, bool keepdims) {
   return p;
 }
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_softmax_ops() {
-  softmax_op<T>();
-  log_softmax_op<T>();
-  logsumexp_op<T>();
-}
-template void register_softmax_ops<float>();
-template void register_softmax_ops<double>();
+// The family's op table (Note [Op tables]).
+#define TG_SOFTMAX_ROWS(X) X(softmax) X(log_softmax) X(logsumexp)
+TG_OP_TABLE(softmax, TG_SOFTMAX_ROWS)
 
 }  // namespace tg::ops
 

@@ -5,6 +5,7 @@
 #include "tapegrad/ops/unary.hpp"
 
 #include "builtin_ops.hpp"
+#include "op_table.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -26,15 +27,10 @@ T stable_sigmoid(T x) {
 }
 
 template <class T, class Fwd, class Dfwd>
-OpInfo<T> unary(const char* name, Fwd fwd, Dfwd dfwd) {
+OpInfo<T> unary_plain(const char* name, Fwd fwd, Dfwd dfwd) {
   return unary_row<T, NoParams>(
       name, kNoFlags, [fwd](T x, const NoParams&) { return fwd(x); },
       [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
-}
-
-template <class T, class Fwd, class Dfwd>
-const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
-  return Registry<T>::add(unary<T>(name, fwd, dfwd));
 }
 
 // An op whose derivative follows from its output, with its epilogue hooks
@@ -42,7 +38,7 @@ const OpInfo<T>& add_unary(const char* name, Fwd fwd, Dfwd dfwd) {
 // function array_fwd(x, y, n) (y may be x): exp, tanh and sigmoid run
 // vectorised (Note [Vector math]), for the op, its epilogue and in a fused block alike.
 template <class T, class ArrayFwd, class Dfwd>
-const OpInfo<T>& add_unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd, std::uint32_t flags = kNoFlags) {
+OpInfo<T> unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd, std::uint32_t flags = kNoFlags) {
   OpInfo<T> row = unary_row_without_forward<T, NoParams>(
       name, flags, [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
   row.forward = [array_fwd](const ForwardCall<T>& c) {
@@ -54,7 +50,7 @@ const OpInfo<T>& add_unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd d
   row.epilogue_pullback = [dfwd](const OpParams*, const T* y, T* dy, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) dy[i] = dfwd(T(0), y[i], dy[i]);
   };
-  return Registry<T>::add(std::move(row));
+  return row;
 }
 
 // stable_sigmoid over an array: e = exp(-|x|) vectorised, then 1 / (1 + e) for
@@ -74,66 +70,59 @@ void vector_sigmoid(const T* x, T* y, std::int64_t n) {
   }
 }
 
-}  // namespace
+// ---- the rows ----
 
 template <class T>
-const OpInfo<T>& exp_op() {
-  static const auto& row = add_unary_epilogue<T>(
+OpInfo<T> exp_row() {
+  return unary_epilogue<T>(
       "exp", [](const T* x, T* y, std::int64_t n) { kernels::vector_exp(x, y, n); },  //
       [](T, T y, T dy) { return dy * y; });
-  return row;
 }
 template <class T>
-const OpInfo<T>& log_op() {
-  static const auto& row = add_unary<T>(
+OpInfo<T> log_row() {
+  return unary_plain<T>(
       "log", [](T x) { return std::log(x); },  //
       [](T x, T, T dy) { return dy / x; });
-  return row;
 }
 template <class T>
-const OpInfo<T>& sqrt_op() {
-  static const auto& row = add_unary<T>(
+OpInfo<T> sqrt_row() {
+  return unary_plain<T>(
       "sqrt", [](T x) { return std::sqrt(x); },  //
       [](T, T y, T dy) { return dy / (T(2) * y); });
-  return row;
 }
 template <class T>
-const OpInfo<T>& abs_op() {
-  static const auto& row = add_unary<T>(
+OpInfo<T> abs_row() {
+  return unary_plain<T>(
       "abs", [](T x) { return std::abs(x); },  //
       [](T x, T, T dy) { return x > T(0) ? dy : (x < T(0) ? -dy : T(0)); });
-  return row;
 }
 template <class T>
-const OpInfo<T>& tanh_op() {
-  static const auto& row = add_unary_epilogue<T>(
+OpInfo<T> tanh_row() {
+  return unary_epilogue<T>(
       "tanh", [](const T* x, T* y, std::int64_t n) { kernels::vector_tanh(x, y, n); },  //
       [](T, T y, T dy) { return dy * (T(1) - y * y); });
-  return row;
 }
 template <class T>
-const OpInfo<T>& sigmoid_op() {
-  static const auto& row = add_unary_epilogue<T>(
+OpInfo<T> sigmoid_row() {
+  return unary_epilogue<T>(
       "sigmoid", [](const T* x, T* y, std::int64_t n) { vector_sigmoid(x, y, n); },  //
       [](T, T y, T dy) { return dy * y * (T(1) - y); });
-  return row;
 }
 template <class T>
-const OpInfo<T>& relu_op() {
-  static const auto& row = add_unary_epilogue<T>(
-      "relu", [](const T* x, T* y, std::int64_t n) {
+OpInfo<T> relu_row() {
+  return unary_epilogue<T>(
+      "relu",
+      [](const T* x, T* y, std::int64_t n) {
         for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
       },
       [](T, T y, T dy) { return y > T(0) ? dy : T(0); },  // y > 0 exactly where x > 0
-      kMaskPullback);  // relu(NaN) = 0
-  return row;
+      kMaskPullback);                                      // relu(NaN) = 0
 }
 template <class T>
-const OpInfo<T>& softplus_op() {
-  static const auto& row = add_unary<T>(
+OpInfo<T> softplus_row() {
+  return unary_plain<T>(
       "softplus", [](T x) { return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x))); },
       [](T x, T, T dy) { return dy * stable_sigmoid(x); });
-  return row;
 }
 
 struct LeakyReluParams : OpParams {
@@ -141,39 +130,26 @@ struct LeakyReluParams : OpParams {
 };
 
 template <class T>
-const OpInfo<T>& leaky_relu_op() {
-  static const OpInfo<T>& row = []() -> const OpInfo<T>& {
-    auto r = unary_row<T, LeakyReluParams>(
-        "leaky_relu", kNoFlags,
-        [](T x, const LeakyReluParams& p) { return x > T(0) ? x : static_cast<T>(p.slope) * x; },
-        [](T x, T, T dy, const LeakyReluParams& p) { return x > T(0) ? dy : static_cast<T>(p.slope) * dy; });
-    r.print_params = [](const OpParams* p) { return fmt::format("slope={}", params_as<LeakyReluParams>(p).slope); };
-    r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<LeakyReluParams>(p).slope); };
-    r.load_params = [](ParamReader& in) {
-      auto p = std::make_shared<LeakyReluParams>();
-      p->slope = in.f64("slope");
-      return p;
-    };
-    return Registry<T>::add(std::move(r));
-  }();
-  return row;
+OpInfo<T> leaky_relu_row() {
+  auto r = unary_row<T, LeakyReluParams>(
+      "leaky_relu", kNoFlags,
+      [](T x, const LeakyReluParams& p) { return x > T(0) ? x : static_cast<T>(p.slope) * x; },
+      [](T x, T, T dy, const LeakyReluParams& p) { return x > T(0) ? dy : static_cast<T>(p.slope) * dy; });
+  r.print_params = [](const OpParams* p) { return fmt::format("slope={}", params_as<LeakyReluParams>(p).slope); };
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<LeakyReluParams>(p).slope); };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<LeakyReluParams>();
+    p->slope = in.f64("slope");
+    return p;
+  };
+  return r;
 }
 
-// Every row of this family (loading a tape file looks ops up by name: builtin_ops.hpp).
-template <class T>
-void register_unary_ops() {
-  exp_op<T>();
-  log_op<T>();
-  sqrt_op<T>();
-  abs_op<T>();
-  tanh_op<T>();
-  sigmoid_op<T>();
-  relu_op<T>();
-  softplus_op<T>();
-  leaky_relu_op<T>();
-}
-template void register_unary_ops<float>();
-template void register_unary_ops<double>();
+}  // namespace
+
+// The family's op table (Note [Op tables]).
+#define TG_UNARY_ROWS(X) TG_UNARY_FUNCTIONS(X) X(leaky_relu)
+TG_OP_TABLE(unary, TG_UNARY_ROWS)
 
 }  // namespace tg::ops
 
@@ -192,14 +168,7 @@ namespace tg {
   template Tracked<double> name(const Tracked<double>&, std::source_location);      \
   template Array<float> name(const Array<float>&, std::source_location);            \
   template Array<double> name(const Array<double>&, std::source_location);
-TG_DEFINE_UNARY(exp)
-TG_DEFINE_UNARY(log)
-TG_DEFINE_UNARY(sqrt)
-TG_DEFINE_UNARY(abs)
-TG_DEFINE_UNARY(tanh)
-TG_DEFINE_UNARY(sigmoid)
-TG_DEFINE_UNARY(relu)
-TG_DEFINE_UNARY(softplus)
+TG_UNARY_FUNCTIONS(TG_DEFINE_UNARY)
 #undef TG_DEFINE_UNARY
 
 template <class T>

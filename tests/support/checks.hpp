@@ -17,6 +17,8 @@
 
 #include <tapegrad/tapegrad.hpp>
 
+#include "support/coverage.hpp"
+
 namespace tgtest {
 
 using A = tg::Array<double>;
@@ -49,23 +51,27 @@ inline double max_abs(const A& a) {
 template <class F, class... In>
 void check_op(F f, const std::tuple<In...>& inputs, const std::tuple<In...>& new_inputs) {
   auto tape = std::apply([&](const auto&... x) { return tg::record(f, x...); }, inputs);
-  CHECK_MESSAGE(tape.tape().num_instructions() == 1, tg::dump(tape));
+  const bool one_instruction = tape.tape().num_instructions() == 1;
+  CHECK_MESSAGE(one_instruction, tg::dump(tape));
 
   const A replayed = std::apply([&](const auto&... x) { return tape.forward(x...); }, new_inputs);
   const A fresh = std::apply([&](const auto&... x) { return tg::record(f, x...).output(); }, new_inputs);
-  CHECK(max_abs_diff(replayed, fresh) <= 1e-12);
+  const bool replays = max_abs_diff(replayed, fresh) <= 1e-12;
+  CHECK(replays);
 
   tg::GradcheckOptions opt;
   opt.atol = kAtol;
   opt.rtol = kRtol;
   const auto report = std::apply([&](const auto&... x) { return tg::gradcheck(opt, f, x...); }, inputs);
   CHECK_MESSAGE(report.passed(), report.summary());
+  if (one_instruction && replays && report.passed()) covered(Check::op_triple, tape.tape());
 }
 
 template <class F, class... In>
 void check_dot_product(F f, const In&... inputs) {
   const auto r = tg::dot_product_test(11, f, inputs...);
   CHECK_MESSAGE(r.rel_error < 1e-6, "<Ju,v>=" << r.jvp_dot_v << " <u,J^T v>=" << r.u_dot_vjp);
+  if (r.rel_error < 1e-6) covered(Check::dot_product, tg::record(f, inputs...).tape());
 }
 
 }  // namespace tgtest

@@ -63,6 +63,22 @@ auto every_param_inputs() {
   return std::tuple{A::random_uniform({1, 2, 7, 8}, T(-1), T(1), 11), A::random_uniform({2, 2, 3, 3}, T(-1), T(1), 12)};
 }
 
+// The elementwise ops every_param has no reason to use (no attributes), for the
+// tape-file round trip: sub, div, neg, pow, exp, log, sqrt, sigmoid, softplus.
+template <class T>
+tg::Tracked<T> elementwise_mix(const tg::Tracked<T>& x, const tg::Tracked<T>& y) {
+  auto a = tg::exp(x) - tg::sigmoid(y);
+  auto b = tg::log(tg::sqrt(x * x + 1.0)) / (tg::softplus(y) + 1.0);
+  return tg::sum(tg::pow(a * a + 1.0, -b));
+}
+
+template <class T>
+auto record_elementwise_mix() {
+  using A = tg::Array<T>;
+  return tg::record([](const auto& a, const auto& b) { return elementwise_mix<T>(a, b); },
+                    A::random_uniform({3, 4}, T(-1), T(1), 21), A::random_uniform({4}, T(-1), T(1), 22));
+}
+
 // A NaN planted at the second instruction: log of a negative number.
 template <class T>
 tg::Tracked<T> planted_nan(const tg::Tracked<T>& x) {

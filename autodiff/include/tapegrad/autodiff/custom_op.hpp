@@ -66,8 +66,11 @@ class CustomOp {
   const OpInfo<T>* info_;
 };
 
+// The name must be new for T (Note [Unique op names] in registry.hpp): a second
+// registration of a taken name is a tg::Error naming both sites. Register once
+// (a function-local static, or at start-up), not on every call.
 template <class T>
-CustomOp<T> register_op(CustomOpSpec<T> spec) {
+CustomOp<T> register_op(CustomOpSpec<T> spec, std::source_location where = std::source_location::current()) {
   if (spec.name.empty() || !spec.forward || !spec.pullback)
     fail("register_op", fmt::format("op '{}' needs a name, a forward and a pullback", spec.name));
   auto s = std::make_shared<CustomOpSpec<T>>(std::move(spec));
@@ -98,7 +101,7 @@ CustomOp<T> register_op(CustomOpSpec<T> spec) {
       for (std::int64_t j = 0; j < adj->size(); ++j) adj->data()[j] += grads[i].data()[j];
     }
   };
-  return CustomOp<T>(Registry<T>::add(std::move(row)));
+  return CustomOp<T>(Registry<T>::add(std::move(row), where));
 }
 
 }  // namespace tg

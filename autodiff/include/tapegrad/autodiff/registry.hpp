@@ -28,6 +28,9 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <vector>
+
+#include "tapegrad/kernels/error.hpp"
 
 #include "tapegrad/autodiff/param_io.hpp"
 #include "tapegrad/kernels/array.hpp"
@@ -145,16 +148,30 @@ struct OpInfo {
   // keep its own. The recorded tape's params are never changed. Empty for most ops.
   std::function<std::shared_ptr<const OpParams>(const OpParams*, std::uint32_t needs_grad)> tune;
   std::uint32_t id = 0;  // index in the registry, assigned by Registry::add
+  std::string registered_at;  // "unary.cpp:210", set by Registry::add (error messages, coverage reports)
+  bool builtin = false;  // a row of ops/' op tables (Note [Op tables]); false for custom ops
 };
 
 // The table. Rows live for the program's lifetime, so instructions hold plain
 // pointers to them. Adding is thread-safe; rows never move.
+//
+// Note [Unique op names]: a saved tape names its ops, and loading looks them up
+// by name, so a second row with a name already taken is a tg::Error naming both
+// registration sites. (Shadowing the first, or the second, silently ran the
+// wrong op on load.) Names are per element type: "relu" has a float and a double row.
 template <class T>
 class Registry {
  public:
-  static const OpInfo<T>& add(OpInfo<T> row) {
+  static const OpInfo<T>& add(OpInfo<T> row, Site where = std::source_location::current()) {
     auto& self = instance();
     std::lock_guard lock(self.mutex_);
+    row.registered_at = site_string(where);
+    for (const auto& existing : self.rows_)
+      if (existing.name == row.name) fail("register op", duplicate_message(existing, row));
+    if (row.builtin && self.builtins_sealed_)
+      fail("register op", "built-in op '" + row.name + "' (" + row.registered_at +
+                              ") was first used after start-up registration; every built-in row must be in its "
+                              "family's op table; hint: add the family to TG_OP_FAMILIES in ops/src/builtin_ops.hpp");
     row.id = static_cast<std::uint32_t>(self.rows_.size());
     return self.rows_.emplace_back(std::move(row));
   }
@@ -170,14 +187,36 @@ class Registry {
     std::lock_guard lock(self.mutex_);
     return self.rows_.size();
   }
+  // Every row, in registration order (a snapshot: rows added later are not in it).
+  static std::vector<const OpInfo<T>*> rows() {
+    auto& self = instance();
+    std::lock_guard lock(self.mutex_);
+    std::vector<const OpInfo<T>*> out;
+    for (const auto& row : self.rows_) out.push_back(&row);
+    return out;
+  }
+  // Called once every op table has registered (register_builtin_ops): from then
+  // on a built-in row appearing is a missing table entry, and an error.
+  static void seal_builtins() {
+    auto& self = instance();
+    std::lock_guard lock(self.mutex_);
+    self.builtins_sealed_ = true;
+  }
 
  private:
   static Registry& instance() {
     static Registry registry;
     return registry;
   }
+  static std::string duplicate_message(const OpInfo<T>& existing, const OpInfo<T>& row) {
+    return "op name '" + row.name + "' is already registered (at " + existing.registered_at + ", " +
+           (existing.builtin ? "a built-in op" : "a custom op") + "; again at " + row.registered_at +
+           ") names must be unique, since tape files find ops by name; hint: give the op registered at " +
+           row.registered_at + " another name";
+  }
   std::mutex mutex_;
   std::deque<OpInfo<T>> rows_;  // deque: references stay valid as rows are added
+  bool builtins_sealed_ = false;
 };
 
 }  // namespace tg

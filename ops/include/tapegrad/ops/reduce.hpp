@@ -14,6 +14,10 @@ namespace tg {
 
 using Axes = std::vector<std::int64_t>;
 
+// The reductions, one list (Note [Op tables] in ops/src/op_table.hpp): it
+// declares them here and defines and registers them in reduce.cpp.
+#define TG_REDUCTIONS(X) X(sum) X(mean) X(max) X(min)
+
 #define TG_DECLARE_REDUCTION(name)                                                                                   \
   template <class T>                                                                                                 \
   Tracked<T> name(const Tracked<T>& x, std::source_location where = std::source_location::current());                \
@@ -25,10 +29,7 @@ using Axes = std::vector<std::int64_t>;
   template <class T>                                                                                                 \
   Array<T> name(const Array<T>& x, const Axes& axes, bool keepdims = false,                                          \
                 std::source_location where = std::source_location::current());
-TG_DECLARE_REDUCTION(sum)
-TG_DECLARE_REDUCTION(mean)
-TG_DECLARE_REDUCTION(max)
-TG_DECLARE_REDUCTION(min)
+TG_REDUCTIONS(TG_DECLARE_REDUCTION)
 #undef TG_DECLARE_REDUCTION
 
 }  // namespace tg

@@ -10,19 +10,24 @@
 
 namespace tg {
 
+// The one-argument functions without attributes, one list (Note [Op tables] in
+// ops/src/op_table.hpp): it declares them here and defines and registers them in unary.cpp.
+#define TG_UNARY_FUNCTIONS(X) \
+  X(exp)                      \
+  X(log)                      \
+  X(sqrt)                     \
+  X(abs)                      \
+  X(tanh)                     \
+  X(sigmoid) /* 1 / (1 + exp(-x)), computed without overflow */ \
+  X(relu)                     \
+  X(softplus) /* log(1 + exp(x)), computed without overflow */
+
 #define TG_DECLARE_UNARY(name)                                                                        \
   template <class T>                                                                                  \
   Tracked<T> name(const Tracked<T>& x, std::source_location where = std::source_location::current()); \
   template <class T>                                                                                  \
   Array<T> name(const Array<T>& x, std::source_location where = std::source_location::current());
-TG_DECLARE_UNARY(exp)
-TG_DECLARE_UNARY(log)
-TG_DECLARE_UNARY(sqrt)
-TG_DECLARE_UNARY(abs)
-TG_DECLARE_UNARY(tanh)
-TG_DECLARE_UNARY(sigmoid)  // 1 / (1 + exp(-x)), computed without overflow
-TG_DECLARE_UNARY(relu)
-TG_DECLARE_UNARY(softplus)  // log(1 + exp(x)), computed without overflow
+TG_UNARY_FUNCTIONS(TG_DECLARE_UNARY)
 #undef TG_DECLARE_UNARY
 
 // x where x > 0, slope * x elsewhere.

@@ -495,3 +495,78 @@ TEST_CASE("compile: long tapes: chains are cut at 64 members and past 2,048 buff
   CHECK(mm_ct.program().arena_bytes() < 0.6 * double(mm_ct.program().unplanned_bytes()));
   check_matches_interpreter(mm_tape, mm_ct, mm_in(1), mm_in(7), 1e-12);
 }
+
+// ---- one front-end over both engines (front_end.hpp) ----
+
+namespace {
+// conv + relu + reshape: an array-valued output, three inputs.
+T conv_features(const T& x, const T& w, const T& b) {
+  return tg::reshape(tg::relu(tg::conv(x, w, b, {.padding = {1}})), {2, -1});
+}
+}  // namespace
+
+TEST_CASE("front-end: a compiled tape's vjp equals the interpreter's, at the last values and on new inputs") {
+  const A x = A::random_uniform({2, 3, 6, 6}, -1, 1, 1), w = A::random_uniform({4, 3, 3, 3}, -1, 1, 2),
+          b = A::random_uniform({4}, -1, 1, 3);
+  const A x2 = A::random_uniform({2, 3, 6, 6}, -1, 1, 4), v = A::random_uniform({2, 144}, -1, 1, 5);
+  auto tape = tg::record(conv_features, x, w, b);
+  auto ct = tg::compile(tape);
+  const auto [gx, gw, gb] = tape.vjp(v);
+  ct.forward(x, w, b);
+  const auto [cx, cw, cb] = ct.vjp(v);
+  CHECK(relative_diff(cx, gx) <= 1e-12);
+  CHECK(relative_diff(cw, gw) <= 1e-12);
+  CHECK(relative_diff(cb, gb) <= 1e-12);
+  const auto [gx2, gw2, gb2] = tape.vjp(v, x2, w, b);
+  const auto [cx2, cw2, cb2] = ct.vjp(v, x2, w, b);
+  CHECK(relative_diff(cx2, gx2) <= 1e-12);
+  CHECK(relative_diff(cw2, gw2) <= 1e-12);
+  CHECK(max_abs_diff(cx2, cx) > 0.01);  // the new input counted
+  // The same errors from both, under each one's name.
+  CHECK_THROWS_WITH_AS(tape.vjp(A::ones({2, 3})),
+                       "GradientTape::vjp: v has shape (2,3) but the output has shape (2,144) they must match; hint: v "
+                       "is a cotangent of the output",
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(ct.vjp(A::ones({2, 3})),
+                       "CompiledTape::vjp: v has shape (2,3) but the output has shape (2,144) they must match; hint: v "
+                       "is a cotangent of the output",
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tape.gradient(), doctest::Contains("GradientTape::gradient: output has shape (2,144) (288 elements) expected one element; hint: reduce with tg::sum or tg::mean, or use jacobian() / vjp()"), tg::Error);
+  CHECK_THROWS_WITH_AS(ct.gradient(), doctest::Contains("CompiledTape::gradient: output has shape (2,144) (288 elements) expected one element; hint: reduce with tg::sum or tg::mean, or use jacobian() / vjp()"), tg::Error);
+}
+
+TEST_CASE("front-end: set_needs_grad on a compiled tape recompiles for the new mask, both ways") {
+  const A x = A::random_uniform({2, 3, 6, 6}, -1, 1, 1), w = A::random_uniform({4, 3, 3, 3}, -1, 1, 2),
+          b = A::random_uniform({4}, -1, 1, 3);
+  auto loss = [](const T& xv, const T& wv, const T& bv) { return tg::sum(tg::tanh(conv_features(xv, wv, bv))); };
+  auto tape = tg::record(loss, x, w, b);
+  auto ct = tg::compile(tape);
+  const auto [gx, gw, gb] = tape.gradient(x, w, b);
+  ct.set_needs_grad(0, false);
+  CHECK_FALSE(ct.needs_grad(0));
+  const auto [cx, cw, cb] = ct.gradient(x, w, b);
+  CHECK(max_abs(cx) == 0);  // compiled for the new mask: input 0 gets no gradient
+  CHECK(relative_diff(cw, gw) <= 1e-12);
+  CHECK(relative_diff(cb, gb) <= 1e-12);
+  ct.set_needs_grad(0, true);
+  const auto [dx, dw, db] = ct.gradient(x, w, b);
+  CHECK(relative_diff(dx, gx) <= 1e-12);
+  CHECK(relative_diff(dw, gw) <= 1e-12);
+  // At the values of the last replay, without inputs, as the interpreter does.
+  const auto [ex, ew, eb] = ct.gradient();
+  CHECK(relative_diff(ew, gw) <= 1e-12);
+  CHECK_THROWS_WITH_AS(ct.set_needs_grad(3, false),
+                       "CompiledTape::set_needs_grad: input index (3) out of range expected an index below 3", tg::Error);
+  // A program whose tape does not hold its function cannot change its mask.
+  struct NotCopyable {
+    std::unique_ptr<int> p = std::make_unique<int>(1);
+    T operator()(const T& v) const { return tg::sum(v * v); }
+  };
+  auto held_nothing = tg::compile(tg::record(NotCopyable{}, x));
+  CHECK_THROWS_WITH_AS(held_nothing.set_needs_grad(0, false),
+                       doctest::Contains("CompiledTape::set_needs_grad: input 0 cannot change its gradient mark on a "
+                                         "compiled program without its function"),
+                       tg::Error);
+  CHECK(held_nothing.needs_grad(0));
+  CHECK_NOTHROW(held_nothing.set_needs_grad(0, true));  // unchanged: nothing to do
+}

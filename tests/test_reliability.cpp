@@ -270,8 +270,8 @@ TEST_CASE("reliability: a Tracked kept from a destroyed tape is an error, even w
   auto tape = tg::record([](const T& v) { return tg::sum(v * v); }, x);
   tg::Tape<double> copy = tape.tape();
   CHECK(copy.generation() != tape.tape().generation());
-  copy.forward_pass();
-  copy.reverse_pass(A::ones({}));
+  copy.forward();
+  copy.reverse(A::ones({}));
   CHECK(max_abs_diff(copy.adjoint(copy.inputs()[0]), A({3}, {2.0, 4.0, 6.0})) == 0.0);
 }
 

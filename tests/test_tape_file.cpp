@@ -19,8 +19,8 @@ using models::record_small_cnn;
 // Forward value and every input's adjoint after a reverse pass seeded with ones.
 template <class T>
 std::vector<tg::Array<T>> replay(tg::Tape<T>& tape) {
-  tape.forward_pass();
-  tape.reverse_pass(tg::Array<T>::ones(tape.value(tape.output()).shape()));
+  tape.forward();
+  tape.reverse(tg::Array<T>::ones(tape.value(tape.output()).shape()));
   std::vector<tg::Array<T>> out{tape.value(tape.output())};
   for (auto s : tape.inputs()) out.push_back(tape.adjoint(s));
   return out;
@@ -262,8 +262,8 @@ TEST_CASE("tape file: loading bounds its work: replays within a FLOP budget, str
   CHECK(loaded.tape.value(2).data() == nullptr);
   CHECK(tg::dump(loaded.tape).find("%2:f32[1,1,3073,3073] = conv[") != std::string::npos);
   CHECK(tg::summary(loaded.tape).find("1.98e+13") != std::string::npos);
-  CHECK_THROWS_WITH_AS(loaded.tape.forward_pass(), doctest::Contains("loaded for its structure only"), tg::Error);
-  CHECK_THROWS_WITH_AS(loaded.tape.reverse_pass(tg::Array<float>::ones({})), doctest::Contains("structure only"), tg::Error);
+  CHECK_THROWS_WITH_AS(loaded.tape.forward(), doctest::Contains("loaded for its structure only"), tg::Error);
+  CHECK_THROWS_WITH_AS(loaded.tape.reverse(tg::Array<float>::ones({})), doctest::Contains("structure only"), tg::Error);
   CHECK_THROWS_WITH_AS(loaded.tape.set_input(0, tg::Array<float>::zeros({1, 1, 4096, 4096})), doctest::Contains("structure only"),
                        tg::Error);
   tg::CompiledProgram<float> program(loaded.tape, {});

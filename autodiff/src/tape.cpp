@@ -88,7 +88,7 @@ void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
 }
 
 template <class T>
-void Tape<T>::forward_pass() {
+void Tape<T>::forward() {
   const auto busy = replay_guard("replay");
   run_forward();
   if (const std::int64_t g = first_failed_guard(); g >= 0) health_.guard_failed("replay", guards_[g], static_cast<std::size_t>(g));
@@ -252,13 +252,13 @@ template bool evaluate_guard(const Guard&, const Array<float>&, const Array<floa
 template bool evaluate_guard(const Guard&, const Array<double>&, const Array<double>*);
 
 template <class T>
-void Tape<T>::reverse_pass(const Array<T>& seed) {
-  const auto busy = replay_guard("reverse_pass");
-  check_computable("reverse_pass");
-  check_usable("reverse_pass");
-  if (output_ == kNoSlot) fail("reverse_pass", "the tape has no output; hint: record a function that returns a Tracked value");
+void Tape<T>::reverse(const Array<T>& seed) {
+  const auto busy = replay_guard("Tape::reverse");
+  check_computable("Tape::reverse");
+  check_usable("Tape::reverse");
+  if (output_ == kNoSlot) fail("Tape::reverse", "the tape has no output; hint: record a function that returns a Tracked value");
   if (!(seed.shape() == values_[output_].shape()))
-    fail("reverse_pass", fmt::format("seed shape {} differs from the output shape {} they must match",
+    fail("Tape::reverse", fmt::format("seed shape {} differs from the output shape {} they must match",
                                      to_string(seed.shape()), to_string(values_[output_].shape())));
   adjoints_.resize(values_.size());
   adjoint_live_.assign(values_.size(), 0);

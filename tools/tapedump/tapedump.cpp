@@ -134,12 +134,12 @@ std::string profile(Tape<T>& tape, const TapeFileInfo& info, int repeat) {
     }
     return dump_profile(program, p);
   }
-  tape.forward_pass();
-  tape.reverse_pass(seed);
+  tape.forward();
+  tape.reverse(seed);
   tape.set_profile(&p);
   for (int r = 0; r < repeat; ++r) {
-    tape.forward_pass();
-    tape.reverse_pass(seed);
+    tape.forward();
+    tape.reverse(seed);
   }
   tape.set_profile(nullptr);
   return dump_profile(tape, p);

@@ -241,113 +241,58 @@ class CompiledProgram {
 extern template class CompiledProgram<float>;
 extern template class CompiledProgram<double>;
 
-// The user-facing handle: the same calls as GradientTape.
-template <class T, std::size_t N>
-class CompiledTape {
+namespace detail {
+// A compiled program as an engine of the front-end (Note [Engines]). Its reverse
+// pass is planned for one needs-grad mask, so the front-end changes a mark by
+// recording again and compiling that with the same options (adopt).
+template <class T>
+class Compiled {
  public:
-  using Recorder = typename GradientTape<T, N>::Recorder;
-  CompiledTape(const Tape<T>& tape, const CompileOptions& options, Recorder recorder = {}, std::array<bool, N> needs_grad = {})
-      : program_(std::make_unique<CompiledProgram<T>>(tape, options)),
-        options_(options),
-        recorder_(std::move(recorder)),
-        needs_grad_(needs_grad) {}
+  static constexpr FrontEndOps kOps = TG_FRONT_END_OPS("CompiledTape");
+  Compiled(const Tape<T>& tape, const CompileOptions& options)
+      : program_(std::make_unique<CompiledProgram<T>>(tape, options)), options_(options) {}
 
-  // Note [Guards]: on inputs that break a guard or have other shapes, throw
-  // (GuardPolicy::error, the default) or record the function again and compile
-  // the new tape with the same options (rerecord; the tape given to tg::compile
-  // must have come from tg::record with a copyable function).
-  void set_guard_policy(GuardPolicy policy) {
-    if (policy == GuardPolicy::rerecord && !recorder_)
-      fail("CompiledTape::set_guard_policy", "rerecord on a program whose tape does not hold its function expected a "
-                                             "tape made by tg::record from a copyable function");
-    policy_ = policy;
-  }
-  int rerecords() const { return rerecords_; }
-
-  const CompiledProgram<T>& program() const { return *program_; }
   CompiledProgram<T>& program() { return *program_; }
-  // The output of the last replay; an error after one that failed (Note [Failed replays]).
-  const Array<T>& output() const {
-    program_->check_usable("CompiledTape::output");
-    return program_->output();
-  }
-  T value() const { return output().item(); }
+  const CompiledProgram<T>& program() const { return *program_; }
 
-  // Note [One replay at a time] (tape_identity.hpp): from one thread at a time.
-  template <class... A>
-  const Array<T>& forward(const A&... inputs) {
-    static_assert(sizeof...(A) == N, "CompiledTape::forward: give one Array per recorded input");
-    const detail::ReplayGuard busy(owner_, "CompiledTape::forward");
-    if (policy_ == GuardPolicy::error) {
-      set_inputs(inputs...);
-      program_->forward();
-      return output();
-    }
-    std::size_t k = 0;
-    if (!((program_->input_shape(k++) == inputs.shape()) && ...)) return rerecord(inputs...);
-    set_inputs(inputs...);
-    program_->run_forward();
-    if (const std::int64_t g = program_->first_failed_guard(); g >= 0) {
-      program_->mark_failed(fmt::format("guard {} failed and the function is being recorded again", g));
-      return rerecord(inputs...);
-    }
-    return output();
-  }
-  template <class... A>
-  auto gradient(const A&... inputs) {
-    const detail::ReplayGuard busy(owner_, "CompiledTape::gradient");
-    forward(inputs...);
-    check_scalar();
-    program_->reverse_ones();
-    std::array<Array<T>, N> grads;
-    for (std::size_t k = 0; k < N; ++k) program_->input_gradient_into(k, grads[k]);
-    return detail::pack<T, N>(std::move(grads));
-  }
-  // Into caller-owned Arrays (storage reused when sizes match); nullptr skips an input.
-  template <class... A>
-  void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
-    const detail::ReplayGuard busy(owner_, "CompiledTape::gradient_into");
-    forward(inputs...);
-    check_scalar();
-    program_->reverse_ones();
-    for (std::size_t k = 0; k < N; ++k)
-      if (grads[k]) program_->input_gradient_into(k, *grads[k]);
+  void check_input(std::size_t k, const Shape& shape, const char*) const { program_->check_input(k, shape); }
+  void set_input(std::size_t k, const Array<T>& value, const char*) { program_->set_input(k, value); }
+  const Shape& input_shape(std::size_t k) const { return program_->input_shape(k); }
+  const Array<T>& input_value(std::size_t k) const { return program_->value(program_->inputs()[k]); }
+  void forward() { program_->forward(); }
+  void run_forward() { program_->run_forward(); }
+  std::int64_t first_failed_guard() const { return program_->first_failed_guard(); }
+  void mark_failed(std::string why) { program_->mark_failed(std::move(why)); }
+  void check_usable(const char* op) const { program_->check_usable(op); }
+  const Array<T>& output() const { return program_->output(); }
+  void reverse(const Array<T>& seed) { program_->reverse(seed); }
+  void reverse_ones() { program_->reverse_ones(); }
+  void input_gradient_into(std::size_t k, Array<T>& out) const { program_->input_gradient_into(k, out); }
+  bool set_input_needs_grad(std::size_t, bool) { return false; }
+  void adopt(std::unique_ptr<Tape<T>> fresh) {
+    program_ = std::make_unique<CompiledProgram<T>>(*fresh, options_);
+    program_->forward();
   }
 
  private:
-  void check_scalar() const {
-    if (output().size() != 1)
-      fail("CompiledTape::gradient", fmt::format("output has shape {} ({} elements) expected one element; hint: reduce "
-                                                 "with tg::sum or tg::mean",
-                                                 to_string(output().shape()), output().size()));
-  }
-  // Every shape is checked before any input is set: a bad one changes nothing.
-  template <class... A>
-  void set_inputs(const A&... inputs) {
-    std::size_t k = 0;
-    (program_->check_input(k++, inputs.shape()), ...);
-    k = 0;
-    (program_->set_input(k++, inputs), ...);
-  }
-  template <class... A>
-  const Array<T>& rerecord(const A&... inputs) {
-    auto tape = recorder_(std::array<const Array<T>*, N>{&inputs...});
-    for (std::size_t k = 0; k < N; ++k)
-      if (!needs_grad_[k]) tape->set_input_needs_grad(k, false);
-    program_ = std::make_unique<CompiledProgram<T>>(*tape, options_);
-    ++rerecords_;
-    set_inputs(inputs...);
-    program_->forward();
-    return output();
-  }
-
   std::unique_ptr<CompiledProgram<T>> program_;
   CompileOptions options_;
-  Recorder recorder_;
-  std::array<bool, N> needs_grad_;
-  GuardPolicy policy_ = GuardPolicy::error;
-  int rerecords_ = 0;
-  detail::ReplayOwner owner_;  // Note [One replay at a time]: also guards program_ against a re-recording
+};
+}  // namespace detail
+
+// The user-facing handle: the calls of detail::FrontEnd (front_end.hpp), the
+// same as GradientTape's, and the compiled program.
+template <class T, std::size_t N>
+class CompiledTape : public detail::FrontEnd<detail::Compiled<T>, T, N> {
+  using Base = detail::FrontEnd<detail::Compiled<T>, T, N>;
+
+ public:
+  using typename Base::Recorder;
+  CompiledTape(const Tape<T>& tape, const CompileOptions& options, Recorder recorder, const std::array<bool, N>& needs_grad)
+      : Base(detail::Compiled<T>(tape, options), std::move(recorder), needs_grad) {}
+
+  const CompiledProgram<T>& program() const { return this->engine_.program(); }
+  CompiledProgram<T>& program() { return this->engine_.program(); }
 };
 
 template <class T, std::size_t N>

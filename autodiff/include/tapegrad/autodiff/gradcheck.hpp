@@ -71,7 +71,7 @@ GradcheckReport gradcheck(const GradcheckOptions& opt, F&& f, const Array<double
   const Array<double>& out = tape.output();
   const Array<double> v = out.size() == 1 ? Array<double>::ones(out.shape())
                                           : Array<double>::random_normal(out.shape(), 0.0, 1.0, opt.seed);
-  tape.tape().reverse_pass(v);
+  tape.tape().reverse(v);
   GradcheckReport report;
   for (std::size_t k = 0; k < N; ++k) {
     const Array<double> analytic = tape.tape().adjoint(tape.tape().inputs()[k]);
@@ -119,7 +119,7 @@ DotProductResult dot_product_test(std::uint64_t seed, F&& f, const Array<double>
   std::array<Array<double>, N> inputs{x, xs...};
   auto tape = record(f, x, xs...);
   const Array<double> v = Array<double>::random_normal(tape.output().shape(), 0.0, 1.0, seed);
-  tape.tape().reverse_pass(v);
+  tape.tape().reverse(v);
   DotProductResult r;
   std::array<Array<double>, N> plus = inputs, minus = inputs;
   double scale = 1;

@@ -12,172 +12,66 @@
 #include <tuple>
 #include <utility>
 
+#include "tapegrad/autodiff/front_end.hpp"
 #include "tapegrad/autodiff/tracked.hpp"
 
 namespace tg {
 
 namespace detail {
-// One Array for a single input, a tuple of Arrays (structured bindings) for several.
-template <class T, std::size_t N, std::size_t... I>
-auto to_tuple(std::array<Array<T>, N>&& a, std::index_sequence<I...>) {
-  return std::tuple<decltype((void)I, Array<T>())...>(std::move(a[I])...);
-}
-template <class T, std::size_t N>
-auto pack(std::array<Array<T>, N>&& a) {
-  if constexpr (N == 1) return std::move(a[0]);
-  else return to_tuple<T, N>(std::move(a), std::make_index_sequence<N>{});
-}
-}  // namespace detail
-
-// What a replay does when its inputs break a guard or have other shapes (Note [Guards]).
-enum class GuardPolicy : std::uint8_t {
-  error,     // throw tg::Error naming the guard and where it was recorded (the default)
-  rerecord,  // record the held function again on these inputs, and go on with the new tape
-};
-
-template <class T, std::size_t N>
-class GradientTape {
+// The interpreter as an engine of the front-end (Note [Engines]): it runs the recorded Tape itself.
+template <class T>
+class Interpreter {
  public:
-  // Records the function again on new inputs (held by tg::record).
-  using Recorder = std::function<std::unique_ptr<Tape<T>>(const std::array<const Array<T>*, N>&)>;
+  static constexpr FrontEndOps kOps = TG_FRONT_END_OPS("GradientTape");
+  explicit Interpreter(std::unique_ptr<Tape<T>> tape) : tape_(std::move(tape)) {}
 
-  explicit GradientTape(std::unique_ptr<Tape<T>> tape, Recorder recorder = {})
-      : tape_(std::move(tape)), recorder_(std::move(recorder)) {
-    needs_grad_.fill(true);
-  }
-
-  const Tape<T>& tape() const { return *tape_; }
   Tape<T>& tape() { return *tape_; }
-  // The output value of the last forward run (recording or replay); an error
-  // after a replay that failed (Note [Failed replays]).
-  const Array<T>& output() const {
-    tape_->check_usable("GradientTape::output");
-    return tape_->value(tape_->output());
-  }
-  // The output of a one-element function as a plain T.
-  T value() const { return output().item(); }
+  const Tape<T>& tape() const { return *tape_; }
 
-  // Marks input k as data that needs no gradient (Note [Inputs without gradient]):
-  //   auto tape = tg::record(loss, images, labels, w, b);
-  //   tape.set_needs_grad(0, false); tape.set_needs_grad(1, false);
-  void set_needs_grad(std::size_t k, bool needs) {
-    const detail::ReplayGuard busy(owner_, "GradientTape::set_needs_grad");
+  void check_input(std::size_t k, const Shape& shape, const char* op) const { tape_->check_input(k, shape, op); }
+  void set_input(std::size_t k, const Array<T>& value, const char* op) { tape_->set_input(k, value, op); }
+  const Shape& input_shape(std::size_t k) const { return input_value(k).shape(); }
+  const Array<T>& input_value(std::size_t k) const { return tape_->value(tape_->inputs()[k]); }
+  void forward() { tape_->forward(); }
+  void run_forward() { tape_->run_forward(); }
+  std::int64_t first_failed_guard() const { return tape_->first_failed_guard(); }
+  void mark_failed(std::string why) { tape_->mark_failed(std::move(why)); }
+  void check_usable(const char* op) const { tape_->check_usable(op); }
+  const Array<T>& output() const { return tape_->value(tape_->output()); }
+  void reverse(const Array<T>& seed) { tape_->reverse(seed); }
+  void reverse_ones() { tape_->reverse(Array<T>::ones(output().shape())); }
+  void input_gradient_into(std::size_t k, Array<T>& out) const { tape_->adjoint_into(tape_->inputs()[k], out); }
+  bool set_input_needs_grad(std::size_t k, bool needs) {
     tape_->set_input_needs_grad(k, needs);
-    needs_grad_[k] = needs;
+    return true;
   }
-
-  // Note [Guards]: error (default) or rerecord. Re-recording calls the function
-  // given to tg::record again, so whatever it captured by reference must still
-  // be alive; the needs-grad marks carry over to the new tape.
-  void set_guard_policy(GuardPolicy policy) {
-    if (policy == GuardPolicy::rerecord && !recorder_)
-      fail("set_guard_policy", "rerecord on a tape that does not hold its function expected a tape made by tg::record "
-                               "from a copyable function; hint: pass a lambda or a function pointer");
-    policy_ = policy;
-  }
-  GuardPolicy guard_policy() const { return policy_; }
-  // The held function (empty when f could not be copied), and input k's needs-grad mark.
-  const Recorder& recorder() const { return recorder_; }
-  bool needs_grad(std::size_t k) const { return needs_grad_[k]; }
-  // How many times a replay recorded the function again (GuardPolicy::rerecord).
-  int rerecords() const { return rerecords_; }
-
-  // Replays the forward pass on new inputs (same shapes as recorded) and returns the output.
-  // Note [One replay at a time] (tape_identity.hpp): from one thread at a time.
-  template <class... A>
-  const Array<T>& forward(const A&... inputs) {
-    static_assert(sizeof...(A) == N, "GradientTape::forward: give one Array per recorded input");
-    const detail::ReplayGuard busy(owner_, "GradientTape::forward");
-    if (policy_ == GuardPolicy::error) {
-      set_inputs(inputs...);
-      tape_->forward_pass();
-      return output();
-    }
-    if (!same_shapes(inputs...)) return rerecord(inputs...);  // shapes are guards too
-    set_inputs(inputs...);
-    tape_->run_forward();
-    if (const std::int64_t g = tape_->first_failed_guard(); g >= 0) {
-      // Until the new recording succeeds, the old tape holds new values on the old path.
-      tape_->mark_failed(fmt::format("guard {} failed and the function is being recorded again", g));
-      return rerecord(inputs...);
-    }
-    return output();
-  }
-
-  // Gradients at the values already on the tape (no replay).
-  auto gradient() {
-    const detail::ReplayGuard busy(owner_, "GradientTape::gradient");
-    check_scalar("gradient");
-    tape_->reverse_pass(Array<T>::ones(output().shape()));
-    return collect();
-  }
-  // Replays on new inputs, then returns the gradients: no re-recording.
-  template <class... A>
-  auto gradient(const A&... inputs) {
-    static_assert(sizeof...(A) == N, "GradientTape::gradient: give one Array per recorded input");
-    const detail::ReplayGuard busy(owner_, "GradientTape::gradient");
-    forward(inputs...);
-    return gradient();
-  }
-  // Same, writing into caller-owned Arrays (their storage is reused when sizes match);
-  // a nullptr entry skips that input's gradient.
-  template <class... A>
-  void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
-    const detail::ReplayGuard busy(owner_, "GradientTape::gradient_into");
-    forward(inputs...);
-    check_scalar("gradient_into");
-    tape_->reverse_pass(Array<T>::ones(output().shape()));
-    for (std::size_t k = 0; k < N; ++k)
-      if (grads[k]) tape_->adjoint_into(tape_->inputs()[k], *grads[k]);
-  }
-  // Vector-Jacobian product at the current values: J^T v, for an output of any shape.
-  auto vjp(const Array<T>& v) {
-    const detail::ReplayGuard busy(owner_, "GradientTape::vjp");
-    tape_->reverse_pass(v);
-    return collect();
-  }
+  void adopt(std::unique_ptr<Tape<T>> fresh) { tape_ = std::move(fresh); }
 
  private:
-  // Every shape is checked before any input is set: a bad one changes nothing (Note [Failed replays]).
-  template <class... A>
-  void set_inputs(const A&... inputs) {
-    std::size_t k = 0;
-    (tape_->check_input(k++, inputs.shape(), "GradientTape::gradient"), ...);
-    k = 0;
-    (tape_->set_input(k++, inputs, "GradientTape::gradient"), ...);
-  }
-  template <class... A>
-  bool same_shapes(const A&... inputs) const {
-    std::size_t k = 0;
-    return ((tape_->value(tape_->inputs()[k++]).shape() == inputs.shape()) && ...);
-  }
-  template <class... A>
-  const Array<T>& rerecord(const A&... inputs) {
-    auto fresh = recorder_(std::array<const Array<T>*, N>{&inputs...});
-    for (std::size_t k = 0; k < N; ++k)
-      if (!needs_grad_[k]) fresh->set_input_needs_grad(k, false);
-    tape_ = std::move(fresh);
-    ++rerecords_;
-    return output();
-  }
-  void check_scalar(const char* op) const {
-    if (output().size() != 1)
-      fail(op, fmt::format("output has shape {} ({} elements) expected one element; hint: reduce with tg::sum or "
-                           "tg::mean, or use jacobian() / vjp() for array-valued functions",
-                           to_string(output().shape()), output().size()));
-  }
-  auto collect() const {
-    std::array<Array<T>, N> grads;
-    for (std::size_t k = 0; k < N; ++k) grads[k] = tape_->adjoint(tape_->inputs()[k]);
-    return detail::pack<T, N>(std::move(grads));
-  }
-
   std::unique_ptr<Tape<T>> tape_;
-  Recorder recorder_;
-  GuardPolicy policy_ = GuardPolicy::error;
-  std::array<bool, N> needs_grad_;
-  int rerecords_ = 0;
-  detail::ReplayOwner owner_;  // Note [One replay at a time]: also guards tape_ against a re-recording
+};
+}  // namespace detail
+
+// A recorded tape kept as a reusable program, run by the interpreter: the
+// calls of detail::FrontEnd (front_end.hpp), and the tape itself.
+template <class T, std::size_t N>
+class GradientTape : public detail::FrontEnd<detail::Interpreter<T>, T, N> {
+  using Base = detail::FrontEnd<detail::Interpreter<T>, T, N>;
+
+ public:
+  using typename Base::Recorder;
+  explicit GradientTape(std::unique_ptr<Tape<T>> tape, Recorder recorder = {})
+      : Base(detail::Interpreter<T>(std::move(tape)), std::move(recorder), all_need_grad()) {}
+
+  const Tape<T>& tape() const { return this->engine_.tape(); }
+  Tape<T>& tape() { return this->engine_.tape(); }
+
+ private:
+  static std::array<bool, N> all_need_grad() {
+    std::array<bool, N> a;
+    a.fill(true);
+    return a;
+  }
 };
 
 namespace detail {
@@ -250,7 +144,7 @@ auto jacobian(F&& f, const Array<T>& x, const Rest&... xs) {
   for (std::int64_t i = 0; i < m; ++i) {
     seed.fill(T(0));
     seed.data()[i] = T(1);
-    tape.tape().reverse_pass(seed);
+    tape.tape().reverse(seed);
     for (std::size_t k = 0; k < N; ++k) {
       const Array<T> g = tape.tape().adjoint(tape.tape().inputs()[k]);
       std::copy(g.begin(), g.end(), jac[k].data() + i * g.size());

@@ -1,9 +1,9 @@
 // Tape<T>: a flat vector of instructions plus slot-indexed tables of values,
 // adjoints and saved buffers. Every value (input, constant, op result) is a slot.
 //
-// Note [Replay]: a tape is a program. forward_pass() re-runs every instruction on
+// Note [Replay]: a tape is a program. forward() re-runs every instruction on
 // the current input values (same shapes: outputs are overwritten in place, no
-// allocation), reverse_pass() walks the instructions backwards calling each
+// allocation), reverse() walks the instructions backwards calling each
 // pullback. Data-dependent control flow in the user's function is frozen at
 // recording time, as in every tape-based AD.
 #pragma once
@@ -139,7 +139,7 @@ class Tape {
   std::int64_t first_failed_guard() const;
   std::int64_t unguarded_reads() const noexcept { return unguarded_reads_; }
   const Site& first_unguarded_read() const noexcept { return first_unguarded_read_; }
-  // The adjoint of a slot after reverse_pass(); zeros if nothing reached it.
+  // The adjoint of a slot after reverse(); zeros if nothing reached it.
   Array<T> adjoint(std::uint32_t slot) const;
   // Copies the adjoint of a slot into `out`, reusing its storage when the size matches.
   void adjoint_into(std::uint32_t slot, Array<T>& out) const;
@@ -152,7 +152,7 @@ class Tape {
   // tape for the calling thread while it runs; a caller that runs several
   // (set inputs, forward, reverse, read adjoints) holds one guard across them.
   detail::ReplayGuard replay_guard(const char* op) { return detail::ReplayGuard(replay_owner_, op); }
-  // Note [Failed replays]: after a replay that threw, reverse_pass and
+  // Note [Failed replays]: after a replay that threw, reverse and
   // check_usable throw until a forward pass succeeds; mark_failed marks it so.
   void check_usable(const char* op) const { health_.check(op, "tape"); }
   bool usable() const noexcept { return health_.ok(); }
@@ -176,11 +176,11 @@ class Tape {
   // Throws set_input's error when input k does not exist or has another shape; changes nothing.
   void check_input(std::size_t k, const Shape& shape, const char* op) const;
   // Replays every instruction, then checks every guard (Note [Guards]): throws on a failed one.
-  void forward_pass();
+  void forward();
   // Replays every instruction; guards are left to the caller (first_failed_guard).
   void run_forward();
   // Seeds the output adjoint with `seed` (output's shape) and runs every pullback.
-  void reverse_pass(const Array<T>& seed);
+  void reverse(const Array<T>& seed);
 
  private:
   std::uint32_t add_slot(Array<T> value, SlotKind kind, bool needs_grad);

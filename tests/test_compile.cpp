@@ -233,10 +233,10 @@ TEST_CASE("compile: epilogue fusion folds an activation into its producer only w
   const auto ct = tg::compile(tape, {.fuse_elementwise = false});  // counts the epilogues alone
   std::size_t fused = 0;
   for (const auto& st : ct.program().steps())
-    if (st.epilogue) {
+    if (st.epilogue()) {
       ++fused;
       CHECK(st.op->name == "matmul");
-      CHECK(st.epilogue->name == "relu");
+      CHECK(st.epilogue()->activation.op->name == "relu");
     }
   CHECK(fused == 1);
   CHECK(ct.program().steps().size() + 1 == tape.tape().num_instructions());
@@ -265,16 +265,16 @@ TEST_CASE("compile: a reshape shares its input's buffer, and its adjoint when it
   REQUIRE(views.size() == 4);
   const std::uint32_t h = views[0]->args[0], t = views[2]->args[0];
   for (int k = 0; k < 2; ++k) {  // the chain: one value buffer and one adjoint buffer for h and both reshapes
-    CHECK(views[k]->shares_value);
-    CHECK(views[k]->shares_adjoint);
+    REQUIRE(views[k]->view());
+    CHECK(views[k]->view()->shares_adjoint);
     CHECK(p.value_offset(views[k]->out) == p.value_offset(h));
     CHECK(p.adjoint_offset(views[k]->out) == p.adjoint_offset(h));
   }
-  CHECK(views[2]->shares_value);
-  CHECK_FALSE(views[2]->shares_adjoint);  // t's adjoint also gathers sum(t)'s
+  REQUIRE(views[2]->view());
+  CHECK_FALSE(views[2]->view()->shares_adjoint);  // t's adjoint also gathers sum(t)'s
   CHECK(p.value_offset(views[2]->out) == p.value_offset(t));
   CHECK(p.adjoint_offset(views[2]->out) != p.adjoint_offset(t));
-  CHECK_FALSE(views[3]->shares_value);
+  CHECK_FALSE(views[3]->view());
   CHECK(tg::dump(ct).find("(view: value and adjoint shared)") != std::string::npos);
   CHECK(tg::dump(ct).find("share_views on") != std::string::npos);
   const auto plain = tg::compile(tape, {.fuse_elementwise = false, .share_views = false});
@@ -291,7 +291,7 @@ TEST_CASE("compile: a reshape that is the output, or that feeds a guard, reads i
   const A x = A::random_uniform({2, 3}, -1, 1, 5);
   auto tape = tg::record(out_view, x);
   auto ct = tg::compile(tape);
-  CHECK(ct.program().steps().back().shares_value);
+  CHECK(ct.program().steps().back().view());
   ct.forward(x * 0.5);
   CHECK(std::abs(ct.value() - tg::sum(tg::exp(x * 0.5)).item()) < 1e-12);
   check_compiled(guarded, std::tuple{x}, std::tuple{A::random_uniform({2, 3}, -1, 1, 6)});
@@ -443,7 +443,7 @@ TEST_CASE("compile: elementwise fusion runs a chain as one step, block by block,
   const auto fused = tg::compile(tape), plain = tg::compile(tape, {.fuse_elementwise = false});
   std::size_t groups = 0, members = 0;
   for (const auto& st : fused.program().steps())
-    if (!st.group.empty()) ++groups, members += st.group.size();
+    if (const auto* chain = st.chain()) ++groups, members += chain->members.size();
   CHECK(fused.program().steps().size() < plain.program().steps().size());
   CHECK(groups >= 1);
   CHECK(members >= 8);
@@ -471,8 +471,9 @@ TEST_CASE("compile: long tapes: chains are cut at 64 members and past 2,048 buff
   auto ct = tg::compile(tape);
   std::size_t members = 0, longest = 0;
   for (const auto& st : ct.program().steps()) {
-    members += st.group.size();
-    longest = std::max(longest, st.group.size());
+    const std::size_t size = st.chain() ? st.chain()->members.size() : 0;
+    members += size;
+    longest = std::max(longest, size);
   }
   CHECK(longest == 64);
   CHECK(members == 300);

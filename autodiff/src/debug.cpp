@@ -151,7 +151,7 @@ struct Instruction {
     for (const auto& x : inputs) in.push_back(&x);
     Array<double> y = Array<double>::uninitialized(out_shape);
     std::vector<Array<double>> saved(static_cast<std::size_t>(op->n_saved));
-    op->forward({params, in, y, saved, nullptr});
+    op->forward({params, in, y, saved});
     return y;
   }
 };
@@ -179,7 +179,7 @@ InstructionCheck check_one(const Tape<T>& tape, std::size_t i, const Instruction
   for (const auto& xi : x) in.push_back(&xi);
   Array<double> y = Array<double>::uninitialized(f.out_shape);
   std::vector<Array<double>> saved(static_cast<std::size_t>(op->n_saved));
-  op->forward({f.params, in, y, saved, nullptr});
+  op->forward({f.params, in, y, saved});
   const Array<double> v = Array<double>::random_uniform(f.out_shape, -1.0, 1.0, o.seed + i);
   std::vector<Array<double>> grads;
   std::vector<Array<double>*> grad_ptr;

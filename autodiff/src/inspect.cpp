@@ -127,18 +127,18 @@ SlotGroups groups_of(const Tape<T>& tape, const CompiledProgram<T>* program) {
   for (const auto& st : program->steps()) {
     runs[st.out] = true;
     const int id = static_cast<int>(g.cluster_label.size());
-    if (!st.group.empty()) {
-      for (const auto& m : st.group) {
+    if (const auto* chain = st.chain()) {
+      for (const auto& m : chain->members) {
         runs[m.slot] = true;
         g.cluster[m.slot] = id;
       }
-      g.cluster_label.push_back(fmt::format("fused elementwise ({} ops)", st.group.size()));
-    } else if (st.epilogue && producer[st.out]) {
+      g.cluster_label.push_back(fmt::format("fused elementwise ({} ops)", chain->members.size()));
+    } else if (st.epilogue() && producer[st.out]) {
       const std::uint32_t inner = tape.args_of(*producer[st.out])[0];  // the producer, whose buffer the activation reuses
       runs[inner] = true;
       g.cluster[inner] = g.cluster[st.out] = id;
       g.cluster_label.push_back(fmt::format("{} + {} epilogue", producer[inner] ? producer[inner]->op->name : "?",
-                                            st.epilogue->name));
+                                            st.epilogue()->activation.op->name));
     }
   }
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) g.dead[tape.instruction(i).out] = !runs[tape.instruction(i).out];

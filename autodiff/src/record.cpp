@@ -49,13 +49,22 @@ void check_arity(const OpInfo<T>& op, std::size_t n) {
 }
 
 template <class T>
-Array<T> run_forward(const OpInfo<T>& op, const OpParams* params, std::span<const Array<T>* const> inputs,
+Plan plan_of(const OpInfo<T>& op, const OpParams* params, std::span<const Shape* const> shapes) {
+  if (op.plan) return op.plan(params, shapes);
+  return {op.shape(params, shapes), nullptr};
+}
+
+// Plans (Note [Plans]) and runs the forward; `params` becomes the resolved params.
+template <class T>
+Array<T> run_forward(const OpInfo<T>& op, std::shared_ptr<const OpParams>& params, std::span<const Array<T>* const> inputs,
                      std::vector<Array<T>>& saved) {
   InlineList<const Shape*> shapes(inputs.size());
   for (auto* a : inputs) shapes.push_back(&a->shape());
-  Array<T> out = Array<T>::uninitialized(op.shape(params, std::span<const Shape* const>(shapes.data(), shapes.size())));
+  Plan plan = plan_of(op, params.get(), std::span<const Shape* const>(shapes.data(), shapes.size()));
+  if (plan.resolved) params = std::move(plan.resolved);
+  Array<T> out = Array<T>::uninitialized(plan.output);
   if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
-  op.forward({params, inputs, out, saved, /*epilogue=*/nullptr});
+  op.forward({params.get(), inputs, out, saved});
   return out;
 }
 
@@ -67,7 +76,8 @@ Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::span<cons
   try {
     check_arity(op, inputs.size());
     std::vector<Array<T>> saved;
-    return run_forward(op, params, inputs, saved);
+    std::shared_ptr<const OpParams> planned(std::shared_ptr<const OpParams>(), params);  // not owned
+    return run_forward(op, planned, inputs, saved);
   } catch (const Error& e) {
     throw e.with_site(where);
   }
@@ -103,7 +113,7 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
 
     // 3. Validate and compute. Nothing on the tape has changed yet.
     std::vector<Array<T>> saved;
-    Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs.data(), inputs.size()), saved);
+    Array<T> out = run_forward(op, params, std::span<const Array<T>* const>(inputs.data(), inputs.size()), saved);
 
     // 4. Commit: constants, then the instruction and its output slot.
     InlineList<std::uint32_t> args(operands.size());
@@ -143,7 +153,9 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
       inputs.push_back(&tape.value(a));
       shapes.push_back(&tape.value(a).shape());
     }
-    const Shape shape = op.shape(params.get(), shapes);
+    Plan plan = plan_of(op, params.get(), shapes);
+    if (plan.resolved) params = std::move(plan.resolved);
+    const Shape& shape = plan.output;
     if (!(shape == expected))
       fail(op.name, fmt::format("computes shape {} from its inputs but the tape says {} expected equal; hint: the tape "
                                 "file is damaged, or the op changed since it was saved",
@@ -160,7 +172,9 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
                                 flops, budget.flops_left));
     budget.flops_left -= flops;
     std::vector<Array<T>> saved;
-    Array<T> out = run_forward(op, params.get(), std::span<const Array<T>* const>(inputs), saved);
+    Array<T> out = Array<T>::uninitialized(shape);
+    if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
+    op.forward({params.get(), std::span<const Array<T>* const>(inputs), out, saved});
     return tape.append(op, std::move(params), args, std::move(out), std::move(saved), where);
   } catch (const Error& e) {
     throw e.with_site(where);

@@ -136,8 +136,7 @@ void Tape<T>::run_instructions() {
     for (auto a : args_of(ins)) scratch_in_.push_back(&values_[a]);
     try {
       timed(seconds, i, [&] {
-        ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved},
-                         /*epilogue=*/nullptr});
+        ins.op->forward({ins.params.get(), scratch_in_, values_[ins.out], {saved_.data() + ins.saved_begin, ins.n_saved}});
       });
     } catch (const Error& e) {
       throw e.with_site(ins.where);
@@ -276,7 +275,7 @@ void Tape<T>::reverse(const Array<T>& seed) {
         for (auto a : args_of(ins)) scratch_in_.push_back(&values_[a]);
         const std::uint32_t assign = slots.inputs(*ins.op, args_of(ins), needs_grad_, scratch_adj_);
         ins.op->pullback({ins.params.get(), scratch_in_, values_[ins.out], adjoints_[ins.out], scratch_adj_,
-                           {saved_.data() + ins.saved_begin, ins.n_saved}, nullptr, nullptr, assign});
+                           {saved_.data() + ins.saved_begin, ins.n_saved}, assign});
       });
     } catch (const Error& e) {
       throw e.with_site(ins.where);

@@ -121,6 +121,50 @@ ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
   return g;
 }
 
+ConvGeometry conv_transpose_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
+                                     const std::vector<std::int64_t>& output_padding, const char* op) {
+  if (x.rank() < 3 || x.rank() > 5 || w.rank() != x.rank())
+    fail(op, fmt::format("input {} and weight {} expected (N, C, spatial...) and (C, K/groups, kernel...) of equal rank "
+                         "with 1-3 spatial dims",
+                         to_string(x), to_string(w)));
+  if (spec.groups < 1) fail(op, fmt::format("groups is {} expected >= 1", spec.groups));
+  if (x[1] != w[0])
+    fail(op, fmt::format("input {} has {} channels but weight {} has {} expected equal (weight layout (C, K/groups, kernel...))",
+                         to_string(x), x[1], to_string(w), w[0]));
+  const int spatial = static_cast<int>(x.rank()) - 2, first = ConvGeometry::kMaxSpatial - spatial;
+  const auto stride = spatial_dims(spec.stride, spatial, 1, 1, "stride", op);
+  const auto dil = spatial_dims(spec.dilation, spatial, 1, 1, "dilation", op);
+  const auto lo = spatial_dims(spec.pad_lo, spatial, 0, 0, "padding (low side)", op);
+  const auto hi = spatial_dims(spec.pad_hi, spatial, 0, 0, "padding (high side)", op);
+  const auto extra = spatial_dims(output_padding, spatial, 0, 0, "output_padding", op);
+  Shape out{x[0], w[1] * spec.groups};
+  for (int d = first; d < ConvGeometry::kMaxSpatial; ++d) {
+    const int i = d - first;  // the user's spatial dim
+    if (extra[d] >= std::max(stride[d], dil[d]))
+      fail(op, fmt::format("output_padding ({}) along spatial dim {} expected in [0, max(stride, dilation) = {})", extra[d],
+                           i, std::max(stride[d], dil[d])));
+    // (in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1, without overflow (Note [Checked sizes])
+    std::int64_t span = 0, reach = 0, size = 0;
+    if (__builtin_mul_overflow(x[2 + i] - 1, stride[d], &span) || __builtin_mul_overflow(dil[d], w[2 + i] - 1, &reach) ||
+        __builtin_add_overflow(span, reach, &size) || __builtin_sub_overflow(size, lo[d], &size) ||
+        __builtin_sub_overflow(size, hi[d], &size) || __builtin_add_overflow(size, extra[d] + 1, &size) ||
+        size > kMaxElements)
+      fail(op, fmt::format("output size along spatial dim {} (input {}, stride {}, dilation {}, kernel {}) is more than "
+                           "2^59 expected an output that fits in memory; hint: check the stride and dilation",
+                           i, x[2 + i], stride[d], dil[d], w[2 + i]));
+    if (size < 1)
+      fail(op, fmt::format("output size along spatial dim {} is {} (input {}, stride {}, padding {}+{}) expected >= 1; "
+                           "hint: reduce the padding",
+                           i, size, x[2 + i], stride[d], lo[d], hi[d]));
+    out.push_back(size);
+  }
+  ConvGeometry g = conv_geometry(out, w, spec, op);
+  if (conv_output_shape(g) != x)
+    fail(op, fmt::format("input {} is not the conv output {} of the computed output shape {}", to_string(x),
+                         to_string(conv_output_shape(g)), to_string(out)));
+  return g;
+}
+
 namespace {
 Shape with_spatial(std::int64_t a, std::int64_t b, const ConvGeometry& g, const ConvGeometry::Dims& dims) {
   Shape s{a, b};

@@ -30,9 +30,9 @@ using kernels::ConvPass;
 struct ConvOpParams : OpParams {
   ConvParams user;
   bool transpose = false;
-  // Resolved by the shape rule when the instruction is recorded (replay keeps the shapes).
-  mutable ConvGeometry geometry;
-  mutable std::array<ConvAlgorithm, 3> algorithm{};  // the kernels' passes: forward, backward_input, backward_weight
+  // Resolved by the plan step (Note [Plans]) in the copy an instruction keeps.
+  ConvGeometry geometry;
+  std::array<ConvAlgorithm, 3> algorithm{};  // the kernels' passes: forward, backward_input, backward_weight
 };
 
 namespace {
@@ -76,59 +76,6 @@ kernels::ConvSpec spec_of(const ConvParams& p) {
   return s;
 }
 
-std::int64_t dim_value(const std::vector<std::int64_t>& v, std::size_t d, std::int64_t fallback) {
-  return v.empty() ? fallback : v.size() == 1 ? v[0] : v[d];
-}
-
-// The conv whose backward-input pass is this transpose: its input shape is the
-// transpose's output shape (N, groups * w[1], out...), with
-// out = (in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1.
-ConvGeometry transpose_geometry(const Shape& x, const Shape& w, const ConvParams& p) {
-  const char* op = "conv_transpose";
-  if (x.rank() < 3 || x.rank() > 5 || w.rank() != x.rank())
-    fail(op, fmt::format("input {} and weight {} expected (N, C, spatial...) and (C, K/groups, kernel...) of equal rank "
-                         "with 1-3 spatial dims",
-                         to_string(x), to_string(w)));
-  if (p.groups < 1) fail(op, fmt::format("groups is {} expected >= 1", p.groups));
-  if (x[1] != w[0])
-    fail(op, fmt::format("input {} has {} channels but weight {} has {} expected equal (weight layout (C, K/groups, kernel...))",
-                         to_string(x), x[1], to_string(w), w[0]));
-  const std::size_t spatial = x.rank() - 2;
-  const kernels::ConvSpec spec = spec_of(p);
-  for (const auto* list : {&p.stride, &p.dilation, &spec.pad_lo, &spec.pad_hi, &p.output_padding})
-    if (!list->empty() && list->size() != 1 && list->size() != spatial)
-      fail(op, fmt::format("a parameter list has {} values ([{}]) expected 1 or {} (one per spatial dim)", list->size(),
-                           fmt::join(*list, ","), spatial));
-  Shape out{x[0], w[1] * p.groups};
-  for (std::size_t d = 0; d < spatial; ++d) {
-    const std::int64_t s = dim_value(p.stride, d, 1), dil = dim_value(p.dilation, d, 1);
-    const std::int64_t lo = dim_value(spec.pad_lo, d, 0), hi = dim_value(spec.pad_hi, d, 0);
-    const std::int64_t extra = dim_value(p.output_padding, d, 0);
-    if (s < 1 || dil < 1) fail(op, fmt::format("stride ({}) and dilation ({}) along spatial dim {} expected >= 1", s, dil, d));
-    if (extra < 0 || extra >= std::max(s, dil))
-      fail(op, fmt::format("output_padding ({}) along spatial dim {} expected in [0, max(stride, dilation) = {})", extra,
-                           d, std::max(s, dil)));
-    // (in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1, without overflow (Note [Checked sizes])
-    std::int64_t span = 0, reach = 0, size = 0;
-    if (__builtin_mul_overflow(x[2 + d] - 1, s, &span) || __builtin_mul_overflow(dil, w[2 + d] - 1, &reach) ||
-        __builtin_add_overflow(span, reach, &size) || __builtin_sub_overflow(size, lo, &size) ||
-        __builtin_sub_overflow(size, hi, &size) || __builtin_add_overflow(size, extra + 1, &size) || size > kMaxElements)
-      fail(op, fmt::format("output size along spatial dim {} (input {}, stride {}, dilation {}, kernel {}) is more than "
-                           "2^59 expected an output that fits in memory; hint: check the stride and dilation",
-                           d, x[2 + d], s, dil, w[2 + d]));
-    if (size < 1)
-      fail(op, fmt::format("output size along spatial dim {} is {} (input {}, stride {}, padding {}+{}) expected >= 1; "
-                           "hint: reduce the padding",
-                           d, size, x[2 + d], s, lo, hi));
-    out.push_back(size);
-  }
-  ConvGeometry g = kernels::conv_geometry(out, w, spec, op);
-  if (conv_output_shape(g) != x)
-    fail(op, fmt::format("input {} is not the conv output {} of the computed output shape {}", to_string(x),
-                         to_string(conv_output_shape(g)), to_string(out)));
-  return g;
-}
-
 void check_bias(const Shape& b, std::int64_t channels, const char* op) {
   if (b.rank() != 1 || b[0] != channels)
     fail(op, fmt::format("bias has shape {} expected ({}), one value per output channel", to_string(b), channels));
@@ -147,8 +94,10 @@ std::array<ConvAlgorithm, 3> kernel_requests(const ConvOpParams& cp) {
   return cp.transpose ? std::array{bin, fwd, bw} : std::array{fwd, bin, bw};
 }
 
-// Resolves geometry and algorithms; returns the output shape.
-Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
+// Resolves geometry and algorithms into a copy of the params (Note [Plans]).
+Plan plan(const ConvOpParams& given, std::span<const Shape* const> s) {
+  auto resolved = std::make_shared<ConvOpParams>(given);
+  ConvOpParams& cp = *resolved;
   const char* op = op_name(cp.transpose);
   if (s.size() != 2 && s.size() != 3)
     fail(op, fmt::format("got {} inputs expected (x, w) or (x, w, bias)", s.size()));
@@ -157,13 +106,14 @@ Shape plan(const ConvOpParams& cp, std::span<const Shape* const> s) {
     fail(op, fmt::format("output_padding [{}] on a conv expected none: it sizes a conv_transpose's output; hint: use "
                          "padding or pad_hi for a conv",
                          fmt::join(p.output_padding, ",")));
-  const ConvGeometry g = cp.transpose ? transpose_geometry(*s[0], *s[1], p) : kernels::conv_geometry(*s[0], *s[1], spec_of(p), op);
+  const ConvGeometry g = cp.transpose ? kernels::conv_transpose_geometry(*s[0], *s[1], spec_of(p), p.output_padding, op)
+                                      : kernels::conv_geometry(*s[0], *s[1], spec_of(p), op);
   if (s.size() == 3) check_bias(*s[2], cp.transpose ? g.C : g.K, op);
   cp.geometry = g;
   const auto request = kernel_requests(cp);
   for (std::size_t pass = 0; pass < 3; ++pass)
     cp.algorithm[pass] = choose_conv_algorithm(g, static_cast<ConvPass>(pass), request[pass], op);
-  return cp.transpose ? conv_input_shape(g) : conv_output_shape(g);
+  return {cp.transpose ? conv_input_shape(g) : conv_output_shape(g), std::move(resolved)};
 }
 
 // Note [Tuned algorithms]: the kernels' passes this instruction runs, each left
@@ -187,7 +137,7 @@ std::shared_ptr<const OpParams> tune(const OpParams* params, std::uint32_t needs
 template <class T>
 void activation_trampoline(const void* context, T* values, std::int64_t n) {
   const auto* e = static_cast<const EpilogueCall<T>*>(context);
-  e->activation->epilogue_forward(e->params, values, n);
+  e->activation->fusion->epilogue_forward(e->params, values, n);
 }
 
 // y[n, k, ...] += bias[k]
@@ -204,25 +154,83 @@ void add_bias(const T* bias, T* y, std::int64_t n, std::int64_t channels, std::i
 template <class T>
 void pullback_trampoline(const void* context, const T* y, T* dy, std::int64_t n) {
   const auto* e = static_cast<const EpilogueCall<T>*>(context);
-  e->activation->epilogue_pullback(e->params, y, dy, n);
+  e->activation->fusion->epilogue_pullback(e->params, y, dy, n);
 }
 
-// Applies c.epilogue's pullback to the output adjoint in place. With a weight
-// gradient to compute (not transposed), that pass computes it and the bias
-// gradient too, as it packs the adjoint: returns true. Otherwise it is a pass
-// of its own: returns false.
+// Applies a fused activation's pullback to the output adjoint in place. With a
+// weight gradient to compute (not transposed), that pass computes it and the
+// bias gradient too, as it packs the adjoint: returns true. Otherwise it is a
+// pass of its own: returns false.
 template <class T>
-bool fold_into_weight_pass(const PullbackCall<T>& c, const ConvOpParams& cp, Array<T>* gw, Array<T>* gbias) {
+bool fold_into_weight_pass(const PullbackCall<T>& c, const EpilogueCall<T>& activation, Array<T>& adjoint,
+                           const ConvOpParams& cp, Array<T>* gw, Array<T>* gbias) {
   const ConvGeometry& g = cp.geometry;
-  kernels::AdjointPrologue<T> prologue{c.output.data(), &pullback_trampoline<T>, c.epilogue, nullptr};
-  T* gy = c.unfolded_adjoint->data();
+  kernels::AdjointPrologue<T> prologue{c.output.data(), &pullback_trampoline<T>, &activation, nullptr};
+  T* gy = adjoint.data();
   if (cp.transpose || !gw) {
-    kernels::apply_adjoint_prologue(gy, c.unfolded_adjoint->size(), prologue);
+    kernels::apply_adjoint_prologue(gy, adjoint.size(), prologue);
     return false;
   }
   prologue.bias_grad = gbias ? gbias->data() : nullptr;
   kernels::conv_backward_weight_folded(g, cp.algorithm[2], c.inputs[0]->data(), gy, gw->data(), prologue);
   return true;
+}
+
+// y = conv(x, w) (+ bias); a fused activation (compiled programs) runs on each
+// block of outputs as it is stored.
+template <class T>
+void conv_forward_call(const ForwardCall<T>& c, const EpilogueCall<T>* activation) {
+  const auto& cp = params_as<ConvOpParams>(c.params);
+  const ConvGeometry& g = cp.geometry;
+  const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data();
+  T* y = c.output.data();
+  const T* bias = c.inputs.size() == 3 ? c.inputs[2]->data() : nullptr;
+  if (!cp.transpose) {
+    // Bias and a fused activation run inside the kernel's output loop (Note [Epilogues]).
+    kernels::OutputEpilogue<T> epilogue{bias, nullptr, activation};
+    if (activation) epilogue.activation = &activation_trampoline<T>;
+    const bool any = bias || activation;
+    kernels::conv_forward(g, cp.algorithm[0], x, w, y, /*accumulate=*/false, any ? &epilogue : nullptr);
+    return;
+  }
+  c.output.fill(T(0));
+  kernels::conv_backward_input(g, cp.algorithm[1], x, w, y);
+  if (bias) add_bias(bias, y, g.N, g.C, g.in_vol());
+  if (activation) activation->activation->fusion->epilogue_forward(activation->params, y, c.output.size());
+}
+
+// The input, weight and bias gradients; with a fused activation (compiled
+// programs), its pullback first turns `adjoint` (the output adjoint's buffer) into the conv's.
+template <class T>
+void conv_pullback_call(const PullbackCall<T>& c, const EpilogueCall<T>* activation, Array<T>* adjoint) {
+  const auto& cp = params_as<ConvOpParams>(c.params);
+  const ConvGeometry& g = cp.geometry;
+  const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data(), *gout = c.output_adjoint.data();
+  Array<T>*gx = c.input_adjoints[0], *gw = c.input_adjoints[1];
+  Array<T>* gbias = c.input_adjoints.size() == 3 ? c.input_adjoints[2] : nullptr;
+  // gx is written when assigned (Note [Assigned adjoints]); the weight and bias passes add.
+  const bool add_gx = !c.assigns(0);
+  for (std::size_t i = 1; i < c.input_adjoints.size(); ++i) zero_if_assigned(c, i);
+  // A fused activation's pullback (compiled programs, Note [Adjoint prologue]) runs as
+  // the weight gradient packs the adjoint, with the bias gradient; first, since gx reads its result.
+  if (activation && fold_into_weight_pass(c, *activation, *adjoint, cp, gw, gbias)) {
+    gw = nullptr;
+    gbias = nullptr;
+  }
+  if (!cp.transpose && gw && gbias) {  // the bias gradient's row sums as the weight pass reads gy
+    kernels::conv_backward_weight_and_bias(g, cp.algorithm[2], x, gout, gw->data(), gbias->data());
+    gw = nullptr;
+    gbias = nullptr;
+  }
+  if (!cp.transpose) {
+    if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data(), add_gx);
+    if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], x, gout, gw->data());
+  } else {
+    if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), add_gx);
+    if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], gout, x, gw->data());
+  }
+  if (gbias)
+    kernels::conv_bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
 }
 
 std::string print_list(const char* name, const std::vector<std::int64_t>& v) {
@@ -234,62 +242,22 @@ OpInfo<T> conv_family_row(bool transpose) {
   OpInfo<T> r;
   r.name = op_name(transpose);
   r.arity = kVariadic;
-  // bilinear in (x, w), not linear in each jointly; a fused activation runs in the forward's output loop and its
-  // pullback in the weight gradient's packing of the output adjoint
-  r.flags = kPullbackIgnoresOutput | kAppliesEpilogue | kFoldsEpiloguePullback | kPullbackCanAssign;
-  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
+  // bilinear in (x, w), not linear in each jointly
+  r.flags = kPullbackIgnoresOutput | kPullbackCanAssign;
+  r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ConvOpParams>(p), s); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
     return 2.0 * params_as<ConvOpParams>(p).geometry.macs();
   };
-  r.forward = [](const ForwardCall<T>& c) {
-    const auto& cp = params_as<ConvOpParams>(c.params);
-    const ConvGeometry& g = cp.geometry;
-    const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data();
-    T* y = c.output.data();
-    const T* bias = c.inputs.size() == 3 ? c.inputs[2]->data() : nullptr;
-    if (!cp.transpose) {
-      // Bias and a fused activation run inside the kernel's output loop (Note [Epilogues]).
-      kernels::OutputEpilogue<T> epilogue{bias, nullptr, c.epilogue};
-      if (c.epilogue) epilogue.activation = &activation_trampoline<T>;
-      const bool any = bias || c.epilogue;
-      kernels::conv_forward(g, cp.algorithm[0], x, w, y, /*accumulate=*/false, any ? &epilogue : nullptr);
-      return;
-    }
-    c.output.fill(T(0));
-    kernels::conv_backward_input(g, cp.algorithm[1], x, w, y);
-    if (bias) add_bias(bias, y, g.N, g.C, g.in_vol());
-    if (c.epilogue) c.epilogue->activation->epilogue_forward(c.epilogue->params, y, c.output.size());
+  r.forward = [](const ForwardCall<T>& c) { conv_forward_call<T>(c, nullptr); };
+  r.pullback = [](const PullbackCall<T>& c) { conv_pullback_call<T>(c, nullptr, nullptr); };
+  // Note [Fusion hooks]: a fused activation runs in the forward's output loop,
+  // its pullback in the weight gradient's packing of the output adjoint.
+  Fusion<T> fusion;
+  fusion.forward_with_epilogue = [](const ForwardCall<T>& c, const EpilogueCall<T>& e) { conv_forward_call(c, &e); };
+  fusion.pullback_with_epilogue = [](const PullbackCall<T>& c, const EpilogueCall<T>& e, Array<T>& adjoint) {
+    conv_pullback_call(c, &e, &adjoint);
   };
-  r.pullback = [](const PullbackCall<T>& c) {
-    const auto& cp = params_as<ConvOpParams>(c.params);
-    const ConvGeometry& g = cp.geometry;
-    const T *x = c.inputs[0]->data(), *w = c.inputs[1]->data(), *gout = c.output_adjoint.data();
-    Array<T>*gx = c.input_adjoints[0], *gw = c.input_adjoints[1];
-    Array<T>* gbias = c.input_adjoints.size() == 3 ? c.input_adjoints[2] : nullptr;
-    // gx is written when assigned (Note [Assigned adjoints]); the weight and bias passes add.
-    const bool add_gx = !c.assigns(0);
-    for (std::size_t i = 1; i < c.input_adjoints.size(); ++i) zero_if_assigned(c, i);
-    // A fused activation's pullback (compiled programs, Note [Adjoint prologue]) runs as
-    // the weight gradient packs the adjoint, with the bias gradient; first, since gx reads its result.
-    if (c.epilogue && fold_into_weight_pass(c, cp, gw, gbias)) {
-      gw = nullptr;
-      gbias = nullptr;
-    }
-    if (!cp.transpose && gw && gbias) {  // the bias gradient's row sums as the weight pass reads gy
-      kernels::conv_backward_weight_and_bias(g, cp.algorithm[2], x, gout, gw->data(), gbias->data());
-      gw = nullptr;
-      gbias = nullptr;
-    }
-    if (!cp.transpose) {
-      if (gx) kernels::conv_backward_input(g, cp.algorithm[1], gout, w, gx->data(), add_gx);
-      if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], x, gout, gw->data());
-    } else {
-      if (gx) kernels::conv_forward(g, cp.algorithm[0], gout, w, gx->data(), add_gx);
-      if (gw) kernels::conv_backward_weight(g, cp.algorithm[2], gout, x, gw->data());
-    }
-    if (gbias)
-      kernels::conv_bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
-  };
+  r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
   r.tune = &tune<T>;
   r.print_params = [](const OpParams* p) {
     const auto& cp = params_as<ConvOpParams>(p);

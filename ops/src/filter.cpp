@@ -33,11 +33,11 @@ struct FilterOpParams : OpParams {
   FilterParams user;
   bool convolve = false;
   std::int64_t axis = -1;  // >= 0: a 1-D kernel along this axis
-  // Resolved by the shape rule when the instruction is recorded.
-  mutable std::vector<std::int64_t> lo, hi;
-  mutable bool extended = false;  // whether the image is extended at all
-  mutable kernels::Correlation corr;
-  mutable std::array<ConvAlgorithm, 3> algorithm{};
+  // Resolved by the plan step (Note [Plans]) in the copy an instruction keeps.
+  std::vector<std::int64_t> lo, hi;
+  bool extended = false;  // whether the image is extended at all
+  kernels::Correlation corr;
+  std::array<ConvAlgorithm, 3> algorithm{};
 };
 
 void check_separable(std::size_t factors, const Shape& image, const std::source_location& where) {
@@ -72,7 +72,7 @@ Shape full_kernel_shape(const FilterOpParams& p, const Shape& image, const Shape
 }
 
 // Extension of the image on each side of every dim (Note in filter.hpp: SciPy's centring).
-void plan_extension(const FilterOpParams& p, const Shape& image, const Shape& kernel) {
+void plan_extension(FilterOpParams& p, const Shape& image, const Shape& kernel) {
   const char* op = op_name(p);
   const FilterParams& u = p.user;
   const std::size_t rank = image.rank();
@@ -120,7 +120,9 @@ void plan_extension(const FilterOpParams& p, const Shape& image, const Shape& ke
   }
 }
 
-Shape plan(const FilterOpParams& p, std::span<const Shape* const> s) {
+Plan plan(const FilterOpParams& given, std::span<const Shape* const> s) {
+  auto resolved = std::make_shared<FilterOpParams>(given);
+  FilterOpParams& p = *resolved;
   const char* op = op_name(p);
   if (s.size() != 2 && s.size() != 3)
     fail(op, fmt::format("got {} inputs expected (image, kernel) or (image, kernel, fill value)", s.size()));
@@ -146,7 +148,8 @@ Shape plan(const FilterOpParams& p, std::span<const Shape* const> s) {
   p.algorithm = {choose_conv_algorithm(p.corr.inner, ConvPass::forward, want, op),
                  choose_conv_algorithm(p.corr.inner, ConvPass::backward_input, want, op),
                  choose_conv_algorithm(p.corr.inner, ConvPass::backward_weight, want, op)};
-  return p.corr.out;
+  Shape out = p.corr.out;
+  return {std::move(out), std::move(resolved)};
 }
 
 template <class T>
@@ -162,7 +165,7 @@ OpInfo<T> filter_family_row(bool convolve) {
   // saved[0]: the extended image; saved[1]: its adjoint's workspace (both empty when the
   // image is not extended; kept across replays so a replayed pullback allocates nothing).
   r.n_saved = 2;
-  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<FilterOpParams>(p), s); };
+  r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<FilterOpParams>(p), s); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
     return 2.0 * params_as<FilterOpParams>(p).corr.inner.macs();
   };

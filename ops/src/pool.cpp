@@ -23,7 +23,7 @@ struct PoolOpParams : OpParams {
   PoolParams user;
   PoolKind kind = PoolKind::max;
   bool global = false;
-  mutable kernels::PoolGeometry geometry;  // resolved by the shape rule
+  kernels::PoolGeometry geometry;  // resolved by the plan step (Note [Plans]) in the copy an instruction keeps
 };
 
 namespace {
@@ -58,7 +58,7 @@ const char* op_name(PoolKind k, bool global) {
   return "?";
 }
 
-Shape plan(const PoolOpParams& p, const Shape& x) {
+Plan plan(const PoolOpParams& p, const Shape& x) {
   const char* op = op_name(p.kind, p.global);
   kernels::PoolSpec spec{p.user.window, p.user.stride, p.user.padding, p.user.dilation, p.user.ceil_mode};
   if (p.global) {
@@ -68,8 +68,9 @@ Shape plan(const PoolOpParams& p, const Shape& x) {
   }
   if (p.kind == PoolKind::lp && !(p.user.p > 0 && std::isfinite(p.user.p)))
     fail(op, fmt::format("p is {} expected a finite p > 0; hint: p = inf is the maximum of |x|: maxpool(abs(x))", p.user.p));
-  p.geometry = kernels::pool_geometry(x, spec, op);
-  return kernels::pool_output_shape(p.geometry);
+  auto resolved = std::make_shared<PoolOpParams>(p);
+  resolved->geometry = kernels::pool_geometry(x, spec, op);
+  return {kernels::pool_output_shape(resolved->geometry), std::move(resolved)};
 }
 
 // The buffer for a maxpool's window codes, one per output, kept in a saved
@@ -86,10 +87,10 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
   r.name = op_name(kind, global);
   r.arity = 1;
-  r.flags = kind == PoolKind::mean ? kLinear : kind == PoolKind::max ? kPoolsByMax : kNoFlags;
+  r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
   r.flags |= kPullbackCanAssign;  // from codes the whole adjoint is written; otherwise zeroed first
-  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
+  r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {  // one per window element
     const kernels::PoolGeometry& g = params_as<PoolOpParams>(p).geometry;
     return double(g.N) * double(g.C) * double(g.out_vol()) * double(g.win[0]) * double(g.win[1]) * double(g.win[2]);
@@ -122,11 +123,14 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }
   };
+  Fusion<T> fusion;
+  fusion.pools_by_max = kind == PoolKind::max;
   // From window codes a maxpool's pullback never reads its input; a mean-pool's never does.
-  r.pullback_reads_input = [kind](const OpParams* params, std::size_t) {
+  fusion.pullback_reads_input = [kind](const OpParams* params, std::size_t) {
     const auto& p = params_as<PoolOpParams>(params);
     return kind == PoolKind::lp || (kind == PoolKind::max && !kernels::maxpool_keeps_codes(p.geometry));
   };
+  r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<PoolOpParams>(params);
     if (p.global) return std::string();

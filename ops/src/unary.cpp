@@ -38,18 +38,21 @@ OpInfo<T> unary_plain(const char* name, Fwd fwd, Dfwd dfwd) {
 // function array_fwd(x, y, n) (y may be x): exp, tanh and sigmoid run
 // vectorised (Note [Vector math]), for the op, its epilogue and in a fused block alike.
 template <class T, class ArrayFwd, class Dfwd>
-OpInfo<T> unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd, std::uint32_t flags = kNoFlags) {
+OpInfo<T> unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd, bool mask_pullback = false) {
   OpInfo<T> row = unary_row_without_forward<T, NoParams>(
-      name, flags, [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
+      name, kNoFlags, [dfwd](T x, T y, T dy, const NoParams&) { return dfwd(x, y, dy); });
   row.forward = [array_fwd](const ForwardCall<T>& c) {
     const T* x = c.inputs[0]->data();
     T* y = c.output.data();
     kernels::parallel_chunks(c.output.size(), [&](std::int64_t begin, std::int64_t end) { array_fwd(x + begin, y + begin, end - begin); });
   };
-  row.epilogue_forward = [array_fwd](const OpParams*, T* y, std::int64_t n) { array_fwd(y, y, n); };
-  row.epilogue_pullback = [dfwd](const OpParams*, const T* y, T* dy, std::int64_t n) {
+  Fusion<T> fusion;
+  fusion.epilogue_forward = [array_fwd](const OpParams*, T* y, std::int64_t n) { array_fwd(y, y, n); };
+  fusion.epilogue_pullback = [dfwd](const OpParams*, const T* y, T* dy, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) dy[i] = dfwd(T(0), y[i], dy[i]);
   };
+  fusion.mask_pullback = mask_pullback;
+  row.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
   return row;
 }
 
@@ -116,7 +119,7 @@ OpInfo<T> relu_row() {
         for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
       },
       [](T, T y, T dy) { return y > T(0) ? dy : T(0); },  // y > 0 exactly where x > 0
-      kMaskPullback);                                      // relu(NaN) = 0
+      /*mask_pullback=*/true);                             // relu(NaN) = 0
 }
 template <class T>
 OpInfo<T> softplus_row() {

@@ -57,7 +57,8 @@ void covered(Check check, const tg::Tape<T>& tape) {
 template <class T>
 std::string row_problems(const tg::OpInfo<T>& row) {
   std::string out;
-  if (!row.shape || !row.forward || !row.pullback) out += " lacks a shape rule, forward or pullback;";
+  if (!row.shape == !row.plan) out += " needs exactly one of a shape rule and a plan step;";
+  if (!row.forward || !row.pullback) out += " lacks a forward or a pullback;";
   const int params_hooks = !!row.print_params + !!row.save_params + !!row.load_params;
   if (params_hooks != 0 && params_hooks != 3) out += " has some but not all of print_params, save_params, load_params;";
   return out;

@@ -20,9 +20,9 @@ std::string offset_text(const char* what, std::int64_t offset) {
 // "%9:f64[12,12] = fused{%5 = mul %0 %1; %6 = add %5 %2; %9 = tanh %6} %0 %1 %2"
 template <class T>
 std::string step_equation(const CompiledProgram<T>& p, const typename CompiledProgram<T>::Step& st) {
-  if (!st.group.empty()) {
+  if (const auto* chain = st.chain()) {
     std::vector<std::string> members;
-    for (const auto& m : st.group) {
+    for (const auto& m : chain->members) {
       std::string text = fmt::format("%{} = {}", m.slot, m.op->name);
       if (m.op->print_params && m.params) {
         const std::string attrs = m.op->print_params(m.params.get());
@@ -30,7 +30,7 @@ std::string step_equation(const CompiledProgram<T>& p, const typename CompiledPr
       }
       for (int i = 0; i < m.n_in; ++i) {
         const std::int32_t code = m.in[static_cast<std::size_t>(i)];
-        text += fmt::format(" %{}", code < 0 ? st.group[static_cast<std::size_t>(-1 - code)].slot : st.args[static_cast<std::size_t>(code)]);
+        text += fmt::format(" %{}", code < 0 ? chain->members[static_cast<std::size_t>(-1 - code)].slot : st.args[static_cast<std::size_t>(code)]);
       }
       members.push_back(std::move(text));
     }
@@ -38,11 +38,12 @@ std::string step_equation(const CompiledProgram<T>& p, const typename CompiledPr
                        fmt::join(st.args, " %"));
   }
   std::string line = equation(st.out, p.value(st.out), *st.op, st.params.get(), st.args);
-  if (st.epilogue) line += " + " + st.epilogue->name;  // a fused group: the activation runs on the op's output
-  // Note [Activation pullbacks at the max-pool]
-  if (st.epilogue_pullback_moved) line += " (its pullback at the max-pool)";
-  if (st.at_max) line += fmt::format(" ({}'s pullback here)", st.at_max->name);
-  if (st.shares_value) line += st.shares_adjoint ? " (view: value and adjoint shared)" : " (view: value shared)";
+  if (const auto* e = st.epilogue()) {  // a fused group: the activation runs on the op's output
+    line += " + " + e->activation.op->name;
+    if (e->pullback_at_max) line += " (its pullback at the max-pool)";  // Note [Activation pullbacks at the max-pool]
+  }
+  if (const auto* m = st.at_max()) line += fmt::format(" ({}'s pullback here)", m->activation.op->name);
+  if (const auto* v = st.view()) line += v->shares_adjoint ? " (view: value and adjoint shared)" : " (view: value shared)";
   return line;
 }
 

@@ -6,7 +6,9 @@
 //   auto [gx, gw] = ct.gradient(x2, w2);         // replay, same shapes
 //   fmt::print("{}", tg::dump(ct));              // kept instructions, arena offsets, planned bytes
 //
-// Passes (each can be switched off in CompileOptions, for debugging and tests):
+// Passes (each can be switched off in CompileOptions, for debugging and tests;
+// one file each in autodiff/src/compile, run in the order of the pass list in
+// program.cpp; Note [Fusion hooks] in registry.hpp says what an op offers them):
 //   dead_code:   Note [Dead instructions]: an instruction whose output does not
 //                reach the tape's output is not run, forward or backward; a
 //                pullback runs only when the gradient reaches a needs-grad input.
@@ -16,15 +18,15 @@
 //                matmul, add) and feeds nothing else runs in place on that op's
 //                output buffer, and its pullback turns the output adjoint into the
 //                producer's in place: one buffer and one adjoint less, no extra
-//                adjoint to zero. A conv (flag kAppliesEpilogue) runs it, with
+//                adjoint to zero. A conv (Fusion::forward_with_epilogue) runs it, with
 //                its bias, inside the kernel's output loop (implicit GEMM: on
 //                each task's block of outputs as it is stored); after any other
 //                producer it runs as one parallel pass. Its pullback is one
 //                parallel pass over the adjoint before the producer's pullback,
 //                or folded into a conv's weight gradient (see below).
 //                Note [Activation pullbacks at the max-pool]: when the fused
-//                activation's output feeds only a max-pool (registry flags
-//                kMaskPullback, kPoolsByMax: ReLU then maxpool), its pullback
+//                activation's output feeds only a max-pool (Fusion::mask_pullback
+//                and pools_by_max: ReLU then maxpool), its pullback
 //                runs on the pool's output adjoint instead, with the pool's
 //                output as the activation's: a window's maximum is the
 //                activation's output at the element the pool's pullback sends
@@ -53,7 +55,7 @@
 //                over the forward and reverse pass; buffers whose intervals are
 //                more than two steps apart share bytes. A value lives until its last reader:
 //                the forward steps that read it, and the pullbacks that do (an
-//                op's registry hook pullback_reads_input says which inputs; a
+//                op's Fusion::pullback_reads_input says which inputs; a
 //                2x2 max-pool with window codes and a mean-pool read none, so a
 //                conv's output before LeNet's max-pool is free after the forward).
 //                Without it each gets its own bytes.
@@ -78,7 +80,7 @@
 //
 // The interpreter (Tape) stays the reference: the tests compare every model
 // both ways, with every subset of passes. A conv's activation pullback folds
-// into its weight gradient's packing of the adjoint (kFoldsEpiloguePullback,
+// into its weight gradient's packing of the adjoint (Fusion::pullback_with_epilogue,
 // Note [Adjoint prologue]); after a matmul it stays one parallel pass, since
 // OpenBLAS packs its own operands.
 //
@@ -96,11 +98,15 @@
 #include <source_location>
 #include <span>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "tapegrad/autodiff/gradient.hpp"
 
 namespace tg {
+namespace compile_impl {
+struct MemoryPlan;
+}
 
 struct CompileOptions {
   bool dead_code = true;
@@ -144,6 +150,20 @@ class CompiledProgram {
   void set_profile(TapeProfile* profile) { profile_ = profile; }
 
   // --- what the compiler decided (printing, tests) ---------------------------------
+  // An activation fused onto a step (Note [Epilogue fusion]).
+  struct Activation {
+    const OpInfo<T>* op = nullptr;
+    std::shared_ptr<const OpParams> params;
+  };
+  // Note [Elementwise fusion]: one op of a chain run as one step, block by block.
+  struct Member {
+    const OpInfo<T>* op;
+    std::shared_ptr<const OpParams> params;
+    std::array<std::int32_t, 2> in;  // >= 0: index into the step's args; < 0: member -1 - in's output
+    int n_in;
+    bool needs_grad;     // its output needs a gradient: its pullback runs
+    std::uint32_t slot;  // the recorded slot of its output (for printing)
+  };
   struct Step {
     const OpInfo<T>* op;
     std::shared_ptr<const OpParams> params;
@@ -152,28 +172,36 @@ class CompiledProgram {
     std::vector<Array<T>> saved;  // the op's own buffers, as the tape had them
     Site where;
     bool pullback;  // runs in the reverse pass
-    const OpInfo<T>* epilogue = nullptr;  // fused activation (Note [Epilogue fusion]); `out` is its output
-    std::shared_ptr<const OpParams> epilogue_params;
-    // Note [Activation pullbacks at the max-pool]: the epilogue's pullback runs
-    // at the max-pool that reads `out` instead (moved), and that max-pool's step
-    // runs it on its own output adjoint first (at_max).
-    bool epilogue_pullback_moved = false;
-    const OpInfo<T>* at_max = nullptr;
-    std::shared_ptr<const OpParams> at_max_params;
-    // Note [Elementwise fusion]: a chain of elementwise ops run as one step, block
-    // by block; `args` are its external inputs, `out` the last member's output.
-    struct Member {
-      const OpInfo<T>* op;
-      std::shared_ptr<const OpParams> params;
-      std::array<std::int32_t, 2> in;  // >= 0: index into args; < 0: member -1 - in's output
-      int n_in;
-      bool needs_grad;     // its output needs a gradient: its pullback runs
-      std::uint32_t slot;  // the recorded slot of its output (for printing)
+
+    // What a step is beyond running its op, one kind at a time:
+    // the op, then an activation in place on its output (`out` is the
+    // activation's slot); the activation's pullback may have moved to the
+    // max-pool that reads `out` (Note [Activation pullbacks at the max-pool]).
+    struct Epilogue {
+      Activation activation;
+      bool pullback_at_max = false;
     };
-    std::vector<Member> group;  // empty: a plain step
+    // A max-pool that runs such a moved pullback on its own output adjoint first.
+    struct AtMax {
+      Activation activation;
+    };
+    // A chain of elementwise ops: `args` are its external inputs, `out` the last member's output.
+    struct Chain {
+      std::vector<Member> members;
+    };
     // Note [Views share buffers]: the value is the input's bytes (nothing runs
-    // forward); the input's adjoint is the output adjoint's bytes (the pullback only marks it written).
-    bool shares_value = false, shares_adjoint = false;
+    // forward); with shares_adjoint the input's adjoint is the output adjoint's
+    // bytes too (the pullback only marks it written).
+    struct View {
+      bool shares_adjoint = false;
+    };
+    std::variant<std::monostate, Epilogue, AtMax, Chain, View> kind;
+
+    const Epilogue* epilogue() const { return std::get_if<Epilogue>(&kind); }
+    const AtMax* at_max() const { return std::get_if<AtMax>(&kind); }
+    const Chain* chain() const { return std::get_if<Chain>(&kind); }
+    const View* view() const { return std::get_if<View>(&kind); }
+    bool plain() const { return std::holds_alternative<std::monostate>(kind); }
   };
   static constexpr std::int64_t kNotPlanned = -1;
   const CompileOptions& options() const { return options_; }
@@ -229,10 +257,13 @@ class CompiledProgram {
   bool structure_only_ = false;  // from a tape without values (Tape::structure_only): nothing runs
 
   void check_computable() const;  // throws when structure_only_
+  void adopt_memory_plan(compile_impl::MemoryPlan plan, const Tape<T>& tape);
   template <class Seed>
   void run_reverse(Seed write_seed);
   void ensure_arena();
   void run_steps();
+  void run_step_forward(Step& st);
+  void run_step_pullback(Step& st, std::uint32_t assign);
   void group_forward(const Step& st);
   // assigned_externals, bit k: external input k's adjoint holds stale bytes and its one reader writes it.
   void group_pullback(const Step& st, std::uint32_t assigned_externals);

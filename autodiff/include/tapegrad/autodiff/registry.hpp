@@ -53,15 +53,8 @@ enum OpFlag : std::uint32_t {
   kElementwise = 1u << 0,  // output element i depends only on input elements i (after broadcasting)
   kLinear = 1u << 1,       // linear in every differentiable input
   kPullbackIgnoresOutput = 1u << 2,  // the pullback never reads the op's output value (conv, matmul, add)
-  kAppliesEpilogue = 1u << 3,  // the forward applies ForwardCall::epilogue itself, inside its output loop (conv)
-  kFoldsEpiloguePullback = 1u << 4,  // the pullback applies PullbackCall::epilogue itself (conv)
   kPullbackCanAssign = 1u << 5,  // the pullback honours PullbackCall::assign (Note [Assigned adjoints])
   kView = 1u << 6,  // one input; the output is its elements in the same order, another shape (reshape)
-  // Note [Activation pullbacks at the max-pool] (compile.hpp):
-  kPoolsByMax = 1u << 7,  // each output is one element of its input window, and the pullback sends the output
-                          // adjoint to that element alone (maxpool)
-  kMaskPullback = 1u << 8,  // an activation whose epilogue pullback multiplies the adjoint by 0 or 1, chosen
-                            // by the output value, and whose forward never outputs NaN (relu)
 };
 
 template <class T>
@@ -76,15 +69,23 @@ struct EpilogueCall {
 
 constexpr int kVariadic = -1;
 
+// Note [Plans]: what an op's plan step resolves once, when an instruction is
+// recorded, evaluated or loaded: the output shape, and the params the kernels
+// run with (a geometry, the algorithm of each pass) as a new immutable struct.
+// Replays and compiled programs use the resolved params and never plan again.
+// (Before, a shape rule wrote `mutable` fields of the user's params: a params
+// object shared by two instructions, or read while planned, raced.)
+struct Plan {
+  Shape output;
+  std::shared_ptr<const OpParams> resolved;  // null: the params as given
+};
+
 template <class T>
 struct ForwardCall {
   const OpParams* params;
   std::span<const Array<T>* const> inputs;
   Array<T>& output;       // already has the shape the shape rule gave; write every element
   std::span<Array<T>> saved;  // op-owned buffers kept for the pullback (n_saved of them)
-  // Set only for kAppliesEpilogue ops: run this activation on the output in place,
-  // as the output is produced. Null: none.
-  const EpilogueCall<T>* epilogue;
 };
 
 template <class T>
@@ -95,17 +96,47 @@ struct PullbackCall {
   const Array<T>& output_adjoint;
   std::span<Array<T>* const> input_adjoints;  // accumulate (+=); nullptr = not needed
   std::span<Array<T>> saved;  // the forward's saved buffers; a pullback may also keep workspaces here
-  // Set only for kFoldsEpiloguePullback ops in a compiled program: the activation
-  // fused onto the output, whose pullback has NOT been applied to the output
-  // adjoint. The op applies it in place on *unfolded_adjoint (output_adjoint's
-  // own buffer) before it reads the adjoint (Note [Adjoint prologue] in kernels/epilogue.hpp).
-  const EpilogueCall<T>* epilogue = nullptr;
-  Array<T>* unfolded_adjoint = nullptr;
   // Bit i: input_adjoints[i] holds stale bytes; write it instead of adding
   // (Note [Assigned adjoints]). Nonzero only for kPullbackCanAssign ops.
   std::uint32_t assign = 0;
 
   bool assigns(std::size_t i) const { return i < 32 && ((assign >> i) & 1u) != 0; }
+};
+
+// Note [Fusion hooks]: what only the compiler reads lives in one optional part
+// of a row; an op without fusion leaves OpInfo::fusion null, and no call it
+// receives carries compiler state. (Rejected: compiler flags and hooks on every
+// row, and epilogue pointers in every ForwardCall and PullbackCall, which each
+// plain op had to ignore.)
+template <class T>
+struct Fusion {
+  // As an activation (Note [Epilogues]): a one-input elementwise op whose
+  // derivative follows from its output alone (relu, tanh, sigmoid, exp) can run
+  // in place on the buffer of the op that produced its input (the compiler's
+  // epilogue fusion, when that producer is kPullbackIgnoresOutput and has no
+  // other consumer):
+  //   epilogue_forward:  y[i] = f(y[i])
+  //   epilogue_pullback: dy[i] = f'(x[i]) * dy[i], computed from the output y
+  std::function<void(const OpParams*, T* values, std::int64_t n)> epilogue_forward;
+  std::function<void(const OpParams*, const T* output, T* adjoint, std::int64_t n)> epilogue_pullback;
+  // Note [Activation pullbacks at the max-pool] (compile.hpp): the epilogue
+  // pullback multiplies the adjoint by 0 or 1, chosen by the output value, and
+  // the forward never outputs NaN (relu).
+  bool mask_pullback = false;
+  // As a producer: the forward that runs a fused activation inside its own
+  // output loop (conv), and the pullback that applies the activation's pullback
+  // itself, in place on `adjoint` (output_adjoint's own buffer, not yet turned
+  // into the producer's) as it first reads it (Note [Adjoint prologue] in
+  // kernels/epilogue.hpp). Empty: the compiler runs the activation as a pass.
+  std::function<void(const ForwardCall<T>&, const EpilogueCall<T>&)> forward_with_epilogue;
+  std::function<void(const PullbackCall<T>&, const EpilogueCall<T>&, Array<T>& adjoint)> pullback_with_epilogue;
+  // Each output is one element of its input window, and the pullback sends the
+  // output adjoint to that element alone (maxpool).
+  bool pools_by_max = false;
+  // Whether the pullback reads input k's value; empty: it reads every input.
+  // A compiled program's memory plan lets bytes of an input that no pullback
+  // reads go to other buffers after its last forward reader (Note [Planned arena]).
+  std::function<bool(const OpParams*, std::size_t k)> pullback_reads_input;
 };
 
 template <class T>
@@ -114,8 +145,11 @@ struct OpInfo {
   int arity = 1;  // number of inputs, or kVariadic
   std::uint32_t flags = kNoFlags;
   int n_saved = 0;
-  // Validates the inputs and returns the output shape; throws tg::Error.
+  // Validates the inputs and returns the output shape; throws tg::Error. An op
+  // whose kernels need more than shapes (a geometry) gives `plan` instead
+  // (Note [Plans]); exactly one of the two is set.
   std::function<Shape(const OpParams*, std::span<const Shape* const>)> shape;
+  std::function<Plan(const OpParams*, std::span<const Shape* const>)> plan;
   std::function<void(const ForwardCall<T>&)> forward;
   std::function<void(const PullbackCall<T>&)> pullback;
   // "stride=1 axes=[0,2]"; empty when the op has no attributes.
@@ -127,19 +161,8 @@ struct OpInfo {
   // Floating-point operations of one forward from the input and output shapes
   // (summaries); empty: one per output element.
   std::function<double(const OpParams*, std::span<const Shape* const> inputs, const Shape& output)> flops;
-  // Whether the pullback reads input k's value; empty: it reads every input.
-  // A compiled program's memory plan lets bytes of an input that no pullback
-  // reads go to other buffers after its last forward reader (Note [Planned arena]).
-  std::function<bool(const OpParams*, std::size_t k)> pullback_reads_input;
-  // Note [Epilogues]: a one-input elementwise op whose derivative follows from
-  // its output alone (relu, tanh, sigmoid, exp) can run in place on the buffer
-  // of the op that produced its input (the compiler's epilogue fusion, when that
-  // producer is kPullbackIgnoresOutput and has no other consumer):
-  //   epilogue_forward:  y[i] = f(y[i])
-  //   epilogue_pullback: dy[i] = f'(x[i]) * dy[i], computed from the output y
-  // Both are empty for every other op.
-  std::function<void(const OpParams*, T* values, std::int64_t n)> epilogue_forward;
-  std::function<void(const OpParams*, const T* output, T* adjoint, std::int64_t n)> epilogue_pullback;
+  // What only the compiler reads (Note [Fusion hooks]); null for most ops.
+  std::shared_ptr<const Fusion<T>> fusion;
   // Note [Tuned algorithms]: an op with several kernels for one computation
   // (conv's algorithms) may time them for a compiled program
   // (CompileOptions::tune_algorithms). Given its params and which inputs need

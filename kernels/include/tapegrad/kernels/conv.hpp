@@ -83,6 +83,12 @@ struct ConvGeometry {
 // Validates x and w against the spec (rank, channels, groups, stride, dilation,
 // padding, kernel larger than the padded input); throws tg::Error naming `op`.
 ConvGeometry conv_geometry(const Shape& x, const Shape& w, const ConvSpec& spec, const char* op);
+// The conv whose backward-input pass is a transposed convolution of x (N, C,
+// in...) by w (C, K/groups, kernel...): its input, the transpose's output, is
+// (N, groups * w[1], out...) with out = (in - 1) * stride - lo - hi +
+// dilation * (k - 1) + output_padding + 1, and its output is x.
+ConvGeometry conv_transpose_geometry(const Shape& x, const Shape& w, const ConvSpec& spec,
+                                     const std::vector<std::int64_t>& output_padding, const char* op);
 Shape conv_input_shape(const ConvGeometry& g);
 Shape conv_weight_shape(const ConvGeometry& g);
 Shape conv_output_shape(const ConvGeometry& g);

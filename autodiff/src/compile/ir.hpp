@@ -1,0 +1,115 @@
+// The compiler's one internal program representation, and its passes.
+// Private to autodiff/src/compile.
+//
+// A program is built from a recorded tape as one step per instruction; each
+// pass (one file each, pass_*.cpp) reads and rewrites the steps; the memory
+// plan then lays the remaining buffers out in one arena; runtime.cpp runs the
+// result. The pass list is in program.cpp: adding a pass is its file and one
+// row there.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "tapegrad/autodiff/compile.hpp"
+
+namespace tg::compile_impl {
+
+template <class T>
+struct Ir {
+  using Step = typename CompiledProgram<T>::Step;
+  const Tape<T>& tape;  // shapes, slot kinds, the recorded instructions
+  const CompileOptions& options;
+  std::vector<Step> steps;
+  std::vector<std::uint8_t> needs_grad;  // per slot
+  std::uint32_t output;
+  std::span<const Guard> guards;  // checked after every forward pass: their values stay values
+  // Note [Views share buffers]: the slot whose buffer a slot's value / adjoint uses.
+  std::vector<std::uint32_t> value_root, adjoint_root;
+
+  std::size_t slots() const { return tape.num_slots(); }
+  const Shape& shape(std::uint32_t slot) const { return tape.value(slot).shape(); }
+  SlotKind kind(std::uint32_t slot) const { return tape.kind(slot); }
+};
+
+// Per slot: how many steps and guards read it, and the step that writes it (-1: none).
+struct SlotUses {
+  std::vector<int> step_readers, guard_readers, producer;
+  int readers(std::uint32_t slot) const { return step_readers[slot] + guard_readers[slot]; }
+};
+template <class T>
+SlotUses slot_uses(const Ir<T>& ir) {
+  const std::size_t n = ir.slots();
+  SlotUses u{std::vector<int>(n, 0), std::vector<int>(n, 0), std::vector<int>(n, -1)};
+  for (const Guard& g : ir.guards) {
+    u.guard_readers[g.lhs]++;
+    if (g.rhs != Tape<T>::kNoSlot) u.guard_readers[g.rhs]++;
+  }
+  for (std::size_t s = 0; s < ir.steps.size(); ++s) {
+    u.producer[ir.steps[s].out] = static_cast<int>(s);
+    for (auto a : ir.steps[s].args) u.step_readers[a]++;
+  }
+  return u;
+}
+
+// Drops the steps marked removed, keeping the others in order.
+template <class Step>
+void compact(std::vector<Step>& steps, const std::vector<std::uint8_t>& removed) {
+  std::size_t kept = 0;
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    if (removed[s]) continue;
+    if (kept != s) steps[kept] = std::move(steps[s]);  // never a self-move: it would empty the vectors
+    ++kept;
+  }
+  steps.resize(kept);
+}
+
+// ---- the passes (program.cpp runs them in this order) ----------------------
+template <class T>
+void eliminate_dead_code(Ir<T>& ir);  // Note [Dead instructions]
+template <class T>
+void tune_algorithms(Ir<T>& ir);  // Note [Tuned algorithms]
+template <class T>
+void fuse_elementwise(Ir<T>& ir);  // Note [Elementwise fusion]
+template <class T>
+void fuse_epilogues(Ir<T>& ir);  // Note [Epilogue fusion]
+template <class T>
+void move_pullbacks_to_max_pools(Ir<T>& ir);  // Note [Activation pullbacks at the max-pool]
+template <class T>
+void share_views(Ir<T>& ir);  // Note [Views share buffers]
+
+// Elementwise chains: elements per block, and members per chain at most
+// (pass_elementwise_fusion.cpp says why).
+inline constexpr std::int64_t kFusedBlock = 4096;
+inline constexpr std::size_t kMaxChainMembers = 64;
+
+// ---- the memory plan (Note [Planned arena], pass_memory_plan.cpp) ----------
+struct MemoryPlan {
+  static constexpr std::int64_t kNotPlanned = -1;
+  std::int64_t arena_bytes = 0, unplanned_bytes = 0;
+  std::vector<std::int64_t> value_offset, adjoint_offset;  // per slot, bytes, or kNotPlanned
+  struct View {
+    std::uint32_t slot;
+    bool adjoint;
+  };
+  std::vector<View> views;  // every buffer in the arena, views of another's bytes included
+};
+template <class T>
+MemoryPlan plan_memory(const Ir<T>& ir);
+
+// Whether step st's pullback reads its k-th input's value: a fused chain's
+// members may all read theirs; an op says so by its fusion hook.
+template <class Step>
+bool pullback_reads_input(const Step& st, std::size_t k) {
+  if (st.chain()) return true;
+  const auto* f = st.op->fusion.get();
+  return !f || !f->pullback_reads_input || f->pullback_reads_input(st.params.get(), k);
+}
+
+}  // namespace tg::compile_impl
+
+// Explicit instantiations of a pass for float and double, at the end of its file.
+#define TG_COMPILE_PASS_INSTANCES(pass)                      \
+  template void pass(tg::compile_impl::Ir<float>& ir);       \
+  template void pass(tg::compile_impl::Ir<double>& ir);

@@ -27,22 +27,12 @@
 // B^T = C^T. They are computed at compile time, with the tap counts as
 // template parameters, so every transform is unrolled.
 //
-// Rounding: the transforms scale values up before the GEMMs and back down
-// after, so in float the forward and input gradient differ from a direct
-// convolution by a few 1e-6 relative, and the weight gradient (a sum over every
-// tile in the transformed domain) by a few 1e-5 of its largest entry (LeNet's
-// conv2 against LibTorch: 5e-6, 7e-6 and 2.4e-5 with 8 points for its 5x5
-// kernel; 3.5e-6, 5e-6 and 5e-5 with 6 points and 2x2 tiles, which it used
-// before; implicit GEMM: 4e-6). In double all three agree with the reference
-// loops to 1e-12.
-//
-// Tile size: 4x4 outputs of a 5x5 kernel need 64 points, 2x2 outputs 36, so
-// the GEMMs do 4 multiplies per output instead of 9; the larger tiles' input
-// transforms cost about as much per output, and a 14x14 plane (LeNet's conv2)
-// wastes a quarter of its 16x16 tile outputs. On that layer the 64-point
-// version took 0.72-0.79x the time of the 36-point one in the forward,
-// 0.80-0.85x in the input gradient and 0.85-0.93x in the weight gradient
-// (2 threads, interleaved runs).
+// Rounding: the transforms scale values up before the GEMMs and back down, so
+// in float the outputs differ from a direct convolution by a few 1e-6 relative
+// (the weight gradient by a few 1e-5 of its largest entry); in double by 1e-12.
+// Tiles of 4x4 outputs, not 2x2: 4 multiplies per output of a 5x5 kernel
+// instead of 9, for input transforms of about the same cost per output.
+// (Measurements: docs/design-notes.md, Winograd.)
 //
 // Layout: the transforms read the input zero-padded to whole tiles and
 // channel-last, each group's channels padded to whole vectors: (P1, P2, Cg')
@@ -55,8 +45,7 @@
 // its rows while they are in cache. The weight gradient copies the whole input
 // channel-last first (its tasks are rows of tiles, whose windows overlap), and
 // reads each row of gy's tiles through a channel-last copy too. Every change of layout is a transpose
-// of vector-sized blocks in registers (8 x 8 floats): on LeNet's conv2 the
-// element-by-element copies they replace took a fifth of the forward's time.
+// of vector-sized blocks in registers (8 x 8 floats), not element by element.
 //
 // The passes themselves are in conv_winograd_passes.hpp, compiled here for any
 // x86-64 and in conv_winograd_avx2.cpp for AVX2+FMA; this file picks one.

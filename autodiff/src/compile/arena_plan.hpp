@@ -4,18 +4,11 @@
 // so a buffer read for the last time at step t never shares with one first
 // written at step t (an op's output never aliases its input).
 //
-// Bytes change hands only between buffers more than kHandoverGap steps apart.
-// When a buffer's first writer runs right after the previous owner's last
-// readers, every line it writes must first be taken from the other threads'
-// caches; where the threads do not share one L3 (a VM's two vCPUs on two dies,
-// two sockets) that is slow. On such spells of the 2-core test VM, two threads
-// writing 6.4 MB that both had just read took 1.33-1.42 ms, against 0.58 ms
-// after writing their own halves and 0.61 ms cold (0.62 against 0.58 when the
-// vCPUs shared an L3), and LeNet's pool1 pullback, writing its adjoint into
-// the bytes conv2's adjoint had just left, 1.3-1.9 ms instead of 0.4. With a
-// gap of 2 the LeNet step took 17.75 ms in those spells against 19.86 with
-// none and 18.13 with no sharing at all, the same 13.8-14.0 ms otherwise; its
-// arena is 13.8 MiB instead of 9.2 (one buffer each: 23.1).
+// Bytes change hands only between buffers more than kHandoverGap steps apart:
+// a buffer written right after the previous owner's last readers must first
+// take every line from the other threads' caches, slow where threads do not
+// share an L3. Rejected: handing bytes over at once (the smallest arena; LeNet's
+// step 12% slower on such machines; docs/design-notes.md, Planned arena).
 //
 // Placement is the greedy best-known heuristic for this offline problem:
 // largest buffers first, each at the lowest offset that clears every placed

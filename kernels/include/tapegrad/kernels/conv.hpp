@@ -33,8 +33,7 @@
 // picks direct for depthwise and single-channel filtering, winograd for the
 // channel-heavy 3x3 and 5x5 layers of a CNN, implicit_gemm for the other
 // channel-heavy layers (im2col for 1x1 layers), and fft for large kernels (15x15 and up
-// on a 512x512 plane: direct 0.9 / 5 / 16 / 41-80 ms for k = 5 / 9 / 15 / 31,
-// fft 8-15 ms throughout). Any pass can be forced through the algorithm argument;
+// on a 512x512 plane). Any pass can be forced through the algorithm argument;
 // forcing fft or winograd on a geometry it cannot run is an error.
 #pragma once
 

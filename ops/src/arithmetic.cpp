@@ -77,13 +77,7 @@ OpInfo<T> pow_scalar_row() {
         if (q.p == 0) return T(0);
         return q.p == 2 ? dy * T(2) * x : dy * static_cast<T>(q.p) * std::pow(x, static_cast<T>(q.p - 1));
       });
-  r.print_params = [](const OpParams* p) { return fmt::format("p={}", params_as<PowScalarParams>(p).p); };
-  r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<PowScalarParams>(p).p); };
-  r.load_params = [](ParamReader& in) {
-    auto p = std::make_shared<PowScalarParams>();
-    p->p = in.f64("p");
-    return p;
-  };
+  one_double_attribute(r, "p", &PowScalarParams::p);
   return r;
 }
 

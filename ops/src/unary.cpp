@@ -138,13 +138,7 @@ OpInfo<T> leaky_relu_row() {
       "leaky_relu", kNoFlags,
       [](T x, const LeakyReluParams& p) { return x > T(0) ? x : static_cast<T>(p.slope) * x; },
       [](T x, T, T dy, const LeakyReluParams& p) { return x > T(0) ? dy : static_cast<T>(p.slope) * dy; });
-  r.print_params = [](const OpParams* p) { return fmt::format("slope={}", params_as<LeakyReluParams>(p).slope); };
-  r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(params_as<LeakyReluParams>(p).slope); };
-  r.load_params = [](ParamReader& in) {
-    auto p = std::make_shared<LeakyReluParams>();
-    p->slope = in.f64("slope");
-    return p;
-  };
+  one_double_attribute(r, "slope", &LeakyReluParams::slope);
   return r;
 }
 

@@ -3,6 +3,8 @@
 // Internal to ops/ (installed because op files of users may reuse it).
 #pragma once
 
+#include <fmt/format.h>
+
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/elementwise.hpp"
 
@@ -66,6 +68,19 @@ OpInfo<T> unary_row(const char* name, std::uint32_t flags, Fwd fwd, Dfwd dfwd) {
     kernels::map(c.inputs[0]->data(), c.output.data(), c.output.size(), [&](T x) { return fwd(x, p); });
   };
   return row;
+}
+
+// The print, save and load hooks of an op whose only attribute is one double,
+// P::*field, printed and saved as `name` ("slope=0.1").
+template <class T, class P>
+void one_double_attribute(OpInfo<T>& row, const char* name, double P::*field) {
+  row.print_params = [name, field](const OpParams* p) { return fmt::format("{}={}", name, params_as<P>(p).*field); };
+  row.save_params = [field](const OpParams* p, ParamWriter& w) { w.f64(params_as<P>(p).*field); };
+  row.load_params = [name, field](ParamReader& in) {
+    auto p = std::make_shared<P>();
+    (*p).*field = in.f64(name);
+    return p;
+  };
 }
 
 }  // namespace tg::ops

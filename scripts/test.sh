@@ -4,15 +4,19 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer and libFuzzer's coverage, which
 # runs the unit tests and the data loader's tests again and the tape-file
 # loader's fuzz target for a minute on its corpus; then the tests that run
-# several user threads under ThreadSanitizer.
+# several user threads under ThreadSanitizer (built while the fuzzer runs on one core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+phase() { echo "[test.sh] $1 ($((SECONDS - started)) s so far)"; }
 bash scripts/install-deps.sh --tests
 jobs=$(nproc)
+phase "dependencies installed"
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_BUILD_TOOLS=ON -DTAPEGRAD_BUILD_BENCHMARKS=OFF
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure
+phase "release build and tests done"
 
 # One library build serves the sanitizer run of the tests and the fuzz target (TAPEGRAD_FUZZ implies the sanitizers).
 # The sanitizer builds compile at -O1 -g1 (line tables only): stack traces keep their lines, and
@@ -25,13 +29,20 @@ cmake --build build-asan-fuzz -j "$jobs" --target tapegrad_tests cnn_tests fuzz_
 # pointer (and become a tg::Error), as it does without the sanitizer.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan-fuzz --output-on-failure -R 'unit|loader'
+phase "sanitizer build and tests done"
+
+# The ThreadSanitizer build runs in the background while the fuzzer (one thread) runs.
+cmake -S . -B build-tsan -G Ninja "${sanitizer_flags[@]}" -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
+      -DTAPEGRAD_BUILD_EXAMPLES=OFF > /dev/null
+cmake --build build-tsan -j "$jobs" --target tapegrad_thread_tests > build-tsan/build.log 2>&1 &
+tsan_build=$!
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 # New inputs go to the scratch corpus; a crash leaves its input in build-asan-fuzz/ and fails the run.
 OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=60 -timeout=10 -rss_limit_mb=4096 \
   -artifact_prefix=build-asan-fuzz/ "$corpus" tests/fuzz/corpus
+phase "fuzzing done"
 
-cmake -S . -B build-tsan -G Ninja "${sanitizer_flags[@]}" -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
-      -DTAPEGRAD_BUILD_EXAMPLES=OFF
-cmake --build build-tsan -j "$jobs" --target tapegrad_thread_tests
+wait "$tsan_build" || { cat build-tsan/build.log; exit 1; }
 ctest --test-dir build-tsan --output-on-failure -R threads_tsan
+phase "thread tests done"

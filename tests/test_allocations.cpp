@@ -291,7 +291,7 @@ TEST_CASE("allocations: Winograd convolutions (forward, both gradients) allocate
 }
 
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
-  const cnn::LenetParams P(7);
+  const cnn::LenetWeights P(7);
   const std::int64_t n = 64;
   cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
   for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);

@@ -120,7 +120,7 @@ Row elementwise_row(int reps, bool profile) {
 }
 
 Row lenet_row(int reps, bool profile) {
-  const cnn::LenetParams P(1);
+  const cnn::LenetWeights P(1);
   const std::int64_t n = 64;
   cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
   for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);

@@ -156,8 +156,8 @@ using cnn::CompiledLenet;
 // recorded tape is dropped once compiled, so only the compiled program's memory counts).
 Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& turns) {
   tg::set_num_threads(o.threads);
-  cnn::LenetParams P(1);
-  std::vector<A*> params = P.pointers();
+  cnn::LenetWeights P(1);
+  std::vector<A*> weights = P.pointers();
   cnn::Sgd sgd{0.01f, 0.9f, {}};
   std::optional<cnn::LenetTape> full, partial;
   std::optional<CompiledLenet> compiled_full, compiled_partial;
@@ -188,7 +188,7 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& tur
       loss_sum += step();
       std::vector<const A*> g;
       for (const A& gk : grads) g.push_back(&gk);
-      sgd.step(params, g);
+      sgd.step(weights, g);
       waited += turns.after_step();
     }
     r.seconds[e - 1] = since(start) - waited;
@@ -246,7 +246,7 @@ struct TorchLenet : torch::nn::Module {
     return fc2(x);
   }
   // The same initial weights as tapegrad's (its linear weights are (in, out): transposed here).
-  void copy_from(const cnn::LenetParams& P) {
+  void copy_from(const cnn::LenetWeights& P) {
     torch::NoGradGuard no_grad;
     auto from = [](const A& a) {
       return torch::from_blob(const_cast<float*>(a.data()), std::vector<std::int64_t>(a.shape().dims().begin(), a.shape().dims().end()));
@@ -281,7 +281,7 @@ double torch_accuracy(TorchLenet& net, const cnn::Dataset& test) {
 Result train_torch(const Data& d, const Options& o, Turns& turns) {
   torch::set_num_threads(o.threads);
   TorchLenet net;
-  net.copy_from(cnn::LenetParams(1));
+  net.copy_from(cnn::LenetWeights(1));
   torch::optim::SGD sgd(net.parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   A x, y;
   Result r;

@@ -85,8 +85,8 @@ int main(int argc, char** argv) try {
              n_train, n_test, epochs, o.batch, o.optimizer, o.lr, tg::num_threads(),
              o.interpret ? "interpreted tapes" : "compiled tapes");
 
-  cnn::LenetParams P(o.seed);
-  std::vector<A*> params = P.pointers();
+  cnn::LenetWeights P(o.seed);
+  std::vector<A*> weights = P.pointers();
   cnn::Sgd sgd{o.lr, 0.9f, {}};
   cnn::Adam adam;
   adam.lr = o.lr;
@@ -122,8 +122,8 @@ int main(int argc, char** argv) try {
       }
       std::vector<const A*> g;
       for (const A& gk : grads) g.push_back(&gk);
-      if (o.optimizer == "sgd") sgd.step(params, g);
-      else adam.step(params, g);
+      if (o.optimizer == "sgd") sgd.step(weights, g);
+      else adam.step(weights, g);
       running = s == 0 ? l : 0.98 * running + 0.02 * l;
       epoch_sum += l;
       step_x.push_back(epoch - 1 + double(s + 1) / double(steps));

@@ -17,10 +17,10 @@
 
 namespace cnn {
 
-// The parameters, in the order the model takes them (PyTorch's default initialisation).
-struct LenetParams {
+// The weights and biases, in the order the model takes them (PyTorch's default initialisation).
+struct LenetWeights {
   std::vector<A> p;
-  explicit LenetParams(std::uint64_t seed) {
+  explicit LenetWeights(std::uint64_t seed) {
     p.push_back(init_uniform({32, 1, 5, 5}, 25, seed + 1));
     p.push_back(init_uniform({32}, 25, seed + 2));
     p.push_back(init_uniform({64, 32, 5, 5}, 800, seed + 3));
@@ -56,19 +56,19 @@ inline TrackedF lenet_loss(const TrackedF& x, const TrackedF& labels, const Trac
 }
 
 // The training step as a replayable program: images and labels are data (no gradient).
-inline auto record_lenet_step(const A& x, const A& y, const LenetParams& P) {
+inline auto record_lenet_step(const A& x, const A& y, const LenetWeights& P) {
   auto tape = tg::record(lenet_loss, x, y, P.p[0], P.p[1], P.p[2], P.p[3], P.p[4], P.p[5], P.p[6], P.p[7]);
   tape.set_needs_grad(0, false);  // conv1 computes no input gradient
   tape.set_needs_grad(1, false);
   return tape;
 }
-using LenetTape = decltype(record_lenet_step(A(), A(), LenetParams(0)));
+using LenetTape = decltype(record_lenet_step(A(), A(), LenetWeights(0)));
 using CompiledLenet = decltype(tg::compile(std::declval<const LenetTape&>()));
 
 // Replays the step on a batch; grads[k] receives parameter k's gradient. Returns the loss.
 // Program: the recorded tape (LenetTape) or its compiled form (tg::compile).
 template <class Program>
-float lenet_gradient(Program& tape, const A& x, const A& y, const LenetParams& P, std::vector<A>& grads) {
+float lenet_gradient(Program& tape, const A& x, const A& y, const LenetWeights& P, std::vector<A>& grads) {
   grads.resize(P.p.size());
   std::array<A*, 10> into{};  // nothing for the images and labels
   for (std::size_t k = 0; k < grads.size(); ++k) into[k + 2] = &grads[k];
@@ -82,7 +82,7 @@ float lenet_gradient(Program& tape, const A& x, const A& y, const LenetParams& P
 inline constexpr std::int64_t kEvalChunk = 32;
 
 // Test accuracy over the first `limit` images, in chunks of kEvalChunk on plain Arrays.
-inline double lenet_accuracy(const Dataset& test, const LenetParams& P, std::int64_t limit) {
+inline double lenet_accuracy(const Dataset& test, const LenetWeights& P, std::int64_t limit) {
   const std::int64_t n = std::min(limit, test.size()), chunk = kEvalChunk;
   std::int64_t hits = 0;
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));  // the test set in its own order

@@ -65,13 +65,13 @@ inline std::pair<float, float> pixel_statistics(const Dataset& d) {
 struct Sgd {
   float lr = 0.01f, momentum = 0.9f;
   std::vector<A> velocity;
-  void step(std::vector<A*>& params, const std::vector<const A*>& grads) {
+  void step(std::vector<A*>& weights, const std::vector<const A*>& grads) {
     if (velocity.empty())
-      for (auto* p : params) velocity.push_back(A::zeros(p->shape()));
-    for (std::size_t k = 0; k < params.size(); ++k) {
-      float *p = params[k]->data(), *v = velocity[k].data();
+      for (auto* p : weights) velocity.push_back(A::zeros(p->shape()));
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+      float *p = weights[k]->data(), *v = velocity[k].data();
       const float* g = grads[k]->data();
-      for (std::int64_t i = 0; i < params[k]->size(); ++i) {
+      for (std::int64_t i = 0; i < weights[k]->size(); ++i) {
         v[i] = momentum * v[i] + g[i];
         p[i] -= lr * v[i];
       }
@@ -84,18 +84,18 @@ struct Adam {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   std::vector<A> m, v;
   int t = 0;
-  void step(std::vector<A*>& params, const std::vector<const A*>& grads) {
+  void step(std::vector<A*>& weights, const std::vector<const A*>& grads) {
     if (m.empty())
-      for (auto* p : params) {
+      for (auto* p : weights) {
         m.push_back(A::zeros(p->shape()));
         v.push_back(A::zeros(p->shape()));
       }
     ++t;
     const float c1 = 1 - std::pow(beta1, float(t)), c2 = 1 - std::pow(beta2, float(t));
-    for (std::size_t k = 0; k < params.size(); ++k) {
-      float *p = params[k]->data(), *mk = m[k].data(), *vk = v[k].data();
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+      float *p = weights[k]->data(), *mk = m[k].data(), *vk = v[k].data();
       const float* g = grads[k]->data();
-      for (std::int64_t i = 0; i < params[k]->size(); ++i) {
+      for (std::int64_t i = 0; i < weights[k]->size(); ++i) {
         mk[i] = beta1 * mk[i] + (1 - beta1) * g[i];
         vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i];
         p[i] -= lr * (mk[i] / c1) / (std::sqrt(vk[i] / c2) + eps);

@@ -95,6 +95,13 @@ std::size_t normalize_axis(std::int64_t axis, std::size_t rank, const char* op) 
   return static_cast<std::size_t>(axis < 0 ? axis + r : axis);
 }
 
+void check_dim_list(const std::vector<std::int64_t>& values, std::size_t dims, const char* what, const char* dim_word,
+                    const char* op) {
+  if (!values.empty() && values.size() != 1 && values.size() != dims)
+    fail(op, fmt::format("{} has {} values ([{}]) expected 1 or {} (one per {})", what, values.size(),
+                         fmt::join(values, ","), dims, dim_word));
+}
+
 }  // namespace tg
 
 #include "tapegrad/kernels/array.hpp"

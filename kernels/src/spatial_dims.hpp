@@ -10,15 +10,14 @@
 #include <vector>
 
 #include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/shape.hpp"
 
 namespace tg::kernels {
 
 // One value per spatial dim from a list of 0 (fallback), 1 (for all) or `spatial` values, each >= minimum.
 inline std::array<std::int64_t, 3> spatial_dims(const std::vector<std::int64_t>& v, int spatial, std::int64_t fallback,
                                                 std::int64_t minimum, const char* what, const char* op) {
-  if (!v.empty() && v.size() != 1 && static_cast<int>(v.size()) != spatial)
-    fail(op, fmt::format("{} has {} values ([{}]) expected 1 or {} (one per spatial dim)", what, v.size(),
-                         fmt::join(v, ","), spatial));
+  check_dim_list(v, static_cast<std::size_t>(spatial), what, "spatial dim", op);
   const std::int64_t unused = minimum == 0 ? 0 : 1;
   std::array<std::int64_t, 3> out{unused, unused, unused};
   for (int d = 0; d < spatial; ++d) {

@@ -85,9 +85,7 @@ void plan_extension(FilterOpParams& p, const Shape& image, const Shape& kernel) 
   if (!u.origin.empty() && u.output != Output::same)
     fail(op, fmt::format("origin [{}] with output {} expected an origin only with output same", fmt::join(u.origin, ","),
                          to_string(u.output)));
-  if (!u.origin.empty() && u.origin.size() != 1 && u.origin.size() != rank)
-    fail(op, fmt::format("origin has {} values ([{}]) expected 1 or {} (one per dim)", u.origin.size(),
-                         fmt::join(u.origin, ","), rank));
+  check_dim_list(u.origin, rank, "origin", "dim", op);
   p.lo.assign(rank, 0);
   p.hi.assign(rank, 0);
   p.extended = false;

@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace tg {
 
@@ -113,5 +114,11 @@ Strides broadcast_strides(const Shape& from, const Shape& to);
 
 // Normalises a possibly negative axis against `rank`; throws tg::Error naming `op`.
 std::size_t normalize_axis(std::int64_t axis, std::size_t rank, const char* op);
+
+// A per-dim attribute list (stride, padding, origin, ...) holds nothing (the
+// default), one value for every dim, or one per dim: throws otherwise, naming
+// `what` and the dims ("spatial dim" or "dim"). Every such list is checked here.
+void check_dim_list(const std::vector<std::int64_t>& values, std::size_t dims, const char* what, const char* dim_word,
+                    const char* op);
 
 }  // namespace tg

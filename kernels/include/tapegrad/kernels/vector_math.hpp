@@ -3,8 +3,8 @@
 // 4 ulp) when the CPU has AVX2 and the build found libmvec; libm element by
 // element otherwise. Every element goes through the same function whatever the
 // array's length (a tail is padded into a whole vector), so a value does not
-// depend on how an array was split (the compiler's fused blocks). On 2^20
-// floats libm's tanhf took 27-30 ms here, libmvec's 1.5-2.5 ms.
+// depend on how an array was split (the compiler's fused blocks). Rejected:
+// libm per element everywhere (10-20x slower; docs/design-notes.md).
 #pragma once
 
 #include <cstdint>

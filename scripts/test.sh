@@ -32,8 +32,9 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_O
 phase "sanitizer build and tests done"
 
 # The ThreadSanitizer build runs in the background while the fuzzer (one thread) runs.
-cmake -S . -B build-tsan -G Ninja "${sanitizer_flags[@]}" -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF \
-      -DTAPEGRAD_BUILD_EXAMPLES=OFF > /dev/null
+# At -O0: it compiles in half the time of -O1, and the thread tests take seconds either way.
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O0 -g1" \
+      -DTAPEGRAD_TSAN=ON -DTAPEGRAD_BUILD_TOOLS=OFF -DTAPEGRAD_BUILD_EXAMPLES=OFF > /dev/null
 cmake --build build-tsan -j "$jobs" --target tapegrad_thread_tests > build-tsan/build.log 2>&1 &
 tsan_build=$!
 corpus=$(mktemp -d)

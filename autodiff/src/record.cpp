@@ -160,17 +160,19 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
       fail(op.name, fmt::format("computes shape {} from its inputs but the tape says {} expected equal; hint: the tape "
                                 "file is damaged, or the op changed since it was saved",
                                 to_string(shape), to_string(expected)));
+    if (budget.limit_flops) {
+      const double flops = nominal_flops(op, params.get(), shapes, shape);
+      if (!(flops <= budget.flops_left))
+        fail(op.name, fmt::format("replaying it would take {:.3g} FLOPs, past what is left of the load's budget ({:.3g}) "
+                                  "expected a tape within LoadOptions::max_flops; hint: raise max_flops (tapedump "
+                                  "--max-flops) for a file you trust",
+                                  flops, budget.flops_left));
+      budget.flops_left -= flops;
+    }
     if (!budget.run) {  // the structure only: no storage, nothing computed
       std::vector<Array<T>> saved(static_cast<std::size_t>(std::max(op.n_saved, 0)));
       return tape.append(op, std::move(params), args, Array<T>::borrowed(shape, nullptr), std::move(saved), where);
     }
-    const double flops = nominal_flops(op, params.get(), shapes, shape);
-    if (!(flops <= budget.flops_left))
-      fail(op.name, fmt::format("replaying it would take {:.3g} FLOPs, past what is left of the load's budget ({:.3g}) "
-                                "expected a tape within LoadOptions::max_flops; hint: raise max_flops (tapedump "
-                                "--max-flops) for a file you trust",
-                                flops, budget.flops_left));
-    budget.flops_left -= flops;
     std::vector<Array<T>> saved;
     Array<T> out = Array<T>::uninitialized(shape);
     if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));

@@ -4,8 +4,8 @@
 // A program is built from a recorded tape as one step per instruction; each
 // pass (one file each, pass_*.cpp) reads and rewrites the steps; the memory
 // plan then lays the remaining buffers out in one arena; runtime.cpp runs the
-// result. The pass list is in program.cpp: adding a pass is its file and one
-// row there.
+// result. The pass list is in program.cpp: adding a pass is its file, and its
+// declaration and row there (and its source in autodiff/CMakeLists.txt).
 #pragma once
 
 #include <cstdint>
@@ -64,20 +64,6 @@ void compact(std::vector<Step>& steps, const std::vector<std::uint8_t>& removed)
   }
   steps.resize(kept);
 }
-
-// ---- the passes (program.cpp runs them in this order) ----------------------
-template <class T>
-void eliminate_dead_code(Ir<T>& ir);  // Note [Dead instructions]
-template <class T>
-void tune_algorithms(Ir<T>& ir);  // Note [Tuned algorithms]
-template <class T>
-void fuse_elementwise(Ir<T>& ir);  // Note [Elementwise fusion]
-template <class T>
-void fuse_epilogues(Ir<T>& ir);  // Note [Epilogue fusion]
-template <class T>
-void move_pullbacks_to_max_pools(Ir<T>& ir);  // Note [Activation pullbacks at the max-pool]
-template <class T>
-void share_views(Ir<T>& ir);  // Note [Views share buffers]
 
 // Elementwise chains: elements per block, and members per chain at most
 // (pass_elementwise_fusion.cpp says why).

@@ -8,6 +8,22 @@
 #include "tapegrad/autodiff/tape_file.hpp"
 
 namespace tg {
+namespace compile_impl {
+// The passes, each in its own file (pass_*.cpp).
+template <class T>
+void eliminate_dead_code(Ir<T>& ir);  // Note [Dead instructions]
+template <class T>
+void tune_algorithms(Ir<T>& ir);  // Note [Tuned algorithms]
+template <class T>
+void fuse_elementwise(Ir<T>& ir);  // Note [Elementwise fusion]
+template <class T>
+void fuse_epilogues(Ir<T>& ir);  // Note [Epilogue fusion]
+template <class T>
+void move_pullbacks_to_max_pools(Ir<T>& ir);  // Note [Activation pullbacks at the max-pool]
+template <class T>
+void share_views(Ir<T>& ir);  // Note [Views share buffers]
+}  // namespace compile_impl
+
 namespace {
 
 using compile_impl::Ir;

@@ -38,6 +38,9 @@ Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::initializ
 // How a loaded tape's instructions are replayed (tape_file.hpp's LoadOptions).
 struct ReplayBudget {
   bool run = true;  // false: shapes only; outputs get no storage and no forward runs
+  // Whether the FLOPs below bound the instructions, run or not (a dry pass over
+  // the shapes counts them before any input is made: deserialize_tape).
+  bool limit_flops = true;
   // FLOPs the forwards may still take (each op's nominal count, OpInfo::flops, else
   // one per element of its largest operand); an instruction past it is an error.
   double flops_left = 0;

@@ -3,7 +3,7 @@
 # install-and-consume test, the examples, tapedump); then one clang build with
 # AddressSanitizer + UndefinedBehaviorSanitizer and libFuzzer's coverage, which
 # runs the unit tests and the data loader's tests again and the tape-file
-# loader's fuzz target for 45 s on its corpus; then the tests that run several
+# loader's fuzz target for 30 s on its corpus; then the tests that run several
 # user threads under ThreadSanitizer (built meanwhile, in the background).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_O
 phase "sanitizer tests done"
 
 # New inputs go to the scratch corpus; a crash leaves its input in build-asan-fuzz/ and fails the run.
-OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=45 -timeout=10 -rss_limit_mb=4096 \
+OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=30 -timeout=10 -rss_limit_mb=4096 \
   -artifact_prefix=build-asan-fuzz/ "$corpus" tests/fuzz/corpus
 phase "fuzzing done"
 

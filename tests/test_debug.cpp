@@ -8,7 +8,7 @@ using T = tg::Tracked<double>;
 
 namespace {
 
-T small_cnn(const T& x, const T& labels, const T& w1, const T& b1, const T& w2) {
+T debug_cnn(const T& x, const T& labels, const T& w1, const T& b1, const T& w2) {
   const std::int64_t n = x.shape()[0];
   auto h = tg::maxpool(tg::relu(tg::conv(x, w1, b1, {.padding = {1}})), {.window = {2}});  // (n, 3, 3, 3)
   return tg::cross_entropy(tg::matmul(tg::reshape(tg::tanh(h), {n, 27}), w2), labels);     // (n, 27) @ (27, 4)
@@ -50,13 +50,13 @@ TEST_CASE("find_nonfinite: an Inf made by a pullback is found at that pullback; 
   tape.forward(A({3}, {4.0, 2.0, 1.0}));
   CHECK_FALSE(tg::find_nonfinite(tape.tape()).found);
   auto [x, y, w1, b1, w2] = cnn_inputs();
-  auto cnn = tg::record(small_cnn, x, y, w1, b1, w2);
+  auto cnn = tg::record(debug_cnn, x, y, w1, b1, w2);
   CHECK(tg::find_nonfinite(cnn.tape()).summary() == "no NaN or Inf: every value and adjoint is finite\n");
 }
 
 TEST_CASE("check_instructions: every pullback of a CNN agrees with its own forward's finite differences") {
   auto [x, y, w1, b1, w2] = cnn_inputs();
-  auto tape = tg::record(small_cnn, x, y, w1, b1, w2);  // labels not marked as data: skipped, not failed
+  auto tape = tg::record(debug_cnn, x, y, w1, b1, w2);  // labels not marked as data: skipped, not failed
   const auto report = tg::check_instructions(tape.tape());
   CHECK_MESSAGE(report.first_failure() == nullptr, report.summary());
   CHECK(report.instructions.size() == tape.tape().num_instructions());

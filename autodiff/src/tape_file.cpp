@@ -345,12 +345,14 @@ void add_computed(Tape<T>& tape, std::uint32_t index, const SlotRecord& s, Repla
   }
 }
 
-// Note [Budget before inputs]: a loaded tape is built twice when it replays:
-// first its structure alone, counting every instruction's FLOPs against
-// LoadOptions::max_flops (dry), then for real. A file of a few hundred bytes
-// that asks for too much work is refused before its inputs are made (random
-// inputs of a 4096² image, 17M values, took 18 s under the sanitizers only to
-// be thrown away). Rejected: counting as the instructions run, after the inputs.
+// Note [Budget before inputs]: a loaded tape that replays on inputs it makes
+// (random, in each input's saved range) is built twice: first its structure
+// alone, counting every instruction's FLOPs against LoadOptions::max_flops
+// (dry), then for real. A file of a few hundred bytes that asks for too much
+// work is refused before its inputs are made (random inputs of a 4096² image,
+// 17M values, took 18 s under the sanitizers only to be thrown away). Saved
+// inputs are bounded by the file itself. Rejected: counting only as the
+// instructions run, after the inputs.
 template <class T>
 Tape<T> build(const FileRecords& f, const LoadOptions& options, bool dry) {
   if (f.info.element_bytes != static_cast<int>(sizeof(T)))
@@ -495,7 +497,8 @@ TapeFileInfo read_tape_file_info(std::string_view bytes) {
 template <class T>
 LoadedTape<T> deserialize_tape(std::string_view bytes, const LoadOptions& options) {
   const FileRecords f = FileReader(bytes, options).records();
-  if (options.replay) build<T>(f, options, /*dry=*/true);  // Note [Budget before inputs]
+  const bool makes_inputs = !f.info.input_values || options.random_inputs;
+  if (options.replay && makes_inputs) build<T>(f, options, /*dry=*/true);  // Note [Budget before inputs]
   return {build<T>(f, options, /*dry=*/false), f.info};
 }
 

@@ -54,6 +54,16 @@ Plan plan_of(const OpInfo<T>& op, const OpParams* params, std::span<const Shape*
   return {op.shape(params, shapes), nullptr};
 }
 
+// The forward of an op already planned: an output of `shape`, and its saved buffers.
+template <class T>
+Array<T> forward_planned(const OpInfo<T>& op, const OpParams* params, std::span<const Array<T>* const> inputs,
+                         const Shape& shape, std::vector<Array<T>>& saved) {
+  Array<T> out = Array<T>::uninitialized(shape);
+  if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
+  op.forward({params, inputs, out, saved});
+  return out;
+}
+
 // Plans (Note [Plans]) and runs the forward; `params` becomes the resolved params.
 template <class T>
 Array<T> run_forward(const OpInfo<T>& op, std::shared_ptr<const OpParams>& params, std::span<const Array<T>* const> inputs,
@@ -62,10 +72,7 @@ Array<T> run_forward(const OpInfo<T>& op, std::shared_ptr<const OpParams>& param
   for (auto* a : inputs) shapes.push_back(&a->shape());
   Plan plan = plan_of(op, params.get(), std::span<const Shape* const>(shapes.data(), shapes.size()));
   if (plan.resolved) params = std::move(plan.resolved);
-  Array<T> out = Array<T>::uninitialized(plan.output);
-  if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
-  op.forward({params.get(), inputs, out, saved});
-  return out;
+  return forward_planned(op, params.get(), inputs, plan.output, saved);
 }
 
 }  // namespace
@@ -174,9 +181,7 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
       return tape.append(op, std::move(params), args, Array<T>::borrowed(shape, nullptr), std::move(saved), where);
     }
     std::vector<Array<T>> saved;
-    Array<T> out = Array<T>::uninitialized(shape);
-    if (op.n_saved > 0) saved.resize(static_cast<std::size_t>(op.n_saved));
-    op.forward({params.get(), std::span<const Array<T>* const>(inputs), out, saved});
+    Array<T> out = forward_planned(op, params.get(), std::span<const Array<T>* const>(inputs), shape, saved);
     return tape.append(op, std::move(params), args, std::move(out), std::move(saved), where);
   } catch (const Error& e) {
     throw e.with_site(where);

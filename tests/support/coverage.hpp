@@ -77,7 +77,8 @@ inline int report_uncovered(std::span<const Check> checks) {
   for (const auto* row : tg::Registry<double>::rows()) {
     if (!row->builtin) continue;
     if (auto p = row_problems(*row); !p.empty()) report(row->name, p);
-    if (auto p = row_problems(*tg::Registry<float>::find(row->name)); !p.empty()) report(row->name + " (float)", p);
+    if (const auto* f = tg::Registry<float>::find(row->name); !f) report(row->name, " has no float row;");
+    else if (auto p = row_problems(*f); !p.empty()) report(row->name + " (float)", p);
     for (Check c : checks)
       if (!l.seen[c].contains(row->name))
         report(row->name, std::string(" (") + row->registered_at + ") is not exercised by " + check_name(c));

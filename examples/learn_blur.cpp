@@ -20,12 +20,12 @@ int main() {
   const A images = A::random_uniform({8, 48, 48}, 0.0, 1.0, 1);  // 8 images, batch axis first
   const A blurred = tg::correlate(images, truth, replicate);
 
-  auto loss = [&](const T& k) { return tg::mse(tg::correlate(images, k, replicate), blurred); };
+  auto loss = [&](const T& k, const T& x, const T& target) { return tg::mse(tg::correlate(x, k, replicate), target); };
   A k = A::random_uniform({1, 3, 3}, 0.0, 0.2, 2);
-  auto tape = tg::record(loss, k);
+  auto tape = tg::record(loss, k, tg::data(images), tg::data(blurred));
   const double lr = 0.3;  // below 2 / (largest curvature of the loss), about 0.4 for these images
   for (int step = 0; step <= 400; ++step) {
-    const A g = tape.gradient(k);
+    const A g = tape.gradient(k, tg::data(images), tg::data(blurred));
     if (step % 80 == 0) fmt::print("step {:3}  loss {:.3e}\n", step, tape.value());
     for (std::int64_t i = 0; i < k.size(); ++i) k.data()[i] -= lr * g.data()[i];
   }

@@ -3,10 +3,12 @@
 #   --tests       also what only the test command needs (Graphviz, clang 16 for the fuzz target)
 #   --with-torch  also LibTorch (libtorch-dev), the comparison in benchmarks (large; never a library dependency)
 set -euo pipefail
-packages=(cmake ninja-build g++ libfmt-dev libopenblas-openmp-dev libfftw3-dev zlib1g-dev doctest-dev dataset-fashion-mnist)
+packages=(cmake ninja-build g++ libfmt-dev libopenblas-openmp-dev libfftw3-dev zlib1g-dev doctest-dev dataset-fashion-mnist
+          libboost1.81-dev nlohmann-json3-dev)
 # graphviz: the tests render tapedump's DOT output; clang-16 and its runtimes: the
 # tape-file loader's libFuzzer target (clang 15+ for std::source_location).
-[[ "${1:-}" == "--tests" ]] && packages+=(graphviz clang-16 libclang-rt-16-dev libomp-16-dev)
+# python3-numpy: an independent reader of the safetensors checkpoints.
+[[ "${1:-}" == "--tests" ]] && packages+=(graphviz clang-16 libclang-rt-16-dev libomp-16-dev python3-numpy)
 [[ "${1:-}" == "--with-torch" ]] && packages+=(libtorch-dev)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -309,7 +309,7 @@ TEST_CASE("conv: dot-product test on layer-sized shapes, every algorithm") {
 
 TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algorithms") {
   const A x = A::random_uniform({2, 3, 8, 8}, -1, 1, 1), w = A::random_uniform({4, 3, 3, 3}, -1, 1, 2);
-  auto tape = tg::record([&](const T& a) { return tg::sum(tg::conv(a, w, {.padding = {1}, .algorithm = ConvAlgorithm::im2col})); }, x);
+  auto tape = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(w), {.padding = {1}, .algorithm = ConvAlgorithm::im2col})); }, x);
   const A g = tape.gradient();
   const auto [gx, gw] = tg::gradient([&](const T& a, const T& b) { return tg::sum(tg::conv(a, b, {.padding = {1}})); }, x, w);
   CHECK(max_abs_diff(g, gx) < 1e-12);
@@ -317,7 +317,7 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   CHECK(text.find("conv") != std::string::npos);
   CHECK(text.find("padding=[1] algorithm=im2col/im2col/im2col") != std::string::npos);
   // The automatic rule: depthwise runs direct loops, a channel-heavy layer runs im2col.
-  auto depthwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::ones({3, 1, 3, 3}), {.groups = 3})); }, x);
+  auto depthwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(A::ones({3, 1, 3, 3})), {.groups = 3})); }, x);
   CHECK(tg::dump(depthwise).find("algorithm=direct/direct/direct") != std::string::npos);
   // A channel-heavy 3x3 layer runs Winograd where AVX2+FMA is there (else
   // im2col); strided, it runs implicit GEMM with an im2col input gradient;
@@ -326,11 +326,11 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
                           std::getenv("TAPEGRAD_PORTABLE_KERNELS") == nullptr;
   const std::string heavy = vectorised ? "winograd" : "im2col", heavy_strided = vectorised ? "implicit_gemm" : "im2col";
   const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
-  auto layer = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.padding = {1}})); }, big);
+  auto layer = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(bigw), {.padding = {1}})); }, big);
   CHECK(tg::dump(layer).find(fmt::format("algorithm={0}/{0}/{0}", heavy)) != std::string::npos);
-  auto strided = tg::record([&](const T& a) { return tg::sum(tg::conv(a, bigw, {.stride = {2}, .padding = {1}})); }, big);
+  auto strided = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(bigw), {.stride = {2}, .padding = {1}})); }, big);
   CHECK(tg::dump(strided).find(fmt::format("algorithm={0}/im2col/{0}", heavy_strided)) != std::string::npos);
-  auto pointwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, A::zeros({64, 64, 1, 1}))); }, big);
+  auto pointwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(A::zeros({64, 64, 1, 1})))); }, big);
   CHECK(tg::dump(pointwise).find("algorithm=im2col/im2col/im2col") != std::string::npos);
 }
 

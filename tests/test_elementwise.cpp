@@ -41,10 +41,10 @@ TEST_CASE("arithmetic: scalars and plain arrays are constants") {
   const A x = random_away_from({3, 4}, 5), c = random_away_from({4}, 6);
   check_op([](const T& v) { return v * 3.0; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
   check_op([](const T& v) { return 2.0 - v; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
-  check_op([&](const T& v) { return v / c; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
+  check_op([&](const T& v) { return v / tg::constant(c); }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
   check_op([](const T& v) { return -v; }, std::tuple{x}, std::tuple{random_away_from({3, 4}, 7)});
   // A constant operand gets no adjoint slot work: it is marked as not needing a gradient.
-  auto tape = tg::record([&](const T& v) { return tg::sum(v * c); }, x);
+  auto tape = tg::record([&](const T& v) { return tg::sum(v * tg::constant(c)); }, x);
   const auto& t = tape.tape();
   const auto& mul = t.instruction(0);
   CHECK_FALSE(t.needs_grad(t.args_of(mul)[1]));

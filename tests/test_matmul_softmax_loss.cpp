@@ -27,7 +27,7 @@ TEST_CASE("matmul: the triple, 2-D and batched with broadcasting") {
              std::tuple{r({2, 1, 3, 4}, 3), r({3, 4, 2}, 4)});
   }
   const A w = A::random_uniform({4, 5}, -1, 1, 9);  // a constant operand
-  check_op([&](const T& x) { return tg::matmul(x, w); }, std::tuple{A::random_uniform({3, 4}, -1, 1, 1)},
+  check_op([&](const T& x) { return tg::matmul(x, tg::constant(w)); }, std::tuple{A::random_uniform({3, 4}, -1, 1, 1)},
            std::tuple{A::random_uniform({3, 4}, -1, 1, 2)});
 }
 
@@ -78,7 +78,7 @@ TEST_CASE("losses: the triple, labels as a replayable input") {
   check_op([](const T& a, const T& b) { return tg::mse(a, b); }, std::tuple{p, t}, std::tuple{p2, t2});
   const A labels({4}, {0, 2, 1, 2}), labels2({4}, {1, 1, 0, 2});
   // Finite differences cannot perturb class indices: the triple takes the labels as a constant...
-  check_op([&](const T& z) { return tg::cross_entropy(z, labels); }, std::tuple{p}, std::tuple{p2});
+  check_op([&](const T& z) { return tg::cross_entropy(z, tg::constant(labels)); }, std::tuple{p}, std::tuple{p2});
   // ...and replay with new labels is checked on its own: labels as a tape input, replaced per batch.
   auto tape = tg::record([](const T& z, const T& y) { return tg::cross_entropy(z, y); }, p, labels);
   CHECK(tape.tape().num_instructions() == 1);
@@ -94,7 +94,7 @@ TEST_CASE("softmax and losses: dot-product test on realistic shapes") {
   const A x = A::random_uniform({64, 10}, -3, 3, 1);
   check_dot_product([](const T& v) { return tg::softmax(v, 1) + tg::log_softmax(v, 0); }, x);
   check_dot_product([](const T& v) { return tg::logsumexp(v, 1); }, x);
-  std::vector<std::int64_t> labels(64);
+  std::vector<std::int64_t> labels(64);  // a std::vector: copied, fine where nothing is replayed
   for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int64_t>(i % 10);
   check_dot_product([&](const T& v) { return tg::cross_entropy(v, labels); }, x);
   check_dot_product([](const T& v, const T& w) { return tg::mse(v, w); }, x, A::random_uniform({64, 10}, -1, 1, 2));

@@ -234,8 +234,8 @@ TEST_CASE("reliability: independent tapes recorded and replayed on several threa
   // A conv and OpenBLAS GEMMs (a matmul large enough to be split over threads) on every thread at once.
   const A w = A::random_uniform({3, 2, 3, 3}, -0.5, 0.5, 4), m = A::random_uniform({243, 300}, -0.1, 0.1, 5);
   auto f = [&](const T& x) {
-    const T h = tg::relu(tg::conv(x, w, {.padding = {1, 1}}));  // (2, 3, 9, 9)
-    return tg::sum(tg::tanh(tg::matmul(tg::reshape(h, {2, 243}), m)));
+    const T h = tg::relu(tg::conv(x, tg::constant(w), {.padding = {1, 1}}));  // (2, 3, 9, 9)
+    return tg::sum(tg::tanh(tg::matmul(tg::reshape(h, {2, 243}), tg::constant(m))));
   };
   std::vector<A> inputs, want, got(4);
   for (int t = 0; t < 4; ++t) {

@@ -195,9 +195,9 @@ TEST_CASE("tape file: damaged files are clear errors naming the field and byte, 
     magic[0] = 'X';
     CHECK(load_error([&] { tg::deserialize_tape<double>(magic); }).find("field `magic` at byte 0") != std::string::npos);
     std::string future = bytes;
-    future[8] = 2;  // version 2
+    future[8] = 3;  // version 3
     CHECK(load_error([&] { tg::deserialize_tape<double>(future); })
-              .find("field `version` at byte 8: version 2 expected 1..1; hint: a file from a newer tapegrad") != std::string::npos);
+              .find("field `version` at byte 8: version 3 expected 1..2; hint: a file from a newer tapegrad") != std::string::npos);
     CHECK(load_error([&] { tg::deserialize_tape<float>(bytes); }).find("holds f64 values but f32 was asked for") != std::string::npos);
     std::string unknown_op = bytes;
     const auto at = unknown_op.find("maxpool");

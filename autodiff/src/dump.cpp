@@ -78,7 +78,9 @@ std::string dump(const Tape<T>& tape) {
     if (tape.kind(slot) == SlotKind::input) {
       std::size_t k = 0;
       while (tape.inputs()[k] != slot) ++k;
-      out += fmt::format("  %{}:{} = input {}{}\n", slot, type_string(v), k, tape.needs_grad(slot) ? "" : " (no gradient)");
+      const std::string& name = tape.input_name(k);
+      out += fmt::format("  %{}:{} = input {}{}{}\n", slot, type_string(v), k, name.empty() ? "" : " " + name,
+                         tape.needs_grad(slot) ? "" : " (no gradient)");
     } else if (v.size() <= 4) {
       out += fmt::format("  %{}:{} = const {}\n", slot, type_string(v), to_string(v));
     } else {

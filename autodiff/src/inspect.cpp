@@ -156,6 +156,11 @@ std::string dot_graph(const Tape<T>& tape, const SlotGroups& groups) {
     const bool input = tape.kind(s) == SlotKind::input;
     std::string label = fmt::format("%{} {}\n{}", s, input ? "input" : "const", type_string(tape.value(s)));
     if (!input && tape.value(s).size() == 1) label += fmt::format(" = {}", double(tape.value(s).data()[0]));
+    if (input) {
+      const auto in = tape.inputs();
+      const std::string& name = tape.input_name(static_cast<std::size_t>(std::find(in.begin(), in.end(), s) - in.begin()));
+      if (!name.empty()) label += "\n" + name;
+    }
     if (input && !tape.needs_grad(s)) label += " (no gradient)";
     out += fmt::format("  s{} [label={}, style=filled, fillcolor=\"{}\"{}];\n", s, quoted(label),
                        input ? "#dbe8fb" : "#eeeeee", input ? "" : ", shape=ellipse");
@@ -202,7 +207,10 @@ std::string dump_json(const Tape<T>& tape) {
   for (std::uint32_t s = 0; s < tape.num_slots(); ++s)
     out += fmt::format("{}\n  {{\"id\": {}, \"kind\": \"{}\", \"shape\": [{}], \"needs_grad\": {}}}", s ? "," : "", s,
                        kind_name(tape.kind(s)), fmt::join(tape.value(s).shape().dims(), ", "), tape.needs_grad(s));
-  out += fmt::format("],\n \"inputs\": [{}],\n \"instructions\": [", fmt::join(tape.inputs(), ", "));
+  std::vector<std::string> names;
+  for (std::size_t k = 0; k < tape.inputs().size(); ++k) names.push_back(quoted(tape.input_name(k)));
+  out += fmt::format("],\n \"inputs\": [{}],\n \"input_names\": [{}],\n \"instructions\": [", fmt::join(tape.inputs(), ", "),
+                     fmt::join(names, ", "));
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
     const Instr<T>& ins = tape.instruction(i);
     out += fmt::format("{}\n  {{\"out\": {}, \"op\": {}, \"params\": {}, \"args\": [{}], \"flops\": {}, \"site\": {}}}",
@@ -249,7 +257,8 @@ template <class T>
 std::string leaf_name(const Tape<T>& tape, std::uint32_t slot) {
   if (tape.kind(slot) == SlotKind::input) {
     const auto in = tape.inputs();
-    return fmt::format("input {}", std::find(in.begin(), in.end(), slot) - in.begin());
+    const auto k = static_cast<std::size_t>(std::find(in.begin(), in.end(), slot) - in.begin());
+    return tape.input_name(k).empty() ? fmt::format("input {}", k) : fmt::format("input {} {}", k, tape.input_name(k));
   }
   return tape.kind(slot) == SlotKind::constant ? fmt::format("const {}", type_string(tape.value(slot))) : std::string();
 }

@@ -90,6 +90,17 @@ Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::span<cons
   }
 }
 
+// Note [Captured values]: a tape that is replayed would keep a copied Array at
+// its recording-time value (weights after an optimizer step, last batch's labels).
+template <class T>
+[[noreturn]] void fail_captured(const std::string& op, std::size_t operand, const Array<T>& a) {
+  fail(op, fmt::format("operand {} is an Array of shape {} that the function captured (or made) instead of taking as an "
+                       "argument, and a replay would keep its recording-time value expected a Tracked value; hint: pass "
+                       "it as an argument (a parameter tree leaf, or tg::data(a) for data), or copy it on purpose with "
+                       "tg::constant(a)",
+                       operand, to_string(a.shape())));
+}
+
 template <class T>
 Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const Operand<T>> operands,
                      const std::source_location& where) {
@@ -121,6 +132,10 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
     // 3. Validate and compute. Nothing on the tape has changed yet.
     std::vector<Array<T>> saved;
     Array<T> out = run_forward(op, params, std::span<const Array<T>* const>(inputs.data(), inputs.size()), saved);
+    // Note [Captured values], after the op's own checks: a bad shape is the first thing to fix.
+    if (tape->refuses_captures())
+      for (std::size_t i = 0; i < operands.size(); ++i)
+        if (operands[i].kind == Operand<T>::Kind::array) fail_captured(op.name, i, *operands[i].array);
 
     // 4. Commit: constants, then the instruction and its output slot.
     InlineList<std::uint32_t> args(operands.size());
@@ -202,5 +217,18 @@ template Array<float> evaluate_op(const OpInfo<float>&, const OpParams*, std::sp
                                   const std::source_location&);
 template Array<double> evaluate_op(const OpInfo<double>&, const OpParams*, std::span<const Array<double>* const>,
                                    const std::source_location&);
+
+template <class T>
+Tracked<T> constant(const Array<T>& a, std::source_location where) {
+  Tape<T>* tape = detail::current_recording<T>();
+  if (!tape)
+    throw Error("constant", fmt::format("called outside a recording (shape {}) expected a call inside a function given "
+                            "to tg::record, tg::gradient or tg::jit; hint: plain Arrays need no tg::constant outside one",
+                            to_string(a.shape())))
+        .with_site(where);
+  return Tracked<T>(tape, tape->add_constant(a));
+}
+template Tracked<float> constant(const Array<float>&, std::source_location);
+template Tracked<double> constant(const Array<double>&, std::source_location);
 
 }  // namespace tg

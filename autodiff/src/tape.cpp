@@ -19,10 +19,16 @@ std::uint32_t Tape<T>::add_slot(Array<T> value, SlotKind kind, bool needs_grad) 
 }
 
 template <class T>
-std::uint32_t Tape<T>::add_input(Array<T> value) {
-  const auto slot = add_slot(std::move(value), SlotKind::input, true);
+std::uint32_t Tape<T>::add_input(Array<T> value, bool needs_grad, std::string name) {
+  const auto slot = add_slot(std::move(value), SlotKind::input, needs_grad);
   inputs_.push_back(slot);
+  input_names_.push_back(std::move(name));
   return slot;
+}
+
+template <class T>
+std::string Tape<T>::describe_input(std::size_t k) const {
+  return input_names_[k].empty() ? fmt::format("input {}", k) : fmt::format("input {} ({})", k, input_names_[k]);
 }
 
 template <class T>
@@ -70,9 +76,9 @@ void Tape<T>::check_input(std::size_t k, const Shape& shape, const char* op) con
     fail(op, fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
   const Shape& recorded = values_[inputs_[k]].shape();
   if (!(recorded == shape))
-    fail(op, fmt::format("input {} has shape {} but the tape was recorded with {} shapes must match on replay; "
-                         "hint: record the tape again for new shapes",
-                         k, to_string(shape), to_string(recorded)));
+    fail(op, fmt::format("{} has shape {} but the tape was recorded with {} shapes must match on replay; "
+                         "hint: record the tape again for new shapes, or use tg::jit",
+                         describe_input(k), to_string(shape), to_string(recorded)));
 }
 
 template <class T>

@@ -106,6 +106,7 @@ struct SlotRecord {
   bool needs_grad = false;                  // input
   double min = 0, max = 0;                  // input
   bool integer = false;                     // input
+  std::string name;                         // input (version 2): its leaf path
   std::string_view values;                  // constant (and input, once the values section is read)
   std::string op, params_text;              // computed
   std::string_view params;                  // computed
@@ -160,6 +161,7 @@ class FileReader {
   FileRecords records() {
     FileRecords f;
     f.info = header();
+    version_ = f.info.version;
     element_bytes_ = static_cast<std::size_t>(f.info.element_bytes);
     const std::uint32_t n_slots = count("slot count", 1 + 4);
     f.slots.resize(n_slots);
@@ -238,6 +240,7 @@ class FileReader {
         s.min = r_.f64("input min");
         s.max = r_.f64("input max");
         s.integer = r_.boolean("input integer");
+        if (version_ >= 2) s.name = printable(r_.string("input name"));
         if (!(s.min <= s.max) || !std::isfinite(s.min) || !std::isfinite(s.max))
           r_.fail_at("input min", s.offset + 1, fmt::format("range [{}, {}] expected finite min <= max", s.min, s.max));
         break;
@@ -292,6 +295,7 @@ class FileReader {
   std::string_view bytes_;
   LoadOptions options_;
   std::size_t element_bytes_ = 4;
+  std::uint32_t version_ = 1;
   std::int64_t elements_ = 0;
 };
 
@@ -370,7 +374,8 @@ Tape<T> build(const FileRecords& f, const LoadOptions& options, bool dry) {
         const bool saved = f.info.input_values && !options.random_inputs;
         tape.add_input(!budget.run ? Array<T>::borrowed(s.shape, nullptr)
                        : saved         ? array_from<T>(s.shape, s.values)
-                                       : random_input<T>(s, options.seed + needs_grad.size()));
+                                       : random_input<T>(s, options.seed + needs_grad.size()),
+                       true, s.name);
         needs_grad.push_back(s.needs_grad);
         break;
       }
@@ -424,6 +429,7 @@ std::string write_skeleton(const Tape<T>& tape, const CompileOptions* compiled, 
         w.list(v.shape().dims());
         w.boolean(tape.needs_grad(tape.inputs()[next_input++]));
         if (constant_values) write_input_range(w, v);
+        w.string(tape.input_name(next_input - 1));
         break;
       case SlotKind::constant:
         w.u8('C');

@@ -145,6 +145,13 @@ Array<T> mse(const Array<T>& pred, const Array<T>& target, std::source_location 
 }
 template <class T>
 Tracked<T> cross_entropy(const Tracked<T>& logits, const std::vector<std::int64_t>& labels, std::source_location where) {
+  if (logits.tape()->refuses_captures())
+    throw Error("cross_entropy", fmt::format("labels given as a std::vector ({} labels) are copied into the tape, and a "
+                            "replay would keep this batch's labels expected labels as an argument; hint: pass them "
+                            "as tg::data(labels) (an Array of class indices), or copy them on purpose with "
+                            "tg::constant(labels_array)",
+                            labels.size()))
+        .with_site(where);
   const Array<T> l = ops::labels_array<T>(labels);
   return ops::cross_entropy_tracked<T>(Operand<T>(logits, where), Operand<T>(l, where), where);
 }

@@ -32,10 +32,12 @@ tg::Tracked<T> every_param(const tg::Tracked<T>& x, const tg::Tracked<T>& w) {
                            .forward_algorithm = tg::ConvAlgorithm::implicit_gemm, .backward_input_algorithm = tg::ConvAlgorithm::direct,
                            .backward_weight_algorithm = tg::ConvAlgorithm::implicit_gemm});
   auto t = tg::conv_transpose(c, w, {.stride = {2}, .output_padding = {1}, .algorithm = tg::ConvAlgorithm::direct});
-  auto f = tg::correlate(t, A::random_uniform({1, 1, 3, 2}, T(-1), T(1), 9),
+  auto f = tg::correlate(t, tg::constant(A::random_uniform({1, 1, 3, 2}, T(-1), T(1), 9)),
                          {.border = tg::Border::fill(0.5), .output = tg::Output::same, .origin = {0, 0, 0, -1},
                           .algorithm = tg::ConvAlgorithm::direct});
-  const std::vector<A> factors{A({1}, {T(1)}), A({1}, {T(1)}), A({3}, {T(0.25), T(0.5), T(0.25)}), A({2}, {T(1), T(-1)})};
+  const std::vector<tg::Tracked<T>> factors{tg::constant(A({1}, {T(1)})), tg::constant(A({1}, {T(1)})),
+                                            tg::constant(A({3}, {T(0.25), T(0.5), T(0.25)})),
+                                            tg::constant(A({2}, {T(1), T(-1)}))};
   auto s = tg::convolve(f, factors, {.border = tg::Border::symmetric(), .algorithm = tg::ConvAlgorithm::direct});
   auto m = tg::meanpool(tg::leaky_relu(s, T(0.1)), {.window = {2}, .padding = {1}, .count_include_pad = false});
   auto l = tg::lppool(tg::abs(m) + 0.1, {.window = {2, 1}, .stride = {1}, .ceil_mode = true, .p = 3});
@@ -54,7 +56,7 @@ tg::Tracked<T> every_param(const tg::Tracked<T>& x, const tg::Tracked<T>& w) {
   auto rmin = tg::mean(tg::min(r, {1}));
   auto z = rmax * rmin;
   if (tg::any(q > T(-100))) z = z * 2.0;  // a guard
-  return z + tg::mse(q, A::zeros(q.shape()));
+  return z + tg::mse(q, tg::constant(A::zeros(q.shape())));
 }
 
 template <class T>

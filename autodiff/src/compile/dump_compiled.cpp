@@ -69,7 +69,8 @@ std::string dump(const CompiledProgram<T>& p) {
       mib(p.arena_bytes()), mib(p.unplanned_bytes()),
       double(p.arena_bytes()) / double(std::max<std::int64_t>(1, p.unplanned_bytes())));
   for (std::size_t k = 0; k < p.inputs().size(); ++k)
-    out += fmt::format("  %{}:{} = input {}\n", p.inputs()[k], type_string(p.value(p.inputs()[k])), k);
+    out += fmt::format("  %{}:{} = input {}{}\n", p.inputs()[k], type_string(p.value(p.inputs()[k])), k,
+                       p.input_name(k).empty() ? "" : " " + p.input_name(k));
   for (const auto& st : p.steps()) {
     std::string line = "  " + step_equation(p, st);
     line += offset_text("value", p.value_offset(st.out)) + offset_text("adjoint", p.adjoint_offset(st.out));

@@ -90,6 +90,7 @@ CompiledProgram<T>::CompiledProgram(const Tape<T>& tape, const CompileOptions& o
   const std::size_t slots = tape.num_slots();
   output_ = tape.output();
   inputs_.assign(tape.inputs().begin(), tape.inputs().end());
+  for (std::size_t k = 0; k < inputs_.size(); ++k) input_names_.push_back(tape.input_name(k));
   values_.resize(slots);
   adjoints_.resize(slots);
   kind_.resize(slots);

@@ -58,9 +58,10 @@ void CompiledProgram<T>::check_input(std::size_t k, const Shape& shape) const {
   if (k >= inputs_.size()) fail("CompiledTape", fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
   const Shape& recorded = values_[inputs_[k]].shape();
   if (!(recorded == shape))
-    fail("CompiledTape", fmt::format("input {} has shape {} but the tape was recorded with {} shapes must match on "
-                                     "replay; hint: record and compile again for new shapes",
-                                     k, to_string(shape), to_string(recorded)));
+    fail("CompiledTape", fmt::format("input {}{} has shape {} but the tape was recorded with {} shapes must match on "
+                                     "replay; hint: record and compile again for new shapes, or use tg::jit",
+                                     k, input_names_[k].empty() ? "" : " (" + input_names_[k] + ")", to_string(shape),
+                                     to_string(recorded)));
 }
 
 template <class T>

@@ -213,6 +213,7 @@ class CompiledProgram {
   const Array<T>& value(std::uint32_t slot) const { return values_[slot]; }
   SlotKind kind(std::uint32_t slot) const { return kind_[slot]; }
   std::span<const std::uint32_t> inputs() const { return inputs_; }
+  const std::string& input_name(std::size_t k) const { return input_names_[k]; }
   std::uint32_t output_slot() const { return output_; }
   // The arena's bytes, and what the same buffers take one by one (the interpreter's way).
   std::int64_t arena_bytes() const { return arena_bytes_; }
@@ -235,6 +236,7 @@ class CompiledProgram {
   std::vector<std::uint8_t> needs_grad_, adjoint_live_;
   std::vector<std::int64_t> value_offset_, adjoint_offset_;
   std::vector<std::uint32_t> inputs_;
+  std::vector<std::string> input_names_;
   std::vector<Guard> guards_;
   std::uint32_t output_ = 0;
   Array<T> arena_;  // allocated by the first forward() (Note [The arena comes with the first replay])
@@ -313,33 +315,33 @@ class Compiled {
 
 // The user-facing handle: the calls of detail::FrontEnd (front_end.hpp), the
 // same as GradientTape's, and the compiled program.
-template <class T, std::size_t N>
-class CompiledTape : public detail::FrontEnd<detail::Compiled<T>, T, N> {
-  using Base = detail::FrontEnd<detail::Compiled<T>, T, N>;
+template <class T, class... Args>
+class CompiledTape : public detail::FrontEnd<detail::Compiled<T>, T, Args...> {
+  using Base = detail::FrontEnd<detail::Compiled<T>, T, Args...>;
 
  public:
   using typename Base::Recorder;
-  CompiledTape(const Tape<T>& tape, const CompileOptions& options, Recorder recorder, const std::array<bool, N>& needs_grad)
-      : Base(detail::Compiled<T>(tape, options), std::move(recorder), needs_grad) {}
+  CompiledTape(const GradientTape<T, Args...>& tape, const CompileOptions& options)
+      : Base(detail::Compiled<T>(tape.tape(), options), tape.recorder()) {
+    this->adopt_marks(tape);
+  }
 
   const CompiledProgram<T>& program() const { return this->engine_.program(); }
   CompiledProgram<T>& program() { return this->engine_.program(); }
 };
 
-template <class T, std::size_t N>
-CompiledTape<T, N> compile(const GradientTape<T, N>& tape, const CompileOptions& options = {}) {
-  std::array<bool, N> needs_grad;
-  for (std::size_t k = 0; k < N; ++k) needs_grad[k] = tape.needs_grad(k);
+template <class T, class... Args>
+CompiledTape<T, Args...> compile(const GradientTape<T, Args...>& tape, const CompileOptions& options = {}) {
   detail::dump_tape_if_requested(tape.tape(), &options);
-  return CompiledTape<T, N>(tape.tape(), options, tape.recorder(), needs_grad);
+  return CompiledTape<T, Args...>(tape, options);
 }
 
 // The compiled program as text: kept instructions with the arena offsets of
 // their value and adjoint, what dead-code elimination removed, planned bytes.
 template <class T>
 std::string dump(const CompiledProgram<T>& program);
-template <class T, std::size_t N>
-std::string dump(const CompiledTape<T, N>& ct) {
+template <class T, class... Args>
+std::string dump(const CompiledTape<T, Args...>& ct) {
   return dump(ct.program());
 }
 

@@ -3,6 +3,12 @@
 // class over another engine, so forward, gradient, gradient_into, vjp,
 // set_needs_grad, the guard policy and their error texts exist once.
 //
+// Arguments are parameter trees (tree.hpp) or tg::data(tree): the front-end
+// flattens them into the tape's inputs, one per leaf, in walk order, and
+// builds gradients back into the arguments' tree types. The number of leaves
+// is whatever the arguments have (a vector's length); a replay whose trees
+// have another structure is a failed guard (Note [Guards]).
+//
 // Note [Engines]: an engine is what runs a recording; the front-end asks it for
 //   kOps                            the error names of each call ("CompiledTape::vjp")
 //   check_input(k, shape, op)       throws for a missing input or another shape; changes nothing
@@ -14,19 +20,23 @@
 //                                   compiled program plans its reverse pass for one mask)
 //   adopt(tape)                     a fresh recording replaces what it runs; its output is ready after
 // A virtual interface was the alternative: the front-end is a template anyway
-// (N inputs), and a compiled replay must not pay an indirect call per input.
+// (its argument types), and a compiled replay must not pay an indirect call per input.
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
+#include <span>
+#include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "tapegrad/autodiff/tape.hpp"
+#include "tapegrad/autodiff/tree.hpp"
 
 namespace tg {
 
@@ -38,16 +48,35 @@ enum class GuardPolicy : std::uint8_t {
 
 namespace detail {
 
-// One Array for a single input, a tuple of Arrays (structured bindings) for several.
-template <class T, std::size_t N, std::size_t... I>
-auto to_tuple(std::array<Array<T>, N>&& a, std::index_sequence<I...>) {
-  return std::tuple<decltype((void)I, Array<T>())...>(std::move(a[I])...);
+// One argument position of a recorded function: a tree of parameters, or data.
+template <class X>
+struct ArgKind {
+  using Tree = X;
+  static constexpr bool data = false;
+  static const Tree& tree(const X& x) { return x; }
+};
+template <class X>
+struct ArgKind<Data<X>> {
+  using Tree = X;
+  static constexpr bool data = true;
+  static const Tree& tree(const Data<X>& d) { return d.value; }
+};
+template <class A>
+const auto& tree_of(const A& a) {
+  if constexpr (tree::is_data_v<A>) return a.value;
+  else return a;
 }
-template <class T, std::size_t N>
-auto pack(std::array<Array<T>, N>&& a) {
-  if constexpr (N == 1) return std::move(a[0]);
-  else return to_tuple<T, N>(std::move(a), std::make_index_sequence<N>{});
-}
+
+// The gradients of a call: one tree per argument that is not data, the
+// arguments' own types with Array leaves; one alone, a tuple for several.
+template <class T, class... Args>
+struct GradientTypes {
+  template <class A>
+  using One = std::conditional_t<ArgKind<A>::data, std::tuple<>, std::tuple<tree::rebind<typename ArgKind<A>::Tree, Array<T>>>>;
+  using Tuple = decltype(std::tuple_cat(std::declval<One<Args>>()...));
+  static constexpr std::size_t count = std::tuple_size_v<Tuple>;
+  using Result = std::conditional_t<count == 1, std::tuple_element_t<0, std::conditional_t<count == 0, std::tuple<void>, Tuple>>, Tuple>;
+};
 
 // The names errors give each call, one literal per engine and call (no string
 // is built on a replay: a compiled step allocates nothing).
@@ -60,11 +89,71 @@ struct FrontEndOps {
         engine "::set_needs_grad", engine "::set_guard_policy", engine "::output"                         \
   }
 
-template <class Engine, class T, std::size_t N>
+// The leaves of a call's arguments, in walk order, and the vector lengths
+// that the types do not fix. Reused call after call: no allocation once sized.
+template <class T>
+struct Flat {
+  std::vector<const Array<T>*> leaves;
+  std::vector<std::uint64_t> structure;
+  template <class... A>
+  void assign(const A&... args) {
+    leaves.clear();
+    structure.clear();
+    (tree::for_each_leaf(tree_of(args), [&](const Array<T>& leaf) { leaves.push_back(&leaf); }), ...);
+    (tree::append_structure(tree_of(args), structure), ...);
+  }
+};
+
+// Builds argument k's tree type Y from a structure (vector lengths, in walk
+// order) and a leaf maker: the Tracked arguments of a recording, the gradients.
+template <class Y, class Make>
+Y build_tree(const std::uint64_t*& structure, Make& make) {
+  if constexpr (tree::is_leaf_v<Y>) return make();
+  else if constexpr (tree::is_vector_v<Y>) {
+    Y out;
+    const std::uint64_t n = *structure++;
+    out.reserve(n);
+    for (std::uint64_t i = 0; i < n; ++i) out.push_back(build_tree<typename Y::value_type>(structure, make));
+    return out;
+  } else if constexpr (tree::is_std_array_v<Y>) {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return Y{((void)I, build_tree<typename Y::value_type>(structure, make))...};  // braces: in order
+    }(std::make_index_sequence<std::tuple_size_v<Y>>{});
+  } else {
+    constexpr std::size_t n = tree::detail::field_count<Y>();
+    using Fields = decltype(tree::detail::field_pointers<n>(std::declval<Y&>()));
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return Y{build_tree<std::remove_pointer_t<std::tuple_element_t<I, Fields>>>(structure, make)...};
+    }(std::make_index_sequence<n>{});
+  }
+}
+
+// The leaves' path names of a call ("blocks.2.w1"): a tree's leaves take
+// their paths, prefixed with "arg{k}." when several arguments are trees; a
+// lone Array argument is known by its input number and has none.
+template <class... A>
+std::vector<std::string> leaf_names(const A&... args) {
+  std::vector<std::string> names;
+  const int trees = ((tree::is_leaf_v<std::remove_cvref_t<decltype(tree_of(args))>> ? 0 : 1) + ... + 0);
+  std::size_t k = 0;
+  auto add = [&](const auto& t) {
+    using X = std::remove_cvref_t<decltype(t)>;
+    if constexpr (tree::is_leaf_v<X>) names.emplace_back();  // known by its position
+    else for (auto& p : tree::leaf_paths(t, trees > 1 ? fmt::format("arg{}", k) : std::string())) names.push_back(std::move(p));
+    ++k;
+  };
+  (add(tree_of(args)), ...);
+  return names;
+}
+
+template <class Engine, class T, class... Args>
 class FrontEnd {
+  static_assert(sizeof...(Args) >= 1, "tg: a recorded function takes at least one argument");
+
  public:
-  // Records the function again on new inputs (held by tg::record).
-  using Recorder = std::function<std::unique_ptr<Tape<T>>(const std::array<const Array<T>*, N>&)>;
+  using Gradients = typename GradientTypes<T, Args...>::Result;
+  // Records the function again on new arguments (held by tg::record).
+  using Recorder = std::function<std::unique_ptr<Tape<T>>(const typename ArgKind<Args>::Tree&...)>;
 
   // The output value of the last forward run (recording or replay); an error
   // after a replay that failed (Note [Failed replays]).
@@ -74,37 +163,37 @@ class FrontEnd {
   }
   // The output of a one-element function as a plain T.
   T value() const { return output().item(); }
+  // How many inputs (leaves) the recording has, and their path names.
+  std::size_t num_inputs() const { return needs_grad_.size(); }
 
-  // Marks input k as data that needs no gradient (Note [Inputs without gradient]):
-  //   auto tape = tg::record(loss, images, labels, w, b);
-  //   tape.set_needs_grad(0, false); tape.set_needs_grad(1, false);
-  // A compiled program is planned for one mask: changing it records the function
-  // again on the current inputs and compiles that (held function needed).
+  // Marks input (leaf) k as data that needs no gradient (Note [Inputs without
+  // gradient]); tg::data(x) at the call is the usual way. A compiled program is
+  // planned for one mask: changing it records the function again on the
+  // current inputs and compiles that (held function needed).
   void set_needs_grad(std::size_t k, bool needs) {
     const ReplayGuard busy(owner_, ops().set_needs_grad);
-    if (k >= N) fail(ops().set_needs_grad, fmt::format("input index ({}) out of range expected an index below {}", k, N));
+    if (k >= num_inputs())
+      fail(ops().set_needs_grad, fmt::format("input index ({}) out of range expected an index below {}", k, num_inputs()));
     if (engine_.set_input_needs_grad(k, needs)) {
       needs_grad_[k] = needs;
       return;
     }
-    if (needs_grad_[k] == needs) return;
+    if ((needs_grad_[k] != 0) == needs) return;
     if (!recorder_)
       fail(ops().set_needs_grad,
            fmt::format("input {} cannot change its gradient mark on a compiled program without its function expected a "
-                       "program compiled from a tape of tg::record with a copyable function; hint: call "
-                       "set_needs_grad on the GradientTape before tg::compile",
+                       "program compiled from a tape of tg::record with a copyable function; hint: pass tg::data(x) "
+                       "when recording, or call set_needs_grad on the GradientTape before tg::compile",
                        k));
     needs_grad_[k] = needs;
     try {
-      std::array<const Array<T>*, N> current;
-      for (std::size_t i = 0; i < N; ++i) current[i] = &engine_.input_value(i);
-      record_again(current);
+      record_current();
     } catch (...) {
       needs_grad_[k] = !needs;
       throw;
     }
   }
-  bool needs_grad(std::size_t k) const { return needs_grad_[k]; }
+  bool needs_grad(std::size_t k) const { return needs_grad_[k] != 0; }
 
   // Note [Guards]: error (default) or rerecord. Re-recording calls the function
   // given to tg::record again, so whatever it captured by reference must still
@@ -122,59 +211,88 @@ class FrontEnd {
   // How many times a replay recorded the function again (GuardPolicy::rerecord).
   int rerecords() const { return rerecords_; }
 
-  // Replays the forward pass on new inputs (same shapes as recorded) and returns the output.
-  // Note [One replay at a time] (tape_identity.hpp): from one thread at a time.
+  // Replays the forward pass on new arguments (same types, structure and
+  // shapes as recorded) and returns the output. tg::data marks may be given
+  // again or left out. Note [One replay at a time] (tape_identity.hpp).
   template <class... A>
-  const Array<T>& forward(const A&... inputs) {
-    static_assert(sizeof...(A) == N, "forward: give one Array per recorded input");
+  const Array<T>& forward(const A&... args) {
+    check_arguments<A...>();
     const ReplayGuard busy(owner_, ops().forward);
+    flat_.assign(args...);
+    const bool same_structure = flat_.structure == structure_ && flat_.leaves.size() == num_inputs();
     if (policy_ == GuardPolicy::error) {
-      set_inputs(inputs...);
+      if (!same_structure) fail_structure();
+      set_inputs();
       engine_.forward();
       return output();
     }
-    std::size_t k = 0;
-    if (!((engine_.input_shape(k++) == inputs.shape()) && ...)) return rerecord(inputs...);  // shapes are guards too
-    set_inputs(inputs...);
+    bool same = same_structure;
+    for (std::size_t k = 0; same && k < flat_.leaves.size(); ++k) same = engine_.input_shape(k) == flat_.leaves[k]->shape();
+    if (!same) return rerecord(args...);  // structure and shapes are guards too
+    set_inputs();
     engine_.run_forward();
     if (const std::int64_t g = engine_.first_failed_guard(); g >= 0) {
       // Until the new recording succeeds, the old one holds new values on the old path.
       engine_.mark_failed(fmt::format("guard {} failed and the function is being recorded again", g));
-      return rerecord(inputs...);
+      return rerecord(args...);
     }
     return output();
   }
 
   // Gradients at the values of the last forward run (no replay).
-  auto gradient() {
+  Gradients gradient() {
     const ReplayGuard busy(owner_, ops().gradient);
     check_scalar(ops().gradient);
     engine_.reverse_ones();
     return collect();
   }
-  // Replays on new inputs, then returns the gradients.
-  template <class... A>
-  auto gradient(const A&... inputs) {
-    static_assert(sizeof...(A) == N, "gradient: give one Array per recorded input");
+  // Replays on new arguments, then returns the gradients.
+  template <class A0, class... A>
+  Gradients gradient(const A0& a0, const A&... args) {
     const ReplayGuard busy(owner_, ops().gradient);
-    forward(inputs...);
+    forward(a0, args...);
     return gradient();
   }
-  // Same, writing into caller-owned Arrays (their storage is reused when sizes
-  // match); a nullptr entry skips that input's gradient.
+  // (value, gradients...) after a replay on new arguments.
   template <class... A>
-  void gradient_into(const std::array<Array<T>*, N>& grads, const A&... inputs) {
-    static_assert(sizeof...(A) == N, "gradient_into: give one Array per recorded input");
+  auto value_and_gradient(const A&... args) {
+    auto g = gradient(args...);
+    if constexpr (GradientTypes<T, Args...>::count == 1) return std::tuple<T, Gradients>(value(), std::move(g));
+    else return std::tuple_cat(std::tuple<T>(value()), std::move(g));
+  }
+  // Replays, then writes the gradients into `out` (the Gradients type: a tree,
+  // or a tuple of trees), reusing its arrays' storage when their sizes match.
+  // Returns the value.
+  template <class... A>
+  T value_and_gradient_into(Gradients& out, const A&... args) {
     const ReplayGuard busy(owner_, ops().gradient_into);
-    forward(inputs...);
+    forward(args...);
     check_scalar(ops().gradient_into);
     engine_.reverse_ones();
-    for (std::size_t k = 0; k < N; ++k)
+    write_gradients(out);
+    return value();
+  }
+  // The same one leaf at a time: one pointer per input (leaf), nullptr skips it.
+  template <class... A>
+  void gradient_into(std::initializer_list<Array<T>*> grads, const A&... args) {
+    gradient_into(std::span<Array<T>* const>(grads.begin(), grads.size()), args...);
+  }
+  template <class... A>
+  void gradient_into(std::span<Array<T>* const> grads, const A&... args) {
+    const ReplayGuard busy(owner_, ops().gradient_into);
+    forward(args...);
+    if (grads.size() != num_inputs())
+      fail(ops().gradient_into, fmt::format("{} gradient arrays for {} inputs expected one pointer per input (nullptr "
+                                            "to skip one)",
+                                            grads.size(), num_inputs()));
+    check_scalar(ops().gradient_into);
+    engine_.reverse_ones();
+    for (std::size_t k = 0; k < grads.size(); ++k)
       if (grads[k]) engine_.input_gradient_into(k, *grads[k]);
   }
   // Vector-Jacobian product J^T v at the values of the last forward run, for an
   // output of any shape (v has the output's shape).
-  auto vjp(const Array<T>& v) {
+  Gradients vjp(const Array<T>& v) {
     const ReplayGuard busy(owner_, ops().vjp);
     if (!(v.shape() == output().shape()))
       fail(ops().vjp, fmt::format("v has shape {} but the output has shape {} they must match; hint: v is a cotangent "
@@ -183,41 +301,82 @@ class FrontEnd {
     engine_.reverse(v);
     return collect();
   }
-  // Replays on new inputs, then returns J^T v.
-  template <class... A>
-  auto vjp(const Array<T>& v, const A&... inputs) {
-    static_assert(sizeof...(A) == N, "vjp: give v, then one Array per recorded input");
+  // Replays on new arguments, then returns J^T v.
+  template <class A0, class... A>
+  Gradients vjp(const Array<T>& v, const A0& a0, const A&... args) {
     const ReplayGuard busy(owner_, ops().vjp);
-    forward(inputs...);
+    forward(a0, args...);
     return vjp(v);
   }
 
  protected:
-  FrontEnd(Engine engine, Recorder recorder, const std::array<bool, N>& needs_grad)
-      : engine_(std::move(engine)), recorder_(std::move(recorder)), needs_grad_(needs_grad) {}
+  // `first`: the arguments the tape was recorded on (their structure; no reference is kept).
+  FrontEnd(Engine engine, Recorder recorder, const Args&... first)
+      : engine_(std::move(engine)), recorder_(std::move(recorder)) {
+    flat_.assign(first...);
+    note_structure(first...);
+    needs_grad_ = leaf_needs_grad(first...);
+    flat_.leaves.clear();
+  }
+  // The structure and marks come from adopt_marks.
+  FrontEnd(Engine engine, Recorder recorder) : engine_(std::move(engine)), recorder_(std::move(recorder)) {}
+  // Copies `other`'s argument structure and marks (CompiledTape from GradientTape).
+  template <class Other>
+  void adopt_marks(const Other& other) {
+    structure_ = other.structure_;
+    data_leaf_ = other.data_leaf_;
+    needs_grad_ = other.needs_grad_;
+  }
 
   static const FrontEndOps& ops() { return Engine::kOps; }
 
   Engine engine_;
+  template <class, class, class...>
+  friend class FrontEnd;
 
  private:
-  // Every shape is checked before any input is set: a bad one changes nothing (Note [Failed replays]).
   template <class... A>
-  void set_inputs(const A&... inputs) {
-    std::size_t k = 0;
-    (engine_.check_input(k++, inputs.shape(), ops().forward), ...);
-    k = 0;
-    (engine_.set_input(k++, inputs, ops().forward), ...);
+  static constexpr void check_arguments() {
+    static_assert(sizeof...(A) == sizeof...(Args), "tg: give the replay as many arguments as the recorded function takes");
+    static_assert(((std::is_same_v<typename ArgKind<A>::Tree, typename ArgKind<Args>::Tree> && (ArgKind<Args>::data || !ArgKind<A>::data)) && ...),
+                  "tg: each replay argument has the type it was recorded with (tg::data only where it was recorded as data)");
+  }
+  // Every shape is checked before any input is set: a bad one changes nothing (Note [Failed replays]).
+  void set_inputs() {
+    for (std::size_t k = 0; k < flat_.leaves.size(); ++k) engine_.check_input(k, flat_.leaves[k]->shape(), ops().forward);
+    for (std::size_t k = 0; k < flat_.leaves.size(); ++k) engine_.set_input(k, *flat_.leaves[k], ops().forward);
+  }
+  [[noreturn]] void fail_structure() const {
+    fail(ops().forward, fmt::format("the arguments have {} leaves (vector lengths {}) but the tape was recorded with {} "
+                                    "(vector lengths {}) a replay needs the recorded structure; hint: "
+                                    "set_guard_policy(tg::GuardPolicy::rerecord), or tg::jit, records again",
+                                    flat_.leaves.size(), fmt::join(flat_.structure, ","), num_inputs(),
+                                    fmt::join(structure_, ",")));
   }
   template <class... A>
-  const Array<T>& rerecord(const A&... inputs) {
-    record_again(std::array<const Array<T>*, N>{&inputs...});
+  const Array<T>& rerecord(const A&... args) {
+    auto fresh = recorder_(tree_of(args)...);
+    flat_.assign(args...);
+    std::vector<std::uint8_t> marks = leaf_needs_grad(args...);
+    if (structure_ == flat_.structure) marks = needs_grad_;  // set_needs_grad marks carry over
+    for (std::size_t k = 0; k < marks.size(); ++k)
+      if (!marks[k]) fresh->set_input_needs_grad(k, false);
+    engine_.adopt(std::move(fresh));
+    note_structure(args...);
+    needs_grad_ = std::move(marks);
     ++rerecords_;
     return output();
   }
-  void record_again(const std::array<const Array<T>*, N>& inputs) {
-    auto fresh = recorder_(inputs);
-    for (std::size_t k = 0; k < N; ++k)
+  // Records again on the current input values (set_needs_grad on a compiled program).
+  void record_current() {
+    std::vector<Array<T>> values;
+    for (std::size_t k = 0; k < num_inputs(); ++k) values.push_back(engine_.input_value(k));
+    std::size_t next = 0;
+    auto make = [&] { return std::move(values[next++]); };
+    const std::uint64_t* cursor = structure_.data();
+    auto trees = std::tuple<typename ArgKind<Args>::Tree...>{build_tree<typename ArgKind<Args>::Tree>(cursor, make)...};
+    auto fresh = std::apply(recorder_, trees);
+    for (std::size_t k = 0; k < num_inputs(); ++k)
       if (!needs_grad_[k]) fresh->set_input_needs_grad(k, false);
     engine_.adopt(std::move(fresh));
   }
@@ -227,15 +386,76 @@ class FrontEnd {
                            "tg::mean, or use jacobian() / vjp() for array-valued functions",
                            to_string(output().shape()), output().size()));
   }
-  auto collect() const {
-    std::array<Array<T>, N> grads;
-    for (std::size_t k = 0; k < N; ++k) engine_.input_gradient_into(k, grads[k]);
-    return pack<T, N>(std::move(grads));
+  // The gradient trees, built from the recorded structure.
+  Gradients collect() const {
+    std::size_t k = 0;
+    auto make = [&] {
+      Array<T> g;
+      engine_.input_gradient_into(k++, g);
+      return g;
+    };
+    const std::uint64_t* cursor = structure_.data();
+    auto all = std::tuple<tree::rebind<typename ArgKind<Args>::Tree, Array<T>>...>{
+        build_tree<tree::rebind<typename ArgKind<Args>::Tree, Array<T>>>(cursor, make)...};
+    return select_gradients(std::move(all), std::index_sequence_for<Args...>{});
+  }
+  template <class All, std::size_t... I>
+  static Gradients select_gradients(All&& all, std::index_sequence<I...>) {
+    auto kept = std::tuple_cat(pick<I>(all)...);
+    if constexpr (GradientTypes<T, Args...>::count == 1) return std::move(std::get<0>(kept));
+    else return kept;
+  }
+  template <std::size_t I, class All>
+  static auto pick(All& all) {
+    using A = std::tuple_element_t<I, std::tuple<Args...>>;
+    if constexpr (ArgKind<A>::data) return std::tuple<>();
+    else return std::tuple<std::tuple_element_t<I, All>>(std::move(std::get<I>(all)));
+  }
+  // Writes the gradients into out's leaves (walked in order, skipping data
+  // arguments' leaves); a tree of another structure is rebuilt first.
+  void write_gradients(Gradients& out) {
+    std::size_t leaves = 0, expected = 0;
+    for_each_gradient_tree(out, [&](auto& g) { leaves += tree::count_leaves(g); });
+    for (auto d : data_leaf_) expected += d ? 0 : 1;
+    if (leaves != expected) out = collect();  // the first call shapes the caller's trees
+    std::size_t k = 0;
+    for_each_gradient_tree(out, [&](auto& g) {
+      tree::for_each_leaf(g, [&](Array<T>& leaf) {
+        while (data_leaf_[k]) ++k;
+        engine_.input_gradient_into(k++, leaf);
+      });
+    });
+  }
+  // Per leaf of args: 1 unless its position was recorded as tg::data.
+  template <class... A>
+  static std::vector<std::uint8_t> leaf_needs_grad(const A&... args) {
+    std::vector<std::uint8_t> out;
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (tree::for_each_leaf(tree_of(args), [&](const auto&) {
+         out.push_back(ArgKind<std::tuple_element_t<I, std::tuple<Args...>>>::data ? 0 : 1);
+       }),
+       ...);
+    }(std::index_sequence_for<A...>{});
+    return out;
+  }
+  template <class F>
+  static void for_each_gradient_tree(Gradients& out, F&& f) {
+    if constexpr (GradientTypes<T, Args...>::count == 1) f(out);
+    else std::apply([&](auto&... g) { (f(g), ...); }, out);
+  }
+  template <class... A>
+  void note_structure(const A&... args) {
+    structure_ = flat_.structure;
+    data_leaf_ = leaf_needs_grad(args...);
+    for (auto& d : data_leaf_) d = d ? 0 : 1;
   }
 
   Recorder recorder_;
   GuardPolicy policy_ = GuardPolicy::error;
-  std::array<bool, N> needs_grad_;
+  std::vector<std::uint64_t> structure_;  // the recorded vector lengths
+  std::vector<std::uint8_t> needs_grad_;  // per input (leaf)
+  std::vector<std::uint8_t> data_leaf_;   // per input: belongs to a tg::data argument
+  Flat<T> flat_;                          // the current call's leaves
   int rerecords_ = 0;
   ReplayOwner owner_;  // Note [One replay at a time]: also guards the engine against a re-recording
 };

@@ -58,7 +58,7 @@ inline double dot(const Array<double>& a, const Array<double>& b) {
 // <v, f(inputs)> evaluated by a fresh recording.
 template <class F, std::size_t N>
 double projected_value(F& f, const std::array<Array<double>, N>& inputs, const Array<double>& v) {
-  auto tape = std::apply([&](const auto&... x) { return record(f, x...); }, inputs);
+  auto tape = std::apply([&](const auto&... x) { return detail::record_with<double>(f, Capture::copy, x...); }, inputs);
   return dot(tape.output(), v);
 }
 }  // namespace detail
@@ -67,7 +67,7 @@ template <class F, class... Rest>
 GradcheckReport gradcheck(const GradcheckOptions& opt, F&& f, const Array<double>& x, const Rest&... xs) {
   constexpr std::size_t N = 1 + sizeof...(Rest);
   std::array<Array<double>, N> inputs{x, xs...};
-  auto tape = record(f, x, xs...);
+  auto tape = detail::record_with<double>(f, Capture::copy, x, xs...);
   const Array<double>& out = tape.output();
   const Array<double> v = out.size() == 1 ? Array<double>::ones(out.shape())
                                           : Array<double>::random_normal(out.shape(), 0.0, 1.0, opt.seed);
@@ -117,7 +117,7 @@ template <class F, class... Rest>
 DotProductResult dot_product_test(std::uint64_t seed, F&& f, const Array<double>& x, const Rest&... xs) {
   constexpr std::size_t N = 1 + sizeof...(Rest);
   std::array<Array<double>, N> inputs{x, xs...};
-  auto tape = record(f, x, xs...);
+  auto tape = detail::record_with<double>(f, Capture::copy, x, xs...);
   const Array<double> v = Array<double>::random_normal(tape.output().shape(), 0.0, 1.0, seed);
   tape.tape().reverse(v);
   DotProductResult r;

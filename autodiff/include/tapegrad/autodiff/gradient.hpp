@@ -4,9 +4,12 @@
 //   auto [gx, gw] = tg::gradient(f, x, w);
 //   auto tape = tg::record(f, x, w);          // f(const Tracked<T>&...) -> Tracked<T>
 //   auto [gx2, gw2] = tape.gradient(x2, w2);  // replay on new inputs of the same shapes
+//   auto g = tg::gradient(loss, net, tg::data(images), tg::data(labels));  // g: net's type (tree.hpp)
 #pragma once
 
 #include <array>
+#include <type_traits>
+#include <vector>
 #include <functional>
 #include <memory>
 #include <tuple>
@@ -53,39 +56,72 @@ class Interpreter {
 }  // namespace detail
 
 // A recorded tape kept as a reusable program, run by the interpreter: the
-// calls of detail::FrontEnd (front_end.hpp), and the tape itself.
-template <class T, std::size_t N>
-class GradientTape : public detail::FrontEnd<detail::Interpreter<T>, T, N> {
-  using Base = detail::FrontEnd<detail::Interpreter<T>, T, N>;
+// calls of detail::FrontEnd (front_end.hpp), and the tape itself. Args are the
+// argument types given to tg::record (trees, tg::data(tree)).
+template <class T, class... Args>
+class GradientTape : public detail::FrontEnd<detail::Interpreter<T>, T, Args...> {
+  using Base = detail::FrontEnd<detail::Interpreter<T>, T, Args...>;
 
  public:
   using typename Base::Recorder;
-  explicit GradientTape(std::unique_ptr<Tape<T>> tape, Recorder recorder = {})
-      : Base(detail::Interpreter<T>(std::move(tape)), std::move(recorder), all_need_grad()) {}
+  GradientTape(std::unique_ptr<Tape<T>> tape, Recorder recorder, const Args&... first)
+      : Base(detail::Interpreter<T>(std::move(tape)), std::move(recorder), first...) {}
 
   const Tape<T>& tape() const { return this->engine_.tape(); }
   Tape<T>& tape() { return this->engine_.tape(); }
+};
 
- private:
-  static std::array<bool, N> all_need_grad() {
-    std::array<bool, N> a;
-    a.fill(true);
-    return a;
-  }
+// Records every call of tg::constant and refuses captured Arrays (Note [Captured values]).
+enum class Capture : std::uint8_t {
+  refuse,  // tg::record, tg::jit: the tape is replayed, so a copied Array would go stale
+  copy,    // tg::gradient and the other one-shot calls: nothing is replayed
 };
 
 namespace detail {
-// Records f on inputs into a fresh tape.
-template <class T, std::size_t N, class F>
-std::unique_ptr<Tape<T>> record_tape(F& f, const std::array<const Array<T>*, N>& inputs) {
+
+template <class F, class... Trees>
+using Result = decltype(std::declval<F&>()(std::declval<const tree::rebind<Trees, Tracked<tree::element_type<Trees>>>&>()...));
+
+// Misuse that would otherwise be pages of overload candidates, one line each.
+template <class T, class F, class... Args>
+constexpr void check_recordable() {
+  static_assert(!std::is_void_v<T>, "tg: no argument holds an Array: give the function at least one tg::Array (or a tree of them)");
+  static_assert((tree::is_tree_of<typename ArgKind<Args>::Tree, T>() && ...),
+                "tg: each argument must be a tree of Arrays of one element type: an Array, a std::vector or std::array of "
+                "trees, or an aggregate struct template<class A> struct S { A w, b; } (tree.hpp)");
+  static_assert(std::is_invocable_v<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>,
+                "tg: the function cannot be called with the Tracked forms of the arguments: take `const auto&` (or "
+                "tg::Tracked<T> / S<tg::Tracked<T>>) parameters, not tg::Array");
+  if constexpr (std::is_invocable_v<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>) {
+    using R = std::remove_cvref_t<std::invoke_result_t<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>>;
+    static_assert(std::is_same_v<R, Tracked<T>>, "tg: the function must return a tg::Tracked<T> computed from its "
+                                                 "arguments (it returned something else, e.g. an Array or a scalar)");
+  }
+}
+
+// Records f on the arguments' trees into a fresh tape: one input per leaf,
+// named by its path; the leaves of tg::data positions get no gradient.
+template <class T, class... Args, class F>
+std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKind<Args>::Tree&... trees) {
   auto tape = std::make_unique<Tape<T>>();
-  std::array<std::uint32_t, N> slots;
-  for (std::size_t k = 0; k < N; ++k) slots[k] = tape->add_input(*inputs[k]);
-  auto call = [&]<std::size_t... I>(std::index_sequence<I...>) {
-    const std::array<Tracked<T>, N> args{Tracked<T>(tape.get(), slots[I])...};
-    return Tracked<T>(f(args[I]...));
+  tape->set_refuse_captures(capture == Capture::refuse);
+  const std::vector<std::string> names = leaf_names(trees...);
+  std::vector<std::uint32_t> slots;
+  auto add = [&](const auto& t, bool needs) {
+    tree::for_each_leaf(t, [&](const Array<T>& leaf) {
+      slots.push_back(tape->add_input(leaf, needs, names[slots.size()]));
+    });
   };
-  Tracked<T> y = call(std::make_index_sequence<N>{});
+  (add(trees, !ArgKind<Args>::data), ...);
+  std::vector<std::uint64_t> structure;
+  (tree::append_structure(trees, structure), ...);
+  std::size_t next = 0;
+  auto make = [&] { return Tracked<T>(tape.get(), slots[next++]); };
+  const std::uint64_t* cursor = structure.data();
+  const std::tuple<tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>...> tracked{
+      build_tree<tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>>(cursor, make)...};
+  const RecordingScope scope(tape.get());
+  Tracked<T> y = std::apply(f, tracked);
   if (y.tape() != tape.get())
     fail("record", "the function returned a value from another tape expected a value computed from its arguments; "
                    "hint: do not return Tracked values captured from outside");
@@ -93,64 +129,92 @@ std::unique_ptr<Tape<T>> record_tape(F& f, const std::array<const Array<T>*, N>&
   dump_tape_if_requested(*tape);
   return tape;
 }
-}  // namespace detail
 
-// Records f(x, xs...) once and keeps the tape. f takes const Tracked<T>& arguments
-// (a generic lambda taking auto works too) and returns a Tracked<T>.
-// The tape holds a copy of f (when f can be copied) for GuardPolicy::rerecord.
-template <class F, class T, class... Rest>
-auto record(F&& f, const Array<T>& x, const Rest&... xs) {
-  static_assert((std::is_same_v<Rest, Array<T>> && ...), "tg::record: every input must be an Array of one element type");
-  constexpr std::size_t N = 1 + sizeof...(Rest);
-  const std::array<const Array<T>*, N> inputs{&x, &xs...};
-  auto tape = detail::record_tape<T, N>(f, inputs);
-  typename GradientTape<T, N>::Recorder recorder;
+template <class T, class F, class... Args>
+GradientTape<T, Args...> record_with(F&& f, Capture capture, const Args&... args) {
+  check_recordable<T, std::decay_t<F>, Args...>();
+  auto tape = record_tape<T, Args...>(f, capture, tree_of(args)...);
+  typename GradientTape<T, Args...>::Recorder recorder;
   using Held = std::decay_t<F>;
   if constexpr (std::is_copy_constructible_v<Held>) {
     auto held = std::make_shared<Held>(f);
-    recorder = [held](const std::array<const Array<T>*, N>& in) { return detail::record_tape<T, N>(*held, in); };
+    recorder = [held, capture](const typename ArgKind<Args>::Tree&... trees) {
+      return record_tape<T, Args...>(*held, capture, trees...);
+    };
   }
-  return GradientTape<T, N>(std::move(tape), std::move(recorder));
+  return GradientTape<T, Args...>(std::move(tape), std::move(recorder), args...);
 }
 
-// Gradient of a one-element function with respect to every input.
-template <class F, class T, class... Rest>
-auto gradient(F&& f, const Array<T>& x, const Rest&... xs) {
-  return record(std::forward<F>(f), x, xs...).gradient();
+template <class... Args>
+using element_of_args = tree::element_type<std::tuple_element_t<0, std::tuple<typename ArgKind<Args>::Tree...>>>;
+
+}  // namespace detail
+
+// Records f(args...) once and keeps the tape: a reusable program.
+//   auto tape = tg::record(loss, net, tg::data(x), tg::data(y));
+//   auto g = tape.gradient(net, tg::data(x2), tg::data(y2));   // replay: g has net's type
+// Each argument is a tree of Arrays (an Array, a std::vector or std::array of
+// trees, an aggregate struct template over its array type), or tg::data(tree)
+// for one that gets no gradient; f sees each tree with Tracked leaves (take
+// `const auto&`) and returns a Tracked<T>. Note [Captured values]: an Array
+// the function captures instead of taking as an argument is refused, since a
+// replay would keep its recording-time value; tg::constant(a) copies one on purpose.
+// The tape holds a copy of f (when f can be copied) for GuardPolicy::rerecord.
+template <class F, class... Args>
+auto record(F&& f, const Args&... args) {
+  return detail::record_with<detail::element_of_args<Args...>>(std::forward<F>(f), Capture::refuse, args...);
+}
+
+// Gradient of a one-element function with respect to every argument that is
+// not tg::data: one tree of the argument's type, a tuple for several.
+template <class F, class... Args>
+auto gradient(F&& f, const Args&... args) {
+  return detail::record_with<detail::element_of_args<Args...>>(std::forward<F>(f), Capture::copy, args...).gradient();
 }
 
 // (value as a plain T, gradients...).
-template <class F, class T, class... Rest>
-auto value_and_gradient(F&& f, const Array<T>& x, const Rest&... xs) {
-  auto tape = record(std::forward<F>(f), x, xs...);
+template <class F, class... Args>
+auto value_and_gradient(F&& f, const Args&... args) {
+  auto tape = detail::record_with<detail::element_of_args<Args...>>(std::forward<F>(f), Capture::copy, args...);
   auto grads = tape.gradient();
-  if constexpr (sizeof...(Rest) == 0) return std::tuple<T, Array<T>>(tape.value(), std::move(grads));
+  using T = detail::element_of_args<Args...>;
+  if constexpr (detail::GradientTypes<T, Args...>::count == 1) return std::tuple<T, decltype(grads)>(tape.value(), std::move(grads));
   else return std::tuple_cat(std::tuple<T>(tape.value()), std::move(grads));
 }
 
-// Jacobian of an array-valued f: for each input, an Array of shape (outputs, input size),
-// both flattened row-major. One reverse pass per output element.
-template <class F, class T, class... Rest>
-auto jacobian(F&& f, const Array<T>& x, const Rest&... xs) {
-  constexpr std::size_t N = 1 + sizeof...(Rest);
-  auto tape = record(std::forward<F>(f), x, xs...);
+// Jacobian of an array-valued f: for each input leaf, an Array of shape
+// (outputs, leaf size), both flattened row-major, in the gradients' tree
+// types. One reverse pass per output element.
+template <class F, class... Args>
+auto jacobian(F&& f, const Args&... args) {
+  using T = detail::element_of_args<Args...>;
+  auto tape = detail::record_with<T>(std::forward<F>(f), Capture::copy, args...);
   const std::int64_t m = tape.output().size();
-  std::array<Array<T>, N> jac;
-  for (std::size_t k = 0; k < N; ++k) {
-    const std::int64_t n = tape.tape().value(tape.tape().inputs()[k]).size();
-    jac[k] = Array<T>(Shape{m, n});
-  }
+  const std::size_t n_in = tape.tape().inputs().size();
+  std::vector<Array<T>> jac(n_in);
+  for (std::size_t k = 0; k < n_in; ++k) jac[k] = Array<T>(Shape{m, tape.tape().value(tape.tape().inputs()[k]).size()});
   Array<T> seed(tape.output().shape());
   for (std::int64_t i = 0; i < m; ++i) {
     seed.fill(T(0));
     seed.data()[i] = T(1);
     tape.tape().reverse(seed);
-    for (std::size_t k = 0; k < N; ++k) {
+    for (std::size_t k = 0; k < n_in; ++k) {
       const Array<T> g = tape.tape().adjoint(tape.tape().inputs()[k]);
       std::copy(g.begin(), g.end(), jac[k].data() + i * g.size());
     }
   }
-  return detail::pack<T, N>(std::move(jac));
+  // The gradient trees' structure, with the Jacobians as leaves.
+  auto grads = tape.vjp(seed);
+  std::size_t k = 0;
+  auto put = [&](auto& tree_of_grads) {
+    tree::for_each_leaf(tree_of_grads, [&](Array<T>& leaf) {
+      while (!tape.needs_grad(k)) ++k;
+      leaf = std::move(jac[k++]);
+    });
+  };
+  if constexpr (detail::GradientTypes<T, Args...>::count == 1) put(grads);
+  else std::apply([&](auto&... g) { (put(g), ...); }, grads);
+  return grads;
 }
 
 }  // namespace tg

@@ -35,6 +35,20 @@ Array<T> evaluate_op(const OpInfo<T>& op, const OpParams* params, std::initializ
   return evaluate_op(op, params, std::span<const Array<T>* const>(inputs.begin(), inputs.size()), where);
 }
 
+// Note [Captured values]: an Array operand of a recorded op that is not one of
+// the function's arguments is copied into the tape. A tape that is replayed
+// (tg::record, tg::jit) would then keep its recording-time value after the
+// user changed it (weights after an optimizer step, the last batch's labels),
+// so recording refuses it with an error naming the site. tg::constant(a)
+// copies it on purpose: the current recording gets a constant slot. One-shot
+// calls (tg::gradient, value_and_gradient, jacobian) replay nothing and copy.
+// Rejected: replays that re-read the captured Array, which cannot tell a
+// capture from a temporary gone since recording.
+template <class T>
+Tracked<T> constant(const Array<T>& a, std::source_location where = std::source_location::current());
+extern template Tracked<float> constant(const Array<float>&, std::source_location);
+extern template Tracked<double> constant(const Array<double>&, std::source_location);
+
 // How a loaded tape's instructions are replayed (tape_file.hpp's LoadOptions).
 struct ReplayBudget {
   bool run = true;  // false: shapes only; outputs get no storage and no forward runs

@@ -107,8 +107,13 @@ class Tape {
   static constexpr std::uint32_t kNoSlot = ~std::uint32_t{0};
 
   // --- recording -------------------------------------------------------------
-  std::uint32_t add_input(Array<T> value);
+  // An input; `name` is its leaf path ("blocks.2.w1"), shown by dumps and errors.
+  std::uint32_t add_input(Array<T> value, bool needs_grad = true, std::string name = {});
   std::uint32_t add_constant(Array<T> value);
+  // Note [Captured values]: on a tape that will be replayed (tg::record, tg::jit),
+  // an Array operand that is not an argument is refused instead of copied.
+  void set_refuse_captures(bool refuse) { refuse_captures_ = refuse; }
+  bool refuses_captures() const noexcept { return refuse_captures_; }
   // Appends a fully computed instruction; `args` are slots already on this tape.
   std::uint32_t append(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const std::uint32_t> args,
                        Array<T> output, std::vector<Array<T>> saved, const Site& where);
@@ -131,6 +136,10 @@ class Tape {
   SlotKind kind(std::uint32_t slot) const { return kind_[slot]; }
   bool needs_grad(std::uint32_t slot) const { return needs_grad_[slot] != 0; }
   std::span<const std::uint32_t> inputs() const noexcept { return inputs_; }
+  // Input k's leaf path, or "" when it has none.
+  const std::string& input_name(std::size_t k) const { return input_names_[k]; }
+  // "input 3 (blocks.0.w1)" or "input 3", for messages.
+  std::string describe_input(std::size_t k) const;
   std::uint32_t output() const noexcept { return output_; }
   std::span<const Guard> guards() const noexcept { return guards_; }
   // The answer of a guard on the current values.
@@ -197,6 +206,7 @@ class Tape {
   std::vector<SlotKind> kind_;
   std::vector<Array<T>> saved_;
   std::vector<std::uint32_t> inputs_;
+  std::vector<std::string> input_names_;
   std::uint32_t output_ = kNoSlot;
   std::vector<const Array<T>*> scratch_in_;  // reused per instruction: no allocation per step
   std::vector<Array<T>*> scratch_adj_;
@@ -209,7 +219,29 @@ class Tape {
   detail::ReplayOwner replay_owner_;
   detail::ReplayHealth health_;
   bool structure_only_ = false;
+  bool refuse_captures_ = false;
 };
+
+namespace detail {
+// The tape the innermost recording on this thread writes to (tg::constant), or nullptr.
+template <class T>
+Tape<T>*& current_recording() {
+  thread_local Tape<T>* tape = nullptr;
+  return tape;
+}
+// Makes `tape` the current recording for a scope; the previous one comes back after.
+template <class T>
+class RecordingScope {
+ public:
+  explicit RecordingScope(Tape<T>* tape) : previous_(current_recording<T>()) { current_recording<T>() = tape; }
+  RecordingScope(const RecordingScope&) = delete;
+  RecordingScope& operator=(const RecordingScope&) = delete;
+  ~RecordingScope() { current_recording<T>() = previous_; }
+
+ private:
+  Tape<T>* previous_;
+};
+}  // namespace detail
 
 struct CompileOptions;
 namespace detail {

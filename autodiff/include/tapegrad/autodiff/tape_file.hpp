@@ -9,7 +9,7 @@
 // per distinct program: a training loop that records each step saves once);
 // TAPEGRAD_DUMP_INPUTS=0 leaves the input values out.
 //
-// Note [Tape file format], version 1. Little-endian; strings and blobs are a
+// Note [Tape file format], version 2 (version 1, still read, has no input names). Little-endian; strings and blobs are a
 // u32 byte count then the bytes; a shape is a u32 rank then i64 dims.
 //   header   "TAPEGRAD" (8 bytes), u32 version, u8 element bytes (4 = f32, 8 = f64),
 //            u8 flags (1: input values present, 2: compiled), u32 compile options
@@ -17,7 +17,7 @@
 //            5 tune_algorithms)
 //   slots    u32 count, then one record per slot, in slot order:
 //              u8 'I'  input:    shape, u8 needs_grad, f64 min, f64 max, u8 integer-valued,
-//                                [values, when flag 1]
+//                                string name (its leaf path, "" for none; version 2)
 //              u8 'C'  constant: shape, values
 //              u8 'X'  computed: string op name, blob params (the op's save_params),
 //                                string params as printed, u32 n_args, u32 slot each,
@@ -25,6 +25,7 @@
 //   guards   u32 count, then each: u8 kind, u8 compare, u32 lhs, u32 rhs, f64 scalar,
 //            i64 element, u8 expected, site
 //   output   u32 slot (0xffffffff: none)
+//   inputs   every input's values, in slot order (flag 1 only)
 //   end      "END!"
 //   site:    string file, string function, u32 line, u32 column
 // Loading checks every field (slots refer only to earlier slots, shapes match
@@ -43,7 +44,7 @@
 
 namespace tg {
 
-inline constexpr std::uint32_t kTapeFileVersion = 1;
+inline constexpr std::uint32_t kTapeFileVersion = 2;
 
 struct SaveOptions {
   bool input_values = true;  // false: inputs by shape and range only (replayed on seeded random values)
@@ -106,8 +107,8 @@ template <class T>
 void save_tape(const Tape<T>& tape, const std::string& path, const SaveOptions& options = {}) {
   write_file_bytes(path, serialize_tape(tape, options));
 }
-template <class T, std::size_t N>
-void save_tape(const GradientTape<T, N>& tape, const std::string& path, const SaveOptions& options = {}) {
+template <class T, class... Args>
+void save_tape(const GradientTape<T, Args...>& tape, const std::string& path, const SaveOptions& options = {}) {
   save_tape(tape.tape(), path, options);
 }
 template <class T>
@@ -117,8 +118,8 @@ std::string serialize_program(const CompiledProgram<T>& program, const SaveOptio
     for (auto s : program.inputs()) inputs.push_back(&program.value(s));
   return finish_tape_file<T>(program.source_skeleton(), inputs);
 }
-template <class T, std::size_t N>
-void save_tape(const CompiledTape<T, N>& ct, const std::string& path, const SaveOptions& options = {}) {
+template <class T, class... Args>
+void save_tape(const CompiledTape<T, Args...>& ct, const std::string& path, const SaveOptions& options = {}) {
   write_file_bytes(path, serialize_program(ct.program(), options));
 }
 template <class T>

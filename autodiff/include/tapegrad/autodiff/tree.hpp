@@ -1,0 +1,339 @@
+// Parameter trees: a model as a plain C++ value.
+//
+//   template <class A> struct Block { A w1, b1, w2, b2; };
+//   template <class A> struct Net { A stem_w, stem_b; std::vector<Block<A>> blocks; A fc_w, fc_b; };
+//   Net<tg::Array<float>> net = ...;          // seen by a recorded function as Net<tg::Tracked<float>>
+//
+// A tree is an Array or a Tracked (a leaf), a std::vector or std::array of
+// trees, or an aggregate struct of trees, any depth. Each leaf has a path
+// name ("blocks.2.w1") for dumps, errors and checkpoints. The number of leaves
+// is a run-time fact (a vector's length).
+//
+// Note [Struct reflection]: the fields of an aggregate are found without the
+// user listing them: Boost.PFR (Debian's libboost1.81-dev, header-only)
+// counts them, structured bindings reach them, and a field's name is read
+// from the compiler's spelling of a template whose argument points at that
+// field of a never-defined object (the technique of PFR 2.2, which Boost 1.81
+// lacks). Rejected: a TG_FIELDS(Net, w1, b1, ...) declaration per struct, one
+// more thing to keep in step with the struct. A struct is rebound to its
+// Tracked form through its one template parameter (S<Array<T>> -> S<Tracked<T>>),
+// so a parameter struct is a template over its array type; a struct with
+// constructors, bases or private fields is not an aggregate and is refused by
+// a static_assert.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <boost/pfr/tuple_size.hpp>
+
+#include "tapegrad/autodiff/tracked.hpp"
+
+namespace tg {
+
+// tg::data(x): an argument that receives no gradient (images, labels). Its
+// pullbacks that only feed it do not run.
+template <class X>
+struct Data {
+  const X& value;
+};
+template <class X>
+Data<X> data(const X& x) {
+  return Data<X>{x};
+}
+
+namespace tree {
+
+template <class X>
+inline constexpr bool is_array_v = false;
+template <class T>
+inline constexpr bool is_array_v<Array<T>> = true;
+template <class X>
+inline constexpr bool is_vector_v = false;
+template <class X, class Al>
+inline constexpr bool is_vector_v<std::vector<X, Al>> = true;
+template <class X>
+inline constexpr bool is_std_array_v = false;
+template <class X, std::size_t N>
+inline constexpr bool is_std_array_v<std::array<X, N>> = true;
+template <class X>
+inline constexpr bool is_data_v = false;
+template <class X>
+inline constexpr bool is_data_v<Data<X>> = true;
+
+template <class X>
+inline constexpr bool is_leaf_v = is_array_v<X> || is_tracked_v<X>;
+template <class X>
+inline constexpr bool is_struct_v =
+    std::is_class_v<X> && std::is_aggregate_v<X> && !is_leaf_v<X> && !is_vector_v<X> && !is_std_array_v<X> && !is_data_v<X>;
+
+// The most fields reflect_fields reaches.
+inline constexpr std::size_t kMaxFields = 24;
+
+namespace detail {
+template <class S>
+constexpr std::size_t field_count() {
+  return boost::pfr::tuple_size_v<std::remove_cv_t<S>>;
+}
+
+// Pointers to every field of s, in declaration order (const when S is).
+template <std::size_t N, class S>
+constexpr auto field_pointers(S& s) {
+#define TG_TIE(...)                 \
+  auto& [__VA_ARGS__] = s;          \
+  return std::apply([](auto&... f) { return std::tuple{&f...}; }, std::tie(__VA_ARGS__))
+  static_assert(N >= 1 && N <= kMaxFields, "tg tree: a parameter struct has 1 to 24 fields; group more into nested structs");
+  if constexpr (N == 1) { TG_TIE(a); }
+  else if constexpr (N == 2) { TG_TIE(a, b); }
+  else if constexpr (N == 3) { TG_TIE(a, b, c); }
+  else if constexpr (N == 4) { TG_TIE(a, b, c, d); }
+  else if constexpr (N == 5) { TG_TIE(a, b, c, d, e); }
+  else if constexpr (N == 6) { TG_TIE(a, b, c, d, e, f); }
+  else if constexpr (N == 7) { TG_TIE(a, b, c, d, e, f, g); }
+  else if constexpr (N == 8) { TG_TIE(a, b, c, d, e, f, g, h); }
+  else if constexpr (N == 9) { TG_TIE(a, b, c, d, e, f, g, h, i); }
+  else if constexpr (N == 10) { TG_TIE(a, b, c, d, e, f, g, h, i, j); }
+  else if constexpr (N == 11) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k); }
+  else if constexpr (N == 12) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l); }
+  else if constexpr (N == 13) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m); }
+  else if constexpr (N == 14) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n); }
+  else if constexpr (N == 15) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o); }
+  else if constexpr (N == 16) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p); }
+  else if constexpr (N == 17) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q); }
+  else if constexpr (N == 18) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r); }
+  else if constexpr (N == 19) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_); }
+  else if constexpr (N == 20) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t); }
+  else if constexpr (N == 21) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u); }
+  else if constexpr (N == 22) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u, v); }
+  else if constexpr (N == 23) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u, v, w); }
+  else { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u, v, w, x); }
+#undef TG_TIE
+}
+
+// Field names (Note [Struct reflection]).
+template <class S>
+struct Never {
+  const S value;
+};
+template <class S>
+extern const Never<S> never_defined;
+template <class P>
+struct PointerArg {
+  P p;
+};
+template <class P>
+PointerArg(P) -> PointerArg<P>;
+template <auto P>
+consteval std::string_view spelling() {
+  return __PRETTY_FUNCTION__;
+}
+// The identifier just before the last '}' of the spelling, past any ')':
+// GCC "...{(& never_defined<S>.Never<S>::value.S::w1)}]", clang "...{&never_defined.value.w1}]".
+consteval std::string_view last_identifier(std::string_view s) {
+  std::size_t end = s.rfind('}');
+  while (end > 0 && s[end - 1] == ')') --end;
+  std::size_t begin = end;
+  auto ident = [](char c) { return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
+  while (begin > 0 && ident(s[begin - 1])) --begin;
+  return s.substr(begin, end - begin);
+}
+template <class S, std::size_t I>
+consteval std::string_view field_name() {
+  return last_identifier(spelling<PointerArg{std::get<I>(field_pointers<field_count<S>()>(never_defined<S>.value))}>());
+}
+template <class S, std::size_t... I>
+constexpr std::array<std::string_view, sizeof...(I)> field_names(std::index_sequence<I...>) {
+  return {field_name<S, I>()...};
+}
+}  // namespace detail
+
+// The names of an aggregate's fields, in declaration order.
+template <class S>
+inline constexpr auto field_names = detail::field_names<S>(std::make_index_sequence<detail::field_count<S>()>{});
+
+// Calls f(field, name) for every field of the aggregate s (const or not).
+template <class S, class F>
+void for_each_field(S& s, F&& f) {
+  using Plain = std::remove_cv_t<S>;
+  constexpr std::size_t n = detail::field_count<Plain>();
+  auto ptrs = detail::field_pointers<n>(s);
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (f(*std::get<I>(ptrs), field_names<Plain>[I]), ...);
+  }(std::make_index_sequence<n>{});
+}
+
+// --- types ------------------------------------------------------------------------
+
+template <class X>
+struct type_is {
+  using type = X;
+};
+
+template <class X>
+struct one_parameter_template : std::false_type {};
+template <template <class...> class S, class A>
+struct one_parameter_template<S<A>> : std::true_type {
+  using argument = A;
+  template <class B>
+  using with = S<B>;
+};
+
+// Element type of a tree's leaves (void: no leaf type found).
+template <class X>
+auto element_of_tree() {
+  if constexpr (is_array_v<X> || is_tracked_v<X>) return type_is<element_t<X>>{};
+  else if constexpr (is_data_v<X>) return element_of_tree<std::remove_cvref_t<decltype(std::declval<X>().value)>>();
+  else if constexpr (is_vector_v<X> || is_std_array_v<X>) return element_of_tree<typename X::value_type>();
+  else if constexpr (one_parameter_template<X>::value) return element_of_tree<typename one_parameter_template<X>::argument>();
+  else return type_is<void>{};
+}
+template <class X>
+using element_type = typename decltype(element_of_tree<X>())::type;
+
+// X with every leaf replaced by L: Net<Array<float>> -> Net<Tracked<float>>.
+template <class X, class L>
+auto rebind_tree() {
+  if constexpr (is_leaf_v<X>) return type_is<L>{};
+  else if constexpr (is_vector_v<X>) return type_is<std::vector<typename decltype(rebind_tree<typename X::value_type, L>())::type>>{};
+  else if constexpr (is_std_array_v<X>)
+    return type_is<std::array<typename decltype(rebind_tree<typename X::value_type, L>())::type, std::tuple_size_v<X>>>{};
+  else if constexpr (is_struct_v<X> && one_parameter_template<X>::value)
+    return type_is<typename one_parameter_template<X>::template with<L>>{};
+  else return type_is<void>{};
+}
+template <class X, class L>
+using rebind = typename decltype(rebind_tree<X, L>())::type;
+
+// Whether X is a tree of leaves of element T (checked field by field, so that
+// the static_assert of an entry point can name what is wrong).
+template <class X, class T>
+constexpr bool is_tree_of() {
+  if constexpr (is_leaf_v<X>) return std::is_same_v<element_t<X>, T>;
+  else if constexpr (is_vector_v<X> || is_std_array_v<X>) return is_tree_of<typename X::value_type, T>();
+  else if constexpr (is_struct_v<X>) {
+    if constexpr (!one_parameter_template<X>::value) return false;
+    else {
+      constexpr std::size_t n = detail::field_count<X>();
+      using Fields = decltype(detail::field_pointers<n>(std::declval<X&>()));
+      return []<std::size_t... I>(std::index_sequence<I...>) {
+        return (is_tree_of<std::remove_pointer_t<std::tuple_element_t<I, Fields>>, T>() && ...);
+      }(std::make_index_sequence<n>{});
+    }
+  } else return false;
+}
+
+// --- walking ----------------------------------------------------------------------
+
+// A path as the walk goes down: "blocks.2.w1"; `prefix` is the argument's own name, if any.
+class Path {
+ public:
+  explicit Path(std::string prefix = {}) : text_(std::move(prefix)) {}
+  template <class F>
+  void with(std::string_view part, F&& f) {
+    const std::size_t keep = text_.size();
+    if (!text_.empty()) text_ += '.';
+    text_ += part;
+    f();
+    text_.resize(keep);
+  }
+  template <class F>
+  void with(std::size_t index, F&& f) {
+    with(std::string_view(std::to_string(index)), std::forward<F>(f));
+  }
+  const std::string& str() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
+// Calls f(leaf) for every leaf in order (leaf is const when x is).
+template <class X, class F>
+void for_each_leaf(X& x, F&& f) {
+  using Plain = std::remove_cv_t<X>;
+  if constexpr (is_leaf_v<Plain>) f(x);
+  else if constexpr (is_vector_v<Plain> || is_std_array_v<Plain>) {
+    for (auto& e : x) for_each_leaf(e, f);
+  } else if constexpr (is_struct_v<Plain>) {
+    for_each_field(x, [&](auto& field, std::string_view) { for_each_leaf(field, f); });
+  } else {
+    static_assert(is_leaf_v<Plain>, "tg tree: a tree is an Array, a std::vector or std::array of trees, or an aggregate "
+                                    "struct of trees (template <class A> struct Net { A w, b; })");
+  }
+}
+
+// Calls f(leaf, path) for every leaf in order.
+template <class X, class F>
+void for_each_leaf_with_path(X& x, Path& path, F&& f) {
+  using Plain = std::remove_cv_t<X>;
+  if constexpr (is_leaf_v<Plain>) f(x, path.str());
+  else if constexpr (is_vector_v<Plain> || is_std_array_v<Plain>) {
+    std::size_t i = 0;
+    for (auto& e : x) path.with(i++, [&] { for_each_leaf_with_path(e, path, f); });
+  } else if constexpr (is_struct_v<Plain>) {
+    for_each_field(x, [&](auto& field, std::string_view name) { path.with(name, [&] { for_each_leaf_with_path(field, path, f); }); });
+  } else {
+    for_each_leaf(x, f);  // the static_assert
+  }
+}
+
+template <class X>
+std::size_t count_leaves(const X& x) {
+  std::size_t n = 0;
+  for_each_leaf(x, [&](const auto&) { ++n; });
+  return n;
+}
+
+// Every leaf's path, in order ("" for a lone Array).
+template <class X>
+std::vector<std::string> leaf_paths(const X& x, std::string prefix = {}) {
+  std::vector<std::string> out;
+  Path path(std::move(prefix));
+  for_each_leaf_with_path(x, path, [&](const auto&, const std::string& p) { out.push_back(p); });
+  return out;
+}
+
+// The shape of a tree beyond its type: every vector's length, in walk order.
+template <class X>
+void append_structure(const X& x, std::vector<std::uint64_t>& out) {
+  if constexpr (is_leaf_v<X>) return;
+  else if constexpr (is_vector_v<X> || is_std_array_v<X>) {
+    if constexpr (is_vector_v<X>) out.push_back(x.size());
+    for (const auto& e : x) append_structure(e, out);
+  } else if constexpr (is_struct_v<X>) {
+    for_each_field(x, [&](const auto& field, std::string_view) { append_structure(field, out); });
+  }
+}
+
+// Builds a tree of type Y with the structure of `like` (a tree of the same
+// shape, any leaf type), taking its leaves from make(leaf_of_like) in order.
+template <class Y, class X, class Make>
+Y build_like(const X& like, Make& make) {
+  if constexpr (is_leaf_v<X>) return make(like);
+  else if constexpr (is_vector_v<X>) {
+    Y out;
+    out.reserve(like.size());
+    for (const auto& e : like) out.push_back(build_like<typename Y::value_type>(e, make));
+    return out;
+  } else if constexpr (is_std_array_v<X>) {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return Y{build_like<typename Y::value_type>(like[I], make)...};  // braces: left to right
+    }(std::make_index_sequence<std::tuple_size_v<X>>{});
+  } else {
+    constexpr std::size_t n = detail::field_count<X>();
+    auto from = detail::field_pointers<n>(like);
+    using Fields = decltype(detail::field_pointers<n>(std::declval<Y&>()));
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return Y{build_like<std::remove_pointer_t<std::tuple_element_t<I, Fields>>>(*std::get<I>(from), make)...};
+    }(std::make_index_sequence<n>{});
+  }
+}
+
+}  // namespace tree
+}  // namespace tg

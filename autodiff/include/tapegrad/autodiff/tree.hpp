@@ -88,32 +88,32 @@ template <std::size_t N, class S>
 constexpr auto field_pointers(S& s) {
 #define TG_TIE(...)                 \
   auto& [__VA_ARGS__] = s;          \
-  return std::apply([](auto&... f) { return std::tuple{&f...}; }, std::tie(__VA_ARGS__))
+  return std::apply([](auto&... field) { return std::tuple{&field...}; }, std::tie(__VA_ARGS__))
   static_assert(N >= 1 && N <= kMaxFields, "tg tree: a parameter struct has 1 to 24 fields; group more into nested structs");
-  if constexpr (N == 1) { TG_TIE(a); }
-  else if constexpr (N == 2) { TG_TIE(a, b); }
-  else if constexpr (N == 3) { TG_TIE(a, b, c); }
-  else if constexpr (N == 4) { TG_TIE(a, b, c, d); }
-  else if constexpr (N == 5) { TG_TIE(a, b, c, d, e); }
-  else if constexpr (N == 6) { TG_TIE(a, b, c, d, e, f); }
-  else if constexpr (N == 7) { TG_TIE(a, b, c, d, e, f, g); }
-  else if constexpr (N == 8) { TG_TIE(a, b, c, d, e, f, g, h); }
-  else if constexpr (N == 9) { TG_TIE(a, b, c, d, e, f, g, h, i); }
-  else if constexpr (N == 10) { TG_TIE(a, b, c, d, e, f, g, h, i, j); }
-  else if constexpr (N == 11) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k); }
-  else if constexpr (N == 12) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l); }
-  else if constexpr (N == 13) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m); }
-  else if constexpr (N == 14) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n); }
-  else if constexpr (N == 15) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o); }
-  else if constexpr (N == 16) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p); }
-  else if constexpr (N == 17) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q); }
-  else if constexpr (N == 18) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r); }
-  else if constexpr (N == 19) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_); }
-  else if constexpr (N == 20) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t); }
-  else if constexpr (N == 21) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u); }
-  else if constexpr (N == 22) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u, v); }
-  else if constexpr (N == 23) { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u, v, w); }
-  else { TG_TIE(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s_, t, u, v, w, x); }
+  if constexpr (N == 1) { TG_TIE(v0); }
+  else if constexpr (N == 2) { TG_TIE(v0, v1); }
+  else if constexpr (N == 3) { TG_TIE(v0, v1, v2); }
+  else if constexpr (N == 4) { TG_TIE(v0, v1, v2, v3); }
+  else if constexpr (N == 5) { TG_TIE(v0, v1, v2, v3, v4); }
+  else if constexpr (N == 6) { TG_TIE(v0, v1, v2, v3, v4, v5); }
+  else if constexpr (N == 7) { TG_TIE(v0, v1, v2, v3, v4, v5, v6); }
+  else if constexpr (N == 8) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7); }
+  else if constexpr (N == 9) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8); }
+  else if constexpr (N == 10) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9); }
+  else if constexpr (N == 11) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10); }
+  else if constexpr (N == 12) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11); }
+  else if constexpr (N == 13) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12); }
+  else if constexpr (N == 14) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13); }
+  else if constexpr (N == 15) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14); }
+  else if constexpr (N == 16) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15); }
+  else if constexpr (N == 17) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16); }
+  else if constexpr (N == 18) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17); }
+  else if constexpr (N == 19) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18); }
+  else if constexpr (N == 20) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19); }
+  else if constexpr (N == 21) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20); }
+  else if constexpr (N == 22) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21); }
+  else if constexpr (N == 23) { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22); }
+  else { TG_TIE(v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22, v23); }
 #undef TG_TIE
 }
 

@@ -1,0 +1,184 @@
+// tg::jit(f): a callable that records and compiles f once per signature of its
+// arguments (the tree types, every leaf's shape, tg::data marks) and keeps the
+// programs in a bounded cache, least recently used out first.
+//
+//   auto step = tg::jit(loss);
+//   auto [value, g] = step.value_and_gradient(net, tg::data(x), tg::data(y));   // compiles on the first call
+//   ... the epoch's short last batch compiles a second program; both stay cached
+//   fmt::print("{}", tg::dump(step));                                            // hits, misses, evictions, programs
+//
+// A program whose guard fails on new values (Note [Guards]) records itself
+// again under GuardPolicy::rerecord (the default here), counted as a rerecord;
+// GuardPolicy::error makes it an error instead. Note [Captured values]
+// applies: the programs are replayed, so f takes everything it reads as arguments.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <typeindex>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "tapegrad/autodiff/compile.hpp"
+
+namespace tg {
+
+struct JitOptions {
+  std::size_t capacity = 8;  // programs kept; the least recently used goes first
+  CompileOptions compile = {};
+  GuardPolicy guard_policy = GuardPolicy::rerecord;
+};
+
+struct JitStats {
+  std::int64_t hits = 0, misses = 0, evictions = 0, rerecords = 0;
+};
+
+namespace detail {
+// What identifies a program: the argument types and marks, the vector lengths, every leaf's shape.
+struct JitKey {
+  std::type_index types = typeid(void);
+  std::vector<std::uint64_t> structure;
+  std::vector<Shape> shapes;
+
+  template <class T>
+  bool matches(std::type_index t, const Flat<T>& flat) const {
+    if (t != types || flat.structure != structure || flat.leaves.size() != shapes.size()) return false;
+    for (std::size_t k = 0; k < shapes.size(); ++k)
+      if (!(flat.leaves[k]->shape() == shapes[k])) return false;
+    return true;
+  }
+};
+struct JitEntryBase {
+  JitKey key;
+  std::string signature;  // the leaves' shapes, for dump()
+  std::uint64_t last_used = 0;
+  std::int64_t calls = 0;
+  virtual ~JitEntryBase() = default;
+  virtual int rerecords() const = 0;
+};
+template <class T, class... A>
+struct JitEntry final : JitEntryBase {
+  explicit JitEntry(CompiledTape<T, A...> p) : program(std::move(p)) {}
+  int rerecords() const override { return program.rerecords(); }
+  CompiledTape<T, A...> program;
+};
+}  // namespace detail
+
+template <class F>
+class Jit {
+ public:
+  explicit Jit(F f, JitOptions options = {}) : f_(std::move(f)), options_(options) {
+    if (options_.capacity == 0) fail("jit", "capacity 0 expected room for at least one program");
+  }
+
+  // The output after a forward run on the arguments.
+  template <class... A>
+  auto forward(const A&... args) {
+    return program(args...).forward(args...);
+  }
+  // Gradients of every argument that is not tg::data, in the arguments' tree types.
+  template <class... A>
+  auto gradient(const A&... args) {
+    return program(args...).gradient(args...);
+  }
+  // (value, gradients...).
+  template <class... A>
+  auto value_and_gradient(const A&... args) {
+    return program(args...).value_and_gradient(args...);
+  }
+  // The value; the gradients go into `out` (its arrays reused once shaped: no allocation per step).
+  template <class G, class... A>
+  auto value_and_gradient_into(G& out, const A&... args) {
+    return program(args...).value_and_gradient_into(out, args...);
+  }
+
+  const JitStats& stats() const {
+    stats_.rerecords = retired_rerecords_;
+    for (const auto& e : entries_) stats_.rerecords += e->rerecords();
+    return stats_;
+  }
+  std::size_t size() const { return entries_.size(); }
+  const JitOptions& options() const { return options_; }
+  // One line per cached program: its signature and calls, most recent first.
+  std::string describe() const {
+    const JitStats& s = stats();
+    std::string out = fmt::format("jit: {} program(s) cached (capacity {}), {} hits, {} misses, {} evictions, {} rerecords\n",
+                                  entries_.size(), options_.capacity, s.hits, s.misses, s.evictions, s.rerecords);
+    std::vector<const detail::JitEntryBase*> order;
+    for (const auto& e : entries_) order.push_back(e.get());
+    std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->last_used > b->last_used; });
+    for (const auto* e : order) out += fmt::format("  {} calls  {}\n", e->calls, e->signature);
+    return out;
+  }
+
+ private:
+  template <class... A>
+  auto& program(const A&... args) {
+    using T = detail::element_of_args<A...>;
+    using Entry = detail::JitEntry<T, A...>;
+    const std::type_index types = typeid(std::tuple<A...>);
+    auto& flat = flat_for<T>();
+    flat.assign(args...);
+    ++clock_;
+    for (auto& e : entries_)
+      if (e->key.matches(types, flat)) {
+        ++stats_.hits;
+        e->last_used = clock_;
+        ++e->calls;
+        return static_cast<Entry*>(e.get())->program;
+      }
+    ++stats_.misses;
+    detail::JitKey key{types, flat.structure, {}};
+    std::vector<std::string> shapes;
+    for (const Array<T>* leaf : flat.leaves) {
+      key.shapes.push_back(leaf->shape());
+      shapes.push_back(to_string(leaf->shape()));
+    }
+    auto tape = detail::record_with<T>(f_, Capture::refuse, args...);
+    auto entry = std::make_unique<Entry>(compile(tape, options_.compile));
+    entry->program.set_guard_policy(options_.guard_policy);
+    entry->key = std::move(key);
+    entry->signature = fmt::format("{}[{}]", sizeof(T) == 4 ? "f32" : "f64", fmt::join(shapes, " "));
+    entry->last_used = clock_;
+    entry->calls = 1;
+    if (entries_.size() == options_.capacity) evict();
+    entries_.push_back(std::move(entry));
+    return static_cast<Entry*>(entries_.back().get())->program;
+  }
+  void evict() {
+    auto oldest = std::min_element(entries_.begin(), entries_.end(),
+                                   [](const auto& a, const auto& b) { return a->last_used < b->last_used; });
+    retired_rerecords_ += (*oldest)->rerecords();
+    entries_.erase(oldest);
+    ++stats_.evictions;
+  }
+  template <class T>
+  detail::Flat<T>& flat_for() {
+    if constexpr (std::is_same_v<T, float>) return flat_float_;
+    else return flat_double_;
+  }
+
+  F f_;
+  JitOptions options_;
+  std::vector<std::unique_ptr<detail::JitEntryBase>> entries_;
+  detail::Flat<float> flat_float_;
+  detail::Flat<double> flat_double_;
+  std::uint64_t clock_ = 0;
+  mutable JitStats stats_;
+  std::int64_t retired_rerecords_ = 0;
+};
+
+template <class F>
+Jit<std::decay_t<F>> jit(F&& f, JitOptions options = {}) {
+  return Jit<std::decay_t<F>>(std::forward<F>(f), options);
+}
+
+template <class F>
+std::string dump(const Jit<F>& step) {
+  return step.describe();
+}
+
+}  // namespace tg

@@ -135,7 +135,8 @@ std::string serialize(std::span<const Source> arrays, const std::map<std::string
 void write_atomically(const std::string& path, std::string_view bytes) {
   const std::string temporary = path + ".tmp";
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) fail("save_safetensors", fmt::format("cannot create {} ({}) expected a writable directory", temporary, std::strerror(errno)));
+  if (fd < 0) fail("save_safetensors", fmt::format("cannot create {} ({}) expected a writable directory; the previous checkpoint is untouched",
+                                            temporary, std::strerror(errno)));
   std::size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);

@@ -10,12 +10,15 @@
 // is a run-time fact (a vector's length).
 //
 // Note [Struct reflection]: the fields of an aggregate are found without the
-// user listing them: Boost.PFR (Debian's libboost1.81-dev, header-only)
-// counts them, structured bindings reach them, and a field's name is read
-// from the compiler's spelling of a template whose argument points at that
-// field of a never-defined object (the technique of PFR 2.2, which Boost 1.81
-// lacks). Rejected: a TG_FIELDS(Net, w1, b1, ...) declaration per struct, one
-// more thing to keep in step with the struct. A struct is rebound to its
+// user listing them. They are counted as the most initializers S{any...}
+// accepts, with `any` converting to every type (so a std::array field takes
+// one, never brace-elided elements); structured bindings reach them; a
+// field's name is read from the compiler's spelling of a template whose
+// argument points at that field of a never-defined object (the technique of
+// Boost.PFR 2.2). Rejected: Boost.PFR 1.81 (Debian's), whose field counting
+// crashes GCC 12 on a struct with a std::array field and which cannot name
+// fields; and a TG_FIELDS(Net, w1, b1, ...) declaration per struct, one more
+// thing to keep in step with the struct. A struct is rebound to its
 // Tracked form through its one template parameter (S<Array<T>> -> S<Tracked<T>>),
 // so a parameter struct is a template over its array type; a struct with
 // constructors, bases or private fields is not an aggregate and is refused by
@@ -31,8 +34,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <boost/pfr/tuple_size.hpp>
 
 #include "tapegrad/autodiff/tracked.hpp"
 
@@ -78,9 +79,25 @@ inline constexpr bool is_struct_v =
 inline constexpr std::size_t kMaxFields = 24;
 
 namespace detail {
+// Converts to anything: S{Any{}, ...} compiles with S's field count of them, never more.
+struct Any {
+  template <class U>
+  constexpr operator U() const noexcept;  // never defined: used in unevaluated requires-expressions only
+};
+template <class S, std::size_t... I>
+constexpr bool initializable_with(std::index_sequence<I...>) {
+  return requires { S{((void)I, Any{})...}; };
+}
+// The most initializers S accepts, searched downwards: a field without a
+// default constructor (Tracked) makes every shorter list fail.
+template <class S, std::size_t N = kMaxFields>
+constexpr std::size_t count_fields() {
+  if constexpr (N == 0 || initializable_with<S>(std::make_index_sequence<N>{})) return N;
+  else return count_fields<S, N - 1>();
+}
 template <class S>
 constexpr std::size_t field_count() {
-  return boost::pfr::tuple_size_v<std::remove_cv_t<S>>;
+  return count_fields<std::remove_cv_t<S>>();
 }
 
 // Pointers to every field of s, in declaration order (const when S is).

@@ -291,16 +291,27 @@ TEST_CASE("allocations: Winograd convolutions (forward, both gradients) allocate
 }
 
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
-  const cnn::LenetWeights P(7);
+  cnn::LenetParams net = cnn::lenet_init(7);
   const std::int64_t n = 64;
   cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
   for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);
-  auto tape = cnn::record_lenet_step(x, y, P);
-  auto ct = tg::compile(tape);
-  std::vector<cnn::A> grads;
-  const float first = cnn::lenet_gradient(ct, x, y, P, grads);
-  CHECK(allocations_in([&] { cnn::lenet_gradient(ct, x, y, P, grads); }) == 0);
-  CHECK(ct.value() == first);
+  auto step = tg::jit(cnn::lenet_loss);
+  cnn::LenetParams grads;
+  const float first = step.value_and_gradient_into(grads, net, tg::data(x), tg::data(y));
+  float again = 0;
+  CHECK(allocations_in([&] { again = step.value_and_gradient_into(grads, net, tg::data(x), tg::data(y)); }) == 0);
+  CHECK(again == first);
+  // The optimizers' steps: one pass over every leaf, no allocation after the first.
+  tg::optim::Sgd sgd(net, {.lr = 0.01, .momentum = 0.9, .weight_decay = 1e-4});
+  tg::optim::Adam adam(net, {.lr = 1e-3});
+  tg::optim::AdamW adamw(net, {.lr = 1e-3, .weight_decay = 0.01});
+  sgd.step(net, grads);
+  adam.step(net, grads);
+  adamw.step(net, grads);
+  CHECK(allocations_in([&] { sgd.step(net, grads); }) == 0);
+  CHECK(allocations_in([&] { adam.step(net, grads); }) == 0);
+  CHECK(allocations_in([&] { adamw.step(net, grads); }) == 0);
+  CHECK(allocations_in([&] { tg::optim::clip_grad_norm(grads, 1.0); }) == 0);
 }
 
 // doctest, then (on a full run) every built-in op must be in a case above.

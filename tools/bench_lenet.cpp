@@ -150,33 +150,16 @@ class Turns {
 
 // --- tapegrad --------------------------------------------------------------------
 
-using cnn::CompiledLenet;
-
 // Trains with the interpreter (replayed tapes) or with compiled tapes (the
 // recorded tape is dropped once compiled, so only the compiled program's memory counts).
 Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& turns) {
   tg::set_num_threads(o.threads);
-  cnn::LenetWeights P(1);
-  std::vector<A*> weights = P.pointers();
-  cnn::Sgd sgd{0.01f, 0.9f, {}};
-  std::optional<cnn::LenetTape> full, partial;
-  std::optional<CompiledLenet> compiled_full, compiled_partial;
-  std::vector<A> grads;
+  cnn::LenetParams net = cnn::lenet_init(1);
+  tg::optim::Sgd sgd(net, {.lr = 0.01, .momentum = 0.9});
+  auto jit = tg::jit(cnn::lenet_loss, {.compiled = compiled});
+  cnn::LenetParams grads;
   A x, y;
-  auto step = [&]() -> float {
-    const bool is_full = x.shape()[0] == 64;
-    if (compiled) {
-      auto& ct = is_full ? compiled_full : compiled_partial;
-      if (!ct) {
-        ct.emplace(tg::compile(cnn::record_lenet_step(x, y, P)));
-        tg::release_array_cache();  // the dropped tape's buffers (Note [The arena comes with the first replay])
-      }
-      return cnn::lenet_gradient(*ct, x, y, P, grads);
-    }
-    auto& tape = is_full ? full : partial;
-    if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
-    return cnn::lenet_gradient(*tape, x, y, P, grads);
-  };
+  auto step = [&]() -> float { return jit.value_and_gradient_into(grads, net, tg::data(x), tg::data(y)); };
   const char* name = compiled ? "tapegrad compiled" : "tapegrad";
   Result r;
   for (int e = 1; e <= o.epochs; ++e) {
@@ -186,42 +169,48 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& tur
     for (std::int64_t s = 0; s < d.steps; ++s) {
       batch(d, order, s, x, y);
       loss_sum += step();
-      std::vector<const A*> g;
-      for (const A& gk : grads) g.push_back(&gk);
-      sgd.step(weights, g);
+      sgd.step(net, grads);
       waited += turns.after_step();
     }
     r.seconds[e - 1] = since(start) - waited;
     r.loss[e - 1] = loss_sum / double(d.steps);
-    r.accuracy[e - 1] = cnn::lenet_accuracy(d.test, P, d.test.size());
+    r.accuracy[e - 1] = cnn::lenet_accuracy(d.test, net, d.test.size());
     r.epochs = e;
     fmt::print("  {} epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", name, e, r.seconds[e - 1], r.loss[e - 1],
                100 * r.accuracy[e - 1]);
     std::fflush(stdout);
   }
-  if (compiled_full) {
-    const auto& p = compiled_full->program();
-    fmt::print("  compiled batch-64 step: arena {:.1f} MiB for values and adjoints ({:.1f} MiB one buffer each)\n",
-               double(p.arena_bytes()) / (1 << 20), double(p.unplanned_bytes()) / (1 << 20));
-  }
+  // The batch-64 step's program: the compiled program, or the interpreter's tape.
+  const auto order = cnn::shuffled(d.train.size(), 1, 0);
+  batch(d, order, 0, x, y);
+  auto with_runner = [&](auto&& visit) {
+    jit.with_program(
+        [&](auto& program) {
+          if constexpr (requires { program.program(); }) visit(program.program());
+          else visit(program.tape());
+        },
+        net, tg::data(x), tg::data(y));
+  };
+  if (compiled)
+    with_runner([](const auto& p) {
+      if constexpr (requires { p.arena_bytes(); })
+        fmt::print("  compiled batch-64 step: arena {:.1f} MiB for values and adjoints ({:.1f} MiB one buffer each)\n",
+                   double(p.arena_bytes()) / (1 << 20), double(p.unplanned_bytes()) / (1 << 20));
+    });
   r.peak_rss_mib = status_mib("VmHWM");
-  if (o.profile_steps > 0 && (compiled ? bool(compiled_full) : bool(full))) {
+  if (o.profile_steps > 0) {
     // Batch-64 steps only: the first batches of epoch 0's order.
     tg::TapeProfile profile;
-    const auto order = cnn::shuffled(d.train.size(), 1, 0);
-    auto run_steps = [&](auto& program) {
-      program.set_profile(&profile);
+    with_runner([&](auto& runner) {
+      runner.set_profile(&profile);
       for (int s = 0; s < o.profile_steps; ++s) {
         batch(d, order, s, x, y);
         step();
       }
-      program.set_profile(nullptr);
-    };
-    if (compiled) run_steps(compiled_full->program());
-    else run_steps(full->tape());
-    fmt::print("\nper-{} profile of a {} training step ({} threads, mean of {} steps):\n{}",
-               compiled ? "step" : "instruction", name, o.threads, o.profile_steps,
-               compiled ? tg::dump_profile(compiled_full->program(), profile) : tg::dump_profile(full->tape(), profile));
+      runner.set_profile(nullptr);
+      fmt::print("\nper-{} profile of a {} training step ({} threads, mean of {} steps):\n{}",
+                 compiled ? "step" : "instruction", name, o.threads, o.profile_steps, tg::dump_profile(runner, profile));
+    });
   }
   return r;
 }
@@ -246,19 +235,19 @@ struct TorchLenet : torch::nn::Module {
     return fc2(x);
   }
   // The same initial weights as tapegrad's (its linear weights are (in, out): transposed here).
-  void copy_from(const cnn::LenetWeights& P) {
+  void copy_from(const cnn::LenetParams& P) {
     torch::NoGradGuard no_grad;
     auto from = [](const A& a) {
       return torch::from_blob(const_cast<float*>(a.data()), std::vector<std::int64_t>(a.shape().dims().begin(), a.shape().dims().end()));
     };
-    conv1->weight.copy_(from(P.p[0]));
-    conv1->bias.copy_(from(P.p[1]));
-    conv2->weight.copy_(from(P.p[2]));
-    conv2->bias.copy_(from(P.p[3]));
-    fc1->weight.copy_(from(P.p[4]).t());
-    fc1->bias.copy_(from(P.p[5]));
-    fc2->weight.copy_(from(P.p[6]).t());
-    fc2->bias.copy_(from(P.p[7]));
+    conv1->weight.copy_(from(P.conv1_w));
+    conv1->bias.copy_(from(P.conv1_b));
+    conv2->weight.copy_(from(P.conv2_w));
+    conv2->bias.copy_(from(P.conv2_b));
+    fc1->weight.copy_(from(P.fc1_w).t());
+    fc1->bias.copy_(from(P.fc1_b));
+    fc2->weight.copy_(from(P.fc2_w).t());
+    fc2->bias.copy_(from(P.fc2_b));
   }
 };
 
@@ -281,7 +270,7 @@ double torch_accuracy(TorchLenet& net, const cnn::Dataset& test) {
 Result train_torch(const Data& d, const Options& o, Turns& turns) {
   torch::set_num_threads(o.threads);
   TorchLenet net;
-  net.copy_from(cnn::LenetWeights(1));
+  net.copy_from(cnn::lenet_init(1));
   torch::optim::SGD sgd(net.parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   A x, y;
   Result r;

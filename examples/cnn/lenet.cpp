@@ -1,15 +1,17 @@
 // Trains LeNet on Fashion-MNIST: the project's main job.
 //
-// The model (lenet_model.hpp) is a plain function of its parameters. The tape is recorded once
-// for the batch shape, compiled (tg::compile: dead code removed, activations
-// fused into conv and matmul, one planned arena) and replayed every step; a
-// second tape serves the last, partial batch. --interpret replays the recorded
-// tapes with the interpreter instead (same numbers, more memory). SGD with
-// momentum 0.9, lr 0.01, batch 64 by default; pixels standardised with the
-// training set's mean and standard deviation.
+// The parameters are a struct (lenet_model.hpp). tg::jit records and compiles
+// the loss once per batch shape (dead code removed, activations fused into
+// conv and matmul, one planned arena) and replays it every step; the last,
+// partial batch gets a program of its own. --interpret replays the recorded
+// tapes with the interpreter instead (same numbers, more memory). tg::optim's
+// SGD with momentum 0.9 (or Adam), lr 0.01, batch 64 by default; pixels
+// standardised with the training set's mean and standard deviation. Each
+// epoch ends with a checkpoint (DIR/lenet.safetensors: the weights and the
+// optimizer's state); --resume continues from it.
 //
 //   lenet [--epochs 2] [--batch 64] [--lr 0.01] [--optimizer sgd|adam] [--threads N]
-//         [--seed 1] [--data DIR] [--quick] [--interpret] [--out DIR]
+//         [--seed 1] [--data DIR] [--quick] [--interpret] [--resume] [--out DIR]
 #include <unistd.h>
 
 #include <chrono>
@@ -19,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <variant>
 
 #include "lenet_model.hpp"
 #include "plot.hpp"
@@ -29,6 +32,7 @@ namespace {
 
 struct Options {
   int epochs = 2;
+  bool epochs_given = false;  // --quick trains one epoch unless --epochs says otherwise
   std::int64_t batch = 64;
   float lr = 0.01f;
   std::string optimizer = "sgd";
@@ -37,6 +41,7 @@ struct Options {
   std::string data = cnn::kDefaultDataDir;
   bool quick = false;
   bool interpret = false;
+  bool resume = false;
   std::string out = ".";
 };
 
@@ -48,7 +53,7 @@ Options parse(int argc, char** argv) {
   };
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--epochs") o.epochs = std::stoi(value(i));
+    if (a == "--epochs") o.epochs = std::stoi(value(i)), o.epochs_given = true;
     else if (a == "--batch") o.batch = std::stoll(value(i));
     else if (a == "--lr") o.lr = std::stof(value(i));
     else if (a == "--optimizer") o.optimizer = value(i);
@@ -58,7 +63,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--out") o.out = value(i);
     else if (a == "--quick") o.quick = true;
     else if (a == "--interpret") o.interpret = true;
-    else tg::fail("lenet", fmt::format("unknown flag {} expected one of --epochs --batch --lr --optimizer --threads --seed --data --quick --interpret --out", a));
+    else if (a == "--resume") o.resume = true;
+    else tg::fail("lenet", fmt::format("unknown flag {} expected one of --epochs --batch --lr --optimizer --threads --seed "
+                                       "--data --quick --interpret --resume --out", a));
   }
   if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0) || (o.optimizer != "sgd" && o.optimizer != "adam"))
     tg::fail("lenet", fmt::format("epochs {} batch {} lr {} optimizer {} expected positive numbers and sgd or adam", o.epochs,
@@ -80,26 +87,35 @@ int main(int argc, char** argv) try {
   cnn::standardise(train, test);
   const std::int64_t n_train = o.quick ? std::min<std::int64_t>(6400, train.size()) : train.size();
   const std::int64_t n_test = o.quick ? std::min<std::int64_t>(2000, test.size()) : test.size();
-  const int epochs = o.quick ? 1 : o.epochs;
+  const int epochs = o.quick && !o.epochs_given ? 1 : o.epochs;
   fmt::print("LeNet on Fashion-MNIST: {} training and {} test images, {} epoch(s), batch {}, {} lr {}, {} threads, {}\n",
              n_train, n_test, epochs, o.batch, o.optimizer, o.lr, tg::num_threads(),
              o.interpret ? "interpreted tapes" : "compiled tapes");
 
-  cnn::LenetWeights P(o.seed);
-  std::vector<A*> weights = P.pointers();
-  cnn::Sgd sgd{o.lr, 0.9f, {}};
-  cnn::Adam adam;
-  adam.lr = o.lr;
+  cnn::LenetParams net = cnn::lenet_init(o.seed);
+  using Optimizer = std::variant<tg::optim::Sgd<cnn::LenetParams>, tg::optim::Adam<cnn::LenetParams>>;
+  Optimizer opt = o.optimizer == "sgd" ? Optimizer(tg::optim::Sgd(net, {.lr = o.lr, .momentum = 0.9}))
+                                       : Optimizer(tg::optim::Adam(net, {.lr = o.lr}));
+  auto step = tg::jit(cnn::lenet_loss, {.compiled = !o.interpret});
+  const std::int64_t steps = (n_train + o.batch - 1) / o.batch;
+  const std::string checkpoint = o.out + "/lenet.safetensors";
+  int first_epoch = 1;
+  if (o.resume) {
+    std::visit([&](auto& optimizer) { tg::load_safetensors(checkpoint, net, optimizer); }, opt);
+    const std::int64_t done = std::visit([](auto& optimizer) { return optimizer.steps(); }, opt);
+    first_epoch = int(done / steps) + 1;
+    fmt::print("resumed from {} after epoch {} ({} steps)\n", checkpoint, first_epoch - 1, done);
+  }
+  if (first_epoch > epochs) {
+    fmt::print("the checkpoint holds {} epoch(s) already: nothing to train (ask for more with --epochs)\n", first_epoch - 1);
+    return 0;
+  }
 
-  // One program per batch size (the full one and the last, partial one), recorded on first use.
-  std::optional<cnn::LenetTape> full, partial;
-  std::optional<cnn::CompiledLenet> compiled_full, compiled_partial;
-  std::vector<A> grads;
+  cnn::LenetParams grads;
   const bool terminal = isatty(fileno(stdout));
   std::vector<double> step_x, step_loss, epoch_x, epoch_acc, epoch_loss;
-  const std::int64_t steps = (n_train + o.batch - 1) / o.batch;
   const auto start = std::chrono::steady_clock::now();
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
+  for (int epoch = first_epoch; epoch <= epochs; ++epoch) {
     const auto order = cnn::shuffled(n_train, o.seed, epoch);
     const auto epoch_start = std::chrono::steady_clock::now();
     double running = 0, epoch_sum = 0, last_print = -1;
@@ -107,23 +123,8 @@ int main(int argc, char** argv) try {
       const std::int64_t begin = s * o.batch, b = std::min(o.batch, n_train - begin);
       A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
       cnn::gather_batch(train, order, begin, begin + b, x, y);
-      double l;
-      if (o.interpret) {
-        std::optional<cnn::LenetTape>& tape = b == o.batch ? full : partial;
-        if (!tape) tape.emplace(cnn::record_lenet_step(x, y, P));
-        l = cnn::lenet_gradient(*tape, x, y, P, grads);
-      } else {
-        std::optional<cnn::CompiledLenet>& program = b == o.batch ? compiled_full : compiled_partial;
-        if (!program) {
-          program.emplace(tg::compile(cnn::record_lenet_step(x, y, P)));
-          tg::release_array_cache();  // the dropped tape's buffers (Note [The arena comes with the first replay])
-        }
-        l = cnn::lenet_gradient(*program, x, y, P, grads);
-      }
-      std::vector<const A*> g;
-      for (const A& gk : grads) g.push_back(&gk);
-      if (o.optimizer == "sgd") sgd.step(weights, g);
-      else adam.step(weights, g);
+      const double l = step.value_and_gradient_into(grads, net, tg::data(x), tg::data(y));
+      std::visit([&](auto& optimizer) { optimizer.step(net, grads); }, opt);
       running = s == 0 ? l : 0.98 * running + 0.02 * l;
       epoch_sum += l;
       step_x.push_back(epoch - 1 + double(s + 1) / double(steps));
@@ -140,12 +141,13 @@ int main(int argc, char** argv) try {
       }
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
-    const double acc = cnn::lenet_accuracy(test, P, n_test);
+    const double acc = cnn::lenet_accuracy(test, net, n_test);
     epoch_x.push_back(epoch);
     epoch_acc.push_back(acc);
     epoch_loss.push_back(epoch_sum / double(steps));
-    fmt::print("{}epoch {}: train loss {:.4f}, test accuracy {:.2f}%, {:.1f} s ({:.0f} images/s)\n", terminal ? "\n" : "",
-               epoch, epoch_loss.back(), 100 * acc, seconds, double(n_train) / seconds);
+    std::visit([&](auto& optimizer) { tg::save_safetensors(checkpoint, net, optimizer); }, opt);
+    fmt::print("{}epoch {}: train loss {:.4f}, test accuracy {:.2f}%, {:.1f} s ({:.0f} images/s); saved {}\n",
+               terminal ? "\n" : "", epoch, epoch_loss.back(), 100 * acc, seconds, double(n_train) / seconds, checkpoint);
   }
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -174,8 +176,8 @@ int main(int argc, char** argv) try {
   cnn::write_svg(svg, "LeNet on Fashion-MNIST (tapegrad)", "epoch", {loss_series, acc_series});
   fmt::print("final test accuracy {:.2f}% after {} epoch(s) in {}; curve: {} and {}\n", 100 * epoch_acc.back(), epochs,
              format_seconds(total), csv, svg);
-  // The quick mode is a test: the loss must fall and the accuracy beat chance (10%) clearly.
-  if (o.quick) {
+  // The quick mode is a test (from scratch): the loss must fall and the accuracy beat chance (10%) clearly.
+  if (o.quick && first_epoch == 1) {
     const double first = loss_series.y.front(), final_loss = loss_series.y.back();
     if (!(final_loss < 0.8 * first) || epoch_acc.back() < 0.5) {
       fmt::print("quick check FAILED: loss {:.3f} -> {:.3f}, accuracy {:.1f}%\n", first, final_loss, 100 * epoch_acc.back());

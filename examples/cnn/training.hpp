@@ -1,5 +1,5 @@
-// Small training helpers for the CNN examples: parameter initialisation,
-// shuffled mini-batches with a fixed seed, SGD with momentum, Adam, accuracy.
+// Small training helpers for the CNN examples: shuffled mini-batches with a
+// fixed seed, dataset statistics, accuracy.
 // They live beside the examples: plain loops over tg::Arrays, nothing a
 // library core needs.
 #pragma once
@@ -19,13 +19,6 @@
 namespace cnn {
 
 using A = tg::Array<float>;
-
-// PyTorch's default for conv and linear layers (kaiming_uniform with a = sqrt(5)):
-// uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], weights and biases alike.
-inline A init_uniform(tg::Shape shape, std::int64_t fan_in, std::uint64_t seed) {
-  const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
-  return A::random_uniform(std::move(shape), -bound, bound, seed);
-}
 
 // The sample order of one epoch: a permutation of [0, n) from (seed, epoch).
 inline std::vector<std::int64_t> shuffled(std::int64_t n, std::uint64_t seed, int epoch) {
@@ -60,49 +53,6 @@ inline std::pair<float, float> pixel_statistics(const Dataset& d) {
   const double n = double(d.pixels.size()), mean = sum / n;
   return {float(mean), float(std::sqrt(std::max(1e-12, squares / n - mean * mean)))};
 }
-
-// SGD with momentum, PyTorch's form: v = momentum * v + g; p -= lr * v.
-struct Sgd {
-  float lr = 0.01f, momentum = 0.9f;
-  std::vector<A> velocity;
-  void step(std::vector<A*>& weights, const std::vector<const A*>& grads) {
-    if (velocity.empty())
-      for (auto* p : weights) velocity.push_back(A::zeros(p->shape()));
-    for (std::size_t k = 0; k < weights.size(); ++k) {
-      float *p = weights[k]->data(), *v = velocity[k].data();
-      const float* g = grads[k]->data();
-      for (std::int64_t i = 0; i < weights[k]->size(); ++i) {
-        v[i] = momentum * v[i] + g[i];
-        p[i] -= lr * v[i];
-      }
-    }
-  }
-};
-
-// Adam (Kingma and Ba), with bias correction.
-struct Adam {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
-  std::vector<A> m, v;
-  int t = 0;
-  void step(std::vector<A*>& weights, const std::vector<const A*>& grads) {
-    if (m.empty())
-      for (auto* p : weights) {
-        m.push_back(A::zeros(p->shape()));
-        v.push_back(A::zeros(p->shape()));
-      }
-    ++t;
-    const float c1 = 1 - std::pow(beta1, float(t)), c2 = 1 - std::pow(beta2, float(t));
-    for (std::size_t k = 0; k < weights.size(); ++k) {
-      float *p = weights[k]->data(), *mk = m[k].data(), *vk = v[k].data();
-      const float* g = grads[k]->data();
-      for (std::int64_t i = 0; i < weights[k]->size(); ++i) {
-        mk[i] = beta1 * mk[i] + (1 - beta1) * g[i];
-        vk[i] = beta2 * vk[i] + (1 - beta2) * g[i] * g[i];
-        p[i] -= lr * (mk[i] / c1) / (std::sqrt(vk[i] / c2) + eps);
-      }
-    }
-  }
-};
 
 // Number of rows of logits (n, classes) whose arg-max is the label.
 inline std::int64_t correct(const A& logits, const A& labels) {

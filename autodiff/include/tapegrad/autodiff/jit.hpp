@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <typeindex>
 #include <utility>
@@ -28,6 +29,7 @@ namespace tg {
 
 struct JitOptions {
   std::size_t capacity = 8;  // programs kept; the least recently used goes first
+  bool compiled = true;      // false: the recorded tapes run on the interpreter (debugging, comparing)
   CompileOptions compile = {};
   GuardPolicy guard_policy = GuardPolicy::rerecord;
 };
@@ -61,9 +63,15 @@ struct JitEntryBase {
 };
 template <class T, class... A>
 struct JitEntry final : JitEntryBase {
-  explicit JitEntry(CompiledTape<T, A...> p) : program(std::move(p)) {}
-  int rerecords() const override { return program.rerecords(); }
-  CompiledTape<T, A...> program;
+  int rerecords() const override { return program ? program->rerecords() : tape->rerecords(); }
+  // visitor(the GradientTape or the CompiledTape): both give the same results' types.
+  template <class V>
+  decltype(auto) visit(V&& visitor) {
+    if (program) return visitor(*program);
+    return visitor(*tape);
+  }
+  std::optional<GradientTape<T, A...>> tape;    // JitOptions::compiled == false
+  std::optional<CompiledTape<T, A...>> program;
 };
 }  // namespace detail
 
@@ -76,23 +84,29 @@ class Jit {
 
   // The output after a forward run on the arguments.
   template <class... A>
-  auto forward(const A&... args) {
-    return program(args...).forward(args...);
+  const auto& forward(const A&... args) {
+    return entry(args...).visit([&](auto& p) -> decltype(auto) { return p.forward(args...); });
   }
   // Gradients of every argument that is not tg::data, in the arguments' tree types.
   template <class... A>
   auto gradient(const A&... args) {
-    return program(args...).gradient(args...);
+    return entry(args...).visit([&](auto& p) { return p.gradient(args...); });
   }
   // (value, gradients...).
   template <class... A>
   auto value_and_gradient(const A&... args) {
-    return program(args...).value_and_gradient(args...);
+    return entry(args...).visit([&](auto& p) { return p.value_and_gradient(args...); });
   }
   // The value; the gradients go into `out` (its arrays reused once shaped: no allocation per step).
   template <class G, class... A>
   auto value_and_gradient_into(G& out, const A&... args) {
-    return program(args...).value_and_gradient_into(out, args...);
+    return entry(args...).visit([&](auto& p) { return p.value_and_gradient_into(out, args...); });
+  }
+  // visitor(program) with the program for these arguments (recorded and
+  // compiled on a miss): a GradientTape, or a CompiledTape when compiled.
+  template <class V, class... A>
+  decltype(auto) with_program(V&& visitor, const A&... args) {
+    return entry(args...).visit(visitor);
   }
 
   const JitStats& stats() const {
@@ -116,7 +130,7 @@ class Jit {
 
  private:
   template <class... A>
-  auto& program(const A&... args) {
+  auto& entry(const A&... args) {
     using T = detail::element_of_args<A...>;
     using Entry = detail::JitEntry<T, A...>;
     const std::type_index types = typeid(std::tuple<A...>);
@@ -128,7 +142,7 @@ class Jit {
         ++stats_.hits;
         e->last_used = clock_;
         ++e->calls;
-        return static_cast<Entry*>(e.get())->program;
+        return *static_cast<Entry*>(e.get());
       }
     ++stats_.misses;
     detail::JitKey key{types, flat.structure, {}};
@@ -137,16 +151,21 @@ class Jit {
       key.shapes.push_back(leaf->shape());
       shapes.push_back(to_string(leaf->shape()));
     }
-    auto tape = detail::record_with<T>(f_, Capture::refuse, args...);
-    auto entry = std::make_unique<Entry>(compile(tape, options_.compile));
-    entry->program.set_guard_policy(options_.guard_policy);
+    auto entry = std::make_unique<Entry>();
+    entry->tape.emplace(detail::record_with<T>(f_, Capture::refuse, args...));
+    if (options_.compiled) {
+      entry->program.emplace(compile(*entry->tape, options_.compile));
+      entry->tape.reset();
+      release_array_cache();  // the dropped tape's buffers (Note [The arena comes with the first replay])
+    }
+    entry->visit([&](auto& p) { p.set_guard_policy(options_.guard_policy); });
     entry->key = std::move(key);
     entry->signature = fmt::format("{}[{}]", sizeof(T) == 4 ? "f32" : "f64", fmt::join(shapes, " "));
     entry->last_used = clock_;
     entry->calls = 1;
     if (entries_.size() == options_.capacity) evict();
     entries_.push_back(std::move(entry));
-    return static_cast<Entry*>(entries_.back().get())->program;
+    return *static_cast<Entry*>(entries_.back().get());
   }
   void evict() {
     auto oldest = std::min_element(entries_.begin(), entries_.end(),

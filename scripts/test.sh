@@ -2,8 +2,8 @@
 # Installs, builds and runs every test: first a Release build (unit tests, the
 # install-and-consume test, the examples, tapedump); then one clang build with
 # AddressSanitizer + UndefinedBehaviorSanitizer and libFuzzer's coverage, which
-# runs the unit tests and the data loader's tests again and the tape-file
-# loader's fuzz target for 30 s on its corpus; then the tests that run several
+# runs the unit tests and the data loader's tests again, the tape-file
+# loader's fuzz target for 20 s and the checkpoint loader's for 10 s on their corpora; then the tests that run several
 # user threads under ThreadSanitizer (built meanwhile, in the background).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ phase "release build and tests done"
 sanitizer_flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1")
 CXX=clang++-16 cmake -S . -B build-asan-fuzz -G Ninja "${sanitizer_flags[@]}" -DTAPEGRAD_FUZZ=ON \
       -DTAPEGRAD_BUILD_TOOLS=ON -DTAPEGRAD_BUILD_BENCHMARKS=OFF -DTAPEGRAD_BUILD_EXAMPLES=ON
-cmake --build build-asan-fuzz -j "$jobs" --target tapegrad_tests cnn_tests fuzz_tape_file
+cmake --build build-asan-fuzz -j "$jobs" --target tapegrad_tests cnn_tests fuzz_tape_file fuzz_safetensors
 phase "sanitizer build done"
 
 # The ThreadSanitizer build runs in the background while the sanitizer tests and
@@ -48,8 +48,11 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_O
 phase "sanitizer tests done"
 
 # New inputs go to the scratch corpus; a crash leaves its input in build-asan-fuzz/ and fails the run.
-OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=30 -timeout=10 -rss_limit_mb=4096 \
+OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_tape_file -max_total_time=20 -timeout=10 -rss_limit_mb=4096 \
   -artifact_prefix=build-asan-fuzz/ "$corpus" tests/fuzz/corpus
+mkdir "$corpus/safetensors"
+OMP_NUM_THREADS=1 build-asan-fuzz/tests/fuzz/fuzz_safetensors -max_total_time=10 -timeout=10 -rss_limit_mb=4096 \
+  -artifact_prefix=build-asan-fuzz/ "$corpus/safetensors" tests/fuzz/safetensors_corpus
 phase "fuzzing done"
 
 wait "$tsan_build" || { cat build-tsan/build.log; exit 1; }

@@ -282,3 +282,13 @@ TEST_CASE("checkpoint: every truncation and every flipped byte is a tg::Error or
   attempt(file + json);
   MESSAGE("damaged files: ", errors, " errors, ", loads, " clean loads");
 }
+
+TEST_CASE("checkpoint: a file written by another writer (numpy, the fuzz corpus's seed) loads") {
+  Model<tg::Array<float>> m{{tg::Array<float>::zeros({2, 3}), tg::Array<float>::zeros({3})},
+                            {{tg::Array<float>::zeros({3, 3}), tg::Array<float>::zeros({3})}}};
+  tg::load_safetensors(std::string(TAPEGRAD_TEST_SOURCE_DIR) + "/fuzz/safetensors_corpus/seed-model.safetensors", m);
+  CHECK(m.first.w(1, 2) == 5.0f);
+  CHECK(m.first.b(0) == 1.0f);
+  CHECK(m.rest[0].w(1, 1) == 1.0f);
+  CHECK(m.rest[0].w(0, 1) == 0.0f);
+}

@@ -152,6 +152,7 @@ class FrontEnd {
 
  public:
   using Gradients = typename GradientTypes<T, Args...>::Result;
+  static constexpr std::size_t gradient_count = GradientTypes<T, Args...>::count;
   // Records the function again on new arguments (held by tg::record).
   using Recorder = std::function<std::unique_ptr<Tape<T>>(const typename ArgKind<Args>::Tree&...)>;
 

@@ -79,25 +79,40 @@ enum class Capture : std::uint8_t {
 
 namespace detail {
 
-template <class F, class... Trees>
-using Result = decltype(std::declval<F&>()(std::declval<const tree::rebind<Trees, Tracked<tree::element_type<Trees>>>&>()...));
-
-// Misuse that would otherwise be pages of overload candidates, one line each.
+// Misuse that would otherwise be pages of overload candidates: one
+// static_assert line, and false, so that the caller stops there.
 template <class T, class F, class... Args>
-constexpr void check_recordable() {
-  static_assert(!std::is_void_v<T>, "tg: no argument holds an Array: give the function at least one tg::Array (or a tree of them)");
-  static_assert((tree::is_tree_of<typename ArgKind<Args>::Tree, T>() && ...),
-                "tg: each argument must be a tree of Arrays of one element type: an Array, a std::vector or std::array of "
-                "trees, or an aggregate struct template<class A> struct S { A w, b; } (tree.hpp)");
-  static_assert(std::is_invocable_v<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>,
-                "tg: the function cannot be called with the Tracked forms of the arguments: take `const auto&` (or "
-                "tg::Tracked<T> / S<tg::Tracked<T>>) parameters, not tg::Array");
-  if constexpr (std::is_invocable_v<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>) {
-    using R = std::remove_cvref_t<std::invoke_result_t<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>>;
-    static_assert(std::is_same_v<R, Tracked<T>>, "tg: the function must return a tg::Tracked<T> computed from its "
-                                                 "arguments (it returned something else, e.g. an Array or a scalar)");
+constexpr bool recordable() {
+  constexpr bool has_element = !std::is_void_v<T>;
+  static_assert(has_element, "tg: each argument must be a tree of Arrays: an Array, a std::vector or std::array of trees, "
+                             "or an aggregate struct that is a template over its array type, template <class A> struct "
+                             "S { A w, b; } (tree.hpp)");
+  if constexpr (!has_element) {
+    return false;
+  } else {
+    constexpr bool trees = (tree::is_tree_of<typename ArgKind<Args>::Tree, T>() && ...);
+    static_assert(trees, "tg: each argument must be a tree of Arrays of one element type: an Array, a std::vector or "
+                         "std::array of trees, or an aggregate struct template <class A> struct S { A w, b; } (tree.hpp)");
+    if constexpr (!trees) {
+      return false;
+    } else {
+      constexpr bool callable = std::is_invocable_v<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>;
+      static_assert(callable, "tg: the function cannot be called with the Tracked forms of the arguments: take `const "
+                              "auto&` (or tg::Tracked<T> / S<tg::Tracked<T>>) parameters, not tg::Array");
+      if constexpr (!callable) {
+        return false;
+      } else {
+        using R = std::remove_cvref_t<std::invoke_result_t<F&, const tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>&...>>;
+        constexpr bool returns_tracked = std::is_same_v<R, Tracked<T>>;
+        static_assert(returns_tracked, "tg: the function must return a tg::Tracked<T> computed from its arguments (it "
+                                       "returned something else, e.g. an Array or a scalar)");
+        return returns_tracked;
+      }
+    }
   }
 }
+// What an entry point returns after a failed static_assert (nothing else is compiled).
+struct NotRecorded {};
 
 // Records f on the arguments' trees into a fresh tape: one input per leaf,
 // named by its path; the leaves of tg::data positions get no gradient.
@@ -131,8 +146,7 @@ std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKi
 }
 
 template <class T, class F, class... Args>
-GradientTape<T, Args...> record_with(F&& f, Capture capture, const Args&... args) {
-  check_recordable<T, std::decay_t<F>, Args...>();
+GradientTape<T, Args...> record_checked(F&& f, Capture capture, const Args&... args) {
   auto tape = record_tape<T, Args...>(f, capture, tree_of(args)...);
   typename GradientTape<T, Args...>::Recorder recorder;
   using Held = std::decay_t<F>;
@@ -143,6 +157,12 @@ GradientTape<T, Args...> record_with(F&& f, Capture capture, const Args&... args
     };
   }
   return GradientTape<T, Args...>(std::move(tape), std::move(recorder), args...);
+}
+
+template <class T, class F, class... Args>
+auto record_with(F&& f, Capture capture, const Args&... args) {
+  if constexpr (!recordable<T, std::decay_t<F>, Args...>()) return NotRecorded{};
+  else return record_checked<T>(std::forward<F>(f), capture, args...);
 }
 
 template <class... Args>
@@ -169,26 +189,23 @@ auto record(F&& f, const Args&... args) {
 // not tg::data: one tree of the argument's type, a tuple for several.
 template <class F, class... Args>
 auto gradient(F&& f, const Args&... args) {
-  return detail::record_with<detail::element_of_args<Args...>>(std::forward<F>(f), Capture::copy, args...).gradient();
+  auto tape = detail::record_with<detail::element_of_args<Args...>>(std::forward<F>(f), Capture::copy, args...);
+  if constexpr (std::is_same_v<decltype(tape), detail::NotRecorded>) return tape;
+  else return tape.gradient();
 }
 
 // (value as a plain T, gradients...).
 template <class F, class... Args>
 auto value_and_gradient(F&& f, const Args&... args) {
   auto tape = detail::record_with<detail::element_of_args<Args...>>(std::forward<F>(f), Capture::copy, args...);
-  auto grads = tape.gradient();
-  using T = detail::element_of_args<Args...>;
-  if constexpr (detail::GradientTypes<T, Args...>::count == 1) return std::tuple<T, decltype(grads)>(tape.value(), std::move(grads));
-  else return std::tuple_cat(std::tuple<T>(tape.value()), std::move(grads));
+  if constexpr (std::is_same_v<decltype(tape), detail::NotRecorded>) return tape;
+  else return tape.value_and_gradient();
 }
 
-// Jacobian of an array-valued f: for each input leaf, an Array of shape
-// (outputs, leaf size), both flattened row-major, in the gradients' tree
-// types. One reverse pass per output element.
-template <class F, class... Args>
-auto jacobian(F&& f, const Args&... args) {
-  using T = detail::element_of_args<Args...>;
-  auto tape = detail::record_with<T>(std::forward<F>(f), Capture::copy, args...);
+namespace detail {
+template <class Tape>
+auto jacobian_of(Tape& tape) {
+  using T = std::remove_cvref_t<decltype(tape.value())>;
   const std::int64_t m = tape.output().size();
   const std::size_t n_in = tape.tape().inputs().size();
   std::vector<Array<T>> jac(n_in);
@@ -212,9 +229,21 @@ auto jacobian(F&& f, const Args&... args) {
       leaf = std::move(jac[k++]);
     });
   };
-  if constexpr (detail::GradientTypes<T, Args...>::count == 1) put(grads);
+  if constexpr (Tape::gradient_count == 1) put(grads);
   else std::apply([&](auto&... g) { (put(g), ...); }, grads);
   return grads;
+}
+}  // namespace detail
+
+// Jacobian of an array-valued f: for each input leaf, an Array of shape
+// (outputs, leaf size), both flattened row-major, in the gradients' tree
+// types. One reverse pass per output element.
+template <class F, class... Args>
+auto jacobian(F&& f, const Args&... args) {
+  using T = detail::element_of_args<Args...>;
+  auto tape = detail::record_with<T>(std::forward<F>(f), Capture::copy, args...);
+  if constexpr (std::is_same_v<decltype(tape), detail::NotRecorded>) return tape;
+  else return detail::jacobian_of(tape);
 }
 
 }  // namespace tg

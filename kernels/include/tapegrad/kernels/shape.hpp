@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace tg {
@@ -114,6 +115,22 @@ Strides broadcast_strides(const Shape& from, const Shape& to);
 
 // Normalises a possibly negative axis against `rank`; throws tg::Error naming `op`.
 std::size_t normalize_axis(std::int64_t axis, std::size_t rank, const char* op);
+
+// A per-dimension attribute (stride, padding, window, ...): one value per
+// spatial dim, or one for all: {.stride = {2}}, {.padding = {1, 0}}. A bare
+// number ({.stride = 2}) is a one-line compile error saying so, instead of
+// pages of failed conversions.
+struct DimList : std::vector<std::int64_t> {
+  using std::vector<std::int64_t>::vector;
+  DimList() = default;
+  DimList(std::initializer_list<std::int64_t> values) : std::vector<std::int64_t>(values) {}
+  DimList(const std::vector<std::int64_t>& values) : std::vector<std::int64_t>(values) {}  // NOLINT: implicit
+  template <class I>
+    requires std::is_arithmetic_v<I>
+  DimList(I) {  // NOLINT: implicit, to reach the static_assert
+    static_assert(sizeof(I) == 0, "tg: a per-dimension attribute is a list: write {.stride = {2}}, not {.stride = 2}");
+  }
+};
 
 // A per-dim attribute list (stride, padding, origin, ...) holds nothing (the
 // default), one value for every dim, or one per dim: throws otherwise, naming

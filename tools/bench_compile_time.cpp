@@ -91,11 +91,11 @@ int main(int argc, char** argv) try {
       std::int64_t arena = 0;
       std::size_t instrs = 0;
       for (int r = 0; r < reps; ++r) {
-        std::optional<tg::GradientTape<double, 2>> tape;
+        std::optional<tg::GradientTape<double, A, A>> tape;
         record = std::min(record, seconds_of([&] { tape.emplace(tg::record(c.f, x, w)); }));
         instrs = tape->tape().num_instructions();
         gradient = std::min(gradient, seconds_of([&] { tape->gradient(); }));
-        std::optional<tg::CompiledTape<double, 2>> ct;
+        std::optional<tg::CompiledTape<double, A, A>> ct;
         compile = std::min(compile, seconds_of([&] { ct.emplace(tg::compile(*tape, c.options)); }));
         arena = ct->program().arena_bytes();
         compiled = std::min(compiled, seconds_of([&] { ct->gradient(x, w); }));

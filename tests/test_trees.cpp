@@ -112,6 +112,11 @@ TEST_CASE("trees: leaves are named on the tape, in dumps and in errors; data lea
   CHECK(text.find("input 7 (no gradient)") != std::string::npos);
   CHECK_FALSE(tape.needs_grad(7));
   CHECK(tape.tape().input_name(6) == "head.1");
+  // Tape files keep the names (tapedump prints them).
+  const tg::LoadedTape<double> loaded = tg::deserialize_tape<double>(tg::serialize_tape(tape.tape()));
+  CHECK(loaded.tape.input_name(2) == "blocks.0.w1");
+  CHECK(tg::dump(loaded.tape).find("input 2 blocks.0.w1") != std::string::npos);
+  CHECK(tg::dump(tg::compile(tape)).find("input 6 head.1") != std::string::npos);
   // A leaf of another shape names its path.
   Params bad = net;
   bad.blocks[0].b1 = A::zeros({5});
@@ -212,20 +217,36 @@ TEST_CASE("jit: one program per signature, hits, misses, evictions and the short
   step.gradient(net, tg::data(x4), tg::data(y4));
   CHECK(step.stats().misses == 4);
   const std::string text = tg::dump(step);
-  CHECK(text.find("jit: 2 program(s) cached (capacity 2), 3 hits, 4 misses, 2 evictions, 0 rerecords") != std::string::npos);
+  CHECK(text.find("jit: 2 program(s) cached (capacity 2), 3 hits, 4 misses, 2 evictions, 0 path switches") != std::string::npos);
   CHECK(text.find("f64[(4,1,3,3) (4) (4,4,3,3) (4) (4,4,1,1) (64,3) (3) (4,1,4,4) (4)]") != std::string::npos);
 }
 
-TEST_CASE("jit: a failed guard records the path again, and gradients into a tree allocate once") {
+TEST_CASE("jit: guard outcomes are part of the key: each path gets its program, alternating paths re-record nothing") {
   auto f = [](const T& v) {
     if (tg::any(v > 0.0)) return tg::sum(v * v);
     return tg::sum(v * 3.0);
   };
   auto step = tg::jit(f);
-  CHECK(step.gradient(A({2}, {1.0, -1.0}))(0) == 2.0);
-  CHECK(step.gradient(A({2}, {-1.0, -2.0}))(0) == 3.0);
-  CHECK(step.stats().rerecords == 1);
+  const A pos({2}, {1.0, -1.0}), neg({2}, {-1.0, -2.0});
+  CHECK(step.gradient(pos)(0) == 2.0);
+  CHECK(step.gradient(neg)(0) == 3.0);  // the recorded path's guard fails: a second program
+  CHECK(step.stats().misses == 2);
+  CHECK(step.stats().path_switches == 1);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(step.gradient(pos)(1) == -2.0);
+    CHECK(step.gradient(neg)(1) == 3.0);
+  }
+  CHECK(step.stats().misses == 2);  // both paths cached
+  CHECK(step.stats().path_switches == 7);
+  CHECK(step.gradient(neg)(0) == 3.0);
+  CHECK(step.stats().hits == 1);
   auto strict = tg::jit(f, {.guard_policy = tg::GuardPolicy::error});
-  strict.gradient(A({2}, {1.0, -1.0}));
-  CHECK_THROWS_WITH_AS(strict.gradient(A({2}, {-1.0, -2.0})), doctest::Contains("guard"), tg::Error);
+  strict.gradient(pos);
+  CHECK_THROWS_WITH_AS(strict.gradient(neg), doctest::Contains("guard"), tg::Error);
+  // The interpreter serves the same way.
+  auto interpreted = tg::jit(f, {.compiled = false});
+  CHECK(interpreted.gradient(pos)(0) == 2.0);
+  CHECK(interpreted.gradient(neg)(0) == 3.0);
+  CHECK(interpreted.gradient(pos)(0) == 2.0);
+  CHECK(interpreted.stats().misses == 2);
 }

@@ -120,14 +120,14 @@ Row elementwise_row(int reps, bool profile) {
 }
 
 Row lenet_row(int reps, bool profile) {
-  const cnn::LenetWeights P(1);
+  const cnn::LenetParams net = cnn::lenet_init(1);
   const std::int64_t n = 64;
   cnn::A x = cnn::A::random_normal({n, 1, 28, 28}, 0, 1, 1), y({n});
   for (std::int64_t i = 0; i < n; ++i) y.data()[i] = static_cast<float>(i % 10);
-  auto tape = cnn::record_lenet_step(x, y, P);
+  auto tape = tg::record(cnn::lenet_loss, net, tg::data(x), tg::data(y));
   Variants v(tape);
-  std::vector<cnn::A> grads;
-  auto step = [&](auto& p) { cnn::lenet_gradient(p, x, y, P, grads); };
+  cnn::LenetParams grads;
+  auto step = [&](auto& p) { p.value_and_gradient_into(grads, net, tg::data(x), tg::data(y)); };
   const auto ms = interleaved_ms(reps, tape, v, step);
   const auto& program = v.compiled.program();
   auto mib = [](std::int64_t bytes) { return double(bytes) / (1 << 20); };

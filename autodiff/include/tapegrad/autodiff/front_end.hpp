@@ -240,6 +240,22 @@ class FrontEnd {
     return output();
   }
 
+  // Replays the forward pass and reports whether every guard holds; when one
+  // fails the values are marked unusable (Note [Failed replays]) and false is
+  // returned, without an error (tg::jit then tries the program of another path).
+  template <class... A>
+  bool try_forward(const A&... args) {
+    check_arguments<A...>();
+    const ReplayGuard busy(owner_, ops().forward);
+    flat_.assign(args...);
+    if (!(flat_.structure == structure_ && flat_.leaves.size() == num_inputs())) fail_structure();
+    set_inputs();
+    engine_.run_forward();
+    if (engine_.first_failed_guard() < 0) return true;
+    engine_.mark_failed("a guard failed on these values");
+    return false;
+  }
+
   // Gradients at the values of the last forward run (no replay).
   Gradients gradient() {
     const ReplayGuard busy(owner_, ops().gradient);
@@ -268,6 +284,14 @@ class FrontEnd {
   T value_and_gradient_into(Gradients& out, const A&... args) {
     const ReplayGuard busy(owner_, ops().gradient_into);
     forward(args...);
+    check_scalar(ops().gradient_into);
+    engine_.reverse_ones();
+    write_gradients(out);
+    return value();
+  }
+  // The same at the values of the last forward run (no replay).
+  T value_and_gradient_into(Gradients& out) {
+    const ReplayGuard busy(owner_, ops().gradient_into);
     check_scalar(ops().gradient_into);
     engine_.reverse_ones();
     write_gradients(out);

@@ -7,9 +7,11 @@
 //   ... the epoch's short last batch compiles a second program; both stay cached
 //   fmt::print("{}", tg::dump(step));                                            // hits, misses, evictions, programs
 //
-// A program whose guard fails on new values (Note [Guards]) records itself
-// again under GuardPolicy::rerecord (the default here), counted as a rerecord;
-// GuardPolicy::error makes it an error instead. Note [Captured values]
+// Guard outcomes are part of the key (Note [Guards]): when the values of a
+// call take another path through f than the program recorded, the program of
+// that path runs if one is cached, else f is recorded again for it (a miss);
+// both stay cached, so alternating paths do not re-record. GuardPolicy::error
+// makes a failed guard an error instead. Note [Captured values]
 // applies: the programs are replayed, so f takes everything it reads as arguments.
 #pragma once
 
@@ -31,11 +33,14 @@ struct JitOptions {
   std::size_t capacity = 8;  // programs kept; the least recently used goes first
   bool compiled = true;      // false: the recorded tapes run on the interpreter (debugging, comparing)
   CompileOptions compile = {};
+  // rerecord: values that fail a guard run the program of their path, recorded on first need;
+  // error: a failed guard is a tg::Error.
   GuardPolicy guard_policy = GuardPolicy::rerecord;
 };
 
 struct JitStats {
-  std::int64_t hits = 0, misses = 0, evictions = 0, rerecords = 0;
+  std::int64_t hits = 0, misses = 0, evictions = 0;
+  std::int64_t path_switches = 0;  // calls whose values failed a guard of the most recent program of their shapes
 };
 
 namespace detail {
@@ -56,14 +61,13 @@ struct JitKey {
 struct JitEntryBase {
   JitKey key;
   std::string signature;  // the leaves' shapes, for dump()
-  std::uint64_t last_used = 0;
+  std::uint64_t last_used = 0;  // the clock of the last call it served
+  std::uint64_t tried = 0;      // the clock of the last call that tried it
   std::int64_t calls = 0;
   virtual ~JitEntryBase() = default;
-  virtual int rerecords() const = 0;
 };
 template <class T, class... A>
 struct JitEntry final : JitEntryBase {
-  int rerecords() const override { return program ? program->rerecords() : tape->rerecords(); }
   // visitor(the GradientTape or the CompiledTape): both give the same results' types.
   template <class V>
   decltype(auto) visit(V&& visitor) {
@@ -85,42 +89,38 @@ class Jit {
   // The output after a forward run on the arguments.
   template <class... A>
   const auto& forward(const A&... args) {
-    return entry(args...).visit([&](auto& p) -> decltype(auto) { return p.forward(args...); });
+    return run(args...).visit([&](auto& p) -> decltype(auto) { return p.output(); });
   }
   // Gradients of every argument that is not tg::data, in the arguments' tree types.
   template <class... A>
   auto gradient(const A&... args) {
-    return entry(args...).visit([&](auto& p) { return p.gradient(args...); });
+    return run(args...).visit([&](auto& p) { return p.gradient(); });
   }
   // (value, gradients...).
   template <class... A>
   auto value_and_gradient(const A&... args) {
-    return entry(args...).visit([&](auto& p) { return p.value_and_gradient(args...); });
+    return run(args...).visit([&](auto& p) { return p.value_and_gradient(); });
   }
   // The value; the gradients go into `out` (its arrays reused once shaped: no allocation per step).
   template <class G, class... A>
   auto value_and_gradient_into(G& out, const A&... args) {
-    return entry(args...).visit([&](auto& p) { return p.value_and_gradient_into(out, args...); });
+    return run(args...).visit([&](auto& p) { return p.value_and_gradient_into(out); });
   }
-  // visitor(program) with the program for these arguments (recorded and
-  // compiled on a miss): a GradientTape, or a CompiledTape when compiled.
+  // visitor(program) with the program of these arguments after a forward run
+  // on them: a GradientTape, or a CompiledTape when compiled.
   template <class V, class... A>
   decltype(auto) with_program(V&& visitor, const A&... args) {
-    return entry(args...).visit(visitor);
+    return run(args...).visit(visitor);
   }
 
-  const JitStats& stats() const {
-    stats_.rerecords = retired_rerecords_;
-    for (const auto& e : entries_) stats_.rerecords += e->rerecords();
-    return stats_;
-  }
+  const JitStats& stats() const { return stats_; }
   std::size_t size() const { return entries_.size(); }
   const JitOptions& options() const { return options_; }
   // One line per cached program: its signature and calls, most recent first.
   std::string describe() const {
     const JitStats& s = stats();
-    std::string out = fmt::format("jit: {} program(s) cached (capacity {}), {} hits, {} misses, {} evictions, {} rerecords\n",
-                                  entries_.size(), options_.capacity, s.hits, s.misses, s.evictions, s.rerecords);
+    std::string out = fmt::format("jit: {} program(s) cached (capacity {}), {} hits, {} misses, {} evictions, {} path switches\n",
+                                  entries_.size(), options_.capacity, s.hits, s.misses, s.evictions, s.path_switches);
     std::vector<const detail::JitEntryBase*> order;
     for (const auto& e : entries_) order.push_back(e.get());
     std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->last_used > b->last_used; });
@@ -129,21 +129,35 @@ class Jit {
   }
 
  private:
+  // The entry whose program ran forward on args with every guard holding:
+  // cached programs of these shapes first (most recent first), else a new recording.
   template <class... A>
-  auto& entry(const A&... args) {
+  auto& run(const A&... args) {
     using T = detail::element_of_args<A...>;
     using Entry = detail::JitEntry<T, A...>;
     const std::type_index types = typeid(std::tuple<A...>);
     auto& flat = flat_for<T>();
     flat.assign(args...);
     ++clock_;
-    for (auto& e : entries_)
-      if (e->key.matches(types, flat)) {
-        ++stats_.hits;
-        e->last_used = clock_;
-        ++e->calls;
-        return *static_cast<Entry*>(e.get());
+    bool first = true;
+    for (;;) {  // candidates in order of recency, without allocating
+      Entry* best = nullptr;
+      for (auto& e : entries_)
+        if (e->tried < clock_ && e->key.matches(types, flat) && (!best || e->last_used > best->last_used))
+          best = static_cast<Entry*>(e.get());
+      if (!best) break;
+      best->tried = clock_;
+      const bool holds = options_.guard_policy == GuardPolicy::error
+                             ? (best->visit([&](auto& p) { p.forward(args...); }), true)  // throws on a failed guard
+                             : best->visit([&](auto& p) { return p.try_forward(args...); });
+      if (holds) {
+        if (first) ++stats_.hits;
+        best->last_used = clock_;
+        ++best->calls;
+        return *best;
       }
+      if (first) ++stats_.path_switches, first = false;
+    }
     ++stats_.misses;
     detail::JitKey key{types, flat.structure, {}};
     std::vector<std::string> shapes;
@@ -157,8 +171,8 @@ class Jit {
       entry->program.emplace(compile(*entry->tape, options_.compile));
       entry->tape.reset();
       release_array_cache();  // the dropped tape's buffers (Note [The arena comes with the first replay])
+      entry->program->forward(args...);  // the compiled program's own first run (the recording ran the tape's)
     }
-    entry->visit([&](auto& p) { p.set_guard_policy(options_.guard_policy); });
     entry->key = std::move(key);
     entry->signature = fmt::format("{}[{}]", sizeof(T) == 4 ? "f32" : "f64", fmt::join(shapes, " "));
     entry->last_used = clock_;
@@ -170,7 +184,6 @@ class Jit {
   void evict() {
     auto oldest = std::min_element(entries_.begin(), entries_.end(),
                                    [](const auto& a, const auto& b) { return a->last_used < b->last_used; });
-    retired_rerecords_ += (*oldest)->rerecords();
     entries_.erase(oldest);
     ++stats_.evictions;
   }
@@ -186,8 +199,7 @@ class Jit {
   detail::Flat<float> flat_float_;
   detail::Flat<double> flat_double_;
   std::uint64_t clock_ = 0;
-  mutable JitStats stats_;
-  std::int64_t retired_rerecords_ = 0;
+  JitStats stats_;
 };
 
 template <class F>

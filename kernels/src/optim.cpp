@@ -18,53 +18,103 @@ std::vector<UpdateBlock> plan_update_blocks(std::span<const UpdateSegment<T>> se
 
 namespace {
 
-// Note [Update loops]: each loop is written once, cloned for AVX2 and the
-// baseline by the compiler (target_clones picks one when the program loads),
+// Note [Update loops]: each loop is written once (a template inlined into
+// its clones), cloned for AVX2 and the baseline by the compiler (target_clones
+// picks one when the program loads),
 // and its file is built with -fno-math-errno so that sqrt vectorises. The
 // operations follow torch.optim's order (lerp for exp_avg, addcmul, sqrt then
 // divide then add eps), so results agree with PyTorch to float rounding.
-template <class T>
-__attribute__((target_clones("avx2", "default"))) void sgd_block(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                                                 std::int64_t n, T lr, T momentum, T dampening, T wd,
-                                                                 bool nesterov, bool first) {
-  if (!buf) {
-#pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) p[i] -= lr * (g[i] + wd * p[i]);
-    return;
-  }
+// The loops, with every choice a template parameter: a branch inside would stop the vectorizer.
+template <class T, bool First, bool Nesterov>
+__attribute__((always_inline)) inline void sgd_momentum_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                                                             std::int64_t n, T lr, T momentum, T dampening, T wd) {
 #pragma omp simd
   for (std::int64_t i = 0; i < n; ++i) {
     const T d = g[i] + wd * p[i];
-    const T b = first ? d : momentum * buf[i] + (T(1) - dampening) * d;
+    T b;
+    if constexpr (First) b = d;
+    else b = momentum * buf[i] + (T(1) - dampening) * d;
     buf[i] = b;
-    p[i] -= lr * (nesterov ? d + momentum * b : b);
+    if constexpr (Nesterov) p[i] -= lr * (d + momentum * b);
+    else p[i] -= lr * b;
   }
 }
 
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void adam_block(T* __restrict p, const T* __restrict g,
-                                                                  T* __restrict m, T* __restrict v, T* __restrict vmax,
-                                                                  std::int64_t n, T lr, T beta1, T beta2, T eps, T wd,
-                                                                  bool decoupled, T step_size, T bc2_sqrt) {
+__attribute__((always_inline)) inline void sgd_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                                                    std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov,
+                                                    bool first) {
+  if (!buf) {
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) p[i] -= lr * (g[i] + wd * p[i]);
+  } else if (first) {
+    if (nesterov) sgd_momentum_loop<T, true, true>(p, g, buf, n, lr, momentum, dampening, wd);
+    else sgd_momentum_loop<T, true, false>(p, g, buf, n, lr, momentum, dampening, wd);
+  } else {
+    if (nesterov) sgd_momentum_loop<T, false, true>(p, g, buf, n, lr, momentum, dampening, wd);
+    else sgd_momentum_loop<T, false, false>(p, g, buf, n, lr, momentum, dampening, wd);
+  }
+}
+
+template <class T, bool Decoupled, bool Amsgrad>
+__attribute__((always_inline)) inline void adam_kind_loop(T* __restrict p, const T* __restrict g, T* __restrict m,
+                                                          T* __restrict v, T* __restrict vmax, std::int64_t n, T lr,
+                                                          T beta1, T beta2, T eps, T wd, T step_size, T bc2_sqrt) {
   const T one_minus_beta1 = T(1) - beta1, one_minus_beta2 = T(1) - beta2, decay = T(1) - lr * wd;
 #pragma omp simd
   for (std::int64_t i = 0; i < n; ++i) {
     T pi = p[i], gi = g[i];
-    if (decoupled) pi *= decay;
+    if constexpr (Decoupled) pi *= decay;
     else gi += wd * pi;
     const T mi = m[i] + one_minus_beta1 * (gi - m[i]);  // torch: exp_avg.lerp_(grad, 1 - beta1)
     const T vi = v[i] * beta2 + one_minus_beta2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
     T second = vi;
-    if (vmax) {
-      second = std::max(vmax[i], vi);
+    if constexpr (Amsgrad) {
+      second = vmax[i] > vi ? vmax[i] : vi;
       vmax[i] = second;
     }
     const T denom = std::sqrt(second) / bc2_sqrt + eps;
     p[i] = pi - step_size * (mi / denom);
   }
 }
+
+template <class T>
+__attribute__((always_inline)) inline void adam_loop(T* __restrict p, const T* __restrict g, T* __restrict m,
+                                                     T* __restrict v, T* __restrict vmax, std::int64_t n, T lr, T beta1,
+                                                     T beta2, T eps, T wd, bool decoupled, T step_size, T bc2_sqrt) {
+  if (decoupled) {
+    if (vmax) adam_kind_loop<T, true, true>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt);
+    else adam_kind_loop<T, true, false>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt);
+  } else {
+    if (vmax) adam_kind_loop<T, false, true>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt);
+    else adam_kind_loop<T, false, false>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt);
+  }
+}
+
+// The clones: one non-template function per loop and type (clang clones no templates).
+#define TG_UPDATE_CLONES(T, suffix)                                                                                   \
+  __attribute__((target_clones("avx2", "default"))) void sgd_block_##suffix(                                         \
+      T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov, bool first) {     \
+    sgd_loop<T>(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first);                                         \
+  }                                                                                                                  \
+  __attribute__((target_clones("avx2", "default"))) void adam_block_##suffix(                                        \
+      T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd, bool decoupled,     \
+      T step_size, T bc2_sqrt) {                                                                                     \
+    adam_loop<T>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt);                    \
+  }                                                                                                                  \
+  inline void sgd_block(T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov, \
+                        bool first) {                                                                                \
+    sgd_block_##suffix(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first);                                  \
+  }                                                                                                                  \
+  inline void adam_block(T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd,  \
+                         bool decoupled, T step_size, T bc2_sqrt) {                                                  \
+    adam_block_##suffix(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt);             \
+  }
+TG_UPDATE_CLONES(float, f32)
+TG_UPDATE_CLONES(double, f64)
+#undef TG_UPDATE_CLONES
 
 }  // namespace
 
@@ -74,7 +124,7 @@ void sgd_update(std::span<const UpdateSegment<T>> segments, std::span<const Upda
   parallel_for(n, threads_if(n >= 2), [&](std::int64_t i) {
     const UpdateBlock& b = blocks[static_cast<std::size_t>(i)];
     const UpdateSegment<T>& seg = segments[b.segment];
-    sgd_block<T>(seg.param + b.begin, seg.grad + b.begin, seg.state0 ? seg.state0 + b.begin : nullptr, b.end - b.begin,
+    sgd_block(seg.param + b.begin, seg.grad + b.begin, seg.state0 ? seg.state0 + b.begin : nullptr, b.end - b.begin,
                  T(s.lr), T(s.momentum), T(s.dampening), T(s.weight_decay), s.nesterov, s.first);
   });
 }
@@ -86,7 +136,7 @@ void adam_update(std::span<const UpdateSegment<T>> segments, std::span<const Upd
   parallel_for(n, threads_if(n >= 2), [&](std::int64_t i) {
     const UpdateBlock& b = blocks[static_cast<std::size_t>(i)];
     const UpdateSegment<T>& seg = segments[b.segment];
-    adam_block<T>(seg.param + b.begin, seg.grad + b.begin, seg.state0 + b.begin, seg.state1 + b.begin,
+    adam_block(seg.param + b.begin, seg.grad + b.begin, seg.state0 + b.begin, seg.state1 + b.begin,
                   seg.state2 ? seg.state2 + b.begin : nullptr, b.end - b.begin, T(s.lr), T(s.beta1), T(s.beta2), T(s.eps),
                   T(s.weight_decay), s.decoupled, step_size, T(s.bias_correction2_sqrt));
   });

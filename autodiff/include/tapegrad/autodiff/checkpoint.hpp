@@ -80,7 +80,7 @@ void save_safetensors(const std::string& path, const Tree& params, Optimizers&..
   checkpoint_impl::add_tree<T>(arrays, params, "");
   std::map<std::string, std::string> metadata{{"format", "tapegrad"}};
   std::size_t k = 0;
-  auto add_optimizer = [&](auto& opt) {
+  [[maybe_unused]] auto add_optimizer = [&](auto& opt) {
     const std::string prefix = checkpoint_impl::optimizer_prefix(k++);
     opt.for_each_state([&](const std::string& name, Array<T>& a) {
       arrays.push_back({prefix + "." + name, int(sizeof(T)), a.shape(), a.data()});
@@ -101,7 +101,7 @@ void load_safetensors(const std::string& path, Tree& params, Optimizers&... opti
   std::vector<checkpoint_impl::Destination> arrays;
   checkpoint_impl::add_tree<T>(arrays, params, "");
   std::size_t k = 0;
-  auto add_optimizer = [&](auto& opt) {
+  [[maybe_unused]] auto add_optimizer = [&](auto& opt) {
     const std::string prefix = checkpoint_impl::optimizer_prefix(k++);
     opt.for_each_state([&](const std::string& name, Array<T>& a) {
       arrays.push_back({prefix + "." + name, int(sizeof(T)), a.shape(), a.data()});
@@ -113,7 +113,7 @@ void load_safetensors(const std::string& path, Tree& params, Optimizers&... opti
   const std::string bytes = read_file_bytes(path);
   const auto metadata = checkpoint_impl::read_into(bytes, arrays, steps, path);
   k = 0;
-  auto set_step = [&](auto& opt) {
+  [[maybe_unused]] auto set_step = [&](auto& opt) {
     const std::string key = checkpoint_impl::optimizer_prefix(k++) + ".step";
     opt.step_count() = std::stoll(metadata.at(key));  // checked by read_into
   };

@@ -106,6 +106,25 @@ std::vector<Shape> leaf_shapes(const Tree& t) {
   return out;
 }
 
+// What every optimizer offers beside its step: the learning rate, the step
+// count, and the state as named arrays for checkpoints (checkpoint.hpp).
+template <class T, class Options>
+class Optimizer {
+ public:
+  double lr() const { return options_.lr; }
+  void set_lr(double lr) { options_.lr = lr; }
+  const Options& options() const { return options_; }
+  std::int64_t steps() const { return state_.steps(); }
+  std::int64_t& step_count() { return state_.steps(); }
+  template <class F>
+  void for_each_state(F&& f) { state_.for_each_state(f); }
+
+ protected:
+  Optimizer(Options options, UpdateState<T> state) : options_(options), state_(std::move(state)) {}
+  Options options_;
+  UpdateState<T> state_;
+};
+
 }  // namespace detail
 
 struct SgdOptions {
@@ -120,13 +139,16 @@ struct SgdOptions {
 // with momentum b = d on the first step, then b = momentum b + (1 - dampening) d,
 // and d = b (or d + momentum b with Nesterov); p -= lr d.
 template <class Tree>
-class Sgd {
- public:
+class Sgd : public detail::Optimizer<tree::element_type<Tree>, SgdOptions> {
   using T = tree::element_type<Tree>;
+  using Base = detail::Optimizer<T, SgdOptions>;
+  using Base::options_, Base::state_;
+
+ public:
   Sgd(const Tree& params, SgdOptions options)
-      : options_(options),
-        state_(options.momentum != 0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{},
-               tree::leaf_paths(params), detail::leaf_shapes(params)) {
+      : Base(options, detail::UpdateState<T>(options.momentum != 0 ? std::vector<std::string>{"momentum_buffer"}
+                                                                   : std::vector<std::string>{},
+                                             tree::leaf_paths(params), detail::leaf_shapes(params))) {
     if (!(options.lr >= 0) || !(options.momentum >= 0) || !(options.weight_decay >= 0) ||
         (options.nesterov && (options.momentum <= 0 || options.dampening != 0)))
       fail("optim::Sgd", fmt::format("lr {} momentum {} dampening {} weight_decay {} nesterov {} expected non-negative "
@@ -142,18 +164,6 @@ class Sgd {
     kernels::sgd_update<T>(state_.segments(), state_.blocks(), s);
     ++state_.steps();
   }
-  double lr() const { return options_.lr; }
-  void set_lr(double lr) { options_.lr = lr; }
-  const SgdOptions& options() const { return options_; }
-  std::int64_t steps() const { return state_.steps(); }
-  // Checkpoints (checkpoint.hpp): the step count and the named state arrays.
-  std::int64_t& step_count() { return state_.steps(); }
-  template <class F>
-  void for_each_state(F&& f) { state_.for_each_state(f); }
-
- private:
-  SgdOptions options_;
-  detail::UpdateState<T> state_;
 };
 
 struct AdamOptions {
@@ -167,14 +177,17 @@ struct AdamOptions {
 // Adam (torch.optim.Adam: weight decay added to the gradient) and AdamW
 // (torch.optim.AdamW: p *= 1 - lr wd first; its default weight_decay is 0.01).
 template <class Tree, bool Decoupled>
-class AdamFamily {
- public:
+class AdamFamily : public detail::Optimizer<tree::element_type<Tree>, AdamOptions> {
   using T = tree::element_type<Tree>;
+  using Base = detail::Optimizer<T, AdamOptions>;
+  using Base::options_, Base::state_;
+
+ public:
   AdamFamily(const Tree& params, AdamOptions options)
-      : options_(options),
-        state_(options.amsgrad ? std::vector<std::string>{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
-                               : std::vector<std::string>{"exp_avg", "exp_avg_sq"},
-               tree::leaf_paths(params), detail::leaf_shapes(params)) {
+      : Base(options, detail::UpdateState<T>(options.amsgrad
+                                                 ? std::vector<std::string>{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+                                                 : std::vector<std::string>{"exp_avg", "exp_avg_sq"},
+                                             tree::leaf_paths(params), detail::leaf_shapes(params))) {
     if (!(options.lr >= 0) || !(options.beta1 >= 0 && options.beta1 < 1) || !(options.beta2 >= 0 && options.beta2 < 1) ||
         !(options.eps >= 0) || !(options.weight_decay >= 0))
       fail(name(), fmt::format("lr {} betas ({}, {}) eps {} weight_decay {} expected lr, eps, weight_decay >= 0 and "
@@ -192,18 +205,9 @@ class AdamFamily {
     kernels::adam_update<T>(state_.segments(), state_.blocks(), s);
     ++state_.steps();
   }
-  double lr() const { return options_.lr; }
-  void set_lr(double lr) { options_.lr = lr; }
-  const AdamOptions& options() const { return options_; }
-  std::int64_t steps() const { return state_.steps(); }
-  std::int64_t& step_count() { return state_.steps(); }
-  template <class F>
-  void for_each_state(F&& f) { state_.for_each_state(f); }
 
  private:
   static const char* name() { return Decoupled ? "optim::AdamW" : "optim::Adam"; }
-  AdamOptions options_;
-  detail::UpdateState<T> state_;
 };
 
 template <class Tree>

@@ -28,13 +28,13 @@ namespace tg {
 using kernels::ConvAlgorithm;
 
 struct ConvParams {
-  DimList stride;          // default 1
-  DimList padding;         // zeros on both sides; default 0
-  DimList pad_lo, pad_hi;  // asymmetric padding; each, when given, replaces `padding` on its side
-  DimList dilation;        // default 1
+  DimList stride{};          // default 1
+  DimList padding{};         // zeros on both sides; default 0
+  DimList pad_lo{}, pad_hi{};  // asymmetric padding; each, when given, replaces `padding` on its side
+  DimList dilation{};        // default 1
   std::int64_t groups = 1;                   // C and K divisible by it; groups = C is depthwise
   bool flip = false;                         // true convolution; default cross-correlation
-  DimList output_padding;  // conv_transpose only: extra outputs on the high side, < max(stride, dilation)
+  DimList output_padding{};  // conv_transpose only: extra outputs on the high side, < max(stride, dilation)
   ConvAlgorithm algorithm = ConvAlgorithm::automatic;  // every pass, unless one of the three below is set
   ConvAlgorithm forward_algorithm = ConvAlgorithm::automatic;
   ConvAlgorithm backward_input_algorithm = ConvAlgorithm::automatic;

@@ -57,7 +57,7 @@ const char* to_string(Output o);
 struct FilterParams {
   Border border = Border::fill(0);
   Output output = Output::same;
-  DimList origin;  // output same only: one per dim or one for all; default 0 (centred)
+  DimList origin{};  // output same only: one per dim or one for all; default 0 (centred)
   ConvAlgorithm algorithm = ConvAlgorithm::automatic;  // every pass (direct or fft suit single-channel filtering)
 };
 

@@ -20,10 +20,10 @@
 namespace tg {
 
 struct PoolParams {
-  DimList window;    // required: one per spatial dim or one for all
-  DimList stride;    // default: the window
-  DimList padding;   // default 0; at most half the window
-  DimList dilation;  // default 1
+  DimList window{};    // required: one per spatial dim or one for all
+  DimList stride{};    // default: the window
+  DimList padding{};   // default 0; at most half the window
+  DimList dilation{};  // default 1
   bool ceil_mode = false;
   bool count_include_pad = true;  // meanpool: padded zeros count in the divisor (PyTorch's default)
   double p = 2;                   // lppool: the norm's power, > 0

@@ -7,6 +7,7 @@
 #include "support/checks.hpp"
 
 using namespace tgtest;
+using T = tg::Tracked<double>;
 
 namespace {
 

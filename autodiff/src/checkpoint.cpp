@@ -63,7 +63,9 @@ File parse(std::string_view bytes, const std::string& path) {
   if (!header.is_object()) bad_file(path, "a header that is not a JSON object");
   File f;
   f.data = bytes.substr(8 + n);
-  for (const auto& [name, value] : header.items()) {
+  for (const auto& item : header.items()) {
+    const std::string& name = item.key();  // not a structured binding: clang's OpenMP mode cannot capture one
+    const Json& value = item.value();
     if (name == "__metadata__") {
       if (!value.is_object()) bad_file(path, "__metadata__ that is not an object");
       for (const auto& [k, v] : value.items()) {

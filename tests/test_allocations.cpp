@@ -123,7 +123,8 @@ T other_ops(const T& x, const T& w, const T& k) {
   return tg::sum(tg::softmax(rows) * rows) + tg::sum(tg::log_softmax(tg::transpose(rows), 0)) +
          tg::sum(tg::logsumexp(tg::permute(p, {0, 2, 1, 3}), -1)) + tg::sum(spread * cat) +
          tg::mse(tg::softplus(sl), tg::sqrt(tg::abs(sl) + 1.0)) + tg::sum(tg::pow(tg::abs(sl) + 1.0, 1.5)) +
-         tg::sum(tg::pow(tg::abs(sl) + 1.0, sl)) + tg::sum(img * img);
+         tg::sum(tg::pow(tg::abs(sl) + 1.0, sl)) + tg::sum(img * img) +
+         tg::sum(tg::gelu(sl) + tg::gelu_tanh(sl) + tg::silu(sl) + tg::hardswish(sl) + tg::elu(sl, 0.5) + tg::clamp(sl, -0.1, 0.1));
 }
 
 // f compiled from a recording on (x, w, k), with and without memory planning:

@@ -84,6 +84,28 @@ TEST_CASE("unary math: hand-worked values") {
   CHECK(tg::tanh(A({1}, {0.5}))(0) == doctest::Approx(std::tanh(0.5)));
 }
 
+TEST_CASE("activations: hand-worked values against PyTorch's definitions") {
+  const A x({5}, {-4.0, -1.0, 0.0, 1.0, 4.0});
+  // gelu: x Phi(x); Phi(1) = 0.8413447460685429.
+  CHECK(tg::gelu(x)(3) == doctest::Approx(0.8413447460685429).epsilon(1e-15));
+  CHECK(tg::gelu(x)(1) == doctest::Approx(-1 + 0.8413447460685429).epsilon(1e-14));
+  CHECK(tg::gelu_tanh(x)(3) == doctest::Approx(0.8411919906082768).epsilon(1e-14));  // torch.nn.functional.gelu(1, approximate='tanh')
+  CHECK(tg::silu(x)(3) == doctest::Approx(1 / (1 + std::exp(-1.0))).epsilon(1e-15));
+  CHECK(max_abs_diff(tg::hardswish(x), A({5}, {0, -1.0 / 3, 0, 4.0 / 6, 4})) < 1e-15);
+  CHECK(max_abs_diff(tg::elu(x, 2.0), A({5}, {2 * std::expm1(-4.0), 2 * std::expm1(-1.0), 0, 1, 4})) < 1e-15);
+  CHECK(max_abs_diff(tg::clamp(x, -1.0, 2.0), A({5}, {-1, -1, 0, 1, 2})) == 0);
+  CHECK(tg::silu(A({1}, {-1000.0}))(0) == 0.0);  // no overflow
+  // Derivatives at the kinks (Note [Kinks]).
+  auto d = [](auto f, double at) { return tg::gradient([&](const T& v) { return tg::sum(f(v)); }, A({1}, {at}))(0); };
+  CHECK(d([](const T& v) { return tg::elu(v, 2.0); }, 0.0) == 2.0);
+  CHECK(d([](const T& v) { return tg::hardswish(v); }, -3.0) == doctest::Approx(-0.5));
+  CHECK(d([](const T& v) { return tg::hardswish(v); }, 3.0) == doctest::Approx(1.5));
+  CHECK(d([](const T& v) { return tg::clamp(v, -1.0, 2.0); }, -1.0) == 1.0);
+  CHECK(d([](const T& v) { return tg::clamp(v, -1.0, 2.0); }, 2.5) == 0.0);
+  CHECK(d([](const T& v) { return tg::gelu(v); }, 0.0) == 0.5);
+  CHECK_THROWS_WITH_AS(tg::clamp(x, 2.0, 1.0), doctest::Contains("clamp: bounds [2, 1] expected lo <= hi"), tg::Error);
+}
+
 TEST_CASE("unary math: the triple for every op (inputs away from kinks and domain edges)") {
   for (std::uint64_t seed : {1u, 2u, 3u}) {
     const A any = random_away_from({3, 5}, seed), any2 = random_away_from({3, 5}, seed + 9);
@@ -97,6 +119,13 @@ TEST_CASE("unary math: the triple for every op (inputs away from kinks and domai
     check_op([](const T& v) { return tg::relu(v); }, std::tuple{any}, std::tuple{any2});
     check_op([](const T& v) { return tg::leaky_relu(v, 0.2); }, std::tuple{any}, std::tuple{any2});
     check_op([](const T& v) { return tg::softplus(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::gelu(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::gelu_tanh(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::silu(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::elu(v, 1.5); }, std::tuple{any}, std::tuple{any2});
+    const A wide = any * 4.0, wide2 = any2 * 4.0;  // across hardswish's and clamp's pieces
+    check_op([](const T& v) { return tg::hardswish(v); }, std::tuple{wide}, std::tuple{wide2});
+    check_op([](const T& v) { return tg::clamp(v, -0.5, 0.7); }, std::tuple{any}, std::tuple{any2});
   }
 }
 
@@ -114,6 +143,9 @@ TEST_CASE("elementwise: dot-product test on realistic shapes") {
   const A p = A::random_uniform({64, 128}, 0.5, 2.0, 3);
   check_dot_product([](const T& a) { return tg::log(a) + tg::sqrt(a) + tg::exp(a) + tg::pow(a, 1.5) + tg::leaky_relu(a); }, p);
   check_dot_product([](const T& a, const T& b) { return -tg::pow(a, b); }, p, A::random_uniform({128}, -1.5, 1.5, 4));
+  const A wide = x * 4.0;
+  check_dot_product([](const T& a) { return tg::gelu(a) + tg::gelu_tanh(a) * tg::silu(a) + tg::elu(a, 0.5); }, x);
+  check_dot_product([](const T& a) { return tg::hardswish(a) + tg::clamp(a, -2.0, 1.0); }, wide);
 }
 
 TEST_CASE("elementwise: bad shapes are clear errors and leave the tape unchanged") {

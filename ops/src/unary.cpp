@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include <fmt/format.h>
 
@@ -128,6 +129,81 @@ OpInfo<T> softplus_row() {
       [](T x, T, T dy) { return dy * stable_sigmoid(x); });
 }
 
+template <class T>
+OpInfo<T> gelu_row() {
+  return unary_plain<T>(
+      "gelu", [](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2))); },
+      [](T x, T, T dy) {
+        const T cdf = T(0.5) * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2)));
+        const T pdf = std::exp(T(-0.5) * x * x) * T(std::numbers::inv_sqrtpi / std::numbers::sqrt2);
+        return dy * (cdf + x * pdf);
+      });
+}
+template <class T>
+OpInfo<T> gelu_tanh_row() {
+  constexpr T k = T(0.7978845608028654);  // sqrt(2 / pi)
+  constexpr T c = T(0.044715);
+  return unary_plain<T>(
+      "gelu_tanh", [](T x) { return T(0.5) * x * (T(1) + std::tanh(k * (x + c * x * x * x))); },
+      [](T x, T, T dy) {
+        const T t = std::tanh(k * (x + c * x * x * x));
+        return dy * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x));
+      });
+}
+template <class T>
+OpInfo<T> silu_row() {
+  return unary_plain<T>(
+      "silu", [](T x) { return x * stable_sigmoid(x); },
+      [](T x, T, T dy) {
+        const T s = stable_sigmoid(x);
+        return dy * s * (T(1) + x * (T(1) - s));
+      });
+}
+template <class T>
+OpInfo<T> hardswish_row() {
+  return unary_plain<T>(
+      "hardswish", [](T x) { return x <= T(-3) ? T(0) : x >= T(3) ? x : x * (x + T(3)) / T(6); },
+      [](T x, T, T dy) { return x < T(-3) ? T(0) : x <= T(3) ? dy * (T(2) * x + T(3)) / T(6) : dy; });  // Note [Kinks]
+}
+
+struct EluParams : OpParams {
+  double alpha = 1;
+};
+template <class T>
+OpInfo<T> elu_row() {
+  auto r = unary_row<T, EluParams>(
+      "elu", kNoFlags, [](T x, const EluParams& p) { return x > T(0) ? x : T(p.alpha) * std::expm1(x); },
+      [](T x, T y, T dy, const EluParams& p) { return x > T(0) ? dy : dy * (y + T(p.alpha)); });
+  one_double_attribute(r, "alpha", &EluParams::alpha);
+  return r;
+}
+
+struct ClampParams : OpParams {
+  double lo = 0, hi = 0;
+};
+template <class T>
+OpInfo<T> clamp_row() {
+  auto r = unary_row<T, ClampParams>(
+      "clamp", kNoFlags, [](T x, const ClampParams& p) { return std::min(std::max(x, T(p.lo)), T(p.hi)); },
+      [](T x, T, T dy, const ClampParams& p) { return x >= T(p.lo) && x <= T(p.hi) ? dy : T(0); });
+  r.print_params = [](const OpParams* p) {
+    const auto& c = params_as<ClampParams>(p);
+    return fmt::format("lo={} hi={}", c.lo, c.hi);
+  };
+  r.save_params = [](const OpParams* p, ParamWriter& w) {
+    w.f64(params_as<ClampParams>(p).lo);
+    w.f64(params_as<ClampParams>(p).hi);
+  };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<ClampParams>();
+    p->lo = in.f64("lo");
+    p->hi = in.f64("hi");
+    if (!(p->lo <= p->hi)) fail("clamp", fmt::format("bounds [{}, {}] expected lo <= hi", p->lo, p->hi));
+    return p;
+  };
+  return r;
+}
+
 struct LeakyReluParams : OpParams {
   double slope = 0.01;
 };
@@ -145,7 +221,7 @@ OpInfo<T> leaky_relu_row() {
 }  // namespace
 
 // The family's op table (Note [Op tables]).
-#define TG_UNARY_ROWS(X) TG_UNARY_FUNCTIONS(X) X(leaky_relu)
+#define TG_UNARY_ROWS(X) TG_UNARY_FUNCTIONS(X) X(leaky_relu) X(elu) X(clamp)
 TG_OP_TABLE(unary, TG_UNARY_ROWS)
 
 }  // namespace tg::ops
@@ -184,5 +260,55 @@ template Tracked<float> leaky_relu(const Tracked<float>&, float, std::source_loc
 template Tracked<double> leaky_relu(const Tracked<double>&, double, std::source_location);
 template Array<float> leaky_relu(const Array<float>&, float, std::source_location);
 template Array<double> leaky_relu(const Array<double>&, double, std::source_location);
+
+}  // namespace tg
+
+namespace tg {
+
+template <class T>
+Tracked<T> elu(const Tracked<T>& x, std::type_identity_t<T> alpha, std::source_location where) {
+  auto p = std::make_shared<ops::EluParams>();
+  p->alpha = static_cast<double>(alpha);
+  return record_op(ops::elu_op<T>(), std::move(p), {Operand<T>(x, where)}, where);
+}
+template <class T>
+Array<T> elu(const Array<T>& x, std::type_identity_t<T> alpha, std::source_location where) {
+  ops::EluParams p;
+  p.alpha = static_cast<double>(alpha);
+  return evaluate_op(ops::elu_op<T>(), &p, {&x}, where);
+}
+
+namespace {
+void check_clamp_bounds(double lo, double hi, const std::source_location& where) {
+  if (!(lo <= hi))
+    throw Error("clamp", fmt::format("bounds [{}, {}] expected lo <= hi; hint: swap them", lo, hi)).with_site(where);
+}
+}  // namespace
+
+template <class T>
+Tracked<T> clamp(const Tracked<T>& x, std::type_identity_t<T> lo, std::type_identity_t<T> hi, std::source_location where) {
+  check_clamp_bounds(double(lo), double(hi), where);
+  auto p = std::make_shared<ops::ClampParams>();
+  p->lo = static_cast<double>(lo);
+  p->hi = static_cast<double>(hi);
+  return record_op(ops::clamp_op<T>(), std::move(p), {Operand<T>(x, where)}, where);
+}
+template <class T>
+Array<T> clamp(const Array<T>& x, std::type_identity_t<T> lo, std::type_identity_t<T> hi, std::source_location where) {
+  check_clamp_bounds(double(lo), double(hi), where);
+  ops::ClampParams p;
+  p.lo = static_cast<double>(lo);
+  p.hi = static_cast<double>(hi);
+  return evaluate_op(ops::clamp_op<T>(), &p, {&x}, where);
+}
+
+#define TG_INSTANTIATE(T)                                                                               \
+  template Tracked<T> elu(const Tracked<T>&, T, std::source_location);                                  \
+  template Array<T> elu(const Array<T>&, T, std::source_location);                                      \
+  template Tracked<T> clamp(const Tracked<T>&, T, T, std::source_location);                             \
+  template Array<T> clamp(const Array<T>&, T, T, std::source_location);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
 
 }  // namespace tg

@@ -66,12 +66,14 @@ auto every_param_inputs() {
 }
 
 // The elementwise ops every_param has no reason to use (no attributes), for the
-// tape-file round trip: sub, div, neg, pow, exp, log, sqrt, sigmoid, softplus.
+// tape-file round trip: sub, div, neg, pow, exp, log, sqrt, sigmoid, softplus, and the activations.
 template <class T>
 tg::Tracked<T> elementwise_mix(const tg::Tracked<T>& x, const tg::Tracked<T>& y) {
   auto a = tg::exp(x) - tg::sigmoid(y);
   auto b = tg::log(tg::sqrt(x * x + 1.0)) / (tg::softplus(y) + 1.0);
-  return tg::sum(tg::pow(a * a + 1.0, -b));
+  auto c = tg::gelu(a) + tg::gelu_tanh(b) + tg::silu(a) + tg::hardswish(b * 4.0) + tg::elu(a, T(0.5)) +
+           tg::clamp(b, T(-0.25), T(0.5));
+  return tg::sum(tg::pow(a * a + 1.0, -b)) + tg::sum(c);
 }
 
 template <class T>

@@ -100,6 +100,35 @@ TEST_CASE("softmax and losses: dot-product test on realistic shapes") {
   check_dot_product([](const T& v, const T& w) { return tg::mse(v, w); }, x, A::random_uniform({64, 10}, -1, 1, 2));
 }
 
+TEST_CASE("pointwise losses: hand-worked values, the triple, the dot-product test") {
+  const A x({2}, {0.0, 2.0}), t({2}, {1.0, 0.0});
+  CHECK(tg::bce_with_logits(x, t).item() == doctest::Approx((std::log(2.0) + 2 + std::log1p(std::exp(-2.0))) / 2).epsilon(1e-15));
+  CHECK(tg::bce_with_logits(A({1}, {-1000.0}), A({1}, {0.0})).item() == 0.0);  // no overflow
+  CHECK(tg::l1_loss(A({3}, {1, 2, 3}), A({3}, {1, 0, 5})).item() == doctest::Approx(4.0 / 3));
+  CHECK(max_abs_diff(tg::gradient([](const T& p) { return tg::l1_loss(p, tg::constant(A({3}, {1, 0, 5}))); }, A({3}, {1, 2, 3})),
+                     A({3}, {0, 1.0 / 3, -1.0 / 3})) < 1e-15);
+  CHECK(tg::smooth_l1_loss(A::zeros({3}), A({3}, {0.5, 2, -3})).item() == doctest::Approx(1.375));
+  CHECK(tg::smooth_l1_loss(A::zeros({3}), A({3}, {0.5, 2, -3}), 0.0).item() == doctest::Approx(5.5 / 3));  // beta 0: L1
+  // d/dx bce = sigmoid(x) - t; the targets get -x.
+  const auto [gx, gt] = tg::gradient([](const T& a, const T& b) { return tg::bce_with_logits(a, b); }, x, t);
+  CHECK(gx(0) == doctest::Approx((0.5 - 1) / 2));
+  CHECK(gt(1) == doctest::Approx(-2.0 / 2));
+  for (std::uint64_t seed : {1u, 2u}) {
+    const A p = A::random_uniform({3, 4}, -2, 2, seed), q = A::random_uniform({3, 4}, 0, 1, seed + 5);
+    const A p2 = A::random_uniform({3, 4}, -2, 2, seed + 10), q2 = A::random_uniform({3, 4}, 0, 1, seed + 15);
+    check_op([](const T& a, const T& b) { return tg::bce_with_logits(a, b); }, std::tuple{p, q}, std::tuple{p2, q2});
+    check_op([](const T& a, const T& b) { return tg::l1_loss(a, b); }, std::tuple{p, q}, std::tuple{p2, q2});
+    check_op([](const T& a, const T& b) { return tg::smooth_l1_loss(a, b, 0.5); }, std::tuple{p, q}, std::tuple{p2, q2});
+  }
+  const A big = A::random_uniform({64, 32}, -3, 3, 7), target = A::random_uniform({64, 32}, 0, 1, 8);
+  check_dot_product([](const T& a, const T& b) { return tg::bce_with_logits(a, b) + tg::l1_loss(a, b) + tg::smooth_l1_loss(a, b, 0.7); },
+                    big, target);
+  CHECK_THROWS_WITH_AS(tg::l1_loss(A::zeros({3}), A::zeros({4})),
+                       doctest::Contains("l1_loss: prediction (3) and target (4) shapes must be equal"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::smooth_l1_loss(A::zeros({3}), A::zeros({3}), -1.0),
+                       doctest::Contains("smooth_l1_loss: beta -1 expected a non-negative number"), tg::Error);
+}
+
 TEST_CASE("matmul, softmax, losses: bad input is a clear tg::Error") {
   CHECK_THROWS_WITH_AS(tg::matmul(A::ones({2, 3}), A::ones({4, 2})),
                        doctest::Contains("matmul: inner dimensions (3) and (4) of shapes (2,3) and (4,2) must match"), tg::Error);

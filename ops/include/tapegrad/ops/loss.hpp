@@ -1,4 +1,5 @@
-// Losses: mean squared error, and cross-entropy with integer class labels.
+// Losses: mean squared error, cross-entropy with integer class labels, binary
+// cross-entropy with logits, L1 and smooth L1.
 //
 // cross_entropy(logits (N, C), labels (N)): mean over the batch of
 // -log_softmax(logits)[i, labels[i]]. Labels are class indices 0..C-1, given as a
@@ -21,7 +22,46 @@ template <class T>
 Tracked<T> mse_tracked(const Operand<T>& pred, const Operand<T>& target, const std::source_location& where);
 template <class T>
 Tracked<T> cross_entropy_tracked(const Operand<T>& logits, const Operand<T>& labels, const std::source_location& where);
+enum class PointwiseLoss : std::uint8_t { bce_with_logits, l1, smooth_l1 };
+template <class T>
+Tracked<T> pointwise_loss_tracked(PointwiseLoss loss, const Operand<T>& pred, const Operand<T>& target, double beta,
+                                  const std::source_location& where);
+template <class T>
+Array<T> pointwise_loss_eval(PointwiseLoss loss, const Array<T>& pred, const Array<T>& target, double beta,
+                             const std::source_location& where);
 }  // namespace ops
+
+// Pointwise losses, the mean over equal shapes (PyTorch's reduction='mean'; no broadcasting):
+//   bce_with_logits(logits, targets): max(x, 0) - x t + log(1 + exp(-|x|)), targets in [0, 1]
+//   l1_loss(pred, target): |p - t|
+//   smooth_l1_loss(pred, target, beta = 1): 0.5 d^2 / beta where |d| < beta, else |d| - beta / 2
+#define TG_POINTWISE_LOSS(name, kind)                                                                                \
+  template <class A, class B>                                                                                        \
+    requires RecordsOnTape<A, B>                                                                                     \
+  Tracked<element_t<A>> name(const A& pred, const B& target, std::source_location where = std::source_location::current()) { \
+    using T = element_t<A>;                                                                                          \
+    return ops::pointwise_loss_tracked<T>(kind, Operand<T>(pred, where), Operand<T>(target, where), 1.0, where);    \
+  }                                                                                                                  \
+  template <class T>                                                                                                 \
+  Array<T> name(const Array<T>& pred, const Array<T>& target, std::source_location where = std::source_location::current()) { \
+    return ops::pointwise_loss_eval<T>(kind, pred, target, 1.0, where);                                             \
+  }
+TG_POINTWISE_LOSS(bce_with_logits, ops::PointwiseLoss::bce_with_logits)
+TG_POINTWISE_LOSS(l1_loss, ops::PointwiseLoss::l1)
+#undef TG_POINTWISE_LOSS
+template <class A, class B>
+  requires RecordsOnTape<A, B>
+Tracked<element_t<A>> smooth_l1_loss(const A& pred, const B& target, double beta = 1.0,
+                                     std::source_location where = std::source_location::current()) {
+  using T = element_t<A>;
+  return ops::pointwise_loss_tracked<T>(ops::PointwiseLoss::smooth_l1, Operand<T>(pred, where), Operand<T>(target, where),
+                                        beta, where);
+}
+template <class T>
+Array<T> smooth_l1_loss(const Array<T>& pred, const Array<T>& target, double beta = 1.0,
+                        std::source_location where = std::source_location::current()) {
+  return ops::pointwise_loss_eval<T>(ops::PointwiseLoss::smooth_l1, pred, target, beta, where);
+}
 
 // mean((pred - target)^2); shapes must be equal (no silent broadcasting).
 template <class A, class B>

@@ -217,3 +217,52 @@ TEST_CASE("correlate: bad input is a clear tg::Error") {
   CHECK_THROWS_WITH_AS(tg::correlate(xt, A::zeros({3, 3}), A::ones({2}), {}), doctest::Contains("test_filter.cpp:"), tg::Error);
   CHECK(tape.tape().num_instructions() == before);
 }
+
+// ---- pad ----------------------------------------------------------------------------------
+
+TEST_CASE("pad: the five borders by hand, trailing dims, asymmetric widths") {
+  const A x({4}, {1, 2, 3, 4});
+  auto padded = [&](tg::Border b) { return tg::pad(x, {.widths = {2}, .border = b}); };
+  CHECK(max_abs_diff(padded(Border::fill(9)), A({8}, {9, 9, 1, 2, 3, 4, 9, 9})) == 0);
+  CHECK(max_abs_diff(padded(Border::replicate()), A({8}, {1, 1, 1, 2, 3, 4, 4, 4})) == 0);
+  CHECK(max_abs_diff(padded(Border::reflect()), A({8}, {3, 2, 1, 2, 3, 4, 3, 2})) == 0);
+  CHECK(max_abs_diff(padded(Border::symmetric()), A({8}, {2, 1, 1, 2, 3, 4, 4, 3})) == 0);
+  CHECK(max_abs_diff(padded(Border::circular()), A({8}, {3, 4, 1, 2, 3, 4, 1, 2})) == 0);
+  // A list pads the trailing dims; lo and hi replace widths on their side.
+  const A m({2, 3}, {1, 2, 3, 4, 5, 6});
+  const A y = tg::pad(m, {.lo = {1}, .hi = {0}, .border = Border::replicate()});
+  CHECK(y.shape() == tg::Shape{2, 4});
+  CHECK(max_abs_diff(y, A({2, 4}, {1, 1, 2, 3, 4, 4, 5, 6})) == 0);
+  CHECK(tg::pad(m, {.widths = {1, 2}}).shape() == tg::Shape{4, 7});
+  // The adjoint folds back onto the copied elements, and onto the fill value.
+  const A g = tg::gradient([](const T& v) { return tg::sum(tg::pad(v, {.widths = {2}, .border = Border::reflect()})); }, x);
+  CHECK(max_abs_diff(g, A({4}, {1, 3, 3, 1})) == 0);
+  const auto [gx, gfill] =
+      tg::gradient([](const T& v, const T& f) { return tg::sum(tg::pad(v, f, {.widths = {1, 2}})); }, m, A::scalar(0.5));
+  CHECK(max_abs_diff(gx, A::ones({2, 3})) == 0);
+  CHECK(gfill.item() == 4 * 7 - 6);
+}
+
+TEST_CASE("pad: the triple and the dot-product test for every border, and bad input") {
+  const A x = A::random_uniform({2, 3, 4, 5}, -1, 1, 1), x2 = A::random_uniform({2, 3, 4, 5}, -1, 1, 2);
+  for (const Border b : {Border::fill(0.5), Border::replicate(), Border::reflect(), Border::symmetric(), Border::circular()})
+    check_op([b](const T& v) { return tg::pad(v, {.lo = {1, 2}, .hi = {3, 1}, .border = b}); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v, const T& f) { return tg::pad(v, f, {.widths = {2}}); }, std::tuple{x, A::scalar(0.3)},
+           std::tuple{x2, A::scalar(-1.0)});
+  const A big = A::random_uniform({4, 8, 16, 16}, -1, 1, 3);
+  for (const Border b : {Border::fill(0), Border::replicate(), Border::reflect(), Border::symmetric(), Border::circular()})
+    check_dot_product([b](const T& v) { return tg::pad(v, {.widths = {3, 20}, .border = b}); }, big);  // wider than the array too
+  check_dot_product([](const T& v, const T& f) { return tg::pad(v, f, {.widths = {1, 1}}); }, big, A::scalar(0.25));
+  CHECK_THROWS_WITH_AS(tg::pad(x, {.widths = {1, 1, 1, 1, 1}}), doctest::Contains("pad: 5 padded dims for an array of shape (2,3,4,5)"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::pad(x, {.widths = {1, 1}, .lo = {1}}), doctest::Contains("have different lengths"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::pad(x, {.widths = {-1}}), doctest::Contains("widths (-1, -1) along dim 3 expected non-negative"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::pad(A::zeros({2, 0}), {.widths = {1}, .border = Border::reflect()}),
+                       doctest::Contains("is empty along dim 1 expected at least one element to extend with border reflect"),
+                       tg::Error);
+  auto tape = tg::record([](const T& v) { return v * 2.0; }, x);
+  T xt(&tape.tape(), tape.tape().inputs()[0]);
+  CHECK_THROWS_WITH_AS(tg::pad(xt, A::scalar(1.0), {.widths = {1}, .border = Border::replicate()}),
+                       doctest::Contains("a fill value was given with border replicate expected border fill"), tg::Error);
+}

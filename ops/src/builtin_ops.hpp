@@ -10,6 +10,7 @@
   X(filter)               \
   X(loss)                 \
   X(matmul)               \
+  X(pad)                  \
   X(pool)                 \
   X(reduce)               \
   X(shape)                \

@@ -73,7 +73,8 @@ tg::Tracked<T> elementwise_mix(const tg::Tracked<T>& x, const tg::Tracked<T>& y)
   auto b = tg::log(tg::sqrt(x * x + 1.0)) / (tg::softplus(y) + 1.0);
   auto c = tg::gelu(a) + tg::gelu_tanh(b) + tg::silu(a) + tg::hardswish(b * 4.0) + tg::elu(a, T(0.5)) +
            tg::clamp(b, T(-0.25), T(0.5));
-  auto losses = tg::bce_with_logits(a, tg::sigmoid(b)) + tg::l1_loss(a, b) + tg::smooth_l1_loss(a, b, 0.5);
+  auto losses = tg::bce_with_logits(a, tg::sigmoid(b)) + tg::l1_loss(a, b) + tg::smooth_l1_loss(a, b, 0.5) +
+                tg::sum(tg::pad(a, {.lo = {1}, .hi = {2}, .border = tg::Border::reflect()}));
   return tg::sum(tg::pow(a * a + 1.0, -b)) + tg::sum(c) + losses;
 }
 

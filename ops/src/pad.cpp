@@ -1,0 +1,148 @@
+// ============================================================================
+// pad: border extension as an op. Forward: kernels::border_pad; pullback: its
+// adjoint, onto the array and onto the fill value (kernels::border_pad_adjoint).
+// ============================================================================
+#include "tapegrad/ops/pad.hpp"
+
+#include "builtin_ops.hpp"
+#include "op_table.hpp"
+
+#include <fmt/format.h>
+
+#include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/filter.hpp"
+
+namespace tg::ops {
+namespace {
+
+struct PadOpParams : OpParams {
+  PadParams user;
+  std::vector<std::int64_t> lo, hi;  // resolved: one per dim of the array
+};
+
+PadOpParams make_params(const PadParams& user) {
+  PadOpParams p;
+  p.user = user;
+  return p;
+}
+
+// One list per side, over all dims (leading dims 0), from the user's trailing-dim lists.
+Plan plan(const PadOpParams& given, std::span<const Shape* const> s) {
+  auto resolved = std::make_shared<PadOpParams>(given);
+  PadOpParams& p = *resolved;
+  const PadParams& u = p.user;
+  if (s.size() != 1 && s.size() != 2) fail("pad", fmt::format("got {} inputs expected (x) or (x, fill value)", s.size()));
+  const Shape& x = *s[0];
+  if (s.size() == 2) {
+    if (s[1]->size() != 1) fail("pad", fmt::format("fill value has shape {} expected one element", to_string(*s[1])));
+    if (u.border.mode != BorderMode::fill)
+      fail("pad", fmt::format("a fill value was given with border {} expected border fill", kernels::to_string(u.border.mode)));
+  }
+  if (static_cast<int>(u.border.mode) < 0 || static_cast<int>(u.border.mode) > static_cast<int>(BorderMode::circular))
+    fail("pad", fmt::format("border mode ({}) is not a BorderMode expected fill, replicate, reflect, symmetric or circular",
+                            static_cast<int>(u.border.mode)));
+  const std::size_t k = std::max({u.widths.size(), u.lo.size(), u.hi.size()});
+  if (k > x.rank())
+    fail("pad", fmt::format("{} padded dims for an array of shape {} expected at most its rank ({}); hint: the lists "
+                            "pad the trailing dims",
+                            k, to_string(x), x.rank()));
+  for (const auto* list : {&u.widths, &u.lo, &u.hi})
+    if (!list->empty() && list->size() != k)
+      fail("pad", fmt::format("widths [{}], lo [{}] and hi [{}] have different lengths expected one length (the "
+                              "number of trailing dims padded)",
+                              fmt::join(u.widths, ","), fmt::join(u.lo, ","), fmt::join(u.hi, ",")));
+  p.lo.assign(x.rank(), 0);
+  p.hi.assign(x.rank(), 0);
+  Shape out;
+  for (std::size_t d = 0; d < x.rank(); ++d) {
+    if (d + k >= x.rank()) {
+      const std::size_t j = d + k - x.rank();
+      const std::int64_t w = u.widths.empty() ? 0 : u.widths[j];
+      p.lo[d] = u.lo.empty() ? w : u.lo[j];
+      p.hi[d] = u.hi.empty() ? w : u.hi[j];
+      if (p.lo[d] < 0 || p.hi[d] < 0 || p.lo[d] > (std::int64_t{1} << 40) || p.hi[d] > (std::int64_t{1} << 40))
+        fail("pad", fmt::format("widths ({}, {}) along dim {} expected non-negative sizes", p.lo[d], p.hi[d], d));
+      if ((p.lo[d] || p.hi[d]) && x[d] == 0 && u.border.mode != BorderMode::fill)
+        fail("pad", fmt::format("array {} is empty along dim {} expected at least one element to extend with border {}; "
+                                "hint: use border fill",
+                                to_string(x), d, kernels::to_string(u.border.mode)));
+    }
+    out.push_back(x[d] + p.lo[d] + p.hi[d]);
+  }
+  checked_size(out, "pad");
+  return {std::move(out), std::move(resolved)};
+}
+
+template <class T>
+T fill_value(const PadOpParams& p, std::span<const Array<T>* const> inputs) {
+  return inputs.size() == 2 ? inputs[1]->data()[0] : static_cast<T>(p.user.border.value);
+}
+
+template <class T>
+OpInfo<T> pad_row() {
+  OpInfo<T> r;
+  r.name = "pad";
+  r.arity = kVariadic;
+  r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PadOpParams>(p), s); };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto& p = params_as<PadOpParams>(c.params);
+    const Array<T>& x = *c.inputs[0];
+    kernels::border_pad(x.data(), x.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
+                        p.user.border.mode, fill_value(p, c.inputs), c.output.data());
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    const auto& p = params_as<PadOpParams>(c.params);
+    Array<T>* gx = c.input_adjoints[0];
+    T* gfill = c.input_adjoints.size() == 2 && c.input_adjoints[1] ? c.input_adjoints[1]->data() : nullptr;
+    if (!gx && !gfill) return;
+    kernels::border_pad_adjoint(c.output_adjoint.data(), c.inputs[0]->shape(), std::span<const std::int64_t>(p.lo),
+                                std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill);
+  };
+  r.print_params = [](const OpParams* params) {
+    const auto& p = params_as<PadOpParams>(params);
+    std::string border = kernels::to_string(p.user.border.mode);
+    if (p.user.border.mode == BorderMode::fill) border += fmt::format("({})", p.user.border.value);
+    return fmt::format("lo=[{}] hi=[{}] border={}", fmt::join(p.lo, ","), fmt::join(p.hi, ","), border);
+  };
+  r.save_params = [](const OpParams* params, ParamWriter& w) {
+    const auto& p = params_as<PadOpParams>(params);
+    w.list(p.user.widths);
+    w.list(p.user.lo);
+    w.list(p.user.hi);
+    w.enumeration(p.user.border.mode);
+    w.f64(p.user.border.value);
+  };
+  r.load_params = [](ParamReader& in) {
+    PadParams u;
+    u.widths = in.list("widths");
+    u.lo = in.list("lo");
+    u.hi = in.list("hi");
+    u.border.mode = in.enumeration("border", BorderMode::circular);
+    u.border.value = in.f64("fill value");
+    return std::make_shared<PadOpParams>(make_params(u));
+  };
+  return r;
+}
+
+}  // namespace
+
+// The family's op table (Note [Op tables]).
+#define TG_PAD_ROWS(X) X(pad)
+TG_OP_TABLE(pad, TG_PAD_ROWS)
+
+template <class T>
+Tracked<T> pad_tracked(std::span<const Operand<T>> operands, const PadParams& p, const std::source_location& where) {
+  return record_op(pad_op<T>(), std::make_shared<PadOpParams>(make_params(p)), operands, where);
+}
+template <class T>
+Array<T> pad_eval(std::span<const Array<T>* const> inputs, const PadParams& p, const std::source_location& where) {
+  const PadOpParams params = make_params(p);
+  return evaluate_op(pad_op<T>(), &params, inputs, where);
+}
+
+template Tracked<float> pad_tracked(std::span<const Operand<float>>, const PadParams&, const std::source_location&);
+template Tracked<double> pad_tracked(std::span<const Operand<double>>, const PadParams&, const std::source_location&);
+template Array<float> pad_eval(std::span<const Array<float>* const>, const PadParams&, const std::source_location&);
+template Array<double> pad_eval(std::span<const Array<double>* const>, const PadParams&, const std::source_location&);
+
+}  // namespace tg::ops

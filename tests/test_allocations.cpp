@@ -126,7 +126,8 @@ T other_ops(const T& x, const T& w, const T& k) {
          tg::sum(tg::pow(tg::abs(sl) + 1.0, sl)) + tg::sum(img * img) +
          tg::sum(tg::gelu(sl) + tg::gelu_tanh(sl) + tg::silu(sl) + tg::hardswish(sl) + tg::elu(sl, 0.5) + tg::clamp(sl, -0.1, 0.1)) +
          tg::bce_with_logits(sl, tg::sigmoid(sl)) + tg::l1_loss(sl, sl * 0.5) + tg::smooth_l1_loss(sl, sl * 0.5, 0.5) +
-         tg::sum(tg::pad(sl, {.widths = {1, 2}, .border = tg::Border::symmetric()}));
+         tg::sum(tg::pad(sl, {.widths = {1, 2}, .border = tg::Border::symmetric()})) +
+         tg::sum(tg::where(tg::constant(A({2}, {1.0, 0.0})), sl, 0.5));
 }
 
 // f compiled from a recording on (x, w, k), with and without memory planning:

@@ -148,6 +148,34 @@ TEST_CASE("elementwise: dot-product test on realistic shapes") {
   check_dot_product([](const T& a) { return tg::hardswish(a) + tg::clamp(a, -2.0, 1.0); }, wide);
 }
 
+TEST_CASE("where: selection with broadcasting; a and b get the adjoint where chosen, the mask none") {
+  const A cond({3, 1}, {1, 0, 1}), a({1, 4}, {1, 2, 3, 4});
+  const A y = tg::where(cond, a, A::scalar(-1.0));
+  CHECK(y.shape() == tg::Shape{3, 4});
+  CHECK(max_abs_diff(y, A({3, 4}, {1, 2, 3, 4, -1, -1, -1, -1, 1, 2, 3, 4})) == 0);
+  const auto [gc, ga, gb] = tg::gradient([](const T& c, const T& x, const T& z) { return tg::sum(tg::where(c, x, z) * 2.0); }, cond,
+                                         a, A::scalar(-1.0));
+  CHECK(max_abs_diff(gc, A::zeros({3, 1})) == 0);
+  CHECK(max_abs_diff(ga, A({1, 4}, {4, 4, 4, 4})) == 0);  // two rows chose a, times 2
+  CHECK(gb.item() == 8);
+  CHECK(tg::gradient([](const T& x) { return tg::sum(tg::where(x, x, 0.0)); }, A({3}, {0.0, 2.0, -1.0}))(1) == 1.0);
+  auto mask_of = [](tg::Shape shape, std::uint64_t seed) {  // 0/1, about half each
+    A m = A::random_uniform(std::move(shape), -1, 1, seed);
+    for (double& v : m) v = v > 0 ? 1.0 : 0.0;
+    return m;
+  };
+  for (std::uint64_t seed : {1u, 2u}) {
+    const A p = A::random_uniform({4, 5}, -1, 1, seed), q = A::random_uniform({5}, -1, 1, seed + 3);
+    const A p2 = A::random_uniform({4, 5}, -1, 1, seed + 6), q2 = A::random_uniform({5}, -1, 1, seed + 9);
+    const A m = mask_of({4, 5}, seed + 12);
+    check_op([m](const T& x, const T& z) { return tg::where(tg::constant(m), x, z); }, std::tuple{p, q}, std::tuple{p2, q2});
+  }
+  const A big = A::random_uniform({64, 128}, -1, 1, 5), other = A::random_uniform({128}, -1, 1, 6);
+  const A big_mask = mask_of({64, 1}, 7);
+  check_dot_product([&](const T& x, const T& z) { return tg::where(tg::constant(big_mask), x, z); }, big, other);
+  CHECK_THROWS_WITH_AS(tg::where(A::ones({3}), A::ones({4}), A::ones({4})), doctest::Contains("where: shapes"), tg::Error);
+}
+
 TEST_CASE("elementwise: bad shapes are clear errors and leave the tape unchanged") {
   auto tape = tg::record([](const T& v) { return v * 2.0; }, A::ones({2, 3}));
   const std::size_t before = tape.tape().num_instructions(), slots = tape.tape().num_slots();

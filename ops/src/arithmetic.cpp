@@ -1,5 +1,5 @@
 // ============================================================================
-// Arithmetic: add, sub, mul, div (broadcasting), neg, pow.
+// Arithmetic: add, sub, mul, div (broadcasting), neg, pow, where.
 // Each row: forward, then the contribution to each operand's adjoint.
 // ============================================================================
 #include "tapegrad/ops/arithmetic.hpp"
@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "tapegrad/kernels/strided.hpp"
 #include "tapegrad/ops/elementwise_rows.hpp"
 
 namespace tg::ops {
@@ -82,13 +83,65 @@ OpInfo<T> pow_scalar_row() {
 }
 
 // The family's op table (Note [Op tables]).
-#define TG_ARITHMETIC_ROWS(X) X(add) X(sub) X(mul) X(div) X(neg) X(pow) X(pow_scalar)
+// where(cond, a, b): a where cond != 0, else b; the three broadcast together.
+// The pullback sends the output adjoint to a where cond holds and to b
+// elsewhere, summed over broadcast dims; cond gets none (Note [Labels are not
+// differentiable] holds for masks too).
+template <class T>
+OpInfo<T> where_row() {
+  OpInfo<T> r;
+  r.name = "where";
+  r.arity = 3;
+  r.shape = [](const OpParams*, std::span<const Shape* const> s) {
+    return broadcast_shapes(*s[0], broadcast_shapes(*s[1], *s[2], "where"), "where");
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const Shape& so = c.output.shape();
+    const Strides sc = broadcast_strides(c.inputs[0]->shape(), so), sa = broadcast_strides(c.inputs[1]->shape(), so),
+                  sb = broadcast_strides(c.inputs[2]->shape(), so), st = contiguous_strides(so);
+    const T *cond = c.inputs[0]->data(), *a = c.inputs[1]->data(), *b = c.inputs[2]->data();
+    T* out = c.output.data();
+    kernels::for_each_run<4>(so, {&sc, &sa, &sb, &st}, [&](std::int64_t n, const kernels::Offsets<4>& o, const kernels::Offsets<4>& d) {
+      for (std::int64_t i = 0; i < n; ++i)
+        out[o[3] + i * d[3]] = cond[o[0] + i * d[0]] != T(0) ? a[o[1] + i * d[1]] : b[o[2] + i * d[2]];
+    });
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    Array<T>*ga = c.input_adjoints[1], *gb = c.input_adjoints[2];
+    if (!ga && !gb) return;
+    const Shape& so = c.output.shape();
+    const Strides sc = broadcast_strides(c.inputs[0]->shape(), so), st = contiguous_strides(so);
+    const T *cond = c.inputs[0]->data(), *gy = c.output_adjoint.data();
+    for (int side = 1; side <= 2; ++side) {  // a where cond holds, b elsewhere; += over broadcast dims
+      Array<T>* g = side == 1 ? ga : gb;
+      if (!g) continue;
+      const Strides sg = broadcast_strides(c.inputs[side]->shape(), so);
+      T* gd = g->data();
+      const bool to_a = side == 1;
+      kernels::for_each_run<3>(so, {&sc, &sg, &st}, [&](std::int64_t n, const kernels::Offsets<3>& o, const kernels::Offsets<3>& d) {
+        for (std::int64_t i = 0; i < n; ++i)
+          if ((cond[o[0] + i * d[0]] != T(0)) == to_a) gd[o[1] + i * d[1]] += gy[o[2] + i * d[2]];
+      });
+    }
+  };
+  return r;
+}
+
+#define TG_ARITHMETIC_ROWS(X) X(add) X(sub) X(mul) X(div) X(neg) X(pow) X(pow_scalar) X(where)
 TG_OP_TABLE(arithmetic, TG_ARITHMETIC_ROWS)
 
 template <class T>
 Tracked<T> pow_tracked(const Operand<T>& x, const Operand<T>& y, const std::source_location& where) {
   return record_op(pow_op<T>(), nullptr, {x, y}, where);
 }
+template <class T>
+Tracked<T> where_tracked(const Operand<T>& cond, const Operand<T>& a, const Operand<T>& b, const std::source_location& where) {
+  return record_op(where_op<T>(), nullptr, {cond, a, b}, where);
+}
+template Tracked<float> where_tracked(const Operand<float>&, const Operand<float>&, const Operand<float>&,
+                                      const std::source_location&);
+template Tracked<double> where_tracked(const Operand<double>&, const Operand<double>&, const Operand<double>&,
+                                       const std::source_location&);
 template Tracked<float> pow_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> pow_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
 
@@ -137,6 +190,10 @@ template <class T>
 Array<T> pow(const Array<T>& x, const Array<T>& y, std::source_location where) {
   return evaluate_op(pow_op<T>(), nullptr, {&x, &y}, where);
 }
+template <class T>
+Array<T> where(const Array<T>& cond, const Array<T>& a, const Array<T>& b, std::source_location site) {
+  return evaluate_op(ops::where_op<T>(), nullptr, {&cond, &a, &b}, site);
+}
 
 #define TG_INSTANTIATE(T)                                                               \
   template Array<T> operator+(const Array<T>&, const Array<T>&);                        \
@@ -146,7 +203,8 @@ Array<T> pow(const Array<T>& x, const Array<T>& y, std::source_location where) {
   template Array<T> operator-(const Array<T>&);                                         \
   template Tracked<T> pow(const Tracked<T>&, std::type_identity_t<T>, std::source_location); \
   template Array<T> pow(const Array<T>&, std::type_identity_t<T>, std::source_location);     \
-  template Array<T> pow(const Array<T>&, const Array<T>&, std::source_location);
+  template Array<T> pow(const Array<T>&, const Array<T>&, std::source_location);          \
+  template Array<T> where(const Array<T>&, const Array<T>&, const Array<T>&, std::source_location);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE

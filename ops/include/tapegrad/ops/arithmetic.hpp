@@ -59,4 +59,35 @@ Tracked<element_t<A>> pow(const A& x, const B& y, std::source_location where) {
   return ops::pow_tracked<T>(Operand<T>(x, where), Operand<T>(y, where), where);
 }
 
+// where(cond, a, b): a where cond != 0, b elsewhere, with the three broadcast
+// together (NumPy's rule); a and b get the adjoint where they were chosen, cond
+// none (a mask of 0/1 values, e.g. from a comparison computed on plain Arrays
+// or passed as tg::data). A scalar may stand for a or b: where(m, x, 0.0).
+namespace ops {
+template <class T>
+Tracked<T> where_tracked(const Operand<T>& cond, const Operand<T>& a, const Operand<T>& b, const std::source_location& where);
+}
+template <class C, class A, class B>
+  requires RecordsOnTape<C, A, B>
+Tracked<element_t<C>> where(const C& cond, const A& a, const B& b, std::source_location site = std::source_location::current()) {
+  using T = element_t<C>;
+  return ops::where_tracked<T>(Operand<T>(cond, site), Operand<T>(a, site), Operand<T>(b, site), site);
+}
+template <class C, class A>
+  requires RecordsOnTape<C, A>
+Tracked<element_t<C>> where(const C& cond, const A& a, std::type_identity_t<element_t<C>> b,
+                            std::source_location site = std::source_location::current()) {
+  using T = element_t<C>;
+  return ops::where_tracked<T>(Operand<T>(cond, site), Operand<T>(a, site), Operand<T>(b, site), site);
+}
+template <class C, class B>
+  requires RecordsOnTape<C, B>
+Tracked<element_t<C>> where(const C& cond, std::type_identity_t<element_t<C>> a, const B& b,
+                            std::source_location site = std::source_location::current()) {
+  using T = element_t<C>;
+  return ops::where_tracked<T>(Operand<T>(cond, site), Operand<T>(a, site), Operand<T>(b, site), site);
+}
+template <class T>
+Array<T> where(const Array<T>& cond, const Array<T>& a, const Array<T>& b, std::source_location site = std::source_location::current());
+
 }  // namespace tg

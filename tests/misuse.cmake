@@ -6,7 +6,8 @@ set(cases
     "array_parameter.cpp|the function cannot be called with the Tracked forms of the arguments"
     "returns_array.cpp|the function must return a tg::Tracked<T>"
     "bare_stride.cpp|a per-dimension attribute is a list"
-    "not_a_tree.cpp|each argument must be a tree of Arrays")
+    "not_a_tree.cpp|each argument must be a tree of Arrays"
+    "jit_array_parameter.cpp|the function cannot be called with the Tracked forms of the arguments")
 set(include_flags)
 foreach(dir ${INCLUDES})
   list(APPEND include_flags -I${dir})

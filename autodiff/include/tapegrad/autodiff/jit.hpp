@@ -134,7 +134,15 @@ class Jit {
   template <class... A>
   auto& run(const A&... args) {
     using T = detail::element_of_args<A...>;
-    using Entry = detail::JitEntry<T, A...>;
+    using Entry = detail::JitEntry<std::conditional_t<std::is_void_v<T>, float, T>, A...>;
+    if constexpr (!detail::recordable<T, F, A...>()) {
+      return *static_cast<Entry*>(nullptr);  // not compiled into anything: the static_assert above stops the build
+    } else {
+      return run_checked<T, Entry>(args...);
+    }
+  }
+  template <class T, class Entry, class... A>
+  Entry& run_checked(const A&... args) {
     const std::type_index types = typeid(std::tuple<A...>);
     auto& flat = flat_for<T>();
     flat.assign(args...);

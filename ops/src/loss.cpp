@@ -17,42 +17,7 @@
 
 namespace tg::ops {
 
-// ---- mse --------------------------------------------------------------------
-template <class T>
-OpInfo<T> mse_row() {
-  OpInfo<T> r;
-  r.name = "mse";
-  r.arity = 2;
-  r.shape = [](const OpParams*, std::span<const Shape* const> s) {
-    if (!(*s[0] == *s[1]))
-      fail("mse", fmt::format("prediction {} and target {} shapes must be equal; hint: reshape the target "
-                              "(mse does not broadcast, to avoid silently averaging the wrong pairs)",
-                              to_string(*s[0]), to_string(*s[1])));
-    if (s[0]->size() == 0) fail("mse", "empty prediction has no mean expected at least one element");
-    return Shape{};
-  };
-  r.forward = [](const ForwardCall<T>& c) {
-    const T *p = c.inputs[0]->data(), *t = c.inputs[1]->data();
-    const std::int64_t n = c.inputs[0]->size();
-    T acc = T(0);
-    for (std::int64_t i = 0; i < n; ++i) acc += (p[i] - t[i]) * (p[i] - t[i]);
-    c.output.data()[0] = acc / static_cast<T>(n);
-  };
-  r.pullback = [](const PullbackCall<T>& c) {
-    const T *p = c.inputs[0]->data(), *t = c.inputs[1]->data();
-    const std::int64_t n = c.inputs[0]->size();
-    const T scale = T(2) * c.output_adjoint.data()[0] / static_cast<T>(n);
-    Array<T>*dp = c.input_adjoints[0], *dt = c.input_adjoints[1];
-    for (std::int64_t i = 0; i < n; ++i) {
-      const T d = scale * (p[i] - t[i]);
-      if (dp) dp->data()[i] += d;
-      if (dt) dt->data()[i] -= d;
-    }
-  };
-  return r;
-}
-
-// ---- the pointwise losses: mean of loss(p, t) over equal shapes ---------------
+// ---- the pointwise losses (mse too): mean of loss(p, t) over equal shapes -----
 // Their pullbacks: dp += dloss / n * dp(p, t), dt += dloss / n * dt(p, t).
 template <class T, class P, class F, class DP, class DT>
 OpInfo<T> mean_loss_row(const char* name, F f, DP dp, DT dt) {
@@ -92,6 +57,15 @@ OpInfo<T> mean_loss_row(const char* name, F f, DP dp, DT dt) {
 }
 
 struct NoLossParams : OpParams {};
+
+// mean((p - t)^2).
+template <class T>
+OpInfo<T> mse_row() {
+  return mean_loss_row<T, NoLossParams>(
+      "mse", [](T p, T t, const NoLossParams&) { return (p - t) * (p - t); },
+      [](T p, T t, const NoLossParams&) { return T(2) * (p - t); },
+      [](T p, T t, const NoLossParams&) { return T(-2) * (p - t); });
+}
 template <class T>
 T sign_of(T v) {
   return v > T(0) ? T(1) : v < T(0) ? T(-1) : T(0);
@@ -210,7 +184,6 @@ template <class T>
 Tracked<T> cross_entropy_tracked(const Operand<T>& logits, const Operand<T>& labels, const std::source_location& where) {
   return record_op(cross_entropy_op<T>(), nullptr, {logits, labels}, where);
 }
-template <class T>
 std::shared_ptr<const OpParams> smooth_l1_params(double beta, const std::source_location& where) {
   if (!(beta >= 0))
     throw Error("smooth_l1_loss", fmt::format("beta {} expected a non-negative number (0: the L1 loss)", beta)).with_site(where);
@@ -224,7 +197,7 @@ Tracked<T> pointwise_loss_tracked(PointwiseLoss loss, const Operand<T>& pred, co
   switch (loss) {
     case PointwiseLoss::bce_with_logits: return record_op(bce_with_logits_op<T>(), nullptr, {pred, target}, where);
     case PointwiseLoss::l1: return record_op(l1_loss_op<T>(), nullptr, {pred, target}, where);
-    case PointwiseLoss::smooth_l1: return record_op(smooth_l1_loss_op<T>(), smooth_l1_params<T>(beta, where), {pred, target}, where);
+    case PointwiseLoss::smooth_l1: return record_op(smooth_l1_loss_op<T>(), smooth_l1_params(beta, where), {pred, target}, where);
   }
   fail("loss", "unknown pointwise loss");
 }
@@ -235,7 +208,7 @@ Array<T> pointwise_loss_eval(PointwiseLoss loss, const Array<T>& pred, const Arr
     case PointwiseLoss::bce_with_logits: return evaluate_op(bce_with_logits_op<T>(), nullptr, {&pred, &target}, where);
     case PointwiseLoss::l1: return evaluate_op(l1_loss_op<T>(), nullptr, {&pred, &target}, where);
     case PointwiseLoss::smooth_l1: {
-      const auto p = smooth_l1_params<T>(beta, where);
+      const auto p = smooth_l1_params(beta, where);
       return evaluate_op(smooth_l1_loss_op<T>(), p.get(), {&pred, &target}, where);
     }
   }

@@ -54,17 +54,11 @@ std::map<std::string, std::string> read_into(std::string_view bytes, std::span<c
 // The entries of a file (name, dtype, shape) as text, for errors and tools.
 std::string describe(std::string_view bytes);
 
-template <class T>
-void add_tree(std::vector<Source>& out, const auto& t, const std::string& prefix) {
+// Appends the tree's leaves as Sources (const tree) or Destinations, named by their paths.
+template <class T, class Entry, class Tree>
+void add_tree(std::vector<Entry>& out, Tree& t, const std::string& prefix) {
   tree::Path path(prefix);
-  tree::for_each_leaf_with_path(t, path, [&](const Array<T>& a, const std::string& name) {
-    out.push_back({name.empty() ? std::string("array") : name, int(sizeof(T)), a.shape(), a.data()});
-  });
-}
-template <class T>
-void add_tree(std::vector<Destination>& out, auto& t, const std::string& prefix) {
-  tree::Path path(prefix);
-  tree::for_each_leaf_with_path(t, path, [&](Array<T>& a, const std::string& name) {
+  tree::for_each_leaf_with_path(t, path, [&](auto& a, const std::string& name) {
     out.push_back({name.empty() ? std::string("array") : name, int(sizeof(T)), a.shape(), a.data()});
   });
 }

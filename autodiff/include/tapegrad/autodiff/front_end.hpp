@@ -104,30 +104,6 @@ struct Flat {
   }
 };
 
-// Builds argument k's tree type Y from a structure (vector lengths, in walk
-// order) and a leaf maker: the Tracked arguments of a recording, the gradients.
-template <class Y, class Make>
-Y build_tree(const std::uint64_t*& structure, Make& make) {
-  if constexpr (tree::is_leaf_v<Y>) return make();
-  else if constexpr (tree::is_vector_v<Y>) {
-    Y out;
-    const std::uint64_t n = *structure++;
-    out.reserve(n);
-    for (std::uint64_t i = 0; i < n; ++i) out.push_back(build_tree<typename Y::value_type>(structure, make));
-    return out;
-  } else if constexpr (tree::is_std_array_v<Y>) {
-    return [&]<std::size_t... I>(std::index_sequence<I...>) {
-      return Y{((void)I, build_tree<typename Y::value_type>(structure, make))...};  // braces: in order
-    }(std::make_index_sequence<std::tuple_size_v<Y>>{});
-  } else {
-    constexpr std::size_t n = tree::detail::field_count<Y>();
-    using Fields = decltype(tree::detail::field_pointers<n>(std::declval<Y&>()));
-    return [&]<std::size_t... I>(std::index_sequence<I...>) {
-      return Y{build_tree<std::remove_pointer_t<std::tuple_element_t<I, Fields>>>(structure, make)...};
-    }(std::make_index_sequence<n>{});
-  }
-}
-
 // The leaves' path names of a call ("blocks.2.w1"): a tree's leaves take
 // their paths, prefixed with "arg{k}." when several arguments are trees; a
 // lone Array argument is known by its input number and has none.
@@ -399,7 +375,7 @@ class FrontEnd {
     std::size_t next = 0;
     auto make = [&] { return std::move(values[next++]); };
     const std::uint64_t* cursor = structure_.data();
-    auto trees = std::tuple<typename ArgKind<Args>::Tree...>{build_tree<typename ArgKind<Args>::Tree>(cursor, make)...};
+    auto trees = std::tuple<typename ArgKind<Args>::Tree...>{tree::build<typename ArgKind<Args>::Tree>(cursor, make)...};
     auto fresh = std::apply(recorder_, trees);
     for (std::size_t k = 0; k < num_inputs(); ++k)
       if (!needs_grad_[k]) fresh->set_input_needs_grad(k, false);
@@ -421,7 +397,7 @@ class FrontEnd {
     };
     const std::uint64_t* cursor = structure_.data();
     auto all = std::tuple<tree::rebind<typename ArgKind<Args>::Tree, Array<T>>...>{
-        build_tree<tree::rebind<typename ArgKind<Args>::Tree, Array<T>>>(cursor, make)...};
+        tree::build<tree::rebind<typename ArgKind<Args>::Tree, Array<T>>>(cursor, make)...};
     return select_gradients(std::move(all), std::index_sequence_for<Args...>{});
   }
   template <class All, std::size_t... I>

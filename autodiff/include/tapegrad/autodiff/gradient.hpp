@@ -134,7 +134,7 @@ std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKi
   auto make = [&] { return Tracked<T>(tape.get(), slots[next++]); };
   const std::uint64_t* cursor = structure.data();
   const std::tuple<tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>...> tracked{
-      build_tree<tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>>(cursor, make)...};
+      tree::build<tree::rebind<typename ArgKind<Args>::Tree, Tracked<T>>>(cursor, make)...};
   const RecordingScope scope(tape.get());
   Tracked<T> y = std::apply(f, tracked);
   if (y.tape() != tape.get())

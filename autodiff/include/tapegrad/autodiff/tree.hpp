@@ -328,26 +328,27 @@ void append_structure(const X& x, std::vector<std::uint64_t>& out) {
   }
 }
 
-// Builds a tree of type Y with the structure of `like` (a tree of the same
-// shape, any leaf type), taking its leaves from make(leaf_of_like) in order.
-template <class Y, class X, class Make>
-Y build_like(const X& like, Make& make) {
-  if constexpr (is_leaf_v<X>) return make(like);
-  else if constexpr (is_vector_v<X>) {
+// Builds a tree of type Y from a structure (its vector lengths in walk order,
+// as append_structure gives them; the cursor advances) and make(), called once
+// per leaf in order: the Tracked arguments of a recording, the gradients.
+template <class Y, class Make>
+Y build(const std::uint64_t*& structure, Make& make) {
+  if constexpr (is_leaf_v<Y>) return make();
+  else if constexpr (is_vector_v<Y>) {
     Y out;
-    out.reserve(like.size());
-    for (const auto& e : like) out.push_back(build_like<typename Y::value_type>(e, make));
+    const std::uint64_t n = *structure++;
+    out.reserve(n);
+    for (std::uint64_t i = 0; i < n; ++i) out.push_back(build<typename Y::value_type>(structure, make));
     return out;
-  } else if constexpr (is_std_array_v<X>) {
+  } else if constexpr (is_std_array_v<Y>) {
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
-      return Y{build_like<typename Y::value_type>(like[I], make)...};  // braces: left to right
-    }(std::make_index_sequence<std::tuple_size_v<X>>{});
+      return Y{((void)I, build<typename Y::value_type>(structure, make))...};  // braces: in order
+    }(std::make_index_sequence<std::tuple_size_v<Y>>{});
   } else {
-    constexpr std::size_t n = detail::field_count<X>();
-    auto from = detail::field_pointers<n>(like);
+    constexpr std::size_t n = detail::field_count<Y>();
     using Fields = decltype(detail::field_pointers<n>(std::declval<Y&>()));
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
-      return Y{build_like<std::remove_pointer_t<std::tuple_element_t<I, Fields>>>(*std::get<I>(from), make)...};
+      return Y{build<std::remove_pointer_t<std::tuple_element_t<I, Fields>>>(structure, make)...};
     }(std::make_index_sequence<n>{});
   }
 }

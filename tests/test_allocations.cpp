@@ -109,6 +109,14 @@ T elementwise_mix(const T& x, const T& w, const T& k) {
   return tg::sum(d * d) + tg::mean(tg::log(a * a + 1.0)) + tg::max(b) + tg::sum(tg::min(b, {0}));
 }
 
+// The normalisation layers on x (2, 2, 5, 2), their statistics copied on purpose.
+T norms(const T& x) {
+  const T g = tg::constant(A({2}, {1.5, 0.5})), b = tg::constant(A({2}, {0.1, -0.2}));
+  const tg::BatchNormState<T> bn{{tg::constant(A::zeros({2}))}, {tg::constant(A::ones({2}))}};
+  return tg::sum(tg::relu(tg::batch_norm(x, g, b, bn)) * x) + tg::sum(tg::layer_norm(x, {.dims = 2}) * x) +
+         tg::sum(tg::group_norm(x, g, b, {.groups = 1}) * x);
+}
+
 // The ops no other case here runs: the shape ops, the softmax family, the other
 // pools, losses and unary ops, conv_transpose and convolve. x (2, 3, 5, 5), w (3, 2, 3, 3), k (3, 3).
 T other_ops(const T& x, const T& w, const T& k) {
@@ -127,7 +135,7 @@ T other_ops(const T& x, const T& w, const T& k) {
          tg::sum(tg::gelu(sl) + tg::gelu_tanh(sl) + tg::silu(sl) + tg::hardswish(sl) + tg::elu(sl, 0.5) + tg::clamp(sl, -0.1, 0.1)) +
          tg::bce_with_logits(sl, tg::sigmoid(sl)) + tg::l1_loss(sl, sl * 0.5) + tg::smooth_l1_loss(sl, sl * 0.5, 0.5) +
          tg::sum(tg::pad(sl, {.widths = {1, 2}, .border = tg::Border::symmetric()})) +
-         tg::sum(tg::where(tg::constant(A({2}, {1.0, 0.0})), sl, 0.5));
+         tg::sum(tg::where(tg::constant(A({2}, {1.0, 0.0})), sl, 0.5)) + norms(sl);
 }
 
 // f compiled from a recording on (x, w, k), with and without memory planning:

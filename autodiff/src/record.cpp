@@ -101,6 +101,13 @@ template <class T>
                        operand, to_string(a.shape())));
 }
 
+// Note [State inputs]: a state input of the tape, or a constant the user
+// copied on purpose (tg::constant), whose updates stay in the tape's copy.
+template <class T>
+bool updatable_state(const Tape<T>& tape, std::uint32_t slot) {
+  return tape.is_state(slot) || tape.kind(slot) == SlotKind::constant;
+}
+
 template <class T>
 Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params, std::span<const Operand<T>> operands,
                      const std::source_location& where) {
@@ -128,6 +135,15 @@ Tracked<T> record_op(const OpInfo<T>& op, std::shared_ptr<const OpParams> params
         case Operand<T>::Kind::scalar: inputs.push_back(&scalars.push_back(Array<T>::scalar(o.scalar))); break;
       }
     }
+
+    // Note [State inputs]: checked before the forward, which updates them.
+    for (std::size_t i = 0; i < operands.size() && i < 32; ++i)
+      if ((op.state_inputs >> i) & 1u)
+        if (operands[i].kind != Operand<T>::Kind::tracked || !updatable_state(*tape, operands[i].tracked->slot()))
+          fail(op.name, fmt::format("operand {} (shape {}) is not a tg::State leaf of the function's arguments expected "
+                                    "state that the forward updates in place; hint: keep it in the model as a "
+                                    "tg::State (tg::BatchNormState<A> for batch_norm) and pass the model to the entry point",
+                                    i, to_string(inputs[i]->shape())));
 
     // 3. Validate and compute. Nothing on the tape has changed yet.
     std::vector<Array<T>> saved;
@@ -195,8 +211,21 @@ std::uint32_t replay_instruction(Tape<T>& tape, const OpInfo<T>& op, std::shared
       std::vector<Array<T>> saved(static_cast<std::size_t>(std::max(op.n_saved, 0)));
       return tape.append(op, std::move(params), args, Array<T>::borrowed(shape, nullptr), std::move(saved), where);
     }
+    // Note [State inputs]: the file holds the state as it was saved, after the
+    // recording's update; loading computes the values again and keeps it so.
+    std::vector<std::pair<Array<T>*, Array<T>>> kept_state;
+    for (std::size_t i = 0; i < args.size() && i < 32; ++i)
+      if ((op.state_inputs >> i) & 1u) {
+        if (tape.kind(args[i]) == SlotKind::computed)
+          fail(op.name, fmt::format("operand {} is a computed value where the op keeps state expected an input or a "
+                                    "constant; hint: the tape file is damaged",
+                                    i));
+        auto& value = const_cast<Array<T>&>(tape.value(args[i]));
+        kept_state.emplace_back(&value, value);
+      }
     std::vector<Array<T>> saved;
     Array<T> out = forward_planned(op, params.get(), std::span<const Array<T>* const>(inputs), shape, saved);
+    for (auto& [slot, value] : kept_state) *slot = std::move(value);
     return tape.append(op, std::move(params), args, std::move(out), std::move(saved), where);
   } catch (const Error& e) {
     throw e.with_site(where);

@@ -15,12 +15,14 @@ std::uint32_t Tape<T>::add_slot(Array<T> value, SlotKind kind, bool needs_grad) 
   values_.push_back(std::move(value));
   kind_.push_back(kind);
   needs_grad_.push_back(needs_grad ? 1 : 0);
+  state_.push_back(0);
   return slot;
 }
 
 template <class T>
-std::uint32_t Tape<T>::add_input(Array<T> value, bool needs_grad, std::string name) {
-  const auto slot = add_slot(std::move(value), SlotKind::input, needs_grad);
+std::uint32_t Tape<T>::add_input(Array<T> value, bool needs_grad, std::string name, bool state) {
+  const auto slot = add_slot(std::move(value), SlotKind::input, needs_grad && !state);
+  state_[slot] = state ? 1 : 0;
   inputs_.push_back(slot);
   input_names_.push_back(std::move(name));
   return slot;
@@ -85,7 +87,7 @@ template <class T>
 void Tape<T>::set_input_needs_grad(std::size_t k, bool needs) {
   if (k >= inputs_.size())
     fail("set_input_needs_grad", fmt::format("input index ({}) out of range the tape has {} inputs", k, inputs_.size()));
-  needs_grad_[inputs_[k]] = needs ? 1 : 0;
+  needs_grad_[inputs_[k]] = needs && !state_[inputs_[k]] ? 1 : 0;
   for (const auto& ins : instrs_) {
     bool any = false;
     for (auto a : args_of(ins)) any = any || needs_grad_[a] != 0;

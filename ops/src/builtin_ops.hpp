@@ -10,6 +10,7 @@
   X(filter)               \
   X(loss)                 \
   X(matmul)               \
+  X(norm)                 \
   X(pad)                  \
   X(pool)                 \
   X(reduce)               \

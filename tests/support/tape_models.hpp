@@ -76,7 +76,10 @@ tg::Tracked<T> elementwise_mix(const tg::Tracked<T>& x, const tg::Tracked<T>& y)
   auto losses = tg::bce_with_logits(a, tg::sigmoid(b)) + tg::l1_loss(a, b) + tg::smooth_l1_loss(a, b, 0.5) +
                 tg::sum(tg::pad(a, {.lo = {1}, .hi = {2}, .border = tg::Border::reflect()})) +
                 tg::sum(tg::where(tg::constant(tg::Array<T>({4}, {T(1), T(0), T(0), T(1)})), a, b));
-  return tg::sum(tg::pow(a * a + 1.0, -b)) + tg::sum(c) + losses;
+  const tg::BatchNormState<tg::Tracked<T>> bn{{tg::constant(tg::Array<T>::zeros({4}))}, {tg::constant(tg::Array<T>::ones({4}))}};
+  auto norms = tg::batch_norm(a, y, tg::sigmoid(y), bn) + tg::layer_norm(b, y, y) +
+               tg::reshape(tg::group_norm(tg::reshape(a, {3, 4, 1}), y, y, {.groups = 2}), {3, 4});
+  return tg::sum(tg::pow(a * a + 1.0, -b)) + tg::sum(c) + losses + tg::sum(norms * b);
 }
 
 template <class T>

@@ -1,5 +1,6 @@
 // Note [Dead instructions] (compile.hpp): a step whose output reaches neither
-// the tape's output nor a guard (Note [Guards]) is not run, forward or backward.
+// the tape's output nor a guard (Note [Guards]) is not run, forward or backward,
+// unless it updates state (Note [State inputs]): that update is its effect.
 #include "ir.hpp"
 
 namespace tg::compile_impl {
@@ -15,7 +16,7 @@ void eliminate_dead_code(Ir<T>& ir) {
   std::vector<std::uint8_t> removed(ir.steps.size(), 0);
   for (std::size_t s = ir.steps.size(); s-- > 0;) {
     const auto& st = ir.steps[s];
-    if (!reach[st.out]) {
+    if (!reach[st.out] && st.op->state_inputs == 0) {
       removed[s] = 1;
       continue;
     }

@@ -23,6 +23,7 @@
 // (its argument types), and a compiled replay must not pay an indirect call per input.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -201,6 +202,7 @@ class FrontEnd {
       if (!same_structure) fail_structure();
       set_inputs();
       engine_.forward();
+      write_back_state();
       return output();
     }
     bool same = same_structure;
@@ -213,6 +215,7 @@ class FrontEnd {
       engine_.mark_failed(fmt::format("guard {} failed and the function is being recorded again", g));
       return rerecord(args...);
     }
+    write_back_state();
     return output();
   }
 
@@ -227,9 +230,22 @@ class FrontEnd {
     if (!(flat_.structure == structure_ && flat_.leaves.size() == num_inputs())) fail_structure();
     set_inputs();
     engine_.run_forward();
-    if (engine_.first_failed_guard() < 0) return true;
+    if (engine_.first_failed_guard() < 0) {
+      write_back_state();
+      return true;
+    }
     engine_.mark_failed("a guard failed on these values");
     return false;
+  }
+
+  // Copies the new values of the arguments' State leaves from the last
+  // forward run back into them (Note [State leaves]); the recording entry
+  // points call it once after recording.
+  template <class... A>
+  void write_back_state(const A&... args) {
+    flat_.assign(args...);
+    write_back_state();
+    flat_.leaves.clear();
   }
 
   // Gradients at the values of the last forward run (no replay).
@@ -326,6 +342,7 @@ class FrontEnd {
   void adopt_marks(const Other& other) {
     structure_ = other.structure_;
     data_leaf_ = other.data_leaf_;
+    state_leaf_ = other.state_leaf_;
     needs_grad_ = other.needs_grad_;
   }
 
@@ -347,6 +364,15 @@ class FrontEnd {
     for (std::size_t k = 0; k < flat_.leaves.size(); ++k) engine_.check_input(k, flat_.leaves[k]->shape(), ops().forward);
     for (std::size_t k = 0; k < flat_.leaves.size(); ++k) engine_.set_input(k, *flat_.leaves[k], ops().forward);
   }
+  // The State leaves of flat_ take the engine's input values (the forward's updates).
+  void write_back_state() {
+    for (std::size_t k = 0; k < state_leaf_.size() && k < flat_.leaves.size(); ++k) {
+      if (!state_leaf_[k]) continue;
+      const Array<T>& updated = engine_.input_value(k);
+      auto& leaf = const_cast<Array<T>&>(*flat_.leaves[k]);  // a State's mutable value (Note [State leaves])
+      if (&leaf != &updated) std::copy(updated.begin(), updated.end(), leaf.data());
+    }
+  }
   [[noreturn]] void fail_structure() const {
     fail(ops().forward, fmt::format("the arguments have {} leaves (vector lengths {}) but the tape was recorded with {} "
                                     "(vector lengths {}) a replay needs the recorded structure; hint: "
@@ -366,6 +392,7 @@ class FrontEnd {
     note_structure(args...);
     needs_grad_ = std::move(marks);
     ++rerecords_;
+    write_back_state();
     return output();
   }
   // Records again on the current input values (set_needs_grad on a compiled program).
@@ -449,6 +476,8 @@ class FrontEnd {
     structure_ = flat_.structure;
     data_leaf_ = leaf_needs_grad(args...);
     for (auto& d : data_leaf_) d = d ? 0 : 1;
+    state_leaf_.clear();
+    (tree::append_state_marks(tree_of(args), state_leaf_), ...);
   }
 
   Recorder recorder_;
@@ -456,6 +485,7 @@ class FrontEnd {
   std::vector<std::uint64_t> structure_;  // the recorded vector lengths
   std::vector<std::uint8_t> needs_grad_;  // per input (leaf)
   std::vector<std::uint8_t> data_leaf_;   // per input: belongs to a tg::data argument
+  std::vector<std::uint8_t> state_leaf_;  // per input: a tg::State leaf (Note [State leaves])
   Flat<T> flat_;                          // the current call's leaves
   int rerecords_ = 0;
   ReplayOwner owner_;  // Note [One replay at a time]: also guards the engine against a re-recording

@@ -123,8 +123,8 @@ std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKi
   const std::vector<std::string> names = leaf_names(trees...);
   std::vector<std::uint32_t> slots;
   auto add = [&](const auto& t, bool needs) {
-    tree::for_each_leaf(t, [&](const Array<T>& leaf) {
-      slots.push_back(tape->add_input(leaf, needs, names[slots.size()]));
+    tree::for_each_leaf_kind(t, [&](const Array<T>& leaf, bool state) {
+      slots.push_back(tape->add_input(leaf, needs, names[slots.size()], state));
     });
   };
   (add(trees, !ArgKind<Args>::data), ...);
@@ -145,8 +145,13 @@ std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKi
   return tape;
 }
 
+// Whether a recording copies the new values of its State leaves back into the
+// arguments (Note [State leaves]): yes, unless a compiled program's first run
+// follows and does it (tg::jit), which would otherwise update them twice.
+enum class StateUpdate : std::uint8_t { write_back, leave };
+
 template <class T, class F, class... Args>
-GradientTape<T, Args...> record_checked(F&& f, Capture capture, const Args&... args) {
+GradientTape<T, Args...> record_checked(F&& f, Capture capture, StateUpdate update, const Args&... args) {
   auto tape = record_tape<T, Args...>(f, capture, tree_of(args)...);
   typename GradientTape<T, Args...>::Recorder recorder;
   using Held = std::decay_t<F>;
@@ -156,13 +161,19 @@ GradientTape<T, Args...> record_checked(F&& f, Capture capture, const Args&... a
       return record_tape<T, Args...>(*held, capture, trees...);
     };
   }
-  return GradientTape<T, Args...>(std::move(tape), std::move(recorder), args...);
+  GradientTape<T, Args...> out(std::move(tape), std::move(recorder), args...);
+  if (update == StateUpdate::write_back) out.write_back_state(args...);
+  return out;
 }
 
 template <class T, class F, class... Args>
-auto record_with(F&& f, Capture capture, const Args&... args) {
+auto record_with(F&& f, Capture capture, StateUpdate update, const Args&... args) {
   if constexpr (!recordable<T, std::decay_t<F>, Args...>()) return NotRecorded{};
-  else return record_checked<T>(std::forward<F>(f), capture, args...);
+  else return record_checked<T>(std::forward<F>(f), capture, update, args...);
+}
+template <class T, class F, class... Args>
+auto record_with(F&& f, Capture capture, const Args&... args) {
+  return record_with<T>(std::forward<F>(f), capture, StateUpdate::write_back, args...);
 }
 
 template <class... Args>

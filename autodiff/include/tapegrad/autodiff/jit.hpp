@@ -174,7 +174,8 @@ class Jit {
       shapes.push_back(to_string(leaf->shape()));
     }
     auto entry = std::make_unique<Entry>();
-    entry->tape.emplace(detail::record_with<T>(f_, Capture::refuse, args...));
+    entry->tape.emplace(detail::record_with<T>(
+        f_, Capture::refuse, options_.compiled ? detail::StateUpdate::leave : detail::StateUpdate::write_back, args...));
     if (options_.compiled) {
       entry->program.emplace(compile(*entry->tape, options_.compile));
       entry->tape.reset();

@@ -44,7 +44,7 @@ class UpdateState {
   template <class P, class G>
   void gather(const char* op, P& params, const G& grads) {
     segments_.clear();
-    tree::for_each_leaf(params, [&](Array<T>& p) {
+    tree::for_each_parameter(params, [&](Array<T>& p) {
       const std::size_t k = segments_.size();
       if (k >= shapes_.size() || !(p.shape() == shapes_[k])) mismatch(op, "parameter", k, p.shape());
       kernels::UpdateSegment<T> s;
@@ -55,7 +55,7 @@ class UpdateState {
     });
     if (segments_.size() != shapes_.size()) too_few(op, "parameter", segments_.size());
     std::size_t k = 0;
-    tree::for_each_leaf(grads, [&](const Array<T>& g) {
+    tree::for_each_parameter(grads, [&](const Array<T>& g) {
       if (k >= shapes_.size() || !(g.shape() == shapes_[k])) mismatch(op, "gradient", k, g.shape());
       segments_[k++].grad = g.data();
     });
@@ -102,7 +102,7 @@ class UpdateState {
 template <class Tree>
 std::vector<Shape> leaf_shapes(const Tree& t) {
   std::vector<Shape> out;
-  tree::for_each_leaf(t, [&](const auto& a) { out.push_back(a.shape()); });
+  tree::for_each_parameter(t, [&](const auto& a) { out.push_back(a.shape()); });
   return out;
 }
 
@@ -148,7 +148,7 @@ class Sgd : public detail::Optimizer<tree::element_type<Tree>, SgdOptions> {
   Sgd(const Tree& params, SgdOptions options)
       : Base(options, detail::UpdateState<T>(options.momentum != 0 ? std::vector<std::string>{"momentum_buffer"}
                                                                    : std::vector<std::string>{},
-                                             tree::leaf_paths(params), detail::leaf_shapes(params))) {
+                                             tree::parameter_paths(params), detail::leaf_shapes(params))) {
     if (!(options.lr >= 0) || !(options.momentum >= 0) || !(options.weight_decay >= 0) ||
         (options.nesterov && (options.momentum <= 0 || options.dampening != 0)))
       fail("optim::Sgd", fmt::format("lr {} momentum {} dampening {} weight_decay {} nesterov {} expected non-negative "
@@ -187,7 +187,7 @@ class AdamFamily : public detail::Optimizer<tree::element_type<Tree>, AdamOption
       : Base(options, detail::UpdateState<T>(options.amsgrad
                                                  ? std::vector<std::string>{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
                                                  : std::vector<std::string>{"exp_avg", "exp_avg_sq"},
-                                             tree::leaf_paths(params), detail::leaf_shapes(params))) {
+                                             tree::parameter_paths(params), detail::leaf_shapes(params))) {
     if (!(options.lr >= 0) || !(options.beta1 >= 0 && options.beta1 < 1) || !(options.beta2 >= 0 && options.beta2 < 1) ||
         !(options.eps >= 0) || !(options.weight_decay >= 0))
       fail(name(), fmt::format("lr {} betas ({}, {}) eps {} weight_decay {} expected lr, eps, weight_decay >= 0 and "
@@ -234,11 +234,11 @@ template <class G>
 double clip_grad_norm(G& grads, double max_norm) {
   if (!(max_norm > 0)) fail("optim::clip_grad_norm", fmt::format("max_norm {} expected a positive number", max_norm));
   double squares = 0;
-  tree::for_each_leaf(grads, [&](const auto& g) { squares += kernels::sum_of_squares(g.data(), g.size()); });
+  tree::for_each_parameter(grads, [&](const auto& g) { squares += kernels::sum_of_squares(g.data(), g.size()); });
   const double norm = std::sqrt(squares);
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1)
-    tree::for_each_leaf(grads, [&](auto& g) {
+    tree::for_each_parameter(grads, [&](auto& g) {
       using T = std::remove_cvref_t<decltype(*g.data())>;
       kernels::scale_in_place(g.data(), g.size(), T(coef));
     });

@@ -86,6 +86,9 @@ struct ForwardCall {
   std::span<const Array<T>* const> inputs;
   Array<T>& output;       // already has the shape the shape rule gave; write every element
   std::span<Array<T>> saved;  // op-owned buffers kept for the pullback (n_saved of them)
+
+  // Input i, which OpInfo::state_inputs names, to update in place (Note [State inputs]).
+  Array<T>& state(std::size_t i) const { return const_cast<Array<T>&>(*inputs[i]); }
 };
 
 template <class T>
@@ -145,6 +148,14 @@ struct OpInfo {
   int arity = 1;  // number of inputs, or kVariadic
   std::uint32_t flags = kNoFlags;
   int n_saved = 0;
+  // Note [State inputs]: bit i set: input i is state (a tg::State leaf, Note
+  // [State leaves]) that the forward may update in place (ForwardCall::state),
+  // as batch_norm updates its running statistics. Recording checks that each
+  // such operand is a state input of the tape (or a tg::constant, a copy made
+  // on purpose), so an update never lands on a parameter, data or a computed
+  // value; a state slot gets no gradient,
+  // and the compiler keeps the instruction even when its output is unused.
+  std::uint32_t state_inputs = 0;
   // Validates the inputs and returns the output shape; throws tg::Error. An op
   // whose kernels need more than shapes (a geometry) gives `plan` instead
   // (Note [Plans]); exactly one of the two is set.

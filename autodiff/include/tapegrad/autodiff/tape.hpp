@@ -108,7 +108,9 @@ class Tape {
 
   // --- recording -------------------------------------------------------------
   // An input; `name` is its leaf path ("blocks.2.w1"), shown by dumps and errors.
-  std::uint32_t add_input(Array<T> value, bool needs_grad = true, std::string name = {});
+  // `state`: a tg::State leaf (Note [State leaves]), which ops with
+  // OpInfo::state_inputs may update in place; it needs no gradient.
+  std::uint32_t add_input(Array<T> value, bool needs_grad = true, std::string name = {}, bool state = false);
   std::uint32_t add_constant(Array<T> value);
   // Note [Captured values]: on a tape that will be replayed (tg::record, tg::jit),
   // an Array operand that is not an argument is refused instead of copied.
@@ -135,6 +137,8 @@ class Tape {
   const Array<T>& value(std::uint32_t slot) const { return values_[slot]; }
   SlotKind kind(std::uint32_t slot) const { return kind_[slot]; }
   bool needs_grad(std::uint32_t slot) const { return needs_grad_[slot] != 0; }
+  // Whether the slot is an input recorded from a tg::State leaf.
+  bool is_state(std::uint32_t slot) const { return state_[slot] != 0; }
   std::span<const std::uint32_t> inputs() const noexcept { return inputs_; }
   // Input k's leaf path, or "" when it has none.
   const std::string& input_name(std::size_t k) const { return input_names_[k]; }
@@ -203,6 +207,7 @@ class Tape {
   std::vector<Array<T>> adjoints_;
   std::vector<std::uint8_t> adjoint_live_;  // set when a reverse pass wrote the adjoint
   std::vector<std::uint8_t> needs_grad_;
+  std::vector<std::uint8_t> state_;  // per slot: an input from a tg::State leaf
   std::vector<SlotKind> kind_;
   std::vector<Array<T>> saved_;
   std::vector<std::uint32_t> inputs_;

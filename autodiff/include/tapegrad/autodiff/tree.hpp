@@ -50,6 +50,22 @@ Data<X> data(const X& x) {
   return Data<X>{x};
 }
 
+// Note [State leaves]: tg::State<A> holds a leaf that is state, not a
+// parameter: batch-norm running statistics, a dropout key. It is an input of
+// a recording like any leaf (so replays see its current value), gets no
+// gradient (zeros in the gradient tree), is skipped by optimizers, and is
+// saved and loaded by checkpoints. An op that updates it (batch_norm in
+// training mode) writes the tape's copy, and the entry point copies the new
+// value back into the argument's leaf once the forward run succeeded, exactly
+// once per call. `value` is mutable, so that the update reaches it through
+// the const references every entry point takes, as PyTorch's buffers change
+// under a forward. Rejected: returning the new state from every entry point
+// (Flax's mutable collections), which every training loop would have to thread through.
+template <class A>
+struct State {
+  mutable A value;
+};
+
 namespace tree {
 
 template <class X>
@@ -70,10 +86,15 @@ template <class X>
 inline constexpr bool is_data_v<Data<X>> = true;
 
 template <class X>
+inline constexpr bool is_state_v = false;
+template <class A>
+inline constexpr bool is_state_v<State<A>> = true;
+
+template <class X>
 inline constexpr bool is_leaf_v = is_array_v<X> || is_tracked_v<X>;
 template <class X>
-inline constexpr bool is_struct_v =
-    std::is_class_v<X> && std::is_aggregate_v<X> && !is_leaf_v<X> && !is_vector_v<X> && !is_std_array_v<X> && !is_data_v<X>;
+inline constexpr bool is_struct_v = std::is_class_v<X> && std::is_aggregate_v<X> && !is_leaf_v<X> && !is_vector_v<X> &&
+                                    !is_std_array_v<X> && !is_data_v<X> && !is_state_v<X>;
 
 // The most fields reflect_fields reaches.
 inline constexpr std::size_t kMaxFields = 24;
@@ -206,7 +227,7 @@ struct one_parameter_template<S<A>> : std::true_type {
 template <class X>
 auto element_of_tree() {
   if constexpr (is_array_v<X> || is_tracked_v<X>) return type_is<element_t<X>>{};
-  else if constexpr (is_data_v<X>) return element_of_tree<std::remove_cvref_t<decltype(std::declval<X>().value)>>();
+  else if constexpr (is_data_v<X> || is_state_v<X>) return element_of_tree<std::remove_cvref_t<decltype(std::declval<X>().value)>>();
   else if constexpr (is_vector_v<X> || is_std_array_v<X>) return element_of_tree<typename X::value_type>();
   else if constexpr (one_parameter_template<X>::value) return element_of_tree<typename one_parameter_template<X>::argument>();
   else return type_is<void>{};
@@ -218,6 +239,7 @@ using element_type = typename decltype(element_of_tree<X>())::type;
 template <class X, class L>
 auto rebind_tree() {
   if constexpr (is_leaf_v<X>) return type_is<L>{};
+  else if constexpr (is_state_v<X>) return type_is<State<L>>{};
   else if constexpr (is_vector_v<X>) return type_is<std::vector<typename decltype(rebind_tree<typename X::value_type, L>())::type>>{};
   else if constexpr (is_std_array_v<X>)
     return type_is<std::array<typename decltype(rebind_tree<typename X::value_type, L>())::type, std::tuple_size_v<X>>>{};
@@ -233,6 +255,7 @@ using rebind = typename decltype(rebind_tree<X, L>())::type;
 template <class X, class T>
 constexpr bool is_tree_of() {
   if constexpr (is_leaf_v<X>) return std::is_same_v<element_t<X>, T>;
+  else if constexpr (is_state_v<X>) return is_leaf_v<decltype(X::value)> && is_tree_of<decltype(X::value), T>();
   else if constexpr (is_vector_v<X> || is_std_array_v<X>) return is_tree_of<typename X::value_type, T>();
   else if constexpr (is_struct_v<X>) {
     if constexpr (!one_parameter_template<X>::value) return false;
@@ -270,26 +293,43 @@ class Path {
   std::string text_;
 };
 
-// Calls f(leaf) for every leaf in order (leaf is const when x is).
+// Calls f(leaf, is_state) for every leaf in order (leaf is const when x is,
+// except a State's, which is mutable: Note [State leaves]).
 template <class X, class F>
-void for_each_leaf(X& x, F&& f) {
+void for_each_leaf_kind(X& x, F&& f) {
   using Plain = std::remove_cv_t<X>;
-  if constexpr (is_leaf_v<Plain>) f(x);
+  if constexpr (is_leaf_v<Plain>) f(x, false);
+  else if constexpr (is_state_v<Plain>) f(x.value, true);
   else if constexpr (is_vector_v<Plain> || is_std_array_v<Plain>) {
-    for (auto& e : x) for_each_leaf(e, f);
+    for (auto& e : x) for_each_leaf_kind(e, f);
   } else if constexpr (is_struct_v<Plain>) {
-    for_each_field(x, [&](auto& field, std::string_view) { for_each_leaf(field, f); });
+    for_each_field(x, [&](auto& field, std::string_view) { for_each_leaf_kind(field, f); });
   } else {
     static_assert(is_leaf_v<Plain>, "tg tree: a tree is an Array, a std::vector or std::array of trees, or an aggregate "
                                     "struct of trees (template <class A> struct Net { A w, b; })");
   }
 }
 
-// Calls f(leaf, path) for every leaf in order.
+// Calls f(leaf) for every leaf in order, state included.
+template <class X, class F>
+void for_each_leaf(X& x, F&& f) {
+  for_each_leaf_kind(x, [&](auto& leaf, bool) { f(leaf); });
+}
+
+// Calls f(leaf) for every leaf that is not state: what optimizers update.
+template <class X, class F>
+void for_each_parameter(X& x, F&& f) {
+  for_each_leaf_kind(x, [&](auto& leaf, bool state) {
+    if (!state) f(leaf);
+  });
+}
+
+// Calls f(leaf, path) for every leaf in order (a State's path is its own field's).
 template <class X, class F>
 void for_each_leaf_with_path(X& x, Path& path, F&& f) {
   using Plain = std::remove_cv_t<X>;
   if constexpr (is_leaf_v<Plain>) f(x, path.str());
+  else if constexpr (is_state_v<Plain>) f(x.value, path.str());
   else if constexpr (is_vector_v<Plain> || is_std_array_v<Plain>) {
     std::size_t i = 0;
     for (auto& e : x) path.with(i++, [&] { for_each_leaf_with_path(e, path, f); });
@@ -316,10 +356,28 @@ std::vector<std::string> leaf_paths(const X& x, std::string prefix = {}) {
   return out;
 }
 
+// Per leaf in order: 1 when it is state (Note [State leaves]).
+template <class X>
+void append_state_marks(const X& x, std::vector<std::uint8_t>& out) {
+  for_each_leaf_kind(x, [&](const auto&, bool state) { out.push_back(state ? 1 : 0); });
+}
+
+// The paths of the leaves that are not state, in order (optimizers' names).
+template <class X>
+std::vector<std::string> parameter_paths(const X& x) {
+  std::vector<std::string> paths = leaf_paths(x);
+  std::vector<std::uint8_t> state;
+  append_state_marks(x, state);
+  std::vector<std::string> out;
+  for (std::size_t k = 0; k < paths.size(); ++k)
+    if (!state[k]) out.push_back(std::move(paths[k]));
+  return out;
+}
+
 // The shape of a tree beyond its type: every vector's length, in walk order.
 template <class X>
 void append_structure(const X& x, std::vector<std::uint64_t>& out) {
-  if constexpr (is_leaf_v<X>) return;
+  if constexpr (is_leaf_v<X> || is_state_v<X>) return;
   else if constexpr (is_vector_v<X> || is_std_array_v<X>) {
     if constexpr (is_vector_v<X>) out.push_back(x.size());
     for (const auto& e : x) append_structure(e, out);
@@ -334,6 +392,7 @@ void append_structure(const X& x, std::vector<std::uint64_t>& out) {
 template <class Y, class Make>
 Y build(const std::uint64_t*& structure, Make& make) {
   if constexpr (is_leaf_v<Y>) return make();
+  else if constexpr (is_state_v<Y>) return Y{make()};
   else if constexpr (is_vector_v<Y>) {
     Y out;
     const std::uint64_t n = *structure++;

@@ -1,0 +1,232 @@
+// batch_norm, layer_norm, group_norm: hand-worked values and naive reference
+// loops, the triple and the dot-product test, running statistics as state
+// (updated once per forward run by every entry point, no gradient, untouched
+// by optimizers, saved by checkpoints), the compiler's fused BN + ReLU, bad input.
+#include <filesystem>
+
+#include "support/checks.hpp"
+
+using namespace tgtest;
+using T = tg::Tracked<double>;
+
+namespace {
+
+// Reference: y = (x - mean) / sqrt(var + eps) * gamma + beta with statistics
+// over the elements stat_of(i) groups, the affine index affine_of(i).
+template <class StatOf, class AffineOf>
+A reference_norm(const A& x, std::int64_t stats, StatOf stat_of, AffineOf affine_of, const A* gamma, const A* beta,
+                 double eps) {
+  std::vector<double> sum(stats, 0), sq(stats, 0), count(stats, 0);
+  for (std::int64_t i = 0; i < x.size(); ++i) sum[stat_of(i)] += x.data()[i], count[stat_of(i)] += 1;
+  for (std::int64_t i = 0; i < x.size(); ++i) {
+    const double d = x.data()[i] - sum[stat_of(i)] / count[stat_of(i)];
+    sq[stat_of(i)] += d * d;
+  }
+  A y(x.shape());
+  for (std::int64_t i = 0; i < x.size(); ++i) {
+    const std::int64_t s = stat_of(i);
+    const double xhat = (x.data()[i] - sum[s] / count[s]) / std::sqrt(sq[s] / count[s] + eps);
+    y.data()[i] = xhat * (gamma ? gamma->data()[affine_of(i)] : 1.0) + (beta ? beta->data()[affine_of(i)] : 0.0);
+  }
+  return y;
+}
+
+template <class M>
+struct BnNet {
+  M gamma, beta;
+  tg::BatchNormState<M> bn;
+};
+BnNet<A> bn_net(std::int64_t c) { return {A::random_uniform({c}, 0.5, 1.5, 3), A::random_uniform({c}, -0.5, 0.5, 4), tg::batch_norm_state<double>(c)}; }
+
+// The running mean after k training steps on the same batch, from 0, momentum 0.1.
+double running_mean_after(int k, double batch_mean) { return (1 - std::pow(0.9, k)) * batch_mean; }
+
+}  // namespace
+
+TEST_CASE("batch_norm: hand-worked values, running statistics, and the reference loops") {
+  // One channel, four values: mean 2.5, biased variance 1.25, unbiased 5/3.
+  const A x({4, 1}, {1, 2, 3, 4});
+  auto state = tg::batch_norm_state<double>(1);
+  const A y = tg::batch_norm(x, A::ones({1}), A::zeros({1}), state, {.momentum = 0.1, .eps = 0});
+  const double s = std::sqrt(1.25);
+  CHECK(max_abs_diff(y, A({4, 1}, {-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s})) < 1e-15);
+  CHECK(state.mean.value.item() == doctest::Approx(0.25).epsilon(1e-15));
+  CHECK(state.var.value.item() == doctest::Approx(0.9 + 0.1 * 5.0 / 3.0).epsilon(1e-15));
+  // Evaluation uses the running statistics and changes nothing.
+  const A ye = tg::batch_norm(x, A::ones({1}), A::zeros({1}), state, {.training = false, .eps = 0});
+  CHECK(ye.data()[0] == doctest::Approx((1 - 0.25) / std::sqrt(0.9 + 0.5 / 3.0)));
+  CHECK(state.mean.value.item() == doctest::Approx(0.25));
+
+  // (N, C, H, W) against the reference, float and double.
+  const A x4 = A::random_uniform({3, 4, 5, 6}, -2, 3, 5);
+  BnNet<A> p = bn_net(4);
+  const std::int64_t hw = 30;
+  const A expected = reference_norm(
+      x4, 4, [&](std::int64_t i) { return (i / hw) % 4; }, [&](std::int64_t i) { return (i / hw) % 4; }, &p.gamma, &p.beta,
+      1e-5);
+  CHECK(max_abs_diff(tg::batch_norm(x4, p.gamma, p.beta, p.bn), expected) < 1e-12);
+  tg::Array<float> xf(x4.shape()), gf(p.gamma.shape()), bf(p.beta.shape());
+  std::copy(x4.begin(), x4.end(), xf.data());
+  std::copy(p.gamma.begin(), p.gamma.end(), gf.data());
+  std::copy(p.beta.begin(), p.beta.end(), bf.data());
+  auto sf = tg::batch_norm_state<float>(4);
+  const tg::Array<float> yf = tg::batch_norm(xf, gf, bf, sf);
+  for (std::int64_t i = 0; i < yf.size(); ++i) CHECK(yf.data()[i] == doctest::Approx(expected.data()[i]).epsilon(1e-5));
+}
+
+TEST_CASE("batch_norm: the triple and the dot-product test, training and evaluation, with a fused ReLU") {
+  const A x = A::random_uniform({3, 2, 3, 2}, -2, 2, 1), x2 = A::random_uniform({3, 2, 3, 2}, -1, 3, 2);
+  const A g = A::random_uniform({2}, 0.5, 1.5, 3), b = A::random_uniform({2}, -1, 1, 4);
+  const A rm = A::random_uniform({2}, -0.5, 0.5, 5), rv = A::random_uniform({2}, 0.5, 2, 6);
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    auto f = [&, training](const T& v, const T& gamma, const T& beta) {
+      const tg::BatchNormState<T> s{{tg::constant(rm)}, {tg::constant(rv)}};  // copies, on purpose
+      return tg::batch_norm(v, gamma, beta, s, {.training = training});
+    };
+    check_op(f, std::tuple{x, g, b}, std::tuple{x2, g, b});
+    const A big = A::random_uniform({8, 16, 12, 12}, -1, 2, 7);
+    const A gb = A::random_uniform({16}, 0.5, 1.5, 8), bb = A::random_uniform({16}, -1, 1, 9);
+    auto fb = [&, training](const T& v, const T& gamma, const T& beta) {
+      const tg::BatchNormState<T> s{{tg::constant(A::zeros({16}))}, {tg::constant(A::ones({16}))}};
+      return tg::batch_norm(v, gamma, beta, s, {.training = training});
+    };
+    check_dot_product(fb, big, gb, bb);
+    // Compiled with its ReLU fused: one step, the interpreter's values and gradients.
+    const A w = A::random_uniform({4, 16, 3, 3}, -1, 1, 10);
+    auto fr = [&, training](const T& v, const T& gamma, const T& beta) {  // conv -> BN -> ReLU -> conv
+      const tg::BatchNormState<T> s{{tg::constant(A::zeros({16}))}, {tg::constant(A::ones({16}))}};
+      return tg::sum(tg::conv(tg::relu(tg::batch_norm(v, gamma, beta, s, {.training = training})), tg::constant(w)));
+    };
+    auto tape = tg::record(fr, big, gb, bb);
+    auto ct = tg::compile(tape);
+    bool fused = false;
+    for (const auto& st : ct.program().steps())
+      fused = fused || (st.op->name == "batch_norm" && st.epilogue() && st.epilogue()->activation.op->name == "relu");
+    CHECK_MESSAGE(fused, tg::dump(ct));
+    const auto [gx1, gg1, gb1] = tape.gradient(big, gb, bb);
+    const auto [gx2, gg2, gb2] = ct.gradient(big, gb, bb);
+    CHECK(max_abs_diff(gx1, gx2) < 1e-12);
+    CHECK(max_abs_diff(gg1, gg2) < 1e-12);
+    CHECK(max_abs_diff(gb1, gb2) < 1e-12);
+    CHECK(std::abs(tape.value() - ct.value()) < 1e-9);
+  }
+}
+
+TEST_CASE("batch_norm: running statistics are state, updated once per forward run by every entry point") {
+  const A x = A::random_uniform({6, 3, 4}, -1, 3, 11);
+  const double mean0 = [&] {
+    double s = 0;
+    for (std::int64_t n = 0; n < 6; ++n)
+      for (std::int64_t j = 0; j < 4; ++j) s += x.data()[(n * 3 + 0) * 4 + j];
+    return s / 24;
+  }();
+  BnNet<A> net = bn_net(3);
+  auto loss = [](const BnNet<T>& p, const T& v) { return tg::sum(tg::batch_norm(v, p.gamma, p.beta, p.bn) * v); };
+  int steps = 0;
+  auto expect_steps = [&](int k) {
+    steps = k;
+    CHECK(net.bn.mean.value.data()[0] == doctest::Approx(running_mean_after(k, mean0)).epsilon(1e-12));
+  };
+  const BnNet<A> g = tg::gradient(loss, net, tg::data(x));
+  expect_steps(1);
+  CHECK(max_abs(g.bn.mean.value) == 0);  // state gets no gradient (zeros)
+  CHECK(max_abs(g.bn.var.value) == 0);
+  CHECK(g.bn.mean.value.shape() == tg::Shape{3});
+  auto tape = tg::record(loss, net, tg::data(x));
+  expect_steps(2);
+  tape.gradient(net, tg::data(x));
+  expect_steps(3);
+  CHECK(tape.tape().input_name(2) == "bn.mean");
+  auto ct = tg::compile(tape);
+  ct.gradient(net, tg::data(x));
+  expect_steps(4);
+  auto step = tg::jit(loss);
+  step.value_and_gradient(net, tg::data(x));  // a miss: recorded, compiled, run once
+  expect_steps(5);
+  step.value_and_gradient(net, tg::data(x));  // a hit
+  expect_steps(6);
+  auto interpreted = tg::jit(loss, {.compiled = false});
+  interpreted.value_and_gradient(net, tg::data(x));
+  expect_steps(7);
+  // A failed replay (a shape guard) changes nothing.
+  CHECK_THROWS_AS(tape.gradient(net, tg::data(A::zeros({6, 3, 5}))), tg::Error);
+  expect_steps(7);
+
+  // Optimizers skip state; checkpoints keep it.
+  tg::optim::AdamW opt(net, {.lr = 0.1, .weight_decay = 0.5});
+  const A before = net.bn.var.value;
+  opt.step(net, tape.gradient(net, tg::data(x)));
+  CHECK(max_abs_diff(net.bn.var.value, before) > 0);  // the replay's own update
+  const A after_replay = net.bn.var.value;
+  opt.step(net, g);
+  CHECK(max_abs_diff(net.bn.var.value, after_replay) == 0);  // the optimizer's step: untouched
+  const auto path = std::filesystem::temp_directory_path() / "tapegrad_bn_state.safetensors";
+  tg::save_safetensors(path.string(), net);
+  BnNet<A> loaded = bn_net(3);
+  tg::load_safetensors(path.string(), loaded);
+  CHECK(max_abs_diff(loaded.bn.mean.value, net.bn.mean.value) == 0);
+  CHECK(max_abs_diff(loaded.bn.var.value, net.bn.var.value) == 0);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("batch_norm: bad input is a clear error and changes nothing") {
+  BnNet<A> p = bn_net(3);
+  CHECK_THROWS_WITH_AS(tg::batch_norm(A::zeros({1, 3}), p.gamma, p.beta, p.bn),
+                       doctest::Contains("batch_norm: x has shape (1,3): 1 value per channel in training mode expected more than one"),
+                       tg::Error);
+  CHECK(tg::batch_norm(A::ones({1, 3}), p.gamma, p.beta, p.bn, {.training = false}).shape() == tg::Shape{1, 3});
+  CHECK_THROWS_WITH_AS(tg::batch_norm(A::zeros({4, 5, 2}), p.gamma, p.beta, p.bn),
+                       doctest::Contains("gamma has shape (3) but x (4,5,2) has 5 channels expected shape (5)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::batch_norm(A::zeros({4, 3}), p.gamma, p.beta, p.bn, {.momentum = 1.5}),
+                       doctest::Contains("momentum (1.5) expected a number in [0, 1]"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::batch_norm(A::zeros({4}), A::ones({1}), A::zeros({1}), tg::batch_norm_state<double>(1)),
+                       doctest::Contains("x has shape (4) expected (N, C, spatial...)"), tg::Error);
+  // A parameter passed where the running statistics belong: refused before anything runs.
+  auto misuse = [](const BnNet<T>& q, const T& v) {
+    const tg::BatchNormState<T> wrong{{q.gamma}, {q.bn.var.value}};
+    return tg::sum(tg::batch_norm(v, q.gamma, q.beta, wrong));
+  };
+  const A gamma_before = p.gamma;
+  CHECK_THROWS_WITH_AS(tg::gradient(misuse, p, tg::data(A::ones({4, 3}))),
+                       doctest::Contains("batch_norm: operand 3 (shape (3)) is not a tg::State leaf"), tg::Error);
+  CHECK(max_abs_diff(p.gamma, gamma_before) == 0);
+}
+
+TEST_CASE("layer_norm and group_norm: reference loops, the triple, the dot-product test, bad input") {
+  const A x = A::random_uniform({2, 4, 3, 2}, -2, 2, 21), x2 = A::random_uniform({2, 4, 3, 2}, -1, 3, 22);
+  // layer_norm over the last two dims: gamma and beta (3, 2).
+  const A lg = A::random_uniform({3, 2}, 0.5, 1.5, 23), lb = A::random_uniform({3, 2}, -1, 1, 24);
+  const A ln = reference_norm(
+      x, 8, [](std::int64_t i) { return i / 6; }, [](std::int64_t i) { return i % 6; }, &lg, &lb, 1e-5);
+  CHECK(max_abs_diff(tg::layer_norm(x, lg, lb, {.dims = 2}), ln) < 1e-12);
+  // group_norm with 2 groups of 2 channels: gamma and beta per channel.
+  const A gg = A::random_uniform({4}, 0.5, 1.5, 25), gb = A::random_uniform({4}, -1, 1, 26);
+  const A gn = reference_norm(
+      x, 4, [](std::int64_t i) { return i / 12; }, [](std::int64_t i) { return (i / 6) % 4; }, &gg, &gb, 1e-5);
+  CHECK(max_abs_diff(tg::group_norm(x, gg, gb, {.groups = 2}), gn) < 1e-12);
+  const A in = reference_norm(
+      x, 8, [](std::int64_t i) { return i / 6; }, [](std::int64_t i) { return (i / 6) % 4; }, &gg, &gb, 1e-5);
+  CHECK(max_abs_diff(tg::instance_norm(x, gg, gb), in) < 1e-12);
+
+  check_op([](const T& v, const T& g, const T& b) { return tg::layer_norm(v, g, b, {.dims = 2}); }, std::tuple{x, lg, lb},
+           std::tuple{x2, lg, lb});
+  check_op([](const T& v) { return tg::layer_norm(v, {.dims = 1}); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v, const T& g, const T& b) { return tg::group_norm(v, g, b, {.groups = 2}); }, std::tuple{x, gg, gb},
+           std::tuple{x2, gg, gb});
+  const A big = A::random_uniform({8, 16, 10, 10}, -1, 2, 27);
+  const A g16 = A::random_uniform({16}, 0.5, 1.5, 28), b16 = A::random_uniform({16}, -1, 1, 29);
+  const A g100 = A::random_uniform({10, 10}, 0.5, 1.5, 30), b100 = A::random_uniform({10, 10}, -1, 1, 31);
+  check_dot_product([](const T& v, const T& g, const T& b) { return tg::layer_norm(v, g, b, {.dims = 2}); }, big, g100, b100);
+  check_dot_product([](const T& v, const T& g, const T& b) { return tg::group_norm(v, g, b, {.groups = 4}); }, big, g16, b16);
+  check_dot_product([](const T& v, const T& g, const T& b) { return tg::instance_norm(v, g, b); }, big, g16, b16);
+
+  CHECK_THROWS_WITH_AS(tg::group_norm(x, gg, gb, {.groups = 3}),
+                       doctest::Contains("group_norm: groups (3) does not divide the channels (4) of x (2,4,3,2)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::layer_norm(x, gg, gb, {.dims = 2}), doctest::Contains("gamma has shape (4) expected (3,2)"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::layer_norm(x, lg, lb, {.dims = 5}), doctest::Contains("dims (5) for x of shape (2,4,3,2) expected 1 to its rank (4)"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::group_norm(x, gg, gb, {.groups = 2, .eps = -1}), doctest::Contains("eps (-1) expected a finite number >= 0"),
+                       tg::Error);
+}

@@ -7,6 +7,7 @@
 #define TG_OP_FAMILIES(X) \
   X(arithmetic)           \
   X(conv)                 \
+  X(dropout)              \
   X(filter)               \
   X(loss)                 \
   X(matmul)               \

@@ -78,7 +78,8 @@ tg::Tracked<T> elementwise_mix(const tg::Tracked<T>& x, const tg::Tracked<T>& y)
                 tg::sum(tg::where(tg::constant(tg::Array<T>({4}, {T(1), T(0), T(0), T(1)})), a, b));
   const tg::BatchNormState<tg::Tracked<T>> bn{{tg::constant(tg::Array<T>::zeros({4}))}, {tg::constant(tg::Array<T>::ones({4}))}};
   auto norms = tg::batch_norm(a, y, tg::sigmoid(y), bn) + tg::layer_norm(b, y, y) +
-               tg::reshape(tg::group_norm(tg::reshape(a, {3, 4, 1}), y, y, {.groups = 2}), {3, 4});
+               tg::reshape(tg::group_norm(tg::reshape(a, {3, 4, 1}), y, y, {.groups = 2}), {3, 4}) +
+               tg::dropout(b, 0.25, tg::State<tg::Tracked<T>>{tg::constant(tg::dropout_key<T>(1).value)});
   return tg::sum(tg::pow(a * a + 1.0, -b)) + tg::sum(c) + losses + tg::sum(norms * b);
 }
 

@@ -25,6 +25,7 @@
 #include "tapegrad/ops/builtin.hpp"
 #include "tapegrad/ops/conv.hpp"
 #include "tapegrad/ops/filter.hpp"
+#include "tapegrad/ops/dropout.hpp"
 #include "tapegrad/ops/norm.hpp"
 #include "tapegrad/ops/pad.hpp"
 #include "tapegrad/ops/pool.hpp"

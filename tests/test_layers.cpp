@@ -1,7 +1,8 @@
-// batch_norm, layer_norm, group_norm: hand-worked values and naive reference
-// loops, the triple and the dot-product test, running statistics as state
-// (updated once per forward run by every entry point, no gradient, untouched
-// by optimizers, saved by checkpoints), the compiler's fused BN + ReLU, bad input.
+// The layers of issue 19: batch_norm, layer_norm, group_norm (hand-worked
+// values and naive reference loops, the triple and the dot-product test,
+// running statistics as state: updated once per forward run by every entry
+// point, no gradient, untouched by optimizers, saved by checkpoints; the
+// compiler's fused BN + ReLU), dropout (fresh, reproducible masks), bad input.
 #include <filesystem>
 
 #include "support/checks.hpp"
@@ -229,4 +230,84 @@ TEST_CASE("layer_norm and group_norm: reference loops, the triple, the dot-produ
                        tg::Error);
   CHECK_THROWS_WITH_AS(tg::group_norm(x, gg, gb, {.groups = 2, .eps = -1}), doctest::Contains("eps (-1) expected a finite number >= 0"),
                        tg::Error);
+}
+
+// ---- dropout ----------------------------------------------------------------------
+
+TEST_CASE("dropout: rate, scale, channel planes, identity cases") {
+  auto key = tg::dropout_key<double>(3);
+  const A ones = A::ones({20000});
+  const A y = tg::dropout(ones, 0.3, key);
+  std::int64_t zeros = 0;
+  for (double v : y) {
+    zeros += v == 0;
+    if (v != 0) CHECK(v == doctest::Approx(1 / 0.7).epsilon(1e-15));
+  }
+  CHECK(std::abs(double(zeros) / 20000 - 0.3) < 0.015);
+  CHECK(key.value.data()[1] == 1);  // the step advanced
+  const A y2 = tg::dropout(ones, 0.3, key);
+  CHECK(max_abs_diff(y, y2) > 0);  // a fresh mask
+  auto same = tg::dropout_key<double>(3);
+  CHECK(max_abs_diff(tg::dropout(ones, 0.3, same), y) == 0);  // reproducible from the seed
+  // Channel dropout: whole (n, c) planes.
+  const A planes = tg::dropout2d(A::ones({4, 16, 3, 3}), 0.5, key);
+  std::int64_t dropped = 0;
+  for (std::int64_t plane = 0; plane < 64; ++plane) {
+    const double first = planes.data()[plane * 9];
+    dropped += first == 0;
+    for (std::int64_t j = 1; j < 9; ++j) CHECK(planes.data()[plane * 9 + j] == first);
+  }
+  CHECK(dropped > 10);
+  CHECK(dropped < 54);
+  // p = 0 and evaluation: the identity, nothing recorded, the key untouched.
+  const double step = key.value.data()[1];
+  auto tape = tg::record([](const T& x, const tg::State<T>& k) { return tg::sum(tg::dropout(tg::dropout(x, 0.0, k), 0.5, k, {.training = false})); },
+                         ones, key);
+  CHECK(tape.tape().num_instructions() == 1);  // the sum
+  CHECK(key.value.data()[1] == step);
+  CHECK_THROWS_WITH_AS(tg::dropout(ones, 1.0, key), doctest::Contains("dropout: p (1) expected a probability in [0, 1)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::dropout(ones, -0.1, key), doctest::Contains("p (-0.1)"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::dropout2d(ones, 0.5, key), doctest::Contains("x has shape (20000) expected (N, C, spatial...)"), tg::Error);
+}
+
+TEST_CASE("dropout: every replay draws a fresh mask, reproducibly; the triple and the dot-product test") {
+  const A x = A::random_uniform({4, 6}, 0.5, 1.5, 41), x2 = A::random_uniform({4, 6}, 0.5, 1.5, 42);
+  auto f = [](const T& v, const tg::State<T>& k) { return tg::dropout(v, 0.5, k) * v; };
+  auto run = [&](std::uint32_t seed) {
+    auto key = tg::dropout_key<double>(seed);
+    auto tape = tg::record(f, x, key);
+    std::vector<A> outs{tape.output()};
+    for (int i = 0; i < 2; ++i) outs.push_back(tape.forward(x, key));
+    auto ct = tg::compile(tape);
+    outs.push_back(ct.forward(x, key));
+    CHECK(key.value.data()[1] == 4);  // recording, two replays, one compiled replay
+    return outs;
+  };
+  const auto a = run(5), b = run(5);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CHECK(max_abs_diff(a[i], b[i]) == 0);
+    if (i > 0) CHECK(max_abs_diff(a[i], a[i - 1]) > 0);
+  }
+  // The gradient is the mask the forward used.
+  auto key = tg::dropout_key<double>(9);
+  auto tape = tg::record([](const T& v, const tg::State<T>& k) { return tg::sum(tg::dropout(v, 0.25, k)); }, x, key);
+  CHECK(tape.tape().num_instructions() == 2);
+  const A g = std::get<0>(tape.gradient());
+  const A fresh = tg::dropout(A::ones(x.shape()), 0.25, tg::dropout_key<double>(9));
+  CHECK(max_abs_diff(g, fresh) == 0);
+  // The triple: a replay on new inputs gives what a fresh recording at the same step gives.
+  auto one = tg::record([](const T& v, const tg::State<T>& k) { return tg::dropout(v, 0.5, k); }, x, tg::dropout_key<double>(2));
+  CHECK(one.tape().num_instructions() == 1);
+  const A replayed = one.forward(x2, tg::dropout_key<double>(2));
+  const A recorded = tg::record([](const T& v, const tg::State<T>& k) { return tg::dropout(v, 0.5, k); }, x2, tg::dropout_key<double>(2)).output();
+  CHECK(max_abs_diff(replayed, recorded) == 0);
+  const A key_value = tg::dropout_key<double>(2).value;
+  auto fixed = [key_value](const T& v) { return tg::dropout(v, 0.5, tg::State<T>{tg::constant(key_value)}); };  // one mask
+  tg::GradcheckOptions opt;
+  const auto report = tg::gradcheck(opt, fixed, x);
+  CHECK_MESSAGE(report.passed(), report.summary());
+  if (report.passed()) covered(Check::op_triple, one.tape());
+  const A big = A::random_uniform({8, 16, 12, 12}, -1, 1, 43);
+  check_dot_product(fixed, big);
+  check_dot_product([key_value](const T& v) { return tg::dropout2d(v, 0.3, tg::State<T>{tg::constant(key_value)}); }, big);
 }

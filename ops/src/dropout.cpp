@@ -1,0 +1,148 @@
+// ============================================================================
+// dropout: a mask drawn from a counter-based generator keyed by the State leaf
+// (seed, step) (kernels/dropout.hpp). Forward: x * mask / (1 - p), then the
+// key's step advances; pullback: the same mask, drawn again from the key the
+// forward used (saved, two numbers), times the output adjoint.
+// ============================================================================
+#include "tapegrad/ops/dropout.hpp"
+
+#include "builtin_ops.hpp"
+#include "op_table.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/dropout.hpp"
+
+namespace tg::ops {
+namespace {
+
+struct DropoutOpParams : OpParams {
+  double p = 0.5;
+  bool channels = false;
+};
+
+void check_p(double p) {
+  if (!(p >= 0 && p < 1)) fail("dropout", fmt::format("p ({}) expected a probability in [0, 1); hint: p = 1 drops everything", p));
+}
+
+Shape dropout_shape(const DropoutOpParams& p, std::span<const Shape* const> s) {
+  check_p(p.p);
+  if (!(*s[1] == Shape{2}))
+    fail("dropout", fmt::format("key has shape {} expected (2): (seed, step); hint: make it with tg::dropout_key<T>(seed)",
+                                to_string(*s[1])));
+  if (p.channels && s[0]->rank() < 2)
+    fail("dropout", fmt::format("x has shape {} expected (N, C, spatial...) for channel dropout", to_string(*s[0])));
+  return *s[0];
+}
+
+// Steps wrap where T stops holding integers exactly (Note [Counter-based masks]).
+template <class T>
+constexpr double step_period() {
+  return std::ldexp(1.0, std::numeric_limits<T>::digits);
+}
+
+template <class T>
+kernels::DropoutMask mask_of(const DropoutOpParams& p, const Shape& x, const T* key) {
+  kernels::DropoutMask m;
+  m.seed = static_cast<std::uint64_t>(std::max(0.0, std::floor(static_cast<double>(key[0]))));
+  m.step = static_cast<std::uint64_t>(std::max(0.0, std::floor(static_cast<double>(key[1]))));
+  m.p = p.p;
+  if (p.channels) {
+    m.plane = 1;
+    for (std::size_t d = 2; d < x.rank(); ++d) m.plane *= x[d];
+  }
+  return m;
+}
+
+template <class T>
+OpInfo<T> dropout_row() {
+  OpInfo<T> r;
+  r.name = "dropout";
+  r.arity = 2;  // x, key
+  r.n_saved = 1;  // the key this forward used
+  r.state_inputs = 1u << 1;
+  r.flags = kPullbackIgnoresOutput;
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return dropout_shape(params_as<DropoutOpParams>(p), s); };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto& p = params_as<DropoutOpParams>(c.params);
+    Array<T>& key = c.state(1);
+    if (c.saved[0].size() != 2) c.saved[0] = Array<T>({2});
+    std::copy(key.begin(), key.end(), c.saved[0].data());
+    const Array<T>& x = *c.inputs[0];
+    kernels::dropout_apply(mask_of(p, x.shape(), key.data()), x.data(), x.size(), c.output.data(), false);
+    key.data()[1] = static_cast<T>(std::fmod(std::floor(static_cast<double>(key.data()[1])) + 1, step_period<T>()));
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    if (!c.input_adjoints[0]) return;
+    const auto& p = params_as<DropoutOpParams>(c.params);
+    const Array<T>& dy = c.output_adjoint;
+    kernels::dropout_apply(mask_of(p, dy.shape(), c.saved[0].data()), dy.data(), dy.size(), c.input_adjoints[0]->data(), true);
+  };
+  Fusion<T> fusion;
+  fusion.pullback_reads_input = [](const OpParams*, std::size_t) { return false; };
+  r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
+  r.print_params = [](const OpParams* params) {
+    const auto& p = params_as<DropoutOpParams>(params);
+    return fmt::format("p={}{}", p.p, p.channels ? " channels" : "");
+  };
+  r.save_params = [](const OpParams* params, ParamWriter& w) {
+    const auto& p = params_as<DropoutOpParams>(params);
+    w.f64(p.p);
+    w.boolean(p.channels);
+  };
+  r.load_params = [](ParamReader& in) {
+    auto p = std::make_shared<DropoutOpParams>();
+    p->p = in.f64("p");
+    p->channels = in.boolean("channels");
+    return p;
+  };
+  return r;
+}
+
+std::shared_ptr<DropoutOpParams> make_params(double p, const DropoutParams& u) {
+  auto out = std::make_shared<DropoutOpParams>();
+  out->p = p;
+  out->channels = u.channels;
+  return out;
+}
+
+}  // namespace
+
+// The family's op table (Note [Op tables]).
+#define TG_DROPOUT_ROWS(X) X(dropout)
+TG_OP_TABLE(dropout, TG_DROPOUT_ROWS)
+
+template <class T>
+Tracked<T> dropout_tracked(const Tracked<T>& x, double p, const Tracked<T>& key, const DropoutParams& params,
+                           const std::source_location& where) {
+  try {
+    check_p(p);
+  } catch (const Error& e) {
+    throw e.with_site(where);
+  }
+  if (p == 0 || !params.training) return x;  // the identity: nothing recorded
+  const Operand<T> operands[] = {Operand<T>(x, where), Operand<T>(key, where)};
+  return record_op(dropout_op<T>(), make_params(p, params), std::span<const Operand<T>>(operands), where);
+}
+template <class T>
+Array<T> dropout_eval(const Array<T>& x, double p, const Array<T>& key, const DropoutParams& params,
+                      const std::source_location& where) {
+  try {
+    check_p(p);
+  } catch (const Error& e) {
+    throw e.with_site(where);
+  }
+  if (p == 0 || !params.training) return x;
+  const Array<T>* inputs[] = {&x, &key};
+  return evaluate_op(dropout_op<T>(), make_params(p, params).get(), std::span<const Array<T>* const>(inputs), where);
+}
+
+template Tracked<float> dropout_tracked(const Tracked<float>&, double, const Tracked<float>&, const DropoutParams&, const std::source_location&);
+template Tracked<double> dropout_tracked(const Tracked<double>&, double, const Tracked<double>&, const DropoutParams&, const std::source_location&);
+template Array<float> dropout_eval(const Array<float>&, double, const Array<float>&, const DropoutParams&, const std::source_location&);
+template Array<double> dropout_eval(const Array<double>&, double, const Array<double>&, const DropoutParams&, const std::source_location&);
+
+}  // namespace tg::ops

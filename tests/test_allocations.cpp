@@ -115,7 +115,10 @@ T norms(const T& x) {
   const tg::BatchNormState<T> bn{{tg::constant(A::zeros({2}))}, {tg::constant(A::ones({2}))}};
   return tg::sum(tg::relu(tg::batch_norm(x, g, b, bn)) * x) + tg::sum(tg::layer_norm(x, {.dims = 2}) * x) +
          tg::sum(tg::group_norm(x, g, b, {.groups = 1}) * x) +
-         tg::sum(tg::dropout2d(x, 0.5, tg::State<T>{tg::constant(tg::dropout_key<double>(4).value)}) * x);
+         tg::sum(tg::dropout2d(x, 0.5, tg::State<T>{tg::constant(tg::dropout_key<double>(4).value)}) * x) +
+         tg::sum(tg::upsample(x, {.scale = {2, 1.5}, .mode = tg::UpsampleMode::linear})) +
+         tg::sum(tg::upsample(x, {.scale = {2}})) + tg::sum(tg::adaptive_maxpool(x, {.output = {3, 1}})) +
+         tg::sum(tg::adaptive_meanpool(x, {.output = {2, 2}}));
 }
 
 // The ops no other case here runs: the shape ops, the softmax family, the other

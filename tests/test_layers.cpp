@@ -311,3 +311,82 @@ TEST_CASE("dropout: every replay draws a fresh mask, reproducibly; the triple an
   check_dot_product(fixed, big);
   check_dot_product([key_value](const T& v) { return tg::dropout2d(v, 0.3, tg::State<T>{tg::constant(key_value)}); }, big);
 }
+
+// ---- upsample and adaptive pools ----------------------------------------------------
+
+TEST_CASE("upsample: PyTorch's values by hand, separable in every mode, every rank") {
+  using tg::UpsampleMode;
+  const A x({1, 1, 2}, {1, 2});
+  CHECK(max_abs_diff(tg::upsample(x, {.scale = {2}}), A({1, 1, 4}, {1, 1, 2, 2})) == 0);
+  CHECK(max_abs_diff(tg::upsample(x, {.scale = {2}, .mode = UpsampleMode::linear}), A({1, 1, 4}, {1, 1.25, 1.75, 2})) < 1e-15);
+  CHECK(max_abs_diff(tg::upsample(x, {.size = {4}, .mode = UpsampleMode::linear, .align_corners = true}),
+                     A({1, 1, 4}, {1, 4.0 / 3, 5.0 / 3, 2})) < 1e-15);
+  CHECK(max_abs_diff(tg::upsample(A({1, 1, 3}, {1, 2, 3}), {.size = {2}}), A({1, 1, 2}, {1, 2})) == 0);  // floor(o * 3 / 2)
+  // An outer product a (x) b (x) c upsamples to up(a) (x) up(b) (x) up(c) in every mode.
+  const A a = A::random_uniform({3}, -1, 1, 51), b = A::random_uniform({4}, -1, 1, 52), c = A::random_uniform({5}, -1, 1, 53);
+  for (const auto mode : {UpsampleMode::nearest, UpsampleMode::linear})
+    for (const bool corners : {false, true}) {
+      if (corners && mode == UpsampleMode::nearest) continue;
+      const tg::UpsampleParams p{.scale = {2, 1.5, 3}, .mode = mode, .align_corners = corners};
+      auto up1 = [&](const A& v, double s) {
+        return tg::upsample(tg::reshape(v, {1, 1, v.size()}), {.scale = {s}, .mode = mode, .align_corners = corners});
+      };
+      const A ua = up1(a, 2), ub = up1(b, 1.5), uc = up1(c, 3);
+      A outer({1, 1, 3, 4, 5});
+      for (std::int64_t i = 0; i < 60; ++i) outer.data()[i] = a.data()[i / 20] * b.data()[(i / 5) % 4] * c.data()[i % 5];
+      const A y = tg::upsample(outer, p);
+      REQUIRE(y.shape() == tg::Shape{1, 1, ua.size(), ub.size(), uc.size()});
+      double err = 0;
+      for (std::int64_t i = 0; i < y.size(); ++i) {
+        const std::int64_t k = i % uc.size(), j = (i / uc.size()) % ub.size(), h = i / (uc.size() * ub.size());
+        err = std::max(err, std::abs(y.data()[i] - ua.data()[h] * ub.data()[j] * uc.data()[k]));
+      }
+      CHECK(err < 1e-14);
+    }
+}
+
+TEST_CASE("adaptive pools: PyTorch's windows by hand, global pools as the 1x1 case") {
+  const A x({1, 1, 5}, {1, 5, 2, 4, 3});  // windows for 3 outputs: [0,2) [1,4) [3,5)
+  CHECK(max_abs_diff(tg::adaptive_meanpool(x, {.output = {3}}), A({1, 1, 3}, {3, 11.0 / 3, 3.5})) < 1e-15);
+  CHECK(max_abs_diff(tg::adaptive_maxpool(x, {.output = {3}}), A({1, 1, 3}, {5, 5, 4})) == 0);
+  const auto g = tg::gradient([](const T& v) { return tg::sum(tg::adaptive_maxpool(v, {.output = {3}})); }, x);
+  CHECK(max_abs_diff(g, A({1, 1, 5}, {0, 2, 0, 1, 0})) == 0);  // the shared maximum gets both adjoints
+  const A img = A::random_uniform({2, 3, 7, 6}, -1, 1, 54);
+  CHECK(max_abs_diff(tg::adaptive_meanpool(img, {.output = {1}}), tg::global_meanpool(img)) < 1e-15);
+  CHECK(max_abs_diff(tg::adaptive_maxpool(img, {.output = {1, 1}}), tg::global_maxpool(img)) == 0);
+  // Output sizes that divide the input: the plain pools.
+  const A big = A::random_uniform({2, 3, 8, 6}, -1, 1, 55);
+  CHECK(max_abs_diff(tg::adaptive_maxpool(big, {.output = {4, 3}}), tg::maxpool(big, {.window = {2}})) == 0);
+  CHECK(max_abs_diff(tg::adaptive_meanpool(big, {.output = {4, 3}}), tg::meanpool(big, {.window = {2}})) < 1e-15);
+}
+
+TEST_CASE("upsample and adaptive pools: the triple, the dot-product test, bad input") {
+  using tg::UpsampleMode;
+  const A x = A::random_uniform({2, 2, 3, 4}, -1, 1, 61), x2 = A::random_uniform({2, 2, 3, 4}, -1, 1, 62);
+  check_op([](const T& v) { return tg::upsample(v, {.scale = {2}}); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v) { return tg::upsample(v, {.size = {5, 7}, .mode = UpsampleMode::linear}); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v) { return tg::upsample(v, {.scale = {1.5}, .mode = UpsampleMode::linear, .align_corners = true}); },
+           std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v) { return tg::adaptive_meanpool(v, {.output = {2, 3}}); }, std::tuple{x}, std::tuple{x2});
+  check_op([](const T& v) { return tg::adaptive_maxpool(v, {.output = {2, 3}}); }, std::tuple{x}, std::tuple{x2});
+  const A big = A::random_uniform({4, 8, 14, 14}, -1, 1, 63), vol = A::random_uniform({2, 3, 5, 6, 7}, -1, 1, 64);
+  check_dot_product([](const T& v) { return tg::upsample(v, {.scale = {2}}); }, big);
+  check_dot_product([](const T& v) { return tg::upsample(v, {.size = {28, 21}, .mode = UpsampleMode::linear}); }, big);
+  check_dot_product([](const T& v) { return tg::upsample(v, {.scale = {2, 1.5, 3}, .mode = UpsampleMode::linear, .align_corners = true}); }, vol);
+  check_dot_product([](const T& v) { return tg::adaptive_meanpool(v, {.output = {5, 3}}); }, big);
+  check_dot_product([](const T& v) { return tg::adaptive_maxpool(v, {.output = {3, 4, 5}}); }, vol);
+
+  CHECK_THROWS_WITH_AS(tg::upsample(x, {.scale = {0.1}}), doctest::Contains("upsample: output size 0 along spatial dim 0 (input 3) expected at least 1"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::upsample(x, {.size = {0, 3}}), doctest::Contains("output size 0 along spatial dim 0"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::upsample(x, {.scale = {2}, .size = {4, 4}}), doctest::Contains("both .scale and .size given expected exactly one"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::upsample(x, {}), doctest::Contains("neither .scale nor .size given"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::upsample(x, {.scale = {2}, .align_corners = true}), doctest::Contains("align_corners with mode nearest"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::upsample(A::zeros({3, 4}), {.scale = {2}}),
+                       doctest::Contains("x has shape (3,4) expected (N, C, spatial...) with 1 to 3 spatial dims"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::adaptive_meanpool(x, {.output = {0}}), doctest::Contains("adaptive_meanpool: output size 0 along spatial dim 0"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::adaptive_maxpool(x, {.output = {1, 2, 3}}), doctest::Contains("adaptive_maxpool:"), tg::Error);
+}

@@ -15,6 +15,7 @@
   X(pad)                  \
   X(pool)                 \
   X(reduce)               \
+  X(resample)             \
   X(shape)                \
   X(softmax)              \
   X(unary)

@@ -79,7 +79,10 @@ tg::Tracked<T> elementwise_mix(const tg::Tracked<T>& x, const tg::Tracked<T>& y)
   const tg::BatchNormState<tg::Tracked<T>> bn{{tg::constant(tg::Array<T>::zeros({4}))}, {tg::constant(tg::Array<T>::ones({4}))}};
   auto norms = tg::batch_norm(a, y, tg::sigmoid(y), bn) + tg::layer_norm(b, y, y) +
                tg::reshape(tg::group_norm(tg::reshape(a, {3, 4, 1}), y, y, {.groups = 2}), {3, 4}) +
-               tg::dropout(b, 0.25, tg::State<tg::Tracked<T>>{tg::constant(tg::dropout_key<T>(1).value)});
+               tg::dropout(b, 0.25, tg::State<tg::Tracked<T>>{tg::constant(tg::dropout_key<T>(1).value)}) +
+               tg::slice(tg::reshape(tg::upsample(tg::reshape(a, {1, 3, 4}), {.size = {5}, .mode = tg::UpsampleMode::linear}), {3, 5}), 1, 0, 4) +
+               tg::reshape(tg::upsample(tg::adaptive_maxpool(tg::reshape(b, {1, 3, 4}), {.output = {2}}), {.scale = {2}}), {3, 4}) +
+               tg::reshape(tg::adaptive_meanpool(tg::reshape(a, {3, 1, 2, 2}), {.output = {1, 1}}), {3, 1});
   return tg::sum(tg::pow(a * a + 1.0, -b)) + tg::sum(c) + losses + tg::sum(norms * b);
 }
 

@@ -32,6 +32,7 @@
 #include "tapegrad/ops/loss.hpp"
 #include "tapegrad/ops/matmul.hpp"
 #include "tapegrad/ops/reduce.hpp"
+#include "tapegrad/ops/resample.hpp"
 #include "tapegrad/ops/shape.hpp"
 #include "tapegrad/ops/softmax.hpp"
 #include "tapegrad/ops/unary.hpp"

@@ -90,6 +90,61 @@ TEST_CASE("losses: the triple, labels as a replayable input") {
   CHECK(max_abs_diff(gy, A::zeros({4})) == 0);
 }
 
+// PyTorch's definition of weighted, smoothed cross-entropy, written out (Note [Cross-entropy as PyTorch]).
+double reference_cross_entropy(const A& logits, const A& labels, const A* w, double e) {
+  const std::int64_t n = logits.shape()[0], c = logits.shape()[1];
+  double nll = 0, smooth = 0, total = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    double m = -1e300, s = 0;
+    for (std::int64_t j = 0; j < c; ++j) m = std::max(m, logits(i, j));
+    for (std::int64_t j = 0; j < c; ++j) s += std::exp(logits(i, j) - m);
+    auto logp = [&](std::int64_t j) { return logits(i, j) - m - std::log(s); };
+    const auto k = static_cast<std::int64_t>(labels.data()[i]);
+    const double wk = w ? w->data()[k] : 1.0;
+    total += wk;
+    nll -= wk * logp(k);
+    for (std::int64_t j = 0; j < c; ++j) smooth -= (w ? w->data()[j] : 1.0) * logp(j);
+  }
+  return ((1 - e) * nll + e / static_cast<double>(c) * smooth) / total;
+}
+
+TEST_CASE("cross_entropy: label smoothing and class weights, PyTorch's definitions") {
+  // Hand-worked: logits (1, 0), label 0, smoothing 0.2: 0.8 * log(1 + e^-1) + 0.1 * (2 log(1 + e^-1) + 1).
+  const double a = std::log(1 + std::exp(-1.0));
+  const A one({1, 2}, {1, 0});
+  CHECK(tg::cross_entropy(one, A({1}, {0}), {.label_smoothing = 0.2}).item() == doctest::Approx(0.8 * a + 0.1 * (2 * a + 1)).epsilon(1e-14));
+  // Weights (2, 1), labels (0, 1) on equal rows: (2 a + (a + 1)) / 3.
+  const A two({2, 2}, {1, 0, 1, 0});
+  CHECK(tg::cross_entropy(two, A({2}, {0, 1}), A({2}, {2, 1})).item() == doctest::Approx((3 * a + 1) / 3).epsilon(1e-14));
+  const A logits = A::random_uniform({6, 4}, -2, 2, 71), labels({6}, {0, 3, 1, 1, 2, 3}), w({4}, {0.5, 2, 1, 3});
+  for (const double e : {0.0, 0.1, 1.0}) {
+    CAPTURE(e);
+    CHECK(tg::cross_entropy(logits, labels, {.label_smoothing = e}).item() ==
+          doctest::Approx(reference_cross_entropy(logits, labels, nullptr, e)).epsilon(1e-13));
+    CHECK(tg::cross_entropy(logits, labels, w, {.label_smoothing = e}).item() ==
+          doctest::Approx(reference_cross_entropy(logits, labels, &w, e)).epsilon(1e-13));
+    // The triple: logits and weights differentiable, labels constant.
+    const A logits2 = A::random_uniform({6, 4}, -2, 2, 72), w2({4}, {1, 1, 2, 0.25});
+    check_op([&labels, e](const T& z, const T& weights) { return tg::cross_entropy(z, tg::constant(labels), weights, {.label_smoothing = e}); },
+             std::tuple{logits, w}, std::tuple{logits2, w2});
+    check_op([&labels, e](const T& z) { return tg::cross_entropy(z, tg::constant(labels), {.label_smoothing = e}); }, std::tuple{logits},
+             std::tuple{logits2});
+    const A big = A::random_uniform({64, 10}, -3, 3, 73), wb = A::random_uniform({10}, 0.5, 2, 74);
+    std::vector<std::int64_t> lb(64);
+    for (std::size_t i = 0; i < lb.size(); ++i) lb[i] = static_cast<std::int64_t>((i * 7) % 10);
+    const std::vector<double> lbd(lb.begin(), lb.end());
+    const A lba({64}, std::span<const double>(lbd));
+    check_dot_product([&](const T& v, const T& weights) { return tg::cross_entropy(v, tg::constant(lba), weights, {.label_smoothing = e}); },
+                      big, wb);
+  }
+  CHECK_THROWS_WITH_AS(tg::cross_entropy(logits, labels, A::ones({3})), doctest::Contains("weights have shape (3) expected (4) one per class"),
+                       tg::Error);
+  CHECK_THROWS_WITH_AS(tg::cross_entropy(logits, labels, {.label_smoothing = 1.5}),
+                       doctest::Contains("label_smoothing (1.5) expected a number in [0, 1]"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::cross_entropy(logits, labels, A::zeros({4})), doctest::Contains("the weights of this batch's labels sum to 0"),
+                       tg::Error);
+}
+
 TEST_CASE("softmax and losses: dot-product test on realistic shapes") {
   const A x = A::random_uniform({64, 10}, -3, 3, 1);
   check_dot_product([](const T& v) { return tg::softmax(v, 1) + tg::log_softmax(v, 0); }, x);

@@ -127,13 +127,30 @@ std::int64_t label_at(const Array<T>& labels, std::int64_t i, std::int64_t class
 }
 }  // namespace
 
+struct CrossEntropyOpParams : OpParams {
+  CrossEntropyParams user;
+};
+
+// The per-class weights of a call (1 for every class without a weights input).
+template <class T>
+T class_weight(std::span<const Array<T>* const> in, std::int64_t c) {
+  return in.size() == 3 ? in[2]->data()[c] : T(1);
+}
+
+// Note [Cross-entropy as PyTorch]: with weights w, label smoothing e and C classes,
+//   loss = ((1 - e) sum_i w[y_i] (-logp[i, y_i]) + e / C sum_i sum_c w[c] (-logp[i, c])) / W,
+//   W = sum_i w[y_i]  (N without weights),
+// PyTorch's mean reduction. The saved buffer holds the log-probabilities, so
+// that the weights' gradient reads -logp exactly, even where p underflows.
 template <class T>
 OpInfo<T> cross_entropy_row() {
   OpInfo<T> r;
   r.name = "cross_entropy";
-  r.arity = 2;
-  r.n_saved = 1;  // softmax probabilities (N, C), for the pullback
-  r.shape = [](const OpParams*, std::span<const Shape* const> s) {
+  r.arity = kVariadic;  // logits, labels, and optionally the class weights (C)
+  r.n_saved = 1;  // log-softmax (N, C), for the pullback
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    if (s.size() != 2 && s.size() != 3)
+      fail("cross_entropy", fmt::format("got {} inputs expected (logits, labels) or (logits, labels, weights)", s.size()));
     const Shape &logits = *s[0], &labels = *s[1];
     if (logits.rank() != 2)
       fail("cross_entropy", fmt::format("logits have shape {} expected (N, C); hint: reshape to (-1, classes)", to_string(logits)));
@@ -142,32 +159,80 @@ OpInfo<T> cross_entropy_row() {
                                         logits[0], to_string(logits)));
     if (logits[0] == 0 || logits[1] == 0)
       fail("cross_entropy", fmt::format("logits {} are empty expected at least one row and one class", to_string(logits)));
+    if (s.size() == 3 && !(*s[2] == Shape{logits[1]}))
+      fail("cross_entropy", fmt::format("weights have shape {} expected ({}) one per class of logits {}", to_string(*s[2]),
+                                        logits[1], to_string(logits)));
+    const double e = p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0;
+    if (!(e >= 0 && e <= 1)) fail("cross_entropy", fmt::format("label_smoothing ({}) expected a number in [0, 1]", e));
     return Shape{};
   };
   r.forward = [](const ForwardCall<T>& c) {
     const Array<T>&x = *c.inputs[0], &labels = *c.inputs[1];
     const std::int64_t n = x.shape()[0], classes = x.shape()[1];
-    Array<T>& probs = c.saved[0];
-    if (!(probs.shape() == x.shape())) probs = Array<T>::uninitialized(x.shape());
-    kernels::softmax_forward<true>(x.data(), probs.data(), {n, classes, 1});  // log-probabilities
-    T loss = T(0);
-    for (std::int64_t i = 0; i < n; ++i) loss -= probs.data()[i * classes + label_at(labels, i, classes)];
-    for (auto& v : probs) v = std::exp(v);
-    c.output.data()[0] = loss / static_cast<T>(n);
+    const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
+    Array<T>& logp = c.saved[0];
+    if (!(logp.shape() == x.shape())) logp = Array<T>::uninitialized(x.shape());
+    kernels::softmax_forward<true>(x.data(), logp.data(), {n, classes, 1});
+    double nll = 0, smooth = 0, total_weight = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T* row = logp.data() + i * classes;
+      const std::int64_t k = label_at(labels, i, classes);
+      const double w = static_cast<double>(class_weight(c.inputs, k));
+      total_weight += w;
+      nll -= w * static_cast<double>(row[k]);
+      if (e > 0)
+        for (std::int64_t j = 0; j < classes; ++j) smooth -= static_cast<double>(class_weight(c.inputs, j)) * static_cast<double>(row[j]);
+    }
+    if (!(total_weight != 0))
+      fail("cross_entropy", fmt::format("the weights of this batch's labels sum to {} expected a nonzero sum (the mean's divisor)", total_weight));
+    c.output.data()[0] = static_cast<T>(((1 - e) * nll + e / static_cast<double>(classes) * smooth) / total_weight);
   };
-  // dlogits += dloss / N * (softmax - onehot(labels)); labels: Note [Labels are not differentiable].
+  // dlogits[i] += dloss / W ((1 - e) w[y_i] (p_i - onehot(y_i)) + e / C (p_i sum_c w[c] - w));
+  // labels: Note [Labels are not differentiable]; weights: d(A / W) = (dA - loss dW) / W.
   r.pullback = [](const PullbackCall<T>& c) {
     Array<T>* dx = c.input_adjoints[0];
-    if (!dx) return;
-    const Array<T>&probs = c.saved[0], &labels = *c.inputs[1];
-    const std::int64_t n = probs.shape()[0], classes = probs.shape()[1];
-    const T scale = c.output_adjoint.data()[0] / static_cast<T>(n);
+    Array<T>* dw = c.input_adjoints.size() == 3 ? c.input_adjoints[2] : nullptr;
+    if (!dx && !dw) return;
+    const Array<T>&logp = c.saved[0], &labels = *c.inputs[1];
+    const std::int64_t n = logp.shape()[0], classes = logp.shape()[1];
+    const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
+    double total_weight = 0, weight_sum = 0;
+    for (std::int64_t i = 0; i < n; ++i) total_weight += static_cast<double>(class_weight(c.inputs, label_at(labels, i, classes)));
+    for (std::int64_t j = 0; j < classes; ++j) weight_sum += static_cast<double>(class_weight(c.inputs, j));
+    const double g = static_cast<double>(c.output_adjoint.data()[0]) / total_weight, smooth = e / static_cast<double>(classes);
+    const double loss = static_cast<double>(c.output.data()[0]);
     for (std::int64_t i = 0; i < n; ++i) {
-      T* row_grad = dx->data() + i * classes;
-      const T* p = probs.data() + i * classes;
-      for (std::int64_t j = 0; j < classes; ++j) row_grad[j] += scale * p[j];
-      row_grad[label_at(labels, i, classes)] -= scale;
+      const T* row = logp.data() + i * classes;
+      const std::int64_t k = label_at(labels, i, classes);
+      if (dx) {
+        T* row_grad = dx->data() + i * classes;
+        const double wk = static_cast<double>(class_weight(c.inputs, k));
+        const double scale = g * ((1 - e) * wk + smooth * weight_sum);
+        for (std::int64_t j = 0; j < classes; ++j)
+          row_grad[j] += static_cast<T>(scale * std::exp(static_cast<double>(row[j])) -
+                                        g * smooth * static_cast<double>(class_weight(c.inputs, j)));
+        row_grad[k] -= static_cast<T>(g * (1 - e) * wk);
+      }
+      if (dw) {
+        T* wg = dw->data();
+        wg[k] += static_cast<T>(g * ((1 - e) * -static_cast<double>(row[k]) - loss));
+        if (e > 0)
+          for (std::int64_t j = 0; j < classes; ++j) wg[j] += static_cast<T>(g * smooth * -static_cast<double>(row[j]));
+      }
     }
+  };
+  r.print_params = [](const OpParams* p) {
+    const double e = p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0;
+    return e == 0 ? std::string() : fmt::format("label_smoothing={}", e);
+  };
+  r.save_params = [](const OpParams* p, ParamWriter& w) {
+    if (p) w.f64(params_as<CrossEntropyOpParams>(p).user.label_smoothing);  // none: the bytes of a file from before
+  };
+  r.load_params = [](ParamReader& in) -> std::shared_ptr<const OpParams> {
+    if (in.at_end()) return nullptr;  // a file from before label smoothing: no params
+    auto p = std::make_shared<CrossEntropyOpParams>();
+    p->user.label_smoothing = in.f64("label_smoothing");
+    return p;
   };
   return r;
 }
@@ -180,9 +245,20 @@ template <class T>
 Tracked<T> mse_tracked(const Operand<T>& pred, const Operand<T>& target, const std::source_location& where) {
   return record_op(mse_op<T>(), nullptr, {pred, target}, where);
 }
+std::shared_ptr<const OpParams> cross_entropy_params(const CrossEntropyParams& p) {
+  if (p.label_smoothing == 0) return nullptr;  // the tape prints and saves as before label smoothing
+  auto out = std::make_shared<CrossEntropyOpParams>();
+  out->user = p;
+  return out;
+}
 template <class T>
-Tracked<T> cross_entropy_tracked(const Operand<T>& logits, const Operand<T>& labels, const std::source_location& where) {
-  return record_op(cross_entropy_op<T>(), nullptr, {logits, labels}, where);
+Tracked<T> cross_entropy_tracked(std::span<const Operand<T>> operands, const CrossEntropyParams& p, const std::source_location& where) {
+  return record_op(cross_entropy_op<T>(), cross_entropy_params(p), operands, where);
+}
+template <class T>
+Array<T> cross_entropy_eval(std::span<const Array<T>* const> inputs, const CrossEntropyParams& p, const std::source_location& where) {
+  const auto params = cross_entropy_params(p);
+  return evaluate_op(cross_entropy_op<T>(), params.get(), inputs, where);
 }
 std::shared_ptr<const OpParams> smooth_l1_params(double beta, const std::source_location& where) {
   if (!(beta >= 0))
@@ -231,8 +307,12 @@ Array<T> labels_array(const std::vector<std::int64_t>& labels) {
 
 template Tracked<float> mse_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
 template Tracked<double> mse_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
-template Tracked<float> cross_entropy_tracked(const Operand<float>&, const Operand<float>&, const std::source_location&);
-template Tracked<double> cross_entropy_tracked(const Operand<double>&, const Operand<double>&, const std::source_location&);
+#define TG_INSTANTIATE(T)                                                                                                      \
+  template Tracked<T> cross_entropy_tracked(std::span<const Operand<T>>, const CrossEntropyParams&, const std::source_location&); \
+  template Array<T> cross_entropy_eval(std::span<const Array<T>* const>, const CrossEntropyParams&, const std::source_location&);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
 
 
 }  // namespace tg::ops
@@ -244,7 +324,8 @@ Array<T> mse(const Array<T>& pred, const Array<T>& target, std::source_location 
   return evaluate_op(ops::mse_op<T>(), nullptr, {&pred, &target}, where);
 }
 template <class T>
-Tracked<T> cross_entropy(const Tracked<T>& logits, const std::vector<std::int64_t>& labels, std::source_location where) {
+Tracked<T> cross_entropy(const Tracked<T>& logits, const std::vector<std::int64_t>& labels, const CrossEntropyParams& p,
+                         std::source_location where) {
   if (logits.tape()->refuses_captures())
     throw Error("cross_entropy", fmt::format("labels given as a std::vector ({} labels) are copied into the tape, and a "
                             "replay would keep this batch's labels expected labels as an argument; hint: pass them "
@@ -253,23 +334,21 @@ Tracked<T> cross_entropy(const Tracked<T>& logits, const std::vector<std::int64_
                             labels.size()))
         .with_site(where);
   const Array<T> l = ops::labels_array<T>(labels);
-  return ops::cross_entropy_tracked<T>(Operand<T>(logits, where), Operand<T>(l, where), where);
+  const Operand<T> operands[] = {Operand<T>(logits, where), Operand<T>(l, where)};
+  return ops::cross_entropy_tracked<T>(operands, p, where);
 }
 template <class T>
-Array<T> cross_entropy(const Array<T>& logits, const Array<T>& labels, std::source_location where) {
-  return evaluate_op(ops::cross_entropy_op<T>(), nullptr, {&logits, &labels}, where);
-}
-template <class T>
-Array<T> cross_entropy(const Array<T>& logits, const std::vector<std::int64_t>& labels, std::source_location where) {
+Array<T> cross_entropy(const Array<T>& logits, const std::vector<std::int64_t>& labels, const CrossEntropyParams& p,
+                       std::source_location where) {
   const Array<T> l = ops::labels_array<T>(labels);
-  return cross_entropy(logits, l, where);
+  return cross_entropy(logits, l, p, where);
 }
 
 #define TG_INSTANTIATE(T)                                                                                  \
   template Array<T> mse(const Array<T>&, const Array<T>&, std::source_location);                           \
-  template Tracked<T> cross_entropy(const Tracked<T>&, const std::vector<std::int64_t>&, std::source_location); \
-  template Array<T> cross_entropy(const Array<T>&, const Array<T>&, std::source_location);                 \
-  template Array<T> cross_entropy(const Array<T>&, const std::vector<std::int64_t>&, std::source_location);
+  template Tracked<T> cross_entropy(const Tracked<T>&, const std::vector<std::int64_t>&, const CrossEntropyParams&, \
+                                    std::source_location);                                                 \
+  template Array<T> cross_entropy(const Array<T>&, const std::vector<std::int64_t>&, const CrossEntropyParams&, std::source_location);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE

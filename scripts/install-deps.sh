@@ -3,7 +3,9 @@
 #   --tests       also what only the test command needs (Graphviz, clang 16 for the fuzz target)
 #   --with-torch  also LibTorch (libtorch-dev), the comparison in benchmarks (large; never a library dependency)
 set -euo pipefail
-packages=(cmake ninja-build g++ libfmt-dev libopenblas-openmp-dev libfftw3-dev zlib1g-dev doctest-dev dataset-fashion-mnist nlohmann-json3-dev)
+packages=(cmake ninja-build g++ libfmt-dev libopenblas-openmp-dev libfftw3-dev zlib1g-dev doctest-dev dataset-fashion-mnist nlohmann-json3-dev
+          libpng-dev gnuplot-nox)
+# libpng-dev: the denoising example's image grid; gnuplot-nox: the training charts.
 # graphviz: the tests render tapedump's DOT output; clang-16 and its runtimes: the
 # tape-file loader's libFuzzer target (clang 15+ for std::source_location).
 # python3-numpy: an independent reader of the safetensors checkpoints.

@@ -1,61 +1,40 @@
-// A small SVG line chart for training curves: one or two series over a shared
-// x axis, each with its own y range, axes with min/max labels. No dependency.
+// Training curves as a picture, drawn by gnuplot (Debian's gnuplot-nox) from
+// the CSV files the run writes: the batch loss (a moving average) on the left
+// axis, the test accuracy per epoch on the right, both over the whole run,
+// with ticks, axis labels and a key. Without gnuplot the CSV files remain and
+// a line says how to get the picture.
 #pragma once
 
-#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <string>
-#include <vector>
 
 #include <fmt/format.h>
 
 namespace cnn {
 
-struct Series {
-  std::string name, colour;
-  std::vector<double> x, y;
-};
-
-inline void write_svg(const std::string& path, const std::string& title, const std::string& x_label,
-                      const std::vector<Series>& series) {
-  const double W = 720, H = 420, left = 70, right = 70, top = 40, bottom = 50;
-  double x0 = 1e300, x1 = -1e300;
-  for (const auto& s : series)
-    for (double v : s.x) x0 = std::min(x0, v), x1 = std::max(x1, v);
-  if (!(x1 > x0)) x1 = x0 + 1;
-  std::string body;
-  body += fmt::format(R"(<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#888"/>)", left, top, W - left - right,
-                      H - top - bottom);
-  body += fmt::format(R"(<text x="{}" y="22" font-size="16" text-anchor="middle">{}</text>)", W / 2, title);
-  body += fmt::format(R"(<text x="{}" y="{}" font-size="12" text-anchor="middle">{}</text>)", W / 2, H - 12, x_label);
-  body += fmt::format(R"(<text x="{}" y="{}" font-size="11" text-anchor="start">{:g}</text>)", left, H - bottom + 16, x0);
-  body += fmt::format(R"(<text x="{}" y="{}" font-size="11" text-anchor="end">{:g}</text>)", W - right, H - bottom + 16, x1);
-  for (std::size_t k = 0; k < series.size(); ++k) {
-    const auto& s = series[k];
-    if (s.y.empty()) continue;
-    double y0 = *std::min_element(s.y.begin(), s.y.end()), y1 = *std::max_element(s.y.begin(), s.y.end());
-    if (!(y1 > y0)) y1 = y0 + 1;
-    std::string points;
-    for (std::size_t i = 0; i < s.x.size(); ++i) {
-      const double px = left + (s.x[i] - x0) / (x1 - x0) * (W - left - right);
-      const double py = H - bottom - (s.y[i] - y0) / (y1 - y0) * (H - top - bottom);
-      points += fmt::format("{:.1f},{:.1f} ", px, py);
-    }
-    body += fmt::format(R"(<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>)", s.colour, points);
-    // this series' y range, on its own side
-    const bool on_left = k == 0;
-    const double tx = on_left ? left - 6 : W - right + 6;
-    const char* anchor = on_left ? "end" : "start";
-    body += fmt::format(R"(<text x="{}" y="{}" font-size="11" fill="{}" text-anchor="{}">{:.3g}</text>)", tx, top + 10, s.colour,
-                        anchor, y1);
-    body += fmt::format(R"(<text x="{}" y="{}" font-size="11" fill="{}" text-anchor="{}">{:.3g}</text>)", tx, H - bottom, s.colour,
-                        anchor, y0);
-    body += fmt::format(R"(<text x="{}" y="{}" font-size="12" fill="{}" text-anchor="{}">{}</text>)", tx, (top + H - bottom) / 2,
-                        s.colour, anchor, s.name);
+// steps_csv: epoch_progress,batch_loss,smoothed_loss; epochs_csv: epoch,train_loss,test_accuracy.
+// Returns whether `svg` was written.
+inline bool plot_curves(const std::string& steps_csv, const std::string& epochs_csv, const std::string& svg,
+                        const std::string& title) {
+  const std::string script = svg.substr(0, svg.size() - 4) + ".gp";
+  std::ofstream gp(script);
+  gp << "set terminal svg size 800,450 dynamic font 'sans,12' background rgb 'white'\n"
+     << fmt::format("set output '{}'\n", svg) << "set datafile separator ','\n"
+     << fmt::format("set title '{}'\n", title) << "set key top center horizontal\n"
+     << "set xlabel 'epoch'\nset ylabel 'training loss (moving average)' textcolor rgb '#1f77b4'\n"
+     << "set y2label 'test accuracy (%)' textcolor rgb '#d62728'\nset ytics nomirror\nset y2tics\n"
+     << "set grid xtics ytics lc rgb '#dddddd'\nset xrange [0:*]\nset yrange [0:*]\nset y2range [0:100]\nset offsets 0, 0, graph 0.05, 0\n"
+     << fmt::format("plot '{}' using 1:3 skip 1 with lines lw 2 lc rgb '#1f77b4' title 'training loss', \\\n", steps_csv)
+     << fmt::format("     '{}' using 1:($3*100) skip 1 axes x1y2 with linespoints lw 2 pt 7 lc rgb '#d62728' title 'test accuracy'\n",
+                    epochs_csv);
+  gp.close();
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+    fmt::print("gnuplot is not installed (Debian: gnuplot-nox): the curves stay in {} and {}; draw them with gnuplot {}\n",
+               steps_csv, epochs_csv, script);
+    return false;
   }
-  std::ofstream out(path);
-  out << fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">)", W, H)
-      << R"(<rect width="100%" height="100%" fill="white"/>)" << body << "</svg>\n";
+  return std::system(fmt::format("gnuplot '{}'", script).c_str()) == 0;
 }
 
 }  // namespace cnn

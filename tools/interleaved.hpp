@@ -1,0 +1,202 @@
+// Trainings in forked processes that take turns on the machine, for the
+// benchmarks that compare whole trainings (bench_lenet, bench_resnet).
+//
+// Each framework trains in its own forked process, so that neither sees the
+// other's threads or heap. Memory: the process's peak resident set (VmHWM,
+// which includes the data the parent loaded) and the peak growth above the
+// resident set at the child's start (the training's own memory).
+//
+// Note [Interleaved trainings]: a shared machine's speed drifts, by 20-40%
+// over minutes on the 2-core VMs this was measured on, so trainings run one
+// after another compare the machine's moods as much as the engines. The
+// trainings therefore take turns: the parent lets one child run --turn-steps
+// steps while the others wait blocked on a pipe, then the next, round robin,
+// and each child's clock counts only its own turns. Drift then falls on every
+// engine alike. --turn-steps 0 runs them one after another instead.
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <tapegrad/tapegrad.hpp>
+
+namespace tgbench {
+
+constexpr int kMaxEpochs = 16;
+
+// What a child process sends back through a pipe (plain data).
+struct Result {
+  int epochs = 0;
+  double seconds[kMaxEpochs] = {}, accuracy[kMaxEpochs] = {}, loss[kMaxEpochs] = {};
+  double start_rss_mib = 0, peak_rss_mib = 0;
+};
+
+
+// A field of /proc/self/status in MiB ("VmRSS", "VmHWM").
+double status_mib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  double kib = 0;
+  while (in >> key) {
+    if (key == std::string(field) + ":") {
+      in >> kib;
+      return kib / 1024;
+    }
+    in.ignore(1 << 12, '\n');
+  }
+  return 0;
+}
+
+// Resets the peak resident set to the current one (Linux: clear_refs 5).
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A child's side of the turns (Note [Interleaved trainings]): `go` carries the
+// parent's permission to run, `back` the child's messages ('t': my turn is
+// over, 'f': finished, followed by its Result). Without pipes (one training at
+// a time) a child never waits.
+class Turns {
+ public:
+  Turns(int go, int back, int turn_steps) : go_(go), back_(back), turn_steps_(turn_steps) {}
+  // Blocks until the parent gives this child its turn.
+  void wait() const {
+    char c = 0;
+    if (go_ >= 0 && read(go_, &c, 1) != 1) _exit(3);  // the parent is gone
+  }
+  // After each training step: at the end of a turn, hands the machine on and
+  // waits for the next turn. Returns the seconds spent waiting (0 otherwise).
+  double after_step() {
+    if (go_ < 0 || turn_steps_ == 0 || ++steps_ % turn_steps_ != 0) return 0;
+    const auto start = Clock::now();
+    send('t');
+    wait();
+    return since(start);
+  }
+  void send(char c) const {
+    if (back_ >= 0 && write(back_, &c, 1) != 1) _exit(3);
+  }
+
+ private:
+  int go_, back_, turn_steps_;
+  std::int64_t steps_ = 0;
+};
+
+
+using Training = std::function<Result(Turns&)>;
+
+// One training in a forked child: its pipes from and to the parent.
+struct Child {
+  pid_t pid = -1;
+  int go = -1, back = -1;
+  bool finished = false;
+  Result result;
+};
+
+Child fork_child(const Training& train, int turn_steps) {
+  int go[2], back[2];
+  if (pipe(go) != 0 || pipe(back) != 0) tg::fail("bench", "pipe failed");
+  std::fflush(stdout);
+  Child c;
+  c.pid = fork();
+  if (c.pid < 0) tg::fail("bench", "fork failed");
+  if (c.pid == 0) {
+    close(go[1]);
+    close(back[0]);
+    Turns turns(go[0], back[1], turn_steps);
+    turns.wait();
+    reset_peak_rss();
+    const double start_rss = status_mib("VmRSS");
+    Result r = train(turns);
+    r.start_rss_mib = start_rss;
+    std::fflush(stdout);
+    turns.send('f');
+    const ssize_t written = write(back[1], &r, sizeof r);
+    _exit(written == sizeof r ? 0 : 1);
+  }
+  close(go[0]);
+  close(back[1]);
+  c.go = go[1];
+  c.back = back[0];
+  return c;
+}
+
+// Gives child c one turn: returns when it hands the machine back or finishes.
+void give_turn(Child& c) {
+  char msg = 'g';
+  if (write(c.go, &msg, 1) != 1 || read(c.back, &msg, 1) != 1)
+    tg::fail("bench", "a training process failed (see its output above)");
+  if (msg != 'f') return;
+  c.finished = true;
+  if (read(c.back, &c.result, sizeof c.result) != sizeof c.result) tg::fail("bench", "a training process sent no result");
+}
+
+// Runs the trainings in forked children, in turns of turn_steps steps each
+// (Note [Interleaved trainings]), or one after another when turn_steps is 0.
+std::vector<Result> run_trainings(const std::vector<Training>& trainings, int turn_steps) {
+  std::vector<Child> children;
+  for (const Training& t : trainings) {
+    children.push_back(fork_child(t, turn_steps));
+    if (turn_steps == 0) give_turn(children.back());  // runs to the end: the next starts after it
+  }
+  for (bool running = true; running;) {
+    running = false;
+    for (Child& c : children)
+      if (!c.finished) {
+        give_turn(c);
+        running = true;
+      }
+  }
+  std::vector<Result> results;
+  for (Child& c : children) {
+    int status = 0;
+    waitpid(c.pid, &status, 0);
+    close(c.go);
+    close(c.back);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      tg::fail("bench", "a training process failed (see its output above)");
+    results.push_back(c.result);
+  }
+  return results;
+}
+
+struct Run {
+  const char* name;
+  Result result;
+};
+
+// Seconds, images/s and accuracy per epoch for every run, each ratio against the last run (LibTorch when compared).
+void print_table(const std::vector<Run>& runs, std::int64_t images) {
+  const Run& base = runs.back();
+  fmt::print("\n{:<6}", "epoch");
+  for (const Run& r : runs) fmt::print(" | {:>22}", r.name);
+  fmt::print("   (seconds, images/s, time ratio to {})\n", base.name);
+  for (int e = 0; e < base.result.epochs; ++e) {
+    fmt::print("{:<6}", e + 1);
+    for (const Run& r : runs)
+      fmt::print(" | {:6.1f} s {:5.0f}/s {:4.2f}x", r.result.seconds[e], double(images) / r.result.seconds[e],
+                 r.result.seconds[e] / base.result.seconds[e]);
+    fmt::print("\n");
+  }
+  for (int e = 0; e < base.result.epochs; ++e) {
+    fmt::print("test accuracy after epoch {}:", e + 1);
+    for (const Run& r : runs) fmt::print("  {} {:.2f}%", r.name, 100 * r.result.accuracy[e]);
+    fmt::print("\n");
+  }
+  fmt::print("peak resident memory (the training's own growth above the child's start):\n");
+  for (const Run& r : runs)
+    fmt::print("  {:<18} {:5.0f} MiB ({:4.0f} MiB)  ratio to {} {:.2f}x ({:.2f}x)\n", r.name, r.result.peak_rss_mib,
+               r.result.peak_rss_mib - r.result.start_rss_mib, base.name, r.result.peak_rss_mib / base.result.peak_rss_mib,
+               (r.result.peak_rss_mib - r.result.start_rss_mib) / (base.result.peak_rss_mib - base.result.start_rss_mib));
+}
+
+
+}  // namespace tgbench

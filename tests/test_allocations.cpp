@@ -115,6 +115,7 @@ T norms(const T& x) {
   const tg::BatchNormState<T> bn{{tg::constant(A::zeros({2}))}, {tg::constant(A::ones({2}))}};
   return tg::sum(tg::relu(tg::batch_norm(x, g, b, bn)) * x) + tg::sum(tg::layer_norm(x, {.dims = 2}) * x) +
          tg::sum(tg::group_norm(x, g, b, {.groups = 1}) * x) +
+         tg::sum(tg::relu(tg::batch_norm(tg::conv(x, tg::constant(A::ones({2, 2, 1, 1}))), g, b, bn, {.training = false})) * x) +
          tg::sum(tg::dropout2d(x, 0.5, tg::State<T>{tg::constant(tg::dropout_key<double>(4).value)}) * x) +
          tg::sum(tg::upsample(x, {.scale = {2, 1.5}, .mode = tg::UpsampleMode::linear})) +
          tg::sum(tg::upsample(x, {.scale = {2}})) + tg::sum(tg::adaptive_maxpool(x, {.output = {3, 1}})) +

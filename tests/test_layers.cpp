@@ -390,3 +390,57 @@ TEST_CASE("upsample and adaptive pools: the triple, the dot-product test, bad in
                        tg::Error);
   CHECK_THROWS_WITH_AS(tg::adaptive_maxpool(x, {.output = {1, 2, 3}}), doctest::Contains("adaptive_maxpool:"), tg::Error);
 }
+
+// ---- the compiler: evaluation-mode batch norm folded into its conv ----------------------
+
+namespace {
+template <class M>
+struct ConvBnNet {
+  M w, b, gamma, beta, w2;
+  tg::BatchNormState<M> bn;
+};
+}  // namespace
+
+TEST_CASE("compile: an evaluation-mode batch_norm folds into its conv, values and every gradient unchanged") {
+  ConvBnNet<A> net{A::random_uniform({6, 3, 3, 3}, -0.5, 0.5, 81), A::random_uniform({6}, -0.5, 0.5, 82),
+                   A::random_uniform({6}, 0.5, 1.5, 83),          A::random_uniform({6}, -0.5, 0.5, 84),
+                   A::random_uniform({4, 6, 3, 3}, -0.5, 0.5, 85),
+                   {{A::random_uniform({6}, -0.2, 0.2, 86)}, {A::random_uniform({6}, 0.5, 2, 87)}}};
+  const A x = A::random_uniform({2, 3, 9, 8}, -1, 1, 88), x2 = A::random_uniform({2, 3, 9, 8}, -1, 1, 89);
+  for (const bool with_bias : {true, false})
+    for (const bool relu : {true, false}) {
+      CAPTURE(with_bias);
+      CAPTURE(relu);
+      auto f = [with_bias, relu](const ConvBnNet<T>& p, const T& v) {
+        const T c = with_bias ? tg::conv(v, p.w, p.b, {.padding = {1}}) : tg::conv(v, p.w, {.stride = {2}});
+        const T y = tg::batch_norm(c, p.gamma, p.beta, p.bn, {.training = false, .eps = 1e-3});
+        return tg::sum(tg::conv(relu ? tg::relu(y) : y, p.w2) * 0.5);
+      };
+      auto tape = tg::record(f, net, x);
+      auto folded = tg::compile(tape), plain = tg::compile(tape, {.fold_norms = false});
+      CHECK(folded.program().steps().size() + 1 == plain.program().steps().size());
+      CHECK(tg::dump(folded).find("+batch_norm[eval eps=0.001]") != std::string::npos);
+      for (const A& input : {x, x2}) {
+        const auto [g_ref, gx_ref] = tape.gradient(net, input);
+        const double v_ref = tape.value();
+        auto check = [&](auto& program) {
+          const auto [g, gx] = program.gradient(net, input);
+          CHECK(std::abs(program.value() - v_ref) < 1e-10);
+          CHECK(max_abs_diff(gx, gx_ref) < 1e-10);
+          CHECK(max_abs_diff(g.w, g_ref.w) < 1e-10);
+          CHECK(max_abs_diff(g.b, g_ref.b) < 1e-10);
+          CHECK(max_abs_diff(g.gamma, g_ref.gamma) < 1e-10);
+          CHECK(max_abs_diff(g.beta, g_ref.beta) < 1e-10);
+          CHECK(max_abs_diff(g.w2, g_ref.w2) < 1e-10);
+        };
+        check(folded);
+        check(plain);
+      }
+    }
+  // Training mode: batch statistics, nothing folded.
+  auto train = [](const ConvBnNet<T>& p, const T& v) {
+    return tg::sum(tg::batch_norm(tg::conv(v, p.w, p.b), p.gamma, p.beta, p.bn) * 0.5);
+  };
+  const auto ct = tg::compile(tg::record(train, net, x));
+  CHECK(tg::dump(ct).find("+batch_norm") == std::string::npos);
+}

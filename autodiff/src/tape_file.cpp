@@ -27,17 +27,17 @@ constexpr const char* kContext = "tape file";
 
 static_assert(std::endian::native == std::endian::little, "tape files are written little-endian, as the host stores them");
 
-constexpr std::uint32_t kOptionBits = 63;  // one bit per CompileOptions field
+constexpr std::uint32_t kOptionBits = 127;  // one bit per CompileOptions field
 
 std::uint32_t options_bits(const CompileOptions& o) {
   return (o.dead_code ? 1u : 0u) | (o.plan_memory ? 2u : 0u) | (o.fuse_epilogues ? 4u : 0u) | (o.fuse_elementwise ? 8u : 0u) |
-         (o.share_views ? 16u : 0u) | (o.tune_algorithms ? 32u : 0u);
+         (o.share_views ? 16u : 0u) | (o.tune_algorithms ? 32u : 0u) | (o.fold_norms ? 64u : 0u);
 }
 
 CompileOptions options_from_bits(std::uint32_t bits) {
   return {.dead_code = (bits & 1) != 0, .plan_memory = (bits & 2) != 0, .fuse_epilogues = (bits & 4) != 0,
           .fuse_elementwise = (bits & 8) != 0, .share_views = (bits & 16) != 0,
-          .tune_algorithms = (bits & 32) != 0};
+          .tune_algorithms = (bits & 32) != 0, .fold_norms = (bits & 64) != 0};
 }
 
 void write_site(ParamWriter& w, const Site& s) {

@@ -39,7 +39,7 @@ int main(int argc, char** argv) try {
   cnn::ResnetParams net = cnn::resnet_init(width, o.seed);
   const cnn::RunResult r = cnn::train(o, fmt::format("ResNet (width {}) on Fashion-MNIST (tapegrad)", width), "resnet", net,
                                       cnn::resnet_loss, cnn::resnet_accuracy, train, test, n_train, n_test, epochs);
-  return o.quick ? cnn::quick_check(r, 0.5) : 0;
+  return o.quick ? cnn::quick_check(r, 0.3) : 0;  // 25 steps: batch norm's running statistics are young
 } catch (const tg::Error& e) {
   fmt::print(stderr, "error: {}\n", e.what());
   return 2;

@@ -12,6 +12,7 @@
 #include "tapegrad/ops/conv.hpp"
 
 #include "assigned.hpp"
+#include "folding.hpp"
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
 
@@ -19,8 +20,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 
 #include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::ops {
 
@@ -33,6 +36,14 @@ struct ConvOpParams : OpParams {
   // Resolved by the plan step (Note [Plans]) in the copy an instruction keeps.
   ConvGeometry geometry;
   std::array<ConvAlgorithm, 3> algorithm{};  // the kernels' passes: forward, backward_input, backward_weight
+  // Note [Folded norms]: set by the compiler's fold_norms pass: the conv also
+  // applies an evaluation-mode batch_norm, whose gamma, beta, running mean and
+  // variance follow its own inputs (x, w[, bias]).
+  struct FoldedNorm {
+    bool on = false;
+    bool bias = false;  // the conv has a bias input
+    double eps = 0;
+  } folded;
 };
 
 namespace {
@@ -233,6 +244,100 @@ void conv_pullback_call(const PullbackCall<T>& c, const EpilogueCall<T>* activat
     kernels::conv_bias_backward(gout, gbias->data(), g.N, cp.transpose ? g.C : g.K, cp.transpose ? g.in_vol() : g.out_vol());
 }
 
+// Note [Folded norms]: with s = gamma / sqrt(var + eps) per output channel,
+//   batch_norm(conv(x, w) + b) = conv(x, s w) + s (b - mean) + beta,
+// so the forward runs the conv on folded weights and bias (scratch, computed
+// on every run from the current inputs). The pullback runs the conv's on them
+// with raw weight and bias gradients dW', db' (of the folded conv), then
+//   dw = s dW',  db = s db',  dbeta = db',  dgamma = invstd (<w, dW'> + (b - mean) db')
+// per channel: <w, dW'> is the sum of dy * conv(x, w) (the conv is bilinear), so
+// no pre-normalisation activation is kept.
+template <class T>
+struct Folded {
+  Array<T> w, b;                   // views of scratch: s w and s (b - mean) + beta
+  std::span<T> invstd;             // 1 / sqrt(var + eps)
+  std::size_t gamma = 0;           // index of gamma among the inputs (beta, mean, var follow)
+};
+
+template <class T>
+Folded<T> fold(const ConvOpParams& cp, std::span<const Array<T>* const> in, kernels::ScratchScope& scratch) {
+  Folded<T> f;
+  f.gamma = cp.folded.bias ? 3 : 2;
+  const Array<T>& w = *in[1];
+  const std::int64_t k = w.shape()[0], row = w.size() / std::max<std::int64_t>(k, 1);
+  const T *gamma = in[f.gamma]->data(), *beta = in[f.gamma + 1]->data(), *mean = in[f.gamma + 2]->data(),
+          *var = in[f.gamma + 3]->data();
+  const T* bias = cp.folded.bias ? in[2]->data() : nullptr;
+  f.w = Array<T>::borrowed(w.shape(), scratch.take<T>(w.size()).data());
+  f.b = Array<T>::borrowed(Shape{k}, scratch.take<T>(k).data());
+  f.invstd = scratch.take<T>(k);
+  for (std::int64_t c = 0; c < k; ++c) {
+    const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + cp.folded.eps);
+    const double s = static_cast<double>(gamma[c]) * inv;
+    f.invstd[c] = static_cast<T>(inv);
+    for (std::int64_t j = 0; j < row; ++j) f.w.data()[c * row + j] = static_cast<T>(s * static_cast<double>(w.data()[c * row + j]));
+    f.b.data()[c] = static_cast<T>(s * (static_cast<double>(bias ? bias[c] : T(0)) - static_cast<double>(mean[c])) +
+                                   static_cast<double>(beta[c]));
+  }
+  return f;
+}
+
+template <class T>
+void folded_forward(const ForwardCall<T>& c, const EpilogueCall<T>* activation) {
+  kernels::ScratchScope scratch;
+  const Folded<T> f = fold(params_as<ConvOpParams>(c.params), c.inputs, scratch);
+  const Array<T>* in[] = {c.inputs[0], &f.w, &f.b};
+  conv_forward_call<T>({c.params, in, c.output, c.saved}, activation);
+}
+
+template <class T>
+void folded_pullback(const PullbackCall<T>& c, const EpilogueCall<T>* activation, Array<T>* adjoint) {
+  const auto& cp = params_as<ConvOpParams>(c.params);
+  kernels::ScratchScope scratch;
+  const Folded<T> f = fold(cp, c.inputs, scratch);
+  const std::size_t gi = f.gamma;
+  Array<T>*gw = c.input_adjoints[1], *gb = cp.folded.bias ? c.input_adjoints[2] : nullptr;
+  Array<T>*ggamma = c.input_adjoints[gi], *gbeta = c.input_adjoints[gi + 1];
+  const bool parameters = gw || gb || ggamma || gbeta;
+  const Array<T>& w = *c.inputs[1];
+  const std::int64_t k = w.shape()[0], row = w.size() / std::max<std::int64_t>(k, 1);
+  Array<T> dw = Array<T>::borrowed(w.shape(), scratch.take<T>(w.size()).data());
+  Array<T> db = Array<T>::borrowed(Shape{k}, scratch.take<T>(k).data());
+  Array<T>* adj[] = {c.input_adjoints[0], parameters ? &dw : nullptr, parameters ? &db : nullptr};
+  const Array<T>* in[] = {c.inputs[0], &f.w, &f.b};
+  const std::uint32_t assign = (c.assigns(0) ? 1u : 0u) | 6u;  // dw and db hold stale scratch
+  conv_pullback_call<T>({c.params, in, c.output, c.output_adjoint, adj, c.saved, assign}, activation, adjoint);
+  if (!parameters) return;
+  for (std::size_t i = 1; i < c.input_adjoints.size(); ++i) zero_if_assigned(c, i);
+  const T *gamma = c.inputs[gi]->data(), *mean = c.inputs[gi + 2]->data();
+  const T* bias = cp.folded.bias ? c.inputs[2]->data() : nullptr;
+  for (std::int64_t ch = 0; ch < k; ++ch) {
+    const double inv = static_cast<double>(f.invstd[ch]), s = static_cast<double>(gamma[ch]) * inv;
+    const T* dw_row = dw.data() + ch * row;
+    if (gw)
+      for (std::int64_t j = 0; j < row; ++j) gw->data()[ch * row + j] += static_cast<T>(s * static_cast<double>(dw_row[j]));
+    if (gb) gb->data()[ch] += static_cast<T>(s * static_cast<double>(db.data()[ch]));
+    if (gbeta) gbeta->data()[ch] += db.data()[ch];
+    if (ggamma) {
+      double w_dot = 0;
+      for (std::int64_t j = 0; j < row; ++j) w_dot += static_cast<double>(w.data()[ch * row + j]) * static_cast<double>(dw_row[j]);
+      const double centred = static_cast<double>(bias ? bias[ch] : T(0)) - static_cast<double>(mean[ch]);
+      ggamma->data()[ch] += static_cast<T>(inv * (w_dot + centred * static_cast<double>(db.data()[ch])));
+    }
+  }
+}
+
+template <class T>
+void conv_forward_any(const ForwardCall<T>& c, const EpilogueCall<T>* activation) {
+  if (params_as<ConvOpParams>(c.params).folded.on) return folded_forward(c, activation);
+  conv_forward_call(c, activation);
+}
+template <class T>
+void conv_pullback_any(const PullbackCall<T>& c, const EpilogueCall<T>* activation, Array<T>* adjoint) {
+  if (params_as<ConvOpParams>(c.params).folded.on) return folded_pullback(c, activation, adjoint);
+  conv_pullback_call(c, activation, adjoint);
+}
+
 std::string print_list(const char* name, const std::vector<std::int64_t>& v) {
   return v.empty() ? std::string() : fmt::format(" {}=[{}]", name, fmt::join(v, ","));
 }
@@ -248,14 +353,14 @@ OpInfo<T> conv_family_row(bool transpose) {
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
     return 2.0 * params_as<ConvOpParams>(p).geometry.macs();
   };
-  r.forward = [](const ForwardCall<T>& c) { conv_forward_call<T>(c, nullptr); };
-  r.pullback = [](const PullbackCall<T>& c) { conv_pullback_call<T>(c, nullptr, nullptr); };
+  r.forward = [](const ForwardCall<T>& c) { conv_forward_any<T>(c, nullptr); };
+  r.pullback = [](const PullbackCall<T>& c) { conv_pullback_any<T>(c, nullptr, nullptr); };
   // Note [Fusion hooks]: a fused activation runs in the forward's output loop,
   // its pullback in the weight gradient's packing of the output adjoint.
   Fusion<T> fusion;
-  fusion.forward_with_epilogue = [](const ForwardCall<T>& c, const EpilogueCall<T>& e) { conv_forward_call(c, &e); };
+  fusion.forward_with_epilogue = [](const ForwardCall<T>& c, const EpilogueCall<T>& e) { conv_forward_any(c, &e); };
   fusion.pullback_with_epilogue = [](const PullbackCall<T>& c, const EpilogueCall<T>& e, Array<T>& adjoint) {
-    conv_pullback_call(c, &e, &adjoint);
+    conv_pullback_any(c, &e, &adjoint);
   };
   r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
   r.tune = &tune<T>;
@@ -271,6 +376,7 @@ OpInfo<T> conv_family_row(bool transpose) {
         u.groups != 1 ? fmt::format(" groups={}", u.groups) : "", u.flip ? " flip" : "",
         print_list("output_padding", u.output_padding), kernels::to_string(fwd), kernels::to_string(bin),
         kernels::to_string(a[2]));
+    if (cp.folded.on) out += fmt::format(" +batch_norm[eval eps={}]", cp.folded.eps);
     return out.substr(1);  // without the leading space
   };
   r.save_params = [](const OpParams* p, ParamWriter& w) { save_conv_params(params_as<ConvOpParams>(p).user, w); };
@@ -287,6 +393,14 @@ std::shared_ptr<ConvOpParams> make_params(const ConvParams& p, bool transpose) {
 }
 
 }  // namespace
+
+std::shared_ptr<const OpParams> conv_with_folded_norm(const OpParams* conv_params, std::size_t conv_inputs, double eps) {
+  const auto& cp = params_as<ConvOpParams>(conv_params);
+  if (cp.transpose || cp.folded.on) return nullptr;
+  auto out = std::make_shared<ConvOpParams>(cp);
+  out->folded = {true, conv_inputs == 3, eps};
+  return out;
+}
 
 template <class T>
 OpInfo<T> conv_row() {

@@ -6,6 +6,7 @@
 #include "tapegrad/ops/norm.hpp"
 
 #include "builtin_ops.hpp"
+#include "folding.hpp"
 #include "op_table.hpp"
 
 #include <fmt/format.h>
@@ -119,6 +120,12 @@ OpInfo<T> batch_norm_row() {
     batch_norm_pullback(c, kernels::NormActivation::none, adjoint);
   };
   fusion.pullback_reads_input = [](const OpParams*, std::size_t k) { return k <= 1; };  // x, gamma
+  fusion.fold_into = [](const OpInfo<T>& producer, const OpParams* producer_params, std::size_t producer_inputs,
+                        const OpParams* params) -> std::shared_ptr<const OpParams> {
+    const BatchNormParams& p = params_as<BatchNormOpParams>(params).user;
+    if (p.training || !producer.builtin || producer.name != "conv") return nullptr;
+    return conv_with_folded_norm(producer_params, producer_inputs, p.eps);
+  };
   r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<BatchNormOpParams>(params).user;

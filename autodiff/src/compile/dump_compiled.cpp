@@ -61,11 +61,11 @@ std::string dump(const CompiledProgram<T>& p) {
   for (const auto& st : p.steps()) pullbacks += st.pullback;
   std::string out = fmt::format(
       "compiled tape {}: {} steps for {} recorded instructions, {} pullbacks (dead_code {}, fuse_epilogues {}, "
-      "fuse_elementwise {}, share_views {}, plan_memory {}, tune_algorithms {})\n"
+      "fuse_elementwise {}, share_views {}, plan_memory {}, tune_algorithms {}, fold_norms {})\n"
       "  arena {} for values and adjoints ({} one buffer each: {:.2f}x)\n",
       dtype_name<T>(), p.steps().size(), p.recorded_instructions(), pullbacks, o.dead_code ? "on" : "off",
       o.fuse_epilogues ? "on" : "off", o.fuse_elementwise ? "on" : "off", o.share_views ? "on" : "off", o.plan_memory ? "on" : "off",
-      o.tune_algorithms ? "on" : "off",
+      o.tune_algorithms ? "on" : "off", o.fold_norms ? "on" : "off",
       mib(p.arena_bytes()), mib(p.unplanned_bytes()),
       double(p.arena_bytes()) / double(std::max<std::int64_t>(1, p.unplanned_bytes())));
   for (std::size_t k = 0; k < p.inputs().size(); ++k)

@@ -13,6 +13,8 @@ namespace compile_impl {
 template <class T>
 void eliminate_dead_code(Ir<T>& ir);  // Note [Dead instructions]
 template <class T>
+void fold_norms(Ir<T>& ir);  // Note [Folded norms]
+template <class T>
 void tune_algorithms(Ir<T>& ir);  // Note [Tuned algorithms]
 template <class T>
 void fuse_elementwise(Ir<T>& ir);  // Note [Elementwise fusion]
@@ -40,6 +42,7 @@ struct Pass {
 template <class T>
 constexpr Pass<T> kPasses[] = {
     {&CompileOptions::dead_code, &compile_impl::eliminate_dead_code<T>},
+    {&CompileOptions::fold_norms, &compile_impl::fold_norms<T>},
     {&CompileOptions::tune_algorithms, &compile_impl::tune_algorithms<T>},
     {&CompileOptions::fuse_elementwise, &compile_impl::fuse_elementwise<T>},
     {&CompileOptions::fuse_epilogues, &compile_impl::fuse_epilogues<T>},

@@ -12,6 +12,11 @@
 //   dead_code:   Note [Dead instructions]: an instruction whose output does not
 //                reach the tape's output is not run, forward or backward; a
 //                pullback runs only when the gradient reaches a needs-grad input.
+//   fold_norms:  Note [Folded norms]: an evaluation-mode batch_norm after a conv
+//                whose output feeds nothing else is computed by the conv, with the
+//                weights and bias folded (w * gamma / sqrt(var + eps), one channel
+//                at a time) on every run, so the recorded parameters stay the
+//                inputs; its pullback gives gamma and beta their gradients too.
 //   fuse_epilogues: Note [Epilogue fusion]: an activation (an op with
 //                epilogue hooks: relu, tanh, sigmoid, exp) whose input comes from
 //                an op that never reads its own output in its pullback (conv,
@@ -115,6 +120,7 @@ struct CompileOptions {
   bool fuse_elementwise = true;
   bool share_views = true;
   bool tune_algorithms = false;
+  bool fold_norms = true;
 };
 
 // The program, independent of how many inputs the user's function has.

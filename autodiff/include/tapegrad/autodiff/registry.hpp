@@ -140,6 +140,15 @@ struct Fusion {
   // A compiled program's memory plan lets bytes of an input that no pullback
   // reads go to other buffers after its last forward reader (Note [Planned arena]).
   std::function<bool(const OpParams*, std::size_t k)> pullback_reads_input;
+  // Note [Folded norms]: an op that maps its first input by an affine map per
+  // channel, known from its other inputs (evaluation-mode batch_norm), may be
+  // computed by the op that produces that input (a conv, with folded weights
+  // and bias): given the producer's row, params and input count, fold_into
+  // returns the producer's params for computing both, under which it takes
+  // this op's other inputs after its own; null when it cannot.
+  std::function<std::shared_ptr<const OpParams>(const OpInfo<T>& producer, const OpParams* producer_params,
+                                                std::size_t producer_inputs, const OpParams* params)>
+      fold_into;
 };
 
 template <class T>

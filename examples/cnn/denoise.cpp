@@ -108,9 +108,10 @@ double mean_psnr(const A& a, const A& b) {
   return sum / double(n);
 }
 
-// Rows of `columns` images: noisy, denoised, clean (each (n, 1, 28, 28)), 2-pixel white gaps.
+// Rows of `columns` images: noisy, denoised, clean (each (n, 1, 28, 28)), each
+// pixel drawn 3 x 3, white gaps between.
 void write_grid(const std::string& path, const A& noisy, const A& out, const A& clean, std::int64_t columns) {
-  constexpr int kGap = 2, kSide = 28;
+  constexpr int kZoom = 3, kGap = 6, kSide = 28 * kZoom;
   const int width = int(columns) * (kSide + kGap) + kGap, height = 3 * (kSide + kGap) + kGap;
   std::vector<png_byte> pixels(static_cast<std::size_t>(width * height), 255);
   const A* rows[] = {&noisy, &out, &clean};
@@ -118,7 +119,7 @@ void write_grid(const std::string& path, const A& noisy, const A& out, const A& 
     for (std::int64_t c = 0; c < columns; ++c)
       for (int y = 0; y < kSide; ++y)
         for (int x = 0; x < kSide; ++x) {
-          const float v = std::clamp(rows[r]->data()[c * cnn::kPixels + y * kSide + x], 0.0f, 1.0f);
+          const float v = std::clamp(rows[r]->data()[c * cnn::kPixels + (y / kZoom) * 28 + x / kZoom], 0.0f, 1.0f);
           pixels[static_cast<std::size_t>((kGap + r * (kSide + kGap) + y) * width + kGap + int(c) * (kSide + kGap) + x)] =
               static_cast<png_byte>(std::lround(v * 255));
         }

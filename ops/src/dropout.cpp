@@ -44,11 +44,18 @@ constexpr double step_period() {
   return std::ldexp(1.0, std::numeric_limits<T>::digits);
 }
 
+// A key element as a counter: its integer part, clamped to [0, 2^62] (NaN: 0).
+template <class T>
+std::uint64_t counter_of(T v) {
+  const double d = std::floor(static_cast<double>(v));
+  return d >= 0 ? static_cast<std::uint64_t>(std::min(d, 4.6e18)) : 0;
+}
+
 template <class T>
 kernels::DropoutMask mask_of(const DropoutOpParams& p, const Shape& x, const T* key) {
   kernels::DropoutMask m;
-  m.seed = static_cast<std::uint64_t>(std::max(0.0, std::floor(static_cast<double>(key[0]))));
-  m.step = static_cast<std::uint64_t>(std::max(0.0, std::floor(static_cast<double>(key[1]))));
+  m.seed = counter_of(key[0]);
+  m.step = counter_of(key[1]);
   m.p = p.p;
   if (p.channels) {
     m.plane = 1;

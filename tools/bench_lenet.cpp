@@ -95,25 +95,15 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& tur
   A x, y;
   auto step = [&]() -> float { return jit.value_and_gradient_into(grads, net, tg::data(x), tg::data(y)); };
   const char* name = compiled ? "tapegrad compiled" : "tapegrad";
-  Result r;
-  for (int e = 1; e <= o.epochs; ++e) {
-    const auto order = cnn::shuffled(d.train.size(), 1, e);
-    const auto start = Clock::now();
-    double loss_sum = 0, waited = 0;
-    for (std::int64_t s = 0; s < d.steps; ++s) {
-      batch(d, order, s, x, y);
-      loss_sum += step();
-      sgd.step(net, grads);
-      waited += turns.after_step();
-    }
-    r.seconds[e - 1] = since(start) - waited;
-    r.loss[e - 1] = loss_sum / double(d.steps);
-    r.accuracy[e - 1] = cnn::lenet_accuracy(d.test, net, d.test.size());
-    r.epochs = e;
-    fmt::print("  {} epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", name, e, r.seconds[e - 1], r.loss[e - 1],
-               100 * r.accuracy[e - 1]);
-    std::fflush(stdout);
-  }
+  Result r = train_epochs(
+      name, o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
+      [&](const std::vector<std::int64_t>& order, std::int64_t s) {
+        batch(d, order, s, x, y);
+        const float loss = step();
+        sgd.step(net, grads);
+        return loss;
+      },
+      [&] { return cnn::lenet_accuracy(d.test, net, d.test.size()); });
   // The batch-64 step's program: the compiled program, or the interpreter's tape.
   const auto order = cnn::shuffled(d.train.size(), 1, 0);
   batch(d, order, 0, x, y);
@@ -207,32 +197,19 @@ Result train_torch(const Data& d, const Options& o, Turns& turns) {
   net.copy_from(cnn::lenet_init(1));
   torch::optim::SGD sgd(net.parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   A x, y;
-  Result r;
-  for (int e = 1; e <= o.epochs; ++e) {
-    const auto order = cnn::shuffled(d.train.size(), 1, e);
-    const auto start = Clock::now();
-    double loss_sum = 0, waited = 0;
-    for (std::int64_t s = 0; s < d.steps; ++s) {
-      batch(d, order, s, x, y);
-      const std::int64_t b = x.shape()[0];
-      sgd.zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(net.forward(torch::from_blob(x.data(), {b, 1, 28, 28})),
-                                                       torch::from_blob(y.data(), {b}).to(torch::kLong));
-      loss.backward();
-      sgd.step();
-      loss_sum += loss.item<double>();
-      waited += turns.after_step();
-    }
-    r.seconds[e - 1] = since(start) - waited;
-    r.loss[e - 1] = loss_sum / double(d.steps);
-    r.accuracy[e - 1] = torch_accuracy(net, d.test);
-    r.epochs = e;
-    fmt::print("  LibTorch epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", e, r.seconds[e - 1], r.loss[e - 1],
-               100 * r.accuracy[e - 1]);
-    std::fflush(stdout);
-  }
-  r.peak_rss_mib = status_mib("VmHWM");
-  return r;
+  return train_epochs(
+      "LibTorch", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
+      [&](const std::vector<std::int64_t>& order, std::int64_t s) {
+        batch(d, order, s, x, y);
+        const std::int64_t b = x.shape()[0];
+        sgd.zero_grad();
+        auto loss = torch::nn::functional::cross_entropy(net.forward(torch::from_blob(x.data(), {b, 1, 28, 28})),
+                                                         torch::from_blob(y.data(), {b}).to(torch::kLong));
+        loss.backward();
+        sgd.step();
+        return loss.item<double>();
+      },
+      [&] { return torch_accuracy(net, d.test); });
 }
 #endif
 

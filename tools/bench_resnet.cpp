@@ -86,31 +86,19 @@ Result train_tapegrad(const Data& d, const Options& o, Turns& turns) {
   cnn::ResnetParams net = cnn::resnet_init(o.width, 1);
   tg::optim::Sgd sgd(net, {.lr = o.lr, .momentum = 0.9, .weight_decay = o.weight_decay});
   const auto lr = schedule(d, o);
-  auto jit = tg::jit(cnn::resnet_loss);
+  auto jit = tg::jit(cnn::resnet_loss, {.capacity = 1});  // as the example: one arena resident
   cnn::ResnetParams grads;
   A x, y;
-  Result r;
-  for (int e = 1; e <= o.epochs; ++e) {
-    const auto order = cnn::shuffled(d.train.size(), 1, e);
-    const auto start = Clock::now();
-    double loss_sum = 0, waited = 0;
-    for (std::int64_t s = 0; s < d.steps; ++s) {
-      batch(d, order, s, x, y);
-      loss_sum += jit.value_and_gradient_into(grads, net, tg::data(x), tg::data(y));
-      sgd.set_lr(lr(sgd.steps()));
-      sgd.step(net, grads);
-      waited += turns.after_step();
-    }
-    r.seconds[e - 1] = since(start) - waited;
-    r.loss[e - 1] = loss_sum / double(d.steps);
-    r.accuracy[e - 1] = cnn::resnet_accuracy(d.test, net, d.test.size());
-    r.epochs = e;
-    fmt::print("  tapegrad epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", e, r.seconds[e - 1], r.loss[e - 1],
-               100 * r.accuracy[e - 1]);
-    std::fflush(stdout);
-  }
-  r.peak_rss_mib = status_mib("VmHWM");
-  return r;
+  return train_epochs(
+      "tapegrad", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
+      [&](const std::vector<std::int64_t>& order, std::int64_t s) {
+        batch(d, order, s, x, y);
+        const double loss = jit.value_and_gradient_into(grads, net, tg::data(x), tg::data(y));
+        sgd.set_lr(lr(sgd.steps()));
+        sgd.step(net, grads);
+        return loss;
+      },
+      [&] { return cnn::resnet_accuracy(d.test, net, d.test.size()); });
 }
 
 #ifdef TAPEGRAD_HAVE_TORCH
@@ -194,34 +182,21 @@ Result train_torch(const Data& d, const Options& o, Turns& turns) {
   const auto lr = schedule(d, o);
   std::int64_t done = 0;
   A x, y;
-  Result r;
-  for (int e = 1; e <= o.epochs; ++e) {
-    const auto order = cnn::shuffled(d.train.size(), 1, e);
-    const auto start = Clock::now();
-    double loss_sum = 0, waited = 0;
-    for (std::int64_t s = 0; s < d.steps; ++s) {
-      batch(d, order, s, x, y);
-      const std::int64_t b = x.shape()[0];
-      for (auto& group : sgd.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr(done));
-      ++done;
-      sgd.zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(net.forward(torch::from_blob(x.data(), {b, 1, 28, 28})),
-                                                       torch::from_blob(y.data(), {b}).to(torch::kLong));
-      loss.backward();
-      sgd.step();
-      loss_sum += loss.item<double>();
-      waited += turns.after_step();
-    }
-    r.seconds[e - 1] = since(start) - waited;
-    r.loss[e - 1] = loss_sum / double(d.steps);
-    r.accuracy[e - 1] = torch_accuracy(net, d.test);
-    r.epochs = e;
-    fmt::print("  LibTorch epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", e, r.seconds[e - 1], r.loss[e - 1],
-               100 * r.accuracy[e - 1]);
-    std::fflush(stdout);
-  }
-  r.peak_rss_mib = status_mib("VmHWM");
-  return r;
+  return train_epochs(
+      "LibTorch", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
+      [&](const std::vector<std::int64_t>& order, std::int64_t s) {
+        batch(d, order, s, x, y);
+        const std::int64_t b = x.shape()[0];
+        for (auto& group : sgd.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr(done));
+        ++done;
+        sgd.zero_grad();
+        auto loss = torch::nn::functional::cross_entropy(net.forward(torch::from_blob(x.data(), {b, 1, 28, 28})),
+                                                         torch::from_blob(y.data(), {b}).to(torch::kLong));
+        loss.backward();
+        sgd.step();
+        return loss.item<double>();
+      },
+      [&] { return torch_accuracy(net, d.test); });
 }
 #endif
 

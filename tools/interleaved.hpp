@@ -91,6 +91,32 @@ class Turns {
 };
 
 
+// The epochs of one training: order(e) gives epoch e's sample order, step(order,
+// s) runs step s and returns its loss, accuracy() the test accuracy after an
+// epoch. Each epoch's clock counts this child's turns only.
+template <class Order, class Step, class Accuracy>
+Result train_epochs(const char* name, int epochs, std::int64_t steps, Turns& turns, Order order, Step step, Accuracy accuracy) {
+  Result r;
+  for (int e = 1; e <= epochs; ++e) {
+    const auto epoch_order = order(e);
+    const auto start = Clock::now();
+    double loss_sum = 0, waited = 0;
+    for (std::int64_t s = 0; s < steps; ++s) {
+      loss_sum += step(epoch_order, s);
+      waited += turns.after_step();
+    }
+    r.seconds[e - 1] = since(start) - waited;
+    r.loss[e - 1] = loss_sum / double(steps);
+    r.accuracy[e - 1] = accuracy();
+    r.epochs = e;
+    fmt::print("  {} epoch {}: {:.1f} s, loss {:.4f}, test accuracy {:.2f}%\n", name, e, r.seconds[e - 1], r.loss[e - 1],
+               100 * r.accuracy[e - 1]);
+    std::fflush(stdout);
+  }
+  r.peak_rss_mib = status_mib("VmHWM");
+  return r;
+}
+
 using Training = std::function<Result(Turns&)>;
 
 // One training in a forked child: its pipes from and to the parent.

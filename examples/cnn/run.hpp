@@ -92,7 +92,10 @@ RunResult train(const Options& o, const std::string& title, const std::string& s
   Optimizer opt = o.optimizer == "sgd"
                       ? Optimizer(tg::optim::Sgd(net, {.lr = o.lr, .momentum = 0.9, .weight_decay = o.weight_decay}))
                       : Optimizer(tg::optim::Adam(net, {.lr = o.lr, .weight_decay = o.weight_decay}));
-  auto step = tg::jit(loss, {.compiled = !o.interpret});
+  // One program at a time: the last, short batch's program replaces the full
+  // batch's (and back at the next epoch), so their arenas are never resident
+  // together; recording and compiling again costs milliseconds twice an epoch.
+  auto step = tg::jit(loss, {.capacity = 1, .compiled = !o.interpret});
   const std::int64_t steps = (n_train + o.batch - 1) / o.batch;
   const std::string checkpoint = o.out + "/" + stem + ".safetensors";
   RunResult result;

@@ -173,6 +173,12 @@ class Jit {
       key.shapes.push_back(leaf->shape());
       shapes.push_back(to_string(leaf->shape()));
     }
+    // The least recently used program goes before the new one is recorded, and
+    // its freed buffers with it: the two are never resident together.
+    if (entries_.size() == options_.capacity) {
+      evict();
+      release_array_cache();
+    }
     auto entry = std::make_unique<Entry>();
     entry->tape.emplace(detail::record_with<T>(
         f_, Capture::refuse, options_.compiled ? detail::StateUpdate::leave : detail::StateUpdate::write_back, args...));
@@ -186,7 +192,6 @@ class Jit {
     entry->signature = fmt::format("{}[{}]", sizeof(T) == 4 ? "f32" : "f64", fmt::join(shapes, " "));
     entry->last_used = clock_;
     entry->calls = 1;
-    if (entries_.size() == options_.capacity) evict();
     entries_.push_back(std::move(entry));
     return *static_cast<Entry*>(entries_.back().get());
   }

@@ -163,8 +163,8 @@ double torch_accuracy(TorchResnet& net, const cnn::Dataset& test) {
   std::int64_t hits = 0;
   std::vector<std::int64_t> order(static_cast<std::size_t>(test.size()));
   std::iota(order.begin(), order.end(), 0);
-  for (std::int64_t i = 0; i < test.size(); i += 100) {  // the chunks of resnet_accuracy
-    const std::int64_t b = std::min<std::int64_t>(100, test.size() - i);
+  for (std::int64_t i = 0; i < test.size(); i += cnn::kEvalChunk) {  // the chunks of resnet_accuracy
+    const std::int64_t b = std::min<std::int64_t>(cnn::kEvalChunk, test.size() - i);
     A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
     cnn::gather_batch(test, order, i, i + b, x, y);
     const auto logits = net.forward(torch::from_blob(x.data(), {b, 1, 28, 28}));

@@ -48,11 +48,6 @@ inline constexpr auto lenet_loss = [](const auto& net, const auto& x, const auto
   return tg::cross_entropy(lenet_logits(net, x), labels);
 };
 
-// Images per evaluation chunk: the training batch's size, so that evaluation's
-// arrays fit the blocks a training step freed (Note [Cached large blocks]);
-// chunks of 100 raised the peak memory by 19 MiB, chunks of 500 by 100 MiB.
-inline constexpr std::int64_t kEvalChunk = 32;
-
 // Test accuracy over the first `limit` images, in chunks of kEvalChunk on plain Arrays.
 inline double lenet_accuracy(const Dataset& test, const LenetParams& net, std::int64_t limit) {
   const std::int64_t n = std::min(limit, test.size()), chunk = kEvalChunk;

@@ -89,7 +89,7 @@ inline constexpr auto resnet_loss = [](const auto& net, const auto& x, const aut
 
 // Test accuracy over the first `limit` images, evaluation mode (running statistics), on plain Arrays.
 inline double resnet_accuracy(const Dataset& test, const ResnetParams& net, std::int64_t limit) {
-  const std::int64_t n = std::min(limit, test.size()), chunk = 100;
+  const std::int64_t n = std::min(limit, test.size()), chunk = kEvalChunk;
   std::int64_t hits = 0;
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
   std::iota(order.begin(), order.end(), 0);

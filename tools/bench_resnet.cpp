@@ -20,7 +20,7 @@
 #include "timing.hpp"
 
 #ifdef TAPEGRAD_HAVE_TORCH
-#include <torch/torch.h>
+#include "torch_training.hpp"
 #endif
 
 using cnn::A;
@@ -157,23 +157,6 @@ struct TorchResnet : torch::nn::Module {
   }
 };
 
-double torch_accuracy(TorchResnet& net, const cnn::Dataset& test) {
-  torch::NoGradGuard no_grad;
-  net.eval();
-  std::int64_t hits = 0;
-  std::vector<std::int64_t> order(static_cast<std::size_t>(test.size()));
-  std::iota(order.begin(), order.end(), 0);
-  for (std::int64_t i = 0; i < test.size(); i += cnn::kEvalChunk) {  // the chunks of resnet_accuracy
-    const std::int64_t b = std::min<std::int64_t>(cnn::kEvalChunk, test.size() - i);
-    A x = A::uninitialized({b, 1, 28, 28}), y = A::uninitialized({b});
-    cnn::gather_batch(test, order, i, i + b, x, y);
-    const auto logits = net.forward(torch::from_blob(x.data(), {b, 1, 28, 28}));
-    hits += logits.argmax(1).eq(torch::from_blob(y.data(), {b}).to(torch::kLong)).sum().item<std::int64_t>();
-  }
-  net.train();
-  return double(hits) / double(test.size());
-}
-
 Result train_torch(const Data& d, const Options& o, Turns& turns) {
   torch::set_num_threads(o.threads);
   TorchResnet net(cnn::resnet_init(o.width, 1));
@@ -186,15 +169,9 @@ Result train_torch(const Data& d, const Options& o, Turns& turns) {
       "LibTorch", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
       [&](const std::vector<std::int64_t>& order, std::int64_t s) {
         batch(d, order, s, x, y);
-        const std::int64_t b = x.shape()[0];
         for (auto& group : sgd.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr(done));
         ++done;
-        sgd.zero_grad();
-        auto loss = torch::nn::functional::cross_entropy(net.forward(torch::from_blob(x.data(), {b, 1, 28, 28})),
-                                                         torch::from_blob(y.data(), {b}).to(torch::kLong));
-        loss.backward();
-        sgd.step();
-        return loss.item<double>();
+        return torch_step(net, sgd, x, y);
       },
       [&] { return torch_accuracy(net, d.test); });
 }

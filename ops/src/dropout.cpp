@@ -28,6 +28,16 @@ void check_p(double p) {
   if (!(p >= 0 && p < 1)) fail("dropout", fmt::format("p ({}) expected a probability in [0, 1); hint: p = 1 drops everything", p));
 }
 
+// Whether dropout(x, p) with these params is the identity (p = 0, evaluation); checks p first.
+bool is_identity(double p, const DropoutParams& params, const std::source_location& where) {
+  try {
+    check_p(p);
+  } catch (const Error& e) {
+    throw e.with_site(where);
+  }
+  return p == 0 || !params.training;
+}
+
 Shape dropout_shape(const DropoutOpParams& p, std::span<const Shape* const> s) {
   check_p(p.p);
   if (!(*s[1] == Shape{2}))
@@ -125,24 +135,14 @@ TG_OP_TABLE(dropout, TG_DROPOUT_ROWS)
 template <class T>
 Tracked<T> dropout_tracked(const Tracked<T>& x, double p, const Tracked<T>& key, const DropoutParams& params,
                            const std::source_location& where) {
-  try {
-    check_p(p);
-  } catch (const Error& e) {
-    throw e.with_site(where);
-  }
-  if (p == 0 || !params.training) return x;  // the identity: nothing recorded
+  if (is_identity(p, params, where)) return x;  // nothing recorded
   const Operand<T> operands[] = {Operand<T>(x, where), Operand<T>(key, where)};
   return record_op(dropout_op<T>(), make_params(p, params), std::span<const Operand<T>>(operands), where);
 }
 template <class T>
 Array<T> dropout_eval(const Array<T>& x, double p, const Array<T>& key, const DropoutParams& params,
                       const std::source_location& where) {
-  try {
-    check_p(p);
-  } catch (const Error& e) {
-    throw e.with_site(where);
-  }
-  if (p == 0 || !params.training) return x;
+  if (is_identity(p, params, where)) return x;
   const Array<T>* inputs[] = {&x, &key};
   return evaluate_op(dropout_op<T>(), make_params(p, params).get(), std::span<const Array<T>* const>(inputs), where);
 }

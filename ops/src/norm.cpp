@@ -91,8 +91,10 @@ void batch_norm_pullback(const PullbackCall<T>& c, kernels::NormActivation act, 
                                c.output.data(), dy.data(), dx, dgamma, dbeta);
 }
 
-bool is_relu(const EpilogueCall<float>& e) { return e.activation->name == "relu"; }
-bool is_relu(const EpilogueCall<double>& e) { return e.activation->name == "relu"; }
+template <class T>
+bool is_relu(const EpilogueCall<T>& e) {
+  return e.activation->name == "relu";
+}
 
 template <class T>
 OpInfo<T> batch_norm_row() {

@@ -53,6 +53,16 @@ SlotUses slot_uses(const Ir<T>& ir) {
   return u;
 }
 
+// The step writing `slot` when it is a plain step that feeds that one reader
+// alone (nothing else, no guard, not the output) and is still in the program:
+// what a fusion can merge into its reader. -1 otherwise.
+template <class T>
+int sole_plain_producer(const Ir<T>& ir, const SlotUses& uses, const std::vector<std::uint8_t>& removed, std::uint32_t slot) {
+  const int p = uses.producer[slot];
+  if (p < 0 || removed[static_cast<std::size_t>(p)] || uses.readers(slot) != 1 || slot == ir.output) return -1;
+  return ir.steps[static_cast<std::size_t>(p)].plain() ? p : -1;
+}
+
 // Drops the steps marked removed, keeping the others in order.
 template <class Step>
 void compact(std::vector<Step>& steps, const std::vector<std::uint8_t>& removed) {

@@ -14,11 +14,10 @@ void fuse_epilogues(Ir<T>& ir) {
     Step& act = ir.steps[s];
     const Fusion<T>* f = act.op->fusion.get();
     if (!act.plain() || !f || !f->epilogue_forward || act.args.size() != 1) continue;
-    const std::uint32_t x = act.args[0];
-    const int p = uses.producer[x];
-    if (p < 0 || removed[p] || uses.readers(x) != 1 || x == ir.output) continue;
+    const int p = sole_plain_producer(ir, uses, removed, act.args[0]);
+    if (p < 0) continue;
     Step& prod = ir.steps[static_cast<std::size_t>(p)];
-    if (!prod.plain() || !(prod.op->flags & kPullbackIgnoresOutput)) continue;
+    if (!(prod.op->flags & kPullbackIgnoresOutput)) continue;
     prod.kind = typename Step::Epilogue{{act.op, act.params}};
     prod.out = act.out;  // the producer now writes the activation's slot
     uses.producer[act.out] = p;

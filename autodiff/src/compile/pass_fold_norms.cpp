@@ -17,11 +17,9 @@ void fold_norms(Ir<T>& ir) {
     Step& norm = ir.steps[s];
     const Fusion<T>* f = norm.op->fusion.get();
     if (!norm.plain() || !f || !f->fold_into || norm.args.empty()) continue;
-    const std::uint32_t x = norm.args[0];
-    const int p = uses.producer[x];
-    if (p < 0 || removed[p] || uses.readers(x) != 1 || x == ir.output) continue;
+    const int p = sole_plain_producer(ir, uses, removed, norm.args[0]);
+    if (p < 0) continue;
     Step& prod = ir.steps[static_cast<std::size_t>(p)];
-    if (!prod.plain()) continue;
     auto params = f->fold_into(*prod.op, prod.params.get(), prod.args.size(), norm.params.get());
     if (!params) continue;
     prod.params = std::move(params);

@@ -114,6 +114,67 @@ TEST_CASE("batch_norm: the triple and the dot-product test, training and evaluat
   }
 }
 
+namespace {
+tg::Array<float> to_float(const A& a) {
+  tg::Array<float> f(a.shape());
+  std::copy(a.begin(), a.end(), f.data());
+  return f;
+}
+A to_double(const tg::Array<float>& f) {
+  A a(f.shape());
+  std::copy(f.begin(), f.end(), a.data());
+  return a;
+}
+// Largest |a - b| relative to b's largest magnitude.
+double relative_diff(const A& a, const A& b) { return max_abs_diff(a, b) / std::max(1e-30, max_abs(b)); }
+
+// Losses over x (N, 4, H, W) weighted by r, in r's element type: batch_norm +
+// ReLU, batch_norm times x, group_norm, layer_norm.
+template <class E>
+auto norm_losses(const tg::Array<E>& r) {
+  using M = tg::Tracked<E>;
+  using Arr = tg::Array<E>;
+  auto state = [] { return tg::BatchNormState<M>{{tg::constant(Arr::zeros({4}))}, {tg::constant(Arr::ones({4}))}}; };
+  auto bn_relu = [r, state](const M& v, const M& gamma, const M& beta) {
+    return tg::sum(tg::relu(tg::batch_norm(v, gamma, beta, state())) * tg::constant(r));
+  };
+  auto bn_twice = [r, state](const M& v, const M& gamma, const M& beta) {
+    return tg::sum(tg::batch_norm(v, gamma, beta, state()) * v * tg::constant(r));
+  };
+  auto gn = [r](const M& v, const M& gamma, const M& beta) {
+    return tg::sum(tg::group_norm(v, gamma, beta, {.groups = 2}) * tg::constant(r));
+  };
+  auto ln = [r](const M& v) { return tg::sum(tg::layer_norm(v, {.dims = 2}) * tg::constant(r)); };
+  return std::tuple{bn_relu, bn_twice, gn, ln};
+}
+}  // namespace
+
+TEST_CASE("norms in float: values and gradients equal double's to float rounding, over runs longer than a sum block") {
+  // 1600-element spatial runs, 25,600 per channel, values far from zero (mean 50):
+  // float lanes sum in blocks (Note [Blocked sums]). The loss reads x twice, so
+  // batch_norm's dx is added to (x feeds the product too) in one program and
+  // assigned in the other.
+  const A x = A::random_uniform({16, 4, 40, 40}, 48, 52, 41), r = A::random_uniform({16, 4, 40, 40}, -1, 1, 42);
+  const A g = A::random_uniform({4}, 0.5, 1.5, 43), b = A::random_uniform({4}, -0.5, 0.5, 44);
+  const auto [bn64, bn_twice64, gn64, ln64] = norm_losses(r);
+  const auto [bn32, bn_twice32, gn32, ln32] = norm_losses(to_float(r));
+  const auto xf = to_float(x), gf = to_float(g), bf = to_float(b);
+  auto compare = [&](auto f64, auto f32, const char* name) {
+    CAPTURE(name);
+    auto compiled = tg::compile(tg::record(f32, xf, gf, bf));  // batch_norm + ReLU fused in the first
+    const auto [dx, dg, db] = tg::gradient(f64, x, g, b);
+    const auto [dxf, dgf, dbf] = compiled.gradient(xf, gf, bf);
+    CHECK(double(compiled.value()) == doctest::Approx(tg::record(f64, x, g, b).value()).epsilon(1e-4));
+    CHECK(relative_diff(to_double(dxf), dx) < 1e-4);
+    CHECK(relative_diff(to_double(dgf), dg) < 1e-4);
+    CHECK(relative_diff(to_double(dbf), db) < 1e-4);
+  };
+  compare(bn64, bn32, "batch_norm + relu");
+  compare(bn_twice64, bn_twice32, "batch_norm, x read twice");
+  compare(gn64, gn32, "group_norm");
+  CHECK(relative_diff(to_double(tg::gradient(ln32, xf)), tg::gradient(ln64, x)) < 1e-4);
+}
+
 TEST_CASE("batch_norm: running statistics are state, updated once per forward run by every entry point") {
   const A x = A::random_uniform({6, 3, 4}, -1, 3, 11);
   const double mean0 = [&] {

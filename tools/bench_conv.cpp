@@ -3,7 +3,10 @@
 // GFLOP/s and the ratio; then the seed case (500x500 double image, 3x3 kernel,
 // replicate border: forward + both gradients) at 1 thread.
 //
-//   bench_conv [--threads 1,2] [--reps N] [--only NAME|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
+//   bench_conv [--threads 1,2] [--reps N] [--only NAME|resnet|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
+//
+// --only resnet: the convolutions of the ResNet example's training step
+// (examples/cnn/resnet_model.hpp, width 32, batch 128), N1-N8.
 //
 // Times are medians of N repetitions after one warm-up; tapegrad is timed at
 // the kernel (the algorithm its cost rule picks, the one named, or with
@@ -45,6 +48,22 @@ const Layer kLayers[] = {
     {"R2", 8, 128, 28, 28, 128, 3, 1, 1},  {"R3", 8, 256, 14, 14, 256, 3, 1, 1}, {"R4", 8, 256, 56, 56, 64, 1, 1, 0},
     {"R5", 8, 64, 56, 56, 256, 1, 1, 0},   {"R6", 8, 3, 224, 224, 64, 7, 2, 3},
 };
+const Layer kResnetLayers[] = {
+    {"N1", 128, 1, 28, 28, 32, 3, 1, 1},   {"N2", 128, 32, 28, 28, 32, 3, 1, 1},  {"N3", 128, 32, 28, 28, 64, 3, 2, 1},
+    {"N4", 128, 64, 14, 14, 64, 3, 1, 1},  {"N5", 128, 32, 28, 28, 64, 1, 2, 0},  {"N6", 128, 64, 14, 14, 128, 3, 2, 1},
+    {"N7", 128, 128, 7, 7, 128, 3, 1, 1},  {"N8", 128, 64, 14, 14, 128, 1, 2, 0},
+};
+
+// The layers --only selects: every anchor layer by default, the ResNet set, or one layer of either.
+std::vector<Layer> selected_layers(const std::string& only) {
+  std::vector<Layer> out;
+  if (only.empty()) return {std::begin(kLayers), std::end(kLayers)};
+  if (only == "resnet") return {std::begin(kResnetLayers), std::end(kResnetLayers)};
+  for (const auto* set : {&kLayers, &kResnetLayers})
+    for (const Layer& L : *set)
+      if (only == L.name) out.push_back(L);
+  return out;
+}
 
 struct Options {
   std::vector<int> threads{1, 2};
@@ -328,8 +347,7 @@ int main(int argc, char** argv) try {
   int pairs = 0, last_threads = o.threads.back();
   for (int threads : o.threads) {
     set_threads(threads);
-    for (const auto& L : kLayers) {
-      if (!o.only.empty() && o.only != L.name) continue;
+    for (const auto& L : selected_layers(o.only)) {
       for (const auto& r : bench_layer(L, threads, o)) {
         const double ratio = r.ours / r.theirs;
         std::printf("%-4s %-10s %3d %-7s %8.2fms %8.1f %8.2fms %8.1f %8.2fx %9.1e\n", r.layer.c_str(), r.pass.c_str(),

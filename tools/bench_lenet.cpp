@@ -122,20 +122,9 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& tur
                    double(p.arena_bytes()) / (1 << 20), double(p.unplanned_bytes()) / (1 << 20));
     });
   r.peak_rss_mib = status_mib("VmHWM");
-  if (o.profile_steps > 0) {
-    // Batch-64 steps only: the first batches of epoch 0's order.
-    tg::TapeProfile profile;
-    with_runner([&](auto& runner) {
-      runner.set_profile(&profile);
-      for (int s = 0; s < o.profile_steps; ++s) {
-        batch(d, order, s, x, y);
-        step();
-      }
-      runner.set_profile(nullptr);
-      fmt::print("\nper-{} profile of a {} training step ({} threads, mean of {} steps):\n{}",
-                 compiled ? "step" : "instruction", name, o.threads, o.profile_steps, tg::dump_profile(runner, profile));
-    });
-  }
+  if (o.profile_steps > 0)  // batch-64 steps only: the first batches of epoch 0's order
+    print_step_profile(jit, name, o.threads, o.profile_steps, [&](int s) { batch(d, order, s, x, y), step(); }, net, tg::data(x),
+                       tg::data(y));
   return r;
 }
 

@@ -7,7 +7,7 @@
 // each as a ratio to LibTorch's.
 //
 //   bench_resnet [--epochs 1] [--threads 2] [--steps N] [--width 32] [--batch 128] [--lr 0.05]
-//                [--data DIR] [--no-compare] [--turn-steps 20]
+//                [--data DIR] [--no-compare] [--turn-steps 20] [--profile-steps 0]
 //
 // The trainings run in forked processes that take turns (interleaved.hpp,
 // Note [Interleaved trainings]).
@@ -30,7 +30,7 @@ namespace {
 using namespace tgbench;
 
 struct Options {
-  int epochs = 1, threads = 2, turn_steps = 20;
+  int epochs = 1, threads = 2, turn_steps = 20, profile_steps = 0;
   std::int64_t steps = 0, width = 32, batch = 128;  // steps per epoch; 0 = the whole training set
   double lr = 0.05, weight_decay = 5e-4;
   std::string data = cnn::kDefaultDataDir;
@@ -54,13 +54,16 @@ Options parse(int argc, char** argv) {
     else if (a == "--data") o.data = next();
     else if (a == "--no-compare") o.compare = false;
     else if (a == "--turn-steps") o.turn_steps = std::stoi(next());
+    else if (a == "--profile-steps") o.profile_steps = std::stoi(next());
     else tg::fail("bench_resnet", fmt::format("unknown flag {} expected --epochs --threads --steps --width --batch --lr "
-                                              "--data --no-compare --turn-steps", a));
+                                              "--data --no-compare --turn-steps --profile-steps", a));
   }
-  if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0 || o.width < 1 || o.batch < 2 || o.turn_steps < 0)
-    tg::fail("bench_resnet", fmt::format("epochs ({}) threads ({}) steps ({}) width ({}) batch ({}) expected 1-{} epochs "
-                                         "and positive numbers (batch >= 2)",
-                                         o.epochs, o.threads, o.steps, o.width, o.batch, kMaxEpochs));
+  if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0 || o.width < 1 || o.batch < 2 || o.turn_steps < 0 ||
+      o.profile_steps < 0)
+    tg::fail("bench_resnet", fmt::format("epochs ({}) threads ({}) steps ({}) width ({}) batch ({}) turn steps ({}) profile "
+                                         "steps ({}) expected 1-{} epochs, batch >= 2, threads and width >= 1, the rest >= 0",
+                                         o.epochs, o.threads, o.steps, o.width, o.batch, o.turn_steps, o.profile_steps,
+                                         kMaxEpochs));
   return o;
 }
 
@@ -89,16 +92,23 @@ Result train_tapegrad(const Data& d, const Options& o, Turns& turns) {
   auto jit = tg::jit(cnn::resnet_loss, {.capacity = 1});  // as the example: one arena resident
   cnn::ResnetParams grads;
   A x, y;
-  return train_epochs(
+  auto step = [&] {
+    const double loss = jit.value_and_gradient_into(grads, net, tg::data(x), tg::data(y));
+    sgd.set_lr(lr(sgd.steps()));
+    sgd.step(net, grads);
+    return loss;
+  };
+  Result r = train_epochs(
       "tapegrad", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
-      [&](const std::vector<std::int64_t>& order, std::int64_t s) {
-        batch(d, order, s, x, y);
-        const double loss = jit.value_and_gradient_into(grads, net, tg::data(x), tg::data(y));
-        sgd.set_lr(lr(sgd.steps()));
-        sgd.step(net, grads);
-        return loss;
-      },
+      [&](const std::vector<std::int64_t>& order, std::int64_t s) { return batch(d, order, s, x, y), step(); },
       [&] { return cnn::resnet_accuracy(d.test, net, d.test.size()); });
+  if (o.profile_steps > 0) {  // full batches: the first of epoch 0's order
+    const auto order = cnn::shuffled(d.train.size(), 1, 0);
+    batch(d, order, 0, x, y);
+    print_step_profile(jit, "tapegrad compiled", o.threads, o.profile_steps, [&](int s) { batch(d, order, s, x, y), step(); },
+                       net, tg::data(x), tg::data(y));
+  }
+  return r;
 }
 
 #ifdef TAPEGRAD_HAVE_TORCH

@@ -224,5 +224,25 @@ void print_table(const std::vector<Run>& runs, std::int64_t images) {
                (r.result.peak_rss_mib - r.result.start_rss_mib) / (base.result.peak_rss_mib - base.result.start_rss_mib));
 }
 
+// Prints the per-step (compiled) or per-instruction (interpreter) profile of the
+// jit's program for `args` (which it records first if it has none), over `steps` calls of step(s) (s = 0, 1, ...), which
+// refills the arguments and runs one training step.
+template <class Jit, class Step, class... Args>
+void print_step_profile(Jit& jit, const char* name, int threads, int steps, Step&& step, const Args&... args) {
+  jit.with_program(
+      [&](auto& program) {
+        auto visit = [&](auto& runner, const char* unit) {
+          tg::TapeProfile profile;
+          runner.set_profile(&profile);
+          for (int s = 0; s < steps; ++s) step(s);
+          runner.set_profile(nullptr);
+          fmt::print("\nper-{} profile of a {} training step ({} threads, mean of {} steps):\n{}", unit, name, threads,
+                     steps, tg::dump_profile(runner, profile));
+        };
+        if constexpr (requires { program.program(); }) visit(program.program(), "step");
+        else visit(program.tape(), "instruction");
+      },
+      args...);
+}
 
 }  // namespace tgbench

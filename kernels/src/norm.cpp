@@ -8,47 +8,140 @@
 namespace tg::kernels {
 namespace {
 
-// Calls body(run) for each contiguous run of channel c: n runs of s elements.
+// Note [Blocked sums]: a float accumulator loses digits over 10^6 elements, and
+// a double one halves the vector width and converts every element. The sums
+// here add float lanes over blocks of kSumBlock elements (64 per lane at AVX2)
+// and the blocks' totals in double: within float's rounding of the double sum,
+// at float's speed. Rejected: Welford's update, a division per element.
+constexpr std::int64_t kSumBlock = 512;
+
+// The run loops: every choice a template parameter (a branch inside stops the
+// vectorizer), inlined into one clone per type below (Note [Update loops]).
+template <class T>
+__attribute__((always_inline)) inline double sum_loop(const T* __restrict x, std::int64_t n) {
+  double total = 0;
+  for (std::int64_t b = 0; b < n; b += kSumBlock) {
+    const std::int64_t e = std::min(n, b + kSumBlock);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (std::int64_t j = b; j < e; ++j) s += x[j];
+    total += static_cast<double>(s);
+  }
+  return total;
+}
+
+template <class T>
+__attribute__((always_inline)) inline double squared_deviation_loop(const T* __restrict x, std::int64_t n, T mean) {
+  double total = 0;
+  for (std::int64_t b = 0; b < n; b += kSumBlock) {
+    const std::int64_t e = std::min(n, b + kSumBlock);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (std::int64_t j = b; j < e; ++j) s += (x[j] - mean) * (x[j] - mean);
+    total += static_cast<double>(s);
+  }
+  return total;
+}
+
+// y = x * scale + shift, then the ReLU when Relu.
+template <class T, bool Relu>
+__attribute__((always_inline)) inline void affine_loop(const T* __restrict x, std::int64_t n, T scale, T shift,
+                                                       T* __restrict y) {
+#pragma omp simd
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T v = x[j] * scale + shift;
+    y[j] = Relu ? std::max(T(0), v) : v;
+  }
+}
+
+// The output adjoint as the normalisation sees it: zero where a fused ReLU's output y was off.
+template <class T, bool Relu>
+__attribute__((always_inline)) inline T adjoint_at(const T* __restrict dy, const T* __restrict y, std::int64_t j) {
+  if constexpr (Relu) return y[j] > T(0) ? dy[j] : T(0);
+  else return dy[j];
+}
+
+// sums[0] += sum of g, sums[1] += sum of g * (x - mean), g the adjoint as seen.
+template <class T, bool Relu>
+__attribute__((always_inline)) inline void adjoint_sums_loop(const T* __restrict x, const T* __restrict dy,
+                                                             const T* __restrict y, std::int64_t n, T mean, double* sums) {
+  for (std::int64_t b = 0; b < n; b += kSumBlock) {
+    const std::int64_t e = std::min(n, b + kSumBlock);
+    T s0 = 0, s1 = 0;
+#pragma omp simd reduction(+ : s0, s1)
+    for (std::int64_t j = b; j < e; ++j) {
+      const T g = adjoint_at<T, Relu>(dy, y, j);
+      s0 += g;
+      s1 += g * (x[j] - mean);
+    }
+    sums[0] += static_cast<double>(s0);
+    sums[1] += static_cast<double>(s1);
+  }
+}
+
+// dx (=, or += when Add) k_dy * g + k_const + k_x * (x - mean).
+template <class T, bool Relu, bool Add>
+__attribute__((always_inline)) inline void input_adjoint_loop(const T* __restrict x, const T* __restrict dy,
+                                                              const T* __restrict y, std::int64_t n, T mean,
+                                                              const T* k, T* __restrict dx) {
+  const T k_dy = k[0], k_const = k[1], k_x = k[2];
+#pragma omp simd
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T v = k_dy * adjoint_at<T, Relu>(dy, y, j) + k_const + k_x * (x[j] - mean);
+    if constexpr (Add) dx[j] += v;
+    else dx[j] = v;
+  }
+}
+
+// The clones: one non-template function per loop and type (clang clones no
+// templates); y null means no ReLU, and k is (k_dy, k_const, k_x).
+#define TG_NORM_CLONES(T, suffix)                                                                                    \
+  __attribute__((target_clones("avx2", "default"))) double sum_run_##suffix(const T* x, std::int64_t n) {            \
+    return sum_loop(x, n);                                                                                           \
+  }                                                                                                                  \
+  __attribute__((target_clones("avx2", "default"))) double squared_deviation_run_##suffix(const T* x, std::int64_t n, \
+                                                                                          T mean) {                  \
+    return squared_deviation_loop(x, n, mean);                                                                       \
+  }                                                                                                                  \
+  __attribute__((target_clones("avx2", "default"))) void affine_run_##suffix(const T* x, std::int64_t n, T scale,     \
+                                                                             T shift, bool relu, T* y) {             \
+    if (relu) affine_loop<T, true>(x, n, scale, shift, y);                                                           \
+    else affine_loop<T, false>(x, n, scale, shift, y);                                                               \
+  }                                                                                                                  \
+  __attribute__((target_clones("avx2", "default"))) void adjoint_sums_run_##suffix(                                  \
+      const T* x, const T* dy, const T* y, std::int64_t n, T mean, double* sums) {                                   \
+    if (y) adjoint_sums_loop<T, true>(x, dy, y, n, mean, sums);                                                      \
+    else adjoint_sums_loop<T, false>(x, dy, y, n, mean, sums);                                                       \
+  }                                                                                                                  \
+  __attribute__((target_clones("avx2", "default"))) void input_adjoint_run_##suffix(                                 \
+      const T* x, const T* dy, const T* y, std::int64_t n, T mean, const T* k, bool add, T* dx) {                    \
+    if (y && add) input_adjoint_loop<T, true, true>(x, dy, y, n, mean, k, dx);                                       \
+    else if (y) input_adjoint_loop<T, true, false>(x, dy, y, n, mean, k, dx);                                        \
+    else if (add) input_adjoint_loop<T, false, true>(x, dy, y, n, mean, k, dx);                                      \
+    else input_adjoint_loop<T, false, false>(x, dy, y, n, mean, k, dx);                                              \
+  }                                                                                                                  \
+  inline double sum_run(const T* x, std::int64_t n) { return sum_run_##suffix(x, n); }                               \
+  inline double squared_deviation_run(const T* x, std::int64_t n, T mean) {                                          \
+    return squared_deviation_run_##suffix(x, n, mean);                                                               \
+  }                                                                                                                  \
+  inline void affine_run(const T* x, std::int64_t n, T scale, T shift, bool relu, T* y) {                             \
+    affine_run_##suffix(x, n, scale, shift, relu, y);                                                                \
+  }                                                                                                                  \
+  inline void adjoint_sums_run(const T* x, const T* dy, const T* y, std::int64_t n, T mean, double* sums) {          \
+    adjoint_sums_run_##suffix(x, dy, y, n, mean, sums);                                                              \
+  }                                                                                                                  \
+  inline void input_adjoint_run(const T* x, const T* dy, const T* y, std::int64_t n, T mean, const T* k, bool add,   \
+                                T* dx) {                                                                             \
+    input_adjoint_run_##suffix(x, dy, y, n, mean, k, add, dx);                                                       \
+  }
+TG_NORM_CLONES(float, f32)
+TG_NORM_CLONES(double, f64)
+#undef TG_NORM_CLONES
+
+// Calls body(run, offset) for each contiguous run of channel c: n runs of s elements.
 template <class T, class F>
 void for_each_run(const T* base, const ChannelView& v, std::int64_t c, F&& body) {
   for (std::int64_t i = 0; i < v.n; ++i) body(base + (i * v.c + c) * v.s, (i * v.c + c) * v.s);
-}
-
-template <class T>
-double run_sum(const T* x, std::int64_t n) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (std::int64_t j = 0; j < n; ++j) s += static_cast<double>(x[j]);
-  return s;
-}
-
-template <class T>
-double run_squared_deviation(const T* x, std::int64_t n, double mean) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (std::int64_t j = 0; j < n; ++j) {
-    const double d = static_cast<double>(x[j]) - mean;
-    s += d * d;
-  }
-  return s;
-}
-
-// y = x * scale + shift (then the activation), over one run.
-template <class T>
-void affine_run(const T* x, std::int64_t n, T scale, T shift, NormActivation act, T* y) {
-  if (act == NormActivation::relu) {
-#pragma omp simd
-    for (std::int64_t j = 0; j < n; ++j) y[j] = std::max(T(0), x[j] * scale + shift);
-  } else {
-#pragma omp simd
-    for (std::int64_t j = 0; j < n; ++j) y[j] = x[j] * scale + shift;
-  }
-}
-
-// The output adjoint as the normalisation sees it: zero where a fused relu was off.
-template <class T>
-T adjoint_at(const T* dy, const T* y, std::int64_t j, NormActivation act) {
-  return act == NormActivation::relu && !(y[j] > T(0)) ? T(0) : dy[j];
 }
 
 bool parallel_channels(const ChannelView& v) { return v.n * v.c * v.s > 32768 && v.c > 1; }
@@ -60,19 +153,20 @@ void batch_norm_train_forward(const BatchNormArgs<T>& a, T* mean, T* invstd, T* 
                               double momentum) {
   const ChannelView& v = a.v;
   const double m = static_cast<double>(v.per_channel());
+  const bool relu = a.activation == NormActivation::relu;
   parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
     double sum = 0;
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { sum += run_sum(run, v.s); });
+    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { sum += sum_run(run, v.s); });
     const double mu = sum / m;
     double squares = 0;
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { squares += run_squared_deviation(run, v.s, mu); });
+    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { squares += squared_deviation_run(run, v.s, static_cast<T>(mu)); });
     const double var = squares / m;
     const double inv = 1.0 / std::sqrt(var + a.eps);
     mean[c] = static_cast<T>(mu);
     invstd[c] = static_cast<T>(inv);
     const T scale = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
     const T shift = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) { affine_run(run, v.s, scale, shift, a.activation, y + at); });
+    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) { affine_run(run, v.s, scale, shift, relu, y + at); });
     if (running_mean) {
       running_mean[c] = static_cast<T>((1 - momentum) * static_cast<double>(running_mean[c]) + momentum * mu);
       running_var[c] = static_cast<T>((1 - momentum) * static_cast<double>(running_var[c]) + momentum * var * m / (m - 1));
@@ -83,6 +177,7 @@ void batch_norm_train_forward(const BatchNormArgs<T>& a, T* mean, T* invstd, T* 
 template <class T>
 void batch_norm_eval_forward(const BatchNormArgs<T>& a, const T* running_mean, const T* running_var, T* mean, T* invstd, T* y) {
   const ChannelView& v = a.v;
+  const bool relu = a.activation == NormActivation::relu;
   parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
     const double mu = static_cast<double>(running_mean[c]);
     const double inv = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + a.eps);
@@ -90,43 +185,33 @@ void batch_norm_eval_forward(const BatchNormArgs<T>& a, const T* running_mean, c
     invstd[c] = static_cast<T>(inv);
     const T scale = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
     const T shift = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) { affine_run(run, v.s, scale, shift, a.activation, y + at); });
+    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) { affine_run(run, v.s, scale, shift, relu, y + at); });
   });
 }
 
 template <class T>
 void batch_norm_backward(const BatchNormArgs<T>& a, const T* mean, const T* invstd, bool batch_stats, const T* y, const T* dy,
-                         T* dx, T* dgamma, T* dbeta) {
+                         T* dx, bool assign_dx, T* dgamma, T* dbeta) {
   const ChannelView& v = a.v;
   const double m = static_cast<double>(v.per_channel());
+  const T* relu_y = a.activation == NormActivation::relu ? y : nullptr;
   parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
-    const double mu = static_cast<double>(mean[c]), inv = static_cast<double>(invstd[c]);
-    double sum_dy = 0, sum_dy_xc = 0;  // sums of dy and dy * (x - mean)
+    const double inv = static_cast<double>(invstd[c]);
+    const T mu_t = mean[c];
+    double sums[2] = {0, 0};  // of g and of g * (x - mean)
     for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) {
-      double s0 = 0, s1 = 0;
-#pragma omp simd reduction(+ : s0, s1)
-      for (std::int64_t j = 0; j < v.s; ++j) {
-        const double g = static_cast<double>(adjoint_at(dy + at, y + at, j, a.activation));
-        s0 += g;
-        s1 += g * (static_cast<double>(run[j]) - mu);
-      }
-      sum_dy += s0;
-      sum_dy_xc += s1;
+      adjoint_sums_run(run, dy + at, relu_y ? relu_y + at : nullptr, v.s, mu_t, sums);
     });
-    if (dbeta) dbeta[c] += static_cast<T>(sum_dy);
-    if (dgamma) dgamma[c] += static_cast<T>(sum_dy_xc * inv);
+    if (dbeta) dbeta[c] += static_cast<T>(sums[0]);
+    if (dgamma) dgamma[c] += static_cast<T>(sums[1] * inv);
     if (!dx) return;
     const double gi = static_cast<double>(a.gamma[c]) * inv;
-    // dx = gamma * invstd * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))), the
+    // dx = gamma * invstd * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean))), the
     // last two only when the statistics came from x.
-    const T k_dy = static_cast<T>(gi);
-    const T k_const = static_cast<T>(batch_stats ? -gi * sum_dy / m : 0.0);
-    const T k_x = static_cast<T>(batch_stats ? -gi * inv * inv * sum_dy_xc / m : 0.0);
-    const T mu_t = static_cast<T>(mu);
+    const T k[3] = {static_cast<T>(gi), static_cast<T>(batch_stats ? -gi * sums[0] / m : 0.0),
+                    static_cast<T>(batch_stats ? -gi * inv * inv * sums[1] / m : 0.0)};
     for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) {
-      T* out = dx + at;
-#pragma omp simd
-      for (std::int64_t j = 0; j < v.s; ++j) out[j] += k_dy * adjoint_at(dy + at, y + at, j, a.activation) + k_const + k_x * (run[j] - mu_t);
+      input_adjoint_run(run, dy + at, relu_y ? relu_y + at : nullptr, v.s, mu_t, k, !assign_dx, dx + at);
     });
   });
 }
@@ -147,17 +232,28 @@ void row_norm_forward(const RowNormArgs<T>& a, T* mean, T* invstd, T* y) {
   const RowView& v = a.v;
   parallel_for(v.rows, threads_if(v.rows * v.length > 32768 && v.rows > 1), [&](std::int64_t r) {
     const T* x = a.x + r * v.length;
-    const double mu = run_sum(x, v.length) / static_cast<double>(v.length);
-    const double inv = 1.0 / std::sqrt(run_squared_deviation(x, v.length, mu) / static_cast<double>(v.length) + a.eps);
+    const double mu = sum_run(x, v.length) / static_cast<double>(v.length);
+    const double inv =
+        1.0 / std::sqrt(squared_deviation_run(x, v.length, static_cast<T>(mu)) / static_cast<double>(v.length) + a.eps);
     mean[r] = static_cast<T>(mu);
     invstd[r] = static_cast<T>(inv);
     T* out = y + r * v.length;
+    if (v.inner == 1) {  // layer norm: gamma and beta per element
+      const std::int64_t k0 = affine_index(v, r, 0);
+#pragma omp simd
+      for (std::int64_t j = 0; j < v.length; ++j) {
+        const double xhat = (static_cast<double>(x[j]) - mu) * inv;
+        out[j] = static_cast<T>(xhat * static_cast<double>(affine_or(a.gamma, k0 + j, T(1))) +
+                                static_cast<double>(affine_or(a.beta, k0 + j, T(0))));
+      }
+      return;
+    }
     for (std::int64_t j0 = 0; j0 < v.length; j0 += v.inner) {  // a run of `inner` elements shares gamma and beta
       const std::int64_t k = affine_index(v, r, j0);
       const double g = static_cast<double>(affine_or(a.gamma, k, T(1)));
       const T scale = static_cast<T>(g * inv);
       const T shift = static_cast<T>(static_cast<double>(affine_or(a.beta, k, T(0))) - mu * g * inv);
-      affine_run(x + j0, v.inner, scale, shift, NormActivation::none, out + j0);
+      affine_run(x + j0, v.inner, scale, shift, false, out + j0);
     }
   });
 }
@@ -221,7 +317,7 @@ void row_norm_backward(const RowNormArgs<T>& a, const T* mean, const T* invstd, 
 #define TG_NORM_INSTANCES(T)                                                                                                  \
   template void batch_norm_train_forward(const BatchNormArgs<T>&, T*, T*, T*, T*, T*, double);                               \
   template void batch_norm_eval_forward(const BatchNormArgs<T>&, const T*, const T*, T*, T*, T*);                            \
-  template void batch_norm_backward(const BatchNormArgs<T>&, const T*, const T*, bool, const T*, const T*, T*, T*, T*);      \
+  template void batch_norm_backward(const BatchNormArgs<T>&, const T*, const T*, bool, const T*, const T*, T*, bool, T*, T*); \
   template void row_norm_forward(const RowNormArgs<T>&, T*, T*, T*);                                                          \
   template void row_norm_backward(const RowNormArgs<T>&, const T*, const T*, const T*, T*, T*, T*);
 TG_NORM_INSTANCES(float)

@@ -373,8 +373,41 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
   });
 }
 
+bool window_is_whole_plane(const PoolGeometry& g) {
+  return g.out_vol() == 1 && g.win == g.in && g.pad == PoolGeometry::Dims{0, 0, 0} && g.dil == PoolGeometry::Dims{1, 1, 1};
+}
+
+namespace {
+// A global mean-pool: each plane's contiguous values summed at once.
+template <class T>
+void whole_plane_mean_forward(const PoolGeometry& g, const T* x, T* y) {
+  const std::int64_t n = g.in_vol();
+  parallel_for(g.N * g.C, threads_if(g.N * g.C * n > 20000), [&](std::int64_t plane) {
+    const T* xp = x + plane * n;
+    T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+    for (std::int64_t i = 0; i < n; ++i) acc += xp[i];
+    y[plane] = acc / static_cast<T>(n);
+  });
+}
+
+template <class T>
+void whole_plane_mean_backward(const PoolGeometry& g, const T* gy, T* gx, bool write) {
+  const std::int64_t n = g.in_vol();
+  parallel_for(g.N * g.C, threads_if(g.N * g.C * n > 20000), [&](std::int64_t plane) {
+    T* gp = gx + plane * n;
+    const T share = gy[plane] / static_cast<T>(n);
+    if (write) std::fill(gp, gp + n, share);
+    else
+#pragma omp simd
+      for (std::int64_t i = 0; i < n; ++i) gp[i] += share;
+  });
+}
+}  // namespace
+
 template <class T>
 void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x, T* y) {
+  if (window_is_whole_plane(g)) return whole_plane_mean_forward(g, x, y);
   ScratchScope scratch;
   const Windows w(g, scratch);
   for_each_output(g, [&](std::int64_t plane, std::int64_t j, std::int64_t o0, std::int64_t o1, std::int64_t o2) {
@@ -386,7 +419,8 @@ void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x,
 }
 
 template <class T>
-void meanpool_backward(const PoolGeometry& g, bool count_include_pad, const T* gy, T* gx) {
+void meanpool_backward(const PoolGeometry& g, bool count_include_pad, const T* gy, T* gx, bool write) {
+  if (window_is_whole_plane(g)) return whole_plane_mean_backward(g, gy, gx, write);
   ScratchScope scratch;
   const Windows w(g, scratch);
   for_each_output(g, [&](std::int64_t plane, std::int64_t j, std::int64_t o0, std::int64_t o1, std::int64_t o2) {
@@ -429,7 +463,7 @@ void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T
   template void maxpool_forward<T>(const PoolGeometry&, const T*, T*, T*);                 \
   template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*, bool); \
   template void meanpool_forward<T>(const PoolGeometry&, bool, const T*, T*);                         \
-  template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*);                        \
+  template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*, bool);                        \
   template void lppool_forward<T>(const PoolGeometry&, T, const T*, T*);                              \
   template void lppool_backward<T>(const PoolGeometry&, T, const T*, const T*, const T*, T*);
 TG_INSTANTIATE(float)

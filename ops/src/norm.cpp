@@ -5,6 +5,7 @@
 // ============================================================================
 #include "tapegrad/ops/norm.hpp"
 
+#include "assigned.hpp"
 #include "builtin_ops.hpp"
 #include "folding.hpp"
 #include "op_table.hpp"
@@ -86,9 +87,10 @@ void batch_norm_pullback(const PullbackCall<T>& c, kernels::NormActivation act, 
   T* dx = c.input_adjoints[0] ? c.input_adjoints[0]->data() : nullptr;
   T* dgamma = c.input_adjoints[1] ? c.input_adjoints[1]->data() : nullptr;
   T* dbeta = c.input_adjoints[2] ? c.input_adjoints[2]->data() : nullptr;
+  for (std::size_t i = 1; i < 3; ++i) zero_if_assigned(c, i);
   if (!dx && !dgamma && !dbeta) return;
   kernels::batch_norm_backward(batch_norm_args(p, c.inputs, act), c.saved[0].data(), c.saved[1].data(), p.user.training,
-                               c.output.data(), dy.data(), dx, dgamma, dbeta);
+                               c.output.data(), dy.data(), dx, c.assigns(0), dgamma, dbeta);
 }
 
 template <class T>
@@ -103,7 +105,7 @@ OpInfo<T> batch_norm_row() {
   r.arity = 5;
   r.n_saved = 2;  // mean, invstd (C): the statistics the forward used
   r.state_inputs = (1u << 3) | (1u << 4);
-  r.flags = kPullbackIgnoresOutput;
+  r.flags = kPullbackIgnoresOutput | kPullbackCanAssign;
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return batch_norm_shape(params_as<BatchNormOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) { batch_norm_forward(c, kernels::NormActivation::none); };
   r.pullback = [](const PullbackCall<T>& c) { batch_norm_pullback(c, kernels::NormActivation::none, c.output_adjoint); };

@@ -89,7 +89,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   r.arity = 1;
   r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
-  r.flags |= kPullbackCanAssign;  // from codes the whole adjoint is written; otherwise zeroed first
+  r.flags |= kPullbackCanAssign;  // from codes, or by a global mean-pool, the whole adjoint is written; otherwise zeroed first
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {  // one per window element
     const kernels::PoolGeometry& g = params_as<PoolOpParams>(p).geometry;
@@ -114,12 +114,13 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
                              c.saved[0].shape() == c.output.shape()
                          ? c.saved[0].data()
                          : nullptr;
-    const bool write = c.assigns(0) && codes && kernels::maxpool_codes_cover_input(p.geometry);
+    const bool write = c.assigns(0) && (p.kind == PoolKind::mean ? kernels::window_is_whole_plane(p.geometry)
+                                                                  : codes && kernels::maxpool_codes_cover_input(p.geometry));
     if (!write) zero_if_assigned(c, 0);
     switch (p.kind) {
       case PoolKind::max:
         return kernels::maxpool_backward(p.geometry, x, c.output.data(), gy, gx, codes, write);
-      case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.counts_padding(), gy, gx);
+      case PoolKind::mean: return kernels::meanpool_backward(p.geometry, p.user.counts_padding(), gy, gx, write);
       case PoolKind::lp: return kernels::lppool_backward(p.geometry, static_cast<T>(p.user.p), x, c.output.data(), gy, gx);
     }
   };

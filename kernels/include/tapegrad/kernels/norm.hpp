@@ -1,11 +1,12 @@
 // Normalisation kernels: batch norm over (N, C, S) per channel, and the row
 // form shared by layer norm and group norm (statistics over contiguous rows).
 //
-// Every kernel keeps its statistics in double (sums of float values lose
-// digits over 10^6 elements), and writes per channel or per row:
+// Every kernel sums in blocks of float lanes added in double (Note [Blocked
+// sums], norm.cpp), and writes per channel or per row:
 //   mean, invstd = 1 / sqrt(var + eps), var the biased variance.
-// The pullbacks ADD into dx, dgamma and dbeta (Note [Pullbacks accumulate]);
-// a null pointer skips that output.
+// The pullbacks ADD into dx, dgamma and dbeta (Note [Pullbacks accumulate]),
+// except batch norm's dx when assign_dx (Note [Assigned adjoints]); a null
+// pointer skips that output.
 #pragma once
 
 #include <cstdint>
@@ -44,9 +45,10 @@ template <class T>
 void batch_norm_eval_forward(const BatchNormArgs<T>& a, const T* running_mean, const T* running_var, T* mean, T* invstd, T* y);
 // Pullback. batch_stats: the statistics were the batch's (training), so they
 // depend on x too. y is the forward's output, read only for a fused activation.
+// assign_dx: dx's bytes are stale and are written, not added to.
 template <class T>
 void batch_norm_backward(const BatchNormArgs<T>& a, const T* mean, const T* invstd, bool batch_stats, const T* y, const T* dy,
-                         T* dx, T* dgamma, T* dbeta);
+                         T* dx, bool assign_dx, T* dgamma, T* dbeta);
 
 // x as `rows` contiguous rows of `length`. Within a row, element j uses the
 // affine coefficients at (row % groups) * (length / inner) + j / inner:

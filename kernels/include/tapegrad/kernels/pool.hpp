@@ -60,10 +60,14 @@ template <class T>
 void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx,
                       const T* codes = nullptr, bool write = false);
 
+// Whether one window covers each whole plane (a global pool: no padding, one
+// output per plane); then the mean-pool's backward can write gx instead of adding.
+bool window_is_whole_plane(const PoolGeometry& g);
 template <class T>
 void meanpool_forward(const PoolGeometry& g, bool count_include_pad, const T* x, T* y);
+// write (with window_is_whole_plane only): gx = the adjoint instead of gx += it.
 template <class T>
-void meanpool_backward(const PoolGeometry& g, bool count_include_pad, const T* gy, T* gx);
+void meanpool_backward(const PoolGeometry& g, bool count_include_pad, const T* gy, T* gx, bool write = false);
 
 // y = (sum over the window of |x|^p)^(1/p)
 template <class T>

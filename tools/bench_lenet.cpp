@@ -104,23 +104,9 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& tur
         return loss;
       },
       [&] { return cnn::lenet_accuracy(d.test, net, d.test.size()); });
-  // The batch-64 step's program: the compiled program, or the interpreter's tape.
   const auto order = cnn::shuffled(d.train.size(), 1, 0);
   batch(d, order, 0, x, y);
-  auto with_runner = [&](auto&& visit) {
-    jit.with_program(
-        [&](auto& program) {
-          if constexpr (requires { program.program(); }) visit(program.program());
-          else visit(program.tape());
-        },
-        net, tg::data(x), tg::data(y));
-  };
-  if (compiled)
-    with_runner([](const auto& p) {
-      if constexpr (requires { p.arena_bytes(); })
-        fmt::print("  compiled batch-64 step: arena {:.1f} MiB for values and adjoints ({:.1f} MiB one buffer each)\n",
-                   double(p.arena_bytes()) / (1 << 20), double(p.unplanned_bytes()) / (1 << 20));
-    });
+  print_arena(jit, "compiled batch-64 step", net, tg::data(x), tg::data(y));
   r.peak_rss_mib = status_mib("VmHWM");
   if (o.profile_steps > 0)  // batch-64 steps only: the first batches of epoch 0's order
     print_step_profile(jit, name, o.threads, o.profile_steps, [&](int s) { batch(d, order, s, x, y), step(); }, net, tg::data(x),

@@ -102,9 +102,11 @@ Result train_tapegrad(const Data& d, const Options& o, Turns& turns) {
       "tapegrad", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
       [&](const std::vector<std::int64_t>& order, std::int64_t s) { return batch(d, order, s, x, y), step(); },
       [&] { return cnn::resnet_accuracy(d.test, net, d.test.size()); });
+  const auto order = cnn::shuffled(d.train.size(), 1, 0);
+  batch(d, order, 0, x, y);
+  print_arena(jit, "compiled full-batch step", net, tg::data(x), tg::data(y));
+  r.peak_rss_mib = status_mib("VmHWM");
   if (o.profile_steps > 0) {  // full batches: the first of epoch 0's order
-    const auto order = cnn::shuffled(d.train.size(), 1, 0);
-    batch(d, order, 0, x, y);
     print_step_profile(jit, "tapegrad compiled", o.threads, o.profile_steps, [&](int s) { batch(d, order, s, x, y), step(); },
                        net, tg::data(x), tg::data(y));
   }

@@ -224,6 +224,18 @@ void print_table(const std::vector<Run>& runs, std::int64_t images) {
                (r.result.peak_rss_mib - r.result.start_rss_mib) / (base.result.peak_rss_mib - base.result.start_rss_mib));
 }
 
+// Prints the arena of the jit's compiled program for `args` (nothing for the interpreter).
+template <class Jit, class... Args>
+void print_arena(Jit& jit, const char* label, const Args&... args) {
+  jit.with_program(
+      [&](auto& program) {
+        if constexpr (requires { program.program().arena_bytes(); })
+          fmt::print("  {}: arena {:.1f} MiB for values and adjoints ({:.1f} MiB one buffer each)\n", label,
+                     double(program.program().arena_bytes()) / (1 << 20), double(program.program().unplanned_bytes()) / (1 << 20));
+      },
+      args...);
+}
+
 // Prints the per-step (compiled) or per-instruction (interpreter) profile of the
 // jit's program for `args` (which it records first if it has none), over `steps` calls of step(s) (s = 0, 1, ...), which
 // refills the arguments and runs one training step.

@@ -16,20 +16,29 @@
 
 namespace tg::ops {
 
+// add and sub: the pullback reads neither operand's value (only their shapes).
+template <class T>
+OpInfo<T> reading_no_operand(OpInfo<T> row) {
+  Fusion<T> fusion;
+  fusion.pullback_reads_input = [](const OpParams*, std::size_t) { return false; };
+  row.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
+  return row;
+}
+
 template <class T>
 OpInfo<T> add_row() {
-  return binary_row<T>(
+  return reading_no_operand(binary_row<T>(
       "add", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a + b; },  //
       [](T, T, T, T g) { return g; },                                          // d/da
-      [](T, T, T, T g) { return g; });                                         // d/db
+      [](T, T, T, T g) { return g; }));                                        // d/db
 }
 
 template <class T>
 OpInfo<T> sub_row() {
-  return binary_row<T>(
+  return reading_no_operand(binary_row<T>(
       "sub", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a - b; },  //
       [](T, T, T, T g) { return g; },                                          //
-      [](T, T, T, T g) { return -g; });
+      [](T, T, T, T g) { return -g; }));
 }
 
 template <class T>

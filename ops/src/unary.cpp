@@ -53,6 +53,7 @@ OpInfo<T> unary_epilogue(const char* name, ArrayFwd array_fwd, Dfwd dfwd, bool m
     for (std::int64_t i = 0; i < n; ++i) dy[i] = dfwd(T(0), y[i], dy[i]);
   };
   fusion.mask_pullback = mask_pullback;
+  fusion.pullback_reads_input = [](const OpParams*, std::size_t) { return false; };  // the derivative from the output
   row.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
   return row;
 }

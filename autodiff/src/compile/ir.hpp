@@ -94,13 +94,50 @@ struct MemoryPlan {
 template <class T>
 MemoryPlan plan_memory(const Ir<T>& ir);
 
-// Whether step st's pullback reads its k-th input's value: a fused chain's
-// members may all read theirs; an op says so by its fusion hook.
+// Whether op's pullback reads its k-th input's value: an op says so by its fusion hook.
+template <class T>
+bool op_pullback_reads_input(const OpInfo<T>& op, const OpParams* params, std::size_t k) {
+  const auto* f = op.fusion.get();
+  return !f || !f->pullback_reads_input || f->pullback_reads_input(params, k);
+}
+
+// Note [What a chain's pullback reads]: a fused chain's pullback recomputes an
+// inner value only where a member's pullback reads it, as its output or as an
+// input, and recomputing a member reads that member's inputs. So an external
+// input is read back only through such a path: add + relu reads neither addend
+// (relu's derivative follows from its output, add's from nothing), and the
+// arena may reuse their bytes after the forward pass. Rejected: recomputing
+// every inner value, which kept every input of every chain alive for the
+// reverse pass (30 MiB of a ResNet step's 194).
+struct ChainReads {
+  std::vector<std::uint8_t> member;    // per member: its value is read (the last one's is the step's output)
+  std::vector<std::uint8_t> external;  // per external input (the step's args)
+};
+template <class Member>
+ChainReads chain_reads(const std::vector<Member>& members, std::size_t externals) {
+  ChainReads r{std::vector<std::uint8_t>(members.size(), 0), std::vector<std::uint8_t>(externals, 0)};
+  auto mark = [&](std::int32_t code) {
+    if (code < 0) r.member[static_cast<std::size_t>(-1 - code)] = 1;
+    else r.external[static_cast<std::size_t>(code)] = 1;
+  };
+  for (std::size_t m = 0; m < members.size(); ++m) {
+    const Member& mem = members[m];
+    if (!mem.needs_grad) continue;  // its pullback does not run
+    if (!(mem.op->flags & kPullbackIgnoresOutput)) r.member[m] = 1;
+    for (int i = 0; i < mem.n_in; ++i)
+      if (op_pullback_reads_input(*mem.op, mem.params.get(), static_cast<std::size_t>(i))) mark(mem.in[static_cast<std::size_t>(i)]);
+  }
+  for (std::size_t m = members.size() - 1; m-- > 0;)  // an inner value read is recomputed from its inputs
+    if (r.member[m])
+      for (int i = 0; i < members[m].n_in; ++i) mark(members[m].in[static_cast<std::size_t>(i)]);
+  return r;
+}
+
+// Whether step st's pullback reads its k-th input's value.
 template <class Step>
 bool pullback_reads_input(const Step& st, std::size_t k) {
-  if (st.chain()) return true;
-  const auto* f = st.op->fusion.get();
-  return !f || !f->pullback_reads_input || f->pullback_reads_input(st.params.get(), k);
+  if (const auto* c = st.chain()) return chain_reads(c->members, st.args.size()).external[k] != 0;
+  return op_pullback_reads_input(*st.op, st.params.get(), k);
 }
 
 }  // namespace tg::compile_impl

@@ -90,6 +90,8 @@ typename Ir<T>::Step chain_step(const std::vector<typename Ir<T>::Step>& steps, 
     member_out.push_back(st.out);
     chain.members.push_back(std::move(member));
   }
+  const ChainReads reads = chain_reads(chain.members, fused.args.size());
+  for (std::size_t m = 0; m < chain.members.size(); ++m) chain.members[m].read_back = reads.member[m] != 0;
   fused.kind = std::move(chain);
   return fused;
 }

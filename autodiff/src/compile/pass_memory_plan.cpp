@@ -48,10 +48,12 @@ class Intervals {
 };
 
 // Whether step st's pullback reads its output value. An op that ignores its
-// output reads it only for a fused activation's pullback it still runs.
+// output reads it only for a fused activation's pullback it still runs; a
+// chain, when its last member's pullback reads it (Note [What a chain's pullback reads]).
 template <class Step>
 bool pullback_reads_output(const Step& st) {
-  if (!(st.op->flags & kPullbackIgnoresOutput) || st.chain() || st.view()) return true;
+  if (const auto* c = st.chain()) return chain_reads(c->members, st.args.size()).member.back() != 0;
+  if (!(st.op->flags & kPullbackIgnoresOutput) || st.view()) return true;
   const auto* e = st.epilogue();
   return e && !e->pullback_at_max;
 }

@@ -335,7 +335,8 @@ void CompiledProgram<T>::group_pullback(const Step& st, std::uint32_t assigned_e
     auto inputs_of = [&](const auto& mem, std::array<Array<T>, 2>& in, std::array<const Array<T>*, 2>& ptr) {
       member_inputs(st, mem, values_, inner, n, begin, len, in, ptr);
     };
-    for (std::size_t m = 0; m + 1 < members; ++m) {  // the inner values again
+    for (std::size_t m = 0; m + 1 < members; ++m) {  // the inner values read back, again
+      if (!chain[m].read_back) continue;
       std::array<Array<T>, 2> in;
       std::array<const Array<T>*, 2> ptr{};
       inputs_of(chain[m], in, ptr);

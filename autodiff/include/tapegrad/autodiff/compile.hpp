@@ -169,6 +169,7 @@ class CompiledProgram {
     int n_in;
     bool needs_grad;     // its output needs a gradient: its pullback runs
     std::uint32_t slot;  // the recorded slot of its output (for printing)
+    bool read_back = true;  // the pullback reads its value, so recomputes it (Note [What a chain's pullback reads], ir.hpp)
   };
   struct Step {
     const OpInfo<T>* op;

@@ -16,7 +16,15 @@ std::uint32_t Tape<T>::add_slot(Array<T> value, SlotKind kind, bool needs_grad) 
   kind_.push_back(kind);
   needs_grad_.push_back(needs_grad ? 1 : 0);
   state_.push_back(0);
+  handles_.push_back(0);
   return slot;
+}
+
+template <class T>
+void Tape<T>::drop_handle(std::uint32_t slot) noexcept {
+  if (slot >= handles_.size() || handles_[slot] == 0 || --handles_[slot] > 0) return;
+  if (!release_unreachable_ || kind_[slot] != SlotKind::computed || slot == output_) return;
+  values_[slot] = Array<T>::borrowed(values_[slot].shape(), nullptr);  // the shape stays, for compile
 }
 
 template <class T>

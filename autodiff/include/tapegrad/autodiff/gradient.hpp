@@ -114,12 +114,20 @@ constexpr bool recordable() {
 // What an entry point returns after a failed static_assert (nothing else is compiled).
 struct NotRecorded {};
 
+// What follows a recording: the tape is kept (replayed, differentiated), or
+// it is compiled at once (tg::jit). Compiling at once, the recording drops the
+// values no handle can reach (Note [Unreachable values], tape.hpp), and it
+// leaves the State leaves as they were: the compiled program's first run
+// updates them (Note [State leaves]), which would otherwise happen twice.
+enum class RecordFor : std::uint8_t { tape, compiling };
+
 // Records f on the arguments' trees into a fresh tape: one input per leaf,
 // named by its path; the leaves of tg::data positions get no gradient.
 template <class T, class... Args, class F>
-std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKind<Args>::Tree&... trees) {
+std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, RecordFor use, const typename ArgKind<Args>::Tree&... trees) {
   auto tape = std::make_unique<Tape<T>>();
   tape->set_refuse_captures(capture == Capture::refuse);
+  tape->set_release_unreachable(use == RecordFor::compiling);
   const std::vector<std::string> names = leaf_names(trees...);
   std::vector<std::uint32_t> slots;
   auto add = [&](const auto& t, bool needs) {
@@ -145,35 +153,30 @@ std::unique_ptr<Tape<T>> record_tape(F& f, Capture capture, const typename ArgKi
   return tape;
 }
 
-// Whether a recording copies the new values of its State leaves back into the
-// arguments (Note [State leaves]): yes, unless a compiled program's first run
-// follows and does it (tg::jit), which would otherwise update them twice.
-enum class StateUpdate : std::uint8_t { write_back, leave };
-
 template <class T, class F, class... Args>
-GradientTape<T, Args...> record_checked(F&& f, Capture capture, StateUpdate update, const Args&... args) {
-  auto tape = record_tape<T, Args...>(f, capture, tree_of(args)...);
+GradientTape<T, Args...> record_checked(F&& f, Capture capture, RecordFor use, const Args&... args) {
+  auto tape = record_tape<T, Args...>(f, capture, use, tree_of(args)...);
   typename GradientTape<T, Args...>::Recorder recorder;
   using Held = std::decay_t<F>;
   if constexpr (std::is_copy_constructible_v<Held>) {
     auto held = std::make_shared<Held>(f);
     recorder = [held, capture](const typename ArgKind<Args>::Tree&... trees) {
-      return record_tape<T, Args...>(*held, capture, trees...);
+      return record_tape<T, Args...>(*held, capture, RecordFor::tape, trees...);
     };
   }
   GradientTape<T, Args...> out(std::move(tape), std::move(recorder), args...);
-  if (update == StateUpdate::write_back) out.write_back_state(args...);
+  if (use == RecordFor::tape) out.write_back_state(args...);
   return out;
 }
 
 template <class T, class F, class... Args>
-auto record_with(F&& f, Capture capture, StateUpdate update, const Args&... args) {
+auto record_with(F&& f, Capture capture, RecordFor use, const Args&... args) {
   if constexpr (!recordable<T, std::decay_t<F>, Args...>()) return NotRecorded{};
-  else return record_checked<T>(std::forward<F>(f), capture, update, args...);
+  else return record_checked<T>(std::forward<F>(f), capture, use, args...);
 }
 template <class T, class F, class... Args>
 auto record_with(F&& f, Capture capture, const Args&... args) {
-  return record_with<T>(std::forward<F>(f), capture, StateUpdate::write_back, args...);
+  return record_with<T>(std::forward<F>(f), capture, RecordFor::tape, args...);
 }
 
 template <class... Args>

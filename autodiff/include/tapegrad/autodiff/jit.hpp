@@ -181,7 +181,7 @@ class Jit {
     }
     auto entry = std::make_unique<Entry>();
     entry->tape.emplace(detail::record_with<T>(
-        f_, Capture::refuse, options_.compiled ? detail::StateUpdate::leave : detail::StateUpdate::write_back, args...));
+        f_, Capture::refuse, options_.compiled ? detail::RecordFor::compiling : detail::RecordFor::tape, args...));
     if (options_.compiled) {
       entry->program.emplace(compile(*entry->tape, options_.compile));
       entry->tape.reset();

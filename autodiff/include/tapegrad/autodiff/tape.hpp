@@ -157,6 +157,21 @@ class Tape {
   // Copies the adjoint of a slot into `out`, reusing its storage when the size matches.
   void adjoint_into(std::uint32_t slot, Array<T>& out) const;
 
+  // Note [Unreachable values]: a recording compiled at once (tg::jit) needs of
+  // a computed value only its shape once no Tracked handle can reach it, since
+  // no later op can then read it. Handles count themselves per slot
+  // (add_handle, drop_handle); with release_unreachable on, the last handle of
+  // a computed value other than the output frees its storage and leaves its
+  // shape, as a structure-only tape has. Recording a ResNet step then holds the
+  // few activations its handles reach, not all of them (207 MiB, the largest
+  // memory of its jit training). Rejected: keeping every value until compile.
+  // Off: every value stays (a tape that is replayed or differentiated).
+  void set_release_unreachable(bool on) { release_unreachable_ = on; }
+  void add_handle(std::uint32_t slot) noexcept {
+    if (slot < handles_.size()) ++handles_[slot];
+  }
+  void drop_handle(std::uint32_t slot) noexcept;
+
   // Note [Tape identity] (tape_identity.hpp): unique for the life of the process.
   std::uint64_t generation() const noexcept { return identity_.generation(); }
 
@@ -225,6 +240,8 @@ class Tape {
   detail::ReplayHealth health_;
   bool structure_only_ = false;
   bool refuse_captures_ = false;
+  std::vector<std::uint32_t> handles_;  // per slot: live Tracked handles (Note [Unreachable values])
+  bool release_unreachable_ = false;
 };
 
 namespace detail {

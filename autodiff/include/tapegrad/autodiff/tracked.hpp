@@ -17,7 +17,18 @@ class GuardedElement;
 template <class T>
 class Tracked {
  public:
-  Tracked(Tape<T>* tape, std::uint32_t slot) : tape_(tape), slot_(slot), generation_(tape->generation()) {}
+  // Each handle counts itself on its tape while both live (Note [Unreachable values]).
+  Tracked(Tape<T>* tape, std::uint32_t slot) : tape_(tape), slot_(slot), generation_(tape->generation()) {
+    tape_->add_handle(slot_);
+  }
+  Tracked(const Tracked& other) noexcept : tape_(other.tape_), slot_(other.slot_), generation_(other.generation_) { hold(); }
+  Tracked& operator=(const Tracked& other) noexcept {
+    other.hold();  // first: other may hold the last other handle of this one's slot
+    let_go();
+    tape_ = other.tape_, slot_ = other.slot_, generation_ = other.generation_;
+    return *this;
+  }
+  ~Tracked() { let_go(); }
 
   // The current value: an unguarded read (Note [Guards]). Fine for printing; a
   // branch on it is not checked on replay (the tape counts such reads and the
@@ -57,6 +68,12 @@ class Tracked {
   std::uint64_t generation() const noexcept { return generation_; }
 
  private:
+  void hold() const noexcept {
+    if (detail::tape_is_live(generation_)) tape_->add_handle(slot_);
+  }
+  void let_go() const noexcept {
+    if (detail::tape_is_live(generation_)) tape_->drop_handle(slot_);
+  }
   [[noreturn]] void fail_stale() const {
     fail("Tracked", fmt::format("value %{} belongs to a tape (generation {}) that no longer exists expected a value of "
                                 "the recording in progress; hint: Tracked values live only while their function is "

@@ -177,11 +177,13 @@ const T* pad_input(const ConvGeometry& g, const Layout& L, const T* x, ScratchSc
       std::fill(dst, dst + L.padded[2], T(0));
       return;
     }
+    // Padded columns [first, last) hold input columns from first - lo: zeros, a copy, zeros.
     const T* src = x + (nc * g.in[0] + i0) * g.in[1] * g.in[2] + i1 * g.in[2];
-    for (std::int64_t p2 = 0; p2 < L.padded[2]; ++p2) {
-      const std::int64_t i2 = p2 - g.lo[2];
-      dst[p2] = i2 >= 0 && i2 < g.in[2] ? src[i2] : T(0);
-    }
+    const std::int64_t first = std::clamp<std::int64_t>(g.lo[2], 0, L.padded[2]);
+    const std::int64_t last = std::clamp<std::int64_t>(g.lo[2] + g.in[2], first, L.padded[2]);
+    std::fill(dst, dst + first, T(0));
+    std::copy(src + (first - g.lo[2]), src + (last - g.lo[2]), dst + first);
+    std::fill(dst + last, dst + L.padded[2], T(0));
   });
   return out;
 }

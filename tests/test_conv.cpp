@@ -148,6 +148,15 @@ TEST_CASE("conv: implicit GEMM tile edges, groups and threads equal the referenc
       {{5, 6, 6, 7}, {40, 3, 3, 3}, {.padding = {1}, .groups = 2, .algorithm = ConvAlgorithm::implicit_gemm}},
       {{3, 5, 7, 11}, {9, 5, 2, 2}, {.stride = {2, 2}, .pad_lo = {0, 1}, .pad_hi = {1, 0}, .dilation = {1, 2},
                                      .algorithm = ConvAlgorithm::implicit_gemm}},
+      // Strided (the input gradient through im2col's col2im): ResNet's 3x3
+      // stride 2 on odd sizes; stride 3 with 2 taps, where some input rows
+      // receive from no tap, and groups; 1x1 stride 2; 1-D; 3-D.
+      {{2, 5, 9, 10}, {7, 5, 3, 3}, {.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{2, 4, 10, 9}, {6, 2, 2, 3}, {.stride = {3, 2}, .pad_lo = {1, 0}, .pad_hi = {0, 2}, .groups = 2,
+                                     .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{3, 4, 7, 8}, {20, 4, 1, 1}, {.stride = {2}, .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{2, 3, 17}, {5, 3, 5}, {.stride = {3}, .padding = {2}, .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{2, 3, 5, 6, 7}, {4, 3, 3, 2, 3}, {.stride = {2, 1, 3}, .padding = {1, 0, 1}, .algorithm = ConvAlgorithm::implicit_gemm}},
   };
   const int before = tg::num_threads();
   for (const auto& c : geometries) {

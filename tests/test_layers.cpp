@@ -115,16 +115,6 @@ TEST_CASE("batch_norm: the triple and the dot-product test, training and evaluat
 }
 
 namespace {
-tg::Array<float> to_float(const A& a) {
-  tg::Array<float> f(a.shape());
-  std::copy(a.begin(), a.end(), f.data());
-  return f;
-}
-A to_double(const tg::Array<float>& f) {
-  A a(f.shape());
-  std::copy(f.begin(), f.end(), a.data());
-  return a;
-}
 // Largest |a - b| relative to b's largest magnitude.
 double relative_diff(const A& a, const A& b) { return max_abs_diff(a, b) / std::max(1e-30, max_abs(b)); }
 
@@ -157,22 +147,22 @@ TEST_CASE("norms in float: values and gradients equal double's to float rounding
   const A x = A::random_uniform({16, 4, 40, 40}, 48, 52, 41), r = A::random_uniform({16, 4, 40, 40}, -1, 1, 42);
   const A g = A::random_uniform({4}, 0.5, 1.5, 43), b = A::random_uniform({4}, -0.5, 0.5, 44);
   const auto [bn64, bn_twice64, gn64, ln64] = norm_losses(r);
-  const auto [bn32, bn_twice32, gn32, ln32] = norm_losses(to_float(r));
-  const auto xf = to_float(x), gf = to_float(g), bf = to_float(b);
+  const auto [bn32, bn_twice32, gn32, ln32] = norm_losses(r.cast<float>());
+  const auto xf = x.cast<float>(), gf = g.cast<float>(), bf = b.cast<float>();
   auto compare = [&](auto f64, auto f32, const char* name) {
     CAPTURE(name);
     auto compiled = tg::compile(tg::record(f32, xf, gf, bf));  // batch_norm + ReLU fused in the first
     const auto [dx, dg, db] = tg::gradient(f64, x, g, b);
     const auto [dxf, dgf, dbf] = compiled.gradient(xf, gf, bf);
     CHECK(double(compiled.value()) == doctest::Approx(tg::record(f64, x, g, b).value()).epsilon(1e-4));
-    CHECK(relative_diff(to_double(dxf), dx) < 1e-4);
-    CHECK(relative_diff(to_double(dgf), dg) < 1e-4);
-    CHECK(relative_diff(to_double(dbf), db) < 1e-4);
+    CHECK(relative_diff(dxf.template cast<double>(), dx) < 1e-4);
+    CHECK(relative_diff(dgf.template cast<double>(), dg) < 1e-4);
+    CHECK(relative_diff(dbf.template cast<double>(), db) < 1e-4);
   };
   compare(bn64, bn32, "batch_norm + relu");
   compare(bn_twice64, bn_twice32, "batch_norm, x read twice");
   compare(gn64, gn32, "group_norm");
-  CHECK(relative_diff(to_double(tg::gradient(ln32, xf)), tg::gradient(ln64, x)) < 1e-4);
+  CHECK(relative_diff(tg::gradient(ln32, xf).cast<double>(), tg::gradient(ln64, x)) < 1e-4);
 }
 
 TEST_CASE("batch_norm: running statistics are state, updated once per forward run by every entry point") {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "clones.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 
 namespace tg::kernels {
@@ -94,13 +95,13 @@ __attribute__((always_inline)) inline void adam_loop(T* __restrict p, const T* _
 }
 
 // The clones: one non-template function per loop and type (clang clones no templates).
-#define TG_UPDATE_CLONES(T, suffix)                                                                                   \
-  __attribute__((target_clones("avx2", "default"))) void sgd_block_##suffix(                                         \
-      T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov, bool first) {     \
+#define TG_UPDATE_CLONES(T, suffix)                                                                                  \
+  TG_AVX2_CLONES void sgd_block_##suffix(                                                                            \
+      T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov, bool first) {    \
     sgd_loop<T>(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first);                                         \
   }                                                                                                                  \
-  __attribute__((target_clones("avx2", "default"))) void adam_block_##suffix(                                        \
-      T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd, bool decoupled,     \
+  TG_AVX2_CLONES void adam_block_##suffix(                                                                           \
+      T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd, bool decoupled,    \
       T step_size, T bc2_sqrt) {                                                                                     \
     adam_loop<T>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt);                    \
   }                                                                                                                  \
@@ -108,7 +109,7 @@ __attribute__((always_inline)) inline void adam_loop(T* __restrict p, const T* _
                         bool first) {                                                                                \
     sgd_block_##suffix(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first);                                  \
   }                                                                                                                  \
-  inline void adam_block(T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd,  \
+  inline void adam_block(T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd, \
                          bool decoupled, T step_size, T bc2_sqrt) {                                                  \
     adam_block_##suffix(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt);             \
   }
@@ -168,11 +169,11 @@ void scale_in_place(T* x, std::int64_t n, T factor) {
   });
 }
 
-#define TG_INSTANTIATE(T)                                                                                           \
-  template std::vector<UpdateBlock> plan_update_blocks(std::span<const UpdateSegment<T>>);                         \
-  template void sgd_update(std::span<const UpdateSegment<T>>, std::span<const UpdateBlock>, const SgdStep&);        \
-  template void adam_update(std::span<const UpdateSegment<T>>, std::span<const UpdateBlock>, const AdamStep&);      \
-  template double sum_of_squares(const T*, std::int64_t);                                                           \
+#define TG_INSTANTIATE(T)                                                                                            \
+  template std::vector<UpdateBlock> plan_update_blocks(std::span<const UpdateSegment<T>>);                           \
+  template void sgd_update(std::span<const UpdateSegment<T>>, std::span<const UpdateBlock>, const SgdStep&);         \
+  template void adam_update(std::span<const UpdateSegment<T>>, std::span<const UpdateBlock>, const AdamStep&);       \
+  template double sum_of_squares(const T*, std::int64_t);                                                            \
   template void scale_in_place(T*, std::int64_t, T);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

@@ -97,7 +97,7 @@ __attribute__((always_inline)) inline void input_adjoint_loop(const T* __restric
 // The clones: one non-template function per loop and type (clang clones no
 // templates); y null means no ReLU, and k is (k_dy, k_const, k_x).
 #define TG_NORM_CLONES(T, suffix)                                                                                    \
-  TG_AVX2_CLONES double sum_run_##suffix(const T* x, std::int64_t n) {                                               \
+  TG_AVX2_CLONES double blocked_sum_##suffix(const T* x, std::int64_t n) {                                               \
     return sum_loop(x, n);                                                                                           \
   }                                                                                                                  \
   TG_AVX2_CLONES double squared_deviation_run_##suffix(const T* x, std::int64_t n, T mean) {                          \
@@ -119,7 +119,7 @@ __attribute__((always_inline)) inline void input_adjoint_loop(const T* __restric
     else if (add) input_adjoint_loop<T, false, true>(x, dy, y, n, mean, k, dx);                                      \
     else input_adjoint_loop<T, false, false>(x, dy, y, n, mean, k, dx);                                              \
   }                                                                                                                  \
-  inline double sum_run(const T* x, std::int64_t n) { return sum_run_##suffix(x, n); }                               \
+  inline double blocked_sum(const T* x, std::int64_t n) { return blocked_sum_##suffix(x, n); }                               \
   inline double squared_deviation_run(const T* x, std::int64_t n, T mean) {                                          \
     return squared_deviation_run_##suffix(x, n, mean);                                                               \
   }                                                                                                                  \
@@ -155,7 +155,7 @@ void batch_norm_train_forward(const BatchNormArgs<T>& a, T* mean, T* invstd, T* 
   const bool relu = a.activation == NormActivation::relu;
   parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
     double sum = 0;
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { sum += sum_run(run, v.s); });
+    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { sum += blocked_sum(run, v.s); });
     const double mu = sum / m;
     double squares = 0;
     for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { squares += squared_deviation_run(run, v.s, static_cast<T>(mu)); });
@@ -231,7 +231,7 @@ void row_norm_forward(const RowNormArgs<T>& a, T* mean, T* invstd, T* y) {
   const RowView& v = a.v;
   parallel_for(v.rows, threads_if(v.rows * v.length > 32768 && v.rows > 1), [&](std::int64_t r) {
     const T* x = a.x + r * v.length;
-    const double mu = sum_run(x, v.length) / static_cast<double>(v.length);
+    const double mu = blocked_sum(x, v.length) / static_cast<double>(v.length);
     const double inv =
         1.0 / std::sqrt(squared_deviation_run(x, v.length, static_cast<T>(mu)) / static_cast<double>(v.length) + a.eps);
     mean[r] = static_cast<T>(mu);

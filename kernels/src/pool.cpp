@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/reduce.hpp"
 #include "spatial_dims.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 #include "tapegrad/kernels/error.hpp"
@@ -378,30 +379,19 @@ bool window_is_whole_plane(const PoolGeometry& g) {
 }
 
 namespace {
-// A global mean-pool: each plane's contiguous values summed at once.
+// A global mean-pool: each plane's contiguous values summed at once, and its
+// adjoint spread back as a reduction's is.
 template <class T>
 void whole_plane_mean_forward(const PoolGeometry& g, const T* x, T* y) {
   const std::int64_t n = g.in_vol();
-  parallel_for(g.N * g.C, threads_if(g.N * g.C * n > 20000), [&](std::int64_t plane) {
-    const T* xp = x + plane * n;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (std::int64_t i = 0; i < n; ++i) acc += xp[i];
-    y[plane] = acc / static_cast<T>(n);
-  });
+  parallel_for(g.N * g.C, threads_if(g.N * g.C * n > 20000),
+               [&](std::int64_t plane) { y[plane] = sum_run(x + plane * n, n) / static_cast<T>(n); });
 }
 
 template <class T>
 void whole_plane_mean_backward(const PoolGeometry& g, const T* gy, T* gx, bool write) {
-  const std::int64_t n = g.in_vol();
-  parallel_for(g.N * g.C, threads_if(g.N * g.C * n > 20000), [&](std::int64_t plane) {
-    T* gp = gx + plane * n;
-    const T share = gy[plane] / static_cast<T>(n);
-    if (write) std::fill(gp, gp + n, share);
-    else
-#pragma omp simd
-      for (std::int64_t i = 0; i < n; ++i) gp[i] += share;
-  });
+  const std::int64_t planes = g.N * g.C, n = g.in_vol();
+  broadcast_accumulate(gy, Shape{planes, 1}, gx, Shape{planes, n}, T(1) / static_cast<T>(n), write);
 }
 }  // namespace
 

@@ -52,7 +52,7 @@ class Intervals {
 // chain, when its last member's pullback reads it (Note [What a chain's pullback reads]).
 template <class Step>
 bool pullback_reads_output(const Step& st) {
-  if (const auto* c = st.chain()) return chain_reads(c->members, st.args.size()).member.back() != 0;
+  if (const auto* c = st.chain()) return c->members.back().read_back;
   if (!(st.op->flags & kPullbackIgnoresOutput) || st.view()) return true;
   const auto* e = st.epilogue();
   return e && !e->pullback_at_max;

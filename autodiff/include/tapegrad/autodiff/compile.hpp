@@ -169,7 +169,9 @@ class CompiledProgram {
     int n_in;
     bool needs_grad;     // its output needs a gradient: its pullback runs
     std::uint32_t slot;  // the recorded slot of its output (for printing)
-    bool read_back = true;  // the pullback reads its value, so recomputes it (Note [What a chain's pullback reads], ir.hpp)
+    // The chain's pullback reads its value: an inner one is recomputed, the last
+    // one's is the step's output, kept (Note [What a chain's pullback reads], ir.hpp).
+    bool read_back = true;
   };
   struct Step {
     const OpInfo<T>* op;

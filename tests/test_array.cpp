@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <tapegrad/kernels/sanitizer.hpp>
 #include <tapegrad/tapegrad.hpp>
 
 using tg::Array;
@@ -165,7 +166,7 @@ TEST_CASE("Array: large blocks are reused after they are freed, within the cache
     first = a.data();
   }
   const auto b = tg::Array<double>::ones(big);
-#if !defined(__SANITIZE_ADDRESS__)
+#if !TG_ADDRESS_SANITIZER
   CHECK(b.data() == first);  // the freed block came back
 #endif
   CHECK(b(511, 1023) == 1.0);

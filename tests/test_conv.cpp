@@ -454,6 +454,43 @@ TEST_CASE("conv: forcing winograd where it cannot run is a clear tg::Error") {
   CHECK(tape.tape().num_instructions() == before);
 }
 
+TEST_CASE("conv: padding far wider than the windows runs without a padded copy; forcing implicit_gemm is a clear tg::Error") {
+  // Padded to 3 * 2^20 + 4 per dim and read through stride 2^21: two windows per
+  // dim, the second over input rows and columns 1..3 (Note [Implicit GEMM's padded copy]).
+  const std::int64_t far = std::int64_t{1} << 20;
+  const ConvParams wide{.stride = {2 * far}, .pad_lo = {2 * far - 1}, .pad_hi = {far}};
+  const A x = A::random_uniform({1, 2, 5, 5}, -1, 1, 7), w = A::random_uniform({3, 2, 3, 3}, -1, 1, 8);
+  const A y = tg::conv(x, w, wide);
+  REQUIRE(y.shape() == tg::Shape{1, 3, 2, 2});
+  for (std::int64_t k = 0; k < 3; ++k) {
+    double window = 0;
+    for (std::int64_t c = 0; c < 2; ++c)
+      for (std::int64_t t0 = 0; t0 < 3; ++t0)
+        for (std::int64_t t1 = 0; t1 < 3; ++t1) window += x(0, c, 1 + t0, 1 + t1) * w(k, c, t0, t1);
+    CHECK(y(0, k, 1, 1) == doctest::Approx(window).epsilon(1e-14));
+    CHECK(y(0, k, 0, 0) == 0.0);
+  }
+  CHECK(max_abs_diff(y, ref::conv(x, w, wide)) < 1e-14);
+  const A gy = A::random_uniform(y.shape(), -1, 1, 9);
+  const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, wide);
+  const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, wide); }, x, w).vjp(gy);
+  CHECK(max_abs_diff(gx, gx_ref) < 1e-14);
+  CHECK(max_abs_diff(gw, gw_ref) < 1e-14);
+  // Forced, implicit GEMM would copy 2 * (3 * 2^20 + 4)^2 elements: refused before any allocation.
+  ConvParams forced_gemm = wide;
+  forced_gemm.algorithm = ConvAlgorithm::implicit_gemm;
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, forced_gemm),
+                       doctest::Contains("conv: algorithm implicit_gemm would copy the input zero-padded to 1.98e+13 elements "
+                                         "for the forward pass"),
+                       tg::Error);
+  forced_gemm.algorithm = ConvAlgorithm::automatic;
+  forced_gemm.backward_weight_algorithm = ConvAlgorithm::implicit_gemm;
+  CHECK_THROWS_WITH_AS(tg::conv(x, w, forced_gemm), doctest::Contains("for the backward_weight pass"), tg::Error);
+  // A padding of a few pixels is within the limit, forced or not.
+  const ConvParams same{.padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm};
+  CHECK(max_abs_diff(tg::conv(x, w, same), ref::conv(x, w, same)) < 1e-14);
+}
+
 TEST_CASE("conv: bad geometry is a clear tg::Error and leaves the tape unchanged") {
   const A x = A::zeros({1, 4, 5, 5}), w = A::zeros({2, 4, 3, 3});
   CHECK_THROWS_WITH_AS(tg::conv(x, A::zeros({2, 4, 7, 7})), doctest::Contains("larger than the padded input"), tg::Error);

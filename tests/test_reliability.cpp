@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "support/checks.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 using namespace tgtest;
 using T = tg::Tracked<double>;
@@ -78,6 +79,15 @@ TEST_CASE("reliability: shapes whose element or byte counts overflow are errors,
   // An allocation that fails names the shape (a tg::Error, not a bare std::bad_alloc).
   CHECK_THROWS_WITH_AS(F::zeros({std::int64_t{1} << 50}), doctest::Contains("cannot allocate 4503599627370496 bytes for shape (1125899906842624)"),
                        tg::Error);
+  // So does a kernel workspace the system refuses, and the scratch stack stays usable.
+  {
+    tg::kernels::ScratchScope scope;
+    CHECK_THROWS_WITH_AS(scope.take<float>(std::int64_t{1} << 50), doctest::Contains("scratch: cannot allocate 4503599627370496 bytes"),
+                         tg::Error);
+    const std::span<float> small = scope.take_filled<float>(16, 2.0f);
+    CHECK(small.size() == 16);
+    CHECK(small[15] == 2.0f);
+  }
 }
 
 // ---- softmax family: the shift comes before the log (Note [Shift before the log]) ------------

@@ -210,6 +210,23 @@ TEST_CASE("tape file: damaged files are clear errors naming the field and byte, 
   }
 }
 
+TEST_CASE("tape file: padding far wider than the windows replays without a padded copy, or is refused when forced") {
+  // The fuzzer's case: a forced implicit GEMM would have copied 9.9e12 elements
+  // (Note [Implicit GEMM's padded copy]); the error names the conv's slot.
+  const std::string forced = models::huge_padding_file(tg::ConvAlgorithm::implicit_gemm);
+  const std::string message = load_error([&] { tg::deserialize_tape<float>(forced); });
+  CHECK(message.find("slot %2") != std::string::npos);
+  CHECK(message.find("conv: algorithm implicit_gemm would copy the input zero-padded to 9.9e+12 elements") != std::string::npos);
+  // Left automatic, the same conv replays: its one window over the input, the rest zeros.
+  auto loaded = tg::deserialize_tape<float>(models::huge_padding_file(tg::ConvAlgorithm::automatic));
+  const auto x = tg::Array<float>::random_uniform({1, 1, 5, 5}, -1, 1, 1), w = tg::Array<float>::random_uniform({1, 1, 3, 3}, -1, 1, 2);
+  float window = 0;
+  for (std::int64_t t0 = 0; t0 < 3; ++t0)
+    for (std::int64_t t1 = 0; t1 < 3; ++t1) window += x(0, 0, 1 + t0, 1 + t1) * w(0, 0, t0, t1);
+  CHECK(loaded.tape.value(2).shape() == tg::Shape{1, 1, 2, 2});
+  CHECK(loaded.tape.value(loaded.tape.output()).item() == doctest::Approx(window).epsilon(1e-6));
+}
+
 TEST_CASE("tape file: a shape the op does not compute is refused before anything is allocated") {
   auto f = [](const tg::Tracked<double>& v) { return tg::sum(tg::reshape(v, {2, 3})); };
   auto tape = tg::record(f, A::random_uniform({6}, -1, 1, 1));

@@ -8,6 +8,7 @@
 #include <new>
 
 #include "tapegrad/kernels/array.hpp"
+#include "tapegrad/kernels/sanitizer.hpp"
 
 namespace tg {
 namespace detail {
@@ -19,7 +20,7 @@ constexpr std::size_t kHeader = 64;
 
 std::size_t& capacity_of(void* aligned) { return *reinterpret_cast<std::size_t*>(static_cast<unsigned char*>(aligned) - kHeader); }
 
-#if defined(__SANITIZE_ADDRESS__)
+#if TG_ADDRESS_SANITIZER
 constexpr std::size_t kDefaultLimit = 0;  // let AddressSanitizer see every free
 constexpr bool kMapPages = false;         // and every block come from its allocator
 #else

@@ -198,7 +198,7 @@ double gemm_seconds(const ConvGeometry& g) {
   return g.macs() / (kGemmRate * efficiency) + copied / kCopyRate;
 }
 
-// Implicit GEMM: no copy, but its tiles are 16 filters wide (8 in double), so
+// Implicit GEMM: no patch copy (one copy of the padded input), but its tiles are 16 filters wide (8 in double), so
 // a pass producing few channels wastes the rest of the tile: forward and
 // weight gradient produce Kg, the input gradient Cg (the adjoint conv's
 // filters). A strided input gradient runs im2col's col2im instead. Without
@@ -206,9 +206,10 @@ double gemm_seconds(const ConvGeometry& g) {
 double implicit_gemm_seconds(const ConvGeometry& g, ConvPass pass) {
   if (!conv_impl::implicit_gemm_vectorised() || g.pointwise()) return INFINITY;
   if (pass == ConvPass::backward_input && !conv_impl::unit_stride(g)) return INFINITY;
+  if (!conv_impl::implicit_gemm_applies(g, pass)) return INFINITY;
   const double produced = double(pass == ConvPass::backward_input ? g.Cg : g.Kg);
   const double fill = produced / (16.0 * std::ceil(produced / 16.0));
-  return g.macs() / (kImplicitGemmRate * fill);
+  return g.macs() / (kImplicitGemmRate * fill) + conv_impl::implicit_gemm_copied(g, pass) / kCopyRate;
 }
 
 // Winograd (Note [Winograd convolution]): one GEMM per transform point (36
@@ -263,6 +264,7 @@ ConvAlgorithm choose_conv_algorithm(const ConvGeometry& g, ConvPass pass, ConvAl
                          "hint: use im2col or direct, or leave the algorithm automatic",
                          fmt::join(g.stride, ","), fmt::join(g.dil, ",")));
   if (requested == ConvAlgorithm::winograd) conv_impl::require_winograd(g, op);
+  if (requested == ConvAlgorithm::implicit_gemm) conv_impl::require_implicit_gemm(g, pass, op);
   if (requested != ConvAlgorithm::automatic) return requested;
   const AlgorithmSeconds s = conv_estimated_seconds(g, pass);
   // Ties go to the first in this order.

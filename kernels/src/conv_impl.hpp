@@ -118,6 +118,20 @@ void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::in
 // The same with a[i][q * stride] in place of a[i][index[q]].
 template <class T>
 void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* out, bool accumulate = false);
+// Note [Implicit GEMM's padded copy]: implicit GEMM copies its input zero-padded
+// once (N*C*padded_vol elements), so it runs a geometry only while that copy is
+// at most kPaddedCopyRatio times its input and output together plus
+// kPaddedCopySlack elements: padding far wider than the kernel, read through an
+// equally large stride, would otherwise allocate a mostly-zero buffer without
+// bound (a tape file could ask for terabytes). Cropping the copy to the windows
+// was rejected: direct and im2col already run those geometries without one.
+inline constexpr std::int64_t kPaddedCopyRatio = 16;
+inline constexpr std::int64_t kPaddedCopySlack = std::int64_t{1} << 22;
+// The elements of the padded copy pass `pass` makes (0: it reads the input in place).
+double implicit_gemm_copied(const ConvGeometry& g, ConvPass pass);
+bool implicit_gemm_applies(const ConvGeometry& g, ConvPass pass);
+// Throws a tg::Error naming `op` where implicit_gemm_applies is false.
+void require_implicit_gemm(const ConvGeometry& g, ConvPass pass, const char* op);
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue = nullptr);

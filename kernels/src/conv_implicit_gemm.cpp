@@ -25,7 +25,11 @@
 #include <cstdlib>
 #include <span>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "conv_impl.hpp"
+#include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
@@ -239,11 +243,41 @@ bool implicit_gemm_vectorised() {
   return yes;
 }
 
+double implicit_gemm_copied(const ConvGeometry& g, ConvPass pass) {
+  if (pass == ConvPass::backward_input) {
+    if (!unit_stride(g)) return 0;  // col2im: no padded copy
+    return implicit_gemm_copied(adjoint_geometry(g), ConvPass::forward);
+  }
+  double padded = double(g.N) * double(g.C);
+  bool copies = false;
+  for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) {
+    padded *= double(g.in[d] + g.lo[d] + g.hi[d]);
+    copies = copies || g.lo[d] != 0 || g.hi[d] != 0;
+  }
+  return copies ? padded : 0;
+}
+
+bool implicit_gemm_applies(const ConvGeometry& g, ConvPass pass) {
+  const double moved = double(g.N) * (double(g.C) * double(g.in_vol()) + double(g.K) * double(g.out_vol()));
+  return implicit_gemm_copied(g, pass) <= double(kPaddedCopyRatio) * moved + double(kPaddedCopySlack);
+}
+
+void require_implicit_gemm(const ConvGeometry& g, ConvPass pass, const char* op) {
+  if (!implicit_gemm_applies(g, pass))
+    fail(op, fmt::format("algorithm implicit_gemm would copy the input zero-padded to {:.3g} elements for the {} pass "
+                         "(input [{}] padded by [{}] and [{}], stride [{}]) expected at most {} times the input and "
+                         "output together (Note [Implicit GEMM's padded copy]); hint: use direct or im2col, or leave "
+                         "the algorithm automatic",
+                         implicit_gemm_copied(g, pass), to_string(pass), fmt::join(g.in, ","), fmt::join(g.lo, ","),
+                         fmt::join(g.hi, ","), fmt::join(g.stride, ","), kPaddedCopyRatio));
+}
+
 // y (N, K, out) = conv(x, w): tasks of (sample, group, run of position tiles) over threads.
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue) {
   constexpr int NR = kTileCols<T>;
+  require_implicit_gemm(g, ConvPass::forward, "conv");
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
@@ -332,6 +366,7 @@ template <class T>
 void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,
                                    const AdjointPrologue<T>* prologue, T* gy_in_place) {
   constexpr int NR = kTileCols<T>;
+  require_implicit_gemm(g, ConvPass::backward_weight, "conv");
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);

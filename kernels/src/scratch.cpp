@@ -12,11 +12,12 @@
 #include <fmt/format.h>
 
 #include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/sanitizer.hpp"
 
 namespace tg::kernels {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
+#if TG_ADDRESS_SANITIZER
 constexpr bool kEveryTakeOnTheHeap = true;
 #else
 constexpr bool kEveryTakeOnTheHeap = false;
@@ -29,16 +30,11 @@ std::size_t round_up(std::size_t bytes, std::size_t to) { return (bytes + to - 1
 // malloc], array_cache.cpp) and not kept in the array cache (the stack keeps
 // its one block itself). Under AddressSanitizer, malloc'd so that it checks them.
 std::size_t block_bytes(std::size_t bytes) { return round_up(std::max<std::size_t>(bytes, kAlign), 4096); }
-void* heap_block(std::size_t bytes) {
-  void* p;
-  if (kEveryTakeOnTheHeap) {
-    p = std::aligned_alloc(kAlign, block_bytes(bytes));
-  } else {
-    p = mmap(nullptr, block_bytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) p = nullptr;
-  }
-  if (!p) throw std::bad_alloc();
-  return p;
+// nullptr when the system refuses the pages.
+void* heap_block(std::size_t bytes) noexcept {
+  if (kEveryTakeOnTheHeap) return std::aligned_alloc(kAlign, block_bytes(bytes));
+  void* p = mmap(nullptr, block_bytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
 }
 void free_block(void* p, std::size_t bytes) {
   if (!p) return;
@@ -63,15 +59,16 @@ struct Stack {
     for (const Overflow& o : overflow) free_block(o.block, o.bytes);
     free_block(block, capacity);
   }
-  // The outermost scope closed: size the block for everything the last call took.
-  void regrow() {
+  // The outermost scope closed: size the block for everything the last call
+  // took. Runs in a destructor, so it never throws: refused pages leave no
+  // block, and the next call's takes go to the heap one by one.
+  void regrow() noexcept {
     if (kEveryTakeOnTheHeap || high_water <= capacity) return;
     free_block(block, capacity);
-    block = nullptr;
-    capacity = 0;
     const std::size_t bytes = round_up(high_water, 4096);
     block = static_cast<unsigned char*>(heap_block(bytes));
-    capacity = bytes;
+    capacity = block ? bytes : 0;
+    if (!block) high_water = 0;
   }
 };
 
@@ -107,6 +104,10 @@ void* ScratchScope::take_bytes(std::size_t bytes) {
     p = s.block + start;
   } else {
     p = heap_block(bytes);
+    if (!p)
+      fail("scratch", fmt::format("cannot allocate {} bytes of kernel workspace expected that much free memory; hint: a "
+                                  "smaller batch or image, or an algorithm with a smaller workspace (direct)",
+                                  bytes));
     try {
       s.overflow.push_back({start, p, bytes});
     } catch (...) {

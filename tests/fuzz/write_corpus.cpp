@@ -48,6 +48,8 @@ int main(int argc, char** argv) try {
   write("bad-slot-kind.tgt", kind);
   write("bad-huge-conv.tgt", models::huge_conv_file());    // 2e13 FLOPs to replay
   write("bad-huge-input.tgt", models::huge_input_file());  // 2^30 input elements
+  write("bad-huge-padding.tgt", models::huge_padding_file(tg::ConvAlgorithm::implicit_gemm));  // a 9.9e12-element copy
+  write("seed-wide-padding-f32.tgt", models::huge_padding_file(tg::ConvAlgorithm::automatic));
   fmt::print("write_fuzz_corpus: {} files in {}\n", written, dir.string());
   return 0;
 } catch (const std::exception& e) {

@@ -140,6 +140,21 @@ inline std::string huge_conv_file() {
   return bytes;
 }
 
+// sum(conv(x (1,1,5,5), w (1,1,3,3))) padded by 2^21 - 1 and 2^20 and read through
+// stride 2^21: a (1,1,2,2) output, but a padded input of 9.9e12 elements, which
+// implicit GEMM would copy (Note [Implicit GEMM's padded copy]). Found by the fuzzer.
+inline std::string huge_padding_file(tg::ConvAlgorithm algorithm) {
+  using F = tg::Array<float>;
+  auto f = [algorithm](const tg::Tracked<float>& x, const tg::Tracked<float>& w) {
+    return tg::sum(tg::conv(x, w, {.stride = {41}, .pad_lo = {39}, .pad_hi = {23}, .algorithm = algorithm}));
+  };
+  auto tape = tg::record(f, F::random_uniform({1, 1, 5, 5}, -1, 1, 1), F::random_uniform({1, 1, 3, 3}, -1, 1, 2));
+  std::string bytes = tg::serialize_tape(tape.tape());
+  const std::int64_t far = std::int64_t{1} << 20;
+  for (auto [from, to] : {std::pair<std::int64_t, std::int64_t>{41, 2 * far}, {39, 2 * far - 1}, {23, far}}) patch_dim(bytes, from, to);
+  return bytes;
+}
+
 // sum(x) for one input of 2^30 floats without values: 4 GiB to replay.
 inline std::string huge_input_file() {
   auto tape = tg::record([](const tg::Tracked<float>& x) { return tg::sum(x); }, tg::Array<float>::zeros({97}));

@@ -198,7 +198,8 @@ double gemm_seconds(const ConvGeometry& g) {
   return g.macs() / (kGemmRate * efficiency) + copied / kCopyRate;
 }
 
-// Implicit GEMM: no patch copy (one copy of the padded input), but its tiles are 16 filters wide (8 in double), so
+// Implicit GEMM: no patch copy (its rate includes the one copy of the padded
+// input, which a limit bounds), but its tiles are 16 filters wide (8 in double), so
 // a pass producing few channels wastes the rest of the tile: forward and
 // weight gradient produce Kg, the input gradient Cg (the adjoint conv's
 // filters). A strided input gradient runs im2col's col2im instead. Without
@@ -209,7 +210,7 @@ double implicit_gemm_seconds(const ConvGeometry& g, ConvPass pass) {
   if (!conv_impl::implicit_gemm_applies(g, pass)) return INFINITY;
   const double produced = double(pass == ConvPass::backward_input ? g.Cg : g.Kg);
   const double fill = produced / (16.0 * std::ceil(produced / 16.0));
-  return g.macs() / (kImplicitGemmRate * fill) + conv_impl::implicit_gemm_copied(g, pass) / kCopyRate;
+  return g.macs() / (kImplicitGemmRate * fill);
 }
 
 // Winograd (Note [Winograd convolution]): one GEMM per transform point (36

@@ -17,9 +17,8 @@
 //             Cg*ker_vol*out_vol elements per thread; skipped for 1x1 stride 1
 //             unpadded convolutions, which are a GEMM on the input directly)
 //   implicit_gemm : macs / (kImplicitGemmRate * fill), fill = the share of
-//             its 16-filter tiles the pass's output channels use, plus its
-//             padded input copy / kCopyRate; no patch copy (index tables into
-//             the padded input); only with AVX2+FMA, never for pointwise
+//             its 16-filter tiles the pass's output channels use; no patch
+//             copy (index tables into a padded input copy); only with AVX2+FMA, never for pointwise
 //             convolutions, a strided input gradient, or padding that makes
 //             the copy far larger than input and output (Note [Implicit GEMM's padded copy])
 //   winograd: only stride 1 and dilation 1, 1-D or 2-D, 1, 3 or 5 taps per

@@ -6,8 +6,9 @@
 // steps (fused activations shown with their conv) and the interpreter's instructions.
 //
 //   bench_lenet [--epochs 2] [--threads 2] [--steps N] [--data DIR] [--no-compare] [--no-compiled]
-//               [--profile-steps 20] [--turn-steps 50]
+//               [--profile-steps 20] [--turn-steps 50] [--busy]
 //
+// --busy runs the trainings beside a competing CPU-bound process (a loaded machine, issue 20).
 // The trainings run in forked processes that take turns (interleaved.hpp,
 // Note [Interleaved trainings]).
 #include <sys/wait.h>
@@ -41,6 +42,7 @@ struct Options {
   std::string data = cnn::kDefaultDataDir;
   bool compare = true;
   bool compiled = true;  // also train with compiled tapes (tg::compile)
+  bool busy = false;     // a competing CPU-bound process for the whole run
   int turn_steps = 50;   // Note [Interleaved trainings]; 0: one training after another
 };
 
@@ -60,8 +62,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--no-compare") o.compare = false;
     else if (a == "--no-compiled") o.compiled = false;
     else if (a == "--turn-steps") o.turn_steps = std::stoi(next());
+    else if (a == "--busy") o.busy = true;
     else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data "
-                                             "--no-compare --no-compiled --turn-steps", a));
+                                             "--no-compare --no-compiled --turn-steps --busy", a));
   }
   if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0 || o.turn_steps < 0)
     tg::fail("bench_lenet", fmt::format("epochs ({}) threads ({}) steps ({}) turn steps ({}) expected 1-{} epochs, "
@@ -195,7 +198,10 @@ int main(int argc, char** argv) try {
   if (o.turn_steps > 0)
     fmt::print("the trainings take turns of {} steps (Note [Interleaved trainings]; --turn-steps 0: one after another)\n",
                o.turn_steps);
+  std::optional<CompetingLoad> load;
+  if (o.busy) load.emplace();
   const std::vector<Result> results = run_trainings(trainings, o.turn_steps);
+  load.reset();
   std::vector<Run> runs;
   for (std::size_t i = 0; i < results.size(); ++i) runs.push_back({names[i], results[i]});
   print_table(runs, images);

@@ -16,6 +16,9 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
 #include <unistd.h>
 
 #include <chrono>
@@ -197,6 +200,34 @@ std::vector<Result> run_trainings(const std::vector<Training>& trainings, int tu
 struct Run {
   const char* name;
   Result result;
+};
+
+// A competing CPU-bound process for as long as this object lives (bench_lenet
+// --busy: issue 20's loaded machine), and the OpenMP waiting settings in force,
+// which decide how much the trainings' idle threads spin through its time slices.
+class CompetingLoad {
+ public:
+  CompetingLoad() {
+    pid_ = fork();
+    if (pid_ < 0) tg::fail("bench", "fork failed: cannot start the competing load");
+    if (pid_ == 0) {
+      volatile std::uint64_t spin = 0;
+      while (true) spin = spin + 1;
+    }
+    const char* policy = std::getenv("OMP_WAIT_POLICY");
+    const char* spins = std::getenv("GOMP_SPINCOUNT");
+    fmt::print("competing load: one CPU-bound process (pid {}) for the whole run; OMP_WAIT_POLICY={} GOMP_SPINCOUNT={}\n", pid_,
+               policy ? policy : "(unset)", spins ? spins : "(unset)");
+  }
+  ~CompetingLoad() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  CompetingLoad(const CompetingLoad&) = delete;
+  CompetingLoad& operator=(const CompetingLoad&) = delete;
+
+ private:
+  pid_t pid_;
 };
 
 // Seconds, images/s and accuracy per epoch for every run, each ratio against the last run (LibTorch when compared).

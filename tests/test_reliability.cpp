@@ -84,6 +84,8 @@ TEST_CASE("reliability: shapes whose element or byte counts overflow are errors,
     tg::kernels::ScratchScope scope;
     CHECK_THROWS_WITH_AS(scope.take<float>(std::int64_t{1} << 50), doctest::Contains("scratch: cannot allocate 4503599627370496 bytes"),
                          tg::Error);
+    // A count whose bytes would wrap around 2^64 is refused, not taken as a small block.
+    CHECK_THROWS_WITH_AS(scope.take<double>(std::int64_t{1} << 62), doctest::Contains("scratch: cannot allocate"), tg::Error);
     const std::span<float> small = scope.take_filled<float>(16, 2.0f);
     CHECK(small.size() == 16);
     CHECK(small[15] == 2.0f);

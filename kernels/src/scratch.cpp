@@ -103,7 +103,7 @@ void* ScratchScope::take_bytes(std::size_t bytes) {
   if (!kEveryTakeOnTheHeap && s.overflow.empty() && end <= s.capacity) {
     p = s.block + start;
   } else {
-    p = heap_block(bytes);
+    p = bytes <= kMaxTakeBytes ? heap_block(bytes) : nullptr;
     if (!p)
       fail("scratch", fmt::format("cannot allocate {} bytes of kernel workspace expected that much free memory; hint: a "
                                   "smaller batch or image, or an algorithm with a smaller workspace (direct)",

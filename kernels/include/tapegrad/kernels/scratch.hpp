@@ -36,7 +36,9 @@ class ScratchScope {
   std::span<T> take(std::int64_t n) {
     static_assert(std::is_trivially_copyable_v<T> && alignof(T) <= 64, "ScratchScope::take: plain types only");
     const std::size_t count = n > 0 ? static_cast<std::size_t>(n) : 0;
-    return {static_cast<T*>(take_bytes(count * sizeof(T))), count};
+    // A count whose bytes would wrap asks for more than any take may (refused in take_bytes).
+    const std::size_t bytes = count <= kMaxTakeBytes / sizeof(T) ? count * sizeof(T) : kMaxTakeBytes + 1;
+    return {static_cast<T*>(take_bytes(bytes)), count};
   }
   // n elements set to value.
   template <class T>
@@ -47,6 +49,7 @@ class ScratchScope {
   }
 
  private:
+  static constexpr std::size_t kMaxTakeBytes = std::size_t{1} << 62;
   void* take_bytes(std::size_t bytes);
   std::size_t mark_;
 };

@@ -15,6 +15,7 @@
 // engine alike. --turn-steps 0 runs them one after another instead.
 #pragma once
 
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <csignal>
 #include <cstdint>
@@ -211,6 +212,8 @@ class CompetingLoad {
     pid_ = fork();
     if (pid_ < 0) tg::fail("bench", "fork failed: cannot start the competing load");
     if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a benchmark that is killed
+      if (getppid() == 1) _exit(0);
       volatile std::uint64_t spin = 0;
       while (true) spin = spin + 1;
     }

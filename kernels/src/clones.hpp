@@ -7,13 +7,10 @@
 // before main (GCC 12). Under it the baseline copy alone is built.
 #pragma once
 
-#if defined(__SANITIZE_THREAD__)
+#include "tapegrad/kernels/sanitizer.hpp"
+
+#if TG_THREAD_SANITIZER
 #define TG_AVX2_CLONES
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TG_AVX2_CLONES
-#endif
-#endif
-#ifndef TG_AVX2_CLONES
+#else
 #define TG_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
 #endif

@@ -1,16 +1,25 @@
-// TG_ADDRESS_SANITIZER is 1 when AddressSanitizer instruments this translation
-// unit: GCC defines __SANITIZE_ADDRESS__, clang answers __has_feature (clang 16
-// defines no macro). The scratch stack and the array cache then take every
-// block from the sanitizer's allocator, so that it checks them.
+// Which sanitizer instruments this translation unit: GCC defines
+// __SANITIZE_ADDRESS__ / __SANITIZE_THREAD__, clang answers __has_feature
+// (clang 16 defines neither macro).
+//   TG_ADDRESS_SANITIZER: the scratch stack and the array cache take every
+//     block from the sanitizer's allocator, so that it checks them.
+//   TG_THREAD_SANITIZER: no target_clones (Note [Clones under ThreadSanitizer]).
 #pragma once
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TG_ADDRESS_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TG_ADDRESS_SANITIZER 1
+#if defined(__has_feature)
+#define TG_HAS_FEATURE(x) __has_feature(x)
+#else
+#define TG_HAS_FEATURE(x) 0
 #endif
-#endif
-#ifndef TG_ADDRESS_SANITIZER
+
+#if defined(__SANITIZE_ADDRESS__) || TG_HAS_FEATURE(address_sanitizer)
+#define TG_ADDRESS_SANITIZER 1
+#else
 #define TG_ADDRESS_SANITIZER 0
+#endif
+
+#if defined(__SANITIZE_THREAD__) || TG_HAS_FEATURE(thread_sanitizer)
+#define TG_THREAD_SANITIZER 1
+#else
+#define TG_THREAD_SANITIZER 0
 #endif

@@ -6,6 +6,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <cmath>
 
@@ -25,43 +26,62 @@ OpInfo<T> reading_no_operand(OpInfo<T> row) {
   return row;
 }
 
+// The adjoint as it is, for a recorded pullback.
+template <class T>
+const Tracked<T>& adjoint_of(const RecordedPullbackCall<T>& c) {
+  return c.output_adjoint;
+}
+
 template <class T>
 OpInfo<T> add_row() {
-  return reading_no_operand(binary_row<T>(
-      "add", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a + b; },  //
-      [](T, T, T, T g) { return g; },                                          // d/da
-      [](T, T, T, T g) { return g; }));                                        // d/db
+  OpInfo<T> r = reading_no_operand(binary_row<T>(
+      "add", kLinear | kPullbackIgnoresOutput | kSumsAdjoints, [](T a, T b) { return a + b; },  //
+      [](T, T, T, T g) { return g; },                                                          // d/da
+      [](T, T, T, T g) { return g; }));                                                        // d/db
+  r.record_pullback = recorded_by_input<T>(adjoint_of<T>, adjoint_of<T>);
+  return r;
 }
 
 template <class T>
 OpInfo<T> sub_row() {
-  return reading_no_operand(binary_row<T>(
+  OpInfo<T> r = reading_no_operand(binary_row<T>(
       "sub", kLinear | kPullbackIgnoresOutput, [](T a, T b) { return a - b; },  //
       [](T, T, T, T g) { return g; },                                          //
       [](T, T, T, T g) { return -g; }));
+  r.record_pullback = recorded_by_input<T>(adjoint_of<T>, [](const RecordedPullbackCall<T>& c) { return -c.output_adjoint; });
+  return r;
 }
 
 template <class T>
 OpInfo<T> mul_row() {
-  return binary_row<T>(
+  OpInfo<T> r = binary_row<T>(
       "mul", kNoFlags, [](T a, T b) { return a * b; },  //
       [](T, T b, T, T g) { return g * b; },              //
       [](T a, T, T, T g) { return g * a; });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint * c.input(1); },
+                                           [](const RecordedPullbackCall<T>& c) { return c.output_adjoint * c.input(0); });
+  return r;
 }
 
 template <class T>
 OpInfo<T> div_row() {
-  return binary_row<T>(
+  OpInfo<T> r = binary_row<T>(
       "div", kNoFlags, [](T a, T b) { return a / b; },  //
       [](T, T b, T, T g) { return g / b; },              //
       [](T, T b, T out, T g) { return -g * out / b; });
+  r.record_pullback = recorded_by_input<T>(
+      [](const RecordedPullbackCall<T>& c) { return c.output_adjoint / c.input(1); },
+      [](const RecordedPullbackCall<T>& c) { return -(c.output_adjoint * c.output) / c.input(1); });
+  return r;
 }
 
 template <class T>
 OpInfo<T> neg_row() {
-  return unary_row<T, NoParams>(
+  OpInfo<T> r = unary_row<T, NoParams>(
       "neg", kLinear, [](T x, const NoParams&) { return -x; },  //
       [](T, T, T dy, const NoParams&) { return -dy; });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return -c.output_adjoint; });
+  return r;
 }
 
 // x^y, both operands differentiable (Note [pow at zero]).
@@ -88,6 +108,12 @@ OpInfo<T> pow_scalar_row() {
         return q.p == 2 ? dy * T(2) * x : dy * static_cast<T>(q.p) * std::pow(x, static_cast<T>(q.p - 1));
       });
   one_double_attribute(r, "p", &PowScalarParams::p);
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const double p = params_as<PowScalarParams>(c.params).p;
+    if (!c.wants(0) || p == 0) return;  // a constant: no contribution
+    const Tracked<T> slope = p == 2 ? c.input(0) * T(2) : tg::pow(c.input(0), static_cast<T>(p - 1)) * static_cast<T>(p);
+    c.contribute(0, c.output_adjoint * slope);
+  };
   return r;
 }
 
@@ -132,6 +158,17 @@ OpInfo<T> where_row() {
           if ((cond[o[0] + i * d[0]] != T(0)) == to_a) gd[o[1] + i * d[1]] += gy[o[2] + i * d[2]];
       });
     }
+  };
+  // The condition gets no contribution, as above.
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const auto where = std::source_location::current();
+    for (std::size_t side = 1; side <= 2; ++side)
+      if (c.wants(side)) {
+        const Operand<T> adjoint(c.output_adjoint, where), zero(T(0), where);
+        const Tracked<T> routed = side == 1 ? where_tracked<T>(Operand<T>(c.input(0), where), adjoint, zero, where)
+                                            : where_tracked<T>(Operand<T>(c.input(0), where), zero, adjoint, where);
+        c.contribute(side, reduce_to_shape(routed, c.input(side).shape()));
+      }
   };
   return r;
 }

@@ -6,6 +6,7 @@
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <fmt/format.h>
 
@@ -108,6 +109,16 @@ OpInfo<T> matmul_row() {
       if (dB) kernels::gemm(true, false, g.k, g.n, g.m, T(1), A + oa, g.k, dC + oc, g.n, beta_b, dB->data() + ob, g.n);
     });
   };
+  // The same products as ops; recorded_by_input sums broadcast batches.
+  r.record_pullback = recorded_by_input<T>(
+      [](const RecordedPullbackCall<T>& c) {
+        const auto site = std::source_location::current();
+        return matmul_tracked<T>(Operand<T>(c.output_adjoint, site), Operand<T>(tg::transpose(c.input(1)), site), site);
+      },
+      [](const RecordedPullbackCall<T>& c) {
+        const auto site = std::source_location::current();
+        return matmul_tracked<T>(Operand<T>(tg::transpose(c.input(0)), site), Operand<T>(c.output_adjoint, site), site);
+      });
   return r;
 }
 

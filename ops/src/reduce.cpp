@@ -7,6 +7,7 @@
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <fmt/format.h>
 
@@ -116,6 +117,15 @@ OpInfo<T> reduce_family_row(const char* name, Kind kind) {
       kernels::extremum_reduce_backward(x.data(), x.shape(), c.output.data(), c.output_adjoint.data(), keep, dx.data());
     }
   };
+  if (kind == Kind::sum || kind == Kind::mean)
+    row.record_pullback = [name, kind](const RecordedPullbackCall<T>& c) {
+      if (!c.wants(0)) return;
+      const Shape xs = c.input(0).shape();
+      const auto mask = params_as<ReduceParams>(c.params).mask(xs, name);
+      Tracked<T> g = tg::broadcast_to(tg::reshape(c.output_adjoint, kernels::keepdims_shape(xs, mask)), xs);
+      if (kind == Kind::mean) g = g * (T(1) / static_cast<T>(reduced_count(xs, mask)));
+      c.contribute(0, g);
+    };
   return row;
 }
 

@@ -7,6 +7,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -62,6 +63,8 @@ OpInfo<T> reshape_row() {
     if (!c.assigns(0)) add_into(c.output_adjoint, gx);
     else if (gx.size() > 0) std::memcpy(gx.data(), c.output_adjoint.data(), sizeof(T) * gx.size());
   };
+  r.record_pullback = recorded_by_input<T>(
+      [](const RecordedPullbackCall<T>& c) { return tg::reshape(c.output_adjoint, c.input(0).shape()); });
   return r;
 }
 
@@ -118,6 +121,13 @@ OpInfo<T> permute_row() {
     kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
                                 c.input_adjoints[0]->data(), dst);
   };
+  // The inverse permutation: output axis i came from input axis perm[i].
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const auto& perm = params_as<PermuteParams>(c.params).perm;
+    std::vector<std::int64_t> inverse(perm.size());
+    for (std::size_t i = 0; i < perm.size(); ++i) inverse[static_cast<std::size_t>(perm[i])] = std::int64_t(i);
+    return tg::permute(c.output_adjoint, inverse);
+  });
   return r;
 }
 
@@ -292,6 +302,7 @@ OpInfo<T> broadcast_to_row() {
   r.pullback = [](const PullbackCall<T>& c) {
     kernels::sum_accumulate(c.output_adjoint.data(), c.output.shape(), c.input_adjoints[0]->data(), c.inputs[0]->shape());
   };
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint; });
   return r;
 }
 

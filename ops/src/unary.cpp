@@ -6,6 +6,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -79,21 +80,27 @@ void vector_sigmoid(const T* x, T* y, std::int64_t n) {
 
 template <class T>
 OpInfo<T> exp_row() {
-  return unary_epilogue<T>(
+  OpInfo<T> r = unary_epilogue<T>(
       "exp", [](const T* x, T* y, std::int64_t n) { kernels::vector_exp(x, y, n); },  //
       [](T, T y, T dy) { return dy * y; });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint * c.output; });
+  return r;
 }
 template <class T>
 OpInfo<T> log_row() {
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "log", [](T x) { return std::log(x); },  //
       [](T x, T, T dy) { return dy / x; });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint / c.input(0); });
+  return r;
 }
 template <class T>
 OpInfo<T> sqrt_row() {
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "sqrt", [](T x) { return std::sqrt(x); },  //
       [](T, T y, T dy) { return dy / (T(2) * y); });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint / (c.output * T(2)); });
+  return r;
 }
 template <class T>
 OpInfo<T> abs_row() {
@@ -103,25 +110,35 @@ OpInfo<T> abs_row() {
 }
 template <class T>
 OpInfo<T> tanh_row() {
-  return unary_epilogue<T>(
+  OpInfo<T> r = unary_epilogue<T>(
       "tanh", [](const T* x, T* y, std::int64_t n) { kernels::vector_tanh(x, y, n); },  //
       [](T, T y, T dy) { return dy * (T(1) - y * y); });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint * (T(1) - c.output * c.output); });
+  return r;
 }
 template <class T>
 OpInfo<T> sigmoid_row() {
-  return unary_epilogue<T>(
+  OpInfo<T> r = unary_epilogue<T>(
       "sigmoid", [](const T* x, T* y, std::int64_t n) { vector_sigmoid(x, y, n); },  //
       [](T, T y, T dy) { return dy * y * (T(1) - y); });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint * (c.output * (T(1) - c.output)); });
+  return r;
 }
 template <class T>
 OpInfo<T> relu_row() {
-  return unary_epilogue<T>(
+  OpInfo<T> r = unary_epilogue<T>(
       "relu",
       [](const T* x, T* y, std::int64_t n) {
         for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
       },
       [](T, T y, T dy) { return y > T(0) ? dy : T(0); },  // y > 0 exactly where x > 0
       /*mask_pullback=*/true);                             // relu(NaN) = 0
+  // The adjoint where the output is nonzero (x > 0), through where: its condition gets no gradient.
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const auto site = std::source_location::current();
+    return where_tracked<T>(Operand<T>(c.output, site), Operand<T>(c.output_adjoint, site), Operand<T>(T(0), site), site);
+  });
+  return r;
 }
 template <class T>
 OpInfo<T> softplus_row() {

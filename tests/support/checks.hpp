@@ -83,4 +83,19 @@ void check_dot_product(F f, const In&... inputs) {
   if (r.rel_error < 1e-6) covered(Check::dot_product, tg::detail::record_with<double>(f, tg::Capture::copy, inputs...).tape());
 }
 
+// Second order (Note [Recorded pullbacks]): for a one-element f of one array,
+// tg::hvp against central differences of the gradient along v, and the
+// symmetry of the Hessian along random directions, <u, H v> = <H u, v>.
+template <class F>
+void check_second_order(F f, const A& x, std::uint64_t seed) {
+  const A u = A::random_uniform(x.shape(), -1, 1, seed), v = A::random_uniform(x.shape(), -1, 1, seed + 1);
+  const A hv = tg::hvp(f, x, v), hu = tg::hvp(f, x, u);
+  constexpr double h = 1e-5;
+  const A numeric = (tg::gradient(f, x + v * h) - tg::gradient(f, x - v * h)) / (2 * h);
+  CHECK_MESSAGE(max_abs_diff(hv, numeric) <= 1e-6 + 1e-5 * max_abs(numeric),
+                "hvp " << max_abs_diff(hv, numeric) << " from central differences of the gradient (scale " << max_abs(numeric) << ")");
+  const double u_hv = tg::sum(u * hv).item(), hu_v = tg::sum(hu * v).item();
+  CHECK_MESSAGE(std::abs(u_hv - hu_v) <= 1e-10 * std::max(1.0, std::abs(u_hv)), "<u,Hv>=" << u_hv << " <Hu,v>=" << hu_v);
+}
+
 }  // namespace tgtest

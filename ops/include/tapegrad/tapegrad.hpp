@@ -13,6 +13,7 @@
 #include "tapegrad/autodiff/gradcheck.hpp"
 #include "tapegrad/autodiff/compile.hpp"
 #include "tapegrad/autodiff/gradient.hpp"
+#include "tapegrad/autodiff/nested.hpp"
 #include "tapegrad/autodiff/guard.hpp"
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/autodiff/tape_file.hpp"
@@ -34,6 +35,7 @@
 #include "tapegrad/ops/reduce.hpp"
 #include "tapegrad/ops/resample.hpp"
 #include "tapegrad/ops/shape.hpp"
+#include "tapegrad/ops/second_order.hpp"
 #include "tapegrad/ops/softmax.hpp"
 #include "tapegrad/ops/unary.hpp"
 

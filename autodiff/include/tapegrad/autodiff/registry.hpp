@@ -55,6 +55,37 @@ enum OpFlag : std::uint32_t {
   kPullbackIgnoresOutput = 1u << 2,  // the pullback never reads the op's output value (conv, matmul, add)
   kPullbackCanAssign = 1u << 5,  // the pullback honours PullbackCall::assign (Note [Assigned adjoints])
   kView = 1u << 6,  // one input; the output is its elements in the same order, another shape (reshape)
+  // The op a recorded reverse pass sums adjoint contributions with (add; Note [Recorded pullbacks]).
+  kSumsAdjoints = 1u << 7,
+};
+
+template <class T>
+class Tracked;
+
+// Note [Recorded pullbacks]: tg::gradient called inside a recording records
+// its reverse pass on that recording's tape, so the gradient is a recorded
+// value like any other: it can be differentiated again (gradients of
+// gradients, Hessian-vector products), replayed, compiled and dumped. An op
+// takes part through OpInfo::record_pullback: given handles to its inputs,
+// output and output adjoint, it records its pullback with ops that have
+// pullbacks of their own, and hands each wanted input's contribution to
+// `contribute`; the recorded reverse pass sums contributions with the
+// kSumsAdjoints op. An op without the hook is a tg::Error when such a
+// gradient is recorded, never a silently missing term. Rejected:
+// forward-over-reverse (a tangent through every pullback kernel), which gives
+// Hessian-vector products but not the gradient of a function that itself
+// contains a gradient (a gradient penalty).
+template <class T>
+struct RecordedPullbackCall {
+  const OpParams* params;
+  std::span<const Tracked<T>* const> inputs;
+  const Tracked<T>& output;
+  const Tracked<T>& output_adjoint;
+  std::span<const char> wanted;  // wanted[i]: input i's contribution is needed
+  std::function<void(std::size_t input, const Tracked<T>& contribution)> contribute;  // same shape as the input
+
+  const Tracked<T>& input(std::size_t i) const { return *inputs[i]; }
+  bool wants(std::size_t i) const { return i < wanted.size() && wanted[i] != 0; }
 };
 
 template <class T>
@@ -172,6 +203,9 @@ struct OpInfo {
   std::function<Plan(const OpParams*, std::span<const Shape* const>)> plan;
   std::function<void(const ForwardCall<T>&)> forward;
   std::function<void(const PullbackCall<T>&)> pullback;
+  // The pullback recorded as ops (Note [Recorded pullbacks]); empty: the op
+  // cannot be differentiated twice yet.
+  std::function<void(const RecordedPullbackCall<T>&)> record_pullback;
   // "stride=1 axes=[0,2]"; empty when the op has no attributes.
   std::function<std::string(const OpParams*)> print_params;
   // Saved tape files (tape_file.hpp): the params struct as bytes and back, field

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "support/checks.hpp"
+#include "support/tape_models.hpp"
 
 #include "../examples/cnn/lenet_model.hpp"
 
@@ -213,6 +214,11 @@ TEST_CASE("allocations: compiled elementwise, filter and pooling steps allocate 
 TEST_CASE("allocations: every other op, compiled, allocates nothing after the first call") {
   A x = A::random_normal({2, 3, 5, 5}, 0, 1, 1), w = A::random_normal({3, 2, 3, 3}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
   check_steps_allocate_nothing(other_ops, x, w, k);
+}
+
+TEST_CASE("allocations: a compiled second-order step (a gradient penalty through a conv) allocates nothing after the first call") {
+  A x = A::random_normal({2, 3, 5, 5}, 0, 1, 1), w = A::random_normal({3, 2, 3, 3}, 0, 1, 2), k = A::random_normal({3, 3}, 0, 1, 3);
+  check_steps_allocate_nothing(tgtest::models::conv_penalty<double>, x, w, k);
 }
 
 TEST_CASE("allocations: a fused elementwise chain over many blocks (threads) allocates nothing after the first call") {

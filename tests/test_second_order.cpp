@@ -144,3 +144,66 @@ TEST_CASE("second order: errors") {
   auto not_scalar = [](const T& v) { return tg::sum(tg::gradient([](const T& u) { return u * u; }, v)); };
   CHECK_THROWS_WITH_AS(tg::gradient(not_scalar, x), doctest::Contains("expected one element"), tg::Error);
 }
+
+TEST_CASE("second order: sum(conv(x, w)^2) has the Hessian 2 J^T J, in x and in w") {
+  const A x = A::random_uniform({1, 2, 4, 4}, -1, 1, 71), w = A::random_uniform({2, 2, 3, 3}, -1, 1, 72);
+  const tg::ConvParams p{.padding = {1}};
+  auto gram = [](const A& J) {  // 2 J^T J, J (outputs, inputs)
+    const std::int64_t m = J.shape()[0], n = J.shape()[1];
+    A out = A::zeros({n, n});
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < n; ++j)
+        for (std::int64_t r = 0; r < m; ++r) out.data()[i * n + j] += 2 * J.data()[r * n + i] * J.data()[r * n + j];
+    return out;
+  };
+  const A Hw = tg::hessian([&](const T& v) { return tg::sum(tg::pow(tg::conv(tg::constant(x), v, p), 2.0)); }, w);
+  const A Jw = tg::jacobian([&](const T& v) { return tg::conv(tg::constant(x), v, p); }, w);
+  CHECK(max_abs_diff(Hw, gram(Jw)) < 1e-10);
+  const A Hx = tg::hessian([&](const T& v) { return tg::sum(tg::pow(tg::conv(v, tg::constant(w), p), 2.0)); }, x);
+  const A Jx = tg::jacobian([&](const T& v) { return tg::conv(v, tg::constant(w), p); }, x);
+  CHECK(max_abs_diff(Hx, gram(Jx)) < 1e-10);
+}
+
+TEST_CASE("second order: convolutions, strided, grouped, dilated, with bias and transposed") {
+  const A x = A::random_uniform({2, 4, 7, 6}, -1, 1, 81), w = A::random_uniform({6, 2, 3, 3}, -1, 1, 82);
+  const A b = A::random_uniform({6}, -1, 1, 83), wt = A::random_uniform({4, 3, 3, 2}, -1, 1, 84);
+  const std::vector<tg::ConvParams> geometries = {  // w (6, 2, 3, 3) on 4 channels: two groups
+      {.padding = {1}, .groups = 2}, {.stride = {2}, .padding = {1}, .groups = 2},
+      {.stride = {2, 1}, .pad_lo = {0, 1}, .pad_hi = {1, 0}, .groups = 2}, {.padding = {2}, .dilation = {2}, .groups = 2, .flip = true}};
+  for (const tg::ConvParams& p : geometries) {
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(tg::conv(v, tg::constant(w), tg::constant(b), p))); }, x, 1);
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(tg::conv(tg::constant(x), v, p))); }, w, 2);
+  }
+  // Input and weights from one array: the mixed second derivatives of a bilinear op.
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::conv(v, v * 0.5 + 0.1, {.padding = {2}}), 2.0)); },
+                     A::random_uniform({1, 2, 5, 5}, -1, 1, 85), 3);
+  const tg::ConvParams up{.stride = {2}, .padding = {1}, .output_padding = {1}};
+  check_second_order([&](const T& v) { return tg::sum(tg::tanh(tg::conv_transpose(v, tg::constant(wt), up))); }, x, 4);
+  check_second_order([&](const T& v) { return tg::sum(tg::tanh(tg::conv_transpose(tg::constant(x), v, up))); }, wt, 5);
+}
+
+TEST_CASE("second order: conv_weight_grad, the weights' part of conv's recorded pullback") {
+  const tg::ConvParams p{.stride = {2}, .padding = {1}, .groups = 2};
+  const A x = A::random_uniform({2, 4, 7, 6}, -1, 1, 91), x2 = A::random_uniform({2, 4, 7, 6}, -1, 1, 92);
+  const tg::Shape weight{6, 2, 3, 3};
+  const A gy = A::random_uniform({2, 6, 4, 3}, -1, 1, 93), gy2 = A::random_uniform({2, 6, 4, 3}, -1, 1, 94);
+  auto f = [&](const T& a, const T& g) {
+    const auto site = std::source_location::current();
+    return tg::ops::conv_weight_grad_tracked<double>(tg::Operand<double>(a, site), tg::Operand<double>(g, site), p, weight, site);
+  };
+  check_op(f, std::tuple{x, gy}, std::tuple{x2, gy2});
+  // Its value: the weight gradient of <gy, conv(x, w)>.
+  const A w = A::random_uniform(weight, -1, 1, 95);
+  const A expected = std::get<1>(tg::gradient([&](const T& a, const T& v) { return tg::sum(tg::conv(a, v, p) * tg::constant(gy)); }, x, w));
+  CHECK(max_abs_diff(tg::record(f, x, gy).output(), expected) < 1e-12);
+  const A xb = A::random_uniform({4, 8, 14, 12}, -1, 1, 96), gyb = A::random_uniform({4, 6, 7, 6}, -1, 1, 97);
+  const tg::ConvParams pb{.stride = {2}, .padding = {1}, .groups = 2};
+  check_dot_product([&](const T& a, const T& g) {
+    const auto site = std::source_location::current();
+    return tg::ops::conv_weight_grad_tracked<double>(tg::Operand<double>(a, site), tg::Operand<double>(g, site), pb,
+                                                     tg::Shape{6, 4, 3, 3}, site);
+  }, xb, gyb);
+  CHECK_THROWS_WITH_AS(tg::record(f, x, A::zeros({2, 6, 4, 4})),
+                       doctest::Contains("conv_weight_grad: gy has shape (2,6,4,4) expected the conv's output shape (2,6,4,3)"),
+                       tg::Error);
+}

@@ -15,6 +15,7 @@
 #include "folding.hpp"
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <fmt/format.h>
 
@@ -45,6 +46,21 @@ struct ConvOpParams : OpParams {
     double eps = 0;
   } folded;
 };
+
+// The weight gradient of a conv as an op of its own (Note [Recorded pullbacks]):
+// conv_weight_grad(x, gy) = d<gy, conv(x, w)>/dw, of w's shape. It is what a
+// conv's recorded pullback gives the weights, and it is bilinear in (x, gy), so
+// its own pullbacks are a conv_transpose and a conv by the weight adjoint.
+struct ConvWeightGradParams : OpParams {
+  ConvParams user;  // the conv's (no output_padding)
+  Shape weight;     // (K, C/groups, kernel...)
+  // Resolved by the plan step: the conv's geometry and its three passes.
+  ConvGeometry geometry;
+  std::array<ConvAlgorithm, 3> algorithm{};
+};
+
+template <class T>
+const OpInfo<T>& conv_weight_grad_op();
 
 namespace {
 
@@ -343,6 +359,9 @@ std::string print_list(const char* name, const std::vector<std::int64_t>& v) {
 }
 
 template <class T>
+void conv_record_pullback(const RecordedPullbackCall<T>& c);
+
+template <class T>
 OpInfo<T> conv_family_row(bool transpose) {
   OpInfo<T> r;
   r.name = op_name(transpose);
@@ -381,9 +400,72 @@ OpInfo<T> conv_family_row(bool transpose) {
   };
   r.save_params = [](const OpParams* p, ParamWriter& w) { save_conv_params(params_as<ConvOpParams>(p).user, w); };
   r.load_params = [transpose](ParamReader& in) { return make_params(load_conv_params(in), transpose); };
+  r.record_pullback = &conv_record_pullback<T>;
   return r;
 }
 
+
+// The user's conv params for a conv recorded by a recorded pullback: the same
+// geometry, the algorithms left to the cost rule (the passes map differently),
+// and the output padding that sizes a conv_transpose's output to `in`.
+ConvParams recorded_conv_params(const ConvParams& user, const ConvGeometry& g, bool sized_transpose) {
+  ConvParams p = user;
+  p.algorithm = p.forward_algorithm = p.backward_input_algorithm = p.backward_weight_algorithm = ConvAlgorithm::automatic;
+  p.output_padding.clear();
+  if (sized_transpose)
+    for (int d = ConvGeometry::kMaxSpatial - g.spatial; d < ConvGeometry::kMaxSpatial; ++d)
+      p.output_padding.push_back(g.in[d] - ((g.out[d] - 1) * g.stride[d] - g.lo[d] - g.hi[d] + g.dil[d] * (g.ker[d] - 1) + 1));
+  return p;
+}
+
+// Sums over the batch and spatial dims: the bias gradient.
+template <class T>
+Tracked<T> channel_sums(const Tracked<T>& gy) {
+  Axes axes{0};
+  for (std::int64_t d = 2; d < std::int64_t(gy.rank()); ++d) axes.push_back(d);
+  return tg::sum(gy, axes);
+}
+
+template <class T>
+Tracked<T> record_conv(const Tracked<T>& x, const Tracked<T>& w, const ConvParams& p, bool transpose) {
+  const auto where = std::source_location::current();
+  const Operand<T> operands[] = {Operand<T>(x, where), Operand<T>(w, where)};
+  return conv_tracked<T>(operands, p, transpose, where);
+}
+
+// conv: gx = conv_transpose(gy, w), gw = conv_weight_grad(x, gy), gbias = channel sums of gy.
+// conv_transpose (the adjoint of the conv from its output's shape to x's):
+// gx = conv(gy, w), gw = conv_weight_grad(gy, x), gbias likewise.
+template <class T>
+void conv_record_pullback(const RecordedPullbackCall<T>& c) {
+  const auto& cp = params_as<ConvOpParams>(c.params);
+  if (cp.folded.on) fail("conv", "a conv with a folded batch_norm has no recorded pullback expected a recorded conv");
+  const ConvGeometry& g = cp.geometry;
+  const Tracked<T>&x = c.input(0), &w = c.input(1), &gy = c.output_adjoint;
+  const ConvParams plain = recorded_conv_params(cp.user, g, false);
+  if (c.wants(0))
+    c.contribute(0, cp.transpose ? record_conv(gy, w, plain, false) : record_conv(gy, w, recorded_conv_params(cp.user, g, true), true));
+  if (c.wants(1))
+    c.contribute(1, cp.transpose ? conv_weight_grad_tracked<T>(gy, x, plain, w.shape(), std::source_location::current())
+                                 : conv_weight_grad_tracked<T>(x, gy, plain, w.shape(), std::source_location::current()));
+  if (c.wants(2)) c.contribute(2, channel_sums(gy));
+}
+
+Plan plan_weight_grad(const ConvWeightGradParams& given, std::span<const Shape* const> s) {
+  auto resolved = std::make_shared<ConvWeightGradParams>(given);
+  ConvWeightGradParams& wp = *resolved;
+  constexpr const char* op = "conv_weight_grad";
+  if (s.size() != 2) fail(op, fmt::format("got {} inputs expected (x, gy)", s.size()));
+  const ConvGeometry g = kernels::conv_geometry(*s[0], wp.weight, spec_of(wp.user), op);
+  if (conv_output_shape(g) != *s[1])
+    fail(op, fmt::format("gy has shape {} expected the conv's output shape {} for x {} and weights {}", to_string(*s[1]),
+                         to_string(conv_output_shape(g)), to_string(*s[0]), to_string(wp.weight)));
+  wp.geometry = g;
+  const ConvAlgorithm request[] = {ConvAlgorithm::automatic, ConvAlgorithm::automatic, ConvAlgorithm::automatic};
+  for (std::size_t pass = 0; pass < 3; ++pass)
+    wp.algorithm[pass] = choose_conv_algorithm(g, static_cast<ConvPass>(pass), request[pass], op);
+  return {wp.weight, std::move(resolved)};
+}
 
 std::shared_ptr<ConvOpParams> make_params(const ConvParams& p, bool transpose) {
   auto cp = std::make_shared<ConvOpParams>();
@@ -411,14 +493,76 @@ OpInfo<T> conv_transpose_row() {
   return conv_family_row<T>(true);
 }
 
+template <class T>
+OpInfo<T> conv_weight_grad_row() {
+  OpInfo<T> r;
+  r.name = "conv_weight_grad";
+  r.arity = 2;
+  r.flags = kPullbackIgnoresOutput;  // bilinear in (x, gy)
+  r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan_weight_grad(params_as<ConvWeightGradParams>(p), s); };
+  r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
+    return 2.0 * params_as<ConvWeightGradParams>(p).geometry.macs();
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const auto& wp = params_as<ConvWeightGradParams>(c.params);
+    c.output.fill(T(0));
+    kernels::conv_backward_weight(wp.geometry, wp.algorithm[2], c.inputs[0]->data(), c.inputs[1]->data(), c.output.data());
+  };
+  // With gw_bar the output adjoint: x gets the conv's input gradient of gy by
+  // gw_bar, gy gets the conv of x by gw_bar.
+  r.pullback = [](const PullbackCall<T>& c) {
+    const auto& wp = params_as<ConvWeightGradParams>(c.params);
+    const T* gw_bar = c.output_adjoint.data();
+    if (c.input_adjoints[0])
+      kernels::conv_backward_input(wp.geometry, wp.algorithm[1], c.inputs[1]->data(), gw_bar, c.input_adjoints[0]->data(), true);
+    if (c.input_adjoints[1])
+      kernels::conv_forward(wp.geometry, wp.algorithm[0], c.inputs[0]->data(), gw_bar, c.input_adjoints[1]->data(), true);
+  };
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const auto& wp = params_as<ConvWeightGradParams>(c.params);
+    if (c.wants(0))
+      c.contribute(0, record_conv(c.input(1), c.output_adjoint, recorded_conv_params(wp.user, wp.geometry, true), true));
+    if (c.wants(1)) c.contribute(1, record_conv(c.input(0), c.output_adjoint, wp.user, false));
+  };
+  r.print_params = [](const OpParams* p) {
+    const auto& wp = params_as<ConvWeightGradParams>(p);
+    const ConvParams& u = wp.user;
+    return fmt::format("weight={}{}{}{}{}{}{}{} algorithm={}", to_string(wp.weight), print_list("stride", u.stride),
+                       print_list("padding", u.padding), print_list("pad_lo", u.pad_lo), print_list("pad_hi", u.pad_hi),
+                       print_list("dilation", u.dilation), u.groups != 1 ? fmt::format(" groups={}", u.groups) : "",
+                       u.flip ? " flip" : "", kernels::to_string(wp.algorithm[2]));
+  };
+  r.save_params = [](const OpParams* p, ParamWriter& w) {
+    const auto& wp = params_as<ConvWeightGradParams>(p);
+    save_conv_params(wp.user, w);
+    w.list(wp.weight.dims());
+  };
+  r.load_params = [](ParamReader& in) {
+    auto wp = std::make_shared<ConvWeightGradParams>();
+    wp->user = load_conv_params(in);
+    wp->weight = Shape(std::span<const std::int64_t>(in.list("weight")));
+    return wp;
+  };
+  return r;
+}
+
 // The family's op table (Note [Op tables]).
-#define TG_CONV_ROWS(X) X(conv) X(conv_transpose)
+#define TG_CONV_ROWS(X) X(conv) X(conv_transpose) X(conv_weight_grad)
 TG_OP_TABLE(conv, TG_CONV_ROWS)
 
 template <class T>
 Tracked<T> conv_tracked(std::span<const Operand<T>> operands, const ConvParams& p, bool transpose,
                         const std::source_location& where) {
   return record_op((transpose ? conv_transpose_op<T>() : conv_op<T>()), make_params(p, transpose), operands, where);
+}
+
+template <class T>
+Tracked<T> conv_weight_grad_tracked(const Operand<T>& x, const Operand<T>& gy, const ConvParams& p, const Shape& weight,
+                                    const std::source_location& where) {
+  auto wp = std::make_shared<ConvWeightGradParams>();
+  wp->user = p;
+  wp->weight = weight;
+  return record_op(conv_weight_grad_op<T>(), std::move(wp), {x, gy}, where);
 }
 
 template <class T>
@@ -430,6 +574,8 @@ Array<T> conv_eval(std::span<const Array<T>* const> inputs, const ConvParams& p,
 
 #define TG_INSTANTIATE(T)                                                                                          \
   template Tracked<T> conv_tracked(std::span<const Operand<T>>, const ConvParams&, bool, const std::source_location&); \
+  template Tracked<T> conv_weight_grad_tracked(const Operand<T>&, const Operand<T>&, const ConvParams&, const Shape&,        \
+                                               const std::source_location&);                                             \
   template Array<T> conv_eval(std::span<const Array<T>* const>, const ConvParams&, bool, const std::source_location&);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

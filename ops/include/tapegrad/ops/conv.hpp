@@ -48,6 +48,11 @@ Tracked<T> conv_tracked(std::span<const Operand<T>> operands, const ConvParams& 
 template <class T>
 Array<T> conv_eval(std::span<const Array<T>* const> inputs, const ConvParams& p, bool transpose,
                    const std::source_location& where);
+// d<gy, conv(x, w; p)>/dw for w of shape `weight`, recorded: the weights' part
+// of a conv's recorded pullback (Note [Recorded pullbacks]).
+template <class T>
+Tracked<T> conv_weight_grad_tracked(const Operand<T>& x, const Operand<T>& gy, const ConvParams& p, const Shape& weight,
+                                    const std::source_location& where);
 }  // namespace ops
 
 #define TG_CONV_FAMILY(name, transpose)                                                                             \

@@ -207,3 +207,52 @@ TEST_CASE("second order: conv_weight_grad, the weights' part of conv's recorded 
                        doctest::Contains("conv_weight_grad: gy has shape (2,6,4,4) expected the conv's output shape (2,6,4,3)"),
                        tg::Error);
 }
+
+TEST_CASE("second order: max-pools through their recorded window choice") {
+  const A x = A::random_uniform({2, 3, 7, 6}, -1, 1, 101);  // continuous: no ties
+  const std::vector<tg::PoolParams> pools = {{.window = {2}}, {.window = {3}, .stride = {2}, .padding = {1}},
+                                             {.window = {2, 3}, .stride = {1}, .dilation = {2, 1}, .ceil_mode = true}};
+  for (const tg::PoolParams& p : pools) {
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::maxpool(v * v, p), 2.0)); }, x, 1);
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(tg::maxpool(tg::tanh(v), p)) * tg::maxpool(v, p)); }, x, 2);
+  }
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::global_maxpool(v), 3.0)); }, x, 3);
+  // sum(maxpool(x)^2): the Hessian is 2 at each window's maximum (a diagonal of 2s and 0s), 2x2 windows on a 4x4 plane.
+  const A plane = A::random_uniform({1, 1, 4, 4}, -1, 1, 102);
+  const A H = tg::hessian([](const T& v) { return tg::sum(tg::pow(tg::maxpool(v, {.window = {2}}), 2.0)); }, plane);
+  const A y = tg::maxpool(plane, {.window = {2}});
+  for (std::int64_t i = 0; i < 16; ++i) {
+    bool is_max = false;
+    for (std::int64_t j = 0; j < 4; ++j) is_max = is_max || plane.data()[i] == y.data()[j];
+    for (std::int64_t k = 0; k < 16; ++k) CHECK(H.data()[i * 16 + k] == (i == k && is_max ? 2.0 : 0.0));
+  }
+}
+
+TEST_CASE("second order: maxpool_route and maxpool_gather, each other's adjoints") {
+  const tg::PoolParams p{.window = {3}, .stride = {2}, .padding = {1}};
+  const A x = A::random_uniform({2, 3, 7, 6}, -1, 1, 111), x2 = A::random_uniform({2, 3, 7, 6}, -1, 1, 112);
+  const A gy = A::random_uniform({2, 3, 4, 3}, -1, 1, 113), gy2 = A::random_uniform({2, 3, 4, 3}, -1, 1, 114);
+  const A v = A::random_uniform({2, 3, 7, 6}, -1, 1, 115), v2 = A::random_uniform({2, 3, 7, 6}, -1, 1, 116);
+  auto route = [&](const T& a, const T& g) { return tg::ops::maxpool_route_tracked(a, g, p, false); };
+  auto gather = [&](const T& a, const T& w) { return tg::ops::maxpool_route_tracked(a, w, p, true); };
+  check_op(route, std::tuple{x, gy}, std::tuple{x2, gy2});
+  check_op(gather, std::tuple{x, v}, std::tuple{x2, v2});
+  // Values: route is maxpool's input gradient; gather reads v at the same elements.
+  const A routed = tg::record(route, x, gy).output();
+  const A expected = tg::gradient([&](const T& a) { return tg::sum(tg::maxpool(a, p) * tg::constant(gy)); }, x);
+  CHECK(max_abs_diff(routed, expected) == 0);
+  const A gathered = tg::record(gather, x, v).output();
+  CHECK(tg::sum(routed * v).item() == doctest::Approx(tg::sum(gy * gathered).item()).epsilon(1e-12));  // <route gy, v> = <gy, gather v>
+  // Ties: the first maximum in row-major order takes the adjoint, in both.
+  const A flat = A::zeros({1, 1, 2, 2}), ones = A::ones({1, 1, 1, 1}), probe = A({1, 1, 2, 2}, {5, 6, 7, 8});
+  const tg::PoolParams two{.window = {2}};
+  CHECK(max_abs_diff(tg::record([&](const T& a, const T& g) { return tg::ops::maxpool_route_tracked(a, g, two, false); }, flat, ones).output(),
+                     A({1, 1, 2, 2}, {1, 0, 0, 0})) == 0);
+  CHECK(tg::record([&](const T& a, const T& w) { return tg::ops::maxpool_route_tracked(a, w, two, true); }, flat, probe).output().item() == 5);
+  const A xb = A::random_uniform({4, 8, 14, 14}, -1, 1, 117), gyb = A::random_uniform({4, 8, 7, 7}, -1, 1, 118);
+  const A vb = A::random_uniform({4, 8, 14, 14}, -1, 1, 119);
+  check_dot_product([&](const T& a, const T& g) { return tg::ops::maxpool_route_tracked(a, g, two, false); }, xb, gyb);
+  check_dot_product([&](const T& a, const T& w) { return tg::ops::maxpool_route_tracked(a, w, two, true); }, xb, vb);
+  CHECK_THROWS_WITH_AS(tg::record(route, x, v), doctest::Contains("maxpool_route: values have shape (2,3,7,6) expected (2,3,4,3)"),
+                       tg::Error);
+}

@@ -374,6 +374,19 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
   });
 }
 
+template <class T>
+void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out) {
+  ScratchScope scratch;
+  const LastDimTaps taps(g, scratch);
+  for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
+    thread_local std::vector<std::int32_t> arg;
+    arg.resize(static_cast<std::size_t>(g.out[2]));
+    row_argmax(g, taps, x + plane * g.in_vol(), o0, o1, y + j, arg.data());
+    const T* vp = v + plane * g.in_vol();
+    for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) out[j + o2] = vp[arg[static_cast<std::size_t>(o2)]];
+  });
+}
+
 bool window_is_whole_plane(const PoolGeometry& g) {
   return g.out_vol() == 1 && g.win == g.in && g.pad == PoolGeometry::Dims{0, 0, 0} && g.dil == PoolGeometry::Dims{1, 1, 1};
 }
@@ -452,6 +465,7 @@ void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T
 #define TG_INSTANTIATE(T)                                                                             \
   template void maxpool_forward<T>(const PoolGeometry&, const T*, T*, T*);                 \
   template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*, bool); \
+  template void maxpool_gather<T>(const PoolGeometry&, const T*, const T*, const T*, T*);                  \
   template void meanpool_forward<T>(const PoolGeometry&, bool, const T*, T*);                         \
   template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*, bool);                        \
   template void lppool_forward<T>(const PoolGeometry&, T, const T*, T*);                              \

@@ -7,6 +7,8 @@
 #include "assigned.hpp"
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 #include <fmt/format.h>
 
@@ -25,6 +27,11 @@ struct PoolOpParams : OpParams {
   bool global = false;
   kernels::PoolGeometry geometry;  // resolved by the plan step (Note [Plans]) in the copy an instruction keeps
 };
+
+template <class T>
+const OpInfo<T>& maxpool_route_op();
+template <class T>
+const OpInfo<T>& maxpool_gather_op();
 
 namespace {
 
@@ -81,6 +88,9 @@ T* window_codes(const kernels::PoolGeometry& g, const Array<T>& y, Array<T>& sav
   if (!(saved.shape() == y.shape())) saved = Array<T>::uninitialized(y.shape());
   return saved.data();
 }
+
+template <class T>
+Tracked<T> record_route(const OpInfo<T>& op, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& other);
 
 template <class T>
 OpInfo<T> pool_row(PoolKind kind, bool global) {
@@ -147,6 +157,97 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   };
   r.save_params = [](const OpParams* p, ParamWriter& w) { save_pool_params(params_as<PoolOpParams>(p).user, w); };
   r.load_params = [kind, global](ParamReader& in) { return make_params(load_pool_params(in), kind, global); };
+  // A max-pool's adjoint goes to each window's recorded choice (Note [Maxpool routes]).
+  if (kind == PoolKind::max)
+    r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+      if (c.wants(0)) c.contribute(0, record_route<T>(maxpool_route_op<T>(), c.params, c.input(0), c.output_adjoint));
+    };
+  return r;
+}
+
+// Note [Maxpool routes]: a max-pool's pullback sends each window's adjoint to
+// the element its scan chose (Note [Ties in maxpool]); that choice depends on x
+// but is constant where it is differentiable, so the pullback is linear in gy
+// with no derivative in x. Recorded, it is maxpool_route(x, gy) (x's shape);
+// its adjoint in gy is maxpool_gather(x, v) (the pool's output shape: v at each
+// window's chosen element), and the two are each other's pullbacks. Both find
+// the choice by scanning x against the maxima, which they recompute into a
+// saved buffer (reused across replays). Rejected: saving the chosen offsets
+// from the forward, which every first-order maxpool would pay for.
+enum class RouteRole { route, gather };
+
+template <class T>
+Tracked<T> record_route(const OpInfo<T>& op, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& other) {
+  const auto& p = params_as<PoolOpParams>(pool_params);
+  const auto site = std::source_location::current();
+  return record_op(op, make_params(p.user, PoolKind::max, p.global), {Operand<T>(x, site), Operand<T>(other, site)}, site);
+}
+
+// The maxima of x's windows, in a saved buffer kept across replays.
+template <class T>
+const T* maxima(const PoolOpParams& p, const Array<T>& x, Array<T>& saved) {
+  const Shape out = kernels::pool_output_shape(p.geometry);
+  if (!(saved.shape() == out)) saved = Array<T>::uninitialized(out);
+  kernels::maxpool_forward(p.geometry, x.data(), saved.data());
+  return saved.data();
+}
+
+template <class T>
+OpInfo<T> route_row(RouteRole role) {
+  OpInfo<T> r;
+  r.name = role == RouteRole::route ? "maxpool_route" : "maxpool_gather";
+  r.arity = 2;
+  r.n_saved = 1;  // the maxima
+  r.flags = kPullbackIgnoresOutput;
+  r.plan = [role](const OpParams* params, std::span<const Shape* const> s) {
+    const char* name = role == RouteRole::route ? "maxpool_route" : "maxpool_gather";
+    if (s.size() != 2) fail(name, fmt::format("got {} inputs expected (x, values)", s.size()));
+    Plan pooled = plan(params_as<PoolOpParams>(params), *s[0]);
+    const Shape& expected = role == RouteRole::route ? pooled.output : *s[0];
+    if (!(*s[1] == expected))
+      fail(name, fmt::format("values have shape {} expected {} ({}) for x {}", to_string(*s[1]), to_string(expected),
+                             role == RouteRole::route ? "the pool's output" : "x's shape", to_string(*s[0])));
+    if (role == RouteRole::route) pooled.output = *s[0];
+    return pooled;
+  };
+  auto run = [](RouteRole which, const PoolOpParams& p, const Array<T>& x, Array<T>& saved, const T* values, T* out,
+                bool accumulate) {
+    const T* y = maxima(p, x, saved);
+    if (which == RouteRole::gather) return kernels::maxpool_gather(p.geometry, x.data(), y, values, out);
+    if (!accumulate) std::fill(out, out + x.size(), T(0));
+    kernels::maxpool_backward(p.geometry, x.data(), y, values, out);
+  };
+  r.forward = [role, run](const ForwardCall<T>& c) {
+    run(role, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0], c.inputs[1]->data(), c.output.data(), false);
+  };
+  // The other role, applied to the output adjoint; x gets nothing (Note [Maxpool routes]).
+  r.pullback = [role, run](const PullbackCall<T>& c) {
+    if (!c.input_adjoints[1]) return;
+    const RouteRole other = role == RouteRole::route ? RouteRole::gather : RouteRole::route;
+    Array<T>& g = *c.input_adjoints[1];
+    if (other == RouteRole::gather) {
+      kernels::ScratchScope scratch;  // no allocation per replay
+      T* gathered = scratch.take<T>(g.size()).data();
+      run(other, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0], c.output_adjoint.data(), gathered, false);
+      for (std::int64_t i = 0; i < g.size(); ++i) g.data()[i] += gathered[i];
+    } else {
+      run(other, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0], c.output_adjoint.data(), g.data(), true);
+    }
+  };
+  r.record_pullback = [role](const RecordedPullbackCall<T>& c) {
+    if (!c.wants(1)) return;
+    const OpInfo<T>& other = role == RouteRole::route ? maxpool_gather_op<T>() : maxpool_route_op<T>();
+    c.contribute(1, record_route<T>(other, c.params, c.input(0), c.output_adjoint));
+  };
+  r.print_params = pool_row<T>(PoolKind::max, false).print_params;
+  r.save_params = [](const OpParams* p, ParamWriter& w) {
+    save_pool_params(params_as<PoolOpParams>(p).user, w);
+    w.boolean(params_as<PoolOpParams>(p).global);
+  };
+  r.load_params = [](ParamReader& in) {
+    const PoolParams u = load_pool_params(in);
+    return make_params(u, PoolKind::max, in.boolean("global"));
+  };
   return r;
 }
 
@@ -174,7 +275,16 @@ OpInfo<T> global_meanpool_row() {
 }
 
 // The family's op table (Note [Op tables]).
-#define TG_POOL_ROWS(X) X(maxpool) X(meanpool) X(lppool) X(global_maxpool) X(global_meanpool)
+template <class T>
+OpInfo<T> maxpool_route_row() {
+  return route_row<T>(RouteRole::route);
+}
+template <class T>
+OpInfo<T> maxpool_gather_row() {
+  return route_row<T>(RouteRole::gather);
+}
+
+#define TG_POOL_ROWS(X) X(maxpool) X(meanpool) X(lppool) X(global_maxpool) X(global_meanpool) X(maxpool_route) X(maxpool_gather)
 TG_OP_TABLE(pool, TG_POOL_ROWS)
 
 namespace {
@@ -208,6 +318,17 @@ Array<T> pool_eval(const Array<T>& x, const PoolParams& u, PoolKind kind, bool g
 }
 
 }  // namespace
+
+template <class T>
+Tracked<T> maxpool_route_tracked(const Tracked<T>& x, const Tracked<T>& values, const PoolParams& p, bool gather,
+                                 const std::source_location& where) {
+  return record_op(gather ? maxpool_gather_op<T>() : maxpool_route_op<T>(), make_params(p, PoolKind::max, false),
+                   {Operand<T>(x, where), Operand<T>(values, where)}, where);
+}
+template Tracked<float> maxpool_route_tracked(const Tracked<float>&, const Tracked<float>&, const PoolParams&, bool,
+                                              const std::source_location&);
+template Tracked<double> maxpool_route_tracked(const Tracked<double>&, const Tracked<double>&, const PoolParams&, bool,
+                                               const std::source_location&);
 
 }  // namespace tg::ops
 

@@ -163,17 +163,19 @@ inline std::string huge_input_file() {
   return bytes;
 }
 
-// A gradient penalty through a conv (Note [Recorded pullbacks]): its tape holds
-// the recorded reverse pass, conv_weight_grad among it. x (2, 3, 5, 5), w (3, 2, 3, 3), k any.
+// A gradient penalty through a conv and a max-pool (Note [Recorded pullbacks]):
+// its tape holds the recorded reverse pass, conv_weight_grad and maxpool_route
+// among it, and a maxpool_gather. x (2, 3, 5, 5), w (3, 2, 3, 3), k any.
 template <class T>
 tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, const tg::Tracked<T>& k) {
   auto inner = [](const tg::Tracked<T>& image, const tg::Tracked<T>& weights) {
-    return tg::sum(tg::tanh(tg::conv(image, weights, {.padding = {1}})));
+    return tg::sum(tg::tanh(tg::maxpool(tg::conv(image, weights, {.padding = {1}}), {.window = {2}})));
   };
   const auto [gx, gw] = tg::gradient(inner, x, tg::permute(w, {1, 0, 2, 3}));
   const tg::Tracked<T> image_term = tg::sum(gx * gx);  // one op per statement: a fixed order
   const tg::Tracked<T> weight_term = tg::sum(gw * gw);
-  return image_term + weight_term + tg::sum(k * k);
+  const tg::Tracked<T> gathered = tg::sum(tg::ops::maxpool_route_tracked(x, x * x, {.window = {2}}, true));
+  return image_term + weight_term + gathered + tg::sum(k * k);
 }
 
 }  // namespace tgtest::models

@@ -60,6 +60,12 @@ template <class T>
 void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx,
                       const T* codes = nullptr, bool write = false);
 
+// out[j] = v at the element maxpool_backward sends output j's adjoint to (Note
+// [Ties in maxpool]), v laid out like x; y: the forward's output. The adjoint
+// of maxpool_backward as a map of gy, for a fixed x (second order).
+template <class T>
+void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out);
+
 // Whether one window covers each whole plane (a global pool: no padding, one
 // output per plane); then the mean-pool's backward can write gx instead of adding.
 bool window_is_whole_plane(const PoolGeometry& g);

@@ -58,4 +58,13 @@ TG_DECLARE_GLOBAL_POOL(global_maxpool)
 TG_DECLARE_GLOBAL_POOL(global_meanpool)
 #undef TG_DECLARE_GLOBAL_POOL
 
+namespace ops {
+// The recorded form of a max-pool's pullback and its adjoint (Note [Maxpool
+// routes]): maxpool_route(x, gy) sends gy to each window's chosen element (x's
+// shape); maxpool_gather(x, v) (gather = true) reads v there (the pool's output shape).
+template <class T>
+Tracked<T> maxpool_route_tracked(const Tracked<T>& x, const Tracked<T>& values, const PoolParams& p, bool gather,
+                                 const std::source_location& where = std::source_location::current());
+}  // namespace ops
+
 }  // namespace tg

@@ -120,6 +120,16 @@ TEST_CASE("second order: a gradient inside a recording takes and returns paramet
       CHECK(analytic.data()[i] == doctest::Approx((value(up) - value(down)) / 2e-6).epsilon(1e-6));
     }
   }
+  // hvp in a tree: against central differences of the gradient tree along the direction.
+  const Linear<A> dir{A::random_uniform({3, 2}, -1, 1, 64), A::random_uniform({2}, -1, 1, 65)};
+  auto loss = [&](const auto& p) { return inner(p, tg::constant(x)) * inner(p, tg::constant(x)); };
+  const Linear<A> hv = tg::hvp(loss, net, dir);
+  const Linear<A> up{net.w + dir.w * 1e-5, net.b + dir.b * 1e-5}, down{net.w - dir.w * 1e-5, net.b - dir.b * 1e-5};
+  const Linear<A> gu = tg::gradient(loss, up), gd = tg::gradient(loss, down);
+  CHECK(max_abs_diff(hv.w, (gu.w - gd.w) / 2e-5) < 1e-6 * std::max(1.0, max_abs(hv.w)));
+  CHECK(max_abs_diff(hv.b, (gu.b - gd.b) / 2e-5) < 1e-6 * std::max(1.0, max_abs(hv.b)));
+  CHECK_THROWS_WITH_AS(tg::hvp(loss, net, Linear<A>{dir.w, A::zeros({3})}),
+                       doctest::Contains("hvp: v has shape (3) expected x's shape (2) (leaf 1)"), tg::Error);
 }
 
 TEST_CASE("second order: gradients nested three deep") {
@@ -255,4 +265,46 @@ TEST_CASE("second order: maxpool_route and maxpool_gather, each other's adjoints
   check_dot_product([&](const T& a, const T& w) { return tg::ops::maxpool_route_tracked(a, w, two, true); }, xb, vb);
   CHECK_THROWS_WITH_AS(tg::record(route, x, v), doctest::Contains("maxpool_route: values have shape (2,3,7,6) expected (2,3,4,3)"),
                        tg::Error);
+}
+
+TEST_CASE("second order: cross-entropy, with class weights and label smoothing") {
+  const A logits = A::random_uniform({4, 5}, -2, 2, 121), labels({4}, {0, 3, 4, 3}), weights({5}, {1, 0.5, 2, 1.5, 1});
+  // Hand-worked: without weights or smoothing the Hessian is block diagonal, (diag(p_i) - p_i p_i^T) / N per row.
+  const A H = tg::hessian([&](const T& z) { return tg::cross_entropy(z, tg::constant(labels)); }, logits);
+  const A p = tg::softmax(logits, 1);
+  for (std::int64_t a = 0; a < 20; ++a)
+    for (std::int64_t b = 0; b < 20; ++b) {
+      const std::int64_t i = a / 5, j = a % 5, i2 = b / 5, k = b % 5;
+      const double pj = p.data()[i * 5 + j], pk = p.data()[i * 5 + k];
+      const double expected = i != i2 ? 0.0 : ((j == k ? pj : 0.0) - pj * pk) / 4;
+      CHECK(H.data()[a * 20 + b] == doctest::Approx(expected).epsilon(1e-10));
+    }
+  check_second_order([&](const T& z) { return tg::cross_entropy(z, tg::constant(labels)); }, logits, 1);
+  check_second_order([&](const T& z) { return tg::cross_entropy(z, tg::constant(labels), tg::constant(weights), {.label_smoothing = 0.2}); },
+                     logits, 2);
+  check_second_order([&](const T& z) { return tg::cross_entropy(tg::tanh(z) * 3.0, tg::constant(labels), {.label_smoothing = 0.1}); },
+                     logits, 3);
+  // cross_entropy_grad itself: the triple, its value (the first-order gradient), a dot product.
+  auto grad_op = [&](const T& z) { return tg::gradient([&](const T& u) { return tg::cross_entropy(u, tg::constant(labels), tg::constant(weights), {.label_smoothing = 0.2}); }, z); };
+  const A expected = tg::gradient([&](const T& u) { return tg::cross_entropy(u, tg::constant(labels), tg::constant(weights), {.label_smoothing = 0.2}); }, logits);
+  auto recorded = tg::record(grad_op, logits);
+  CHECK(max_abs_diff(recorded.output(), expected) < 1e-15);
+  auto direct = [&](const T& z) {
+    const auto site = std::source_location::current();
+    return tg::record_op(*tg::Registry<double>::find("cross_entropy_grad"), nullptr,
+                         {tg::Operand<double>(z, site), tg::Operand<double>(tg::constant(labels), site)}, site);
+  };
+  check_op(direct, std::tuple{logits}, std::tuple{A::random_uniform({4, 5}, -2, 2, 122)});
+  A many_labels({64});
+  for (std::int64_t i = 0; i < 64; ++i) many_labels.data()[i] = double(i % 10);
+  check_dot_product([&](const T& z) {
+    const auto site = std::source_location::current();
+    return tg::record_op(*tg::Registry<double>::find("cross_entropy_grad"), nullptr,
+                         {tg::Operand<double>(z, site), tg::Operand<double>(tg::constant(many_labels), site)}, site);
+  }, A::random_uniform({64, 10}, -2, 2, 123));
+  // Class weights that need a gradient: refused when the second order is recorded.
+  auto in_weights = [&](const T& z, const T& w) {
+    return tg::sum(tg::gradient([&](const T& u) { return tg::cross_entropy(u, tg::constant(labels), w); }, z));
+  };
+  CHECK_THROWS_WITH_AS(tg::gradient(in_weights, logits, weights), doctest::Contains("class weights that need a gradient"), tg::Error);
 }

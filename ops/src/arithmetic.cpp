@@ -122,6 +122,23 @@ OpInfo<T> pow_scalar_row() {
 // The pullback sends the output adjoint to a where cond holds and to b
 // elsewhere, summed over broadcast dims; cond gets none (Note [Labels are not
 // differentiable] holds for masks too).
+// An operand of a broadcasting op that is either whole (the output's size: then
+// its elements are in the output's order, since broadcasting only adds dims of
+// 1 to it) or one element: read at i, or always at 0.
+template <class T>
+struct FlatOperand {
+  FlatOperand(const Array<T>& a, std::int64_t n) : data(a.data()), step(a.size() == n ? 1 : 0) {}
+  T operator[](std::int64_t i) const { return data[i * step]; }
+  const T* data;
+  std::int64_t step;
+};
+template <class T>
+bool flat_operands(std::span<const Array<T>* const> in, std::int64_t n) {
+  for (const Array<T>* a : in)
+    if (a->size() != 1 && a->size() != n) return false;
+  return true;
+}
+
 template <class T>
 OpInfo<T> where_row() {
   OpInfo<T> r;
@@ -132,6 +149,19 @@ OpInfo<T> where_row() {
   };
   r.forward = [](const ForwardCall<T>& c) {
     const Shape& so = c.output.shape();
+    if (flat_operands(c.inputs, c.output.size())) {  // each operand whole or one element: one flat loop
+      const std::int64_t n = c.output.size();
+      const FlatOperand<T> cond(*c.inputs[0], n), a(*c.inputs[1], n), b(*c.inputs[2], n);
+      T* out = c.output.data();
+      // A whole condition with one scalar branch (relu's recorded pullback) runs as a vector select.
+      if (cond.step == 1 && a.step == 1 && b.step == 0) {
+        const T *cd = cond.data, *ad = a.data, b0 = b.data[0];
+        for (std::int64_t i = 0; i < n; ++i) out[i] = cd[i] != T(0) ? ad[i] : b0;
+      } else {
+        for (std::int64_t i = 0; i < n; ++i) out[i] = cond[i] != T(0) ? a[i] : b[i];
+      }
+      return;
+    }
     const Strides sc = broadcast_strides(c.inputs[0]->shape(), so), sa = broadcast_strides(c.inputs[1]->shape(), so),
                   sb = broadcast_strides(c.inputs[2]->shape(), so), st = contiguous_strides(so);
     const T *cond = c.inputs[0]->data(), *a = c.inputs[1]->data(), *b = c.inputs[2]->data();
@@ -145,6 +175,29 @@ OpInfo<T> where_row() {
     Array<T>*ga = c.input_adjoints[1], *gb = c.input_adjoints[2];
     if (!ga && !gb) return;
     const Shape& so = c.output.shape();
+    if (flat_operands(c.inputs, c.output.size())) {
+      const std::int64_t n = c.output.size();
+      const FlatOperand<T> cond(*c.inputs[0], n);
+      const T* gy = c.output_adjoint.data();
+      for (int side = 1; side <= 2; ++side) {
+        Array<T>* g = side == 1 ? ga : gb;
+        if (!g) continue;
+        const bool to_a = side == 1;
+        if (g->size() == n && cond.step == 1) {
+          T* gd = g->data();
+          const T* cd = cond.data;
+          for (std::int64_t i = 0; i < n; ++i) gd[i] += (cd[i] != T(0)) == to_a ? gy[i] : T(0);
+        } else if (g->size() == n) {
+          T* gd = g->data();
+          for (std::int64_t i = 0; i < n; ++i) gd[i] += (cond[i] != T(0)) == to_a ? gy[i] : T(0);
+        } else {  // one element: the sum of its share
+          T total = T(0);
+          for (std::int64_t i = 0; i < n; ++i) total += (cond[i] != T(0)) == to_a ? gy[i] : T(0);
+          g->data()[0] += total;
+        }
+      }
+      return;
+    }
     const Strides sc = broadcast_strides(c.inputs[0]->shape(), so), st = contiguous_strides(so);
     const T *cond = c.inputs[0]->data(), *gy = c.output_adjoint.data();
     for (int side = 1; side <= 2; ++side) {  // a where cond holds, b elsewhere; += over broadcast dims

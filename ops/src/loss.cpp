@@ -5,6 +5,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -131,10 +132,41 @@ struct CrossEntropyOpParams : OpParams {
   CrossEntropyParams user;
 };
 
+template <class T>
+const OpInfo<T>& cross_entropy_grad_op();
+
 // The per-class weights of a call (1 for every class without a weights input).
 template <class T>
 T class_weight(std::span<const Array<T>* const> in, std::int64_t c) {
   return in.size() == 3 ? in[2]->data()[c] : T(1);
+}
+
+// The checks of a cross-entropy call (also its gradient op's).
+inline void check_cross_entropy(const OpParams* p, std::span<const Shape* const> s) {
+  if (s.size() != 2 && s.size() != 3)
+    fail("cross_entropy", fmt::format("got {} inputs expected (logits, labels) or (logits, labels, weights)", s.size()));
+  const Shape &logits = *s[0], &labels = *s[1];
+  if (logits.rank() != 2)
+    fail("cross_entropy", fmt::format("logits have shape {} expected (N, C); hint: reshape to (-1, classes)", to_string(logits)));
+  if (labels.rank() != 1 || labels[0] != logits[0])
+    fail("cross_entropy", fmt::format("labels have shape {} expected ({}) one label per row of logits {}", to_string(labels),
+                                      logits[0], to_string(logits)));
+  if (logits[0] == 0 || logits[1] == 0)
+    fail("cross_entropy", fmt::format("logits {} are empty expected at least one row and one class", to_string(logits)));
+  if (s.size() == 3 && !(*s[2] == Shape{logits[1]}))
+    fail("cross_entropy", fmt::format("weights have shape {} expected ({}) one per class of logits {}", to_string(*s[2]),
+                                      logits[1], to_string(logits)));
+  const double e = p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0;
+  if (!(e >= 0 && e <= 1)) fail("cross_entropy", fmt::format("label_smoothing ({}) expected a number in [0, 1]", e));
+}
+
+// W = sum_i w[y_i] (the mean's divisor) and sum_c w[c] of a call.
+template <class T>
+std::pair<double, double> cross_entropy_weights(std::span<const Array<T>* const> in, std::int64_t n, std::int64_t classes) {
+  double total_weight = 0, weight_sum = 0;
+  for (std::int64_t i = 0; i < n; ++i) total_weight += static_cast<double>(class_weight(in, label_at(*in[1], i, classes)));
+  for (std::int64_t j = 0; j < classes; ++j) weight_sum += static_cast<double>(class_weight(in, j));
+  return {total_weight, weight_sum};
 }
 
 // Note [Cross-entropy as PyTorch]: with weights w, label smoothing e and C classes,
@@ -149,21 +181,7 @@ OpInfo<T> cross_entropy_row() {
   r.arity = kVariadic;  // logits, labels, and optionally the class weights (C)
   r.n_saved = 1;  // log-softmax (N, C), for the pullback
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
-    if (s.size() != 2 && s.size() != 3)
-      fail("cross_entropy", fmt::format("got {} inputs expected (logits, labels) or (logits, labels, weights)", s.size()));
-    const Shape &logits = *s[0], &labels = *s[1];
-    if (logits.rank() != 2)
-      fail("cross_entropy", fmt::format("logits have shape {} expected (N, C); hint: reshape to (-1, classes)", to_string(logits)));
-    if (labels.rank() != 1 || labels[0] != logits[0])
-      fail("cross_entropy", fmt::format("labels have shape {} expected ({}) one label per row of logits {}", to_string(labels),
-                                        logits[0], to_string(logits)));
-    if (logits[0] == 0 || logits[1] == 0)
-      fail("cross_entropy", fmt::format("logits {} are empty expected at least one row and one class", to_string(logits)));
-    if (s.size() == 3 && !(*s[2] == Shape{logits[1]}))
-      fail("cross_entropy", fmt::format("weights have shape {} expected ({}) one per class of logits {}", to_string(*s[2]),
-                                        logits[1], to_string(logits)));
-    const double e = p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0;
-    if (!(e >= 0 && e <= 1)) fail("cross_entropy", fmt::format("label_smoothing ({}) expected a number in [0, 1]", e));
+    check_cross_entropy(p, s);
     return Shape{};
   };
   r.forward = [](const ForwardCall<T>& c) {
@@ -196,9 +214,7 @@ OpInfo<T> cross_entropy_row() {
     const Array<T>&logp = c.saved[0], &labels = *c.inputs[1];
     const std::int64_t n = logp.shape()[0], classes = logp.shape()[1];
     const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
-    double total_weight = 0, weight_sum = 0;
-    for (std::int64_t i = 0; i < n; ++i) total_weight += static_cast<double>(class_weight(c.inputs, label_at(labels, i, classes)));
-    for (std::int64_t j = 0; j < classes; ++j) weight_sum += static_cast<double>(class_weight(c.inputs, j));
+    const auto [total_weight, weight_sum] = cross_entropy_weights(c.inputs, n, classes);
     const double g = static_cast<double>(c.output_adjoint.data()[0]) / total_weight, smooth = e / static_cast<double>(classes);
     const double loss = static_cast<double>(c.output.data()[0]);
     for (std::int64_t i = 0; i < n; ++i) {
@@ -225,6 +241,20 @@ OpInfo<T> cross_entropy_row() {
     const double e = p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0;
     return e == 0 ? std::string() : fmt::format("label_smoothing={}", e);
   };
+  // dlogits = dloss * cross_entropy_grad(logits, labels[, weights]) (Note [Cross-entropy's gradient op]).
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const bool weights = c.inputs.size() == 3;
+    if (weights && (c.wants(2) || c.input(2).tape()->needs_grad(c.input(2).slot())))
+      fail("cross_entropy", "class weights that need a gradient have no second order yet expected weights passed as "
+                            "tg::data or a constant when the loss is differentiated twice");
+    if (!c.wants(0)) return;
+    const auto site = std::source_location::current();
+    std::vector<Operand<T>> operands{Operand<T>(c.input(0), site), Operand<T>(c.input(1), site)};
+    if (weights) operands.emplace_back(c.input(2), site);
+    const Tracked<T> g = record_op(cross_entropy_grad_op<T>(), c.params ? std::make_shared<CrossEntropyOpParams>(params_as<CrossEntropyOpParams>(c.params)) : nullptr,
+                                   std::span<const Operand<T>>(operands), site);
+    c.contribute(0, g * c.output_adjoint);
+  };
   r.save_params = [](const OpParams* p, ParamWriter& w) {
     if (p) w.f64(params_as<CrossEntropyOpParams>(p).user.label_smoothing);  // none: the bytes of a file from before
   };
@@ -237,8 +267,79 @@ OpInfo<T> cross_entropy_row() {
   return r;
 }
 
+// Note [Cross-entropy's gradient op]: with p = softmax(logits) and, per row i,
+// a_i = (1 - e) w[y_i] onehot(y_i) + e/C w and A_i = sum_c a_i[c], the
+// cross-entropy's gradient is G = (A_i p_i - a_i) / W (Note [Cross-entropy as
+// PyTorch]): cross_entropy_grad computes it, so that a recorded pullback can
+// differentiate it again. Its own pullback in the logits is the softmax's
+// Jacobian scaled per row, (A_i / W) p_i * (g_i - <p_i, g_i>); labels get
+// none (Note [Labels are not differentiable]) and weights that need a
+// gradient are refused when it is recorded.
+template <class T>
+OpInfo<T> cross_entropy_grad_row() {
+  OpInfo<T> r;
+  r.name = "cross_entropy_grad";
+  r.arity = kVariadic;  // logits, labels, and optionally the class weights (C)
+  r.n_saved = 1;        // log-softmax (N, C)
+  r.flags = kPullbackIgnoresOutput;
+  r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
+    check_cross_entropy(p, s);
+    return *s[0];
+  };
+  r.forward = [](const ForwardCall<T>& c) {
+    const Array<T>& x = *c.inputs[0];
+    const std::int64_t n = x.shape()[0], classes = x.shape()[1];
+    const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
+    Array<T>& logp = c.saved[0];
+    if (!(logp.shape() == x.shape())) logp = Array<T>::uninitialized(x.shape());
+    kernels::softmax_forward<true>(x.data(), logp.data(), {n, classes, 1});
+    const auto [total_weight, weight_sum] = cross_entropy_weights(c.inputs, n, classes);
+    if (!(total_weight != 0))
+      fail("cross_entropy_grad", fmt::format("the weights of this batch's labels sum to {} expected a nonzero sum", total_weight));
+    const double smooth = e / static_cast<double>(classes);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t k = label_at(*c.inputs[1], i, classes);
+      const double wk = static_cast<double>(class_weight(c.inputs, k)), A = (1 - e) * wk + smooth * weight_sum;
+      const T* row = logp.data() + i * classes;
+      T* out = c.output.data() + i * classes;
+      for (std::int64_t j = 0; j < classes; ++j)
+        out[j] = static_cast<T>((A * std::exp(static_cast<double>(row[j])) - smooth * static_cast<double>(class_weight(c.inputs, j))) /
+                                total_weight);
+      out[k] -= static_cast<T>((1 - e) * wk / total_weight);
+    }
+  };
+  r.pullback = [](const PullbackCall<T>& c) {
+    if (c.input_adjoints.size() == 3 && c.input_adjoints[2])
+      fail("cross_entropy_grad", "class weights that need a gradient have no second order yet expected weights passed as tg::data");
+    Array<T>* dx = c.input_adjoints[0];
+    if (!dx) return;
+    const Array<T>& logp = c.saved[0];
+    const std::int64_t n = logp.shape()[0], classes = logp.shape()[1];
+    const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
+    const auto [total_weight, weight_sum] = cross_entropy_weights(c.inputs, n, classes);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t k = label_at(*c.inputs[1], i, classes);
+      const double scale = ((1 - e) * static_cast<double>(class_weight(c.inputs, k)) + e / static_cast<double>(classes) * weight_sum) / total_weight;
+      const T *row = logp.data() + i * classes, *g = c.output_adjoint.data() + i * classes;
+      double dot = 0;
+      for (std::int64_t j = 0; j < classes; ++j) dot += std::exp(static_cast<double>(row[j])) * static_cast<double>(g[j]);
+      T* d = dx->data() + i * classes;
+      for (std::int64_t j = 0; j < classes; ++j)
+        d[j] += static_cast<T>(scale * std::exp(static_cast<double>(row[j])) * (static_cast<double>(g[j]) - dot));
+    }
+  };
+  r.print_params = cross_entropy_row<T>().print_params;
+  r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0); };
+  r.load_params = [](ParamReader& in) -> std::shared_ptr<const OpParams> {
+    auto p = std::make_shared<CrossEntropyOpParams>();
+    p->user.label_smoothing = in.f64("label_smoothing");
+    return p;
+  };
+  return r;
+}
+
 // The family's op table (Note [Op tables]).
-#define TG_LOSS_ROWS(X) X(mse) X(cross_entropy) X(bce_with_logits) X(l1_loss) X(smooth_l1_loss)
+#define TG_LOSS_ROWS(X) X(mse) X(cross_entropy) X(bce_with_logits) X(l1_loss) X(smooth_l1_loss) X(cross_entropy_grad)
 TG_OP_TABLE(loss, TG_LOSS_ROWS)
 
 template <class T>

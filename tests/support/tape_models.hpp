@@ -175,7 +175,13 @@ tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, co
   const tg::Tracked<T> image_term = tg::sum(gx * gx);  // one op per statement: a fixed order
   const tg::Tracked<T> weight_term = tg::sum(gw * gw);
   const tg::Tracked<T> gathered = tg::sum(tg::ops::maxpool_route_tracked(x, x * x, {.window = {2}}, true));
-  return image_term + weight_term + gathered + tg::sum(k * k);
+  // A cross-entropy's gradient in its logits, squared: cross_entropy_grad.
+  auto classify = [](const tg::Tracked<T>& logits) {
+    return tg::cross_entropy(logits, tg::constant(tg::Array<T>({2}, {T(0), T(3)})), {.label_smoothing = 0.1});
+  };
+  const tg::Tracked<T> glogits = tg::gradient(classify, tg::reshape(x, {2, 75}));
+  const tg::Tracked<T> logit_term = tg::sum(glogits * glogits);
+  return image_term + weight_term + gathered + logit_term + tg::sum(k * k);
 }
 
 }  // namespace tgtest::models

@@ -89,6 +89,8 @@ TEST_CASE("second order: a gradient penalty, differentiated, recorded and replay
   // Compiled with the usual passes: the same gradient; the dump shows the recorded reverse pass.
   auto compiled = tg::compile(tape);
   CHECK(max_abs_diff(compiled.gradient(w2, tg::data(x2)), fresh) < 1e-12);
+  auto step = tg::jit(penalty);  // recorded and compiled at once
+  CHECK(max_abs_diff(step.gradient(w2, tg::data(x2)), fresh) < 1e-12);
   const std::string listing = tg::dump(tape);
   CHECK(listing.find("matmul") != std::string::npos);
   CHECK(listing.find("permute") != std::string::npos);  // the transposes of matmul's recorded pullback

@@ -28,6 +28,14 @@ void Tape<T>::drop_handle(std::uint32_t slot) noexcept {
 }
 
 template <class T>
+void Tape<T>::release_unreachable_from(std::uint32_t first) noexcept {
+  if (!release_unreachable_) return;
+  for (std::uint32_t slot = first; slot < handles_.size(); ++slot)
+    if (handles_[slot] == 0 && kind_[slot] == SlotKind::computed && slot != output_)
+      values_[slot] = Array<T>::borrowed(values_[slot].shape(), nullptr);
+}
+
+template <class T>
 std::uint32_t Tape<T>::add_input(Array<T> value, bool needs_grad, std::string name, bool state) {
   const auto slot = add_slot(std::move(value), SlotKind::input, needs_grad && !state);
   state_[slot] = state ? 1 : 0;

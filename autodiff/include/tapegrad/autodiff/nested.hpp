@@ -65,10 +65,26 @@ auto gradient(F&& f, const Args&... args) {
   (collect(detail::tree_of(args), detail::ArgKind<Args>::data), ...);
   if (!tape) fail("gradient", "the arguments hold no Tracked value expected at least one leaf; hint: pass a tree with leaves");
   const std::size_t first = tape->num_instructions();
-  const Tracked<T> y = std::invoke(f, detail::tree_of(args)...);
-  if (y.tape() != tape)
-    fail("gradient", "the function returned a value of another tape expected a value computed from its arguments");
-  const std::vector<Tracked<T>> grads = detail::recorded_gradient(*tape, first, y, wrt, where);
+  // Note [Unreachable values]: the reverse pass reads values of f that no
+  // handle reaches any more, so a recording that frees those keeps them until
+  // it has run, then frees what is still unreachable.
+  struct KeepValues {
+    Tape<T>* tape;
+    bool releasing = tape->releases_unreachable();
+    std::uint32_t first_slot = static_cast<std::uint32_t>(tape->num_slots());
+    ~KeepValues() {
+      tape->set_release_unreachable(releasing);
+      tape->release_unreachable_from(first_slot);
+    }
+  } keep{tape};
+  tape->set_release_unreachable(false);
+  std::vector<Tracked<T>> grads;
+  {
+    const Tracked<T> y = std::invoke(f, detail::tree_of(args)...);
+    if (y.tape() != tape)
+      fail("gradient", "the function returned a value of another tape expected a value computed from its arguments");
+    grads = detail::recorded_gradient(*tape, first, y, wrt, where);
+  }
   std::size_t next = 0;
   auto make = [&] { return grads[next++]; };
   auto build_one = [&](const auto& arg) {

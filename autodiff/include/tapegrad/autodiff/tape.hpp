@@ -167,6 +167,11 @@ class Tape {
   // memory of its jit training). Rejected: keeping every value until compile.
   // Off: every value stays (a tape that is replayed or differentiated).
   void set_release_unreachable(bool on) { release_unreachable_ = on; }
+  bool releases_unreachable() const noexcept { return release_unreachable_; }
+  // Frees, as the last handle's drop would have, every computed value from
+  // slot `first` on that no handle reaches: after a gradient recorded inside
+  // the recording, which kept them while its reverse pass read them.
+  void release_unreachable_from(std::uint32_t first) noexcept;
   void add_handle(std::uint32_t slot) noexcept {
     if (slot < handles_.size()) ++handles_[slot];
   }

@@ -357,34 +357,32 @@ void maxpool_forward(const PoolGeometry& g, const T* x, T* y, T* codes) {
   });
 }
 
+// f(plane, output index, plane offset of that window's chosen element) for
+// every output, by re-scanning each window against its maximum y (Note [Ties
+// in maxpool]). Planes are independent: each thread's writes stay inside its own planes.
+template <class T, class F>
+void for_each_choice(const PoolGeometry& g, const T* x, const T* y, F f) {
+  ScratchScope scratch;
+  const LastDimTaps taps(g, scratch);
+  for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
+    thread_local std::vector<std::int32_t> arg;
+    arg.resize(static_cast<std::size_t>(g.out[2]));
+    row_argmax(g, taps, x + plane * g.in_vol(), o0, o1, y + j, arg.data());
+    for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) f(plane, j + o2, std::int64_t{arg[static_cast<std::size_t>(o2)]});
+  });
+}
+
 template <class T>
 void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy, T* gx, const T* codes, bool write) {
   if (write && !(codes && maxpool_codes_cover_input(g)))
     fail("maxpool", "a written (not accumulated) backward expected window codes that cover the input");
   if (is_2x2_stride_2(g)) return codes ? maxpool_2x2_backward_codes(g, codes, gy, gx, write) : maxpool_2x2_backward(g, x, y, gy, gx);
-  ScratchScope scratch;
-  const LastDimTaps taps(g, scratch);
-  // Planes are independent, so each thread's writes stay inside its own planes.
-  for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
-    thread_local std::vector<std::int32_t> arg;
-    arg.resize(static_cast<std::size_t>(g.out[2]));
-    row_argmax(g, taps, x + plane * g.in_vol(), o0, o1, y + j, arg.data());
-    T* gp = gx + plane * g.in_vol();
-    for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) gp[arg[static_cast<std::size_t>(o2)]] += gy[j + o2];
-  });
+  for_each_choice(g, x, y, [&](std::int64_t plane, std::int64_t j, std::int64_t chosen) { gx[plane * g.in_vol() + chosen] += gy[j]; });
 }
 
 template <class T>
 void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out) {
-  ScratchScope scratch;
-  const LastDimTaps taps(g, scratch);
-  for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
-    thread_local std::vector<std::int32_t> arg;
-    arg.resize(static_cast<std::size_t>(g.out[2]));
-    row_argmax(g, taps, x + plane * g.in_vol(), o0, o1, y + j, arg.data());
-    const T* vp = v + plane * g.in_vol();
-    for (std::int64_t o2 = 0; o2 < g.out[2]; ++o2) out[j + o2] = vp[arg[static_cast<std::size_t>(o2)]];
-  });
+  for_each_choice(g, x, y, [&](std::int64_t plane, std::int64_t j, std::int64_t chosen) { out[j] = v[plane * g.in_vol() + chosen]; });
 }
 
 bool window_is_whole_plane(const PoolGeometry& g) {

@@ -381,8 +381,10 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
 }
 
 template <class T>
-void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out) {
-  for_each_choice(g, x, y, [&](std::int64_t plane, std::int64_t j, std::int64_t chosen) { out[j] = v[plane * g.in_vol() + chosen]; });
+void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out, bool add) {
+  for_each_choice(g, x, y, [&](std::int64_t plane, std::int64_t j, std::int64_t chosen) {
+    out[j] = (add ? out[j] : T(0)) + v[plane * g.in_vol() + chosen];
+  });
 }
 
 bool window_is_whole_plane(const PoolGeometry& g) {
@@ -463,7 +465,7 @@ void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T
 #define TG_INSTANTIATE(T)                                                                             \
   template void maxpool_forward<T>(const PoolGeometry&, const T*, T*, T*);                 \
   template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*, bool); \
-  template void maxpool_gather<T>(const PoolGeometry&, const T*, const T*, const T*, T*);                  \
+  template void maxpool_gather<T>(const PoolGeometry&, const T*, const T*, const T*, T*, bool);                     \
   template void meanpool_forward<T>(const PoolGeometry&, bool, const T*, T*);                         \
   template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*, bool);                        \
   template void lppool_forward<T>(const PoolGeometry&, T, const T*, T*);                              \

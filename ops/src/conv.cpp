@@ -461,9 +461,8 @@ Plan plan_weight_grad(const ConvWeightGradParams& given, std::span<const Shape* 
     fail(op, fmt::format("gy has shape {} expected the conv's output shape {} for x {} and weights {}", to_string(*s[1]),
                          to_string(conv_output_shape(g)), to_string(*s[0]), to_string(wp.weight)));
   wp.geometry = g;
-  const ConvAlgorithm request[] = {ConvAlgorithm::automatic, ConvAlgorithm::automatic, ConvAlgorithm::automatic};
-  for (std::size_t pass = 0; pass < 3; ++pass)
-    wp.algorithm[pass] = choose_conv_algorithm(g, static_cast<ConvPass>(pass), request[pass], op);
+  for (std::size_t pass = 0; pass < 3; ++pass)  // the cost rule's (recorded_conv_params leaves every pass automatic)
+    wp.algorithm[pass] = choose_conv_algorithm(g, static_cast<ConvPass>(pass), ConvAlgorithm::automatic, op);
   return {wp.weight, std::move(resolved)};
 }
 

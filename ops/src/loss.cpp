@@ -169,6 +169,20 @@ std::pair<double, double> cross_entropy_weights(std::span<const Array<T>* const>
   return {total_weight, weight_sum};
 }
 
+// row_grad += g ((1 - e) w[k] (p - onehot(k)) + e / C (p sum_c w[c] - w)): one
+// row's logit gradient, scaled by g = dloss / W (Note [Cross-entropy as PyTorch]).
+template <class T>
+void add_logit_gradient(std::span<const Array<T>* const> in, const T* logp_row, std::int64_t k, double e, double weight_sum,
+                        double g, T* row_grad) {
+  const std::int64_t classes = in[0]->shape()[1];
+  const double smooth = e / static_cast<double>(classes), wk = static_cast<double>(class_weight(in, k));
+  const double scale = g * ((1 - e) * wk + smooth * weight_sum);
+  for (std::int64_t j = 0; j < classes; ++j)
+    row_grad[j] += static_cast<T>(scale * std::exp(static_cast<double>(logp_row[j])) -
+                                  g * smooth * static_cast<double>(class_weight(in, j)));
+  row_grad[k] -= static_cast<T>(g * (1 - e) * wk);
+}
+
 // Note [Cross-entropy as PyTorch]: with weights w, label smoothing e and C classes,
 //   loss = ((1 - e) sum_i w[y_i] (-logp[i, y_i]) + e / C sum_i sum_c w[c] (-logp[i, c])) / W,
 //   W = sum_i w[y_i]  (N without weights),
@@ -220,15 +234,7 @@ OpInfo<T> cross_entropy_row() {
     for (std::int64_t i = 0; i < n; ++i) {
       const T* row = logp.data() + i * classes;
       const std::int64_t k = label_at(labels, i, classes);
-      if (dx) {
-        T* row_grad = dx->data() + i * classes;
-        const double wk = static_cast<double>(class_weight(c.inputs, k));
-        const double scale = g * ((1 - e) * wk + smooth * weight_sum);
-        for (std::int64_t j = 0; j < classes; ++j)
-          row_grad[j] += static_cast<T>(scale * std::exp(static_cast<double>(row[j])) -
-                                        g * smooth * static_cast<double>(class_weight(c.inputs, j)));
-        row_grad[k] -= static_cast<T>(g * (1 - e) * wk);
-      }
+      if (dx) add_logit_gradient(c.inputs, row, k, e, weight_sum, g, dx->data() + i * classes);
       if (dw) {
         T* wg = dw->data();
         wg[k] += static_cast<T>(g * ((1 - e) * -static_cast<double>(row[k]) - loss));
@@ -296,17 +302,10 @@ OpInfo<T> cross_entropy_grad_row() {
     const auto [total_weight, weight_sum] = cross_entropy_weights(c.inputs, n, classes);
     if (!(total_weight != 0))
       fail("cross_entropy_grad", fmt::format("the weights of this batch's labels sum to {} expected a nonzero sum", total_weight));
-    const double smooth = e / static_cast<double>(classes);
-    for (std::int64_t i = 0; i < n; ++i) {
-      const std::int64_t k = label_at(*c.inputs[1], i, classes);
-      const double wk = static_cast<double>(class_weight(c.inputs, k)), A = (1 - e) * wk + smooth * weight_sum;
-      const T* row = logp.data() + i * classes;
-      T* out = c.output.data() + i * classes;
-      for (std::int64_t j = 0; j < classes; ++j)
-        out[j] = static_cast<T>((A * std::exp(static_cast<double>(row[j])) - smooth * static_cast<double>(class_weight(c.inputs, j))) /
-                                total_weight);
-      out[k] -= static_cast<T>((1 - e) * wk / total_weight);
-    }
+    c.output.fill(T(0));
+    for (std::int64_t i = 0; i < n; ++i)
+      add_logit_gradient(c.inputs, logp.data() + i * classes, label_at(*c.inputs[1], i, classes), e, weight_sum,
+                         1 / total_weight, c.output.data() + i * classes);
   };
   r.pullback = [](const PullbackCall<T>& c) {
     if (c.input_adjoints.size() == 3 && c.input_adjoints[2])

@@ -8,7 +8,6 @@
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
 #include "recorded_pullbacks.hpp"
-#include "tapegrad/kernels/scratch.hpp"
 
 #include <fmt/format.h>
 
@@ -92,6 +91,21 @@ T* window_codes(const kernels::PoolGeometry& g, const Array<T>& y, Array<T>& sav
 template <class T>
 Tracked<T> record_route(const OpInfo<T>& op, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& other);
 
+std::string print_pool_params(const OpParams* params) {
+  const auto& p = params_as<PoolOpParams>(params);
+  if (p.global) return std::string();
+  const PoolParams& u = p.user;
+  auto list = [](const char* name, const std::vector<std::int64_t>& v) {
+    return v.empty() ? std::string() : fmt::format(" {}=[{}]", name, fmt::join(v, ","));
+  };
+  std::string s = fmt::format("window=[{}]{}{}{}{}", fmt::join(u.window, ","), list("stride", u.stride),
+                              list("padding", u.padding), list("dilation", u.dilation), u.ceil_mode ? " ceil_mode" : "");
+  if (p.kind == PoolKind::mean && !u.counts_padding()) s += " exclude_pad";
+  if (p.kind == PoolKind::lp) s += fmt::format(" p={}", u.p);
+  return s;
+}
+
+
 template <class T>
 OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
@@ -142,19 +156,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     return kind == PoolKind::lp || (kind == PoolKind::max && !kernels::maxpool_keeps_codes(p.geometry));
   };
   r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
-  r.print_params = [](const OpParams* params) {
-    const auto& p = params_as<PoolOpParams>(params);
-    if (p.global) return std::string();
-    const PoolParams& u = p.user;
-    auto list = [](const char* name, const std::vector<std::int64_t>& v) {
-      return v.empty() ? std::string() : fmt::format(" {}=[{}]", name, fmt::join(v, ","));
-    };
-    std::string s = fmt::format("window=[{}]{}{}{}{}", fmt::join(u.window, ","), list("stride", u.stride),
-                                list("padding", u.padding), list("dilation", u.dilation), u.ceil_mode ? " ceil_mode" : "");
-    if (p.kind == PoolKind::mean && !u.counts_padding()) s += " exclude_pad";
-    if (p.kind == PoolKind::lp) s += fmt::format(" p={}", u.p);
-    return s;
-  };
+  r.print_params = &print_pool_params;
   r.save_params = [](const OpParams* p, ParamWriter& w) { save_pool_params(params_as<PoolOpParams>(p).user, w); };
   r.load_params = [kind, global](ParamReader& in) { return make_params(load_pool_params(in), kind, global); };
   // A max-pool's adjoint goes to each window's recorded choice (Note [Maxpool routes]).
@@ -183,7 +185,7 @@ Tracked<T> record_route(const OpInfo<T>& op, const OpParams* pool_params, const 
   return record_op(op, make_params(p.user, PoolKind::max, p.global), {Operand<T>(x, site), Operand<T>(other, site)}, site);
 }
 
-// The maxima of x's windows, in a saved buffer kept across replays.
+// The maxima of x's windows, in a saved buffer kept across replays (the pullback reads them).
 template <class T>
 const T* maxima(const PoolOpParams& p, const Array<T>& x, Array<T>& saved) {
   const Shape out = kernels::pool_output_shape(p.geometry);
@@ -210,36 +212,29 @@ OpInfo<T> route_row(RouteRole role) {
     if (role == RouteRole::route) pooled.output = *s[0];
     return pooled;
   };
-  auto run = [](RouteRole which, const PoolOpParams& p, const Array<T>& x, Array<T>& saved, const T* values, T* out,
-                bool accumulate) {
-    const T* y = maxima(p, x, saved);
-    if (which == RouteRole::gather) return kernels::maxpool_gather(p.geometry, x.data(), y, values, out);
-    if (!accumulate) std::fill(out, out + x.size(), T(0));
+  // gather: out (+)= v at the chosen elements; route: out (+)= gy sent to them. y: the maxima.
+  auto run = [](RouteRole which, const PoolOpParams& p, const Array<T>& x, const T* y, const T* values, T* out, bool add) {
+    if (which == RouteRole::gather) return kernels::maxpool_gather(p.geometry, x.data(), y, values, out, add);
+    if (!add) std::fill(out, out + x.size(), T(0));
     kernels::maxpool_backward(p.geometry, x.data(), y, values, out);
   };
   r.forward = [role, run](const ForwardCall<T>& c) {
-    run(role, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0], c.inputs[1]->data(), c.output.data(), false);
+    const auto& p = params_as<PoolOpParams>(c.params);
+    run(role, p, *c.inputs[0], maxima(p, *c.inputs[0], c.saved[0]), c.inputs[1]->data(), c.output.data(), false);
   };
-  // The other role, applied to the output adjoint; x gets nothing (Note [Maxpool routes]).
+  // The other role, applied to the output adjoint, with the forward's maxima; x gets nothing (Note [Maxpool routes]).
   r.pullback = [role, run](const PullbackCall<T>& c) {
     if (!c.input_adjoints[1]) return;
     const RouteRole other = role == RouteRole::route ? RouteRole::gather : RouteRole::route;
-    Array<T>& g = *c.input_adjoints[1];
-    if (other == RouteRole::gather) {
-      kernels::ScratchScope scratch;  // no allocation per replay
-      T* gathered = scratch.take<T>(g.size()).data();
-      run(other, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0], c.output_adjoint.data(), gathered, false);
-      for (std::int64_t i = 0; i < g.size(); ++i) g.data()[i] += gathered[i];
-    } else {
-      run(other, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0], c.output_adjoint.data(), g.data(), true);
-    }
+    run(other, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0].data(), c.output_adjoint.data(),
+        c.input_adjoints[1]->data(), true);
   };
   r.record_pullback = [role](const RecordedPullbackCall<T>& c) {
     if (!c.wants(1)) return;
     const OpInfo<T>& other = role == RouteRole::route ? maxpool_gather_op<T>() : maxpool_route_op<T>();
     c.contribute(1, record_route<T>(other, c.params, c.input(0), c.output_adjoint));
   };
-  r.print_params = pool_row<T>(PoolKind::max, false).print_params;
+  r.print_params = &print_pool_params;
   r.save_params = [](const OpParams* p, ParamWriter& w) {
     save_pool_params(params_as<PoolOpParams>(p).user, w);
     w.boolean(params_as<PoolOpParams>(p).global);

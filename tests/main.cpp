@@ -6,8 +6,12 @@
 #include <array>
 
 #include "support/coverage.hpp"
+#include "tapegrad/kernels/threads.hpp"
 
 int main(int argc, char** argv) {
+  // The tests that set a thread count (uneven blocks, determinism, no allocation
+  // per step) need it kept on a loaded machine too; the dynamic count has its own.
+  tg::set_dynamic_threads(false);
   doctest::Context context(argc, argv);
   const int failed = context.run();
   if (context.shouldExit() || argc > 1) return failed;  // a filtered run cannot judge coverage

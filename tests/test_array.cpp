@@ -120,7 +120,7 @@ TEST_CASE("gemm: GEMMs split over threads (by rows and by columns) match the ref
   struct Case {
     std::int64_t m, n, k;
   };
-  const int threads_before = tg::num_threads();
+  const int threads_before = tg::max_threads();
   tg::set_num_threads(3);  // uneven blocks, whatever the machine's cores
   for (const Case& cs : {Case{70, 33, 40}, Case{33, 97, 41}, Case{150, 150, 8}, Case{20, 20, 400}, Case{8, 27, 5001}, Case{1, 31, 777}})
     for (bool ta : {false, true})

@@ -126,7 +126,7 @@ TEST_CASE("conv: im2col blocks that split samples, run on several threads, equal
   const ConvParams p{.padding = {1}, .algorithm = ConvAlgorithm::im2col};
   const A gy = A::random_uniform({3, 4, 40, 40}, -1, 1, 3);
   const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
-  const int before = tg::num_threads();
+  const int before = tg::max_threads();
   for (int threads : {1, 2, 3}) {
     CAPTURE(threads);
     tg::set_num_threads(threads);
@@ -158,7 +158,7 @@ TEST_CASE("conv: implicit GEMM tile edges, groups and threads equal the referenc
       {{2, 3, 17}, {5, 3, 5}, {.stride = {3}, .padding = {2}, .algorithm = ConvAlgorithm::implicit_gemm}},
       {{2, 3, 5, 6, 7}, {4, 3, 3, 2, 3}, {.stride = {2, 1, 3}, .padding = {1, 0, 1}, .algorithm = ConvAlgorithm::implicit_gemm}},
   };
-  const int before = tg::num_threads();
+  const int before = tg::max_threads();
   for (const auto& c : geometries) {
     const A x = A::random_uniform(c.x, -1, 1, 1), w = A::random_uniform(c.w, -1, 1, 2);
     const A y_ref = ref::conv(x, w, c.p);
@@ -203,7 +203,7 @@ TEST_CASE("conv: an output epilogue (bias, activation) equals conv, then bias, t
   };
   const double slope = 0.5;
   const tg::kernels::OutputEpilogue<double> epilogue{bias.data(), +leaky, &slope};
-  const int before = tg::num_threads();
+  const int before = tg::max_threads();
   for (auto algorithm : kAlgorithms)
     for (int threads : {1, 3}) {
       CAPTURE(std::string(tg::kernels::to_string(algorithm)));
@@ -403,7 +403,7 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
       {{2, 19, 10, 13}, {12, 19, 3, 3}, {.padding = {1}}},
       {{1, 9, 7, 17}, {9, 9, 5, 5}, {.padding = {2}, .groups = 1}},
   };
-  const int before = tg::num_threads();
+  const int before = tg::max_threads();
   std::uint64_t seed = 300;
   for (const auto& c : geometries) {
     const A x = A::random_uniform(c.x, -1, 1, seed++), w = A::random_uniform(c.w, -1, 1, seed++);

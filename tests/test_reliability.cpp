@@ -1,6 +1,12 @@
 // Reliability (issue 22): threads, sizes, numerics and failed replays. Each case
 // is one a hostile but ordinary user hit: a crash or a silently wrong answer.
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <array>
+#include <chrono>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -339,7 +345,7 @@ TEST_CASE("reliability: values outside an op's domain are errors, not silently i
 }
 
 TEST_CASE("reliability: set_num_threads applies to every thread, running or started later") {
-  const int before = tg::num_threads();
+  const int before = tg::max_threads();
   std::atomic<bool> changed{false};
   int seen_running = 0, seen_new = 0;
   std::thread running([&] {
@@ -375,10 +381,64 @@ TEST_CASE("reliability: max and min of arrays holding NaN give NaN and split the
   CHECK(max_abs_diff(g, A({2, 3}, {0.0, 1.0, 0.0, 0.0, 0.5, 0.5})) == 0.0);
 }
 
+// Note [Threads on a busy machine]: the rule, then the gauge against a real
+// competing process.
+TEST_CASE("reliability: the thread count in use is the ceiling less the cores other programs keep busy") {
+  using tg::kernels::threads_for_load;
+  CHECK(threads_for_load(2, 2, 0.0) == 2);
+  CHECK(threads_for_load(2, 2, 0.3) == 2);  // background noise takes no core
+  CHECK(threads_for_load(2, 2, 0.5) == 1);  // from 0.4 of a core on, it is taken
+  CHECK(threads_for_load(2, 2, 1.0) == 1);
+  CHECK(threads_for_load(2, 2, 3.5) == 1);  // never fewer than one
+  CHECK(threads_for_load(4, 8, 2.0) == 4);  // free cores enough for the ceiling
+  CHECK(threads_for_load(8, 8, 2.0) == 6);
+  CHECK(threads_for_load(3, 2, 0.0) == 3);  // an idle machine keeps the ceiling, even above the cores
+  CHECK(threads_for_load(3, 2, 1.0) == 1);
+  CHECK(threads_for_load(2, 0, 5.0) == 2);  // no reading of /proc/stat: the ceiling
+}
+
+TEST_CASE("reliability: a competing CPU-bound process lowers the thread count in use; switched off, the ceiling stays") {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  REQUIRE(sched_getaffinity(0, sizeof allowed, &allowed) == 0);
+  const int cores = CPU_COUNT(&allowed);
+  if (cores < 2) return;  // one CPU: there is nothing to lower
+  const int before = tg::max_threads();
+  const bool dynamic_before = tg::dynamic_threads();
+  tg::set_num_threads(cores);
+  tg::set_dynamic_threads(true);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    volatile unsigned long spin = 0;
+    while (true) spin = spin + 1;
+  }
+  // The gauge measures windows of 250 ms; give it up to 3 s.
+  int lowest = cores;
+  double load = 0;
+  const auto start = std::chrono::steady_clock::now();
+  while (lowest == cores && std::chrono::steady_clock::now() - start < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    lowest = std::min(lowest, tg::num_threads());
+    load = std::max(load, tg::kernels::other_load());
+  }
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  CAPTURE(load);
+  CHECK(load >= 0.4);
+  CHECK(lowest >= 1);
+  CHECK(lowest < cores);
+  CHECK(tg::max_threads() == cores);  // the ceiling is not moved
+  tg::set_dynamic_threads(false);
+  CHECK(tg::num_threads() == cores);
+  tg::set_dynamic_threads(dynamic_before);
+  tg::set_num_threads(before);
+}
+
 // README, "Threads and determinism": bit-identical results at a fixed thread
 // count; the kernels without per-thread partial sums also across thread counts.
 TEST_CASE("reliability: gradients repeat bit for bit at a fixed thread count, and across counts where the README says so") {
-  const int before = tg::num_threads();
+  const int before = tg::max_threads();
   const A x = A::random_uniform({8, 4, 16, 16}, -1, 1, 1), w = A::random_uniform({6, 4, 5, 5}, -1, 1, 2);
   auto bits_equal = [](const A& a, const A& b) { return std::memcmp(a.data(), b.data(), sizeof(double) * a.size()) == 0; };
   for (const auto algorithm : {tg::ConvAlgorithm::direct, tg::ConvAlgorithm::im2col, tg::ConvAlgorithm::implicit_gemm,

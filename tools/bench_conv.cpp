@@ -80,8 +80,7 @@ double median_seconds(int reps, F f) {
 }
 
 void set_threads(int n) {
-  omp_set_num_threads(n);
-  tg::kernels::set_blas_threads(n);
+  tg::set_num_threads(n);
 #ifdef TAPEGRAD_HAVE_TORCH
   torch::set_num_threads(n);
 #endif

@@ -219,8 +219,10 @@ class CompetingLoad {
     }
     const char* policy = std::getenv("OMP_WAIT_POLICY");
     const char* spins = std::getenv("GOMP_SPINCOUNT");
-    fmt::print("competing load: one CPU-bound process (pid {}) for the whole run; OMP_WAIT_POLICY={} GOMP_SPINCOUNT={}\n", pid_,
-               policy ? policy : "(unset)", spins ? spins : "(unset)");
+    fmt::print("competing load: one CPU-bound process (pid {}) for the whole run; OMP_WAIT_POLICY={} GOMP_SPINCOUNT={}; "
+               "tapegrad's thread count {} (Note [Threads on a busy machine])\n",
+               pid_, policy ? policy : "(unset)", spins ? spins : "(unset)",
+               tg::dynamic_threads() ? "follows the load" : "fixed (TG_DYNAMIC_THREADS=0)");
   }
   ~CompetingLoad() {
     kill(pid_, SIGKILL);

@@ -310,3 +310,98 @@ TEST_CASE("second order: cross-entropy, with class weights and label smoothing")
   };
   CHECK_THROWS_WITH_AS(tg::gradient(in_weights, logits, weights), doctest::Contains("class weights that need a gradient"), tg::Error);
 }
+
+// Note [The filter's gradient ops]: every border, output mode, origin, convolve
+// and separable factors, in the image, in the kernel and in both at once.
+TEST_CASE("second order: correlate and convolve, every border and output mode") {
+  const A x = A::random_uniform({6, 7}, -1, 1, 111), k = A::random_uniform({3, 2}, -1, 1, 112);
+  struct Case {
+    tg::FilterParams p;
+    bool convolve;
+  };
+  const std::vector<Case> cases = {
+      {{.border = tg::Border::fill(0.3)}, false},        {{.border = tg::Border::replicate()}, false},
+      {{.border = tg::Border::reflect(), .output = tg::Output::full}, false},
+      {{.border = tg::Border::symmetric(), .origin = {-1, 0}}, true},
+      {{.border = tg::Border::circular()}, true},       {{.output = tg::Output::valid}, false},
+      {{.border = tg::Border::replicate(), .algorithm = tg::ConvAlgorithm::fft}, false}};
+  for (const Case& c : cases) {
+    CAPTURE(tg::kernels::to_string(c.p.border.mode));
+    CAPTURE(tg::to_string(c.p.output));
+    auto filter = [&](const T& a, const T& b) { return c.convolve ? tg::convolve(a, b, c.p) : tg::correlate(a, b, c.p); };
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(filter(v, tg::constant(k)))); }, x, 1);
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(filter(tg::constant(x), v))); }, k, 2);
+    // One array as image and kernel: the mixed second derivatives of a bilinear op.
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(filter(v, tg::reshape(v, {6, 7}) * 0.5 + 0.1), 2.0)); },
+                       A::random_uniform({6, 7}, -1, 1, 113), 3);
+  }
+  // Separable factors: one instruction per dim, each with its own recorded pullback.
+  const A k1 = A::random_uniform({3}, -1, 1, 114), k2 = A::random_uniform({5}, -1, 1, 115);
+  check_second_order([&](const T& v) {
+    return tg::sum(tg::tanh(tg::correlate(v, std::vector<A>{k1, k2}, {.border = tg::Border::reflect()})));
+  }, x, 4);
+  check_second_order([&](const T& v) {
+    return tg::sum(tg::tanh(tg::correlate(tg::constant(x), std::vector<T>{v, tg::constant(k2)}, {.border = tg::Border::symmetric()})));
+  }, k1, 5);
+}
+
+TEST_CASE("second order: sum(correlate(x, k)^2) has the Hessian 2 J^T J, in x and in k") {
+  const A x = A::random_uniform({5, 4}, -1, 1, 121), k = A::random_uniform({3, 3}, -1, 1, 122);
+  const tg::FilterParams p{.border = tg::Border::replicate()};
+  auto gram = [](const A& J) {  // 2 J^T J, J (outputs, inputs)
+    const std::int64_t m = J.shape()[0], n = J.shape()[1];
+    A out = A::zeros({n, n});
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < n; ++j)
+        for (std::int64_t r = 0; r < m; ++r) out.data()[i * n + j] += 2 * J.data()[r * n + i] * J.data()[r * n + j];
+    return out;
+  };
+  auto flat = [](const T& y) { return tg::reshape(y, {-1}); };
+  const A Hk = tg::hessian([&](const T& v) { return tg::sum(tg::pow(tg::correlate(tg::constant(x), v, p), 2.0)); }, k);
+  CHECK(max_abs_diff(Hk, gram(tg::jacobian([&](const T& v) { return flat(tg::correlate(tg::constant(x), v, p)); }, k))) < 1e-10);
+  const A Hx = tg::hessian([&](const T& v) { return tg::sum(tg::pow(tg::correlate(v, tg::constant(k), p), 2.0)); }, x);
+  CHECK(max_abs_diff(Hx, gram(tg::jacobian([&](const T& v) { return flat(tg::correlate(v, tg::constant(k), p)); }, x))) < 1e-10);
+}
+
+TEST_CASE("second order: filter_image_grad and filter_kernel_grad, the halves of the filter's recorded pullback") {
+  const auto site = std::source_location::current();
+  for (const bool convolve : {false, true}) {
+    const tg::FilterParams p{.border = convolve ? tg::Border::reflect() : tg::Border::fill(0.7), .output = tg::Output::same};
+    CAPTURE(convolve);
+    const tg::Shape image{6, 5}, kernel{3, 4};
+    const A x = A::random_uniform(image, -1, 1, 131), x2 = A::random_uniform(image, -1, 1, 132);
+    const A k = A::random_uniform(kernel, -1, 1, 133), k2 = A::random_uniform(kernel, -1, 1, 134);
+    const A gy = A::random_uniform(image, -1, 1, 135), gy2 = A::random_uniform(image, -1, 1, 136);
+    auto image_grad = [&](const T& g, const T& b) {
+      return tg::ops::filter_image_grad_tracked<double>({g, site}, {b, site}, p, convolve, -1, image, site);
+    };
+    auto kernel_grad = [&](const T& a, const T& g) {
+      return tg::ops::filter_kernel_grad_tracked<double>({a, site}, {g, site}, p, convolve, -1, kernel, site);
+    };
+    check_op(image_grad, std::tuple{gy, k}, std::tuple{gy2, k2});
+    check_op(kernel_grad, std::tuple{x, gy}, std::tuple{x2, gy2});
+    // Their values: the gradients of <gy, filter(x, k)>.
+    auto inner = [&](const T& a, const T& b) {
+      return tg::sum((convolve ? tg::convolve(a, b, p) : tg::correlate(a, b, p)) * tg::constant(gy));
+    };
+    const auto [gx, gk] = tg::gradient(inner, x, k);
+    CHECK(max_abs_diff(tg::record(image_grad, gy, k).output(), gx) < 1e-12);
+    CHECK(max_abs_diff(tg::record(kernel_grad, x, gy).output(), gk) < 1e-12);
+    // Realistic shapes: a 64 x 80 image, a 5 x 5 kernel.
+    const tg::Shape big_image{64, 80}, big_kernel{5, 5};
+    check_dot_product([&](const T& g, const T& b) {
+      return tg::ops::filter_image_grad_tracked<double>({g, site}, {b, site}, p, convolve, -1, big_image, site);
+    }, A::random_uniform(big_image, -1, 1, 137), A::random_uniform(big_kernel, -1, 1, 138));
+    check_dot_product([&](const T& a, const T& g) {
+      return tg::ops::filter_kernel_grad_tracked<double>({a, site}, {g, site}, p, convolve, -1, big_kernel, site);
+    }, A::random_uniform(big_image, -1, 1, 139), A::random_uniform(big_image, -1, 1, 140));
+    CHECK_THROWS_WITH_AS(tg::record(kernel_grad, x, A::zeros({6, 4})),
+                         doctest::Contains("gy has shape (6,4) expected the filter's output shape (6,5)"), tg::Error);
+  }
+  // A fill value passed as an input has no recorded pullback yet: an error, not a wrong second derivative.
+  const A img = A::random_uniform({4, 4}, -1, 1, 141), k = A::random_uniform({3, 3}, -1, 1, 142);
+  auto with_fill_input = [&](const T& v) {
+    return tg::sum(tg::gradient([&](const T& u) { return tg::sum(tg::pow(tg::correlate(u, tg::constant(k), tg::constant(A({1}, {0.5}))), 2.0)); }, v));
+  };
+  CHECK_THROWS_WITH_AS(tg::gradient(with_fill_input, img), doctest::Contains("correlate: a fill value passed as an input"), tg::Error);
+}

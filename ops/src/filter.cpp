@@ -51,6 +51,8 @@ void check_separable(std::size_t factors, const Shape& image, const std::source_
 namespace {
 
 std::shared_ptr<FilterOpParams> make_params(const FilterParams& u, bool convolve, std::int64_t axis);
+template <class T>
+void filter_record_pullback(const RecordedPullbackCall<T>& c);
 
 const char* op_name(const FilterOpParams& p) { return p.convolve ? "convolve" : "correlate"; }
 
@@ -118,9 +120,8 @@ void plan_extension(FilterOpParams& p, const Shape& image, const Shape& kernel) 
   }
 }
 
-Plan plan(const FilterOpParams& given, std::span<const Shape* const> s) {
-  auto resolved = std::make_shared<FilterOpParams>(given);
-  FilterOpParams& p = *resolved;
+// Resolves p (extension, geometry, algorithms) for the operand shapes s.
+void resolve(FilterOpParams& p, std::span<const Shape* const> s) {
   const char* op = op_name(p);
   if (s.size() != 2 && s.size() != 3)
     fail(op, fmt::format("got {} inputs expected (image, kernel) or (image, kernel, fill value)", s.size()));
@@ -146,7 +147,12 @@ Plan plan(const FilterOpParams& given, std::span<const Shape* const> s) {
   p.algorithm = {choose_conv_algorithm(p.corr.inner, ConvPass::forward, want, op),
                  choose_conv_algorithm(p.corr.inner, ConvPass::backward_input, want, op),
                  choose_conv_algorithm(p.corr.inner, ConvPass::backward_weight, want, op)};
-  Shape out = p.corr.out;
+}
+
+Plan plan(const FilterOpParams& given, std::span<const Shape* const> s) {
+  auto resolved = std::make_shared<FilterOpParams>(given);
+  resolve(*resolved, s);
+  Shape out = resolved->corr.out;
   return {std::move(out), std::move(resolved)};
 }
 
@@ -227,6 +233,207 @@ OpInfo<T> filter_family_row(bool convolve) {
     const std::int64_t axis = in.i64("axis");
     return make_params(u, convolve, axis);
   };
+  r.record_pullback = &filter_record_pullback<T>;
+  return r;
+}
+
+// ---- the filter's gradient ops: its recorded pullback ----
+//
+// Note [The filter's gradient ops]: with the fill value a constant f, the filter
+// is y = corr(P x + f e, k) (P the border extension with fill 0, e the fill's
+// positions), linear in x and in k. Its pullback is two ops:
+//   filter_image_grad(gy, k)  = Pᵀ corrᵀ_x(gy, k)          (image's shape)
+//   filter_kernel_grad(x, gy) = corrᵀ_k(P x + f e, gy)     (kernel's shape)
+// and reading <gy, y> three ways gives their pullbacks from the same three ops:
+//   image_grad, adjoint u:  gy += filter₀(u, k),   k += kernel_grad₀(u, gy)
+//   kernel_grad, adjoint v: x += image_grad(gy, v), gy += filter(x, v)
+// where ₀ is fill 0: the image's part of the filter is the linear map P, not
+// the affine P x + f e. The ops keep the filter's params (resolved against the
+// filter's image and kernel shapes), so every border, output mode, origin,
+// separable axis and algorithm carries over. A fill value passed as an input
+// has no recorded pullback (kernel_grad would need it as a third input): an
+// error names it. Rejected: composing the gradients from pad and conv ops,
+// which has no pad for the symmetric border and reads the extended image twice.
+struct FilterGradOpParams : FilterOpParams {
+  Shape result;  // image_grad: the filter's image shape; kernel_grad: its kernel shape
+};
+
+std::shared_ptr<FilterGradOpParams> make_grad_params(const FilterOpParams& filter, const Shape& result, bool fill_zero) {
+  auto p = std::make_shared<FilterGradOpParams>();
+  static_cast<FilterOpParams&>(*p) = filter;
+  if (fill_zero) p->user.border.value = 0;
+  p->result = result;
+  return p;
+}
+
+// image_grad's inputs (gy, k) or kernel_grad's (x, gy): the filter's shapes
+// resolve the params, and gy must be the filter's output shape.
+Plan plan_grad(const FilterGradOpParams& given, std::span<const Shape* const> s, bool image_grad) {
+  auto resolved = std::make_shared<FilterGradOpParams>(given);
+  FilterGradOpParams& p = *resolved;
+  const std::string op = fmt::format("{}_{}_grad", op_name(p), image_grad ? "image" : "kernel");
+  if (s.size() != 2) fail(op.c_str(), fmt::format("got {} inputs expected {}", s.size(), image_grad ? "(gy, kernel)" : "(image, gy)"));
+  if (image_grad) p.user.border.value = 0;  // the image's part is linear: no fill value (Note [The filter's gradient ops])
+  const Shape* filter_shapes[] = {image_grad ? &p.result : s[0], image_grad ? s[1] : &p.result};
+  resolve(p, filter_shapes);
+  const Shape& gy = *s[image_grad ? 0 : 1];
+  if (gy != p.corr.out)
+    fail(op.c_str(), fmt::format("gy has shape {} expected the filter's output shape {} for image {} and kernel {}",
+                                 to_string(gy), to_string(p.corr.out), to_string(*filter_shapes[0]), to_string(*filter_shapes[1])));
+  Shape out = p.result;
+  return {std::move(out), std::move(resolved)};
+}
+
+template <class T>
+Array<T>& workspace(Array<T>& a, const Shape& shape) {
+  if (a.shape() != shape) a = Array<T>::uninitialized(shape);
+  return a;
+}
+
+// out (the image's shape) = Pᵀ corrᵀ_x(gy, k), added to out with accumulate.
+template <class T>
+void image_adjoint(const FilterOpParams& p, const Shape& image, const T* gy, const T* k, Array<T>& gext, T* out, bool accumulate) {
+  if (!p.extended) return kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, out, accumulate);
+  workspace(gext, p.corr.padded);
+  kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, gext.data(), /*accumulate=*/false);
+  if (!accumulate) std::fill(out, out + image.size(), T(0));
+  kernels::border_pad_adjoint(gext.data(), image, std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
+                              p.user.border.mode, out, static_cast<T*>(nullptr));
+}
+
+// The image extended by the border (with the params' fill value) into ext; the image itself when not extended.
+template <class T>
+const T* extend(const FilterOpParams& p, const Array<T>& image, Array<T>& ext) {
+  if (!p.extended) return image.data();
+  workspace(ext, p.corr.padded);
+  kernels::border_pad(image.data(), image.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
+                      p.user.border.mode, static_cast<T>(p.user.border.value), ext.data());
+  return ext.data();
+}
+
+template <class T>
+Tracked<T> record_filter(const Tracked<T>& x, const Tracked<T>& k, const FilterOpParams& p, bool fill_zero) {
+  FilterParams u = p.user;
+  if (fill_zero) u.border.value = 0;
+  const auto where = std::source_location::current();
+  const Operand<T> operands[] = {Operand<T>(x, where), Operand<T>(k, where)};
+  return filter_tracked<T>(operands, u, p.convolve, p.axis, where);
+}
+
+template <class T>
+Tracked<T> record_image_grad(const Tracked<T>& gy, const Tracked<T>& k, const FilterOpParams& p, const Shape& image);
+template <class T>
+Tracked<T> record_kernel_grad(const Tracked<T>& x, const Tracked<T>& gy, const FilterOpParams& p, const Shape& kernel,
+                              bool fill_zero);
+
+template <class T>
+void filter_record_pullback(const RecordedPullbackCall<T>& c) {
+  const auto& p = params_as<FilterOpParams>(c.params);
+  if (c.inputs.size() == 3)
+    fail(op_name(p), "a fill value passed as an input has no recorded pullback (second order) yet; hint: give the fill "
+                     "value in the params, tg::Border::fill(v)");
+  const Tracked<T>&x = c.input(0), &k = c.input(1), &gy = c.output_adjoint;
+  if (c.wants(0)) c.contribute(0, record_image_grad(gy, k, p, x.shape()));
+  if (c.wants(1)) c.contribute(1, record_kernel_grad(x, gy, p, k.shape(), false));
+}
+
+template <class T>
+void grad_op_hooks(OpInfo<T>& r, bool image_grad) {
+  r.arity = 2;
+  r.flags = kPullbackIgnoresOutput;  // bilinear in its two inputs
+  r.n_saved = 2;                     // an extended image and an adjoint's workspace
+  r.plan = [image_grad](const OpParams* p, std::span<const Shape* const> s) {
+    return plan_grad(params_as<FilterGradOpParams>(p), s, image_grad);
+  };
+  r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
+    return 2.0 * params_as<FilterGradOpParams>(p).corr.inner.macs();
+  };
+  r.print_params = [](const OpParams* params) {
+    const auto& p = params_as<FilterGradOpParams>(params);
+    std::string border = kernels::to_string(p.user.border.mode);
+    if (p.user.border.mode == BorderMode::fill) border += fmt::format("({})", p.user.border.value);
+    return fmt::format("of={} {}={} {}border={} output={}{}", op_name(p), p.corr.out == p.result ? "shape" : "result",
+                       to_string(p.result), p.axis >= 0 ? fmt::format("axis={} ", p.axis) : "", border, to_string(p.user.output),
+                       p.user.origin.empty() ? std::string() : fmt::format(" origin=[{}]", fmt::join(p.user.origin, ",")));
+  };
+  r.save_params = [](const OpParams* params, ParamWriter& w) {
+    const auto& p = params_as<FilterGradOpParams>(params);
+    w.i64(p.convolve ? 1 : 0);
+    w.enumeration(p.user.border.mode);
+    w.f64(p.user.border.value);
+    w.enumeration(p.user.output);
+    w.list(p.user.origin);
+    w.enumeration(p.user.algorithm);
+    w.i64(p.axis);
+    w.list(p.result.dims());
+  };
+  r.load_params = [](ParamReader& in) {
+    const bool convolve = in.i64("convolve") != 0;
+    FilterParams u;
+    u.border.mode = in.enumeration("border", BorderMode::circular);
+    u.border.value = in.f64("fill value");
+    u.output = in.enumeration("output", Output::full);
+    u.origin = in.list("origin");
+    u.algorithm = in.enumeration("algorithm", ConvAlgorithm::winograd);
+    const std::int64_t axis = in.i64("axis");
+    const Shape result(std::span<const std::int64_t>(in.list("result shape")));
+    return std::static_pointer_cast<const OpParams>(make_grad_params(*make_params(u, convolve, axis), result, false));
+  };
+}
+
+template <class T>
+OpInfo<T> filter_image_grad_row() {
+  OpInfo<T> r;
+  r.name = "filter_image_grad";
+  grad_op_hooks(r, true);
+  r.forward = [](const ForwardCall<T>& c) {  // inputs (gy, k)
+    const auto& p = params_as<FilterGradOpParams>(c.params);
+    image_adjoint(p, p.result, c.inputs[0]->data(), c.inputs[1]->data(), c.saved[0], c.output.data(), false);
+  };
+  r.pullback = [](const PullbackCall<T>& c) {  // u = the output adjoint, an image
+    const auto& p = params_as<FilterGradOpParams>(c.params);
+    const T* up = extend(p, c.output_adjoint, c.saved[1]);  // fill 0 (Note [The filter's gradient ops])
+    if (c.input_adjoints[0])
+      kernels::correlate_forward(p.corr, p.algorithm[0], up, c.inputs[1]->data(), c.input_adjoints[0]->data(), /*accumulate=*/true);
+    if (c.input_adjoints[1])
+      kernels::correlate_backward_weight(p.corr, p.algorithm[2], up, c.inputs[0]->data(), c.input_adjoints[1]->data());
+  };
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const auto& p = params_as<FilterGradOpParams>(c.params);
+    const Tracked<T>&gy = c.input(0), &k = c.input(1), &u = c.output_adjoint;
+    if (c.wants(0)) c.contribute(0, record_filter(u, k, p, true));
+    if (c.wants(1)) c.contribute(1, record_kernel_grad(u, gy, p, k.shape(), true));
+  };
+  return r;
+}
+
+template <class T>
+OpInfo<T> filter_kernel_grad_row() {
+  OpInfo<T> r;
+  r.name = "filter_kernel_grad";
+  grad_op_hooks(r, false);
+  r.forward = [](const ForwardCall<T>& c) {  // inputs (x, gy)
+    const auto& p = params_as<FilterGradOpParams>(c.params);
+    const T* xp = extend(p, *c.inputs[0], c.saved[0]);
+    c.output.fill(T(0));
+    kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, c.inputs[1]->data(), c.output.data());
+  };
+  r.pullback = [](const PullbackCall<T>& c) {  // v = the output adjoint, a kernel
+    const auto& p = params_as<FilterGradOpParams>(c.params);
+    const T* v = c.output_adjoint.data();
+    if (c.input_adjoints[1]) {
+      const T* xp = p.extended ? c.saved[0].data() : c.inputs[0]->data();  // the forward's extended image
+      kernels::correlate_forward(p.corr, p.algorithm[0], xp, v, c.input_adjoints[1]->data(), /*accumulate=*/true);
+    }
+    if (c.input_adjoints[0])
+      image_adjoint(p, c.inputs[0]->shape(), c.inputs[1]->data(), v, c.saved[1], c.input_adjoints[0]->data(), true);
+  };
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const auto& p = params_as<FilterGradOpParams>(c.params);
+    const Tracked<T>&x = c.input(0), &gy = c.input(1), &v = c.output_adjoint;
+    if (c.wants(0)) c.contribute(0, record_image_grad(gy, v, p, x.shape()));
+    if (c.wants(1)) c.contribute(1, record_filter(x, v, p, false));
+  };
   return r;
 }
 
@@ -250,8 +457,25 @@ OpInfo<T> convolve_row() {
 }
 
 // The family's op table (Note [Op tables]).
-#define TG_FILTER_ROWS(X) X(correlate) X(convolve)
+#define TG_FILTER_ROWS(X) X(correlate) X(convolve) X(filter_image_grad) X(filter_kernel_grad)
 TG_OP_TABLE(filter, TG_FILTER_ROWS)
+
+namespace {
+template <class T>
+Tracked<T> record_image_grad(const Tracked<T>& gy, const Tracked<T>& k, const FilterOpParams& p, const Shape& image) {
+  const auto where = std::source_location::current();
+  const Operand<T> operands[] = {Operand<T>(gy, where), Operand<T>(k, where)};
+  return record_op<T>(filter_image_grad_op<T>(), make_grad_params(p, image, true), operands, where);
+}
+
+template <class T>
+Tracked<T> record_kernel_grad(const Tracked<T>& x, const Tracked<T>& gy, const FilterOpParams& p, const Shape& kernel,
+                              bool fill_zero) {
+  const auto where = std::source_location::current();
+  const Operand<T> operands[] = {Operand<T>(x, where), Operand<T>(gy, where)};
+  return record_op<T>(filter_kernel_grad_op<T>(), make_grad_params(p, kernel, fill_zero), operands, where);
+}
+}  // namespace
 
 template <class T>
 Tracked<T> filter_tracked(std::span<const Operand<T>> operands, const FilterParams& p, bool convolve, std::int64_t axis,
@@ -266,7 +490,25 @@ Array<T> filter_eval(std::span<const Array<T>* const> inputs, const FilterParams
   return evaluate_op((convolve ? convolve_op<T>() : correlate_op<T>()), params.get(), inputs, where);
 }
 
+template <class T>
+Tracked<T> filter_image_grad_tracked(const Operand<T>& gy, const Operand<T>& k, const FilterParams& p, bool convolve,
+                                     std::int64_t axis, const Shape& image, const std::source_location& where) {
+  const Operand<T> operands[] = {gy, k};
+  return record_op<T>(filter_image_grad_op<T>(), make_grad_params(*make_params(p, convolve, axis), image, false), operands, where);
+}
+
+template <class T>
+Tracked<T> filter_kernel_grad_tracked(const Operand<T>& x, const Operand<T>& gy, const FilterParams& p, bool convolve,
+                                      std::int64_t axis, const Shape& kernel, const std::source_location& where) {
+  const Operand<T> operands[] = {x, gy};
+  return record_op<T>(filter_kernel_grad_op<T>(), make_grad_params(*make_params(p, convolve, axis), kernel, false), operands, where);
+}
+
 #define TG_INSTANTIATE(T)                                                                                        \
+  template Tracked<T> filter_image_grad_tracked(const Operand<T>&, const Operand<T>&, const FilterParams&, bool,  \
+                                                std::int64_t, const Shape&, const std::source_location&);       \
+  template Tracked<T> filter_kernel_grad_tracked(const Operand<T>&, const Operand<T>&, const FilterParams&, bool, \
+                                                 std::int64_t, const Shape&, const std::source_location&);      \
   template Tracked<T> filter_tracked(std::span<const Operand<T>>, const FilterParams&, bool, std::int64_t,       \
                                      const std::source_location&);                                               \
   template Array<T> filter_eval(std::span<const Array<T>* const>, const FilterParams&, bool, std::int64_t,       \

@@ -165,7 +165,8 @@ inline std::string huge_input_file() {
 
 // A gradient penalty through a conv and a max-pool (Note [Recorded pullbacks]):
 // its tape holds the recorded reverse pass, conv_weight_grad and maxpool_route
-// among it, and a maxpool_gather. x (2, 3, 5, 5), w (3, 2, 3, 3), k any.
+// among it, and a maxpool_gather; and one through a filter (filter_image_grad,
+// filter_kernel_grad). x (2, 3, 5, 5), w (3, 2, 3, 3), k (3, 3).
 template <class T>
 tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, const tg::Tracked<T>& k) {
   auto inner = [](const tg::Tracked<T>& image, const tg::Tracked<T>& weights) {
@@ -181,7 +182,13 @@ tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, co
   };
   const tg::Tracked<T> glogits = tg::gradient(classify, tg::reshape(x, {2, 75}));
   const tg::Tracked<T> logit_term = tg::sum(glogits * glogits);
-  return image_term + weight_term + gathered + logit_term + tg::sum(k * k);
+  auto blur = [](const tg::Tracked<T>& image, const tg::Tracked<T>& kernel) {
+    return tg::sum(tg::tanh(tg::correlate(image, kernel, {.border = tg::Border::reflect()})));
+  };
+  const auto [gimage, gkernel] = tg::gradient(blur, tg::reshape(x, {6, 25}), k);
+  const tg::Tracked<T> blur_image_term = tg::sum(gimage * gimage);
+  const tg::Tracked<T> blur_kernel_term = tg::sum(gkernel * gkernel);
+  return image_term + weight_term + gathered + logit_term + blur_image_term + blur_kernel_term;
 }
 
 }  // namespace tgtest::models

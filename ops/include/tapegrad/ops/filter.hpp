@@ -70,6 +70,16 @@ template <class T>
 Array<T> filter_eval(std::span<const Array<T>* const> inputs, const FilterParams& p, bool convolve, std::int64_t axis,
                      const std::source_location& where);
 void check_separable(std::size_t factors, const Shape& image, const std::source_location& where);
+// The two halves of the filter's pullback, recorded (Note [The filter's
+// gradient ops] in ops/src/filter.cpp): d<gy, filter(x, k)>/dx for x of shape
+// `image`, with inputs (gy, k), and d<gy, filter(x, k)>/dk for k of shape
+// `kernel`, with inputs (x, gy).
+template <class T>
+Tracked<T> filter_image_grad_tracked(const Operand<T>& gy, const Operand<T>& k, const FilterParams& p, bool convolve,
+                                     std::int64_t axis, const Shape& image, const std::source_location& where);
+template <class T>
+Tracked<T> filter_kernel_grad_tracked(const Operand<T>& x, const Operand<T>& gy, const FilterParams& p, bool convolve,
+                                      std::int64_t axis, const Shape& kernel, const std::source_location& where);
 
 template <class X, class K>
 auto separable(const X& img, const std::vector<K>& factors, const FilterParams& p, bool convolve,

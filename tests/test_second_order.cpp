@@ -405,3 +405,32 @@ TEST_CASE("second order: filter_image_grad and filter_kernel_grad, the halves of
   };
   CHECK_THROWS_WITH_AS(tg::gradient(with_fill_input, img), doctest::Contains("correlate: a fill value passed as an input"), tg::Error);
 }
+
+// Note [Pullback origins]: the recorded reverse pass names the forward
+// instruction each step differentiates, with the user's line as its site.
+TEST_CASE("second order: the dump shows which forward instruction each recorded pullback step came from") {
+  auto penalty = [](const T& x) {
+    const T g = tg::gradient([](const T& u) { return tg::sum(tg::tanh(u)); }, x);  // the line of every pullback step
+    return tg::sum(g * g);
+  };
+  const int line = __LINE__ - 3;
+  auto tape = tg::record(penalty, A::random_uniform({3}, -1, 1, 151));
+  const std::string text = tg::dump(tape.tape());
+  CAPTURE(text);
+  // %1 = tanh %0, %2 = sum %1; the pullback of %2 broadcasts the seed, that of %1 multiplies by 1 - tanh^2.
+  const std::string site = fmt::format("test_second_order.cpp:{}", line);
+  CHECK(text.find("%1:f64[3] = tanh %0") != std::string::npos);
+  CHECK(text.find("broadcast_to[shape=(3)] %") != std::string::npos);
+  std::size_t steps = 0;
+  for (std::size_t i = 0; i < tape.tape().num_instructions(); ++i) {
+    const auto& ins = tape.tape().instruction(i);
+    if (ins.pullback_of == tg::Tape<double>::kNoSlot) continue;
+    ++steps;
+    CHECK((ins.pullback_of == 1 || ins.pullback_of == 2));
+    CHECK(tg::site_string(ins.where) == site);
+  }
+  CHECK(steps == 5);  // reshape, broadcast_to (of the sum); mul, sub, mul (of tanh)
+  CHECK(text.find("# pullback of %2, " + site) != std::string::npos);
+  CHECK(text.find("# pullback of %1, " + site) != std::string::npos);
+  CHECK(tg::dump_json(tape.tape()).find("\"pullback_of\": 1") != std::string::npos);
+}

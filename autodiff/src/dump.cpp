@@ -60,7 +60,7 @@ std::string dump_profile(const Tape<T>& tape, const TapeProfile& profile) {
   std::vector<std::string> lines;
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
     const Instr<T>& ins = tape.instruction(i);
-    lines.push_back(fmt::format("{:<60}  # {}", equation(tape, ins), site_string(ins.where)));
+    lines.push_back(fmt::format("{:<60}  # {}", equation(tape, ins), origin_string(ins)));
   }
   return format_profile(profile, lines);
 }
@@ -91,7 +91,7 @@ std::string dump(const Tape<T>& tape) {
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
     const Instr<T>& ins = tape.instruction(i);
     for (auto a : tape.args_of(ins)) show_leaf(a);
-    out += fmt::format("{:<48}  # {}\n", "  " + equation(tape, ins), site_string(ins.where));
+    out += fmt::format("{:<48}  # {}\n", "  " + equation(tape, ins), origin_string(ins));
   }
   out += guard_lines(tape.guards());
   if (tape.unguarded_reads() > 0)

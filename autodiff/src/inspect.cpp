@@ -170,7 +170,7 @@ std::string dot_graph(const Tape<T>& tape, const SlotGroups& groups) {
     const Instr<T>& ins = tape.instruction(i);
     std::string label = fmt::format("%{} = {}", ins.out, ins.op->name);
     if (const std::string p = params_text(ins); !p.empty()) label += fmt::format("[{}]", p);
-    label += fmt::format("\n{}\n{}", type_string(tape.value(ins.out)), site_string(ins.where));
+    label += fmt::format("\n{}\n{}", type_string(tape.value(ins.out)), origin_string(ins));
     const bool output = ins.out == tape.output(), dead = groups.dead[ins.out];
     if (dead) label += "\n(removed: reaches no output)";
     const std::string node = fmt::format("s{} [label={}, style=\"rounded{}{}\"{}{}];\n", ins.out, quoted(label),
@@ -213,9 +213,10 @@ std::string dump_json(const Tape<T>& tape) {
                      fmt::join(names, ", "));
   for (std::size_t i = 0; i < tape.num_instructions(); ++i) {
     const Instr<T>& ins = tape.instruction(i);
-    out += fmt::format("{}\n  {{\"out\": {}, \"op\": {}, \"params\": {}, \"args\": [{}], \"flops\": {}, \"site\": {}}}",
+    out += fmt::format("{}\n  {{\"out\": {}, \"op\": {}, \"params\": {}, \"args\": [{}], \"flops\": {}, \"site\": {}{}}}",
                        i ? "," : "", ins.out, quoted(ins.op->name), quoted(params_text(ins)),
-                       fmt::join(tape.args_of(ins), ", "), instruction_flops(tape, ins), quoted(site_string(ins.where)));
+                       fmt::join(tape.args_of(ins), ", "), instruction_flops(tape, ins), quoted(site_string(ins.where)),
+                       ins.pullback_of == Tape<T>::kNoSlot ? std::string() : fmt::format(", \"pullback_of\": {}", ins.pullback_of));
   }
   out += "],\n \"guards\": [";
   for (std::size_t i = 0; i < tape.guards().size(); ++i) {
@@ -284,7 +285,7 @@ std::string diff_tapes(const Tape<T>& a, const Tape<T>& b) {
   for (const auto& [i, j] : align(a, b)) {
     if (j < 0) {
       const Instr<T>& ins = a.instruction(static_cast<std::size_t>(i));
-      out += fmt::format("- {}  # {} (only in A)\n", equation(a, ins), site_string(ins.where));
+      out += fmt::format("- {}  # {} (only in A)\n", equation(a, ins), origin_string(ins));
       continue;
     }
     const Instr<T>& insb = b.instruction(static_cast<std::size_t>(j));

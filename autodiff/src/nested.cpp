@@ -89,6 +89,12 @@ std::vector<Tracked<T>> recorded_gradient(Tape<T>& tape, std::size_t first, cons
                                          j < args.size() ? to_string(inputs[j].shape()) : std::string("(none)")));
           accumulate(args[j], contribution);
         }};
+    // Note [Pullback origins]: what the pullback appends is a step of instruction i.
+    struct Origin {
+      Tape<T>& tape;
+      typename Tape<T>::PullbackOrigin before;
+      ~Origin() { tape.set_pullback_origin(before); }
+    } origin{tape, tape.set_pullback_origin({ins.out, ins.where})};
     ins.op->record_pullback(call);
   }
   std::vector<Tracked<T>> out;

@@ -73,6 +73,10 @@ std::uint32_t Tape<T>::append(const OpInfo<T>& op, std::shared_ptr<const OpParam
   ins.saved_begin = static_cast<std::uint32_t>(saved_.size());
   ins.n_saved = static_cast<std::uint32_t>(saved.size());
   ins.where = where;
+  if (pullback_origin_.slot != kNoSlot) {  // Note [Pullback origins]
+    ins.pullback_of = pullback_origin_.slot;
+    ins.where = pullback_origin_.where;
+  }
   args_.insert(args_.end(), args.begin(), args.end());
   for (auto& s : saved) saved_.push_back(std::move(s));
   ins.out = add_slot(std::move(output), SlotKind::computed, needs_grad);

@@ -113,6 +113,7 @@ struct SlotRecord {
   std::size_t params_offset = 0;            // computed
   std::vector<std::uint32_t> args;          // computed
   SiteRecord site;                          // computed
+  std::uint32_t pullback_of = Tape<float>::kNoSlot;  // computed (version 3)
 };
 
 struct GuardRecord {
@@ -266,6 +267,12 @@ class FileReader {
         }
         s.shape = shape("output shape");
         s.site = site();
+        if (version_ >= 3) {
+          const std::size_t at = r_.offset();
+          s.pullback_of = r_.u32("pullback of");
+          if (s.pullback_of != Tape<float>::kNoSlot && s.pullback_of >= index)
+            r_.fail_at("pullback of", at, fmt::format("slot {} for slot {} expected an earlier slot (< {}) or none", s.pullback_of, index, index));
+        }
         break;
       }
       default:
@@ -343,7 +350,15 @@ void add_computed(Tape<T>& tape, std::uint32_t index, const SlotRecord& s, Repla
                                "register them before loading",
                                index, s.offset, printable(s.op)));
   try {
-    replay_instruction(tape, *op, load_params(*op, s), s.args, s.shape, site_on(tape, s.site), budget);
+    const Site where = site_on(tape, s.site);
+    const auto before = tape.set_pullback_origin({s.pullback_of, where});  // Note [Pullback origins]
+    try {
+      replay_instruction(tape, *op, load_params(*op, s), s.args, s.shape, where, budget);
+    } catch (...) {
+      tape.set_pullback_origin(before);
+      throw;
+    }
+    tape.set_pullback_origin(before);
   } catch (const Error& e) {
     fail(kContext, fmt::format("slot %{} (byte {}, {}) does not replay: {}", index, s.offset, s.op, e.what()));
   }
@@ -455,6 +470,7 @@ std::string write_skeleton(const Tape<T>& tape, const CompileOptions* compiled, 
         for (auto a : args) w.u32(a);
         w.list(v.shape().dims());
         write_site(w, ins.where);
+        w.u32(ins.pullback_of);
         break;
       }
     }

@@ -18,6 +18,15 @@ std::string dump(const Holder& holder) {
   return dump(holder.tape());
 }
 
+// Where an instruction came from: its site, "model.cpp:12", and for a step of
+// a recorded pullback the forward instruction it differentiates,
+// "pullback of %5, model.cpp:12" (Note [Pullback origins]).
+template <class T>
+std::string origin_string(const Instr<T>& ins) {
+  if (ins.pullback_of == Tape<T>::kNoSlot) return site_string(ins.where);
+  return "pullback of %" + std::to_string(ins.pullback_of) + ", " + site_string(ins.where);
+}
+
 // One instruction as its equation, "%7:f32[64,10] = matmul %3 %5" (no site).
 template <class T>
 std::string equation(const Tape<T>& tape, const Instr<T>& ins);

@@ -65,6 +65,9 @@ struct Instr {
   std::uint32_t out = 0;                     // output slot
   std::uint32_t saved_begin = 0, n_saved = 0;  // in Tape::saved
   Site where;
+  // A step of a recorded pullback: the output slot of the forward instruction
+  // it differentiates (Note [Pullback origins]); ~0 for any other instruction.
+  std::uint32_t pullback_of = ~std::uint32_t{0};
 };
 
 // The error of a replay whose inputs break guard `g` (index `i`), as "op: ...".
@@ -177,6 +180,23 @@ class Tape {
   }
   void drop_handle(std::uint32_t slot) noexcept;
 
+  // Note [Pullback origins]: while an op's recorded pullback records (a
+  // gradient taken inside a recording), every instruction it appends is marked
+  // as a step of the forward instruction it differentiates and takes that
+  // instruction's site, the user's line, instead of the op library's. Dumps
+  // show "d%5" beside it, errors name the user's line, and tape files keep
+  // the mark. Rejected: a site per op library line (reduce.cpp:125), which
+  // says nothing about the model.
+  struct PullbackOrigin {
+    std::uint32_t slot = kNoSlot;  // the forward instruction's output; kNoSlot: not in a pullback
+    Site where;
+  };
+  // Sets the origin of the instructions appended from now on; returns the one before.
+  PullbackOrigin set_pullback_origin(PullbackOrigin origin) noexcept {
+    std::swap(origin, pullback_origin_);
+    return origin;
+  }
+
   // Note [Tape identity] (tape_identity.hpp): unique for the life of the process.
   std::uint64_t generation() const noexcept { return identity_.generation(); }
 
@@ -247,6 +267,7 @@ class Tape {
   bool refuse_captures_ = false;
   std::vector<std::uint32_t> handles_;  // per slot: live Tracked handles (Note [Unreachable values])
   bool release_unreachable_ = false;
+  PullbackOrigin pullback_origin_;
 };
 
 namespace detail {

@@ -9,7 +9,7 @@
 // per distinct program: a training loop that records each step saves once);
 // TAPEGRAD_DUMP_INPUTS=0 leaves the input values out.
 //
-// Note [Tape file format], version 2 (version 1, still read, has no input names). Little-endian; strings and blobs are a
+// Note [Tape file format], version 3 (versions 1 and 2, still read, have no input names (1) and no pullback origins (1, 2)). Little-endian; strings and blobs are a
 // u32 byte count then the bytes; a shape is a u32 rank then i64 dims.
 //   header   "TAPEGRAD" (8 bytes), u32 version, u8 element bytes (4 = f32, 8 = f64),
 //            u8 flags (1: input values present, 2: compiled), u32 compile options
@@ -21,7 +21,9 @@
 //              u8 'C'  constant: shape, values
 //              u8 'X'  computed: string op name, blob params (the op's save_params),
 //                                string params as printed, u32 n_args, u32 slot each,
-//                                shape of the output, site
+//                                shape of the output, site, u32 pullback_of (the forward
+//                                slot a recorded pullback step differentiates, ~0 for
+//                                none; version 3, Note [Pullback origins])
 //   guards   u32 count, then each: u8 kind, u8 compare, u32 lhs, u32 rhs, f64 scalar,
 //            i64 element, u8 expected, site
 //   output   u32 slot (0xffffffff: none)
@@ -44,7 +46,7 @@
 
 namespace tg {
 
-inline constexpr std::uint32_t kTapeFileVersion = 2;
+inline constexpr std::uint32_t kTapeFileVersion = 3;
 
 struct SaveOptions {
   bool input_values = true;  // false: inputs by shape and range only (replayed on seeded random values)

@@ -434,3 +434,71 @@ TEST_CASE("second order: the dump shows which forward instruction each recorded 
   CHECK(text.find("# pullback of %1, " + site) != std::string::npos);
   CHECK(tg::dump_json(tape.tape()).find("\"pullback_of\": 1") != std::string::npos);
 }
+
+TEST_CASE("second order: softmax, log_softmax and logsumexp along any axis") {
+  const A x = A::random_uniform({3, 4, 2}, -2, 2, 161);
+  const A w = A::random_uniform({3, 4, 2}, -1, 1, 162);
+  for (const std::int64_t axis : {0, 1, -1}) {
+    CAPTURE(axis);
+    check_second_order([&](const T& v) { return tg::sum(tg::softmax(v, axis) * tg::constant(w) * v); }, x, 1);
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::log_softmax(v * v, axis), 2.0)); }, x, 2);
+    for (const bool keepdims : {false, true})
+      check_second_order([&](const T& v) { return tg::sum(tg::tanh(tg::logsumexp(v, axis, keepdims))); }, x, 3);
+  }
+  // The Hessian of logsumexp(x) over one row is diag(p) - p p^T, p = softmax(x).
+  const A row({4}, {0.3, -1.0, 2.0, 0.5});
+  const A H = tg::hessian([](const T& v) { return tg::logsumexp(v, 0); }, row);
+  const A p = tg::softmax(row, 0);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j)
+      CHECK(H.data()[i * 4 + j] == doctest::Approx((i == j ? p.data()[i] : 0.0) - p.data()[i] * p.data()[j]).epsilon(1e-12));
+}
+
+// Note [Masks in recorded pullbacks]: the piecewise ops choose their branch by
+// ops of the tape, so a replay on new inputs chooses again.
+TEST_CASE("second order: the activations, pointwise losses and pow") {
+  const A x = A::random_uniform({4, 5}, -5, 5, 171), t = A::random_uniform({4, 5}, -1, 1, 172);
+  const A positive = A::random_uniform({4, 5}, 0.2, 2, 173), labels = A::random_uniform({4, 5}, 0, 1, 174);
+  using Fn = std::function<T(const T&)>;
+  const std::vector<std::pair<const char*, Fn>> activations = {
+      {"abs", [](const T& v) { return tg::abs(v); }},
+      {"softplus", [](const T& v) { return tg::softplus(v); }},
+      {"gelu_tanh", [](const T& v) { return tg::gelu_tanh(v); }},
+      {"silu", [](const T& v) { return tg::silu(v); }},
+      {"hardswish", [](const T& v) { return tg::hardswish(v); }},
+      {"elu", [](const T& v) { return tg::elu(v, 0.7); }},
+      {"leaky_relu", [](const T& v) { return tg::leaky_relu(v, 0.1); }},
+      {"clamp", [](const T& v) { return tg::clamp(v, -2.0, 1.5); }}};
+  for (const auto& [name, act] : activations) {
+    CAPTURE(name);
+    // Products with v itself, so that even the piecewise-linear ones have a nonzero Hessian.
+    check_second_order([&](const T& v) { return tg::sum(act(v) * v * tg::constant(t)); }, x, 1);
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(act(v * 0.5), 2.0)); }, x, 2);
+    // The recorded gradient's value equals the first-order one, kinks included (0, 1.5, -2, 3, -3 exactly).
+    A kinks = x;
+    for (std::int64_t i = 0; i < 5; ++i) kinks.data()[i] = std::array{0.0, 1.5, -2.0, 3.0, -3.0}[static_cast<std::size_t>(i)];
+    auto inner = [&](const T& v) { return tg::sum(act(v) * tg::constant(t)); };
+    const A first = tg::gradient(inner, kinks);
+    const double recorded = std::get<0>(tg::value_and_gradient([&](const T& v) { return tg::sum(tg::gradient(inner, v) * tg::constant(t)); }, kinks));
+    CHECK(recorded == doctest::Approx(tg::sum(first * t).item()).epsilon(1e-12));
+  }
+  auto both = [&](auto loss, const A& p, const A& target, std::uint64_t seed) {
+    check_second_order([&](const T& v) { return loss(tg::tanh(v) * 2.0, tg::constant(target)); }, p, seed);
+    check_second_order([&](const T& v) { return loss(tg::constant(p), tg::tanh(v)); }, target, seed + 1);
+    check_second_order([&](const T& v) { return loss(v * v, tg::tanh(v)); }, target, seed + 2);
+  };
+  both([](const T& p, const T& q) { return tg::mse(p, q); }, x, t, 10);
+  both([](const T& p, const T& q) { return tg::l1_loss(p, q) * tg::sum(p * p); }, x, t, 20);
+  both([](const T& p, const T& q) { return tg::smooth_l1_loss(p, q, 0.5); }, x, t, 30);
+  both([](const T& p, const T& q) { return tg::smooth_l1_loss(p, q, 0.0) * tg::sum(q * p); }, x, t, 40);
+  check_second_order([&](const T& v) { return tg::bce_with_logits(v, tg::constant(labels)); }, x, 50);
+  check_second_order([&](const T& v) { return tg::bce_with_logits(tg::constant(x), tg::sigmoid(v)); }, t, 51);
+  // pow with both operands tracked, and its zeros: d/dy x^y at x = 0 is 0, not NaN.
+  check_second_order([&](const T& v) { return tg::sum(tg::pow(v, tg::constant(t) + 2.0)); }, positive, 60);
+  check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::constant(positive), v * v)); }, t, 61);
+  A with_zero = positive;
+  with_zero.data()[3] = 0.0;
+  const A hv = tg::hvp([&](const T& v) { return tg::sum(tg::pow(tg::constant(with_zero), v)); }, t + 2.0, t);
+  for (std::int64_t i = 0; i < hv.size(); ++i) CHECK(std::isfinite(hv.data()[i]));
+  CHECK(hv.data()[3] == 0.0);
+}

@@ -87,10 +87,28 @@ OpInfo<T> neg_row() {
 // x^y, both operands differentiable (Note [pow at zero]).
 template <class T>
 OpInfo<T> pow_row() {
-  return binary_row<T>(
+  OpInfo<T> r = binary_row<T>(
       "pow", kNoFlags, [](T x, T y) { return std::pow(x, y); },
       [](T x, T y, T, T g) { return y == T(0) ? T(0) : g * y * std::pow(x, y - T(1)); },
       [](T x, T, T out, T g) { return x == T(0) ? T(0) : g * out * std::log(x); });
+  // The same zeros through where: log reads x where x != 0 and 1 elsewhere, so
+  // no inf reaches a product (the double-where of JAX's FAQ).
+  auto choose = [](const Tracked<T>& cond, const Tracked<T>& a) {
+    const auto site = std::source_location::current();
+    return where_tracked<T>(Operand<T>(cond, site), Operand<T>(a, site), Operand<T>(T(0), site), site);
+  };
+  r.record_pullback = recorded_by_input<T>(
+      [choose](const RecordedPullbackCall<T>& c) {
+        const Tracked<T>&x = c.input(0), &y = c.input(1);
+        return choose(y, c.output_adjoint * y * tg::pow(x, y - T(1)));
+      },
+      [choose](const RecordedPullbackCall<T>& c) {
+        const auto site = std::source_location::current();
+        const Tracked<T>& x = c.input(0);
+        const Tracked<T> safe = where_tracked<T>(Operand<T>(x, site), Operand<T>(x, site), Operand<T>(T(1), site), site);
+        return choose(x, c.output_adjoint * c.output * tg::log(safe));
+      });
+  return r;
 }
 
 // x^p, constant exponent p.

@@ -59,13 +59,31 @@ OpInfo<T> mean_loss_row(const char* name, F f, DP dp, DT dt) {
 
 struct NoLossParams : OpParams {};
 
+// A mean loss's recorded pullback from its slope in the prediction as ops,
+// slope(call) (the prediction's shape): dp = dloss / n * slope; the target's
+// is -dp for the losses of p - t, or its own (target_slope) for bce.
+template <class T, class Slope, class TargetSlope>
+std::function<void(const RecordedPullbackCall<T>&)> recorded_mean_loss(Slope slope, TargetSlope target_slope) {
+  return [slope, target_slope](const RecordedPullbackCall<T>& c) {
+    const Tracked<T> scale = c.output_adjoint / T(c.input(0).size());
+    if (c.wants(0)) c.contribute(0, scale * slope(c));
+    if (c.wants(1)) c.contribute(1, scale * target_slope(c));
+  };
+}
+template <class T, class Slope>
+std::function<void(const RecordedPullbackCall<T>&)> recorded_mean_loss(Slope slope) {
+  return recorded_mean_loss<T>(slope, [slope](const RecordedPullbackCall<T>& c) { return -slope(c); });
+}
+
 // mean((p - t)^2).
 template <class T>
 OpInfo<T> mse_row() {
-  return mean_loss_row<T, NoLossParams>(
+  OpInfo<T> r = mean_loss_row<T, NoLossParams>(
       "mse", [](T p, T t, const NoLossParams&) { return (p - t) * (p - t); },
       [](T p, T t, const NoLossParams&) { return T(2) * (p - t); },
       [](T p, T t, const NoLossParams&) { return T(-2) * (p - t); });
+  r.record_pullback = recorded_mean_loss<T>([](const RecordedPullbackCall<T>& c) { return (c.input(0) - c.input(1)) * T(2); });
+  return r;
 }
 template <class T>
 T sign_of(T v) {
@@ -75,7 +93,7 @@ T sign_of(T v) {
 // max(x, 0) - x t + log(1 + exp(-|x|)): logits x, targets t in [0, 1].
 template <class T>
 OpInfo<T> bce_with_logits_row() {
-  return mean_loss_row<T, NoLossParams>(
+  OpInfo<T> r = mean_loss_row<T, NoLossParams>(
       "bce_with_logits",
       [](T x, T t, const NoLossParams&) { return std::max(x, T(0)) - x * t + std::log1p(std::exp(-std::abs(x))); },
       [](T x, T t, const NoLossParams&) {
@@ -83,14 +101,19 @@ OpInfo<T> bce_with_logits_row() {
         return (x >= T(0) ? T(1) : e) / (T(1) + e) - t;
       },
       [](T x, T, const NoLossParams&) { return -x; });
+  r.record_pullback = recorded_mean_loss<T>([](const RecordedPullbackCall<T>& c) { return tg::sigmoid(c.input(0)) - c.input(1); },
+                                            [](const RecordedPullbackCall<T>& c) { return -c.input(0); });
+  return r;
 }
 // |p - t|; its derivative at p == t is 0 (Note [Kinks]).
 template <class T>
 OpInfo<T> l1_loss_row() {
-  return mean_loss_row<T, NoLossParams>(
+  OpInfo<T> r = mean_loss_row<T, NoLossParams>(
       "l1_loss", [](T p, T t, const NoLossParams&) { return std::abs(p - t); },
       [](T p, T t, const NoLossParams&) { return sign_of(p - t); },
       [](T p, T t, const NoLossParams&) { return -sign_of(p - t); });
+  r.record_pullback = recorded_mean_loss<T>([](const RecordedPullbackCall<T>& c) { return sign_of(c.input(0) - c.input(1)); });
+  return r;
 }
 // 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (d = p - t); beta 0 is l1.
 struct SmoothL1Params : OpParams {
@@ -111,6 +134,12 @@ OpInfo<T> smooth_l1_loss_row() {
       [](T p, T t, const SmoothL1Params& q) { return smooth_l1_slope(p - t, q); },
       [](T p, T t, const SmoothL1Params& q) { return -smooth_l1_slope(p - t, q); });
   one_double_attribute(r, "beta", &SmoothL1Params::beta);
+  // The slope is clamp(d / beta, -1, 1): d / beta inside, the sign outside (beta 0: the sign).
+  r.record_pullback = recorded_mean_loss<T>([](const RecordedPullbackCall<T>& c) {
+    const T beta = c.params ? T(params_as<SmoothL1Params>(c.params).beta) : T(1);
+    const Tracked<T> d = c.input(0) - c.input(1);
+    return beta > T(0) ? tg::clamp(d / beta, T(-1), T(1)) : sign_of(d);
+  });
   return r;
 }
 

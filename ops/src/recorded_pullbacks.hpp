@@ -7,6 +7,7 @@
 #include "tapegrad/ops/arithmetic.hpp"
 #include "tapegrad/ops/reduce.hpp"
 #include "tapegrad/ops/shape.hpp"
+#include "tapegrad/ops/unary.hpp"
 
 namespace tg::ops {
 
@@ -35,6 +36,32 @@ std::function<void(const RecordedPullbackCall<T>&)> recorded_by_input(Parts... p
     };
     (one(parts), ...);
   };
+}
+
+// Note [Masks in recorded pullbacks]: a piecewise pullback picks its branch by
+// a comparison with the input, which must be an op of the tape (a mask taken
+// from the values at recording would be wrong on replay). relu(x - c) is
+// nonzero exactly where x > c, and where() gives its condition no gradient, so
+// where(relu(x - c), a, b) is "x > c ? a : b" on every replay, with the
+// first-order pullbacks' choice at the kinks kept by picking the strict side.
+template <class T>
+Tracked<T> if_above(const Tracked<T>& x, T c, const Operand<T>& above, const Operand<T>& otherwise) {
+  const auto site = std::source_location::current();
+  const Tracked<T> margin = c == T(0) ? tg::relu(x) : tg::relu(x - c);
+  return where_tracked<T>(Operand<T>(margin, site), above, otherwise, site);
+}
+// "x < c ? below : otherwise".
+template <class T>
+Tracked<T> if_below(const Tracked<T>& x, T c, const Operand<T>& below, const Operand<T>& otherwise) {
+  const auto site = std::source_location::current();
+  const Tracked<T> margin = c == T(0) ? tg::relu(-x) : tg::relu(T(c) - x);
+  return where_tracked<T>(Operand<T>(margin, site), below, otherwise, site);
+}
+// sign(x): 1, -1 or 0 (at 0), as the first-order pullbacks' sign_of.
+template <class T>
+Tracked<T> sign_of(const Tracked<T>& x) {
+  const auto site = std::source_location::current();
+  return if_above(x, T(0), Operand<T>(T(1), site), Operand<T>(if_below(x, T(0), Operand<T>(T(-1), site), Operand<T>(T(0), site)), site));
 }
 
 }  // namespace tg::ops

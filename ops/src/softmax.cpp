@@ -8,8 +8,10 @@
 
 #include <fmt/format.h>
 
+#include "recorded_pullbacks.hpp"
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/softmax.hpp"
+#include "tapegrad/ops/unary.hpp"
 
 namespace tg::ops {
 
@@ -45,6 +47,34 @@ std::shared_ptr<const OpParams> load_axis(ParamReader& in) {
   return p;
 }
 
+// The input's shape with the axis kept as 1: where a per-row value broadcasts back.
+Shape kept_axis_shape(const Shape& s, std::int64_t axis_given, const char* op) {
+  Shape out = s;
+  out[normalize_axis(axis_given, s.rank(), op)] = 1;
+  return out;
+}
+
+// Recorded pullbacks (Note [Recorded pullbacks]), the kernels' formulas as ops:
+//   softmax:     gx = y * (g - sum(g * y, axis))
+//   log_softmax: gx = g - exp(y) * sum(g, axis)
+//   logsumexp:   gx = exp(x - out) * g, out and g broadcast back along the axis
+template <class T, bool Log>
+void softmax_record_pullback(const RecordedPullbackCall<T>& c) {
+  if (!c.wants(0)) return;
+  const Axes axis{params_as<AxisParams>(c.params).axis};
+  const Tracked<T>&y = c.output, &g = c.output_adjoint;
+  if constexpr (Log) c.contribute(0, g - tg::exp(y) * tg::sum(g, axis, true));
+  else c.contribute(0, y * (g - tg::sum(g * y, axis, true)));
+}
+
+template <class T>
+void logsumexp_record_pullback(const RecordedPullbackCall<T>& c) {
+  if (!c.wants(0)) return;
+  const Tracked<T>& x = c.input(0);
+  const Shape kept = kept_axis_shape(x.shape(), params_as<AxisParams>(c.params).axis, "logsumexp");
+  c.contribute(0, tg::exp(x - tg::reshape(c.output, kept)) * tg::reshape(c.output_adjoint, kept));
+}
+
 template <class T, bool Log>
 OpInfo<T> softmax_family_row(const char* name) {
   OpInfo<T> r;
@@ -66,6 +96,7 @@ OpInfo<T> softmax_family_row(const char* name) {
     kernels::softmax_backward<Log>(c.output.data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
                                    axis_view(c.output.shape(), params_as<AxisParams>(c.params).axis, name));
   };
+  r.record_pullback = &softmax_record_pullback<T, Log>;
   return r;
 }
 
@@ -107,6 +138,7 @@ OpInfo<T> logsumexp_row() {
     kernels::logsumexp_backward(c.inputs[0]->data(), c.output_adjoint.data(), c.input_adjoints[0]->data(),
                                 axis_view(c.inputs[0]->shape(), params_as<AxisParams>(c.params).axis, "logsumexp"));
   };
+  r.record_pullback = &logsumexp_record_pullback<T>;
   return r;
 }
 

@@ -104,9 +104,11 @@ OpInfo<T> sqrt_row() {
 }
 template <class T>
 OpInfo<T> abs_row() {
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "abs", [](T x) { return std::abs(x); },  //
       [](T x, T, T dy) { return x > T(0) ? dy : (x < T(0) ? -dy : T(0)); });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint * sign_of(c.input(0)); });
+  return r;
 }
 template <class T>
 OpInfo<T> tanh_row() {
@@ -142,9 +144,11 @@ OpInfo<T> relu_row() {
 }
 template <class T>
 OpInfo<T> softplus_row() {
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "softplus", [](T x) { return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x))); },
       [](T x, T, T dy) { return dy * stable_sigmoid(x); });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) { return c.output_adjoint * tg::sigmoid(c.input(0)); });
+  return r;
 }
 
 template <class T>
@@ -161,27 +165,47 @@ template <class T>
 OpInfo<T> gelu_tanh_row() {
   constexpr T k = T(0.7978845608028654);  // sqrt(2 / pi)
   constexpr T c = T(0.044715);
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "gelu_tanh", [](T x) { return T(0.5) * x * (T(1) + std::tanh(k * (x + c * x * x * x))); },
       [](T x, T, T dy) {
         const T t = std::tanh(k * (x + c * x * x * x));
         return dy * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x));
       });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& call) {
+    const Tracked<T>& x = call.input(0);
+    const Tracked<T> x2 = x * x, t = tg::tanh((x + x2 * x * c) * k);
+    return call.output_adjoint * ((t + T(1)) * T(0.5) + x * (T(1) - t * t) * ((x2 * (T(3) * c) + T(1)) * (T(0.5) * k)));
+  });
+  return r;
 }
 template <class T>
 OpInfo<T> silu_row() {
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "silu", [](T x) { return x * stable_sigmoid(x); },
       [](T x, T, T dy) {
         const T s = stable_sigmoid(x);
         return dy * s * (T(1) + x * (T(1) - s));
       });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const Tracked<T>& x = c.input(0);
+    const Tracked<T> s = tg::sigmoid(x);
+    return c.output_adjoint * s * (x * (T(1) - s) + T(1));
+  });
+  return r;
 }
 template <class T>
 OpInfo<T> hardswish_row() {
-  return unary_plain<T>(
+  OpInfo<T> r = unary_plain<T>(
       "hardswish", [](T x) { return x <= T(-3) ? T(0) : x >= T(3) ? x : x * (x + T(3)) / T(6); },
       [](T x, T, T dy) { return x < T(-3) ? T(0) : x <= T(3) ? dy * (T(2) * x + T(3)) / T(6) : dy; });  // Note [Kinks]
+  // x > 3: dy; x < -3: 0; else dy (2x + 3) / 6 (Note [Masks in recorded pullbacks]).
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const auto site = std::source_location::current();
+    const Tracked<T>&x = c.input(0), &g = c.output_adjoint;
+    const Tracked<T> middle = g * (x * T(2) + T(3)) / T(6);
+    return if_above(x, T(3), Operand<T>(g, site), Operand<T>(if_below(x, T(-3), Operand<T>(T(0), site), Operand<T>(middle, site)), site));
+  });
+  return r;
 }
 
 struct EluParams : OpParams {
@@ -193,6 +217,12 @@ OpInfo<T> elu_row() {
       "elu", kNoFlags, [](T x, const EluParams& p) { return x > T(0) ? x : T(p.alpha) * std::expm1(x); },
       [](T x, T y, T dy, const EluParams& p) { return x > T(0) ? dy : dy * (y + T(p.alpha)); });
   one_double_attribute(r, "alpha", &EluParams::alpha);
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const auto site = std::source_location::current();
+    const Tracked<T>& g = c.output_adjoint;
+    const T alpha = T(params_as<EluParams>(c.params).alpha);
+    return if_above(c.input(0), T(0), Operand<T>(g, site), Operand<T>(g * (c.output + alpha), site));
+  });
   return r;
 }
 
@@ -204,6 +234,14 @@ OpInfo<T> clamp_row() {
   auto r = unary_row<T, ClampParams>(
       "clamp", kNoFlags, [](T x, const ClampParams& p) { return std::min(std::max(x, T(p.lo)), T(p.hi)); },
       [](T x, T, T dy, const ClampParams& p) { return x >= T(p.lo) && x <= T(p.hi) ? dy : T(0); });
+  // dy where lo <= x <= hi: zero above hi or below lo (Note [Masks in recorded pullbacks]).
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const auto site = std::source_location::current();
+    const auto& p = params_as<ClampParams>(c.params);
+    const Tracked<T>& x = c.input(0);
+    const Tracked<T> inside = if_below(x, T(p.lo), Operand<T>(T(0), site), Operand<T>(c.output_adjoint, site));
+    return if_above(x, T(p.hi), Operand<T>(T(0), site), Operand<T>(inside, site));
+  });
   r.print_params = [](const OpParams* p) {
     const auto& c = params_as<ClampParams>(p);
     return fmt::format("lo={} hi={}", c.lo, c.hi);
@@ -233,6 +271,11 @@ OpInfo<T> leaky_relu_row() {
       [](T x, const LeakyReluParams& p) { return x > T(0) ? x : static_cast<T>(p.slope) * x; },
       [](T x, T, T dy, const LeakyReluParams& p) { return x > T(0) ? dy : static_cast<T>(p.slope) * dy; });
   one_double_attribute(r, "slope", &LeakyReluParams::slope);
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const auto site = std::source_location::current();
+    const Tracked<T>& g = c.output_adjoint;
+    return if_above(c.input(0), T(0), Operand<T>(g, site), Operand<T>(g * T(params_as<LeakyReluParams>(c.params).slope), site));
+  });
   return r;
 }
 

@@ -502,3 +502,27 @@ TEST_CASE("second order: the activations, pointwise losses and pow") {
   for (std::int64_t i = 0; i < hv.size(); ++i) CHECK(std::isfinite(hv.data()[i]));
   CHECK(hv.data()[3] == 0.0);
 }
+
+TEST_CASE("second order: slice, concat, pad with the fill border, global mean-pool") {
+  const A x = A::random_uniform({2, 3, 4, 5}, -1, 1, 181);
+  // Each through a nonlinearity on both sides, so the Hessian mixes elements the op moved.
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::tanh(tg::slice(tg::tanh(v), 2, 1, 3)), 2.0)); }, x, 1);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::slice(v * v, -1, -4, 5), 3.0)); }, x, 2);
+  check_second_order([](const T& v) {
+    return tg::sum(tg::tanh(tg::concat(std::vector<T>{tg::tanh(v), v * v, tg::slice(v, 1, 0, 1)}, 1)) * 0.5);
+  }, x, 3);
+  for (const tg::PadParams& p : {tg::PadParams{.widths = {1, 2}}, tg::PadParams{.lo = {0, 1, 0, 2}, .hi = {1, 0, 3, 0}, .border = tg::Border::fill(0.4)}}) {
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::tanh(tg::pad(tg::tanh(v), p)) + 0.3, 3.0)); }, x, 4);
+  }
+  // The fill value as an input: its gradient is the sum of the frame's adjoint.
+  check_second_order([&](const T& v) {
+    return tg::sum(tg::pow(tg::pad(tg::constant(x), tg::reshape(tg::sum(v * v), {1}), {.widths = {1}}), 3.0));
+  }, A::random_uniform({3}, -1, 1, 185), 5);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::global_meanpool(v * v), 2.0)); }, x, 6);
+  // What has no recorded pullback yet is an error naming it.
+  auto through = [&](auto op) { return [op](const T& v) { return tg::sum(tg::gradient([&](const T& u) { return tg::sum(op(u * u)); }, v)); }; };
+  CHECK_THROWS_WITH_AS(tg::gradient(through([](const T& u) { return tg::slice(u, 3, 0, 5, 2); }), x),
+                       doctest::Contains("slice: step 2 has no recorded pullback"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::gradient(through([](const T& u) { return tg::pad(u, {.widths = {1}, .border = tg::Border::reflect()}); }), x),
+                       doctest::Contains("pad: border reflect has no recorded pullback"), tg::Error);
+}

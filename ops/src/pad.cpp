@@ -11,6 +11,7 @@
 
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/filter.hpp"
+#include "recorded_pullbacks.hpp"
 
 namespace tg::ops {
 namespace {
@@ -97,6 +98,24 @@ OpInfo<T> pad_row() {
     if (!gx && !gfill) return;
     kernels::border_pad_adjoint(c.output_adjoint.data(), c.inputs[0]->shape(), std::span<const std::int64_t>(p.lo),
                                 std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill);
+  };
+  // With the fill border the pad is x placed in a frame of the fill value: the
+  // adjoint of x is the output adjoint's inner block (slices, whose own
+  // adjoints are pads with zeros), and the fill value's the sum of the rest.
+  // The other borders fold their copies back (border_pad_adjoint), which has
+  // no op yet: an error, never a missing term.
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const auto& p = params_as<PadOpParams>(c.params);
+    if (p.user.border.mode != BorderMode::fill)
+      fail("pad", fmt::format("border {} has no recorded pullback (second order) yet expected border fill between the "
+                              "arguments and the value of a gradient taken inside a recording",
+                              kernels::to_string(p.user.border.mode)));
+    Tracked<T> inner = c.output_adjoint;
+    for (std::size_t d = 0; d < p.lo.size(); ++d)
+      if (p.lo[d] != 0 || p.hi[d] != 0)
+        inner = tg::slice(inner, static_cast<std::int64_t>(d), p.lo[d], p.lo[d] + c.input(0).shape()[d]);
+    if (c.wants(0)) c.contribute(0, inner);
+    if (c.wants(1)) c.contribute(1, tg::reshape(tg::sum(c.output_adjoint) - tg::sum(inner), c.input(1).shape()));
   };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<PadOpParams>(params);

@@ -164,6 +164,14 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     r.record_pullback = [](const RecordedPullbackCall<T>& c) {
       if (c.wants(0)) c.contribute(0, record_route<T>(maxpool_route_op<T>(), c.params, c.input(0), c.output_adjoint));
     };
+  // A global mean-pool spreads each plane's adjoint evenly over it.
+  if (kind == PoolKind::mean && global)
+    r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+      if (!c.wants(0)) return;
+      const Shape in = c.input(0).shape();
+      const T plane = T(in.size() / std::max<std::int64_t>(1, c.output.size()));
+      c.contribute(0, tg::broadcast_to(c.output_adjoint / plane, in));
+    };
   return r;
 }
 

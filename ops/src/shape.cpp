@@ -16,6 +16,7 @@
 
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/reduce.hpp"
+#include "tapegrad/ops/pad.hpp"
 
 namespace tg::ops {
 namespace {
@@ -205,6 +206,23 @@ OpInfo<T> slice_row() {
     kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
                                 c.input_adjoints[0]->data() + offset, st);
   };
+  // The adjoint of a unit-step slice is a pad with zeros (whose own is the slice).
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    if (!c.wants(0)) return;
+    const auto& q = params_as<SliceParams>(c.params);
+    const Shape in = c.input(0).shape();
+    if (q.step != 1)
+      fail("slice", fmt::format("step {} has no recorded pullback (second order) yet expected step 1 between the arguments "
+                                "and the value of a gradient taken inside a recording; hint: reshape and slice with step 1",
+                                q.step));
+    const auto g = slice_geometry(q, in);
+    PadParams zeros;
+    zeros.lo.assign(in.rank(), 0);
+    zeros.hi.assign(in.rank(), 0);
+    zeros.lo[g.axis] = g.start;
+    zeros.hi[g.axis] = in[g.axis] - g.start - g.count;
+    c.contribute(0, tg::pad(c.output_adjoint, zeros));
+  };
   return r;
 }
 
@@ -267,6 +285,16 @@ OpInfo<T> concat_row() {
         for (std::int64_t o = 0; o < outer; ++o)
           for (std::int64_t j = 0; j < in_row; ++j) g->data()[o * in_row + j] += c.output_adjoint.data()[o * out_row + col + j];
       col += in_row;
+    }
+  };
+  // Each input's adjoint is its slice of the output's (the slice's own is a pad).
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    const std::int64_t axis = static_cast<std::int64_t>(normalize_axis(params_as<ConcatParams>(c.params).axis, c.output.rank(), "concat"));
+    std::int64_t offset = 0;
+    for (std::size_t k = 0; k < c.inputs.size(); ++k) {
+      const std::int64_t len = c.input(k).shape()[static_cast<std::size_t>(axis)];
+      if (c.wants(k)) c.contribute(k, tg::slice(c.output_adjoint, axis, offset, offset + len));
+      offset += len;
     }
   };
   return r;

@@ -3,6 +3,8 @@
 // differences of the gradient and the Hessian's symmetry; the errors.
 #include "support/checks.hpp"
 
+#include "../examples/cnn/resnet_model.hpp"
+
 using namespace tgtest;
 using T = tg::Tracked<double>;
 
@@ -525,4 +527,80 @@ TEST_CASE("second order: slice, concat, pad with the fill border, global mean-po
                        doctest::Contains("slice: step 2 has no recorded pullback"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::gradient(through([](const T& u) { return tg::pad(u, {.widths = {1}, .border = tg::Border::reflect()}); }), x),
                        doctest::Contains("pad: border reflect has no recorded pullback"), tg::Error);
+}
+
+TEST_CASE("second order: batch_norm, training and evaluation, in x, gamma and beta") {
+  const A x = A::random_uniform({3, 2, 3, 2}, -1, 2, 191);
+  const A gamma = A::random_uniform({2}, 0.5, 1.5, 192), beta = A::random_uniform({2}, -0.5, 0.5, 193);
+  const A rm = A::random_uniform({2}, -0.2, 0.2, 194), rv = A::random_uniform({2}, 0.5, 1.5, 195);
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    auto bn = [&](const T& v, const T& g, const T& b) {
+      const tg::BatchNormState<T> s{{tg::constant(rm)}, {tg::constant(rv)}};
+      return tg::batch_norm(v, g, b, s, {.training = training, .eps = 1e-3});
+    };
+    const A w = A::random_uniform(x.shape(), -1, 1, 196);
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(bn(v, tg::constant(gamma), tg::constant(beta))) * tg::constant(w)); }, x, 1);
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(bn(tg::constant(x) * 0.5, v, tg::constant(beta)), 3.0)); }, gamma, 2);
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(bn(tg::constant(x), tg::constant(gamma), v * v), 3.0)); }, beta, 3);
+    // gamma and x from one array: the mixed terms.
+    check_second_order([&](const T& v) {
+      return tg::sum(tg::tanh(bn(v, tg::slice(tg::reshape(v, {-1}), 0, 0, 2) + 1.0, tg::constant(beta))));
+    }, x, 4);
+  }
+}
+
+// Issue 21, item 4: a gradient-penalty training step on the small residual
+// network (batch norm in training mode, its running statistics updated once a
+// step): the penalty's gradient against central differences along a direction
+// of every leaf. In double: the example's float network, cast.
+namespace {
+cnn::ConvBn<A> in_double(const cnn::ConvBn<tg::Array<float>>& c) {
+  return {c.w.cast<double>(), c.gamma.cast<double>(), c.beta.cast<double>(),
+          {{c.bn.mean.value.cast<double>()}, {c.bn.var.value.cast<double>()}}};
+}
+cnn::Resnet<A> small_resnet() {
+  const cnn::ResnetParams f = cnn::resnet_init(2, 1);
+  cnn::Resnet<A> net{in_double(f.stem), {}, f.fc_w.cast<double>(), f.fc_b.cast<double>()};
+  for (const auto& b : f.blocks) {
+    cnn::Block<A> block{in_double(b.a), in_double(b.b), {}};
+    for (const auto& s : b.shortcut) block.shortcut.push_back(in_double(s));
+    net.blocks.push_back(block);
+  }
+  return net;
+}
+}  // namespace
+
+TEST_CASE("second order: a gradient-penalty step on the small residual network") {
+  cnn::Resnet<A> net = small_resnet();
+  const A images = A::random_uniform({4, 1, 8, 8}, 0, 1, 2), labels({4}, {1, 0, 3, 9});
+  auto penalty = [](const auto& n, const auto& x, const auto& y) {
+    // One evaluation of the loss for its value and its input gradient: batch norm's statistics move once.
+    const auto [loss, gx] = tg::value_and_gradient([&](const auto& image) { return cnn::resnet_loss(n, image, y); }, x);
+    return loss + tg::sum(gx * gx) * 10.0;
+  };
+  const A mean_before = net.stem.bn.mean.value;
+  const auto [value, g] = tg::value_and_gradient(penalty, net, tg::data(images), tg::data(labels));
+  // Running statistics: one update of momentum 0.1.
+  const A batch_mean = tg::mean(tg::conv(images, net.stem.w, {.padding = {1}}), tg::Axes{0, 2, 3});
+  CHECK(max_abs_diff(net.stem.bn.mean.value, mean_before * 0.9 + batch_mean * 0.1) < 1e-12);
+  // Central differences of the penalty along a random direction of every leaf.
+  cnn::Resnet<A> plus = net, minus = net, direction = net;
+  std::uint64_t seed = 50;
+  tg::tree::for_each_leaf(direction, [&](A& leaf) { leaf = A::random_uniform(leaf.shape(), -1, 1, seed++); });
+  std::vector<const A*> gl, dl;
+  tg::tree::for_each_leaf(g, [&](const A& leaf) { gl.push_back(&leaf); });
+  tg::tree::for_each_leaf(direction, [&](const A& leaf) { dl.push_back(&leaf); });
+  constexpr double h = 1e-5;
+  std::size_t k = 0;
+  tg::tree::for_each_leaf(plus, [&](A& leaf) { leaf = leaf + *dl[k++] * h; });
+  k = 0;
+  tg::tree::for_each_leaf(minus, [&](A& leaf) { leaf = leaf - *dl[k++] * h; });
+  double analytic = 0;
+  for (std::size_t i = 0; i < gl.size(); ++i) analytic += tg::sum(*gl[i] * *dl[i]).item();
+  const double numeric = (std::get<0>(tg::value_and_gradient(penalty, plus, tg::data(images), tg::data(labels))) -
+                          std::get<0>(tg::value_and_gradient(penalty, minus, tg::data(images), tg::data(labels)))) /
+                         (2 * h);
+  CAPTURE(value);
+  CHECK(numeric == doctest::Approx(analytic).epsilon(1e-6));
 }

@@ -9,6 +9,7 @@
 #include "builtin_ops.hpp"
 #include "folding.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <fmt/format.h>
 
@@ -93,6 +94,35 @@ void batch_norm_pullback(const PullbackCall<T>& c, kernels::NormActivation act, 
                                c.output.data(), dy.data(), dx, c.assigns(0), dgamma, dbeta);
 }
 
+// Recorded pullback (Note [Recorded pullbacks]): the kernels' formulas as ops
+// over the axes other than the channel's, per-channel values kept as (1, C, 1..):
+//   training: xh = (x - mean) * invstd with the batch's biased statistics,
+//             dx = gamma * invstd * (g - mean(g) - xh * mean(g * xh))
+//   eval:     xh from the running statistics (state: no gradient), dx = g * gamma * invstd
+//   both:     dgamma = sum(g * xh), dbeta = sum(g)
+template <class T>
+void batch_norm_record_pullback(const RecordedPullbackCall<T>& c) {
+  const auto& p = params_as<BatchNormOpParams>(c.params).user;
+  const Tracked<T>&x = c.input(0), &g = c.output_adjoint;
+  const Shape xs = x.shape();
+  Axes axes{0};
+  Shape per_channel(std::vector<std::int64_t>(xs.rank(), 1));
+  per_channel[1] = xs[1];
+  for (std::int64_t d = 2; d < std::int64_t(xs.rank()); ++d) axes.push_back(d);
+  auto channel = [&](const Tracked<T>& v) { return tg::reshape(v, per_channel); };
+  const Tracked<T> mean = p.training ? tg::mean(x, axes, true) : channel(c.input(3));
+  const Tracked<T> centred = x - mean;
+  const Tracked<T> var = p.training ? tg::mean(centred * centred, axes, true) : channel(c.input(4));
+  const Tracked<T> invstd = tg::pow(var + T(p.eps), T(-0.5));
+  const Tracked<T> xh = centred * invstd;
+  if (c.wants(0)) {
+    const Tracked<T> scale = channel(c.input(1)) * invstd;
+    c.contribute(0, p.training ? scale * (g - tg::mean(g, axes, true) - xh * tg::mean(g * xh, axes, true)) : g * scale);
+  }
+  if (c.wants(1)) c.contribute(1, tg::sum(g * xh, axes));
+  if (c.wants(2)) c.contribute(2, tg::sum(g, axes));
+}
+
 template <class T>
 bool is_relu(const EpilogueCall<T>& e) {
   return e.activation->name == "relu";
@@ -109,6 +139,7 @@ OpInfo<T> batch_norm_row() {
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) { return batch_norm_shape(params_as<BatchNormOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) { batch_norm_forward(c, kernels::NormActivation::none); };
   r.pullback = [](const PullbackCall<T>& c) { batch_norm_pullback(c, kernels::NormActivation::none, c.output_adjoint); };
+  r.record_pullback = &batch_norm_record_pullback<T>;
   // Note [Fusion hooks]: a ReLU after batch_norm (the compiler's epilogue
   // fusion) runs in the normalisation's output loop, and its mask is applied
   // as the pullback reads the adjoint: one pass each way, not two.

@@ -43,12 +43,11 @@ concept TrackedArguments = sizeof...(Args) > 0 && (is_tracked_tree<Args>() && ..
 
 }  // namespace detail
 
-// tg::gradient inside a recording: the arguments are the recording's Tracked
-// trees, and the gradients come back as Tracked trees of the same types, recorded
-// on the same tape (so they can be differentiated again).
+namespace detail {
+// f's value and the tuple of its gradient trees (one per argument that is not
+// tg::data), recorded on the arguments' tape.
 template <class F, class... Args>
-  requires detail::TrackedArguments<Args...>
-auto gradient(F&& f, const Args&... args) {
+auto nested_value_and_gradients(F&& f, const Args&... args) {
   using T = tree::element_type<typename detail::ArgKind<std::tuple_element_t<0, std::tuple<Args...>>>::Tree>;
   const std::source_location where = std::source_location::current();
   Tape<T>* tape = nullptr;
@@ -79,12 +78,10 @@ auto gradient(F&& f, const Args&... args) {
   } keep{tape};
   tape->set_release_unreachable(false);
   std::vector<Tracked<T>> grads;
-  {
-    const Tracked<T> y = std::invoke(f, detail::tree_of(args)...);
-    if (y.tape() != tape)
-      fail("gradient", "the function returned a value of another tape expected a value computed from its arguments");
-    grads = detail::recorded_gradient(*tape, first, y, wrt, where);
-  }
+  const Tracked<T> y = std::invoke(f, detail::tree_of(args)...);
+  if (y.tape() != tape)
+    fail("gradient", "the function returned a value of another tape expected a value computed from its arguments");
+  grads = detail::recorded_gradient(*tape, first, y, wrt, where);
   std::size_t next = 0;
   auto make = [&] { return grads[next++]; };
   auto build_one = [&](const auto& arg) {
@@ -100,8 +97,29 @@ auto gradient(F&& f, const Args&... args) {
   };
   std::tuple<decltype(build_one(args))...> parts{build_one(args)...};  // braces: in argument order
   auto all = std::apply([](auto&... p) { return std::tuple_cat(std::move(p)...); }, parts);
+  return std::pair{y, std::move(all)};
+}
+}  // namespace detail
+
+// tg::gradient inside a recording: the arguments are the recording's Tracked
+// trees, and the gradients come back as Tracked trees of the same types, recorded
+// on the same tape (so they can be differentiated again).
+template <class F, class... Args>
+  requires detail::TrackedArguments<Args...>
+auto gradient(F&& f, const Args&... args) {
+  auto all = detail::nested_value_and_gradients(std::forward<F>(f), args...).second;
   if constexpr (std::tuple_size_v<decltype(all)> == 1) return std::get<0>(std::move(all));
   else return all;
+}
+
+// tg::value_and_gradient inside a recording: (the value, a Tracked, then the
+// gradients as tg::gradient gives them), one evaluation of f for both, so an op
+// with state (batch_norm in training) runs once.
+template <class F, class... Args>
+  requires detail::TrackedArguments<Args...>
+auto value_and_gradient(F&& f, const Args&... args) {
+  auto [value, all] = detail::nested_value_and_gradients(std::forward<F>(f), args...);
+  return std::tuple_cat(std::tuple{value}, std::move(all));
 }
 
 }  // namespace tg

@@ -604,3 +604,18 @@ TEST_CASE("second order: a gradient-penalty step on the small residual network")
   CAPTURE(value);
   CHECK(numeric == doctest::Approx(analytic).epsilon(1e-6));
 }
+
+TEST_CASE("second order: layer_norm and group_norm, with and without gamma and beta") {
+  const A x = A::random_uniform({2, 4, 3, 2}, -1, 2, 201), w = A::random_uniform({2, 4, 3, 2}, -1, 1, 202);
+  const A lg = A::random_uniform({3, 2}, 0.5, 1.5, 203), lb = A::random_uniform({3, 2}, -0.5, 0.5, 204);
+  const A gg = A::random_uniform({4}, 0.5, 1.5, 205), gb = A::random_uniform({4}, -0.5, 0.5, 206);
+  const tg::LayerNormParams layer{.dims = 2, .eps = 1e-3};
+  const tg::GroupNormParams groups{.groups = 2, .eps = 1e-3};
+  auto weighted = [&](const T& y) { return tg::sum(tg::tanh(y) * tg::constant(w)); };
+  check_second_order([&](const T& v) { return weighted(tg::layer_norm(v, tg::constant(lg), tg::constant(lb), layer)); }, x, 1);
+  check_second_order([&](const T& v) { return weighted(tg::layer_norm(v * v, layer)); }, x, 2);
+  check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::layer_norm(tg::constant(x), v, v * v, layer), 3.0)); }, lg, 3);
+  check_second_order([&](const T& v) { return weighted(tg::group_norm(v, tg::constant(gg), tg::constant(gb), groups)); }, x, 4);
+  check_second_order([&](const T& v) { return weighted(tg::group_norm(v, tg::constant(A::ones({4})), tg::constant(A::zeros({4})), {.groups = 4, .eps = 1e-3})); }, x, 5);  // instance norm
+  check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::group_norm(tg::constant(x), v, v * 0.5, groups), 3.0)); }, gg, 6);
+}

@@ -246,6 +246,43 @@ kernels::RowNormArgs<T> row_norm_args(const RowNormOpParams& p, std::span<const 
           p.group ? p.groups.eps : p.layer.eps};
 }
 
+// Recorded pullback (Note [Recorded pullbacks]): x as rows (v.rows, v.length),
+// xh = (x - mean) * invstd per row, dxh = g * gamma (gamma broadcast: the last
+// dims for layer_norm, the channel for group_norm), then per row
+// dx = invstd * (dxh - mean(dxh) - xh * mean(dxh * xh)); dgamma and dbeta sum
+// g * xh and g over everything but gamma's dims.
+template <class T>
+void row_norm_record_pullback(const RecordedPullbackCall<T>& c) {
+  const auto& p = params_as<RowNormOpParams>(c.params);
+  const Tracked<T>&x = c.input(0), &g = c.output_adjoint;
+  const Shape xs = x.shape();
+  const kernels::RowView v = row_view(p, xs);
+  const bool affine = c.inputs.size() == 3;
+  auto rows = [&](const Tracked<T>& t) { return tg::reshape(t, {v.rows, v.length}); };
+  const Tracked<T> xr = rows(x);
+  const Tracked<T> centred = xr - tg::mean(xr, Axes{1}, true);
+  const Tracked<T> invstd = tg::pow(tg::mean(centred * centred, Axes{1}, true) + T(p.group ? p.groups.eps : p.layer.eps), T(-0.5));
+  const Tracked<T> xh = centred * invstd;  // (rows, length)
+  // gamma's shape within x: (1, C, 1, ...) for group_norm; its own (x's last dims) for layer_norm.
+  Shape gamma_in_x = affine_shape(p, xs);
+  Axes others;  // the dims of x that gamma does not have
+  if (p.group) {
+    gamma_in_x = Shape(std::vector<std::int64_t>(xs.rank(), 1));
+    gamma_in_x[1] = xs[1];
+    for (std::int64_t d = 0; d < std::int64_t(xs.rank()); ++d)
+      if (d != 1) others.push_back(d);
+  } else {
+    for (std::int64_t d = 0; d < std::int64_t(xs.rank()) - p.layer.dims; ++d) others.push_back(d);
+  }
+  if (c.wants(0)) {
+    const Tracked<T> dxh = rows(affine ? g * tg::reshape(c.input(1), gamma_in_x) : g);
+    const Tracked<T> dx = invstd * (dxh - tg::mean(dxh, Axes{1}, true) - xh * tg::mean(dxh * xh, Axes{1}, true));
+    c.contribute(0, tg::reshape(dx, xs));
+  }
+  if (affine && c.wants(1)) c.contribute(1, tg::reshape(tg::sum(g * tg::reshape(xh, xs), others), c.input(1).shape()));
+  if (affine && c.wants(2)) c.contribute(2, tg::reshape(tg::sum(g, others), c.input(2).shape()));
+}
+
 template <class T>
 OpInfo<T> row_norm_row(bool group) {
   OpInfo<T> r;
@@ -268,6 +305,7 @@ OpInfo<T> row_norm_row(bool group) {
     kernels::row_norm_backward(row_norm_args(p, c.inputs), c.saved[0].data(), c.saved[1].data(), c.output_adjoint.data(),
                                grad(0), grad(1), grad(2));
   };
+  r.record_pullback = &row_norm_record_pullback<T>;
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<RowNormOpParams>(params);
     return p.group ? fmt::format("groups={} eps={}", p.groups.groups, p.groups.eps) : fmt::format("dims={} eps={}", p.layer.dims, p.layer.eps);

@@ -159,17 +159,21 @@ TEST_CASE("second order: errors") {
   CHECK_THROWS_WITH_AS(tg::gradient(not_scalar, x), doctest::Contains("expected one element"), tg::Error);
 }
 
+namespace {
+// 2 J^T J for J (outputs, inputs): the Hessian of sum(f^2) for a linear f with Jacobian J.
+A gram(const A& J) {
+  const std::int64_t m = J.shape()[0], n = J.shape()[1];
+  A out = A::zeros({n, n});
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t r = 0; r < m; ++r) out.data()[i * n + j] += 2 * J.data()[r * n + i] * J.data()[r * n + j];
+  return out;
+}
+}  // namespace
+
 TEST_CASE("second order: sum(conv(x, w)^2) has the Hessian 2 J^T J, in x and in w") {
   const A x = A::random_uniform({1, 2, 4, 4}, -1, 1, 71), w = A::random_uniform({2, 2, 3, 3}, -1, 1, 72);
   const tg::ConvParams p{.padding = {1}};
-  auto gram = [](const A& J) {  // 2 J^T J, J (outputs, inputs)
-    const std::int64_t m = J.shape()[0], n = J.shape()[1];
-    A out = A::zeros({n, n});
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = 0; j < n; ++j)
-        for (std::int64_t r = 0; r < m; ++r) out.data()[i * n + j] += 2 * J.data()[r * n + i] * J.data()[r * n + j];
-    return out;
-  };
   const A Hw = tg::hessian([&](const T& v) { return tg::sum(tg::pow(tg::conv(tg::constant(x), v, p), 2.0)); }, w);
   const A Jw = tg::jacobian([&](const T& v) { return tg::conv(tg::constant(x), v, p); }, w);
   CHECK(max_abs_diff(Hw, gram(Jw)) < 1e-10);
@@ -350,14 +354,6 @@ TEST_CASE("second order: correlate and convolve, every border and output mode") 
 TEST_CASE("second order: sum(correlate(x, k)^2) has the Hessian 2 J^T J, in x and in k") {
   const A x = A::random_uniform({5, 4}, -1, 1, 121), k = A::random_uniform({3, 3}, -1, 1, 122);
   const tg::FilterParams p{.border = tg::Border::replicate()};
-  auto gram = [](const A& J) {  // 2 J^T J, J (outputs, inputs)
-    const std::int64_t m = J.shape()[0], n = J.shape()[1];
-    A out = A::zeros({n, n});
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = 0; j < n; ++j)
-        for (std::int64_t r = 0; r < m; ++r) out.data()[i * n + j] += 2 * J.data()[r * n + i] * J.data()[r * n + j];
-    return out;
-  };
   auto flat = [](const T& y) { return tg::reshape(y, {-1}); };
   const A Hk = tg::hessian([&](const T& v) { return tg::sum(tg::pow(tg::correlate(tg::constant(x), v, p), 2.0)); }, k);
   CHECK(max_abs_diff(Hk, gram(tg::jacobian([&](const T& v) { return flat(tg::correlate(tg::constant(x), v, p)); }, k))) < 1e-10);

@@ -161,6 +161,34 @@ T fill_value(const FilterOpParams& p, std::span<const Array<T>* const> inputs) {
   return inputs.size() == 3 ? inputs[2]->data()[0] : static_cast<T>(p.user.border.value);
 }
 
+// The user's params, the same fields in the filter's and its gradient ops' records.
+void save_filter_params(const FilterOpParams& p, ParamWriter& w) {
+  w.enumeration(p.user.border.mode);
+  w.f64(p.user.border.value);
+  w.enumeration(p.user.output);
+  w.list(p.user.origin);
+  w.enumeration(p.user.algorithm);
+  w.i64(p.axis);
+}
+std::shared_ptr<FilterOpParams> load_filter_params(ParamReader& in, bool convolve) {
+  FilterParams u;
+  u.border.mode = in.enumeration("border", BorderMode::circular);
+  u.border.value = in.f64("fill value");
+  u.output = in.enumeration("output", Output::full);
+  u.origin = in.list("origin");
+  u.algorithm = in.enumeration("algorithm", ConvAlgorithm::winograd);
+  const std::int64_t axis = in.i64("axis");
+  return make_params(u, convolve, axis);
+}
+// "axis=0 border=fill(0.5) output=same origin=[1]": the geometry's part of a print.
+std::string print_geometry(const FilterOpParams& p) {
+  const FilterParams& u = p.user;
+  std::string border = kernels::to_string(u.border.mode);
+  if (u.border.mode == BorderMode::fill) border += fmt::format("({})", u.border.value);
+  return fmt::format("{}border={} output={}{}", p.axis >= 0 ? fmt::format("axis={} ", p.axis) : "", border, to_string(u.output),
+                     u.origin.empty() ? std::string() : fmt::format(" origin=[{}]", fmt::join(u.origin, ",")));
+}
+
 template <class T>
 OpInfo<T> filter_family_row(bool convolve) {
   OpInfo<T> r;
@@ -205,34 +233,11 @@ OpInfo<T> filter_family_row(bool convolve) {
   };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<FilterOpParams>(params);
-    const FilterParams& u = p.user;
-    std::string border = kernels::to_string(u.border.mode);
-    if (u.border.mode == BorderMode::fill) border += fmt::format("({})", u.border.value);
-    return fmt::format("{}border={} output={}{} algorithm={}/{}/{}", p.axis >= 0 ? fmt::format("axis={} ", p.axis) : "",
-                       border, to_string(u.output),
-                       u.origin.empty() ? std::string() : fmt::format(" origin=[{}]", fmt::join(u.origin, ",")),
-                       kernels::to_string(p.algorithm[0]), kernels::to_string(p.algorithm[1]),
-                       kernels::to_string(p.algorithm[2]));
+    return fmt::format("{} algorithm={}/{}/{}", print_geometry(p), kernels::to_string(p.algorithm[0]),
+                       kernels::to_string(p.algorithm[1]), kernels::to_string(p.algorithm[2]));
   };
-  r.save_params = [](const OpParams* params, ParamWriter& w) {
-    const auto& p = params_as<FilterOpParams>(params);
-    w.enumeration(p.user.border.mode);
-    w.f64(p.user.border.value);
-    w.enumeration(p.user.output);
-    w.list(p.user.origin);
-    w.enumeration(p.user.algorithm);
-    w.i64(p.axis);
-  };
-  r.load_params = [convolve](ParamReader& in) {
-    FilterParams u;
-    u.border.mode = in.enumeration("border", BorderMode::circular);
-    u.border.value = in.f64("fill value");
-    u.output = in.enumeration("output", Output::full);
-    u.origin = in.list("origin");
-    u.algorithm = in.enumeration("algorithm", ConvAlgorithm::winograd);
-    const std::int64_t axis = in.i64("axis");
-    return make_params(u, convolve, axis);
-  };
+  r.save_params = [](const OpParams* params, ParamWriter& w) { save_filter_params(params_as<FilterOpParams>(params), w); };
+  r.load_params = [convolve](ParamReader& in) { return load_filter_params(in, convolve); };
   r.record_pullback = &filter_record_pullback<T>;
   return r;
 }
@@ -350,34 +355,20 @@ void grad_op_hooks(OpInfo<T>& r, bool image_grad) {
   };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<FilterGradOpParams>(params);
-    std::string border = kernels::to_string(p.user.border.mode);
-    if (p.user.border.mode == BorderMode::fill) border += fmt::format("({})", p.user.border.value);
-    return fmt::format("of={} {}={} {}border={} output={}{}", op_name(p), p.corr.out == p.result ? "shape" : "result",
-                       to_string(p.result), p.axis >= 0 ? fmt::format("axis={} ", p.axis) : "", border, to_string(p.user.output),
-                       p.user.origin.empty() ? std::string() : fmt::format(" origin=[{}]", fmt::join(p.user.origin, ",")));
+    return fmt::format("of={} {}={} {}", op_name(p), p.corr.out == p.result ? "shape" : "result", to_string(p.result),
+                       print_geometry(p));
   };
   r.save_params = [](const OpParams* params, ParamWriter& w) {
     const auto& p = params_as<FilterGradOpParams>(params);
     w.i64(p.convolve ? 1 : 0);
-    w.enumeration(p.user.border.mode);
-    w.f64(p.user.border.value);
-    w.enumeration(p.user.output);
-    w.list(p.user.origin);
-    w.enumeration(p.user.algorithm);
-    w.i64(p.axis);
+    save_filter_params(p, w);
     w.list(p.result.dims());
   };
   r.load_params = [](ParamReader& in) {
     const bool convolve = in.i64("convolve") != 0;
-    FilterParams u;
-    u.border.mode = in.enumeration("border", BorderMode::circular);
-    u.border.value = in.f64("fill value");
-    u.output = in.enumeration("output", Output::full);
-    u.origin = in.list("origin");
-    u.algorithm = in.enumeration("algorithm", ConvAlgorithm::winograd);
-    const std::int64_t axis = in.i64("axis");
+    const auto filter = load_filter_params(in, convolve);
     const Shape result(std::span<const std::int64_t>(in.list("result shape")));
-    return std::static_pointer_cast<const OpParams>(make_grad_params(*make_params(u, convolve, axis), result, false));
+    return std::static_pointer_cast<const OpParams>(make_grad_params(*filter, result, false));
   };
 }
 

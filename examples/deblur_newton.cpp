@@ -131,7 +131,9 @@ Report gradient_descent(Loss loss, Point p, Error error, double tol, double max_
       r.errors = error(p);
       if ((r.reached = r.errors.below(tol))) break;
     }
-    const auto [value, g] = tg::value_and_gradient(loss, p);
+    const auto value_and_g = tg::value_and_gradient(loss, p);  // no structured binding: a lambda reads g
+    const double value = std::get<0>(value_and_g);
+    const Point& g = std::get<1>(value_and_g);
     ++r.gradients;
     auto descend = [&] { return Point{p.image - g.image * image_lr, p.kernel - g.kernel * kernel_lr}; };
     Point next = descend();

@@ -467,7 +467,9 @@ TEST_CASE("second order: the activations, pointwise losses and pow") {
       {"elu", [](const T& v) { return tg::elu(v, 0.7); }},
       {"leaky_relu", [](const T& v) { return tg::leaky_relu(v, 0.1); }},
       {"clamp", [](const T& v) { return tg::clamp(v, -2.0, 1.5); }}};
-  for (const auto& [name, act] : activations) {
+  for (const auto& named : activations) {  // not a structured binding: clang's OpenMP cannot capture one
+    const char* name = named.first;
+    const Fn& act = named.second;
     CAPTURE(name);
     // Products with v itself, so that even the piecewise-linear ones have a nonzero Hessian.
     check_second_order([&](const T& v) { return tg::sum(act(v) * v * tg::constant(t)); }, x, 1);
@@ -576,7 +578,9 @@ TEST_CASE("second order: a gradient-penalty step on the small residual network")
     return loss + tg::sum(gx * gx) * 10.0;
   };
   const A mean_before = net.stem.bn.mean.value;
-  const auto [value, g] = tg::value_and_gradient(penalty, net, tg::data(images), tg::data(labels));
+  const auto value_and_g = tg::value_and_gradient(penalty, net, tg::data(images), tg::data(labels));
+  const double value = std::get<0>(value_and_g);
+  const auto& g = std::get<1>(value_and_g);
   // Running statistics: one update of momentum 0.1.
   const A batch_mean = tg::mean(tg::conv(images, net.stem.w, {.padding = {1}}), tg::Axes{0, 2, 3});
   CHECK(max_abs_diff(net.stem.bn.mean.value, mean_before * 0.9 + batch_mean * 0.1) < 1e-12);

@@ -500,3 +500,17 @@ TEST_CASE("reliability: shapes and values read from a Tracked stay valid while t
   }();
   CHECK(max_abs_diff(seen, x) == 0.0);
 }
+
+// A fill value passed as an input to a filter that extends nothing (output
+// valid) gets a zero gradient; its pullback used to write the image's adjoint
+// through a null pointer when only the fill value needed one.
+TEST_CASE("reliability: a filter's fill value with nothing extended, alone in needing a gradient, gets zero") {
+  const A img = A::random_uniform({5, 5}, -1, 1, 1), k = A::random_uniform({3, 3}, -1, 1, 2);
+  const A g = tg::gradient([&](const T& fill) { return tg::sum(tg::correlate(tg::constant(img), tg::constant(k), fill, {.output = tg::Output::valid})); },
+                           A({1}, {0.5}));
+  CHECK(g.data()[0] == 0.0);
+  // Extended (output same), the output is affine in the fill value: its gradient is the change per unit of fill.
+  const A gs = tg::gradient([&](const T& fill) { return tg::sum(tg::correlate(tg::constant(img), tg::constant(k), fill)); }, A({1}, {0.5}));
+  const double per_unit = tg::sum(tg::correlate(img, k, {.border = tg::Border::fill(1)})).item() - tg::sum(tg::correlate(img, k)).item();
+  CHECK(gs.data()[0] == doctest::Approx(per_unit).epsilon(1e-12));
+}

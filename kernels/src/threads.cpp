@@ -169,6 +169,7 @@ int default_threads() {
 std::atomic<int> g_blas_threads{0};
 
 int use(int threads) {
+  if (omp_in_parallel()) return threads;  // a nested call: OpenBLAS runs single-threaded there; the caller's thread passes it on
   if (g_blas_threads.load(std::memory_order_relaxed) != threads &&
       g_blas_threads.exchange(threads, std::memory_order_relaxed) != threads)
     kernels::set_blas_threads(threads);

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <optional>
 
 #include "tapegrad/autodiff/record.hpp"
 
@@ -161,6 +162,40 @@ T fill_value(const FilterOpParams& p, std::span<const Array<T>* const> inputs) {
   return inputs.size() == 3 ? inputs[2]->data()[0] : static_cast<T>(p.user.border.value);
 }
 
+// The filter's buffers and passes, shared with its gradient ops.
+template <class T>
+Array<T>& workspace(Array<T>& a, const Shape& shape) {
+  if (a.shape() != shape) a = Array<T>::uninitialized(shape);
+  return a;
+}
+
+// out (the image's shape, when not null) = Pᵀ corrᵀ_x(gy, k), added to out with
+// accumulate; the fill value's adjoint added to gfill (when not null).
+template <class T>
+void image_adjoint(const FilterOpParams& p, const Shape& image, const T* gy, const T* k, Array<T>& gext, T* out,
+                   bool accumulate, T* gfill = nullptr) {
+  if (!p.extended) {
+    if (out) kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, out, accumulate);
+    return;
+  }
+  workspace(gext, p.corr.padded);
+  kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, gext.data(), /*accumulate=*/false);
+  if (out && !accumulate) std::fill(out, out + image.size(), T(0));
+  kernels::border_pad_adjoint(gext.data(), image, std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
+                              p.user.border.mode, out, gfill);
+}
+
+// The image extended by the border (with `fill`, else the params' fill value) into ext; the image itself when not extended.
+template <class T>
+const T* extend(const FilterOpParams& p, const Array<T>& image, Array<T>& ext, std::optional<T> fill = std::nullopt) {
+  if (!p.extended) return image.data();
+  workspace(ext, p.corr.padded);
+  kernels::border_pad(image.data(), image.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
+                      p.user.border.mode, fill ? *fill : static_cast<T>(p.user.border.value), ext.data());
+  return ext.data();
+}
+
+
 // The user's params, the same fields in the filter's and its gradient ops' records.
 void save_filter_params(const FilterOpParams& p, ParamWriter& w) {
   w.enumeration(p.user.border.mode);
@@ -203,33 +238,20 @@ OpInfo<T> filter_family_row(bool convolve) {
   };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
-    const Array<T>& image = *c.inputs[0];
-    const T* xp = image.data();
-    if (p.extended) {
-      Array<T>& ext = c.saved[0];
-      if (ext.shape() != p.corr.padded) ext = Array<T>::uninitialized(p.corr.padded);
-      kernels::border_pad(image.data(), image.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
-                          p.user.border.mode, fill_value(p, c.inputs), ext.data());
-      xp = ext.data();
-    }
+    const T* xp = extend(p, *c.inputs[0], c.saved[0], std::optional<T>(fill_value(p, c.inputs)));
     kernels::correlate_forward(p.corr, p.algorithm[0], xp, c.inputs[1]->data(), c.output.data(), /*accumulate=*/false);
   };
   r.pullback = [](const PullbackCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
     const Array<T>& image = *c.inputs[0];
     const T* xp = p.extended ? c.saved[0].data() : image.data();
-    const T *w = c.inputs[1]->data(), *gy = c.output_adjoint.data();
     Array<T>* gx = c.input_adjoints[0];
     T* gfill = c.input_adjoints.size() == 3 && c.input_adjoints[2] ? c.input_adjoints[2]->data() : nullptr;
-    if (c.input_adjoints[1]) kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, gy, c.input_adjoints[1]->data());
-    if (!gx && !gfill) return;
-    if (!p.extended) return kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gx->data(), /*accumulate=*/true);
-    // Adjoint of the extended image, then folded back through the border.
-    Array<T>& gext = c.saved[1];
-    if (gext.shape() != p.corr.padded) gext = Array<T>::uninitialized(p.corr.padded);
-    kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, w, gext.data(), /*accumulate=*/false);
-    kernels::border_pad_adjoint(gext.data(), image.shape(), std::span<const std::int64_t>(p.lo),
-                                std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill);
+    if (c.input_adjoints[1])
+      kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, c.output_adjoint.data(), c.input_adjoints[1]->data());
+    if (gx || gfill)  // the extended image's adjoint, folded back through the border
+      image_adjoint(p, image.shape(), c.output_adjoint.data(), c.inputs[1]->data(), c.saved[1], gx ? gx->data() : nullptr,
+                    /*accumulate=*/true, gfill);
   };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<FilterOpParams>(params);
@@ -287,33 +309,6 @@ Plan plan_grad(const FilterGradOpParams& given, std::span<const Shape* const> s,
                                  to_string(gy), to_string(p.corr.out), to_string(*filter_shapes[0]), to_string(*filter_shapes[1])));
   Shape out = p.result;
   return {std::move(out), std::move(resolved)};
-}
-
-template <class T>
-Array<T>& workspace(Array<T>& a, const Shape& shape) {
-  if (a.shape() != shape) a = Array<T>::uninitialized(shape);
-  return a;
-}
-
-// out (the image's shape) = Pᵀ corrᵀ_x(gy, k), added to out with accumulate.
-template <class T>
-void image_adjoint(const FilterOpParams& p, const Shape& image, const T* gy, const T* k, Array<T>& gext, T* out, bool accumulate) {
-  if (!p.extended) return kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, out, accumulate);
-  workspace(gext, p.corr.padded);
-  kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, gext.data(), /*accumulate=*/false);
-  if (!accumulate) std::fill(out, out + image.size(), T(0));
-  kernels::border_pad_adjoint(gext.data(), image, std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
-                              p.user.border.mode, out, static_cast<T*>(nullptr));
-}
-
-// The image extended by the border (with the params' fill value) into ext; the image itself when not extended.
-template <class T>
-const T* extend(const FilterOpParams& p, const Array<T>& image, Array<T>& ext) {
-  if (!p.extended) return image.data();
-  workspace(ext, p.corr.padded);
-  kernels::border_pad(image.data(), image.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
-                      p.user.border.mode, static_cast<T>(p.user.border.value), ext.data());
-  return ext.data();
 }
 
 template <class T>

@@ -94,6 +94,13 @@ void batch_norm_pullback(const PullbackCall<T>& c, kernels::NormActivation act, 
                                c.output.data(), dy.data(), dx, c.assigns(0), dgamma, dbeta);
 }
 
+// d - mean(d) - xh * mean(d * xh) over `axes`: the adjoint of normalising by
+// statistics of the same values, before the scale by invstd (both norms' recorded pullbacks).
+template <class T>
+Tracked<T> centred_adjoint(const Tracked<T>& d, const Tracked<T>& xh, const Axes& axes) {
+  return d - tg::mean(d, axes, true) - xh * tg::mean(d * xh, axes, true);
+}
+
 // Recorded pullback (Note [Recorded pullbacks]): the kernels' formulas as ops
 // over the axes other than the channel's, per-channel values kept as (1, C, 1..):
 //   training: xh = (x - mean) * invstd with the batch's biased statistics,
@@ -117,7 +124,7 @@ void batch_norm_record_pullback(const RecordedPullbackCall<T>& c) {
   const Tracked<T> xh = centred * invstd;
   if (c.wants(0)) {
     const Tracked<T> scale = channel(c.input(1)) * invstd;
-    c.contribute(0, p.training ? scale * (g - tg::mean(g, axes, true) - xh * tg::mean(g * xh, axes, true)) : g * scale);
+    c.contribute(0, p.training ? scale * centred_adjoint(g, xh, axes) : g * scale);
   }
   if (c.wants(1)) c.contribute(1, tg::sum(g * xh, axes));
   if (c.wants(2)) c.contribute(2, tg::sum(g, axes));
@@ -276,7 +283,7 @@ void row_norm_record_pullback(const RecordedPullbackCall<T>& c) {
   }
   if (c.wants(0)) {
     const Tracked<T> dxh = rows(affine ? g * tg::reshape(c.input(1), gamma_in_x) : g);
-    const Tracked<T> dx = invstd * (dxh - tg::mean(dxh, Axes{1}, true) - xh * tg::mean(dxh * xh, Axes{1}, true));
+    const Tracked<T> dx = invstd * centred_adjoint(dxh, xh, Axes{1});
     c.contribute(0, tg::reshape(dx, xs));
   }
   if (affine && c.wants(1)) c.contribute(1, tg::reshape(tg::sum(g * tg::reshape(xh, xs), others), c.input(1).shape()));

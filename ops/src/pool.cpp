@@ -277,7 +277,6 @@ OpInfo<T> global_meanpool_row() {
   return pool_row<T>(PoolKind::mean, true);
 }
 
-// The family's op table (Note [Op tables]).
 template <class T>
 OpInfo<T> maxpool_route_row() {
   return route_row<T>(RouteRole::route);
@@ -287,6 +286,7 @@ OpInfo<T> maxpool_gather_row() {
   return route_row<T>(RouteRole::gather);
 }
 
+// The family's op table (Note [Op tables]).
 #define TG_POOL_ROWS(X) X(maxpool) X(meanpool) X(lppool) X(global_maxpool) X(global_meanpool) X(maxpool_route) X(maxpool_gather)
 TG_OP_TABLE(pool, TG_POOL_ROWS)
 

@@ -519,12 +519,13 @@ TEST_CASE("second order: slice, concat, pad with the fill border, global mean-po
     return tg::sum(tg::pow(tg::pad(tg::constant(x), tg::reshape(tg::sum(v * v), {1}), {.widths = {1}}), 3.0));
   }, A::random_uniform({3}, -1, 1, 185), 5);
   check_second_order([](const T& v) { return tg::sum(tg::pow(tg::global_meanpool(v * v), 2.0)); }, x, 6);
-  // What has no recorded pullback yet is an error naming it.
-  auto through = [&](auto op) { return [op](const T& v) { return tg::sum(tg::gradient([&](const T& u) { return tg::sum(op(u * u)); }, v)); }; };
-  CHECK_THROWS_WITH_AS(tg::gradient(through([](const T& u) { return tg::slice(u, 3, 0, 5, 2); }), x),
-                       doctest::Contains("slice: step 2 has no recorded pullback"), tg::Error);
-  CHECK_THROWS_WITH_AS(tg::gradient(through([](const T& u) { return tg::pad(u, {.widths = {1}, .border = tg::Border::reflect()}); }), x),
-                       doctest::Contains("pad: border reflect has no recorded pullback"), tg::Error);
+  // Every other border, and slices with steps, through linear_adjoint (Note [Linear adjoints]).
+  for (const tg::Border b : {tg::Border::replicate(), tg::Border::reflect(), tg::Border::symmetric(), tg::Border::circular()})
+    check_second_order([&](const T& v) {
+      return tg::sum(tg::pow(tg::tanh(tg::pad(tg::tanh(v), {.lo = {2, 1}, .hi = {1, 3}, .border = b})) + 0.3, 3.0));
+    }, x, 7);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::tanh(tg::slice(tg::tanh(v), 3, 0, 5, 2)), 2.0)); }, x, 8);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::slice(v * v, 2, 1, 4, 3), 3.0)); }, x, 9);
 }
 
 TEST_CASE("second order: batch_norm, training and evaluation, in x, gamma and beta") {
@@ -618,4 +619,78 @@ TEST_CASE("second order: layer_norm and group_norm, with and without gamma and b
   check_second_order([&](const T& v) { return weighted(tg::group_norm(v, tg::constant(gg), tg::constant(gb), groups)); }, x, 4);
   check_second_order([&](const T& v) { return weighted(tg::group_norm(v, tg::constant(A::ones({4})), tg::constant(A::zeros({4})), {.groups = 4, .eps = 1e-3})); }, x, 5);  // instance norm
   check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::group_norm(tg::constant(x), v, v * 0.5, groups), 3.0)); }, gg, 6);
+}
+
+TEST_CASE("second order: mean-pools, upsample and adaptive mean-pools, through linear_adjoint") {
+  const A x = A::random_uniform({2, 3, 6, 5}, -1, 1, 191);
+  auto through = [](auto op) { return [op](const T& v) { return tg::sum(tg::pow(tg::tanh(op(tg::tanh(v))) + 0.2, 3.0)); }; };
+  check_second_order(through([](const T& v) { return tg::meanpool(v, {.window = {2}}); }), x, 1);
+  check_second_order(through([](const T& v) {
+    return tg::meanpool(v, {.window = {3}, .stride = {2}, .padding = {1}, .ceil_mode = true, .count_include_pad = false});
+  }), x, 2);
+  check_second_order(through([](const T& v) { return tg::upsample(v, {.scale = {2}}); }), x, 3);
+  check_second_order(through([](const T& v) { return tg::upsample(v, {.size = {7, 9}, .mode = tg::UpsampleMode::linear}); }), x, 4);
+  check_second_order(through([](const T& v) {
+    return tg::upsample(v, {.scale = {1.5}, .mode = tg::UpsampleMode::linear, .align_corners = true});
+  }), x, 5);
+  check_second_order(through([](const T& v) { return tg::adaptive_meanpool(v, {.output = {4, 3}}); }), x, 6);
+  // Third order: the gradient of a gradient penalty through a mean-pool.
+  const A hv = tg::hvp([](const T& v) {
+    const T g = tg::gradient([](const T& u) { return tg::sum(tg::pow(tg::meanpool(u * u, {.window = {2}}), 2.0)); }, v);
+    return tg::sum(g * g);
+  }, x, A::random_uniform({2, 3, 6, 5}, -1, 1, 192));
+  const double eps = 1e-5;
+  auto grad_at = [&](const A& at) {
+    return tg::gradient([](const T& v) {
+      const T g = tg::gradient([](const T& u) { return tg::sum(tg::pow(tg::meanpool(u * u, {.window = {2}}), 2.0)); }, v);
+      return tg::sum(g * g);
+    }, at);
+  };
+  const A dir = A::random_uniform({2, 3, 6, 5}, -1, 1, 192);
+  const A fd = (grad_at(x + dir * eps) - grad_at(x - dir * eps)) * (1 / (2 * eps));
+  CHECK(max_abs_diff(hv, fd) < 1e-6 * (1 + max_abs(fd)));
+}
+
+TEST_CASE("second order: linear_transpose, a linear op's adjoint as one instruction") {
+  const tg::Shape xs{2, 3, 6, 5};
+  const std::vector<std::function<T(const T&)>> linear_ops{
+      [](const T& v) { return tg::meanpool(v, {.window = {3}, .stride = {2}, .padding = {1}, .count_include_pad = false}); },
+      [](const T& v) { return tg::upsample(v, {.size = {8, 7}, .mode = tg::UpsampleMode::linear}); },
+      [](const T& v) { return tg::adaptive_meanpool(v, {.output = {4, 4}}); },
+      [](const T& v) { return tg::pad(v, {.lo = {1, 2}, .hi = {3, 0}, .border = tg::Border::symmetric()}); },
+      [](const T& v) { return tg::slice(v, 2, 1, 6, 2); },
+  };
+  for (std::size_t k = 0; k < linear_ops.size(); ++k) {
+    CAPTURE(k);
+    const auto& op = linear_ops[k];
+    const A x = A::random_uniform(xs, -1, 1, 200 + k);
+    const A y = tg::record(op, x).output();
+    const A g = A::random_uniform(y.shape(), -1, 1, 210 + k), g2 = A::random_uniform(y.shape(), -1, 1, 220 + k);
+    auto adjoint = [&](const T& gt) { return tg::linear_transpose(op, xs, gt); };
+    check_op(adjoint, std::tuple{g}, std::tuple{g2});
+    // <A^T g, x> = <g, A x>, and A^T g is A's own pullback of g.
+    const A at_g = tg::record(adjoint, g).output();
+    CHECK(tg::sum(at_g * x).item() == doctest::Approx(tg::sum(g * y).item()).epsilon(1e-12));
+    CHECK(max_abs_diff(at_g, tg::gradient([&](const T& v) { return tg::sum(op(v) * tg::constant(g)); }, x)) < 1e-14);
+  }
+  // Hand-worked: a 2x2 mean-pool spreads a quarter of each adjoint over its window;
+  // a step-2 slice's adjoint puts it back between zeros.
+  const A spread = tg::record([](const T& g) { return tg::linear_transpose([](const T& v) { return tg::meanpool(v, {.window = {2}}); }, {1, 1, 2, 4}, g); },
+                              A({1, 1, 1, 2}, {4, 8})).output();
+  CHECK(max_abs_diff(spread, A({1, 1, 2, 4}, {1, 1, 2, 2, 1, 1, 2, 2})) == 0);
+  const A back = tg::record([](const T& g) { return tg::linear_transpose([](const T& v) { return tg::slice(v, 0, 0, 5, 2); }, {5}, g); },
+                            A({3}, {1, 2, 3})).output();
+  CHECK(max_abs_diff(back, A({5}, {1, 0, 2, 0, 3})) == 0);
+  const A gb = A::random_uniform({4, 8, 28, 28}, -1, 1, 231);
+  check_dot_product([](const T& g) { return tg::linear_transpose([](const T& v) { return tg::upsample(v, {.scale = {2}, .mode = tg::UpsampleMode::linear}); }, {4, 8, 14, 14}, g); }, gb);
+  check_dot_product([](const T& g) { return tg::linear_transpose([](const T& v) { return tg::pad(v, {.widths = {7, 7}, .border = tg::Border::circular()}); }, {4, 8, 14, 14}, g); }, gb);
+  // Errors: not one linear op; an adjoint of the wrong shape.
+  const A g = A::ones({2, 3, 3, 3});
+  CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::relu(v); }, {2, 3, 3, 3}, gt); }, g),
+                       doctest::Contains("linear_transpose: f recorded op 'relu' expected one linear op of x"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::upsample(v * 2.0, {.scale = {2}}); }, {2, 3, 3, 3}, gt); }, g),
+                       doctest::Contains("f recorded 2 instructions expected one linear op"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::upsample(v, {.scale = {2}}); }, {2, 3, 3, 3}, gt); }, g),
+                       doctest::Contains("linear_adjoint: adjoint has shape (2,3,3,3) expected (2,3,6,6) (upsample's output for input (2,3,3,3))"),
+                       tg::Error);
 }

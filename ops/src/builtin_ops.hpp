@@ -9,6 +9,7 @@
   X(conv)                 \
   X(dropout)              \
   X(filter)               \
+  X(linear_adjoint)       \
   X(loss)                 \
   X(matmul)               \
   X(norm)                 \

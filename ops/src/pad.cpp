@@ -14,6 +14,10 @@
 #include "recorded_pullbacks.hpp"
 
 namespace tg::ops {
+
+template <class T>
+const OpInfo<T>& pad_op();
+
 namespace {
 
 struct PadOpParams : OpParams {
@@ -84,6 +88,7 @@ OpInfo<T> pad_row() {
   OpInfo<T> r;
   r.name = "pad";
   r.arity = kVariadic;
+  r.flags = kTransposable;  // with one input (no fill-value input), a copying border or fill 0
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PadOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<PadOpParams>(c.params);
@@ -102,14 +107,11 @@ OpInfo<T> pad_row() {
   // With the fill border the pad is x placed in a frame of the fill value: the
   // adjoint of x is the output adjoint's inner block (slices, whose own
   // adjoints are pads with zeros), and the fill value's the sum of the rest.
-  // The other borders fold their copies back (border_pad_adjoint), which has
-  // no op yet: an error, never a missing term.
+  // The other borders are linear in x, their adjoint the fold of the copies
+  // back (linear_adjoint, Note [Linear adjoints]).
   r.record_pullback = [](const RecordedPullbackCall<T>& c) {
     const auto& p = params_as<PadOpParams>(c.params);
-    if (p.user.border.mode != BorderMode::fill)
-      fail("pad", fmt::format("border {} has no recorded pullback (second order) yet expected border fill between the "
-                              "arguments and the value of a gradient taken inside a recording",
-                              kernels::to_string(p.user.border.mode)));
+    if (p.user.border.mode != BorderMode::fill) return recorded_by_adjoint<T, PadOpParams>(&pad_op<T>)(c);
     Tracked<T> inner = c.output_adjoint;
     for (std::size_t d = 0; d < p.lo.size(); ++d)
       if (p.lo[d] != 0 || p.hi[d] != 0)

@@ -31,6 +31,8 @@ template <class T>
 const OpInfo<T>& maxpool_route_op();
 template <class T>
 const OpInfo<T>& maxpool_gather_op();
+template <class T>
+const OpInfo<T>& meanpool_op();
 
 namespace {
 
@@ -111,7 +113,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
   r.name = op_name(kind, global);
   r.arity = 1;
-  r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
+  r.flags = kind == PoolKind::mean ? kLinear | kTransposable : kNoFlags;
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
   r.flags |= kPullbackCanAssign;  // from codes, or by a global mean-pool, the whole adjoint is written; otherwise zeroed first
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };
@@ -164,6 +166,8 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     r.record_pullback = [](const RecordedPullbackCall<T>& c) {
       if (c.wants(0)) c.contribute(0, record_route<T>(maxpool_route_op<T>(), c.params, c.input(0), c.output_adjoint));
     };
+  // A mean-pool's adjoint spreads each window's share back (Note [Linear adjoints]).
+  if (kind == PoolKind::mean && !global) r.record_pullback = recorded_by_adjoint<T, PoolOpParams>(&meanpool_op<T>);
   // A global mean-pool spreads each plane's adjoint evenly over it.
   if (kind == PoolKind::mean && global)
     r.record_pullback = [](const RecordedPullbackCall<T>& c) {

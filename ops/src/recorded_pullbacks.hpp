@@ -6,6 +6,7 @@
 #include "tapegrad/autodiff/registry.hpp"
 #include "tapegrad/ops/arithmetic.hpp"
 #include "tapegrad/ops/reduce.hpp"
+#include "tapegrad/ops/second_order.hpp"
 #include "tapegrad/ops/shape.hpp"
 #include "tapegrad/ops/unary.hpp"
 
@@ -35,6 +36,18 @@ std::function<void(const RecordedPullbackCall<T>&)> recorded_by_input(Parts... p
       ++i;
     };
     (one(parts), ...);
+  };
+}
+
+// A kTransposable row's record_pullback: linear_adjoint of the row (its
+// accessor), over a copy of the instruction's params (P, the row's struct).
+template <class T, class P>
+std::function<void(const RecordedPullbackCall<T>&)> recorded_by_adjoint(const OpInfo<T>& (*row)()) {
+  return [row](const RecordedPullbackCall<T>& c) {
+    if (!c.wants(0)) return;
+    auto params = std::make_shared<P>(params_as<P>(c.params));
+    c.contribute(0, record_linear_adjoint<T>(row(), std::move(params), c.input(0).shape(), c.output_adjoint,
+                                             std::source_location::current()));
   };
 }
 

@@ -7,6 +7,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <cmath>
 
@@ -16,6 +17,12 @@
 #include "tapegrad/kernels/resample.hpp"
 
 namespace tg::ops {
+
+template <class T>
+const OpInfo<T>& upsample_op();
+template <class T>
+const OpInfo<T>& adaptive_meanpool_op();
+
 namespace {
 
 struct ResampleOpParams : OpParams {
@@ -117,7 +124,7 @@ OpInfo<T> resample_row(Resample kind) {
   OpInfo<T> r;
   r.name = name_of(kind);
   r.arity = 1;
-  r.flags = kPullbackIgnoresOutput | (kind == Resample::adaptive_max ? kNoFlags : kLinear);
+  r.flags = kPullbackIgnoresOutput | (kind == Resample::adaptive_max ? kNoFlags : kLinear | kTransposable);
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ResampleOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     kernels::resample_forward(params_as<ResampleOpParams>(c.params).geometry, c.inputs[0]->data(), c.output.data());
@@ -128,6 +135,9 @@ OpInfo<T> resample_row(Resample kind) {
                                c.input_adjoints[0]->data());
   };
   if (kind != Resample::adaptive_max) {
+    // Note [Linear adjoints]: the adjoint spreads each output back over its taps.
+    r.record_pullback = kind == Resample::upsample ? recorded_by_adjoint<T, ResampleOpParams>(&upsample_op<T>)
+                                                   : recorded_by_adjoint<T, ResampleOpParams>(&adaptive_meanpool_op<T>);
     Fusion<T> fusion;
     fusion.pullback_reads_input = [](const OpParams*, std::size_t) { return false; };
     r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));

@@ -172,6 +172,9 @@ std::pair<Strides, std::int64_t> slice_view(const SliceParams& p, const Shape& i
 }  // namespace
 
 template <class T>
+const OpInfo<T>& slice_op();
+
+template <class T>
 OpInfo<T> slice_row() {
   auto r = base_row<T>("slice", 1);
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
@@ -206,23 +209,8 @@ OpInfo<T> slice_row() {
     kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
                                 c.input_adjoints[0]->data() + offset, st);
   };
-  // The adjoint of a unit-step slice is a pad with zeros (whose own is the slice).
-  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
-    if (!c.wants(0)) return;
-    const auto& q = params_as<SliceParams>(c.params);
-    const Shape in = c.input(0).shape();
-    if (q.step != 1)
-      fail("slice", fmt::format("step {} has no recorded pullback (second order) yet expected step 1 between the arguments "
-                                "and the value of a gradient taken inside a recording; hint: reshape and slice with step 1",
-                                q.step));
-    const auto g = slice_geometry(q, in);
-    PadParams zeros;
-    zeros.lo.assign(in.rank(), 0);
-    zeros.hi.assign(in.rank(), 0);
-    zeros.lo[g.axis] = g.start;
-    zeros.hi[g.axis] = in[g.axis] - g.start - g.count;
-    c.contribute(0, tg::pad(c.output_adjoint, zeros));
-  };
+  r.flags |= kTransposable;
+  r.record_pullback = recorded_by_adjoint<T, SliceParams>(&slice_op<T>);
   return r;
 }
 

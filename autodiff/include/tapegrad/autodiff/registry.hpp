@@ -57,6 +57,11 @@ enum OpFlag : std::uint32_t {
   kView = 1u << 6,  // one input; the output is its elements in the same order, another shape (reshape)
   // The op a recorded reverse pass sums adjoint contributions with (add; Note [Recorded pullbacks]).
   kSumsAdjoints = 1u << 7,
+  // Linear in its one input, with a pullback that reads neither the input's
+  // values, the output nor saved buffers (n_saved = 0): the built-in
+  // linear_adjoint op runs that pullback as its forward and the op's forward as
+  // its pullback (Note [Linear adjoints]) — meanpool, upsample, pad, slice.
+  kTransposable = 1u << 8,
 };
 
 template <class T>

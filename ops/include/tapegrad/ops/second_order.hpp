@@ -4,6 +4,7 @@
 // Both differentiate a gradient recorded inside a recording, so every op
 // between x and f's value needs a recorded pullback (a tg::Error names the one
 // that has none).
+//   Tracked<T> gx = tg::linear_transpose(f, x_shape, g);   // A^T g for a linear op A = f
 #pragma once
 
 #include <fmt/format.h>
@@ -60,6 +61,37 @@ Array<T> hessian(F&& f, const Array<T>& x) {
     unit.data()[i] = T(0);
   }
   return H;
+}
+
+namespace ops {
+// Note [Linear adjoints] (ops/src/linear_adjoint.cpp): records linear_adjoint,
+// the adjoint of the kTransposable op `of` (params `of_params`, input shape
+// `input_shape`) applied to g.
+template <class T>
+Tracked<T> record_linear_adjoint(const OpInfo<T>& of, std::shared_ptr<const OpParams> of_params, const Shape& input_shape,
+                                 const Tracked<T>& g, const std::source_location& where = std::source_location::current());
+}  // namespace ops
+
+// A^T g, for f(x) = A x one linear op (meanpool, upsample, adaptive_meanpool,
+// pad with a copying border, slice) on inputs of shape input_shape, recorded as
+// one instruction on g's tape whose own pullback is A (Note [Linear adjoints]),
+// as JAX's linear_transpose. f is recorded once, on zeros, to find A.
+template <class F, class T>
+Tracked<T> linear_transpose(F&& f, const Shape& input_shape, const Tracked<T>& g,
+                            const std::source_location& where = std::source_location::current()) {
+  const auto probe = tg::record(std::forward<F>(f), Array<T>::zeros(input_shape));
+  const Tape<T>& tape = probe.tape();
+  const std::string what = tape.num_instructions() == 1 ? fmt::format("op '{}'", tape.instruction(0).op->name)
+                                                         : fmt::format("{} instructions", tape.num_instructions());
+  if (tape.num_instructions() != 1 || !(tape.instruction(0).op->flags & kTransposable) ||
+      tape.args_of(tape.instruction(0)).size() != 1 || tape.args_of(tape.instruction(0))[0] != tape.inputs()[0])
+    throw Error("linear_transpose",
+                fmt::format("f recorded {} expected one linear op of x (meanpool, upsample, adaptive_meanpool, pad with "
+                            "a copying border, slice); hint: transpose a composition op by op",
+                            what))
+        .with_site(where);
+  const Instr<T>& ins = tape.instruction(0);
+  return ops::record_linear_adjoint(*ins.op, ins.params, input_shape, g, where);
 }
 
 }  // namespace tg

@@ -90,6 +90,8 @@ TEST_CASE("activations: hand-worked values against PyTorch's definitions") {
   CHECK(tg::gelu(x)(3) == doctest::Approx(0.8413447460685429).epsilon(1e-15));
   CHECK(tg::gelu(x)(1) == doctest::Approx(-1 + 0.8413447460685429).epsilon(1e-14));
   CHECK(tg::gelu_tanh(x)(3) == doctest::Approx(0.8411919906082768).epsilon(1e-14));  // torch.nn.functional.gelu(1, approximate='tanh')
+  CHECK(tg::erf(x)(3) == doctest::Approx(0.8427007929497149).epsilon(1e-15));  // erf(1)
+  CHECK(tg::erf(x)(0) == doctest::Approx(-0.9999999845827421).epsilon(1e-15));  // erf(-4)
   CHECK(tg::silu(x)(3) == doctest::Approx(1 / (1 + std::exp(-1.0))).epsilon(1e-15));
   CHECK(max_abs_diff(tg::hardswish(x), A({5}, {0, -1.0 / 3, 0, 4.0 / 6, 4})) < 1e-15);
   CHECK(max_abs_diff(tg::elu(x, 2.0), A({5}, {2 * std::expm1(-4.0), 2 * std::expm1(-1.0), 0, 1, 4})) < 1e-15);
@@ -121,6 +123,7 @@ TEST_CASE("unary math: the triple for every op (inputs away from kinks and domai
     check_op([](const T& v) { return tg::softplus(v); }, std::tuple{any}, std::tuple{any2});
     check_op([](const T& v) { return tg::gelu(v); }, std::tuple{any}, std::tuple{any2});
     check_op([](const T& v) { return tg::gelu_tanh(v); }, std::tuple{any}, std::tuple{any2});
+    check_op([](const T& v) { return tg::erf(v); }, std::tuple{any}, std::tuple{any2});
     check_op([](const T& v) { return tg::silu(v); }, std::tuple{any}, std::tuple{any2});
     check_op([](const T& v) { return tg::elu(v, 1.5); }, std::tuple{any}, std::tuple{any2});
     const A wide = any * 4.0, wide2 = any2 * 4.0;  // across hardswish's and clamp's pieces
@@ -144,7 +147,7 @@ TEST_CASE("elementwise: dot-product test on realistic shapes") {
   check_dot_product([](const T& a) { return tg::log(a) + tg::sqrt(a) + tg::exp(a) + tg::pow(a, 1.5) + tg::leaky_relu(a); }, p);
   check_dot_product([](const T& a, const T& b) { return -tg::pow(a, b); }, p, A::random_uniform({128}, -1.5, 1.5, 4));
   const A wide = x * 4.0;
-  check_dot_product([](const T& a) { return tg::gelu(a) + tg::gelu_tanh(a) * tg::silu(a) + tg::elu(a, 0.5); }, x);
+  check_dot_product([](const T& a) { return tg::gelu(a) + tg::gelu_tanh(a) * tg::silu(a) + tg::elu(a, 0.5) + tg::erf(a); }, x);
   check_dot_product([](const T& a) { return tg::hardswish(a) + tg::clamp(a, -2.0, 1.0); }, wide);
 }
 

@@ -148,10 +148,15 @@ TEST_CASE("second order: gradients nested three deep") {
 
 TEST_CASE("second order: errors") {
   const A x = A::random_uniform({2, 3}, -1, 1, 51);
-  // max has no recorded pullback yet: a clear error naming it, at recording.
-  auto through_max = [](const T& v) { return tg::sum(tg::gradient([](const T& u) { return tg::max(u * u); }, v)); };
-  CHECK_THROWS_WITH_AS(tg::gradient(through_max, x), doctest::Contains("op 'max'"), tg::Error);
-  CHECK_THROWS_WITH_AS(tg::gradient(through_max, x), doctest::Contains("cannot be differentiated twice yet"), tg::Error);
+  // A custom op's hand-written pullback has no recorded form: a clear error naming it, at recording.
+  static const auto square = tg::register_op<double>({
+      .name = "second_order_square",
+      .forward = [](const tg::InputList<double>& in) { return in[0] * in[0]; },
+      .pullback = [](const tg::InputList<double>& in, const A&, const A& dy) { return std::vector<A>{2.0 * in[0] * dy}; },
+  });
+  auto through_custom = [](const T& v) { return tg::sum(tg::gradient([](const T& u) { return tg::sum(square(u)); }, v)); };
+  CHECK_THROWS_WITH_AS(tg::gradient(through_custom, x), doctest::Contains("op 'second_order_square'"), tg::Error);
+  CHECK_THROWS_WITH_AS(tg::gradient(through_custom, x), doctest::Contains("cannot be differentiated twice yet"), tg::Error);
   // hvp's direction must have x's shape; a gradient inside a recording needs a one-element value.
   CHECK_THROWS_WITH_AS(tg::hvp([](const T& v) { return tg::sum(v); }, x, A::zeros({3, 2})),
                        doctest::Contains("hvp: v has shape (3,2) expected x's shape (2,3)"), tg::Error);
@@ -461,7 +466,9 @@ TEST_CASE("second order: the activations, pointwise losses and pow") {
   const std::vector<std::pair<const char*, Fn>> activations = {
       {"abs", [](const T& v) { return tg::abs(v); }},
       {"softplus", [](const T& v) { return tg::softplus(v); }},
+      {"gelu", [](const T& v) { return tg::gelu(v); }},
       {"gelu_tanh", [](const T& v) { return tg::gelu_tanh(v); }},
+      {"erf", [](const T& v) { return tg::erf(v); }},
       {"silu", [](const T& v) { return tg::silu(v); }},
       {"hardswish", [](const T& v) { return tg::hardswish(v); }},
       {"elu", [](const T& v) { return tg::elu(v, 0.7); }},
@@ -693,4 +700,19 @@ TEST_CASE("second order: linear_transpose, a linear op's adjoint as one instruct
   CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::upsample(v, {.scale = {2}}); }, {2, 3, 3, 3}, gt); }, g),
                        doctest::Contains("linear_adjoint: adjoint has shape (2,3,3,3) expected (2,3,6,6) (upsample's output for input (2,3,3,3))"),
                        tg::Error);
+}
+
+TEST_CASE("second order: max and min reductions, ties split as the first-order kernel splits them") {
+  const A x = random_away_from({3, 4, 5}, 241);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::max(tg::tanh(v), {2}), 3.0)); }, x, 1);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::min(v * v, {0, 2}, true), 2.0) * 0.5); }, x, 2);
+  check_second_order([](const T& v) { return tg::pow(tg::max(v), 2.0) + tg::sum(tg::exp(tg::min(v, {1}))); }, x, 3);
+  // Hand-worked: f = max(x)^2 at a tie between two of three elements: the gradient
+  // gives each half of 2 max; H = [[1/2, 1/2, 0], [1/2, 1/2, 0], [0, 0, 0]] * (2 * 1/2).
+  const A tied({3}, {2, 2, -1});
+  const A H = tg::hessian([](const T& v) { return tg::pow(tg::max(v), 2.0); }, tied);
+  const A expected({3, 3}, {0.5, 0.5, 0, 0.5, 0.5, 0, 0, 0, 0});
+  CHECK(max_abs_diff(H, expected) < 1e-12);
+  const A gradient = tg::gradient([](const T& v) { return tg::sum(tg::gradient([](const T& u) { return tg::pow(tg::max(u), 2.0); }, v)); }, tied);
+  CHECK(max_abs_diff(gradient, A({3}, {1, 1, 0})) < 1e-12);
 }

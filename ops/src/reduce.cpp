@@ -52,6 +52,23 @@ std::int64_t reduced_count(const Shape& in, const kernels::AxisMask& mask) {
 
 enum class Kind { sum, mean, max, min };
 
+// A max (or min) reduction's recorded pullback, as its kernel's: the adjoint
+// split evenly among the elements that tie the extremum, found by comparison
+// with x on the tape (Note [Masks in recorded pullbacks]). `extremum` and `g`
+// have the keepdims shape.
+template <class T>
+Tracked<T> extremum_adjoint(const Tracked<T>& x, const Tracked<T>& extremum, const Tracked<T>& g,
+                            const kernels::AxisMask& mask, bool is_max) {
+  const auto site = std::source_location::current();
+  const Tracked<T> gap = x - tg::broadcast_to(extremum, x.shape());
+  const Operand<T> tie(T(1), site), other(T(0), site);
+  const Tracked<T> ties = is_max ? if_below(gap, T(0), other, tie) : if_above(gap, T(0), other, tie);
+  Axes axes;
+  for (std::size_t d = 0; d < x.shape().rank(); ++d)
+    if (mask[d]) axes.push_back(static_cast<std::int64_t>(d));
+  return ties * tg::broadcast_to(g / tg::sum(ties, axes, true), x.shape());
+}
+
 template <class T>
 OpInfo<T> reduce_family_row(const char* name, Kind kind) {
   OpInfo<T> row;
@@ -117,15 +134,16 @@ OpInfo<T> reduce_family_row(const char* name, Kind kind) {
       kernels::extremum_reduce_backward(x.data(), x.shape(), c.output.data(), c.output_adjoint.data(), keep, dx.data());
     }
   };
-  if (kind == Kind::sum || kind == Kind::mean)
-    row.record_pullback = [name, kind](const RecordedPullbackCall<T>& c) {
-      if (!c.wants(0)) return;
-      const Shape xs = c.input(0).shape();
-      const auto mask = params_as<ReduceParams>(c.params).mask(xs, name);
-      Tracked<T> g = tg::broadcast_to(tg::reshape(c.output_adjoint, kernels::keepdims_shape(xs, mask)), xs);
-      if (kind == Kind::mean) g = g * (T(1) / static_cast<T>(reduced_count(xs, mask)));
-      c.contribute(0, g);
-    };
+  row.record_pullback = [name, kind](const RecordedPullbackCall<T>& c) {
+    if (!c.wants(0)) return;
+    const Shape xs = c.input(0).shape();
+    const auto mask = params_as<ReduceParams>(c.params).mask(xs, name);
+    const Shape keep = kernels::keepdims_shape(xs, mask);
+    Tracked<T> g = tg::reshape(c.output_adjoint, keep);
+    if (kind == Kind::mean) g = g * (T(1) / static_cast<T>(reduced_count(xs, mask)));
+    if (kind == Kind::sum || kind == Kind::mean) return c.contribute(0, tg::broadcast_to(g, xs));
+    c.contribute(0, extremum_adjoint(c.input(0), tg::reshape(c.output, keep), g, mask, kind == Kind::max));
+  };
   return row;
 }
 

@@ -152,14 +152,32 @@ OpInfo<T> softplus_row() {
 }
 
 template <class T>
+OpInfo<T> erf_row() {
+  constexpr T two_over_sqrt_pi = T(2 * std::numbers::inv_sqrtpi);
+  OpInfo<T> r = unary_plain<T>(
+      "erf", [](T x) { return std::erf(x); }, [](T x, T, T dy) { return dy * two_over_sqrt_pi * std::exp(-x * x); });
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const Tracked<T>& x = c.input(0);
+    return c.output_adjoint * (tg::exp(-(x * x)) * two_over_sqrt_pi);
+  });
+  return r;
+}
+template <class T>
 OpInfo<T> gelu_row() {
-  return unary_plain<T>(
-      "gelu", [](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2))); },
+  constexpr T inv_sqrt2 = T(std::numbers::sqrt2 / 2), inv_sqrt_2pi = T(std::numbers::inv_sqrtpi / std::numbers::sqrt2);
+  OpInfo<T> r = unary_plain<T>(
+      "gelu", [](T x) { return T(0.5) * x * (T(1) + std::erf(x * inv_sqrt2)); },
       [](T x, T, T dy) {
-        const T cdf = T(0.5) * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2)));
-        const T pdf = std::exp(T(-0.5) * x * x) * T(std::numbers::inv_sqrtpi / std::numbers::sqrt2);
+        const T cdf = T(0.5) * (T(1) + std::erf(x * inv_sqrt2));
+        const T pdf = std::exp(T(-0.5) * x * x) * inv_sqrt_2pi;
         return dy * (cdf + x * pdf);
       });
+  // Phi(x) + x phi(x), Phi through erf.
+  r.record_pullback = recorded_by_input<T>([](const RecordedPullbackCall<T>& c) {
+    const Tracked<T>& x = c.input(0);
+    return c.output_adjoint * ((tg::erf(x * inv_sqrt2) + T(1)) * T(0.5) + x * (tg::exp(x * x * T(-0.5)) * inv_sqrt_2pi));
+  });
+  return r;
 }
 template <class T>
 OpInfo<T> gelu_tanh_row() {

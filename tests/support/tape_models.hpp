@@ -166,7 +166,7 @@ inline std::string huge_input_file() {
 // A gradient penalty through a conv and a max-pool (Note [Recorded pullbacks]):
 // its tape holds the recorded reverse pass, conv_weight_grad and maxpool_route
 // among it, and a maxpool_gather; and one through a filter (filter_image_grad,
-// filter_kernel_grad), and one through linear ops (linear_adjoint). x (2, 3, 5, 5),
+// filter_kernel_grad), and one through linear ops (linear_adjoint) and gelu (erf). x (2, 3, 5, 5),
 // w (3, 2, 3, 3), k (3, 3).
 template <class T>
 tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, const tg::Tracked<T>& k) {
@@ -192,7 +192,7 @@ tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, co
   // Linear ops' recorded pullbacks are linear_adjoint instructions (Note [Linear adjoints]).
   auto smooth = [](const tg::Tracked<T>& image) {
     const tg::Tracked<T> up = tg::upsample(image, {.scale = {2}, .mode = tg::UpsampleMode::linear});
-    return tg::sum(tg::tanh(tg::meanpool(tg::pad(up, {.widths = {1}, .border = tg::Border::reflect()}), {.window = {3}, .stride = {2}})));
+    return tg::sum(tg::gelu(tg::meanpool(tg::pad(up, {.widths = {1}, .border = tg::Border::reflect()}), {.window = {3}, .stride = {2}})));
   };
   const tg::Tracked<T> gsmooth = tg::gradient(smooth, x);
   const tg::Tracked<T> smooth_term = tg::sum(gsmooth * gsmooth);

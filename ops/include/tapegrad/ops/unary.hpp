@@ -1,5 +1,5 @@
 // Unary math, elementwise: exp, log, sqrt, abs, tanh, sigmoid, relu, leaky_relu,
-// softplus, and the activations gelu (exact and tanh), silu, elu, hardswish, clamp.
+// softplus, erf, and the activations gelu (exact and tanh), silu, elu, hardswish, clamp.
 //
 // Note [Kinks]: at a kink the derivative is one of the one-sided derivatives,
 // fixed and documented (PyTorch's choices): relu'(0) = 0, leaky_relu'(0) =
@@ -28,7 +28,8 @@ namespace tg {
   X(gelu)      /* x Phi(x), Phi the standard normal CDF (PyTorch's approximate='none') */ \
   X(gelu_tanh) /* x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 (approximate='tanh') */ \
   X(silu)      /* x sigmoid(x) (swish) */ \
-  X(hardswish) /* x relu6(x + 3) / 6 */
+  X(hardswish) /* x relu6(x + 3) / 6 */ \
+  X(erf)       /* the error function, 2/sqrt(pi) * integral of exp(-t^2) from 0 to x */
 
 #define TG_DECLARE_UNARY(name)                                                                        \
   template <class T>                                                                                  \

@@ -628,7 +628,7 @@ TEST_CASE("second order: layer_norm and group_norm, with and without gamma and b
   check_second_order([&](const T& v) { return tg::sum(tg::pow(tg::group_norm(tg::constant(x), v, v * 0.5, groups), 3.0)); }, gg, 6);
 }
 
-TEST_CASE("second order: mean-pools, upsample and adaptive mean-pools, through linear_adjoint") {
+TEST_CASE("second order: mean-pools, lp-pools, upsample and adaptive mean-pools, through linear_adjoint") {
   const A x = A::random_uniform({2, 3, 6, 5}, -1, 1, 191);
   auto through = [](auto op) { return [op](const T& v) { return tg::sum(tg::pow(tg::tanh(op(tg::tanh(v))) + 0.2, 3.0)); }; };
   check_second_order(through([](const T& v) { return tg::meanpool(v, {.window = {2}}); }), x, 1);
@@ -641,6 +641,10 @@ TEST_CASE("second order: mean-pools, upsample and adaptive mean-pools, through l
     return tg::upsample(v, {.scale = {1.5}, .mode = tg::UpsampleMode::linear, .align_corners = true});
   }), x, 5);
   check_second_order(through([](const T& v) { return tg::adaptive_meanpool(v, {.output = {4, 3}}); }), x, 6);
+  // lp-pools: their recorded pullback spreads through a mean-pool's adjoint.
+  check_second_order(through([](const T& v) { return tg::lppool(v, {.window = {2}}); }), x, 7);
+  check_second_order(through([](const T& v) { return tg::lppool(v, {.window = {3}, .stride = {2}, .padding = {1}, .ceil_mode = true, .p = 3}); }), x, 8);
+  check_second_order([](const T& v) { return tg::sum(tg::lppool(v * v + 0.5, {.window = {2, 3}, .stride = {1}, .dilation = {2, 1}, .p = 1.5})); }, x, 9);
   // Third order: the gradient of a gradient penalty through a mean-pool.
   const A hv = tg::hvp([](const T& v) {
     const T g = tg::gradient([](const T& u) { return tg::sum(tg::pow(tg::meanpool(u * u, {.window = {2}}), 2.0)); }, v);

@@ -108,6 +108,30 @@ std::string print_pool_params(const OpParams* params) {
 }
 
 
+// An lp-pool's recorded pullback, as its kernel's: each window's adjoint
+// scaled by y^(1-p) (0 where the window norm y is 0), summed back over the
+// window's elements, times sign(x) |x|^(p-1). The sum is a mean-pool's
+// adjoint (padding excluded) of the scale times each window's element count.
+template <class T>
+void record_lppool_pullback(const RecordedPullbackCall<T>& c) {
+  if (!c.wants(0)) return;
+  const auto& p = params_as<PoolOpParams>(c.params);
+  const T power = static_cast<T>(p.user.p);
+  const Tracked<T>&x = c.input(0), &y = c.output;
+  const auto site = std::source_location::current();
+  PoolParams counting = p.user;
+  counting.p = 1;
+  const Array<T> counts = tg::lppool(Array<T>::ones(x.shape()), counting);  // in-bounds elements per window
+  const Tracked<T> nonzero_y = tg::where(y, y, T(1));
+  const Tracked<T> scale = tg::where(y, c.output_adjoint * tg::pow(nonzero_y, double(1 - power)), T(0));
+  PoolParams mean = p.user;
+  mean.count_include_pad = false;
+  mean.count_padding.reset();
+  const Tracked<T> spread = record_linear_adjoint<T>(meanpool_op<T>(), make_params(mean, PoolKind::mean, false), x.shape(),
+                                                      scale * counts, site);
+  c.contribute(0, spread * sign_of(x) * tg::pow(tg::abs(x), double(power - 1)));
+}
+
 template <class T>
 OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
@@ -168,6 +192,7 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
     };
   // A mean-pool's adjoint spreads each window's share back (Note [Linear adjoints]).
   if (kind == PoolKind::mean && !global) r.record_pullback = recorded_by_adjoint<T, PoolOpParams>(&meanpool_op<T>);
+  if (kind == PoolKind::lp) r.record_pullback = &record_lppool_pullback<T>;
   // A global mean-pool spreads each plane's adjoint evenly over it.
   if (kind == PoolKind::mean && global)
     r.record_pullback = [](const RecordedPullbackCall<T>& c) {

@@ -720,3 +720,38 @@ TEST_CASE("second order: max and min reductions, ties split as the first-order k
   const A gradient = tg::gradient([](const T& v) { return tg::sum(tg::gradient([](const T& u) { return tg::pow(tg::max(u), 2.0); }, v)); }, tied);
   CHECK(max_abs_diff(gradient, A({3}, {1, 1, 0})) < 1e-12);
 }
+
+TEST_CASE("second order: adaptive max-pools through adaptive_maxpool_route and adaptive_maxpool_gather") {
+  const A x = A::random_uniform({2, 3, 7, 6}, -1, 1, 251);
+  check_second_order([](const T& v) { return tg::sum(tg::pow(tg::adaptive_maxpool(tg::tanh(v), {.output = {3, 4}}), 3.0)); }, x, 1);
+  check_second_order([](const T& v) { return tg::sum(tg::tanh(tg::adaptive_maxpool(v * v, {.output = {2}})) * 0.5); }, x, 2);
+  // Hand-worked: sum(adaptive_maxpool(x, 1)^2) has H = 2 at the maximum and 0 elsewhere.
+  const A flat = A::random_uniform({1, 1, 2, 3}, -1, 1, 252);
+  const A H = tg::hessian([](const T& v) { return tg::sum(tg::pow(tg::adaptive_maxpool(v, {.output = {1}}), 2.0)); }, flat);
+  std::int64_t top = 0;
+  for (std::int64_t i = 1; i < 6; ++i)
+    if (flat.data()[i] > flat.data()[top]) top = i;
+  for (std::int64_t i = 0; i < 6; ++i)
+    for (std::int64_t k = 0; k < 6; ++k) CHECK(H.data()[i * 6 + k] == (i == top && k == top ? 2.0 : 0.0));
+  // The pair: route is the pool's input gradient, gather its adjoint, each the other's pullback.
+  const tg::AdaptivePoolParams p{.output = {3, 4}};
+  const A x2 = A::random_uniform({2, 3, 7, 6}, -1, 1, 253);
+  const A gy = A::random_uniform({2, 3, 3, 4}, -1, 1, 254), gy2 = A::random_uniform({2, 3, 3, 4}, -1, 1, 255);
+  const A v = A::random_uniform({2, 3, 7, 6}, -1, 1, 256), v2 = A::random_uniform({2, 3, 7, 6}, -1, 1, 257);
+  auto route = [&](const T& a, const T& g) { return tg::ops::adaptive_maxpool_route_tracked(a, g, p, false); };
+  auto gather = [&](const T& a, const T& w) { return tg::ops::adaptive_maxpool_route_tracked(a, w, p, true); };
+  check_op(route, std::tuple{x, gy}, std::tuple{x2, gy2});
+  check_op(gather, std::tuple{x, v}, std::tuple{x2, v2});
+  const A routed = tg::record(route, x, gy).output();
+  CHECK(max_abs_diff(routed, tg::gradient([&](const T& a) { return tg::sum(tg::adaptive_maxpool(a, p) * tg::constant(gy)); }, x)) == 0);
+  CHECK(tg::sum(routed * v).item() == doctest::Approx(tg::sum(gy * tg::record(gather, x, v).output()).item()).epsilon(1e-12));
+  const A probe({1, 1, 2, 2}, {5, 6, 7, 8});
+  CHECK(tg::record([](const T& a, const T& w) { return tg::ops::adaptive_maxpool_route_tracked(a, w, {.output = {1}}, true); },
+                   A::zeros({1, 1, 2, 2}), probe).output().item() == 5);  // ties: the first maximum
+  const A xb = A::random_uniform({4, 8, 28, 28}, -1, 1, 258), gyb = A::random_uniform({4, 8, 5, 5}, -1, 1, 259);
+  check_dot_product([](const T& a, const T& g) { return tg::ops::adaptive_maxpool_route_tracked(a, g, {.output = {5}}, false); }, xb, gyb);
+  check_dot_product([](const T& a, const T& w) { return tg::ops::adaptive_maxpool_route_tracked(a, w, {.output = {5}}, true); }, xb,
+                    A::random_uniform({4, 8, 28, 28}, -1, 1, 260));
+  CHECK_THROWS_WITH_AS(tg::record(route, x, v), doctest::Contains("adaptive_maxpool_route: values have shape (2,3,7,6) expected (2,3,3,4)"),
+                       tg::Error);
+}

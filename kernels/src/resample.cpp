@@ -147,6 +147,22 @@ void resample_backward(const ResampleGeometry& g, const T* x, const T* dy, T* dx
   });
 }
 
+template <class T>
+void adaptive_max_gather(const ResampleGeometry& g, const T* x, const T* v, T* out, bool add) {
+  const std::int64_t in_vol = g.in_volume(), out_vol = g.out_volume();
+  parallel_for(g.planes, threads_if(parallel(g)), [&](std::int64_t p) {
+    const T* xp = x + p * in_vol;
+    const T* vp = v + p * in_vol;
+    T* op = out + p * out_vol;
+    for_each_output(g, [&](std::int64_t od, std::int64_t oh, std::int64_t ow, std::int64_t at) {
+      const T picked = vp[argmax_in(g, xp, od, oh, ow)];
+      op[at] = add ? op[at] + picked : picked;
+    });
+  });
+}
+
+template void adaptive_max_gather(const ResampleGeometry&, const float*, const float*, float*, bool);
+template void adaptive_max_gather(const ResampleGeometry&, const double*, const double*, double*, bool);
 template void resample_forward(const ResampleGeometry&, const float*, float*);
 template void resample_forward(const ResampleGeometry&, const double*, double*);
 template void resample_backward(const ResampleGeometry&, const float*, const float*, float*);

@@ -22,6 +22,10 @@ template <class T>
 const OpInfo<T>& upsample_op();
 template <class T>
 const OpInfo<T>& adaptive_meanpool_op();
+template <class T>
+const OpInfo<T>& adaptive_maxpool_route_op();
+template <class T>
+const OpInfo<T>& adaptive_maxpool_gather_op();
 
 namespace {
 
@@ -119,6 +123,10 @@ std::shared_ptr<const OpParams> load(ParamReader& in) {
   return p;
 }
 
+enum class RouteRole { route, gather };  // Note [Adaptive max routes]
+template <class T>
+Tracked<T> record_route(RouteRole role, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& values);
+
 template <class T>
 OpInfo<T> resample_row(Resample kind) {
   OpInfo<T> r;
@@ -134,6 +142,10 @@ OpInfo<T> resample_row(Resample kind) {
     kernels::resample_backward(params_as<ResampleOpParams>(c.params).geometry, c.inputs[0]->data(), c.output_adjoint.data(),
                                c.input_adjoints[0]->data());
   };
+  if (kind == Resample::adaptive_max)
+    r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+      if (c.wants(0)) c.contribute(0, record_route(RouteRole::route, c.params, c.input(0), c.output_adjoint));
+    };
   if (kind != Resample::adaptive_max) {
     // Note [Linear adjoints]: the adjoint spreads each output back over its taps.
     r.record_pullback = kind == Resample::upsample ? recorded_by_adjoint<T, ResampleOpParams>(&upsample_op<T>)
@@ -169,6 +181,71 @@ OpInfo<T> resample_row(Resample kind) {
   return r;
 }
 
+// Note [Adaptive max routes]: as a max-pool's (Note [Maxpool routes]), an
+// adaptive max-pool's pullback sends each window's adjoint to the window's
+// first maximum: linear in gy, with no derivative in x. Recorded, it is
+// adaptive_maxpool_route(x, gy) (x's shape); its adjoint in gy is
+// adaptive_maxpool_gather(x, v) (the pool's output shape: v at each window's
+// maximum), and each is the other's pullback. Both scan x for the maxima.
+template <class T>
+Tracked<T> record_route(RouteRole role, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& values) {
+  const auto site = std::source_location::current();
+  const OpInfo<T>& op = role == RouteRole::route ? adaptive_maxpool_route_op<T>() : adaptive_maxpool_gather_op<T>();
+  return record_op(op, std::make_shared<ResampleOpParams>(params_as<ResampleOpParams>(pool_params)),
+                   {Operand<T>(x, site), Operand<T>(values, site)}, site);
+}
+
+template <class T>
+void run_route(RouteRole role, const ResampleOpParams& p, const Array<T>& x, const T* values, T* out, bool add) {
+  if (role == RouteRole::gather) return kernels::adaptive_max_gather(p.geometry, x.data(), values, out, add);
+  if (!add) std::fill(out, out + x.size(), T(0));
+  kernels::resample_backward(p.geometry, x.data(), values, out);
+}
+
+template <class T>
+OpInfo<T> route_row(RouteRole role) {
+  OpInfo<T> r = resample_row<T>(Resample::adaptive_max);
+  r.name = role == RouteRole::route ? "adaptive_maxpool_route" : "adaptive_maxpool_gather";
+  r.arity = 2;
+  r.flags = kPullbackIgnoresOutput;
+  r.plan = [role](const OpParams* params, std::span<const Shape* const> s) {
+    const char* name = role == RouteRole::route ? "adaptive_maxpool_route" : "adaptive_maxpool_gather";
+    if (s.size() != 2) fail(name, fmt::format("got {} inputs expected (x, values)", s.size()));
+    Plan pooled = plan(params_as<ResampleOpParams>(params), s.first(1));
+    const Shape& expected = role == RouteRole::route ? pooled.output : *s[0];
+    if (!(*s[1] == expected))
+      fail(name, fmt::format("values have shape {} expected {} ({}) for x {}", to_string(*s[1]), to_string(expected),
+                             role == RouteRole::route ? "the pool's output" : "x's shape", to_string(*s[0])));
+    if (role == RouteRole::route) pooled.output = *s[0];
+    return pooled;
+  };
+  r.forward = [role](const ForwardCall<T>& c) {
+    run_route(role, params_as<ResampleOpParams>(c.params), *c.inputs[0], c.inputs[1]->data(), c.output.data(), false);
+  };
+  // The other role, applied to the output adjoint; x gets nothing (Note [Adaptive max routes]).
+  r.pullback = [role](const PullbackCall<T>& c) {
+    if (!c.input_adjoints[1]) return;
+    const RouteRole other = role == RouteRole::route ? RouteRole::gather : RouteRole::route;
+    run_route(other, params_as<ResampleOpParams>(c.params), *c.inputs[0], c.output_adjoint.data(), c.input_adjoints[1]->data(), true);
+  };
+  r.record_pullback = [role](const RecordedPullbackCall<T>& c) {
+    if (c.wants(1))
+      c.contribute(1, record_route(role == RouteRole::route ? RouteRole::gather : RouteRole::route, c.params, c.input(0), c.output_adjoint));
+  };
+  r.fusion = nullptr;
+  r.flops = nullptr;
+  return r;
+}
+
+template <class T>
+OpInfo<T> adaptive_maxpool_route_row() {
+  return route_row<T>(RouteRole::route);
+}
+template <class T>
+OpInfo<T> adaptive_maxpool_gather_row() {
+  return route_row<T>(RouteRole::gather);
+}
+
 template <class T>
 OpInfo<T> upsample_row() {
   return resample_row<T>(Resample::upsample);
@@ -193,7 +270,7 @@ std::shared_ptr<ResampleOpParams> make_params(Resample kind, const UpsampleParam
 }  // namespace
 
 // The family's op table (Note [Op tables]).
-#define TG_RESAMPLE_ROWS(X) X(upsample) X(adaptive_meanpool) X(adaptive_maxpool)
+#define TG_RESAMPLE_ROWS(X) X(upsample) X(adaptive_meanpool) X(adaptive_maxpool) X(adaptive_maxpool_route) X(adaptive_maxpool_gather)
 TG_OP_TABLE(resample, TG_RESAMPLE_ROWS)
 
 template <class T>
@@ -214,11 +291,20 @@ Array<T> resample_eval(Resample kind, const Array<T>& x, const UpsampleParams& u
   return evaluate_op(resample_op<T>(kind), make_params(kind, up, pool).get(), std::span<const Array<T>* const>(inputs), where);
 }
 
+template <class T>
+Tracked<T> adaptive_maxpool_route_tracked(const Tracked<T>& x, const Tracked<T>& values, const AdaptivePoolParams& p, bool gather,
+                                          const std::source_location& where) {
+  return record_op(gather ? adaptive_maxpool_gather_op<T>() : adaptive_maxpool_route_op<T>(),
+                   make_params(Resample::adaptive_max, {}, p), {Operand<T>(x, where), Operand<T>(values, where)}, where);
+}
+
 #define TG_RESAMPLE_INSTANCES(T)                                                                                         \
   template Tracked<T> resample_tracked(Resample, const Tracked<T>&, const UpsampleParams&, const AdaptivePoolParams&,   \
                                        const std::source_location&);                                                   \
   template Array<T> resample_eval(Resample, const Array<T>&, const UpsampleParams&, const AdaptivePoolParams&,          \
-                                  const std::source_location&);
+                                  const std::source_location&);                                                   \
+  template Tracked<T> adaptive_maxpool_route_tracked(const Tracked<T>&, const Tracked<T>&, const AdaptivePoolParams&, bool, \
+                                                     const std::source_location&);
 TG_RESAMPLE_INSTANCES(float)
 TG_RESAMPLE_INSTANCES(double)
 

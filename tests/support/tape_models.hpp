@@ -196,7 +196,10 @@ tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, co
   };
   const tg::Tracked<T> gsmooth = tg::gradient(smooth, x);
   const tg::Tracked<T> smooth_term = tg::sum(gsmooth * gsmooth);
-  return image_term + weight_term + gathered + logit_term + blur_image_term + blur_kernel_term + smooth_term;
+  // An adaptive max-pool's recorded pullback (adaptive_maxpool_route) and its adjoint.
+  const tg::Tracked<T> gpeak = tg::gradient([](const tg::Tracked<T>& image) { return tg::sum(tg::pow(tg::adaptive_maxpool(image, {.output = {2}}), T(3))); }, x);
+  const tg::Tracked<T> peak_term = tg::sum(gpeak * gpeak) + tg::sum(tg::ops::adaptive_maxpool_route_tracked(x, x * x, {.output = {3, 2}}, true));
+  return image_term + weight_term + gathered + logit_term + blur_image_term + blur_kernel_term + smooth_term + peak_term;
 }
 
 }  // namespace tgtest::models

@@ -40,5 +40,9 @@ void resample_forward(const ResampleGeometry& g, const T* x, T* y);
 // dx += the adjoint of dy (x is read by adaptive_max only, to find each window's maximum).
 template <class T>
 void resample_backward(const ResampleGeometry& g, const T* x, const T* dy, T* dx);
+// An adaptive max-pool's gather (its pullback's adjoint): out (+)= v at each
+// window's first maximum of x; v has x's shape, out the pool's output shape.
+template <class T>
+void adaptive_max_gather(const ResampleGeometry& g, const T* x, const T* v, T* out, bool add);
 
 }  // namespace tg::kernels

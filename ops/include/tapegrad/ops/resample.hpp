@@ -34,6 +34,13 @@ struct AdaptivePoolParams {
 };
 
 namespace ops {
+// The recorded form of an adaptive max-pool's pullback and its adjoint (Note
+// [Adaptive max routes]): adaptive_maxpool_route(x, gy) sends gy to each
+// window's first maximum (x's shape); adaptive_maxpool_gather(x, v) (gather =
+// true) reads v there (the pool's output shape).
+template <class T>
+Tracked<T> adaptive_maxpool_route_tracked(const Tracked<T>& x, const Tracked<T>& values, const AdaptivePoolParams& p, bool gather,
+                                          const std::source_location& where = std::source_location::current());
 enum class Resample : std::uint8_t { upsample, adaptive_mean, adaptive_max };
 template <class T>
 Tracked<T> resample_tracked(Resample kind, const Tracked<T>& x, const UpsampleParams& up, const AdaptivePoolParams& pool,

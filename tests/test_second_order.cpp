@@ -755,3 +755,54 @@ TEST_CASE("second order: adaptive max-pools through adaptive_maxpool_route and a
   CHECK_THROWS_WITH_AS(tg::record(route, x, v), doctest::Contains("adaptive_maxpool_route: values have shape (2,3,7,6) expected (2,3,3,4)"),
                        tg::Error);
 }
+
+TEST_CASE("second order: dropout, its recorded pullback the mask its forward drew") {
+  const A x = A::random_uniform({4, 6, 5}, -1, 1, 261);
+  const A key_value = tg::dropout_key<double>(7).value;
+  // One key per recording (a constant copy): the same masks at every point of the differences.
+  check_second_order([key_value](const T& v) {
+    const tg::State<T> k{tg::constant(key_value)};
+    return tg::sum(tg::pow(tg::tanh(tg::dropout(tg::tanh(v), 0.4, k)), 2.0));
+  }, x, 1);
+  // Two dropouts on one key: each recorded pullback finds the step its own forward used.
+  check_second_order([key_value](const T& v) {
+    const tg::State<T> k{tg::constant(key_value)};
+    const T a = tg::dropout(v * v, 0.3, k);
+    const T b = tg::dropout2d(tg::tanh(a), 0.5, k);
+    return tg::sum(b * b * v);
+  }, x, 2);
+  // A penalty through dropout, replayed and compiled: every replay draws fresh masks and
+  // its recorded pullback uses the forward's. g = 3 d(x)^2 * m / (1 - p) = 24 x^2 m at
+  // p = 1/2 (m the 0/1 mask), so the penalty sum(g^2) is 576 sum(x^4 m), its gradient 2304 x^3 m.
+  auto penalty = [](const T& v, const tg::State<T>& k) {
+    const T g = tg::gradient([&](const T& u) { return tg::sum(tg::pow(tg::dropout(u, 0.5, k), 3.0)); }, v);
+    return tg::sum(g * g);
+  };
+  auto key = tg::dropout_key<double>(11), masks = tg::dropout_key<double>(11);
+  auto next_mask = [&] { return tg::dropout(A::ones(x.shape()), 0.5, masks) * 0.5; };
+  auto tape = tg::record(penalty, x, key);
+  const A x4 = x * x * x * x;
+  A m = next_mask();
+  CHECK(tape.output().item() == doctest::Approx(576 * tg::sum(x4 * m).item()).epsilon(1e-12));
+  CHECK(max_abs_diff(std::get<0>(tape.gradient()), x * x * x * m * 2304.0) < 1e-10);
+  for (int replay = 0; replay < 2; ++replay) {
+    m = next_mask();
+    CHECK(tape.forward(x, key).item() == doctest::Approx(576 * tg::sum(x4 * m).item()).epsilon(1e-12));
+  }
+  auto compiled = tg::compile(tape);
+  m = next_mask();
+  CHECK(compiled.forward(x, key).item() == doctest::Approx(576 * tg::sum(x4 * m).item()).epsilon(1e-12));
+  CHECK(tg::dump(tape).find("dropout_mask") != std::string::npos);
+  // dropout_mask by itself: the mask dropout drew `back` steps before the key's value.
+  const A stepped({2}, {7, 3});  // (seed 7, step 3)
+  auto mask_of = [&](std::int64_t back) {
+    return [&stepped, back](const T& v) { return tg::ops::dropout_mask_tracked(v, 0.4, tg::constant(stepped), back); };
+  };
+  tg::State<A> at_step{A({2}, {7, 1})};
+  const A drawn = tg::dropout(x, 0.4, at_step);  // step 1 = 3 - 2
+  CHECK(max_abs_diff(tg::record(mask_of(2), x).output(), drawn) == 0);
+  const A x2 = A::random_uniform({4, 6, 5}, -1, 1, 262);
+  check_op(mask_of(2), std::tuple{x}, std::tuple{x2});
+  check_dot_product(mask_of(0), A::random_uniform({8, 16, 12, 12}, -1, 1, 263));
+  CHECK_THROWS_WITH_AS(tg::record(mask_of(-1), x), doctest::Contains("dropout_mask: -1 steps back expected a count >= 0"), tg::Error);
+}

@@ -199,7 +199,11 @@ tg::Tracked<T> conv_penalty(const tg::Tracked<T>& x, const tg::Tracked<T>& w, co
   // An adaptive max-pool's recorded pullback (adaptive_maxpool_route) and its adjoint.
   const tg::Tracked<T> gpeak = tg::gradient([](const tg::Tracked<T>& image) { return tg::sum(tg::pow(tg::adaptive_maxpool(image, {.output = {2}}), T(3))); }, x);
   const tg::Tracked<T> peak_term = tg::sum(gpeak * gpeak) + tg::sum(tg::ops::adaptive_maxpool_route_tracked(x, x * x, {.output = {3, 2}}, true));
-  return image_term + weight_term + gathered + logit_term + blur_image_term + blur_kernel_term + smooth_term + peak_term;
+  // Dropout's recorded pullback (dropout_mask), on a key the model keeps as a constant.
+  const tg::State<tg::Tracked<T>> key{tg::constant(tg::dropout_key<T>(5).value)};
+  const tg::Tracked<T> gdrop = tg::gradient([&](const tg::Tracked<T>& image) { return tg::sum(tg::pow(tg::dropout(image, 0.5, key), T(3))); }, x);
+  const tg::Tracked<T> drop_term = tg::sum(gdrop * gdrop);
+  return image_term + weight_term + gathered + logit_term + blur_image_term + blur_kernel_term + smooth_term + peak_term + drop_term;
 }
 
 }  // namespace tgtest::models

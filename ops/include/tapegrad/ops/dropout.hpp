@@ -40,6 +40,12 @@ Tracked<T> dropout_tracked(const Tracked<T>& x, double p, const Tracked<T>& key,
 template <class T>
 Array<T> dropout_eval(const Array<T>& x, double p, const Array<T>& key, const DropoutParams& params,
                       const std::source_location& where);
+// Dropout's recorded pullback (Note [Dropout's recorded pullback]): the mask
+// dropout(x, p, key) drew `back` steps before the key's value, applied to
+// values (scaled by 1 / (1 - p)); the key is read, not advanced.
+template <class T>
+Tracked<T> dropout_mask_tracked(const Tracked<T>& values, double p, const Tracked<T>& key, std::int64_t back,
+                                const DropoutParams& params = {}, const std::source_location& where = std::source_location::current());
 }  // namespace ops
 
 template <class T>

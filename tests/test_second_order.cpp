@@ -401,12 +401,22 @@ TEST_CASE("second order: filter_image_grad and filter_kernel_grad, the halves of
     CHECK_THROWS_WITH_AS(tg::record(kernel_grad, x, A::zeros({6, 4})),
                          doctest::Contains("gy has shape (6,4) expected the filter's output shape (6,5)"), tg::Error);
   }
-  // A fill value passed as an input has no recorded pullback yet: an error, not a wrong second derivative.
-  const A img = A::random_uniform({4, 4}, -1, 1, 141), k = A::random_uniform({3, 3}, -1, 1, 142);
-  auto with_fill_input = [&](const T& v) {
-    return tg::sum(tg::gradient([&](const T& u) { return tg::sum(tg::pow(tg::correlate(u, tg::constant(k), tg::constant(A({1}, {0.5}))), 2.0)); }, v));
-  };
-  CHECK_THROWS_WITH_AS(tg::gradient(with_fill_input, img), doctest::Contains("correlate: a fill value passed as an input"), tg::Error);
+  // A fill value passed as an input: second order in the image, the kernel and the fill, alone and mixed.
+  const A img = A::random_uniform({4, 5}, -1, 1, 141), k = A::random_uniform({3, 2}, -1, 1, 142);
+  const A fill({1}, {0.5});
+  for (const bool convolve : {false, true}) {
+    auto filter = [convolve](const T& a, const T& b, const T& f) {
+      return convolve ? tg::convolve(a, b, f, {.output = tg::Output::full}) : tg::correlate(a, b, f, {.origin = {1, 0}});
+    };
+    check_second_order([&](const T& v) { return tg::sum(tg::pow(filter(v, tg::constant(k), tg::constant(fill)), 2.0)); }, img, 6);
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(filter(tg::constant(img), v, tg::constant(fill)))); }, k, 7);
+    check_second_order([&](const T& v) { return tg::sum(tg::tanh(filter(tg::constant(img), tg::constant(k), v * v))); }, A({1}, {0.7}), 8);
+    // Image, kernel and fill from one array: every mixed term.
+    check_second_order([&](const T& v) {
+      const T kernel = tg::reshape(tg::slice(tg::reshape(v, {20}), 0, 0, 6), {3, 2});
+      return tg::sum(tg::pow(filter(v, kernel, tg::reshape(tg::slice(tg::reshape(v, {20}), 0, 7, 8), {1})), 2.0));
+    }, img, 9);
+  }
 }
 
 // Note [Pullback origins]: the recorded reverse pass names the forward

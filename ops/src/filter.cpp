@@ -7,6 +7,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "recorded_pullbacks.hpp"
 
 #include <fmt/format.h>
 
@@ -278,8 +279,7 @@ OpInfo<T> filter_family_row(bool convolve) {
 // the affine P x + f e. The ops keep the filter's params (resolved against the
 // filter's image and kernel shapes), so every border, output mode, origin,
 // separable axis and algorithm carries over. A fill value passed as an input
-// has no recorded pullback (kernel_grad would need it as a third input): an
-// error names it. Rejected: composing the gradients from pad and conv ops,
+// is the filter with fill 1 of a zero image, times the fill (below). Rejected: composing the gradients from pad and conv ops,
 // which has no pad for the symmetric border and reads the extended image twice.
 struct FilterGradOpParams : FilterOpParams {
   Shape result;  // image_grad: the filter's image shape; kernel_grad: its kernel shape
@@ -326,15 +326,26 @@ template <class T>
 Tracked<T> record_kernel_grad(const Tracked<T>& x, const Tracked<T>& gy, const FilterOpParams& p, const Shape& kernel,
                               bool fill_zero);
 
+// A fill value f passed as an input: y = corr(P x, k) + f corr(e, k), and
+// corr(e, k) is the filter with fill 1 of a zero image (the frame alone), so
+// k's adjoint gains f kernel_grad₁(0, gy) and f's is <gy, filter₁(0, k)>.
 template <class T>
 void filter_record_pullback(const RecordedPullbackCall<T>& c) {
   const auto& p = params_as<FilterOpParams>(c.params);
-  if (c.inputs.size() == 3)
-    fail(op_name(p), "a fill value passed as an input has no recorded pullback (second order) yet; hint: give the fill "
-                     "value in the params, tg::Border::fill(v)");
   const Tracked<T>&x = c.input(0), &k = c.input(1), &gy = c.output_adjoint;
+  const bool fill_input = c.inputs.size() == 3;
   if (c.wants(0)) c.contribute(0, record_image_grad(gy, k, p, x.shape()));
-  if (c.wants(1)) c.contribute(1, record_kernel_grad(x, gy, p, k.shape(), false));
+  if (!fill_input) {
+    if (c.wants(1)) c.contribute(1, record_kernel_grad(x, gy, p, k.shape(), false));
+    return;
+  }
+  FilterOpParams frame = p;
+  frame.user.border.value = 1;
+  const Tracked<T> zero_image = tg::constant(Array<T>::zeros(x.shape()));
+  const Tracked<T> fill = tg::reshape(c.input(2), Shape{});
+  if (c.wants(1))
+    c.contribute(1, record_kernel_grad(x, gy, p, k.shape(), true) + fill * record_kernel_grad(zero_image, gy, frame, k.shape(), false));
+  if (c.wants(2)) c.contribute(2, tg::reshape(tg::sum(gy * record_filter(zero_image, k, frame, false)), c.input(2).shape()));
 }
 
 template <class T>

@@ -315,6 +315,33 @@ TEST_CASE("second order: cross-entropy, with class weights and label smoothing")
     return tg::record_op(*tg::Registry<double>::find("cross_entropy_grad"), nullptr,
                          {tg::Operand<double>(z, site), tg::Operand<double>(tg::constant(many_labels), site)}, site);
   }, A::random_uniform({64, 10}, -2, 2, 123));
+  // Third order: a penalty on the logits' gradient, differentiated twice (cross_entropy_grad's
+  // recorded pullback: softmax ops scaled by the rows' scales, cross_entropy_grad with row_scales).
+  for (const double smoothing : {0.0, 0.3}) {
+    auto penalty = [&](const T& z) {
+      const T g = tg::gradient([&](const T& u) { return tg::cross_entropy(u, tg::constant(labels), tg::constant(weights), {.label_smoothing = smoothing}); }, z);
+      return tg::sum(g * g * z);
+    };
+    check_second_order(penalty, logits, 4);
+  }
+  // The rows' scales A_i / W: 1 / N without weights or smoothing; with weights w[y_i] / sum_i w[y_i].
+  auto scales_of = [&](bool weighted) {
+    auto loss = [&, weighted](const T& u) {
+      return weighted ? tg::cross_entropy(u, tg::constant(labels), tg::constant(weights)) : tg::cross_entropy(u, tg::constant(labels));
+    };
+    auto penalty = [&](const T& z) {
+      const T g = tg::gradient(loss, z);
+      return tg::sum(g * g);
+    };
+    auto tape = tg::record([&](const T& z) { return tg::sum(tg::gradient(penalty, z)); }, logits);
+    for (std::size_t i = 0; i < tape.tape().num_instructions(); ++i) {
+      const auto& ins = tape.tape().instruction(i);
+      if (ins.op->name == "cross_entropy_grad" && tape.tape().value(ins.out).shape() == tg::Shape{4, 1}) return A(tape.tape().value(ins.out));
+    }
+    return A();
+  };
+  CHECK(max_abs_diff(scales_of(false), A({4, 1}, {0.25, 0.25, 0.25, 0.25})) < 1e-15);
+  CHECK(max_abs_diff(scales_of(true), A({4, 1}, {1 / 5.0, 1.5 / 5.0, 1 / 5.0, 1.5 / 5.0})) < 1e-15);
   // Class weights that need a gradient: refused when the second order is recorded.
   auto in_weights = [&](const T& z, const T& w) {
     return tg::sum(tg::gradient([&](const T& u) { return tg::cross_entropy(u, tg::constant(labels), w); }, z));

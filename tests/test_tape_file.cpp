@@ -75,6 +75,18 @@ TEST_CASE("tape file: a second-order tape (a gradient penalty through a conv) ro
   both(0.0f);
 }
 
+TEST_CASE("tape file: a third-order tape through cross-entropy (cross_entropy_grad with row_scales) round-trips") {
+  const A labels({3}, {0, 2, 1});
+  auto loss = [&](const tg::Tracked<double>& u) { return tg::cross_entropy(u, tg::constant(labels), {.label_smoothing = 0.1}); };
+  auto penalty = [&](const tg::Tracked<double>& z) {
+    const tg::Tracked<double> g = tg::gradient(loss, z);
+    return tg::sum(g * g);
+  };
+  auto tape = tg::record([&](const tg::Tracked<double>& z) { return tg::sum(tg::gradient(penalty, z)); }, A::random_uniform({3, 4}, -1, 1, 5));
+  CHECK(tg::dump(tape).find("label_smoothing=0.1 row_scales") != std::string::npos);
+  check_round_trip(tape.tape());
+}
+
 TEST_CASE("tape file: a version 2 file, without pullback origins, still loads") {
   auto tape = tg::record([](const tg::Tracked<double>& x) { return tg::sum(tg::tanh(x)); }, A::random_uniform({3, 4}, -1, 1, 1));
   std::string bytes = tg::serialize_tape(tape.tape(), {.input_values = false});

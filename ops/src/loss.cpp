@@ -15,6 +15,7 @@
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/softmax.hpp"
 #include "tapegrad/ops/elementwise_rows.hpp"
+#include "tapegrad/ops/softmax.hpp"
 
 namespace tg::ops {
 
@@ -159,7 +160,12 @@ std::int64_t label_at(const Array<T>& labels, std::int64_t i, std::int64_t class
 
 struct CrossEntropyOpParams : OpParams {
   CrossEntropyParams user;
+  bool row_scales = false;  // cross_entropy_grad only: the rows' scales A_i / W, (N, 1) (Note [Cross-entropy's gradient op])
 };
+
+namespace {
+bool row_scales_of(const OpParams* p) { return p && params_as<CrossEntropyOpParams>(p).row_scales; }
+}  // namespace
 
 template <class T>
 const OpInfo<T>& cross_entropy_grad_op();
@@ -309,7 +315,10 @@ OpInfo<T> cross_entropy_row() {
 // differentiate it again. Its own pullback in the logits is the softmax's
 // Jacobian scaled per row, (A_i / W) p_i * (g_i - <p_i, g_i>); labels get
 // none (Note [Labels are not differentiable]) and weights that need a
-// gradient are refused when it is recorded.
+// gradient are refused when it is recorded. Recorded, that pullback is
+// softmax and arithmetic ops times the rows' scales A_i / W, which the same op
+// gives with row_scales set (an (N, 1) value that depends on the labels and
+// weights only, so a replay on a new batch scales by the new labels).
 template <class T>
 OpInfo<T> cross_entropy_grad_row() {
   OpInfo<T> r;
@@ -319,18 +328,25 @@ OpInfo<T> cross_entropy_grad_row() {
   r.flags = kPullbackIgnoresOutput;
   r.shape = [](const OpParams* p, std::span<const Shape* const> s) {
     check_cross_entropy(p, s);
-    return *s[0];
+    return row_scales_of(p) ? Shape{(*s[0])[0], 1} : *s[0];
   };
   r.forward = [](const ForwardCall<T>& c) {
     const Array<T>& x = *c.inputs[0];
     const std::int64_t n = x.shape()[0], classes = x.shape()[1];
     const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
-    Array<T>& logp = c.saved[0];
-    if (!(logp.shape() == x.shape())) logp = Array<T>::uninitialized(x.shape());
-    kernels::softmax_forward<true>(x.data(), logp.data(), {n, classes, 1});
     const auto [total_weight, weight_sum] = cross_entropy_weights(c.inputs, n, classes);
     if (!(total_weight != 0))
       fail("cross_entropy_grad", fmt::format("the weights of this batch's labels sum to {} expected a nonzero sum", total_weight));
+    if (row_scales_of(c.params)) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        const double wk = static_cast<double>(class_weight(c.inputs, label_at(*c.inputs[1], i, classes)));
+        c.output.data()[i] = static_cast<T>(((1 - e) * wk + e / static_cast<double>(classes) * weight_sum) / total_weight);
+      }
+      return;
+    }
+    Array<T>& logp = c.saved[0];
+    if (!(logp.shape() == x.shape())) logp = Array<T>::uninitialized(x.shape());
+    kernels::softmax_forward<true>(x.data(), logp.data(), {n, classes, 1});
     c.output.fill(T(0));
     for (std::int64_t i = 0; i < n; ++i)
       add_logit_gradient(c.inputs, logp.data() + i * classes, label_at(*c.inputs[1], i, classes), e, weight_sum,
@@ -340,7 +356,7 @@ OpInfo<T> cross_entropy_grad_row() {
     if (c.input_adjoints.size() == 3 && c.input_adjoints[2])
       fail("cross_entropy_grad", "class weights that need a gradient have no second order yet expected weights passed as tg::data");
     Array<T>* dx = c.input_adjoints[0];
-    if (!dx) return;
+    if (!dx || row_scales_of(c.params)) return;  // the row scales do not depend on the logits
     const Array<T>& logp = c.saved[0];
     const std::int64_t n = logp.shape()[0], classes = logp.shape()[1];
     const double e = c.params ? params_as<CrossEntropyOpParams>(c.params).user.label_smoothing : 0.0;
@@ -356,11 +372,32 @@ OpInfo<T> cross_entropy_grad_row() {
         d[j] += static_cast<T>(scale * std::exp(static_cast<double>(row[j])) * (static_cast<double>(g[j]) - dot));
     }
   };
-  r.print_params = cross_entropy_row<T>().print_params;
-  r.save_params = [](const OpParams* p, ParamWriter& w) { w.f64(p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0); };
+  r.record_pullback = [](const RecordedPullbackCall<T>& c) {
+    if (!c.wants(0) || row_scales_of(c.params)) return;
+    const auto site = std::source_location::current();
+    auto scales_params = std::make_shared<CrossEntropyOpParams>();
+    if (c.params) *scales_params = params_as<CrossEntropyOpParams>(c.params);
+    scales_params->row_scales = true;
+    std::vector<Operand<T>> operands;
+    for (const Tracked<T>* in : c.inputs) operands.emplace_back(*in, site);
+    const Tracked<T> scales = record_op(cross_entropy_grad_op<T>(), std::move(scales_params), std::span<const Operand<T>>(operands), site);
+    const Tracked<T> p = tg::softmax(c.input(0), 1), v = c.output_adjoint * scales;
+    c.contribute(0, p * (v - tg::sum(p * v, {1}, true)));
+  };
+  r.print_params = [](const OpParams* p) {
+    const std::string smoothing = cross_entropy_row<T>().print_params(p);
+    if (!row_scales_of(p)) return smoothing;
+    return smoothing.empty() ? std::string("row_scales") : smoothing + " row_scales";
+  };
+  // The row-scale flag only when set: the bytes of a gradient op saved before it are unchanged.
+  r.save_params = [](const OpParams* p, ParamWriter& w) {
+    w.f64(p ? params_as<CrossEntropyOpParams>(p).user.label_smoothing : 0.0);
+    if (row_scales_of(p)) w.boolean(true);
+  };
   r.load_params = [](ParamReader& in) -> std::shared_ptr<const OpParams> {
     auto p = std::make_shared<CrossEntropyOpParams>();
     p->user.label_smoothing = in.f64("label_smoothing");
+    if (!in.at_end()) p->row_scales = in.boolean("row_scales");
     return p;
   };
   return r;

@@ -183,6 +183,11 @@ void check_window_codes(std::int64_t H, std::int64_t W) {
   k::maxpool_backward(g, x.data(), y.data(), gy.data(), rescan.data());
   k::maxpool_backward(g, x.data(), y.data(), gy.data(), from_codes.data(), codes.data());
   CHECK(std::memcmp(rescan.data(), from_codes.data(), x.size() * sizeof(V)) == 0);
+  // The gather (the backward's adjoint) from codes reads the same elements as its re-scan.
+  std::vector<V> gathered(y.size(), V(0.25)), gathered_codes(y.size(), V(0.25));
+  k::maxpool_gather(g, x.data(), y.data(), rescan.data(), gathered.data(), true);
+  k::maxpool_gather(g, x.data(), y.data(), rescan.data(), gathered_codes.data(), true, codes.data());
+  CHECK(std::memcmp(gathered.data(), gathered_codes.data(), y.size() * sizeof(V)) == 0);
   // The reference: each window's maximum by max_step's rule and its first place (its last NaN), element by element.
   const std::int64_t Ho = H / 2, Wo = W / 2;
   bool same = true;

@@ -380,8 +380,26 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
   for_each_choice(g, x, y, [&](std::int64_t plane, std::int64_t j, std::int64_t chosen) { gx[plane * g.in_vol() + chosen] += gy[j]; });
 }
 
+// The gather from window codes: the read at each code's element, as the
+// backward's scatter (no branch per window element).
 template <class T>
-void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out, bool add) {
+void maxpool_2x2_gather_codes(const PoolGeometry& g, const T* codes, const T* v, T* out, bool add) {
+  const std::int64_t row = g.in[2], n = g.out[2];
+  for_each_output_row(g, [&](std::int64_t plane, std::int64_t o0, std::int64_t o1, std::int64_t j) {
+    const T* __restrict v0 = v + (plane * g.in[0] + o0) * g.in[1] * row + 2 * o1 * row;
+    T* __restrict outr = out + j;
+    const T* __restrict cr = codes + j;
+    for (std::int64_t o2 = 0; o2 < n; ++o2) {
+      const auto code = static_cast<std::int64_t>(cr[o2]);
+      const T picked = v0[2 * o2 + (code & 1) + (code >> 1) * row];
+      outr[o2] = add ? outr[o2] + picked : picked;
+    }
+  });
+}
+
+template <class T>
+void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out, bool add, const T* codes) {
+  if (codes && is_2x2_stride_2(g)) return maxpool_2x2_gather_codes(g, codes, v, out, add);
   for_each_choice(g, x, y, [&](std::int64_t plane, std::int64_t j, std::int64_t chosen) {
     out[j] = (add ? out[j] : T(0)) + v[plane * g.in_vol() + chosen];
   });
@@ -465,7 +483,7 @@ void lppool_backward(const PoolGeometry& g, T p, const T* x, const T* y, const T
 #define TG_INSTANTIATE(T)                                                                             \
   template void maxpool_forward<T>(const PoolGeometry&, const T*, T*, T*);                 \
   template void maxpool_backward<T>(const PoolGeometry&, const T*, const T*, const T*, T*, const T*, bool); \
-  template void maxpool_gather<T>(const PoolGeometry&, const T*, const T*, const T*, T*, bool);                     \
+  template void maxpool_gather<T>(const PoolGeometry&, const T*, const T*, const T*, T*, bool, const T*);               \
   template void meanpool_forward<T>(const PoolGeometry&, bool, const T*, T*);                         \
   template void meanpool_backward<T>(const PoolGeometry&, bool, const T*, T*, bool);                        \
   template void lppool_forward<T>(const PoolGeometry&, T, const T*, T*);                              \

@@ -222,13 +222,25 @@ Tracked<T> record_route(const OpInfo<T>& op, const OpParams* pool_params, const 
   return record_op(op, make_params(p.user, PoolKind::max, p.global), {Operand<T>(x, site), Operand<T>(other, site)}, site);
 }
 
-// The maxima of x's windows, in a saved buffer kept across replays (the pullback reads them).
+// The maxima of x's windows, and a 2x2 pool's window codes (Note [Maxpool
+// window codes]; null when it keeps none), in saved buffers kept across
+// replays: the pullback reads them.
 template <class T>
-const T* maxima(const PoolOpParams& p, const Array<T>& x, Array<T>& saved) {
+struct Maxima {
+  const T* values;
+  const T* codes;
+};
+template <class T>
+Maxima<T> maxima(const PoolOpParams& p, const Array<T>& x, std::span<Array<T>> saved) {
   const Shape out = kernels::pool_output_shape(p.geometry);
-  if (!(saved.shape() == out)) saved = Array<T>::uninitialized(out);
-  kernels::maxpool_forward(p.geometry, x.data(), saved.data());
-  return saved.data();
+  if (!(saved[0].shape() == out)) saved[0] = Array<T>::uninitialized(out);
+  T* codes = window_codes(p.geometry, saved[0], saved[1]);
+  kernels::maxpool_forward(p.geometry, x.data(), saved[0].data(), codes);
+  return {saved[0].data(), codes};
+}
+template <class T>
+Maxima<T> saved_maxima(const PoolOpParams& p, std::span<Array<T>> saved) {
+  return {saved[0].data(), kernels::maxpool_keeps_codes(p.geometry) ? saved[1].data() : nullptr};
 }
 
 template <class T>
@@ -236,7 +248,7 @@ OpInfo<T> route_row(RouteRole role) {
   OpInfo<T> r;
   r.name = role == RouteRole::route ? "maxpool_route" : "maxpool_gather";
   r.arity = 2;
-  r.n_saved = 1;  // the maxima
+  r.n_saved = 2;  // the maxima, and a 2x2 pool's window codes
   r.flags = kPullbackIgnoresOutput;
   r.plan = [role](const OpParams* params, std::span<const Shape* const> s) {
     const char* name = role == RouteRole::route ? "maxpool_route" : "maxpool_gather";
@@ -249,22 +261,24 @@ OpInfo<T> route_row(RouteRole role) {
     if (role == RouteRole::route) pooled.output = *s[0];
     return pooled;
   };
-  // gather: out (+)= v at the chosen elements; route: out (+)= gy sent to them. y: the maxima.
-  auto run = [](RouteRole which, const PoolOpParams& p, const Array<T>& x, const T* y, const T* values, T* out, bool add) {
-    if (which == RouteRole::gather) return kernels::maxpool_gather(p.geometry, x.data(), y, values, out, add);
-    if (!add) std::fill(out, out + x.size(), T(0));
-    kernels::maxpool_backward(p.geometry, x.data(), y, values, out);
+  // gather: out (+)= v at the chosen elements; route: out (+)= gy sent to them,
+  // from the window codes where the pool keeps them (written whole when they cover x).
+  auto run = [](RouteRole which, const PoolOpParams& p, const Array<T>& x, Maxima<T> y, const T* values, T* out, bool add) {
+    if (which == RouteRole::gather) return kernels::maxpool_gather(p.geometry, x.data(), y.values, values, out, add, y.codes);
+    const bool write = !add && y.codes && kernels::maxpool_codes_cover_input(p.geometry);
+    if (!add && !write) std::fill(out, out + x.size(), T(0));
+    kernels::maxpool_backward(p.geometry, x.data(), y.values, values, out, y.codes, write);
   };
   r.forward = [role, run](const ForwardCall<T>& c) {
     const auto& p = params_as<PoolOpParams>(c.params);
-    run(role, p, *c.inputs[0], maxima(p, *c.inputs[0], c.saved[0]), c.inputs[1]->data(), c.output.data(), false);
+    run(role, p, *c.inputs[0], maxima(p, *c.inputs[0], c.saved), c.inputs[1]->data(), c.output.data(), false);
   };
   // The other role, applied to the output adjoint, with the forward's maxima; x gets nothing (Note [Maxpool routes]).
   r.pullback = [role, run](const PullbackCall<T>& c) {
     if (!c.input_adjoints[1]) return;
+    const auto& p = params_as<PoolOpParams>(c.params);
     const RouteRole other = role == RouteRole::route ? RouteRole::gather : RouteRole::route;
-    run(other, params_as<PoolOpParams>(c.params), *c.inputs[0], c.saved[0].data(), c.output_adjoint.data(),
-        c.input_adjoints[1]->data(), true);
+    run(other, p, *c.inputs[0], saved_maxima(p, c.saved), c.output_adjoint.data(), c.input_adjoints[1]->data(), true);
   };
   r.record_pullback = [role](const RecordedPullbackCall<T>& c) {
     if (!c.wants(1)) return;

@@ -63,8 +63,9 @@ void maxpool_backward(const PoolGeometry& g, const T* x, const T* y, const T* gy
 // out[j] = v at the element maxpool_backward sends output j's adjoint to (Note
 // [Ties in maxpool]), v laid out like x; y: the forward's output. The adjoint
 // of maxpool_backward as a map of gy, for a fixed x (second order). add: out += instead.
+// codes: the forward's window codes, or null to re-scan x.
 template <class T>
-void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out, bool add = false);
+void maxpool_gather(const PoolGeometry& g, const T* x, const T* y, const T* v, T* out, bool add = false, const T* codes = nullptr);
 
 // Whether one window covers each whole plane (a global pool: no padding, one
 // output per plane); then the mean-pool's backward can write gx instead of adding.

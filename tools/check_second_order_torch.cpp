@@ -8,7 +8,10 @@
 //      conv (bias, padding) -> maxpool -> silu -> linear -> cross-entropy;
 //   2. a Hessian-vector product of the same loss in the parameters;
 //   3. the seed case's Hessian-vector product: 0.5 |correlate(x, k) - b|^2
-//      with a replicate border, in the image and the kernel.
+//      with a replicate border, in the image and the kernel;
+//   4. a gradient penalty through bilinear upsampling, a reflect pad, a
+//      mean-pool, exact gelu, an lp-pool, an adaptive max-pool and a max
+//      reduction (linear_adjoint, erf, the adaptive max routes).
 //
 //   check_second_order_torch   (built with the benchmarks when LibTorch is installed)
 #include <cmath>
@@ -121,6 +124,34 @@ double seed_case_hvp() {
   return std::max(relative_difference(hv.image, theirs[0]), relative_difference(hv.kernel, theirs[1]));
 }
 
+template <class X>
+auto ours_resampling_loss(const X& fc, const X& x) {
+  const auto up = tg::upsample(x, {.scale = {2}, .mode = tg::UpsampleMode::linear});
+  const auto pooled = tg::meanpool(tg::pad(up, {.widths = {1, 1}, .border = tg::Border::reflect()}), {.window = {3}, .stride = {2}});
+  const auto h = tg::adaptive_maxpool(tg::lppool(tg::gelu(pooled), {.window = {2}, .p = 2}), {.output = {3}});
+  return tg::cross_entropy(tg::matmul(tg::reshape(h, {kBatch, -1}), fc), kLabels) + tg::max(h) * 0.1;
+}
+
+torch::Tensor torch_resampling_loss(const torch::Tensor& fc, const torch::Tensor& x) {
+  const auto up = F::interpolate(x, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2, 2}).mode(torch::kBilinear).align_corners(false));
+  const auto pooled = F::avg_pool2d(F::pad(up, F::PadFuncOptions({1, 1, 1, 1}).mode(torch::kReflect)), F::AvgPool2dFuncOptions(3).stride(2));
+  const auto h = F::adaptive_max_pool2d(F::lp_pool2d(F::gelu(pooled), F::LPPool2dFuncOptions(2, 2)), F::AdaptiveMaxPool2dFuncOptions(3));
+  return F::cross_entropy(torch::matmul(h.reshape({kBatch, -1}), fc), torch::tensor(kLabels, torch::kLong)) + 0.1 * h.max();
+}
+
+double resampling_penalty(const A& fc, const A& x) {
+  auto penalty = [](const auto& weights, const auto& image) {
+    const auto gx = tg::gradient([&](const auto& v) { return ours_resampling_loss(weights, v); }, image);
+    return ours_resampling_loss(weights, image) + tg::sum(gx * gx) * 0.1;
+  };
+  const auto grads = tg::gradient(penalty, fc, x);
+  torch::Tensor tfc = to_torch(fc).requires_grad_(true), tx = to_torch(x).requires_grad_(true);
+  const torch::Tensor loss = torch_resampling_loss(tfc, tx);
+  const torch::Tensor inner = torch::autograd::grad({loss}, {tx}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  const auto theirs = torch::autograd::grad({loss + 0.1 * (inner * inner).sum()}, {tfc, tx});
+  return std::max(relative_difference(std::get<0>(grads), theirs[0]), relative_difference(std::get<1>(grads), theirs[1]));
+}
+
 }  // namespace
 
 int main() try {
@@ -137,7 +168,9 @@ int main() try {
   const Result results[] = {
       {"gradient penalty (conv, maxpool, silu, linear, cross-entropy) in net and x", gradient_penalty(net, x)},
       {"hvp of the same loss in the parameters", parameter_hvp(net, v, x)},
-      {"hvp of the seed case (64x64, 3x3, replicate) in image and kernel", seed_case_hvp()}};
+      {"hvp of the seed case (64x64, 3x3, replicate) in image and kernel", seed_case_hvp()},
+      {"gradient penalty (upsample, pad, meanpool, gelu, lppool, adaptive maxpool, max)",
+       resampling_penalty(A::random_uniform({3 * 3 * 3, kClasses}, -0.5, 0.5, 8), x)}};
   bool ok = true;
   fmt::print("tapegrad's second order against LibTorch's double backward (create_graph=True), double precision\n");
   for (const Result& r : results) {

@@ -87,6 +87,31 @@ kernels::DropoutMask mask_of(const DropoutOpParams& p, const Shape& x, const T* 
   return m;
 }
 
+// Print, save and load of dropout's params; dropout_mask's (with_back) also carry `back`.
+template <class T>
+void param_hooks(OpInfo<T>& r, bool with_back) {
+  r.print_params = [with_back](const OpParams* params) {
+    const auto& p = params_as<DropoutOpParams>(params);
+    return fmt::format("p={}{}{}", p.p, p.channels ? " channels" : "", with_back ? fmt::format(" back={}", p.back) : std::string());
+  };
+  r.save_params = [with_back](const OpParams* params, ParamWriter& w) {
+    const auto& p = params_as<DropoutOpParams>(params);
+    w.f64(p.p);
+    w.boolean(p.channels);
+    if (with_back) w.i64(p.back);
+  };
+  r.load_params = [with_back](ParamReader& in) {
+    auto p = std::make_shared<DropoutOpParams>();
+    p->p = in.f64("p");
+    p->channels = in.boolean("channels");
+    if (!with_back) return p;
+    const std::size_t at = in.offset();
+    p->back = in.i64("back");
+    if (p->back < 0) in.fail_at("back", at, fmt::format("{} steps back expected a count >= 0", p->back));
+    return p;
+  };
+}
+
 // Note [Dropout's recorded pullback]: dropout's pullback multiplies by the
 // mask its forward drew, from the key as it was before the forward advanced
 // it. Recorded, it is dropout_mask(gy, key): the same mask applied to gy,
@@ -139,25 +164,7 @@ OpInfo<T> dropout_mask_row() {
   Fusion<T> fusion;
   fusion.pullback_reads_input = [](const OpParams*, std::size_t k) { return k == 1; };
   r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
-  r.print_params = [](const OpParams* params) {
-    const auto& p = params_as<DropoutOpParams>(params);
-    return fmt::format("p={}{} back={}", p.p, p.channels ? " channels" : "", p.back);
-  };
-  r.save_params = [](const OpParams* params, ParamWriter& w) {
-    const auto& p = params_as<DropoutOpParams>(params);
-    w.f64(p.p);
-    w.boolean(p.channels);
-    w.i64(p.back);
-  };
-  r.load_params = [](ParamReader& in) {
-    auto p = std::make_shared<DropoutOpParams>();
-    p->p = in.f64("p");
-    p->channels = in.boolean("channels");
-    const std::size_t at = in.offset();
-    p->back = in.i64("back");
-    if (p->back < 0) in.fail_at("back", at, fmt::format("{} steps back expected a count >= 0", p->back));
-    return p;
-  };
+  param_hooks(r, /*with_back=*/true);
   return r;
 }
 
@@ -189,21 +196,7 @@ OpInfo<T> dropout_row() {
   Fusion<T> fusion;
   fusion.pullback_reads_input = [](const OpParams*, std::size_t) { return false; };
   r.fusion = std::make_shared<const Fusion<T>>(std::move(fusion));
-  r.print_params = [](const OpParams* params) {
-    const auto& p = params_as<DropoutOpParams>(params);
-    return fmt::format("p={}{}", p.p, p.channels ? " channels" : "");
-  };
-  r.save_params = [](const OpParams* params, ParamWriter& w) {
-    const auto& p = params_as<DropoutOpParams>(params);
-    w.f64(p.p);
-    w.boolean(p.channels);
-  };
-  r.load_params = [](ParamReader& in) {
-    auto p = std::make_shared<DropoutOpParams>();
-    p->p = in.f64("p");
-    p->channels = in.boolean("channels");
-    return p;
-  };
+  param_hooks(r, /*with_back=*/false);
   return r;
 }
 

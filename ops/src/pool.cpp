@@ -8,6 +8,7 @@
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
 #include "recorded_pullbacks.hpp"
+#include "routes.hpp"
 
 #include <fmt/format.h>
 
@@ -213,8 +214,6 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
 // the choice by scanning x against the maxima, which they recompute into a
 // saved buffer (reused across replays). Rejected: saving the chosen offsets
 // from the forward, which every first-order maxpool would pay for.
-enum class RouteRole { route, gather };
-
 template <class T>
 Tracked<T> record_route(const OpInfo<T>& op, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& other) {
   const auto& p = params_as<PoolOpParams>(pool_params);
@@ -251,15 +250,8 @@ OpInfo<T> route_row(RouteRole role) {
   r.n_saved = 2;  // the maxima, and a 2x2 pool's window codes
   r.flags = kPullbackIgnoresOutput;
   r.plan = [role](const OpParams* params, std::span<const Shape* const> s) {
-    const char* name = role == RouteRole::route ? "maxpool_route" : "maxpool_gather";
-    if (s.size() != 2) fail(name, fmt::format("got {} inputs expected (x, values)", s.size()));
-    Plan pooled = plan(params_as<PoolOpParams>(params), *s[0]);
-    const Shape& expected = role == RouteRole::route ? pooled.output : *s[0];
-    if (!(*s[1] == expected))
-      fail(name, fmt::format("values have shape {} expected {} ({}) for x {}", to_string(*s[1]), to_string(expected),
-                             role == RouteRole::route ? "the pool's output" : "x's shape", to_string(*s[0])));
-    if (role == RouteRole::route) pooled.output = *s[0];
-    return pooled;
+    return plan_route(role, role == RouteRole::route ? "maxpool_route" : "maxpool_gather", s,
+                      [&](const Shape& x) { return plan(params_as<PoolOpParams>(params), x); });
   };
   // gather: out (+)= v at the chosen elements; route: out (+)= gy sent to them,
   // from the window codes where the pool keeps them (written whole when they cover x).
@@ -277,8 +269,7 @@ OpInfo<T> route_row(RouteRole role) {
   r.pullback = [role, run](const PullbackCall<T>& c) {
     if (!c.input_adjoints[1]) return;
     const auto& p = params_as<PoolOpParams>(c.params);
-    const RouteRole other = role == RouteRole::route ? RouteRole::gather : RouteRole::route;
-    run(other, p, *c.inputs[0], saved_maxima(p, c.saved), c.output_adjoint.data(), c.input_adjoints[1]->data(), true);
+    run(other_role(role), p, *c.inputs[0], saved_maxima(p, c.saved), c.output_adjoint.data(), c.input_adjoints[1]->data(), true);
   };
   r.record_pullback = [role](const RecordedPullbackCall<T>& c) {
     if (!c.wants(1)) return;

@@ -8,6 +8,7 @@
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
 #include "recorded_pullbacks.hpp"
+#include "routes.hpp"
 
 #include <cmath>
 
@@ -123,7 +124,6 @@ std::shared_ptr<const OpParams> load(ParamReader& in) {
   return p;
 }
 
-enum class RouteRole { route, gather };  // Note [Adaptive max routes]
 template <class T>
 Tracked<T> record_route(RouteRole role, const OpParams* pool_params, const Tracked<T>& x, const Tracked<T>& values);
 
@@ -209,15 +209,10 @@ OpInfo<T> route_row(RouteRole role) {
   r.arity = 2;
   r.flags = kPullbackIgnoresOutput;
   r.plan = [role](const OpParams* params, std::span<const Shape* const> s) {
-    const char* name = role == RouteRole::route ? "adaptive_maxpool_route" : "adaptive_maxpool_gather";
-    if (s.size() != 2) fail(name, fmt::format("got {} inputs expected (x, values)", s.size()));
-    Plan pooled = plan(params_as<ResampleOpParams>(params), s.first(1));
-    const Shape& expected = role == RouteRole::route ? pooled.output : *s[0];
-    if (!(*s[1] == expected))
-      fail(name, fmt::format("values have shape {} expected {} ({}) for x {}", to_string(*s[1]), to_string(expected),
-                             role == RouteRole::route ? "the pool's output" : "x's shape", to_string(*s[0])));
-    if (role == RouteRole::route) pooled.output = *s[0];
-    return pooled;
+    return plan_route(role, role == RouteRole::route ? "adaptive_maxpool_route" : "adaptive_maxpool_gather", s, [&](const Shape& x) {
+      const Shape* only[] = {&x};
+      return plan(params_as<ResampleOpParams>(params), only);
+    });
   };
   r.forward = [role](const ForwardCall<T>& c) {
     run_route(role, params_as<ResampleOpParams>(c.params), *c.inputs[0], c.inputs[1]->data(), c.output.data(), false);
@@ -225,12 +220,11 @@ OpInfo<T> route_row(RouteRole role) {
   // The other role, applied to the output adjoint; x gets nothing (Note [Adaptive max routes]).
   r.pullback = [role](const PullbackCall<T>& c) {
     if (!c.input_adjoints[1]) return;
-    const RouteRole other = role == RouteRole::route ? RouteRole::gather : RouteRole::route;
-    run_route(other, params_as<ResampleOpParams>(c.params), *c.inputs[0], c.output_adjoint.data(), c.input_adjoints[1]->data(), true);
+    run_route(other_role(role), params_as<ResampleOpParams>(c.params), *c.inputs[0], c.output_adjoint.data(), c.input_adjoints[1]->data(), true);
   };
   r.record_pullback = [role](const RecordedPullbackCall<T>& c) {
     if (c.wants(1))
-      c.contribute(1, record_route(role == RouteRole::route ? RouteRole::gather : RouteRole::route, c.params, c.input(0), c.output_adjoint));
+      c.contribute(1, record_route(other_role(role), c.params, c.input(0), c.output_adjoint));
   };
   r.fusion = nullptr;
   r.flops = nullptr;

@@ -4,6 +4,7 @@
 // replicate border: forward + both gradients) at 1 thread.
 //
 //   bench_conv [--threads 1,2] [--reps N] [--only NAME|resnet|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
+//              [--against onednn]
 //
 // --only resnet: the convolutions of the ResNet example's training step
 // (examples/cnn/resnet_model.hpp, width 32, batch 128), N1-N8.
@@ -15,6 +16,12 @@
 // column checks that both computed the same numbers (max relative difference).
 // Last, a table of semantic checks: the same arguments through both libraries
 // in double (conv 1-3D, conv_transpose, the pools), values and gradients.
+//
+// --against onednn (built when Debian's libdnnl-dev is installed): the same
+// layers against oneDNN's primitives instead, in interleaved rounds (ours,
+// then oneDNN's, per round), oneDNN on its own blocked layouts with the
+// reorders outside the timed calls (onednn_conv.hpp), with GFLOP/s and the
+// share of the measured FMA peak (fma_peak.hpp) of each library's level.
 #include <omp.h>
 
 #include <algorithm>
@@ -31,6 +38,10 @@
 
 #ifdef TAPEGRAD_HAVE_TORCH
 #include <torch/torch.h>
+#endif
+#ifdef TAPEGRAD_HAVE_ONEDNN
+#include "fma_peak.hpp"
+#include "onednn_conv.hpp"
 #endif
 
 namespace {
@@ -71,6 +82,7 @@ struct Options {
   std::string only;
   std::string algorithm;  // empty: the cost rule's choice
   bool compare = true;
+  std::string against = "libtorch";  // or onednn
 };
 
 // One warm-up run, then the median.
@@ -218,6 +230,16 @@ Options parse(int argc, char** argv) {
                                            o.algorithm));
     }
     else if (!std::strcmp(argv[i], "--no-compare")) o.compare = false;
+    else if (!std::strcmp(argv[i], "--against") && i + 1 < argc) {
+      o.against = argv[++i];
+      if (o.against != "libtorch" && o.against != "onednn")
+        tg::fail("bench_conv", fmt::format("--against {} expected libtorch or onednn", o.against));
+#ifndef TAPEGRAD_HAVE_ONEDNN
+      if (o.against == "onednn")
+        tg::fail("bench_conv", "--against onednn: built without oneDNN expected libdnnl-dev installed when configuring; "
+                               "hint: apt-get install libdnnl-dev and configure again");
+#endif
+    }
     else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
       o.threads.clear();
       for (const char* s = argv[++i]; *s;) {
@@ -334,8 +356,93 @@ void run() {
 
 }  // namespace
 
+#ifdef TAPEGRAD_HAVE_ONEDNN
+// Our kernels against oneDNN's primitives, interleaved per round; see the file's head.
+int against_onednn(const Options& o) {
+  using A = tg::Array<float>;
+  using Pass = tgbench::OnednnConv::Pass;
+  tg::set_dynamic_threads(false);  // a fixed thread count for both (Note [Threads on a busy machine])
+  std::printf("%s\ntapegrad conv kernels (AVX2+FMA) vs oneDNN %d.%d.%d (%s, blocked layouts, reorders excluded), fp32; "
+              "medians of %d interleaved rounds\n",
+              tgbench::cpu_line().c_str(), dnnl::version()->major, dnnl::version()->minor, dnnl::version()->patch,
+              tgbench::onednn_isa().c_str(), o.reps);
+  std::vector<double> peak_avx2, peak_avx512;
+  for (int threads : o.threads) {
+    peak_avx2.push_back(tgbench::fma_peak_gflops(tgbench::FmaLevel::avx2, threads));
+    peak_avx512.push_back(tgbench::fma_peak_gflops(tgbench::FmaLevel::avx512, threads));
+    std::printf("measured FMA peak at %d thread(s): AVX2 %.0f GFLOP/s, AVX-512 %.0f GFLOP/s\n", threads, peak_avx2.back(),
+                peak_avx512.back());
+  }
+  std::printf("%-4s %-10s %3s %-13s %9s %7s %5s %9s %7s %5s %8s %8s\n", "", "pass", "thr", "algo", "tapegrad", "GFLOP/s",
+              "%pk", "oneDNN", "GFLOP/s", "%pk", "ours/dnn", "max rel");
+  double log_sum = 0, worst = 0;
+  int pairs = 0;
+  for (std::size_t t = 0; t < o.threads.size(); ++t) {
+    const int threads = o.threads[t];
+    set_threads(threads);
+    omp_set_num_threads(threads);
+    const double ours_peak = peak_avx2[t], their_peak = std::max(peak_avx2[t], peak_avx512[t]);
+    for (const Layer& L : selected_layers(o.only)) {
+      const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
+      tg::kernels::ConvSpec spec;
+      spec.stride = {L.stride};
+      spec.pad_lo = spec.pad_hi = {L.pad};
+      const auto g = tg::kernels::conv_geometry(x.shape(), w.shape(), spec, "bench");
+      const A gy = A::random_uniform(tg::kernels::conv_output_shape(g), -1, 1, 3);
+      A y = A::zeros(gy.shape()), gx = A::zeros(x.shape()), gw = A::zeros(w.shape());
+      tgbench::OnednnConv dnn({L.N, L.C, L.H, L.W, L.K, L.k, L.stride, L.pad}, x.data(), w.data(), gy.data());
+      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
+        const ConvAlgorithm a = algorithm_for(g, pass, o.algorithm);
+        const Pass theirs_pass = pass == ConvPass::forward ? Pass::forward : pass == ConvPass::backward_input ? Pass::backward_data
+                                                                                                              : Pass::backward_weights;
+        auto ours_once = [&] {
+          if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
+          if (pass == ConvPass::backward_input) {
+            gx.fill(0);
+            tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data());
+          }
+          if (pass == ConvPass::backward_weight) {
+            gw.fill(0);
+            tg::kernels::conv_backward_weight(g, a, x.data(), gy.data(), gw.data());
+          }
+        };
+        const auto medians = tgbench::interleaved_medians(o.reps, /*warmup=*/1, ours_once, [&] { dnn.run(theirs_pass); });
+        const double ours = medians[0], theirs = medians[1], flop = 2 * g.macs();
+        const A& mine = pass == ConvPass::forward ? y : pass == ConvPass::backward_input ? gx : gw;
+        A other = A::zeros(mine.shape());
+        dnn.result(theirs_pass, other.data());
+        const double ratio = ours / theirs;
+        std::printf("%-4s %-10s %3d %-13s %7.2fms %7.1f %4.0f%% %7.2fms %7.1f %4.0f%% %7.2fx %8.1e\n", L.name, pass_name(pass),
+                    threads, tg::kernels::to_string(a), ours * 1e3, flop / ours * 1e-9, 100 * flop / ours * 1e-9 / ours_peak,
+                    theirs * 1e3, flop / theirs * 1e-9, 100 * flop / theirs * 1e-9 / their_peak, ratio,
+                    max_rel_diff(mine.data(), other.data(), mine.size()));
+        std::fflush(stdout);
+        log_sum += std::log(ratio);
+        worst = std::max(worst, ratio);
+        ++pairs;
+      }
+    }
+  }
+  std::printf("\nover %d (layer, pass, threads) triples: geometric mean ours/oneDNN = %.2fx, worst = %.2fx\n", pairs,
+              std::exp(log_sum / std::max(1, pairs)), worst);
+  for (const Layer& L : selected_layers(o.only)) {
+    const A x = A::zeros({L.N, L.C, L.H, L.W}), w = A::zeros({L.K, L.C, L.k, L.k});
+    const std::int64_t Ho = (L.H + 2 * L.pad - L.k) / L.stride + 1, Wo = (L.W + 2 * L.pad - L.k) / L.stride + 1;
+    const A gy = A::zeros({L.N, L.K, Ho, Wo});
+    tgbench::OnednnConv dnn({L.N, L.C, L.H, L.W, L.K, L.k, L.stride, L.pad}, x.data(), w.data(), gy.data());
+    std::printf("oneDNN %s: forward %s; backward data %s; backward weights %s\n", L.name,
+                dnn.implementation(Pass::forward).c_str(), dnn.implementation(Pass::backward_data).c_str(),
+                dnn.implementation(Pass::backward_weights).c_str());
+  }
+  return 0;
+}
+#endif
+
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
+#ifdef TAPEGRAD_HAVE_ONEDNN
+  if (o.against == "onednn") return against_onednn(o);
+#endif
   std::printf("tapegrad conv kernels vs LibTorch, fp32; medians of %d; GFLOP/s = 2*MACs/time\n", o.reps);
 #ifndef TAPEGRAD_HAVE_TORCH
   std::printf("(built without LibTorch: tapegrad's numbers only)\n");

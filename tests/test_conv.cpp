@@ -331,8 +331,7 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   // A channel-heavy 3x3 layer runs Winograd where AVX2+FMA is there (else
   // im2col); strided, it runs implicit GEMM with an im2col input gradient;
   // every pass of a 1x1 layer runs im2col.
-  const bool vectorised = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("TAPEGRAD_PORTABLE_KERNELS") == nullptr;
+  const bool vectorised = tg::kernels::isa() >= tg::kernels::Isa::avx2;
   const std::string heavy = vectorised ? "winograd" : "im2col", heavy_strided = vectorised ? "implicit_gemm" : "im2col";
   const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
   auto layer = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(bigw), {.padding = {1}})); }, big);
@@ -522,4 +521,21 @@ TEST_CASE("conv: bad geometry is a clear tg::Error and leaves the tape unchanged
   CHECK_THROWS_WITH_AS(tg::conv(xt, A::zeros({2, 4, 9, 9})), doctest::Contains("test_conv.cpp:"), tg::Error);
   CHECK(tape.tape().num_instructions() == before);
   CHECK(tape.tape().num_slots() == slots);
+}
+
+// Note [Instruction-set levels]: the level in use is the widest the CPU has, capped by TG_ISA.
+TEST_CASE("conv: instruction-set levels, capped by TG_ISA") {
+  using tg::kernels::Isa;
+  using tg::kernels::capped_isa;
+  CHECK(tg::kernels::isa() <= tg::kernels::detected_isa());
+  CHECK(capped_isa(Isa::avx512, nullptr) == Isa::avx512);
+  CHECK(capped_isa(Isa::avx512, "") == Isa::avx512);
+  CHECK(capped_isa(Isa::avx512, "avx2") == Isa::avx2);
+  CHECK(capped_isa(Isa::avx512, "portable") == Isa::portable);
+  CHECK(capped_isa(Isa::avx2, "avx512") == Isa::avx2);  // a cap above the CPU's level is the CPU's level
+  CHECK(std::string(tg::kernels::to_string(Isa::avx512)) == "avx512");
+  CHECK_THROWS_WITH_AS(capped_isa(Isa::avx2, "sse4"),
+                       doctest::Contains("TG_ISA: value 'sse4' is not a level expected portable, avx2 or avx512; hint: unset it "
+                                         "to use the widest level this CPU has (avx2)"),
+                       tg::Error);
 }

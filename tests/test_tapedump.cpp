@@ -160,6 +160,7 @@ TEST_CASE("tapedump --profile: every instruction's forward and pullback time, sl
   const Run p = tapedump({cnn_file(), "--profile", "--repeat", "3"});
   CHECK(p.status == 0);
   CHECK(p.out.starts_with("3 forward and reverse passes on the saved inputs"));
+  CHECK(p.out.find(fmt::format("kernels at {}", tg::kernels::to_string(tg::kernels::isa()))) != std::string::npos);
   for (const char* op : {"conv", "relu", "maxpool", "tanh", "reshape", "matmul", "cross_entropy"})
     CHECK_MESSAGE(p.out.find(std::string("= ") + op) != std::string::npos, op);
   CHECK(p.out.find("share") != std::string::npos);

@@ -362,7 +362,7 @@ int against_onednn(const Options& o) {
   using A = tg::Array<float>;
   using Pass = tgbench::OnednnConv::Pass;
   tg::set_dynamic_threads(false);  // a fixed thread count for both (Note [Threads on a busy machine])
-  std::printf("%s\ntapegrad conv kernels (AVX2+FMA) vs oneDNN %d.%d.%d (%s, blocked layouts, reorders excluded), fp32; "
+  std::printf("%s\ntapegrad conv kernels vs oneDNN %d.%d.%d (%s, blocked layouts, reorders excluded), fp32; "
               "medians of %d interleaved rounds\n",
               tgbench::cpu_line().c_str(), dnnl::version()->major, dnnl::version()->minor, dnnl::version()->patch,
               tgbench::onednn_isa().c_str(), o.reps);
@@ -381,7 +381,8 @@ int against_onednn(const Options& o) {
     const int threads = o.threads[t];
     set_threads(threads);
     omp_set_num_threads(threads);
-    const double ours_peak = peak_avx2[t], their_peak = std::max(peak_avx2[t], peak_avx512[t]);
+    const double ours_peak = tg::kernels::isa() >= tg::kernels::Isa::avx512 ? std::max(peak_avx2[t], peak_avx512[t]) : peak_avx2[t];
+    const double their_peak = std::max(peak_avx2[t], peak_avx512[t]);
     for (const Layer& L : selected_layers(o.only)) {
       const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
       tg::kernels::ConvSpec spec;
@@ -443,7 +444,8 @@ int main(int argc, char** argv) try {
 #ifdef TAPEGRAD_HAVE_ONEDNN
   if (o.against == "onednn") return against_onednn(o);
 #endif
-  std::printf("tapegrad conv kernels vs LibTorch, fp32; medians of %d; GFLOP/s = 2*MACs/time\n", o.reps);
+  std::printf("%s\ntapegrad conv kernels vs LibTorch, fp32; medians of %d; GFLOP/s = 2*MACs/time\n", tgbench::cpu_line().c_str(),
+              o.reps);
 #ifndef TAPEGRAD_HAVE_TORCH
   std::printf("(built without LibTorch: tapegrad's numbers only)\n");
 #endif

@@ -2,6 +2,8 @@
 // (after `warmup` untimed runs); and interleaved medians of several variants.
 #pragma once
 
+#include <tapegrad/kernels/isa.hpp>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -22,7 +24,8 @@ inline std::string cpu_line() {
       if (const auto colon = line.find(':'); colon != std::string::npos) model = line.substr(colon + 2);
     }
   }
-  return "cpu: " + model + " (" + std::to_string(cores) + " logical cores)";
+  return "cpu: " + model + " (" + std::to_string(cores) + " logical cores), tapegrad's kernels at " +
+         tg::kernels::to_string(tg::kernels::isa()) + " (TG_ISA caps it)";
 }
 
 template <class F>

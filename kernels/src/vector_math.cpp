@@ -2,6 +2,8 @@
 // from functions compiled for AVX2 and only when the CPU has it.
 #include "tapegrad/kernels/vector_math.hpp"
 
+#include "tapegrad/kernels/isa.hpp"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -49,12 +51,10 @@ void per_element(const T* x, T* y, std::int64_t n, F f) {
 
 }  // namespace
 
-// TAPEGRAD_PORTABLE_KERNELS=1 selects libm (the tests run the suite once that way).
+// TG_ISA=portable selects libm (the tests run the suite once that way).
 bool vector_math_vectorised() {
 #ifdef TAPEGRAD_HAVE_LIBMVEC
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("TAPEGRAD_PORTABLE_KERNELS") == nullptr;
-  return yes;
+  return isa() >= Isa::avx2;
 #else
   return false;
 #endif

@@ -187,8 +187,8 @@ int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
     return 0;
   }
   if (c.profile) {
-    fmt::print(out, "{} forward and reverse passes {}{}\n{}", c.repeat, inputs_note(info, c.load),
-               info.compiled ? ", compiled" : "", profile(tape, info, c.repeat));
+    fmt::print(out, "{} forward and reverse passes {}{}, kernels at {}\n{}", c.repeat, inputs_note(info, c.load),
+               info.compiled ? ", compiled" : "", kernels::to_string(kernels::isa()), profile(tape, info, c.repeat));
     return 0;
   }
   if (c.check_grad) {

@@ -5,6 +5,7 @@
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/gemm.hpp"
+#include "tapegrad/kernels/isa.hpp"
 #include "tapegrad/kernels/threads.hpp"
 #include "tapegrad/autodiff/custom_op.hpp"
 #include "tapegrad/autodiff/debug.hpp"

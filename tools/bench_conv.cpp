@@ -131,31 +131,50 @@ ConvAlgorithm algorithm_for(const tg::kernels::ConvGeometry& g, ConvPass pass, c
   return tg::kernels::choose_conv_algorithm(g, pass, forced(name), "bench");
 }
 
+// One layer's random input, weights and output adjoint, and our three passes' results.
+struct LayerData {
+  using A = tg::Array<float>;
+  A x, w;
+  tg::kernels::ConvGeometry g;
+  A gy, y, gx, gw;
+
+  explicit LayerData(const Layer& L)
+      : x(A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1)), w(A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2)),
+        g(geometry(L, x, w)), gy(A::random_uniform(tg::kernels::conv_output_shape(g), -1, 1, 3)), y(A::zeros(gy.shape())),
+        gx(A::zeros(x.shape())), gw(A::zeros(w.shape())) {}
+
+  static tg::kernels::ConvGeometry geometry(const Layer& L, const A& x, const A& w) {
+    tg::kernels::ConvSpec spec;
+    spec.stride = {L.stride};
+    spec.pad_lo = spec.pad_hi = {L.pad};
+    return tg::kernels::conv_geometry(x.shape(), w.shape(), spec, "bench");
+  }
+  // One pass of our kernel, with algorithm a; its result in y, gx or gw.
+  void run(ConvPass pass, ConvAlgorithm a) {
+    if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
+    if (pass == ConvPass::backward_input) {
+      gx.fill(0);
+      tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data());
+    }
+    if (pass == ConvPass::backward_weight) {
+      gw.fill(0);
+      tg::kernels::conv_backward_weight(g, a, x.data(), gy.data(), gw.data());
+    }
+  }
+  const A& result(ConvPass pass) const { return pass == ConvPass::forward ? y : pass == ConvPass::backward_input ? gx : gw; }
+};
+
 std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
   using A = tg::Array<float>;
-  const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
-  tg::kernels::ConvSpec spec;
-  spec.stride = {L.stride};
-  spec.pad_lo = spec.pad_hi = {L.pad};
-  const auto g = tg::kernels::conv_geometry(x.shape(), w.shape(), spec, "bench");
-  const A gy = A::random_uniform(tg::kernels::conv_output_shape(g), -1, 1, 3);
-  A y = A::zeros(gy.shape()), gx = A::zeros(x.shape()), gw = A::zeros(w.shape());
+  LayerData d(L);
+  const A &x = d.x, &w = d.w, &gy = d.gy;
+  const auto& g = d.g;
   const double flop = 2 * g.macs();
   std::vector<Row> rows;
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
     const ConvAlgorithm a = algorithm_for(g, pass, o.algorithm);
-    A* result = pass == ConvPass::forward ? &y : pass == ConvPass::backward_input ? &gx : &gw;
-    const double ours = median_seconds(o.reps, [&] {
-      if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
-      if (pass == ConvPass::backward_input) {
-        gx.fill(0);
-        tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data());
-      }
-      if (pass == ConvPass::backward_weight) {
-        gw.fill(0);
-        tg::kernels::conv_backward_weight(g, a, x.data(), gy.data(), gw.data());
-      }
-    });
+    const A* result = &d.result(pass);
+    const double ours = median_seconds(o.reps, [&] { d.run(pass, a); });
     Row r{L.name, pass_name(pass), tg::kernels::to_string(a), threads, ours, NAN, flop, NAN};
 #ifdef TAPEGRAD_HAVE_TORCH
     if (o.compare) {
@@ -384,32 +403,15 @@ int against_onednn(const Options& o) {
     const double ours_peak = tg::kernels::isa() >= tg::kernels::Isa::avx512 ? std::max(peak_avx2[t], peak_avx512[t]) : peak_avx2[t];
     const double their_peak = std::max(peak_avx2[t], peak_avx512[t]);
     for (const Layer& L : selected_layers(o.only)) {
-      const A x = A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1), w = A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2);
-      tg::kernels::ConvSpec spec;
-      spec.stride = {L.stride};
-      spec.pad_lo = spec.pad_hi = {L.pad};
-      const auto g = tg::kernels::conv_geometry(x.shape(), w.shape(), spec, "bench");
-      const A gy = A::random_uniform(tg::kernels::conv_output_shape(g), -1, 1, 3);
-      A y = A::zeros(gy.shape()), gx = A::zeros(x.shape()), gw = A::zeros(w.shape());
-      tgbench::OnednnConv dnn({L.N, L.C, L.H, L.W, L.K, L.k, L.stride, L.pad}, x.data(), w.data(), gy.data());
+      LayerData d(L);
+      tgbench::OnednnConv dnn({L.N, L.C, L.H, L.W, L.K, L.k, L.stride, L.pad}, d.x.data(), d.w.data(), d.gy.data());
       for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
-        const ConvAlgorithm a = algorithm_for(g, pass, o.algorithm);
+        const ConvAlgorithm a = algorithm_for(d.g, pass, o.algorithm);
         const Pass theirs_pass = pass == ConvPass::forward ? Pass::forward : pass == ConvPass::backward_input ? Pass::backward_data
                                                                                                               : Pass::backward_weights;
-        auto ours_once = [&] {
-          if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
-          if (pass == ConvPass::backward_input) {
-            gx.fill(0);
-            tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data());
-          }
-          if (pass == ConvPass::backward_weight) {
-            gw.fill(0);
-            tg::kernels::conv_backward_weight(g, a, x.data(), gy.data(), gw.data());
-          }
-        };
-        const auto medians = tgbench::interleaved_medians(o.reps, /*warmup=*/1, ours_once, [&] { dnn.run(theirs_pass); });
-        const double ours = medians[0], theirs = medians[1], flop = 2 * g.macs();
-        const A& mine = pass == ConvPass::forward ? y : pass == ConvPass::backward_input ? gx : gw;
+        const auto medians = tgbench::interleaved_medians(o.reps, /*warmup=*/1, [&] { d.run(pass, a); }, [&] { dnn.run(theirs_pass); });
+        const double ours = medians[0], theirs = medians[1], flop = 2 * d.g.macs();
+        const A& mine = d.result(pass);
         A other = A::zeros(mine.shape());
         dnn.result(theirs_pass, other.data());
         const double ratio = ours / theirs;

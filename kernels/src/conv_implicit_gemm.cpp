@@ -138,50 +138,46 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, Offse
 
 // AVX-512: the same 6 x NR tile, one zmm register per tile row (NR = 16 floats
 // or 8 doubles): per step one vector load of b, 6 broadcasts, 6 FMAs.
-template <class Offsets>
-__attribute__((target("avx512f"))) void tile_avx512(const float* const* a, Offsets index, const float* b, std::int64_t n,
-                                                     float* out, bool accumulate) {
-  const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
-  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
-  if (accumulate) {
-    c0 = _mm512_loadu_ps(out + 0 * 16), c1 = _mm512_loadu_ps(out + 1 * 16), c2 = _mm512_loadu_ps(out + 2 * 16);
-    c3 = _mm512_loadu_ps(out + 3 * 16), c4 = _mm512_loadu_ps(out + 4 * 16), c5 = _mm512_loadu_ps(out + 5 * 16);
-  }
-  for (std::int64_t q = 0; q < n; ++q, b += 16) {
-    const std::int64_t o = index[q];
-    const __m512 bq = _mm512_loadu_ps(b);
-    c0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[o]), bq, c0);
-    c1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[o]), bq, c1);
-    c2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[o]), bq, c2);
-    c3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[o]), bq, c3);
-    c4 = _mm512_fmadd_ps(_mm512_set1_ps(a4[o]), bq, c4);
-    c5 = _mm512_fmadd_ps(_mm512_set1_ps(a5[o]), bq, c5);
-  }
-  _mm512_storeu_ps(out + 0 * 16, c0), _mm512_storeu_ps(out + 1 * 16, c1), _mm512_storeu_ps(out + 2 * 16, c2);
-  _mm512_storeu_ps(out + 3 * 16, c3), _mm512_storeu_ps(out + 4 * 16, c4), _mm512_storeu_ps(out + 5 * 16, c5);
-}
+template <class T>
+struct Zmm;
+template <>
+struct Zmm<float> {
+  using V = __m512;
+  __attribute__((target("avx512f"))) static V zero() { return _mm512_setzero_ps(); }
+  __attribute__((target("avx512f"))) static V load(const float* p) { return _mm512_loadu_ps(p); }
+  __attribute__((target("avx512f"))) static V set1(float v) { return _mm512_set1_ps(v); }
+  __attribute__((target("avx512f"))) static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  __attribute__((target("avx512f"))) static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Zmm<double> {
+  using V = __m512d;
+  __attribute__((target("avx512f"))) static V zero() { return _mm512_setzero_pd(); }
+  __attribute__((target("avx512f"))) static V load(const double* p) { return _mm512_loadu_pd(p); }
+  __attribute__((target("avx512f"))) static V set1(double v) { return _mm512_set1_pd(v); }
+  __attribute__((target("avx512f"))) static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  __attribute__((target("avx512f"))) static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+};
 
-template <class Offsets>
-__attribute__((target("avx512f"))) void tile_avx512(const double* const* a, Offsets index, const double* b, std::int64_t n,
-                                                     double* out, bool accumulate) {
-  const double *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
-  __m512d c0 = _mm512_setzero_pd(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+template <class T, class Offsets>
+__attribute__((target("avx512f"))) void tile_avx512(const T* const* a, Offsets index, const T* b, std::int64_t n, T* out,
+                                                     bool accumulate) {
+  using Z = Zmm<T>;
+  constexpr int NR = kTileCols<T>;
+  const T *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+  typename Z::V c0 = Z::zero(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
   if (accumulate) {
-    c0 = _mm512_loadu_pd(out + 0 * 8), c1 = _mm512_loadu_pd(out + 1 * 8), c2 = _mm512_loadu_pd(out + 2 * 8);
-    c3 = _mm512_loadu_pd(out + 3 * 8), c4 = _mm512_loadu_pd(out + 4 * 8), c5 = _mm512_loadu_pd(out + 5 * 8);
+    c0 = Z::load(out + 0 * NR), c1 = Z::load(out + 1 * NR), c2 = Z::load(out + 2 * NR);
+    c3 = Z::load(out + 3 * NR), c4 = Z::load(out + 4 * NR), c5 = Z::load(out + 5 * NR);
   }
-  for (std::int64_t q = 0; q < n; ++q, b += 8) {
+  for (std::int64_t q = 0; q < n; ++q, b += NR) {
     const std::int64_t o = index[q];
-    const __m512d bq = _mm512_loadu_pd(b);
-    c0 = _mm512_fmadd_pd(_mm512_set1_pd(a0[o]), bq, c0);
-    c1 = _mm512_fmadd_pd(_mm512_set1_pd(a1[o]), bq, c1);
-    c2 = _mm512_fmadd_pd(_mm512_set1_pd(a2[o]), bq, c2);
-    c3 = _mm512_fmadd_pd(_mm512_set1_pd(a3[o]), bq, c3);
-    c4 = _mm512_fmadd_pd(_mm512_set1_pd(a4[o]), bq, c4);
-    c5 = _mm512_fmadd_pd(_mm512_set1_pd(a5[o]), bq, c5);
+    const typename Z::V bq = Z::load(b);
+    c0 = Z::fma(Z::set1(a0[o]), bq, c0), c1 = Z::fma(Z::set1(a1[o]), bq, c1), c2 = Z::fma(Z::set1(a2[o]), bq, c2);
+    c3 = Z::fma(Z::set1(a3[o]), bq, c3), c4 = Z::fma(Z::set1(a4[o]), bq, c4), c5 = Z::fma(Z::set1(a5[o]), bq, c5);
   }
-  _mm512_storeu_pd(out + 0 * 8, c0), _mm512_storeu_pd(out + 1 * 8, c1), _mm512_storeu_pd(out + 2 * 8, c2);
-  _mm512_storeu_pd(out + 3 * 8, c3), _mm512_storeu_pd(out + 4 * 8, c4), _mm512_storeu_pd(out + 5 * 8, c5);
+  Z::store(out + 0 * NR, c0), Z::store(out + 1 * NR, c1), Z::store(out + 2 * NR, c2);
+  Z::store(out + 3 * NR, c3), Z::store(out + 4 * NR, c4), Z::store(out + 5 * NR, c5);
 }
 
 // ---- layout: the padded input and the two index tables ----------------------------

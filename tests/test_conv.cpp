@@ -528,6 +528,7 @@ TEST_CASE("conv: instruction-set levels, capped by TG_ISA") {
   using tg::kernels::Isa;
   using tg::kernels::capped_isa;
   CHECK(tg::kernels::isa() <= tg::kernels::detected_isa());
+  CHECK(tg::kernels::kernel_isa() == tg::kernels::isa());
   CHECK(capped_isa(Isa::avx512, nullptr) == Isa::avx512);
   CHECK(capped_isa(Isa::avx512, "") == Isa::avx512);
   CHECK(capped_isa(Isa::avx512, "avx2") == Isa::avx2);

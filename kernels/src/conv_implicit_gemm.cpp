@@ -266,13 +266,13 @@ void tile_rows(const T* origin, const std::int64_t* offsets, std::int64_t first,
 
 template <class T>
 void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
-  if (isa() >= Isa::avx512) tile_avx512(a, IndexTable{index}, b, n, out, accumulate);
+  if (kernel_isa() >= Isa::avx512) tile_avx512(a, IndexTable{index}, b, n, out, accumulate);
   else if (implicit_gemm_vectorised()) tile_avx2(a, IndexTable{index}, b, n, out, accumulate);
   else tile_portable(a, IndexTable{index}, b, n, out, accumulate);
 }
 template <class T>
 void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* out, bool accumulate) {
-  if (isa() >= Isa::avx512) tile_avx512(a, Strided{stride}, b, n, out, accumulate);
+  if (kernel_isa() >= Isa::avx512) tile_avx512(a, Strided{stride}, b, n, out, accumulate);
   else if (implicit_gemm_vectorised()) tile_avx2(a, Strided{stride}, b, n, out, accumulate);
   else tile_portable(a, Strided{stride}, b, n, out, accumulate);
 }
@@ -285,7 +285,7 @@ TG_INSTANTIATE(double)
 
 // The vector micro-kernels run from AVX2 + FMA up (Note [Instruction-set levels]);
 // TG_ISA=portable selects the plain C++ one (the tests run the convolution family that way).
-bool implicit_gemm_vectorised() { return isa() >= Isa::avx2; }
+bool implicit_gemm_vectorised() { return kernel_isa() >= Isa::avx2; }
 
 double implicit_gemm_copied(const ConvGeometry& g, ConvPass pass) {
   if (pass == ConvPass::backward_input) {

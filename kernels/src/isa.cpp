@@ -1,6 +1,7 @@
 #include "tapegrad/kernels/isa.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -33,6 +34,18 @@ Isa isa() {
     const Isa detected = detected_isa();
     if (std::getenv("TAPEGRAD_PORTABLE_KERNELS") != nullptr) return Isa::portable;
     return capped_isa(detected, std::getenv("TG_ISA"));
+  }();
+  return level;
+}
+
+Isa kernel_isa() noexcept {
+  static const Isa level = [] {
+    try {
+      return isa();
+    } catch (const Error& e) {
+      std::fprintf(stderr, "tapegrad: %s (the kernels run at %s)\n", e.what(), to_string(detected_isa()));
+      return detected_isa();
+    }
   }();
   return level;
 }

@@ -54,7 +54,7 @@ void per_element(const T* x, T* y, std::int64_t n, F f) {
 // TG_ISA=portable selects libm (the tests run the suite once that way).
 bool vector_math_vectorised() {
 #ifdef TAPEGRAD_HAVE_LIBMVEC
-  return isa() >= Isa::avx2;
+  return kernel_isa() >= Isa::avx2;
 #else
   return false;
 #endif

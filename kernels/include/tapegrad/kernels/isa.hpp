@@ -22,6 +22,10 @@ enum class Isa : std::uint8_t { portable, avx2, avx512 };
 Isa detected_isa();
 // The level in use: detected_isa(), capped by TG_ISA. Throws tg::Error for a TG_ISA value it does not know.
 Isa isa();
+// The level the kernels run at: isa(), or, when TG_ISA holds a value isa()
+// rejects, detected_isa() after one warning on stderr. Never throws: kernels
+// ask inside OpenMP regions and static initialisers, where an exception ends the program.
+Isa kernel_isa() noexcept;
 // The level for a CPU that has `detected`, under the cap TG_ISA = `cap` (null or empty: none).
 Isa capped_isa(Isa detected, const char* cap);
 const char* to_string(Isa level);

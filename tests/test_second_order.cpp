@@ -738,6 +738,10 @@ TEST_CASE("second order: linear_transpose, a linear op's adjoint as one instruct
                        doctest::Contains("linear_transpose: f recorded op 'relu' expected one linear op of x"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::upsample(v * 2.0, {.scale = {2}}); }, {2, 3, 3, 3}, gt); }, g),
                        doctest::Contains("f recorded 2 instructions expected one linear op"), tg::Error);
+  // A pad filling with a nonzero value is affine, not linear.
+  CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::pad(v, {.widths = {1}, .border = tg::Border::fill(0.5)}); }, {2, 3, 3, 3}, gt); },
+                                  A::ones({2, 3, 3, 5})),
+                       doctest::Contains("linear_transpose: f recorded op 'pad' expected one linear op of x"), tg::Error);
   CHECK_THROWS_WITH_AS(tg::record([](const T& gt) { return tg::linear_transpose([](const T& v) { return tg::upsample(v, {.scale = {2}}); }, {2, 3, 3, 3}, gt); }, g),
                        doctest::Contains("linear_adjoint: adjoint has shape (2,3,3,3) expected (2,3,6,6) (upsample's output for input (2,3,3,3))"),
                        tg::Error);

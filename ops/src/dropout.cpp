@@ -68,17 +68,16 @@ std::uint64_t counter_of(T v) {
 
 // The step `back` steps before `step`, on the key's cycle.
 template <class T>
-std::uint64_t steps_before(std::uint64_t step, std::int64_t back) {
+std::uint64_t steps_before(std::uint64_t step, std::uint64_t back) {
   const auto period = static_cast<std::uint64_t>(step_period<T>());
-  const auto b = static_cast<std::uint64_t>(back) % period;
-  return (step % period + period - b) % period;
+  return (step % period + period - back % period) % period;
 }
 
 template <class T>
 kernels::DropoutMask mask_of(const DropoutOpParams& p, const Shape& x, const T* key) {
   kernels::DropoutMask m;
   m.seed = counter_of(key[0]);
-  m.step = steps_before<T>(counter_of(key[1]), p.back);
+  m.step = steps_before<T>(counter_of(key[1]), static_cast<std::uint64_t>(p.back));
   m.p = p.p;
   if (p.channels) {
     m.plane = 1;
@@ -130,9 +129,8 @@ void record_dropout_pullback(const RecordedPullbackCall<T>& c) {
   while (tape.instruction(i).out != c.output.slot());
   const T* used = tape.saved_of(tape.instruction(i))[0].data();
   const T* now = tape.value(c.input(1).slot()).data();
-  const auto period = static_cast<std::uint64_t>(step_period<T>());
   auto params = std::make_shared<DropoutOpParams>(params_as<DropoutOpParams>(c.params));
-  params->back = static_cast<std::int64_t>((counter_of(now[1]) % period + period - counter_of(used[1]) % period) % period);
+  params->back = static_cast<std::int64_t>(steps_before<T>(counter_of(now[1]), counter_of(used[1])));  // now - used, on the cycle
   const auto site = std::source_location::current();
   c.contribute(0, record_op(dropout_mask_op<T>(), std::move(params), {Operand<T>(c.output_adjoint, site), Operand<T>(c.input(1), site)}, site));
 }

@@ -279,8 +279,9 @@ OpInfo<T> filter_family_row(bool convolve) {
 // the affine P x + f e. The ops keep the filter's params (resolved against the
 // filter's image and kernel shapes), so every border, output mode, origin,
 // separable axis and algorithm carries over. A fill value passed as an input
-// is the filter with fill 1 of a zero image, times the fill (below). Rejected: composing the gradients from pad and conv ops,
-// which has no pad for the symmetric border and reads the extended image twice.
+// is the filter with fill 1 of a zero image, times the fill (below).
+// Rejected: composing the gradients from pad and conv ops, which has no pad
+// for the symmetric border and reads the extended image twice.
 struct FilterGradOpParams : FilterOpParams {
   Shape result;  // image_grad: the filter's image shape; kernel_grad: its kernel shape
 };

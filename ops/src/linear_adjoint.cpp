@@ -1,5 +1,5 @@
 // ============================================================================
-// linear_adjoint: the adjoint of a linear one-input op (kTransposable), as an
+// linear_adjoint: the adjoint of a linear one-input op (OpInfo::transposable), as an
 // op of its own, so that the op's recorded pullback is one instruction and
 // differentiates again (Note [Linear adjoints]).
 // ============================================================================
@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "tapegrad/autodiff/record.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 
 namespace tg::ops {
 
@@ -19,7 +20,7 @@ namespace tg::ops {
 // kernel as its forward and A's forward kernel as its pullback, so A's recorded
 // pullback is one instruction whose recorded pullback is one A: any order of
 // derivative costs what the first-order kernels cost. A's pullback must not
-// read its input's values, its output or saved buffers (kTransposable): the
+// read its input's values, its output or saved buffers (OpInfo::transposable): the
 // forward hands it arrays that carry shapes only. Rejected: a second, adjoint
 // op per linear op (meanpool_spread, upsample_adjoint, ...), each with its own
 // plan, print and save/load that repeat the forward op's.
@@ -42,8 +43,9 @@ const LinearAdjointParams<T>& params_of(const OpParams* p) {
 
 template <class T>
 Plan plan(const LinearAdjointParams<T>& given, std::span<const Shape* const> s) {
-  if (!given.of || !(given.of->flags & kTransposable))
-    fail(kName, fmt::format("op '{}' is not transposable expected an op with kTransposable (linear in its one input)",
+  if (!given.of || !given.of->transposable || !given.of->transposable(given.of_params.get()))
+    fail(kName, fmt::format("op '{}' with these params is not transposable expected an op linear in its one input "
+                            "(meanpool, upsample, adaptive_meanpool, slice, pad with a copying border or fill 0)",
                             given.of ? given.of->name : std::string("(none)")));
   auto resolved = std::make_shared<LinearAdjointParams<T>>(given);
   const Shape* in[] = {&given.input_shape};
@@ -68,7 +70,7 @@ OpInfo<T> linear_adjoint_row() {
   r.n_saved = 1;  // the pullback's workspace when it adds
   r.flags = kLinear | kPullbackIgnoresOutput | kPullbackCanAssign;
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_of<T>(p), s); };
-  // A's pullback into the output; A's input and output are shapes only (kTransposable).
+  // A's pullback into the output; A's input and output are shapes only (OpInfo::transposable).
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_of<T>(c.params);
     const Array<T> input_shape = Array<T>::borrowed(p.input_shape, nullptr);
@@ -88,11 +90,12 @@ OpInfo<T> linear_adjoint_row() {
     if (!(target.shape() == adjoint.shape())) target = Array<T>::uninitialized(adjoint.shape());
     const Array<T>* inputs[] = {&c.output_adjoint};
     p.of->forward(ForwardCall<T>{p.of_params.get(), inputs, target, {}});
-    if (&target != &adjoint) {
-      T* out = adjoint.data();
-      const T* add = target.data();
-      for (std::int64_t i = 0; i < adjoint.size(); ++i) out[i] += add[i];
-    }
+    if (&target == &adjoint) return;
+    T* out = adjoint.data();
+    const T* add = target.data();
+    kernels::parallel_chunks(adjoint.size(), [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) out[i] += add[i];
+    });
   };
   r.record_pullback = [](const RecordedPullbackCall<T>& c) {
     if (!c.wants(0)) return;
@@ -119,7 +122,7 @@ OpInfo<T> linear_adjoint_row() {
     const std::size_t at = in.offset();
     const std::string name = in.string("of");
     p->of = Registry<T>::find(name);
-    if (!p->of || !(p->of->flags & kTransposable))
+    if (!p->of || !p->of->transposable)
       in.fail_at("of", at, fmt::format("op '{}' {} expected a transposable op", name, p->of ? "is not transposable" : "is not registered"));
     const std::vector<std::int64_t> dims = in.list("input shape");
     p->input_shape = Shape(std::span<const std::int64_t>(dims));

@@ -88,7 +88,10 @@ OpInfo<T> pad_row() {
   OpInfo<T> r;
   r.name = "pad";
   r.arity = kVariadic;
-  r.flags = kTransposable;  // with one input (no fill-value input), a copying border or fill 0
+  r.transposable = [](const OpParams* params) {  // with one input: a copying border, or fill 0 (else affine)
+    const auto& p = params_as<PadOpParams>(params);
+    return p.user.border.mode != BorderMode::fill || p.user.border.value == 0;
+  };
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PadOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<PadOpParams>(c.params);

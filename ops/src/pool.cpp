@@ -138,7 +138,8 @@ OpInfo<T> pool_row(PoolKind kind, bool global) {
   OpInfo<T> r;
   r.name = op_name(kind, global);
   r.arity = 1;
-  r.flags = kind == PoolKind::mean ? kLinear | kTransposable : kNoFlags;
+  r.flags = kind == PoolKind::mean ? kLinear : kNoFlags;
+  if (kind == PoolKind::mean) r.transposable = &always_transposable;
   r.n_saved = kind == PoolKind::max ? 1 : 0;  // a 2x2 maxpool's window codes (Note [Maxpool window codes])
   r.flags |= kPullbackCanAssign;  // from codes, or by a global mean-pool, the whole adjoint is written; otherwise zeroed first
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<PoolOpParams>(p), *s[0]); };

@@ -39,8 +39,11 @@ std::function<void(const RecordedPullbackCall<T>&)> recorded_by_input(Parts... p
   };
 }
 
-// A kTransposable row's record_pullback: linear_adjoint of the row (its
+// A transposable row's record_pullback (Note [Linear adjoints]): linear_adjoint of the row (its
 // accessor), over a copy of the instruction's params (P, the row's struct).
+// The transposable hook of a row that is linear whatever its params.
+inline bool always_transposable(const OpParams*) { return true; }
+
 template <class T, class P>
 std::function<void(const RecordedPullbackCall<T>&)> recorded_by_adjoint(const OpInfo<T>& (*row)()) {
   return [row](const RecordedPullbackCall<T>& c) {

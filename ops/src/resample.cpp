@@ -132,7 +132,8 @@ OpInfo<T> resample_row(Resample kind) {
   OpInfo<T> r;
   r.name = name_of(kind);
   r.arity = 1;
-  r.flags = kPullbackIgnoresOutput | (kind == Resample::adaptive_max ? kNoFlags : kLinear | kTransposable);
+  r.flags = kPullbackIgnoresOutput | (kind == Resample::adaptive_max ? kNoFlags : kLinear);
+  if (kind != Resample::adaptive_max) r.transposable = &always_transposable;
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<ResampleOpParams>(p), s); };
   r.forward = [](const ForwardCall<T>& c) {
     kernels::resample_forward(params_as<ResampleOpParams>(c.params).geometry, c.inputs[0]->data(), c.output.data());

@@ -209,7 +209,7 @@ OpInfo<T> slice_row() {
     kernels::strided_copy<true>(c.output.shape(), c.output_adjoint.data(), contiguous_strides(c.output.shape()),
                                 c.input_adjoints[0]->data() + offset, st);
   };
-  r.flags |= kTransposable;
+  r.transposable = &always_transposable;
   r.record_pullback = recorded_by_adjoint<T, SliceParams>(&slice_op<T>);
   return r;
 }

@@ -57,11 +57,6 @@ enum OpFlag : std::uint32_t {
   kView = 1u << 6,  // one input; the output is its elements in the same order, another shape (reshape)
   // The op a recorded reverse pass sums adjoint contributions with (add; Note [Recorded pullbacks]).
   kSumsAdjoints = 1u << 7,
-  // Linear in its one input, with a pullback that reads neither the input's
-  // values, the output nor saved buffers (n_saved = 0): the built-in
-  // linear_adjoint op runs that pullback as its forward and the op's forward as
-  // its pullback (Note [Linear adjoints]) — meanpool, upsample, pad, slice.
-  kTransposable = 1u << 8,
 };
 
 template <class T>
@@ -211,6 +206,13 @@ struct OpInfo {
   // The pullback recorded as ops (Note [Recorded pullbacks]); empty: the op
   // cannot be differentiated twice yet.
   std::function<void(const RecordedPullbackCall<T>&)> record_pullback;
+  // Note [Linear adjoints] (ops/src/linear_adjoint.cpp): whether, with these
+  // params, the op is linear in its one input and its pullback reads neither
+  // that input's values, the output nor saved buffers (n_saved = 0), so the
+  // built-in linear_adjoint op can run the pullback as its forward and the
+  // forward as its pullback (meanpool, upsample, slice; pad unless it fills
+  // with a nonzero value, which is affine). Empty: never.
+  std::function<bool(const OpParams*)> transposable;
   // "stride=1 axes=[0,2]"; empty when the op has no attributes.
   std::function<std::string(const OpParams*)> print_params;
   // Saved tape files (tape_file.hpp): the params struct as bytes and back, field

@@ -65,7 +65,7 @@ Array<T> hessian(F&& f, const Array<T>& x) {
 
 namespace ops {
 // Note [Linear adjoints] (ops/src/linear_adjoint.cpp): records linear_adjoint,
-// the adjoint of the kTransposable op `of` (params `of_params`, input shape
+// the adjoint of the transposable op `of` (params `of_params`, input shape
 // `input_shape`) applied to g.
 template <class T>
 Tracked<T> record_linear_adjoint(const OpInfo<T>& of, std::shared_ptr<const OpParams> of_params, const Shape& input_shape,
@@ -83,7 +83,8 @@ Tracked<T> linear_transpose(F&& f, const Shape& input_shape, const Tracked<T>& g
   const Tape<T>& tape = probe.tape();
   const std::string what = tape.num_instructions() == 1 ? fmt::format("op '{}'", tape.instruction(0).op->name)
                                                          : fmt::format("{} instructions", tape.num_instructions());
-  if (tape.num_instructions() != 1 || !(tape.instruction(0).op->flags & kTransposable) ||
+  const auto transposable = [&](const Instr<T>& ins) { return ins.op->transposable && ins.op->transposable(ins.params.get()); };
+  if (tape.num_instructions() != 1 || !transposable(tape.instruction(0)) ||
       tape.args_of(tape.instruction(0)).size() != 1 || tape.args_of(tape.instruction(0))[0] != tape.inputs()[0])
     throw Error("linear_transpose",
                 fmt::format("f recorded {} expected one linear op of x (meanpool, upsample, adaptive_meanpool, pad with "

@@ -202,11 +202,14 @@ double gemm_seconds(const ConvGeometry& g) {
 // input, which a limit bounds), but its tiles are 16 filters wide (8 in double), so
 // a pass producing few channels wastes the rest of the tile: forward and
 // weight gradient produce Kg, the input gradient Cg (the adjoint conv's
-// filters). A strided input gradient runs im2col's col2im instead. Without
+// filters, or for strides the phases' channels; past the padded copy's limit,
+// or where a phase has no taps, a strided input gradient runs im2col). Without
 // AVX2+FMA the micro-kernel is plain C++ and never chosen automatically.
 double implicit_gemm_seconds(const ConvGeometry& g, ConvPass pass) {
   if (!conv_impl::implicit_gemm_vectorised() || g.pointwise()) return INFINITY;
-  if (pass == ConvPass::backward_input && !conv_impl::unit_stride(g)) return INFINITY;
+  if (pass == ConvPass::backward_input && !conv_impl::unit_stride(g) &&
+      !(conv_impl::strided_adjoint_applies(g) && conv_impl::strided_adjoint_dense(g)))
+    return INFINITY;
   if (!conv_impl::implicit_gemm_applies(g, pass)) return INFINITY;
   const double produced = double(pass == ConvPass::backward_input ? g.Cg : g.Kg);
   const double fill = produced / (16.0 * std::ceil(produced / 16.0));

@@ -136,9 +136,28 @@ template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue = nullptr);
 // gx = (or += with accumulate) the input gradient: the forward of the adjoint
-// geometry, which writes every element (im2col, which only adds, for strides).
+// geometry, or for strides the phases of conv_strided_adjoint.cpp, either of
+// which writes every element (im2col, which only adds, past the copy's limit).
 template <class T>
 void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
+// The strided input gradient by phases (conv_strided_adjoint.cpp, Note [Strided
+// input adjoint by phases]): its phase count (a GEMM each), the elements of gy's
+// zero-padded copy it makes, and whether it runs: at most kMaxStridedAdjointPhases
+// phases and a copy within Note [Implicit GEMM's padded copy]'s limit (otherwise
+// implicit_gemm_backward_input runs im2col's col2im).
+inline constexpr std::int64_t kMaxStridedAdjointPhases = 64;
+std::int64_t strided_adjoint_phases(const ConvGeometry& g);
+double strided_adjoint_copied(const ConvGeometry& g);
+bool strided_adjoint_applies(const ConvGeometry& g);
+// False when a phase has no taps (a stride longer than the dilated kernel, as
+// 1x1 stride 2): its zeros cost a pass of their own, and col2im runs it faster.
+bool strided_adjoint_dense(const ConvGeometry& g);
+template <class T>
+void implicit_gemm_strided_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
+// x (planes, in) zero-padded by lo (negative: cropped) into (planes, padded), on the scratch stack.
+template <class T>
+const T* zero_padded(const T* x, std::int64_t planes, const ConvGeometry::Dims& in, const ConvGeometry::Dims& lo,
+                     const ConvGeometry::Dims& padded, ScratchScope& scratch);
 // With a prologue, gy_in_place is gy itself (writable): the prologue runs on it as it is packed.
 template <class T>
 void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw,

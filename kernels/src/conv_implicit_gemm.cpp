@@ -217,25 +217,7 @@ Layout make_layout(const ConvGeometry& g, ScratchScope& scratch) {
 // padding of an adjoint geometry).
 template <class T>
 const T* pad_input(const ConvGeometry& g, const Layout& L, const T* x, ScratchScope& scratch) {
-  T* out = scratch.take<T>(g.N * g.C * L.plane).data();
-  const std::int64_t rows = g.N * g.C * L.padded[0] * L.padded[1];
-  parallel_for(rows, conv_threads(), [&](std::int64_t r) {
-    const std::int64_t p1 = r % L.padded[1], p0 = (r / L.padded[1]) % L.padded[0], nc = r / (L.padded[0] * L.padded[1]);
-    const std::int64_t i0 = p0 - g.lo[0], i1 = p1 - g.lo[1];
-    T* dst = out + r * L.padded[2];
-    if (i0 < 0 || i0 >= g.in[0] || i1 < 0 || i1 >= g.in[1]) {
-      std::fill(dst, dst + L.padded[2], T(0));
-      return;
-    }
-    // Padded columns [first, last) hold input columns from first - lo: zeros, a copy, zeros.
-    const T* src = x + (nc * g.in[0] + i0) * g.in[1] * g.in[2] + i1 * g.in[2];
-    const std::int64_t first = std::clamp<std::int64_t>(g.lo[2], 0, L.padded[2]);
-    const std::int64_t last = std::clamp<std::int64_t>(g.lo[2] + g.in[2], first, L.padded[2]);
-    std::fill(dst, dst + first, T(0));
-    std::copy(src + (first - g.lo[2]), src + (last - g.lo[2]), dst + first);
-    std::fill(dst + last, dst + L.padded[2], T(0));
-  });
-  return out;
+  return zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch);
 }
 
 std::int64_t column_blocks(std::int64_t kg, int nr) { return (kg + nr - 1) / nr; }
@@ -265,6 +247,31 @@ void tile_rows(const T* origin, const std::int64_t* offsets, std::int64_t first,
 }  // namespace
 
 template <class T>
+const T* zero_padded(const T* x, std::int64_t planes, const ConvGeometry::Dims& in, const ConvGeometry::Dims& lo,
+                     const ConvGeometry::Dims& padded, ScratchScope& scratch) {
+  const std::int64_t plane = padded[0] * padded[1] * padded[2];
+  T* out = scratch.take<T>(planes * plane).data();
+  const std::int64_t rows = planes * padded[0] * padded[1];
+  parallel_for(rows, conv_threads(), [&](std::int64_t r) {
+    const std::int64_t p1 = r % padded[1], p0 = (r / padded[1]) % padded[0], plane_index = r / (padded[0] * padded[1]);
+    const std::int64_t i0 = p0 - lo[0], i1 = p1 - lo[1];
+    T* dst = out + r * padded[2];
+    if (i0 < 0 || i0 >= in[0] || i1 < 0 || i1 >= in[1]) {
+      std::fill(dst, dst + padded[2], T(0));
+      return;
+    }
+    // Padded columns [first, last) hold input columns from first - lo: zeros, a copy, zeros.
+    const T* src = x + (plane_index * in[0] + i0) * in[1] * in[2] + i1 * in[2];
+    const std::int64_t first = std::clamp<std::int64_t>(lo[2], 0, padded[2]);
+    const std::int64_t last = std::clamp<std::int64_t>(lo[2] + in[2], first, padded[2]);
+    std::fill(dst, dst + first, T(0));
+    std::copy(src + (first - lo[2]), src + (last - lo[2]), dst + first);
+    std::fill(dst + last, dst + padded[2], T(0));
+  });
+  return out;
+}
+
+template <class T>
 void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
   if (kernel_isa() >= Isa::avx512) tile_avx512(a, IndexTable{index}, b, n, out, accumulate);
   else if (implicit_gemm_vectorised()) tile_avx2(a, IndexTable{index}, b, n, out, accumulate);
@@ -277,6 +284,8 @@ void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::
   else tile_portable(a, Strided{stride}, b, n, out, accumulate);
 }
 #define TG_INSTANTIATE(T)                                                                                  \
+  template const T* zero_padded<T>(const T*, std::int64_t, const ConvGeometry::Dims&, const ConvGeometry::Dims&, \
+                                   const ConvGeometry::Dims&, ScratchScope&);                             \
   template void gemm_tile<T>(const T* const*, const std::int64_t*, const T*, std::int64_t, T*, bool);     \
   template void gemm_tile_strided<T>(const T* const*, std::int64_t, const T*, std::int64_t, T*, bool);
 TG_INSTANTIATE(float)
@@ -289,7 +298,7 @@ bool implicit_gemm_vectorised() { return kernel_isa() >= Isa::avx2; }
 
 double implicit_gemm_copied(const ConvGeometry& g, ConvPass pass) {
   if (pass == ConvPass::backward_input) {
-    if (!unit_stride(g)) return 0;  // col2im: no padded copy
+    if (!unit_stride(g)) return strided_adjoint_applies(g) ? strided_adjoint_copied(g) : 0;  // else col2im: no copy
     return implicit_gemm_copied(adjoint_geometry(g), ConvPass::forward);
   }
   double padded = double(g.N) * double(g.C);
@@ -301,10 +310,18 @@ double implicit_gemm_copied(const ConvGeometry& g, ConvPass pass) {
   return copies ? padded : 0;
 }
 
-bool implicit_gemm_applies(const ConvGeometry& g, ConvPass pass) {
+namespace {
+bool within_copy_limit(const ConvGeometry& g, double copied) {
   const double moved = double(g.N) * (double(g.C) * double(g.in_vol()) + double(g.K) * double(g.out_vol()));
-  return implicit_gemm_copied(g, pass) <= double(kPaddedCopyRatio) * moved + double(kPaddedCopySlack);
+  return copied <= double(kPaddedCopyRatio) * moved + double(kPaddedCopySlack);
 }
+}  // namespace
+
+bool strided_adjoint_applies(const ConvGeometry& g) {
+  return strided_adjoint_phases(g) <= kMaxStridedAdjointPhases && within_copy_limit(g, strided_adjoint_copied(g));
+}
+
+bool implicit_gemm_applies(const ConvGeometry& g, ConvPass pass) { return within_copy_limit(g, implicit_gemm_copied(g, pass)); }
 
 void require_implicit_gemm(const ConvGeometry& g, ConvPass pass, const char* op) {
   if (!implicit_gemm_applies(g, pass))
@@ -362,6 +379,7 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
 template <class T>
 void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   if (!unit_stride(g)) {
+    if (strided_adjoint_applies(g)) return implicit_gemm_strided_backward_input(g, gy, w, gx, accumulate);
     if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
     return im2col_backward_input(g, gy, w, gx);
   }

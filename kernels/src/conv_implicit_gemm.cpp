@@ -14,7 +14,7 @@
 //       i = patch rows t, a_i = xp + tap[t], index = base, b = gy^T packed (out_vol x NR)
 //
 // The backward input of a unit-stride conv is the forward of its adjoint
-// geometry (conv_impl.hpp); a strided one goes through im2col's col2im.
+// geometry (conv_impl.hpp); a strided one runs by phases (conv_strided_adjoint.cpp).
 // The AVX2+FMA micro-kernel keeps a 6 x NR tile (NR = 16 floats or 8 doubles)
 // in 12 registers: per step 2 vector loads of b, 6 broadcasts, 12 FMAs; the
 // AVX-512 one the same tile in 6 registers, half the instructions. On a CPU
@@ -40,8 +40,8 @@ namespace {
 
 // ---- the micro-kernel ------------------------------------------------------------
 
-// out (kTileRows x NR, row-major) (+)= sum_q a[i][index[q]] * b[q * NR + j]; `accumulate`
-// adds to what out holds (the weight gradient sums samples in registers' worth of tile).
+// out[i][j] (+)= sum_q a[i][index[q]] * b[q * NR + j] for the kTileRows rows out[i];
+// `accumulate` adds to what they hold (the weight gradient sums samples in registers' worth of tile).
 // Where element q of a tile row lies: an index table (the implicit GEMM's
 // patch offsets), or q * stride (Winograd's transformed tiles).
 struct IndexTable {
@@ -54,10 +54,11 @@ struct Strided {
 };
 
 template <class T, class Offsets>
-void tile_portable(const T* const* a, Offsets index, const T* b, std::int64_t n, T* out, bool accumulate) {
+void tile_portable(const T* const* a, Offsets index, const T* b, std::int64_t n, T* const* out, bool accumulate) {
   constexpr int NR = kTileCols<T>;
   T acc[kTileRows][NR] = {};
-  if (accumulate) std::copy(out, out + kTileRows * NR, &acc[0][0]);
+  if (accumulate)
+    for (int i = 0; i < kTileRows; ++i) std::copy(out[i], out[i] + NR, acc[i]);
   for (std::int64_t q = 0; q < n; ++q) {
     const T* bq = b + q * NR;
     for (int i = 0; i < kTileRows; ++i) {
@@ -65,20 +66,20 @@ void tile_portable(const T* const* a, Offsets index, const T* b, std::int64_t n,
       for (int j = 0; j < NR; ++j) acc[i][j] += v * bq[j];
     }
   }
-  std::copy(&acc[0][0], &acc[0][0] + kTileRows * NR, out);
+  for (int i = 0; i < kTileRows; ++i) std::copy(acc[i], acc[i] + NR, out[i]);
 }
 
 template <class Offsets>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, Offsets index, const float* b, std::int64_t n,
-                                                    float* out, bool accumulate) {
+                                                    float* const* out, bool accumulate) {
   const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   if (accumulate) {
-    c00 = _mm256_loadu_ps(out + 0 * 8), c01 = _mm256_loadu_ps(out + 1 * 8), c10 = _mm256_loadu_ps(out + 2 * 8);
-    c11 = _mm256_loadu_ps(out + 3 * 8), c20 = _mm256_loadu_ps(out + 4 * 8), c21 = _mm256_loadu_ps(out + 5 * 8);
-    c30 = _mm256_loadu_ps(out + 6 * 8), c31 = _mm256_loadu_ps(out + 7 * 8), c40 = _mm256_loadu_ps(out + 8 * 8);
-    c41 = _mm256_loadu_ps(out + 9 * 8), c50 = _mm256_loadu_ps(out + 10 * 8), c51 = _mm256_loadu_ps(out + 11 * 8);
+    c00 = _mm256_loadu_ps(out[0]), c01 = _mm256_loadu_ps(out[0] + 8), c10 = _mm256_loadu_ps(out[1]);
+    c11 = _mm256_loadu_ps(out[1] + 8), c20 = _mm256_loadu_ps(out[2]), c21 = _mm256_loadu_ps(out[2] + 8);
+    c30 = _mm256_loadu_ps(out[3]), c31 = _mm256_loadu_ps(out[3] + 8), c40 = _mm256_loadu_ps(out[4]);
+    c41 = _mm256_loadu_ps(out[4] + 8), c50 = _mm256_loadu_ps(out[5]), c51 = _mm256_loadu_ps(out[5] + 8);
   }
   for (std::int64_t q = 0; q < n; ++q, b += 16) {
     const std::int64_t o = index[q];
@@ -96,23 +97,23 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, Offset
     v = _mm256_broadcast_ss(a5 + o);
     c50 = _mm256_fmadd_ps(v, b0, c50), c51 = _mm256_fmadd_ps(v, b1, c51);
   }
-  _mm256_storeu_ps(out + 0 * 8, c00), _mm256_storeu_ps(out + 1 * 8, c01), _mm256_storeu_ps(out + 2 * 8, c10);
-  _mm256_storeu_ps(out + 3 * 8, c11), _mm256_storeu_ps(out + 4 * 8, c20), _mm256_storeu_ps(out + 5 * 8, c21);
-  _mm256_storeu_ps(out + 6 * 8, c30), _mm256_storeu_ps(out + 7 * 8, c31), _mm256_storeu_ps(out + 8 * 8, c40);
-  _mm256_storeu_ps(out + 9 * 8, c41), _mm256_storeu_ps(out + 10 * 8, c50), _mm256_storeu_ps(out + 11 * 8, c51);
+  _mm256_storeu_ps(out[0], c00), _mm256_storeu_ps(out[0] + 8, c01), _mm256_storeu_ps(out[1], c10);
+  _mm256_storeu_ps(out[1] + 8, c11), _mm256_storeu_ps(out[2], c20), _mm256_storeu_ps(out[2] + 8, c21);
+  _mm256_storeu_ps(out[3], c30), _mm256_storeu_ps(out[3] + 8, c31), _mm256_storeu_ps(out[4], c40);
+  _mm256_storeu_ps(out[4] + 8, c41), _mm256_storeu_ps(out[5], c50), _mm256_storeu_ps(out[5] + 8, c51);
 }
 
 template <class Offsets>
 __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, Offsets index, const double* b, std::int64_t n,
-                                                    double* out, bool accumulate) {
+                                                    double* const* out, bool accumulate) {
   const double *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   if (accumulate) {
-    c00 = _mm256_loadu_pd(out + 0 * 4), c01 = _mm256_loadu_pd(out + 1 * 4), c10 = _mm256_loadu_pd(out + 2 * 4);
-    c11 = _mm256_loadu_pd(out + 3 * 4), c20 = _mm256_loadu_pd(out + 4 * 4), c21 = _mm256_loadu_pd(out + 5 * 4);
-    c30 = _mm256_loadu_pd(out + 6 * 4), c31 = _mm256_loadu_pd(out + 7 * 4), c40 = _mm256_loadu_pd(out + 8 * 4);
-    c41 = _mm256_loadu_pd(out + 9 * 4), c50 = _mm256_loadu_pd(out + 10 * 4), c51 = _mm256_loadu_pd(out + 11 * 4);
+    c00 = _mm256_loadu_pd(out[0]), c01 = _mm256_loadu_pd(out[0] + 4), c10 = _mm256_loadu_pd(out[1]);
+    c11 = _mm256_loadu_pd(out[1] + 4), c20 = _mm256_loadu_pd(out[2]), c21 = _mm256_loadu_pd(out[2] + 4);
+    c30 = _mm256_loadu_pd(out[3]), c31 = _mm256_loadu_pd(out[3] + 4), c40 = _mm256_loadu_pd(out[4]);
+    c41 = _mm256_loadu_pd(out[4] + 4), c50 = _mm256_loadu_pd(out[5]), c51 = _mm256_loadu_pd(out[5] + 4);
   }
   for (std::int64_t q = 0; q < n; ++q, b += 8) {
     const std::int64_t o = index[q];
@@ -130,10 +131,10 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, Offse
     v = _mm256_broadcast_sd(a5 + o);
     c50 = _mm256_fmadd_pd(v, b0, c50), c51 = _mm256_fmadd_pd(v, b1, c51);
   }
-  _mm256_storeu_pd(out + 0 * 4, c00), _mm256_storeu_pd(out + 1 * 4, c01), _mm256_storeu_pd(out + 2 * 4, c10);
-  _mm256_storeu_pd(out + 3 * 4, c11), _mm256_storeu_pd(out + 4 * 4, c20), _mm256_storeu_pd(out + 5 * 4, c21);
-  _mm256_storeu_pd(out + 6 * 4, c30), _mm256_storeu_pd(out + 7 * 4, c31), _mm256_storeu_pd(out + 8 * 4, c40);
-  _mm256_storeu_pd(out + 9 * 4, c41), _mm256_storeu_pd(out + 10 * 4, c50), _mm256_storeu_pd(out + 11 * 4, c51);
+  _mm256_storeu_pd(out[0], c00), _mm256_storeu_pd(out[0] + 4, c01), _mm256_storeu_pd(out[1], c10);
+  _mm256_storeu_pd(out[1] + 4, c11), _mm256_storeu_pd(out[2], c20), _mm256_storeu_pd(out[2] + 4, c21);
+  _mm256_storeu_pd(out[3], c30), _mm256_storeu_pd(out[3] + 4, c31), _mm256_storeu_pd(out[4], c40);
+  _mm256_storeu_pd(out[4] + 4, c41), _mm256_storeu_pd(out[5], c50), _mm256_storeu_pd(out[5] + 4, c51);
 }
 
 // AVX-512: the same 6 x NR tile, one zmm register per tile row (NR = 16 floats
@@ -160,15 +161,15 @@ struct Zmm<double> {
 };
 
 template <class T, class Offsets>
-__attribute__((target("avx512f"))) void tile_avx512(const T* const* a, Offsets index, const T* b, std::int64_t n, T* out,
-                                                     bool accumulate) {
+__attribute__((target("avx512f"))) void tile_avx512(const T* const* a, Offsets index, const T* b, std::int64_t n,
+                                                     T* const* out, bool accumulate) {
   using Z = Zmm<T>;
   constexpr int NR = kTileCols<T>;
   const T *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   typename Z::V c0 = Z::zero(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
   if (accumulate) {
-    c0 = Z::load(out + 0 * NR), c1 = Z::load(out + 1 * NR), c2 = Z::load(out + 2 * NR);
-    c3 = Z::load(out + 3 * NR), c4 = Z::load(out + 4 * NR), c5 = Z::load(out + 5 * NR);
+    c0 = Z::load(out[0]), c1 = Z::load(out[1]), c2 = Z::load(out[2]);
+    c3 = Z::load(out[3]), c4 = Z::load(out[4]), c5 = Z::load(out[5]);
   }
   for (std::int64_t q = 0; q < n; ++q, b += NR) {
     const std::int64_t o = index[q];
@@ -176,8 +177,8 @@ __attribute__((target("avx512f"))) void tile_avx512(const T* const* a, Offsets i
     c0 = Z::fma(Z::set1(a0[o]), bq, c0), c1 = Z::fma(Z::set1(a1[o]), bq, c1), c2 = Z::fma(Z::set1(a2[o]), bq, c2);
     c3 = Z::fma(Z::set1(a3[o]), bq, c3), c4 = Z::fma(Z::set1(a4[o]), bq, c4), c5 = Z::fma(Z::set1(a5[o]), bq, c5);
   }
-  Z::store(out + 0 * NR, c0), Z::store(out + 1 * NR, c1), Z::store(out + 2 * NR, c2);
-  Z::store(out + 3 * NR, c3), Z::store(out + 4 * NR, c4), Z::store(out + 5 * NR, c5);
+  Z::store(out[0], c0), Z::store(out[1], c1), Z::store(out[2], c2);
+  Z::store(out[3], c3), Z::store(out[4], c4), Z::store(out[5], c5);
 }
 
 // ---- layout: the padded input and the two index tables ----------------------------
@@ -272,13 +273,13 @@ const T* zero_padded(const T* x, std::int64_t planes, const ConvGeometry::Dims& 
 }
 
 template <class T>
-void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* out, bool accumulate) {
+void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* const* out, bool accumulate) {
   if (kernel_isa() >= Isa::avx512) tile_avx512(a, IndexTable{index}, b, n, out, accumulate);
   else if (implicit_gemm_vectorised()) tile_avx2(a, IndexTable{index}, b, n, out, accumulate);
   else tile_portable(a, IndexTable{index}, b, n, out, accumulate);
 }
 template <class T>
-void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* out, bool accumulate) {
+void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* const* out, bool accumulate) {
   if (kernel_isa() >= Isa::avx512) tile_avx512(a, Strided{stride}, b, n, out, accumulate);
   else if (implicit_gemm_vectorised()) tile_avx2(a, Strided{stride}, b, n, out, accumulate);
   else tile_portable(a, Strided{stride}, b, n, out, accumulate);
@@ -286,8 +287,8 @@ void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::
 #define TG_INSTANTIATE(T)                                                                                  \
   template const T* zero_padded<T>(const T*, std::int64_t, const ConvGeometry::Dims&, const ConvGeometry::Dims&, \
                                    const ConvGeometry::Dims&, ScratchScope&);                             \
-  template void gemm_tile<T>(const T* const*, const std::int64_t*, const T*, std::int64_t, T*, bool);     \
-  template void gemm_tile_strided<T>(const T* const*, std::int64_t, const T*, std::int64_t, T*, bool);
+  template void gemm_tile<T>(const T* const*, const std::int64_t*, const T*, std::int64_t, T* const*, bool); \
+  template void gemm_tile_strided<T>(const T* const*, std::int64_t, const T*, std::int64_t, T* const*, bool);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
@@ -356,15 +357,15 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
     const std::int64_t Kgp = blocks * NR;
     ScratchScope local;
     T* S = local.take<T>((p_end - p_begin + kTileRows) * Kgp).data();
-    T out[kTileRows * NR];
     const T* rows[kTileRows];
+    T* out[kTileRows];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       const T* wb = wp + (grp * blocks + blk) * R * NR;
       for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
         tile_rows(origin, L.base.data(), p0, ov, rows);
-        // out (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
+        for (int i = 0; i < kTileRows; ++i) out[i] = S + (p0 - p_begin + i) * Kgp + blk * NR;  // S has a tile's slack
+        // S (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
         gemm_tile(rows, L.tap.data(), wb, R, out);
-        for (int i = 0; i < kTileRows; ++i) std::copy(out + i * NR, out + (i + 1) * NR, S + (p0 - p_begin + i) * Kgp + blk * NR);
       }
     }
     transpose_blocks(S, Kgp, p_end - p_begin, g.Kg, y + (n * g.K + grp * g.Kg) * ov + p_begin, ov, accumulate);
@@ -448,6 +449,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
   // Runs inside a parallel region, or on the calling thread alone (Note [One-thread regions]).
   auto accumulate_tiles = [&] {
     T out[kTileRows * NR];
+    T* const out_rows[kTileRows] = {out, out + NR, out + 2 * NR, out + 3 * NR, out + 4 * NR, out + 5 * NR};
     const T* rows[kTileRows];
     for (std::int64_t n0 = 0; n0 < g.N; n0 += kSampleBlock) {
       const std::int64_t n1 = std::min(g.N, n0 + kSampleBlock);
@@ -459,7 +461,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
         for (std::int64_t n = n0; n < n1; ++n) {
           tile_rows(xp + (n * g.C + grp * g.Cg) * L.plane, L.tap.data(), t0, R, rows);
           // out (patch rows t0.. x filters k0..) (+)= patches (6 x out_vol) . gy^T (out_vol x NR)
-          gemm_tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out, n > n0);
+          gemm_tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out_rows, n > n0);
         }
         const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
         for (std::int64_t j = 0; j < kn; ++j) {

@@ -191,7 +191,7 @@ void phase_into_task(const ConvGeometry& g, const GyPadding& P, const Phase& ph,
   const std::int64_t last = std::lower_bound(targets + first, targets + ph.positions, task.end) - targets;
   const std::int64_t run = last - first, total = (task.n1 - task.n0) * run, span = task.end - task.begin, Cgp = blocks * NR;
   if (run == 0) return;
-  T out[kTileRows * NR];
+  T spare[NR];  // where rows past the run go (computed, never used)
   const T* rows[kTileRows];
   T* dst[kTileRows];
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
@@ -200,12 +200,10 @@ void phase_into_task(const ConvGeometry& g, const GyPadding& P, const Phase& ph,
       for (int i = 0; i < kTileRows; ++i) {
         const std::int64_t v = std::min(v0 + i, total - 1), s = v / run, m = first + v % run;
         rows[i] = gyp + ((task.n0 + s) * g.K + task.grp * g.Kg) * P.plane + ph.base[m];
-        dst[i] = S + (s * span + targets[m] - task.begin) * Cgp + blk * NR;
+        dst[i] = v0 + i < total ? S + (s * span + targets[m] - task.begin) * Cgp + blk * NR : spare;
       }
-      // out (positions v0.. x channels blk*NR..) = gy patches (6 x rows) . W_r (rows x NR)
-      gemm_tile(rows, ph.tap.data(), wb, ph.rows, out);
-      const std::int64_t tn = std::min<std::int64_t>(kTileRows, total - v0);
-      for (std::int64_t i = 0; i < tn; ++i) std::copy(out + i * NR, out + (i + 1) * NR, dst[i]);
+      // S rows (positions v0.. x channels blk*NR..) = gy patches (6 x rows) . W_r (rows x NR)
+      gemm_tile(rows, ph.tap.data(), wb, ph.rows, dst);
     }
   }
 }

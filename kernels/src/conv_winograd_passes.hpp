@@ -377,29 +377,33 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow, Kgp = blocks * NR;
     T* S = local.take<T>((last - first) * Kgp).data();
     const T* rows[kTileRows];
-    T out[Y::m * X::m * NR];
+    T* out[kTileRows];
+    T tile_out[Y::m * X::m * NR];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       for (std::int64_t xi = 0; xi < tl.points; ++xi) {
         const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
         const T* Vxi = V + xi * count * tl.Cgp;
         for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
-          for (int i = 0; i < kTileRows; ++i) rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
+          for (int i = 0; i < kTileRows; ++i) {
+            rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
+            out[i] = M + (xi * padded + t0 + i) * NR;
+          }
           // M[xi] (6 tiles x NR filters) = V[xi] (6 x Cg) . U[xi] (Cg x NR)
-          gemm_tile_strided(rows, 1, Ub, g.Cg, M + (xi * padded + t0) * NR);
+          gemm_tile_strided(rows, 1, Ub, g.Cg, out);
         }
       }
-      // out = A1^T M A2 per tile, NR filters at once, into S (the tile's outputs inside the plane).
+      // tile_out = A1^T M A2 per tile, NR filters at once, into S (the tile's outputs inside the plane).
       for (std::int64_t t = 0; t < count; ++t) {
         const std::int64_t ty = ty0 + t / tl.tiles_x, tx = t % tl.tiles_x;
         for (int v = 0; v < NR; v += kLanes<T>)
           transform<Y::m, Y::alpha, X::m, X::alpha, Lanes<T>>(Y::AT, X::AT, M + t * NR + v, X::alpha * padded * NR,
-                                                               padded * NR, out + v, NR);
+                                                               padded * NR, tile_out + v, NR);
         const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
         T* corner = S + ((ty * Y::m) * ow + tx * X::m - first) * Kgp + blk * NR;
         for (std::int64_t i = 0; i < in; ++i)
           for (std::int64_t jj = 0; jj < jn; ++jj)
-            std::memcpy(corner + (i * ow + jj) * Kgp, out + (i * X::m + jj) * NR, NR * sizeof(T));
+            std::memcpy(corner + (i * ow + jj) * Kgp, tile_out + (i * X::m + jj) * NR, NR * sizeof(T));
       }
     }
     // y[k][first..last) (+)= S[.][k]: the group's filters, back to channel-first.
@@ -485,10 +489,13 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
       const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
       const T* Vxi = V + (grp * tl.points + xi) * most * tl.Cgp;
       const T* rows[kTileRows];
-      for (int i = 0; i < kTileRows; ++i) rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
+      T* out[kTileRows];
+      for (int i = 0; i < kTileRows; ++i) {
+        rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
+        out[i] = gU + (tile_index * kTileRows + i) * NR;
+      }
       // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-      gemm_tile_strided(rows, tl.Cgp, Yhat + ((grp * tl.points + xi) * blocks + blk) * most * NR, count,
-                        gU + tile_index * kTileRows * NR, !first);
+      gemm_tile_strided(rows, tl.Cgp, Yhat + ((grp * tl.points + xi) * blocks + blk) * most * NR, count, out, !first);
     });
   }
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);

@@ -107,9 +107,10 @@ TEST_CASE("batch_norm: the triple and the dot-product test, training and evaluat
     CHECK_MESSAGE(fused, tg::dump(ct));
     const auto [gx1, gg1, gb1] = tape.gradient(big, gb, bb);
     const auto [gx2, gg2, gb2] = ct.gradient(big, gb, bb);
-    CHECK(max_abs_diff(gx1, gx2) < 1e-12);
-    CHECK(max_abs_diff(gg1, gg2) < 1e-12);
-    CHECK(max_abs_diff(gb1, gb2) < 1e-12);
+    // Relative to the gradients' size: at TG_ISA=portable the two runs' convolutions sum in other orders.
+    CHECK(max_abs_diff(gx1, gx2) < 1e-12 * (1 + max_abs(gx1)));
+    CHECK(max_abs_diff(gg1, gg2) < 1e-12 * (1 + max_abs(gg1)));
+    CHECK(max_abs_diff(gb1, gb2) < 1e-12 * (1 + max_abs(gb1)));
     CHECK(std::abs(tape.value() - ct.value()) < 1e-9);
   }
 }

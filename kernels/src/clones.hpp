@@ -1,16 +1,19 @@
-// TG_AVX2_CLONES: an AVX2 and a baseline copy of a function, one picked when
-// the library loads (target_clones; Note [Update loops] in optim.cpp).
+// TG_AT_TWO_LEVELS(ret, name, (params), (args), body): `ret name(params)` runs
+// one of two copies of body, compiled with AVX2+FMA and for the baseline,
+// picked at each call by kernel_isa() (Note [Instruction-set levels]), so
+// TG_ISA caps these loops as it caps the convolutions'.
 //
-// Note [Clones under ThreadSanitizer]: the picking is an ifunc resolver that
-// runs while the dynamic loader relocates the program, before any sanitizer
-// runtime exists; ThreadSanitizer instruments it, and the program crashed
-// before main (GCC 12). Under it the baseline copy alone is built.
+// Note [Two-level loops]: the elementwise loops of batch norm and the
+// optimizers are templates inlined into both copies. They were target_clones
+// until TG_ISA existed: the clone is picked by an ifunc resolver as the
+// library loads, which sees the CPU and not the cap, and which crashed under
+// ThreadSanitizer before main (GCC 12). A call here costs one predictable
+// branch on a cached level; the loops run over a whole run or block per call.
 #pragma once
 
-#include "tapegrad/kernels/sanitizer.hpp"
+#include "tapegrad/kernels/isa.hpp"
 
-#if TG_THREAD_SANITIZER
-#define TG_AVX2_CLONES
-#else
-#define TG_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
+#define TG_AT_TWO_LEVELS(ret, name, params, args, ...)                                         \
+  __attribute__((target("avx2,fma"))) ret name##_avx2 params __VA_ARGS__                      \
+  ret name##_baseline params __VA_ARGS__                                                       \
+  inline ret name params { return kernel_isa() >= Isa::avx2 ? name##_avx2 args : name##_baseline args; }

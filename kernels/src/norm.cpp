@@ -94,48 +94,34 @@ __attribute__((always_inline)) inline void input_adjoint_loop(const T* __restric
   }
 }
 
-// The clones: one non-template function per loop and type (clang clones no
-// templates); y null means no ReLU, and k is (k_dy, k_const, k_x).
-#define TG_NORM_CLONES(T, suffix)                                                                                     \
-  TG_AVX2_CLONES double blocked_sum_##suffix(const T* x, std::int64_t n) {                                            \
-    return sum_loop(x, n);                                                                                            \
-  }                                                                                                                   \
-  TG_AVX2_CLONES double squared_deviation_run_##suffix(const T* x, std::int64_t n, T mean) {                          \
-    return squared_deviation_loop(x, n, mean);                                                                        \
-  }                                                                                                                   \
-  TG_AVX2_CLONES void affine_run_##suffix(const T* x, std::int64_t n, T scale, T shift, bool relu, T* y) {            \
-    if (relu) affine_loop<T, true>(x, n, scale, shift, y);                                                            \
-    else affine_loop<T, false>(x, n, scale, shift, y);                                                                \
-  }                                                                                                                   \
-  TG_AVX2_CLONES void adjoint_sums_run_##suffix(                                                                      \
-      const T* x, const T* dy, const T* y, std::int64_t n, T mean, double* sums) {                                    \
-    if (y) adjoint_sums_loop<T, true>(x, dy, y, n, mean, sums);                                                       \
-    else adjoint_sums_loop<T, false>(x, dy, y, n, mean, sums);                                                        \
-  }                                                                                                                   \
-  TG_AVX2_CLONES void input_adjoint_run_##suffix(                                                                     \
-      const T* x, const T* dy, const T* y, std::int64_t n, T mean, const T* k, bool add, T* dx) {                     \
-    if (y && add) input_adjoint_loop<T, true, true>(x, dy, y, n, mean, k, dx);                                        \
-    else if (y) input_adjoint_loop<T, true, false>(x, dy, y, n, mean, k, dx);                                         \
-    else if (add) input_adjoint_loop<T, false, true>(x, dy, y, n, mean, k, dx);                                       \
-    else input_adjoint_loop<T, false, false>(x, dy, y, n, mean, k, dx);                                               \
-  }                                                                                                                   \
-  inline double blocked_sum(const T* x, std::int64_t n) { return blocked_sum_##suffix(x, n); }                        \
-  inline double squared_deviation_run(const T* x, std::int64_t n, T mean) {                                           \
-    return squared_deviation_run_##suffix(x, n, mean);                                                                \
-  }                                                                                                                   \
-  inline void affine_run(const T* x, std::int64_t n, T scale, T shift, bool relu, T* y) {                             \
-    affine_run_##suffix(x, n, scale, shift, relu, y);                                                                 \
-  }                                                                                                                   \
-  inline void adjoint_sums_run(const T* x, const T* dy, const T* y, std::int64_t n, T mean, double* sums) {           \
-    adjoint_sums_run_##suffix(x, dy, y, n, mean, sums);                                                               \
-  }                                                                                                                   \
-  inline void input_adjoint_run(const T* x, const T* dy, const T* y, std::int64_t n, T mean, const T* k, bool add,    \
-                                T* dx) {                                                                              \
-    input_adjoint_run_##suffix(x, dy, y, n, mean, k, add, dx);                                                        \
-  }
-TG_NORM_CLONES(float, f32)
-TG_NORM_CLONES(double, f64)
-#undef TG_NORM_CLONES
+// Each loop at two levels per type (Note [Two-level loops] in clones.hpp); y
+// null means no ReLU, and k is (k_dy, k_const, k_x).
+#define TG_NORM_LOOPS(T)                                                                                              \
+  TG_AT_TWO_LEVELS(double, blocked_sum, (const T* x, std::int64_t n), (x, n), { return sum_loop(x, n); })            \
+  TG_AT_TWO_LEVELS(double, squared_deviation_run, (const T* x, std::int64_t n, T mean), (x, n, mean),                \
+                   { return squared_deviation_loop(x, n, mean); })                                                   \
+  TG_AT_TWO_LEVELS(void, affine_run, (const T* x, std::int64_t n, T scale, T shift, bool relu, T* y),                \
+                   (x, n, scale, shift, relu, y), {                                                                  \
+                     if (relu) affine_loop<T, true>(x, n, scale, shift, y);                                          \
+                     else affine_loop<T, false>(x, n, scale, shift, y);                                              \
+                   })                                                                                                \
+  TG_AT_TWO_LEVELS(void, adjoint_sums_run,                                                                           \
+                   (const T* x, const T* dy, const T* y, std::int64_t n, T mean, double* sums),                      \
+                   (x, dy, y, n, mean, sums), {                                                                      \
+                     if (y) adjoint_sums_loop<T, true>(x, dy, y, n, mean, sums);                                     \
+                     else adjoint_sums_loop<T, false>(x, dy, y, n, mean, sums);                                      \
+                   })                                                                                                \
+  TG_AT_TWO_LEVELS(void, input_adjoint_run,                                                                          \
+                   (const T* x, const T* dy, const T* y, std::int64_t n, T mean, const T* k, bool add, T* dx),       \
+                   (x, dy, y, n, mean, k, add, dx), {                                                                \
+                     if (y && add) input_adjoint_loop<T, true, true>(x, dy, y, n, mean, k, dx);                      \
+                     else if (y) input_adjoint_loop<T, true, false>(x, dy, y, n, mean, k, dx);                       \
+                     else if (add) input_adjoint_loop<T, false, true>(x, dy, y, n, mean, k, dx);                     \
+                     else input_adjoint_loop<T, false, false>(x, dy, y, n, mean, k, dx);                             \
+                   })
+TG_NORM_LOOPS(float)
+TG_NORM_LOOPS(double)
+#undef TG_NORM_LOOPS
 
 // Calls body(run, offset) for each contiguous run of channel c: n runs of s elements.
 template <class T, class F>

@@ -20,9 +20,8 @@ std::vector<UpdateBlock> plan_update_blocks(std::span<const UpdateSegment<T>> se
 namespace {
 
 // Note [Update loops]: each loop is written once (a template inlined into
-// its clones), cloned for AVX2 and the baseline by the compiler (target_clones
-// picks one when the program loads),
-// and its file is built with -fno-math-errno so that sqrt vectorises. The
+// an AVX2 and a baseline copy, Note [Two-level loops] in clones.hpp), and its
+// file is built with -fno-math-errno so that sqrt vectorises. The
 // operations follow torch.optim's order (lerp for exp_avg, addcmul, sqrt then
 // divide then add eps), so results agree with PyTorch to float rounding.
 // The loops, with every choice a template parameter: a branch inside would stop the vectorizer.
@@ -94,28 +93,21 @@ __attribute__((always_inline)) inline void adam_loop(T* __restrict p, const T* _
   }
 }
 
-// The clones: one non-template function per loop and type (clang clones no templates).
-#define TG_UPDATE_CLONES(T, suffix)                                                                                  \
-  TG_AVX2_CLONES void sgd_block_##suffix(                                                                            \
-      T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov, bool first) {    \
-    sgd_loop<T>(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first);                                         \
-  }                                                                                                                  \
-  TG_AVX2_CLONES void adam_block_##suffix(                                                                           \
-      T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd, bool decoupled,    \
-      T step_size, T bc2_sqrt) {                                                                                     \
-    adam_loop<T>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt);                    \
-  }                                                                                                                  \
-  inline void sgd_block(T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov, \
-                        bool first) {                                                                                \
-    sgd_block_##suffix(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first);                                  \
-  }                                                                                                                  \
-  inline void adam_block(T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd, \
-                         bool decoupled, T step_size, T bc2_sqrt) {                                                  \
-    adam_block_##suffix(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt);             \
-  }
-TG_UPDATE_CLONES(float, f32)
-TG_UPDATE_CLONES(double, f64)
-#undef TG_UPDATE_CLONES
+// Each loop at two levels per type (Note [Two-level loops] in clones.hpp).
+#define TG_UPDATE_LOOPS(T)                                                                                           \
+  TG_AT_TWO_LEVELS(void, sgd_block,                                                                                  \
+                   (T * p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T dampening, T wd, bool nesterov,   \
+                    bool first),                                                                                     \
+                   (p, g, buf, n, lr, momentum, dampening, wd, nesterov, first),                                     \
+                   { sgd_loop<T>(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first); })                     \
+  TG_AT_TWO_LEVELS(void, adam_block,                                                                                 \
+                   (T * p, const T* g, T* m, T* v, T* vmax, std::int64_t n, T lr, T beta1, T beta2, T eps, T wd,     \
+                    bool decoupled, T step_size, T bc2_sqrt),                                                        \
+                   (p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt),                 \
+                   { adam_loop<T>(p, g, m, v, vmax, n, lr, beta1, beta2, eps, wd, decoupled, step_size, bc2_sqrt); })
+TG_UPDATE_LOOPS(float)
+TG_UPDATE_LOOPS(double)
+#undef TG_UPDATE_LOOPS
 
 }  // namespace
 

@@ -3,7 +3,6 @@
 // (clang 16 defines neither macro).
 //   TG_ADDRESS_SANITIZER: the scratch stack and the array cache take every
 //     block from the sanitizer's allocator, so that it checks them.
-//   TG_THREAD_SANITIZER: no target_clones (Note [Clones under ThreadSanitizer]).
 #pragma once
 
 #if defined(__has_feature)
@@ -16,10 +15,4 @@
 #define TG_ADDRESS_SANITIZER 1
 #else
 #define TG_ADDRESS_SANITIZER 0
-#endif
-
-#if defined(__SANITIZE_THREAD__) || TG_HAS_FEATURE(thread_sanitizer)
-#define TG_THREAD_SANITIZER 1
-#else
-#define TG_THREAD_SANITIZER 0
 #endif

@@ -313,6 +313,31 @@ TEST_CASE("allocations: Winograd convolutions (forward, both gradients) allocate
   CHECK(allocations_in(step) == 0);
 }
 
+TEST_CASE("allocations: strided convolutions' input gradients by phases allocate nothing after the first call") {
+  // Note [Strided input adjoint by phases]: 3x3 stride 2 on 20 channels (the
+  // implicit GEMM's phases), then a conv_transpose whose forward is such an
+  // input gradient, on 1 and 2 threads.
+  auto layer = [](const T& x, const T& w, const T& v) {
+    const tg::ConvParams s2{.stride = {2}, .padding = {1}, .algorithm = tg::ConvAlgorithm::implicit_gemm};
+    const T down = tg::conv(x, w, s2);  // (2, 18, 6, 5)
+    return tg::sum(down * down) + tg::sum(tg::conv_transpose(down, v, s2));
+  };
+  A x = A::random_normal({2, 20, 11, 9}, 0, 1, 1), w = A::random_normal({18, 20, 3, 3}, 0, 1, 2);
+  A v = A::random_normal({18, 17, 3, 3}, 0, 1, 3);
+  auto ct = tg::compile(tg::record(layer, x, w, v));
+  const int before = tg::max_threads();
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    tg::set_num_threads(threads);
+    A gx, gw, gv;
+    auto step = [&] { ct.gradient_into({&gx, &gw, &gv}, x, w, v); };
+    step();
+    step();
+    CHECK(allocations_in(step) == 0);
+  }
+  tg::set_num_threads(before);
+}
+
 TEST_CASE("allocations: the example's LeNet training step (float, batch 64) allocates nothing after the first call") {
   cnn::LenetParams net = cnn::lenet_init(7);
   const std::int64_t n = 64;

@@ -128,10 +128,12 @@ Phase make_phase(const ConvGeometry& g, const GyPadding& P, const Dims& residue,
   return ph;
 }
 
-// W_r per group and block of NR input channels: (rows x NR), zero columns past Cg.
+// W_r per group and block of NR input channels: (rows x NR), zero columns past
+// Cg; none for a phase without taps (its tiles read no weights).
 template <class T>
 const T* pack_phase_weights(const ConvGeometry& g, const Phase& ph, const T* w, std::int64_t blocks, ScratchScope& scratch) {
   constexpr int NR = kTileCols<T>;
+  if (ph.rows == 0) return nullptr;
   T* packed = scratch.take_filled<T>(g.groups * blocks * ph.rows * NR, T(0)).data();
   const std::int64_t kv = g.ker_vol();
   for (std::int64_t grp = 0; grp < g.groups; ++grp)
@@ -195,7 +197,7 @@ void phase_into_task(const ConvGeometry& g, const GyPadding& P, const Phase& ph,
   const T* rows[kTileRows];
   T* dst[kTileRows];
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
-    const T* wb = wp + (task.grp * blocks + blk) * ph.rows * NR;
+    const T* wb = ph.rows ? wp + (task.grp * blocks + blk) * ph.rows * NR : nullptr;  // no taps: no weights
     for (std::int64_t v0 = 0; v0 < total; v0 += kTileRows) {
       for (int i = 0; i < kTileRows; ++i) {
         const std::int64_t v = std::min(v0 + i, total - 1), s = v / run, m = first + v % run;

@@ -334,7 +334,11 @@ void require_implicit_gemm(const ConvGeometry& g, ConvPass pass, const char* op)
                          fmt::join(g.hi, ","), fmt::join(g.stride, ","), kPaddedCopyRatio));
 }
 
-// y (N, K, out) = conv(x, w): tasks of (sample, group, run of position tiles) over threads.
+// y (N, K, out) = conv(x, w): tasks of (group, run of position tiles) over threads.
+//
+// Note [Tiles across samples]: a run of positions continues from one sample
+// into the next, so a small output plane (7x7 = 49 positions) fills whole
+// 6-row tiles instead of leaving a tenth of each sample's last tile empty.
 template <class T>
 void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                            const OutputEpilogue<T>* epilogue) {
@@ -345,13 +349,13 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
   const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
   const T* wp = pack_weights(g, R, w, scratch);
-  constexpr std::int64_t kTilesPerTask = 16;
-  const std::int64_t runs = (ov + kTileRows * kTilesPerTask - 1) / (kTileRows * kTilesPerTask);
-  const std::int64_t tasks = g.N * g.groups * runs;
-  parallel_for(tasks, conv_threads(), [&](std::int64_t task) {
-    const std::int64_t run = task % runs, grp = (task / runs) % g.groups, n = task / (runs * g.groups);
-    const T* origin = xp + (n * g.C + grp * g.Cg) * L.plane;
-    const std::int64_t p_begin = run * kTileRows * kTilesPerTask, p_end = std::min(ov, p_begin + kTileRows * kTilesPerTask);
+  // Tasks: (group, run of positions), the positions of every sample in a row
+  // (Note [Tiles across samples]).
+  constexpr std::int64_t kRun = kTileRows * 16;
+  const std::int64_t total = g.N * ov, runs = (total + kRun - 1) / kRun;
+  parallel_for(g.groups * runs, conv_threads(), [&](std::int64_t task) {
+    const std::int64_t run = task % runs, grp = task / runs;
+    const std::int64_t p_begin = run * kRun, p_end = std::min(total, p_begin + kRun);
     // The task's outputs channel-last, S[position][filter] (whole tiles of
     // positions, blocks of filters), then transposed into y's planes.
     const std::int64_t Kgp = blocks * NR;
@@ -361,19 +365,29 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
     T* out[kTileRows];
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       const T* wb = wp + (grp * blocks + blk) * R * NR;
+      std::int64_t n = p_begin / ov, m = p_begin - n * ov;  // the sample and position of p0
       for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
-        tile_rows(origin, L.base.data(), p0, ov, rows);
-        for (int i = 0; i < kTileRows; ++i) out[i] = S + (p0 - p_begin + i) * Kgp + blk * NR;  // S has a tile's slack
+        // Rows past the last position repeat it (computed, never stored).
+        for (std::int64_t i = 0, ni = n, mi = m; i < kTileRows; ++i) {
+          rows[i] = xp + (ni * g.C + grp * g.Cg) * L.plane + L.base[mi];
+          out[i] = S + (p0 - p_begin + i) * Kgp + blk * NR;  // S has a tile's slack
+          if (p0 + i + 1 < total && ++mi == ov) mi = 0, ++ni;
+        }
+        m += kTileRows;
+        while (m >= ov) m -= ov, ++n;
         // S (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
         gemm_tile(rows, L.tap.data(), wb, R, out);
       }
     }
-    transpose_blocks(S, Kgp, p_end - p_begin, g.Kg, y + (n * g.K + grp * g.Kg) * ov + p_begin, ov, accumulate);
-    // The task's outputs (its run of positions, every filter of its group) are
-    // complete and still in cache: the epilogue runs on them now.
-    if (epilogue)
-      for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k)
-        epilogue->apply(y + (n * g.K + k) * ov + p_begin, p_end - p_begin, k);
+    // Each sample's share of the run, transposed into its planes; complete and
+    // still in cache, so the epilogue runs on it now.
+    for (std::int64_t p = p_begin; p < p_end;) {
+      const std::int64_t n = p / ov, m = p - n * ov, len = std::min(p_end, (n + 1) * ov) - p;
+      transpose_blocks(S + (p - p_begin) * Kgp, Kgp, len, g.Kg, y + (n * g.K + grp * g.Kg) * ov + m, ov, accumulate);
+      if (epilogue)
+        for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k) epilogue->apply(y + (n * g.K + k) * ov + m, len, k);
+      p += len;
+    }
   });
 }
 

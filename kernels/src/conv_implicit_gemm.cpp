@@ -214,13 +214,6 @@ Layout make_layout(const ConvGeometry& g, ScratchScope& scratch) {
   return L;
 }
 
-// x (N, C, in) zero-padded to (N, C, padded) (or cropped, for the negative low
-// padding of an adjoint geometry).
-template <class T>
-const T* pad_input(const ConvGeometry& g, const Layout& L, const T* x, ScratchScope& scratch) {
-  return zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch);
-}
-
 std::int64_t column_blocks(std::int64_t kg, int nr) { return (kg + nr - 1) / nr; }
 
 // W (K, R) -> per group and block of NR filters, W^T (R x NR), zero columns past Kg.
@@ -347,7 +340,7 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
-  const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
+  const T* xp = L.copy ? zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch) : x;
   const T* wp = pack_weights(g, R, w, scratch);
   // Tasks: (group, run of positions), the positions of every sample in a row
   // (Note [Tiles across samples]).
@@ -447,7 +440,7 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
-  const T* xp = L.copy ? pad_input(g, L, x, scratch) : x;
+  const T* xp = L.copy ? zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch) : x;
   PackPrologue<T> fold;
   if (prologue) {
     fold = {prologue, gy_in_place, prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr};

@@ -36,8 +36,9 @@ constexpr int kDims = ConvGeometry::kMaxSpatial;
 
 std::int64_t modulo(std::int64_t a, std::int64_t b) { return ((a % b) + b) % b; }
 
-// Along one spatial dim, phase r: its first input index and position count;
-// its taps are the a with a*dil = r (mod stride), each reading gy at o = m + shift(a).
+// Along one spatial dim, the phase whose first input index is f (f < stride):
+// its residue r = (f + lo) mod stride and position count; its taps are the a
+// with a*dil = r (mod stride), each reading gy at o = m + shift(a).
 struct AxisPhase {
   std::int64_t residue = 0, first = 0, count = 0, stride = 1, dil = 1, lo = 0;
   bool has(std::int64_t a) const { return modulo(a * dil, stride) == residue; }
@@ -47,10 +48,8 @@ struct AxisPhase {
 // Phases with positions along dim d: one per first index f < min(stride, in).
 std::int64_t phases_along(const ConvGeometry& g, int d) { return std::min(g.stride[d], g.in[d]); }
 
-AxisPhase axis_phase(const ConvGeometry& g, int d, std::int64_t r) {
-  AxisPhase p{r, modulo(r - g.lo[d], g.stride[d]), 0, g.stride[d], g.dil[d], g.lo[d]};
-  p.count = p.first < g.in[d] ? (g.in[d] - 1 - p.first) / g.stride[d] + 1 : 0;
-  return p;
+AxisPhase axis_phase(const ConvGeometry& g, int d, std::int64_t f) {
+  return {modulo(f + g.lo[d], g.stride[d]), f, (g.in[d] - 1 - f) / g.stride[d] + 1, g.stride[d], g.dil[d], g.lo[d]};
 }
 
 // gy's zero padding along each dim so that every phase's reads o = m + e_a stay inside.
@@ -64,7 +63,7 @@ GyPadding gy_padding(const ConvGeometry& g) {
   for (int d = 0; d < kDims; ++d) {
     std::int64_t lo = 0, hi = 0;
     for (std::int64_t f = 0; f < phases_along(g, d); ++f) {
-      const AxisPhase a = axis_phase(g, d, modulo(f + g.lo[d], g.stride[d]));
+      const AxisPhase a = axis_phase(g, d, f);
       for (std::int64_t t = 0; t < g.ker[d]; ++t)
         if (a.has(t)) {
           lo = std::max(lo, -a.shift(t));
@@ -78,7 +77,7 @@ GyPadding gy_padding(const ConvGeometry& g) {
   return P;
 }
 
-// One phase (a residue per dim): its positions and taps as implicit-GEMM tables.
+// One phase (a first index per dim): its positions and taps as implicit-GEMM tables.
 struct Phase {
   std::int64_t positions = 0, rows = 0;  // positions per sample; GEMM depth Kg * taps
   std::span<std::int64_t> tap;     // rows: offsets into one sample's padded gy (k, taps)
@@ -87,13 +86,13 @@ struct Phase {
   std::span<std::int64_t> target;  // positions: offsets in one gx plane
 };
 
-Phase make_phase(const ConvGeometry& g, const GyPadding& P, const Dims& residue, ScratchScope& scratch) {
+Phase make_phase(const ConvGeometry& g, const GyPadding& P, const Dims& first, ScratchScope& scratch) {
   AxisPhase ax[kDims];
   Phase ph;
   ph.positions = 1;
   std::int64_t taps = 1;
   for (int d = 0; d < kDims; ++d) {
-    ax[d] = axis_phase(g, d, residue[d]);
+    ax[d] = axis_phase(g, d, first[d]);
     ph.positions *= ax[d].count;
     std::int64_t n = 0;
     for (std::int64_t t = 0; t < g.ker[d]; ++t) n += ax[d].has(t);
@@ -198,12 +197,16 @@ void phase_into_task(const ConvGeometry& g, const GyPadding& P, const Phase& ph,
   T* dst[kTileRows];
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
     const T* wb = ph.rows ? wp + (task.grp * blocks + blk) * ph.rows * NR : nullptr;  // no taps: no weights
+    std::int64_t s = 0, m = first;  // the task's sample and the phase position of v0
     for (std::int64_t v0 = 0; v0 < total; v0 += kTileRows) {
-      for (int i = 0; i < kTileRows; ++i) {
-        const std::int64_t v = std::min(v0 + i, total - 1), s = v / run, m = first + v % run;
-        rows[i] = gyp + ((task.n0 + s) * g.K + task.grp * g.Kg) * P.plane + ph.base[m];
-        dst[i] = v0 + i < total ? S + (s * span + targets[m] - task.begin) * Cgp + blk * NR : spare;
+      // Rows past the run repeat its last position into `spare`.
+      for (std::int64_t i = 0, si = s, mi = m; i < kTileRows; ++i) {
+        rows[i] = gyp + ((task.n0 + si) * g.K + task.grp * g.Kg) * P.plane + ph.base[mi];
+        dst[i] = v0 + i < total ? S + (si * span + targets[mi] - task.begin) * Cgp + blk * NR : spare;
+        if (v0 + i + 1 < total && ++mi == last) mi = first, ++si;
       }
+      m += kTileRows;
+      while (m >= last) m -= run, ++s;
       // S rows (positions v0.. x channels blk*NR..) = gy patches (6 x rows) . W_r (rows x NR)
       gemm_tile(rows, ph.tap.data(), wb, ph.rows, dst);
     }
@@ -219,7 +222,7 @@ std::int64_t strided_adjoint_phases(const ConvGeometry& g) {
 bool strided_adjoint_dense(const ConvGeometry& g) {
   for (int d = 0; d < kDims; ++d)
     for (std::int64_t f = 0; f < phases_along(g, d); ++f) {
-      const AxisPhase a = axis_phase(g, d, modulo(f + g.lo[d], g.stride[d]));
+      const AxisPhase a = axis_phase(g, d, f);
       bool any = false;
       for (std::int64_t t = 0; t < g.ker[d] && !any; ++t) any = a.has(t);
       if (!any) return false;
@@ -245,9 +248,7 @@ void implicit_gemm_strided_backward_input(const ConvGeometry& g, const T* gy, co
   for (std::int64_t f0 = 0; f0 < phases_along(g, 0); ++f0)
     for (std::int64_t f1 = 0; f1 < phases_along(g, 1); ++f1)
       for (std::int64_t f2 = 0; f2 < phases_along(g, 2); ++f2, ++count) {
-        const Dims residue{modulo(f0 + g.lo[0], g.stride[0]), modulo(f1 + g.lo[1], g.stride[1]),
-                           modulo(f2 + g.lo[2], g.stride[2])};
-        phases[count] = make_phase(g, P, residue, scratch);
+        phases[count] = make_phase(g, P, Dims{f0, f1, f2}, scratch);
         packed[count] = pack_phase_weights(g, phases[count], w, blocks, scratch);
       }
   const Tasks tasks = make_tasks(g, Cgp, sizeof(T));

@@ -366,6 +366,8 @@ TEST_CASE("conv: the triple (one instruction, replay, finite differences) with a
   // Winograd forced: 5x5 and 3x5 taps, groups.
   all.push_back({{2, 3, 7, 6}, {4, 3, 5, 5}, {.padding = {2}, .algorithm = ConvAlgorithm::winograd}});
   all.push_back({{2, 4, 6, 9}, {6, 2, 3, 5}, {.padding = {1, 2}, .groups = 2, .algorithm = ConvAlgorithm::winograd}});
+  // Implicit GEMM strided: the input gradient by phases (Note [Strided input adjoint by phases]).
+  all.push_back({{2, 17, 7, 6}, {3, 17, 3, 3}, {.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm}});
   for (const auto& c : all) {
     CAPTURE(tg::to_string(c.x));
     const A x = A::random_uniform(c.x, -1, 1, 1), w = A::random_uniform(c.w, -1, 1, 2);
@@ -402,6 +404,10 @@ TEST_CASE("conv: dot-product test on layer-sized shapes, every algorithm") {
                     A::random_uniform({16, 4, 3, 3}, -1, 1, 3));
   check_dot_product([&](const T& a, const T& b) { return tg::conv_transpose(a, b, {.stride = {2}, .padding = {1}}); },
                     A::random_uniform({4, 8, 8, 8}, -1, 1, 4), A::random_uniform({8, 6, 4, 4}, -1, 1, 5));
+  // A ResNet-like stride-2 layer whose input gradient runs by phases.
+  const ConvParams phases{.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm};
+  check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, phases); }, A::random_uniform({4, 32, 14, 14}, -1, 1, 6),
+                    A::random_uniform({24, 32, 3, 3}, -1, 1, 7));
 }
 
 TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algorithms") {

@@ -4,6 +4,7 @@
 #include "support/conv_reference.hpp"
 
 #include <cstdlib>
+#include <optional>
 #include <random>
 
 using namespace tgtest;
@@ -291,42 +292,90 @@ TEST_CASE("conv: the strided input gradient by phases equals the hand-worked ans
   tg::set_num_threads(before);
 }
 
+namespace {
+
+// Limits of a random conv geometry; each spatial dim draws its own kernel,
+// dilation, stride, padding and size within them (the last dim from its own range).
+struct GeometryLimits {
+  int max_kernel = 5, max_kernel_3d = 3, max_stride = 4;
+  int max_in = 13, max_in_3d = 7, min_last = 1, max_last = 13, max_last_kernel = 5;
+};
+
+// A geometry drawn from rng that fits (padded input at least the dilated kernel), or nothing.
+std::optional<Case> random_case(std::mt19937_64& rng, const GeometryLimits& l) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const int rank = pick(1, 3), groups = pick(1, 3);
+  const std::int64_t Cg = pick(1, 19), Kg = pick(1, 18), N = pick(1, 3);
+  Case c{{N, groups * Cg}, {groups * Kg, Cg}, {.groups = groups}};
+  bool fits = true;
+  for (int d = 0; d < rank; ++d) {
+    const bool last = d + 1 == rank;
+    const std::int64_t k = pick(1, last ? l.max_last_kernel : rank == 3 ? l.max_kernel_3d : l.max_kernel);
+    const std::int64_t dil = pick(1, 3), stride = pick(1, l.max_stride), lo = pick(0, 4), hi = pick(0, 4);
+    const std::int64_t in = last ? pick(l.min_last, l.max_last) : pick(1, rank == 3 ? l.max_in_3d : l.max_in);
+    c.x.push_back(in);
+    c.w.push_back(k);
+    c.p.stride.push_back(stride), c.p.dilation.push_back(dil), c.p.pad_lo.push_back(lo), c.p.pad_hi.push_back(hi);
+    fits = fits && in + lo + hi >= dil * (k - 1) + 1;
+  }
+  if (!fits) return std::nullopt;
+  return c;
+}
+
+// Every pass of `algorithm` on case c (with seeds from `seed`) against the
+// reference loops, in double; the forward also in float.
+void check_case_against_reference(const Case& c, ConvAlgorithm algorithm, std::uint64_t seed) {
+  const ConvParams p = forced(c.p, algorithm);
+  const A x = A::random_uniform(c.x, -1, 1, seed), w = A::random_uniform(c.w, -1, 1, seed + 1);
+  const A y = ref::conv(x, w, p);
+  const A gy = A::random_uniform(y.shape(), -1, 1, 7);
+  const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
+  CHECK(max_abs_diff(tg::conv(x, w, p), y) < 1e-12);
+  const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
+  CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
+  CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+  const auto xf = x.template cast<float>(), wf = w.template cast<float>();
+  CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), y) < 1e-4);
+}
+
+}  // namespace
+
 TEST_CASE("conv: implicit GEMM on random geometries (strides, dilations, paddings, groups, ranks) equals the reference") {
   // Every pass, the input gradient by phases included, on 60 geometries drawn
   // with a fixed seed: strides 1-4 (longer than the dilated kernel too),
   // dilations 1-3, padding up to 4 on either side, 1-3 groups, ranks 1-3.
   std::mt19937_64 rng(20261204);
-  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   int runs = 0;
   for (int trial = 0; trial < 60; ++trial) {
-    const int rank = pick(1, 3), groups = pick(1, 3);
-    const std::int64_t Cg = pick(1, 19), Kg = pick(1, 18), N = pick(1, 3);
-    tg::Shape xs{N, groups * Cg}, ws{groups * Kg, Cg};
-    ConvParams p{.groups = groups, .algorithm = ConvAlgorithm::implicit_gemm};
-    bool fits = true;
-    for (int d = 0; d < rank; ++d) {
-      const std::int64_t k = pick(1, rank == 3 ? 3 : 5), dil = pick(1, 3), stride = pick(1, 4);
-      const std::int64_t lo = pick(0, 4), hi = pick(0, 4), in = pick(1, rank == 3 ? 7 : 13);
-      xs.push_back(in);
-      ws.push_back(k);
-      p.stride.push_back(stride), p.dilation.push_back(dil), p.pad_lo.push_back(lo), p.pad_hi.push_back(hi);
-      fits = fits && in + lo + hi >= dil * (k - 1) + 1;
-    }
-    if (!fits) continue;
+    const auto c = random_case(rng, {});
+    if (!c) continue;
     ++runs;
-    CAPTURE(tg::to_string(xs));
-    CAPTURE(tg::to_string(ws));
+    CAPTURE(tg::to_string(c->x));
+    CAPTURE(tg::to_string(c->w));
     CAPTURE(trial);
-    const A x = A::random_uniform(xs, -1, 1, 2 * trial + 1), w = A::random_uniform(ws, -1, 1, 2 * trial + 2);
-    const A y = ref::conv(x, w, p);
-    const A gy = A::random_uniform(y.shape(), -1, 1, 7);
-    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
-    CHECK(max_abs_diff(tg::conv(x, w, p), y) < 1e-12);
-    const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
-    CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
-    CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+    check_case_against_reference(*c, ConvAlgorithm::implicit_gemm, 2 * trial + 1);
   }
   CHECK(runs >= 40);
+}
+
+TEST_CASE("conv: the direct kernel on random geometries with wide rows equals the reference") {
+  // Rows 1-90 wide and 1-9 taps along them: the fused pass over every tap row
+  // (8-vector blocks, single vectors and the scalar rest), taps past the fused
+  // limit of 7, dilations 1-3 (1 is compiled apart), strides 1-3, the edges,
+  // and the unit-stride input gradient that runs the forward loops.
+  std::mt19937_64 rng(20261205);
+  const GeometryLimits wide{.max_stride = 3, .max_in = 6, .max_in_3d = 3, .min_last = 1, .max_last = 90, .max_last_kernel = 9};
+  int runs = 0;
+  for (int trial = 0; trial < 50; ++trial) {
+    const auto c = random_case(rng, wide);
+    if (!c) continue;
+    ++runs;
+    CAPTURE(tg::to_string(c->x));
+    CAPTURE(tg::to_string(c->w));
+    CAPTURE(trial);
+    check_case_against_reference(*c, ConvAlgorithm::direct, 3 * trial + 1);
+  }
+  CHECK(runs >= 35);
 }
 
 TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjoint of conv") {

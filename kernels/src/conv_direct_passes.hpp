@@ -12,7 +12,9 @@
 #include <span>
 
 #include "conv_impl.hpp"
+#include "lanes.hpp"
 #include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 #ifndef TG_DIRECT_ISA
 #error "define TG_DIRECT_ISA (portable or avx2) before including conv_direct_passes.hpp"
@@ -89,60 +91,199 @@ inline void for_each_tap_row(const ConvGeometry& g, std::int64_t o0, std::int64_
   }
 }
 
-// y[o] += sum_t w[t] x[o + t * dil] for o in [0, count): all K2 taps of a kernel
-// row in one pass over y (K2 known at compile time, so the taps unroll and the
-// loop over o vectorises).
+// The input rows (and their kernel rows) that reach one output row, gathered
+// over channels and the leading kernel dims: x[r] is input row r's element 0,
+// w[r] its ker[2] taps.
+template <class T>
+struct TapRows {
+  std::span<const T*> x, w;
+  std::int64_t count = 0;
+  void add(const T* input_row, const T* taps) {
+    x[static_cast<std::size_t>(count)] = input_row;
+    w[static_cast<std::size_t>(count)] = taps;
+    ++count;
+  }
+};
+
+// y[o] (= or +=) sum over rows r, taps t of w[r][t] x[r][shift + o + t * dil],
+// o in [0, count): every tap of every row in one pass over y, U vectors of
+// outputs held in registers (K2 known at compile time, so the taps unroll).
+// Note [Fused tap rows]: y is read and written once per output row, not once
+// per kernel row, and needs no zeroing first; the sum runs in the order the
+// per-row passes added (row by row, tap by tap), so the values are the same.
+// 8 (U) vectors of fused_rows' outputs. Dil: the dilation when known at compile
+// time (1), else 0 and `dil` gives it; a known one makes every tap's offset a
+// constant in the load instruction instead of a register (24 of them spilled).
+template <int K2, int U, int Dil, class T>
+[[gnu::always_inline]] inline void fused_rows_block(T* __restrict y, const TapRows<T>& rows, std::int64_t shift,
+                                                    std::int64_t dil, bool accumulate) {
+  if constexpr (Dil > 0) dil = Dil;
+  using V = Lanes<T>;
+  constexpr int L = kLanes<T>;
+  V acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = accumulate ? load<V>(y + u * L) : V{};
+  for (std::int64_t r = 0; r < rows.count; ++r) {
+    const T* x = rows.x[static_cast<std::size_t>(r)] + shift;
+    const T* w = rows.w[static_cast<std::size_t>(r)];
+    // x becomes opaque here, so each load addresses it plus a constant; otherwise
+    // GCC made one induction variable per load and spilled them (3x3: 24).
+    asm("" : "+r"(x));
+#pragma GCC unroll 7
+    for (int t = 0; t < K2; ++t)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) acc[u] += w[t] * load<V>(x + u * L + t * dil);
+  }
+  for (int u = 0; u < U; ++u) store(y + u * L, acc[u]);
+}
+
+// y[o] (= or +=) sum over rows r, taps t of w[r][t] x[r][shift + o + t * dil],
+// o in [0, count): every tap of every row in one pass over y, 8 vectors of
+// outputs held in registers (8 independent FMA chains; K2 known at compile
+// time, so the taps unroll).
+// Note [Fused tap rows]: y is read and written once per output row, not once
+// per kernel row, and needs no zeroing first; the sum runs in the order the
+// per-row passes added (row by row, tap by tap), so the values are the same.
 template <int K2, class T>
-inline void fused_row(T* __restrict y, const T* __restrict w, const T* __restrict x, std::int64_t count, std::int64_t dil) {
-  T wt[K2];
-  for (int t = 0; t < K2; ++t) wt[t] = w[t];
-  for (std::int64_t o = 0; o < count; ++o) {
-    T acc = y[o];
-    for (int t = 0; t < K2; ++t) acc += wt[t] * x[o + t * dil];
+void fused_rows(T* __restrict y, const TapRows<T>& rows, std::int64_t shift, std::int64_t count, std::int64_t dil,
+                bool accumulate) {
+  constexpr int L = kLanes<T>, U = 8;
+  std::int64_t o = 0;
+  if (dil == 1)
+    for (; o + U * L <= count; o += U * L) fused_rows_block<K2, U, 1>(y + o, rows, shift + o, dil, accumulate);
+  else
+    for (; o + U * L <= count; o += U * L) fused_rows_block<K2, U, 0>(y + o, rows, shift + o, dil, accumulate);
+  for (; o + L <= count; o += L) fused_rows_block<K2, 1, 0>(y + o, rows, shift + o, dil, accumulate);
+  for (; o < count; ++o) {
+    T acc = accumulate ? y[o] : T(0);
+    for (std::int64_t r = 0; r < rows.count; ++r) {
+      const T* x = rows.x[static_cast<std::size_t>(r)] + shift + o;
+      const T* w = rows.w[static_cast<std::size_t>(r)];
+      for (int t = 0; t < K2; ++t) acc += w[t] * x[t * dil];
+    }
     y[o] = acc;
   }
 }
 
-// One kernel row (ker[2] taps w) applied to one input row into one output row.
-// Outputs every tap reaches (the interior) run fused when the stride is 1;
-// the edges, and other strides, run one tap at a time.
+// acc[t] += sum over o in [0, count) of x[o + t * dil] * gy[o], for t < K2: one
+// load of gy serves every tap, and K2 * U independent sums hide the FMA
+// latency. Dil as in fused_rows_block.
+template <int K2, int Dil, class T>
+void fused_dots_at(T* acc, const T* __restrict x, const T* __restrict gy, std::int64_t count, std::int64_t dil) {
+  if constexpr (Dil > 0) dil = Dil;
+  using V = Lanes<T>;
+  constexpr int L = kLanes<T>, U = K2 >= 12 ? 1 : 12 / (K2 + 1);
+  V sums[K2][U] = {};
+  std::int64_t o = 0;
+  for (; o + U * L <= count; o += U * L) {
+    const T* xo = x + o;
+    asm("" : "+r"(xo));  // one base register for every load (fused_rows_block)
+    V g[U];
+    for (int u = 0; u < U; ++u) g[u] = load<V>(gy + o + u * L);
+#pragma GCC unroll 7
+    for (int t = 0; t < K2; ++t)
+#pragma GCC unroll 6
+      for (int u = 0; u < U; ++u) sums[t][u] += g[u] * load<V>(xo + u * L + t * dil);
+  }
+  for (; o + L <= count; o += L) {
+    const V g = load<V>(gy + o);
+    for (int t = 0; t < K2; ++t) sums[t][0] += g * load<V>(x + o + t * dil);
+  }
+  for (int t = 0; t < K2; ++t) {
+    T total = T(0);
+    for (int u = 0; u < U; ++u)
+      for (int j = 0; j < L; ++j) total += sums[t][u][j];
+    for (std::int64_t p = o; p < count; ++p) total += x[p + t * dil] * gy[p];
+    acc[t] += total;
+  }
+}
+template <int K2, class T>
+void fused_dots(T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
+  if (dil == 1) fused_dots_at<K2, 1>(acc, x, gy, count, dil);
+  else fused_dots_at<K2, 0>(acc, x, gy, count, dil);
+}
+
+// Calls fused_rows<K2> or fused_dots<K2> for a K2 known at run time (1..7).
+template <template <int> class Pass, class... A>
+void with_taps(std::int64_t K2, A&&... a) {
+  switch (K2) {
+    case 1: return Pass<1>::run(a...);
+    case 2: return Pass<2>::run(a...);
+    case 3: return Pass<3>::run(a...);
+    case 4: return Pass<4>::run(a...);
+    case 5: return Pass<5>::run(a...);
+    case 6: return Pass<6>::run(a...);
+    default: return Pass<7>::run(a...);
+  }
+}
+template <int K2>
+struct FusedRows {
+  template <class T>
+  static void run(T* y, const TapRows<T>& rows, std::int64_t shift, std::int64_t count, std::int64_t dil, bool accumulate) {
+    fused_rows<K2>(y, rows, shift, count, dil, accumulate);
+  }
+};
+template <int K2>
+struct FusedDots {
+  template <class T>
+  static void run(T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
+    fused_dots<K2>(acc, x, gy, count, dil);
+  }
+};
+
+constexpr std::int64_t kMaxFusedTaps = 7;  // along the last dim; wider kernels go one tap at a time
+
+// The parts of a tap's output range [r.begin, r.end) outside the interior
+// [begin, end) that the fused passes cover (all of it when nothing is fused).
+template <class F>
+inline void for_each_edge(const TapRange& r, std::int64_t begin, std::int64_t end, F f) {
+  if (begin >= end) {
+    if (!r.empty()) f(r.begin, r.end);
+    return;
+  }
+  if (r.begin < std::min(r.end, begin)) f(r.begin, std::min(r.end, begin));
+  if (std::max(r.begin, end) < r.end) f(std::max(r.begin, end), r.end);
+}
+
+// One output row (out[2] values) from its tap rows: the interior fused when
+// the stride is 1, the edges (and other strides) one tap at a time.
 template <class T>
-inline void accumulate_kernel_row(const ConvGeometry& g, std::span<const TapRange> rows, const std::int64_t interior[2],
-                                  T* yrow, const T* w, const T* xrow) {
+void output_row(const ConvGeometry& g, std::span<const TapRange> taps, const std::int64_t interior[2], T* yrow,
+                const TapRows<T>& rows, bool accumulate) {
   const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
   std::int64_t begin = interior[0], end = interior[1];
-  if (s2 != 1 || K2 > 7 || begin >= end) begin = end = 0;
-  if (begin < end) {
-    const T* x0 = xrow + rows[0].offset + begin;  // tap 0's input for output `begin`
-    const std::int64_t n = end - begin, d = g.dil[2];
-    switch (K2) {
-      case 1: fused_row<1>(yrow + begin, w, x0, n, d); break;
-      case 2: fused_row<2>(yrow + begin, w, x0, n, d); break;
-      case 3: fused_row<3>(yrow + begin, w, x0, n, d); break;
-      case 4: fused_row<4>(yrow + begin, w, x0, n, d); break;
-      case 5: fused_row<5>(yrow + begin, w, x0, n, d); break;
-      case 6: fused_row<6>(yrow + begin, w, x0, n, d); break;
-      default: fused_row<7>(yrow + begin, w, x0, n, d); break;
-    }
+  if (s2 != 1 || K2 > kMaxFusedTaps || begin >= end) begin = end = 0;
+  if (!accumulate) {
+    std::fill(yrow, yrow + begin, T(0));
+    std::fill(yrow + end, yrow + g.out[2], T(0));
   }
-  for (std::int64_t t2 = 0; t2 < K2; ++t2) {
-    const TapRange& r = rows[static_cast<std::size_t>(t2)];
-    // the parts of this tap's range outside [begin, end)
-    const std::int64_t parts[2][2] = {{r.begin, std::min(r.end, begin == end ? r.end : begin)},
-                                      {std::max(r.begin, end == begin ? r.end : end), r.end}};
-    for (const auto& part : parts)
-      if (part[0] < part[1])
-        axpy_row(yrow + part[0], w[t2], xrow + r.offset + part[0] * s2, part[1] - part[0], s2);
+  if (begin < end)
+    with_taps<FusedRows>(K2, yrow + begin, rows, taps[0].offset + begin, end - begin, g.dil[2], accumulate);
+  for (std::int64_t r = 0; r < rows.count; ++r) {
+    const T* xrow = rows.x[static_cast<std::size_t>(r)];
+    const T* w = rows.w[static_cast<std::size_t>(r)];
+    for (std::int64_t t2 = 0; t2 < K2; ++t2) {
+      const TapRange& tr = taps[static_cast<std::size_t>(t2)];
+      for_each_edge(tr, begin, end, [&](std::int64_t a, std::int64_t b) {
+        axpy_row(yrow + a, w[t2], xrow + tr.offset + a * s2, b - a, s2);
+      });
+    }
   }
 }
 
-
-// The kernel-gradient twin of accumulate_kernel_row: acc[t2] += input row . output-adjoint row.
+// The kernel-gradient twin of output_row for one tap row:
+// acc[t2] += input row . output-adjoint row, over the outputs tap t2 reaches.
 template <class T>
-inline void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> rows, T* acc, const T* xrow, const T* gyrow) {
-  for (std::int64_t t2 = 0; t2 < g.ker[2]; ++t2) {
-    const TapRange& r = rows[static_cast<std::size_t>(t2)];
-    if (!r.empty()) acc[t2] += dot_row(xrow + first_input(r, g.stride[2]), gyrow + r.begin, r.end - r.begin, g.stride[2]);
+void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> taps, const std::int64_t interior[2], T* acc,
+                    const T* xrow, const T* gyrow) {
+  const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
+  std::int64_t begin = interior[0], end = interior[1];
+  if (s2 != 1 || K2 > kMaxFusedTaps || begin >= end) begin = end = 0;
+  if (begin < end) with_taps<FusedDots>(K2, acc, xrow + taps[0].offset + begin, gyrow + begin, end - begin, g.dil[2]);
+  for (std::int64_t t2 = 0; t2 < K2; ++t2) {
+    const TapRange& tr = taps[static_cast<std::size_t>(t2)];
+    for_each_edge(tr, begin, end, [&](std::int64_t a, std::int64_t b) {
+      acc[t2] += dot_row(xrow + tr.offset + a * s2, gyrow + a, b - a, s2);
+    });
   }
 }
 
@@ -161,25 +302,25 @@ inline void interior_of(std::span<const TapRange> rows, std::int64_t interior[2]
 
 template <class T>
 void forward_any(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate) {
-  const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
+  const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol(), most_rows = g.Cg * g.ker[0] * g.ker[1];
   ScratchScope scratch;
-  const auto rows = row_ranges(g, scratch);
+  const auto taps = row_ranges(g, scratch);
   std::int64_t interior[2];
-  interior_of(rows, interior);
+  interior_of(taps, interior);
   parallel_for(g.N * g.K, threads_if(g.macs() > kParallelMacs), [&](std::int64_t nk) {
     const std::int64_t n = nk / g.K, k = nk % g.K, group = k / g.Kg;
+    ScratchScope own;  // this thread's stack (Note [Scratch stack])
+    TapRows<T> rows{own.take<const T*>(most_rows), own.take<const T*>(most_rows)};
     T* yk = y + nk * ov;
-    if (!accumulate) std::fill(yk, yk + ov, T(0));
     for (std::int64_t o0 = 0; o0 < g.out[0]; ++o0)
       for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1) {
-        T* yrow = yk + (o0 * g.out[1] + o1) * g.out[2];
+        rows.count = 0;
         for (std::int64_t c = 0; c < g.Cg; ++c) {
           const T* xc = x + (n * g.C + group * g.Cg + c) * iv;
           const T* wc = w + (k * g.Cg + c) * kv;
-          for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {
-            accumulate_kernel_row(g, rows, interior, yrow, wc + tap_row, xc + in_row);
-          });
+          for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) { rows.add(xc + in_row, wc + tap_row); });
         }
+        output_row(g, taps, interior, yk + (o0 * g.out[1] + o1) * g.out[2], rows, accumulate);
       }
   });
 }
@@ -220,7 +361,9 @@ template <class T>
 void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
   const std::int64_t ov = g.out_vol(), iv = g.in_vol(), kv = g.ker_vol();
   ScratchScope scratch;
-  const auto rows = row_ranges(g, scratch);
+  const auto taps = row_ranges(g, scratch);
+  std::int64_t interior[2];
+  interior_of(taps, interior);
   parallel_for(g.K * g.Cg, threads_if(g.macs() > kParallelMacs), [&](std::int64_t kc) {
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
@@ -232,7 +375,7 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
         for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1) {
           const T* gyrow = gyk + (o0 * g.out[1] + o1) * g.out[2];
           for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {
-            dot_kernel_row(g, rows, acc.data() + tap_row, xc + in_row, gyrow);
+            dot_kernel_row(g, taps, interior, acc.data() + tap_row, xc + in_row, gyrow);
           });
         }
     }

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "conv_impl.hpp"
+#include "lanes.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
@@ -23,9 +24,6 @@
 #error "define TG_WINOGRAD_ISA (portable or avx2) before including conv_winograd_passes.hpp"
 #endif
 
-// Lanes<T> values never cross a call (every function taking one is always_inline).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
 #if defined(TG_WINOGRAD_AVX2) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -120,32 +118,6 @@ struct Dim {
 };
 
 // ---- the two-sided transform, a vector of channels at a time ----------------------
-
-template <class T>
-struct LaneType;
-template <>
-struct LaneType<float> {
-  using type = float __attribute__((vector_size(32)));
-};
-template <>
-struct LaneType<double> {
-  using type = double __attribute__((vector_size(32)));
-};
-template <class T>
-using Lanes = typename LaneType<T>::type;
-template <class T>
-constexpr int kLanes = 32 / int(sizeof(T));
-
-template <class V, class T>
-[[gnu::always_inline]] inline V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class V, class T>
-[[gnu::always_inline]] inline void store(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof v);
-}
 
 // out(a) = sum over i < LI of L[a][i] in(i), for a < LA: one side of a
 // transform, one vector of channels; in(i) = in + i * in_stride, out(a) = out + a * out_stride.
@@ -559,4 +531,3 @@ void transpose_any(const T* src, std::int64_t src_stride, std::int64_t rows, std
 #if defined(TG_WINOGRAD_AVX2) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
-#pragma GCC diagnostic pop

@@ -1,0 +1,52 @@
+// Lanes<T>: one 256-bit vector of T as a GCC/Clang vector extension, with
+// unaligned loads and stores. The passes compiled once per instruction set
+// (conv_winograd_passes.hpp, conv_direct_passes.hpp) write their vector loops
+// with it: under an AVX2 target it is one ymm register, under the portable
+// target two xmm halves.
+//
+// Note [Lanes never cross a call]: every function here, and every function that
+// takes or returns a Lanes<T>, is always_inline, so no out-of-line copy is ever
+// emitted for one instruction set and kept by the linker for another, and no
+// vector crosses a call boundary (so kernels/CMakeLists.txt silences -Wpsabi
+// for the files that use it).
+#pragma once
+
+#include <type_traits>
+
+namespace tg::kernels::conv_impl {
+
+template <class T>
+struct LaneType;
+// `unaligned`: the same vector at any address, allowed to alias T; loads and stores go through it.
+template <>
+struct LaneType<float> {
+  using type = float __attribute__((vector_size(32)));
+  using unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
+};
+template <>
+struct LaneType<double> {
+  using type = double __attribute__((vector_size(32)));
+  using unaligned = double __attribute__((vector_size(32), aligned(8), may_alias));
+};
+template <class T>
+using Lanes = typename LaneType<T>::type;
+template <class T>
+constexpr int kLanes = 32 / int(sizeof(T));
+
+// Note [Vector stores]: a store through the unaligned type is one vector
+// store. A memcpy of the vector was merged with its neighbours into one block
+// copy, which GCC expanded as 16-byte moves from a stack copy, each reload a
+// failed store forward (2x the time of a 3x3 filter).
+// V is Lanes<T> or T itself (one value).
+template <class V, class T>
+[[gnu::always_inline]] inline V load(const T* p) {
+  if constexpr (std::is_same_v<V, T>) return *p;
+  else return *reinterpret_cast<const typename LaneType<T>::unaligned*>(p);
+}
+template <class V, class T>
+[[gnu::always_inline]] inline void store(T* p, const V& v) {
+  if constexpr (std::is_same_v<V, T>) *p = v;
+  else *reinterpret_cast<typename LaneType<T>::unaligned*>(p) = v;
+}
+
+}  // namespace tg::kernels::conv_impl

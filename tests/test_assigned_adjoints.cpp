@@ -128,3 +128,35 @@ TEST_CASE("assigned adjoints: sum and mean write their input adjoint; max and mi
   };
   check_assigned(f, std::tuple{r({3, 4}, 1), r({2, 5}, 2), r({4, 3}, 3)}, std::tuple{r({3, 4}, 4), r({2, 5}, 5), r({4, 3}, 6)});
 }
+
+TEST_CASE("assigned adjoints: filters and pad write the image's adjoint through every border") {
+  using tg::Border;
+  using tg::Output;
+  // The image's adjoint is first reached by the filter (or pad), which writes
+  // its own pixels and then adds the border's copies onto them; with a tracked
+  // fill value too. 3-D images run the filter over a leading dim (its passes add).
+  for (const Border border : {Border::fill(0.5), Border::replicate(), Border::reflect(), Border::symmetric(), Border::circular()}) {
+    for (const Output output : {Output::same, Output::full}) {
+      CAPTURE(std::string(tg::kernels::to_string(border.mode)));
+      CAPTURE(static_cast<int>(output));
+      const tg::FilterParams p{.border = border, .output = output};
+      auto filtered = [p](const T& x, const T& k) { return tg::sum(tg::tanh(tg::correlate(tg::sigmoid(x), k, p))); };
+      check_assigned(filtered, std::tuple{r({7, 6}, 1), r({3, 2}, 2)}, std::tuple{r({7, 6}, 3), r({3, 2}, 4)});
+      auto volume = [p](const T& x, const T& k) { return tg::sum(tg::tanh(tg::convolve(tg::sigmoid(x), k, p))); };
+      check_assigned(volume, std::tuple{r({2, 3, 5, 4}, 5), r({1, 2, 3, 2}, 6)},
+                     std::tuple{r({2, 3, 5, 4}, 7), r({1, 2, 3, 2}, 8)});
+    }
+    const tg::PadParams pp{.lo = {1, 2}, .hi = {2, 1}, .border = border};
+    auto padded = [pp](const T& x) { return tg::sum(tg::tanh(tg::pad(tg::sigmoid(x), pp))); };
+    check_assigned(padded, std::tuple{r({4, 3}, 9)}, std::tuple{r({4, 3}, 10)});
+  }
+  const tg::FilterParams fill{.border = Border::fill()};
+  auto with_fill = [fill](const T& x, const T& k, const T& v) {
+    return tg::sum(tg::tanh(tg::correlate(tg::sigmoid(x), k, tg::sigmoid(v), fill)));
+  };
+  check_assigned(with_fill, std::tuple{r({6, 5}, 11), r({3, 3}, 12), r({1}, 13)},
+                 std::tuple{r({6, 5}, 14), r({3, 3}, 15), r({1}, 16)});
+  const tg::PadParams fill_pad{.widths = {2}};
+  auto pad_fill = [fill_pad](const T& x, const T& v) { return tg::sum(tg::tanh(tg::pad(tg::sigmoid(x), tg::sigmoid(v), fill_pad))); };
+  check_assigned(pad_fill, std::tuple{r({3, 4}, 17), r({1}, 18)}, std::tuple{r({3, 4}, 19), r({1}, 20)});
+}

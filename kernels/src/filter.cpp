@@ -67,10 +67,11 @@ struct BorderMaps {
   }
 };
 
-// Calls row(padded_row_offset, source_row_offset or -1) for every row (all dims
-// but the last) of the padded array; the last dim is mapped by the caller.
+// Calls row(padded_row_offset, source_row_offset or -1, own) for every row (all
+// dims but the last) of the padded array, `own` when it is the image's own row
+// rather than a copy in the extension; the last dim is mapped by the caller.
 template <class F>
-void for_each_padded_row(BorderMaps& maps, const Shape& shape, F row) {
+void for_each_padded_row(BorderMaps& maps, const Shape& shape, std::span<const std::int64_t> lo, F row) {
   const std::size_t rank = shape.rank();
   const std::int64_t rows = rank <= 1 ? 1 : [&] {
     std::int64_t r = 1;
@@ -82,15 +83,18 @@ void for_each_padded_row(BorderMaps& maps, const Shape& shape, F row) {
   std::fill(index.begin(), index.end(), 0);
   for (std::int64_t r = 0; r < rows; ++r) {
     std::int64_t src = 0;
+    bool own = true;
     for (std::size_t d = 0; d + 1 < rank; ++d) {
       const std::int64_t s = maps.source[d][static_cast<std::size_t>(index[d])];
       if (s < 0) {
         src = -1;
+        own = false;
         break;
       }
       src += s * src_strides[d];
+      own = own && index[d] - lo[d] == s;
     }
-    row(r * maps.padded.back(), src);
+    row(r * maps.padded.back(), src, own);
     for (std::size_t d = rank - 1; d-- > 0;) {  // next row: odometer over the leading dims
       if (++index[d] < maps.padded[d]) break;
       index[d] = 0;
@@ -107,7 +111,7 @@ void border_pad(const T* x, const Shape& shape, std::span<const std::int64_t> lo
   BorderMaps maps(shape, lo, hi, mode, scratch);
   const auto& last = maps.source.back();
   const std::int64_t n = shape.back(), before = lo.back(), width = maps.padded.back();
-  for_each_padded_row(maps, shape, [&](std::int64_t dst, std::int64_t src) {
+  for_each_padded_row(maps, shape, lo, [&](std::int64_t dst, std::int64_t src, bool) {
     T* o = out + dst;
     if (src < 0) return std::fill(o, o + width, fill);
     const T* s = x + src;
@@ -120,20 +124,27 @@ void border_pad(const T* x, const Shape& shape, std::span<const std::int64_t> lo
 
 template <class T>
 void border_pad_adjoint(const T* gpadded, const Shape& shape, std::span<const std::int64_t> lo,
-                        std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill) {
+                        std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill, bool accumulate) {
   ScratchScope scratch;
   BorderMaps maps(shape, lo, hi, mode, scratch);
   const auto& last = maps.source.back();
   const std::int64_t n = shape.back(), before = lo.back(), width = maps.padded.back();
+  // Written, not added: the image's own pixels first, so that the copies in
+  // the extension then add onto them.
+  const bool write_own = gx && !accumulate;
+  if (write_own)
+    for_each_padded_row(maps, shape, lo, [&](std::int64_t src_row, std::int64_t dst, bool own) {
+      if (own) std::copy(gpadded + src_row + before, gpadded + src_row + before + n, gx + dst);
+    });
   T fill_sum = T(0);
-  for_each_padded_row(maps, shape, [&](std::int64_t src_row, std::int64_t dst) {
+  for_each_padded_row(maps, shape, lo, [&](std::int64_t src_row, std::int64_t dst, bool own) {
     const T* g = gpadded + src_row;
     if (dst < 0) {
       for (std::int64_t j = 0; j < width; ++j) fill_sum += g[j];
       return;
     }
     // The image's own pixels map one to one; only the extension needs the map.
-    if (gx) {
+    if (gx && !(own && write_own)) {
       T* row = gx + dst;
       const T* inside = g + before;
       for (std::int64_t j = 0; j < n; ++j) row[j] += inside[j];
@@ -242,7 +253,7 @@ void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* x
   template void border_pad<T>(const T*, const Shape&, std::span<const std::int64_t>, std::span<const std::int64_t>,  \
                               BorderMode, T, T*);                                                                    \
   template void border_pad_adjoint<T>(const T*, const Shape&, std::span<const std::int64_t>,                         \
-                                      std::span<const std::int64_t>, BorderMode, T*, T*);                            \
+                                      std::span<const std::int64_t>, BorderMode, T*, T*, bool);                      \
   template void correlate_forward<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*, bool);                     \
   template void correlate_backward_input<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*, bool);              \
   template void correlate_backward_weight<T>(const Correlation&, ConvAlgorithm, const T*, const T*, T*);

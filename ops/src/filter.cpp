@@ -7,6 +7,7 @@
 
 #include "builtin_ops.hpp"
 #include "op_table.hpp"
+#include "assigned.hpp"
 #include "recorded_pullbacks.hpp"
 
 #include <fmt/format.h>
@@ -181,9 +182,8 @@ void image_adjoint(const FilterOpParams& p, const Shape& image, const T* gy, con
   }
   workspace(gext, p.corr.padded);
   kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, gext.data(), /*accumulate=*/false);
-  if (out && !accumulate) std::fill(out, out + image.size(), T(0));
   kernels::border_pad_adjoint(gext.data(), image, std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
-                              p.user.border.mode, out, gfill);
+                              p.user.border.mode, out, gfill, accumulate);
 }
 
 // The image extended by the border (with `fill`, else the params' fill value) into ext; the image itself when not extended.
@@ -233,6 +233,7 @@ OpInfo<T> filter_family_row(bool convolve) {
   // saved[0]: the extended image; saved[1]: its adjoint's workspace (both empty when the
   // image is not extended; kept across replays so a replayed pullback allocates nothing).
   r.n_saved = 2;
+  r.flags = kPullbackCanAssign;  // the image's adjoint is written, not zeroed and added to
   r.plan = [](const OpParams* p, std::span<const Shape* const> s) { return plan(params_as<FilterOpParams>(p), s); };
   r.flops = [](const OpParams* p, std::span<const Shape* const>, const Shape&) {
     return 2.0 * params_as<FilterOpParams>(p).corr.inner.macs();
@@ -248,11 +249,13 @@ OpInfo<T> filter_family_row(bool convolve) {
     const T* xp = p.extended ? c.saved[0].data() : image.data();
     Array<T>* gx = c.input_adjoints[0];
     T* gfill = c.input_adjoints.size() == 3 && c.input_adjoints[2] ? c.input_adjoints[2]->data() : nullptr;
+    zero_if_assigned(c, 1);  // the kernel's and the fill value's adjoints are small: zeroed, then added to
+    if (gfill) zero_if_assigned(c, 2);
     if (c.input_adjoints[1])
       kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, c.output_adjoint.data(), c.input_adjoints[1]->data());
     if (gx || gfill)  // the extended image's adjoint, folded back through the border
       image_adjoint(p, image.shape(), c.output_adjoint.data(), c.inputs[1]->data(), c.saved[1], gx ? gx->data() : nullptr,
-                    /*accumulate=*/true, gfill);
+                    /*accumulate=*/!c.assigns(0), gfill);
   };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<FilterOpParams>(params);

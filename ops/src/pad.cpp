@@ -11,6 +11,7 @@
 
 #include "tapegrad/autodiff/record.hpp"
 #include "tapegrad/kernels/filter.hpp"
+#include "assigned.hpp"
 #include "recorded_pullbacks.hpp"
 
 namespace tg::ops {
@@ -88,6 +89,7 @@ OpInfo<T> pad_row() {
   OpInfo<T> r;
   r.name = "pad";
   r.arity = kVariadic;
+  r.flags = kPullbackCanAssign;  // the array's adjoint is written, not zeroed and added to
   r.transposable = [](const OpParams* params) {  // with one input: a copying border, or fill 0 (else affine)
     const auto& p = params_as<PadOpParams>(params);
     return p.user.border.mode != BorderMode::fill || p.user.border.value == 0;
@@ -104,8 +106,10 @@ OpInfo<T> pad_row() {
     Array<T>* gx = c.input_adjoints[0];
     T* gfill = c.input_adjoints.size() == 2 && c.input_adjoints[1] ? c.input_adjoints[1]->data() : nullptr;
     if (!gx && !gfill) return;
+    if (gfill) zero_if_assigned(c, 1);
     kernels::border_pad_adjoint(c.output_adjoint.data(), c.inputs[0]->shape(), std::span<const std::int64_t>(p.lo),
-                                std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill);
+                                std::span<const std::int64_t>(p.hi), p.user.border.mode, gx ? gx->data() : nullptr, gfill,
+                                /*accumulate=*/!c.assigns(0));
   };
   // With the fill border the pad is x placed in a frame of the fill value: the
   // adjoint of x is the output adjoint's inner block (slices, whose own

@@ -33,10 +33,11 @@ void border_pad(const T* x, const Shape& shape, std::span<const std::int64_t> lo
                 BorderMode mode, T fill, T* out);
 
 // The adjoint of border_pad: every padded position's adjoint is added onto the
-// pixel it copied (gx, when not null) or onto the fill value (gfill, when not null).
+// pixel it copied (gx, when not null) or onto the fill value (gfill, when not
+// null). Without `accumulate` gx is written (its old values unread).
 template <class T>
 void border_pad_adjoint(const T* gpadded, const Shape& shape, std::span<const std::int64_t> lo,
-                        std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill);
+                        std::span<const std::int64_t> hi, BorderMode mode, T* gx, T* gfill, bool accumulate);
 
 // Valid correlation of xp with w (same rank, any rank >= 1; w no larger than xp
 // in any dim): y[o] = sum_t xp[o + t] w[t] (with flip: w reversed in every dim).

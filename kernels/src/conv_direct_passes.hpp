@@ -60,16 +60,18 @@ inline T dot_row(const T* __restrict x, const T* __restrict y, std::int64_t coun
   // kLanes independent partial sums (four AVX2 vectors' worth): the compiler
   // vectorises the inner loop without reassociating anything, and four FMA
   // chains hide the FMA latency a single running sum would wait on.
+  // (Only where there is a whole round of them: a short edge would pay for
+  // zeroing and adding up kLanes sums it never used.)
   constexpr int kLanes = 128 / sizeof(T);
-  T lanes[kLanes] = {};
   std::int64_t o = 0;
-  if (stride == 1) {
+  T acc = T(0);
+  if (stride == 1 && count >= kLanes) {
+    T lanes[kLanes] = {};
     for (; o + kLanes <= count; o += kLanes)
       for (int j = 0; j < kLanes; ++j) lanes[j] += x[o + j] * y[o + j];
+    for (int j = 0; j < kLanes; ++j) acc += lanes[j];
   }
-  T acc = T(0);
   for (; o < count; ++o) acc += x[o * stride] * y[o];
-  for (int j = 0; j < kLanes; ++j) acc += lanes[j];
   return acc;
 }
 
@@ -110,7 +112,11 @@ struct TapRows {
 // outputs held in registers (K2 known at compile time, so the taps unroll).
 // Note [Fused tap rows]: y is read and written once per output row, not once
 // per kernel row, and needs no zeroing first; the sum runs in the order the
-// per-row passes added (row by row, tap by tap), so the values are the same.
+// per-row passes added (row by row, tap by tap). The last partial vector is a
+// whole one ending at the row's end, over outputs already done, whose new
+// lanes alone are kept (added to y after the taps, when accumulating).
+// Rejected: one vector at a time for what is left after the 8-vector blocks,
+// one FMA chain that made a 28-wide row wait on every FMA (L1: 1.4x slower).
 // 8 (U) vectors of fused_rows' outputs. Dil: the dilation when known at compile
 // time (1), else 0 and `dil` gives it; a known one makes every tap's offset a
 // constant in the load instruction instead of a register (24 of them spilled).
@@ -142,7 +148,11 @@ template <int K2, int U, int Dil, class T>
 // time, so the taps unroll).
 // Note [Fused tap rows]: y is read and written once per output row, not once
 // per kernel row, and needs no zeroing first; the sum runs in the order the
-// per-row passes added (row by row, tap by tap), so the values are the same.
+// per-row passes added (row by row, tap by tap). The last partial vector is a
+// whole one ending at the row's end, over outputs already done, whose new
+// lanes alone are kept (added to y after the taps, when accumulating).
+// Rejected: one vector at a time for what is left after the 8-vector blocks,
+// one FMA chain that made a 28-wide row wait on every FMA (L1: 1.4x slower).
 template <int K2, class T>
 void fused_rows(T* __restrict y, const TapRows<T>& rows, std::int64_t shift, std::int64_t count, std::int64_t dil,
                 bool accumulate) {
@@ -152,27 +162,53 @@ void fused_rows(T* __restrict y, const TapRows<T>& rows, std::int64_t shift, std
     for (; o + U * L <= count; o += U * L) fused_rows_block<K2, U, 1>(y + o, rows, shift + o, dil, accumulate);
   else
     for (; o + U * L <= count; o += U * L) fused_rows_block<K2, U, 0>(y + o, rows, shift + o, dil, accumulate);
-  for (; o + L <= count; o += L) fused_rows_block<K2, 1, 0>(y + o, rows, shift + o, dil, accumulate);
-  for (; o < count; ++o) {
-    T acc = accumulate ? y[o] : T(0);
-    for (std::int64_t r = 0; r < rows.count; ++r) {
-      const T* x = rows.x[static_cast<std::size_t>(r)] + shift + o;
-      const T* w = rows.w[static_cast<std::size_t>(r)];
-      for (int t = 0; t < K2; ++t) acc += w[t] * x[t * dil];
-    }
-    y[o] = acc;
+  // The rest as one block of as many vectors as remain (a narrow row is all
+  // rest: one vector at a time would be one FMA chain, waiting on each FMA).
+  const std::int64_t vectors = (count - o) / L;
+  switch (vectors) {
+    case 1: fused_rows_block<K2, 1, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    case 2: fused_rows_block<K2, 2, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    case 3: fused_rows_block<K2, 3, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    case 4: fused_rows_block<K2, 4, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    case 5: fused_rows_block<K2, 5, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    case 6: fused_rows_block<K2, 6, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    case 7: fused_rows_block<K2, 7, 0>(y + o, rows, shift + o, dil, accumulate); break;
+    default: break;
   }
+  o += vectors * L;
+  const std::int64_t rest = count - o;  // fewer than L outputs
+  if (rest == 0) return;
+  T acc[L];
+  if (count >= L) {
+    // One vector ending at the last output, overlapping outputs already done,
+    // whose new lanes are then added (or written) one by one.
+    T* tail = y + count - L;
+    fused_rows_block<K2, 1, 0>(acc, rows, shift + count - L, dil, /*accumulate=*/false);
+    for (std::int64_t j = L - rest; j < L; ++j) tail[j] = accumulate ? tail[j] + acc[j] : acc[j];
+    return;
+  }
+  for (std::int64_t j = 0; j < rest; ++j) acc[j] = accumulate ? y[o + j] : T(0);
+  for (std::int64_t r = 0; r < rows.count; ++r) {
+    const T* x = rows.x[static_cast<std::size_t>(r)] + shift + o;
+    const T* w = rows.w[static_cast<std::size_t>(r)];
+    for (int t = 0; t < K2; ++t)
+      for (std::int64_t j = 0; j < rest; ++j) acc[j] += w[t] * x[j + t * dil];
+  }
+  for (std::int64_t j = 0; j < rest; ++j) y[o + j] = acc[j];
 }
 
-// acc[t] += sum over o in [0, count) of x[o + t * dil] * gy[o], for t < K2: one
-// load of gy serves every tap, and K2 * U independent sums hide the FMA
-// latency. Dil as in fused_rows_block.
+// sums[t] += sum over o in [0, count) of x[o + t * dil] * gy[o], for t < K2:
+// one load of gy serves every tap, and K2 * U independent sums hide the FMA
+// latency. The sums stay vectors (the caller adds their lanes once, at the end
+// of its plane); outputs past the last whole vector go to acc[t]. Dil as in
+// fused_rows_block.
 template <int K2, int Dil, class T>
-void fused_dots_at(T* acc, const T* __restrict x, const T* __restrict gy, std::int64_t count, std::int64_t dil) {
+void fused_dots_at(Lanes<T>* sums, T* acc, const T* __restrict x, const T* __restrict gy, std::int64_t count,
+                   std::int64_t dil) {
   if constexpr (Dil > 0) dil = Dil;
   using V = Lanes<T>;
   constexpr int L = kLanes<T>, U = K2 >= 12 ? 1 : 12 / (K2 + 1);
-  V sums[K2][U] = {};
+  V part[K2][U] = {};
   std::int64_t o = 0;
   for (; o + U * L <= count; o += U * L) {
     const T* xo = x + o;
@@ -182,24 +218,23 @@ void fused_dots_at(T* acc, const T* __restrict x, const T* __restrict gy, std::i
 #pragma GCC unroll 7
     for (int t = 0; t < K2; ++t)
 #pragma GCC unroll 6
-      for (int u = 0; u < U; ++u) sums[t][u] += g[u] * load<V>(xo + u * L + t * dil);
+      for (int u = 0; u < U; ++u) part[t][u] += g[u] * load<V>(xo + u * L + t * dil);
   }
   for (; o + L <= count; o += L) {
     const V g = load<V>(gy + o);
-    for (int t = 0; t < K2; ++t) sums[t][0] += g * load<V>(x + o + t * dil);
+    for (int t = 0; t < K2; ++t) part[t][0] += g * load<V>(x + o + t * dil);
   }
   for (int t = 0; t < K2; ++t) {
-    T total = T(0);
-    for (int u = 0; u < U; ++u)
-      for (int j = 0; j < L; ++j) total += sums[t][u][j];
-    for (std::int64_t p = o; p < count; ++p) total += x[p + t * dil] * gy[p];
-    acc[t] += total;
+    for (int u = 0; u < U; ++u) sums[t] += part[t][u];
+    T rest = T(0);
+    for (std::int64_t p = o; p < count; ++p) rest += x[p + t * dil] * gy[p];
+    acc[t] += rest;
   }
 }
 template <int K2, class T>
-void fused_dots(T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
-  if (dil == 1) fused_dots_at<K2, 1>(acc, x, gy, count, dil);
-  else fused_dots_at<K2, 0>(acc, x, gy, count, dil);
+void fused_dots(Lanes<T>* sums, T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
+  if (dil == 1) fused_dots_at<K2, 1>(sums, acc, x, gy, count, dil);
+  else fused_dots_at<K2, 0>(sums, acc, x, gy, count, dil);
 }
 
 // Calls fused_rows<K2> or fused_dots<K2> for a K2 known at run time (1..7).
@@ -225,8 +260,8 @@ struct FusedRows {
 template <int K2>
 struct FusedDots {
   template <class T>
-  static void run(T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
-    fused_dots<K2>(acc, x, gy, count, dil);
+  static void run(Lanes<T>* sums, T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
+    fused_dots<K2>(sums, acc, x, gy, count, dil);
   }
 };
 
@@ -270,15 +305,18 @@ void output_row(const ConvGeometry& g, std::span<const TapRange> taps, const std
   }
 }
 
-// The kernel-gradient twin of output_row for one tap row:
-// acc[t2] += input row . output-adjoint row, over the outputs tap t2 reaches.
+// The kernel-gradient twin of output_row for one tap row: acc[t2] (and the
+// vector sums[t2] of the fused interior) += input row . output-adjoint row,
+// over the outputs tap t2 reaches.
 template <class T>
-void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> taps, const std::int64_t interior[2], T* acc,
-                    const T* xrow, const T* gyrow) {
+void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> taps, const std::int64_t interior[2],
+                    Lanes<T>* sums, T* acc, const T* xrow, const T* gyrow) {
   const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
   std::int64_t begin = interior[0], end = interior[1];
-  if (s2 != 1 || K2 > kMaxFusedTaps || begin >= end) begin = end = 0;
-  if (begin < end) with_taps<FusedDots>(K2, acc, xrow + taps[0].offset + begin, gyrow + begin, end - begin, g.dil[2]);
+  // Below 4 vectors the lanes' bookkeeping costs more than one load of gy saves.
+  if (s2 != 1 || K2 > kMaxFusedTaps || end - begin < 4 * kLanes<T>) begin = end = 0;
+  if (begin < end)
+    with_taps<FusedDots>(K2, sums, acc, xrow + taps[0].offset + begin, gyrow + begin, end - begin, g.dil[2]);
   for (std::int64_t t2 = 0; t2 < K2; ++t2) {
     const TapRange& tr = taps[static_cast<std::size_t>(t2)];
     for_each_edge(tr, begin, end, [&](std::int64_t a, std::int64_t b) {
@@ -368,6 +406,8 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     const std::span<T> acc = own.take_filled<T>(kv, T(0));
+    const std::span<Lanes<T>> sums = own.take<Lanes<T>>(kv);  // filled here: Note [Lanes never cross a call]
+    for (auto& v : sums) v = Lanes<T>{};
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xc = x + (n * g.C + group * g.Cg + c) * iv;
       const T* gyk = gy + (n * g.K + k) * ov;
@@ -375,11 +415,15 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
         for (std::int64_t o1 = 0; o1 < g.out[1]; ++o1) {
           const T* gyrow = gyk + (o0 * g.out[1] + o1) * g.out[2];
           for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {
-            dot_kernel_row(g, taps, interior, acc.data() + tap_row, xc + in_row, gyrow);
+            dot_kernel_row(g, taps, interior, sums.data() + tap_row, acc.data() + tap_row, xc + in_row, gyrow);
           });
         }
     }
-    for (std::int64_t t = 0; t < kv; ++t) gw[kc * kv + t] += acc[static_cast<std::size_t>(t)];
+    for (std::int64_t t = 0; t < kv; ++t) {
+      T total = acc[static_cast<std::size_t>(t)];
+      for (int j = 0; j < kLanes<T>; ++j) total += sums[static_cast<std::size_t>(t)][j];
+      gw[kc * kv + t] += total;
+    }
   });
 }
 

@@ -338,44 +338,40 @@ void check_case_against_reference(const Case& c, ConvAlgorithm algorithm, std::u
   CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), y) < 1e-4);
 }
 
+// `trials` geometries drawn from `seed` within `limits`, each that fits checked
+// with check_case_against_reference; returns how many fitted.
+int check_random_cases(std::uint64_t seed, int trials, const GeometryLimits& limits, ConvAlgorithm algorithm) {
+  std::mt19937_64 rng(seed);
+  int runs = 0;
+  for (int trial = 0; trial < trials; ++trial) {
+    const auto c = random_case(rng, limits);
+    if (!c) continue;
+    ++runs;
+    CAPTURE(tg::to_string(c->x));
+    CAPTURE(tg::to_string(c->w));
+    CAPTURE(trial);
+    check_case_against_reference(*c, algorithm, 2 * trial + 1);
+  }
+  return runs;
+}
+
 }  // namespace
 
 TEST_CASE("conv: implicit GEMM on random geometries (strides, dilations, paddings, groups, ranks) equals the reference") {
   // Every pass, the input gradient by phases included, on 60 geometries drawn
   // with a fixed seed: strides 1-4 (longer than the dilated kernel too),
   // dilations 1-3, padding up to 4 on either side, 1-3 groups, ranks 1-3.
-  std::mt19937_64 rng(20261204);
-  int runs = 0;
-  for (int trial = 0; trial < 60; ++trial) {
-    const auto c = random_case(rng, {});
-    if (!c) continue;
-    ++runs;
-    CAPTURE(tg::to_string(c->x));
-    CAPTURE(tg::to_string(c->w));
-    CAPTURE(trial);
-    check_case_against_reference(*c, ConvAlgorithm::implicit_gemm, 2 * trial + 1);
-  }
-  CHECK(runs >= 40);
+  CHECK(check_random_cases(20261204, 60, {}, ConvAlgorithm::implicit_gemm) >= 40);
 }
 
 TEST_CASE("conv: the direct kernel on random geometries with wide rows equals the reference") {
   // Rows 1-90 wide and 1-9 taps along them: the fused pass over every tap row
-  // (8-vector blocks, single vectors and the scalar rest), taps past the fused
+  // (8-vector blocks, a block of the vectors left, the overlapping last vector,
+  // rows narrower than a vector), the kernel gradient's fused sums, taps past the fused
   // limit of 7, dilations 1-3 (1 is compiled apart), strides 1-3, the edges,
   // and the unit-stride input gradient that runs the forward loops.
-  std::mt19937_64 rng(20261205);
   const GeometryLimits wide{.max_stride = 3, .max_in = 6, .max_in_3d = 3, .min_last = 1, .max_last = 90, .max_last_kernel = 9};
-  int runs = 0;
-  for (int trial = 0; trial < 50; ++trial) {
-    const auto c = random_case(rng, wide);
-    if (!c) continue;
-    ++runs;
-    CAPTURE(tg::to_string(c->x));
-    CAPTURE(tg::to_string(c->w));
-    CAPTURE(trial);
-    check_case_against_reference(*c, ConvAlgorithm::direct, 3 * trial + 1);
-  }
-  CHECK(runs >= 35);
+  CHECK(check_random_cases(20261205, 50, wide, ConvAlgorithm::direct) >= 35);
 }
 
 TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjoint of conv") {

@@ -17,36 +17,40 @@ namespace tg::kernels::conv_impl {
 
 template <class T>
 struct LaneType;
-// `unaligned`: the same vector at any address, allowed to alias T; loads and stores go through it.
 template <>
 struct LaneType<float> {
   using type = float __attribute__((vector_size(32)));
-  using unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
 };
 template <>
 struct LaneType<double> {
   using type = double __attribute__((vector_size(32)));
-  using unaligned = double __attribute__((vector_size(32), aligned(8), may_alias));
 };
 template <class T>
 using Lanes = typename LaneType<T>::type;
 template <class T>
 constexpr int kLanes = 32 / int(sizeof(T));
 
-// Note [Vector stores]: a store through the unaligned type is one vector
-// store. A memcpy of the vector was merged with its neighbours into one block
-// copy, which GCC expanded as 16-byte moves from a stack copy, each reload a
-// failed store forward (2x the time of a 3x3 filter).
+// A vector at any address, allowed to alias T: loads and stores go through it.
+template <class V>
+struct __attribute__((packed, may_alias)) Unaligned {
+  V v;
+};
+
+// Note [Vector stores]: a store through Unaligned is one vector store. A
+// memcpy of the vector was merged with its neighbours into one block copy,
+// which GCC expanded as 16-byte moves from a stack copy, each reload a failed
+// store forward (2x the time of a 3x3 filter). Rejected: a typedef with
+// aligned(alignof(T)), which Clang keeps 32-byte aligned (UBSan: misaligned).
 // V is Lanes<T> or T itself (one value).
 template <class V, class T>
 [[gnu::always_inline]] inline V load(const T* p) {
   if constexpr (std::is_same_v<V, T>) return *p;
-  else return *reinterpret_cast<const typename LaneType<T>::unaligned*>(p);
+  else return reinterpret_cast<const Unaligned<V>*>(p)->v;
 }
 template <class V, class T>
 [[gnu::always_inline]] inline void store(T* p, const V& v) {
   if constexpr (std::is_same_v<V, T>) *p = v;
-  else *reinterpret_cast<typename LaneType<T>::unaligned*>(p) = v;
+  else reinterpret_cast<Unaligned<V>*>(p)->v = v;
 }
 
 }  // namespace tg::kernels::conv_impl

@@ -373,7 +373,9 @@ TEST_CASE("compile: the folded and the moved pullback give the interpreter's flo
         const F h = tg::relu(tg::conv(x, w, b, {.padding = {2}, .algorithm = algorithm}));
         return pooled ? tg::sum(tg::maxpool(h, {.window = {2}})) : tg::sum(h * 0.5f);
       };
-      const AF x = AF::random_uniform({8, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
+      // 40 samples of 16 tiles: Winograd's weight pass runs blocks of 16, 16 and 8
+      // samples (Note [Weight pass pipeline]), each folding the pullback first.
+      const AF x = AF::random_uniform({40, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
                b = AF::random_uniform({32}, -1, 1, 3);
       auto tape = tg::record(layer, x, w, b);
       auto ct = tg::compile(tape);

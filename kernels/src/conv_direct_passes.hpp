@@ -107,19 +107,10 @@ struct TapRows {
   }
 };
 
-// y[o] (= or +=) sum over rows r, taps t of w[r][t] x[r][shift + o + t * dil],
-// o in [0, count): every tap of every row in one pass over y, U vectors of
-// outputs held in registers (K2 known at compile time, so the taps unroll).
-// Note [Fused tap rows]: y is read and written once per output row, not once
-// per kernel row, and needs no zeroing first; the sum runs in the order the
-// per-row passes added (row by row, tap by tap). The last partial vector is a
-// whole one ending at the row's end, over outputs already done, whose new
-// lanes alone are kept (added to y after the taps, when accumulating).
-// Rejected: one vector at a time for what is left after the 8-vector blocks,
-// one FMA chain that made a 28-wide row wait on every FMA (L1: 1.4x slower).
-// 8 (U) vectors of fused_rows' outputs. Dil: the dilation when known at compile
-// time (1), else 0 and `dil` gives it; a known one makes every tap's offset a
-// constant in the load instruction instead of a register (24 of them spilled).
+// U vectors of fused_rows' outputs (below), held in registers. Dil: the
+// dilation when known at compile time (1), else 0 and `dil` gives it; a known
+// one makes every tap's offset a constant in the load instruction instead of
+// a register (24 of them spilled).
 template <int K2, int U, int Dil, class T>
 [[gnu::always_inline]] inline void fused_rows_block(T* __restrict y, const TapRows<T>& rows, std::int64_t shift,
                                                     std::int64_t dil, bool accumulate) {

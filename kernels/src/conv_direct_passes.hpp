@@ -93,6 +93,20 @@ inline void for_each_tap_row(const ConvGeometry& g, std::int64_t o0, std::int64_
   }
 }
 
+// The fused passes' vectors: 256-bit with AVX2, else 128-bit, the register
+// width (a 256-bit vector extension compiled for SSE2 came out as pairs of
+// xmm registers built through the stack, 2.7x the old loops' time).
+#ifdef TG_DIRECT_AVX2
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+template <class T>
+using Vec = typename VectorOf<T, kVectorBytes>::type;
+template <class T>
+constexpr int kVec = kVectorBytes / int(sizeof(T));
+constexpr int kFusedVectors = 8;  // outputs a fused block holds: 8 of the 16 vector registers
+
 // The input rows (and their kernel rows) that reach one output row, gathered
 // over channels and the leading kernel dims: x[r] is input row r's element 0,
 // w[r] its ker[2] taps.
@@ -115,8 +129,8 @@ template <int K2, int U, int Dil, class T>
 [[gnu::always_inline]] inline void fused_rows_block(T* __restrict y, const TapRows<T>& rows, std::int64_t shift,
                                                     std::int64_t dil, bool accumulate) {
   if constexpr (Dil > 0) dil = Dil;
-  using V = Lanes<T>;
-  constexpr int L = kLanes<T>;
+  using V = Vec<T>;
+  constexpr int L = kVec<T>;
   V acc[U];
   for (int u = 0; u < U; ++u) acc[u] = accumulate ? load<V>(y + u * L) : V{};
   for (std::int64_t r = 0; r < rows.count; ++r) {
@@ -147,7 +161,7 @@ template <int K2, int U, int Dil, class T>
 template <int K2, class T>
 void fused_rows(T* __restrict y, const TapRows<T>& rows, std::int64_t shift, std::int64_t count, std::int64_t dil,
                 bool accumulate) {
-  constexpr int L = kLanes<T>, U = 8;
+  constexpr int L = kVec<T>, U = kFusedVectors;
   std::int64_t o = 0;
   if (dil == 1)
     for (; o + U * L <= count; o += U * L) fused_rows_block<K2, U, 1>(y + o, rows, shift + o, dil, accumulate);
@@ -194,11 +208,11 @@ void fused_rows(T* __restrict y, const TapRows<T>& rows, std::int64_t shift, std
 // of its plane); outputs past the last whole vector go to acc[t]. Dil as in
 // fused_rows_block.
 template <int K2, int Dil, class T>
-void fused_dots_at(Lanes<T>* sums, T* acc, const T* __restrict x, const T* __restrict gy, std::int64_t count,
+void fused_dots_at(Vec<T>* sums, T* acc, const T* __restrict x, const T* __restrict gy, std::int64_t count,
                    std::int64_t dil) {
   if constexpr (Dil > 0) dil = Dil;
-  using V = Lanes<T>;
-  constexpr int L = kLanes<T>, U = K2 >= 12 ? 1 : 12 / (K2 + 1);
+  using V = Vec<T>;
+  constexpr int L = kVec<T>, U = K2 >= 12 ? 1 : 12 / (K2 + 1);
   V part[K2][U] = {};
   std::int64_t o = 0;
   for (; o + U * L <= count; o += U * L) {
@@ -223,7 +237,7 @@ void fused_dots_at(Lanes<T>* sums, T* acc, const T* __restrict x, const T* __res
   }
 }
 template <int K2, class T>
-void fused_dots(Lanes<T>* sums, T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
+void fused_dots(Vec<T>* sums, T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
   if (dil == 1) fused_dots_at<K2, 1>(sums, acc, x, gy, count, dil);
   else fused_dots_at<K2, 0>(sums, acc, x, gy, count, dil);
 }
@@ -251,7 +265,7 @@ struct FusedRows {
 template <int K2>
 struct FusedDots {
   template <class T>
-  static void run(Lanes<T>* sums, T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
+  static void run(Vec<T>* sums, T* acc, const T* x, const T* gy, std::int64_t count, std::int64_t dil) {
     fused_dots<K2>(sums, acc, x, gy, count, dil);
   }
 };
@@ -301,11 +315,11 @@ void output_row(const ConvGeometry& g, std::span<const TapRange> taps, const std
 // over the outputs tap t2 reaches.
 template <class T>
 void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> taps, const std::int64_t interior[2],
-                    Lanes<T>* sums, T* acc, const T* xrow, const T* gyrow) {
+                    Vec<T>* sums, T* acc, const T* xrow, const T* gyrow) {
   const std::int64_t K2 = g.ker[2], s2 = g.stride[2];
   std::int64_t begin = interior[0], end = interior[1];
   // Below 4 vectors the lanes' bookkeeping costs more than one load of gy saves.
-  if (s2 != 1 || K2 > kMaxFusedTaps || end - begin < 4 * kLanes<T>) begin = end = 0;
+  if (s2 != 1 || K2 > kMaxFusedTaps || end - begin < 4 * kVec<T>) begin = end = 0;
   if (begin < end)
     with_taps<FusedDots>(K2, sums, acc, xrow + taps[0].offset + begin, gyrow + begin, end - begin, g.dil[2]);
   for (std::int64_t t2 = 0; t2 < K2; ++t2) {
@@ -397,8 +411,8 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     const std::span<T> acc = own.take_filled<T>(kv, T(0));
-    const std::span<Lanes<T>> sums = own.take<Lanes<T>>(kv);  // filled here: Note [Lanes never cross a call]
-    for (auto& v : sums) v = Lanes<T>{};
+    const std::span<Vec<T>> sums = own.take<Vec<T>>(kv);  // filled here: Note [Lanes never cross a call]
+    for (auto& v : sums) v = Vec<T>{};
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xc = x + (n * g.C + group * g.Cg + c) * iv;
       const T* gyk = gy + (n * g.K + k) * ov;
@@ -412,7 +426,7 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
     }
     for (std::int64_t t = 0; t < kv; ++t) {
       T total = acc[static_cast<std::size_t>(t)];
-      for (int j = 0; j < kLanes<T>; ++j) total += sums[static_cast<std::size_t>(t)][j];
+      for (int j = 0; j < kVec<T>; ++j) total += sums[static_cast<std::size_t>(t)][j];
       gw[kc * kv + t] += total;
     }
   });

@@ -1,5 +1,5 @@
-// Lanes<T>: one 256-bit vector of T as a GCC/Clang vector extension, with
-// unaligned loads and stores. The passes compiled once per instruction set
+// Lanes<T>: one 256-bit vector of T as a GCC/Clang vector extension (VectorOf
+// for other widths), with unaligned loads and stores. The passes compiled once per instruction set
 // (conv_winograd_passes.hpp, conv_direct_passes.hpp) write their vector loops
 // with it: under an AVX2 target it is one ymm register, under the portable
 // target two xmm halves.
@@ -15,18 +15,27 @@
 
 namespace tg::kernels::conv_impl {
 
-template <class T>
-struct LaneType;
+// VectorOf<T, Bytes>::type: Bytes / sizeof(T) values of T as one vector.
+template <class T, int Bytes>
+struct VectorOf;
 template <>
-struct LaneType<float> {
+struct VectorOf<float, 32> {
   using type = float __attribute__((vector_size(32)));
 };
 template <>
-struct LaneType<double> {
+struct VectorOf<double, 32> {
   using type = double __attribute__((vector_size(32)));
 };
+template <>
+struct VectorOf<float, 16> {
+  using type = float __attribute__((vector_size(16)));
+};
+template <>
+struct VectorOf<double, 16> {
+  using type = double __attribute__((vector_size(16)));
+};
 template <class T>
-using Lanes = typename LaneType<T>::type;
+using Lanes = typename VectorOf<T, 32>::type;
 template <class T>
 constexpr int kLanes = 32 / int(sizeof(T));
 
@@ -41,7 +50,7 @@ struct __attribute__((packed, may_alias)) Unaligned {
 // which GCC expanded as 16-byte moves from a stack copy, each reload a failed
 // store forward (2x the time of a 3x3 filter). Rejected: a typedef with
 // aligned(alignof(T)), which Clang keeps 32-byte aligned (UBSan: misaligned).
-// V is Lanes<T> or T itself (one value).
+// V is a vector of T (Lanes<T>, VectorOf) or T itself (one value).
 template <class V, class T>
 [[gnu::always_inline]] inline V load(const T* p) {
   if constexpr (std::is_same_v<V, T>) return *p;

@@ -1,8 +1,8 @@
 // Lanes<T>: one 256-bit vector of T as a GCC/Clang vector extension (VectorOf
-// for other widths), with unaligned loads and stores. The passes compiled once per instruction set
-// (conv_winograd_passes.hpp, conv_direct_passes.hpp) write their vector loops
-// with it: under an AVX2 target it is one ymm register, under the portable
-// target two xmm halves.
+// for other widths), with unaligned loads and stores. The passes compiled once
+// per instruction set (conv_winograd_passes.hpp, conv_direct_passes.hpp) write
+// their vector loops with it: under an AVX2 target a 256-bit one is one ymm
+// register, under the portable target two xmm halves.
 //
 // Note [Lanes never cross a call]: every function here, and every function that
 // takes or returns a Lanes<T>, is always_inline, so no out-of-line copy is ever
@@ -15,7 +15,10 @@
 
 namespace tg::kernels::conv_impl {
 
-// VectorOf<T, Bytes>::type: Bytes / sizeof(T) values of T as one vector.
+// VectorOf<T, Bytes>::type: Bytes / sizeof(T) values of T as one vector. One
+// specialisation per type and width: GCC drops vector_size from a dependent
+// type or size without an error (sizeof(T __attribute__((vector_size(B))))
+// came out as sizeof(T)).
 template <class T, int Bytes>
 struct VectorOf;
 template <>

@@ -42,9 +42,9 @@
 // whole input through memory), transforms its tiles into V, runs the GEMMs
 // one block of filters at a time into M, transforms M back into a channel-last copy of its output rows,
 // moves that to the output's channel-first planes, and applies the epilogue to
-// its rows while they are in cache. The weight gradient copies the whole input
-// channel-last first (its tasks are rows of tiles, whose windows overlap), and
-// reads each row of gy's tiles through a channel-last copy too. Every change of layout is a transpose
+// its rows while they are in cache. The weight gradient's tasks are rows of
+// tiles: each copies its tile row's input rows and its rows of gy channel-last
+// (Note [Weight pass input rows]). Every change of layout is a transpose
 // of vector-sized blocks in registers (8 x 8 floats), not element by element.
 //
 // The passes themselves are in conv_winograd_passes.hpp, compiled here for any

@@ -246,6 +246,20 @@ struct Tiling {
   }
   // Elements of `rows` padded rows of one group's channel-last input.
   std::int64_t rows_size(std::int64_t rows) const { return rows * P2 * Cgp; }
+
+  // Note [Point strides]: a transform writes one vector per transform point,
+  // the points a block apart, and each GEMM reads one point's block. Stored
+  // back to back, a block was often a multiple of 4 KB (16 tiles x 64
+  // channels, 256 tiles x 16 filters), so all 36 or 64 vectors of a tile fell
+  // into one set of L1 and evicted each other (L2's input transform: 29% of
+  // its input gradient against 8% of its forward). A block is padded to an
+  // odd number of cache lines, which spreads consecutive points over every
+  // set. Rejected: the points innermost ([tile][point][channel]), which would
+  // make the writes contiguous but put a GEMM's rows a whole tile apart.
+  static std::int64_t point_stride(std::int64_t elements) {
+    constexpr std::int64_t line = 64 / sizeof(T);
+    return (ceil_div(elements, line) | 1) * line;
+  }
 };
 
 // Padded rows [p1_begin, p1_end) of sample n's input, group grp's channels,
@@ -335,15 +349,16 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     const std::int64_t ty0 = part * tl.rows_per_task, ty1 = std::min(tl.tiles_y, ty0 + tl.rows_per_task);
     const std::int64_t count = (ty1 - ty0) * tl.tiles_x, padded = ceil_div(count, kTileRows) * kTileRows;
     ScratchScope local;
-    T* V = local.take<T>(tl.points * count * tl.Cgp).data();  // [xi][t][Cgp]
-    T* M = local.take<T>(tl.points * padded * NR).data();     // [xi][t][NR]
+    const std::int64_t v_stride = tl.point_stride(count * tl.Cgp), m_stride = tl.point_stride(padded * NR);
+    T* V = local.take<T>(tl.points * v_stride).data();  // [xi][t][Cgp], points v_stride apart
+    T* M = local.take<T>(tl.points * m_stride).data();  // [xi][t][NR], points m_stride apart
     T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
     // The task's padded input rows, channel-last (Note [Winograd convolution], layout).
     const std::int64_t p1_begin = ty0 * Y::m, p1_end = ty1 * Y::m + Y::r - 1;
     T* xt = local.take<T>(tl.rows_size(p1_end - p1_begin)).data();
     channel_last_rows(g, tl, x, n, grp, p1_begin, p1_end, xt);
     for (std::int64_t ty = ty0; ty < ty1; ++ty)
-      input_row(tl, xt + tl.rows_size((ty - ty0) * Y::m), band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, count * tl.Cgp);
+      input_row(tl, xt + tl.rows_size((ty - ty0) * Y::m), band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, v_stride);
     // The task's outputs, channel-last: S[position][k] for the positions of its
     // output rows (contiguous in every output plane) and the group's filters.
     const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow, Kgp = blocks * NR;
@@ -354,11 +369,11 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       for (std::int64_t xi = 0; xi < tl.points; ++xi) {
         const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
-        const T* Vxi = V + xi * count * tl.Cgp;
+        const T* Vxi = V + xi * v_stride;
         for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
           for (int i = 0; i < kTileRows; ++i) {
             rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
-            out[i] = M + (xi * padded + t0 + i) * NR;
+            out[i] = M + xi * m_stride + (t0 + i) * NR;
           }
           // M[xi] (6 tiles x NR filters) = V[xi] (6 x Cg) . U[xi] (Cg x NR)
           gemm_tile_strided(rows, 1, Ub, g.Cg, out);
@@ -368,8 +383,8 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
       for (std::int64_t t = 0; t < count; ++t) {
         const std::int64_t ty = ty0 + t / tl.tiles_x, tx = t % tl.tiles_x;
         for (int v = 0; v < NR; v += kLanes<T>)
-          transform<Y::m, Y::alpha, X::m, X::alpha, Lanes<T>>(Y::AT, X::AT, M + t * NR + v, X::alpha * padded * NR,
-                                                               padded * NR, tile_out + v, NR);
+          transform<Y::m, Y::alpha, X::m, X::alpha, Lanes<T>>(Y::AT, X::AT, M + t * NR + v, X::alpha * m_stride,
+                                                               m_stride, tile_out + v, NR);
         const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
         T* corner = S + ((ty * Y::m) * ow + tx * X::m - first) * Kgp + blk * NR;
@@ -402,8 +417,10 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2], per_sample = tl.tiles_y * tl.tiles_x;
   const std::int64_t sample_block = std::clamp<std::int64_t>(256 / per_sample, 1, g.N);
   const std::int64_t most = sample_block * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
-  T* V = scratch.take<T>(g.groups * tl.points * most * tl.Cgp).data();           // [grp][xi][t][Cgp]
-  T* Yhat = scratch.take<T>(g.groups * tl.points * blocks * most * NR).data();    // [grp][xi][blk][t][NR]
+  // Note [Point strides]: a group's points lie v_stride (V) and y_stride (Yhat) apart.
+  const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
+  T* V = scratch.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
+  T* Yhat = scratch.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
   T* gU = scratch.take<T>(g.groups * tl.points * blocks * c_tiles * kTileRows * NR).data();  // [grp][xi][blk][c][NR]
   const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;  // row sums (N x K)
@@ -430,7 +447,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
       // 128x32x28x28): 1.2x the weight pass's time at 1 thread.
       T* xt = local.take<T>(tl.rows_size(Y::alpha)).data();
       channel_last_rows(g, tl, x, n, grp, ty * Y::m, ty * Y::m + Y::alpha, xt);
-      input_row(tl, xt, band, V + (grp * tl.points * most + s * per_sample + ty * tl.tiles_x) * tl.Cgp, most * tl.Cgp);
+      input_row(tl, xt, band, V + grp * tl.points * v_stride + (s * per_sample + ty * tl.tiles_x) * tl.Cgp, v_stride);
       // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
       const std::int64_t Kgp = blocks * NR;
       T* D = local.take<T>(in * ow * Kgp).data();
@@ -448,10 +465,9 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
             for (std::int64_t jj = 0; jj < jn; ++jj)
               std::memcpy(dy + (i * X::m + jj) * NR, corner + (i * ow + jj) * Kgp, NR * sizeof(T));
           // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
-          T* Yt = Yhat + ((grp * tl.points * blocks + blk) * most + t) * NR;
+          T* Yt = Yhat + grp * tl.points * y_stride + (blk * most + t) * NR;
           for (int v = 0; v < NR; v += kLanes<T>)
-            transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v,
-                                                               blocks * most * NR);
+            transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v, y_stride);
         }
       }
     });
@@ -460,7 +476,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
     parallel_for(gemm_tiles, conv_threads(), [&](std::int64_t tile_index) {
       const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;
       const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
-      const T* Vxi = V + (grp * tl.points + xi) * most * tl.Cgp;
+      const T* Vxi = V + (grp * tl.points + xi) * v_stride;
       const T* rows[kTileRows];
       T* out[kTileRows];
       for (int i = 0; i < kTileRows; ++i) {
@@ -468,7 +484,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
         out[i] = gU + (tile_index * kTileRows + i) * NR;
       }
       // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-      gemm_tile_strided(rows, tl.Cgp, Yhat + ((grp * tl.points + xi) * blocks + blk) * most * NR, count, out, !first);
+      gemm_tile_strided(rows, tl.Cgp, Yhat + (grp * tl.points + xi) * y_stride + blk * most * NR, count, out, !first);
     });
   }
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);

@@ -227,6 +227,8 @@ void transpose(const T* src, std::int64_t src_stride, std::int64_t rows, std::in
 template <class T, class Y, class X>
 struct Tiling {
   static constexpr std::int64_t points = Y::alpha * X::alpha;
+  // About this many tiles a forward task: V and M stay in L2, and a sample splits into tasks.
+  static constexpr std::int64_t kTargetTiles = 48;
   std::int64_t tiles_y = 0, tiles_x = 0;
   std::int64_t P1 = 0, P2 = 0;    // the padded input plane
   std::int64_t Cgp = 0;           // a group's channels padded to whole vectors
@@ -238,11 +240,23 @@ struct Tiling {
     P1 = tiles_y * Y::m + Y::r - 1;
     P2 = tiles_x * X::m + X::r - 1;
     Cgp = ceil_div(g.Cg, kLanes<T>) * kLanes<T>;
-    // About 32 tiles a task: V and M stay in L2, and a sample splits into tasks.
-    constexpr std::int64_t kTargetTiles = 32;
     tasks_per_sample = std::max<std::int64_t>(1, (tiles_y * tiles_x) / kTargetTiles);
     rows_per_task = ceil_div(tiles_y, tasks_per_sample);
     tasks_per_sample = ceil_div(tiles_y, rows_per_task);
+  }
+  // Note [Winograd tasks span samples]: a forward task streams every
+  // transformed weight of its group (U, up to MBs) through its GEMMs once, so
+  // a task of one small sample paid that for a few tiles (7x7 images: 4
+  // tiles, padded to 6 GEMM rows). A task takes several samples up to about
+  // kTargetTiles tiles (48: 8 whole GEMM row tiles) as long as every thread
+  // still gets two tasks; its tiles, outputs and transposes run sample by
+  // sample. 1 thread: N7 (7x7) forward 0.70x the time, L2 and N4 0.91x.
+  // Rejected: a target of 96 tiles, no faster than 48 while V doubles.
+  std::int64_t samples_per_task(const ConvGeometry& g, int threads) const {
+    if (tasks_per_sample > 1) return 1;
+    const std::int64_t wanted = std::max<std::int64_t>(1, kTargetTiles / (tiles_y * tiles_x));
+    const std::int64_t most = std::max<std::int64_t>(1, g.N * g.groups / (2 * std::int64_t(threads)));
+    return std::min(wanted, most);
   }
   // Elements of `rows` padded rows of one group's channel-last input.
   std::int64_t rows_size(std::int64_t rows) const { return rows * P2 * Cgp; }
@@ -334,7 +348,7 @@ const T* transform_weights(const ConvGeometry& g, const Tiling<T, Y, X>& tl, con
 
 // ---- the passes, for one pair of tap counts ----------------------------------------
 
-// y (N, K, out) (+)= conv(x, w): tasks of (sample, group, block of tile rows).
+// y (N, K, out) (+)= conv(x, w): tasks of (samples, group, block of tile rows).
 template <class T, class Y, class X>
 void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue) {
   constexpr int NR = kTileCols<T>;
@@ -342,27 +356,34 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   const Tiling<T, Y, X> tl(g);
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2];
   const T* U = transform_weights(g, tl, w, scratch);
-  const std::int64_t tasks = g.N * g.groups * tl.tasks_per_sample;
-  parallel_for(tasks, conv_threads(), [&](std::int64_t task) {
+  const int threads = conv_threads();
+  const std::int64_t spt = tl.samples_per_task(g, threads), sample_tasks = ceil_div(g.N, spt);
+  const std::int64_t tasks = sample_tasks * g.groups * tl.tasks_per_sample;
+  parallel_for(tasks, threads, [&](std::int64_t task) {
     const std::int64_t part = task % tl.tasks_per_sample, grp = (task / tl.tasks_per_sample) % g.groups;
-    const std::int64_t n = task / (tl.tasks_per_sample * g.groups);
+    const std::int64_t n0 = task / (tl.tasks_per_sample * g.groups) * spt, samples = std::min(spt, g.N - n0);
     const std::int64_t ty0 = part * tl.rows_per_task, ty1 = std::min(tl.tiles_y, ty0 + tl.rows_per_task);
-    const std::int64_t count = (ty1 - ty0) * tl.tiles_x, padded = ceil_div(count, kTileRows) * kTileRows;
+    const std::int64_t per_sample = (ty1 - ty0) * tl.tiles_x;  // the task's tiles of one sample
+    const std::int64_t count = samples * per_sample, padded = ceil_div(count, kTileRows) * kTileRows;
     ScratchScope local;
     const std::int64_t v_stride = tl.point_stride(count * tl.Cgp), m_stride = tl.point_stride(padded * NR);
     T* V = local.take<T>(tl.points * v_stride).data();  // [xi][t][Cgp], points v_stride apart
     T* M = local.take<T>(tl.points * m_stride).data();  // [xi][t][NR], points m_stride apart
     T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
-    // The task's padded input rows, channel-last (Note [Winograd convolution], layout).
+    // Each sample's padded input rows for the task, channel-last (Note [Winograd convolution], layout).
     const std::int64_t p1_begin = ty0 * Y::m, p1_end = ty1 * Y::m + Y::r - 1;
     T* xt = local.take<T>(tl.rows_size(p1_end - p1_begin)).data();
-    channel_last_rows(g, tl, x, n, grp, p1_begin, p1_end, xt);
-    for (std::int64_t ty = ty0; ty < ty1; ++ty)
-      input_row(tl, xt + tl.rows_size((ty - ty0) * Y::m), band, V + (ty - ty0) * tl.tiles_x * tl.Cgp, v_stride);
-    // The task's outputs, channel-last: S[position][k] for the positions of its
-    // output rows (contiguous in every output plane) and the group's filters.
+    for (std::int64_t s = 0; s < samples; ++s) {
+      channel_last_rows(g, tl, x, n0 + s, grp, p1_begin, p1_end, xt);
+      for (std::int64_t ty = ty0; ty < ty1; ++ty)
+        input_row(tl, xt + tl.rows_size((ty - ty0) * Y::m), band,
+                  V + (s * per_sample + (ty - ty0) * tl.tiles_x) * tl.Cgp, v_stride);
+    }
+    // The task's outputs, channel-last: S[s][position][k] for the positions of
+    // its output rows (contiguous in every output plane) and the group's filters.
     const std::int64_t first = ty0 * Y::m * ow, last = std::min(ty1 * Y::m, g.out[1]) * ow, Kgp = blocks * NR;
-    T* S = local.take<T>((last - first) * Kgp).data();
+    const std::int64_t positions = last - first;
+    T* S = local.take<T>(samples * positions * Kgp).data();
     const T* rows[kTileRows];
     T* out[kTileRows];
     T tile_out[Y::m * X::m * NR];
@@ -380,24 +401,28 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
         }
       }
       // tile_out = A1^T M A2 per tile, NR filters at once, into S (the tile's outputs inside the plane).
-      for (std::int64_t t = 0; t < count; ++t) {
-        const std::int64_t ty = ty0 + t / tl.tiles_x, tx = t % tl.tiles_x;
-        for (int v = 0; v < NR; v += kLanes<T>)
-          transform<Y::m, Y::alpha, X::m, X::alpha, Lanes<T>>(Y::AT, X::AT, M + t * NR + v, X::alpha * m_stride,
-                                                               m_stride, tile_out + v, NR);
-        const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
-        const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
-        T* corner = S + ((ty * Y::m) * ow + tx * X::m - first) * Kgp + blk * NR;
-        for (std::int64_t i = 0; i < in; ++i)
-          for (std::int64_t jj = 0; jj < jn; ++jj)
-            std::memcpy(corner + (i * ow + jj) * Kgp, tile_out + (i * X::m + jj) * NR, NR * sizeof(T));
-      }
+      const T* Mt = M;  // tile t's first point
+      for (std::int64_t s = 0; s < samples; ++s)
+        for (std::int64_t ty = ty0; ty < ty1; ++ty)
+          for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx, Mt += NR) {
+            for (int v = 0; v < NR; v += kLanes<T>)
+              transform<Y::m, Y::alpha, X::m, X::alpha, Lanes<T>>(Y::AT, X::AT, Mt + v, X::alpha * m_stride, m_stride,
+                                                                   tile_out + v, NR);
+            const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
+            const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
+            T* corner = S + (s * positions + (ty * Y::m) * ow + tx * X::m - first) * Kgp + blk * NR;
+            for (std::int64_t i = 0; i < in; ++i)
+              for (std::int64_t jj = 0; jj < jn; ++jj)
+                std::memcpy(corner + (i * ow + jj) * Kgp, tile_out + (i * X::m + jj) * NR, NR * sizeof(T));
+          }
     }
-    // y[k][first..last) (+)= S[.][k]: the group's filters, back to channel-first.
-    transpose(S, Kgp, last - first, g.Kg, y + (n * g.K + grp * g.Kg) * ov + first, ov, accumulate);
-    if (epilogue)  // the task's output rows, every filter of its group, still in cache
-      for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k)
-        epilogue->apply(y + (n * g.K + k) * ov + first, last - first, k);
+    for (std::int64_t s = 0; s < samples; ++s) {
+      // y[k][first..last) (+)= S[s][.][k]: the group's filters, back to channel-first.
+      T* plane0 = y + ((n0 + s) * g.K + grp * g.Kg) * ov + first;
+      transpose(S + s * positions * Kgp, Kgp, positions, g.Kg, plane0, ov, accumulate);
+      if (epilogue)  // the task's output rows, every filter of its group, still in cache
+        for (std::int64_t k = 0; k < g.Kg; ++k) epilogue->apply(plane0 + k * ov, positions, grp * g.Kg + k);
+    }
   });
 }
 

@@ -37,12 +37,12 @@
 // Layout: the transforms read the input zero-padded to whole tiles and
 // channel-last, each group's channels padded to whole vectors: (P1, P2, Cg')
 // per sample and group. Every transform then works on a vector of channels (or
-// of filters) at a time. A forward task is (sample, group, a block of tile rows):
+// of filters) at a time. A forward task is (samples, group, a block of tile rows):
 // it copies its padded input rows channel-last (into L2, not a copy of the
 // whole input through memory), transforms its tiles into V, runs the GEMMs
 // one block of filters at a time into M, transforms M back into a channel-last copy of its output rows,
 // moves that to the output's channel-first planes, and applies the epilogue to
-// its rows while they are in cache. The weight gradient's tasks are rows of
+// its rows while they are in cache (Note [Winograd tasks span samples]). The weight gradient's tasks are rows of
 // tiles: each copies its tile row's input rows and its rows of gy channel-last
 // (Note [Weight pass input rows]). Every change of layout is a transpose
 // of vector-sized blocks in registers (8 x 8 floats), not element by element.

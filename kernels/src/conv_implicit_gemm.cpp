@@ -372,13 +372,17 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
         gemm_tile(rows, L.tap.data(), wb, R, out);
       }
     }
-    // Each sample's share of the run, transposed into its planes; complete and
-    // still in cache, so the epilogue runs on it now.
+    // Each sample's share of the run, transposed into its planes with the
+    // epilogue's bias (Note [Bias in the transpose]); complete and still in
+    // cache, so the activation runs on it now.
+    const T* bias = epilogue && epilogue->bias ? epilogue->bias + grp * g.Kg : nullptr;
+    const OutputEpilogue<T> activation{nullptr, epilogue ? epilogue->activation : nullptr, epilogue ? epilogue->context : nullptr};
     for (std::int64_t p = p_begin; p < p_end;) {
       const std::int64_t n = p / ov, m = p - n * ov, len = std::min(p_end, (n + 1) * ov) - p;
-      transpose_blocks(S + (p - p_begin) * Kgp, Kgp, len, g.Kg, y + (n * g.K + grp * g.Kg) * ov + m, ov, accumulate);
-      if (epilogue)
-        for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k) epilogue->apply(y + (n * g.K + k) * ov + m, len, k);
+      transpose_blocks(S + (p - p_begin) * Kgp, Kgp, len, g.Kg, y + (n * g.K + grp * g.Kg) * ov + m, ov, accumulate,
+                       bias);
+      if (activation.activation)
+        for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k) activation.apply(y + (n * g.K + k) * ov + m, len, k);
       p += len;
     }
   });

@@ -63,7 +63,7 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, 
                          T* gy_in_place);
 template <class T>
 void transpose_any(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
-                   std::int64_t dst_stride, bool add);
+                   std::int64_t dst_stride, bool add, const T* col_offset);
 }  // namespace avx2
 
 
@@ -106,13 +106,14 @@ void winograd_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T*
 
 template <class T>
 void transpose_blocks(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
-                      std::int64_t dst_stride, bool add) {
-  if (implicit_gemm_vectorised()) return avx2::transpose_any(src, src_stride, rows, cols, dst, dst_stride, add);
-  portable::transpose_any(src, src_stride, rows, cols, dst, dst_stride, add);
+                      std::int64_t dst_stride, bool add, const T* col_offset) {
+  if (implicit_gemm_vectorised())
+    return avx2::transpose_any(src, src_stride, rows, cols, dst, dst_stride, add, col_offset);
+  portable::transpose_any(src, src_stride, rows, cols, dst, dst_stride, add, col_offset);
 }
 
 #define TG_INSTANTIATE(T)                                                                                          \
-  template void transpose_blocks<T>(const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t, bool);     \
+  template void transpose_blocks<T>(const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t, bool, const T*); \
   template void winograd_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
   template void winograd_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, bool);                          \
   template void winograd_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);

@@ -14,7 +14,7 @@ namespace tg::kernels::conv_impl::avx2 {
 #define TG_INSTANTIATE(T)                                                                                         \
   template void forward_any<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*);     \
   template void backward_weight_any<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*); \
-  template void transpose_any<T>(const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t, bool);
+  template void transpose_any<T>(const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t, bool, const T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE

@@ -187,33 +187,41 @@ template <int LA, int LI, int RB, int RJ, class V, class T>
   }
 }
 
-// dst[j * dst_stride + i] (+)= src[i * src_stride + j] for i < rows, j < cols.
+// dst[j * dst_stride + i] (+)= src[i * src_stride + j] for i < rows, j < cols,
+// plus col_offset[j] where given (not with add: a conv's bias).
 // W x W blocks in registers; a ragged end of a dim of at least W takes one more
 // block that overlaps the last (its elements are written twice, with the same
 // values), except when adding, where the ragged ends go element by element.
 template <class T>
 void transpose(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
-               std::int64_t dst_stride, bool add = false) {
+               std::int64_t dst_stride, bool add = false, const T* col_offset = nullptr) {
   constexpr int W = kLanes<T>;
   using V = Lanes<T>;
   auto covered = [&](std::int64_t n) { return n < W ? 0 : add ? n / W * W : n; };
   const std::int64_t rows_v = covered(rows), cols_v = covered(cols);
-  for (std::int64_t i0 = 0; i0 < rows_v; i0 += W) {
-    const std::int64_t i = std::min(i0, rows - W);
-    for (std::int64_t j0 = 0; j0 < cols_v; j0 += W) {
-      const std::int64_t j = std::min(j0, cols - W);
-      V r[W];
-      for (int k = 0; k < W; ++k) r[k] = load<V>(src + (i + k) * src_stride + j);
-      transpose_lanes(r);
-      for (int k = 0; k < W; ++k) {
-        T* d = dst + (j + k) * dst_stride + i;
-        store(d, add ? load<V>(d) + r[k] : r[k]);
+  // The blocks, each column j's vector stored as combine(destination, vector, j).
+  auto blocks = [&](auto combine) {
+    for (std::int64_t i0 = 0; i0 < rows_v; i0 += W) {
+      const std::int64_t i = std::min(i0, rows - W);
+      for (std::int64_t j0 = 0; j0 < cols_v; j0 += W) {
+        const std::int64_t j = std::min(j0, cols - W);
+        V r[W];
+        for (int k = 0; k < W; ++k) r[k] = load<V>(src + (i + k) * src_stride + j);
+        transpose_lanes(r);
+        for (int k = 0; k < W; ++k) {
+          T* d = dst + (j + k) * dst_stride + i;
+          store(d, combine(d, r[k], j + k));
+        }
       }
     }
-  }
+  };
+  if (add) blocks([](const T* d, V v, std::int64_t) { return load<V>(d) + v; });
+  else if (col_offset) blocks([&](const T*, V v, std::int64_t j) { return v + col_offset[j]; });
+  else blocks([](const T*, V v, std::int64_t) { return v; });
   auto element = [&](std::int64_t i, std::int64_t j) {
     T& d = dst[j * dst_stride + i];
-    d = add ? d + src[i * src_stride + j] : src[i * src_stride + j];
+    const T v = src[i * src_stride + j];
+    d = add ? d + v : col_offset ? v + col_offset[j] : v;
   };
   for (std::int64_t i = rows_v; i < rows; ++i)
     for (std::int64_t j = 0; j < cols; ++j) element(i, j);
@@ -422,12 +430,15 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
                 std::memcpy(corner + (i * ow + jj) * Kgp, tile_out + (i * X::m + jj) * NR, NR * sizeof(T));
           }
     }
+    // The epilogue's bias is added as the outputs move (Note [Bias in the transpose]).
+    const T* bias = epilogue && epilogue->bias ? epilogue->bias + grp * g.Kg : nullptr;
+    const OutputEpilogue<T> activation{nullptr, epilogue ? epilogue->activation : nullptr, epilogue ? epilogue->context : nullptr};
     for (std::int64_t s = 0; s < samples; ++s) {
       // y[k][first..last) (+)= S[s][.][k]: the group's filters, back to channel-first.
       T* plane0 = y + ((n0 + s) * g.K + grp * g.Kg) * ov + first;
-      transpose(S + s * positions * Kgp, Kgp, positions, g.Kg, plane0, ov, accumulate);
-      if (epilogue)  // the task's output rows, every filter of its group, still in cache
-        for (std::int64_t k = 0; k < g.Kg; ++k) epilogue->apply(plane0 + k * ov, positions, grp * g.Kg + k);
+      transpose(S + s * positions * Kgp, Kgp, positions, g.Kg, plane0, ov, accumulate, bias);
+      if (activation.activation)  // the task's output rows, every filter of its group, still in cache
+        for (std::int64_t k = 0; k < g.Kg; ++k) activation.apply(plane0 + k * ov, positions, grp * g.Kg + k);
     }
   });
 }
@@ -570,8 +581,8 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw, 
 
 template <class T>
 void transpose_any(const T* src, std::int64_t src_stride, std::int64_t rows, std::int64_t cols, T* dst,
-                   std::int64_t dst_stride, bool add) {
-  transpose(src, src_stride, rows, cols, dst, dst_stride, add);
+                   std::int64_t dst_stride, bool add, const T* col_offset) {
+  transpose(src, src_stride, rows, cols, dst, dst_stride, add, col_offset);
 }
 
 }  // namespace tg::kernels::conv_impl::TG_WINOGRAD_ISA

@@ -376,7 +376,7 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
     // epilogue's bias (Note [Bias in the transpose]); complete and still in
     // cache, so the activation runs on it now.
     const T* bias = epilogue && epilogue->bias ? epilogue->bias + grp * g.Kg : nullptr;
-    const OutputEpilogue<T> activation{nullptr, epilogue ? epilogue->activation : nullptr, epilogue ? epilogue->context : nullptr};
+    const OutputEpilogue<T> activation = epilogue ? epilogue->without_bias() : OutputEpilogue<T>{};
     for (std::int64_t p = p_begin; p < p_end;) {
       const std::int64_t n = p / ov, m = p - n * ov, len = std::min(p_end, (n + 1) * ov) - p;
       transpose_blocks(S + (p - p_begin) * Kgp, Kgp, len, g.Kg, y + (n * g.K + grp * g.Kg) * ov + m, ov, accumulate,

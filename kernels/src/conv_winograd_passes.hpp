@@ -235,7 +235,8 @@ void transpose(const T* src, std::int64_t src_stride, std::int64_t rows, std::in
 template <class T, class Y, class X>
 struct Tiling {
   static constexpr std::int64_t points = Y::alpha * X::alpha;
-  // About this many tiles a forward task: V and M stay in L2, and a sample splits into tasks.
+  // About this many tiles a forward task: a large sample splits into tasks,
+  // small ones share one (Note [Winograd tasks span samples]).
   static constexpr std::int64_t kTargetTiles = 48;
   std::int64_t tiles_y = 0, tiles_x = 0;
   std::int64_t P1 = 0, P2 = 0;    // the padded input plane
@@ -432,7 +433,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     }
     // The epilogue's bias is added as the outputs move (Note [Bias in the transpose]).
     const T* bias = epilogue && epilogue->bias ? epilogue->bias + grp * g.Kg : nullptr;
-    const OutputEpilogue<T> activation{nullptr, epilogue ? epilogue->activation : nullptr, epilogue ? epilogue->context : nullptr};
+    const OutputEpilogue<T> activation = epilogue ? epilogue->without_bias() : OutputEpilogue<T>{};
     for (std::int64_t s = 0; s < samples; ++s) {
       // y[k][first..last) (+)= S[s][.][k]: the group's filters, back to channel-first.
       T* plane0 = y + ((n0 + s) * g.K + grp * g.Kg) * ov + first;

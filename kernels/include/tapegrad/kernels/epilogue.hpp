@@ -20,6 +20,8 @@ struct OutputEpilogue {
       for (std::int64_t i = 0; i < n; ++i) values[i] += bias[channel];
     if (activation) activation(context, values, n);
   }
+  // The activation alone: for a kernel that adds the bias itself (Note [Bias in the transpose]).
+  OutputEpilogue without_bias() const { return {nullptr, activation, context}; }
 };
 
 // Note [Adjoint prologue]: the backward half of an epilogue. A backward pass

@@ -359,13 +359,14 @@ TEST_CASE("compile: a conv's fused activation pullback folds into the weight gra
 }
 
 TEST_CASE("compile: the folded and the moved pullback give the interpreter's float gradients bit for bit on a LeNet layer") {
-  // The two algorithms that fold the pullback (and the bias gradient) into
-  // their weight pass: implicit GEMM as it packs gy, Winograd per block of
-  // samples. Before a max-pool the ReLU's pullback moves to the pool instead
+  // The algorithms that fold the pullback (and the bias gradient) into their
+  // weight pass: implicit GEMM as it packs gy, Winograd per block of samples,
+  // the direct kernel's shifted copies per plane. Before a max-pool the ReLU's pullback moves to the pool instead
   // (Note [Activation pullbacks at the max-pool]).
   using F = tg::Tracked<float>;
   using AF = tg::Array<float>;
-  for (auto algorithm : {tg::kernels::ConvAlgorithm::implicit_gemm, tg::kernels::ConvAlgorithm::winograd})
+  for (auto algorithm : {tg::kernels::ConvAlgorithm::implicit_gemm, tg::kernels::ConvAlgorithm::winograd,
+                         tg::kernels::ConvAlgorithm::direct})
     for (const bool pooled : {true, false}) {
       CAPTURE(std::string(tg::kernels::to_string(algorithm)));
       CAPTURE(pooled);
@@ -375,8 +376,10 @@ TEST_CASE("compile: the folded and the moved pullback give the interpreter's flo
       };
       // 40 samples of 16 tiles: Winograd's weight pass runs blocks of 16, 16 and 8
       // samples (Note [Weight pass pipeline]), each folding the pullback first.
-      const AF x = AF::random_uniform({40, 8, 14, 14}, -1, 1, 1), w = AF::random_uniform({32, 8, 5, 5}, -1, 1, 2),
-               b = AF::random_uniform({32}, -1, 1, 3);
+      // The direct kernel folds it where its shifted copies run (few channels, at avx512).
+      const std::int64_t channels = algorithm == tg::kernels::ConvAlgorithm::direct ? 2 : 8;
+      const AF x = AF::random_uniform({40, channels, 14, 14}, -1, 1, 1), w = AF::random_uniform({30, channels, 5, 5}, -1, 1, 2),
+               b = AF::random_uniform({30}, -1, 1, 3);
       auto tape = tg::record(layer, x, w, b);
       auto ct = tg::compile(tape);
       CHECK((tg::dump(ct).find("(relu's pullback here)") != std::string::npos) == pooled);

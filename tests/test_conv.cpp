@@ -299,13 +299,14 @@ namespace {
 struct GeometryLimits {
   int max_kernel = 5, max_kernel_3d = 3, max_stride = 4;
   int max_in = 13, max_in_3d = 7, min_last = 1, max_last = 13, max_last_kernel = 5;
+  int max_rank = 3, max_cg = 19;
 };
 
 // A geometry drawn from rng that fits (padded input at least the dilated kernel), or nothing.
 std::optional<Case> random_case(std::mt19937_64& rng, const GeometryLimits& l) {
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  const int rank = pick(1, 3), groups = pick(1, 3);
-  const std::int64_t Cg = pick(1, 19), Kg = pick(1, 18), N = pick(1, 3);
+  const int rank = pick(1, l.max_rank), groups = pick(1, 3);
+  const std::int64_t Cg = pick(1, l.max_cg), Kg = pick(1, 18), N = pick(1, 3);
   Case c{{N, groups * Cg}, {groups * Kg, Cg}, {.groups = groups}};
   bool fits = true;
   for (int d = 0; d < rank; ++d) {
@@ -372,6 +373,68 @@ TEST_CASE("conv: the direct kernel on random geometries with wide rows equals th
   // and the unit-stride input gradient that runs the forward loops.
   const GeometryLimits wide{.max_stride = 3, .max_in = 6, .max_in_3d = 3, .min_last = 1, .max_last = 90, .max_last_kernel = 9};
   CHECK(check_random_cases(20261205, 50, wide, ConvAlgorithm::direct) >= 35);
+}
+
+TEST_CASE("conv: the direct kernel for few channels (shifted copies) on random geometries equals the reference") {
+  // Note [Shifted copies]: unit stride, ranks 1-2, 1-4 channels per group, up
+  // to 7 taps along rows 1-40 wide: planes with and without a partial last
+  // vector, filter counts past whole blocks, groups (copies of some channels
+  // only), dilations and paddings. At avx512 the forward and the weight
+  // gradient run the shifted copies; below it, the direct loops.
+  const GeometryLimits few{.max_stride = 1, .max_in = 9, .max_last = 40, .max_last_kernel = 7, .max_rank = 2, .max_cg = 4};
+  CHECK(check_random_cases(20261206, 60, few, ConvAlgorithm::direct) >= 40);
+  // The cost rule runs LeNet's conv1 with them (at avx512), and its input gradient not.
+  namespace k = tg::kernels;
+  const k::ConvGeometry lenet = k::conv_geometry({64, 1, 28, 28}, {32, 1, 5, 5}, {.pad_lo = {2}, .pad_hi = {2}}, "test");
+  const bool shifted = k::kernel_isa() >= k::Isa::avx512;
+  CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+  CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+  CHECK(k::choose_conv_algorithm(lenet, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  // The forward adding into y (a plane of 7 x 9, a partial last vector, and of 8 x 8).
+  for (const std::int64_t width : {9, 8}) {
+    const tg::Shape xs{2, 3, 8, width}, ws{5, 3, 2, 3};
+    const k::ConvGeometry g = k::conv_geometry(xs, ws, {.pad_lo = {0, 1}, .pad_hi = {0, 1}}, "test");
+    const A x = A::random_uniform(xs, -1, 1, 21), w = A::random_uniform(ws, -1, 1, 22);
+    A y = A::random_uniform({2, 5, 7, width}, -1, 1, 23);
+    A expected = ref::conv(x, w, {.pad_lo = {0, 1}, .pad_hi = {0, 1}});
+    for (std::int64_t i = 0; i < y.size(); ++i) expected.data()[i] += y.data()[i];
+    k::conv_forward(g, ConvAlgorithm::direct, x.data(), w.data(), y.data(), /*accumulate=*/true);
+    CHECK(max_abs_diff(y, expected) < 1e-12);
+  }
+}
+
+TEST_CASE("conv: the shifted-copy weight gradient in float, on LeNet's conv1, equals the reference") {
+  // Float sums over 64 x 784 positions per tap, in vectors of 16 lanes, with the
+  // bias gradient and a ReLU pullback folded in (conv_backward_weight_folded).
+  namespace k = tg::kernels;
+  const k::ConvGeometry g = k::conv_geometry({64, 1, 28, 28}, {30, 1, 5, 5}, {.pad_lo = {2}, .pad_hi = {2}}, "test");
+  const A x = A::random_uniform({64, 1, 28, 28}, -1, 1, 11), w = A::random_uniform({30, 1, 5, 5}, -1, 1, 12);
+  const A out = A::random_uniform({64, 30, 28, 28}, -1, 1, 13);  // the ReLU's output: its pullback keeps gy where out > 0
+  A gy = A::random_uniform({64, 30, 28, 28}, -1, 1, 14);
+  A masked = gy;
+  for (std::int64_t i = 0; i < masked.size(); ++i) masked.data()[i] = out.data()[i] > 0 ? masked.data()[i] : 0.0;
+  const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, masked, {.padding = {2}});
+  std::vector<double> gb_ref(30, 0.0);
+  for (std::int64_t i = 0; i < masked.size(); ++i) gb_ref[static_cast<std::size_t>((i / 784) % 30)] += masked.data()[i];
+  auto relu_pullback = [](const void*, const float* o, float* adjoint, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) adjoint[i] = o[i] > 0 ? adjoint[i] : 0.0f;
+  };
+  const auto xf = x.cast<float>(), outf = out.cast<float>();
+  const int before = tg::max_threads();
+  for (int threads : {1, 3}) {
+    CAPTURE(threads);
+    tg::set_num_threads(threads);
+    auto gyf = gy.cast<float>();
+    tg::Array<float> gw(tg::Shape{30, 1, 5, 5}), gb(tg::Shape{30});
+    const k::AdjointPrologue<float> prologue{outf.data(), +relu_pullback, nullptr, gb.data()};
+    k::conv_backward_weight_folded(g, ConvAlgorithm::direct, xf.data(), gyf.data(), gw.data(), prologue);
+    CHECK(max_abs_diff(gw.cast<double>(), gw_ref) < 2e-3);  // sums of about 25,000 terms of size 0.25
+    CHECK(max_abs_diff(gyf.cast<double>(), masked.cast<float>().cast<double>()) == 0);  // the pullback, in place
+    double bias_error = 0;
+    for (std::size_t j = 0; j < 30; ++j) bias_error = std::max(bias_error, std::abs(double(gb.data()[j]) - gb_ref[j]));
+    CHECK(bias_error < 2e-3);
+  }
+  tg::set_num_threads(before);
 }
 
 TEST_CASE("conv_transpose: every algorithm equals the reference, and is the adjoint of conv") {

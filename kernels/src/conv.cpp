@@ -183,6 +183,8 @@ namespace {
 constexpr double kGemmRate = 40e9;    // multiply-adds per second per thread, large GEMM
 constexpr double kImplicitGemmRate = 36e9;  // multiply-adds per second per thread, implicit GEMM tiles
 constexpr double kDirectRate = 4e9;   // multiply-adds per second per thread, direct loops
+constexpr double kShiftedForwardRate = 44e9;  // multiply-adds per second per thread, shifted copies (AVX-512)
+constexpr double kShiftedWeightRate = 46e9;
 constexpr double kCopyRate = 1.5e9;   // im2col/col2im elements per second per thread
 constexpr double kFftRate = 7e9;      // FFT flops per second per thread (FFTW, 5-smooth sizes)
 constexpr double kWinogradRate = 16e9;          // transformed multiply-adds per second per thread
@@ -237,6 +239,18 @@ double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
   return macs / kWinogradRate + transformed / kWinogradTransformRate;
 }
 
+// The direct loops, or for the forward and weight gradient where they run
+// (Note [Shifted copies]) the shifted copies: whole vectors of 16 positions,
+// so a plane's last partial vector is the waste, and no more threads busy
+// than there are samples (forward) or blocks of filters (weight gradient).
+double direct_seconds(const ConvGeometry& g, ConvPass pass) {
+  if (pass == ConvPass::backward_input || !conv_impl::shifted_runs(g)) return g.macs() / kDirectRate;
+  const double plane = double(g.out[1] * g.out[2]), fill = plane / (16.0 * std::ceil(plane / 16.0));
+  const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_blocks(g));
+  const double threads = double(tg::num_threads()), busy = std::min(threads, units) / threads;
+  return g.macs() / ((pass == ConvPass::forward ? kShiftedForwardRate : kShiftedWeightRate) * fill * busy);
+}
+
 double fft_seconds(const ConvGeometry& g) {
   double points = 1;
   for (int d = 0; d < ConvGeometry::kMaxSpatial; ++d) points *= double(fft_size(g.in[d] + g.lo[d] + g.hi[d]));
@@ -250,7 +264,7 @@ double fft_seconds(const ConvGeometry& g) {
 AlgorithmSeconds conv_estimated_seconds(const ConvGeometry& g, ConvPass pass) {
   AlgorithmSeconds s;
   s.fill(INFINITY);  // automatic, and any algorithm that cannot run this pass
-  s[index_of(ConvAlgorithm::direct)] = g.macs() / kDirectRate;
+  s[index_of(ConvAlgorithm::direct)] = direct_seconds(g, pass);
   s[index_of(ConvAlgorithm::im2col)] = gemm_seconds(g);
   s[index_of(ConvAlgorithm::implicit_gemm)] = implicit_gemm_seconds(g, pass);
   if (g.unit_stride_and_dilation()) s[index_of(ConvAlgorithm::fft)] = fft_seconds(g);
@@ -314,6 +328,8 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
   }
   if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate, epilogue);
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_forward(g, x, w, y, accumulate, epilogue);
+  if (a == ConvAlgorithm::direct && conv_impl::shifted_runs(g))
+    return conv_impl::shifted_forward(g, x, w, y, accumulate, epilogue);
   switch (a) {
     case ConvAlgorithm::direct: conv_impl::direct_forward(g, x, w, y, accumulate); break;
     case ConvAlgorithm::im2col: conv_impl::im2col_forward(g, x, w, y, accumulate); break;
@@ -358,7 +374,9 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
     return;
   }
   switch (a) {
-    case ConvAlgorithm::direct: return conv_impl::direct_backward_weight(g, x, gy, gw);
+    case ConvAlgorithm::direct:
+      if (conv_impl::shifted_runs(g)) return conv_impl::shifted_backward_weight<T>(g, x, gy, gw, nullptr, nullptr);
+      return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::winograd: return conv_impl::winograd_backward_weight(g, x, gy, gw);
@@ -391,6 +409,8 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
   if (a == ConvAlgorithm::implicit_gemm && !g.flip)
     return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &prologue, gy);
   if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &prologue, gy);
+  if (a == ConvAlgorithm::direct && !g.flip && conv_impl::shifted_runs(g))
+    return conv_impl::shifted_backward_weight(g, x, gy, gw, &prologue, gy);
   if (prologue.pullback) apply_adjoint_prologue(gy, g.N * g.K * g.out_vol(), prologue);
   if (prologue.bias_grad) conv_bias_backward(gy, prologue.bias_grad, g.N, g.K, g.out_vol());
   conv_backward_weight(g, a, x, gy, gw);

@@ -85,6 +85,23 @@ void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
 template <class T>
 void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
 
+// The direct forward and weight gradient by shifted copies (conv_shifted.cpp,
+// Note [Shifted copies]): unit-stride 1-D and 2-D convs, not 1x1, with at most
+// 128 taps per filter and 7 along a row, AVX-512 only. shifted_runs: it applies and the
+// kernels run at avx512, so the direct algorithm runs these two passes with it.
+bool shifted_applies(const ConvGeometry& g);
+bool shifted_runs(const ConvGeometry& g);
+// The weight pass's units of work (blocks of filters, each on one thread).
+std::int64_t shifted_weight_blocks(const ConvGeometry& g);
+template <class T>
+void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
+                     const OutputEpilogue<T>* epilogue);
+// gw += the weight gradient. With a prologue, it is applied to gy_in_place
+// (gy itself) plane by plane first (Note [Adjoint prologue]).
+template <class T>
+void shifted_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                             T* gy_in_place);
+
 template <class T>
 void im2col_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);
 template <class T>

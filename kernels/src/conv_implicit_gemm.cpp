@@ -30,6 +30,7 @@
 #include <fmt/ranges.h>
 
 #include "conv_impl.hpp"
+#include "zmm.hpp"
 #include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/isa.hpp"
 #include "tapegrad/kernels/parallel.hpp"
@@ -139,27 +140,6 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const double* const* a, Offse
 
 // AVX-512: the same 6 x NR tile, one zmm register per tile row (NR = 16 floats
 // or 8 doubles): per step one vector load of b, 6 broadcasts, 6 FMAs.
-template <class T>
-struct Zmm;
-template <>
-struct Zmm<float> {
-  using V = __m512;
-  __attribute__((target("avx512f"))) static V zero() { return _mm512_setzero_ps(); }
-  __attribute__((target("avx512f"))) static V load(const float* p) { return _mm512_loadu_ps(p); }
-  __attribute__((target("avx512f"))) static V set1(float v) { return _mm512_set1_ps(v); }
-  __attribute__((target("avx512f"))) static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  __attribute__((target("avx512f"))) static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-};
-template <>
-struct Zmm<double> {
-  using V = __m512d;
-  __attribute__((target("avx512f"))) static V zero() { return _mm512_setzero_pd(); }
-  __attribute__((target("avx512f"))) static V load(const double* p) { return _mm512_loadu_pd(p); }
-  __attribute__((target("avx512f"))) static V set1(double v) { return _mm512_set1_pd(v); }
-  __attribute__((target("avx512f"))) static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  __attribute__((target("avx512f"))) static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-};
-
 template <class T, class Offsets>
 __attribute__((target("avx512f"))) void tile_avx512(const T* const* a, Offsets index, const T* b, std::int64_t n,
                                                      T* const* out, bool accumulate) {

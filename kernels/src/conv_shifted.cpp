@@ -1,0 +1,332 @@
+// The direct convolution's forward and weight gradient for few input channels,
+// by shifted copies (Note [Shifted copies]), with AVX-512. conv_direct.cpp
+// calls these where shifted_applies(g) holds and kernel_isa() allows avx512.
+//
+// Note [Shifted copies]: a unit-stride 1-D or 2-D conv with few taps per
+// filter (LeNet's conv1: 1 channel, 5x5, 28-wide rows) has too few patch
+// rows (Cg*KH*KW = 25) to fill GEMM tiles, and rows too narrow for whole
+// vectors. Per sample, each input channel c is copied KW times: copy (c, dx)
+// has the output's width W = out[2], out[1] + (KH-1)*dil rows, and holds the
+// input shifted left by dx*dil columns, zero outside it. The input value that
+// tap (c, dy, dx) meets at output position p (row-major over the output plane)
+// is then copy(c, dx)[p + dy*dil*W]: every tap is one contiguous run over the
+// whole plane, so both passes run over flat vectors of positions, with no row
+// ends; only the plane's last vector is partial (masked loads).
+//   forward: y[k][p] = sum over taps of w[k][tap] * run(tap)[p]; a block of F
+//     filters x U vectors of positions in registers, per tap U loads and F
+//     broadcasts.
+//   weight:  gw[k][tap] = sum over samples and p of gy[k][p] * run(tap)[p];
+//     a block of F filters x KW taps of one kernel row in registers, as
+//     vectors of partial sums over positions; their lanes are added once, at
+//     the end. Each filter block belongs to one thread and adds the samples in
+//     order, so the sum is the same on every run and every thread count.
+// Rejected: vectors along one output row (28 outputs: one whole and one
+// partial zmm per row, L1's weight gradient 1.18-1.92x implicit GEMM's time),
+// and implicit GEMM itself, whose packing of gy is a quarter of L1's weight pass.
+#include <algorithm>
+#include <cstdint>
+
+#include "conv_impl.hpp"
+#include "tapegrad/kernels/isa.hpp"
+#include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/reduce.hpp"
+#include "tapegrad/kernels/scratch.hpp"
+#include "zmm.hpp"
+
+namespace tg::kernels::conv_impl {
+namespace {
+
+constexpr std::int64_t kMaxShiftedTaps = 128;        // Cg * KH * KW: the weight pass's sums per filter
+constexpr std::int64_t kMaxShiftedRowTaps = 7;       // KW: one compiled kernel per count
+constexpr double kMaxCopyElements = 1 << 18;        // one sample's copies, per thread
+
+// The copies of one sample (Note [Shifted copies]), 64-byte aligned each.
+struct ShiftedLayout {
+  std::int64_t KH, KW, width, rows, plane, copy_stride;
+  std::int64_t row_step;  // from one kernel row's run to the next: dil * width
+
+  template <class T>
+  static ShiftedLayout of(const ConvGeometry& g) {
+    ShiftedLayout s;
+    s.KH = g.ker[1], s.KW = g.ker[2], s.width = g.out[2];
+    s.rows = g.out[1] + (g.ker[1] - 1) * g.dil[1];
+    s.plane = g.out[1] * g.out[2];
+    constexpr std::int64_t kAlign = 64 / sizeof(T);
+    s.copy_stride = (s.rows * s.width + kAlign - 1) / kAlign * kAlign;
+    s.row_step = g.dil[1] * s.width;
+    return s;
+  }
+  std::int64_t copies_of(std::int64_t channels) const { return channels * KW * copy_stride; }
+};
+
+// copies[(c - c0) * KW + dx] for channels [c0, c1) of sample n, as the Note says.
+template <class T>
+void make_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std::int64_t n, std::int64_t c0,
+                 std::int64_t c1, T* copies) {
+  const std::int64_t H = g.in[1], W = g.in[2];
+  for (std::int64_t c = c0; c < c1; ++c) {
+    const T* xc = x + (n * g.C + c) * g.in_vol();
+    for (std::int64_t dx = 0; dx < s.KW; ++dx) {
+      T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
+      const std::int64_t shift = dx * g.dil[2] - g.lo[2];  // copy column j holds input column j + shift
+      const std::int64_t j0 = std::clamp<std::int64_t>(-shift, 0, s.width), j1 = std::clamp<std::int64_t>(W - shift, j0, s.width);
+      for (std::int64_t i = 0; i < s.rows; ++i) {
+        T* row = copy + i * s.width;
+        const std::int64_t r = i - g.lo[1];
+        if (r < 0 || r >= H) {
+          std::fill(row, row + s.width, T(0));
+          continue;
+        }
+        std::fill(row, row + j0, T(0));
+        std::copy(xc + r * W + j0 + shift, xc + r * W + j1 + shift, row + j0);
+        std::fill(row + j1, row + s.width, T(0));
+      }
+    }
+  }
+}
+
+// Filters per register block: F * KW sums, KW input vectors and one of gy in
+// the 32 registers (weight pass); the forward uses the same blocks.
+constexpr int filters_per_block(int KW) { return KW <= 3 ? 8 : 24 / KW; }
+
+// ---- weight gradient ----------------------------------------------------------
+
+// sums' vector f * KW + dx (L lanes of T) += gy[f][p] * run[dx][p] over p < plane,
+// lane p % L, for f < F; meanwhile fetches `fetch` vectors from `next` into cache.
+template <class T, int KW, int F>
+TG_AVX512 void row_sums(T* sums, const T* const* gy, const T* const* run, std::int64_t plane, const T* next,
+                        std::int64_t fetch) {
+  using Z = Zmm<T>;
+  using V = typename Z::V;
+  constexpr int L = Z::kLanes;
+  V acc[F][KW];
+  for (int f = 0; f < F; ++f)
+    for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::load(sums + (f * KW + dx) * L);
+  std::int64_t p = 0;
+  for (; p + L <= plane; p += L) {
+    if (p < fetch * L) _mm_prefetch(reinterpret_cast<const char*>(next + p), _MM_HINT_T0);
+    V in[KW];
+    for (int dx = 0; dx < KW; ++dx) in[dx] = Z::load(run[dx] + p);
+    for (int f = 0; f < F; ++f) {
+      const V adj = Z::load(gy[f] + p);
+      for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::fma(adj, in[dx], acc[f][dx]);
+    }
+  }
+  if (p < plane) {  // both operands masked: the lanes past the plane add 0 * 0
+    V in[KW];
+    for (int dx = 0; dx < KW; ++dx) in[dx] = Z::load_first(run[dx] + p, plane - p);
+    for (int f = 0; f < F; ++f) {
+      const V adj = Z::load_first(gy[f] + p, plane - p);
+      for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::fma(adj, in[dx], acc[f][dx]);
+    }
+  }
+  for (int f = 0; f < F; ++f)
+    for (int dx = 0; dx < KW; ++dx) Z::store(sums + (f * KW + dx) * L, acc[f][dx]);
+}
+
+// row_sums for a block of `filters` <= filters_per_block(KW) filters.
+template <class T, int KW, int F = filters_per_block(KW)>
+void row_sums_for(int filters, T* sums, const T* const* gy, const T* const* run, std::int64_t plane, const T* next,
+                  std::int64_t fetch) {
+  if constexpr (F > 1)
+    if (filters < F) return row_sums_for<T, KW, F - 1>(filters, sums, gy, run, plane, next, fetch);
+  row_sums<T, KW, F>(sums, gy, run, plane, next, fetch);
+}
+
+template <class T, int KW>
+void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue, T* gy_in_place) {
+  constexpr int F = filters_per_block(KW), L = Zmm<T>::kLanes;
+  const ShiftedLayout s = ShiftedLayout::of<T>(g);
+  const std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = g.groups * blocks_per_group;
+  const std::int64_t sums_per_block = g.Cg * s.KH * F * KW * L;  // [c][dy][f][dx][lane]
+  ScratchScope scratch;
+  T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
+  const T* adjoint = prologue ? gy_in_place : gy;
+  auto first_filter = [&](std::int64_t b) { return b / blocks_per_group * g.Kg + b % blocks_per_group * F; };
+  auto filters_of = [&](std::int64_t b) { return std::min<std::int64_t>(F, (b / blocks_per_group + 1) * g.Kg - first_filter(b)); };
+  const int threads = static_cast<int>(std::min<std::int64_t>(blocks, threads_if(g.macs() > 1e5)));
+  // One task per thread: a fixed range of filter blocks over every sample.
+  parallel_for(threads, threads, [&](std::int64_t t) {
+    const std::int64_t b0 = blocks * t / threads, b1 = blocks * (t + 1) / threads;
+    if (b0 == b1) return;
+    const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
+    ScratchScope own;  // this thread's stack (Note [Scratch stack])
+    T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
+    T* sums = own.take_filled<T>((b1 - b0) * sums_per_block, T(0)).data();
+    const T* run[KW];
+    const T* rows[F];
+    for (std::int64_t n = 0; n < g.N; ++n) {
+      make_copies(g, s, x, n, c0, c1, copies);
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const std::int64_t grp = b / blocks_per_group, k0 = first_filter(b);
+        const int filters = static_cast<int>(filters_of(b));
+        for (int f = 0; f < filters; ++f) {
+          const std::int64_t at = (n * g.K + k0 + f) * s.plane;
+          rows[f] = adjoint + at;
+          if (!prologue) continue;
+          prologue->apply(gy_in_place + at, at, s.plane);  // while the plane is in cache
+          if (partial) partial[n * g.K + k0 + f] = sum_run(gy_in_place + at, s.plane);
+        }
+        // Note [Fetching the next block]: gy's planes come from memory once; the
+        // next block's (the next filters', or the next sample's first) are
+        // fetched a share per kernel row while this block's sums run, so the
+        // loads of its first row find them in cache. Without it the weight pass
+        // on LeNet's conv1 waited on them: 0.87 ms with gy in cache, 1.21 ms without.
+        const bool same_sample = b + 1 < b1, last = !same_sample && n + 1 == g.N;
+        const std::int64_t next_block = same_sample ? b + 1 : b0, next_sample = same_sample ? n : n + 1;
+        const T* next = last ? adjoint : adjoint + (next_sample * g.K + first_filter(next_block)) * s.plane;
+        const std::int64_t next_vectors = last ? 0 : (filters_of(next_block) * s.plane + L - 1) / L;
+        const std::int64_t rounds = g.Cg * s.KH, share = (next_vectors + rounds - 1) / rounds;
+        for (std::int64_t c = 0; c < g.Cg; ++c)
+          for (std::int64_t dy = 0; dy < s.KH; ++dy) {
+            for (int dx = 0; dx < KW; ++dx)
+              run[dx] = copies + ((grp * g.Cg + c - c0) * KW + dx) * s.copy_stride + dy * s.row_step;
+            T* block_sums = sums + (b - b0) * sums_per_block + (c * s.KH + dy) * F * KW * L;
+            const std::int64_t round = c * s.KH + dy, fetch = std::clamp<std::int64_t>(next_vectors - round * share, 0, share);
+            row_sums_for<T, KW>(filters, block_sums, rows, run, s.plane, next + round * share * L, fetch);
+          }
+      }
+    }
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t k0 = first_filter(b);
+      const int filters = static_cast<int>(filters_of(b));
+      for (std::int64_t c = 0; c < g.Cg; ++c)
+        for (std::int64_t dy = 0; dy < s.KH; ++dy)
+          for (int f = 0; f < filters; ++f)
+            for (int dx = 0; dx < KW; ++dx) {
+              const T* lanes = sums + (b - b0) * sums_per_block + ((c * s.KH + dy) * F * KW + f * KW + dx) * L;
+              gw[((k0 + f) * g.Cg + c) * s.KH * KW + dy * KW + dx] += sum_run(lanes, L);
+            }
+    }
+  });
+  if (partial) add_channel_sums(g, partial, prologue->bias_grad);
+}
+
+// ---- forward --------------------------------------------------------------------
+
+constexpr int kForwardVectors = 6;  // U: F x U sums, U inputs and one weight in registers (F <= 4)
+
+// y[f][at + u*L ..] (=, or += when accumulating) sum over taps t of w[f][t] *
+// run[t][at + u*L ..] (+ bias[f]), for u < U and f < F; with Partial (U = 1)
+// the vector holds only the plane's last `last` < L outputs.
+template <class T, int U, int F, bool Partial>
+TG_AVX512 void output_block(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps,
+                            std::int64_t at, std::int64_t last, bool accumulate) {
+  static_assert(!Partial || U == 1);
+  using Z = Zmm<T>;
+  using V = typename Z::V;
+  constexpr int L = Z::kLanes;
+  V acc[F][U];
+  for (int f = 0; f < F; ++f)
+    for (int u = 0; u < U; ++u) acc[f][u] = Z::zero();
+  for (std::int64_t t = 0; t < taps; ++t) {
+    const T* in = run[t] + at;
+    V v[U];
+    for (int u = 0; u < U; ++u) v[u] = Partial ? Z::load_first(in, last) : Z::load(in + u * L);
+    for (int f = 0; f < F; ++f) {
+      const V weight = Z::set1(w[f][t]);
+      for (int u = 0; u < U; ++u) acc[f][u] = Z::fma(weight, v[u], acc[f][u]);
+    }
+  }
+  for (int f = 0; f < F; ++f)
+    for (int u = 0; u < U; ++u) {
+      T* out = y[f] + at + u * L;
+      V sum = acc[f][u];
+      if (accumulate) sum = Z::add(sum, Partial ? Z::load_first(out, last) : Z::load(out));
+      if (bias) sum = Z::add(sum, Z::set1(bias[f]));
+      if (Partial) Z::store_first(out, sum, last);
+      else Z::store(out, sum);
+    }
+}
+
+// Every position of F planes: blocks of U vectors, then single vectors.
+template <class T, int F>
+void output_planes(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps,
+                   std::int64_t plane, bool accumulate) {
+  constexpr int L = Zmm<T>::kLanes, U = kForwardVectors;
+  std::int64_t at = 0;
+  for (; at + U * L <= plane; at += U * L) output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate);
+  for (; at + L <= plane; at += L) output_block<T, 1, F, false>(y, w, bias, run, taps, at, 0, accumulate);
+  if (at < plane) output_block<T, 1, F, true>(y, w, bias, run, taps, at, plane - at, accumulate);
+}
+
+template <class T, int F = 4>
+void output_planes_for(int filters, T* const* y, const T* const* w, const T* bias, const T* const* run,
+                       std::int64_t taps, std::int64_t plane, bool accumulate) {
+  if constexpr (F > 1)
+    if (filters < F) return output_planes_for<T, F - 1>(filters, y, w, bias, run, taps, plane, accumulate);
+  output_planes<T, F>(y, w, bias, run, taps, plane, accumulate);
+}
+
+}  // namespace
+
+bool shifted_applies(const ConvGeometry& g) {
+  // A 1x1 kernel has nothing to share between taps: it is a GEMM (im2col).
+  if (g.spatial > 2 || g.stride[1] != 1 || g.stride[2] != 1 || g.ker[2] > kMaxShiftedRowTaps || g.ker_vol() == 1)
+    return false;
+  if (g.Cg * g.ker[1] * g.ker[2] > kMaxShiftedTaps) return false;
+  const double rows = double(g.out[1]) + double(g.ker[1] - 1) * double(g.dil[1]);
+  return double(g.C) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
+}
+
+bool shifted_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && shifted_applies(g); }
+
+std::int64_t shifted_weight_blocks(const ConvGeometry& g) {
+  return g.groups * ((g.Kg + filters_per_block(static_cast<int>(g.ker[2])) - 1) / filters_per_block(static_cast<int>(g.ker[2])));
+}
+
+template <class T>
+void shifted_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                             T* gy_in_place) {
+  switch (g.ker[2]) {
+    case 1: return weight_pass<T, 1>(g, x, gy, gw, prologue, gy_in_place);
+    case 2: return weight_pass<T, 2>(g, x, gy, gw, prologue, gy_in_place);
+    case 3: return weight_pass<T, 3>(g, x, gy, gw, prologue, gy_in_place);
+    case 4: return weight_pass<T, 4>(g, x, gy, gw, prologue, gy_in_place);
+    case 5: return weight_pass<T, 5>(g, x, gy, gw, prologue, gy_in_place);
+    case 6: return weight_pass<T, 6>(g, x, gy, gw, prologue, gy_in_place);
+    default: return weight_pass<T, 7>(g, x, gy, gw, prologue, gy_in_place);
+  }
+}
+
+template <class T>
+void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
+                     const OutputEpilogue<T>* epilogue) {
+  constexpr int F = 4;
+  const ShiftedLayout s = ShiftedLayout::of<T>(g);
+  const std::int64_t taps = g.Cg * s.KH * s.KW;
+  // One task per (sample, group): its copies serve every filter of the group.
+  parallel_for(g.N * g.groups, threads_if(g.macs() > 1e5), [&](std::int64_t task) {
+    const std::int64_t n = task / g.groups, grp = task % g.groups;
+    ScratchScope own;  // this thread's stack (Note [Scratch stack])
+    T* copies = own.take<T>(s.copies_of(g.Cg)).data();
+    make_copies(g, s, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
+    const T** run = own.take<const T*>(taps).data();
+    for (std::int64_t c = 0; c < g.Cg; ++c)
+      for (std::int64_t dy = 0; dy < s.KH; ++dy)
+        for (std::int64_t dx = 0; dx < s.KW; ++dx)
+          run[(c * s.KH + dy) * s.KW + dx] = copies + (c * s.KW + dx) * s.copy_stride + dy * s.row_step;
+    for (std::int64_t k0 = grp * g.Kg; k0 < (grp + 1) * g.Kg; k0 += F) {
+      const int filters = static_cast<int>(std::min<std::int64_t>(F, (grp + 1) * g.Kg - k0));
+      T* planes[F];
+      const T* weights[F];
+      for (int f = 0; f < filters; ++f) {
+        planes[f] = y + (n * g.K + k0 + f) * s.plane;
+        weights[f] = w + (k0 + f) * taps;
+      }
+      const T* bias = epilogue && epilogue->bias ? epilogue->bias + k0 : nullptr;
+      output_planes_for<T>(filters, planes, weights, bias, run, taps, s.plane, accumulate);
+      if (epilogue && epilogue->activation)
+        for (int f = 0; f < filters; ++f) epilogue->activation(epilogue->context, planes[f], s.plane);
+    }
+  });
+}
+
+#define TG_INSTANTIATE(T)                                                                                       \
+  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
+  template void shifted_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg::kernels::conv_impl

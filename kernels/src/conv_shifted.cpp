@@ -210,8 +210,9 @@ constexpr int kForwardVectors = 6;  // U: F x U sums, U inputs and one weight in
 // run[t][at + u*L ..] (+ bias[f]), for u < U and f < F; with Partial (U = 1)
 // the vector holds only the plane's last `last` < L outputs.
 template <class T, int U, int F, bool Partial>
-TG_AVX512 void output_block(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps,
-                            std::int64_t at, std::int64_t last, bool accumulate) {
+__attribute__((target("avx512f,prfchw"))) void output_block(T* const* y, const T* const* w, const T* bias,
+                                                            const T* const* run, std::int64_t taps, std::int64_t at,
+                                                            std::int64_t last, bool accumulate, std::int64_t fetch_at) {
   static_assert(!Partial || U == 1);
   using Z = Zmm<T>;
   using V = typename Z::V;
@@ -220,6 +221,7 @@ TG_AVX512 void output_block(T* const* y, const T* const* w, const T* bias, const
   for (int f = 0; f < F; ++f)
     for (int u = 0; u < U; ++u) acc[f][u] = Z::zero();
   for (std::int64_t t = 0; t < taps; ++t) {
+    if (fetch_at >= 0 && t < F * U) __builtin_prefetch(y[t / U] + fetch_at + t % U * L, 1, 3);
     const T* in = run[t] + at;
     V v[U];
     for (int u = 0; u < U; ++u) v[u] = Partial ? Z::load_first(in, last) : Z::load(in + u * L);
@@ -245,9 +247,10 @@ void output_planes(T* const* y, const T* const* w, const T* bias, const T* const
                    std::int64_t plane, bool accumulate) {
   constexpr int L = Zmm<T>::kLanes, U = kForwardVectors;
   std::int64_t at = 0;
-  for (; at + U * L <= plane; at += U * L) output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate);
-  for (; at + L <= plane; at += L) output_block<T, 1, F, false>(y, w, bias, run, taps, at, 0, accumulate);
-  if (at < plane) output_block<T, 1, F, true>(y, w, bias, run, taps, at, plane - at, accumulate);
+  for (; at + U * L <= plane; at += U * L)
+    output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate, at + 2 * U * L <= plane ? at + U * L : -1);
+  for (; at + L <= plane; at += L) output_block<T, 1, F, false>(y, w, bias, run, taps, at, 0, accumulate, -1);
+  if (at < plane) output_block<T, 1, F, true>(y, w, bias, run, taps, at, plane - at, accumulate, -1);
 }
 
 template <class T, int F = 4>

@@ -59,28 +59,41 @@ struct ShiftedLayout {
   std::int64_t copies_of(std::int64_t channels) const { return channels * KW * copy_stride; }
 };
 
-// copies[(c - c0) * KW + dx] for channels [c0, c1) of sample n, as the Note says.
+// to[0, n) = from[0, n), or 0 where from is null: whole vectors, then one masked.
+template <class T>
+TG_AVX512 void copy_run(T* to, const T* from, std::int64_t n) {
+  using Z = Zmm<T>;
+  constexpr int L = Z::kLanes;
+  std::int64_t p = 0;
+  for (; p + L <= n; p += L) Z::store(to + p, from ? Z::load(from + p) : Z::zero());
+  if (p < n) Z::store_first(to + p, from ? Z::load_first(from + p, n - p) : Z::zero(), n - p);
+}
+
+// The scratch `line` of make_copies.
+std::int64_t line_length(const ConvGeometry& g, const ShiftedLayout& s) { return s.width + (s.KW - 1) * g.dil[2]; }
+
+// copies[(c - c0) * KW + dx] for channels [c0, c1) of sample n, as the Note
+// says: each input row is zero-padded once into `line` (width + (KW-1)*dil
+// columns, line column q holding input column q - lo), and each copy's row is
+// a run of it.
 template <class T>
 void make_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std::int64_t n, std::int64_t c0,
-                 std::int64_t c1, T* copies) {
-  const std::int64_t H = g.in[1], W = g.in[2];
+                 std::int64_t c1, T* copies, T* line) {
+  const std::int64_t H = g.in[1], W = g.in[2], span = line_length(g, s);
+  const std::int64_t q0 = std::clamp<std::int64_t>(g.lo[2], 0, span), q1 = std::clamp<std::int64_t>(g.lo[2] + W, q0, span);
   for (std::int64_t c = c0; c < c1; ++c) {
     const T* xc = x + (n * g.C + c) * g.in_vol();
-    for (std::int64_t dx = 0; dx < s.KW; ++dx) {
-      T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
-      const std::int64_t shift = dx * g.dil[2] - g.lo[2];  // copy column j holds input column j + shift
-      const std::int64_t j0 = std::clamp<std::int64_t>(-shift, 0, s.width), j1 = std::clamp<std::int64_t>(W - shift, j0, s.width);
-      for (std::int64_t i = 0; i < s.rows; ++i) {
-        T* row = copy + i * s.width;
-        const std::int64_t r = i - g.lo[1];
-        if (r < 0 || r >= H) {
-          std::fill(row, row + s.width, T(0));
-          continue;
-        }
-        std::fill(row, row + j0, T(0));
-        std::copy(xc + r * W + j0 + shift, xc + r * W + j1 + shift, row + j0);
-        std::fill(row + j1, row + s.width, T(0));
+    T* first = copies + (c - c0) * s.KW * s.copy_stride;
+    for (std::int64_t i = 0; i < s.rows; ++i) {
+      const std::int64_t r = i - g.lo[1];
+      const bool inside = r >= 0 && r < H;
+      if (inside) {
+        std::fill(line, line + q0, T(0));
+        copy_run(line + q0, xc + r * W + q0 - g.lo[2], q1 - q0);
+        std::fill(line + q1, line + span, T(0));
       }
+      for (std::int64_t dx = 0; dx < s.KW; ++dx)
+        copy_run(first + dx * s.copy_stride + i * s.width, inside ? line + dx * g.dil[2] : nullptr, s.width);
     }
   }
 }
@@ -152,11 +165,12 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
     const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
+    T* line = own.take<T>(line_length(g, s)).data();
     T* sums = own.take_filled<T>((b1 - b0) * sums_per_block, T(0)).data();
     const T* run[KW];
     const T* rows[F];
     for (std::int64_t n = 0; n < g.N; ++n) {
-      make_copies(g, s, x, n, c0, c1, copies);
+      make_copies(g, s, x, n, c0, c1, copies, line);
       for (std::int64_t b = b0; b < b1; ++b) {
         const std::int64_t grp = b / blocks_per_group, k0 = first_filter(b);
         const int filters = static_cast<int>(filters_of(b));
@@ -303,7 +317,7 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
     const std::int64_t n = task / g.groups, grp = task % g.groups;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(g.Cg)).data();
-    make_copies(g, s, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
+    make_copies(g, s, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies, own.take<T>(line_length(g, s)).data());
     const T** run = own.take<const T*>(taps).data();
     for (std::int64_t c = 0; c < g.Cg; ++c)
       for (std::int64_t dy = 0; dy < s.KH; ++dy)

@@ -1,6 +1,6 @@
 // The direct convolution's forward and weight gradient for few input channels,
-// by shifted copies (Note [Shifted copies]), with AVX-512. conv_direct.cpp
-// calls these where shifted_applies(g) holds and kernel_isa() allows avx512.
+// by shifted copies (Note [Shifted copies]), with AVX-512. conv.cpp runs the
+// direct algorithm's two passes with these where shifted_runs(g) holds.
 //
 // Note [Shifted copies]: a unit-stride 1-D or 2-D conv with few taps per
 // filter (LeNet's conv1: 1 channel, 5x5, 28-wide rows) has too few patch
@@ -21,8 +21,10 @@
 //     the end. Each filter block belongs to one thread and adds the samples in
 //     order, so the sum is the same on every run and every thread count.
 // Rejected: vectors along one output row (28 outputs: one whole and one
-// partial zmm per row, L1's weight gradient 1.18-1.92x implicit GEMM's time),
-// and implicit GEMM itself, whose packing of gy is a quarter of L1's weight pass.
+// partial zmm per row, L1's weight gradient 1.18-1.92x implicit GEMM's time);
+// implicit GEMM itself, whose packing of gy is a quarter of L1's weight pass;
+// and these loops on 256-bit vectors (16 registers: 2 filters x 5 taps), slower
+// than implicit GEMM at AVX2.
 #include <algorithm>
 #include <cstdint>
 
@@ -146,72 +148,101 @@ void row_sums_for(int filters, T* sums, const T* const* gy, const T* const* run,
   row_sums<T, KW, F>(sums, gy, run, plane, next, fetch);
 }
 
+// The weight pass's blocks of F filters (filters of one group), numbered
+// across groups, and what each thread does with its range of them.
 template <class T, int KW>
-void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue, T* gy_in_place) {
-  constexpr int F = filters_per_block(KW), L = Zmm<T>::kLanes;
-  const ShiftedLayout s = ShiftedLayout::of<T>(g);
-  const std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = g.groups * blocks_per_group;
-  const std::int64_t sums_per_block = g.Cg * s.KH * F * KW * L;  // [c][dy][f][dx][lane]
-  ScratchScope scratch;
-  T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
-  const T* adjoint = prologue ? gy_in_place : gy;
-  auto first_filter = [&](std::int64_t b) { return b / blocks_per_group * g.Kg + b % blocks_per_group * F; };
-  auto filters_of = [&](std::int64_t b) { return std::min<std::int64_t>(F, (b / blocks_per_group + 1) * g.Kg - first_filter(b)); };
-  const int threads = static_cast<int>(std::min<std::int64_t>(blocks, threads_if(g.macs() > 1e5)));
-  // One task per thread: a fixed range of filter blocks over every sample.
-  parallel_for(threads, threads, [&](std::int64_t t) {
-    const std::int64_t b0 = blocks * t / threads, b1 = blocks * (t + 1) / threads;
-    if (b0 == b1) return;
+struct WeightPass {
+  static constexpr int F = filters_per_block(KW), L = Zmm<T>::kLanes;
+  const ConvGeometry& g;
+  const ShiftedLayout s;
+  const AdjointPrologue<T>* prologue;
+  T* gy_in_place;
+  const T* adjoint;  // gy, or gy_in_place once the prologue ran on it
+  T* partial;        // per (sample, filter) sums of the adjoint for the bias, or null
+  std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = g.groups * blocks_per_group;
+  std::int64_t sums_per_block = g.Cg * s.KH * F * KW * L;  // [c][dy][f][dx][lane]
+
+  std::int64_t first_filter(std::int64_t b) const { return b / blocks_per_group * g.Kg + b % blocks_per_group * F; }
+  int filters_of(std::int64_t b) const {
+    return static_cast<int>(std::min<std::int64_t>(F, (b / blocks_per_group + 1) * g.Kg - first_filter(b)));
+  }
+
+  // Blocks [b0, b1) over every sample, adding their sums into gw.
+  void run_blocks(std::int64_t b0, std::int64_t b1, const T* x, T* gw) const {
     const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
     T* line = own.take<T>(line_length(g, s)).data();
     T* sums = own.take_filled<T>((b1 - b0) * sums_per_block, T(0)).data();
-    const T* run[KW];
-    const T* rows[F];
     for (std::int64_t n = 0; n < g.N; ++n) {
       make_copies(g, s, x, n, c0, c1, copies, line);
       for (std::int64_t b = b0; b < b1; ++b) {
-        const std::int64_t grp = b / blocks_per_group, k0 = first_filter(b);
-        const int filters = static_cast<int>(filters_of(b));
-        for (int f = 0; f < filters; ++f) {
-          const std::int64_t at = (n * g.K + k0 + f) * s.plane;
-          rows[f] = adjoint + at;
-          if (!prologue) continue;
-          prologue->apply(gy_in_place + at, at, s.plane);  // while the plane is in cache
-          if (partial) partial[n * g.K + k0 + f] = sum_run(gy_in_place + at, s.plane);
-        }
-        // Note [Fetching the next block]: gy's planes come from memory once; the
-        // next block's (the next filters', or the next sample's first) are
-        // fetched a share per kernel row while this block's sums run, so the
-        // loads of its first row find them in cache. Without it the weight pass
-        // on LeNet's conv1 waited on them: 0.87 ms with gy in cache, 1.21 ms without.
-        const bool same_sample = b + 1 < b1, last = !same_sample && n + 1 == g.N;
-        const std::int64_t next_block = same_sample ? b + 1 : b0, next_sample = same_sample ? n : n + 1;
-        const T* next = last ? adjoint : adjoint + (next_sample * g.K + first_filter(next_block)) * s.plane;
-        const std::int64_t next_vectors = last ? 0 : (filters_of(next_block) * s.plane + L - 1) / L;
-        const std::int64_t rounds = g.Cg * s.KH, share = (next_vectors + rounds - 1) / rounds;
-        for (std::int64_t c = 0; c < g.Cg; ++c)
-          for (std::int64_t dy = 0; dy < s.KH; ++dy) {
-            for (int dx = 0; dx < KW; ++dx)
-              run[dx] = copies + ((grp * g.Cg + c - c0) * KW + dx) * s.copy_stride + dy * s.row_step;
-            T* block_sums = sums + (b - b0) * sums_per_block + (c * s.KH + dy) * F * KW * L;
-            const std::int64_t round = c * s.KH + dy, fetch = std::clamp<std::int64_t>(next_vectors - round * share, 0, share);
-            row_sums_for<T, KW>(filters, block_sums, rows, run, s.plane, next + round * share * L, fetch);
-          }
+        const bool same_sample = b + 1 < b1;
+        const T* next = same_sample || n + 1 < g.N ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
+        block_sums(n, b, copies + (b / blocks_per_group * g.Cg - c0) * KW * s.copy_stride, next,
+                   next ? filters_of(same_sample ? b + 1 : b0) : 0, sums + (b - b0) * sums_per_block);
       }
     }
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t k0 = first_filter(b);
-      const int filters = static_cast<int>(filters_of(b));
-      for (std::int64_t c = 0; c < g.Cg; ++c)
-        for (std::int64_t dy = 0; dy < s.KH; ++dy)
-          for (int f = 0; f < filters; ++f)
-            for (int dx = 0; dx < KW; ++dx) {
-              const T* lanes = sums + (b - b0) * sums_per_block + ((c * s.KH + dy) * F * KW + f * KW + dx) * L;
-              gw[((k0 + f) * g.Cg + c) * s.KH * KW + dy * KW + dx] += sum_run(lanes, L);
-            }
+    for (std::int64_t b = b0; b < b1; ++b) add_lanes(b, sums + (b - b0) * sums_per_block, gw);
+  }
+
+  const T* plane_of(std::int64_t n, std::int64_t b) const { return adjoint + (n * g.K + first_filter(b)) * s.plane; }
+
+  // Sample n's share of block b's sums, from its group's copies.
+  // Note [Fetching the next block]: gy's planes come from memory once; the
+  // next block's (`next_filters` planes at `next`: the next filters', or the
+  // next sample's first) are fetched a share per kernel row while this
+  // block's sums run, so the first row's loads find them in cache. (Without:
+  // LeNet's conv1 weight pass took 1.21 ms from memory against 0.87 ms.)
+  void block_sums(std::int64_t n, std::int64_t b, const T* copies, const T* next, int next_filters, T* sums) const {
+    const int filters = filters_of(b);
+    const T* planes[F];
+    for (int f = 0; f < filters; ++f) planes[f] = fold_prologue(n, first_filter(b) + f);
+    const std::int64_t next_vectors = (next_filters * s.plane + L - 1) / L;
+    const std::int64_t rounds = g.Cg * s.KH, share = (next_vectors + rounds - 1) / rounds;
+    const T* run[KW];
+    for (std::int64_t c = 0; c < g.Cg; ++c)
+      for (std::int64_t dy = 0; dy < s.KH; ++dy) {
+        for (int dx = 0; dx < KW; ++dx) run[dx] = copies + (c * KW + dx) * s.copy_stride + dy * s.row_step;
+        const std::int64_t round = c * s.KH + dy, fetch = std::clamp<std::int64_t>(next_vectors - round * share, 0, share);
+        row_sums_for<T, KW>(filters, sums + round * F * KW * L, planes, run, s.plane,
+                            next ? next + round * share * L : planes[0], fetch);
+      }
+  }
+
+  // Filter k's adjoint plane of sample n, the prologue applied (while the plane is in cache).
+  const T* fold_prologue(std::int64_t n, std::int64_t k) const {
+    const std::int64_t at = (n * g.K + k) * s.plane;
+    if (prologue) {
+      prologue->apply(gy_in_place + at, at, s.plane);
+      if (partial) partial[n * g.K + k] = sum_run(gy_in_place + at, s.plane);
     }
+    return adjoint + at;
+  }
+
+  // gw of block b's filters += the lanes of their sums.
+  void add_lanes(std::int64_t b, const T* sums, T* gw) const {
+    const std::int64_t k0 = first_filter(b);
+    for (std::int64_t c = 0; c < g.Cg; ++c)
+      for (std::int64_t dy = 0; dy < s.KH; ++dy)
+        for (int f = 0; f < filters_of(b); ++f)
+          for (int dx = 0; dx < KW; ++dx) {
+            const T* lanes = sums + ((c * s.KH + dy) * F * KW + f * KW + dx) * L;
+            gw[((k0 + f) * g.Cg + c) * s.KH * KW + dy * KW + dx] += sum_run(lanes, L);
+          }
+  }
+};
+
+template <class T, int KW>
+void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue, T* gy_in_place) {
+  ScratchScope scratch;
+  T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
+  const WeightPass<T, KW> pass{g, ShiftedLayout::of<T>(g), prologue, gy_in_place, prologue ? gy_in_place : gy, partial};
+  const int threads = static_cast<int>(std::min<std::int64_t>(pass.blocks, threads_if(g.macs() > 1e5)));
+  // One task per thread: a fixed range of filter blocks over every sample.
+  parallel_for(threads, threads, [&](std::int64_t t) {
+    const std::int64_t b0 = pass.blocks * t / threads, b1 = pass.blocks * (t + 1) / threads;
+    if (b0 < b1) pass.run_blocks(b0, b1, x, gw);
   });
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);
 }
@@ -289,7 +320,8 @@ bool shifted_applies(const ConvGeometry& g) {
 bool shifted_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && shifted_applies(g); }
 
 std::int64_t shifted_weight_blocks(const ConvGeometry& g) {
-  return g.groups * ((g.Kg + filters_per_block(static_cast<int>(g.ker[2])) - 1) / filters_per_block(static_cast<int>(g.ker[2])));
+  const std::int64_t F = filters_per_block(static_cast<int>(g.ker[2]));
+  return g.groups * ((g.Kg + F - 1) / F);
 }
 
 template <class T>

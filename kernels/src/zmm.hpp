@@ -13,6 +13,7 @@
 
 namespace tg::kernels::conv_impl {
 
+// One specialisation per element type: the intrinsics differ in name only.
 template <class T>
 struct Zmm;
 template <>

@@ -375,7 +375,7 @@ TEST_CASE("conv: the direct kernel on random geometries with wide rows equals th
   CHECK(check_random_cases(20261205, 50, wide, ConvAlgorithm::direct) >= 35);
 }
 
-TEST_CASE("conv: the direct kernel for few channels (shifted copies) on random geometries equals the reference") {
+TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 convs equals the reference") {
   // Note [Shifted copies]: unit stride, ranks 1-2, 1-4 channels per group, up
   // to 7 taps along rows 1-40 wide: planes with and without a partial last
   // vector, filter counts past whole blocks, groups (copies of some channels
@@ -390,6 +390,36 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) on random g
   CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
   CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
   CHECK(k::choose_conv_algorithm(lenet, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  // Note [Pointwise runs]: 1x1 convs run by the same loops at avx512 (forced
+  // direct: the forward and the input gradient): a partial last vector, groups,
+  // a plane of 900 positions (a chunk of 768 and one of 132); the cost rule
+  // takes them for a forward where few channels make many (64 -> 256) only.
+  for (const Case& c : {Case{{2, 6, 7, 9}, {20, 3, 1, 1}, {.groups = 2}}, Case{{3, 40, 5, 8}, {8, 40, 1, 1}, {}},
+                        Case{{2, 4, 30, 30}, {9, 4, 1, 1}, {}}})
+    check_case_against_reference(c, ConvAlgorithm::direct, 31);
+  const k::ConvGeometry r5 = k::conv_geometry({8, 64, 56, 56}, {256, 64, 1, 1}, {}, "test");
+  const k::ConvGeometry r4 = k::conv_geometry({8, 256, 56, 56}, {64, 256, 1, 1}, {}, "test");
+  CHECK((k::choose_conv_algorithm(r5, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+  CHECK(k::choose_conv_algorithm(r4, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  CHECK(k::choose_conv_algorithm(r4, k::ConvPass::forward, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  CHECK(k::choose_conv_algorithm(r5, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  {  // its epilogue, run per chunk of positions
+    const k::ConvGeometry g = k::conv_geometry({2, 4, 30, 30}, {9, 4, 1, 1}, {}, "test");
+    const A x = A::random_uniform({2, 4, 30, 30}, -1, 1, 41), w = A::random_uniform({9, 4, 1, 1}, -1, 1, 42);
+    const A bias = A::random_uniform({9}, -1, 1, 43);
+    A expected = ref::conv(x, w, {});
+    for (std::int64_t i = 0; i < expected.size(); ++i) {
+      const double v = expected.data()[i] + bias.data()[(i / 900) % 9];
+      expected.data()[i] = v > 0 ? v : 0.25 * v;
+    }
+    auto leaky = [](const void*, double* values, std::int64_t n) {
+      for (std::int64_t i = 0; i < n; ++i) values[i] = values[i] > 0 ? values[i] : 0.25 * values[i];
+    };
+    const k::OutputEpilogue<double> epilogue{bias.data(), +leaky, nullptr};
+    A y(expected.shape());
+    k::conv_forward(g, ConvAlgorithm::direct, x.data(), w.data(), y.data(), false, &epilogue);
+    CHECK(max_abs_diff(y, expected) < 1e-12);
+  }
   // The forward adding into y (a plane of 7 x 9, a partial last vector, and of 8 x 8).
   for (const std::int64_t width : {9, 8}) {
     const tg::Shape xs{2, 3, 8, width}, ws{5, 3, 2, 3};

@@ -239,11 +239,16 @@ double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
   return macs / kWinogradRate + transformed / kWinogradTransformRate;
 }
 
-// The direct loops, or for the forward and weight gradient where they run
-// (Note [Shifted copies]) the shifted copies: whole vectors of 16 positions,
+// The direct loops; a 1x1 conv's forward that makes many channels from few
+// (Note [Pointwise runs]); or for the forward and weight gradient where they
+// run (Note [Shifted copies]) the shifted copies: whole vectors of 16 positions,
 // so a plane's last partial vector is the waste, and no more threads busy
 // than there are samples (forward) or blocks of filters (weight gradient).
 double direct_seconds(const ConvGeometry& g, ConvPass pass) {
+  if (conv_impl::pointwise_expands(g, pass)) {  // Note [Pointwise runs]
+    const double plane = double(g.out_vol()), fill = plane / (16.0 * std::ceil(plane / 16.0));
+    return g.macs() / (kShiftedForwardRate * fill);
+  }
   if (pass == ConvPass::backward_input || !conv_impl::shifted_runs(g)) return g.macs() / kDirectRate;
   const double plane = double(g.out[1] * g.out[2]), fill = plane / (16.0 * std::ceil(plane / 16.0));
   const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_blocks(g));
@@ -330,6 +335,8 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_forward(g, x, w, y, accumulate, epilogue);
   if (a == ConvAlgorithm::direct && conv_impl::shifted_runs(g))
     return conv_impl::shifted_forward(g, x, w, y, accumulate, epilogue);
+  if (a == ConvAlgorithm::direct && conv_impl::pointwise_runs(g))
+    return conv_impl::pointwise_forward(g, x, w, y, accumulate, epilogue);
   switch (a) {
     case ConvAlgorithm::direct: conv_impl::direct_forward(g, x, w, y, accumulate); break;
     case ConvAlgorithm::im2col: conv_impl::im2col_forward(g, x, w, y, accumulate); break;
@@ -350,6 +357,11 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
     return conv_backward_input(unflipped(g), a, gy, flipped(scratch, g, w), gx, accumulate);
   }
   // These write gx unless told to accumulate; the others add into zeros.
+  if (a == ConvAlgorithm::direct && conv_impl::pointwise_runs(g)) {  // the adjoint 1x1 conv's forward
+    ScratchScope scratch;
+    return conv_impl::pointwise_forward(conv_impl::adjoint_geometry(g), gy, conv_impl::adjoint_weights(g, w, scratch), gx,
+                                        accumulate, static_cast<const OutputEpilogue<T>*>(nullptr));
+  }
   if (a == ConvAlgorithm::direct) return conv_impl::direct_backward_input(g, gy, w, gx, accumulate);
   if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_backward_input(g, gy, w, gx, accumulate);
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_backward_input(g, gy, w, gx, accumulate);

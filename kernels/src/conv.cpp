@@ -245,12 +245,9 @@ double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
 // so a plane's last partial vector is the waste, and no more threads busy
 // than there are samples (forward) or blocks of filters (weight gradient).
 double direct_seconds(const ConvGeometry& g, ConvPass pass) {
-  if (conv_impl::pointwise_expands(g, pass)) {  // Note [Pointwise runs]
-    const double plane = double(g.out_vol()), fill = plane / (16.0 * std::ceil(plane / 16.0));
-    return g.macs() / (kShiftedForwardRate * fill);
-  }
+  const double plane = double(g.out_vol()), fill = plane / (16.0 * std::ceil(plane / 16.0));
+  if (conv_impl::pointwise_expands(g, pass)) return g.macs() / (kShiftedForwardRate * fill);  // Note [Pointwise runs]
   if (pass == ConvPass::backward_input || !conv_impl::shifted_runs(g)) return g.macs() / kDirectRate;
-  const double plane = double(g.out[1] * g.out[2]), fill = plane / (16.0 * std::ceil(plane / 16.0));
   const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_blocks(g));
   const double threads = double(tg::num_threads()), busy = std::min(threads, units) / threads;
   return g.macs() / ((pass == ConvPass::forward ? kShiftedForwardRate : kShiftedWeightRate) * fill * busy);

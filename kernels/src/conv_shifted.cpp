@@ -100,8 +100,8 @@ void make_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std:
   }
 }
 
-// Filters per register block: F * KW sums, KW input vectors and one of gy in
-// the 32 registers (weight pass); the forward uses the same blocks.
+// The weight pass's filters per register block: F * KW sums, KW input
+// vectors and one of gy in the 32 registers.
 constexpr int filters_per_block(int KW) { return KW <= 3 ? 8 : 24 / KW; }
 
 // ---- weight gradient ----------------------------------------------------------
@@ -249,7 +249,8 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
 
 // ---- forward --------------------------------------------------------------------
 
-constexpr int kForwardVectors = 6;  // U: F x U sums, U inputs and one weight in registers (F <= 4)
+// The forward's register block: F filters x U vectors of sums, U inputs and one weight.
+constexpr int kForwardFilters = 4, kForwardVectors = 6;
 
 // y[f][at + u*L ..] (=, or += when accumulating) sum over taps t of w[f][t] *
 // run[t][at + u*L ..] (+ bias[f]), for u < U and f < F; with Partial (U = 1)
@@ -298,7 +299,7 @@ void output_planes(T* const* y, const T* const* w, const T* bias, const T* const
   if (at < to) output_block<T, 1, F, true>(y, w, bias, run, taps, at, to - at, accumulate, -1);
 }
 
-template <class T, int F = 4>
+template <class T, int F = kForwardFilters>
 void output_planes_for(int filters, T* const* y, const T* const* w, const T* bias, const T* const* run,
                        std::int64_t taps, std::int64_t from, std::int64_t to, bool accumulate) {
   if constexpr (F > 1)
@@ -307,11 +308,11 @@ void output_planes_for(int filters, T* const* y, const T* const* w, const T* bia
 }
 
 // Positions [from, to) of sample n's filters of group grp, every tap's run
-// given: blocks of 4 filters, each with its bias and activation.
+// given: blocks of kForwardFilters filters, each with its bias and activation.
 template <class T>
 void output_range(const ConvGeometry& g, std::int64_t n, std::int64_t grp, const T* w, T* y, const T* const* run,
                   std::int64_t taps, std::int64_t from, std::int64_t to, bool accumulate, const OutputEpilogue<T>* epilogue) {
-  constexpr int F = 4;
+  constexpr int F = kForwardFilters;
   const std::int64_t plane = g.out_vol();
   for (std::int64_t k0 = grp * g.Kg; k0 < (grp + 1) * g.Kg; k0 += F) {
     const int filters = static_cast<int>(std::min<std::int64_t>(F, (grp + 1) * g.Kg - k0));

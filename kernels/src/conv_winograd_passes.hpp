@@ -288,6 +288,41 @@ struct Tiling {
   }
 };
 
+// Note [Fetching the next task]: a task's transposes read its input rows
+// from memory, 32 or more planes at once, which the hardware prefetchers do
+// not follow well: they waited on memory for most of a cold pass. While a
+// task runs its GEMMs, it fetches the next task's rows (static schedules give
+// a thread consecutive tasks) into L2 a share at a time, and the lines its own
+// outputs will be stored to. Rejected: fetching all at the task's start, which
+// queues more misses than the core tracks and stalls the first GEMMs.
+class LineFetch {
+ public:
+  LineFetch() = default;  // nothing to fetch
+  // Runs of `run_bytes` bytes at first + (s * sample_stride + p * plane_stride)
+  // bytes, for s < samples and p < planes.
+  LineFetch(const void* first, std::int64_t samples, std::int64_t sample_stride, std::int64_t planes,
+            std::int64_t plane_stride, std::int64_t run_bytes, bool for_writing)
+      : first_(static_cast<const char*>(first)), planes_(planes), sample_stride_(sample_stride),
+        plane_stride_(plane_stride), run_bytes_(run_bytes), per_run_(run_bytes > 0 ? (run_bytes + 63) / 64 + 1 : 0),
+        total_(samples * planes * per_run_), write_(for_writing) {}
+  std::int64_t lines() const { return total_; }
+  // The next `count` lines (the last of a run is its last byte's).
+  void fetch(std::int64_t count) {
+    for (; count > 0 && next_ < total_; --count, ++next_) {
+      const std::int64_t run = next_ / per_run_, line = next_ % per_run_;
+      const char* start = first_ + (run / planes_) * sample_stride_ + (run % planes_) * plane_stride_;
+      const char* at = line + 1 == per_run_ ? start + run_bytes_ - 1 : start + line * 64;
+      if (write_) __builtin_prefetch(at, 1, 3);
+      else __builtin_prefetch(at, 0, 2);
+    }
+  }
+
+ private:
+  const char* first_ = nullptr;
+  std::int64_t planes_ = 1, sample_stride_ = 0, plane_stride_ = 0, run_bytes_ = 0, per_run_ = 0, total_ = 0, next_ = 0;
+  bool write_ = false;
+};
+
 // Padded rows [p1_begin, p1_end) of sample n's input, group grp's channels,
 // channel-last into out (rows, P2, Cgp): zero outside the input and past Cg.
 // Each row's (channels x pixels) block is transposed a vector block at a time.
@@ -373,11 +408,27 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   const std::int64_t spt = tl.samples_per_task(g, threads);
   const std::int64_t sample_tasks = std::min(g.N, ceil_div(ceil_div(g.N, spt), threads) * threads);
   const std::int64_t tasks = sample_tasks * g.groups * tl.tasks_per_sample;
-  parallel_for(tasks, threads, [&](std::int64_t task) {
+  struct Task {
+    std::int64_t n0, samples, grp, ty0, ty1;
+  };
+  auto task_of = [&](std::int64_t task) {
     const std::int64_t part = task % tl.tasks_per_sample, grp = (task / tl.tasks_per_sample) % g.groups;
     const std::int64_t range = task / (tl.tasks_per_sample * g.groups);
     const std::int64_t n0 = g.N * range / sample_tasks, samples = g.N * (range + 1) / sample_tasks - n0;
-    const std::int64_t ty0 = part * tl.rows_per_task, ty1 = std::min(tl.tiles_y, ty0 + tl.rows_per_task);
+    const std::int64_t ty0 = part * tl.rows_per_task;
+    return Task{n0, samples, grp, ty0, std::min(tl.tiles_y, ty0 + tl.rows_per_task)};
+  };
+  const std::int64_t plane = g.in[1] * g.in[2];
+  // Note [Fetching the next task]: the input rows a task reads.
+  auto input_lines = [&](const Task& t) {
+    const std::int64_t i_begin = std::clamp<std::int64_t>(t.ty0 * Y::m - g.lo[1], 0, g.in[1]);
+    const std::int64_t i_end = std::clamp<std::int64_t>(t.ty1 * Y::m + Y::r - 1 - g.lo[1], i_begin, g.in[1]);
+    return LineFetch(x + (t.n0 * g.C + t.grp * g.Cg) * plane + i_begin * g.in[2], t.samples,
+                     g.C * plane * std::int64_t(sizeof(T)), g.Cg, plane * std::int64_t(sizeof(T)),
+                     (i_end - i_begin) * g.in[2] * std::int64_t(sizeof(T)), false);
+  };
+  parallel_for(tasks, threads, [&](std::int64_t task) {
+    const auto [n0, samples, grp, ty0, ty1] = task_of(task);
     const std::int64_t per_sample = (ty1 - ty0) * tl.tiles_x;  // the task's tiles of one sample
     const std::int64_t count = samples * per_sample, padded = ceil_div(count, kTileRows) * kTileRows;
     ScratchScope local;
@@ -402,8 +453,15 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     const T* rows[kTileRows];
     T* out[kTileRows];
     T tile_out[Y::m * X::m * NR];
+    LineFetch next_input = task + 1 < tasks ? input_lines(task_of(task + 1)) : LineFetch();
+    LineFetch output(y + (n0 * g.K + grp * g.Kg) * ov + first, samples, g.K * ov * std::int64_t(sizeof(T)), g.Kg,
+                     ov * std::int64_t(sizeof(T)), positions * std::int64_t(sizeof(T)), true);
+    const std::int64_t rounds = blocks * tl.points;
+    const std::int64_t input_share = ceil_div(next_input.lines(), rounds), output_share = ceil_div(output.lines(), rounds);
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       for (std::int64_t xi = 0; xi < tl.points; ++xi) {
+        next_input.fetch(input_share);
+        output.fetch(output_share);
         const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
         const T* Vxi = V + xi * v_stride;
         for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
@@ -476,9 +534,25 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
         if (partial) partial[n0 * g.K + r] = sum_run(row, ov);
       });
     // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
-    parallel_for(samples * g.groups * tl.tiles_y, conv_threads(), [&](std::int64_t task) {
+    const std::int64_t row_tasks = samples * g.groups * tl.tiles_y;
+    // Note [Fetching the next task]: task (s, grp, ty) reads alpha1 rows of x and m1 rows of gy.
+    auto task_lines = [&](std::int64_t task) {
+      const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, n = n0 + task / (tl.tiles_y * g.groups);
+      const std::int64_t i_begin = std::clamp<std::int64_t>(ty * Y::m - g.lo[1], 0, g.in[1]);
+      const std::int64_t i_end = std::clamp<std::int64_t>(ty * Y::m + Y::alpha - g.lo[1], i_begin, g.in[1]);
+      const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g.out[1]);
+      return std::pair{LineFetch(x + ((n * g.C + grp * g.Cg) * g.in[1] + i_begin) * g.in[2], 1, 0, g.Cg,
+                                 g.in[1] * g.in[2] * std::int64_t(sizeof(T)), (i_end - i_begin) * g.in[2] * std::int64_t(sizeof(T)),
+                                 false),
+                       LineFetch(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, 1, 0, g.Kg, ov * std::int64_t(sizeof(T)),
+                                 (o_end - ty * Y::m) * ow * std::int64_t(sizeof(T)), false)};
+    };
+    parallel_for(row_tasks, conv_threads(), [&](std::int64_t task) {
       const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
       const std::int64_t n = n0 + s, in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
+      auto [next_x, next_gy] = task + 1 < row_tasks ? task_lines(task + 1) : std::pair<LineFetch, LineFetch>{};
+      const std::int64_t x_share = ceil_div(next_x.lines(), tl.tiles_x * blocks + 1);
+      const std::int64_t gy_share = ceil_div(next_gy.lines(), tl.tiles_x * blocks + 1);
       T dy[Y::m * X::m * NR];
       ScratchScope local;
       T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
@@ -490,6 +564,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
       // 128x32x28x28): 1.2x the weight pass's time at 1 thread.
       T* xt = local.take<T>(tl.rows_size(Y::alpha)).data();
       channel_last_rows(g, tl, x, n, grp, ty * Y::m, ty * Y::m + Y::alpha, xt);
+      next_x.fetch(x_share), next_gy.fetch(gy_share);
       input_row(tl, xt, band, V + grp * tl.points * v_stride + (s * per_sample + ty * tl.tiles_x) * tl.Cgp, v_stride);
       // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
       const std::int64_t Kgp = blocks * NR;
@@ -501,6 +576,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
         const std::int64_t t = s * per_sample + ty * tl.tiles_x + tx;
         const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
         for (std::int64_t blk = 0; blk < blocks; ++blk) {
+          next_x.fetch(x_share), next_gy.fetch(gy_share);
           // The tile of gy, NR filters channel-last, zero past the output's edge.
           const T* corner = D + tx * X::m * Kgp + blk * NR;
           if (in < Y::m || jn < X::m) std::fill(dy, dy + Y::m * X::m * NR, T(0));

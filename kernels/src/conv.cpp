@@ -317,6 +317,34 @@ void require_resolved(ConvAlgorithm a) {
   if (a == ConvAlgorithm::automatic) fail("conv", "algorithm automatic reached a kernel expected a resolved algorithm");
 }
 
+// Note [Sample chunks]: implicit GEMM copies its input zero-padded for the
+// whole batch (its weight pass packs gy as well) on the scratch stack, whose
+// block then keeps that size for good: 20 MiB for the ResNet example's first
+// stride-2 conv, on top of its 141 MiB arena. A batch whose copies pass
+// kChunkBytes runs as convolutions of consecutive samples, each copying
+// only its own, which also stay in cache between the copy and the GEMMs. The
+// weight passes add each chunk into gw (and the bias gradient), so the sum's
+// order depends on the batch, never on the thread count. Rejected: chunks of
+// one sample, whose forward left a thread idle at every chunk's last run.
+constexpr double kChunkBytes = double(4 << 20);
+
+// run(part, n0) for consecutive samples [n0, n0 + part.N) of g, as few chunks as keep each one's copies within kChunkBytes.
+template <class T, class F>
+void in_sample_chunks(const ConvGeometry& g, ConvPass pass, F&& run) {
+  double copied = conv_impl::implicit_gemm_copied(g, pass);
+  if (pass == ConvPass::backward_weight) copied += double(g.N) * double(g.K) * double(g.out_vol());  // gy, packed
+  const double per_sample = copied * double(sizeof(T)) / double(std::max<std::int64_t>(g.N, 1));
+  const std::int64_t fit = per_sample > 0 ? std::max<std::int64_t>(1, std::int64_t(kChunkBytes / per_sample)) : g.N;
+  const std::int64_t chunks = conv_impl::ceil_div(g.N, std::max<std::int64_t>(fit, 1));
+  if (chunks <= 1) return run(g, std::int64_t(0));
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    ConvGeometry part = g;
+    const std::int64_t n0 = g.N * c / chunks;
+    part.N = g.N * (c + 1) / chunks - n0;
+    run(part, n0);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -328,7 +356,10 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
     ScratchScope scratch;
     return conv_forward(unflipped(g), a, x, flipped(scratch, g, w), y, accumulate, epilogue);
   }
-  if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_forward(g, x, w, y, accumulate, epilogue);
+  if (a == ConvAlgorithm::implicit_gemm)
+    return in_sample_chunks<T>(g, ConvPass::forward, [&](const ConvGeometry& part, std::int64_t n0) {
+      conv_impl::implicit_gemm_forward(part, x + n0 * g.C * g.in_vol(), w, y + n0 * g.K * g.out_vol(), accumulate, epilogue);
+    });
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_forward(g, x, w, y, accumulate, epilogue);
   if (a == ConvAlgorithm::direct && conv_impl::shifted_runs(g))
     return conv_impl::shifted_forward(g, x, w, y, accumulate, epilogue);
@@ -360,7 +391,10 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
                                         accumulate, static_cast<const OutputEpilogue<T>*>(nullptr));
   }
   if (a == ConvAlgorithm::direct) return conv_impl::direct_backward_input(g, gy, w, gx, accumulate);
-  if (a == ConvAlgorithm::implicit_gemm) return conv_impl::implicit_gemm_backward_input(g, gy, w, gx, accumulate);
+  if (a == ConvAlgorithm::implicit_gemm)
+    return in_sample_chunks<T>(g, ConvPass::backward_input, [&](const ConvGeometry& part, std::int64_t n0) {
+      conv_impl::implicit_gemm_backward_input(part, gy + n0 * g.K * g.out_vol(), w, gx + n0 * g.C * g.in_vol(), accumulate);
+    });
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_backward_input(g, gy, w, gx, accumulate);
   if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
   switch (a) {
@@ -387,7 +421,10 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
       if (conv_impl::shifted_runs(g)) return conv_impl::shifted_backward_weight<T>(g, x, gy, gw, nullptr, nullptr);
       return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
-    case ConvAlgorithm::implicit_gemm: return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw);
+    case ConvAlgorithm::implicit_gemm:
+      return in_sample_chunks<T>(g, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
+        conv_impl::implicit_gemm_backward_weight(part, x + n0 * g.C * g.in_vol(), gy + n0 * g.K * g.out_vol(), gw);
+      });
     case ConvAlgorithm::winograd: return conv_impl::winograd_backward_weight(g, x, gy, gw);
     default: return conv_impl::fft_backward_weight(g, x, gy, gw);
   }
@@ -416,7 +453,12 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
                                  const AdjointPrologue<T>& prologue) {
   require_resolved(a);
   if (a == ConvAlgorithm::implicit_gemm && !g.flip)
-    return conv_impl::implicit_gemm_backward_weight(g, x, gy, gw, &prologue, gy);
+    return in_sample_chunks<T>(g, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
+      const std::int64_t at = n0 * g.K * g.out_vol();
+      AdjointPrologue<T> shifted = prologue;  // its output indexed from the chunk's first sample
+      if (shifted.output) shifted.output += at;
+      conv_impl::implicit_gemm_backward_weight(part, x + n0 * g.C * g.in_vol(), gy + at, gw, &shifted, gy + at);
+    });
   if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &prologue, gy);
   if (a == ConvAlgorithm::direct && !g.flip && conv_impl::shifted_runs(g))
     return conv_impl::shifted_backward_weight(g, x, gy, gw, &prologue, gy);

@@ -516,7 +516,14 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   ScratchScope scratch;
   const Tiling<T, Y, X> tl(g);
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2], per_sample = tl.tiles_y * tl.tiles_x;
-  const std::int64_t sample_block = std::clamp<std::int64_t>(256 / per_sample, 1, g.N);
+  // Note [Weight pass sample blocks]: a block's V and Yhat (every point of
+  // its tiles, channels and filters) stay within kWeightBlockBytes, so that
+  // the scratch stack, which keeps its largest size, does not grow with the
+  // channel count (at 128 channels, 256 tiles took 9 MiB), and up to 256 tiles.
+  constexpr std::int64_t kWeightBlockBytes = std::int64_t(4) << 20;
+  const std::int64_t tile_bytes = tl.points * (tl.Cgp + blocks * NR) * std::int64_t(sizeof(T)) * g.groups;
+  const std::int64_t block_tiles = std::clamp<std::int64_t>(kWeightBlockBytes / tile_bytes, 1, 256);
+  const std::int64_t sample_block = std::clamp<std::int64_t>(block_tiles / per_sample, 1, g.N);
   const std::int64_t most = sample_block * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
   // Note [Point strides]: a group's points lie v_stride (V) and y_stride (Yhat) apart.
   const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);

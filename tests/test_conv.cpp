@@ -468,13 +468,18 @@ TEST_CASE("conv: the shifted-copy weight gradient in float, on LeNet's conv1, eq
   tg::set_num_threads(before);
 }
 
-TEST_CASE("conv: implicit GEMM over sample chunks equals the reference, the folded prologue read at each chunk's samples") {
+TEST_CASE("conv: implicit GEMM over sample chunks and own copies equals the reference, the same at every thread count") {
   // Note [Sample chunks]: 20 samples of 32 x 46 x 46 inputs, stride 2, padded
   // by 1: each sample's padded copy is 590 KB in double, so every pass runs in
-  // 3 chunks of 6-7 samples, and the scratch stack never holds the batch's copy.
+  // 3-4 chunks, and the scratch stack never holds the batch's copy.
+  // Note [Weight pass on each thread's own copies]: 32 filters are four blocks
+  // of 8 doubles: 2 and 4 threads own two blocks and one each and copy
+  // samples a few at a time; 3 threads share the chunk's copies. The weight
+  // gradient is the same bit for bit at 1-4 threads, and the folded ReLU
+  // pullback and bias gradient read each chunk's own samples.
   namespace k = tg::kernels;
   const ConvParams p{.stride = {2}, .padding = {1}};
-  const tg::Shape xs{20, 32, 46, 46}, ws{8, 32, 3, 3};
+  const tg::Shape xs{20, 32, 46, 46}, ws{32, 32, 3, 3};
   const k::ConvGeometry g = k::conv_geometry(xs, ws, {.stride = {2, 2}, .pad_lo = {1, 1}, .pad_hi = {1, 1}}, "test");
   const A x = A::random_uniform(xs, -1, 1, 21), w = A::random_uniform(ws, -1, 1, 22);
   const A y_ref = ref::conv(x, w, p);
@@ -484,18 +489,19 @@ TEST_CASE("conv: implicit GEMM over sample chunks equals the reference, the fold
   for (std::int64_t i = 0; i < masked.size(); ++i) masked.data()[i] = out.data()[i] > 0 ? masked.data()[i] : 0.0;
   const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
   const auto [unused, gw_masked_ref] = ref::conv_backward(x, w, masked, p);
-  std::vector<double> gb_ref(8, 0.0);
+  std::vector<double> gb_ref(32, 0.0);
   const std::int64_t plane = y_ref.shape()[2] * y_ref.shape()[3];
-  for (std::int64_t i = 0; i < masked.size(); ++i) gb_ref[static_cast<std::size_t>((i / plane) % 8)] += masked.data()[i];
+  for (std::int64_t i = 0; i < masked.size(); ++i) gb_ref[static_cast<std::size_t>((i / plane) % 32)] += masked.data()[i];
   auto relu_pullback = [](const void*, const double* o, double* adjoint, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) adjoint[i] = o[i] > 0 ? adjoint[i] : 0.0;
   };
   const double whole_copy = 20.0 * 32 * 48 * 48 * sizeof(double);
+  std::optional<A> gw_first, gw_folded_first, gb_first;
   const int before = tg::max_threads();
-  for (int threads : {1, 2}) {
+  for (int threads : {1, 2, 3, 4}) {
     CAPTURE(threads);
     tg::set_num_threads(threads);
-    A y(y_ref.shape()), gx(xs), gw = A::zeros(ws), gw_folded = A::zeros(ws), gb = A::zeros({8});
+    A y(y_ref.shape()), gx(xs), gw = A::zeros(ws), gw_folded = A::zeros(ws), gb = A::zeros({32});
     k::release_scratch();
     k::conv_forward(g, ConvAlgorithm::implicit_gemm, x.data(), w.data(), y.data(), false);
     CHECK(double(k::scratch_bytes()) < whole_copy / 2);
@@ -509,11 +515,15 @@ TEST_CASE("conv: implicit GEMM over sample chunks equals the reference, the fold
     A gy_in_place = gy;
     const k::AdjointPrologue<double> prologue{out.data(), +relu_pullback, nullptr, gb.data()};
     k::conv_backward_weight_folded(g, ConvAlgorithm::implicit_gemm, x.data(), gy_in_place.data(), gw_folded.data(), prologue);
-    CHECK(max_abs_diff(gy_in_place, masked) == 0);  // the pullback, in place, on every chunk's own samples
+    CHECK(max_abs_diff(gy_in_place, masked) == 0);  // the pullback, in place, on every chunk's own samples, once
     CHECK(max_abs_diff(gw_folded, gw_masked_ref) < 1e-10);
     double bias_error = 0;
-    for (std::size_t j = 0; j < 8; ++j) bias_error = std::max(bias_error, std::abs(gb.data()[j] - gb_ref[j]));
+    for (std::size_t j = 0; j < 32; ++j) bias_error = std::max(bias_error, std::abs(gb.data()[j] - gb_ref[j]));
     CHECK(bias_error < 1e-10);
+    if (!gw_first) gw_first = gw, gw_folded_first = gw_folded, gb_first = gb;
+    CHECK(max_abs_diff(gw, *gw_first) == 0);
+    CHECK(max_abs_diff(gw_folded, *gw_folded_first) == 0);
+    CHECK(max_abs_diff(gb, *gb_first) == 0);
   }
   tg::set_num_threads(before);
 }

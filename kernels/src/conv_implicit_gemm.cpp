@@ -389,28 +389,107 @@ struct PackPrologue {
   T* partial = nullptr;
 };
 
-// gy (N, K, out_vol) -> per sample, group and block of NR filters, gy^T (out_vol x NR).
+// Panel (n, grp, blk) of gy: the block's NR filters of sample n, gy^T (out_vol
+// x NR) into dst, zero columns past Kg; the prologue first, on gy in place,
+// while the rows are in cache.
 template <class T>
-const T* pack_output_adjoint(const ConvGeometry& g, const T* gy, ScratchScope& scratch, const PackPrologue<T>& fold) {
+void pack_panel(const ConvGeometry& g, const T* gy, const PackPrologue<T>& fold, std::int64_t n, std::int64_t grp,
+                std::int64_t blk, T* dst) {
   constexpr int NR = kTileCols<T>;
-  const std::int64_t ov = g.out_vol(), blocks = column_blocks(g.Kg, NR), panels = g.N * g.groups * blocks;
-  T* packed = scratch.take<T>(panels * ov * NR).data();
-  parallel_for(panels, conv_threads(), [&](std::int64_t panel) {
-    const std::int64_t blk = panel % blocks, grp = (panel / blocks) % g.groups, n = panel / (blocks * g.groups);
-    T* dst = packed + panel * ov * NR;
-    const std::int64_t k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
-    const std::int64_t first = (n * g.K + grp * g.Kg + k0) * ov;  // kn rows of ov from here
-    if (fold.prologue)  // the panel's rows, while they are in cache
-      for (std::int64_t j = 0; j < kn; ++j) {
-        T* row = fold.gy + first + j * ov;
-        fold.prologue->apply(row, first + j * ov, ov);
-        if (fold.partial) fold.partial[n * g.K + grp * g.Kg + k0 + j] = sum_run(row, ov);
-      }
-    transpose_blocks(gy + first, ov, kn, ov, dst, NR);  // dst[p][j] = gy row j's p
-    if (kn < NR)
-      for (std::int64_t p = 0; p < ov; ++p) std::fill(dst + p * NR + kn, dst + (p + 1) * NR, T(0));
-  });
-  return packed;
+  const std::int64_t ov = g.out_vol(), k0 = blk * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
+  const std::int64_t first = (n * g.K + grp * g.Kg + k0) * ov;  // kn rows of ov from here
+  if (fold.prologue)
+    for (std::int64_t j = 0; j < kn; ++j) {
+      T* row = fold.gy + first + j * ov;
+      fold.prologue->apply(row, first + j * ov, ov);
+      if (fold.partial) fold.partial[n * g.K + grp * g.Kg + k0 + j] = sum_run(row, ov);
+    }
+  transpose_blocks(gy + first, ov, kn, ov, dst, NR);  // dst[p][j] = gy row j's p
+  if (kn < NR)
+    for (std::int64_t p = 0; p < ov; ++p) std::fill(dst + p * NR + kn, dst + (p + 1) * NR, T(0));
+}
+
+// Note [Weight tiles sum sample blocks]: a tile's inner loop runs over one
+// sample's positions only (out_vol, often a few hundred), so its fixed costs
+// (the tile's loads and stores, the add into gw) are paid per sample block
+// instead: the tile accumulates kSampleBlock samples before it is added.
+constexpr std::int64_t kSampleBlock = 4;
+
+// The weight pass's index table for a sample block: position p of the block's
+// s-th sample reads the padded input at s * C * plane + base[p], so one
+// micro-kernel call runs the whole block (gy's panels of a block's samples lie
+// back to back), its sums in registers from one sample to the next.
+std::span<std::int64_t> block_positions(const ConvGeometry& g, const Layout& L, ScratchScope& scratch) {
+  const std::int64_t ov = g.out_vol();
+  std::span<std::int64_t> table = scratch.take<std::int64_t>(kSampleBlock * ov);
+  for (std::int64_t s = 0; s < kSampleBlock; ++s)
+    for (std::int64_t p = 0; p < ov; ++p) table[s * ov + p] = s * g.C * L.plane + L.base[p];
+  return table;
+}
+
+// Tile (group, filter block, patch-row tile rt) of gw (K, R) += the `samples`
+// samples of one block: x_first is the first one's padded input, gy_first its
+// packed panel of the block's filters, the others' following it.
+template <class T>
+void add_weight_tile(const ConvGeometry& g, const Layout& L, const std::int64_t* positions, std::int64_t grp,
+                     std::int64_t blk, std::int64_t rt, std::int64_t samples, const T* x_first, const T* gy_first, T* gw) {
+  constexpr int NR = kTileCols<T>;
+  const std::int64_t R = g.Cg * g.ker_vol(), t0 = rt * kTileRows, k0 = blk * NR;
+  T out[kTileRows * NR];
+  T* const out_rows[kTileRows] = {out, out + NR, out + 2 * NR, out + 3 * NR, out + 4 * NR, out + 5 * NR};
+  const T* rows[kTileRows];
+  tile_rows(x_first + grp * g.Cg * L.plane, L.tap.data(), t0, R, rows);
+  // out (patch rows t0.. x filters k0..) = patches (6 x samples * out_vol) . gy^T (samples * out_vol x NR)
+  gemm_tile(rows, positions, gy_first, samples * g.out_vol(), out_rows, false);
+  const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
+  for (std::int64_t j = 0; j < kn; ++j) {
+    T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;
+    for (std::int64_t i = 0; i < tn; ++i) dst[i] += out[i * NR + j];
+  }
+}
+
+// Note [Weight pass on each thread's own copies]: with the whole batch's copies
+// shared, every thread's tiles read the padded input both threads wrote, and
+// where the threads do not share an L3 (the test VM's vCPUs on two dies) two
+// threads took longer than one (128x64x14x14 -> 128 stride 2: 12.5 ms against
+// 11.4). When the (group, filter block) units divide evenly among the threads,
+// each thread owns whole units instead: it copies the padded input of a few
+// samples at a time and packs its own units' panels (their prologue rows are
+// its alone), so it reads nothing another thread wrote. Every tile still adds
+// the same sample blocks into gw in the same order, so the result is the same
+// for every thread count. Rejected: threads taking samples (each a partial gw,
+// summed in order), whose sums would change with the thread count.
+constexpr double kOwnCopyBytes = double(2 << 20);
+
+template <class T>
+void weight_pass_on_own_copies(const ConvGeometry& g, const Layout& L, const std::int64_t* positions, const T* x,
+                               const T* gy, const PackPrologue<T>& fold, T* gw, int threads) {
+  constexpr int NR = kTileCols<T>;
+  const std::int64_t ov = g.out_vol(), blocks = column_blocks(g.Kg, NR), units = g.groups * blocks;
+  const std::int64_t row_tiles = (g.Cg * g.ker_vol() + kTileRows - 1) / kTileRows;
+  const double per_sample = double(sizeof(T)) * (double(g.C) * double(L.copy ? L.plane : 0) + double(units / threads) * double(ov * NR));
+  const std::int64_t fit = std::max<std::int64_t>(1, std::int64_t(kOwnCopyBytes / per_sample) / kSampleBlock);
+  const std::int64_t span = std::min(g.N, fit * kSampleBlock);  // samples per copy, whole sample blocks
+#pragma omp parallel num_threads(threads)
+  {
+    const std::int64_t t = omp_get_thread_num(), u0 = units * t / threads, u1 = units * (t + 1) / threads;
+    ScratchScope local;
+    T* packed = local.take<T>((u1 - u0) * span * ov * NR).data();  // [unit][sample][position][NR]
+    for (std::int64_t s0 = 0; s0 < g.N; s0 += span) {
+      const std::int64_t s1 = std::min(g.N, s0 + span);
+      ScratchScope copies;
+      const T* xp = L.copy ? zero_padded(x + s0 * g.C * g.in_vol(), (s1 - s0) * g.C, g.in, g.lo, L.padded, copies)
+                           : x + s0 * g.C * g.in_vol();
+      auto panel = [&](std::int64_t u, std::int64_t n) { return packed + ((u - u0) * span + (n - s0)) * ov * NR; };
+      for (std::int64_t n = s0; n < s1; ++n)
+        for (std::int64_t u = u0; u < u1; ++u) pack_panel(g, gy, fold, n, u / blocks, u % blocks, panel(u, n));
+      for (std::int64_t n0 = s0; n0 < s1; n0 += kSampleBlock)
+        for (std::int64_t u = u0; u < u1; ++u)
+          for (std::int64_t rt = 0; rt < row_tiles; ++rt)
+            add_weight_tile(g, L, positions, u / blocks, u % blocks, rt, std::min(s1 - n0, kSampleBlock),
+                            xp + (n0 - s0) * g.C * L.plane, panel(u, n0), gw);
+    }
+  }
 }
 
 // gw (K, R) += sum over samples: each thread owns a fixed set of (group, filter
@@ -423,46 +502,37 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
   require_implicit_gemm(g, ConvPass::backward_weight, "conv");
   ScratchScope scratch;
   const Layout L = make_layout(g, scratch);
-  const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
-  const T* xp = L.copy ? zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch) : x;
+  const std::int64_t ov = g.out_vol(), blocks = column_blocks(g.Kg, NR), units = g.groups * blocks;
   PackPrologue<T> fold;
   if (prologue) {
     fold = {prologue, gy_in_place, prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr};
   }
-  const T* gyp = pack_output_adjoint(g, gy, scratch, fold);
+  const std::int64_t* positions = block_positions(g, L, scratch).data();
+  const int threads = conv_threads();
+  if (threads > 1 && units % threads == 0 && !omp_in_parallel()) {
+    weight_pass_on_own_copies(g, L, positions, x, gy, fold, gw, threads);
+    if (fold.partial) add_channel_sums(g, fold.partial, prologue->bias_grad);
+    return;
+  }
+  const T* xp = L.copy ? zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch) : x;
+  T* gyp = scratch.take<T>(units * g.N * ov * NR).data();  // [group][block][sample][position][NR]
+  parallel_for(g.N * units, threads, [&](std::int64_t panel) {
+    const std::int64_t n = panel / units, unit = panel % units;
+    pack_panel(g, gy, fold, n, unit / blocks, unit % blocks, gyp + (unit * g.N + n) * ov * NR);
+  });
   if (fold.partial) add_channel_sums(g, fold.partial, prologue->bias_grad);
-  const std::int64_t row_tiles = (R + kTileRows - 1) / kTileRows, tiles = g.groups * blocks * row_tiles;
-  // Note [Weight tiles sum sample blocks]: a tile's inner loop runs over one
-  // sample's positions only (out_vol, often a few hundred), so its fixed costs
-  // (the tile's loads and stores, the add into gw) are paid per sample block
-  // instead: the tile accumulates kSampleBlock samples before it is added.
-  constexpr std::int64_t kSampleBlock = 4;
+  const std::int64_t row_tiles = (g.Cg * g.ker_vol() + kTileRows - 1) / kTileRows, tiles = units * row_tiles;
   // Runs inside a parallel region, or on the calling thread alone (Note [One-thread regions]).
   auto accumulate_tiles = [&] {
-    T out[kTileRows * NR];
-    T* const out_rows[kTileRows] = {out, out + NR, out + 2 * NR, out + 3 * NR, out + 4 * NR, out + 5 * NR};
-    const T* rows[kTileRows];
     for (std::int64_t n0 = 0; n0 < g.N; n0 += kSampleBlock) {
-      const std::int64_t n1 = std::min(g.N, n0 + kSampleBlock);
 #pragma omp for schedule(static) nowait
       for (std::int64_t tile_index = 0; tile_index < tiles; ++tile_index) {
-        const std::int64_t rt = tile_index % row_tiles, blk = (tile_index / row_tiles) % blocks;
-        const std::int64_t grp = tile_index / (row_tiles * blocks);
-        const std::int64_t t0 = rt * kTileRows, k0 = blk * NR;
-        for (std::int64_t n = n0; n < n1; ++n) {
-          tile_rows(xp + (n * g.C + grp * g.Cg) * L.plane, L.tap.data(), t0, R, rows);
-          // out (patch rows t0.. x filters k0..) (+)= patches (6 x out_vol) . gy^T (out_vol x NR)
-          gemm_tile(rows, L.base.data(), gyp + ((n * g.groups + grp) * blocks + blk) * ov * NR, ov, out_rows, n > n0);
-        }
-        const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
-        for (std::int64_t j = 0; j < kn; ++j) {
-          T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;
-          for (std::int64_t i = 0; i < tn; ++i) dst[i] += out[i * NR + j];
-        }
+        const std::int64_t rt = tile_index % row_tiles, unit = tile_index / row_tiles;
+        add_weight_tile(g, L, positions, unit / blocks, unit % blocks, rt, std::min(g.N - n0, kSampleBlock),
+                        xp + n0 * g.C * L.plane, gyp + (unit * g.N + n0) * ov * NR, gw);
       }
     }
   };
-  const int threads = conv_threads();
   if (threads > 1) {
 #pragma omp parallel num_threads(threads)
     accumulate_tiles();

@@ -302,24 +302,34 @@ class LineFetch {
   // bytes, for s < samples and p < planes.
   LineFetch(const void* first, std::int64_t samples, std::int64_t sample_stride, std::int64_t planes,
             std::int64_t plane_stride, std::int64_t run_bytes, bool for_writing)
-      : first_(static_cast<const char*>(first)), planes_(planes), sample_stride_(sample_stride),
+      : sample_(static_cast<const char*>(first)), run_(sample_), planes_(planes), sample_stride_(sample_stride),
         plane_stride_(plane_stride), run_bytes_(run_bytes), per_run_(run_bytes > 0 ? (run_bytes + 63) / 64 + 1 : 0),
         total_(samples * planes * per_run_), write_(for_writing) {}
   std::int64_t lines() const { return total_; }
-  // The next `count` lines (the last of a run is its last byte's).
+  // The next `count` lines (the last of a run is its last byte's), counted
+  // without divisions: this runs between every few GEMM tiles.
   void fetch(std::int64_t count) {
-    for (; count > 0 && next_ < total_; --count, ++next_) {
-      const std::int64_t run = next_ / per_run_, line = next_ % per_run_;
-      const char* start = first_ + (run / planes_) * sample_stride_ + (run % planes_) * plane_stride_;
-      const char* at = line + 1 == per_run_ ? start + run_bytes_ - 1 : start + line * 64;
+    for (count = std::min(count, total_ - done_); count > 0; --count, ++done_) {
+      const char* at = line_ + 1 == per_run_ ? run_ + run_bytes_ - 1 : run_ + line_ * 64;
       if (write_) __builtin_prefetch(at, 1, 3);
       else __builtin_prefetch(at, 0, 2);
+      if (++line_ < per_run_) continue;
+      line_ = 0;
+      if (++plane_ < planes_) {
+        run_ += plane_stride_;
+      } else {
+        plane_ = 0;
+        sample_ += sample_stride_;
+        run_ = sample_;
+      }
     }
   }
 
  private:
-  const char* first_ = nullptr;
-  std::int64_t planes_ = 1, sample_stride_ = 0, plane_stride_ = 0, run_bytes_ = 0, per_run_ = 0, total_ = 0, next_ = 0;
+  const char* sample_ = nullptr;  // the current sample's first run
+  const char* run_ = nullptr;     // the current run
+  std::int64_t planes_ = 1, sample_stride_ = 0, plane_stride_ = 0, run_bytes_ = 0, per_run_ = 0, total_ = 0;
+  std::int64_t done_ = 0, line_ = 0, plane_ = 0;
   bool write_ = false;
 };
 

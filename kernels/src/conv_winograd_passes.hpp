@@ -466,15 +466,15 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     LineFetch next_input = task + 1 < tasks ? input_lines(task_of(task + 1)) : LineFetch();
     LineFetch output(y + (n0 * g.K + grp * g.Kg) * ov + first, samples, g.K * ov * std::int64_t(sizeof(T)), g.Kg,
                      ov * std::int64_t(sizeof(T)), positions * std::int64_t(sizeof(T)), true);
-    const std::int64_t rounds = blocks * tl.points;
+    const std::int64_t rounds = blocks * tl.points * ceil_div(count, kTileRows);  // one per GEMM tile
     const std::int64_t input_share = ceil_div(next_input.lines(), rounds), output_share = ceil_div(output.lines(), rounds);
     for (std::int64_t blk = 0; blk < blocks; ++blk) {
       for (std::int64_t xi = 0; xi < tl.points; ++xi) {
-        next_input.fetch(input_share);
-        output.fetch(output_share);
         const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
         const T* Vxi = V + xi * v_stride;
         for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
+          next_input.fetch(input_share);
+          output.fetch(output_share);
           for (int i = 0; i < kTileRows; ++i) {
             rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
             out[i] = M + xi * m_stride + (t0 + i) * NR;

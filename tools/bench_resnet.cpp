@@ -143,9 +143,9 @@ struct TorchBlockImpl : torch::nn::Module {
     b = register_module("b", TorchConvBn(p.b, 1));
     if (!p.shortcut.empty()) shortcut = register_module("shortcut", TorchConvBn(p.shortcut[0], stride));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    const auto h = b(torch::relu(a(x)));
-    return torch::relu(h + (shortcut ? shortcut(x) : x));
+  torch::Tensor forward(const torch::Tensor& x) {  // the shortcut first, as cnn::block_forward
+    const auto skip = shortcut ? shortcut(x) : x;
+    return torch::relu(b(torch::relu(a(x))) + skip);
   }
 };
 TORCH_MODULE(TorchBlock);

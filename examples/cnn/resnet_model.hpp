@@ -64,11 +64,13 @@ auto conv_bn(const P& c, const X& x, std::int64_t stride, bool training) {
 }
 
 // A block downsamples by 2 where it has a shortcut conv (its channels change).
+// The shortcut comes first: its conv and the block's first conv then read x
+// one after the other, forward and backward, while x is still in cache.
 template <class P, class X>
 X block_forward(const P& b, const X& x, bool training) {
   const std::int64_t stride = b.shortcut.empty() ? 1 : 2;
-  const X h = conv_bn(b.b, tg::relu(conv_bn(b.a, x, stride, training)), 1, training);
   const X skip = b.shortcut.empty() ? x : conv_bn(b.shortcut[0], x, stride, training);
+  const X h = conv_bn(b.b, tg::relu(conv_bn(b.a, x, stride, training)), 1, training);
   return tg::relu(h + skip);
 }
 

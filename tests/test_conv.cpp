@@ -705,6 +705,7 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
     const A expected = ref::conv(x, w, c.p);
     const A gy = A::random_uniform(expected.shape(), -1, 1, seed++);
     const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, c.p);
+    std::optional<A> gw_one_thread;
     for (int threads : {1, 2, 3}) {
       CAPTURE(tg::to_string(c.x));
       CAPTURE(tg::to_string(c.w));
@@ -714,6 +715,9 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
       const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w).vjp(gy);
       CHECK(max_abs_diff(gx, gx_ref) < 1e-12);
       CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+      // Note [Weight pass halves]: the same sums at every thread count
+      if (!gw_one_thread) gw_one_thread = gw;
+      CHECK(max_abs_diff(gw, *gw_one_thread) == 0);
       // float (the layout's vector blocks are 8 wide, not 4): the transforms'
       // rounding stays well inside single precision's
       const auto xf = x.template cast<float>(), wf = w.template cast<float>();

@@ -539,7 +539,17 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
   T* V = scratch.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
   T* Yhat = scratch.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
-  T* gU = scratch.take<T>(g.groups * tl.points * blocks * c_tiles * kTileRows * NR).data();  // [grp][xi][blk][c][NR]
+  // Note [Weight pass halves]: a block's tile rows are cut into two halves,
+  // each summed into a gU of its own, added at the end. With 2 threads the
+  // static schedules give each thread one half's transform tasks and the same
+  // half's GEMM tiles, so no thread reads the V and Yhat another wrote, which
+  // is slow where the threads do not share an L3. The halves are cut by the
+  // block's shape, not by the thread count, so the sums are the same at any
+  // number of threads. The cost: GEMMs half as long (about 5% of the pass
+  // where the threads do share an L3). Rejected: a gU per thread, whose sums
+  // would change with the thread count.
+  const std::int64_t gu_size = g.groups * tl.points * blocks * c_tiles * kTileRows * NR;
+  T* gU = scratch.take<T>(2 * gu_size).data();  // [half][grp][xi][blk][c][NR]
   const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;  // row sums (N x K)
   for (std::int64_t n0 = 0; n0 < g.N; n0 += sample_block) {
@@ -607,20 +617,24 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
         }
       }
     });
-    // gU (+)= V^T Yhat, each GEMM tile on one thread.
+    // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
     const bool first = n0 == 0;
-    parallel_for(gemm_tiles, conv_threads(), [&](std::int64_t tile_index) {
+    const std::int64_t split = ceil_div(samples * tl.tiles_y, 2) * tl.tiles_x;  // the first half's tiles
+    parallel_for(2 * gemm_tiles, conv_threads(), [&](std::int64_t index) {
+      const std::int64_t half = index / gemm_tiles, tile_index = index % gemm_tiles;
       const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;
       const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
-      const T* Vxi = V + (grp * tl.points + xi) * v_stride;
+      const std::int64_t t0 = half == 0 ? 0 : split, t1 = half == 0 ? split : count;
+      const T* Vxi = V + (grp * tl.points + xi) * v_stride + t0 * tl.Cgp;
       const T* rows[kTileRows];
       T* out[kTileRows];
       for (int i = 0; i < kTileRows; ++i) {
         rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
-        out[i] = gU + (tile_index * kTileRows + i) * NR;
+        out[i] = gU + half * gu_size + (tile_index * kTileRows + i) * NR;
       }
       // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-      gemm_tile_strided(rows, tl.Cgp, Yhat + (grp * tl.points + xi) * y_stride + blk * most * NR, count, out, !first);
+      gemm_tile_strided(rows, tl.Cgp, Yhat + (grp * tl.points + xi) * y_stride + (blk * most + t0) * NR, t1 - t0, out,
+                        !first);
     });
   }
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);
@@ -632,7 +646,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
     T u[kAlpha * kAlpha * NR], taps[kAlpha * kAlpha];  // u[xi * NR + lane]
     for (std::int64_t xi = 0; xi < tl.points; ++xi) {
       const T* row = gU + (((grp * tl.points + xi) * blocks + blk) * c_tiles * kTileRows + c) * NR;
-      std::copy(row, row + NR, u + xi * NR);
+      for (int lane = 0; lane < NR; ++lane) u[xi * NR + lane] = row[lane] + row[gu_size + lane];  // the halves
     }
     for (std::int64_t lane = 0; lane < lanes; ++lane) {
       transform<Y::r, Y::alpha, X::r, X::alpha, T>(Y::GT, X::GT, u + lane, X::alpha * NR, NR, taps, 1);

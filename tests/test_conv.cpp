@@ -240,6 +240,17 @@ TEST_CASE("conv: the unit-stride input adjoint run as a conv (im2col, many chann
       const auto [gx, gw] = tg::record([&](const T& a, const T& b) { return tg::conv(a, b, q); }, x, w).vjp(gy);
       CHECK(max_abs_diff(gx, gx_ref) < 1e-11);
       CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+      // the kernel itself: written over garbage, or added onto what gx holds
+      namespace k = tg::kernels;
+      const k::ConvSpec spec{.stride = q.stride, .dilation = q.dilation, .pad_lo = q.pad_lo.empty() ? q.padding : q.pad_lo,
+                             .pad_hi = q.pad_hi.empty() ? q.padding : q.pad_hi, .groups = q.groups, .flip = q.flip};
+      const k::ConvGeometry g = k::conv_geometry(x.shape(), w.shape(), spec, "test");
+      A written = A::full(x.shape(), 7.0), added = A::full(x.shape(), 7.0);
+      k::conv_backward_input(g, algorithm, gy.data(), w.data(), written.data(), false);
+      k::conv_backward_input(g, algorithm, gy.data(), w.data(), added.data(), true);
+      CHECK(max_abs_diff(written, gx_ref) < 1e-11);
+      for (std::int64_t i = 0; i < added.size(); ++i) added.data()[i] -= 7.0;
+      CHECK(max_abs_diff(added, gx_ref) < 1e-11);
     }
   }
 }

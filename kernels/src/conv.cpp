@@ -384,7 +384,7 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
     ScratchScope scratch;
     return conv_backward_input(unflipped(g), a, gy, flipped(scratch, g, w), gx, accumulate);
   }
-  // These write gx unless told to accumulate; the others add into zeros.
+  // These write gx unless told to accumulate; FFT adds into zeros.
   if (a == ConvAlgorithm::direct && conv_impl::pointwise_runs(g)) {  // the adjoint 1x1 conv's forward
     ScratchScope scratch;
     return conv_impl::pointwise_forward(conv_impl::adjoint_geometry(g), gy, conv_impl::adjoint_weights(g, w, scratch), gx,
@@ -396,11 +396,9 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
       conv_impl::implicit_gemm_backward_input(part, gy + n0 * g.K * g.out_vol(), w, gx + n0 * g.C * g.in_vol(), accumulate);
     });
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_backward_input(g, gy, w, gx, accumulate);
+  if (a == ConvAlgorithm::im2col) return conv_impl::im2col_backward_input(g, gy, w, gx, accumulate);
   if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
-  switch (a) {
-    case ConvAlgorithm::im2col: return conv_impl::im2col_backward_input(g, gy, w, gx);
-    default: return conv_impl::fft_backward_input(g, gy, w, gx);
-  }
+  conv_impl::fft_backward_input(g, gy, w, gx);
 }
 
 template <class T>

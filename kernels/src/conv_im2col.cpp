@@ -301,7 +301,7 @@ void im2col_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool ac
 }
 
 template <class T>
-void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   if (unit_stride(g) && g.Kg * g.ker_vol() <= kAdjointMaxRows && g.Cg >= kAdjointMinChannels) {
     // The input adjoint is itself a unit-stride conv of gy (adjoint_geometry):
     // its GEMM has the long K.kernel-sized inner dimension of a forward pass
@@ -309,9 +309,11 @@ void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
     // threads: R1 20.1 -> 16.6 ms, R2 16.1 -> 14.2 ms; but with K.kernel above
     // ~1300 rows (L2: 1600, R3: 2304) its patches outgrow the cache and the
     // col2im form wins (L2 13.3 vs 24.2 ms, R3 15.7 vs 23.0 ms).
+    // Its GEMMs write gx (beta = 0) unless told to accumulate: no pass of zeros first.
     ScratchScope scratch;
-    return im2col_forward(adjoint_geometry(g), gy, adjoint_weights(g, w, scratch), gx, /*accumulate=*/true);
+    return im2col_forward(adjoint_geometry(g), gy, adjoint_weights(g, w, scratch), gx, accumulate);
   }
+  if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));  // col2im adds into it
   ScratchScope scratch;
   const Blocking b = make_blocks(g, scratch);
   const std::int64_t R = col_rows(g), ov = g.out_vol();
@@ -376,7 +378,7 @@ void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
 
 #define TG_INSTANTIATE(T)                                                                    \
   template void im2col_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool);        \
-  template void im2col_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);        \
+  template void im2col_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, bool);        \
   template void im2col_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

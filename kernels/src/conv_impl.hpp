@@ -113,8 +113,9 @@ void shifted_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* 
 
 template <class T>
 void im2col_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate);
+// gx = (or += with accumulate) the input gradient.
 template <class T>
-void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+void im2col_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
 template <class T>
 void im2col_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
 

@@ -372,8 +372,7 @@ template <class T>
 void implicit_gemm_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   if (!unit_stride(g)) {
     if (strided_adjoint_applies(g)) return implicit_gemm_strided_backward_input(g, gy, w, gx, accumulate);
-    if (!accumulate) std::fill(gx, gx + g.N * g.C * g.in_vol(), T(0));
-    return im2col_backward_input(g, gy, w, gx);
+    return im2col_backward_input(g, gy, w, gx, accumulate);
   }
   ScratchScope scratch;
   const T* wa = adjoint_weights(g, w, scratch);

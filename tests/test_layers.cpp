@@ -7,6 +7,8 @@
 
 #include "support/checks.hpp"
 
+#include <optional>
+
 using namespace tgtest;
 using T = tg::Tracked<double>;
 
@@ -164,6 +166,29 @@ TEST_CASE("norms in float: values and gradients equal double's to float rounding
   compare(bn_twice64, bn_twice32, "batch_norm, x read twice");
   compare(gn64, gn32, "group_norm");
   CHECK(relative_diff(tg::gradient(ln32, xf).cast<double>(), tg::gradient(ln64, x)) < 1e-4);
+}
+
+TEST_CASE("batch_norm: by planes, the same values and gradients at every thread count") {
+  // Note [Batch norm by planes]: the planes' moments are combined in sample
+  // order, so 1-3 threads give the same bits (float, 64 planes of 1600, mean 50).
+  using F = tg::Array<float>;
+  const F x = A::random_uniform({16, 4, 40, 40}, 48, 52, 51).cast<float>(), r = A::random_uniform({16, 4, 40, 40}, -1, 1, 52).cast<float>();
+  const F g = A::random_uniform({4}, 0.5, 1.5, 53).cast<float>(), b = A::random_uniform({4}, -0.5, 0.5, 54).cast<float>();
+  const auto loss = std::get<0>(norm_losses(r));  // batch_norm + ReLU
+  const int before = tg::max_threads();
+  std::optional<std::tuple<F, F, F>> first;
+  for (int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    tg::set_num_threads(threads);
+    auto state = tg::batch_norm_state<float>(4);
+    const F y = tg::batch_norm(x, g, b, state);
+    const auto [dx, dg, db] = tg::gradient(loss, x, g, b);
+    if (!first) first = std::tuple{y, F(dx), F(dg)};
+    CHECK(max_abs_diff(y.cast<double>(), std::get<0>(*first).cast<double>()) == 0);
+    CHECK(max_abs_diff(F(dx).cast<double>(), std::get<1>(*first).cast<double>()) == 0);
+    CHECK(max_abs_diff(F(dg).cast<double>(), std::get<2>(*first).cast<double>()) == 0);
+  }
+  tg::set_num_threads(before);
 }
 
 TEST_CASE("batch_norm: running statistics are state, updated once per forward run by every entry point") {

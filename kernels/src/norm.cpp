@@ -5,6 +5,7 @@
 
 #include "clones.hpp"
 #include "tapegrad/kernels/parallel.hpp"
+#include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels {
 namespace {
@@ -123,13 +124,44 @@ TG_NORM_LOOPS(float)
 TG_NORM_LOOPS(double)
 #undef TG_NORM_LOOPS
 
-// Calls body(run, offset) for each contiguous run of channel c: n runs of s elements.
-template <class T, class F>
-void for_each_run(const T* base, const ChannelView& v, std::int64_t c, F&& body) {
-  for (std::int64_t i = 0; i < v.n; ++i) body(base + (i * v.c + c) * v.s, (i * v.c + c) * v.s);
+// Note [Batch norm by planes]: the passes split their work by (sample,
+// channel) planes, sample-major, as the convolutions around them split theirs
+// by samples, so with two threads each thread reads the planes it wrote and
+// writes those the next conv's same thread reads. Split by channel, every
+// pass moved half of the activation between the threads, slow where they do
+// not share an L3. Each plane's sum and squared deviations (about its own
+// mean) are combined per channel in sample order (Chan, Golub and LeVeque's
+// pairwise update), so the statistics do not depend on the thread count.
+// Rejected: one pass of sums and sums of squares, which cancels catastrophically
+// when the mean is large against the spread.
+bool parallel_planes(const ChannelView& v) { return v.n * v.c * v.s > 32768 && v.n * v.c > 1; }
+
+// stats[2 (n c + c)] = (sum, sum of squared deviations about centre[n c + c]) of each plane.
+template <class T>
+void plane_moments(const T* x, const ChannelView& v, double* stats) {
+  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
+    const T* plane = x + p * v.s;
+    const double sum = blocked_sum(plane, v.s);
+    const T centre = static_cast<T>(sum / static_cast<double>(v.s));
+    // about the centre actually used, then shifted to the plane's exact mean
+    const double exact = sum / static_cast<double>(v.s) - static_cast<double>(centre);
+    stats[2 * p] = sum;
+    stats[2 * p + 1] = squared_deviation_run(plane, v.s, centre) - static_cast<double>(v.s) * exact * exact;
+  });
 }
 
-bool parallel_channels(const ChannelView& v) { return v.n * v.c * v.s > 32768 && v.c > 1; }
+// Channel c's mean and sum of squared deviations from its planes' moments, in sample order.
+void channel_moments(const ChannelView& v, const double* stats, std::int64_t c, double& mean, double& squares) {
+  double sum = 0;
+  for (std::int64_t n = 0; n < v.n; ++n) sum += stats[2 * (n * v.c + c)];
+  mean = sum / static_cast<double>(v.per_channel());
+  squares = 0;
+  for (std::int64_t n = 0; n < v.n; ++n) {
+    const double* p = stats + 2 * (n * v.c + c);
+    const double apart = p[0] / static_cast<double>(v.s) - mean;
+    squares += p[1] + static_cast<double>(v.s) * apart * apart;
+  }
+}
 
 }  // namespace
 
@@ -139,23 +171,27 @@ void batch_norm_train_forward(const BatchNormArgs<T>& a, T* mean, T* invstd, T* 
   const ChannelView& v = a.v;
   const double m = static_cast<double>(v.per_channel());
   const bool relu = a.activation == NormActivation::relu;
-  parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
-    double sum = 0;
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { sum += blocked_sum(run, v.s); });
-    const double mu = sum / m;
-    double squares = 0;
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t) { squares += squared_deviation_run(run, v.s, static_cast<T>(mu)); });
+  ScratchScope scratch;
+  double* stats = scratch.take<double>(2 * v.n * v.c).data();
+  T* affine = scratch.take<T>(2 * v.c).data();  // (scale, shift) per channel
+  plane_moments(a.x, v, stats);
+  for (std::int64_t c = 0; c < v.c; ++c) {
+    double mu, squares;
+    channel_moments(v, stats, c, mu, squares);
     const double var = squares / m;
     const double inv = 1.0 / std::sqrt(var + a.eps);
     mean[c] = static_cast<T>(mu);
     invstd[c] = static_cast<T>(inv);
-    const T scale = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
-    const T shift = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) { affine_run(run, v.s, scale, shift, relu, y + at); });
+    affine[2 * c] = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
+    affine[2 * c + 1] = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
     if (running_mean) {
       running_mean[c] = static_cast<T>((1 - momentum) * static_cast<double>(running_mean[c]) + momentum * mu);
       running_var[c] = static_cast<T>((1 - momentum) * static_cast<double>(running_var[c]) + momentum * var * m / (m - 1));
     }
+  }
+  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
+    const std::int64_t c = p % v.c;
+    affine_run(a.x + p * v.s, v.s, affine[2 * c], affine[2 * c + 1], relu, y + p * v.s);
   });
 }
 
@@ -163,14 +199,19 @@ template <class T>
 void batch_norm_eval_forward(const BatchNormArgs<T>& a, const T* running_mean, const T* running_var, T* mean, T* invstd, T* y) {
   const ChannelView& v = a.v;
   const bool relu = a.activation == NormActivation::relu;
-  parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
+  ScratchScope scratch;
+  T* affine = scratch.take<T>(2 * v.c).data();  // (scale, shift) per channel
+  for (std::int64_t c = 0; c < v.c; ++c) {
     const double mu = static_cast<double>(running_mean[c]);
     const double inv = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + a.eps);
     mean[c] = static_cast<T>(mu);
     invstd[c] = static_cast<T>(inv);
-    const T scale = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
-    const T shift = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) { affine_run(run, v.s, scale, shift, relu, y + at); });
+    affine[2 * c] = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
+    affine[2 * c + 1] = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
+  }
+  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
+    const std::int64_t c = p % v.c;
+    affine_run(a.x + p * v.s, v.s, affine[2 * c], affine[2 * c + 1], relu, y + p * v.s);
   });
 }
 
@@ -180,24 +221,31 @@ void batch_norm_backward(const BatchNormArgs<T>& a, const T* mean, const T* invs
   const ChannelView& v = a.v;
   const double m = static_cast<double>(v.per_channel());
   const T* relu_y = a.activation == NormActivation::relu ? y : nullptr;
-  parallel_for(v.c, threads_if(parallel_channels(v)), [&](std::int64_t c) {
+  ScratchScope scratch;
+  double* stats = scratch.take<double>(2 * v.n * v.c).data();  // per plane: sum of g, of g * (x - mean)
+  T* k = scratch.take<T>(3 * v.c).data();                      // per channel: (k_dy, k_const, k_x)
+  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
+    const std::int64_t at = p * v.s;
+    stats[2 * p] = stats[2 * p + 1] = 0;
+    adjoint_sums_run(a.x + at, dy + at, relu_y ? relu_y + at : nullptr, v.s, mean[p % v.c], stats + 2 * p);
+  });
+  for (std::int64_t c = 0; c < v.c; ++c) {
+    double sums[2] = {0, 0};  // of g and of g * (x - mean), in sample order
+    for (std::int64_t n = 0; n < v.n; ++n) sums[0] += stats[2 * (n * v.c + c)], sums[1] += stats[2 * (n * v.c + c) + 1];
     const double inv = static_cast<double>(invstd[c]);
-    const T mu_t = mean[c];
-    double sums[2] = {0, 0};  // of g and of g * (x - mean)
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) {
-      adjoint_sums_run(run, dy + at, relu_y ? relu_y + at : nullptr, v.s, mu_t, sums);
-    });
     if (dbeta) dbeta[c] += static_cast<T>(sums[0]);
     if (dgamma) dgamma[c] += static_cast<T>(sums[1] * inv);
-    if (!dx) return;
-    const double gi = static_cast<double>(a.gamma[c]) * inv;
     // dx = gamma * invstd * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean))), the
     // last two only when the statistics came from x.
-    const T k[3] = {static_cast<T>(gi), static_cast<T>(batch_stats ? -gi * sums[0] / m : 0.0),
-                    static_cast<T>(batch_stats ? -gi * inv * inv * sums[1] / m : 0.0)};
-    for_each_run(a.x, v, c, [&](const T* run, std::int64_t at) {
-      input_adjoint_run(run, dy + at, relu_y ? relu_y + at : nullptr, v.s, mu_t, k, !assign_dx, dx + at);
-    });
+    const double gi = static_cast<double>(a.gamma[c]) * inv;
+    k[3 * c] = static_cast<T>(gi);
+    k[3 * c + 1] = static_cast<T>(batch_stats ? -gi * sums[0] / m : 0.0);
+    k[3 * c + 2] = static_cast<T>(batch_stats ? -gi * inv * inv * sums[1] / m : 0.0);
+  }
+  if (!dx) return;
+  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
+    const std::int64_t at = p * v.s, c = p % v.c;
+    input_adjoint_run(a.x + at, dy + at, relu_y ? relu_y + at : nullptr, v.s, mean[c], k + 3 * c, !assign_dx, dx + at);
   });
 }
 

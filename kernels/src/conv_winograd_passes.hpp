@@ -290,11 +290,11 @@ struct Tiling {
 
 // Note [Fetching the next task]: a task's transposes read its input rows
 // from memory, 32 or more planes at once, which the hardware prefetchers do
-// not follow well: they waited on memory for most of a cold pass. While a
-// task runs its GEMMs, it fetches the next task's rows (static schedules give
-// a thread consecutive tasks) into L2 a share at a time, and the lines its own
-// outputs will be stored to. Rejected: fetching all at the task's start, which
-// queues more misses than the core tracks and stalls the first GEMMs.
+// not follow well. While a task runs its GEMMs, it fetches the next task's
+// rows (static schedules give a thread consecutive tasks) into L2, a share
+// per GEMM tile, and the lines its own outputs will be stored to. Rejected: a
+// share per transform point, bursts of 40 and more lines that filled the
+// miss queue and stalled the prefetches themselves.
 class LineFetch {
  public:
   LineFetch() = default;  // nothing to fetch

@@ -334,7 +334,7 @@ void in_sample_chunks(const ConvGeometry& g, ConvPass pass, F&& run) {
   double copied = conv_impl::implicit_gemm_copied(g, pass);
   if (pass == ConvPass::backward_weight) copied += double(g.N) * double(g.K) * double(g.out_vol());  // gy, packed
   const double per_sample = copied * double(sizeof(T)) / double(std::max<std::int64_t>(g.N, 1));
-  const std::int64_t fit = per_sample > 0 ? std::max<std::int64_t>(1, std::int64_t(kChunkBytes / per_sample)) : g.N;
+  const std::int64_t fit = per_sample > 0 ? std::int64_t(kChunkBytes / per_sample) : g.N;  // samples a chunk
   const std::int64_t chunks = conv_impl::ceil_div(g.N, std::max<std::int64_t>(fit, 1));
   if (chunks <= 1) return run(g, std::int64_t(0));
   for (std::int64_t c = 0; c < chunks; ++c) {

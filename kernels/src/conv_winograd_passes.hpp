@@ -333,6 +333,18 @@ class LineFetch {
   bool write_ = false;
 };
 
+// The lines of the input rows behind padded rows [p_begin, p_end) of group
+// grp's channels, for `samples` samples from n (Note [Fetching the next task]).
+template <class T>
+LineFetch input_row_lines(const ConvGeometry& g, const T* x, std::int64_t n, std::int64_t samples, std::int64_t grp,
+                          std::int64_t p_begin, std::int64_t p_end) {
+  const std::int64_t plane = g.in[1] * g.in[2], bytes = std::int64_t(sizeof(T));
+  const std::int64_t i_begin = std::clamp<std::int64_t>(p_begin - g.lo[1], 0, g.in[1]);
+  const std::int64_t i_end = std::clamp<std::int64_t>(p_end - g.lo[1], i_begin, g.in[1]);
+  return LineFetch(x + (n * g.C + grp * g.Cg) * plane + i_begin * g.in[2], samples, g.C * plane * bytes, g.Cg,
+                   plane * bytes, (i_end - i_begin) * g.in[2] * bytes, false);
+}
+
 // Padded rows [p1_begin, p1_end) of sample n's input, group grp's channels,
 // channel-last into out (rows, P2, Cgp): zero outside the input and past Cg.
 // Each row's (channels x pixels) block is transposed a vector block at a time.
@@ -428,14 +440,9 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     const std::int64_t ty0 = part * tl.rows_per_task;
     return Task{n0, samples, grp, ty0, std::min(tl.tiles_y, ty0 + tl.rows_per_task)};
   };
-  const std::int64_t plane = g.in[1] * g.in[2];
   // Note [Fetching the next task]: the input rows a task reads.
   auto input_lines = [&](const Task& t) {
-    const std::int64_t i_begin = std::clamp<std::int64_t>(t.ty0 * Y::m - g.lo[1], 0, g.in[1]);
-    const std::int64_t i_end = std::clamp<std::int64_t>(t.ty1 * Y::m + Y::r - 1 - g.lo[1], i_begin, g.in[1]);
-    return LineFetch(x + (t.n0 * g.C + t.grp * g.Cg) * plane + i_begin * g.in[2], t.samples,
-                     g.C * plane * std::int64_t(sizeof(T)), g.Cg, plane * std::int64_t(sizeof(T)),
-                     (i_end - i_begin) * g.in[2] * std::int64_t(sizeof(T)), false);
+    return input_row_lines(g, x, t.n0, t.samples, t.grp, t.ty0 * Y::m, t.ty1 * Y::m + Y::r - 1);
   };
   parallel_for(tasks, threads, [&](std::int64_t task) {
     const auto [n0, samples, grp, ty0, ty1] = task_of(task);
@@ -565,12 +572,8 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
     // Note [Fetching the next task]: task (s, grp, ty) reads alpha1 rows of x and m1 rows of gy.
     auto task_lines = [&](std::int64_t task) {
       const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, n = n0 + task / (tl.tiles_y * g.groups);
-      const std::int64_t i_begin = std::clamp<std::int64_t>(ty * Y::m - g.lo[1], 0, g.in[1]);
-      const std::int64_t i_end = std::clamp<std::int64_t>(ty * Y::m + Y::alpha - g.lo[1], i_begin, g.in[1]);
       const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g.out[1]);
-      return std::pair{LineFetch(x + ((n * g.C + grp * g.Cg) * g.in[1] + i_begin) * g.in[2], 1, 0, g.Cg,
-                                 g.in[1] * g.in[2] * std::int64_t(sizeof(T)), (i_end - i_begin) * g.in[2] * std::int64_t(sizeof(T)),
-                                 false),
+      return std::pair{input_row_lines(g, x, n, 1, grp, ty * Y::m, ty * Y::m + Y::alpha),
                        LineFetch(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, 1, 0, g.Kg, ov * std::int64_t(sizeof(T)),
                                  (o_end - ty * Y::m) * ow * std::int64_t(sizeof(T)), false)};
     };

@@ -405,14 +405,19 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   // Note [Pointwise runs]: 1x1 convs run by the same loops at avx512 (forced
   // direct: the forward and the input gradient): a partial last vector, groups,
   // a plane of 900 positions (a chunk of 768 and one of 132); the cost rule
-  // takes them for a forward where few channels make many (64 -> 256) only.
+  // takes them where few channels make many (64 -> 256): R5's forward and R4's
+  // input gradient, not R4's forward nor either weight gradient.
+  // Planes of 63, 40, 77 and 81 positions end in blocks of 3, 2, 4 and 5
+  // whole vectors of 16 (9, 5, 9, 10 of 8 in double) before the partial one.
   for (const Case& c : {Case{{2, 6, 7, 9}, {20, 3, 1, 1}, {.groups = 2}}, Case{{3, 40, 5, 8}, {8, 40, 1, 1}, {}},
-                        Case{{2, 4, 30, 30}, {9, 4, 1, 1}, {}}})
+                        Case{{2, 4, 30, 30}, {9, 4, 1, 1}, {}}, Case{{1, 3, 11, 7}, {6, 3, 1, 1}, {}},
+                        Case{{2, 5, 9, 9}, {12, 5, 1, 1}, {}}})
     check_case_against_reference(c, ConvAlgorithm::direct, 31);
   const k::ConvGeometry r5 = k::conv_geometry({8, 64, 56, 56}, {256, 64, 1, 1}, {}, "test");
   const k::ConvGeometry r4 = k::conv_geometry({8, 256, 56, 56}, {64, 256, 1, 1}, {}, "test");
   CHECK((k::choose_conv_algorithm(r5, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
-  CHECK(k::choose_conv_algorithm(r4, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  CHECK((k::choose_conv_algorithm(r4, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+  CHECK(k::choose_conv_algorithm(r5, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   CHECK(k::choose_conv_algorithm(r4, k::ConvPass::forward, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   CHECK(k::choose_conv_algorithm(r5, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   {  // its epilogue, run per chunk of positions

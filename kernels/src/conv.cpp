@@ -239,7 +239,7 @@ double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
   return macs / kWinogradRate + transformed / kWinogradTransformRate;
 }
 
-// The direct loops; a 1x1 conv's forward that makes many channels from few
+// The direct loops; a 1x1 conv's forward or input gradient that makes many channels from few
 // (Note [Pointwise runs]); or for the forward and weight gradient where they
 // run (Note [Shifted copies]) the shifted copies: whole vectors of 16 positions,
 // so a plane's last partial vector is the waste, and no more threads busy

@@ -98,8 +98,9 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
                      const OutputEpilogue<T>* epilogue);
 // A 1x1 conv (unit stride, no padding) with the same loops, the input planes
 // as the runs (Note [Pointwise runs]); pointwise_runs: pointwise and avx512.
-// pointwise_expands: it runs, and the pass is a forward that makes at least
-// twice as many channels as it reads, from at most 64 (where it beats OpenBLAS).
+// pointwise_expands: it runs, and the pass is a forward or input gradient (the
+// adjoint 1x1 conv's forward) that makes at least twice as many channels as it
+// reads, from at most 64 (where it beats OpenBLAS).
 bool pointwise_runs(const ConvGeometry& g);
 bool pointwise_expands(const ConvGeometry& g, ConvPass pass);
 template <class T>

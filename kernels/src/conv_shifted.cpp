@@ -115,27 +115,37 @@ TG_AVX512 void row_sums(T* sums, const T* const* gy, const T* const* run, std::i
   using V = typename Z::V;
   constexpr int L = Z::kLanes;
   V acc[F][KW];
+  #pragma GCC unroll 8
   for (int f = 0; f < F; ++f)
+    #pragma GCC unroll 8
     for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::load(sums + (f * KW + dx) * L);
   std::int64_t p = 0;
   for (; p + L <= plane; p += L) {
     if (p < fetch * L) _mm_prefetch(reinterpret_cast<const char*>(next + p), _MM_HINT_T0);
     V in[KW];
+    #pragma GCC unroll 8
     for (int dx = 0; dx < KW; ++dx) in[dx] = Z::load(run[dx] + p);
+    #pragma GCC unroll 8
     for (int f = 0; f < F; ++f) {
       const V adj = Z::load(gy[f] + p);
+      #pragma GCC unroll 8
       for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::fma(adj, in[dx], acc[f][dx]);
     }
   }
   if (p < plane) {  // both operands masked: the lanes past the plane add 0 * 0
     V in[KW];
+    #pragma GCC unroll 8
     for (int dx = 0; dx < KW; ++dx) in[dx] = Z::load_first(run[dx] + p, plane - p);
+    #pragma GCC unroll 8
     for (int f = 0; f < F; ++f) {
       const V adj = Z::load_first(gy[f] + p, plane - p);
+      #pragma GCC unroll 8
       for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::fma(adj, in[dx], acc[f][dx]);
     }
   }
+  #pragma GCC unroll 8
   for (int f = 0; f < F; ++f)
+    #pragma GCC unroll 8
     for (int dx = 0; dx < KW; ++dx) Z::store(sums + (f * KW + dx) * L, acc[f][dx]);
 }
 
@@ -250,6 +260,9 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
 // ---- forward --------------------------------------------------------------------
 
 // The forward's register block: F filters x U vectors of sums, U inputs and one weight.
+// Every loop over the block is unrolled whole (as in row_sums), so the sums
+// never leave registers: rolled, GCC kept them in a stack array, three moves
+// per sum and block, and LeNet's conv1 forward took 0.96 ms against 0.80.
 constexpr int kForwardFilters = 4, kForwardVectors = 6;
 
 // y[f][at + u*L ..] (=, or += when accumulating) sum over taps t of w[f][t] *
@@ -264,7 +277,9 @@ __attribute__((target("avx512f,prfchw"))) void output_block(T* const* y, const T
   using V = typename Z::V;
   constexpr int L = Z::kLanes;
   V acc[F][U];
+#pragma GCC unroll 8
   for (int f = 0; f < F; ++f)
+#pragma GCC unroll 8
     for (int u = 0; u < U; ++u) acc[f][u] = Z::zero();
   for (std::int64_t t = 0; t < taps; ++t) {
     if (fetch_at >= 0 && t < F * U) __builtin_prefetch(y[t / U] + fetch_at + t % U * L, 1, 3);
@@ -276,7 +291,9 @@ __attribute__((target("avx512f,prfchw"))) void output_block(T* const* y, const T
       for (int u = 0; u < U; ++u) acc[f][u] = Z::fma(weight, v[u], acc[f][u]);
     }
   }
+#pragma GCC unroll 8
   for (int f = 0; f < F; ++f)
+#pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
       T* out = y[f] + at + u * L;
       V sum = acc[f][u];
@@ -287,7 +304,17 @@ __attribute__((target("avx512f,prfchw"))) void output_block(T* const* y, const T
     }
 }
 
-// Positions [from, to) of F planes: blocks of U vectors, then single vectors.
+// The `vectors` < U whole vectors at `at`, as one block.
+template <class T, int F, int U = kForwardVectors - 1>
+void output_rest(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps, std::int64_t at,
+                 std::int64_t vectors, bool accumulate) {
+  if constexpr (U > 1)
+    if (vectors < U) return output_rest<T, F, U - 1>(y, w, bias, run, taps, at, vectors, accumulate);
+  output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate, -1);
+}
+
+// Positions [from, to) of F planes: blocks of U vectors, one block of the
+// whole vectors left, then the partial one.
 template <class T, int F>
 void output_planes(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps,
                    std::int64_t from, std::int64_t to, bool accumulate) {
@@ -295,7 +322,10 @@ void output_planes(T* const* y, const T* const* w, const T* bias, const T* const
   std::int64_t at = from;
   for (; at + U * L <= to; at += U * L)
     output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate, at + 2 * U * L <= to ? at + U * L : -1);
-  for (; at + L <= to; at += L) output_block<T, 1, F, false>(y, w, bias, run, taps, at, 0, accumulate, -1);
+  if (const std::int64_t vectors = (to - at) / L; vectors > 0) {
+    output_rest<T, F>(y, w, bias, run, taps, at, vectors, accumulate);
+    at += vectors * L;
+  }
   if (at < to) output_block<T, 1, F, true>(y, w, bias, run, taps, at, to - at, accumulate, -1);
 }
 
@@ -345,7 +375,9 @@ bool shifted_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 &&
 bool pointwise_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && g.pointwise(); }
 
 bool pointwise_expands(const ConvGeometry& g, ConvPass pass) {
-  return pass == ConvPass::forward && pointwise_runs(g) && g.Cg <= 64 && g.Kg >= 2 * g.Cg;
+  if (pass == ConvPass::backward_weight || !pointwise_runs(g)) return false;
+  const std::int64_t read = pass == ConvPass::forward ? g.Cg : g.Kg, made = pass == ConvPass::forward ? g.Kg : g.Cg;
+  return read <= 64 && made >= 2 * read;
 }
 
 std::int64_t shifted_weight_blocks(const ConvGeometry& g) {
@@ -393,10 +425,10 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
 // U vectors of one sample's positions; every filter block runs over the chunk
 // (so the outputs go out in runs of 768 floats per plane, not 96: 256 planes
 // written a block at a time left the stores waiting). The cost rule takes it
-// for a forward where few input channels make many outputs (R5, 64 -> 256:
-// 6-12% less time than OpenBLAS per sample, which packs both operands and
-// zeroes y first). With 256 taps OpenBLAS is as fast or faster, and on the
-// same shapes as an input gradient (R4's) it was not faster in bench_conv.
+// where few input channels make many outputs: R5's forward (64 -> 256) and R4's
+// input gradient, the adjoint conv's forward (64 -> 256 as well), 8-10% less
+// time than OpenBLAS, which packs both operands and zeroes y first. With 256
+// taps (R4's forward) OpenBLAS is as fast or faster.
 template <class T>
 void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                        const OutputEpilogue<T>* epilogue) {

@@ -405,20 +405,25 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   // Note [Pointwise runs]: 1x1 convs run by the same loops at avx512 (forced
   // direct: the forward and the input gradient): a partial last vector, groups,
   // a plane of 900 positions (a chunk of 768 and one of 132); the cost rule
-  // takes them where few channels make many (64 -> 256): R5's forward and R4's
-  // input gradient, not R4's forward nor either weight gradient.
+  // takes them for the forward and input gradient of R4 and R5, not for their
+  // weight gradients nor for 7x7 planes.
   // Planes of 63, 40, 77 and 81 positions end in blocks of 3, 2, 4 and 5
-  // whole vectors of 16 (9, 5, 9, 10 of 8 in double) before the partial one.
+  // whole vectors of 16 (9, 5, 9, 10 of 8 in double) before the partial one;
+  // 600 input channels make chunks of one register block (225 = 96 + 96 + 33).
   for (const Case& c : {Case{{2, 6, 7, 9}, {20, 3, 1, 1}, {.groups = 2}}, Case{{3, 40, 5, 8}, {8, 40, 1, 1}, {}},
                         Case{{2, 4, 30, 30}, {9, 4, 1, 1}, {}}, Case{{1, 3, 11, 7}, {6, 3, 1, 1}, {}},
-                        Case{{2, 5, 9, 9}, {12, 5, 1, 1}, {}}})
+                        Case{{2, 5, 9, 9}, {12, 5, 1, 1}, {}}, Case{{1, 600, 15, 15}, {5, 600, 1, 1}, {}}})
     check_case_against_reference(c, ConvAlgorithm::direct, 31);
   const k::ConvGeometry r5 = k::conv_geometry({8, 64, 56, 56}, {256, 64, 1, 1}, {}, "test");
   const k::ConvGeometry r4 = k::conv_geometry({8, 256, 56, 56}, {64, 256, 1, 1}, {}, "test");
   CHECK((k::choose_conv_algorithm(r5, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
-  CHECK((k::choose_conv_algorithm(r4, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
-  CHECK(k::choose_conv_algorithm(r5, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
-  CHECK(k::choose_conv_algorithm(r4, k::ConvPass::forward, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  const k::ConvGeometry small_plane = k::conv_geometry({32, 512, 7, 7}, {128, 512, 1, 1}, {}, "test");
+  for (const auto pass : {k::ConvPass::forward, k::ConvPass::backward_input}) {
+    CHECK((k::choose_conv_algorithm(r4, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+    CHECK((k::choose_conv_algorithm(r5, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+    CHECK(k::choose_conv_algorithm(small_plane, pass, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  }
+  CHECK(k::choose_conv_algorithm(r4, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   CHECK(k::choose_conv_algorithm(r5, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   {  // its epilogue, run per chunk of positions
     const k::ConvGeometry g = k::conv_geometry({2, 4, 30, 30}, {9, 4, 1, 1}, {}, "test");
@@ -638,8 +643,9 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   auto depthwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(A::ones({3, 1, 3, 3})), {.groups = 3})); }, x);
   CHECK(tg::dump(depthwise).find("algorithm=direct/direct/direct") != std::string::npos);
   // A channel-heavy 3x3 layer runs Winograd where AVX2+FMA is there (else
-  // im2col); strided, implicit GEMM (its input gradient by phases); every pass
-  // of a 1x1 layer runs im2col.
+  // im2col); strided, implicit GEMM (its input gradient by phases); a 1x1
+  // layer's forward and input gradient run the pointwise runs at avx512
+  // (Note [Pointwise runs]), its weight gradient im2col.
   const bool vectorised = tg::kernels::isa() >= tg::kernels::Isa::avx2;
   const std::string heavy = vectorised ? "winograd" : "im2col", heavy_strided = vectorised ? "implicit_gemm" : "im2col";
   const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
@@ -648,7 +654,8 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   auto strided = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(bigw), {.stride = {2}, .padding = {1}})); }, big);
   CHECK(tg::dump(strided).find(fmt::format("algorithm={0}/{0}/{0}", heavy_strided)) != std::string::npos);
   auto pointwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(A::zeros({64, 64, 1, 1})))); }, big);
-  CHECK(tg::dump(pointwise).find("algorithm=im2col/im2col/im2col") != std::string::npos);
+  const bool runs = tg::kernels::kernel_isa() >= tg::kernels::Isa::avx512;
+  CHECK(tg::dump(pointwise).find(runs ? "algorithm=direct/direct/im2col" : "algorithm=im2col/im2col/im2col") != std::string::npos);
 }
 
 TEST_CASE("conv: tuning times only the plausible algorithms, answers one of them, and keeps its answer") {

@@ -239,14 +239,14 @@ double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
   return macs / kWinogradRate + transformed / kWinogradTransformRate;
 }
 
-// The direct loops; a 1x1 conv's forward or input gradient that makes many channels from few
+// The direct loops; a 1x1 conv's forward or input gradient by the pointwise runs
 // (Note [Pointwise runs]); or for the forward and weight gradient where they
 // run (Note [Shifted copies]) the shifted copies: whole vectors of 16 positions,
 // so a plane's last partial vector is the waste, and no more threads busy
 // than there are samples (forward) or blocks of filters (weight gradient).
 double direct_seconds(const ConvGeometry& g, ConvPass pass) {
   const double plane = double(g.out_vol()), fill = plane / (16.0 * std::ceil(plane / 16.0));
-  if (conv_impl::pointwise_expands(g, pass)) return g.macs() / (kShiftedForwardRate * fill);  // Note [Pointwise runs]
+  if (conv_impl::pointwise_runs_pass(g, pass)) return g.macs() / (kShiftedForwardRate * fill);  // Note [Pointwise runs]
   if (pass == ConvPass::backward_input || !conv_impl::shifted_runs(g)) return g.macs() / kDirectRate;
   const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_blocks(g));
   const double threads = double(tg::num_threads()), busy = std::min(threads, units) / threads;

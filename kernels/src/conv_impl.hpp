@@ -98,11 +98,10 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
                      const OutputEpilogue<T>* epilogue);
 // A 1x1 conv (unit stride, no padding) with the same loops, the input planes
 // as the runs (Note [Pointwise runs]); pointwise_runs: pointwise and avx512.
-// pointwise_expands: it runs, and the pass is a forward or input gradient (the
-// adjoint 1x1 conv's forward) that makes at least twice as many channels as it
-// reads, from at most 64 (where it beats OpenBLAS).
+// pointwise_runs_pass: it runs, and the pass is a forward or an input gradient
+// (the adjoint 1x1 conv's forward).
 bool pointwise_runs(const ConvGeometry& g);
-bool pointwise_expands(const ConvGeometry& g, ConvPass pass);
+bool pointwise_runs_pass(const ConvGeometry& g, ConvPass pass);
 template <class T>
 void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                        const OutputEpilogue<T>* epilogue);

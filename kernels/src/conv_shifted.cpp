@@ -374,10 +374,8 @@ bool shifted_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 &&
 
 bool pointwise_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && g.pointwise(); }
 
-bool pointwise_expands(const ConvGeometry& g, ConvPass pass) {
-  if (pass == ConvPass::backward_weight || !pointwise_runs(g)) return false;
-  const std::int64_t read = pass == ConvPass::forward ? g.Cg : g.Kg, made = pass == ConvPass::forward ? g.Kg : g.Cg;
-  return read <= 64 && made >= 2 * read;
+bool pointwise_runs_pass(const ConvGeometry& g, ConvPass pass) {
+  return pass != ConvPass::backward_weight && pointwise_runs(g);
 }
 
 std::int64_t shifted_weight_blocks(const ConvGeometry& g) {
@@ -421,18 +419,24 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
 
 // Note [Pointwise runs]: a 1x1 conv with unit stride and no padding needs no
 // copies: each input channel's plane is already its tap's run, and the forward
-// is the shifted copies' forward with Cg taps. A task is a chunk of 8 blocks of
-// U vectors of one sample's positions; every filter block runs over the chunk
-// (so the outputs go out in runs of 768 floats per plane, not 96: 256 planes
-// written a block at a time left the stores waiting). The cost rule takes it
-// where few input channels make many outputs: R5's forward (64 -> 256) and R4's
-// input gradient, the adjoint conv's forward (64 -> 256 as well), 8-10% less
-// time than OpenBLAS, which packs both operands and zeroes y first. With 256
-// taps (R4's forward) OpenBLAS is as fast or faster.
+// is the shifted copies' forward with Cg taps. A task is a chunk of a sample's
+// positions, whole register blocks (up to 8) whose input runs stay within
+// kPointwiseChunkBytes, so L2 holds them while every filter block passes over
+// the chunk (the outputs go out in runs of up to 768 floats per plane: 256
+// planes written 96 at a time left the stores waiting). With 64 taps a chunk
+// is 8 blocks; with 256, 4 (8 blocks: 12-14% slower). The cost rule takes it
+// for forwards and input gradients (the adjoint conv's forward) wherever the
+// plane's last partial vector wastes little: against OpenBLAS, which packs
+// both operands and zeroes y first, R4 and R5 take 8-14% less time, 128 ->
+// 128 at 28x28 20-35% less; 7x7 planes (3 whole vectors and one of 1) stay
+// with OpenBLAS, 12-20% faster there.
+constexpr std::int64_t kPointwiseChunkBytes = 400 << 10;  // a task's input runs: Cg x its positions
+
 template <class T>
 void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                        const OutputEpilogue<T>* epilogue) {
-  constexpr std::int64_t kBlock = 8 * kForwardVectors * Zmm<T>::kLanes;
+  constexpr std::int64_t kVectors = kForwardVectors * Zmm<T>::kLanes;  // positions per register block
+  const std::int64_t kBlock = kVectors * std::clamp<std::int64_t>(kPointwiseChunkBytes / (g.Cg * kVectors * std::int64_t(sizeof(T))), 1, 8);
   const std::int64_t plane = g.out_vol(), blocks = (plane + kBlock - 1) / kBlock;
   parallel_for(g.N * g.groups * blocks, threads_if(g.macs() > 1e5), [&](std::int64_t task) {
     const std::int64_t block = task % blocks, grp = task / blocks % g.groups, n = task / (blocks * g.groups);

@@ -412,8 +412,10 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   // 600 input channels make chunks of one register block (225 = 96 + 96 + 33).
   for (const Case& c : {Case{{2, 6, 7, 9}, {20, 3, 1, 1}, {.groups = 2}}, Case{{3, 40, 5, 8}, {8, 40, 1, 1}, {}},
                         Case{{2, 4, 30, 30}, {9, 4, 1, 1}, {}}, Case{{1, 3, 11, 7}, {6, 3, 1, 1}, {}},
-                        Case{{2, 5, 9, 9}, {12, 5, 1, 1}, {}}, Case{{1, 600, 15, 15}, {5, 600, 1, 1}, {}}})
+                        Case{{2, 5, 9, 9}, {12, 5, 1, 1}, {}}, Case{{1, 600, 15, 15}, {5, 600, 1, 1}, {}}}) {
     check_case_against_reference(c, ConvAlgorithm::direct, 31);
+    check_case_against_reference(c, ConvAlgorithm::implicit_gemm, 32);  // the weight gradient the cost rule takes
+  }
   const k::ConvGeometry r5 = k::conv_geometry({8, 64, 56, 56}, {256, 64, 1, 1}, {}, "test");
   const k::ConvGeometry r4 = k::conv_geometry({8, 256, 56, 56}, {64, 256, 1, 1}, {}, "test");
   CHECK((k::choose_conv_algorithm(r5, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
@@ -423,8 +425,13 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
     CHECK((k::choose_conv_algorithm(r5, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
     CHECK(k::choose_conv_algorithm(small_plane, pass, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   }
-  CHECK(k::choose_conv_algorithm(r4, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
-  CHECK(k::choose_conv_algorithm(r5, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  // Their weight gradients run implicit GEMM (with AVX2), one with 16 channels a side im2col.
+  const bool vectorised = k::kernel_isa() >= k::Isa::avx2;
+  const k::ConvGeometry narrow = k::conv_geometry({8, 16, 56, 56}, {16, 16, 1, 1}, {}, "test");
+  for (const auto& g : {r4, r5})
+    CHECK((k::choose_conv_algorithm(g, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") ==
+           ConvAlgorithm::implicit_gemm) == vectorised);
+  CHECK(k::choose_conv_algorithm(narrow, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") == ConvAlgorithm::im2col);
   {  // its epilogue, run per chunk of positions
     const k::ConvGeometry g = k::conv_geometry({2, 4, 30, 30}, {9, 4, 1, 1}, {}, "test");
     const A x = A::random_uniform({2, 4, 30, 30}, -1, 1, 41), w = A::random_uniform({9, 4, 1, 1}, -1, 1, 42);
@@ -645,7 +652,7 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   // A channel-heavy 3x3 layer runs Winograd where AVX2+FMA is there (else
   // im2col); strided, implicit GEMM (its input gradient by phases); a 1x1
   // layer's forward and input gradient run the pointwise runs at avx512
-  // (Note [Pointwise runs]), its weight gradient im2col.
+  // (Note [Pointwise runs]), its weight gradient implicit GEMM.
   const bool vectorised = tg::kernels::isa() >= tg::kernels::Isa::avx2;
   const std::string heavy = vectorised ? "winograd" : "im2col", heavy_strided = vectorised ? "implicit_gemm" : "im2col";
   const A big = A::zeros({1, 64, 16, 16}), bigw = A::zeros({64, 64, 3, 3});
@@ -655,7 +662,8 @@ TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algo
   CHECK(tg::dump(strided).find(fmt::format("algorithm={0}/{0}/{0}", heavy_strided)) != std::string::npos);
   auto pointwise = tg::record([&](const T& a) { return tg::sum(tg::conv(a, tg::constant(A::zeros({64, 64, 1, 1})))); }, big);
   const bool runs = tg::kernels::kernel_isa() >= tg::kernels::Isa::avx512;
-  CHECK(tg::dump(pointwise).find(runs ? "algorithm=direct/direct/im2col" : "algorithm=im2col/im2col/im2col") != std::string::npos);
+  const std::string pointwise_algorithms = runs ? "direct/direct/implicit_gemm" : vectorised ? "im2col/im2col/implicit_gemm" : "im2col/im2col/im2col";
+  CHECK(tg::dump(pointwise).find("algorithm=" + pointwise_algorithms) != std::string::npos);
 }
 
 TEST_CASE("conv: tuning times only the plausible algorithms, answers one of them, and keeps its answer") {

@@ -152,10 +152,9 @@ struct LayerData {
   // One pass of our kernel, with algorithm a; its result in y, gx or gw.
   void run(ConvPass pass, ConvAlgorithm a) {
     if (pass == ConvPass::forward) tg::kernels::conv_forward(g, a, x.data(), w.data(), y.data());
-    if (pass == ConvPass::backward_input) {
-      gx.fill(0);
-      tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data());
-    }
+    // gx written, as a compiled step assigns an input's first adjoint (Note [Assigned adjoints]) and as
+    // the comparisons write theirs; gw added into zeros (the weight gradient only accumulates).
+    if (pass == ConvPass::backward_input) tg::kernels::conv_backward_input(g, a, gy.data(), w.data(), gx.data(), /*accumulate=*/false);
     if (pass == ConvPass::backward_weight) {
       gw.fill(0);
       tg::kernels::conv_backward_weight(g, a, x.data(), gy.data(), gw.data());

@@ -496,6 +496,49 @@ TEST_CASE("conv: the shifted-copy weight gradient in float, on LeNet's conv1, eq
   tg::set_num_threads(before);
 }
 
+TEST_CASE("conv: a 1x1 weight gradient with fewer channels than filters packs x, folded or not, equal to the reference") {
+  // Note [Pointwise weight pass, packing the smaller side]: implicit GEMM on the
+  // swapped roles, gw transposed back; a folded ReLU pullback and bias gradient
+  // run as their own pass first. Groups of 3 channels and 10 filters; 1 and 3 threads.
+  namespace k = tg::kernels;
+  for (const std::int64_t groups : {1, 2}) {
+    CAPTURE(groups);
+    const tg::Shape xs{5, 6, 9, 9}, ws{20, 6 / groups, 1, 1}, ys{5, 20, 9, 9};
+    const k::ConvGeometry g = k::conv_geometry(xs, ws, {.groups = groups}, "test");
+    const A x = A::random_uniform(xs, -1, 1, 21), w = A::random_uniform(ws, -1, 1, 22);
+    const A out = A::random_uniform(ys, -1, 1, 23), gy = A::random_uniform(ys, -1, 1, 24);
+    A masked = gy;
+    for (std::int64_t i = 0; i < masked.size(); ++i) masked.data()[i] = out.data()[i] > 0 ? masked.data()[i] : 0.0;
+    const auto [gx_plain, gw_plain] = ref::conv_backward(x, w, gy, {.groups = groups});
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, masked, {.groups = groups});
+    std::vector<double> gb_ref(20, 0.0);
+    for (std::int64_t i = 0; i < masked.size(); ++i) gb_ref[static_cast<std::size_t>((i / 81) % 20)] += masked.data()[i];
+    auto relu_pullback = [](const void*, const double* o, double* adjoint, std::int64_t n) {
+      for (std::int64_t i = 0; i < n; ++i) adjoint[i] = o[i] > 0 ? adjoint[i] : 0.0;
+    };
+    const int before = tg::max_threads();
+    std::optional<A> gw_one_thread;
+    for (int threads : {1, 3}) {
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      A gw(ws);
+      k::conv_backward_weight(g, ConvAlgorithm::implicit_gemm, x.data(), gy.data(), gw.data());
+      CHECK(max_abs_diff(gw, gw_plain) < 1e-12);
+      if (!gw_one_thread) gw_one_thread = gw;
+      CHECK(max_abs_diff(gw, *gw_one_thread) == 0);
+      A gy_in_place = gy, gw_folded(ws), gb(tg::Shape{20});
+      const k::AdjointPrologue<double> prologue{out.data(), +relu_pullback, nullptr, gb.data()};
+      k::conv_backward_weight_folded(g, ConvAlgorithm::implicit_gemm, x.data(), gy_in_place.data(), gw_folded.data(), prologue);
+      CHECK(max_abs_diff(gw_folded, gw_ref) < 1e-12);
+      CHECK(max_abs_diff(gy_in_place, masked) == 0);
+      double bias_error = 0;
+      for (std::size_t j = 0; j < 20; ++j) bias_error = std::max(bias_error, std::abs(gb.data()[j] - gb_ref[j]));
+      CHECK(bias_error < 1e-12);
+    }
+    tg::set_num_threads(before);
+  }
+}
+
 TEST_CASE("conv: implicit GEMM over sample chunks and own copies equals the reference, the same at every thread count") {
   // Note [Sample chunks]: 20 samples of 32 x 46 x 46 inputs, stride 2, padded
   // by 1: each sample's padded copy is 590 KB in double, so every pass runs in

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <utility>
 #include <cmath>
 
 #include "conv_impl.hpp"
@@ -338,6 +339,21 @@ void require_resolved(ConvAlgorithm a) {
 // one sample, whose forward left a thread idle at every chunk's last run.
 constexpr double kChunkBytes = double(4 << 20);
 
+// Note [Pointwise weight pass, packing the smaller side]: implicit GEMM's weight
+// pass packs gy (K planes) and reads x in place. For a 1x1 conv with fewer
+// input channels than filters (R5: 64 -> 256), the same pass on the swapped
+// roles (x as gy, gy as x: channels and filters exchanged) packs x instead,
+// a quarter of the bytes there, and gives gw transposed: R5's weight gradient
+// 10.3-10.5 -> 8.8-9.7 ms at 1 thread, 4.8 -> 4.2-4.3 ms at 2. A prologue on gy
+// then runs as its own pass first (conv_backward_weight_folded).
+bool swaps_pointwise_roles(const ConvGeometry& g) { return g.pointwise() && g.Cg < g.Kg; }
+
+ConvGeometry swapped_roles(ConvGeometry g) {
+  std::swap(g.C, g.K);
+  std::swap(g.Cg, g.Kg);
+  return g;
+}
+
 // run(part, n0) for consecutive samples [n0, n0 + part.N) of g, as few chunks as keep each one's copies within kChunkBytes.
 template <class T, class F>
 void in_sample_chunks(const ConvGeometry& g, ConvPass pass, F&& run) {
@@ -430,6 +446,19 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
       return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::implicit_gemm:
+      if (swaps_pointwise_roles(g)) {
+        ScratchScope scratch;
+        const ConvGeometry s = swapped_roles(g);
+        T* gwt = scratch.take_filled<T>(g.K * g.Cg, T(0)).data();  // per group (Cg x Kg): gw transposed
+        in_sample_chunks<T>(s, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
+          conv_impl::implicit_gemm_backward_weight(part, gy + n0 * g.K * g.out_vol(), x + n0 * g.C * g.in_vol(), gwt);
+        });
+        for (std::int64_t grp = 0; grp < g.groups; ++grp)
+          for (std::int64_t c = 0; c < g.Cg; ++c)
+            for (std::int64_t k = 0; k < g.Kg; ++k)
+              gw[(grp * g.Kg + k) * g.Cg + c] += gwt[(grp * g.Cg + c) * g.Kg + k];
+        return;
+      }
       return in_sample_chunks<T>(g, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
         conv_impl::implicit_gemm_backward_weight(part, x + n0 * g.C * g.in_vol(), gy + n0 * g.K * g.out_vol(), gw);
       });
@@ -460,7 +489,7 @@ template <class T>
 void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T* x, T* gy, T* gw,
                                  const AdjointPrologue<T>& prologue) {
   require_resolved(a);
-  if (a == ConvAlgorithm::implicit_gemm && !g.flip)
+  if (a == ConvAlgorithm::implicit_gemm && !g.flip && !swaps_pointwise_roles(g))
     return in_sample_chunks<T>(g, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
       const std::int64_t at = n0 * g.K * g.out_vol();
       AdjointPrologue<T> shifted = prologue;  // its output indexed from the chunk's first sample

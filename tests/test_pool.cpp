@@ -59,6 +59,16 @@ TEST_CASE("pooling: hand-worked answers on iota inputs") {
   CHECK(tg::lppool(A({1, 1, 2}, {3, -4}), {.window = {2}}).item() == doctest::Approx(5));
   CHECK(max_abs_diff(tg::global_meanpool(A::iota({1, 2, 2, 2})), A({1, 2, 1, 1}, {1.5, 5.5})) == 0);
   CHECK(max_abs_diff(tg::global_maxpool(A::iota({1, 2, 2, 2})), A({1, 2, 1, 1}, {3, 7})) == 0);
+  {  // the whole-plane mean's pullback: gy / plane size over each plane, written or added
+    namespace k = tg::kernels;
+    const k::PoolGeometry g = k::pool_geometry({2, 3, 2, 2}, {.window = {2}}, "test");
+    const A gy = A::iota({2, 3, 1, 1});
+    A gx = A::ones({2, 3, 2, 2});
+    k::meanpool_backward(g, true, gy.data(), gx.data(), /*write=*/false);
+    for (std::int64_t i = 0; i < gx.size(); ++i) CHECK(gx.data()[i] == 1.0 + double(i / 4) / 4);
+    k::meanpool_backward(g, true, gy.data(), gx.data(), /*write=*/true);
+    for (std::int64_t i = 0; i < gx.size(); ++i) CHECK(gx.data()[i] == double(i / 4) / 4);
+  }
   // 3-D
   CHECK(tg::maxpool(A::iota({1, 1, 2, 2, 2}), {.window = {2}}).item() == 7);
 }

@@ -460,10 +460,23 @@ void whole_plane_mean_forward(const PoolGeometry& g, const T* x, T* y) {
                [&](std::int64_t plane) { y[plane] = sum_run(x + plane * n, n) / static_cast<T>(n); });
 }
 
+// Each plane of gx (=, or += unless write) gy's value over the plane's size,
+// a task per block of planes (through broadcast_accumulate's general runs, the
+// ResNet example's 128x128x7x7 pullback took 1.25 ms in the step).
 template <class T>
 void whole_plane_mean_backward(const PoolGeometry& g, const T* gy, T* gx, bool write) {
   const std::int64_t planes = g.N * g.C, n = g.in_vol();
-  broadcast_accumulate(gy, Shape{planes, 1}, gx, Shape{planes, n}, T(1) / static_cast<T>(n), write);
+  constexpr std::int64_t kPlanesPerTask = 64;
+  const std::int64_t tasks = (planes + kPlanesPerTask - 1) / kPlanesPerTask;
+  parallel_for(tasks, threads_if(planes * n > 32768), [&](std::int64_t task) {
+    for (std::int64_t plane = task * kPlanesPerTask; plane < std::min(planes, (task + 1) * kPlanesPerTask); ++plane) {
+      const T share = gy[plane] / static_cast<T>(n);
+      T* out = gx + plane * n;
+      if (write) std::fill(out, out + n, share);
+      else
+        for (std::int64_t i = 0; i < n; ++i) out[i] += share;
+    }
+  });
 }
 }  // namespace
 

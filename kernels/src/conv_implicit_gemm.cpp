@@ -221,8 +221,9 @@ void tile_rows(const T* origin, const std::int64_t* offsets, std::int64_t first,
 }  // namespace
 
 // Note [Padded copy by planes]: a task copies whole planes, row by row, with
-// no divisions per row: split by rows (122,880 rows of 30 for a 128x32x28x28
-// batch), the index arithmetic per row took 1.8 ms against 0.4 for the copy.
+// no divisions per row. Rejected: a task per row, whose index arithmetic
+// outweighed the copy of its 30 values (a 128x32x28x28 batch: 1.8 ms against
+// 1.15 by planes, at one thread).
 template <class T>
 const T* zero_padded(const T* x, std::int64_t planes, const ConvGeometry::Dims& in, const ConvGeometry::Dims& lo,
                      const ConvGeometry::Dims& padded, ScratchScope& scratch) {

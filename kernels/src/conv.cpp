@@ -453,10 +453,8 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
         in_sample_chunks<T>(s, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
           conv_impl::implicit_gemm_backward_weight(part, gy + n0 * g.K * g.out_vol(), x + n0 * g.C * g.in_vol(), gwt);
         });
-        for (std::int64_t grp = 0; grp < g.groups; ++grp)
-          for (std::int64_t c = 0; c < g.Cg; ++c)
-            for (std::int64_t k = 0; k < g.Kg; ++k)
-              gw[(grp * g.Kg + k) * g.Cg + c] += gwt[(grp * g.Cg + c) * g.Kg + k];
+        for (std::int64_t grp = 0; grp < g.groups; ++grp)  // gw_grp (Kg x Cg) += gwt_grp (Cg x Kg)^T
+          conv_impl::transpose_blocks(gwt + grp * g.Cg * g.Kg, g.Kg, g.Cg, g.Kg, gw + grp * g.Kg * g.Cg, g.Cg, /*add=*/true);
         return;
       }
       return in_sample_chunks<T>(g, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {

@@ -163,6 +163,25 @@ void channel_moments(const ChannelView& v, const double* stats, std::int64_t c, 
   }
 }
 
+
+// affine[2c], affine[2c + 1] = the (scale, shift) that normalise channel c with
+// mean mu and inverse deviation inv, then apply gamma and beta.
+template <class T>
+void channel_affine(const BatchNormArgs<T>& a, std::int64_t c, double mu, double inv, T* affine) {
+  affine[2 * c] = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
+  affine[2 * c + 1] = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
+}
+
+// y = x * scale + shift (then ReLU) per channel, a task per plane (Note [Batch norm by planes]).
+template <class T>
+void affine_planes(const BatchNormArgs<T>& a, const T* affine, T* y) {
+  const ChannelView& v = a.v;
+  const bool relu = a.activation == NormActivation::relu;
+  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
+    const std::int64_t c = p % v.c;
+    affine_run(a.x + p * v.s, v.s, affine[2 * c], affine[2 * c + 1], relu, y + p * v.s);
+  });
+}
 }  // namespace
 
 template <class T>
@@ -170,7 +189,6 @@ void batch_norm_train_forward(const BatchNormArgs<T>& a, T* mean, T* invstd, T* 
                               double momentum) {
   const ChannelView& v = a.v;
   const double m = static_cast<double>(v.per_channel());
-  const bool relu = a.activation == NormActivation::relu;
   ScratchScope scratch;
   double* stats = scratch.take<double>(2 * v.n * v.c).data();
   T* affine = scratch.take<T>(2 * v.c).data();  // (scale, shift) per channel
@@ -182,23 +200,18 @@ void batch_norm_train_forward(const BatchNormArgs<T>& a, T* mean, T* invstd, T* 
     const double inv = 1.0 / std::sqrt(var + a.eps);
     mean[c] = static_cast<T>(mu);
     invstd[c] = static_cast<T>(inv);
-    affine[2 * c] = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
-    affine[2 * c + 1] = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
+    channel_affine(a, c, mu, inv, affine);
     if (running_mean) {
       running_mean[c] = static_cast<T>((1 - momentum) * static_cast<double>(running_mean[c]) + momentum * mu);
       running_var[c] = static_cast<T>((1 - momentum) * static_cast<double>(running_var[c]) + momentum * var * m / (m - 1));
     }
   }
-  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
-    const std::int64_t c = p % v.c;
-    affine_run(a.x + p * v.s, v.s, affine[2 * c], affine[2 * c + 1], relu, y + p * v.s);
-  });
+  affine_planes(a, affine, y);
 }
 
 template <class T>
 void batch_norm_eval_forward(const BatchNormArgs<T>& a, const T* running_mean, const T* running_var, T* mean, T* invstd, T* y) {
   const ChannelView& v = a.v;
-  const bool relu = a.activation == NormActivation::relu;
   ScratchScope scratch;
   T* affine = scratch.take<T>(2 * v.c).data();  // (scale, shift) per channel
   for (std::int64_t c = 0; c < v.c; ++c) {
@@ -206,13 +219,9 @@ void batch_norm_eval_forward(const BatchNormArgs<T>& a, const T* running_mean, c
     const double inv = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + a.eps);
     mean[c] = static_cast<T>(mu);
     invstd[c] = static_cast<T>(inv);
-    affine[2 * c] = static_cast<T>(static_cast<double>(a.gamma[c]) * inv);
-    affine[2 * c + 1] = static_cast<T>(static_cast<double>(a.beta[c]) - mu * static_cast<double>(a.gamma[c]) * inv);
+    channel_affine(a, c, mu, inv, affine);
   }
-  parallel_for(v.n * v.c, threads_if(parallel_planes(v)), [&](std::int64_t p) {
-    const std::int64_t c = p % v.c;
-    affine_run(a.x + p * v.s, v.s, affine[2 * c], affine[2 * c + 1], relu, y + p * v.s);
-  });
+  affine_planes(a, affine, y);
 }
 
 template <class T>

@@ -678,6 +678,11 @@ TEST_CASE("conv: dot-product test on layer-sized shapes, every algorithm") {
   const ConvParams phases{.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm};
   check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, phases); }, A::random_uniform({4, 32, 14, 14}, -1, 1, 6),
                     A::random_uniform({24, 32, 3, 3}, -1, 1, 7));
+  // 1x1 layers under the cost rule (Note [Pointwise runs], Note [Pointwise weight
+  // pass, packing the smaller side]): expanding 32 -> 96 and contracting 96 -> 32.
+  const A narrow = A::random_uniform({4, 32, 14, 14}, -1, 1, 8), wide = A::random_uniform({4, 96, 14, 14}, -1, 1, 9);
+  check_dot_product([](const T& a, const T& b) { return tg::conv(a, b); }, narrow, A::random_uniform({96, 32, 1, 1}, -1, 1, 10));
+  check_dot_product([](const T& a, const T& b) { return tg::conv(a, b); }, wide, A::random_uniform({32, 96, 1, 1}, -1, 1, 11));
 }
 
 TEST_CASE("conv: a constant weight gets no gradient, and the dump shows the algorithms") {

@@ -9,81 +9,19 @@
 //               [--profile-steps 20] [--turn-steps 50] [--busy]
 //
 // --busy runs the trainings beside a competing CPU-bound process (a loaded machine, issue 20).
-// The trainings run in forked processes that take turns (interleaved.hpp,
-// Note [Interleaved trainings]).
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
-#include <functional>
+// The trainings run in child processes that take turns (interleaved.hpp,
+// Note [Interleaved trainings]); LibTorch's is the program bench_lenet_torch
+// (Note [Comparison programs]).
 #include <optional>
 #include <string>
 
-#include "../examples/cnn/lenet_model.hpp"
-#include "interleaved.hpp"
+#include "lenet_bench.hpp"
 #include "timing.hpp"
-
-#ifdef TAPEGRAD_HAVE_TORCH
-#include "torch_training.hpp"
-#endif
-
-using cnn::A;
 
 namespace {
 
 using namespace tgbench;
-
-struct Options {
-  int epochs = 2, threads = 2, profile_steps = 20;
-  std::int64_t steps = 0;  // per epoch; 0 = the whole training set
-  std::string data = cnn::kDefaultDataDir;
-  bool compare = true;
-  bool compiled = true;  // also train with compiled tapes (tg::compile)
-  bool busy = false;     // a competing CPU-bound process for the whole run
-  int turn_steps = 50;   // Note [Interleaved trainings]; 0: one training after another
-};
-
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) tg::fail("bench_lenet", fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
-    if (a == "--epochs") o.epochs = std::stoi(next());
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else if (a == "--steps") o.steps = std::stoll(next());
-    else if (a == "--profile-steps") o.profile_steps = std::stoi(next());
-    else if (a == "--data") o.data = next();
-    else if (a == "--no-compare") o.compare = false;
-    else if (a == "--no-compiled") o.compiled = false;
-    else if (a == "--turn-steps") o.turn_steps = std::stoi(next());
-    else if (a == "--busy") o.busy = true;
-    else tg::fail("bench_lenet", fmt::format("unknown flag {} expected --epochs --threads --steps --profile-steps --data "
-                                             "--no-compare --no-compiled --turn-steps --busy", a));
-  }
-  if (o.epochs < 1 || o.epochs > kMaxEpochs || o.threads < 1 || o.steps < 0 || o.turn_steps < 0)
-    tg::fail("bench_lenet", fmt::format("epochs ({}) threads ({}) steps ({}) turn steps ({}) expected 1-{} epochs, "
-                                        "threads >= 1, steps >= 0, turn steps >= 0",
-                                        o.epochs, o.threads, o.steps, o.turn_steps, kMaxEpochs));
-  return o;
-}
-
-struct Data {
-  cnn::Dataset train, test;
-  std::int64_t steps;
-};
-
-// Batch s of an epoch (images, labels) in the epoch's shuffled order.
-void batch(const Data& d, const std::vector<std::int64_t>& order, std::int64_t s, A& x, A& y) {
-  const std::int64_t begin = s * 64, end = std::min(begin + 64, d.train.size());
-  if (x.size() != (end - begin) * 784) x = A::uninitialized({end - begin, 1, 28, 28}), y = A::uninitialized({end - begin});
-  cnn::gather_batch(d.train, order, begin, end, x, y);
-}
+using namespace tgbench::lenet;
 
 // --- tapegrad --------------------------------------------------------------------
 
@@ -117,66 +55,11 @@ Result train_tapegrad(const Data& d, const Options& o, bool compiled, Turns& tur
   return r;
 }
 
-// --- LibTorch ----------------------------------------------------------------------
-
-#ifdef TAPEGRAD_HAVE_TORCH
-struct TorchLenet : torch::nn::Module {
-  torch::nn::Conv2d conv1{torch::nn::Conv2dOptions(1, 32, 5).padding(2)};
-  torch::nn::Conv2d conv2{torch::nn::Conv2dOptions(32, 64, 5).padding(2)};
-  torch::nn::Linear fc1{3136, 128}, fc2{128, 10};
-  TorchLenet() {
-    register_module("conv1", conv1);
-    register_module("conv2", conv2);
-    register_module("fc1", fc1);
-    register_module("fc2", fc2);
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    x = torch::max_pool2d(torch::relu(conv1(x)), 2);
-    x = torch::max_pool2d(torch::relu(conv2(x)), 2);
-    x = torch::relu(fc1(x.flatten(1)));
-    return fc2(x);
-  }
-  // The same initial weights as tapegrad's (its linear weights are (in, out): transposed here).
-  void copy_from(const cnn::LenetParams& P) {
-    torch::NoGradGuard no_grad;
-    auto from = [](const A& a) {
-      return torch::from_blob(const_cast<float*>(a.data()), std::vector<std::int64_t>(a.shape().dims().begin(), a.shape().dims().end()));
-    };
-    conv1->weight.copy_(from(P.conv1_w));
-    conv1->bias.copy_(from(P.conv1_b));
-    conv2->weight.copy_(from(P.conv2_w));
-    conv2->bias.copy_(from(P.conv2_b));
-    fc1->weight.copy_(from(P.fc1_w).t());
-    fc1->bias.copy_(from(P.fc1_b));
-    fc2->weight.copy_(from(P.fc2_w).t());
-    fc2->bias.copy_(from(P.fc2_b));
-  }
-};
-
-Result train_torch(const Data& d, const Options& o, Turns& turns) {
-  torch::set_num_threads(o.threads);
-  TorchLenet net;
-  net.copy_from(cnn::lenet_init(1));
-  torch::optim::SGD sgd(net.parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
-  A x, y;
-  return train_epochs(
-      "LibTorch", o.epochs, d.steps, turns, [&](int e) { return cnn::shuffled(d.train.size(), 1, e); },
-      [&](const std::vector<std::int64_t>& order, std::int64_t s) {
-        batch(d, order, s, x, y);
-        return torch_step(net, sgd, x, y);
-      },
-      [&] { return torch_accuracy(net, d.test); });
-}
-#endif
-
 }  // namespace
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  Data d{cnn::load_fashion_mnist(o.data, "train"), cnn::load_fashion_mnist(o.data, "t10k"), 0};
-  cnn::standardise(d.train, d.test);
-  const std::int64_t full_steps = (d.train.size() + 63) / 64;
-  d.steps = o.steps > 0 ? std::min(o.steps, full_steps) : full_steps;
+  const Data d = load_data(o);
   const std::int64_t images = std::min(d.train.size(), d.steps * 64);
   fmt::print("{}\n", cpu_line());
   fmt::print("LeNet on Fashion-MNIST, {} epoch(s) of {} steps ({} images), batch 64, SGD momentum 0.9 lr 0.01, {} threads\n",
@@ -189,10 +72,12 @@ int main(int argc, char** argv) try {
   }
   names.push_back("tapegrad");
   trainings.push_back([&](Turns& t) { return train_tapegrad(d, o, false, t); });
-#ifdef TAPEGRAD_HAVE_TORCH
+#ifdef TAPEGRAD_HAVE_TORCH  // bench_lenet_torch was built beside this program
   if (o.compare) {
     names.push_back("LibTorch");
-    trainings.push_back([&](Turns& t) { return train_torch(d, o, t); });
+    std::vector<std::string> program{program_beside("bench_lenet_torch")};
+    program.insert(program.end(), argv + 1, argv + argc);
+    trainings.push_back(Training::exec(std::move(program)));
   }
 #endif
   if (o.turn_steps > 0)

@@ -6,6 +6,14 @@
 // which includes the data the parent loaded) and the peak growth above the
 // resident set at the child's start (the training's own memory).
 //
+// Note [Comparison programs]: the benchmark itself links tapegrad only; the
+// LibTorch training is a program of its own (bench_*_torch), started in its
+// child by exec, which loads the data itself and trains through run_as_child.
+// A benchmark that linked LibTorch would hand every forked child LibTorch's
+// resident libraries and the 57 MiB its static initialisers allocate, memory
+// a tapegrad program never holds (rejected: forking every training from a
+// parent that links both frameworks).
+//
 // Note [Interleaved trainings]: a shared machine's speed drifts, by 20-40%
 // over minutes on the 2-core VMs this was measured on, so trainings run one
 // after another compare the machine's moods as much as the engines. The
@@ -17,7 +25,9 @@
 
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <unistd.h>
@@ -27,6 +37,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <tapegrad/tapegrad.hpp>
@@ -65,8 +76,8 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // A child's side of the turns (Note [Interleaved trainings]): `go` carries the
-// parent's permission to run, `back` the child's messages ('t': my turn is
-// over, 'f': finished, followed by its Result). Without pipes (one training at
+// parent's permission to run, `back` the child's messages ('r': ready, 't': my
+// turn is over, 'f': finished, followed by its Result). Without pipes (one training at
 // a time) a child never waits.
 class Turns {
  public:
@@ -121,7 +132,59 @@ Result train_epochs(const char* name, int epochs, std::int64_t steps, Turns& tur
   return r;
 }
 
-using Training = std::function<Result(Turns&)>;
+using TrainFn = std::function<Result(Turns&)>;
+
+// One training: a function run in a forked child, or a program (argv) that the
+// child starts by exec and that trains through run_as_child (Note [Comparison programs]).
+struct Training {
+  TrainFn run;
+  std::vector<std::string> program;
+  template <class F>
+    requires std::is_invocable_r_v<Result, F&, Turns&>
+  Training(F f) : run(std::move(f)) {}  // NOLINT: a lambda is a training
+  static Training exec(std::vector<std::string> argv) {
+    Training t([](Turns&) { return Result{}; });
+    t.program = std::move(argv);
+    return t;
+  }
+};
+
+// The path of a program in this program's directory (the comparison programs are built beside the benchmarks).
+std::string program_beside(const std::string& name) {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) tg::fail("bench", "cannot read /proc/self/exe to find " + name);
+  std::string dir(self, static_cast<std::size_t>(n));
+  return dir.substr(0, dir.rfind('/') + 1) + name;
+}
+
+// A child's whole life: says it is ready ('r': a started program has loaded its
+// libraries and data, so that no training's turn runs beside that work), waits
+// for its first turn, trains, sends its Result back, exits.
+[[noreturn]] void child_main(int go, int back, int turn_steps, const TrainFn& train) {
+  Turns turns(go, back, turn_steps);
+  turns.send('r');
+  turns.wait();
+  reset_peak_rss();
+  const double start_rss = status_mib("VmRSS");
+  Result r = train(turns);
+  r.start_rss_mib = start_rss;
+  std::fflush(stdout);
+  turns.send('f');
+  const ssize_t written = write(back, &r, sizeof r);
+  _exit(written == sizeof r ? 0 : 1);
+}
+
+constexpr const char* kChildEnv = "TGBENCH_CHILD";  // "go back turn_steps", set for a program started as a child
+
+// In a program started by Training::exec: trains as that child and exits.
+[[noreturn]] void run_as_child(const char* program, const TrainFn& train) {
+  const char* env = std::getenv(kChildEnv);
+  int go = -1, back = -1, turn_steps = 0;
+  if (!env || std::sscanf(env, "%d %d %d", &go, &back, &turn_steps) != 3)
+    tg::fail(program, "runs as a child of its benchmark (bench_lenet, bench_resnet), which starts it; run that instead");
+  child_main(go, back, turn_steps, train);
+}
 
 // One training in a forked child: its pipes from and to the parent.
 struct Child {
@@ -130,6 +193,17 @@ struct Child {
   bool finished = false;
   Result result;
 };
+
+// Starts a program's training in the child c (which has its pipe ends go and back).
+[[noreturn]] void exec_child(const std::vector<std::string>& program, int go, int back, int turn_steps) {
+  setenv(kChildEnv, fmt::format("{} {} {}", go, back, turn_steps).c_str(), 1);
+  std::vector<char*> argv;
+  for (const std::string& a : program) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  fmt::print(stderr, "bench: cannot start {}: {}\n", program[0], std::strerror(errno));
+  _exit(4);
+}
 
 Child fork_child(const Training& train, int turn_steps) {
   int go[2], back[2];
@@ -141,21 +215,15 @@ Child fork_child(const Training& train, int turn_steps) {
   if (c.pid == 0) {
     close(go[1]);
     close(back[0]);
-    Turns turns(go[0], back[1], turn_steps);
-    turns.wait();
-    reset_peak_rss();
-    const double start_rss = status_mib("VmRSS");
-    Result r = train(turns);
-    r.start_rss_mib = start_rss;
-    std::fflush(stdout);
-    turns.send('f');
-    const ssize_t written = write(back[1], &r, sizeof r);
-    _exit(written == sizeof r ? 0 : 1);
+    if (!train.program.empty()) exec_child(train.program, go[0], back[1], turn_steps);
+    child_main(go[0], back[1], turn_steps, train.run);
   }
   close(go[0]);
   close(back[1]);
   c.go = go[1];
   c.back = back[0];
+  char ready = 0;
+  if (read(c.back, &ready, 1) != 1 || ready != 'r') tg::fail("bench", "a training process failed to start (see its output above)");
   return c;
 }
 

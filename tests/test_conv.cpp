@@ -496,6 +496,37 @@ TEST_CASE("conv: the shifted-copy weight gradient in float, on LeNet's conv1, eq
   tg::set_num_threads(before);
 }
 
+TEST_CASE("conv: the shifted-copy weight gradient by sample parts and by filter blocks, the same at any thread count") {
+  // Note [Shifted weight pass by sample parts]: 10 samples in 8 uneven parts
+  // (LeNet-like: one channel, 8 filters), and 4 channels x 64 filters, whose
+  // sums are too large for parts and run by filter blocks. Each against the
+  // reference, and bit for bit the same at 1, 2 and 3 threads.
+  namespace k = tg::kernels;
+  struct Case {
+    tg::Shape x, w;
+  };
+  for (const Case& c : {Case{{10, 1, 12, 12}, {8, 1, 5, 5}}, Case{{3, 4, 9, 9}, {64, 4, 5, 5}}}) {
+    CAPTURE(c.w);
+    const k::ConvGeometry g = k::conv_geometry(c.x, c.w, {.pad_lo = {2}, .pad_hi = {2}}, "test");
+    const A x = A::random_uniform(c.x, -1, 1, 51), w = A::random_uniform(c.w, -1, 1, 52);
+    const A gy = A::random_uniform({c.x[0], c.w[0], c.x[2], c.x[3]}, -1, 1, 53);
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, {.padding = {2}});
+    const int before = tg::max_threads();
+    std::vector<A> results;
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      A gw(c.w);
+      k::conv_backward_weight(g, ConvAlgorithm::direct, x.data(), gy.data(), gw.data());
+      CHECK(max_abs_diff(gw, gw_ref) < 1e-11);
+      results.push_back(gw);
+    }
+    tg::set_num_threads(before);
+    CHECK(max_abs_diff(results[0], results[1]) == 0);
+    CHECK(max_abs_diff(results[0], results[2]) == 0);
+  }
+}
+
 TEST_CASE("conv: a 1x1 weight gradient with fewer channels than filters packs x, folded or not, equal to the reference") {
   // Note [Pointwise weight pass, packing the smaller side]: implicit GEMM on the
   // swapped roles, gw transposed back; a folded ReLU pullback and bias gradient

@@ -259,7 +259,7 @@ double direct_seconds(const ConvGeometry& g, ConvPass pass) {
   const double plane = double(g.out_vol()), fill = plane / (16.0 * std::ceil(plane / 16.0));
   if (conv_impl::pointwise_runs_pass(g, pass)) return g.macs() / (kShiftedForwardRate * fill);  // Note [Pointwise runs]
   if (pass == ConvPass::backward_input || !conv_impl::shifted_runs(g)) return g.macs() / kDirectRate;
-  const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_blocks(g));
+  const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_tasks(g));
   const double threads = double(tg::num_threads()), busy = std::min(threads, units) / threads;
   return g.macs() / ((pass == ConvPass::forward ? kShiftedForwardRate : kShiftedWeightRate) * fill * busy);
 }

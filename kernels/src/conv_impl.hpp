@@ -91,8 +91,8 @@ void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
 // kernels run at avx512, so the direct algorithm runs these two passes with it.
 bool shifted_applies(const ConvGeometry& g);
 bool shifted_runs(const ConvGeometry& g);
-// The weight pass's units of work (blocks of filters, each on one thread).
-std::int64_t shifted_weight_blocks(const ConvGeometry& g);
+// The weight pass's units of work: its sample parts, or its blocks of filters (each on one thread).
+std::int64_t shifted_weight_tasks(const ConvGeometry& g);
 template <class T>
 void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                      const OutputEpilogue<T>* epilogue);

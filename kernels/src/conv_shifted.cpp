@@ -158,6 +158,37 @@ void row_sums_for(int filters, T* sums, const T* const* gy, const T* const* run,
   row_sums<T, KW, F>(sums, gy, run, plane, next, fetch);
 }
 
+// The weight pass's blocks of filters (filters_per_block of one group each),
+// and the sums one block keeps: [c][dy][f][dx][lane].
+std::int64_t weight_blocks(const ConvGeometry& g) {
+  const std::int64_t F = filters_per_block(static_cast<int>(g.ker[2]));
+  return g.groups * ((g.Kg + F - 1) / F);
+}
+template <class T>
+std::int64_t weight_block_sums(const ConvGeometry& g) {
+  return g.Cg * g.ker[1] * filters_per_block(static_cast<int>(g.ker[2])) * g.ker[2] * Zmm<T>::kLanes;
+}
+
+// Note [Shifted weight pass by sample parts]: where every block's sums fit
+// in kPartSumBytes, the samples are cut into weight_parts(g) ranges (by the
+// batch alone, never by the thread count, so the gradient is the same at any
+// number of threads), each range summing every block into sums of its own,
+// added into gw in range order. With 2 threads each then reads the x and gy
+// that the sample-split passes around it wrote on the same thread, and makes
+// each sample's copies once. Cut by filter blocks (the rule where the sums
+// are larger), every thread read every sample: half of gy from the other
+// thread, and those lines, shared, were slow to write in the next step where
+// the threads do not share an L3 (LeNet's conv1). Rejected: a range per thread,
+// whose sums would change with the thread count.
+constexpr std::int64_t kPartSumBytes = std::int64_t(256) << 10, kMaxWeightParts = 8;
+
+// The sample ranges of the weight pass, or 0 where it is cut by filter blocks.
+template <class T>
+std::int64_t weight_parts(const ConvGeometry& g) {
+  const bool by_samples = weight_blocks(g) * weight_block_sums<T>(g) * std::int64_t(sizeof(T)) <= kPartSumBytes;
+  return by_samples ? std::min(g.N, kMaxWeightParts) : 0;
+}
+
 // The weight pass's blocks of F filters (filters of one group), numbered
 // across groups, and what each thread does with its range of them.
 template <class T, int KW>
@@ -169,8 +200,8 @@ struct WeightPass {
   T* gy_in_place;
   const T* adjoint;  // gy, or gy_in_place once the prologue ran on it
   T* partial;        // per (sample, filter) sums of the adjoint for the bias, or null
-  std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = g.groups * blocks_per_group;
-  std::int64_t sums_per_block = g.Cg * s.KH * F * KW * L;  // [c][dy][f][dx][lane]
+  std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = weight_blocks(g);
+  std::int64_t sums_per_block = weight_block_sums<T>(g);  // [c][dy][f][dx][lane]
 
   std::int64_t first_filter(std::int64_t b) const { return b / blocks_per_group * g.Kg + b % blocks_per_group * F; }
   int filters_of(std::int64_t b) const {
@@ -179,21 +210,27 @@ struct WeightPass {
 
   // Blocks [b0, b1) over every sample, adding their sums into gw.
   void run_blocks(std::int64_t b0, std::int64_t b1, const T* x, T* gw) const {
+    ScratchScope own;  // this thread's stack (Note [Scratch stack])
+    T* sums = own.take_filled<T>((b1 - b0) * sums_per_block, T(0)).data();
+    run(0, g.N, b0, b1, x, sums);
+    for (std::int64_t b = b0; b < b1; ++b) add_lanes(b, sums + (b - b0) * sums_per_block, gw);
+  }
+
+  // Samples [n0, n1) of blocks [b0, b1), their sums into sums[b - b0].
+  void run(std::int64_t n0, std::int64_t n1, std::int64_t b0, std::int64_t b1, const T* x, T* sums) const {
     const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
     T* line = own.take<T>(line_length(g, s)).data();
-    T* sums = own.take_filled<T>((b1 - b0) * sums_per_block, T(0)).data();
-    for (std::int64_t n = 0; n < g.N; ++n) {
+    for (std::int64_t n = n0; n < n1; ++n) {
       make_copies(g, s, x, n, c0, c1, copies, line);
       for (std::int64_t b = b0; b < b1; ++b) {
         const bool same_sample = b + 1 < b1;
-        const T* next = same_sample || n + 1 < g.N ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
+        const T* next = same_sample || n + 1 < n1 ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
         block_sums(n, b, copies + (b / blocks_per_group * g.Cg - c0) * KW * s.copy_stride, next,
                    next ? filters_of(same_sample ? b + 1 : b0) : 0, sums + (b - b0) * sums_per_block);
       }
     }
-    for (std::int64_t b = b0; b < b1; ++b) add_lanes(b, sums + (b - b0) * sums_per_block, gw);
   }
 
   const T* plane_of(std::int64_t n, std::int64_t b) const { return adjoint + (n * g.K + first_filter(b)) * s.plane; }
@@ -248,12 +285,27 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
   ScratchScope scratch;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
   const WeightPass<T, KW> pass{g, ShiftedLayout::of<T>(g), prologue, gy_in_place, prologue ? gy_in_place : gy, partial};
-  const int threads = static_cast<int>(std::min<std::int64_t>(pass.blocks, threads_if(g.macs() > 1e5)));
-  // One task per thread: a fixed range of filter blocks over every sample.
-  parallel_for(threads, threads, [&](std::int64_t t) {
-    const std::int64_t b0 = pass.blocks * t / threads, b1 = pass.blocks * (t + 1) / threads;
-    if (b0 < b1) pass.run_blocks(b0, b1, x, gw);
-  });
+  if (const std::int64_t parts = weight_parts<T>(g)) {  // Note [Shifted weight pass by sample parts]
+    const std::int64_t part_size = pass.blocks * pass.sums_per_block;
+    T* sums = scratch.take<T>(parts * part_size).data();
+    parallel_for(parts, threads_if(g.macs() > 1e5), [&](std::int64_t p) {
+      std::fill(sums + p * part_size, sums + (p + 1) * part_size, T(0));
+      pass.run(g.N * p / parts, g.N * (p + 1) / parts, 0, pass.blocks, x, sums + p * part_size);
+    });
+    parallel_for(pass.blocks, threads_if(g.macs() > 1e5), [&](std::int64_t b) {  // the parts' sums in range order, then into gw
+      T* block = sums + b * pass.sums_per_block;
+      for (std::int64_t p = 1; p < parts; ++p)
+        for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[p * part_size + i];
+      pass.add_lanes(b, block, gw);
+    });
+  } else {
+    const int threads = static_cast<int>(std::min<std::int64_t>(pass.blocks, threads_if(g.macs() > 1e5)));
+    // One task per thread: a fixed range of filter blocks over every sample.
+    parallel_for(threads, threads, [&](std::int64_t t) {
+      const std::int64_t b0 = pass.blocks * t / threads, b1 = pass.blocks * (t + 1) / threads;
+      if (b0 < b1) pass.run_blocks(b0, b1, x, gw);
+    });
+  }
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);
 }
 
@@ -378,9 +430,9 @@ bool pointwise_runs_pass(const ConvGeometry& g, ConvPass pass) {
   return pass != ConvPass::backward_weight && pointwise_runs(g);
 }
 
-std::int64_t shifted_weight_blocks(const ConvGeometry& g) {
-  const std::int64_t F = filters_per_block(static_cast<int>(g.ker[2]));
-  return g.groups * ((g.Kg + F - 1) / F);
+std::int64_t shifted_weight_tasks(const ConvGeometry& g) {
+  const std::int64_t parts = weight_parts<float>(g);  // Note [Shifted weight pass by sample parts]
+  return parts > 0 ? parts : weight_blocks(g);
 }
 
 template <class T>

@@ -801,7 +801,7 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
       {{2, 20, 6, 6}, {4, 20, 5, 5}, {.pad_lo = {4}, .pad_hi = {0}}},        // adjoint padding -> negative
       // the input gradient's column padding is -1: its padded rows crop the last column of gy
       {{2, 9, 7, 6}, {10, 9, 3, 5}, {.pad_lo = {1, 5}, .pad_hi = {1, 0}}},
-      {{40, 2, 16, 16}, {3, 2, 3, 3}, {.padding = {1}}},  // 16 tiles a sample: weight blocks of 16, 16 and 8 samples
+      {{40, 2, 16, 16}, {3, 2, 3, 3}, {.padding = {1}}},  // 16 tiles a sample: weight blocks of 8 + 8, 8 + 8 and 4 + 4 samples of the two halves
       // channels, filters and rows past whole vectors of 8 floats: the layout's
       // in-register transposes take an overlapping last block
       {{2, 19, 10, 13}, {12, 19, 3, 3}, {.padding = {1}}},

@@ -541,37 +541,51 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   const std::int64_t tile_bytes = tl.points * (tl.Cgp + blocks * NR) * std::int64_t(sizeof(T)) * g.groups;
   const std::int64_t block_tiles = std::clamp<std::int64_t>(kWeightBlockBytes / tile_bytes, 1, 256);
   const std::int64_t sample_block = std::clamp<std::int64_t>(block_tiles / per_sample, 1, g.N);
-  const std::int64_t most = sample_block * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
+  // Note [Weight pass halves]: two samples a block or more: the batch's halves.
+  const bool by_samples = sample_block >= 2 && g.N >= 2;
+  const std::int64_t half_n = by_samples ? ceil_div(g.N, 2) : g.N, half_block = by_samples ? sample_block / 2 : sample_block;
+  const std::int64_t most = (by_samples ? 2 * half_block : sample_block) * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
   // Note [Point strides]: a group's points lie v_stride (V) and y_stride (Yhat) apart.
   const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
   T* V = scratch.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
   T* Yhat = scratch.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
-  // Note [Weight pass halves]: a block's tile rows are cut into two halves,
-  // each summed into a gU of its own, added at the end. With 2 threads the
-  // static schedules give each thread one half's transform tasks and the same
-  // half's GEMM tiles, so no thread reads the V and Yhat another wrote, which
-  // is slow where the threads do not share an L3. The halves are cut by the
-  // block's shape, not by the thread count, so the sums are the same at any
-  // number of threads. The cost: GEMMs half as long (about 5% of the pass
-  // where the threads do share an L3). Rejected: a gU per thread, whose sums
-  // would change with the thread count.
+  // Note [Weight pass halves]: the work is cut into two halves, each summed
+  // into a gU of its own, added at the end: the batch's first and second half
+  // of samples, a block taking samples from both (where a block holds two
+  // samples or more), else a block's first and second half of tile rows. With
+  // 2 threads the static schedules give each thread one half's transform
+  // tasks and the same half's GEMM tiles, so no thread reads the V and Yhat
+  // another wrote, and by samples each reads the x and gy that the sample-split
+  // passes before it wrote on the same thread: where the threads do not share
+  // an L3, reading the other's lines is slow, and so is the next step's write
+  // to them (LeNet's first pool, whose output is conv2's x: 0.47-0.57 ms far
+  // apart with blocks cut by tile rows, 0.16-0.26 by samples; close, 0.17-0.20).
+  // The halves are cut by the geometry, not by the thread
+  // count, so the sums are the same at any number of threads. The cost: GEMMs
+  // half as long (about 5% of the pass where the threads do share an L3).
+  // Rejected: a gU per thread, whose sums would change with the thread count.
   const std::int64_t gu_size = g.groups * tl.points * blocks * c_tiles * kTileRows * NR;
   T* gU = scratch.take<T>(2 * gu_size).data();  // [half][grp][xi][blk][c][NR]
   const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;  // row sums (N x K)
-  for (std::int64_t n0 = 0; n0 < g.N; n0 += sample_block) {
-    const std::int64_t samples = std::min(sample_block, g.N - n0), count = samples * per_sample;
+  for (std::int64_t j0 = 0; j0 < half_n; j0 += half_block) {
+    // The block's samples: [a0, a1) of the first half, then [b0, b1) of the second.
+    const std::int64_t a0 = j0, a1 = std::min(half_n, j0 + half_block);
+    const std::int64_t b0 = half_n + j0, b1 = std::max(b0, std::min(g.N, half_n + j0 + half_block));
+    const std::int64_t samples = (a1 - a0) + (b1 - b0), count = samples * per_sample;
+    auto sample_of = [&](std::int64_t s) { return s < a1 - a0 ? a0 + s : b0 + (s - (a1 - a0)); };
     if (prologue)
       parallel_for(samples * g.K, conv_threads(), [&](std::int64_t r) {
-        T* row = gy_in_place + (n0 * g.K + r) * ov;
-        prologue->apply(row, (n0 * g.K + r) * ov, ov);
-        if (partial) partial[n0 * g.K + r] = sum_run(row, ov);
+        const std::int64_t row_index = sample_of(r / g.K) * g.K + r % g.K;
+        T* row = gy_in_place + row_index * ov;
+        prologue->apply(row, row_index * ov, ov);
+        if (partial) partial[row_index] = sum_run(row, ov);
       });
     // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
     const std::int64_t row_tasks = samples * g.groups * tl.tiles_y;
     // Note [Fetching the next task]: task (s, grp, ty) reads alpha1 rows of x and m1 rows of gy.
     auto task_lines = [&](std::int64_t task) {
-      const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, n = n0 + task / (tl.tiles_y * g.groups);
+      const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, n = sample_of(task / (tl.tiles_y * g.groups));
       const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g.out[1]);
       return std::pair{input_row_lines(g, x, n, 1, grp, ty * Y::m, ty * Y::m + Y::alpha),
                        LineFetch(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, 1, 0, g.Kg, ov * std::int64_t(sizeof(T)),
@@ -579,7 +593,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
     };
     parallel_for(row_tasks, conv_threads(), [&](std::int64_t task) {
       const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
-      const std::int64_t n = n0 + s, in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
+      const std::int64_t n = sample_of(s), in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
       auto [next_x, next_gy] = task + 1 < row_tasks ? task_lines(task + 1) : std::pair<LineFetch, LineFetch>{};
       const std::int64_t x_share = ceil_div(next_x.lines(), tl.tiles_x * blocks + 1);
       const std::int64_t gy_share = ceil_div(next_gy.lines(), tl.tiles_x * blocks + 1);
@@ -621,8 +635,8 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
       }
     });
     // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
-    const bool first = n0 == 0;
-    const std::int64_t split = ceil_div(samples * tl.tiles_y, 2) * tl.tiles_x;  // the first half's tiles
+    const bool first = j0 == 0;
+    const std::int64_t split = by_samples ? (a1 - a0) * per_sample : ceil_div(samples * tl.tiles_y, 2) * tl.tiles_x;  // the first half's tiles
     parallel_for(2 * gemm_tiles, conv_threads(), [&](std::int64_t index) {
       const std::int64_t half = index / gemm_tiles, tile_index = index % gemm_tiles;
       const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;

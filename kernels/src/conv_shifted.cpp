@@ -292,10 +292,19 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
       std::fill(sums + p * part_size, sums + (p + 1) * part_size, T(0));
       pass.run(g.N * p / parts, g.N * (p + 1) / parts, 0, pass.blocks, x, sums + p * part_size);
     });
-    parallel_for(pass.blocks, threads_if(g.macs() > 1e5), [&](std::int64_t b) {  // the parts' sums in range order, then into gw
+    // The parts' sums in a fixed tree: each half of the parts in range order
+    // (on the threads that wrote them), then the two halves, then into gw.
+    const std::int64_t half = (parts + 1) / 2, threads = threads_if(g.macs() > 1e5);
+    parallel_for(2 * pass.blocks, threads, [&](std::int64_t task) {
+      const std::int64_t h = task / pass.blocks, b = task % pass.blocks, p0 = h * half, p1 = std::min(parts, p0 + half);
+      T* block = sums + p0 * part_size + b * pass.sums_per_block;
+      for (std::int64_t p = p0 + 1; p < p1; ++p)
+        for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[(p - p0) * part_size + i];
+    });
+    parallel_for(pass.blocks, threads, [&](std::int64_t b) {
       T* block = sums + b * pass.sums_per_block;
-      for (std::int64_t p = 1; p < parts; ++p)
-        for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[p * part_size + i];
+      if (half < parts)
+        for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[half * part_size + i];
       pass.add_lanes(b, block, gw);
     });
   } else {

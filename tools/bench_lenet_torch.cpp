@@ -63,11 +63,6 @@ Result train_torch(const Data& d, const Options& o, Turns& turns) {
 }
 }  // namespace
 
-int main(int argc, char** argv) try {
-  const Options o = parse(argc, argv);
-  const Data d = load_data(o);
-  run_as_child("bench_lenet_torch", [&](Turns& t) { return train_torch(d, o, t); });
-} catch (const tg::Error& e) {
-  fmt::print(stderr, "error: {}\n", e.what());
-  return 2;
+int main(int argc, char** argv) {
+  return comparison_main("bench_lenet_torch", argc, argv, parse, load_data, train_torch);
 }

@@ -186,6 +186,18 @@ constexpr const char* kChildEnv = "TGBENCH_CHILD";  // "go back turn_steps", set
   child_main(go, back, turn_steps, train);
 }
 
+// The main of a comparison program (bench_*_torch): the benchmark's flags
+// (parse), its data (load), and train(data, options, turns) as the child.
+template <class Parse, class Load, class Train>
+int comparison_main(const char* program, int argc, char** argv, Parse parse, Load load, Train train) try {
+  const auto options = parse(argc, argv);
+  const auto data = load(options);
+  run_as_child(program, [&](Turns& t) { return train(data, options, t); });
+} catch (const tg::Error& e) {
+  fmt::print(stderr, "error: {}\n", e.what());
+  return 2;
+}
+
 // One training in a forked child: its pipes from and to the parent.
 struct Child {
   pid_t pid = -1;

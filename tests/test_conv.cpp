@@ -498,14 +498,15 @@ TEST_CASE("conv: the shifted-copy weight gradient in float, on LeNet's conv1, eq
 
 TEST_CASE("conv: the shifted-copy weight gradient by sample parts and by filter blocks, the same at any thread count") {
   // Note [Shifted weight pass by sample parts]: 10 samples in 8 uneven parts
-  // (LeNet-like: one channel, 8 filters), and 4 channels x 64 filters, whose
-  // sums are too large for parts and run by filter blocks. Each against the
-  // reference, and bit for bit the same at 1, 2 and 3 threads.
+  // and 3 samples in 3 (an odd count: halves of 2 and 1 parts) (LeNet-like:
+  // one channel, 8 filters), and 4 channels x 64 filters, whose sums are too
+  // large for parts and run by filter blocks. Each against the reference, and
+  // bit for bit the same at 1, 2 and 3 threads.
   namespace k = tg::kernels;
   struct Case {
     tg::Shape x, w;
   };
-  for (const Case& c : {Case{{10, 1, 12, 12}, {8, 1, 5, 5}}, Case{{3, 4, 9, 9}, {64, 4, 5, 5}}}) {
+  for (const Case& c : {Case{{10, 1, 12, 12}, {8, 1, 5, 5}}, Case{{3, 1, 12, 12}, {8, 1, 5, 5}}, Case{{3, 4, 9, 9}, {64, 4, 5, 5}}}) {
     CAPTURE(c.w);
     const k::ConvGeometry g = k::conv_geometry(c.x, c.w, {.pad_lo = {2}, .pad_hi = {2}}, "test");
     const A x = A::random_uniform(c.x, -1, 1, 51), w = A::random_uniform(c.w, -1, 1, 52);

@@ -173,7 +173,7 @@ std::int64_t weight_block_sums(const ConvGeometry& g) {
 // in kPartSumBytes, the samples are cut into weight_parts(g) ranges (by the
 // batch alone, never by the thread count, so the gradient is the same at any
 // number of threads), each range summing every block into sums of its own,
-// added into gw in range order. With 2 threads each then reads the x and gy
+// added into gw in a fixed tree (run_parts). With 2 threads each then reads the x and gy
 // that the sample-split passes around it wrote on the same thread, and makes
 // each sample's copies once. Cut by filter blocks (the rule where the sums
 // are larger), every thread read every sample: half of gy from the other
@@ -280,33 +280,43 @@ struct WeightPass {
   }
 };
 
+// The weight pass by weight_parts(g) sample parts (Note [Shifted weight pass
+// by sample parts]): each part's sums over every block, then the parts added
+// in a fixed tree (each half of the parts in range order, on the threads that
+// wrote them; then the two halves) and into gw.
+template <class T, int KW>
+void run_parts(const WeightPass<T, KW>& pass, std::int64_t parts, const T* x, T* gw) {
+  const ConvGeometry& g = pass.g;
+  const std::int64_t part_size = pass.blocks * pass.sums_per_block, half = (parts + 1) / 2;
+  const int threads = threads_if(g.macs() > 1e5);
+  ScratchScope scratch;
+  T* sums = scratch.take<T>(parts * part_size).data();  // [part][block][sums_per_block]
+  parallel_for(parts, threads, [&](std::int64_t p) {
+    std::fill(sums + p * part_size, sums + (p + 1) * part_size, T(0));
+    pass.run(g.N * p / parts, g.N * (p + 1) / parts, 0, pass.blocks, x, sums + p * part_size);
+  });
+  parallel_for(2 * pass.blocks, threads, [&](std::int64_t task) {
+    const std::int64_t p0 = task / pass.blocks * half, p1 = std::min(parts, p0 + half);
+    if (p0 >= parts) return;
+    T* first = sums + p0 * part_size + task % pass.blocks * pass.sums_per_block;
+    for (std::int64_t p = p0 + 1; p < p1; ++p)
+      for (std::int64_t i = 0; i < pass.sums_per_block; ++i) first[i] += first[(p - p0) * part_size + i];
+  });
+  parallel_for(pass.blocks, threads, [&](std::int64_t b) {
+    T* block = sums + b * pass.sums_per_block;
+    if (half < parts)
+      for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[half * part_size + i];
+    pass.add_lanes(b, block, gw);
+  });
+}
+
 template <class T, int KW>
 void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue, T* gy_in_place) {
   ScratchScope scratch;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
   const WeightPass<T, KW> pass{g, ShiftedLayout::of<T>(g), prologue, gy_in_place, prologue ? gy_in_place : gy, partial};
-  if (const std::int64_t parts = weight_parts<T>(g)) {  // Note [Shifted weight pass by sample parts]
-    const std::int64_t part_size = pass.blocks * pass.sums_per_block;
-    T* sums = scratch.take<T>(parts * part_size).data();
-    parallel_for(parts, threads_if(g.macs() > 1e5), [&](std::int64_t p) {
-      std::fill(sums + p * part_size, sums + (p + 1) * part_size, T(0));
-      pass.run(g.N * p / parts, g.N * (p + 1) / parts, 0, pass.blocks, x, sums + p * part_size);
-    });
-    // The parts' sums in a fixed tree: each half of the parts in range order
-    // (on the threads that wrote them), then the two halves, then into gw.
-    const std::int64_t half = (parts + 1) / 2, threads = threads_if(g.macs() > 1e5);
-    parallel_for(2 * pass.blocks, threads, [&](std::int64_t task) {
-      const std::int64_t h = task / pass.blocks, b = task % pass.blocks, p0 = h * half, p1 = std::min(parts, p0 + half);
-      T* block = sums + p0 * part_size + b * pass.sums_per_block;
-      for (std::int64_t p = p0 + 1; p < p1; ++p)
-        for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[(p - p0) * part_size + i];
-    });
-    parallel_for(pass.blocks, threads, [&](std::int64_t b) {
-      T* block = sums + b * pass.sums_per_block;
-      if (half < parts)
-        for (std::int64_t i = 0; i < pass.sums_per_block; ++i) block[i] += block[half * part_size + i];
-      pass.add_lanes(b, block, gw);
-    });
+  if (const std::int64_t parts = weight_parts<T>(g)) {
+    run_parts(pass, parts, x, gw);
   } else {
     const int threads = static_cast<int>(std::min<std::int64_t>(pass.blocks, threads_if(g.macs() > 1e5)));
     // One task per thread: a fixed range of filter blocks over every sample.

@@ -143,10 +143,13 @@ struct Training {
     requires std::is_invocable_r_v<Result, F&, Turns&>
   Training(F f) : run(std::move(f)) {}  // NOLINT: a lambda is a training
   static Training exec(std::vector<std::string> argv) {
-    Training t([](Turns&) { return Result{}; });
+    Training t;
     t.program = std::move(argv);
     return t;
   }
+
+ private:
+  Training() = default;
 };
 
 // The path of a program in this program's directory (the comparison programs are built beside the benchmarks).

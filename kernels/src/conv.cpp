@@ -371,6 +371,19 @@ void in_sample_chunks(const ConvGeometry& g, ConvPass pass, F&& run) {
   }
 }
 
+// implicit GEMM's weight pass on the swapped roles (Note [Pointwise weight
+// pass, packing the smaller side]): gw transposed, then added into gw.
+template <class T>
+void pointwise_weight_swapped(const ConvGeometry& g, const T* x, const T* gy, T* gw) {
+  ScratchScope scratch;
+  T* gwt = scratch.take_filled<T>(g.K * g.Cg, T(0)).data();  // per group (Cg x Kg): gw transposed
+  in_sample_chunks<T>(swapped_roles(g), ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
+    conv_impl::implicit_gemm_backward_weight(part, gy + n0 * g.K * g.out_vol(), x + n0 * g.C * g.in_vol(), gwt);
+  });
+  for (std::int64_t grp = 0; grp < g.groups; ++grp)  // gw_grp (Kg x Cg) += gwt_grp (Cg x Kg)^T
+    conv_impl::transpose_blocks(gwt + grp * g.Cg * g.Kg, g.Kg, g.Cg, g.Kg, gw + grp * g.Kg * g.Cg, g.Cg, /*add=*/true);
+}
+
 }  // namespace
 
 template <class T>
@@ -446,17 +459,7 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
       return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::implicit_gemm:
-      if (swaps_pointwise_roles(g)) {
-        ScratchScope scratch;
-        const ConvGeometry s = swapped_roles(g);
-        T* gwt = scratch.take_filled<T>(g.K * g.Cg, T(0)).data();  // per group (Cg x Kg): gw transposed
-        in_sample_chunks<T>(s, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
-          conv_impl::implicit_gemm_backward_weight(part, gy + n0 * g.K * g.out_vol(), x + n0 * g.C * g.in_vol(), gwt);
-        });
-        for (std::int64_t grp = 0; grp < g.groups; ++grp)  // gw_grp (Kg x Cg) += gwt_grp (Cg x Kg)^T
-          conv_impl::transpose_blocks(gwt + grp * g.Cg * g.Kg, g.Kg, g.Cg, g.Kg, gw + grp * g.Kg * g.Cg, g.Cg, /*add=*/true);
-        return;
-      }
+      if (swaps_pointwise_roles(g)) return pointwise_weight_swapped(g, x, gy, gw);
       return in_sample_chunks<T>(g, ConvPass::backward_weight, [&](const ConvGeometry& part, std::int64_t n0) {
         conv_impl::implicit_gemm_backward_weight(part, x + n0 * g.C * g.in_vol(), gy + n0 * g.K * g.out_vol(), gw);
       });

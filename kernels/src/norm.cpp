@@ -163,7 +163,6 @@ void channel_moments(const ChannelView& v, const double* stats, std::int64_t c, 
   }
 }
 
-
 // affine[2c], affine[2c + 1] = the (scale, shift) that normalise channel c with
 // mean mu and inverse deviation inv, then apply gamma and beta.
 template <class T>

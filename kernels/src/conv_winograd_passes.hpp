@@ -544,115 +544,168 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   // Note [Weight pass halves]: two samples a block or more: the batch's halves.
   const bool by_samples = sample_block >= 2 && g.N >= 2;
   const std::int64_t half_n = by_samples ? ceil_div(g.N, 2) : g.N, half_block = by_samples ? sample_block / 2 : sample_block;
-  const std::int64_t most = (by_samples ? 2 * half_block : sample_block) * per_sample, c_tiles = ceil_div(g.Cg, kTileRows);
-  // Note [Point strides]: a group's points lie v_stride (V) and y_stride (Yhat) apart.
-  const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
-  T* V = scratch.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
-  T* Yhat = scratch.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
+  const std::int64_t c_tiles = ceil_div(g.Cg, kTileRows);
   // Note [Weight pass halves]: the work is cut into two halves, each summed
   // into a gU of its own, added at the end: the batch's first and second half
   // of samples, a block taking samples from both (where a block holds two
-  // samples or more), else a block's first and second half of tile rows. With
-  // 2 threads the static schedules give each thread one half's transform
-  // tasks and the same half's GEMM tiles, so no thread reads the V and Yhat
-  // another wrote, and by samples each reads the x and gy that the sample-split
-  // passes before it wrote on the same thread: where the threads do not share
-  // an L3, reading the other's lines is slow, and so is the next step's write
-  // to them (LeNet's first pool, whose output is conv2's x: 0.47-0.57 ms far
-  // apart with blocks cut by tile rows, 0.16-0.26 by samples; close, 0.17-0.20).
-  // The halves are cut by the geometry, not by the thread
-  // count, so the sums are the same at any number of threads. The cost: GEMMs
-  // half as long (about 5% of the pass where the threads do share an L3).
-  // Rejected: a gU per thread, whose sums would change with the thread count.
+  // samples or more), else a block's first and second half of tile rows. On 2
+  // threads each half runs on a thread of its own (Note [Weight pass halves
+  // on two threads]), so no thread reads the V and Yhat another wrote, and
+  // each reads the x and gy that the sample-split passes before it wrote on
+  // the same thread: where the threads do not share an L3, reading the
+  // other's lines is slow, and so is the next step's write to them (LeNet's
+  // first pool, whose output is conv2's x: 0.47-0.57 ms far apart with blocks
+  // cut by tile rows, 0.16-0.26 by samples; close, 0.17-0.20). The halves are
+  // cut by the geometry, not by the thread count, so the sums are the same at
+  // any number of threads. Rejected: a gU per thread, whose sums would change
+  // with the thread count.
   const std::int64_t gu_size = g.groups * tl.points * blocks * c_tiles * kTileRows * NR;
   T* gU = scratch.take<T>(2 * gu_size).data();  // [half][grp][xi][blk][c][NR]
   const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;  // row sums (N x K)
-  for (std::int64_t j0 = 0; j0 < half_n; j0 += half_block) {
-    // The block's samples: [a0, a1) of the first half, then [b0, b1) of the second.
-    const std::int64_t a0 = j0, a1 = std::min(half_n, j0 + half_block);
-    const std::int64_t b0 = half_n + j0, b1 = std::max(b0, std::min(g.N, half_n + j0 + half_block));
-    const std::int64_t samples = (a1 - a0) + (b1 - b0), count = samples * per_sample;
-    auto sample_of = [&](std::int64_t s) { return s < a1 - a0 ? a0 + s : b0 + (s - (a1 - a0)); };
-    if (prologue)
-      parallel_for(samples * g.K, conv_threads(), [&](std::int64_t r) {
-        const std::int64_t row_index = sample_of(r / g.K) * g.K + r % g.K;
-        T* row = gy_in_place + row_index * ov;
-        prologue->apply(row, row_index * ov, ov);
-        if (partial) partial[row_index] = sum_run(row, ov);
-      });
-    // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
-    const std::int64_t row_tasks = samples * g.groups * tl.tiles_y;
-    // Note [Fetching the next task]: task (s, grp, ty) reads alpha1 rows of x and m1 rows of gy.
-    auto task_lines = [&](std::int64_t task) {
-      const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, n = sample_of(task / (tl.tiles_y * g.groups));
-      const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g.out[1]);
-      return std::pair{input_row_lines(g, x, n, 1, grp, ty * Y::m, ty * Y::m + Y::alpha),
-                       LineFetch(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, 1, 0, g.Kg, ov * std::int64_t(sizeof(T)),
-                                 (o_end - ty * Y::m) * ow * std::int64_t(sizeof(T)), false)};
-    };
-    parallel_for(row_tasks, conv_threads(), [&](std::int64_t task) {
-      const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
-      const std::int64_t n = sample_of(s), in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
-      auto [next_x, next_gy] = task + 1 < row_tasks ? task_lines(task + 1) : std::pair<LineFetch, LineFetch>{};
-      const std::int64_t x_share = ceil_div(next_x.lines(), tl.tiles_x * blocks + 1);
-      const std::int64_t gy_share = ceil_div(next_gy.lines(), tl.tiles_x * blocks + 1);
-      T dy[Y::m * X::m * NR];
-      ScratchScope local;
-      T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
-      // Note [Weight pass input rows]: the tile row's alpha1 padded rows of x,
-      // channel-last, transposed here while they are read. Neighbouring tile
-      // rows share r1 - 1 rows, transposed twice (alpha1 / m1 = 1.5x for 3x3),
-      // all in cache. Rejected: all of x channel-last up front, a separate
-      // pass writing and reading the whole batch (14.7 MiB for ResNet's
-      // 128x32x28x28): 1.2x the weight pass's time at 1 thread.
-      T* xt = local.take<T>(tl.rows_size(Y::alpha)).data();
-      channel_last_rows(g, tl, x, n, grp, ty * Y::m, ty * Y::m + Y::alpha, xt);
-      next_x.fetch(x_share), next_gy.fetch(gy_share);
-      input_row(tl, xt, band, V + grp * tl.points * v_stride + (s * per_sample + ty * tl.tiles_x) * tl.Cgp, v_stride);
-      // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
-      const std::int64_t Kgp = blocks * NR;
-      T* D = local.take<T>(in * ow * Kgp).data();
-      transpose(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, ov, g.Kg, in * ow, D, Kgp);
-      if (Kgp > g.Kg)
-        for (std::int64_t p = 0; p < in * ow; ++p) std::fill(D + p * Kgp + g.Kg, D + (p + 1) * Kgp, T(0));
-      for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx) {
-        const std::int64_t t = s * per_sample + ty * tl.tiles_x + tx;
-        const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
-        for (std::int64_t blk = 0; blk < blocks; ++blk) {
-          next_x.fetch(x_share), next_gy.fetch(gy_share);
-          // The tile of gy, NR filters channel-last, zero past the output's edge.
-          const T* corner = D + tx * X::m * Kgp + blk * NR;
-          if (in < Y::m || jn < X::m) std::fill(dy, dy + Y::m * X::m * NR, T(0));
-          for (std::int64_t i = 0; i < in; ++i)
-            for (std::int64_t jj = 0; jj < jn; ++jj)
-              std::memcpy(dy + (i * X::m + jj) * NR, corner + (i * ow + jj) * Kgp, NR * sizeof(T));
-          // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
-          T* Yt = Yhat + grp * tl.points * y_stride + (blk * most + t) * NR;
-          for (int v = 0; v < NR; v += kLanes<T>)
-            transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v, y_stride);
+  // The prologue on sample n's rows of gy, in place.
+  auto prologue_rows = [&](std::int64_t n, std::int64_t k) {
+    const std::int64_t row_index = n * g.K + k;
+    T* row = gy_in_place + row_index * ov;
+    prologue->apply(row, row_index * ov, ov);
+    if (partial) partial[row_index] = sum_run(row, ov);
+  };
+  // Note [Fetching the next task]: the rows of x and gy behind tile row ty of sample n, group grp.
+  auto row_lines = [&](std::int64_t n, std::int64_t grp, std::int64_t ty) {
+    const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g.out[1]);
+    return std::pair{input_row_lines(g, x, n, 1, grp, ty * Y::m, ty * Y::m + Y::alpha),
+                     LineFetch(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, 1, 0, g.Kg, ov * std::int64_t(sizeof(T)),
+                               (o_end - ty * Y::m) * ow * std::int64_t(sizeof(T)), false)};
+  };
+  // V and Yhat of tile row ty of sample n, group grp, as tiles t0 + tx of a
+  // block of `most` tiles (V [grp][xi][t][Cgp], Yhat [grp][xi][blk][t][NR]),
+  // fetching the next task's rows while it runs.
+  auto transform_row = [&](std::int64_t n, std::int64_t grp, std::int64_t ty, std::int64_t t0, T* V,
+                           std::int64_t v_stride, T* Yhat, std::int64_t y_stride, std::int64_t most,
+                           std::pair<LineFetch, LineFetch> next) {
+    auto& [next_x, next_gy] = next;
+    const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
+    const std::int64_t x_share = ceil_div(next_x.lines(), tl.tiles_x * blocks + 1);
+    const std::int64_t gy_share = ceil_div(next_gy.lines(), tl.tiles_x * blocks + 1);
+    T dy[Y::m * X::m * NR];
+    ScratchScope local;
+    T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
+    // Note [Weight pass input rows]: the tile row's alpha1 padded rows of x,
+    // channel-last, transposed here while they are read. Neighbouring tile
+    // rows share r1 - 1 rows, transposed twice (alpha1 / m1 = 1.5x for 3x3),
+    // all in cache. Rejected: all of x channel-last up front, a separate
+    // pass writing and reading the whole batch (14.7 MiB for ResNet's
+    // 128x32x28x28): 1.2x the weight pass's time at 1 thread.
+    T* xt = local.take<T>(tl.rows_size(Y::alpha)).data();
+    channel_last_rows(g, tl, x, n, grp, ty * Y::m, ty * Y::m + Y::alpha, xt);
+    next_x.fetch(x_share), next_gy.fetch(gy_share);
+    input_row(tl, xt, band, V + grp * tl.points * v_stride + t0 * tl.Cgp, v_stride);
+    // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
+    const std::int64_t Kgp = blocks * NR;
+    T* D = local.take<T>(in * ow * Kgp).data();
+    transpose(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, ov, g.Kg, in * ow, D, Kgp);
+    if (Kgp > g.Kg)
+      for (std::int64_t p = 0; p < in * ow; ++p) std::fill(D + p * Kgp + g.Kg, D + (p + 1) * Kgp, T(0));
+    for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx) {
+      const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
+      for (std::int64_t blk = 0; blk < blocks; ++blk) {
+        next_x.fetch(x_share), next_gy.fetch(gy_share);
+        // The tile of gy, NR filters channel-last, zero past the output's edge.
+        const T* corner = D + tx * X::m * Kgp + blk * NR;
+        if (in < Y::m || jn < X::m) std::fill(dy, dy + Y::m * X::m * NR, T(0));
+        for (std::int64_t i = 0; i < in; ++i)
+          for (std::int64_t jj = 0; jj < jn; ++jj)
+            std::memcpy(dy + (i * X::m + jj) * NR, corner + (i * ow + jj) * Kgp, NR * sizeof(T));
+        // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
+        T* Yt = Yhat + grp * tl.points * y_stride + (blk * most + t0 + tx) * NR;
+        for (int v = 0; v < NR; v += kLanes<T>)
+          transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v, y_stride);
+      }
+    }
+  };
+  // gU[half] (+)= V^T Yhat over tiles [t0, t1) of a block, for GEMM tile tile_index.
+  auto gemm_tile = [&](std::int64_t half, std::int64_t tile_index, const T* V, std::int64_t v_stride, const T* Yhat,
+                       std::int64_t y_stride, std::int64_t most, std::int64_t t0, std::int64_t t1, bool accumulate) {
+    const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;
+    const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
+    const T* Vxi = V + (grp * tl.points + xi) * v_stride + t0 * tl.Cgp;
+    const T* rows[kTileRows];
+    T* out[kTileRows];
+    for (int i = 0; i < kTileRows; ++i) {
+      rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
+      out[i] = gU + half * gu_size + (tile_index * kTileRows + i) * NR;
+    }
+    // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
+    gemm_tile_strided(rows, tl.Cgp, Yhat + (grp * tl.points + xi) * y_stride + (blk * most + t0) * NR, t1 - t0, out,
+                      accumulate);
+  };
+  const int threads = conv_threads();
+  if (by_samples && threads <= 2) {
+    // Note [Weight pass halves on two threads]: each half is one task, on a
+    // thread of its own from its first transform to its last GEMM, with V and
+    // Yhat in that thread's scratch. Its blocks are those of the path below
+    // (the same samples, tiles and order), so the sums are the same at any
+    // thread count, bit for bit. The two threads meet once a pass instead of
+    // twice a block: ResNet's 128x32x28x28 weight pass (32 blocks) took
+    // 4.55-4.76 ms close and 7.05-8.17 ms far apart with all threads on
+    // every block, 4.01-4.15 ms in both now. Three threads and more take
+    // the path below, whose tasks spread over any count.
+    const std::int64_t most = half_block * per_sample;
+    const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
+    parallel_for(2, threads, [&](std::int64_t half) {
+      ScratchScope own;
+      T* V = own.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
+      T* Yhat = own.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
+      const std::int64_t first = half * half_n, end = half == 0 ? half_n : g.N;
+      for (std::int64_t j0 = 0; first + j0 < end; j0 += half_block) {
+        const std::int64_t s0 = first + j0, s1 = std::min(end, s0 + half_block);
+        if (prologue)
+          for (std::int64_t r = 0; r < (s1 - s0) * g.K; ++r) prologue_rows(s0 + r / g.K, r % g.K);
+        const std::int64_t row_tasks = (s1 - s0) * g.groups * tl.tiles_y;
+        for (std::int64_t task = 0; task < row_tasks; ++task) {
+          const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
+          const std::int64_t next = task + 1;
+          transform_row(s0 + s, grp, ty, s * per_sample + ty * tl.tiles_x, V, v_stride, Yhat, y_stride, most,
+                        next < row_tasks ? row_lines(s0 + next / (tl.tiles_y * g.groups), (next / tl.tiles_y) % g.groups,
+                                                     next % tl.tiles_y)
+                                         : std::pair<LineFetch, LineFetch>{});
         }
+        for (std::int64_t tile_index = 0; tile_index < gemm_tiles; ++tile_index)
+          gemm_tile(half, tile_index, V, v_stride, Yhat, y_stride, most, 0, (s1 - s0) * per_sample, j0 != 0);
       }
     });
-    // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
-    const bool first = j0 == 0;
-    const std::int64_t split = by_samples ? (a1 - a0) * per_sample : ceil_div(samples * tl.tiles_y, 2) * tl.tiles_x;  // the first half's tiles
-    parallel_for(2 * gemm_tiles, conv_threads(), [&](std::int64_t index) {
-      const std::int64_t half = index / gemm_tiles, tile_index = index % gemm_tiles;
-      const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;
-      const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
-      const std::int64_t t0 = half == 0 ? 0 : split, t1 = half == 0 ? split : count;
-      const T* Vxi = V + (grp * tl.points + xi) * v_stride + t0 * tl.Cgp;
-      const T* rows[kTileRows];
-      T* out[kTileRows];
-      for (int i = 0; i < kTileRows; ++i) {
-        rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
-        out[i] = gU + half * gu_size + (tile_index * kTileRows + i) * NR;
-      }
-      // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-      gemm_tile_strided(rows, tl.Cgp, Yhat + (grp * tl.points + xi) * y_stride + (blk * most + t0) * NR, t1 - t0, out,
-                        !first);
-    });
+  } else {
+    const std::int64_t most = (by_samples ? 2 * half_block : sample_block) * per_sample;
+    // Note [Point strides]: a group's points lie v_stride (V) and y_stride (Yhat) apart.
+    const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
+    T* V = scratch.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
+    T* Yhat = scratch.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
+    for (std::int64_t j0 = 0; j0 < half_n; j0 += half_block) {
+      // The block's samples: [a0, a1) of the first half, then [b0, b1) of the second.
+      const std::int64_t a0 = j0, a1 = std::min(half_n, j0 + half_block);
+      const std::int64_t b0 = half_n + j0, b1 = std::max(b0, std::min(g.N, half_n + j0 + half_block));
+      const std::int64_t samples = (a1 - a0) + (b1 - b0), count = samples * per_sample;
+      auto sample_of = [&](std::int64_t s) { return s < a1 - a0 ? a0 + s : b0 + (s - (a1 - a0)); };
+      if (prologue)
+        parallel_for(samples * g.K, threads, [&](std::int64_t r) { prologue_rows(sample_of(r / g.K), r % g.K); });
+      // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
+      const std::int64_t row_tasks = samples * g.groups * tl.tiles_y;
+      parallel_for(row_tasks, threads, [&](std::int64_t task) {
+        const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
+        const std::int64_t next = task + 1;
+        transform_row(sample_of(s), grp, ty, s * per_sample + ty * tl.tiles_x, V, v_stride, Yhat, y_stride, most,
+                      next < row_tasks ? row_lines(sample_of(next / (tl.tiles_y * g.groups)),
+                                                   (next / tl.tiles_y) % g.groups, next % tl.tiles_y)
+                                       : std::pair<LineFetch, LineFetch>{});
+      });
+      // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
+      const std::int64_t split = by_samples ? (a1 - a0) * per_sample : ceil_div(samples * tl.tiles_y, 2) * tl.tiles_x;
+      parallel_for(2 * gemm_tiles, threads, [&](std::int64_t index) {
+        const std::int64_t half = index / gemm_tiles;
+        gemm_tile(half, index % gemm_tiles, V, v_stride, Yhat, y_stride, most, half == 0 ? 0 : split,
+                  half == 0 ? split : count, j0 != 0);
+      });
+    }
   }
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);
   // gw[k][c] += G1^T gU[.][c][k] G2, a task per (group, filter block, channel)

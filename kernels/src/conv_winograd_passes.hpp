@@ -397,11 +397,12 @@ void input_row(const Tiling<T, Y, X>& tl, const T* rows, T* band, T* V, std::int
 // channels), and single floats scattered at that stride evicted each other
 // from L1 (3% of a ResNet step).
 template <class T, class Y, class X>
-const T* transform_weights(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* w, ScratchScope& scratch) {
+const T* transform_weights(const ConvGeometry& g, const Tiling<T, Y, X>& tl, const T* w, ScratchScope& scratch,
+                           int threads) {
   constexpr int NR = kTileCols<T>;
   const std::int64_t blocks = ceil_div(g.Kg, NR);
   T* U = scratch.take<T>(g.groups * tl.points * blocks * g.Cg * NR).data();
-  parallel_for(g.groups * blocks * g.Cg, threads_if(g.K * g.Cg > 512), [&](std::int64_t task) {
+  parallel_for(g.groups * blocks * g.Cg, g.K * g.Cg > 512 ? threads : 1, [&](std::int64_t task) {
     const std::int64_t c = task % g.Cg, blk = (task / g.Cg) % blocks, grp = task / (g.Cg * blocks);
     const std::int64_t lanes = std::min<std::int64_t>(NR, g.Kg - blk * NR);
     T u[kAlpha * kAlpha * NR] = {};  // u[xi * NR + lane]
@@ -424,8 +425,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   ScratchScope scratch;
   const Tiling<T, Y, X> tl(g);
   const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2];
-  const T* U = transform_weights(g, tl, w, scratch);
-  const int threads = conv_threads();
+  const int threads = omp_in_parallel() ? 1 : conv_threads();
   // Sample ranges of nearly equal size, as many as a whole number of rounds of the threads.
   const std::int64_t spt = tl.samples_per_task(g, threads);
   const std::int64_t sample_tasks = std::min(g.N, ceil_div(ceil_div(g.N, spt), threads) * threads);
@@ -444,7 +444,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   auto input_lines = [&](const Task& t) {
     return input_row_lines(g, x, t.n0, t.samples, t.grp, t.ty0 * Y::m, t.ty1 * Y::m + Y::r - 1);
   };
-  parallel_for(tasks, threads, [&](std::int64_t task) {
+  auto run_task = [&](std::int64_t task, const T* U) {
     const auto [n0, samples, grp, ty0, ty1] = task_of(task);
     const std::int64_t per_sample = (ty1 - ty0) * tl.tiles_x;  // the task's tiles of one sample
     const std::int64_t count = samples * per_sample, padded = ceil_div(count, kTileRows) * kTileRows;
@@ -516,6 +516,27 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
       if (activation.activation)  // the task's output rows, every filter of its group, still in cache
         for (std::int64_t k = 0; k < g.Kg; ++k) activation.apply(plane0 + k * ov, positions, grp * g.Kg + k);
     }
+  };
+  // Note [Transformed weights on each thread]: every task streams all of U
+  // through its GEMMs. Transformed on all threads, each thread's tasks read
+  // the half the other wrote, which is slow where the threads do not share an
+  // L3, and the next call's writes to it too: far apart, ResNet's
+  // 128x128x7x7 forward took 4.5-5.0 ms with U shared, 3.7-3.9 with a copy
+  // on each thread (close, 3.8 either way). Each thread therefore transforms
+  // every filter into a U of its own (the same values), as long as the copies
+  // stay small (threads x U within kOwnWeightBytes); else they share one.
+  constexpr std::int64_t kOwnWeightBytes = std::int64_t(8) << 20;
+  const std::int64_t u_bytes = g.groups * tl.points * blocks * NR * g.Cg * std::int64_t(sizeof(T));
+  if (threads <= 1 || threads * u_bytes > kOwnWeightBytes) {
+    const T* U = transform_weights(g, tl, w, scratch, threads);
+    parallel_for(tasks, threads, [&](std::int64_t task) { run_task(task, U); });
+    return;
+  }
+  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks);
+  parallel_for(chunks, threads, [&](std::int64_t chunk) {
+    ScratchScope own;
+    const T* U = transform_weights(g, tl, w, own, 1);
+    for (std::int64_t task = tasks * chunk / chunks; task < tasks * (chunk + 1) / chunks; ++task) run_task(task, U);
   });
 }
 

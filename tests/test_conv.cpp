@@ -528,6 +528,36 @@ TEST_CASE("conv: the shifted-copy weight gradient by sample parts and by filter 
   }
 }
 
+TEST_CASE("conv: implicit GEMM's packed weights, a copy on each thread or one shared, equal the reference at 1-3 threads") {
+  // Note [Packed weights on each thread]: 16 channels x 40 filters (46 KB in
+  // double) are packed on every thread; 128 x 320 (2.9 MB, for the forward and
+  // for the stride-2 input gradient's phases together) once on 1 thread and
+  // on 3, on each of 2.
+  namespace k = tg::kernels;
+  struct Case {
+    tg::Shape x, w;
+  };
+  for (const Case& c : {Case{{5, 16, 9, 9}, {40, 16, 3, 3}}, Case{{1, 128, 6, 6}, {320, 128, 3, 3}}}) {
+    CAPTURE(c.w);
+    const k::ConvGeometry g = k::conv_geometry(c.x, c.w, {.stride = {2, 2}, .pad_lo = {1, 1}, .pad_hi = {1, 1}}, "test");
+    const A x = A::random_uniform(c.x, -1, 1, 61), w = A::random_uniform(c.w, -1, 1, 62);
+    const A y_ref = ref::conv(x, w, {.stride = {2}, .padding = {1}});
+    const A gy = A::random_uniform(y_ref.shape(), -1, 1, 63);
+    const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, {.stride = {2}, .padding = {1}});
+    const int before = tg::max_threads();
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      A y(y_ref.shape()), gx(c.x);
+      k::conv_forward(g, ConvAlgorithm::implicit_gemm, x.data(), w.data(), y.data(), false);
+      CHECK(max_abs_diff(y, y_ref) < 1e-11);
+      k::conv_backward_input(g, ConvAlgorithm::implicit_gemm, gy.data(), w.data(), gx.data(), false);
+      CHECK(max_abs_diff(gx, gx_ref) < 1e-11);
+    }
+    tg::set_num_threads(before);
+  }
+}
+
 TEST_CASE("conv: a 1x1 weight gradient with fewer channels than filters packs x, folded or not, equal to the reference") {
   // Note [Pointwise weight pass, packing the smaller side]: implicit GEMM on the
   // swapped roles, gw transposed back; a folded ReLU pullback and bias gradient

@@ -150,6 +150,10 @@ void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::in
 template <class T>
 void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* const* out,
                        bool accumulate = false);
+// Note [Transformed weights on each thread] (conv_winograd_passes.hpp): the
+// most bytes of weights, transformed or packed, that a pass copies onto every
+// thread (threads x one copy); past it the threads share one copy.
+inline constexpr std::int64_t kOwnWeightBytes = std::int64_t(8) << 20;
 // Note [Implicit GEMM's padded copy]: implicit GEMM copies its input zero-padded
 // once (N*C*padded_vol elements), so it runs a geometry only while that copy is
 // at most kPaddedCopyRatio times its input and output together plus

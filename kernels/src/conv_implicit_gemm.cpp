@@ -329,12 +329,11 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
   const Layout L = make_layout(g, scratch);
   const std::int64_t R = g.Cg * g.ker_vol(), ov = g.out_vol(), blocks = column_blocks(g.Kg, NR);
   const T* xp = L.copy ? zero_padded(x, g.N * g.C, g.in, g.lo, L.padded, scratch) : x;
-  const T* wp = pack_weights(g, R, w, scratch);
   // Tasks: (group, run of positions), the positions of every sample in a row
   // (Note [Tiles across samples]).
   constexpr std::int64_t kRun = kTileRows * 16;
   const std::int64_t total = g.N * ov, runs = (total + kRun - 1) / kRun;
-  parallel_for(g.groups * runs, conv_threads(), [&](std::int64_t task) {
+  auto run_task = [&](std::int64_t task, const T* wp) {
     const std::int64_t run = task % runs, grp = task / runs;
     const std::int64_t p_begin = run * kRun, p_end = std::min(total, p_begin + kRun);
     // The task's outputs channel-last, S[position][filter] (whole tiles of
@@ -373,6 +372,25 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
         for (std::int64_t k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k) activation.apply(y + (n * g.K + k) * ov + m, len, k);
       p += len;
     }
+  };
+  // Note [Packed weights on each thread]: every task streams all of a
+  // group's packed weights through its tiles; as with Winograd's U (Note
+  // [Transformed weights on each thread]), each thread packs a copy of its
+  // own while the copies stay within kOwnWeightBytes, so that no thread reads
+  // the lines another wrote.
+  const int threads = omp_in_parallel() ? 1 : conv_threads();
+  const std::int64_t tasks = g.groups * runs;
+  const std::int64_t packed_bytes = g.groups * blocks * R * NR * std::int64_t(sizeof(T));
+  if (threads <= 1 || threads * packed_bytes > kOwnWeightBytes) {
+    const T* wp = pack_weights(g, R, w, scratch);
+    parallel_for(tasks, threads, [&](std::int64_t task) { run_task(task, wp); });
+    return;
+  }
+  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks);
+  parallel_for(chunks, threads, [&](std::int64_t chunk) {
+    ScratchScope own;
+    const T* wp = pack_weights(g, R, w, own);
+    for (std::int64_t task = tasks * chunk / chunks; task < tasks * (chunk + 1) / chunks; ++task) run_task(task, wp);
   });
 }
 

@@ -21,6 +21,7 @@
 // element, 3-4x slower on a 1x1 stride-2 layer), and a transposed convolution
 // over a zero-stuffed gy, which multiplies s^2 - 1 zeros for every value.
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <span>
 
@@ -243,17 +244,19 @@ void implicit_gemm_strided_backward_input(const ConvGeometry& g, const T* gy, co
   const T* gyp = P.plane == g.out_vol() ? gy : zero_padded(gy, g.N * g.K, g.out, P.lo, P.padded, scratch);
   const std::int64_t blocks = (g.Cg + NR - 1) / NR, Cgp = blocks * NR;
   Phase phases[kMaxStridedAdjointPhases];
-  const T* packed[kMaxStridedAdjointPhases];
-  std::int64_t count = 0;
+  std::int64_t count = 0, packed_bytes = 0;
   for (std::int64_t f0 = 0; f0 < phases_along(g, 0); ++f0)
     for (std::int64_t f1 = 0; f1 < phases_along(g, 1); ++f1)
       for (std::int64_t f2 = 0; f2 < phases_along(g, 2); ++f2, ++count) {
         phases[count] = make_phase(g, P, Dims{f0, f1, f2}, scratch);
-        packed[count] = pack_phase_weights(g, phases[count], w, blocks, scratch);
+        packed_bytes += g.groups * blocks * phases[count].rows * NR * std::int64_t(sizeof(T));
       }
+  auto pack_all = [&](ScratchScope& into, std::array<const T*, kMaxStridedAdjointPhases>& packed) {
+    for (std::int64_t p = 0; p < count; ++p) packed[p] = pack_phase_weights(g, phases[p], w, blocks, into);
+  };
   const Tasks tasks = make_tasks(g, Cgp, sizeof(T));
   const std::int64_t iv = g.in_vol();
-  parallel_for(tasks.count, conv_threads(), [&](std::int64_t index) {
+  auto run_task = [&](std::int64_t index, const std::array<const T*, kMaxStridedAdjointPhases>& packed) {
     const Task task = tasks(g, index);
     const std::int64_t span = task.end - task.begin;
     ScratchScope local;
@@ -262,6 +265,22 @@ void implicit_gemm_strided_backward_input(const ConvGeometry& g, const T* gy, co
     for (std::int64_t n = task.n0; n < task.n1; ++n)
       transpose_blocks(S + (n - task.n0) * span * Cgp, Cgp, span, g.Cg, gx + (n * g.C + task.grp * g.Cg) * iv + task.begin,
                        iv, accumulate);
+  };
+  // Note [Packed weights on each thread] (conv_implicit_gemm.cpp).
+  const int threads = omp_in_parallel() ? 1 : conv_threads();
+  std::array<const T*, kMaxStridedAdjointPhases> packed{};
+  if (threads <= 1 || threads * packed_bytes > kOwnWeightBytes) {
+    pack_all(scratch, packed);
+    parallel_for(tasks.count, threads, [&](std::int64_t index) { run_task(index, packed); });
+    return;
+  }
+  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks.count);
+  parallel_for(chunks, threads, [&](std::int64_t chunk) {
+    ScratchScope own;
+    std::array<const T*, kMaxStridedAdjointPhases> own_packed{};
+    pack_all(own, own_packed);
+    for (std::int64_t index = tasks.count * chunk / chunks; index < tasks.count * (chunk + 1) / chunks; ++index)
+      run_task(index, own_packed);
   });
 }
 

@@ -525,7 +525,6 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   // on each thread (close, 3.8 either way). Each thread therefore transforms
   // every filter into a U of its own (the same values), as long as the copies
   // stay small (threads x U within kOwnWeightBytes); else they share one.
-  constexpr std::int64_t kOwnWeightBytes = std::int64_t(8) << 20;
   const std::int64_t u_bytes = g.groups * tl.points * blocks * NR * g.Cg * std::int64_t(sizeof(T));
   if (threads <= 1 || threads * u_bytes > kOwnWeightBytes) {
     const T* U = transform_weights(g, tl, w, scratch, threads);

@@ -405,11 +405,15 @@ const T* transform_weights(const ConvGeometry& g, const Tiling<T, Y, X>& tl, con
   parallel_for(g.groups * blocks * g.Cg, g.K * g.Cg > 512 ? threads : 1, [&](std::int64_t task) {
     const std::int64_t c = task % g.Cg, blk = (task / g.Cg) % blocks, grp = task / (g.Cg * blocks);
     const std::int64_t lanes = std::min<std::int64_t>(NR, g.Kg - blk * NR);
-    T u[kAlpha * kAlpha * NR] = {};  // u[xi * NR + lane]
+    // The block's filters' taps side by side, wt[tap * NR + lane] (zero past
+    // Kg), transformed a vector of filters at a time into u[xi * NR + lane].
+    T wt[Y::r * X::r * NR] = {}, u[kAlpha * kAlpha * NR];
     for (std::int64_t lane = 0; lane < lanes; ++lane) {
-      const std::int64_t gk = grp * g.Kg + blk * NR + lane;
-      transform<Y::alpha, Y::r, X::alpha, X::r, T>(Y::G, X::G, w + (gk * g.Cg + c) * Y::r * X::r, X::r, 1, u + lane, NR);
+      const T* taps = w + ((grp * g.Kg + blk * NR + lane) * g.Cg + c) * Y::r * X::r;
+      for (int t = 0; t < Y::r * X::r; ++t) wt[t * NR + lane] = taps[t];
     }
+    for (int v = 0; v < NR; v += kLanes<T>)
+      transform<Y::alpha, Y::r, X::alpha, X::r, Lanes<T>>(Y::G, X::G, wt + v, X::r * NR, NR, u + v, NR);
     for (std::int64_t xi = 0; xi < tl.points; ++xi)
       std::copy(u + xi * NR, u + (xi + 1) * NR, U + (((grp * tl.points + xi) * blocks + blk) * g.Cg + c) * NR);
   });
@@ -733,15 +737,16 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, cons
   parallel_for(g.groups * blocks * g.Cg, threads_if(g.K * g.Cg > 512), [&](std::int64_t task) {
     const std::int64_t c = task % g.Cg, blk = (task / g.Cg) % blocks, grp = task / (g.Cg * blocks);
     const std::int64_t lanes = std::min<std::int64_t>(NR, g.Kg - blk * NR);
-    T u[kAlpha * kAlpha * NR], taps[kAlpha * kAlpha];  // u[xi * NR + lane]
+    T u[kAlpha * kAlpha * NR], taps[Y::r * X::r * NR];  // u[xi * NR + lane], taps[tap * NR + lane]
     for (std::int64_t xi = 0; xi < tl.points; ++xi) {
       const T* row = gU + (((grp * tl.points + xi) * blocks + blk) * c_tiles * kTileRows + c) * NR;
       for (int lane = 0; lane < NR; ++lane) u[xi * NR + lane] = row[lane] + row[gu_size + lane];  // the halves
     }
+    for (int v = 0; v < NR; v += kLanes<T>)  // a vector of filters at a time
+      transform<Y::r, Y::alpha, X::r, X::alpha, Lanes<T>>(Y::GT, X::GT, u + v, X::alpha * NR, NR, taps + v, NR);
     for (std::int64_t lane = 0; lane < lanes; ++lane) {
-      transform<Y::r, Y::alpha, X::r, X::alpha, T>(Y::GT, X::GT, u + lane, X::alpha * NR, NR, taps, 1);
       T* dst = gw + ((grp * g.Kg + blk * NR + lane) * g.Cg + c) * Y::r * X::r;
-      for (int i = 0; i < Y::r * X::r; ++i) dst[i] += taps[i];
+      for (int i = 0; i < Y::r * X::r; ++i) dst[i] += taps[i * NR + lane];
     }
   });
 }

@@ -13,7 +13,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <utility>
 
 #include "conv_impl.hpp"
 #include "lanes.hpp"
@@ -543,212 +545,260 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   });
 }
 
-// gw (K, Cg, r1, r2) += G1^T gU G2 with gU[xi] (Cg x Kg) = sum over tiles of V[xi]^T Yhat[xi],
-// samples taken a block at a time: the block's V and Yhat are transformed on
-// all threads, then each thread adds the block into a fixed set of gU tiles,
-// so the sum is in sample order on every run. A prologue (Note [Adjoint
-// prologue]) runs on the block's rows of gy first, in place, while they are
-// about to be read: each (sample, filter) row's sum goes to the bias gradient
-// in the same order as conv_bias_backward's.
+// The Winograd weight pass of one geometry: gw (K, Cg, r1, r2) += G1^T gU G2
+// with gU[xi] (Cg x Kg) = sum over tiles of V[xi]^T Yhat[xi], samples taken a
+// block at a time, the block's V and Yhat transformed, then added into a
+// fixed set of gU tiles, so the sum is in sample order on every run. A
+// prologue (Note [Adjoint prologue]) runs on the block's rows of gy first, in
+// place, while they are about to be read: each (sample, filter) row's sum goes
+// to the bias gradient in the same order as conv_bias_backward's.
 template <class T, class Y, class X>
-void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
-                     T* gy_in_place) {
-  constexpr int NR = kTileCols<T>;
-  ScratchScope scratch;
-  const Tiling<T, Y, X> tl(g);
-  const std::int64_t blocks = ceil_div(g.Kg, NR), ov = g.out_vol(), ow = g.out[2], per_sample = tl.tiles_y * tl.tiles_x;
-  // Note [Weight pass sample blocks]: a block's V and Yhat (every point of
-  // its tiles, channels and filters) stay within kWeightBlockBytes, so that
-  // the scratch stack, which keeps its largest size, does not grow with the
-  // channel count (at 128 channels, 256 tiles took 9 MiB), and up to 256 tiles.
-  constexpr std::int64_t kWeightBlockBytes = std::int64_t(4) << 20;
-  const std::int64_t tile_bytes = tl.points * (tl.Cgp + blocks * NR) * std::int64_t(sizeof(T)) * g.groups;
-  const std::int64_t block_tiles = std::clamp<std::int64_t>(kWeightBlockBytes / tile_bytes, 1, 256);
-  const std::int64_t sample_block = std::clamp<std::int64_t>(block_tiles / per_sample, 1, g.N);
-  // Note [Weight pass halves]: two samples a block or more: the batch's halves.
-  const bool by_samples = sample_block >= 2 && g.N >= 2;
-  const std::int64_t half_n = by_samples ? ceil_div(g.N, 2) : g.N, half_block = by_samples ? sample_block / 2 : sample_block;
-  const std::int64_t c_tiles = ceil_div(g.Cg, kTileRows);
-  // Note [Weight pass halves]: the work is cut into two halves, each summed
-  // into a gU of its own, added at the end: the batch's first and second half
-  // of samples, a block taking samples from both (where a block holds two
-  // samples or more), else a block's first and second half of tile rows. On 2
-  // threads each half runs on a thread of its own (Note [Weight pass halves
-  // on two threads]), so no thread reads the V and Yhat another wrote, and
-  // each reads the x and gy that the sample-split passes before it wrote on
-  // the same thread: where the threads do not share an L3, reading the
-  // other's lines is slow, and so is the next step's write to them (LeNet's
-  // first pool, whose output is conv2's x: 0.47-0.57 ms far apart with blocks
-  // cut by tile rows, 0.16-0.26 by samples; close, 0.17-0.20). The halves are
-  // cut by the geometry, not by the thread count, so the sums are the same at
-  // any number of threads. Rejected: a gU per thread, whose sums would change
-  // with the thread count.
-  const std::int64_t gu_size = g.groups * tl.points * blocks * c_tiles * kTileRows * NR;
-  T* gU = scratch.take<T>(2 * gu_size).data();  // [half][grp][xi][blk][c][NR]
-  const std::int64_t gemm_tiles = g.groups * tl.points * blocks * c_tiles;
-  T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;  // row sums (N x K)
-  // The prologue on sample n's rows of gy, in place.
-  auto prologue_rows = [&](std::int64_t n, std::int64_t k) {
-    const std::int64_t row_index = n * g.K + k;
-    T* row = gy_in_place + row_index * ov;
-    prologue->apply(row, row_index * ov, ov);
-    if (partial) partial[row_index] = sum_run(row, ov);
+class WinogradWeightPass {
+ public:
+  static constexpr int NR = kTileCols<T>;
+
+  WinogradWeightPass(const ConvGeometry& g, const T* x, const T* gy, const AdjointPrologue<T>* prologue, T* gy_in_place,
+                     ScratchScope& scratch)
+      : g_(g), tl_(g), x_(x), gy_(gy), prologue_(prologue), gy_in_place_(gy_in_place) {
+    blocks_ = ceil_div(g.Kg, NR), ov_ = g.out_vol(), ow_ = g.out[2], per_sample_ = tl_.tiles_y * tl_.tiles_x;
+    // Note [Weight pass sample blocks]: a block's V and Yhat (every point of
+    // its tiles, channels and filters) stay within kWeightBlockBytes, so that
+    // the scratch stack, which keeps its largest size, does not grow with the
+    // channel count (at 128 channels, 256 tiles took 9 MiB), and up to 256 tiles.
+    constexpr std::int64_t kWeightBlockBytes = std::int64_t(4) << 20;
+    const std::int64_t tile_bytes = tl_.points * (tl_.Cgp + blocks_ * NR) * std::int64_t(sizeof(T)) * g.groups;
+    const std::int64_t block_tiles = std::clamp<std::int64_t>(kWeightBlockBytes / tile_bytes, 1, 256);
+    sample_block_ = std::clamp<std::int64_t>(block_tiles / per_sample_, 1, g.N);
+    // Note [Weight pass halves]: the work is cut into two halves, each summed
+    // into a gU of its own, added at the end: the batch's first and second half
+    // of samples, a block taking samples from both (where a block holds two
+    // samples or more), else a block's first and second half of tile rows. On 2
+    // threads each half runs on a thread of its own (Note [Weight pass halves
+    // on two threads]), so no thread reads the V and Yhat another wrote, and
+    // each reads the x and gy that the sample-split passes before it wrote on
+    // the same thread: where the threads do not share an L3, reading the
+    // other's lines is slow, and so is the next step's write to them (LeNet's
+    // first pool, whose output is conv2's x: 0.47-0.57 ms far apart with blocks
+    // cut by tile rows, 0.16-0.26 by samples; close, 0.17-0.20). The halves are
+    // cut by the geometry, not by the thread count, so the sums are the same at
+    // any number of threads. Rejected: a gU per thread, whose sums would change
+    // with the thread count.
+    by_samples_ = sample_block_ >= 2 && g.N >= 2;
+    half_n_ = by_samples_ ? ceil_div(g.N, 2) : g.N, half_block_ = by_samples_ ? sample_block_ / 2 : sample_block_;
+    c_tiles_ = ceil_div(g.Cg, kTileRows);
+    gu_size_ = g.groups * tl_.points * blocks_ * c_tiles_ * kTileRows * NR;
+    gemm_tiles_ = g.groups * tl_.points * blocks_ * c_tiles_;
+    gU_ = scratch.take<T>(2 * gu_size_).data();  // [half][grp][xi][blk][c][NR]
+    if (prologue && prologue->bias_grad) partial_ = scratch.take<T>(g.N * g.K).data();  // row sums (N x K)
+  }
+
+  void run(T* gw, ScratchScope& scratch) const {
+    const int threads = conv_threads();
+    if (by_samples_ && threads <= 2) run_halves_on_own_threads(threads);
+    else run_blocks_on_all_threads(threads, scratch);
+    if (partial_) add_channel_sums(g_, partial_, prologue_->bias_grad);
+    add_to_weights(gw);
+  }
+
+ private:
+  // Where a block's tiles are kept: V [grp][xi][t][Cgp] and Yhat
+  // [grp][xi][blk][t][NR] for blocks of up to `most` tiles (Note [Point
+  // strides]: a group's points lie v_stride and y_stride apart).
+  struct Buffers {
+    T* V;
+    T* Yhat;
+    std::int64_t most, v_stride, y_stride;
   };
+  Buffers buffers(std::int64_t most, ScratchScope& scratch) const {
+    Buffers b{nullptr, nullptr, most, tl_.point_stride(most * tl_.Cgp), tl_.point_stride(blocks_ * most * NR)};
+    b.V = scratch.take<T>(g_.groups * tl_.points * b.v_stride).data();
+    b.Yhat = scratch.take<T>(g_.groups * tl_.points * b.y_stride).data();
+    return b;
+  }
+
+  // Note [Weight pass halves on two threads]: each half is one task, on a
+  // thread of its own from its first transform to its last GEMM, with V and
+  // Yhat in that thread's scratch. Its blocks are those of
+  // run_blocks_on_all_threads (the same samples, tiles and order), so the sums
+  // are the same at any thread count, bit for bit. The two threads meet once a
+  // pass instead of twice a block: ResNet's 128x32x28x28 weight pass (32
+  // blocks) took 4.55-4.76 ms close and 7.05-8.17 ms far apart with all
+  // threads on every block, 4.01-4.15 ms in both now. Three threads and more
+  // take run_blocks_on_all_threads, whose tasks spread over any count.
+  void run_halves_on_own_threads(int threads) const {
+    parallel_for(2, threads, [&](std::int64_t half) {
+      ScratchScope own;
+      const Buffers b = buffers(half_block_ * per_sample_, own);
+      const std::int64_t first = half * half_n_, end = half == 0 ? half_n_ : g_.N;
+      for (std::int64_t j0 = 0; first + j0 < end; j0 += half_block_) {
+        const std::int64_t s0 = first + j0, s1 = std::min(end, s0 + half_block_);
+        if (prologue_)
+          for (std::int64_t r = 0; r < (s1 - s0) * g_.K; ++r) prologue_rows(s0 + r / g_.K, r % g_.K);
+        const std::int64_t row_tasks = (s1 - s0) * g_.groups * tl_.tiles_y;
+        for (std::int64_t task = 0; task < row_tasks; ++task)
+          transform_task(task, row_tasks, [&](std::int64_t s) { return s0 + s; }, b);
+        for (std::int64_t tile_index = 0; tile_index < gemm_tiles_; ++tile_index)
+          gemm_tile(half, tile_index, b, 0, (s1 - s0) * per_sample_, j0 != 0);
+      }
+    });
+  }
+
+  // Block by block, each block's transforms and then its GEMM tiles spread
+  // over the threads.
+  void run_blocks_on_all_threads(int threads, ScratchScope& scratch) const {
+    const Buffers b = buffers((by_samples_ ? 2 * half_block_ : sample_block_) * per_sample_, scratch);
+    for (std::int64_t j0 = 0; j0 < half_n_; j0 += half_block_) {
+      // The block's samples: [a0, a1) of the first half, then [b0, b1) of the second.
+      const std::int64_t a0 = j0, a1 = std::min(half_n_, j0 + half_block_);
+      const std::int64_t b0 = half_n_ + j0, b1 = std::max(b0, std::min(g_.N, half_n_ + j0 + half_block_));
+      const std::int64_t samples = (a1 - a0) + (b1 - b0), count = samples * per_sample_;
+      auto sample_of = [&](std::int64_t s) { return s < a1 - a0 ? a0 + s : b0 + (s - (a1 - a0)); };
+      if (prologue_)
+        parallel_for(samples * g_.K, threads, [&](std::int64_t r) { prologue_rows(sample_of(r / g_.K), r % g_.K); });
+      // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
+      const std::int64_t row_tasks = samples * g_.groups * tl_.tiles_y;
+      parallel_for(row_tasks, threads, [&](std::int64_t task) { transform_task(task, row_tasks, sample_of, b); });
+      // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
+      const std::int64_t split = by_samples_ ? (a1 - a0) * per_sample_ : ceil_div(samples * tl_.tiles_y, 2) * tl_.tiles_x;
+      parallel_for(2 * gemm_tiles_, threads, [&](std::int64_t index) {
+        const std::int64_t half = index / gemm_tiles_;
+        gemm_tile(half, index % gemm_tiles_, b, half == 0 ? 0 : split, half == 0 ? split : count, j0 != 0);
+      });
+    }
+  }
+
+  // The prologue on sample n's row of filter k of gy, in place.
+  void prologue_rows(std::int64_t n, std::int64_t k) const {
+    const std::int64_t row_index = n * g_.K + k;
+    T* row = gy_in_place_ + row_index * ov_;
+    prologue_->apply(row, row_index * ov_, ov_);
+    if (partial_) partial_[row_index] = sum_run(row, ov_);
+  }
+
   // Note [Fetching the next task]: the rows of x and gy behind tile row ty of sample n, group grp.
-  auto row_lines = [&](std::int64_t n, std::int64_t grp, std::int64_t ty) {
-    const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g.out[1]);
-    return std::pair{input_row_lines(g, x, n, 1, grp, ty * Y::m, ty * Y::m + Y::alpha),
-                     LineFetch(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, 1, 0, g.Kg, ov * std::int64_t(sizeof(T)),
-                               (o_end - ty * Y::m) * ow * std::int64_t(sizeof(T)), false)};
-  };
+  std::pair<LineFetch, LineFetch> row_lines(std::int64_t n, std::int64_t grp, std::int64_t ty) const {
+    const std::int64_t o_end = std::min<std::int64_t>(ty * Y::m + Y::m, g_.out[1]), bytes = std::int64_t(sizeof(T));
+    return {input_row_lines(g_, x_, n, 1, grp, ty * Y::m, ty * Y::m + Y::alpha),
+            LineFetch(gy_ + (n * g_.K + grp * g_.Kg) * ov_ + ty * Y::m * ow_, 1, 0, g_.Kg, ov_ * bytes,
+                      (o_end - ty * Y::m) * ow_ * bytes, false)};
+  }
+
+  // Task (s, group, tile row) of a block's row_tasks, s its s-th sample (sample_of(s) in the batch).
+  template <class SampleOf>
+  void transform_task(std::int64_t task, std::int64_t row_tasks, const SampleOf& sample_of, const Buffers& b) const {
+    auto parts = [&](std::int64_t t) {
+      return std::array<std::int64_t, 3>{t / (tl_.tiles_y * g_.groups), (t / tl_.tiles_y) % g_.groups, t % tl_.tiles_y};
+    };
+    const auto [s, grp, ty] = parts(task);
+    std::pair<LineFetch, LineFetch> next{};
+    if (task + 1 < row_tasks) {
+      const auto [s1, grp1, ty1] = parts(task + 1);
+      next = row_lines(sample_of(s1), grp1, ty1);
+    }
+    transform_row(sample_of(s), grp, ty, s * per_sample_ + ty * tl_.tiles_x, b, next);
+  }
+
   // V and Yhat of tile row ty of sample n, group grp, as tiles t0 + tx of a
-  // block of `most` tiles (V [grp][xi][t][Cgp], Yhat [grp][xi][blk][t][NR]),
-  // fetching the next task's rows while it runs.
-  auto transform_row = [&](std::int64_t n, std::int64_t grp, std::int64_t ty, std::int64_t t0, T* V,
-                           std::int64_t v_stride, T* Yhat, std::int64_t y_stride, std::int64_t most,
-                           std::pair<LineFetch, LineFetch> next) {
+  // block, fetching the next task's rows while it runs.
+  void transform_row(std::int64_t n, std::int64_t grp, std::int64_t ty, std::int64_t t0, const Buffers& b,
+                     std::pair<LineFetch, LineFetch>& next) const {
     auto& [next_x, next_gy] = next;
-    const std::int64_t in = std::min<std::int64_t>(Y::m, g.out[1] - ty * Y::m);
-    const std::int64_t x_share = ceil_div(next_x.lines(), tl.tiles_x * blocks + 1);
-    const std::int64_t gy_share = ceil_div(next_gy.lines(), tl.tiles_x * blocks + 1);
+    const std::int64_t in = std::min<std::int64_t>(Y::m, g_.out[1] - ty * Y::m);
+    const std::int64_t x_share = ceil_div(next_x.lines(), tl_.tiles_x * blocks_ + 1);
+    const std::int64_t gy_share = ceil_div(next_gy.lines(), tl_.tiles_x * blocks_ + 1);
     T dy[Y::m * X::m * NR];
     ScratchScope local;
-    T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
+    T* band = local.take<T>(Y::alpha * tl_.P2 * tl_.Cgp).data();
     // Note [Weight pass input rows]: the tile row's alpha1 padded rows of x,
     // channel-last, transposed here while they are read. Neighbouring tile
     // rows share r1 - 1 rows, transposed twice (alpha1 / m1 = 1.5x for 3x3),
     // all in cache. Rejected: all of x channel-last up front, a separate
     // pass writing and reading the whole batch (14.7 MiB for ResNet's
     // 128x32x28x28): 1.2x the weight pass's time at 1 thread.
-    T* xt = local.take<T>(tl.rows_size(Y::alpha)).data();
-    channel_last_rows(g, tl, x, n, grp, ty * Y::m, ty * Y::m + Y::alpha, xt);
+    T* xt = local.take<T>(tl_.rows_size(Y::alpha)).data();
+    channel_last_rows(g_, tl_, x_, n, grp, ty * Y::m, ty * Y::m + Y::alpha, xt);
     next_x.fetch(x_share), next_gy.fetch(gy_share);
-    input_row(tl, xt, band, V + grp * tl.points * v_stride + t0 * tl.Cgp, v_stride);
+    input_row(tl_, xt, band, b.V + grp * tl_.points * b.v_stride + t0 * tl_.Cgp, b.v_stride);
     // The tile row's rows of gy, channel-last: D[position][k], zero past Kg.
-    const std::int64_t Kgp = blocks * NR;
-    T* D = local.take<T>(in * ow * Kgp).data();
-    transpose(gy + (n * g.K + grp * g.Kg) * ov + ty * Y::m * ow, ov, g.Kg, in * ow, D, Kgp);
-    if (Kgp > g.Kg)
-      for (std::int64_t p = 0; p < in * ow; ++p) std::fill(D + p * Kgp + g.Kg, D + (p + 1) * Kgp, T(0));
-    for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx) {
-      const std::int64_t jn = std::min<std::int64_t>(X::m, ow - tx * X::m);
-      for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    const std::int64_t Kgp = blocks_ * NR;
+    T* D = local.take<T>(in * ow_ * Kgp).data();
+    transpose(gy_ + (n * g_.K + grp * g_.Kg) * ov_ + ty * Y::m * ow_, ov_, g_.Kg, in * ow_, D, Kgp);
+    if (Kgp > g_.Kg)
+      for (std::int64_t p = 0; p < in * ow_; ++p) std::fill(D + p * Kgp + g_.Kg, D + (p + 1) * Kgp, T(0));
+    for (std::int64_t tx = 0; tx < tl_.tiles_x; ++tx) {
+      const std::int64_t jn = std::min<std::int64_t>(X::m, ow_ - tx * X::m);
+      for (std::int64_t blk = 0; blk < blocks_; ++blk) {
         next_x.fetch(x_share), next_gy.fetch(gy_share);
         // The tile of gy, NR filters channel-last, zero past the output's edge.
         const T* corner = D + tx * X::m * Kgp + blk * NR;
         if (in < Y::m || jn < X::m) std::fill(dy, dy + Y::m * X::m * NR, T(0));
         for (std::int64_t i = 0; i < in; ++i)
           for (std::int64_t jj = 0; jj < jn; ++jj)
-            std::memcpy(dy + (i * X::m + jj) * NR, corner + (i * ow + jj) * Kgp, NR * sizeof(T));
+            std::memcpy(dy + (i * X::m + jj) * NR, corner + (i * ow_ + jj) * Kgp, NR * sizeof(T));
         // Yhat = A1 dy A2^T (alpha1 x alpha2, NR filters)
-        T* Yt = Yhat + grp * tl.points * y_stride + (blk * most + t0 + tx) * NR;
+        T* Yt = b.Yhat + grp * tl_.points * b.y_stride + (blk * b.most + t0 + tx) * NR;
         for (int v = 0; v < NR; v += kLanes<T>)
-          transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v, y_stride);
+          transform<Y::alpha, Y::m, X::alpha, X::m, Lanes<T>>(Y::A, X::A, dy + v, X::m * NR, NR, Yt + v, b.y_stride);
       }
     }
-  };
+  }
+
   // gU[half] (+)= V^T Yhat over tiles [t0, t1) of a block, for GEMM tile tile_index.
-  auto gemm_tile = [&](std::int64_t half, std::int64_t tile_index, const T* V, std::int64_t v_stride, const T* Yhat,
-                       std::int64_t y_stride, std::int64_t most, std::int64_t t0, std::int64_t t1, bool accumulate) {
-    const std::int64_t ct = tile_index % c_tiles, blk = (tile_index / c_tiles) % blocks;
-    const std::int64_t xi = (tile_index / (c_tiles * blocks)) % tl.points, grp = tile_index / (c_tiles * blocks * tl.points);
-    const T* Vxi = V + (grp * tl.points + xi) * v_stride + t0 * tl.Cgp;
+  void gemm_tile(std::int64_t half, std::int64_t tile_index, const Buffers& b, std::int64_t t0, std::int64_t t1,
+                 bool accumulate) const {
+    const std::int64_t ct = tile_index % c_tiles_, blk = (tile_index / c_tiles_) % blocks_;
+    const std::int64_t xi = (tile_index / (c_tiles_ * blocks_)) % tl_.points, grp = tile_index / (c_tiles_ * blocks_ * tl_.points);
+    const T* Vxi = b.V + (grp * tl_.points + xi) * b.v_stride + t0 * tl_.Cgp;
     const T* rows[kTileRows];
     T* out[kTileRows];
     for (int i = 0; i < kTileRows; ++i) {
-      rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g.Cg - 1);
-      out[i] = gU + half * gu_size + (tile_index * kTileRows + i) * NR;
+      rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g_.Cg - 1);
+      out[i] = gU_ + half * gu_size_ + (tile_index * kTileRows + i) * NR;
     }
     // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-    gemm_tile_strided(rows, tl.Cgp, Yhat + (grp * tl.points + xi) * y_stride + (blk * most + t0) * NR, t1 - t0, out,
-                      accumulate);
-  };
-  const int threads = conv_threads();
-  if (by_samples && threads <= 2) {
-    // Note [Weight pass halves on two threads]: each half is one task, on a
-    // thread of its own from its first transform to its last GEMM, with V and
-    // Yhat in that thread's scratch. Its blocks are those of the path below
-    // (the same samples, tiles and order), so the sums are the same at any
-    // thread count, bit for bit. The two threads meet once a pass instead of
-    // twice a block: ResNet's 128x32x28x28 weight pass (32 blocks) took
-    // 4.55-4.76 ms close and 7.05-8.17 ms far apart with all threads on
-    // every block, 4.01-4.15 ms in both now. Three threads and more take
-    // the path below, whose tasks spread over any count.
-    const std::int64_t most = half_block * per_sample;
-    const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
-    parallel_for(2, threads, [&](std::int64_t half) {
-      ScratchScope own;
-      T* V = own.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
-      T* Yhat = own.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
-      const std::int64_t first = half * half_n, end = half == 0 ? half_n : g.N;
-      for (std::int64_t j0 = 0; first + j0 < end; j0 += half_block) {
-        const std::int64_t s0 = first + j0, s1 = std::min(end, s0 + half_block);
-        if (prologue)
-          for (std::int64_t r = 0; r < (s1 - s0) * g.K; ++r) prologue_rows(s0 + r / g.K, r % g.K);
-        const std::int64_t row_tasks = (s1 - s0) * g.groups * tl.tiles_y;
-        for (std::int64_t task = 0; task < row_tasks; ++task) {
-          const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
-          const std::int64_t next = task + 1;
-          transform_row(s0 + s, grp, ty, s * per_sample + ty * tl.tiles_x, V, v_stride, Yhat, y_stride, most,
-                        next < row_tasks ? row_lines(s0 + next / (tl.tiles_y * g.groups), (next / tl.tiles_y) % g.groups,
-                                                     next % tl.tiles_y)
-                                         : std::pair<LineFetch, LineFetch>{});
-        }
-        for (std::int64_t tile_index = 0; tile_index < gemm_tiles; ++tile_index)
-          gemm_tile(half, tile_index, V, v_stride, Yhat, y_stride, most, 0, (s1 - s0) * per_sample, j0 != 0);
-      }
-    });
-  } else {
-    const std::int64_t most = (by_samples ? 2 * half_block : sample_block) * per_sample;
-    // Note [Point strides]: a group's points lie v_stride (V) and y_stride (Yhat) apart.
-    const std::int64_t v_stride = tl.point_stride(most * tl.Cgp), y_stride = tl.point_stride(blocks * most * NR);
-    T* V = scratch.take<T>(g.groups * tl.points * v_stride).data();     // [grp][xi][t][Cgp]
-    T* Yhat = scratch.take<T>(g.groups * tl.points * y_stride).data();  // [grp][xi][blk][t][NR]
-    for (std::int64_t j0 = 0; j0 < half_n; j0 += half_block) {
-      // The block's samples: [a0, a1) of the first half, then [b0, b1) of the second.
-      const std::int64_t a0 = j0, a1 = std::min(half_n, j0 + half_block);
-      const std::int64_t b0 = half_n + j0, b1 = std::max(b0, std::min(g.N, half_n + j0 + half_block));
-      const std::int64_t samples = (a1 - a0) + (b1 - b0), count = samples * per_sample;
-      auto sample_of = [&](std::int64_t s) { return s < a1 - a0 ? a0 + s : b0 + (s - (a1 - a0)); };
-      if (prologue)
-        parallel_for(samples * g.K, threads, [&](std::int64_t r) { prologue_rows(sample_of(r / g.K), r % g.K); });
-      // V and Yhat of the block's tiles: one task per (sample, group, row of tiles).
-      const std::int64_t row_tasks = samples * g.groups * tl.tiles_y;
-      parallel_for(row_tasks, threads, [&](std::int64_t task) {
-        const std::int64_t ty = task % tl.tiles_y, grp = (task / tl.tiles_y) % g.groups, s = task / (tl.tiles_y * g.groups);
-        const std::int64_t next = task + 1;
-        transform_row(sample_of(s), grp, ty, s * per_sample + ty * tl.tiles_x, V, v_stride, Yhat, y_stride, most,
-                      next < row_tasks ? row_lines(sample_of(next / (tl.tiles_y * g.groups)),
-                                                   (next / tl.tiles_y) % g.groups, next % tl.tiles_y)
-                                       : std::pair<LineFetch, LineFetch>{});
-      });
-      // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
-      const std::int64_t split = by_samples ? (a1 - a0) * per_sample : ceil_div(samples * tl.tiles_y, 2) * tl.tiles_x;
-      parallel_for(2 * gemm_tiles, threads, [&](std::int64_t index) {
-        const std::int64_t half = index / gemm_tiles;
-        gemm_tile(half, index % gemm_tiles, V, v_stride, Yhat, y_stride, most, half == 0 ? 0 : split,
-                  half == 0 ? split : count, j0 != 0);
-      });
-    }
+    gemm_tile_strided(rows, tl_.Cgp, b.Yhat + (grp * tl_.points + xi) * b.y_stride + (blk * b.most + t0) * NR, t1 - t0,
+                      out, accumulate);
   }
-  if (partial) add_channel_sums(g, partial, prologue->bias_grad);
+
   // gw[k][c] += G1^T gU[.][c][k] G2, a task per (group, filter block, channel)
   // reading whole NR-wide rows of gU (as transform_weights writes them).
-  parallel_for(g.groups * blocks * g.Cg, threads_if(g.K * g.Cg > 512), [&](std::int64_t task) {
-    const std::int64_t c = task % g.Cg, blk = (task / g.Cg) % blocks, grp = task / (g.Cg * blocks);
-    const std::int64_t lanes = std::min<std::int64_t>(NR, g.Kg - blk * NR);
-    T u[kAlpha * kAlpha * NR], taps[Y::r * X::r * NR];  // u[xi * NR + lane], taps[tap * NR + lane]
-    for (std::int64_t xi = 0; xi < tl.points; ++xi) {
-      const T* row = gU + (((grp * tl.points + xi) * blocks + blk) * c_tiles * kTileRows + c) * NR;
-      for (int lane = 0; lane < NR; ++lane) u[xi * NR + lane] = row[lane] + row[gu_size + lane];  // the halves
-    }
-    for (int v = 0; v < NR; v += kLanes<T>)  // a vector of filters at a time
-      transform<Y::r, Y::alpha, X::r, X::alpha, Lanes<T>>(Y::GT, X::GT, u + v, X::alpha * NR, NR, taps + v, NR);
-    for (std::int64_t lane = 0; lane < lanes; ++lane) {
-      T* dst = gw + ((grp * g.Kg + blk * NR + lane) * g.Cg + c) * Y::r * X::r;
-      for (int i = 0; i < Y::r * X::r; ++i) dst[i] += taps[i * NR + lane];
-    }
-  });
+  void add_to_weights(T* gw) const {
+    parallel_for(g_.groups * blocks_ * g_.Cg, threads_if(g_.K * g_.Cg > 512), [&](std::int64_t task) {
+      const std::int64_t c = task % g_.Cg, blk = (task / g_.Cg) % blocks_, grp = task / (g_.Cg * blocks_);
+      const std::int64_t lanes = std::min<std::int64_t>(NR, g_.Kg - blk * NR);
+      T u[kAlpha * kAlpha * NR], taps[Y::r * X::r * NR];  // u[xi * NR + lane], taps[tap * NR + lane]
+      for (std::int64_t xi = 0; xi < tl_.points; ++xi) {
+        const T* row = gU_ + (((grp * tl_.points + xi) * blocks_ + blk) * c_tiles_ * kTileRows + c) * NR;
+        for (int lane = 0; lane < NR; ++lane) u[xi * NR + lane] = row[lane] + row[gu_size_ + lane];  // the halves
+      }
+      for (int v = 0; v < NR; v += kLanes<T>)  // a vector of filters at a time
+        transform<Y::r, Y::alpha, X::r, X::alpha, Lanes<T>>(Y::GT, X::GT, u + v, X::alpha * NR, NR, taps + v, NR);
+      for (std::int64_t lane = 0; lane < lanes; ++lane) {
+        T* dst = gw + ((grp * g_.Kg + blk * NR + lane) * g_.Cg + c) * Y::r * X::r;
+        for (int i = 0; i < Y::r * X::r; ++i) dst[i] += taps[i * NR + lane];
+      }
+    });
+  }
+
+  const ConvGeometry& g_;
+  const Tiling<T, Y, X> tl_;
+  const T* x_;
+  const T* gy_;
+  const AdjointPrologue<T>* prologue_;
+  T* gy_in_place_;
+  std::int64_t blocks_ = 0, ov_ = 0, ow_ = 0, per_sample_ = 0, sample_block_ = 0, half_n_ = 0, half_block_ = 0;
+  std::int64_t c_tiles_ = 0, gu_size_ = 0, gemm_tiles_ = 0;
+  bool by_samples_ = false;
+  T* gU_ = nullptr;
+  T* partial_ = nullptr;  // per (sample, filter) row sums of the adjoint for the bias, or null
+};
+
+template <class T, class Y, class X>
+void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                     T* gy_in_place) {
+  ScratchScope scratch;
+  const WinogradWeightPass<T, Y, X> pass(g, x, gy, prologue, gy_in_place, scratch);
+  pass.run(gw, scratch);
 }
 
 // f.template operator()<Y, X>() with the Dims of the geometry's tap counts (1, 3 or 5 each).

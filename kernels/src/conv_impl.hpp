@@ -9,6 +9,7 @@
 
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/conv.hpp"
+#include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/reduce.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
@@ -154,6 +155,27 @@ void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::
 // most bytes of weights, transformed or packed, that a pass copies onto every
 // thread (threads x one copy); past it the threads share one copy.
 inline constexpr std::int64_t kOwnWeightBytes = std::int64_t(8) << 20;
+
+// run(task, weights) for tasks [0, tasks) on `threads` threads, each thread a
+// run of consecutive tasks, where weights = prepare(scratch, prepare_threads)
+// is `bytes` of transformed or packed weights: a copy made on each thread
+// while threads x bytes stays within kOwnWeightBytes, else one copy made on
+// all threads and shared.
+template <class Prepare, class Run>
+void with_weights_on_each_thread(std::int64_t tasks, int threads, std::int64_t bytes, ScratchScope& scratch,
+                                 Prepare&& prepare, Run&& run) {
+  if (threads <= 1 || threads * bytes > kOwnWeightBytes) {
+    const auto weights = prepare(scratch, threads);
+    parallel_for(tasks, threads, [&](std::int64_t task) { run(task, weights); });
+    return;
+  }
+  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks);
+  parallel_for(chunks, threads, [&](std::int64_t chunk) {
+    ScratchScope own;
+    const auto weights = prepare(own, 1);
+    for (std::int64_t task = tasks * chunk / chunks; task < tasks * (chunk + 1) / chunks; ++task) run(task, weights);
+  });
+}
 // Note [Implicit GEMM's padded copy]: implicit GEMM copies its input zero-padded
 // once (N*C*padded_vol elements), so it runs a geometry only while that copy is
 // at most kPaddedCopyRatio times its input and output together plus

@@ -379,19 +379,10 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
   // own while the copies stay within kOwnWeightBytes, so that no thread reads
   // the lines another wrote.
   const int threads = omp_in_parallel() ? 1 : conv_threads();
-  const std::int64_t tasks = g.groups * runs;
   const std::int64_t packed_bytes = g.groups * blocks * R * NR * std::int64_t(sizeof(T));
-  if (threads <= 1 || threads * packed_bytes > kOwnWeightBytes) {
-    const T* wp = pack_weights(g, R, w, scratch);
-    parallel_for(tasks, threads, [&](std::int64_t task) { run_task(task, wp); });
-    return;
-  }
-  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks);
-  parallel_for(chunks, threads, [&](std::int64_t chunk) {
-    ScratchScope own;
-    const T* wp = pack_weights(g, R, w, own);
-    for (std::int64_t task = tasks * chunk / chunks; task < tasks * (chunk + 1) / chunks; ++task) run_task(task, wp);
-  });
+  with_weights_on_each_thread(
+      g.groups * runs, threads, packed_bytes, scratch,
+      [&](ScratchScope& into, int) { return pack_weights(g, R, w, into); }, run_task);
 }
 
 template <class T>

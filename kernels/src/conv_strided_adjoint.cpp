@@ -251,12 +251,15 @@ void implicit_gemm_strided_backward_input(const ConvGeometry& g, const T* gy, co
         phases[count] = make_phase(g, P, Dims{f0, f1, f2}, scratch);
         packed_bytes += g.groups * blocks * phases[count].rows * NR * std::int64_t(sizeof(T));
       }
-  auto pack_all = [&](ScratchScope& into, std::array<const T*, kMaxStridedAdjointPhases>& packed) {
+  using Packed = std::array<const T*, kMaxStridedAdjointPhases>;
+  auto pack_all = [&](ScratchScope& into, int) {
+    Packed packed{};
     for (std::int64_t p = 0; p < count; ++p) packed[p] = pack_phase_weights(g, phases[p], w, blocks, into);
+    return packed;
   };
   const Tasks tasks = make_tasks(g, Cgp, sizeof(T));
   const std::int64_t iv = g.in_vol();
-  auto run_task = [&](std::int64_t index, const std::array<const T*, kMaxStridedAdjointPhases>& packed) {
+  auto run_task = [&](std::int64_t index, const Packed& packed) {
     const Task task = tasks(g, index);
     const std::int64_t span = task.end - task.begin;
     ScratchScope local;
@@ -268,20 +271,7 @@ void implicit_gemm_strided_backward_input(const ConvGeometry& g, const T* gy, co
   };
   // Note [Packed weights on each thread] (conv_implicit_gemm.cpp).
   const int threads = omp_in_parallel() ? 1 : conv_threads();
-  std::array<const T*, kMaxStridedAdjointPhases> packed{};
-  if (threads <= 1 || threads * packed_bytes > kOwnWeightBytes) {
-    pack_all(scratch, packed);
-    parallel_for(tasks.count, threads, [&](std::int64_t index) { run_task(index, packed); });
-    return;
-  }
-  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks.count);
-  parallel_for(chunks, threads, [&](std::int64_t chunk) {
-    ScratchScope own;
-    std::array<const T*, kMaxStridedAdjointPhases> own_packed{};
-    pack_all(own, own_packed);
-    for (std::int64_t index = tasks.count * chunk / chunks; index < tasks.count * (chunk + 1) / chunks; ++index)
-      run_task(index, own_packed);
-  });
+  with_weights_on_each_thread(tasks.count, threads, packed_bytes, scratch, pack_all, run_task);
 }
 
 #define TG_INSTANTIATE(T) \

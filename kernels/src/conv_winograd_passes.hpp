@@ -531,18 +531,13 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
   // on each thread (close, 3.8 either way). Each thread therefore transforms
   // every filter into a U of its own (the same values), as long as the copies
   // stay small (threads x U within kOwnWeightBytes); else they share one.
+  // Rejected: U transformed by the calling thread alone, which every other
+  // thread would still read from it.
   const std::int64_t u_bytes = g.groups * tl.points * blocks * NR * g.Cg * std::int64_t(sizeof(T));
-  if (threads <= 1 || threads * u_bytes > kOwnWeightBytes) {
-    const T* U = transform_weights(g, tl, w, scratch, threads);
-    parallel_for(tasks, threads, [&](std::int64_t task) { run_task(task, U); });
-    return;
-  }
-  const std::int64_t chunks = std::min<std::int64_t>(threads, tasks);
-  parallel_for(chunks, threads, [&](std::int64_t chunk) {
-    ScratchScope own;
-    const T* U = transform_weights(g, tl, w, own, 1);
-    for (std::int64_t task = tasks * chunk / chunks; task < tasks * (chunk + 1) / chunks; ++task) run_task(task, U);
-  });
+  with_weights_on_each_thread(
+      tasks, threads, u_bytes, scratch,
+      [&](ScratchScope& into, int transform_threads) { return transform_weights(g, tl, w, into, transform_threads); },
+      run_task);
 }
 
 // The Winograd weight pass of one geometry: gw (K, Cg, r1, r2) += G1^T gU G2

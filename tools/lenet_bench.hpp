@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../examples/cnn/lenet_model.hpp"
+#include "../examples/cnn/run.hpp"  // flag_value
 #include "interleaved.hpp"
 
 namespace tgbench::lenet {
@@ -27,10 +28,7 @@ inline Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) tg::fail("bench_lenet", fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
+    auto next = [&] { return cnn::flag_value(argc, argv, i, "bench_lenet"); };
     if (a == "--epochs") o.epochs = std::stoi(next());
     else if (a == "--threads") o.threads = std::stoi(next());
     else if (a == "--steps") o.steps = std::stoll(next());

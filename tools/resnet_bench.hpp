@@ -8,6 +8,7 @@
 
 #include "../examples/cnn/lenet_model.hpp"  // standardise
 #include "../examples/cnn/resnet_model.hpp"
+#include "../examples/cnn/run.hpp"  // flag_value
 #include "interleaved.hpp"
 
 namespace tgbench::resnet {
@@ -26,10 +27,7 @@ inline Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) tg::fail("bench_resnet", fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
+    auto next = [&] { return cnn::flag_value(argc, argv, i, "bench_resnet"); };
     if (a == "--epochs") o.epochs = std::stoi(next());
     else if (a == "--threads") o.threads = std::stoi(next());
     else if (a == "--steps") o.steps = std::stoll(next());

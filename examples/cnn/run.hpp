@@ -38,11 +38,14 @@ struct Options {
   std::string out = ".";
 };
 
+// The value after flag argv[i], i moved onto it; an error naming `program` where there is none.
+inline std::string flag_value(int argc, char** argv, int& i, const char* program) {
+  if (i + 1 >= argc) tg::fail(program, fmt::format("{} needs a value", argv[i]));
+  return argv[++i];
+}
+
 inline Options parse(int argc, char** argv, const char* program, Options o) {
-  auto value = [&](int& i) -> std::string {
-    if (i + 1 >= argc) tg::fail(program, fmt::format("{} needs a value", argv[i]));
-    return argv[++i];
-  };
+  auto value = [&](int& i) { return flag_value(argc, argv, i, program); };
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--epochs") o.epochs = std::stoi(value(i)), o.epochs_given = true;

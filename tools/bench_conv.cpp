@@ -21,7 +21,8 @@
 // layers against oneDNN's primitives instead, in interleaved rounds (ours,
 // then oneDNN's, per round), oneDNN on its own blocked layouts with the
 // reorders outside the timed calls (onednn_conv.hpp), with GFLOP/s and the
-// share of the measured FMA peak (fma_peak.hpp) of each library's level.
+// share of the measured FMA peak (fma_peak.hpp) of each library's level; a
+// warning when that peak says another program held a core while it was measured.
 #include <omp.h>
 
 #include <algorithm>
@@ -390,6 +391,15 @@ int against_onednn(const Options& o) {
     peak_avx512.push_back(tgbench::fma_peak_gflops(tgbench::FmaLevel::avx512, threads));
     std::printf("measured FMA peak at %d thread(s): AVX2 %.0f GFLOP/s, AVX-512 %.0f GFLOP/s\n", threads, peak_avx2.back(),
                 peak_avx512.back());
+  }
+  // A peak far below the thread count times the first count's per-thread peak means another
+  // program held a core meanwhile: that count's rows measure the machine, not the kernels.
+  for (std::size_t t = 1; t < o.threads.size(); ++t) {
+    const double per_thread = peak_avx2[0] / o.threads[0], share = peak_avx2[t] / (per_thread * o.threads[t]);
+    if (share < 0.75)
+      std::printf("warning: the FMA peak at %d threads was %.0f%% of %d times one thread's: the machine was busy, "
+                  "so the rows at %d threads are unreliable; rerun\n",
+                  o.threads[t], 100 * share, o.threads[t], o.threads[t]);
   }
   std::printf("%-4s %-10s %3s %-13s %9s %7s %5s %9s %7s %5s %8s %8s\n", "", "pass", "thr", "algo", "tapegrad", "GFLOP/s",
               "%pk", "oneDNN", "GFLOP/s", "%pk", "ours/dnn", "max rel");

@@ -387,6 +387,32 @@ TEST_CASE("conv: the direct kernel on random geometries with wide rows equals th
   CHECK(check_random_cases(20261205, 50, wide, ConvAlgorithm::direct) >= 35);
 }
 
+TEST_CASE("conv: the direct kernel gradient with every kernel row in one pass equals the reference") {
+  // Note [Fused kernel rows]: 3x3 and 2x2 kernels, unit stride, no padding
+  // along the rows. Padding above and below leaves the first and last output
+  // rows without some kernel rows (the pass per kernel row); rows of 43 and 69
+  // outputs end past whole vectors at every level (2, 4 or 8 lanes). At avx512
+  // the shifted copies take few channels (Note [Shifted copies]): the last two
+  // cases have more taps per filter than they take.
+  for (const Case& c : {Case{{2, 3, 9, 45}, {4, 3, 3, 3}, {.pad_lo = {1, 0}, .pad_hi = {1, 0}}},
+                        Case{{1, 2, 6, 70}, {3, 2, 2, 2}, {}}, Case{{2, 4, 5, 45}, {4, 2, 3, 3}, {.groups = 2}},
+                        Case{{1, 15, 7, 45}, {2, 15, 3, 3}, {.pad_lo = {1, 0}, .pad_hi = {1, 0}}},
+                        Case{{1, 33, 4, 70}, {2, 33, 2, 2}, {}}}) {
+    CAPTURE(tg::to_string(c.x));
+    check_case_against_reference(c, ConvAlgorithm::direct, 51);
+    // The float weight gradient against the double reference.
+    const ConvParams p = forced(c.p, ConvAlgorithm::direct);
+    const A x = A::random_uniform(c.x, -1, 1, 52), w = A::random_uniform(c.w, -1, 1, 53);
+    const A gy = A::random_uniform(ref::conv(x, w, p).shape(), -1, 1, 54);
+    const A gw_ref = std::get<1>(ref::conv_backward(x, w, gy, p));
+    const auto xf = x.cast<float>(), wf = w.cast<float>();
+    const auto gwf = std::get<1>(
+        tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, p); }, xf, wf)
+            .vjp(gy.cast<float>()));
+    CHECK(max_abs_diff(gwf.cast<double>(), gw_ref) < 1e-3);
+  }
+}
+
 TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 convs equals the reference") {
   // Note [Shifted copies]: unit stride, ranks 1-2, 1-4 channels per group, up
   // to 7 taps along rows 1-40 wide: planes with and without a partial last

@@ -277,8 +277,9 @@ void fused_kernel_rows(Vec<T>* sums, T* acc, const T* const* x, const T* __restr
     }
 }
 
-// Whether fused_kernel_rows serves a geometry's kernel gradient: a 2-D (or 1-D)
-// kernel of 2x2 or 3x3 taps whose every row reaches whole output rows.
+// Whether fused_kernel_rows serves a geometry's kernel gradient: a 2-D kernel
+// of 2x2 or 3x3 taps (so at most 3 kernel rows reach an output row) whose
+// every row reaches whole output rows.
 template <class T>
 bool kernel_rows_fuse(const ConvGeometry& g, const std::int64_t interior[2]) {
   const std::int64_t K = g.ker[2];

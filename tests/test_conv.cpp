@@ -351,6 +351,19 @@ void check_case_against_reference(const Case& c, ConvAlgorithm algorithm, std::u
   CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), y) < 1e-4);
 }
 
+// The float weight gradient of case c by `algorithm` against the double reference.
+void check_float_weight_gradient(const Case& c, ConvAlgorithm algorithm, std::uint64_t seed) {
+  const ConvParams p = forced(c.p, algorithm);
+  const A x = A::random_uniform(c.x, -1, 1, seed), w = A::random_uniform(c.w, -1, 1, seed + 1);
+  const A gy = A::random_uniform(ref::conv(x, w, p).shape(), -1, 1, seed + 2);
+  const A gw_ref = std::get<1>(ref::conv_backward(x, w, gy, p));
+  const auto gwf = std::get<1>(
+      tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, p); },
+                 x.cast<float>(), w.cast<float>())
+          .vjp(gy.cast<float>()));
+  CHECK(max_abs_diff(gwf.cast<double>(), gw_ref) < 1e-3);
+}
+
 // `trials` geometries drawn from `seed` within `limits`, each that fits checked
 // with check_case_against_reference; returns how many fitted.
 int check_random_cases(std::uint64_t seed, int trials, const GeometryLimits& limits, ConvAlgorithm algorithm) {
@@ -400,16 +413,26 @@ TEST_CASE("conv: the direct kernel gradient with every kernel row in one pass eq
                         Case{{1, 33, 4, 70}, {2, 33, 2, 2}, {}}}) {
     CAPTURE(tg::to_string(c.x));
     check_case_against_reference(c, ConvAlgorithm::direct, 51);
-    // The float weight gradient against the double reference.
-    const ConvParams p = forced(c.p, ConvAlgorithm::direct);
-    const A x = A::random_uniform(c.x, -1, 1, 52), w = A::random_uniform(c.w, -1, 1, 53);
-    const A gy = A::random_uniform(ref::conv(x, w, p).shape(), -1, 1, 54);
-    const A gw_ref = std::get<1>(ref::conv_backward(x, w, gy, p));
-    const auto xf = x.cast<float>(), wf = w.cast<float>();
-    const auto gwf = std::get<1>(
-        tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, p); }, xf, wf)
-            .vjp(gy.cast<float>()));
-    CHECK(max_abs_diff(gwf.cast<double>(), gw_ref) < 1e-3);
+    check_float_weight_gradient(c, ConvAlgorithm::direct, 52);
+  }
+}
+
+TEST_CASE("conv: the shifted copies made flat equal the reference") {
+  // Note [Flat copies]: rows as wide as the output's (padding adding up to the
+  // kernel's reach along them), at avx512. Padding uneven at the row ends,
+  // dilation, rows narrower than a vector and than the kernel (a tap column
+  // that meets no input), a 1-D conv, groups; the last case's rows are wider
+  // than the output's (the column copies).
+  for (const Case& c : {Case{{2, 1, 28, 28}, {5, 1, 5, 5}, {.padding = {2}}},
+                        Case{{2, 2, 9, 13}, {3, 2, 3, 5}, {.pad_lo = {1, 3}, .pad_hi = {1, 1}}},
+                        Case{{1, 3, 7, 11}, {4, 3, 3, 3}, {.padding = {2}, .dilation = {2}}},
+                        Case{{2, 1, 6, 2}, {3, 1, 3, 7}, {.pad_lo = {0, 3}, .pad_hi = {2, 3}}},
+                        Case{{2, 2, 37}, {3, 2, 5}, {.pad_lo = {4}, .pad_hi = {0}}},
+                        Case{{1, 4, 10, 17}, {6, 2, 3, 3}, {.padding = {1}, .groups = 2}},
+                        Case{{2, 2, 9, 19}, {3, 2, 3, 3}, {.pad_lo = {1, 0}, .pad_hi = {1, 1}}}}) {
+    CAPTURE(tg::to_string(c.x));
+    check_case_against_reference(c, ConvAlgorithm::direct, 61);
+    check_float_weight_gradient(c, ConvAlgorithm::direct, 62);
   }
 }
 

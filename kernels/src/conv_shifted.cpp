@@ -61,43 +61,101 @@ struct ShiftedLayout {
   std::int64_t copies_of(std::int64_t channels) const { return channels * KW * copy_stride; }
 };
 
-// to[0, n) = from[0, n), or 0 where from is null: whole vectors, then one masked.
+// The lanes [lo, hi) of a vector's mask.
+constexpr unsigned lane_range(std::int64_t lo, std::int64_t hi) { return (1u << hi) - (1u << lo); }
+
+// base + offset elements, as an address only: the masked loads below read
+// through it the lanes that lie inside base's row, and no other memory.
 template <class T>
-TG_AVX512 void copy_run(T* to, const T* from, std::int64_t n) {
-  using Z = Zmm<T>;
-  constexpr int L = Z::kLanes;
-  std::int64_t p = 0;
-  for (; p + L <= n; p += L) Z::store(to + p, from ? Z::load(from + p) : Z::zero());
-  if (p < n) Z::store_first(to + p, from ? Z::load_first(from + p, n - p) : Z::zero(), n - p);
+const T* address_at(const T* base, std::int64_t offset) {
+  return reinterpret_cast<const T*>(reinterpret_cast<std::uintptr_t>(base) + offset * std::int64_t(sizeof(T)));
 }
 
-// The scratch `line` of make_copies.
-std::int64_t line_length(const ConvGeometry& g, const ShiftedLayout& s) { return s.width + (s.KW - 1) * g.dil[2]; }
+// Note [Flat copies]: where the input rows are as wide as the output's (a
+// "same" conv, as LeNet's conv1), copy (c, dx) is input plane c itself moved
+// by lo[1] rows and dx*dil - lo[2] columns, the lanes that meet padding
+// zeroed. It is made in whole aligned vectors, each one masked load through
+// its mask (one per dx and vector, the same for every sample and channel,
+// set once a pass by copy_masks) and one store. Other widths go down the
+// copy's columns (column_copies), a vector of every row at a time, whose row
+// ends split vectors and cache lines: LeNet's conv1 made its copies in 0.4 µs
+// a sample that way against 0.2 flat.
 
-// copies[(c - c0) * KW + dx] for channels [c0, c1) of sample n, as the Note
-// says: each input row is zero-padded once into `line` (width + (KW-1)*dil
-// columns, line column q holding input column q - lo), and each copy's row is
-// a run of it.
+// The flat copies' masks, [dx][vector of the copy]: bit l where position
+// v*L + l of copy dx meets an input value; null where the copies are not flat.
 template <class T>
-void make_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std::int64_t n, std::int64_t c0,
-                 std::int64_t c1, T* copies, T* line) {
-  const std::int64_t H = g.in[1], W = g.in[2], span = line_length(g, s);
-  const std::int64_t q0 = std::clamp<std::int64_t>(g.lo[2], 0, span), q1 = std::clamp<std::int64_t>(g.lo[2] + W, q0, span);
+const unsigned* copy_masks(const ConvGeometry& g, const ShiftedLayout& s, ScratchScope& scratch) {
+  constexpr int L = Zmm<T>::kLanes;
+  if (g.in[2] != s.width) return nullptr;
+  const std::int64_t vectors = s.copy_stride / L, H = g.in[1], W = g.in[2];
+  unsigned* masks = scratch.take_filled<unsigned>(s.KW * vectors, 0u).data();
+  const std::int64_t r0 = std::max<std::int64_t>(g.lo[1], 0), r1 = std::min(s.rows, g.lo[1] + H);
+  for (std::int64_t dx = 0; dx < s.KW; ++dx) {
+    const std::int64_t shift = dx * g.dil[2] - g.lo[2];  // copy column j holds input column j + shift
+    const std::int64_t j0 = std::clamp<std::int64_t>(-shift, 0, W), j1 = std::clamp<std::int64_t>(W - shift, j0, W);
+    for (std::int64_t i = r0; i < r1 && j0 < j1; ++i)
+      for (std::int64_t q = i * W + j0; q < i * W + j1; q = (q / L + 1) * L)
+        masks[dx * vectors + q / L] |= lane_range(q % L, std::min<std::int64_t>(L, q % L + i * W + j1 - q));
+  }
+  return masks;
+}
+
+// Flat copies of channels [c0, c1) of sample n (Note [Flat copies]).
+template <class T>
+TG_AVX512 void flat_copies(const ConvGeometry& g, const ShiftedLayout& s, const unsigned* masks, const T* x,
+                           std::int64_t n, std::int64_t c0, std::int64_t c1, T* copies) {
+  using Z = Zmm<T>;
+  constexpr int L = Z::kLanes;
+  const std::int64_t vectors = s.copy_stride / L;
+  for (std::int64_t c = c0; c < c1; ++c)
+    for (std::int64_t dx = 0; dx < s.KW; ++dx) {
+      // copy position q holds input element q + from of the plane
+      const std::int64_t from = dx * g.dil[2] - g.lo[2] - g.lo[1] * g.in[2];
+      const T* xc = address_at(x + (n * g.C + c) * g.in_vol(), from);
+      T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
+      const unsigned* mask = masks + dx * vectors;
+      for (std::int64_t v = 0; v < vectors; ++v) Z::store(copy + v * L, Z::load_lanes(address_at(xc, v * L), mask[v]));
+    }
+}
+
+// Copies of channels [c0, c1) of sample n, any widths: each is built a column
+// vector at a time down its rows. The vector's lanes that meet input columns
+// are one mask for every row, a masked load from the input row (zero
+// elsewhere, and in the rows of padding); the row's last vector stores only
+// its own lanes.
+template <class T>
+TG_AVX512 void column_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std::int64_t n,
+                             std::int64_t c0, std::int64_t c1, T* copies) {
+  using Z = Zmm<T>;
+  constexpr int L = Z::kLanes;
+  const std::int64_t H = g.in[1], W = g.in[2];
   for (std::int64_t c = c0; c < c1; ++c) {
     const T* xc = x + (n * g.C + c) * g.in_vol();
-    T* first = copies + (c - c0) * s.KW * s.copy_stride;
-    for (std::int64_t i = 0; i < s.rows; ++i) {
-      const std::int64_t r = i - g.lo[1];
-      const bool inside = r >= 0 && r < H;
-      if (inside) {
-        std::fill(line, line + q0, T(0));
-        copy_run(line + q0, xc + r * W + q0 - g.lo[2], q1 - q0);
-        std::fill(line + q1, line + span, T(0));
+    for (std::int64_t dx = 0; dx < s.KW; ++dx) {
+      T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
+      const std::int64_t shift = dx * g.dil[2] - g.lo[2];  // copy column j holds input column j + shift
+      for (std::int64_t j = 0; j < s.width; j += L) {
+        const std::int64_t lanes = std::min<std::int64_t>(L, s.width - j);
+        const std::int64_t lo = std::clamp<std::int64_t>(-shift - j, 0, lanes);
+        const unsigned inside = lane_range(lo, std::clamp<std::int64_t>(W - shift - j, lo, lanes));
+        for (std::int64_t i = 0; i < s.rows; ++i) {
+          const std::int64_t r = i - g.lo[1];
+          const auto v = r >= 0 && r < H && inside ? Z::load_lanes(address_at(xc, r * W + j + shift), inside) : Z::zero();
+          if (lanes == L) Z::store(copy + i * s.width + j, v);
+          else Z::store_first(copy + i * s.width + j, v, lanes);
+        }
       }
-      for (std::int64_t dx = 0; dx < s.KW; ++dx)
-        copy_run(first + dx * s.copy_stride + i * s.width, inside ? line + dx * g.dil[2] : nullptr, s.width);
     }
   }
+}
+
+// copies[(c - c0) * KW + dx] for channels [c0, c1) of sample n, as Note
+// [Shifted copies] says; `masks` from copy_masks.
+template <class T>
+void make_copies(const ConvGeometry& g, const ShiftedLayout& s, const unsigned* masks, const T* x, std::int64_t n,
+                 std::int64_t c0, std::int64_t c1, T* copies) {
+  if (masks) flat_copies(g, s, masks, x, n, c0, c1, copies);
+  else column_copies(g, s, x, n, c0, c1, copies);
 }
 
 // The weight pass's filters per register block: F * KW sums, KW input
@@ -200,6 +258,7 @@ struct WeightPass {
   T* gy_in_place;
   const T* adjoint;  // gy, or gy_in_place once the prologue ran on it
   T* partial;        // per (sample, filter) sums of the adjoint for the bias, or null
+  const unsigned* masks;  // copy_masks
   std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = weight_blocks(g);
   std::int64_t sums_per_block = weight_block_sums<T>(g);  // [c][dy][f][dx][lane]
 
@@ -221,9 +280,8 @@ struct WeightPass {
     const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
-    T* line = own.take<T>(line_length(g, s)).data();
     for (std::int64_t n = n0; n < n1; ++n) {
-      make_copies(g, s, x, n, c0, c1, copies, line);
+      make_copies(g, s, masks, x, n, c0, c1, copies);
       for (std::int64_t b = b0; b < b1; ++b) {
         const bool same_sample = b + 1 < b1;
         const T* next = same_sample || n + 1 < n1 ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
@@ -314,7 +372,8 @@ template <class T, int KW>
 void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue, T* gy_in_place) {
   ScratchScope scratch;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
-  const WeightPass<T, KW> pass{g, ShiftedLayout::of<T>(g), prologue, gy_in_place, prologue ? gy_in_place : gy, partial};
+  const ShiftedLayout s = ShiftedLayout::of<T>(g);
+  const WeightPass<T, KW> pass{g, s, prologue, gy_in_place, prologue ? gy_in_place : gy, partial, copy_masks<T>(g, s, scratch)};
   if (const std::int64_t parts = weight_parts<T>(g)) {
     run_parts(pass, parts, x, gw);
   } else {
@@ -473,12 +532,14 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
                      const OutputEpilogue<T>* epilogue) {
   const ShiftedLayout s = ShiftedLayout::of<T>(g);
   const std::int64_t taps = g.Cg * s.KH * s.KW;
+  ScratchScope scratch;
+  const unsigned* masks = copy_masks<T>(g, s, scratch);
   // One task per (sample, group): its copies serve every filter of the group.
   parallel_for(g.N * g.groups, threads_if(g.macs() > 1e5), [&](std::int64_t task) {
     const std::int64_t n = task / g.groups, grp = task % g.groups;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(g.Cg)).data();
-    make_copies(g, s, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies, own.take<T>(line_length(g, s)).data());
+    make_copies(g, s, masks, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
     const T** run = own.take<const T*>(taps).data();
     for (std::int64_t c = 0; c < g.Cg; ++c)
       for (std::int64_t dy = 0; dy < s.KH; ++dy)

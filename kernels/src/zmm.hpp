@@ -34,6 +34,10 @@ struct Zmm<float> {
   TG_AVX512 static void store_first(float* p, V v, std::int64_t n) {
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
   }
+  // The lanes set in `lanes`, the others zero (their memory never touched).
+  TG_AVX512 static V load_lanes(const float* p, unsigned lanes) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(lanes), p);
+  }
 };
 template <>
 struct Zmm<double> {
@@ -50,6 +54,9 @@ struct Zmm<double> {
   }
   TG_AVX512 static void store_first(double* p, V v, std::int64_t n) {
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+  }
+  TG_AVX512 static V load_lanes(const double* p, unsigned lanes) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes), p);
   }
 };
 

@@ -882,6 +882,7 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
       // the input gradient's column padding is -1: its padded rows crop the last column of gy
       {{2, 9, 7, 6}, {10, 9, 3, 5}, {.pad_lo = {1, 5}, .pad_hi = {1, 0}}},
       {{40, 2, 16, 16}, {3, 2, 3, 3}, {.padding = {1}}},  // 16 tiles a sample: weight blocks of 8 + 8, 8 + 8 and 4 + 4 samples of the two halves
+      {{1, 3, 36, 36}, {4, 3, 3, 3}, {.padding = {1}}},   // one sample of 81 tiles: halves of 5 and 4 tile rows
       // channels, filters and rows past whole vectors of 8 floats: the layout's
       // in-register transposes take an overlapping last block
       {{2, 19, 10, 13}, {12, 19, 3, 3}, {.padding = {1}}},
@@ -923,6 +924,30 @@ TEST_CASE("conv: winograd tile edges, tap mixes, groups and threads equal the re
     }
   }
   tg::set_num_threads(before);
+}
+
+TEST_CASE("conv: winograd's weight gradient with one gU (few tiles a sample, many channels) equals im2col's") {
+  // Note [Weight pass halves]: 16 tiles a sample and 256 channels and filters
+  // (R3's shape, 4 samples) make blocks of 3 samples; halves would sum one
+  // sample each, under kMinHalfTiles, so one gU takes blocks of 3 + 1 samples.
+  // The geometry is the cases' above scaled up, so it is checked in float
+  // against im2col (OpenBLAS), and the same at 1 and 2 threads bit for bit.
+  using F = tg::Array<float>;
+  const F x = F::random_uniform({4, 256, 14, 14}, -1, 1, 71), w = F::random_uniform({256, 256, 3, 3}, -1, 1, 72);
+  const F gy = F::random_uniform({4, 256, 14, 14}, -1, 1, 73);
+  auto weight_grad = [&](ConvAlgorithm algorithm) {
+    const ConvParams p = forced({.padding = {1}}, algorithm);
+    return std::get<1>(
+        tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, p); }, x, w).vjp(gy));
+  };
+  const int before = tg::max_threads();
+  tg::set_num_threads(1);
+  const F expected = weight_grad(ConvAlgorithm::im2col), one = weight_grad(ConvAlgorithm::winograd);
+  tg::set_num_threads(2);
+  const F two = weight_grad(ConvAlgorithm::winograd);
+  tg::set_num_threads(before);
+  CHECK(max_abs_diff(one.cast<double>(), expected.cast<double>()) < 1e-4 * max_abs(expected.cast<double>()));
+  CHECK(max_abs_diff(one.cast<double>(), two.cast<double>()) == 0);
 }
 
 TEST_CASE("conv: forcing winograd where it cannot run is a clear tg::Error") {

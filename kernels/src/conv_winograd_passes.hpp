@@ -551,6 +551,7 @@ template <class T, class Y, class X>
 class WinogradWeightPass {
  public:
   static constexpr int NR = kTileCols<T>;
+  static constexpr std::int64_t kMinHalfTiles = 32;  // Note [Weight pass halves]
 
   WinogradWeightPass(const ConvGeometry& g, const T* x, const T* gy, const AdjointPrologue<T>* prologue, T* gy_in_place,
                      ScratchScope& scratch)
@@ -578,18 +579,27 @@ class WinogradWeightPass {
     // cut by the geometry, not by the thread count, so the sums are the same at
     // any number of threads. Rejected: a gU per thread, whose sums would change
     // with the thread count.
+    // Halves only where each half's GEMMs run over kMinHalfTiles tiles or more
+    // a block: every block's GEMMs load and store all of gU, and a shallower
+    // sum over tiles spends the pass on that. R3 (8x256x14x14, 3x3) has 16
+    // tiles a sample and a gU of 9.4 MB; by samples its halves' blocks took one
+    // sample each, and the pass 11.1-11.8 ms at one thread against 9.0-9.5
+    // with one gU over blocks of three samples (4.4-4.5 against 5.3-5.9 ms at two).
     by_samples_ = sample_block_ >= 2 && g.N >= 2;
     half_n_ = by_samples_ ? ceil_div(g.N, 2) : g.N, half_block_ = by_samples_ ? sample_block_ / 2 : sample_block_;
+    const std::int64_t half_tiles =
+        by_samples_ ? half_block_ * per_sample_ : ceil_div(sample_block_ * tl_.tiles_y, 2) * tl_.tiles_x;
+    if (half_tiles < kMinHalfTiles) halves_ = by_samples_ = false, half_n_ = g.N, half_block_ = sample_block_;
     c_tiles_ = ceil_div(g.Cg, kTileRows);
     gu_size_ = g.groups * tl_.points * blocks_ * c_tiles_ * kTileRows * NR;
     gemm_tiles_ = g.groups * tl_.points * blocks_ * c_tiles_;
-    gU_ = scratch.take<T>(2 * gu_size_).data();  // [half][grp][xi][blk][c][NR]
+    gU_ = scratch.take<T>((halves_ ? 2 : 1) * gu_size_).data();  // [half][grp][xi][blk][c][NR]
     if (prologue && prologue->bias_grad) partial_ = scratch.take<T>(g.N * g.K).data();  // row sums (N x K)
   }
 
   void run(T* gw, ScratchScope& scratch) const {
     const int threads = conv_threads();
-    if (by_samples_ && threads <= 2) run_halves_on_own_threads(threads);
+    if (by_samples_ && threads <= 2) run_halves_on_own_threads(threads);  // by_samples_: halves_ too
     else run_blocks_on_all_threads(threads, scratch);
     if (partial_) add_channel_sums(g_, partial_, prologue_->bias_grad);
     add_to_weights(gw);
@@ -654,8 +664,10 @@ class WinogradWeightPass {
       const std::int64_t row_tasks = samples * g_.groups * tl_.tiles_y;
       parallel_for(row_tasks, threads, [&](std::int64_t task) { transform_task(task, row_tasks, sample_of, b); });
       // gU[half] (+)= V^T Yhat over the half's tiles, each GEMM tile on one thread.
-      const std::int64_t split = by_samples_ ? (a1 - a0) * per_sample_ : ceil_div(samples * tl_.tiles_y, 2) * tl_.tiles_x;
-      parallel_for(2 * gemm_tiles_, threads, [&](std::int64_t index) {
+      const std::int64_t split = !halves_   ? count
+                                 : by_samples_ ? (a1 - a0) * per_sample_
+                                               : ceil_div(samples * tl_.tiles_y, 2) * tl_.tiles_x;
+      parallel_for((halves_ ? 2 : 1) * gemm_tiles_, threads, [&](std::int64_t index) {
         const std::int64_t half = index / gemm_tiles_;
         gemm_tile(half, index % gemm_tiles_, b, half == 0 ? 0 : split, half == 0 ? split : count, j0 != 0);
       });
@@ -764,7 +776,7 @@ class WinogradWeightPass {
       T u[kAlpha * kAlpha * NR], taps[Y::r * X::r * NR];  // u[xi * NR + lane], taps[tap * NR + lane]
       for (std::int64_t xi = 0; xi < tl_.points; ++xi) {
         const T* row = gU_ + (((grp * tl_.points + xi) * blocks_ + blk) * c_tiles_ * kTileRows + c) * NR;
-        for (int lane = 0; lane < NR; ++lane) u[xi * NR + lane] = row[lane] + row[gu_size_ + lane];  // the halves
+        for (int lane = 0; lane < NR; ++lane) u[xi * NR + lane] = halves_ ? row[lane] + row[gu_size_ + lane] : row[lane];
       }
       for (int v = 0; v < NR; v += kLanes<T>)  // a vector of filters at a time
         transform<Y::r, Y::alpha, X::r, X::alpha, Lanes<T>>(Y::GT, X::GT, u + v, X::alpha * NR, NR, taps + v, NR);
@@ -783,7 +795,7 @@ class WinogradWeightPass {
   T* gy_in_place_;
   std::int64_t blocks_ = 0, ov_ = 0, ow_ = 0, per_sample_ = 0, sample_block_ = 0, half_n_ = 0, half_block_ = 0;
   std::int64_t c_tiles_ = 0, gu_size_ = 0, gemm_tiles_ = 0;
-  bool by_samples_ = false;
+  bool halves_ = true, by_samples_ = false;
   T* gU_ = nullptr;
   T* partial_ = nullptr;  // per (sample, filter) row sums of the adjoint for the bias, or null
 };

@@ -579,12 +579,11 @@ class WinogradWeightPass {
     // cut by the geometry, not by the thread count, so the sums are the same at
     // any number of threads. Rejected: a gU per thread, whose sums would change
     // with the thread count.
-    // Halves only where each half's GEMMs run over kMinHalfTiles tiles or more
-    // a block: every block's GEMMs load and store all of gU, and a shallower
-    // sum over tiles spends the pass on that. R3 (8x256x14x14, 3x3) has 16
-    // tiles a sample and a gU of 9.4 MB; by samples its halves' blocks took one
-    // sample each, and the pass 11.1-11.8 ms at one thread against 9.0-9.5
-    // with one gU over blocks of three samples (4.4-4.5 against 5.3-5.9 ms at two).
+    // Halves only where each half's GEMMs add kMinHalfTiles tiles or more a
+    // block, else one gU: every block's GEMMs load and store all of gU, and a
+    // shallower sum spends the pass on that. R3 (8x256x14x14, 3x3: 16 tiles a
+    // sample, gU 9.4 MB) in halves of one sample a block took 11.6-12.3 ms at
+    // one thread (AVX2) against 9.0-9.9 with one gU over blocks of three.
     by_samples_ = sample_block_ >= 2 && g.N >= 2;
     half_n_ = by_samples_ ? ceil_div(g.N, 2) : g.N, half_block_ = by_samples_ ? sample_block_ / 2 : sample_block_;
     const std::int64_t half_tiles =
@@ -599,7 +598,7 @@ class WinogradWeightPass {
 
   void run(T* gw, ScratchScope& scratch) const {
     const int threads = conv_threads();
-    if (by_samples_ && threads <= 2) run_halves_on_own_threads(threads);  // by_samples_: halves_ too
+    if (by_samples_ && threads <= 2) run_halves_on_own_threads(threads);  // (by_samples_ implies halves_)
     else run_blocks_on_all_threads(threads, scratch);
     if (partial_) add_channel_sums(g_, partial_, prologue_->bias_grad);
     add_to_weights(gw);

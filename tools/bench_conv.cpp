@@ -35,6 +35,7 @@
 
 #include <tapegrad/tapegrad.hpp>
 
+#include "conv_layers.hpp"
 #include "timing.hpp"
 
 #ifdef TAPEGRAD_HAVE_TORCH
@@ -50,32 +51,8 @@ namespace {
 using tg::kernels::ConvAlgorithm;
 using tg::kernels::ConvPass;
 
-struct Layer {
-  const char* name;
-  std::int64_t N, C, H, W, K, k, stride, pad;
-};
-
-const Layer kLayers[] = {
-    {"L1", 64, 1, 28, 28, 32, 5, 1, 2},    {"L2", 64, 32, 14, 14, 64, 5, 1, 2},  {"R1", 8, 64, 56, 56, 64, 3, 1, 1},
-    {"R2", 8, 128, 28, 28, 128, 3, 1, 1},  {"R3", 8, 256, 14, 14, 256, 3, 1, 1}, {"R4", 8, 256, 56, 56, 64, 1, 1, 0},
-    {"R5", 8, 64, 56, 56, 256, 1, 1, 0},   {"R6", 8, 3, 224, 224, 64, 7, 2, 3},
-};
-const Layer kResnetLayers[] = {
-    {"N1", 128, 1, 28, 28, 32, 3, 1, 1},   {"N2", 128, 32, 28, 28, 32, 3, 1, 1},  {"N3", 128, 32, 28, 28, 64, 3, 2, 1},
-    {"N4", 128, 64, 14, 14, 64, 3, 1, 1},  {"N5", 128, 32, 28, 28, 64, 1, 2, 0},  {"N6", 128, 64, 14, 14, 128, 3, 2, 1},
-    {"N7", 128, 128, 7, 7, 128, 3, 1, 1},  {"N8", 128, 64, 14, 14, 128, 1, 2, 0},
-};
-
-// The layers --only selects: every anchor layer by default, the ResNet set, or one layer of either.
-std::vector<Layer> selected_layers(const std::string& only) {
-  std::vector<Layer> out;
-  if (only.empty()) return {std::begin(kLayers), std::end(kLayers)};
-  if (only == "resnet") return {std::begin(kResnetLayers), std::end(kResnetLayers)};
-  for (const auto* set : {&kLayers, &kResnetLayers})
-    for (const Layer& L : *set)
-      if (only == L.name) out.push_back(L);
-  return out;
-}
+using Layer = tgbench::ConvLayer;
+using tgbench::selected_layers;
 
 struct Options {
   std::vector<int> threads{1, 2};

@@ -6,6 +6,8 @@
 # e.g. TG_ISA=avx2 bash scripts/compare-kernels.sh 3c03eb5 2 --threads 1,2 --reps 8
 # Each line: the layer, the threads, then forward, input gradient and weight
 # gradient in ms (the least of --reps calls), REV's line above this tree's.
+# REV's tree and build stay in build-compare/REV for the next run (a git
+# worktree: `git worktree remove --force build-compare/REV/src` drops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 1 ]] || { echo "usage: compare-kernels.sh REV [rounds] [bench_passes flags]" >&2; exit 2; }

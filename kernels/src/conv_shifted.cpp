@@ -61,6 +61,9 @@ struct ShiftedLayout {
   std::int64_t copies_of(std::int64_t channels) const { return channels * KW * copy_stride; }
 };
 
+// Copy dx's column j holds input column j + column_shift(g, dx).
+std::int64_t column_shift(const ConvGeometry& g, std::int64_t dx) { return dx * g.dil[2] - g.lo[2]; }
+
 // The lanes [lo, hi) of a vector's mask.
 constexpr unsigned lane_range(std::int64_t lo, std::int64_t hi) { return (1u << hi) - (1u << lo); }
 
@@ -91,7 +94,7 @@ const unsigned* copy_masks(const ConvGeometry& g, const ShiftedLayout& s, Scratc
   unsigned* masks = scratch.take_filled<unsigned>(s.KW * vectors, 0u).data();
   const std::int64_t r0 = std::max<std::int64_t>(g.lo[1], 0), r1 = std::min(s.rows, g.lo[1] + H);
   for (std::int64_t dx = 0; dx < s.KW; ++dx) {
-    const std::int64_t shift = dx * g.dil[2] - g.lo[2];  // copy column j holds input column j + shift
+    const std::int64_t shift = column_shift(g, dx);
     const std::int64_t j0 = std::clamp<std::int64_t>(-shift, 0, W), j1 = std::clamp<std::int64_t>(W - shift, j0, W);
     for (std::int64_t i = r0; i < r1 && j0 < j1; ++i)
       for (std::int64_t q = i * W + j0; q < i * W + j1; q = (q / L + 1) * L)
@@ -110,7 +113,7 @@ TG_AVX512 void flat_copies(const ConvGeometry& g, const ShiftedLayout& s, const 
   for (std::int64_t c = c0; c < c1; ++c)
     for (std::int64_t dx = 0; dx < s.KW; ++dx) {
       // copy position q holds input element q + from of the plane
-      const std::int64_t from = dx * g.dil[2] - g.lo[2] - g.lo[1] * g.in[2];
+      const std::int64_t from = column_shift(g, dx) - g.lo[1] * g.in[2];
       const T* xc = address_at(x + (n * g.C + c) * g.in_vol(), from);
       T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
       const unsigned* mask = masks + dx * vectors;
@@ -133,7 +136,7 @@ TG_AVX512 void column_copies(const ConvGeometry& g, const ShiftedLayout& s, cons
     const T* xc = x + (n * g.C + c) * g.in_vol();
     for (std::int64_t dx = 0; dx < s.KW; ++dx) {
       T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
-      const std::int64_t shift = dx * g.dil[2] - g.lo[2];  // copy column j holds input column j + shift
+      const std::int64_t shift = column_shift(g, dx);
       for (std::int64_t j = 0; j < s.width; j += L) {
         const std::int64_t lanes = std::min<std::int64_t>(L, s.width - j);
         const std::int64_t lo = std::clamp<std::int64_t>(-shift - j, 0, lanes);

@@ -584,11 +584,12 @@ class WinogradWeightPass {
     // shallower sum spends the pass on that. R3 (8x256x14x14, 3x3: 16 tiles a
     // sample, gU 9.4 MB) in halves of one sample a block took 11.6-12.3 ms at
     // one thread (AVX2) against 9.0-9.9 with one gU over blocks of three.
-    by_samples_ = sample_block_ >= 2 && g.N >= 2;
-    half_n_ = by_samples_ ? ceil_div(g.N, 2) : g.N, half_block_ = by_samples_ ? sample_block_ / 2 : sample_block_;
+    const bool samples_split = sample_block_ >= 2 && g.N >= 2;
     const std::int64_t half_tiles =
-        by_samples_ ? half_block_ * per_sample_ : ceil_div(sample_block_ * tl_.tiles_y, 2) * tl_.tiles_x;
-    if (half_tiles < kMinHalfTiles) halves_ = by_samples_ = false, half_n_ = g.N, half_block_ = sample_block_;
+        samples_split ? sample_block_ / 2 * per_sample_ : ceil_div(sample_block_ * tl_.tiles_y, 2) * tl_.tiles_x;
+    halves_ = half_tiles >= kMinHalfTiles;
+    by_samples_ = halves_ && samples_split;
+    half_n_ = by_samples_ ? ceil_div(g.N, 2) : g.N, half_block_ = by_samples_ ? sample_block_ / 2 : sample_block_;
     c_tiles_ = ceil_div(g.Cg, kTileRows);
     gu_size_ = g.groups * tl_.points * blocks_ * c_tiles_ * kTileRows * NR;
     gemm_tiles_ = g.groups * tl_.points * blocks_ * c_tiles_;
@@ -794,7 +795,7 @@ class WinogradWeightPass {
   T* gy_in_place_;
   std::int64_t blocks_ = 0, ov_ = 0, ow_ = 0, per_sample_ = 0, sample_block_ = 0, half_n_ = 0, half_block_ = 0;
   std::int64_t c_tiles_ = 0, gu_size_ = 0, gemm_tiles_ = 0;
-  bool halves_ = true, by_samples_ = false;
+  bool halves_ = false, by_samples_ = false;
   T* gU_ = nullptr;
   T* partial_ = nullptr;  // per (sample, filter) row sums of the adjoint for the bias, or null
 };

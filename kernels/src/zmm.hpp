@@ -28,9 +28,7 @@ struct Zmm<float> {
   TG_AVX512 static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   // The first n < kLanes lanes: loaded (the others zero, their memory never
   // touched), or stored (the others left as they are).
-  TG_AVX512 static V load_first(const float* p, std::int64_t n) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
-  }
+  TG_AVX512 static V load_first(const float* p, std::int64_t n) { return load_lanes(p, (1u << n) - 1); }
   TG_AVX512 static void store_first(float* p, V v, std::int64_t n) {
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
   }
@@ -49,9 +47,7 @@ struct Zmm<double> {
   TG_AVX512 static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   TG_AVX512 static V add(V a, V b) { return _mm512_add_pd(a, b); }
   TG_AVX512 static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  TG_AVX512 static V load_first(const double* p, std::int64_t n) {
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p);
-  }
+  TG_AVX512 static V load_first(const double* p, std::int64_t n) { return load_lanes(p, (1u << n) - 1); }
   TG_AVX512 static void store_first(double* p, V v, std::int64_t n) {
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
   }

@@ -242,9 +242,10 @@ void fused_dots(Vec<T>* sums, T* acc, const T* x, const T* gy, std::int64_t coun
   else fused_dots_at<K2, 0>(sums, acc, x, gy, count, dil);
 }
 
-// Note [Fused kernel rows]: where every kernel row reaches a whole output row
-// (unit stride and dilation, no padding along the row) and the kernel is 2x2
-// or 3x3, one pass over the output row adds all K * K taps' products: each
+// Note [Fused kernel rows]: where every kernel row reaches an output row (unit
+// stride and dilation) and the kernel is 2x2 or 3x3, one pass over the row's
+// interior (the outputs every tap reaches; a padded row's few edge outputs go
+// one tap at a time) adds all K * K taps' products: each
 // vector of gy is loaded once for all of them, and the K * K vector sums stay
 // in registers for the whole row (K * K + 2 of the 16 vector registers). The
 // seed case's kernel gradient (500x500 doubles, 3x3) took 0.249 ms with a pass
@@ -279,12 +280,13 @@ void fused_kernel_rows(Vec<T>* sums, T* acc, const T* const* x, const T* __restr
 
 // Whether fused_kernel_rows serves a geometry's kernel gradient: a 2-D kernel
 // of 2x2 or 3x3 taps (so at most 3 kernel rows reach an output row) whose
-// every row reaches whole output rows.
+// every tap reaches at least 4 vectors of outputs of a row in common (the
+// interior; the few outputs a padded row's edge leaves go one tap at a time).
 template <class T>
 bool kernel_rows_fuse(const ConvGeometry& g, const std::int64_t interior[2]) {
   const std::int64_t K = g.ker[2];
   return g.ker[0] == 1 && g.ker[1] == K && (K == 2 || K == 3) && g.stride[2] == 1 && g.dil[2] == 1 &&
-         interior[0] == 0 && interior[1] == g.out[2] && g.out[2] >= 4 * kVec<T>;
+         interior[1] - interior[0] >= 4 * kVec<T>;
 }
 
 // Calls fused_rows<K2> or fused_dots<K2> for a K2 known at run time (1..7).
@@ -373,6 +375,26 @@ void dot_kernel_row(const ConvGeometry& g, std::span<const TapRange> taps, const
       acc[t2] += dot_row(xrow + tr.offset + a * s2, gyrow + a, b - a, s2);
     });
   }
+}
+
+// Every tap of a 2x2 or 3x3 kernel over one output row (kernel_rows_fuse):
+// the interior fused, the edge outputs one tap at a time. x[r]: kernel row r's
+// input row, element 0.
+template <class T>
+void kernel_rows_with_edges(const ConvGeometry& g, std::span<const TapRange> taps, const std::int64_t interior[2],
+                            Vec<T>* sums, T* acc, const T* const* x, const T* gyrow) {
+  const std::int64_t K = g.ker[2], count = interior[1] - interior[0];
+  const T* interior_rows[3];
+  for (std::int64_t r = 0; r < K; ++r) interior_rows[r] = x[r] + taps[0].offset + interior[0];
+  if (K == 3) fused_kernel_rows<3>(sums, acc, interior_rows, gyrow + interior[0], count);
+  else fused_kernel_rows<2>(sums, acc, interior_rows, gyrow + interior[0], count);
+  for (std::int64_t r = 0; r < K; ++r)
+    for (std::int64_t t2 = 0; t2 < K; ++t2) {
+      const TapRange& tr = taps[static_cast<std::size_t>(t2)];
+      for_each_edge(tr, interior[0], interior[1], [&](std::int64_t a, std::int64_t b) {
+        acc[r * K + t2] += dot_row(x[r] + tr.offset + a, gyrow + a, b - a, 1);
+      });
+    }
 }
 
 // The outputs along the last dim that every tap of a kernel row reaches.
@@ -468,10 +490,9 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
           const T* xrows[3];
           std::int64_t rows = 0;
           if (fuse)
-            for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t) { xrows[rows++] = xc + in_row + taps[0].offset; });
+            for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t) { xrows[rows++] = xc + in_row; });
           if (fuse && rows == g.ker[1]) {  // every kernel row: Note [Fused kernel rows]
-            if (rows == 3) fused_kernel_rows<3>(sums.data(), acc.data(), xrows, gyrow, g.out[2]);
-            else fused_kernel_rows<2>(sums.data(), acc.data(), xrows, gyrow, g.out[2]);
+            kernel_rows_with_edges(g, taps, interior, sums.data(), acc.data(), xrows, gyrow);
             continue;
           }
           for_each_tap_row(g, o0, o1, [&](std::int64_t in_row, std::int64_t tap_row) {

@@ -9,6 +9,7 @@
 
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/conv.hpp"
+#include "tapegrad/kernels/filter.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/reduce.hpp"
 #include "tapegrad/kernels/scratch.hpp"
@@ -85,6 +86,13 @@ template <class T>
 void direct_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, bool accumulate);
 template <class T>
 void direct_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw);
+// A filter's passes over its extended image by rows (filter_rows_passes.hpp), w unflipped.
+template <class T>
+void direct_rows_forward(const BorderRows& b, const T* x, T fill, const T* w, T* y, bool accumulate);
+template <class T>
+void direct_rows_backward_input(const BorderRows& b, const T* gy, const T* w, T* gx, T* gfill, bool accumulate);
+template <class T>
+void direct_rows_backward_weight(const BorderRows& b, const T* x, T fill, const T* gy, T* gw);
 
 // The direct forward and weight gradient by shifted copies (conv_shifted.cpp,
 // Note [Shifted copies]): unit-stride 1-D and 2-D convs, not 1x1, with at most

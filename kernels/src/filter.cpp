@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "conv_impl.hpp"
 #include "tapegrad/kernels/error.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
@@ -249,7 +250,78 @@ void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* x
   });
 }
 
+// ---- the extended image by rows (Note [Extended rows]) ------------------------
+
+bool rows_serve(const Correlation& c, const std::array<ConvAlgorithm, 3>& algorithms) {
+  for (ConvAlgorithm a : algorithms)
+    if (a != ConvAlgorithm::direct) return false;
+  return !conv_impl::shifted_runs(c.inner);  // the direct algorithm's forward and kernel gradient run those
+}
+
+std::optional<BorderRows> border_rows(const Correlation& c, const Shape& image, std::span<const std::int64_t> lo,
+                                      BorderMode mode) {
+  const std::size_t rank = image.rank();
+  if (rank < 1 || rank > 2 || lo.size() != rank || c.padded.rank() != rank) return std::nullopt;
+  for (std::size_t d = 0; d < rank; ++d)
+    if (lo[d] < 0 || lo[d] > c.kernel[d] - 1 || c.padded[d] - image[d] - lo[d] < 0 ||
+        c.padded[d] - image[d] - lo[d] > c.kernel[d] - 1)
+      return std::nullopt;
+  BorderRows b;
+  b.rows = rank == 2 ? image[0] : 1;
+  b.cols = image.back();
+  b.krows = rank == 2 ? c.kernel[0] : 1;
+  b.top = rank == 2 ? lo[0] : 0;
+  const std::int64_t left = lo.back();
+  b.ext_rows = rank == 2 ? c.padded[0] : 1;
+  b.ext_cols = c.padded.back();
+  b.mode = mode;
+  b.flip = c.flip;
+  ConvSpec spec;
+  spec.pad_lo = {left};
+  spec.pad_hi = {b.ext_cols - b.cols - left};
+  b.row = conv_geometry(Shape{1, 1, b.cols}, Shape{1, 1, c.kernel.back()}, spec, "correlate");
+  return b;
+}
+
+namespace {
+// w reversed in every dim (a true convolution's kernel as the correlation reads it).
+template <class T>
+const T* unflipped_kernel(const BorderRows& b, const T* w, ScratchScope& scratch) {
+  if (!b.flip) return w;
+  const std::int64_t kv = b.krows * b.row.ker[2];
+  T* r = scratch.take<T>(kv).data();
+  for (std::int64_t t = 0; t < kv; ++t) r[t] = w[kv - 1 - t];
+  return r;
+}
+}  // namespace
+
+template <class T>
+void rows_forward(const BorderRows& b, const T* x, T fill, const T* w, T* y, bool accumulate) {
+  ScratchScope scratch;
+  conv_impl::direct_rows_forward(b, x, fill, unflipped_kernel(b, w, scratch), y, accumulate);
+}
+
+template <class T>
+void rows_backward_input(const BorderRows& b, const T* gy, const T* w, T* gx, T* gfill, bool accumulate) {
+  ScratchScope scratch;
+  conv_impl::direct_rows_backward_input(b, gy, unflipped_kernel(b, w, scratch), gx, gfill, accumulate);
+}
+
+template <class T>
+void rows_backward_weight(const BorderRows& b, const T* x, T fill, const T* gy, T* gw) {
+  if (!b.flip) return conv_impl::direct_rows_backward_weight(b, x, fill, gy, gw);
+  // The gradient of the reversed kernel, reversed back onto the kernel the caller holds.
+  ScratchScope scratch;
+  const std::int64_t kv = b.krows * b.row.ker[2];
+  T* reversed = scratch.take_filled<T>(kv, T(0)).data();
+  conv_impl::direct_rows_backward_weight(b, x, fill, gy, reversed);
+  for (std::int64_t t = 0; t < kv; ++t) gw[t] += reversed[kv - 1 - t];
+}
+
 #define TG_INSTANTIATE(T)                                                                                            \
+  template void rows_forward<T>(const BorderRows&, const T*, T, const T*, T*, bool);                                 \
+  template void rows_backward_input<T>(const BorderRows&, const T*, const T*, T*, T*, bool);                         \
+  template void rows_backward_weight<T>(const BorderRows&, const T*, T, const T*, T*);                               \
   template void border_pad<T>(const T*, const Shape&, std::span<const std::int64_t>, std::span<const std::int64_t>,  \
                               BorderMode, T, T*);                                                                    \
   template void border_pad_adjoint<T>(const T*, const Shape&, std::span<const std::int64_t>,                         \

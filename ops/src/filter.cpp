@@ -41,6 +41,7 @@ struct FilterOpParams : OpParams {
   bool extended = false;  // whether the image is extended at all
   kernels::Correlation corr;
   std::array<ConvAlgorithm, 3> algorithm{};
+  std::optional<kernels::BorderRows> rows;  // the passes by rows, with no extended copy (Note [Extended rows])
 };
 
 void check_separable(std::size_t factors, const Shape& image, const std::source_location& where) {
@@ -150,6 +151,9 @@ void resolve(FilterOpParams& p, std::span<const Shape* const> s) {
   p.algorithm = {choose_conv_algorithm(p.corr.inner, ConvPass::forward, want, op),
                  choose_conv_algorithm(p.corr.inner, ConvPass::backward_input, want, op),
                  choose_conv_algorithm(p.corr.inner, ConvPass::backward_weight, want, op)};
+  p.rows.reset();
+  if (p.extended && kernels::rows_serve(p.corr, p.algorithm))
+    p.rows = kernels::border_rows(p.corr, image, std::span<const std::int64_t>(p.lo), p.user.border.mode);
 }
 
 Plan plan(const FilterOpParams& given, std::span<const Shape* const> s) {
@@ -176,6 +180,7 @@ Array<T>& workspace(Array<T>& a, const Shape& shape) {
 template <class T>
 void image_adjoint(const FilterOpParams& p, const Shape& image, const T* gy, const T* k, Array<T>& gext, T* out,
                    bool accumulate, T* gfill = nullptr) {
+  if (p.rows) return kernels::rows_backward_input(*p.rows, gy, k, out, gfill, accumulate);
   if (!p.extended) {
     if (out) kernels::correlate_backward_input(p.corr, p.algorithm[1], gy, k, out, accumulate);
     return;
@@ -186,14 +191,32 @@ void image_adjoint(const FilterOpParams& p, const Shape& image, const T* gy, con
                               p.user.border.mode, out, gfill, accumulate);
 }
 
-// The image extended by the border (with `fill`, else the params' fill value) into ext; the image itself when not extended.
+// The image extended by the border (fill value `fill`) into ext; the image itself when not extended.
 template <class T>
-const T* extend(const FilterOpParams& p, const Array<T>& image, Array<T>& ext, std::optional<T> fill = std::nullopt) {
+const T* extend(const FilterOpParams& p, const Array<T>& image, Array<T>& ext, T fill) {
   if (!p.extended) return image.data();
   workspace(ext, p.corr.padded);
   kernels::border_pad(image.data(), image.shape(), std::span<const std::int64_t>(p.lo), std::span<const std::int64_t>(p.hi),
-                      p.user.border.mode, fill ? *fill : static_cast<T>(p.user.border.value), ext.data());
+                      p.user.border.mode, fill, ext.data());
   return ext.data();
+}
+
+// y (+= with accumulate) = the filter of image (fill value `fill`) by k: by
+// rows, or from the extended image xp (made in ext when null).
+template <class T>
+void filter_pass(const FilterOpParams& p, const Array<T>& image, T fill, const T* k, Array<T>& ext, T* y, bool accumulate,
+                 const T* xp = nullptr) {
+  if (p.rows) return kernels::rows_forward(*p.rows, image.data(), fill, k, y, accumulate);
+  kernels::correlate_forward(p.corr, p.algorithm[0], xp ? xp : extend(p, image, ext, fill), k, y, accumulate);
+}
+
+// gk += the kernel's adjoint of gy for image (fill value `fill`): by rows, or
+// from the extended image xp (made in ext when null).
+template <class T>
+void kernel_adjoint(const FilterOpParams& p, const Array<T>& image, T fill, const T* gy, Array<T>& ext, T* gk,
+                    const T* xp = nullptr) {
+  if (p.rows) return kernels::rows_backward_weight(*p.rows, image.data(), fill, gy, gk);
+  kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp ? xp : extend(p, image, ext, fill), gy, gk);
 }
 
 
@@ -240,27 +263,26 @@ OpInfo<T> filter_family_row(bool convolve) {
   };
   r.forward = [](const ForwardCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
-    const T* xp = extend(p, *c.inputs[0], c.saved[0], std::optional<T>(fill_value(p, c.inputs)));
-    kernels::correlate_forward(p.corr, p.algorithm[0], xp, c.inputs[1]->data(), c.output.data(), /*accumulate=*/false);
+    filter_pass(p, *c.inputs[0], fill_value(p, c.inputs), c.inputs[1]->data(), c.saved[0], c.output.data(), false);
   };
   r.pullback = [](const PullbackCall<T>& c) {
     const auto& p = params_as<FilterOpParams>(c.params);
     const Array<T>& image = *c.inputs[0];
-    const T* xp = p.extended ? c.saved[0].data() : image.data();
+    const T* xp = p.extended && !p.rows ? c.saved[0].data() : image.data();  // the forward's extended image
     Array<T>* gx = c.input_adjoints[0];
     T* gfill = c.input_adjoints.size() == 3 && c.input_adjoints[2] ? c.input_adjoints[2]->data() : nullptr;
     zero_if_assigned(c, 1);  // the kernel's and the fill value's adjoints are small: zeroed, then added to
     if (gfill) zero_if_assigned(c, 2);
     if (c.input_adjoints[1])
-      kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, c.output_adjoint.data(), c.input_adjoints[1]->data());
+      kernel_adjoint(p, image, fill_value(p, c.inputs), c.output_adjoint.data(), c.saved[0], c.input_adjoints[1]->data(), xp);
     if (gx || gfill)  // the extended image's adjoint, folded back through the border
       image_adjoint(p, image.shape(), c.output_adjoint.data(), c.inputs[1]->data(), c.saved[1], gx ? gx->data() : nullptr,
                     /*accumulate=*/!c.assigns(0), gfill);
   };
   r.print_params = [](const OpParams* params) {
     const auto& p = params_as<FilterOpParams>(params);
-    return fmt::format("{} algorithm={}/{}/{}", print_geometry(p), kernels::to_string(p.algorithm[0]),
-                       kernels::to_string(p.algorithm[1]), kernels::to_string(p.algorithm[2]));
+    return fmt::format("{} algorithm={}/{}/{}{}", print_geometry(p), kernels::to_string(p.algorithm[0]),
+                       kernels::to_string(p.algorithm[1]), kernels::to_string(p.algorithm[2]), p.rows ? " by_rows" : "");
   };
   r.save_params = [](const OpParams* params, ParamWriter& w) { save_filter_params(params_as<FilterOpParams>(params), w); };
   r.load_params = [convolve](ParamReader& in) { return load_filter_params(in, convolve); };
@@ -393,11 +415,10 @@ OpInfo<T> filter_image_grad_row() {
   };
   r.pullback = [](const PullbackCall<T>& c) {  // u = the output adjoint, an image
     const auto& p = params_as<FilterGradOpParams>(c.params);
-    const T* up = extend(p, c.output_adjoint, c.saved[1]);  // fill 0 (Note [The filter's gradient ops])
-    if (c.input_adjoints[0])
-      kernels::correlate_forward(p.corr, p.algorithm[0], up, c.inputs[1]->data(), c.input_adjoints[0]->data(), /*accumulate=*/true);
-    if (c.input_adjoints[1])
-      kernels::correlate_backward_weight(p.corr, p.algorithm[2], up, c.inputs[0]->data(), c.input_adjoints[1]->data());
+    const Array<T>& u = c.output_adjoint;  // its border's fill is 0 (Note [The filter's gradient ops])
+    const T* up = p.rows ? nullptr : extend(p, u, c.saved[1], T(0));
+    if (c.input_adjoints[0]) filter_pass(p, u, T(0), c.inputs[1]->data(), c.saved[1], c.input_adjoints[0]->data(), true, up);
+    if (c.input_adjoints[1]) kernel_adjoint(p, u, T(0), c.inputs[0]->data(), c.saved[1], c.input_adjoints[1]->data(), up);
   };
   r.record_pullback = [](const RecordedPullbackCall<T>& c) {
     const auto& p = params_as<FilterGradOpParams>(c.params);
@@ -415,16 +436,16 @@ OpInfo<T> filter_kernel_grad_row() {
   grad_op_hooks(r, false);
   r.forward = [](const ForwardCall<T>& c) {  // inputs (x, gy)
     const auto& p = params_as<FilterGradOpParams>(c.params);
-    const T* xp = extend(p, *c.inputs[0], c.saved[0]);
     c.output.fill(T(0));
-    kernels::correlate_backward_weight(p.corr, p.algorithm[2], xp, c.inputs[1]->data(), c.output.data());
+    kernel_adjoint(p, *c.inputs[0], static_cast<T>(p.user.border.value), c.inputs[1]->data(), c.saved[0], c.output.data());
   };
   r.pullback = [](const PullbackCall<T>& c) {  // v = the output adjoint, a kernel
     const auto& p = params_as<FilterGradOpParams>(c.params);
     const T* v = c.output_adjoint.data();
     if (c.input_adjoints[1]) {
-      const T* xp = p.extended ? c.saved[0].data() : c.inputs[0]->data();  // the forward's extended image
-      kernels::correlate_forward(p.corr, p.algorithm[0], xp, v, c.input_adjoints[1]->data(), /*accumulate=*/true);
+      const Array<T>& x = *c.inputs[0];
+      filter_pass(p, x, static_cast<T>(p.user.border.value), v, c.saved[0], c.input_adjoints[1]->data(), true,
+                  p.extended ? c.saved[0].data() : x.data());  // the forward's extended image
     }
     if (c.input_adjoints[0])
       image_adjoint(p, c.inputs[0]->shape(), c.inputs[1]->data(), v, c.saved[1], c.input_adjoints[0]->data(), true);

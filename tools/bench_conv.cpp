@@ -199,6 +199,11 @@ void bench_seed(const Options& o) {
               full / fwd);
   std::printf("  %-44s %9.3f ms  (%.2fx the forward)\n", "tapegrad replayed tape.gradient(x, w)", replay * 1e3, replay / fwd);
   std::printf("  %-44s %9.3f ms  (%.2fx the forward)\n", "tapegrad replayed into caller arrays", into * 1e3, into / fwd);
+  set_threads(2);  // the filter's passes run bands of rows on threads
+  const double into2 = median_seconds(o.reps * 4, [&] { tape.gradient_into({&gx, &gw}, x, w); });
+  set_threads(1);
+  std::printf("  %-44s %9.3f ms  (%.2fx one thread's time)\n", "tapegrad replayed into caller arrays, 2 threads",
+              into2 * 1e3, into2 / into);
 #ifdef TAPEGRAD_HAVE_TORCH
   if (o.compare) {
     auto tx = torch::from_blob(const_cast<double*>(x.data()), {1, 1, 500, 500}, torch::kFloat64).clone();

@@ -351,16 +351,17 @@ void check_case_against_reference(const Case& c, ConvAlgorithm algorithm, std::u
   CHECK(max_abs_diff(tg::conv(xf, wf, p).template cast<double>(), y) < 1e-4);
 }
 
-// The float weight gradient of case c by `algorithm` against the double reference.
-void check_float_weight_gradient(const Case& c, ConvAlgorithm algorithm, std::uint64_t seed) {
+// The float input and weight gradients of case c by `algorithm` against the double reference.
+void check_float_gradients(const Case& c, ConvAlgorithm algorithm, std::uint64_t seed) {
   const ConvParams p = forced(c.p, algorithm);
   const A x = A::random_uniform(c.x, -1, 1, seed), w = A::random_uniform(c.w, -1, 1, seed + 1);
   const A gy = A::random_uniform(ref::conv(x, w, p).shape(), -1, 1, seed + 2);
-  const A gw_ref = std::get<1>(ref::conv_backward(x, w, gy, p));
-  const auto gwf = std::get<1>(
+  const auto [gx_ref, gw_ref] = ref::conv_backward(x, w, gy, p);
+  const auto [gxf, gwf] =
       tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, p); },
                  x.cast<float>(), w.cast<float>())
-          .vjp(gy.cast<float>()));
+          .vjp(gy.cast<float>());
+  CHECK(max_abs_diff(gxf.cast<double>(), gx_ref) < 1e-4);
   CHECK(max_abs_diff(gwf.cast<double>(), gw_ref) < 1e-3);
 }
 
@@ -413,7 +414,7 @@ TEST_CASE("conv: the direct kernel gradient with every kernel row in one pass eq
                         Case{{1, 33, 4, 70}, {2, 33, 2, 2}, {}}}) {
     CAPTURE(tg::to_string(c.x));
     check_case_against_reference(c, ConvAlgorithm::direct, 51);
-    check_float_weight_gradient(c, ConvAlgorithm::direct, 52);
+    check_float_gradients(c, ConvAlgorithm::direct, 52);
   }
 }
 
@@ -432,7 +433,7 @@ TEST_CASE("conv: the shifted copies made flat equal the reference") {
                         Case{{2, 2, 9, 19}, {3, 2, 3, 3}, {.pad_lo = {1, 0}, .pad_hi = {1, 1}}}}) {
     CAPTURE(tg::to_string(c.x));
     check_case_against_reference(c, ConvAlgorithm::direct, 61);
-    check_float_weight_gradient(c, ConvAlgorithm::direct, 62);
+    check_float_gradients(c, ConvAlgorithm::direct, 62);
   }
 }
 
@@ -441,9 +442,26 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   // to 7 taps along rows 1-40 wide: planes with and without a partial last
   // vector, filter counts past whole blocks, groups (copies of some channels
   // only), dilations and paddings. At avx512 the forward and the weight
-  // gradient run the shifted copies; below it, the direct loops.
+  // gradient run the shifted copies, and so does the input gradient where the
+  // adjoint conv has few channels a group (few filters: depthwise layers);
+  // below it, the direct loops.
   const GeometryLimits few{.max_stride = 1, .max_in = 9, .max_last = 40, .max_last_kernel = 7, .max_rank = 2, .max_cg = 4};
   CHECK(check_random_cases(20261206, 60, few, ConvAlgorithm::direct) >= 40);
+  // Depthwise 3x3 and 5x5 layers, padded, a plane of 28 x 28 and one of 14 x 13;
+  // at 56 x 56 every channel's copies together pass the copies' limit, so the
+  // weight pass takes the groups in chunks (26 of 32 groups, then 6; with two
+  // channels and two filters a group, cut by filter blocks, 26 of 32 groups
+  // then 6 on each of two threads, 26, 26 and 12 on one).
+  for (const Case& c : {Case{{2, 8, 28, 28}, {8, 1, 3, 3}, {.padding = {1}, .groups = 8}},
+                        Case{{3, 6, 14, 13}, {6, 1, 5, 5}, {.padding = {2}, .groups = 6}},
+                        Case{{2, 4, 9, 20}, {8, 1, 3, 3}, {.pad_lo = {0, 2}, .pad_hi = {2, 0}, .groups = 4}},
+                        Case{{2, 32, 56, 56}, {32, 1, 3, 3}, {.padding = {1}, .groups = 32}},
+                        Case{{1, 128, 40, 40}, {128, 2, 3, 3}, {.padding = {1}, .groups = 64}}})
+  {
+    CAPTURE(tg::to_string(c.x));
+    check_case_against_reference(c, ConvAlgorithm::direct, 33);
+    check_float_gradients(c, ConvAlgorithm::direct, 34);
+  }
   // The cost rule runs LeNet's conv1 with them (at avx512), and its input gradient not.
   namespace k = tg::kernels;
   const k::ConvGeometry lenet = k::conv_geometry({64, 1, 28, 28}, {32, 1, 5, 5}, {.pad_lo = {2}, .pad_hi = {2}}, "test");

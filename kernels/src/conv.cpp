@@ -254,11 +254,13 @@ double winograd_seconds(const ConvGeometry& g, ConvPass pass) {
 // (Note [Pointwise runs]); or for the forward and weight gradient where they
 // run (Note [Shifted copies]) the shifted copies: whole vectors of 16 positions,
 // so a plane's last partial vector is the waste, and no more threads busy
-// than there are samples (forward) or blocks of filters (weight gradient).
+// than there are samples (forward) or blocks of filters (weight gradient). An
+// input gradient the shifted copies run is priced as the adjoint conv's forward.
 double direct_seconds(const ConvGeometry& g, ConvPass pass) {
   const double plane = double(g.out_vol()), fill = plane / (16.0 * std::ceil(plane / 16.0));
   if (conv_impl::pointwise_runs_pass(g, pass)) return g.macs() / (kShiftedForwardRate * fill);  // Note [Pointwise runs]
-  if (pass == ConvPass::backward_input || !conv_impl::shifted_runs(g)) return g.macs() / kDirectRate;
+  if (!conv_impl::shifted_runs(g, pass)) return g.macs() / kDirectRate;
+  if (pass == ConvPass::backward_input) return direct_seconds(conv_impl::adjoint_geometry(g), ConvPass::forward);
   const double units = double(pass == ConvPass::forward ? g.N * g.groups : conv_impl::shifted_weight_tasks(g));
   const double threads = double(tg::num_threads()), busy = std::min(threads, units) / threads;
   return g.macs() / ((pass == ConvPass::forward ? kShiftedForwardRate : kShiftedWeightRate) * fill * busy);
@@ -400,7 +402,7 @@ void conv_forward(const ConvGeometry& g, ConvAlgorithm a, const T* x, const T* w
       conv_impl::implicit_gemm_forward(part, x + n0 * g.C * g.in_vol(), w, y + n0 * g.K * g.out_vol(), accumulate, epilogue);
     });
   if (a == ConvAlgorithm::winograd) return conv_impl::winograd_forward(g, x, w, y, accumulate, epilogue);
-  if (a == ConvAlgorithm::direct && conv_impl::shifted_runs(g))
+  if (a == ConvAlgorithm::direct && conv_impl::shifted_runs(g, ConvPass::forward))
     return conv_impl::shifted_forward(g, x, w, y, accumulate, epilogue);
   if (a == ConvAlgorithm::direct && conv_impl::pointwise_runs(g))
     return conv_impl::pointwise_forward(g, x, w, y, accumulate, epilogue);
@@ -429,6 +431,11 @@ void conv_backward_input(const ConvGeometry& g, ConvAlgorithm a, const T* gy, co
     return conv_impl::pointwise_forward(conv_impl::adjoint_geometry(g), gy, conv_impl::adjoint_weights(g, w, scratch), gx,
                                         accumulate, static_cast<const OutputEpilogue<T>*>(nullptr));
   }
+  if (a == ConvAlgorithm::direct && conv_impl::shifted_runs(g, ConvPass::backward_input)) {  // the adjoint conv's forward
+    ScratchScope scratch;
+    return conv_impl::shifted_forward(conv_impl::adjoint_geometry(g), gy, conv_impl::adjoint_weights(g, w, scratch), gx,
+                                      accumulate, static_cast<const OutputEpilogue<T>*>(nullptr));
+  }
   if (a == ConvAlgorithm::direct) return conv_impl::direct_backward_input(g, gy, w, gx, accumulate);
   if (a == ConvAlgorithm::implicit_gemm)
     return in_sample_chunks<T>(g, ConvPass::backward_input, [&](const ConvGeometry& part, std::int64_t n0) {
@@ -455,7 +462,7 @@ void conv_backward_weight(const ConvGeometry& g, ConvAlgorithm a, const T* x, co
   }
   switch (a) {
     case ConvAlgorithm::direct:
-      if (conv_impl::shifted_runs(g)) return conv_impl::shifted_backward_weight<T>(g, x, gy, gw, nullptr, nullptr);
+      if (conv_impl::shifted_runs(g, ConvPass::backward_weight)) return conv_impl::shifted_backward_weight<T>(g, x, gy, gw, nullptr, nullptr);
       return conv_impl::direct_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::im2col: return conv_impl::im2col_backward_weight(g, x, gy, gw);
     case ConvAlgorithm::implicit_gemm:
@@ -498,7 +505,7 @@ void conv_backward_weight_folded(const ConvGeometry& g, ConvAlgorithm a, const T
       conv_impl::implicit_gemm_backward_weight(part, x + n0 * g.C * g.in_vol(), gy + at, gw, &shifted, gy + at);
     });
   if (a == ConvAlgorithm::winograd && !g.flip) return conv_impl::winograd_backward_weight(g, x, gy, gw, &prologue, gy);
-  if (a == ConvAlgorithm::direct && !g.flip && conv_impl::shifted_runs(g))
+  if (a == ConvAlgorithm::direct && !g.flip && conv_impl::shifted_runs(g, ConvPass::backward_weight))
     return conv_impl::shifted_backward_weight(g, x, gy, gw, &prologue, gy);
   if (prologue.pullback) apply_adjoint_prologue(gy, g.N * g.K * g.out_vol(), prologue);
   if (prologue.bias_grad) conv_bias_backward(gy, prologue.bias_grad, g.N, g.K, g.out_vol());

@@ -1,6 +1,7 @@
 // The direct convolution's forward and weight gradient for few input channels,
 // by shifted copies (Note [Shifted copies]), with AVX-512. conv.cpp runs the
-// direct algorithm's two passes with these where shifted_runs(g) holds.
+// direct algorithm's passes with these where shifted_runs(g, pass) holds (the
+// input gradient as the adjoint conv's forward).
 //
 // Note [Shifted copies]: a unit-stride 1-D or 2-D conv with few taps per
 // filter (LeNet's conv1: 1 channel, 5x5, 28-wide rows) has too few patch
@@ -278,8 +279,19 @@ struct WeightPass {
     for (std::int64_t b = b0; b < b1; ++b) add_lanes(b, sums + (b - b0) * sums_per_block, gw);
   }
 
-  // Samples [n0, n1) of blocks [b0, b1), their sums into sums[b - b0].
+  // Samples [n0, n1) of blocks [b0, b1), their sums into sums[b - b0]: in
+  // chunks of whole groups whose copies fit kMaxCopyElements (a depthwise
+  // layer's channels a few at a time), each block's samples still in order.
   void run(std::int64_t n0, std::int64_t n1, std::int64_t b0, std::int64_t b1, const T* x, T* sums) const {
+    const std::int64_t groups_per_chunk =
+        std::max<std::int64_t>(1, static_cast<std::int64_t>(kMaxCopyElements) / s.copies_of(g.Cg));
+    for (std::int64_t c0 = b0, c1; c0 < b1; c0 = c1) {
+      c1 = std::min(b1, (c0 / blocks_per_group + groups_per_chunk) * blocks_per_group);
+      run_chunk(n0, n1, c0, c1, x, sums + (c0 - b0) * sums_per_block);
+    }
+  }
+
+  void run_chunk(std::int64_t n0, std::int64_t n1, std::int64_t b0, std::int64_t b1, const T* x, T* sums) const {
     const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
     T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
@@ -494,16 +506,19 @@ void output_range(const ConvGeometry& g, std::int64_t n, std::int64_t grp, const
 
 }  // namespace
 
-bool shifted_applies(const ConvGeometry& g) {
+bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
+  if (pass == ConvPass::backward_input) return unit_stride(g) && shifted_applies(adjoint_geometry(g), ConvPass::forward);
   // A 1x1 kernel has nothing to share between taps: it is a GEMM (im2col).
   if (g.spatial > 2 || g.stride[1] != 1 || g.stride[2] != 1 || g.ker[2] > kMaxShiftedRowTaps || g.ker_vol() == 1)
     return false;
   if (g.Cg * g.ker[1] * g.ker[2] > kMaxShiftedTaps) return false;
+  // A group's channels are copied at once (the weight pass takes as many
+  // groups as fit).
   const double rows = double(g.out[1]) + double(g.ker[1] - 1) * double(g.dil[1]);
-  return double(g.C) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
+  return double(g.Cg) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
 }
 
-bool shifted_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && shifted_applies(g); }
+bool shifted_runs(const ConvGeometry& g, ConvPass pass) { return kernel_isa() >= Isa::avx512 && shifted_applies(g, pass); }
 
 bool pointwise_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && g.pointwise(); }
 

@@ -255,7 +255,8 @@ void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* x
 bool rows_serve(const Correlation& c, const std::array<ConvAlgorithm, 3>& algorithms) {
   for (ConvAlgorithm a : algorithms)
     if (a != ConvAlgorithm::direct) return false;
-  return !conv_impl::shifted_runs(c.inner);  // the direct algorithm's forward and kernel gradient run those
+  // (the direct algorithm's forward and kernel gradient run the shifted copies where they apply)
+  return !conv_impl::shifted_runs(c.inner, ConvPass::forward) && !conv_impl::shifted_runs(c.inner, ConvPass::backward_weight);
 }
 
 std::optional<BorderRows> border_rows(const Correlation& c, const Shape& image, std::span<const std::int64_t> lo,

@@ -1,5 +1,5 @@
-// The direct convolution's forward and weight gradient for few input channels,
-// by shifted copies (Note [Shifted copies]), with AVX-512. conv.cpp runs the
+// The direct convolution's forward and weight gradient for few input channels
+// (and input gradient for few filters), by shifted copies (Note [Shifted copies]), with AVX-512. conv.cpp runs the
 // direct algorithm's passes with these where shifted_runs(g, pass) holds (the
 // input gradient as the adjoint conv's forward).
 //
@@ -41,7 +41,7 @@ namespace {
 
 constexpr std::int64_t kMaxShiftedTaps = 128;        // Cg * KH * KW: the weight pass's sums per filter
 constexpr std::int64_t kMaxShiftedRowTaps = 7;       // KW: one compiled kernel per count
-constexpr double kMaxCopyElements = 1 << 18;        // one sample's copies, per thread
+constexpr double kMaxCopyElements = 1 << 18;        // the copies a thread holds at once: a sample's groups
 
 // The copies of one sample (Note [Shifted copies]), 64-byte aligned each.
 struct ShiftedLayout {
@@ -285,9 +285,9 @@ struct WeightPass {
   void run(std::int64_t n0, std::int64_t n1, std::int64_t b0, std::int64_t b1, const T* x, T* sums) const {
     const std::int64_t groups_per_chunk =
         std::max<std::int64_t>(1, static_cast<std::int64_t>(kMaxCopyElements) / s.copies_of(g.Cg));
-    for (std::int64_t c0 = b0, c1; c0 < b1; c0 = c1) {
-      c1 = std::min(b1, (c0 / blocks_per_group + groups_per_chunk) * blocks_per_group);
-      run_chunk(n0, n1, c0, c1, x, sums + (c0 - b0) * sums_per_block);
+    for (std::int64_t from = b0, to; from < b1; from = to) {
+      to = std::min(b1, (from / blocks_per_group + groups_per_chunk) * blocks_per_group);
+      run_chunk(n0, n1, from, to, x, sums + (from - b0) * sums_per_block);
     }
   }
 

@@ -3,11 +3,12 @@
 // GFLOP/s and the ratio; then the seed case (500x500 double image, 3x3 kernel,
 // replicate border: forward + both gradients) at 1 thread.
 //
-//   bench_conv [--threads 1,2] [--reps N] [--only NAME|resnet|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
+//   bench_conv [--threads 1,2] [--reps N] [--only NAME|resnet|depthwise|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
 //              [--against onednn]
 //
 // --only resnet: the convolutions of the ResNet example's training step
-// (examples/cnn/resnet_model.hpp, width 32, batch 128), N1-N8.
+// (examples/cnn/resnet_model.hpp, width 32, batch 128), N1-N8; --only
+// depthwise: three depthwise 3x3 layers, D1-D3 (LibTorch only).
 //
 // Times are medians of N repetitions after one warm-up; tapegrad is timed at
 // the kernel (the algorithm its cost rule picks, the one named, or with
@@ -117,7 +118,8 @@ struct LayerData {
   A gy, y, gx, gw;
 
   explicit LayerData(const Layer& L)
-      : x(A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1)), w(A::random_uniform({L.K, L.C, L.k, L.k}, -1, 1, 2)),
+      : x(A::random_uniform({L.N, L.C, L.H, L.W}, -1, 1, 1)),
+        w(A::random_uniform({L.K, L.channels_per_group(), L.k, L.k}, -1, 1, 2)),
         g(geometry(L, x, w)), gy(A::random_uniform(tg::kernels::conv_output_shape(g), -1, 1, 3)), y(A::zeros(gy.shape())),
         gx(A::zeros(x.shape())), gw(A::zeros(w.shape())) {}
 
@@ -125,6 +127,7 @@ struct LayerData {
     tg::kernels::ConvSpec spec;
     spec.stride = {L.stride};
     spec.pad_lo = spec.pad_hi = {L.pad};
+    spec.groups = L.groups;
     return tg::kernels::conv_geometry(x.shape(), w.shape(), spec, "bench");
   }
   // One pass of our kernel, with algorithm a; its result in y, gx or gw.
@@ -157,19 +160,19 @@ std::vector<Row> bench_layer(const Layer& L, int threads, const Options& o) {
     if (o.compare) {
       torch::NoGradGuard no_grad;
       auto tx = torch::from_blob(const_cast<float*>(x.data()), {L.N, L.C, L.H, L.W}).clone();
-      auto tw = torch::from_blob(const_cast<float*>(w.data()), {L.K, L.C, L.k, L.k}).clone();
+      auto tw = torch::from_blob(const_cast<float*>(w.data()), {L.K, L.channels_per_group(), L.k, L.k}).clone();
       auto tgy = torch::from_blob(const_cast<float*>(gy.data()), {gy.shape()[0], gy.shape()[1], gy.shape()[2], gy.shape()[3]}).clone();
       torch::Tensor out;
       const std::array<bool, 3> mask{pass == ConvPass::backward_input, pass == ConvPass::backward_weight, false};
       r.theirs = median_seconds(o.reps, [&] {
         if (pass == ConvPass::forward)
-          out = at::conv2d(tx, tw, {}, {L.stride, L.stride}, {L.pad, L.pad});
+          out = at::conv2d(tx, tw, {}, {L.stride, L.stride}, {L.pad, L.pad}, {1, 1}, L.groups);
         else
           out = pass == ConvPass::backward_input
                     ? std::get<0>(at::convolution_backward(tgy, tx, tw, c10::nullopt, {L.stride, L.stride}, {L.pad, L.pad},
-                                                           {1, 1}, false, {0, 0}, 1, mask))
+                                                           {1, 1}, false, {0, 0}, L.groups, mask))
                     : std::get<1>(at::convolution_backward(tgy, tx, tw, c10::nullopt, {L.stride, L.stride}, {L.pad, L.pad},
-                                                           {1, 1}, false, {0, 0}, 1, mask));
+                                                           {1, 1}, false, {0, 0}, L.groups, mask));
       });
       out = out.contiguous();
       r.check = max_rel_diff(result->data(), out.data_ptr<float>(), result->size());
@@ -250,6 +253,11 @@ Options parse(int argc, char** argv) {
       }
     }
   }
+  if (o.against == "onednn")
+    for (const Layer& L : selected_layers(o.only))
+      if (L.groups != 1)
+        tg::fail("bench_conv", fmt::format("--against onednn with layer {} ({} groups) expected layers of one group; "
+                                           "hint: compare grouped layers with --against libtorch", L.name, L.groups));
   return o;
 }
 

@@ -82,8 +82,10 @@ void bench_layer(const tgbench::ConvLayer& L, int threads, int reps) {
   k::ConvSpec spec;
   spec.stride = {L.stride};
   spec.pad_lo = spec.pad_hi = {L.pad};
-  const k::ConvGeometry g = k::conv_geometry({L.N, L.C, L.H, L.W}, {L.K, L.C, L.k, L.k}, spec, "bench_passes");
-  const std::size_t in = L.N * L.C * L.H * L.W, taps = L.K * L.C * L.k * L.k, out = L.N * L.K * g.out_vol();
+  spec.groups = L.groups;
+  const std::int64_t Cg = L.channels_per_group();
+  const k::ConvGeometry g = k::conv_geometry({L.N, L.C, L.H, L.W}, {L.K, Cg, L.k, L.k}, spec, "bench_passes");
+  const std::size_t in = L.N * L.C * L.H * L.W, taps = L.K * Cg * L.k * L.k, out = L.N * L.K * g.out_vol();
   const std::vector<float> x = random_floats(in, 1), w = random_floats(taps, 2), gy = random_floats(out, 3);
   std::vector<float> y(out), gx(in), gw(taps);
   tg::set_num_threads(threads);
@@ -106,7 +108,7 @@ int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   const std::vector<tgbench::ConvLayer> layers = tgbench::selected_layers(o.only);
   if (layers.empty()) {
-    std::fprintf(stderr, "bench_passes: no layer named '%s'; expected L1, L2, R1-R6, N1-N8 or resnet\n", o.only.c_str());
+    std::fprintf(stderr, "bench_passes: no layer named '%s'; expected L1, L2, R1-R6, N1-N8, D1-D3, resnet or depthwise\n", o.only.c_str());
     return 2;
   }
   for (const int threads : o.threads)

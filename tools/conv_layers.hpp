@@ -1,6 +1,6 @@
 // The convolution layers the benchmarks time: issue 3's anchor layers (L1, L2,
-// R1-R6) and the ResNet example's (N1-N8, examples/cnn/resnet_model.hpp, width
-// 32, batch 128). Plain data, so that bench_passes compiles against the kernels
+// R1-R6), the ResNet example's (N1-N8, examples/cnn/resnet_model.hpp, width
+// 32, batch 128) and three depthwise 3x3 layers (D1-D3: groups = channels). Plain data, so that bench_passes compiles against the kernels
 // of any commit (scripts/compare-kernels.sh).
 #pragma once
 
@@ -14,6 +14,8 @@ namespace tgbench {
 struct ConvLayer {
   const char* name;
   std::int64_t N, C, H, W, K, k, stride, pad;
+  std::int64_t groups = 1;
+  std::int64_t channels_per_group() const { return C / groups; }
 };
 
 inline const ConvLayer kAnchorLayers[] = {
@@ -27,14 +29,24 @@ inline const ConvLayer kResnetLayers[] = {
     {"N7", 128, 128, 7, 7, 128, 3, 1, 1},  {"N8", 128, 64, 14, 14, 128, 1, 2, 0},
 };
 
-// The layers `only` selects: every anchor layer when empty, "resnet" the ResNet set, else the one named.
+inline const ConvLayer kDepthwiseLayers[] = {
+    {"D1", 8, 32, 56, 56, 32, 3, 1, 1, 32}, {"D2", 8, 64, 28, 28, 64, 3, 1, 1, 64}, {"D3", 8, 128, 14, 14, 128, 3, 1, 1, 128},
+};
+
+// The layers `only` selects: every anchor layer when empty, "resnet" or
+// "depthwise" that set, else the one named.
 inline std::vector<ConvLayer> selected_layers(const std::string& only) {
   if (only.empty()) return {std::begin(kAnchorLayers), std::end(kAnchorLayers)};
   if (only == "resnet") return {std::begin(kResnetLayers), std::end(kResnetLayers)};
+  if (only == "depthwise") return {std::begin(kDepthwiseLayers), std::end(kDepthwiseLayers)};
   std::vector<ConvLayer> out;
-  for (const auto* set : {&kAnchorLayers, &kResnetLayers})
-    for (const ConvLayer& L : *set)
+  auto named = [&](const auto& set) {
+    for (const ConvLayer& L : set)
       if (only == L.name) out.push_back(L);
+  };
+  named(kAnchorLayers);
+  named(kResnetLayers);
+  named(kDepthwiseLayers);
   return out;
 }
 

@@ -278,14 +278,15 @@ void fused_kernel_rows(Vec<T>* sums, T* acc, const T* const* x, const T* __restr
     }
 }
 
-// Whether fused_kernel_rows serves a geometry's kernel gradient: a 2-D kernel
-// of 2x2 or 3x3 taps (so at most 3 kernel rows reach an output row) whose
-// every tap reaches at least 4 vectors of outputs of a row in common (the
-// interior; the few outputs a padded row's edge leaves go one tap at a time).
+// Whether fused_kernel_rows serves a kernel gradient whose output rows each
+// meet kernel_rows rows of taps along g's last dim: 2x2 or 3x3 taps, unit
+// stride and dilation, every tap reaching at least 4 vectors of outputs of a
+// row in common (the interior; the few outputs a padded row's edge leaves go
+// one tap at a time). For a conv, kernel_rows = g.ker[1] and g.ker[0] == 1.
 template <class T>
-bool kernel_rows_fuse(const ConvGeometry& g, const std::int64_t interior[2]) {
+bool kernel_rows_fuse(const ConvGeometry& g, std::int64_t kernel_rows, const std::int64_t interior[2]) {
   const std::int64_t K = g.ker[2];
-  return g.ker[0] == 1 && g.ker[1] == K && (K == 2 || K == 3) && g.stride[2] == 1 && g.dil[2] == 1 &&
+  return kernel_rows == K && (K == 2 || K == 3) && g.stride[2] == 1 && g.dil[2] == 1 &&
          interior[1] - interior[0] >= 4 * kVec<T>;
 }
 
@@ -474,7 +475,7 @@ void backward_weight_any(const ConvGeometry& g, const T* x, const T* gy, T* gw) 
   const auto taps = row_ranges(g, scratch);
   std::int64_t interior[2];
   interior_of(taps, interior);
-  const bool fuse = kernel_rows_fuse<T>(g, interior);
+  const bool fuse = g.ker[0] == 1 && kernel_rows_fuse<T>(g, g.ker[1], interior);
   parallel_for(g.K * g.Cg, threads_if(g.macs() > kParallelMacs), [&](std::int64_t kc) {
     const std::int64_t k = kc / g.Cg, c = kc % g.Cg, group = k / g.Kg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])

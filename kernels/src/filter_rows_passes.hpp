@@ -143,7 +143,7 @@ void rows_backward_weight_any(const BorderRows& b, const T* x, T fill, const T* 
   const RowTaps valid(valid_row(b.row, std::max(b.cols, plan.K2)), scratch);
   const std::int64_t K2 = plan.K2, kv = b.krows * K2, out_rows = b.out_rows(), out_cols = b.out_cols();
   const std::int64_t count = plan.edge_end - plan.edge_begin;
-  const bool fuse = b.krows == K2 && (K2 == 2 || K2 == 3) && count >= 4 * kVec<T>;  // Note [Fused kernel rows]
+  const bool fuse = count > 0 && kernel_rows_fuse<T>(valid.g, b.krows, valid.interior);  // Note [Fused kernel rows]
   const std::int64_t bands = (out_rows + kBandRows - 1) / kBandRows;
   const std::span<T> band_sums = scratch.take<T>(bands * kv);
   const double macs = double(out_rows) * double(out_cols) * double(kv);
@@ -155,6 +155,7 @@ void rows_backward_weight_any(const BorderRows& b, const T* x, T fill, const T* 
     for (std::int64_t o = band * kBandRows; o < std::min(out_rows, (band + 1) * kBandRows); ++o) {
       const T* gyrow = gy + o * out_cols;
       const T* const* xrows = plan.row.data() + o;
+      // (no edges in the valid part: fused_kernel_rows itself, not kernel_rows_with_edges, whose empty edge loops cost 8%)
       if (fuse && K2 == 3) fused_kernel_rows<3>(sums.data(), acc.data(), xrows, gyrow + plan.edge_begin, count);
       else if (fuse) fused_kernel_rows<2>(sums.data(), acc.data(), xrows, gyrow + plan.edge_begin, count);
       else if (count > 0)

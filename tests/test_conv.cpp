@@ -767,6 +767,8 @@ TEST_CASE("conv: the triple (one instruction, replay, finite differences) with a
   all.push_back({{2, 4, 6, 9}, {6, 2, 3, 5}, {.padding = {1, 2}, .groups = 2, .algorithm = ConvAlgorithm::winograd}});
   // Implicit GEMM strided: the input gradient by phases (Note [Strided input adjoint by phases]).
   all.push_back({{2, 17, 7, 6}, {3, 17, 3, 3}, {.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm}});
+  // Depthwise, direct: at avx512 all three passes on the shifted copies (the input gradient as the adjoint's forward).
+  all.push_back({{2, 4, 6, 7}, {4, 1, 3, 3}, {.padding = {1}, .groups = 4, .algorithm = ConvAlgorithm::direct}});
   for (const auto& c : all) {
     CAPTURE(tg::to_string(c.x));
     const A x = A::random_uniform(c.x, -1, 1, 1), w = A::random_uniform(c.w, -1, 1, 2);
@@ -798,6 +800,9 @@ TEST_CASE("conv: dot-product test on layer-sized shapes, every algorithm") {
     const ConvParams p = forced({.padding = {1}}, algorithm);
     check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, p); }, x, w);
   }
+  // Depthwise at 56 x 56: the weight pass takes its 32 groups in chunks (at avx512).
+  check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, {.padding = {1}, .groups = 32}); },
+                    A::random_uniform({2, 32, 56, 56}, -1, 1, 6), A::random_uniform({32, 1, 3, 3}, -1, 1, 7));
   const ConvParams strided{.stride = {2}, .padding = {1}, .groups = 2};
   check_dot_product([&](const T& a, const T& b) { return tg::conv(a, b, strided); }, x,
                     A::random_uniform({16, 4, 3, 3}, -1, 1, 3));

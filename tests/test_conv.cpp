@@ -1081,3 +1081,29 @@ TEST_CASE("conv: instruction-set levels, capped by TG_ISA") {
                                          "to use the widest level this CPU has (avx2)"),
                        tg::Error);
 }
+
+// Note [Paired tiles]: 6 x 2 tiles where the CPU starts two 512-bit FMAs a
+// cycle, unless TG_PAIRED_TILES says otherwise; never below avx512. (ctest's
+// unit_paired_tiles runs the convolution family with them forced on.)
+TEST_CASE("conv: paired tiles follow the FMA units, TG_PAIRED_TILES overrides") {
+  using tg::kernels::Isa;
+  using tg::kernels::paired_tiles_for;
+  CHECK(paired_tiles_for(Isa::avx512, 2, nullptr));
+  CHECK_FALSE(paired_tiles_for(Isa::avx512, 1, nullptr));
+  CHECK_FALSE(paired_tiles_for(Isa::avx512, 2, "0"));
+  CHECK(paired_tiles_for(Isa::avx512, 1, "1"));
+  CHECK_FALSE(paired_tiles_for(Isa::avx2, 0, "1"));
+  CHECK(paired_tiles_for(Isa::avx512, 2, "") == true);
+  CHECK_THROWS_WITH_AS(paired_tiles_for(Isa::avx512, 1, "yes"),
+                       doctest::Contains("TG_PAIRED_TILES: value 'yes' is not a choice expected 0 or 1"), tg::Error);
+  const int units = tg::kernels::fma512_units();
+  const std::string line = tg::kernels::kernels_line();
+  if (tg::kernels::kernel_isa() >= Isa::avx512) {
+    CHECK((units == 1 || units == 2));
+    CHECK(line.find(tg::kernels::paired_tiles() ? "6x2 tiles" : "6x1 tiles") != std::string::npos);
+  } else {
+    CHECK(units == 0);
+    CHECK_FALSE(tg::kernels::paired_tiles());
+    CHECK(line.find("tiles") == std::string::npos);
+  }
+}

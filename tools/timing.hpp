@@ -88,7 +88,7 @@ inline std::string cpu_line() {
   const std::string trip_text =
       trip < 0 ? "" : ", core-to-core round trip " + std::to_string(static_cast<int>(trip + 0.5)) + " ns";
   return "cpu: " + model + " (" + std::to_string(cores) + " logical cores" + trip_text +
-         "), tapegrad's kernels at " + tg::kernels::to_string(tg::kernels::isa()) + " (TG_ISA caps it)";
+         "), tapegrad's kernels at " + tg::kernels::kernels_line();
 }
 
 template <class F>

@@ -10,6 +10,7 @@
 #include "tapegrad/kernels/array.hpp"
 #include "tapegrad/kernels/conv.hpp"
 #include "tapegrad/kernels/filter.hpp"
+#include "tapegrad/kernels/isa.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/reduce.hpp"
 #include "tapegrad/kernels/scratch.hpp"
@@ -161,6 +162,17 @@ void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::in
 template <class T>
 void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* const* out,
                        bool accumulate = false);
+// Two column blocks' tiles at once: the second block's b at b + b_step and
+// its rows at out[i] + out_step, each sum the same as gemm_tile's; one 6 x 2
+// tile where paired_tiles() (Note [Paired tiles]), else two gemm_tile calls.
+template <class T>
+void gemm_tile_pair(const T* const* a, const std::int64_t* index, const T* b, std::int64_t b_step, std::int64_t n,
+                    T* const* out, std::int64_t out_step, bool accumulate = false);
+template <class T>
+void gemm_tile_pair_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t b_step, std::int64_t n,
+                            T* const* out, std::int64_t out_step, bool accumulate = false);
+// How many column blocks the passes run together: 2 where paired_tiles(), else 1.
+inline int column_block_step() { return paired_tiles() ? 2 : 1; }
 // Note [Transformed weights on each thread] (conv_winograd_passes.hpp): the
 // most bytes of weights, transformed or packed, that a pass copies onto every
 // thread (threads x one copy); past it the threads share one copy.

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <span>
+#include <type_traits>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -161,6 +162,42 @@ __attribute__((target("avx512f"))) void tile_avx512(const T* const* a, Offsets i
   Z::store(out[3], c3), Z::store(out[4], c4), Z::store(out[5], c5);
 }
 
+// Two column blocks at once (Note [Paired tiles]): the second block's b at
+// b + b_step, its rows at out[i] + out_step; per step two vector loads, 6
+// broadcasts and 12 FMAs, each sum in tile_avx512's order.
+template <class T, class Offsets>
+__attribute__((target("avx512f"))) void tile_pair_avx512(const T* const* a, Offsets index, const T* b,
+                                                          std::int64_t b_step, std::int64_t n, T* const* out,
+                                                          std::int64_t out_step, bool accumulate) {
+  using Z = Zmm<T>;
+  using V = typename Z::V;
+  constexpr int NR = kTileCols<T>;
+  const T *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+  V c0 = Z::zero(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+  V d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0;
+  if (accumulate) {
+    c0 = Z::load(out[0]), c1 = Z::load(out[1]), c2 = Z::load(out[2]);
+    c3 = Z::load(out[3]), c4 = Z::load(out[4]), c5 = Z::load(out[5]);
+    d0 = Z::load(out[0] + out_step), d1 = Z::load(out[1] + out_step), d2 = Z::load(out[2] + out_step);
+    d3 = Z::load(out[3] + out_step), d4 = Z::load(out[4] + out_step), d5 = Z::load(out[5] + out_step);
+  }
+  for (std::int64_t q = 0; q < n; ++q, b += NR) {
+    const std::int64_t o = index[q];
+    const V bq = Z::load(b), bn = Z::load(b + b_step);
+    V s = Z::set1(a0[o]);
+    c0 = Z::fma(s, bq, c0), d0 = Z::fma(s, bn, d0), s = Z::set1(a1[o]);
+    c1 = Z::fma(s, bq, c1), d1 = Z::fma(s, bn, d1), s = Z::set1(a2[o]);
+    c2 = Z::fma(s, bq, c2), d2 = Z::fma(s, bn, d2), s = Z::set1(a3[o]);
+    c3 = Z::fma(s, bq, c3), d3 = Z::fma(s, bn, d3), s = Z::set1(a4[o]);
+    c4 = Z::fma(s, bq, c4), d4 = Z::fma(s, bn, d4), s = Z::set1(a5[o]);
+    c5 = Z::fma(s, bq, c5), d5 = Z::fma(s, bn, d5);
+  }
+  Z::store(out[0], c0), Z::store(out[1], c1), Z::store(out[2], c2);
+  Z::store(out[3], c3), Z::store(out[4], c4), Z::store(out[5], c5);
+  Z::store(out[0] + out_step, d0), Z::store(out[1] + out_step, d1), Z::store(out[2] + out_step, d2);
+  Z::store(out[3] + out_step, d3), Z::store(out[4] + out_step, d4), Z::store(out[5] + out_step, d5);
+}
+
 // ---- layout: the padded input and the two index tables ----------------------------
 
 struct Layout {
@@ -265,7 +302,36 @@ void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::
   else if (implicit_gemm_vectorised()) tile_avx2(a, Strided{stride}, b, n, out, accumulate);
   else tile_portable(a, Strided{stride}, b, n, out, accumulate);
 }
+// Without paired tiles, the two blocks one after the other: the same sums.
+template <class T, class Offsets>
+void tile_pair(const T* const* a, Offsets index, const T* b, std::int64_t b_step, std::int64_t n, T* const* out,
+               std::int64_t out_step, bool accumulate) {
+  if (paired_tiles()) return tile_pair_avx512(a, index, b, b_step, n, out, out_step, accumulate);
+  T* next[kTileRows];
+  for (int i = 0; i < kTileRows; ++i) next[i] = out[i] + out_step;
+  if constexpr (std::is_same_v<Offsets, Strided>) {
+    gemm_tile_strided(a, index.stride, b, n, out, accumulate);
+    gemm_tile_strided(a, index.stride, b + b_step, n, next, accumulate);
+  } else {
+    gemm_tile(a, index.index, b, n, out, accumulate);
+    gemm_tile(a, index.index, b + b_step, n, next, accumulate);
+  }
+}
+template <class T>
+void gemm_tile_pair(const T* const* a, const std::int64_t* index, const T* b, std::int64_t b_step, std::int64_t n,
+                    T* const* out, std::int64_t out_step, bool accumulate) {
+  tile_pair(a, IndexTable{index}, b, b_step, n, out, out_step, accumulate);
+}
+template <class T>
+void gemm_tile_pair_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t b_step, std::int64_t n,
+                            T* const* out, std::int64_t out_step, bool accumulate) {
+  tile_pair(a, Strided{stride}, b, b_step, n, out, out_step, accumulate);
+}
 #define TG_INSTANTIATE(T)                                                                                  \
+  template void gemm_tile_pair<T>(const T* const*, const std::int64_t*, const T*, std::int64_t, std::int64_t, \
+                                  T* const*, std::int64_t, bool);                                         \
+  template void gemm_tile_pair_strided<T>(const T* const*, std::int64_t, const T*, std::int64_t, std::int64_t, \
+                                          T* const*, std::int64_t, bool);                                 \
   template const T* zero_padded<T>(const T*, std::int64_t, const ConvGeometry::Dims&, const ConvGeometry::Dims&, \
                                    const ConvGeometry::Dims&, ScratchScope&);                             \
   template void gemm_tile<T>(const T* const*, const std::int64_t*, const T*, std::int64_t, T* const*, bool); \
@@ -343,7 +409,9 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
     T* S = local.take<T>((p_end - p_begin + kTileRows) * Kgp).data();
     const T* rows[kTileRows];
     T* out[kTileRows];
-    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    const int step = column_block_step();
+    for (std::int64_t blk = 0; blk < blocks; blk += step) {
+      const bool pair = step == 2 && blk + 1 < blocks;  // the next block's weights follow, its columns in S too
       const T* wb = wp + (grp * blocks + blk) * R * NR;
       std::int64_t n = p_begin / ov, m = p_begin - n * ov;  // the sample and position of p0
       for (std::int64_t p0 = p_begin; p0 < p_end; p0 += kTileRows) {
@@ -355,8 +423,9 @@ void implicit_gemm_forward(const ConvGeometry& g, const T* x, const T* w, T* y, 
         }
         m += kTileRows;
         while (m >= ov) m -= ov, ++n;
-        // S (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR)
-        gemm_tile(rows, L.tap.data(), wb, R, out);
+        // S (positions p0.. x filters k0..) = patches^T (6 x R) . W^T (R x NR, or two blocks' R x 2NR)
+        if (pair) gemm_tile_pair(rows, L.tap.data(), wb, R * NR, R, out, NR);
+        else gemm_tile(rows, L.tap.data(), wb, R, out);
       }
     }
     // Each sample's share of the run, transposed into its planes with the
@@ -445,22 +514,29 @@ std::span<std::int64_t> block_positions(const ConvGeometry& g, const Layout& L, 
 
 // Tile (group, filter block, patch-row tile rt) of gw (K, R) += the `samples`
 // samples of one block: x_first is the first one's padded input, gy_first its
-// packed panel of the block's filters, the others' following it.
+// packed panel of the block's filters, the others' following it. With `next`
+// > 0, block blk + 1's tile as well, its panels at gy_first + next (Note [Paired tiles]).
 template <class T>
 void add_weight_tile(const ConvGeometry& g, const Layout& L, const std::int64_t* positions, std::int64_t grp,
-                     std::int64_t blk, std::int64_t rt, std::int64_t samples, const T* x_first, const T* gy_first, T* gw) {
+                     std::int64_t blk, std::int64_t rt, std::int64_t samples, const T* x_first, const T* gy_first,
+                     std::int64_t next, T* gw) {
   constexpr int NR = kTileCols<T>;
-  const std::int64_t R = g.Cg * g.ker_vol(), t0 = rt * kTileRows, k0 = blk * NR;
-  T out[kTileRows * NR];
+  constexpr std::int64_t kTile = kTileRows * NR;
+  const std::int64_t R = g.Cg * g.ker_vol(), t0 = rt * kTileRows;
+  T out[2 * kTile];
   T* const out_rows[kTileRows] = {out, out + NR, out + 2 * NR, out + 3 * NR, out + 4 * NR, out + 5 * NR};
   const T* rows[kTileRows];
   tile_rows(x_first + grp * g.Cg * L.plane, L.tap.data(), t0, R, rows);
   // out (patch rows t0.. x filters k0..) = patches (6 x samples * out_vol) . gy^T (samples * out_vol x NR)
-  gemm_tile(rows, positions, gy_first, samples * g.out_vol(), out_rows, false);
-  const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0), kn = std::min<std::int64_t>(NR, g.Kg - k0);
-  for (std::int64_t j = 0; j < kn; ++j) {
-    T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;
-    for (std::int64_t i = 0; i < tn; ++i) dst[i] += out[i * NR + j];
+  if (next > 0) gemm_tile_pair(rows, positions, gy_first, next, samples * g.out_vol(), out_rows, kTile);
+  else gemm_tile(rows, positions, gy_first, samples * g.out_vol(), out_rows, false);
+  const std::int64_t tn = std::min<std::int64_t>(kTileRows, R - t0);
+  for (std::int64_t b = 0; b < (next > 0 ? 2 : 1); ++b) {
+    const std::int64_t k0 = (blk + b) * NR, kn = std::min<std::int64_t>(NR, g.Kg - k0);
+    for (std::int64_t j = 0; j < kn; ++j) {
+      T* dst = gw + (grp * g.Kg + k0 + j) * R + t0;
+      for (std::int64_t i = 0; i < tn; ++i) dst[i] += out[b * kTile + i * NR + j];
+    }
   }
 }
 
@@ -485,6 +561,7 @@ void weight_pass_on_own_copies(const ConvGeometry& g, const Layout& L, const std
   const std::int64_t row_tiles = (g.Cg * g.ker_vol() + kTileRows - 1) / kTileRows;
   const double per_sample = double(sizeof(T)) * (double(g.C) * double(L.copy ? L.plane : 0) + double(units / threads) * double(ov * NR));
   const std::int64_t fit = std::max<std::int64_t>(1, std::int64_t(kOwnCopyBytes / per_sample) / kSampleBlock);
+  const bool paired = paired_tiles();
   const std::int64_t span = std::min(g.N, fit * kSampleBlock);  // samples per copy, whole sample blocks
 #pragma omp parallel num_threads(threads)
   {
@@ -500,10 +577,14 @@ void weight_pass_on_own_copies(const ConvGeometry& g, const Layout& L, const std
       for (std::int64_t n = s0; n < s1; ++n)
         for (std::int64_t u = u0; u < u1; ++u) pack_panel(g, gy, fold, n, u / blocks, u % blocks, panel(u, n));
       for (std::int64_t n0 = s0; n0 < s1; n0 += kSampleBlock)
-        for (std::int64_t u = u0; u < u1; ++u)
+        for (std::int64_t u = u0; u < u1;) {
+          // Pairs of a thread's own units of one group (Note [Paired tiles]).
+          const bool pair = paired && u + 1 < u1 && (u + 1) % blocks != 0;
           for (std::int64_t rt = 0; rt < row_tiles; ++rt)
             add_weight_tile(g, L, positions, u / blocks, u % blocks, rt, std::min(s1 - n0, kSampleBlock),
-                            xp + (n0 - s0) * g.C * L.plane, panel(u, n0), gw);
+                            xp + (n0 - s0) * g.C * L.plane, panel(u, n0), pair ? span * ov * NR : 0, gw);
+          u += pair ? 2 : 1;
+        }
     }
   }
 }
@@ -537,15 +618,20 @@ void implicit_gemm_backward_weight(const ConvGeometry& g, const T* x, const T* g
     pack_panel(g, gy, fold, n, unit / blocks, unit % blocks, gyp + (unit * g.N + n) * ov * NR);
   });
   if (fold.partial) add_channel_sums(g, fold.partial, prologue->bias_grad);
-  const std::int64_t row_tiles = (g.Cg * g.ker_vol() + kTileRows - 1) / kTileRows, tiles = units * row_tiles;
+  // Tiles of a group's column blocks, by pairs where paired (Note [Paired tiles]).
+  const int step = column_block_step();
+  const std::int64_t row_tiles = (g.Cg * g.ker_vol() + kTileRows - 1) / kTileRows;
+  const std::int64_t block_tiles = (blocks + step - 1) / step, tiles = g.groups * block_tiles * row_tiles;
   // Runs inside a parallel region, or on the calling thread alone (Note [One-thread regions]).
   auto accumulate_tiles = [&] {
     for (std::int64_t n0 = 0; n0 < g.N; n0 += kSampleBlock) {
 #pragma omp for schedule(static) nowait
       for (std::int64_t tile_index = 0; tile_index < tiles; ++tile_index) {
-        const std::int64_t rt = tile_index % row_tiles, unit = tile_index / row_tiles;
-        add_weight_tile(g, L, positions, unit / blocks, unit % blocks, rt, std::min(g.N - n0, kSampleBlock),
-                        xp + n0 * g.C * L.plane, gyp + (unit * g.N + n0) * ov * NR, gw);
+        const std::int64_t rt = tile_index % row_tiles, column = tile_index / row_tiles;
+        const std::int64_t grp = column / block_tiles, blk = column % block_tiles * step, unit = grp * blocks + blk;
+        const bool pair = step == 2 && blk + 1 < blocks;
+        add_weight_tile(g, L, positions, grp, blk, rt, std::min(g.N - n0, kSampleBlock), xp + n0 * g.C * L.plane,
+                        gyp + (unit * g.N + n0) * ov * NR, pair ? g.N * ov * NR : 0, gw);
       }
     }
   };

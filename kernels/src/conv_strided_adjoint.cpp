@@ -193,10 +193,12 @@ void phase_into_task(const ConvGeometry& g, const GyPadding& P, const Phase& ph,
   const std::int64_t last = std::lower_bound(targets + first, targets + ph.positions, task.end) - targets;
   const std::int64_t run = last - first, total = (task.n1 - task.n0) * run, span = task.end - task.begin, Cgp = blocks * NR;
   if (run == 0) return;
-  T spare[NR];  // where rows past the run go (computed, never used)
+  T spare[2 * NR];  // where rows past the run go (computed, never used), a pair's two blocks
   const T* rows[kTileRows];
   T* dst[kTileRows];
-  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+  const int step = column_block_step();
+  for (std::int64_t blk = 0; blk < blocks; blk += step) {
+    const bool pair = step == 2 && blk + 1 < blocks;  // the next block's weights follow, its channels in S too
     const T* wb = ph.rows ? wp + (task.grp * blocks + blk) * ph.rows * NR : nullptr;  // no taps: no weights
     std::int64_t s = 0, m = first;  // the task's sample and the phase position of v0
     for (std::int64_t v0 = 0; v0 < total; v0 += kTileRows) {
@@ -208,8 +210,9 @@ void phase_into_task(const ConvGeometry& g, const GyPadding& P, const Phase& ph,
       }
       m += kTileRows;
       while (m >= last) m -= run, ++s;
-      // S rows (positions v0.. x channels blk*NR..) = gy patches (6 x rows) . W_r (rows x NR)
-      gemm_tile(rows, ph.tap.data(), wb, ph.rows, dst);
+      // S rows (positions v0.. x channels blk*NR..) = gy patches (6 x rows) . W_r (rows x NR, or a pair's rows x 2NR)
+      if (pair) gemm_tile_pair(rows, ph.tap.data(), wb, ph.rows * NR, ph.rows, dst, NR);
+      else gemm_tile(rows, ph.tap.data(), wb, ph.rows, dst);
     }
   }
 }

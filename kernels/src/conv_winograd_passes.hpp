@@ -456,8 +456,9 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     const std::int64_t count = samples * per_sample, padded = ceil_div(count, kTileRows) * kTileRows;
     ScratchScope local;
     const std::int64_t v_stride = tl.point_stride(count * tl.Cgp), m_stride = tl.point_stride(padded * NR);
+    const int step = column_block_step();  // blocks a GEMM tile serves (Note [Paired tiles])
     T* V = local.take<T>(tl.points * v_stride).data();  // [xi][t][Cgp], points v_stride apart
-    T* M = local.take<T>(tl.points * m_stride).data();  // [xi][t][NR], points m_stride apart
+    T* M = local.take<T>(step * tl.points * m_stride).data();  // [block][xi][t][NR], points m_stride apart
     T* band = local.take<T>(Y::alpha * tl.P2 * tl.Cgp).data();
     // Each sample's padded input rows for the task, channel-last (Note [Winograd convolution], layout).
     const std::int64_t p1_begin = ty0 * Y::m, p1_end = ty1 * Y::m + Y::r - 1;
@@ -479,25 +480,10 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     LineFetch next_input = task + 1 < tasks ? input_lines(task_of(task + 1)) : LineFetch();
     LineFetch output(y + (n0 * g.K + grp * g.Kg) * ov + first, samples, g.K * ov * std::int64_t(sizeof(T)), g.Kg,
                      ov * std::int64_t(sizeof(T)), positions * std::int64_t(sizeof(T)), true);
-    const std::int64_t rounds = blocks * tl.points * ceil_div(count, kTileRows);  // one per GEMM tile
-    const std::int64_t input_share = ceil_div(next_input.lines(), rounds), output_share = ceil_div(output.lines(), rounds);
-    for (std::int64_t blk = 0; blk < blocks; ++blk) {
-      for (std::int64_t xi = 0; xi < tl.points; ++xi) {
-        const T* Ub = U + ((grp * tl.points + xi) * blocks + blk) * g.Cg * NR;
-        const T* Vxi = V + xi * v_stride;
-        for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
-          next_input.fetch(input_share);
-          output.fetch(output_share);
-          for (int i = 0; i < kTileRows; ++i) {
-            rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
-            out[i] = M + xi * m_stride + (t0 + i) * NR;
-          }
-          // M[xi] (6 tiles x NR filters) = V[xi] (6 x Cg) . U[xi] (Cg x NR)
-          gemm_tile_strided(rows, 1, Ub, g.Cg, out);
-        }
-      }
-      // tile_out = A1^T M A2 per tile, NR filters at once, into S (the tile's outputs inside the plane).
-      const T* Mt = M;  // tile t's first point
+    // tile_out = A1^T M A2 per tile of block blk (its M at Mb), NR filters at
+    // once, into S (the tile's outputs inside the plane).
+    auto block_outputs = [&](std::int64_t blk, const T* Mb) {
+      const T* Mt = Mb;  // tile t's first point
       for (std::int64_t s = 0; s < samples; ++s)
         for (std::int64_t ty = ty0; ty < ty1; ++ty)
           for (std::int64_t tx = 0; tx < tl.tiles_x; ++tx, Mt += NR) {
@@ -511,6 +497,28 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
               for (std::int64_t jj = 0; jj < jn; ++jj)
                 std::memcpy(corner + (i * ow + jj) * Kgp, tile_out + (i * X::m + jj) * NR, NR * sizeof(T));
           }
+    };
+    const std::int64_t rounds = ceil_div(blocks, step) * tl.points * ceil_div(count, kTileRows);  // one per GEMM tile
+    const std::int64_t input_share = ceil_div(next_input.lines(), rounds), output_share = ceil_div(output.lines(), rounds);
+    for (std::int64_t first_blk = 0; first_blk < blocks; first_blk += step) {
+      const bool pair = step == 2 && first_blk + 1 < blocks;  // U's next block follows; M's lies a block further
+      for (std::int64_t xi = 0; xi < tl.points; ++xi) {
+        const T* Ub = U + ((grp * tl.points + xi) * blocks + first_blk) * g.Cg * NR;
+        const T* Vxi = V + xi * v_stride;
+        for (std::int64_t t0 = 0; t0 < count; t0 += kTileRows) {
+          next_input.fetch(input_share);
+          output.fetch(output_share);
+          for (int i = 0; i < kTileRows; ++i) {
+            rows[i] = Vxi + std::min(t0 + i, count - 1) * tl.Cgp;
+            out[i] = M + xi * m_stride + (t0 + i) * NR;
+          }
+          // M[xi] (6 tiles x NR filters, or a pair's 2NR) = V[xi] (6 x Cg) . U[xi] (Cg x NR, or 2NR)
+          if (pair) gemm_tile_pair_strided(rows, 1, Ub, g.Cg * NR, g.Cg, out, tl.points * m_stride);
+          else gemm_tile_strided(rows, 1, Ub, g.Cg, out);
+        }
+      }
+      for (std::int64_t blk = first_blk; blk < first_blk + (pair ? 2 : 1); ++blk)
+        block_outputs(blk, M + (blk - first_blk) * tl.points * m_stride);
     }
     // The epilogue's bias is added as the outputs move (Note [Bias in the transpose]).
     const T* bias = epilogue && epilogue->bias ? epilogue->bias + grp * g.Kg : nullptr;
@@ -592,7 +600,8 @@ class WinogradWeightPass {
     half_n_ = by_samples_ ? ceil_div(g.N, 2) : g.N, half_block_ = by_samples_ ? sample_block_ / 2 : sample_block_;
     c_tiles_ = ceil_div(g.Cg, kTileRows);
     gu_size_ = g.groups * tl_.points * blocks_ * c_tiles_ * kTileRows * NR;
-    gemm_tiles_ = g.groups * tl_.points * blocks_ * c_tiles_;
+    step_ = column_block_step();  // blocks a GEMM tile serves (Note [Paired tiles])
+    gemm_tiles_ = g.groups * tl_.points * ceil_div(blocks_, step_) * c_tiles_;
     gU_ = scratch.take<T>((halves_ ? 2 : 1) * gu_size_).data();  // [half][grp][xi][blk][c][NR]
     if (prologue && prologue->bias_grad) partial_ = scratch.take<T>(g.N * g.K).data();  // row sums (N x K)
   }
@@ -753,18 +762,24 @@ class WinogradWeightPass {
   // gU[half] (+)= V^T Yhat over tiles [t0, t1) of a block, for GEMM tile tile_index.
   void gemm_tile(std::int64_t half, std::int64_t tile_index, const Buffers& b, std::int64_t t0, std::int64_t t1,
                  bool accumulate) const {
-    const std::int64_t ct = tile_index % c_tiles_, blk = (tile_index / c_tiles_) % blocks_;
-    const std::int64_t xi = (tile_index / (c_tiles_ * blocks_)) % tl_.points, grp = tile_index / (c_tiles_ * blocks_ * tl_.points);
+    const std::int64_t block_tiles = ceil_div(blocks_, step_);
+    const std::int64_t ct = tile_index % c_tiles_, blk = (tile_index / c_tiles_) % block_tiles * step_;
+    const std::int64_t xi = (tile_index / (c_tiles_ * block_tiles)) % tl_.points;
+    const std::int64_t grp = tile_index / (c_tiles_ * block_tiles * tl_.points);
     const T* Vxi = b.V + (grp * tl_.points + xi) * b.v_stride + t0 * tl_.Cgp;
     const T* rows[kTileRows];
     T* out[kTileRows];
     for (int i = 0; i < kTileRows; ++i) {
       rows[i] = Vxi + std::min<std::int64_t>(ct * kTileRows + i, g_.Cg - 1);
-      out[i] = gU_ + half * gu_size_ + (tile_index * kTileRows + i) * NR;
+      out[i] = gU_ + half * gu_size_ + ((((grp * tl_.points + xi) * blocks_ + blk) * c_tiles_ + ct) * kTileRows + i) * NR;
     }
-    // gU[xi] (6 channels x NR filters) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR)
-    gemm_tile_strided(rows, tl_.Cgp, b.Yhat + (grp * tl_.points + xi) * b.y_stride + (blk * b.most + t0) * NR, t1 - t0,
-                      out, accumulate);
+    // gU[xi] (6 channels x NR filters, or a pair's 2NR) (+)= V[xi]^T (6 x tiles) . Yhat[xi] (tiles x NR, or 2NR);
+    // the next block's Yhat lies `most` tiles on, its gU c_tiles tiles on.
+    const T* Yb = b.Yhat + (grp * tl_.points + xi) * b.y_stride + (blk * b.most + t0) * NR;
+    if (step_ == 2 && blk + 1 < blocks_)
+      gemm_tile_pair_strided(rows, tl_.Cgp, Yb, b.most * NR, t1 - t0, out, c_tiles_ * kTileRows * NR, accumulate);
+    else
+      gemm_tile_strided(rows, tl_.Cgp, Yb, t1 - t0, out, accumulate);
   }
 
   // gw[k][c] += G1^T gU[.][c][k] G2, a task per (group, filter block, channel)
@@ -794,7 +809,7 @@ class WinogradWeightPass {
   const AdjointPrologue<T>* prologue_;
   T* gy_in_place_;
   std::int64_t blocks_ = 0, ov_ = 0, ow_ = 0, per_sample_ = 0, sample_block_ = 0, half_n_ = 0, half_block_ = 0;
-  std::int64_t c_tiles_ = 0, gu_size_ = 0, gemm_tiles_ = 0;
+  std::int64_t c_tiles_ = 0, gu_size_ = 0, gemm_tiles_ = 0, step_ = 1;
   bool halves_ = false, by_samples_ = false;
   T* gU_ = nullptr;
   T* partial_ = nullptr;  // per (sample, filter) row sums of the adjoint for the bias, or null

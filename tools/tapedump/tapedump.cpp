@@ -188,7 +188,7 @@ int inspect(const Command& c, const std::string& bytes, std::ostream& out) {
   }
   if (c.profile) {
     fmt::print(out, "{} forward and reverse passes {}{}, kernels at {}\n{}", c.repeat, inputs_note(info, c.load),
-               info.compiled ? ", compiled" : "", kernels::to_string(kernels::isa()), profile(tape, info, c.repeat));
+               info.compiled ? ", compiled" : "", kernels::kernels_line(), profile(tape, info, c.repeat));
     return 0;
   }
   if (c.check_grad) {

@@ -30,4 +30,26 @@ Isa kernel_isa() noexcept;
 Isa capped_isa(Isa detected, const char* cap);
 const char* to_string(Isa level);
 
+// Note [Paired tiles]: the GEMM micro-kernel's AVX-512 tile holds 6 zmm sums,
+// one FMA each a step. An FMA takes 4 cycles, so 6 independent sums keep one
+// 512-bit FMA unit busy (AMD Zen 4) but two (Intel server cores) at most 75%.
+// Where the CPU starts two 512-bit FMAs a cycle, the implicit GEMM and
+// Winograd passes run two column blocks in one 6 x 2 tile (12 sums, the same
+// operations in the same order: the results are the same bit for bit). The
+// units are counted by timing 6 and 12 independent FMA chains once per process
+// (about 0.2 ms): a model table by CPUID would miss the Xeons with one unit.
+// Rejected: the 6 x 2 tile everywhere (slower in the passes on Zen 4, whose
+// one unit the 6 sums already fill).
+
+// 512-bit FMAs this CPU starts a cycle, measured (1 or 2); 0 where the kernels run below avx512.
+int fma512_units() noexcept;
+// Whether the micro-kernels pair column blocks: fma512_units() == 2, unless TG_PAIRED_TILES=0 or 1
+// overrides it (1 pairs them at avx512 on any CPU, for tests and comparisons).
+bool paired_tiles() noexcept;
+// The choice for kernels at `level` on a CPU with `units` 512-bit FMA units under TG_PAIRED_TILES = `force`
+// (null or empty: none). Throws tg::Error for a value other than 0 or 1.
+bool paired_tiles_for(Isa level, int units, const char* force);
+// The line the tools print: the level in use and the tile, e.g. "avx512 (TG_ISA caps it), 6x2 tiles (2 FMA units)".
+const char* kernels_line();
+
 }  // namespace tg::kernels

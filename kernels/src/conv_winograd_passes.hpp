@@ -451,7 +451,8 @@ void forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulat
     return input_row_lines(g, x, t.n0, t.samples, t.grp, t.ty0 * Y::m, t.ty1 * Y::m + Y::r - 1);
   };
   auto run_task = [&](std::int64_t task, const T* U) {
-    const auto [n0, samples, grp, ty0, ty1] = task_of(task);
+    const Task t = task_of(task);  // named, not a structured binding: block_outputs captures them
+    const std::int64_t n0 = t.n0, samples = t.samples, grp = t.grp, ty0 = t.ty0, ty1 = t.ty1;
     const std::int64_t per_sample = (ty1 - ty0) * tl.tiles_x;  // the task's tiles of one sample
     const std::int64_t count = samples * per_sample, padded = ceil_div(count, kTileRows) * kTileRows;
     ScratchScope local;

@@ -88,16 +88,19 @@ __attribute__((target("avx512f"), noinline)) double fma_chains_ns(std::int64_t s
 // One unit runs 12 chains in twice the time of 6 (6 and 12 cycles a step);
 // two run them in 1.5 times (4 cycles of latency, then 6). The first steps
 // warm the units up (Intel's run 512-bit FMAs slowly for their first
-// microseconds); the minimum of 8 interleaved rounds each ignores preemption.
-// A sibling hyperthread's FMAs can only make two units look like one.
+// microseconds). Each round times both back to back, and the median of the
+// rounds' ratios ignores a round that was preempted or changed frequency
+// midway. A sibling hyperthread's FMAs can only make two units look like one.
 int measured_fma512_units() {
-  fma_chains_ns<true>(20000);
-  double six = 1e300, twelve = 1e300;
-  for (int round = 0; round < 8; ++round) {
-    six = std::min(six, fma_chains_ns<false>(2000));
-    twelve = std::min(twelve, fma_chains_ns<true>(2000));
+  fma_chains_ns<true>(50000);
+  constexpr int kRounds = 9;
+  double ratio[kRounds];
+  for (double& r : ratio) {
+    const double six = fma_chains_ns<false>(2000);
+    r = fma_chains_ns<true>(2000) / six;
   }
-  return twelve < 1.75 * six ? 2 : 1;
+  std::nth_element(ratio, ratio + kRounds / 2, ratio + kRounds);
+  return ratio[kRounds / 2] < 1.75 ? 2 : 1;
 }
 
 }  // namespace

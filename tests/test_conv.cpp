@@ -186,6 +186,49 @@ TEST_CASE("conv: implicit GEMM tile edges, groups and threads equal the referenc
   tg::set_num_threads(before);
 }
 
+// Note [Paired tiles]: two column blocks in one 6 x 2 tile give the sums of
+// two 6 x 1 tiles bit for bit, in every pass that pairs them: implicit GEMM's
+// forward, weight pass (shared and own copies: 1-3 threads) and strided input
+// gradient, and Winograd's forward, input gradient and weight pass. Filters
+// per group 40 and 48: pairs and a block alone. Below AVX-512 both runs take
+// the single tiles.
+TEST_CASE("conv: paired tiles equal single tiles bit for bit, every pass that pairs") {
+  using F = tg::Array<float>;
+  const std::vector<Case> geometries = {
+      {{5, 6, 6, 7}, {80, 3, 3, 3}, {.padding = {1}, .groups = 2, .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{3, 8, 9, 10}, {40, 8, 3, 3}, {.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm}},
+      {{4, 12, 8, 8}, {48, 12, 1, 1}, {.algorithm = ConvAlgorithm::implicit_gemm}},
+      {{3, 8, 10, 9}, {48, 8, 3, 3}, {.padding = {1}, .algorithm = ConvAlgorithm::winograd}},
+      {{2, 16, 12, 12}, {96, 8, 3, 3}, {.padding = {1}, .groups = 2, .algorithm = ConvAlgorithm::winograd}},
+  };
+  const int threads_before = tg::max_threads();
+  const bool paired_before = tg::kernels::paired_tiles();
+  for (const auto& c : geometries) {
+    const F x = F::random_uniform(c.x, -1, 1, 1), w = F::random_uniform(c.w, -1, 1, 2);
+    const F gy = F::random_uniform(tg::conv(x, w, c.p).shape(), -1, 1, 3);
+    auto passes = [&] {
+      const auto [gx, gw] = tg::record([&](const tg::Tracked<float>& a, const tg::Tracked<float>& b) { return tg::conv(a, b, c.p); },
+                                       x, w)
+                                .vjp(gy);
+      return std::array<F, 3>{tg::conv(x, w, c.p), F(gx), F(gw)};
+    };
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      tg::set_num_threads(threads);
+      tg::kernels::set_paired_tiles(false);
+      const auto single = passes();
+      tg::kernels::set_paired_tiles(true);
+      const auto paired = passes();
+      for (int i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(max_abs_diff(paired[i].cast<double>(), single[i].cast<double>()) == 0);
+      }
+    }
+  }
+  tg::kernels::set_paired_tiles(paired_before);
+  tg::set_num_threads(threads_before);
+}
+
 TEST_CASE("conv: an output epilogue (bias, activation) equals conv, then bias, then the activation, every algorithm") {
   // Note [Epilogues]: implicit GEMM applies it per task inside its output loop,
   // the other algorithms in one pass; 2 samples x 20 filters x 11 x 13 outputs

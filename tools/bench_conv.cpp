@@ -4,7 +4,7 @@
 // replicate border: forward + both gradients) at 1 thread.
 //
 //   bench_conv [--threads 1,2] [--reps N] [--only NAME|resnet|depthwise|seed|semantics] [--algorithm NAME|tuned] [--no-compare]
-//              [--against onednn]
+//              [--against onednn|tiles]
 //
 // --only resnet: the convolutions of the ResNet example's training step
 // (examples/cnn/resnet_model.hpp, width 32, batch 128), N1-N8; --only
@@ -24,6 +24,11 @@
 // reorders outside the timed calls (onednn_conv.hpp), with GFLOP/s and the
 // share of the measured FMA peak (fma_peak.hpp) of each library's level; a
 // warning when that peak says another program held a core while it was measured.
+//
+// --against tiles: our kernels with the AVX-512 micro-kernel's paired 6x2
+// tiles against its single 6x1 ones (Note [Paired tiles]), in interleaved
+// rounds, whichever this CPU's FMA units pick by default: on an Intel
+// machine, the measure of whether pairing pays there.
 #include <omp.h>
 
 #include <algorithm>
@@ -236,8 +241,12 @@ Options parse(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--no-compare")) o.compare = false;
     else if (!std::strcmp(argv[i], "--against") && i + 1 < argc) {
       o.against = argv[++i];
-      if (o.against != "libtorch" && o.against != "onednn")
-        tg::fail("bench_conv", fmt::format("--against {} expected libtorch or onednn", o.against));
+      if (o.against != "libtorch" && o.against != "onednn" && o.against != "tiles")
+        tg::fail("bench_conv", fmt::format("--against {} expected libtorch, onednn or tiles", o.against));
+      if (o.against == "tiles" && tg::kernels::kernel_isa() < tg::kernels::Isa::avx512)
+        tg::fail("bench_conv", fmt::format("--against tiles: kernels at {} expected avx512, where the tiles pair; hint: "
+                                           "run it on a CPU with AVX-512 and without TG_ISA capping it",
+                                           tg::kernels::to_string(tg::kernels::kernel_isa())));
 #ifndef TAPEGRAD_HAVE_ONEDNN
       if (o.against == "onednn")
         tg::fail("bench_conv", "--against onednn: built without oneDNN expected libdnnl-dev installed when configuring; "
@@ -440,8 +449,46 @@ int against_onednn(const Options& o) {
 }
 #endif
 
+// Paired tiles against single ones, interleaved per round; see the file's head.
+int against_tiles(const Options& o) {
+  tg::set_dynamic_threads(false);
+  std::printf("%s\ntapegrad conv kernels, paired 6x2 tiles against single 6x1, fp32; medians of %d interleaved rounds\n",
+              tgbench::cpu_line().c_str(), o.reps);
+  std::printf("%-4s %-10s %3s %-13s %9s %9s %8s %8s\n", "", "pass", "thr", "algo", "6x1", "6x2", "6x2/6x1", "max diff");
+  const bool before = tg::kernels::paired_tiles();
+  double log_sum = 0;
+  int rows = 0;
+  for (int threads : o.threads) {
+    set_threads(threads);
+    for (const Layer& L : selected_layers(o.only)) {
+      LayerData d(L);
+      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight}) {
+        const ConvAlgorithm a = algorithm_for(d.g, pass, o.algorithm);
+        auto with_tiles = [&](bool paired) {
+          tg::kernels::set_paired_tiles(paired);
+          d.run(pass, a);
+        };
+        const auto medians = tgbench::interleaved_medians(o.reps, 1, [&] { with_tiles(false); }, [&] { with_tiles(true); });
+        const tg::Array<float> paired = d.result(pass);  // the last run's, with pairs
+        with_tiles(false);
+        const double diff = max_rel_diff(paired.data(), d.result(pass).data(), paired.size());
+        std::printf("%-4s %-10s %3d %-13s %7.2fms %7.2fms %7.2fx %8.1e\n", L.name, pass_name(pass), threads,
+                    tg::kernels::to_string(a), medians[0] * 1e3, medians[1] * 1e3, medians[1] / medians[0], diff);
+        std::fflush(stdout);
+        log_sum += std::log(medians[1] / medians[0]);
+        ++rows;
+      }
+    }
+  }
+  tg::kernels::set_paired_tiles(before);
+  std::printf("\nover %d (layer, pass, threads) triples: geometric mean 6x2/6x1 = %.2fx (passes that do not pair: 1x)\n",
+              rows, std::exp(log_sum / std::max(1, rows)));
+  return 0;
+}
+
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
+  if (o.against == "tiles") return against_tiles(o);
 #ifdef TAPEGRAD_HAVE_ONEDNN
   if (o.against == "onednn") return against_onednn(o);
 #endif

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -119,29 +120,44 @@ bool paired_tiles_for(Isa level, int units, const char* force) {
                                       force));
 }
 
+namespace {
+// The default choice: the FMA units, unless TG_PAIRED_TILES overrides them.
+bool default_paired_tiles() noexcept {
+  const char* force = std::getenv("TG_PAIRED_TILES");
+  const bool forced = kernel_isa() >= Isa::avx512 && force != nullptr && *force != '\0';
+  try {
+    return paired_tiles_for(kernel_isa(), forced ? 0 : fma512_units(), force);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "tapegrad: %s (the tiles follow the FMA units)\n", e.what());
+    return paired_tiles_for(kernel_isa(), fma512_units(), nullptr);
+  }
+}
+std::atomic<int> paired_state{-1};  // -1: not chosen yet, else 0 or 1
+}  // namespace
+
 bool paired_tiles() noexcept {
-  static const bool paired = [] {
-    const char* force = std::getenv("TG_PAIRED_TILES");
-    const bool forced = kernel_isa() >= Isa::avx512 && force != nullptr && *force != '\0';
-    try {
-      return paired_tiles_for(kernel_isa(), forced ? 0 : fma512_units(), force);
-    } catch (const Error& e) {
-      std::fprintf(stderr, "tapegrad: %s (the tiles follow the FMA units)\n", e.what());
-      return paired_tiles_for(kernel_isa(), fma512_units(), nullptr);
-    }
-  }();
-  return paired;
+  int state = paired_state.load(std::memory_order_relaxed);
+  if (state < 0) {
+    static const bool chosen = default_paired_tiles();
+    int expected = -1;
+    paired_state.compare_exchange_strong(expected, chosen ? 1 : 0);
+    state = paired_state.load(std::memory_order_relaxed);
+  }
+  return state == 1;
 }
 
-const char* kernels_line() {
-  static const std::string line = [] {
-    std::string text = fmt::format("{} (TG_ISA caps it)", to_string(kernel_isa()));
-    if (kernel_isa() >= Isa::avx512)
-      text += fmt::format(", {} tiles ({} 512-bit FMA unit{}; TG_PAIRED_TILES overrides)", paired_tiles() ? "6x2" : "6x1",
-                          fma512_units(), fma512_units() == 1 ? "" : "s");
-    return text;
-  }();
-  return line.c_str();
+bool set_paired_tiles(bool paired) noexcept {
+  const bool before = paired_tiles();
+  paired_state.store(paired && kernel_isa() >= Isa::avx512 ? 1 : 0, std::memory_order_relaxed);
+  return before;
+}
+
+std::string kernels_line() {
+  std::string text = fmt::format("{} (TG_ISA caps it)", to_string(kernel_isa()));
+  if (kernel_isa() >= Isa::avx512)
+    text += fmt::format(", {} tiles ({} 512-bit FMA unit{}; TG_PAIRED_TILES overrides)", paired_tiles() ? "6x2" : "6x1",
+                        fma512_units(), fma512_units() == 1 ? "" : "s");
+  return text;
 }
 
 const char* to_string(Isa level) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace tg::kernels {
 
@@ -46,10 +47,13 @@ int fma512_units() noexcept;
 // Whether the micro-kernels pair column blocks: fma512_units() == 2, unless TG_PAIRED_TILES=0 or 1
 // overrides it (1 pairs them at avx512 on any CPU, for tests and comparisons).
 bool paired_tiles() noexcept;
+// Sets the choice for the rest of the process (false always below avx512) and returns the one before: for
+// benchmarks and tests that compare both tiles in one run. Not while kernels run.
+bool set_paired_tiles(bool paired) noexcept;
 // The choice for kernels at `level` on a CPU with `units` 512-bit FMA units under TG_PAIRED_TILES = `force`
 // (null or empty: none). Throws tg::Error for a value other than 0 or 1.
 bool paired_tiles_for(Isa level, int units, const char* force);
 // The line the tools print: the level in use and the tile, e.g. "avx512 (TG_ISA caps it), 6x2 tiles (2 FMA units)".
-const char* kernels_line();
+std::string kernels_line();
 
 }  // namespace tg::kernels

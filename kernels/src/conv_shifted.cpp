@@ -220,6 +220,55 @@ void row_sums_for(int filters, T* sums, const T* const* gy, const T* const* run,
   row_sums<T, KW, F>(sums, gy, run, plane, next, fetch);
 }
 
+// Note [One filter, every kernel row]: a block of one filter (a depthwise
+// layer) gives row_sums KW sums a call, one per tap of a kernel row: each
+// position vector loads KW inputs and gy for KW FMAs, and the KW chains keep
+// an FMA unit at most KW/4 busy (4 cycles of latency). tap_sums runs all KH
+// rows of a channel at once instead: KH x KW sums, gy loaded once for KH x KW
+// FMAs. Each sum still adds the positions in order from the value it had, so
+// the results are row_sums' bit for bit. Rejected: gy shifted by kernel rows
+// against one load of each copy (KW + KH loads a vector instead of KH x KW + 1),
+// which needs a zero-extended copy of gy for the shifted reads.
+
+// sums' vector (dy * dy_stride + dx) * L (lanes of T) += gy[p] * run[dx][dy * row_step + p]
+// over p < plane, lane p % L, for dy < KH and dx < KW; fetching as row_sums.
+template <class T, int KH, int KW>
+TG_AVX512 void tap_sums(T* sums, std::int64_t dy_stride, const T* gy, const T* const* run, std::int64_t row_step,
+                        std::int64_t plane, const T* next, std::int64_t fetch) {
+  using Z = Zmm<T>;
+  using V = typename Z::V;
+  constexpr int L = Z::kLanes;
+  V acc[KH][KW];
+#pragma GCC unroll 8
+  for (int dy = 0; dy < KH; ++dy)
+#pragma GCC unroll 8
+    for (int dx = 0; dx < KW; ++dx) acc[dy][dx] = Z::load(sums + (dy * dy_stride + dx) * L);
+  std::int64_t p = 0;
+  for (; p + L <= plane; p += L) {
+    if (p < fetch * L) _mm_prefetch(reinterpret_cast<const char*>(next + p), _MM_HINT_T0);
+    const V adj = Z::load(gy + p);
+#pragma GCC unroll 8
+    for (int dy = 0; dy < KH; ++dy)
+#pragma GCC unroll 8
+      for (int dx = 0; dx < KW; ++dx) acc[dy][dx] = Z::fma(adj, Z::load(run[dx] + dy * row_step + p), acc[dy][dx]);
+  }
+  if (p < plane) {  // both operands masked: the lanes past the plane add 0 * 0
+    const V adj = Z::load_first(gy + p, plane - p);
+#pragma GCC unroll 8
+    for (int dy = 0; dy < KH; ++dy)
+#pragma GCC unroll 8
+      for (int dx = 0; dx < KW; ++dx)
+        acc[dy][dx] = Z::fma(adj, Z::load_first(run[dx] + dy * row_step + p, plane - p), acc[dy][dx]);
+  }
+#pragma GCC unroll 8
+  for (int dy = 0; dy < KH; ++dy)
+#pragma GCC unroll 8
+    for (int dx = 0; dx < KW; ++dx) Z::store(sums + (dy * dy_stride + dx) * L, acc[dy][dx]);
+}
+
+// The kernels whose KH x KW sums tap_sums holds in registers: square ones of 2 to 5 taps a row.
+constexpr bool has_tap_sums(std::int64_t KH, int KW) { return KH == KW && KW >= 2 && KW <= 5; }
+
 // The weight pass's blocks of filters (filters_per_block of one group each),
 // and the sums one block keeps: [c][dy][f][dx][lane].
 std::int64_t weight_blocks(const ConvGeometry& g) {
@@ -321,6 +370,7 @@ struct WeightPass {
     const std::int64_t next_vectors = (next_filters * s.plane + L - 1) / L;
     const std::int64_t rounds = g.Cg * s.KH, share = (next_vectors + rounds - 1) / rounds;
     const T* run[KW];
+    if (filters == 1 && has_tap_sums(s.KH, KW)) return one_filter_sums(copies, planes[0], next, next_vectors, sums);
     for (std::int64_t c = 0; c < g.Cg; ++c)
       for (std::int64_t dy = 0; dy < s.KH; ++dy) {
         for (int dx = 0; dx < KW; ++dx) run[dx] = copies + (c * KW + dx) * s.copy_stride + dy * s.row_step;
@@ -328,6 +378,20 @@ struct WeightPass {
         row_sums_for<T, KW>(filters, sums + round * F * KW * L, planes, run, s.plane,
                             next ? next + round * share * L : planes[0], fetch);
       }
+  }
+
+  // block_sums for a block of one filter (Note [One filter, every kernel row]):
+  // a channel's kernel rows at once, the next block's planes fetched a share per channel.
+  void one_filter_sums(const T* copies, const T* gy, const T* next, std::int64_t next_vectors, T* sums) const {
+    const std::int64_t share = (next_vectors + g.Cg - 1) / g.Cg;
+    const T* run[KW];
+    for (std::int64_t c = 0; c < g.Cg; ++c) {
+      for (int dx = 0; dx < KW; ++dx) run[dx] = copies + (c * KW + dx) * s.copy_stride;
+      const std::int64_t fetch = std::clamp<std::int64_t>(next_vectors - c * share, 0, share);
+      if constexpr (has_tap_sums(KW, KW))
+        tap_sums<T, KW, KW>(sums + c * s.KH * F * KW * L, F * KW, gy, run, s.row_step, s.plane,
+                            next ? next + c * share * L : gy, fetch);
+    }
   }
 
   // Filter k's adjoint plane of sample n, the prologue applied (while the plane is in cache).

@@ -168,6 +168,24 @@ constexpr int filters_per_block(int KW) { return KW <= 3 ? 8 : 24 / KW; }
 
 // ---- weight gradient ----------------------------------------------------------
 
+// A register block of sums: acc[i][j] = sums' vector i * row_stride + j, and back.
+template <class T, int R, int C>
+[[gnu::always_inline]] TG_AVX512 inline void load_sums(typename Zmm<T>::V (&acc)[R][C], const T* sums,
+                                                       std::int64_t row_stride) {
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) acc[i][j] = Zmm<T>::load(sums + (i * row_stride + j) * Zmm<T>::kLanes);
+}
+template <class T, int R, int C>
+[[gnu::always_inline]] TG_AVX512 inline void store_sums(const typename Zmm<T>::V (&acc)[R][C], T* sums,
+                                                        std::int64_t row_stride) {
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) Zmm<T>::store(sums + (i * row_stride + j) * Zmm<T>::kLanes, acc[i][j]);
+}
+
 // sums' vector f * KW + dx (L lanes of T) += gy[f][p] * run[dx][p] over p < plane,
 // lane p % L, for f < F; meanwhile fetches `fetch` vectors from `next` into cache.
 template <class T, int KW, int F>
@@ -177,10 +195,7 @@ TG_AVX512 void row_sums(T* sums, const T* const* gy, const T* const* run, std::i
   using V = typename Z::V;
   constexpr int L = Z::kLanes;
   V acc[F][KW];
-#pragma GCC unroll 8
-  for (int f = 0; f < F; ++f)
-#pragma GCC unroll 8
-    for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::load(sums + (f * KW + dx) * L);
+  load_sums<T>(acc, sums, KW);
   std::int64_t p = 0;
   for (; p + L <= plane; p += L) {
     if (p < fetch * L) _mm_prefetch(reinterpret_cast<const char*>(next + p), _MM_HINT_T0);
@@ -205,10 +220,7 @@ TG_AVX512 void row_sums(T* sums, const T* const* gy, const T* const* run, std::i
       for (int dx = 0; dx < KW; ++dx) acc[f][dx] = Z::fma(adj, in[dx], acc[f][dx]);
     }
   }
-#pragma GCC unroll 8
-  for (int f = 0; f < F; ++f)
-#pragma GCC unroll 8
-    for (int dx = 0; dx < KW; ++dx) Z::store(sums + (f * KW + dx) * L, acc[f][dx]);
+  store_sums<T>(acc, sums, KW);
 }
 
 // row_sums for a block of `filters` <= filters_per_block(KW) filters.
@@ -239,10 +251,7 @@ TG_AVX512 void tap_sums(T* sums, std::int64_t dy_stride, const T* gy, const T* c
   using V = typename Z::V;
   constexpr int L = Z::kLanes;
   V acc[KH][KW];
-#pragma GCC unroll 8
-  for (int dy = 0; dy < KH; ++dy)
-#pragma GCC unroll 8
-    for (int dx = 0; dx < KW; ++dx) acc[dy][dx] = Z::load(sums + (dy * dy_stride + dx) * L);
+  load_sums<T>(acc, sums, dy_stride);
   std::int64_t p = 0;
   for (; p + L <= plane; p += L) {
     if (p < fetch * L) _mm_prefetch(reinterpret_cast<const char*>(next + p), _MM_HINT_T0);
@@ -260,10 +269,7 @@ TG_AVX512 void tap_sums(T* sums, std::int64_t dy_stride, const T* gy, const T* c
       for (int dx = 0; dx < KW; ++dx)
         acc[dy][dx] = Z::fma(adj, Z::load_first(run[dx] + dy * row_step + p, plane - p), acc[dy][dx]);
   }
-#pragma GCC unroll 8
-  for (int dy = 0; dy < KH; ++dy)
-#pragma GCC unroll 8
-    for (int dx = 0; dx < KW; ++dx) Z::store(sums + (dy * dy_stride + dx) * L, acc[dy][dx]);
+  store_sums<T>(acc, sums, dy_stride);
 }
 
 // The kernels whose KH x KW sums tap_sums holds in registers: square ones of 2 to 5 taps a row.

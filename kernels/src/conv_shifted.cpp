@@ -41,7 +41,7 @@ namespace {
 
 constexpr std::int64_t kMaxShiftedTaps = 128;        // Cg * KH * KW: the weight pass's sums per filter
 constexpr std::int64_t kMaxShiftedRowTaps = 7;       // KW: one compiled kernel per count
-constexpr double kMaxCopyElements = 1 << 18;        // the copies a thread holds at once: a sample's groups
+constexpr double kMaxCopyElements = 1 << 18;        // the copies a thread holds at once: one group's
 
 // The copies of one sample (Note [Shifted copies]), 64-byte aligned each.
 struct ShiftedLayout {
@@ -334,31 +334,22 @@ struct WeightPass {
     for (std::int64_t b = b0; b < b1; ++b) add_lanes(b, sums + (b - b0) * sums_per_block, gw);
   }
 
-  // Samples [n0, n1) of blocks [b0, b1), their sums into sums[b - b0]: in
-  // chunks of whole groups whose copies fit kMaxCopyElements (a depthwise
-  // layer's channels a few at a time), each block's samples still in order.
+  // Samples [n0, n1) of blocks [b0, b1), their sums into sums[b - b0]: per
+  // sample, group by group, each group's copies made just before its blocks
+  // read them, so a depthwise layer's copies are read back from L1, not L2.
   void run(std::int64_t n0, std::int64_t n1, std::int64_t b0, std::int64_t b1, const T* x, T* sums) const {
-    const std::int64_t groups_per_chunk =
-        std::max<std::int64_t>(1, static_cast<std::int64_t>(kMaxCopyElements) / s.copies_of(g.Cg));
-    for (std::int64_t from = b0, to; from < b1; from = to) {
-      to = std::min(b1, (from / blocks_per_group + groups_per_chunk) * blocks_per_group);
-      run_chunk(n0, n1, from, to, x, sums + (from - b0) * sums_per_block);
-    }
-  }
-
-  void run_chunk(std::int64_t n0, std::int64_t n1, std::int64_t b0, std::int64_t b1, const T* x, T* sums) const {
-    const std::int64_t c0 = b0 / blocks_per_group * g.Cg, c1 = ((b1 - 1) / blocks_per_group + 1) * g.Cg;
     ScratchScope own;  // this thread's stack (Note [Scratch stack])
-    T* copies = own.take<T>(s.copies_of(c1 - c0)).data();
-    for (std::int64_t n = n0; n < n1; ++n) {
-      make_copies(g, s, masks, x, n, c0, c1, copies);
-      for (std::int64_t b = b0; b < b1; ++b) {
-        const bool same_sample = b + 1 < b1;
-        const T* next = same_sample || n + 1 < n1 ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
-        block_sums(n, b, copies + (b / blocks_per_group * g.Cg - c0) * KW * s.copy_stride, next,
-                   next ? filters_of(same_sample ? b + 1 : b0) : 0, sums + (b - b0) * sums_per_block);
+    T* copies = own.take<T>(s.copies_of(g.Cg)).data();  // one group's
+    for (std::int64_t n = n0; n < n1; ++n)
+      for (std::int64_t b = b0; b < b1;) {
+        const std::int64_t grp = b / blocks_per_group, group_end = std::min(b1, (grp + 1) * blocks_per_group);
+        make_copies(g, s, masks, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
+        for (; b < group_end; ++b) {
+          const bool same_sample = b + 1 < b1;
+          const T* next = same_sample || n + 1 < n1 ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
+          block_sums(n, b, copies, next, next ? filters_of(same_sample ? b + 1 : b0) : 0, sums + (b - b0) * sums_per_block);
+        }
       }
-    }
   }
 
   const T* plane_of(std::int64_t n, std::int64_t b) const { return adjoint + (n * g.K + first_filter(b)) * s.plane; }
@@ -582,8 +573,7 @@ bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
   if (g.spatial > 2 || g.stride[1] != 1 || g.stride[2] != 1 || g.ker[2] > kMaxShiftedRowTaps || g.ker_vol() == 1)
     return false;
   if (g.Cg * g.ker[1] * g.ker[2] > kMaxShiftedTaps) return false;
-  // A group's channels are copied at once (the weight pass takes as many
-  // groups as fit).
+  // A group's channels are copied at once.
   const double rows = double(g.out[1]) + double(g.ker[1] - 1) * double(g.dil[1]);
   return double(g.Cg) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
 }

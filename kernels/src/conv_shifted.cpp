@@ -276,14 +276,18 @@ TG_AVX512 void tap_sums(T* sums, std::int64_t dy_stride, const T* gy, const T* c
 constexpr bool has_tap_sums(std::int64_t KH, int KW) { return KH == KW && KW >= 2 && KW <= 5; }
 
 // The weight pass's blocks of filters (filters_per_block of one group each),
-// and the sums one block keeps: [c][dy][f][dx][lane].
+// their filter slots (fewer where a group has fewer filters, as a depthwise
+// layer's one), and the sums one block keeps: [c][dy][slot][dx][lane].
 std::int64_t weight_blocks(const ConvGeometry& g) {
   const std::int64_t F = filters_per_block(static_cast<int>(g.ker[2]));
   return g.groups * ((g.Kg + F - 1) / F);
 }
+inline std::int64_t block_slots(const ConvGeometry& g) {
+  return std::min<std::int64_t>(filters_per_block(static_cast<int>(g.ker[2])), g.Kg);
+}
 template <class T>
 std::int64_t weight_block_sums(const ConvGeometry& g) {
-  return g.Cg * g.ker[1] * filters_per_block(static_cast<int>(g.ker[2])) * g.ker[2] * Zmm<T>::kLanes;
+  return g.Cg * g.ker[1] * block_slots(g) * g.ker[2] * Zmm<T>::kLanes;
 }
 
 // Note [Shifted weight pass by sample parts]: where every block's sums fit
@@ -296,13 +300,18 @@ std::int64_t weight_block_sums(const ConvGeometry& g) {
 // are larger), every thread read every sample: half of gy from the other
 // thread, and those lines, shared, were slow to write in the next step where
 // the threads do not share an L3 (LeNet's conv1). Rejected: a range per thread,
-// whose sums would change with the thread count.
-constexpr std::int64_t kPartSumBytes = std::int64_t(256) << 10, kMaxWeightParts = 8;
+// whose sums would change with the thread count. Past kMaxPartBlocks blocks
+// the blocks themselves spread over the threads, and the parts' sums (parts x
+// blocks of them, zeroed, then added in the tree) cost more than the parts
+// save: a depthwise 8x128x14^2 layer's pass took 0.172 ms by parts against
+// 0.133 by blocks (one thread).
+constexpr std::int64_t kPartSumBytes = std::int64_t(256) << 10, kMaxWeightParts = 8, kMaxPartBlocks = 32;
 
 // The sample ranges of the weight pass, or 0 where it is cut by filter blocks.
 template <class T>
 std::int64_t weight_parts(const ConvGeometry& g) {
-  const bool by_samples = weight_blocks(g) * weight_block_sums<T>(g) * std::int64_t(sizeof(T)) <= kPartSumBytes;
+  const bool by_samples = weight_blocks(g) <= kMaxPartBlocks &&
+                          weight_blocks(g) * weight_block_sums<T>(g) * std::int64_t(sizeof(T)) <= kPartSumBytes;
   return by_samples ? std::min(g.N, kMaxWeightParts) : 0;
 }
 
@@ -319,7 +328,7 @@ struct WeightPass {
   T* partial;        // per (sample, filter) sums of the adjoint for the bias, or null
   const unsigned* masks;  // copy_masks
   std::int64_t blocks_per_group = (g.Kg + F - 1) / F, blocks = weight_blocks(g);
-  std::int64_t sums_per_block = weight_block_sums<T>(g);  // [c][dy][f][dx][lane]
+  std::int64_t slots = block_slots(g), sums_per_block = weight_block_sums<T>(g);  // [c][dy][slot][dx][lane]
 
   std::int64_t first_filter(std::int64_t b) const { return b / blocks_per_group * g.Kg + b % blocks_per_group * F; }
   int filters_of(std::int64_t b) const {
@@ -372,7 +381,7 @@ struct WeightPass {
       for (std::int64_t dy = 0; dy < s.KH; ++dy) {
         for (int dx = 0; dx < KW; ++dx) run[dx] = copies + (c * KW + dx) * s.copy_stride + dy * s.row_step;
         const std::int64_t round = c * s.KH + dy, fetch = std::clamp<std::int64_t>(next_vectors - round * share, 0, share);
-        row_sums_for<T, KW>(filters, sums + round * F * KW * L, planes, run, s.plane,
+        row_sums_for<T, KW>(filters, sums + round * slots * KW * L, planes, run, s.plane,
                             next ? next + round * share * L : planes[0], fetch);
       }
   }
@@ -386,7 +395,7 @@ struct WeightPass {
       for (int dx = 0; dx < KW; ++dx) run[dx] = copies + (c * KW + dx) * s.copy_stride;
       const std::int64_t fetch = std::clamp<std::int64_t>(next_vectors - c * share, 0, share);
       if constexpr (has_tap_sums(KW, KW))
-        tap_sums<T, KW, KW>(sums + c * s.KH * F * KW * L, F * KW, gy, run, s.row_step, s.plane,
+        tap_sums<T, KW, KW>(sums + c * s.KH * slots * KW * L, slots * KW, gy, run, s.row_step, s.plane,
                             next ? next + c * share * L : gy, fetch);
     }
   }
@@ -408,7 +417,7 @@ struct WeightPass {
       for (std::int64_t dy = 0; dy < s.KH; ++dy)
         for (int f = 0; f < filters_of(b); ++f)
           for (int dx = 0; dx < KW; ++dx) {
-            const T* lanes = sums + ((c * s.KH + dy) * F * KW + f * KW + dx) * L;
+            const T* lanes = sums + ((c * s.KH + dy) * slots * KW + f * KW + dx) * L;
             gw[((k0 + f) * g.Cg + c) * s.KH * KW + dy * KW + dx] += sum_run(lanes, L);
           }
   }

@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <span>
-#include <type_traits>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -290,32 +289,30 @@ const T* zero_padded(const T* x, std::int64_t planes, const ConvGeometry::Dims& 
   return out;
 }
 
+// One tile at the level in use (Note [Instruction-set levels]).
+template <class T, class Offsets>
+void tile(const T* const* a, Offsets index, const T* b, std::int64_t n, T* const* out, bool accumulate) {
+  if (kernel_isa() >= Isa::avx512) tile_avx512(a, index, b, n, out, accumulate);
+  else if (implicit_gemm_vectorised()) tile_avx2(a, index, b, n, out, accumulate);
+  else tile_portable(a, index, b, n, out, accumulate);
+}
 template <class T>
 void gemm_tile(const T* const* a, const std::int64_t* index, const T* b, std::int64_t n, T* const* out, bool accumulate) {
-  if (kernel_isa() >= Isa::avx512) tile_avx512(a, IndexTable{index}, b, n, out, accumulate);
-  else if (implicit_gemm_vectorised()) tile_avx2(a, IndexTable{index}, b, n, out, accumulate);
-  else tile_portable(a, IndexTable{index}, b, n, out, accumulate);
+  tile(a, IndexTable{index}, b, n, out, accumulate);
 }
 template <class T>
 void gemm_tile_strided(const T* const* a, std::int64_t stride, const T* b, std::int64_t n, T* const* out, bool accumulate) {
-  if (kernel_isa() >= Isa::avx512) tile_avx512(a, Strided{stride}, b, n, out, accumulate);
-  else if (implicit_gemm_vectorised()) tile_avx2(a, Strided{stride}, b, n, out, accumulate);
-  else tile_portable(a, Strided{stride}, b, n, out, accumulate);
+  tile(a, Strided{stride}, b, n, out, accumulate);
 }
-// Without paired tiles, the two blocks one after the other: the same sums.
+// Two column blocks: one 6 x 2 tile where paired, else the two one after the other (the same sums).
 template <class T, class Offsets>
 void tile_pair(const T* const* a, Offsets index, const T* b, std::int64_t b_step, std::int64_t n, T* const* out,
                std::int64_t out_step, bool accumulate) {
   if (paired_tiles()) return tile_pair_avx512(a, index, b, b_step, n, out, out_step, accumulate);
   T* next[kTileRows];
   for (int i = 0; i < kTileRows; ++i) next[i] = out[i] + out_step;
-  if constexpr (std::is_same_v<Offsets, Strided>) {
-    gemm_tile_strided(a, index.stride, b, n, out, accumulate);
-    gemm_tile_strided(a, index.stride, b + b_step, n, next, accumulate);
-  } else {
-    gemm_tile(a, index.index, b, n, out, accumulate);
-    gemm_tile(a, index.index, b + b_step, n, next, accumulate);
-  }
+  tile(a, index, b, n, out, accumulate);
+  tile(a, index, b + b_step, n, next, accumulate);
 }
 template <class T>
 void gemm_tile_pair(const T* const* a, const std::int64_t* index, const T* b, std::int64_t b_step, std::int64_t n,

@@ -121,35 +121,28 @@ bool paired_tiles_for(Isa level, int units, const char* force) {
 }
 
 namespace {
-// The default choice: the FMA units, unless TG_PAIRED_TILES overrides them.
+// The choice at start: TG_PAIRED_TILES where it says 0 or 1, else the FMA units.
 bool default_paired_tiles() noexcept {
   const char* force = std::getenv("TG_PAIRED_TILES");
-  const bool forced = kernel_isa() >= Isa::avx512 && force != nullptr && *force != '\0';
-  try {
-    return paired_tiles_for(kernel_isa(), forced ? 0 : fma512_units(), force);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "tapegrad: %s (the tiles follow the FMA units)\n", e.what());
-    return paired_tiles_for(kernel_isa(), fma512_units(), nullptr);
+  if (kernel_isa() >= Isa::avx512 && force != nullptr && *force != '\0') {
+    try {
+      return paired_tiles_for(kernel_isa(), 0, force);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "tapegrad: %s (the tiles follow the FMA units)\n", e.what());
+    }
   }
+  return paired_tiles_for(kernel_isa(), fma512_units(), nullptr);
 }
-std::atomic<int> paired_state{-1};  // -1: not chosen yet, else 0 or 1
+std::atomic<bool>& paired_choice() {
+  static std::atomic<bool> choice{default_paired_tiles()};
+  return choice;
+}
 }  // namespace
 
-bool paired_tiles() noexcept {
-  int state = paired_state.load(std::memory_order_relaxed);
-  if (state < 0) {
-    static const bool chosen = default_paired_tiles();
-    int expected = -1;
-    paired_state.compare_exchange_strong(expected, chosen ? 1 : 0);
-    state = paired_state.load(std::memory_order_relaxed);
-  }
-  return state == 1;
-}
+bool paired_tiles() noexcept { return paired_choice().load(std::memory_order_relaxed); }
 
 bool set_paired_tiles(bool paired) noexcept {
-  const bool before = paired_tiles();
-  paired_state.store(paired && kernel_isa() >= Isa::avx512 ? 1 : 0, std::memory_order_relaxed);
-  return before;
+  return paired_choice().exchange(paired && kernel_isa() >= Isa::avx512, std::memory_order_relaxed);
 }
 
 std::string kernels_line() {

@@ -38,9 +38,9 @@ const char* to_string(Isa level);
 // Winograd passes run two column blocks in one 6 x 2 tile (12 sums, the same
 // operations in the same order: the results are the same bit for bit). The
 // units are counted by timing 6 and 12 independent FMA chains once per process
-// (about 0.2 ms): a model table by CPUID would miss the Xeons with one unit.
-// Rejected: the 6 x 2 tile everywhere (slower in the passes on Zen 4, whose
-// one unit the 6 sums already fill).
+// (about 0.3 ms): a model table by CPUID would miss the Xeons with one unit.
+// Rejected: the 6 x 2 tile everywhere (no faster on Zen 4, whose one unit the
+// 6 sums already fill: 0.99-1.00x in the passes, so its code path stays).
 
 // 512-bit FMAs this CPU starts a cycle, measured (1 or 2); 0 where the kernels run below avx512.
 int fma512_units() noexcept;
@@ -53,7 +53,8 @@ bool set_paired_tiles(bool paired) noexcept;
 // The choice for kernels at `level` on a CPU with `units` 512-bit FMA units under TG_PAIRED_TILES = `force`
 // (null or empty: none). Throws tg::Error for a value other than 0 or 1.
 bool paired_tiles_for(Isa level, int units, const char* force);
-// The line the tools print: the level in use and the tile, e.g. "avx512 (TG_ISA caps it), 6x2 tiles (2 FMA units)".
+// The line the tools print: the level in use and the tile, e.g.
+// "avx512 (TG_ISA caps it), 6x2 tiles (2 512-bit FMA units; TG_PAIRED_TILES overrides)".
 std::string kernels_line();
 
 }  // namespace tg::kernels

@@ -486,8 +486,10 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   // vector, filter counts past whole blocks, groups (copies of some channels
   // only), dilations and paddings. At avx512 the forward and the weight
   // gradient run the shifted copies, and so does the input gradient where the
-  // adjoint conv has few channels a group (few filters: depthwise layers);
-  // below it, the direct loops.
+  // adjoint conv has few channels a group (few filters: depthwise layers); at
+  // avx2 the forward and that input gradient do (4 filters x 3 vectors of 8
+  // floats or 4 doubles), the weight gradient the direct loops; portable, the
+  // direct loops.
   const GeometryLimits few{.max_stride = 1, .max_in = 9, .max_last = 40, .max_last_kernel = 7, .max_rank = 2, .max_cg = 4};
   CHECK(check_random_cases(20261206, 60, few, ConvAlgorithm::direct) >= 40);
   // Depthwise 3x3 and 5x5 layers, padded, a plane of 28 x 28 and one of 14 x 13;
@@ -505,12 +507,15 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
     check_case_against_reference(c, ConvAlgorithm::direct, 33);
     check_float_gradients(c, ConvAlgorithm::direct, 34);
   }
-  // The cost rule runs LeNet's conv1 with them (at avx512), and its input gradient not.
+  // The cost rule runs LeNet's conv1 forward with them (at avx2 and up), its
+  // weight gradient at avx512, and its input gradient not.
   namespace k = tg::kernels;
   const k::ConvGeometry lenet = k::conv_geometry({64, 1, 28, 28}, {32, 1, 5, 5}, {.pad_lo = {2}, .pad_hi = {2}}, "test");
-  const bool shifted = k::kernel_isa() >= k::Isa::avx512;
-  CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
-  CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+  const bool shifted_forward = k::kernel_isa() >= k::Isa::avx2, shifted_weight = k::kernel_isa() >= k::Isa::avx512;
+  CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) ==
+        shifted_forward);
+  CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) ==
+        shifted_weight);
   CHECK(k::choose_conv_algorithm(lenet, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   // Note [Pointwise runs]: 1x1 convs run by the same loops at avx512 (forced
   // direct: the forward and the input gradient): a partial last vector, groups,
@@ -528,11 +533,12 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   }
   const k::ConvGeometry r5 = k::conv_geometry({8, 64, 56, 56}, {256, 64, 1, 1}, {}, "test");
   const k::ConvGeometry r4 = k::conv_geometry({8, 256, 56, 56}, {64, 256, 1, 1}, {}, "test");
-  CHECK((k::choose_conv_algorithm(r5, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+  const bool pointwise = k::kernel_isa() >= k::Isa::avx512;
+  CHECK((k::choose_conv_algorithm(r5, k::ConvPass::forward, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == pointwise);
   const k::ConvGeometry small_plane = k::conv_geometry({32, 512, 7, 7}, {128, 512, 1, 1}, {}, "test");
   for (const auto pass : {k::ConvPass::forward, k::ConvPass::backward_input}) {
-    CHECK((k::choose_conv_algorithm(r4, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
-    CHECK((k::choose_conv_algorithm(r5, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == shifted);
+    CHECK((k::choose_conv_algorithm(r4, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == pointwise);
+    CHECK((k::choose_conv_algorithm(r5, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) == pointwise);
     CHECK(k::choose_conv_algorithm(small_plane, pass, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
   }
   // Their weight gradients run implicit GEMM (with AVX2), one with 16 channels a side im2col.

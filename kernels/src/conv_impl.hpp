@@ -97,10 +97,11 @@ void direct_rows_backward_weight(const BorderRows& b, const T* x, T fill, const 
 
 // The direct forward and weight gradient by shifted copies (conv_shifted.cpp,
 // Note [Shifted copies]): unit-stride 1-D and 2-D convs, not 1x1, with at most
-// 128 taps per filter and 7 along a row, AVX-512 only; the input gradient of a
-// unit-stride conv as its adjoint conv's forward (adjoint_geometry) where that
-// applies (depthwise layers, few filters). shifted_runs: it applies and the
-// kernels run at avx512, so the direct algorithm runs the pass with it.
+// 128 taps per filter and 7 along a row; the input gradient of a unit-stride
+// conv as its adjoint conv's forward (adjoint_geometry) where that applies
+// (depthwise layers, few filters). shifted_runs: it applies and the kernels
+// run at avx2 (forward, input gradient) or avx512 (weight gradient), so the
+// direct algorithm runs the pass with it.
 bool shifted_applies(const ConvGeometry& g, ConvPass pass);
 bool shifted_runs(const ConvGeometry& g, ConvPass pass);
 // The weight pass's units of work: its sample parts, or its blocks of filters (each on one thread).

@@ -1,5 +1,7 @@
 // The direct convolution's forward and weight gradient for few input channels
-// (and input gradient for few filters), by shifted copies (Note [Shifted copies]), with AVX-512. conv.cpp runs the
+// (and input gradient for few filters), by shifted copies (Note [Shifted
+// copies]): the weight pass at AVX-512 here, the forward at AVX-512 (here) or
+// AVX2 (conv_shifted_avx2.cpp) from conv_shifted_passes.hpp. conv.cpp runs the
 // direct algorithm's passes with these where shifted_runs(g, pass) holds (the
 // input gradient as the adjoint conv's forward).
 //
@@ -24,17 +26,22 @@
 // Rejected: vectors along one output row (28 outputs: one whole and one
 // partial zmm per row, L1's weight gradient 1.18-1.92x implicit GEMM's time);
 // implicit GEMM itself, whose packing of gy is a quarter of L1's weight pass;
-// and these loops on 256-bit vectors (16 registers: 2 filters x 5 taps), slower
-// than implicit GEMM at AVX2.
+// and the weight pass on 256-bit vectors (16 registers: 2 filters x 5 taps),
+// slower than implicit GEMM at AVX2 (the forward's 4 filters x 3 vectors are
+// faster there: LeNet's conv1 0.93 ms against 1.54).
 #include <algorithm>
 #include <cstdint>
 
-#include "conv_impl.hpp"
+#include "zmm.hpp"
+#define TG_SHIFTED_ISA avx512
+#define TG_SHIFTED_VEC Zmm
+#define TG_SHIFTED_TARGET __attribute__((target("avx512f,prfchw")))
+#define TG_SHIFTED_VECTORS 6
+#include "conv_shifted_passes.hpp"
 #include "tapegrad/kernels/isa.hpp"
 #include "tapegrad/kernels/parallel.hpp"
 #include "tapegrad/kernels/reduce.hpp"
 #include "tapegrad/kernels/scratch.hpp"
-#include "zmm.hpp"
 
 namespace tg::kernels::conv_impl {
 namespace {
@@ -42,125 +49,6 @@ namespace {
 constexpr std::int64_t kMaxShiftedTaps = 128;        // Cg * KH * KW: the weight pass's sums per filter
 constexpr std::int64_t kMaxShiftedRowTaps = 7;       // KW: one compiled kernel per count
 constexpr double kMaxCopyElements = 1 << 18;        // the copies a thread holds at once: one group's
-
-// The copies of one sample (Note [Shifted copies]), 64-byte aligned each.
-struct ShiftedLayout {
-  std::int64_t KH, KW, width, rows, plane, copy_stride;
-  std::int64_t row_step;  // from one kernel row's run to the next: dil * width
-
-  template <class T>
-  static ShiftedLayout of(const ConvGeometry& g) {
-    ShiftedLayout s;
-    s.KH = g.ker[1], s.KW = g.ker[2], s.width = g.out[2];
-    s.rows = g.out[1] + (g.ker[1] - 1) * g.dil[1];
-    s.plane = g.out[1] * g.out[2];
-    constexpr std::int64_t kAlign = 64 / sizeof(T);
-    s.copy_stride = (s.rows * s.width + kAlign - 1) / kAlign * kAlign;
-    s.row_step = g.dil[1] * s.width;
-    return s;
-  }
-  std::int64_t copies_of(std::int64_t channels) const { return channels * KW * copy_stride; }
-};
-
-// Copy dx's column j holds input column j + column_shift(g, dx).
-std::int64_t column_shift(const ConvGeometry& g, std::int64_t dx) { return dx * g.dil[2] - g.lo[2]; }
-
-// The lanes [lo, hi) of a vector's mask.
-constexpr unsigned lane_range(std::int64_t lo, std::int64_t hi) { return (1u << hi) - (1u << lo); }
-
-// base + offset elements, as an address only: the masked loads below read
-// through it the lanes that lie inside base's row, and no other memory.
-template <class T>
-const T* address_at(const T* base, std::int64_t offset) {
-  return reinterpret_cast<const T*>(reinterpret_cast<std::uintptr_t>(base) + offset * std::int64_t(sizeof(T)));
-}
-
-// Note [Flat copies]: where the input rows are as wide as the output's (a
-// "same" conv, as LeNet's conv1), copy (c, dx) is input plane c itself moved
-// by lo[1] rows and dx*dil - lo[2] columns, the lanes that meet padding
-// zeroed. It is made in whole aligned vectors, each one masked load through
-// its mask (one per dx and vector, the same for every sample and channel,
-// set once a pass by copy_masks) and one store. Other widths go down the
-// copy's columns (column_copies), a vector of every row at a time, whose row
-// ends split vectors and cache lines: LeNet's conv1 made its copies in 0.4 µs
-// a sample that way against 0.2 flat.
-
-// The flat copies' masks, [dx][vector of the copy]: bit l where position
-// v*L + l of copy dx meets an input value; null where the copies are not flat.
-template <class T>
-const unsigned* copy_masks(const ConvGeometry& g, const ShiftedLayout& s, ScratchScope& scratch) {
-  constexpr int L = Zmm<T>::kLanes;
-  if (g.in[2] != s.width) return nullptr;
-  const std::int64_t vectors = s.copy_stride / L, H = g.in[1], W = g.in[2];
-  unsigned* masks = scratch.take_filled<unsigned>(s.KW * vectors, 0u).data();
-  const std::int64_t r0 = std::max<std::int64_t>(g.lo[1], 0), r1 = std::min(s.rows, g.lo[1] + H);
-  for (std::int64_t dx = 0; dx < s.KW; ++dx) {
-    const std::int64_t shift = column_shift(g, dx);
-    const std::int64_t j0 = std::clamp<std::int64_t>(-shift, 0, W), j1 = std::clamp<std::int64_t>(W - shift, j0, W);
-    for (std::int64_t i = r0; i < r1 && j0 < j1; ++i)
-      for (std::int64_t q = i * W + j0; q < i * W + j1; q = (q / L + 1) * L)
-        masks[dx * vectors + q / L] |= lane_range(q % L, std::min<std::int64_t>(L, q % L + i * W + j1 - q));
-  }
-  return masks;
-}
-
-// Flat copies of channels [c0, c1) of sample n (Note [Flat copies]).
-template <class T>
-TG_AVX512 void flat_copies(const ConvGeometry& g, const ShiftedLayout& s, const unsigned* masks, const T* x,
-                           std::int64_t n, std::int64_t c0, std::int64_t c1, T* copies) {
-  using Z = Zmm<T>;
-  constexpr int L = Z::kLanes;
-  const std::int64_t vectors = s.copy_stride / L;
-  for (std::int64_t c = c0; c < c1; ++c)
-    for (std::int64_t dx = 0; dx < s.KW; ++dx) {
-      // copy position q holds input element q + from of the plane
-      const std::int64_t from = column_shift(g, dx) - g.lo[1] * g.in[2];
-      const T* xc = address_at(x + (n * g.C + c) * g.in_vol(), from);
-      T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
-      const unsigned* mask = masks + dx * vectors;
-      for (std::int64_t v = 0; v < vectors; ++v) Z::store(copy + v * L, Z::load_lanes(address_at(xc, v * L), mask[v]));
-    }
-}
-
-// Copies of channels [c0, c1) of sample n, any widths: each is built a column
-// vector at a time down its rows. The vector's lanes that meet input columns
-// are one mask for every row, a masked load from the input row (zero
-// elsewhere, and in the rows of padding); the row's last vector stores only
-// its own lanes.
-template <class T>
-TG_AVX512 void column_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std::int64_t n,
-                             std::int64_t c0, std::int64_t c1, T* copies) {
-  using Z = Zmm<T>;
-  constexpr int L = Z::kLanes;
-  const std::int64_t H = g.in[1], W = g.in[2];
-  for (std::int64_t c = c0; c < c1; ++c) {
-    const T* xc = x + (n * g.C + c) * g.in_vol();
-    for (std::int64_t dx = 0; dx < s.KW; ++dx) {
-      T* copy = copies + ((c - c0) * s.KW + dx) * s.copy_stride;
-      const std::int64_t shift = column_shift(g, dx);
-      for (std::int64_t j = 0; j < s.width; j += L) {
-        const std::int64_t lanes = std::min<std::int64_t>(L, s.width - j);
-        const std::int64_t lo = std::clamp<std::int64_t>(-shift - j, 0, lanes);
-        const unsigned inside = lane_range(lo, std::clamp<std::int64_t>(W - shift - j, lo, lanes));
-        for (std::int64_t i = 0; i < s.rows; ++i) {
-          const std::int64_t r = i - g.lo[1];
-          const auto v = r >= 0 && r < H && inside ? Z::load_lanes(address_at(xc, r * W + j + shift), inside) : Z::zero();
-          if (lanes == L) Z::store(copy + i * s.width + j, v);
-          else Z::store_first(copy + i * s.width + j, v, lanes);
-        }
-      }
-    }
-  }
-}
-
-// copies[(c - c0) * KW + dx] for channels [c0, c1) of sample n, as Note
-// [Shifted copies] says; `masks` from copy_masks.
-template <class T>
-void make_copies(const ConvGeometry& g, const ShiftedLayout& s, const unsigned* masks, const T* x, std::int64_t n,
-                 std::int64_t c0, std::int64_t c1, T* copies) {
-  if (masks) flat_copies(g, s, masks, x, n, c0, c1, copies);
-  else column_copies(g, s, x, n, c0, c1, copies);
-}
 
 // The weight pass's filters per register block: F * KW sums, KW input
 // vectors and one of gy in the 32 registers.
@@ -352,7 +240,7 @@ struct WeightPass {
     for (std::int64_t n = n0; n < n1; ++n)
       for (std::int64_t b = b0; b < b1;) {
         const std::int64_t grp = b / blocks_per_group, group_end = std::min(b1, (grp + 1) * blocks_per_group);
-        make_copies(g, s, masks, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
+        avx512::make_copies(g, s, masks, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
         for (; b < group_end; ++b) {
           const bool same_sample = b + 1 < b1;
           const T* next = same_sample || n + 1 < n1 ? plane_of(same_sample ? n : n + 1, same_sample ? b + 1 : b0) : nullptr;
@@ -458,7 +346,7 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
   ScratchScope scratch;
   T* partial = prologue && prologue->bias_grad ? scratch.take<T>(g.N * g.K).data() : nullptr;
   const ShiftedLayout s = ShiftedLayout::of<T>(g);
-  const WeightPass<T, KW> pass{g, s, prologue, gy_in_place, prologue ? gy_in_place : gy, partial, copy_masks<T>(g, s, scratch)};
+  const WeightPass<T, KW> pass{g, s, prologue, gy_in_place, prologue ? gy_in_place : gy, partial, copy_masks<T, Zmm<T>::kLanes>(g, s, scratch)};
   if (const std::int64_t parts = weight_parts<T>(g)) {
     run_parts(pass, parts, x, gw);
   } else {
@@ -470,108 +358,6 @@ void weight_pass(const ConvGeometry& g, const T* x, const T* gy, T* gw, const Ad
     });
   }
   if (partial) add_channel_sums(g, partial, prologue->bias_grad);
-}
-
-// ---- forward --------------------------------------------------------------------
-
-// The forward's register block: F filters x U vectors of sums, U inputs and one weight.
-// Every loop over the block is unrolled whole (as in row_sums), so the sums
-// never leave registers: rolled, GCC kept them in a stack array, three moves
-// per sum and block, and LeNet's conv1 forward took 0.96 ms against 0.80.
-constexpr int kForwardFilters = 4, kForwardVectors = 6;
-
-// y[f][at + u*L ..] (=, or += when accumulating) sum over taps t of w[f][t] *
-// run[t][at + u*L ..] (+ bias[f]), for u < U and f < F; with Partial (U = 1)
-// the vector holds only the plane's last `last` < L outputs.
-template <class T, int U, int F, bool Partial>
-__attribute__((target("avx512f,prfchw"))) void output_block(T* const* y, const T* const* w, const T* bias,
-                                                            const T* const* run, std::int64_t taps, std::int64_t at,
-                                                            std::int64_t last, bool accumulate, std::int64_t fetch_at) {
-  static_assert(!Partial || U == 1);
-  using Z = Zmm<T>;
-  using V = typename Z::V;
-  constexpr int L = Z::kLanes;
-  V acc[F][U];
-#pragma GCC unroll 8
-  for (int f = 0; f < F; ++f)
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) acc[f][u] = Z::zero();
-  for (std::int64_t t = 0; t < taps; ++t) {
-    if (fetch_at >= 0 && t < F * U) __builtin_prefetch(y[t / U] + fetch_at + t % U * L, 1, 3);
-    const T* in = run[t] + at;
-    V v[U];
-    for (int u = 0; u < U; ++u) v[u] = Partial ? Z::load_first(in, last) : Z::load(in + u * L);
-    for (int f = 0; f < F; ++f) {
-      const V weight = Z::set1(w[f][t]);
-      for (int u = 0; u < U; ++u) acc[f][u] = Z::fma(weight, v[u], acc[f][u]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int f = 0; f < F; ++f)
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) {
-      T* out = y[f] + at + u * L;
-      V sum = acc[f][u];
-      if (accumulate) sum = Z::add(sum, Partial ? Z::load_first(out, last) : Z::load(out));
-      if (bias) sum = Z::add(sum, Z::set1(bias[f]));
-      if (Partial) Z::store_first(out, sum, last);
-      else Z::store(out, sum);
-    }
-}
-
-// The `vectors` < U whole vectors at `at`, as one block.
-template <class T, int F, int U = kForwardVectors - 1>
-void output_rest(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps, std::int64_t at,
-                 std::int64_t vectors, bool accumulate) {
-  if constexpr (U > 1)
-    if (vectors < U) return output_rest<T, F, U - 1>(y, w, bias, run, taps, at, vectors, accumulate);
-  output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate, -1);
-}
-
-// Positions [from, to) of F planes: blocks of U vectors, one block of the
-// whole vectors left, then the partial one.
-template <class T, int F>
-void output_planes(T* const* y, const T* const* w, const T* bias, const T* const* run, std::int64_t taps,
-                   std::int64_t from, std::int64_t to, bool accumulate) {
-  constexpr int L = Zmm<T>::kLanes, U = kForwardVectors;
-  std::int64_t at = from;
-  for (; at + U * L <= to; at += U * L)
-    output_block<T, U, F, false>(y, w, bias, run, taps, at, 0, accumulate, at + 2 * U * L <= to ? at + U * L : -1);
-  if (const std::int64_t vectors = (to - at) / L; vectors > 0) {
-    output_rest<T, F>(y, w, bias, run, taps, at, vectors, accumulate);
-    at += vectors * L;
-  }
-  if (at < to) output_block<T, 1, F, true>(y, w, bias, run, taps, at, to - at, accumulate, -1);
-}
-
-template <class T, int F = kForwardFilters>
-void output_planes_for(int filters, T* const* y, const T* const* w, const T* bias, const T* const* run,
-                       std::int64_t taps, std::int64_t from, std::int64_t to, bool accumulate) {
-  if constexpr (F > 1)
-    if (filters < F) return output_planes_for<T, F - 1>(filters, y, w, bias, run, taps, from, to, accumulate);
-  output_planes<T, F>(y, w, bias, run, taps, from, to, accumulate);
-}
-
-// Positions [from, to) of sample n's filters of group grp, every tap's run
-// given: blocks of kForwardFilters filters, each with its bias and activation.
-template <class T>
-void output_range(const ConvGeometry& g, std::int64_t n, std::int64_t grp, const T* w, T* y, const T* const* run,
-                  std::int64_t taps, std::int64_t from, std::int64_t to, bool accumulate, const OutputEpilogue<T>* epilogue) {
-  constexpr int F = kForwardFilters;
-  const std::int64_t plane = g.out_vol();
-  for (std::int64_t k0 = grp * g.Kg; k0 < (grp + 1) * g.Kg; k0 += F) {
-    const int filters = static_cast<int>(std::min<std::int64_t>(F, (grp + 1) * g.Kg - k0));
-    T* planes[F];
-    const T* weights[F];
-    for (int f = 0; f < filters; ++f) {
-      planes[f] = y + (n * g.K + k0 + f) * plane;
-      weights[f] = w + (k0 + f) * taps;
-    }
-    const T* bias = epilogue && epilogue->bias ? epilogue->bias + k0 : nullptr;
-    output_planes_for<T>(filters, planes, weights, bias, run, taps, from, to, accumulate);
-    if (epilogue && epilogue->activation)
-      for (int f = 0; f < filters; ++f) epilogue->activation(epilogue->context, planes[f] + from, to - from);
-  }
 }
 
 }  // namespace
@@ -587,7 +373,10 @@ bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
   return double(g.Cg) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
 }
 
-bool shifted_runs(const ConvGeometry& g, ConvPass pass) { return kernel_isa() >= Isa::avx512 && shifted_applies(g, pass); }
+bool shifted_runs(const ConvGeometry& g, ConvPass pass) {
+  const Isa needs = pass == ConvPass::backward_weight ? Isa::avx512 : Isa::avx2;  // the weight pass is AVX-512 only
+  return kernel_isa() >= needs && shifted_applies(g, pass);
+}
 
 bool pointwise_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && g.pointwise(); }
 
@@ -617,54 +406,15 @@ void shifted_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* 
 template <class T>
 void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                      const OutputEpilogue<T>* epilogue) {
-  const ShiftedLayout s = ShiftedLayout::of<T>(g);
-  const std::int64_t taps = g.Cg * s.KH * s.KW;
-  ScratchScope scratch;
-  const unsigned* masks = copy_masks<T>(g, s, scratch);
-  // One task per (sample, group): its copies serve every filter of the group.
-  parallel_for(g.N * g.groups, threads_if(g.macs() > 1e5), [&](std::int64_t task) {
-    const std::int64_t n = task / g.groups, grp = task % g.groups;
-    ScratchScope own;  // this thread's stack (Note [Scratch stack])
-    T* copies = own.take<T>(s.copies_of(g.Cg)).data();
-    make_copies(g, s, masks, x, n, grp * g.Cg, (grp + 1) * g.Cg, copies);
-    const T** run = own.take<const T*>(taps).data();
-    for (std::int64_t c = 0; c < g.Cg; ++c)
-      for (std::int64_t dy = 0; dy < s.KH; ++dy)
-        for (std::int64_t dx = 0; dx < s.KW; ++dx)
-          run[(c * s.KH + dy) * s.KW + dx] = copies + (c * s.KW + dx) * s.copy_stride + dy * s.row_step;
-    output_range(g, n, grp, w, y, run, taps, 0, s.plane, accumulate, epilogue);
-  });
+  if (kernel_isa() >= Isa::avx512) return avx512::shifted_forward(g, x, w, y, accumulate, epilogue);
+  avx2::shifted_forward(g, x, w, y, accumulate, epilogue);
 }
-
-// Note [Pointwise runs]: a 1x1 conv with unit stride and no padding needs no
-// copies: each input channel's plane is already its tap's run, and the forward
-// is the shifted copies' forward with Cg taps. A task is a chunk of a sample's
-// positions, whole register blocks (up to 8) whose input runs stay within
-// kPointwiseChunkBytes, so L2 holds them while every filter block passes over
-// the chunk (the outputs go out in runs of up to 768 floats per plane: 256
-// planes written 96 at a time left the stores waiting). With 64 taps a chunk
-// is 8 blocks; with 256, 4 (8 blocks: 12-14% slower). The cost rule takes it
-// for forwards and input gradients (the adjoint conv's forward) wherever the
-// plane's last partial vector wastes little: against OpenBLAS, which packs
-// both operands and zeroes y first, R4 and R5 take 8-14% less time, 128 ->
-// 128 at 28x28 20-35% less; 7x7 planes (3 whole vectors and one of 1) stay
-// with OpenBLAS, 10-18% faster there at one thread.
-constexpr std::int64_t kPointwiseChunkBytes = 400 << 10;  // a task's input runs: Cg x its positions
 
 template <class T>
 void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
                        const OutputEpilogue<T>* epilogue) {
-  constexpr std::int64_t kVectors = kForwardVectors * Zmm<T>::kLanes;  // positions per register block
-  const std::int64_t block_bytes = g.Cg * kVectors * std::int64_t(sizeof(T));
-  const std::int64_t chunk = kVectors * std::clamp<std::int64_t>(kPointwiseChunkBytes / block_bytes, 1, 8);  // positions a task
-  const std::int64_t plane = g.out_vol(), blocks = (plane + chunk - 1) / chunk;
-  parallel_for(g.N * g.groups * blocks, threads_if(g.macs() > 1e5), [&](std::int64_t task) {
-    const std::int64_t block = task % blocks, grp = task / blocks % g.groups, n = task / (blocks * g.groups);
-    ScratchScope own;  // this thread's stack (Note [Scratch stack])
-    const T** run = own.take<const T*>(g.Cg).data();
-    for (std::int64_t c = 0; c < g.Cg; ++c) run[c] = x + (n * g.C + grp * g.Cg + c) * plane;
-    output_range(g, n, grp, w, y, run, g.Cg, block * chunk, std::min(plane, (block + 1) * chunk), accumulate, epilogue);
-  });
+  if (kernel_isa() >= Isa::avx512) return avx512::pointwise_forward(g, x, w, y, accumulate, epilogue);
+  avx2::pointwise_forward(g, x, w, y, accumulate, epilogue);
 }
 
 #define TG_INSTANTIATE(T)                                                                                       \
@@ -674,5 +424,14 @@ void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
+
+namespace avx512 {
+#define TG_INSTANTIATE(T)                                                                                       \
+  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
+  template void pointwise_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+}  // namespace avx512
 
 }  // namespace tg::kernels::conv_impl

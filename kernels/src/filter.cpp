@@ -255,8 +255,9 @@ void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* x
 bool rows_serve(const Correlation& c, const std::array<ConvAlgorithm, 3>& algorithms) {
   for (ConvAlgorithm a : algorithms)
     if (a != ConvAlgorithm::direct) return false;
-  // (the direct algorithm's forward and kernel gradient run the shifted copies where they apply)
-  return !conv_impl::shifted_runs(c.inner, ConvPass::forward) && !conv_impl::shifted_runs(c.inner, ConvPass::backward_weight);
+  // (the direct algorithm's forward and kernel gradient run the shifted copies where both
+  // run, at AVX-512; below it the rows serve both, though the shifted forward runs at AVX2)
+  return !(conv_impl::shifted_runs(c.inner, ConvPass::forward) && conv_impl::shifted_runs(c.inner, ConvPass::backward_weight));
 }
 
 std::optional<BorderRows> border_rows(const Correlation& c, const Shape& image, std::span<const std::int64_t> lo,

@@ -74,19 +74,14 @@ const unsigned* copy_masks(const ConvGeometry& g, const ShiftedLayout& s, Scratc
   return masks;
 }
 
-// The forward by shifted copies and by pointwise runs at each level;
-// conv_impl.hpp's shifted_forward and pointwise_forward pick one.
+// The forward by shifted copies at each level; conv_impl.hpp's shifted_forward picks one.
 namespace avx512 {
 template <class T>
 void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
-template <class T>
-void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
 }  // namespace avx512
 namespace avx2 {
 template <class T>
 void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
-template <class T>
-void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
 }  // namespace avx2
 
 }  // namespace tg::kernels::conv_impl

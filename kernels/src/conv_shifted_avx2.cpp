@@ -1,6 +1,6 @@
-// The shifted copies' forward and the pointwise runs compiled for AVX2 + FMA
-// (conv_shifted_passes.hpp, 4 filters x 3 vectors in the 16 ymm registers);
-// conv_shifted.cpp calls them only where kernel_isa() is avx2.
+// The shifted copies' forward compiled for AVX2 + FMA (conv_shifted_passes.hpp,
+// 4 filters x 3 vectors in the 16 ymm registers); conv_shifted.cpp calls it
+// only where kernel_isa() is avx2.
 #include "ymm.hpp"
 #define TG_SHIFTED_ISA avx2
 #define TG_SHIFTED_VEC Ymm
@@ -11,8 +11,7 @@
 namespace tg::kernels::conv_impl::avx2 {
 
 #define TG_INSTANTIATE(T)                                                                                       \
-  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
-  template void pointwise_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*);
+  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE

@@ -1,10 +1,9 @@
 // The shifted copies' forward (Note [Shifted copies], conv_shifted.cpp) and
-// the pointwise runs (Note [Pointwise runs]), compiled once per level: in
-// conv_shifted.cpp at avx512 (Zmm, 32 registers) and in conv_shifted_avx2.cpp
-// at avx2 (Ymm, 16 registers), each in its own namespace (TG_SHIFTED_ISA),
-// every vector loop with the level's target attribute (TG_SHIFTED_TARGET),
-// TG_SHIFTED_VECTORS position vectors per register block. Include from those
-// two files only.
+// the copies themselves, compiled once per level: in conv_shifted.cpp at
+// avx512 (Zmm, 32 registers) and in conv_shifted_avx2.cpp at avx2 (Ymm, 16
+// registers), each in its own namespace (TG_SHIFTED_ISA), every vector loop
+// with the level's target attribute (TG_SHIFTED_TARGET), TG_SHIFTED_VECTORS
+// position vectors per register block. Include from those two files only.
 #pragma once
 
 #include <algorithm>
@@ -96,9 +95,9 @@ constexpr int kForwardFilters = 4, kForwardVectors = TG_SHIFTED_VECTORS;
 // run[t][at + u*L ..] (+ bias[f]), for u < U and f < F; with Partial (U = 1)
 // the vector holds only the plane's last `last` < L outputs.
 template <class T, int U, int F, bool Partial>
-TG_SHIFTED_TARGET void output_block(T* const* y, const T* const* w, const T* bias,
-                                                            const T* const* run, std::int64_t taps, std::int64_t at,
-                                                            std::int64_t last, bool accumulate, std::int64_t fetch_at) {
+TG_SHIFTED_TARGET void output_block(T* const* y, const T* const* w, const T* bias, const T* const* run,
+                                    std::int64_t taps, std::int64_t at, std::int64_t last, bool accumulate,
+                                    std::int64_t fetch_at) {
   static_assert(!Partial || U == 1);
   using Z = Vec<T>;
   using V = typename Z::V;
@@ -207,37 +206,6 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
         for (std::int64_t dx = 0; dx < s.KW; ++dx)
           run[(c * s.KH + dy) * s.KW + dx] = copies + (c * s.KW + dx) * s.copy_stride + dy * s.row_step;
     output_range(g, n, grp, w, y, run, taps, 0, s.plane, accumulate, epilogue);
-  });
-}
-
-// Note [Pointwise runs]: a 1x1 conv with unit stride and no padding needs no
-// copies: each input channel's plane is already its tap's run, and the forward
-// is the shifted copies' forward with Cg taps. A task is a chunk of a sample's
-// positions, whole register blocks (up to 8) whose input runs stay within
-// kPointwiseChunkBytes, so L2 holds them while every filter block passes over
-// the chunk (the outputs go out in runs of up to 768 floats per plane: 256
-// planes written 96 at a time left the stores waiting). With 64 taps a chunk
-// is 8 blocks; with 256, 4 (8 blocks: 12-14% slower). The cost rule takes it
-// for forwards and input gradients (the adjoint conv's forward) wherever the
-// plane's last partial vector wastes little: against OpenBLAS, which packs
-// both operands and zeroes y first, R4 and R5 take 8-14% less time, 128 ->
-// 128 at 28x28 20-35% less; 7x7 planes (3 whole vectors and one of 1) stay
-// with OpenBLAS, 10-18% faster there at one thread.
-constexpr std::int64_t kPointwiseChunkBytes = 400 << 10;  // a task's input runs: Cg x its positions
-
-template <class T>
-void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate,
-                       const OutputEpilogue<T>* epilogue) {
-  constexpr std::int64_t kVectors = kForwardVectors * Vec<T>::kLanes;  // positions per register block
-  const std::int64_t block_bytes = g.Cg * kVectors * std::int64_t(sizeof(T));
-  const std::int64_t chunk = kVectors * std::clamp<std::int64_t>(kPointwiseChunkBytes / block_bytes, 1, 8);  // positions a task
-  const std::int64_t plane = g.out_vol(), blocks = (plane + chunk - 1) / chunk;
-  parallel_for(g.N * g.groups * blocks, threads_if(g.macs() > 1e5), [&](std::int64_t task) {
-    const std::int64_t block = task % blocks, grp = task / blocks % g.groups, n = task / (blocks * g.groups);
-    ScratchScope own;  // this thread's stack (Note [Scratch stack])
-    const T** run = own.take<const T*>(g.Cg).data();
-    for (std::int64_t c = 0; c < g.Cg; ++c) run[c] = x + (n * g.C + grp * g.Cg + c) * plane;
-    output_range(g, n, grp, w, y, run, g.Cg, block * chunk, std::min(plane, (block + 1) * chunk), accumulate, epilogue);
   });
 }
 

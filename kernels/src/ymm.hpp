@@ -2,8 +2,10 @@
 // interface of Zmm<T> (zmm.hpp), so the shifted copies' forward
 // (conv_shifted_passes.hpp) compiles for either. Each function has its own
 // target attribute; call only from a function with the same target, on a CPU
-// where kernel_isa() allows avx2. The masked loads and stores are
-// vmaskmov: lanes outside the mask are neither read nor written, and never fault.
+// where kernel_isa() allows avx2. The masked loads and stores are vmaskmov:
+// lanes outside the mask are neither read nor written, and do not fault
+// (Intel's manual says so; AMD's calls it implementation dependent, and
+// compilers' masked loads rely on it there alike).
 #pragma once
 
 #include <immintrin.h>

@@ -517,6 +517,13 @@ TEST_CASE("conv: the direct kernel for few channels (shifted copies) and 1x1 con
   CHECK((k::choose_conv_algorithm(lenet, k::ConvPass::backward_weight, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct) ==
         shifted_weight);
   CHECK(k::choose_conv_algorithm(lenet, k::ConvPass::backward_input, ConvAlgorithm::automatic, "test") != ConvAlgorithm::direct);
+  // A depthwise 3x3 layer (8 x 128 x 14^2) all three at avx2 and up: below
+  // AVX-512 the weight pass runs where a block is one filter with 3x3 or 2x2
+  // taps (Note [One filter, every kernel row]).
+  const k::ConvGeometry depthwise = k::conv_geometry({8, 128, 14, 14}, {128, 1, 3, 3}, {.pad_lo = {1}, .pad_hi = {1}, .groups = 128}, "test");
+  for (const auto pass : {k::ConvPass::forward, k::ConvPass::backward_input, k::ConvPass::backward_weight})
+    if (shifted_forward) CHECK(k::choose_conv_algorithm(depthwise, pass, ConvAlgorithm::automatic, "test") == ConvAlgorithm::direct);
+  if (shifted_forward) CHECK(k::conv_estimated_seconds(depthwise, k::ConvPass::backward_weight)[k::index_of(ConvAlgorithm::direct)] < 1e-4);
   // Note [Pointwise runs]: 1x1 convs run by the same loops at avx512 (forced
   // direct: the forward and the input gradient): a partial last vector, groups,
   // a plane of 900 positions (a chunk of 768 and one of 132); the cost rule
@@ -816,7 +823,7 @@ TEST_CASE("conv: the triple (one instruction, replay, finite differences) with a
   all.push_back({{2, 4, 6, 9}, {6, 2, 3, 5}, {.padding = {1, 2}, .groups = 2, .algorithm = ConvAlgorithm::winograd}});
   // Implicit GEMM strided: the input gradient by phases (Note [Strided input adjoint by phases]).
   all.push_back({{2, 17, 7, 6}, {3, 17, 3, 3}, {.stride = {2}, .padding = {1}, .algorithm = ConvAlgorithm::implicit_gemm}});
-  // Depthwise, direct: at avx512 all three passes on the shifted copies (the input gradient as the adjoint's forward).
+  // Depthwise, direct: at avx512 and avx2 all three passes on the shifted copies (the input gradient as the adjoint's forward).
   all.push_back({{2, 4, 6, 7}, {4, 1, 3, 3}, {.padding = {1}, .groups = 4, .algorithm = ConvAlgorithm::direct}});
   for (const auto& c : all) {
     CAPTURE(tg::to_string(c.x));

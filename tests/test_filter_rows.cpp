@@ -184,3 +184,21 @@ TEST_CASE("correlate/convolve by rows: a realistic image equals pad + valid corr
   CHECK(max_abs_diff(gk, gk_ref) < 1e-9);
   CHECK(std::abs(gv.item() - gv_ref.item()) < 1e-9);
 }
+
+// Note [Rows or shifted copies]: at AVX-512 a filter whose image's copies
+// hold at most 64 Ki elements runs by shifted copies, a larger one by rows;
+// below AVX-512 every image by rows. A 3x3 kernel's copies of an n x n image
+// ("same" output) hold 3 x (n + 2) x n elements: 59,640 at 140, 68,400 at 150.
+TEST_CASE("correlate: rows or shifted copies by the copies' size and the kernel level") {
+  auto by_rows = [](std::int64_t n) {
+    const A x = A::random_uniform({n, n}, -1, 1, 1), kern = A::random_uniform({3, 3}, -1, 1, 2);
+    const FilterParams p{.border = Border::replicate()};
+    auto tape = tg::record([&](const T& a, const T& b) { return tg::correlate(a, b, p); }, x, kern);
+    return tg::dump(tape).find("by_rows") != std::string::npos;
+  };
+  const bool avx512 = k::kernel_isa() >= k::Isa::avx512;
+  CHECK(by_rows(32) == !avx512);
+  CHECK(by_rows(140) == !avx512);
+  CHECK(by_rows(150));
+  CHECK(by_rows(300));
+}

@@ -74,14 +74,23 @@ const unsigned* copy_masks(const ConvGeometry& g, const ShiftedLayout& s, Scratc
   return masks;
 }
 
-// The forward by shifted copies at each level; conv_impl.hpp's shifted_forward picks one.
+// The forward and weight pass by shifted copies at each level; conv_impl.hpp's
+// shifted_forward and shifted_backward_weight pick one.
 namespace avx512 {
 template <class T>
 void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
+template <class T>
+void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                     T* gy_in_place);
+std::int64_t weight_tasks(const ConvGeometry& g);
 }  // namespace avx512
 namespace avx2 {
 template <class T>
 void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool accumulate, const OutputEpilogue<T>* epilogue);
+template <class T>
+void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
+                     T* gy_in_place);
+std::int64_t weight_tasks(const ConvGeometry& g);
 }  // namespace avx2
 
 }  // namespace tg::kernels::conv_impl

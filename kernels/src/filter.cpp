@@ -7,6 +7,7 @@
 
 #include "conv_impl.hpp"
 #include "tapegrad/kernels/error.hpp"
+#include "tapegrad/kernels/isa.hpp"
 #include "tapegrad/kernels/scratch.hpp"
 
 namespace tg::kernels {
@@ -252,12 +253,26 @@ void correlate_backward_weight(const Correlation& c, ConvAlgorithm a, const T* x
 
 // ---- the extended image by rows (Note [Extended rows]) ------------------------
 
+// Note [Rows or shifted copies]: the direct algorithm runs a filter's forward
+// and kernel gradient by shifted copies (Note [Shifted copies]) at AVX-512
+// while the image's copies (KW of them) hold at most kShiftedFilterCopies
+// elements, and by rows otherwise. Replayed gradient of a 3x3 replicate
+// filter, one thread, Zen 4, shifted against rows: 32^2 6.0 against 11.6 us
+// (f64), 3.9 against 15.5 (f32); 128^2 76 against 73 (f64), 45 against 61
+// (f32); 200^2 204 against 147-153 (f64), 114 against 92-114 (f32); 256^2
+// 370-380 against 191-231 (f64), 190 against 143-174 (f32): past L2 the
+// copies cost more than they save. At AVX2 (4 x 3 forward blocks, one filter:
+// load-bound) the rows were faster from 64^2 in double: 21.6 against 27-37 us.
+constexpr double kShiftedFilterCopies = 64 * 1024;
+
 bool rows_serve(const Correlation& c, const std::array<ConvAlgorithm, 3>& algorithms) {
   for (ConvAlgorithm a : algorithms)
     if (a != ConvAlgorithm::direct) return false;
-  // (the direct algorithm's forward and kernel gradient run the shifted copies where both
-  // run, at AVX-512; below it the rows serve both, though the shifted forward runs at AVX2)
-  return !(conv_impl::shifted_runs(c.inner, ConvPass::forward) && conv_impl::shifted_runs(c.inner, ConvPass::backward_weight));
+  const ConvGeometry& g = c.inner;
+  const double copies = double(g.ker[2]) * double(g.out[1] + g.ker[1] - 1) * double(g.out[2]);
+  const bool shifted = kernel_isa() >= Isa::avx512 && conv_impl::shifted_runs(g, ConvPass::forward) &&
+                       conv_impl::shifted_runs(g, ConvPass::backward_weight) && copies <= kShiftedFilterCopies;
+  return !shifted;
 }
 
 std::optional<BorderRows> border_rows(const Correlation& c, const Shape& image, std::span<const std::int64_t> lo,

@@ -51,6 +51,14 @@ constexpr std::int64_t kMaxShiftedTaps = 128;        // Cg * KH * KW: the weight
 constexpr std::int64_t kMaxShiftedRowTaps = 7;       // KW: one compiled kernel per count
 constexpr double kMaxCopyElements = 1 << 18;        // the copies a thread holds at once: one group's
 
+// At AVX2 the weight pass runs only where a block is one filter whose sums all
+// fit in the 16 registers (Note [One filter, every kernel row]: depthwise
+// layers, 2x2 and 3x3); with several filters a block it is slower than
+// implicit GEMM there (Note [Shifted copies]).
+bool one_filter_tap_sums(const ConvGeometry& g) {
+  return g.Kg == 1 && g.ker[1] == g.ker[2] && (g.ker[2] == 2 || g.ker[2] == 3);
+}
+
 }  // namespace
 
 bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
@@ -62,14 +70,6 @@ bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
   // A group's channels are copied at once.
   const double rows = double(g.out[1]) + double(g.ker[1] - 1) * double(g.dil[1]);
   return double(g.Cg) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
-}
-
-// At AVX2 the weight pass runs only where a block is one filter whose sums all
-// fit in the 16 registers (Note [One filter, every kernel row]: depthwise
-// layers, 2x2 and 3x3); with several filters a block it is slower than
-// implicit GEMM there (Note [Shifted copies]).
-bool one_filter_tap_sums(const ConvGeometry& g) {
-  return g.Kg == 1 && g.ker[1] == g.ker[2] && (g.ker[2] == 2 || g.ker[2] == 3);
 }
 
 bool shifted_runs(const ConvGeometry& g, ConvPass pass) {

@@ -32,7 +32,7 @@ namespace {
 // Flat copies of channels [c0, c1) of sample n (Note [Flat copies]).
 template <class T>
 TG_SHIFTED_TARGET void flat_copies(const ConvGeometry& g, const ShiftedLayout& s, const unsigned* masks, const T* x,
-                           std::int64_t n, std::int64_t c0, std::int64_t c1, T* copies) {
+                                   std::int64_t n, std::int64_t c0, std::int64_t c1, T* copies) {
   using Z = Vec<T>;
   constexpr int L = Z::kLanes;
   const std::int64_t vectors = s.copy_stride / L;
@@ -54,7 +54,7 @@ TG_SHIFTED_TARGET void flat_copies(const ConvGeometry& g, const ShiftedLayout& s
 // its own lanes.
 template <class T>
 TG_SHIFTED_TARGET void column_copies(const ConvGeometry& g, const ShiftedLayout& s, const T* x, std::int64_t n,
-                             std::int64_t c0, std::int64_t c1, T* copies) {
+                                     std::int64_t c0, std::int64_t c1, T* copies) {
   using Z = Vec<T>;
   constexpr int L = Z::kLanes;
   const std::int64_t H = g.in[1], W = g.in[2];
@@ -99,7 +99,7 @@ constexpr int filters_per_block(int KW) {
 // A register block of sums: acc[i][j] = sums' vector i * row_stride + j, and back.
 template <class T, int R, int C>
 [[gnu::always_inline]] TG_SHIFTED_TARGET inline void load_sums(typename Vec<T>::V (&acc)[R][C], const T* sums,
-                                                       std::int64_t row_stride) {
+                                                               std::int64_t row_stride) {
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
@@ -107,7 +107,7 @@ template <class T, int R, int C>
 }
 template <class T, int R, int C>
 [[gnu::always_inline]] TG_SHIFTED_TARGET inline void store_sums(const typename Vec<T>::V (&acc)[R][C], T* sums,
-                                                        std::int64_t row_stride) {
+                                                                std::int64_t row_stride) {
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
@@ -118,7 +118,7 @@ template <class T, int R, int C>
 // lane p % L, for f < F; meanwhile fetches `fetch` vectors from `next` into cache.
 template <class T, int KW, int F>
 TG_SHIFTED_TARGET void row_sums(T* sums, const T* const* gy, const T* const* run, std::int64_t plane, const T* next,
-                        std::int64_t fetch) {
+                                std::int64_t fetch) {
   using Z = Vec<T>;
   using V = typename Z::V;
   constexpr int L = Z::kLanes;
@@ -174,7 +174,7 @@ void row_sums_for(int filters, T* sums, const T* const* gy, const T* const* run,
 // over p < plane, lane p % L, for dy < KH and dx < KW; fetching as row_sums.
 template <class T, int KH, int KW>
 TG_SHIFTED_TARGET void tap_sums(T* sums, std::int64_t dy_stride, const T* gy, const T* const* run, std::int64_t row_step,
-                        std::int64_t plane, const T* next, std::int64_t fetch) {
+                                std::int64_t plane, const T* next, std::int64_t fetch) {
   using Z = Vec<T>;
   using V = typename Z::V;
   constexpr int L = Z::kLanes;

@@ -51,14 +51,6 @@ constexpr std::int64_t kMaxShiftedTaps = 128;        // Cg * KH * KW: the weight
 constexpr std::int64_t kMaxShiftedRowTaps = 7;       // KW: one compiled kernel per count
 constexpr double kMaxCopyElements = 1 << 18;        // the copies a thread holds at once: one group's
 
-// At AVX2 the weight pass runs only where a block is one filter whose sums all
-// fit in the 16 registers (Note [One filter, every kernel row]: depthwise
-// layers, 2x2 and 3x3); with several filters a block it is slower than
-// implicit GEMM there (Note [Shifted copies]).
-bool one_filter_tap_sums(const ConvGeometry& g) {
-  return g.Kg == 1 && g.ker[1] == g.ker[2] && (g.ker[2] == 2 || g.ker[2] == 3);
-}
-
 }  // namespace
 
 bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
@@ -72,9 +64,12 @@ bool shifted_applies(const ConvGeometry& g, ConvPass pass) {
   return double(g.Cg) * double(g.ker[2]) * (rows * double(g.out[2]) + 16) <= kMaxCopyElements;
 }
 
+// At AVX2 the weight pass runs only where every block is one filter whose
+// sums fit in the 16 registers (depthwise layers, 2x2 and 3x3); with several
+// filters a block it is slower than implicit GEMM there (Note [Shifted copies]).
 bool shifted_runs(const ConvGeometry& g, ConvPass pass) {
   if (kernel_isa() < Isa::avx2 || !shifted_applies(g, pass)) return false;
-  return pass != ConvPass::backward_weight || kernel_isa() >= Isa::avx512 || one_filter_tap_sums(g);
+  return pass != ConvPass::backward_weight || kernel_isa() >= Isa::avx512 || avx2::one_filter_sums_fit(g);
 }
 
 bool pointwise_runs(const ConvGeometry& g) { return kernel_isa() >= Isa::avx512 && g.pointwise(); }
@@ -141,14 +136,5 @@ void pointwise_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)
 #undef TG_INSTANTIATE
-
-namespace avx512 {
-#define TG_INSTANTIATE(T)                                                                                       \
-  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
-  template void backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);
-TG_INSTANTIATE(float)
-TG_INSTANTIATE(double)
-#undef TG_INSTANTIATE
-}  // namespace avx512
 
 }  // namespace tg::kernels::conv_impl

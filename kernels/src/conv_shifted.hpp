@@ -83,6 +83,7 @@ template <class T>
 void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
                      T* gy_in_place);
 std::int64_t weight_tasks(const ConvGeometry& g);
+bool one_filter_sums_fit(const ConvGeometry& g);
 }  // namespace avx512
 namespace avx2 {
 template <class T>
@@ -91,6 +92,7 @@ template <class T>
 void backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, const AdjointPrologue<T>* prologue,
                      T* gy_in_place);
 std::int64_t weight_tasks(const ConvGeometry& g);
+bool one_filter_sums_fit(const ConvGeometry& g);
 }  // namespace avx2
 
 }  // namespace tg::kernels::conv_impl

@@ -8,14 +8,3 @@
 #define TG_SHIFTED_VECTORS 3
 #define TG_SHIFTED_REGISTERS 16
 #include "conv_shifted_passes.hpp"
-
-namespace tg::kernels::conv_impl::avx2 {
-
-#define TG_INSTANTIATE(T)                                                                                       \
-  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
-  template void backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);
-TG_INSTANTIATE(float)
-TG_INSTANTIATE(double)
-#undef TG_INSTANTIATE
-
-}  // namespace tg::kernels::conv_impl::avx2

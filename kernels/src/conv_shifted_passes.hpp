@@ -507,6 +507,10 @@ void output_range(const ConvGeometry& g, std::int64_t n, std::int64_t grp, const
 
 }  // namespace
 
+// Whether every block of the weight pass is one filter whose sums tap_sums
+// holds in the level's registers (Note [One filter, every kernel row]).
+bool one_filter_sums_fit(const ConvGeometry& g) { return g.Kg == 1 && has_tap_sums(g.ker[1], static_cast<int>(g.ker[2])); }
+
 // The weight pass's units of work: its sample parts, or its blocks of filters (each on one thread).
 std::int64_t weight_tasks(const ConvGeometry& g) {
   const std::int64_t parts = weight_parts<float>(g);  // Note [Shifted weight pass by sample parts]
@@ -548,5 +552,12 @@ void shifted_forward(const ConvGeometry& g, const T* x, const T* w, T* y, bool a
     output_range(g, n, grp, w, y, run, taps, 0, s.plane, accumulate, epilogue);
   });
 }
+
+#define TG_INSTANTIATE(T)                                                                                       \
+  template void shifted_forward<T>(const ConvGeometry&, const T*, const T*, T*, bool, const OutputEpilogue<T>*); \
+  template void backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, const AdjointPrologue<T>*, T*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
 
 }  // namespace tg::kernels::conv_impl::TG_SHIFTED_ISA
